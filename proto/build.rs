@@ -1,0 +1,41 @@
+//! Compiles `tidelog/v1/*.proto` (the public contract) and `wire/tidelog/v1/wire.proto` (the
+//! byte-level view of RecordService) with protox, a pure-Rust protobuf compiler, so a fresh
+//! machine needs no protoc. Both descriptor sets are written to OUT_DIR: the public one feeds
+//! server reflection, both feed the wire-compatibility test.
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PUBLIC: &[&str] = &[
+    "tidelog/v1/record.proto",
+    "tidelog/v1/records_service.proto",
+    "tidelog/v1/offsets_service.proto",
+    "tidelog/v1/admin_service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=tidelog");
+    println!("cargo:rerun-if-changed=wire");
+
+    let public = protox::compile(PUBLIC, ["."])?;
+    std::fs::write(out.join("tidelog_v1_descriptor.bin"), public.encode_to_vec())?;
+    let public_out = out.join("public");
+    std::fs::create_dir_all(&public_out)?;
+    tonic_prost_build::configure()
+        .out_dir(&public_out)
+        .bytes(".")
+        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
+        .compile_fds(public)?;
+
+    let wire = protox::compile(["tidelog/v1/wire.proto"], ["wire"])?;
+    std::fs::write(out.join("tidelog_v1_wire_descriptor.bin"), wire.encode_to_vec())?;
+    let wire_out = out.join("wire");
+    std::fs::create_dir_all(&wire_out)?;
+    tonic_prost_build::configure()
+        .out_dir(&wire_out)
+        .bytes(".")
+        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
+        .compile_fds(wire)?;
+    Ok(())
+}

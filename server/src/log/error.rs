@@ -1,0 +1,40 @@
+//! Errors of the log library. Callers map them to their own codes; this module knows nothing of
+//! gRPC.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A read or write failed (full disk, I/O error, permissions). Retryable: the log is left
+    /// consistent (a failed append leaves no partial batch).
+    #[error("storage error while {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The offset is outside [log start, log end].
+    #[error("offset {requested} is out of range: this partition holds offsets [{log_start}, {log_end})")]
+    OffsetOutOfRange { requested: u64, log_start: u64, log_end: u64 },
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    #[error("invalid truncation: {0}")]
+    Truncate(String),
+}
+
+impl LogError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}
+
+/// Adds a description of what was being done to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, LogError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, LogError> {
+        self.map_err(|e| LogError::io(context(), e))
+    }
+}

@@ -1,0 +1,399 @@
+//! A segment: one `.log` file of batches and its two sparse indexes, covering a contiguous
+//! range of offsets starting at `base_offset`.
+//!
+//! Invariants:
+//! - batches are contiguous: each starts at the offset where the previous one ended, and the
+//!   file holds nothing after the last valid batch (`size` is the file length);
+//! - only the active (last) segment of a log is ever appended to or truncated;
+//! - a sealed segment (the log rolled past it) has been fsynced with its indexes, so crash
+//!   recovery only has to look at the active segment;
+//! - readers get an `Arc<File>` and read with `pread`; they never move the file cursor, which
+//!   belongs to the writer (the holder of `&mut Segment`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::format::{segment_file_name, BatchHeader, BATCH_HEADER_LEN, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
+use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use super::recovery::{header_at, scan_tail, ScanStart, TailScan};
+
+/// A batch read back from a segment: its header and the producer's payload bytes.
+#[derive(Clone, Debug)]
+pub struct StoredBatch {
+    pub header: BatchHeader,
+    /// The payload exactly as the producer sent it (a slice of the read buffer, not a copy).
+    pub payload: Bytes,
+}
+
+/// What opening a segment found.
+#[derive(Debug)]
+pub struct OpenReport {
+    /// Bytes cut from the end of the file (a torn or corrupt tail).
+    pub truncated_bytes: u64,
+    pub batches_checked: u64,
+    pub index_rebuilt: bool,
+    pub stopped_by: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: u64,
+    log_path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+    next_offset: u64,
+    last_header: Option<BatchHeader>,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    bytes_since_index: u64,
+    index_interval_bytes: u64,
+}
+
+fn paths(dir: &Path, base: u64) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join(segment_file_name(base, LOG_EXT)),
+        dir.join(segment_file_name(base, INDEX_EXT)),
+        dir.join(segment_file_name(base, TIME_INDEX_EXT)),
+    )
+}
+
+impl Segment {
+    /// Creates an empty segment. Durability: the new files are not fsynced; an empty segment
+    /// lost in a crash is simply recreated.
+    pub fn create(dir: &Path, base_offset: u64, index_interval_bytes: u64) -> io::Result<Self> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&log_path)?;
+        let (index, _) = OffsetIndex::open(&index_path, base_offset)?;
+        let (time_index, _) = TimeIndex::open(&time_path, base_offset)?;
+        Ok(Self {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            last_header: None,
+            index,
+            time_index,
+            bytes_since_index: index_interval_bytes,
+            index_interval_bytes,
+        })
+    }
+
+    /// Opens an existing segment and recovers it: scans from the last index entry that points at
+    /// a valid batch, truncates whatever follows the last valid batch, and rebuilds indexes that
+    /// are missing or damaged (a full scan of this one segment).
+    pub fn open(dir: &Path, base_offset: u64, index_interval_bytes: u64) -> io::Result<(Self, OpenReport)> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let indexes_existed = index_path.exists() && time_path.exists();
+        let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
+        let file_len = file.metadata()?.len();
+        let (mut index, index_damaged) = OffsetIndex::open(&index_path, base_offset)?;
+        let (mut time_index, time_damaged) = TimeIndex::open(&time_path, base_offset)?;
+        let rebuild = file_len > 0 && (!indexes_existed || index_damaged || time_damaged);
+        if rebuild {
+            index.replace(Vec::new())?;
+            time_index.replace(Vec::new())?;
+        }
+
+        // The last index entry that points at a valid batch is where the scan starts.
+        let mut start = ScanStart { position: 0, offset: base_offset, index_first: true };
+        while let Some(e) = index.last().copied() {
+            if header_at(&file, file_len, u64::from(e.position), e.offset)?.is_some() {
+                start = ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false };
+                break;
+            }
+            index.truncate_while(|x| x.offset < e.offset)?;
+        }
+        index.truncate_while(|x| x.offset <= start.offset)?;
+        time_index.truncate_while(|x| x.offset <= start.offset)?;
+
+        let scan: TailScan = scan_tail(&log_path, start, index_interval_bytes)?;
+        let truncated_bytes = file_len - scan.valid_end;
+        if truncated_bytes > 0 {
+            file.set_len(scan.valid_end)?;
+        }
+        for e in &scan.offset_entries {
+            index.append(*e)?;
+        }
+        // Time entries: only those newer than what the time index already has.
+        let last_time = time_index.last().map(|e| e.offset);
+        for e in scan.time_entries.iter().filter(|e| last_time.is_none_or(|t| e.offset > t)) {
+            time_index.append(*e)?;
+        }
+        let mut file = file;
+        file.seek(SeekFrom::Start(scan.valid_end))?;
+        let report = OpenReport {
+            truncated_bytes,
+            batches_checked: scan.batches_checked,
+            index_rebuilt: rebuild,
+            stopped_by: scan.stopped_by,
+        };
+        Ok((
+            Self {
+                base_offset,
+                log_path,
+                file: Arc::new(file),
+                size: scan.valid_end,
+                next_offset: scan.next_offset,
+                last_header: scan.last_header,
+                index,
+                time_index,
+                bytes_since_index: scan.bytes_since_index,
+                index_interval_bytes,
+            },
+            report,
+        ))
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+    pub fn last_header(&self) -> Option<&BatchHeader> {
+        self.last_header.as_ref()
+    }
+    /// Append time of the newest batch, if any.
+    pub fn max_append_time_ms(&self) -> Option<i64> {
+        self.last_header.map(|h| h.append_time_ms)
+    }
+    /// Append time of the oldest batch, if any (from the time index's first entry, which
+    /// always describes the first batch).
+    pub fn first_append_time_ms(&self) -> Option<i64> {
+        self.time_index.entries().first().map(|e| e.timestamp_ms)
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Appends one batch (header then payload, one `writev`). Durability: handed to the OS
+    /// only; the caller fsyncs per its policy with [`Segment::sync`].
+    ///
+    /// On a write error (full disk, I/O error) the file is cut back to its previous length, so
+    /// a failed append leaves no partial batch behind.
+    pub fn append(&mut self, header: &BatchHeader, payload: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(header.base_offset, self.next_offset);
+        debug_assert_eq!(header.batch_len as usize, BATCH_HEADER_LEN + payload.len());
+        let encoded = header.encode();
+        let position = self.size;
+        if let Err(e) = write_two(&self.file, &encoded, payload) {
+            // Best effort: put the file back as it was. If this fails too, recovery will cut
+            // the partial batch at the next start.
+            let _ = self.file.set_len(position);
+            let _ = (&*self.file).seek(SeekFrom::Start(position));
+            return Err(e);
+        }
+        self.size += u64::from(header.batch_len);
+        self.next_offset = header.next_offset();
+        self.last_header = Some(*header);
+        if self.bytes_since_index >= self.index_interval_bytes {
+            // Written after the batch itself (see index.rs invariants).
+            self.index.append(OffsetEntry { offset: header.base_offset, position: position as u32 })?;
+            self.time_index.append(TimeEntry { timestamp_ms: header.append_time_ms, offset: header.base_offset })?;
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += u64::from(header.batch_len);
+        Ok(())
+    }
+
+    /// Durability: fsyncs the log file's data (not its indexes, which recovery can rebuild).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// A handle for fsyncing without holding the log (group commit).
+    pub fn file_handle(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Durability: fsyncs the log file and both indexes; called when the log rolls past this
+    /// segment, so sealed segments never need recovery.
+    pub fn seal(&self) -> io::Result<()> {
+        self.file.sync_all()?;
+        self.index.sync()?;
+        self.time_index.sync()
+    }
+
+    /// File position of the batch that contains `offset`, or of the first batch after it;
+    /// `None` if `offset` is at or past the segment's end.
+    pub fn position_for(&self, offset: u64) -> io::Result<Option<u64>> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let floor = self.index.floor_by(|e| e.offset <= offset);
+        let mut pos = floor.map_or(0, |e| u64::from(e.position));
+        while pos < self.size {
+            let h = self.read_header(pos)?;
+            if h.next_offset() > offset {
+                return Ok(Some(pos));
+            }
+            pos += u64::from(h.batch_len);
+        }
+        Ok(None)
+    }
+
+    /// Base offset and append time of the first batch appended at or after `timestamp_ms`, if
+    /// this segment has one.
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> io::Result<Option<(u64, i64)>> {
+        if self.max_append_time_ms().is_none_or(|t| t < timestamp_ms) {
+            return Ok(None);
+        }
+        // Start at the last indexed batch older than the target; scan forward.
+        let from = self.time_index.floor_by(|e| e.timestamp_ms < timestamp_ms).map_or(self.base_offset, |e| e.offset);
+        let mut pos = self.position_for(from)?.unwrap_or(self.size);
+        while pos < self.size {
+            let h = self.read_header(pos)?;
+            if h.append_time_ms >= timestamp_ms {
+                return Ok(Some((h.base_offset, h.append_time_ms)));
+            }
+            pos += u64::from(h.batch_len);
+        }
+        Ok(None)
+    }
+
+    fn read_header(&self, pos: u64) -> io::Result<BatchHeader> {
+        let mut buf = [0u8; BATCH_HEADER_LEN];
+        self.file.read_exact_at(&mut buf, pos)?;
+        BatchHeader::decode(&buf).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad header at {pos}: {e:?}", self.log_path.display()))
+        })
+    }
+
+    /// A read-only view for reading batches outside the log's lock.
+    pub fn reader(&self) -> SegmentReader {
+        SegmentReader { file: Arc::clone(&self.file), size: self.size, path: self.log_path.clone() }
+    }
+
+    /// Removes every batch at or after `offset`, which must be a batch boundary inside this
+    /// segment (or its end). Used to drop an uncommitted suffix (Raft) and by tests.
+    pub fn truncate_to(&mut self, offset: u64) -> io::Result<()> {
+        if offset >= self.next_offset {
+            return Ok(());
+        }
+        let pos = self.position_for(offset)?.unwrap_or(self.size);
+        let h = self.read_header(pos)?;
+        if h.base_offset != offset {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset} is inside the batch at {}; truncate at a batch boundary", h.base_offset),
+            ));
+        }
+        self.file.set_len(pos)?;
+        (&*self.file).seek(SeekFrom::Start(pos))?;
+        self.index.truncate_while(|e| e.offset < offset)?;
+        self.time_index.truncate_while(|e| e.offset < offset)?;
+        // Re-derive the tail state from the last remaining index entry.
+        let start = match self.index.last() {
+            Some(e) => ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false },
+            None => ScanStart { position: 0, offset: self.base_offset, index_first: true },
+        };
+        let scan = scan_tail(&self.log_path, start, self.index_interval_bytes)?;
+        debug_assert_eq!(scan.valid_end, pos, "truncation left an invalid tail");
+        self.size = pos;
+        self.next_offset = scan.next_offset;
+        self.last_header = scan.last_header;
+        self.bytes_since_index = scan.bytes_since_index;
+        Ok(())
+    }
+
+    /// Deletes the segment's files. The caller has already removed it from the log.
+    pub fn delete(self) -> io::Result<()> {
+        let dir = self.log_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (log, index, time) = paths(&dir, self.base_offset);
+        std::fs::remove_file(log)?;
+        for p in [index, time] {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `a` then `b` at the file cursor with as few syscalls as the kernel allows.
+fn write_two(mut file: &File, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let total = a.len() + b.len();
+    let mut written = 0;
+    while written < total {
+        let res = if written < a.len() {
+            file.write_vectored(&[IoSlice::new(&a[written..]), IoSlice::new(b)])
+        } else {
+            file.write(&b[written - a.len()..])
+        };
+        match res {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "log write returned 0 bytes")),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads whole batches from a segment without the log's lock (positional reads only).
+#[derive(Debug, Clone)]
+pub struct SegmentReader {
+    file: Arc<File>,
+    /// Readable length, fixed when the reader was made: bytes past it may be half-written.
+    size: u64,
+    path: PathBuf,
+}
+
+impl SegmentReader {
+    /// Reads whole batches starting at `position`, stopping before a batch whose base offset is
+    /// `>= max_offset`, once `max_bytes` would be exceeded, or at the end. The first batch is
+    /// returned even if it alone exceeds `max_bytes`, so a reader always makes progress.
+    /// One `pread` for the chunk (two if the first batch is larger than `max_bytes`); batch
+    /// payloads are slices of that one buffer.
+    pub fn read(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<(Vec<StoredBatch>, u64)> {
+        let mut batches = Vec::new();
+        if position >= self.size {
+            return Ok((batches, position));
+        }
+        let available = (self.size - position) as usize;
+        let mut want = available.min(max_bytes.max(BATCH_HEADER_LEN));
+        let mut buf = self.pread(position, want)?;
+        let first = self.decode(&buf, position)?;
+        if first.batch_len as usize > want {
+            want = first.batch_len as usize;
+            buf = self.pread(position, want)?;
+        }
+        let buf = buf.freeze();
+        let mut at = 0usize;
+        while at + BATCH_HEADER_LEN <= buf.len() {
+            let header = self.decode(&buf[at..], position + at as u64)?;
+            let end = at + header.batch_len as usize;
+            if header.base_offset >= max_offset || end > buf.len() {
+                break;
+            }
+            batches.push(StoredBatch { header, payload: buf.slice(at + BATCH_HEADER_LEN..end) });
+            at = end;
+        }
+        Ok((batches, position + at as u64))
+    }
+
+    fn pread(&self, position: u64, len: usize) -> io::Result<BytesMut> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file.read_exact_at(&mut buf, position)?;
+        Ok(buf)
+    }
+
+    fn decode(&self, bytes: &[u8], position: u64) -> io::Result<BatchHeader> {
+        BatchHeader::decode(bytes).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad header at {position}: {e:?}", self.path.display()))
+        })
+    }
+}
