@@ -19,7 +19,8 @@ pub mod wire {
 }
 
 /// Encoded `FileDescriptorSet` of the public contract, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tidelog_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tidelog_v1_descriptor.bin"));
 
 /// Encoded `FileDescriptorSet` of the wire view (tests only; never served).
 pub const WIRE_FILE_DESCRIPTOR_SET: &[u8] =
@@ -48,26 +49,55 @@ mod tests {
     fn wire_view_matches_public_contract() {
         let public = messages(FILE_DESCRIPTOR_SET);
         let wire = messages(WIRE_FILE_DESCRIPTOR_SET);
-        assert!(wire.len() >= 7, "wire view lost messages: {:?}", wire.keys());
+        assert!(
+            wire.len() >= 7,
+            "wire view lost messages: {:?}",
+            wire.keys()
+        );
         for (name, w) in &wire {
-            let p = public.get(name).unwrap_or_else(|| panic!("wire message {name} not in public contract"));
+            let p = public
+                .get(name)
+                .unwrap_or_else(|| panic!("wire message {name} not in public contract"));
             assert_eq!(w.field.len(), p.field.len(), "{name}: field count differs");
             for wf in &w.field {
                 let pf = p
                     .field
                     .iter()
                     .find(|f| f.number() == wf.number())
-                    .unwrap_or_else(|| panic!("{name}.{} (#{}) missing in public", wf.name(), wf.number()));
-                assert_eq!(wf.name(), pf.name(), "{name} #{}: names differ", wf.number());
-                assert_eq!(wf.label(), pf.label(), "{name}.{}: label differs", wf.name());
-                assert_eq!(wf.oneof_index, pf.oneof_index, "{name}.{}: oneof differs", wf.name());
+                    .unwrap_or_else(|| {
+                        panic!("{name}.{} (#{}) missing in public", wf.name(), wf.number())
+                    });
+                assert_eq!(
+                    wf.name(),
+                    pf.name(),
+                    "{name} #{}: names differ",
+                    wf.number()
+                );
+                assert_eq!(
+                    wf.label(),
+                    pf.label(),
+                    "{name}.{}: label differs",
+                    wf.name()
+                );
+                assert_eq!(
+                    wf.oneof_index,
+                    pf.oneof_index,
+                    "{name}.{}: oneof differs",
+                    wf.name()
+                );
                 let compatible = match (wf.r#type(), pf.r#type()) {
                     (a, b) if a == b => a != Type::Message || wf.type_name() == pf.type_name(),
                     (Type::Bytes, Type::Message) => true,
                     (Type::Int32, Type::Enum) => true,
                     _ => false,
                 };
-                assert!(compatible, "{name}.{}: {:?} vs {:?}", wf.name(), wf.r#type(), pf.r#type());
+                assert!(
+                    compatible,
+                    "{name}.{}: {:?} vs {:?}",
+                    wf.name(),
+                    wf.r#type(),
+                    pf.r#type()
+                );
             }
         }
     }
@@ -78,7 +108,10 @@ mod tests {
             records: vec![v1::Record {
                 key: Some(bytes::Bytes::from_static(b"k")),
                 value: bytes::Bytes::from_static(b"hello"),
-                headers: vec![v1::Header { key: "traceparent".into(), value: bytes::Bytes::from_static(b"00-ab") }],
+                headers: vec![v1::Header {
+                    key: "traceparent".into(),
+                    value: bytes::Bytes::from_static(b"00-ab"),
+                }],
                 timestamp_ms: 42,
             }],
         };
@@ -94,8 +127,14 @@ mod tests {
         };
         let bytes = public.encode_to_vec();
         let w = wire::ProduceRequest::decode(bytes.as_slice()).unwrap();
-        let Some(wire::produce_request::Payload::Records(raw)) = &w.payload else { panic!("payload lost") };
+        let Some(wire::produce_request::Payload::Records(raw)) = &w.payload else {
+            panic!("payload lost")
+        };
         assert_eq!(raw.as_ref(), batch.encode_to_vec().as_slice());
-        assert_eq!(w.encode_to_vec(), bytes, "wire re-encoding must be byte-identical");
+        assert_eq!(
+            w.encode_to_vec(),
+            bytes,
+            "wire re-encoding must be byte-identical"
+        );
     }
 }

@@ -1,1 +1,37 @@
-//! placeholder
+//! Rust client for Tidelog.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tidelog::Error> {
+//! use tidelog::{Client, Producer, Record, Subscription, StartAt};
+//! use futures::StreamExt;
+//!
+//! let client = Client::connect("http://127.0.0.1:9690").await?;
+//! client.create_topic("events", 3).await?;
+//! let mut producer = Producer::new(client.clone(), "events").await?;
+//! producer.send(Record::new("hello").with_key("user-1"));
+//! let delivered = producer.flush().await?;
+//!
+//! let mut records = Subscription::new("events").start_at(StartAt::Earliest).open(&client).await?;
+//! while let Some(r) = records.next().await {
+//!     let r = r?;
+//!     println!("{} @ {}: {:?}", r.partition, r.offset, r.value);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Batches are encoded once here ([`batch`]) and travel as bytes through the broker; the
+//! partitioner ([`partitioner`]) is Kafka's murmur2, identical in every Tidelog SDK.
+
+pub mod batch;
+pub mod client;
+pub mod consumer;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
+
+pub use batch::{ConsumedRecord, Record};
+pub use client::Client;
+pub use consumer::{StartAt, Subscription};
+pub use error::Error;
+pub use producer::{Delivered, Producer};
+pub use tidelog_proto as proto;

@@ -8,4 +8,11 @@
 //! meta     sled: topic definitions and committed group offsets (swappable, one module)
 //! log      segments, indexes, recovery, retention — no gRPC, no sled, no Raft types
 //! ```
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod config;
 pub mod log;
+pub mod meta;
+pub mod settings;
+pub mod telemetry;

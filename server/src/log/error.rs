@@ -14,8 +14,14 @@ pub enum LogError {
         source: io::Error,
     },
     /// The offset is outside [log start, log end].
-    #[error("offset {requested} is out of range: this partition holds offsets [{log_start}, {log_end})")]
-    OffsetOutOfRange { requested: u64, log_start: u64, log_end: u64 },
+    #[error(
+        "offset {requested} is out of range: this partition holds offsets [{log_start}, {log_end})"
+    )]
+    OffsetOutOfRange {
+        requested: u64,
+        log_start: u64,
+        log_end: u64,
+    },
     #[error("invalid log configuration: {0}")]
     Config(String),
     #[error("invalid truncation: {0}")]
@@ -24,7 +30,10 @@ pub enum LogError {
 
 impl LogError {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

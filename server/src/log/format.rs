@@ -37,7 +37,10 @@ pub const BATCH_HEADER_LEN: usize = 72;
 const HEADER_CRC_AT: usize = 4;
 
 fn header_crc(h: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&h[..HEADER_CRC_AT]), &h[HEADER_CRC_AT + 4..BATCH_HEADER_LEN])
+    crc32c::crc32c_append(
+        crc32c::crc32c(&h[..HEADER_CRC_AT]),
+        &h[HEADER_CRC_AT + 4..BATCH_HEADER_LEN],
+    )
 }
 
 /// Size of one offset index entry: relative offset u32, file position u32.
@@ -218,7 +221,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = enc;
                 bad[byte] ^= 1 << bit;
-                assert!(BatchHeader::decode(&bad).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
+                assert!(
+                    BatchHeader::decode(&bad).is_err(),
+                    "flip at byte {byte} bit {bit} went unnoticed"
+                );
             }
         }
     }

@@ -36,12 +36,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{FsyncPolicy, LogConfig, Retention};
-pub use error::LogError;
 use error::IoContext;
-use format::{parse_log_file_name, BatchHeader, CompressionCodec, BATCH_HEADER_LEN, INDEX_EXT, TIME_INDEX_EXT};
+pub use error::LogError;
+use format::{
+    parse_log_file_name, BatchHeader, CompressionCodec, BATCH_HEADER_LEN, INDEX_EXT, TIME_INDEX_EXT,
+};
 pub use offset::{HighWatermark, LogEndOffset, LogStartOffset, PartitionOffsets};
-pub use segment::{SegmentReader, StoredBatch};
 use segment::Segment;
+pub use segment::{SegmentReader, StoredBatch};
 
 /// A batch to append: the producer's payload plus what the broker knows about it.
 #[derive(Clone, Copy, Debug)]
@@ -149,7 +151,10 @@ impl Log {
             segments.insert(0, seg);
         }
         report.segments = segments.len();
-        let last = segments.values().rev().find_map(|s| s.last_header().copied());
+        let last = segments
+            .values()
+            .rev()
+            .find_map(|s| s.last_header().copied());
         let log = Self {
             dir: dir.to_path_buf(),
             config,
@@ -160,7 +165,11 @@ impl Log {
         Ok((log, report))
     }
 
-    fn drop_segment_files(dir: &Path, base: u64, report: &mut RecoveryReport) -> Result<(), LogError> {
+    fn drop_segment_files(
+        dir: &Path,
+        base: u64,
+        report: &mut RecoveryReport,
+    ) -> Result<(), LogError> {
         for ext in [format::LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
             let p = dir.join(format::segment_file_name(base, ext));
             match std::fs::remove_file(&p) {
@@ -192,11 +201,17 @@ impl Log {
 
     fn active(&self) -> &Segment {
         // Invariant: never empty.
-        self.segments.values().next_back().unwrap_or_else(|| unreachable!("log has no segment"))
+        self.segments
+            .values()
+            .next_back()
+            .unwrap_or_else(|| unreachable!("log has no segment"))
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().unwrap_or_else(|| unreachable!("log has no segment"))
+        self.segments
+            .values_mut()
+            .next_back()
+            .unwrap_or_else(|| unreachable!("log has no segment"))
     }
 
     pub fn log_start(&self) -> LogStartOffset {
@@ -229,10 +244,16 @@ impl Log {
         let batch_len32 = u32::try_from(batch_len)
             .ok()
             .filter(|l| u64::from(*l) <= self.config.segment_bytes.max(1 << 20) * 2)
-            .ok_or_else(|| LogError::Config(format!("batch of {batch_len} bytes is larger than a segment")))?;
+            .ok_or_else(|| {
+                LogError::Config(format!(
+                    "batch of {batch_len} bytes is larger than a segment"
+                ))
+            })?;
         self.maybe_roll(batch_len as u64, now_ms)?;
         let append_time_ms = now_ms.max(self.last_append_time_ms);
-        let (raft_term, raft_index) = batch.raft.unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
+        let (raft_term, raft_index) = batch
+            .raft
+            .unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
         let base_offset = self.active().next_offset();
         let header = BatchHeader {
             batch_len: batch_len32,
@@ -248,11 +269,21 @@ impl Log {
             payload_crc: batch.payload_crc,
         };
         let dir = &self.dir;
-        let seg = self.segments.values_mut().next_back().unwrap_or_else(|| unreachable!("log has no segment"));
-        seg.append(&header, batch.payload).ctx(|| format!("appending to {}", dir.display()))?;
+        let seg = self
+            .segments
+            .values_mut()
+            .next_back()
+            .unwrap_or_else(|| unreachable!("log has no segment"));
+        seg.append(&header, batch.payload)
+            .ctx(|| format!("appending to {}", dir.display()))?;
         self.last_append_time_ms = append_time_ms;
         self.last_raft = (raft_term, raft_index);
-        Ok(Appended { base_offset, next_offset: header.next_offset(), append_time_ms, raft_index })
+        Ok(Appended {
+            base_offset,
+            next_offset: header.next_offset(),
+            append_time_ms,
+            raft_index,
+        })
     }
 
     fn maybe_roll(&mut self, incoming: u64, now_ms: i64) -> Result<(), LogError> {
@@ -262,12 +293,16 @@ impl Log {
         }
         let too_big = active.size() + incoming > self.config.segment_bytes;
         let age_limit = i64::try_from(self.config.segment_max_age.as_millis()).unwrap_or(i64::MAX);
-        let too_old = active.first_append_time_ms().is_some_and(|t| now_ms.saturating_sub(t) >= age_limit);
+        let too_old = active
+            .first_append_time_ms()
+            .is_some_and(|t| now_ms.saturating_sub(t) >= age_limit);
         if !(too_big || too_old) {
             return Ok(());
         }
         let base = active.next_offset();
-        active.seal().ctx(|| format!("sealing segment in {}", self.dir.display()))?;
+        active
+            .seal()
+            .ctx(|| format!("sealing segment in {}", self.dir.display()))?;
         let seg = Segment::create(&self.dir, base, self.config.index_interval_bytes)
             .ctx(|| format!("creating segment {base} in {}", self.dir.display()))?;
         self.segments.insert(base, seg);
@@ -276,7 +311,9 @@ impl Log {
 
     /// Durability: fsyncs the active segment (sealed ones already are).
     pub fn sync(&self) -> Result<(), LogError> {
-        self.active().sync().ctx(|| format!("fsync of {}", self.dir.display()))
+        self.active()
+            .sync()
+            .ctx(|| format!("fsync of {}", self.dir.display()))
     }
 
     /// The active segment's file, to fsync without holding the log. Everything appended before
@@ -290,11 +327,24 @@ impl Log {
     pub fn locate(&self, offset: u64) -> Result<Option<(SegmentReader, u64)>, LogError> {
         let (start, end) = (self.log_start().0, self.log_end().0);
         if offset < start || offset > end {
-            return Err(LogError::OffsetOutOfRange { requested: offset, log_start: start, log_end: end });
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: start,
+                log_end: end,
+            });
         }
-        for (_, seg) in self.segments.range(..=offset).next_back().into_iter().chain(self.segments.range(offset + 1..)) {
+        for (_, seg) in self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .into_iter()
+            .chain(self.segments.range(offset + 1..))
+        {
             let target = offset.max(seg.base_offset());
-            if let Some(pos) = seg.position_for(target).ctx(|| format!("reading {}", seg.log_path().display()))? {
+            if let Some(pos) = seg
+                .position_for(target)
+                .ctx(|| format!("reading {}", seg.log_path().display()))?
+            {
                 return Ok(Some((seg.reader(), pos)));
             }
         }
@@ -303,18 +353,32 @@ impl Log {
 
     /// Reads whole batches from `offset` (see [`SegmentReader::read`]), up to `max_offset`
     /// (exclusive; the high watermark) and about `max_bytes`, from one segment.
-    pub fn read(&self, offset: u64, max_offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, LogError> {
+    pub fn read(
+        &self,
+        offset: u64,
+        max_offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>, LogError> {
         match self.locate(offset)? {
             None => Ok(Vec::new()),
-            Some((reader, pos)) => Ok(reader.read(pos, max_offset, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?.0),
+            Some((reader, pos)) => Ok(reader
+                .read(pos, max_offset, max_bytes)
+                .ctx(|| format!("reading {}", self.dir.display()))?
+                .0),
         }
     }
 
     /// Base offset and append time of the first batch appended at or after `timestamp_ms`;
     /// `None` if every batch is older.
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>, LogError> {
-        for seg in self.segments.values().filter(|s| s.max_append_time_ms().is_some_and(|t| t >= timestamp_ms)) {
-            let found = seg.offset_for_time(timestamp_ms).ctx(|| format!("time lookup in {}", seg.log_path().display()))?;
+        for seg in self
+            .segments
+            .values()
+            .filter(|s| s.max_append_time_ms().is_some_and(|t| t >= timestamp_ms))
+        {
+            let found = seg
+                .offset_for_time(timestamp_ms)
+                .ctx(|| format!("time lookup in {}", seg.log_path().display()))?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -328,18 +392,29 @@ impl Log {
         let mut outcome = RetentionOutcome::default();
         let mut total = self.size_bytes();
         while self.segments.len() > 1 {
-            let Some((&base, oldest)) = self.segments.iter().next() else { break };
+            let Some((&base, oldest)) = self.segments.iter().next() else {
+                break;
+            };
             let expired = self.config.retention.max_age.is_some_and(|age| {
                 let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-                oldest.max_append_time_ms().is_none_or(|t| now_ms.saturating_sub(t) > age)
+                oldest
+                    .max_append_time_ms()
+                    .is_none_or(|t| now_ms.saturating_sub(t) > age)
             });
-            let oversize = self.config.retention.max_bytes.is_some_and(|max| total - oldest.size() >= max);
+            let oversize = self
+                .config
+                .retention
+                .max_bytes
+                .is_some_and(|max| total - oldest.size() >= max);
             if !(expired || oversize) {
                 break;
             }
-            let Some(seg) = self.segments.remove(&base) else { break };
+            let Some(seg) = self.segments.remove(&base) else {
+                break;
+            };
             let size = seg.size();
-            seg.delete().ctx(|| format!("deleting segment {base} in {}", self.dir.display()))?;
+            seg.delete()
+                .ctx(|| format!("deleting segment {base} in {}", self.dir.display()))?;
             total -= size;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += size;
@@ -356,7 +431,9 @@ impl Log {
             return Ok(());
         }
         if offset < start {
-            return Err(LogError::Truncate(format!("offset {offset} is below the log start {start}")));
+            return Err(LogError::Truncate(format!(
+                "offset {offset} is below the log start {start}"
+            )));
         }
         let doomed: Vec<u64> = self.segments.range(offset + 1..).map(|(b, _)| *b).collect();
         for base in doomed {
@@ -369,9 +446,17 @@ impl Log {
         }
         let dir = self.dir.clone();
         let active = self.active_mut();
-        active.truncate_to(offset).map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
-        active.sync().ctx(|| format!("fsync after truncation of {}", dir.display()))?;
-        let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
+        active
+            .truncate_to(offset)
+            .map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
+        active
+            .sync()
+            .ctx(|| format!("fsync after truncation of {}", dir.display()))?;
+        let last = self
+            .segments
+            .values()
+            .rev()
+            .find_map(|s| s.last_header().copied());
         self.last_raft = last.map_or((0, 0), |h| (h.raft_term, h.raft_index));
         Ok(())
     }

@@ -46,11 +46,19 @@ pub struct PartitionOffsets {
 }
 
 impl PartitionOffsets {
-    pub fn new(log_start: LogStartOffset, high_watermark: HighWatermark, log_end: LogEndOffset) -> Self {
+    pub fn new(
+        log_start: LogStartOffset,
+        high_watermark: HighWatermark,
+        log_end: LogEndOffset,
+    ) -> Self {
         assert!(
             log_start.0 <= high_watermark.0 && high_watermark.0 <= log_end.0,
             "offset order violated: start {log_start} hw {high_watermark} end {log_end}"
         );
-        Self { log_start, high_watermark, log_end }
+        Self {
+            log_start,
+            high_watermark,
+            log_end,
+        }
     }
 }

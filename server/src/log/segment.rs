@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::format::{segment_file_name, BatchHeader, BATCH_HEADER_LEN, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
+use super::format::{
+    segment_file_name, BatchHeader, BATCH_HEADER_LEN, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT,
+};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::recovery::{header_at, scan_tail, ScanStart, TailScan};
 
@@ -67,7 +69,11 @@ impl Segment {
     /// lost in a crash is simply recreated.
     pub fn create(dir: &Path, base_offset: u64, index_interval_bytes: u64) -> io::Result<Self> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&log_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&log_path)?;
         let (index, _) = OffsetIndex::open(&index_path, base_offset)?;
         let (time_index, _) = TimeIndex::open(&time_path, base_offset)?;
         Ok(Self {
@@ -87,7 +93,11 @@ impl Segment {
     /// Opens an existing segment and recovers it: scans from the last index entry that points at
     /// a valid batch, truncates whatever follows the last valid batch, and rebuilds indexes that
     /// are missing or damaged (a full scan of this one segment).
-    pub fn open(dir: &Path, base_offset: u64, index_interval_bytes: u64) -> io::Result<(Self, OpenReport)> {
+    pub fn open(
+        dir: &Path,
+        base_offset: u64,
+        index_interval_bytes: u64,
+    ) -> io::Result<(Self, OpenReport)> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let indexes_existed = index_path.exists() && time_path.exists();
         let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
@@ -101,10 +111,18 @@ impl Segment {
         }
 
         // The last index entry that points at a valid batch is where the scan starts.
-        let mut start = ScanStart { position: 0, offset: base_offset, index_first: true };
+        let mut start = ScanStart {
+            position: 0,
+            offset: base_offset,
+            index_first: true,
+        };
         while let Some(e) = index.last().copied() {
             if header_at(&file, file_len, u64::from(e.position), e.offset)?.is_some() {
-                start = ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false };
+                start = ScanStart {
+                    position: u64::from(e.position),
+                    offset: e.offset,
+                    index_first: false,
+                };
                 break;
             }
             index.truncate_while(|x| x.offset < e.offset)?;
@@ -122,7 +140,11 @@ impl Segment {
         }
         // Time entries: only those newer than what the time index already has.
         let last_time = time_index.last().map(|e| e.offset);
-        for e in scan.time_entries.iter().filter(|e| last_time.is_none_or(|t| e.offset > t)) {
+        for e in scan
+            .time_entries
+            .iter()
+            .filter(|e| last_time.is_none_or(|t| e.offset > t))
+        {
             time_index.append(*e)?;
         }
         let mut file = file;
@@ -200,8 +222,14 @@ impl Segment {
         self.last_header = Some(*header);
         if self.bytes_since_index >= self.index_interval_bytes {
             // Written after the batch itself (see index.rs invariants).
-            self.index.append(OffsetEntry { offset: header.base_offset, position: position as u32 })?;
-            self.time_index.append(TimeEntry { timestamp_ms: header.append_time_ms, offset: header.base_offset })?;
+            self.index.append(OffsetEntry {
+                offset: header.base_offset,
+                position: position as u32,
+            })?;
+            self.time_index.append(TimeEntry {
+                timestamp_ms: header.append_time_ms,
+                offset: header.base_offset,
+            })?;
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += u64::from(header.batch_len);
@@ -251,7 +279,10 @@ impl Segment {
             return Ok(None);
         }
         // Start at the last indexed batch older than the target; scan forward.
-        let from = self.time_index.floor_by(|e| e.timestamp_ms < timestamp_ms).map_or(self.base_offset, |e| e.offset);
+        let from = self
+            .time_index
+            .floor_by(|e| e.timestamp_ms < timestamp_ms)
+            .map_or(self.base_offset, |e| e.offset);
         let mut pos = self.position_for(from)?.unwrap_or(self.size);
         while pos < self.size {
             let h = self.read_header(pos)?;
@@ -267,13 +298,20 @@ impl Segment {
         let mut buf = [0u8; BATCH_HEADER_LEN];
         self.file.read_exact_at(&mut buf, pos)?;
         BatchHeader::decode(&buf).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad header at {pos}: {e:?}", self.log_path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: bad header at {pos}: {e:?}", self.log_path.display()),
+            )
         })
     }
 
     /// A read-only view for reading batches outside the log's lock.
     pub fn reader(&self) -> SegmentReader {
-        SegmentReader { file: Arc::clone(&self.file), size: self.size, path: self.log_path.clone() }
+        SegmentReader {
+            file: Arc::clone(&self.file),
+            size: self.size,
+            path: self.log_path.clone(),
+        }
     }
 
     /// Removes every batch at or after `offset`, which must be a batch boundary inside this
@@ -287,7 +325,10 @@ impl Segment {
         if h.base_offset != offset {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("offset {offset} is inside the batch at {}; truncate at a batch boundary", h.base_offset),
+                format!(
+                    "offset {offset} is inside the batch at {}; truncate at a batch boundary",
+                    h.base_offset
+                ),
             ));
         }
         self.file.set_len(pos)?;
@@ -296,8 +337,16 @@ impl Segment {
         self.time_index.truncate_while(|e| e.offset < offset)?;
         // Re-derive the tail state from the last remaining index entry.
         let start = match self.index.last() {
-            Some(e) => ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false },
-            None => ScanStart { position: 0, offset: self.base_offset, index_first: true },
+            Some(e) => ScanStart {
+                position: u64::from(e.position),
+                offset: e.offset,
+                index_first: false,
+            },
+            None => ScanStart {
+                position: 0,
+                offset: self.base_offset,
+                index_first: true,
+            },
         };
         let scan = scan_tail(&self.log_path, start, self.index_interval_bytes)?;
         debug_assert_eq!(scan.valid_end, pos, "truncation left an invalid tail");
@@ -310,7 +359,11 @@ impl Segment {
 
     /// Deletes the segment's files. The caller has already removed it from the log.
     pub fn delete(self) -> io::Result<()> {
-        let dir = self.log_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = self
+            .log_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let (log, index, time) = paths(&dir, self.base_offset);
         std::fs::remove_file(log)?;
         for p in [index, time] {
@@ -334,7 +387,12 @@ fn write_two(mut file: &File, a: &[u8], b: &[u8]) -> io::Result<()> {
             file.write(&b[written - a.len()..])
         };
         match res {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "log write returned 0 bytes")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "log write returned 0 bytes",
+                ))
+            }
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -358,7 +416,12 @@ impl SegmentReader {
     /// returned even if it alone exceeds `max_bytes`, so a reader always makes progress.
     /// One `pread` for the chunk (two if the first batch is larger than `max_bytes`); batch
     /// payloads are slices of that one buffer.
-    pub fn read(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<(Vec<StoredBatch>, u64)> {
+    pub fn read(
+        &self,
+        position: u64,
+        max_offset: u64,
+        max_bytes: usize,
+    ) -> io::Result<(Vec<StoredBatch>, u64)> {
         let mut batches = Vec::new();
         if position >= self.size {
             return Ok((batches, position));
@@ -379,7 +442,10 @@ impl SegmentReader {
             if header.base_offset >= max_offset || end > buf.len() {
                 break;
             }
-            batches.push(StoredBatch { header, payload: buf.slice(at + BATCH_HEADER_LEN..end) });
+            batches.push(StoredBatch {
+                header,
+                payload: buf.slice(at + BATCH_HEADER_LEN..end),
+            });
             at = end;
         }
         Ok((batches, position + at as u64))
@@ -393,7 +459,10 @@ impl SegmentReader {
 
     fn decode(&self, bytes: &[u8], position: u64) -> io::Result<BatchHeader> {
         BatchHeader::decode(bytes).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad header at {position}: {e:?}", self.path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: bad header at {position}: {e:?}", self.path.display()),
+            )
         })
     }
 }

@@ -5,7 +5,11 @@ use std::time::Duration;
 use super::*;
 
 fn cfg(segment_bytes: u64) -> LogConfig {
-    LogConfig { segment_bytes, index_interval_bytes: 256, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -55,7 +59,11 @@ fn append_read_round_trip_across_rolls() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), cfg(2048)).unwrap();
     fill(&mut log, 0, 300);
-    assert!(log.segment_count() > 5, "expected rolls, got {} segments", log.segment_count());
+    assert!(
+        log.segment_count() > 5,
+        "expected rolls, got {} segments",
+        log.segment_count()
+    );
     assert_eq!(log.log_end().0, 600);
     let all = read_all(&log);
     assert_eq!(all.len(), 300);
@@ -84,7 +92,11 @@ fn reopen_keeps_everything_and_checks_only_the_tail() {
     assert!(report.segments > 3);
     // Each segment scans only past its last index entry (256-byte interval: a few batches).
     let bound = report.segments as u64 * 8;
-    assert!(report.batches_checked <= bound, "recovery checked {} batches (bound {bound})", report.batches_checked);
+    assert!(
+        report.batches_checked <= bound,
+        "recovery checked {} batches (bound {bound})",
+        report.batches_checked
+    );
     assert_eq!(read_all(&log).len(), 3000);
 }
 
@@ -173,7 +185,11 @@ fn missing_or_damaged_index_is_rebuilt() {
     std::fs::write(&indexes[1], [0xffu8; 13]).unwrap();
     let (log, report) = Log::open(dir.path(), cfg(16 * 1024)).unwrap();
     assert_eq!(report.indexes_rebuilt, 2);
-    assert_eq!(std::fs::metadata(&indexes[0]).unwrap().len(), first_len, "rebuilt index differs");
+    assert_eq!(
+        std::fs::metadata(&indexes[0]).unwrap().len(),
+        first_len,
+        "rebuilt index differs"
+    );
     assert_eq!(read_all(&log).len(), 400);
     assert_eq!(log.read(555, 800, 1).unwrap()[0].header.base_offset, 554);
 }
@@ -193,11 +209,16 @@ fn retention_by_bytes_and_time_moves_log_start() {
     assert_eq!(log.segment_count(), before - out.segments_deleted);
     let start = log.log_start().0;
     assert!(start > 0);
-    assert!(matches!(log.read(0, 1000, 100), Err(LogError::OffsetOutOfRange { log_start, .. }) if log_start == start));
+    assert!(
+        matches!(log.read(0, 1000, 100), Err(LogError::OffsetOutOfRange { log_start, .. }) if log_start == start)
+    );
     assert_eq!(read_all(&log).first().unwrap().header.base_offset, start);
 
     // Time: batches were appended at 1000..1500 ms; keep only the last 100 ms at now=1500.
-    c.retention = Retention { max_age: Some(Duration::from_millis(100)), max_bytes: None };
+    c.retention = Retention {
+        max_age: Some(Duration::from_millis(100)),
+        max_bytes: None,
+    };
     log.set_config(c).unwrap();
     log.apply_retention(1500).unwrap();
     let oldest_kept = read_all(&log).first().unwrap().header.append_time_ms;
@@ -213,7 +234,10 @@ fn truncate_suffix_drops_uncommitted_batches_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), cfg(2048)).unwrap();
     fill(&mut log, 0, 200);
-    assert!(matches!(log.truncate_suffix(101), Err(LogError::Truncate(_))), "mid-batch must be refused");
+    assert!(
+        matches!(log.truncate_suffix(101), Err(LogError::Truncate(_))),
+        "mid-batch must be refused"
+    );
     log.truncate_suffix(100).unwrap();
     assert_eq!(log.log_end().0, 100);
     assert_eq!(log.last_raft_entry(), (0, 50));

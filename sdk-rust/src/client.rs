@@ -1,0 +1,87 @@
+//! A connection to a broker: one HTTP/2 channel shared by every service client (cheap to
+//! clone), plus typed helpers for the admin calls.
+
+use tidelog_proto::v1::admin_service_client::AdminServiceClient;
+use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
+use tidelog_proto::v1::{CreateTopicRequest, DescribeTopicRequest, TopicConfig, TopicDescription};
+use tidelog_proto::wire::record_service_client::RecordServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Error;
+
+/// Largest gRPC message the client sends or accepts (matches the broker's limit).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects to `addr` (`http://host:port`; `host:port` is accepted too).
+    pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
+        let mut addr = addr.into();
+        if !addr.contains("://") {
+            addr = format!("http://{addr}");
+        }
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5));
+        Ok(Self {
+            channel: endpoint.connect().await?,
+        })
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn offsets(&self) -> OffsetServiceClient<Channel> {
+        OffsetServiceClient::new(self.channel.clone())
+    }
+
+    /// The byte-level record client (batches as bytes; see `tidelog_proto::wire`).
+    pub fn records(&self) -> RecordServiceClient<Channel> {
+        RecordServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Creates a topic with the broker's default settings.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicDescription, Error> {
+        self.create_topic_with(name, partitions, TopicConfig::default())
+            .await
+    }
+
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicDescription, Error> {
+        let req = CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            config: Some(config),
+        };
+        let resp = self.admin().create_topic(req).await?.into_inner();
+        resp.topic
+            .ok_or_else(|| Error::Decode("CreateTopic returned no topic".into()))
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
+        let resp = self
+            .admin()
+            .describe_topic(DescribeTopicRequest { name: name.into() })
+            .await?
+            .into_inner();
+        resp.topic
+            .ok_or_else(|| Error::Decode("DescribeTopic returned no topic".into()))
+    }
+}

@@ -1,0 +1,37 @@
+//! SDK errors: transport failures, gRPC statuses from the broker, per-batch broker error codes,
+//! and data that does not decode. [`Error::is_retryable`] separates what may succeed if retried.
+
+use tidelog_proto::v1::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to the broker: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("broker answered {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("broker rejected the batch ({code:?}): {message}")]
+    Broker { code: ErrorCode, message: String },
+    #[error("cannot decode a batch from the broker: {0}")]
+    Decode(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport(_) => true,
+            Error::Status(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::DeadlineExceeded
+            ),
+            Error::Broker { code, .. } => matches!(
+                code,
+                ErrorCode::StorageError | ErrorCode::NotLeader | ErrorCode::ShuttingDown
+            ),
+            Error::Decode(_) | Error::InvalidArgument(_) => false,
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The gRPC surface: thin tonic services that validate, route to the broker, and map errors
+//! (one table, `error.rs`). Also standard health checking and server reflection (v1 and
+//! v1alpha, since grpcurl 1.8 and grpcio-reflection speak only v1alpha).
+
+pub mod admin;
+pub mod error;
+pub mod offsets;
+pub mod records;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tidelog_proto::v1::admin_service_server::AdminServiceServer;
+use tidelog_proto::v1::offset_service_server::OffsetServiceServer;
+use tidelog_proto::wire::record_service_server::RecordServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::broker::Broker;
+use crate::settings::MAX_BATCH_BYTES_LIMIT;
+
+/// Largest gRPC message either way: the largest batch plus room for the envelope.
+const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
+
+/// Serves every service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RecordServiceServer<records::RecordApi>>()
+        .await;
+    health
+        .set_serving::<AdminServiceServer<admin::AdminApi>>()
+        .await;
+    health
+        .set_serving::<OffsetServiceServer<offsets::OffsetApi>>()
+        .await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tidelog_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let records = RecordServiceServer::new(records::RecordApi::new(Arc::clone(&broker)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker)));
+    let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
+
+    Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(records)
+        .add_service(offsets)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! `RecordService`: Produce (bidi stream) and Subscribe (server stream), on the byte-level
+//! wire view so batches are never re-encoded.
+//!
+//! Produce: each stream has one task that reads requests in order and appends each batch to its
+//! partition immediately (so appends happen in request order), then waits for durability of up
+//! to `MAX_IN_FLIGHT` batches concurrently and answers in request order. A bad batch gets an
+//! error code in its response; the stream goes on.
+//!
+//! Subscribe: one task per partition reads batches below the high watermark and, when caught up,
+//! sleeps on the partition's high-watermark watch (no polling). All tasks feed one bounded
+//! channel; when the client stops reading, HTTP/2 flow control stops tonic from draining it,
+//! `send` waits, and the tasks stop reading the log. Memory per subscription is bounded by
+//! (channel capacity + partitions) x `max_bytes`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tidelog_proto::v1::Acks;
+use tidelog_proto::wire::{
+    self, produce_request, record_service_server::RecordService, start_position,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error::{error_code, status};
+use crate::broker::batch::{self, Declared, CODEC_NONE};
+use crate::broker::partition::Partition;
+use crate::broker::{now_ms, Broker, BrokerError};
+use crate::log::{AppendBatch, StoredBatch};
+
+/// Produce requests whose durability wait may overlap on one stream.
+const MAX_IN_FLIGHT: usize = 256;
+/// Default and largest `max_bytes` of one Subscribe response.
+const DEFAULT_MAX_BYTES: usize = 1 << 20;
+const MAX_MAX_BYTES: usize = 8 << 20;
+/// Responses buffered per subscription before back-pressure reaches the log readers.
+const SUBSCRIBE_BUFFER: usize = 2;
+
+#[derive(Debug)]
+pub struct RecordApi {
+    broker: Arc<Broker>,
+}
+
+impl RecordApi {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+type PendingResponse = Pin<Box<dyn Future<Output = Option<wire::ProduceResponse>> + Send>>;
+
+/// Appends the batch now (in stream order) and returns the future that waits for durability
+/// and builds the response (`None` for acks=none).
+fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse {
+    let mut resp = wire::ProduceResponse {
+        request_id: req.request_id,
+        topic: req.topic.clone(),
+        partition: req.partition,
+        ..Default::default()
+    };
+    let silent = req.acks == Acks::None as i32;
+    let appended = append_now(broker, &req);
+    Box::pin(async move {
+        let result = match appended {
+            Ok((partition, appended)) => {
+                let done = partition.complete(&appended).await;
+                resp.log_start_offset = partition.offsets().log_start.0;
+                done.map(|()| appended)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(a) => {
+                resp.base_offset = a.base_offset;
+                resp.append_time_ms = a.append_time_ms;
+            }
+            Err(e) => {
+                tracing::debug!(topic = %resp.topic, partition = resp.partition, error = %e, "produce rejected");
+                resp.error_code = error_code(&e) as i32;
+                resp.error_message = e.to_string();
+            }
+        }
+        (!silent).then_some(resp)
+    })
+}
+
+fn append_now(
+    broker: &Broker,
+    req: &wire::ProduceRequest,
+) -> Result<(Arc<Partition>, crate::log::Appended), BrokerError> {
+    broker.check_running()?;
+    let topic = broker.topic(&req.topic)?;
+    let partition = Arc::clone(topic.partition(req.partition)?);
+    let (payload, compressed) = match &req.payload {
+        Some(produce_request::Payload::Records(b)) => (b, false),
+        Some(produce_request::Payload::CompressedRecords(b)) => (b, true),
+        None => {
+            return Err(BrokerError::InvalidArgument(
+                "the request carries no records".into(),
+            ))
+        }
+    };
+    if !(0..=3).contains(&req.acks) {
+        return Err(BrokerError::InvalidArgument(format!(
+            "unknown acks value {}",
+            req.acks
+        )));
+    }
+    let declared = Declared {
+        compressed,
+        codec: req.compression,
+        record_count: req.record_count,
+        crc: req.crc32c,
+    };
+    let valid = batch::validate(payload, declared, topic.record.settings.max_batch_bytes)?;
+    let batch = AppendBatch {
+        payload,
+        record_count: valid.record_count,
+        compression: valid.codec,
+        payload_crc: valid.crc,
+        raft: None,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+    let appended = partition.append(batch, now_ms())?;
+    Ok((partition, appended))
+}
+
+fn to_wire_batch(b: StoredBatch) -> wire::Batch {
+    let payload = if b.header.compression == CODEC_NONE {
+        wire::batch::Payload::Records(b.payload)
+    } else {
+        wire::batch::Payload::CompressedRecords(b.payload)
+    };
+    wire::Batch {
+        base_offset: b.header.base_offset,
+        record_count: b.header.record_count,
+        append_time_ms: b.header.append_time_ms,
+        compression: i32::from(b.header.compression),
+        payload: Some(payload),
+        crc32c: b.header.payload_crc,
+    }
+}
+
+/// Resolves a start position to an offset; absent = latest (the high watermark).
+fn resolve_start(p: &Partition, start: Option<&wire::StartPosition>) -> Result<u64, BrokerError> {
+    let offsets = p.offsets();
+    match start.and_then(|s| s.position.as_ref()) {
+        None | Some(start_position::Position::Latest(_)) => Ok(offsets.high_watermark.0),
+        Some(start_position::Position::Earliest(_)) => Ok(offsets.log_start.0),
+        Some(start_position::Position::Offset(o)) => {
+            p.check_offset(*o)?;
+            Ok(*o)
+        }
+        Some(start_position::Position::TimestampMs(t)) => Ok(p
+            .offset_for_time(*t)?
+            .map_or(offsets.high_watermark.0, |(o, _)| o)),
+    }
+}
+
+async fn tail_partition(
+    partition: Arc<Partition>,
+    mut next: u64,
+    max_bytes: usize,
+    tx: mpsc::Sender<Result<wire::SubscribeResponse, Status>>,
+) {
+    let mut hw = partition.watch_hw();
+    loop {
+        // Mark the current value seen before reading, so an append racing with the read
+        // still wakes us.
+        let high_watermark = *hw.borrow_and_update();
+        match partition.read(next, max_bytes) {
+            Err(e) => {
+                let _ = tx.send(Err(status(&e))).await;
+                return;
+            }
+            Ok(batches) if batches.is_empty() => {
+                tokio::select! {
+                    changed = hw.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+            Ok(batches) => {
+                next = batches.last().map_or(next, |b| b.header.next_offset());
+                let resp = wire::SubscribeResponse {
+                    partition: partition.index(),
+                    batches: batches.into_iter().map(to_wire_batch).collect(),
+                    high_watermark,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RecordService for RecordApi {
+    type ProduceStream = ReceiverStream<Result<wire::ProduceResponse, Status>>;
+    type SubscribeStream = ReceiverStream<Result<wire::SubscribeResponse, Status>>;
+
+    async fn produce(
+        &self,
+        request: Request<Streaming<wire::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let broker = Arc::clone(&self.broker);
+        tokio::spawn(async move {
+            let mut pending: FuturesOrdered<PendingResponse> = FuturesOrdered::new();
+            let mut shutdown = broker.shutdown_signal();
+            let mut inbound_open = true;
+            while inbound_open || !pending.is_empty() {
+                tokio::select! {
+                    biased;
+                    Some(done) = pending.next(), if !pending.is_empty() => {
+                        if let Some(resp) = done {
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    msg = inbound.next(), if inbound_open && pending.len() < MAX_IN_FLIGHT => match msg {
+                        Some(Ok(req)) => pending.push_back(start_produce(&broker, req)),
+                        Some(Err(e)) => {
+                            // The client broke the stream (disconnect, bad frame). Appended batches
+                            // stay; there is nobody left to answer.
+                            tracing::debug!(error = %e, "produce stream ended by client");
+                            inbound_open = false;
+                        }
+                        None => inbound_open = false,
+                    },
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(Err(status(&BrokerError::ShuttingDown))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<wire::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        self.broker.check_running()?;
+        let topic = self.broker.topic(&req.topic)?;
+        let max_bytes = match req.max_bytes as usize {
+            0 => DEFAULT_MAX_BYTES,
+            n => n.min(MAX_MAX_BYTES),
+        };
+        let mut starts: Vec<(Arc<Partition>, u64)> = Vec::new();
+        if req.partitions.is_empty() {
+            for p in &topic.partitions {
+                starts.push((Arc::clone(p), resolve_start(p, req.start.as_ref())?));
+            }
+        } else {
+            for ps in &req.partitions {
+                let p = topic.partition(ps.partition)?;
+                if starts.iter().any(|(q, _)| q.index() == ps.partition) {
+                    return Err(Status::invalid_argument(format!(
+                        "partition {} is listed twice",
+                        ps.partition
+                    )));
+                }
+                starts.push((
+                    Arc::clone(p),
+                    resolve_start(p, ps.start.as_ref().or(req.start.as_ref()))?,
+                ));
+            }
+        }
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
+        for (p, offset) in starts {
+            tracing::debug!(topic = %req.topic, partition = p.index(), offset, "subscription started");
+            tokio::spawn(tail_partition(p, offset, max_bytes, tx.clone()));
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,43 @@
+//! The broker's error type. `api/error.rs` maps each variant to one stable error code and gRPC
+//! status (the one table clients rely on).
+
+use crate::log::LogError;
+use crate::meta::MetaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic '{0}' does not exist; create it first (tidelog topic create {0})")]
+    UnknownTopic(String),
+    #[error("partition {partition} does not exist: topic '{topic}' has partitions 0..{count}")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        count: u32,
+    },
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("batch of {size} bytes exceeds the topic's max_batch_bytes ({max}); send smaller batches or raise max_batch_bytes")]
+    BatchTooLarge { size: usize, max: u32 },
+    #[error("corrupt batch: {0}")]
+    CorruptBatch(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("topic '{0}' was deleted")]
+    TopicDeleted(String),
+    #[error("the broker is shutting down; retry after it restarts")]
+    ShuttingDown,
+}
+
+impl BrokerError {
+    /// Whether the same request may succeed if retried unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Log(LogError::Io { .. }) | Self::Meta(MetaError::Store(_)) | Self::ShuttingDown
+        )
+    }
+}

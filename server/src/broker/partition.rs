@@ -1,0 +1,258 @@
+//! One partition on this broker: its log, its durability policy, and the high watermark that
+//! wakes subscribers.
+//!
+//! An append is two steps, so a produce stream can pipeline many batches while appending them
+//! strictly in request order:
+//! 1. [`Partition::append`] writes the batch to the log (page cache) under the log's mutex and
+//!    returns its offsets — synchronous and short;
+//! 2. [`Partition::complete`] makes it durable per the fsync policy and then advances the high
+//!    watermark, which wakes every subscriber waiting on it (no polling).
+//!
+//! Invariants:
+//! - the high watermark only moves up, and never past the log end;
+//! - with `FsyncPolicy::PerBatch`, the high watermark never exceeds the fsynced end, so a
+//!   consumer never sees a batch that a power loss could take back;
+//! - fsyncs run outside the log mutex; one fsync covers every batch appended before it started
+//!   (group commit), so concurrent producers share fsyncs instead of queueing one each.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::error::BrokerError;
+use crate::log::{
+    AppendBatch, Appended, FsyncPolicy, HighWatermark, Log, LogConfig, LogEndOffset, LogError,
+    PartitionOffsets, RecoveryReport, RetentionOutcome, StoredBatch,
+};
+
+/// Why a partition stopped serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    TopicDeleted,
+    ShuttingDown,
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    index: u32,
+    log: Mutex<Log>,
+    fsync: FsyncPolicy,
+    /// Everything below this offset has been fsynced.
+    synced_to: AtomicU64,
+    sync_lock: tokio::sync::Mutex<()>,
+    /// When the interval flusher should next fsync (ms since `epoch`).
+    next_interval_sync_ms: AtomicI64,
+    epoch: Instant,
+    hw: watch::Sender<u64>,
+    closed: AtomicBool,
+    closed_reason: Mutex<Option<Closed>>,
+}
+
+impl Partition {
+    /// Opens (and recovers) the partition's log in `dir`. Everything recovered counts as
+    /// durable and visible.
+    pub fn open(
+        dir: &std::path::Path,
+        topic: &str,
+        index: u32,
+        config: LogConfig,
+        fsync: FsyncPolicy,
+    ) -> Result<(Self, RecoveryReport), BrokerError> {
+        let (log, report) = Log::open(dir, config)?;
+        let end = log.log_end().0;
+        let (hw, _) = watch::channel(end);
+        Ok((
+            Self {
+                topic: topic.to_string(),
+                index,
+                log: Mutex::new(log),
+                fsync,
+                synced_to: AtomicU64::new(end),
+                sync_lock: tokio::sync::Mutex::new(()),
+                next_interval_sync_ms: AtomicI64::new(0),
+                epoch: Instant::now(),
+                hw,
+                closed: AtomicBool::new(false),
+                closed_reason: Mutex::new(None),
+            },
+            report,
+        ))
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A panic while holding the lock cannot leave the log half-updated in memory (each
+        // append updates its state only after the write succeeded), so poisoning is ignored.
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Step 1 of an append: writes the batch to the log. See the module docs.
+    pub fn append(&self, batch: AppendBatch<'_>, now_ms: i64) -> Result<Appended, BrokerError> {
+        self.check_open()?;
+        Ok(self.log().append(batch, now_ms)?)
+    }
+
+    /// Step 2 of an append: waits for durability per the fsync policy, then publishes the batch
+    /// to subscribers by advancing the high watermark.
+    pub async fn complete(&self, appended: &Appended) -> Result<(), BrokerError> {
+        if self.fsync == FsyncPolicy::PerBatch {
+            self.sync_to(appended.next_offset).await?;
+        }
+        self.advance_hw(appended.next_offset);
+        Ok(())
+    }
+
+    fn advance_hw(&self, to: u64) {
+        self.hw.send_if_modified(|hw| {
+            if to > *hw {
+                *hw = to;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Durability: returns once every batch below `end` is fsynced. Concurrent callers share
+    /// one fsync.
+    pub async fn sync_to(&self, end: u64) -> Result<(), BrokerError> {
+        if self.synced_to.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let _turn = self.sync_lock.lock().await;
+        if self.synced_to.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        // Taken together under the log lock: this file holds every byte below `target`
+        // that is not in a sealed (already fsynced) segment.
+        let (file, target) = {
+            let log = self.log();
+            (log.active_file(), log.log_end().0)
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| LogError::io("fsync task", std::io::Error::other(e)))?
+            .map_err(|e| LogError::io(format!("fsync of {}/{}", self.topic, self.index), e))?;
+        self.synced_to.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data.
+    pub async fn sync_if_due(&self) -> Result<(), BrokerError> {
+        let FsyncPolicy::Interval(every) = self.fsync else {
+            return Ok(());
+        };
+        let now = self.epoch.elapsed().as_millis() as i64;
+        if now < self.next_interval_sync_ms.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.next_interval_sync_ms
+            .store(now + every.as_millis() as i64, Ordering::Relaxed);
+        let end = self.log().log_end().0;
+        self.sync_to(end).await
+    }
+
+    pub fn offsets(&self) -> PartitionOffsets {
+        let log = self.log();
+        PartitionOffsets::new(
+            log.log_start(),
+            HighWatermark(*self.hw.borrow()),
+            LogEndOffset(log.log_end().0),
+        )
+    }
+
+    pub fn size_bytes(&self) -> (u64, usize) {
+        let log = self.log();
+        (log.size_bytes(), log.segment_count())
+    }
+
+    /// A receiver that changes whenever the high watermark moves (or the partition closes).
+    pub fn watch_hw(&self) -> watch::Receiver<u64> {
+        self.hw.subscribe()
+    }
+
+    /// Reads whole committed batches from `offset` (below the high watermark), about
+    /// `max_bytes`. The index lookup happens under the log lock, the read itself (`pread`)
+    /// outside it, so readers never block appends for the duration of an I/O.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, BrokerError> {
+        self.check_open()?;
+        let hw = *self.hw.borrow();
+        let located = self.log().locate(offset)?;
+        let Some((reader, pos)) = located else {
+            return Ok(Vec::new());
+        };
+        if offset >= hw {
+            return Ok(Vec::new());
+        }
+        let (batches, _) = reader
+            .read(pos, hw, max_bytes)
+            .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
+        Ok(batches)
+    }
+
+    /// Checks that `offset` is a valid start position: within [log start, log end].
+    pub fn check_offset(&self, offset: u64) -> Result<(), BrokerError> {
+        let log = self.log();
+        let (start, end) = (log.log_start().0, log.log_end().0);
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: start,
+                log_end: end,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>, BrokerError> {
+        Ok(self.log().offset_for_time(timestamp_ms)?)
+    }
+
+    pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, BrokerError> {
+        Ok(self.log().apply_retention(now_ms)?)
+    }
+
+    /// Stops serving: pending and future reads and appends fail with `reason`, and waiting
+    /// subscribers are woken to see it.
+    pub fn close(&self, reason: Closed) {
+        *self
+            .closed_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        self.closed.store(true, Ordering::Release);
+        self.hw.send_modify(|_| {});
+    }
+
+    pub fn check_open(&self) -> Result<(), BrokerError> {
+        if !self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match *self
+            .closed_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(Closed::TopicDeleted) => Err(BrokerError::TopicDeleted(self.topic.clone())),
+            _ => Err(BrokerError::ShuttingDown),
+        }
+    }
+
+    /// Durability: fsyncs all appended data (used at shutdown).
+    pub fn flush(&self) -> Result<(), BrokerError> {
+        let log = self.log();
+        log.sync()?;
+        self.synced_to.fetch_max(log.log_end().0, Ordering::AcqRel);
+        Ok(())
+    }
+}

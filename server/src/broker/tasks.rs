@@ -1,0 +1,56 @@
+//! Background work of the broker: retention and interval fsync. Each loop ends when the
+//! broker shuts down. A failure is logged and retried at the next tick; it never stops the
+//! loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{now_ms, Broker};
+
+/// How often the interval flusher looks for partitions whose fsync interval elapsed.
+const FLUSH_TICK: Duration = Duration::from_millis(20);
+
+/// Starts the background loops.
+pub fn spawn(broker: &Arc<Broker>) {
+    tokio::spawn(retention_loop(Arc::clone(broker)));
+    tokio::spawn(flush_loop(Arc::clone(broker)));
+}
+
+async fn retention_loop(broker: Arc<Broker>) {
+    let mut shutdown = broker.shutdown_signal();
+    let mut tick = tokio::time::interval(broker.options().retention_check_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for p in broker.all_partitions() {
+            match p.apply_retention(now_ms()) {
+                Ok(out) if out.segments_deleted > 0 => {
+                    tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "retention failed")
+                }
+            }
+        }
+    }
+}
+
+async fn flush_loop(broker: Arc<Broker>) {
+    let mut shutdown = broker.shutdown_signal();
+    let mut tick = tokio::time::interval(FLUSH_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for p in broker.all_partitions() {
+            if let Err(e) = p.sync_if_due().await {
+                tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "interval fsync failed");
+            }
+        }
+    }
+}

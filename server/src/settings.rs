@@ -1,0 +1,116 @@
+//! Per-topic settings: what a topic is created with, what the metadata store keeps, and what
+//! `[topic_defaults]` in the broker config fills in. Converted to the log's own types here, so
+//! the log never sees this serde shape.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{FsyncPolicy, LogConfig, Retention};
+
+/// When a partition's appends are fsynced (see [`FsyncPolicy`] for the exact guarantees).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncSetting {
+    /// Before acknowledging each batch (group commit across concurrent producers).
+    Always,
+    /// Every `fsync_interval_ms`, in the background.
+    Interval,
+    /// Never explicitly.
+    Never,
+}
+
+/// Settings of one topic. Every field has a documented default (see `Default`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Delete segments whose newest batch is older than this; -1 = forever. Default 7 days.
+    pub retention_ms: i64,
+    /// Delete the oldest segments while a partition is larger than this; -1 = no limit.
+    pub retention_bytes: i64,
+    /// Roll the active segment at this size. Default 1 GiB.
+    pub segment_bytes: u64,
+    /// Roll the active segment when its first batch is this old. Default 7 days.
+    pub segment_ms: u64,
+    /// Default `interval`.
+    pub fsync: FsyncSetting,
+    /// Period of the background fsync for `fsync = "interval"`. Default 1000 ms.
+    pub fsync_interval_ms: u64,
+    /// Largest batch payload accepted. Default 1 MiB, at most 8 MiB.
+    pub max_batch_bytes: u32,
+}
+
+/// Upper bound for `max_batch_bytes`, below the gRPC message limit the server sets.
+pub const MAX_BATCH_BYTES_LIMIT: u32 = 8 << 20;
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            fsync: FsyncSetting::Interval,
+            fsync_interval_ms: 1000,
+            max_batch_bytes: 1 << 20,
+        }
+    }
+}
+
+impl TopicSettings {
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        match self.fsync {
+            FsyncSetting::Always => FsyncPolicy::PerBatch,
+            FsyncSetting::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms))
+            }
+            FsyncSetting::Never => FsyncPolicy::Never,
+        }
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_max_age: Duration::from_millis(self.segment_ms),
+            retention: Retention {
+                max_age: u64::try_from(self.retention_ms)
+                    .ok()
+                    .map(Duration::from_millis),
+                max_bytes: u64::try_from(self.retention_bytes).ok(),
+            },
+            ..LogConfig::default()
+        }
+    }
+
+    /// Checks every field; the message names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retention_ms < -1 || self.retention_ms == 0 {
+            return Err(format!(
+                "retention_ms must be -1 (forever) or positive, got {}",
+                self.retention_ms
+            ));
+        }
+        if self.retention_bytes < -1 || self.retention_bytes == 0 {
+            return Err(format!(
+                "retention_bytes must be -1 (no limit) or positive, got {}",
+                self.retention_bytes
+            ));
+        }
+        if self.fsync == FsyncSetting::Interval && self.fsync_interval_ms == 0 {
+            return Err("fsync_interval_ms must be at least 1 with fsync = interval".into());
+        }
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > MAX_BATCH_BYTES_LIMIT {
+            return Err(format!(
+                "max_batch_bytes must be 1..={MAX_BATCH_BYTES_LIMIT}, got {}",
+                self.max_batch_bytes
+            ));
+        }
+        if u64::from(self.max_batch_bytes) > self.segment_bytes {
+            return Err(format!(
+                "max_batch_bytes ({}) must not exceed segment_bytes ({})",
+                self.max_batch_bytes, self.segment_bytes
+            ));
+        }
+        self.log_config().validate()
+    }
+}
