@@ -7,7 +7,7 @@ use tidelog_proto::v1::ErrorCode;
 pub enum Error {
     #[error("cannot connect to the broker: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("broker answered {}: {}", .0.code(), .0.message())]
+    #[error("broker answered {:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error("broker rejected the batch ({code:?}): {message}")]
     Broker { code: ErrorCode, message: String },

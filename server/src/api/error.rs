@@ -52,7 +52,12 @@ pub fn error_code(e: &BrokerError) -> ErrorCode {
 
 pub fn status(e: &BrokerError) -> Status {
     let (_, code) = table(e);
-    if code == Code::Internal || code == Code::Unavailable || code == Code::ResourceExhausted {
+    let server_side = matches!(
+        e,
+        BrokerError::Log(LogError::Io { .. } | LogError::Config(_) | LogError::Truncate(_))
+            | BrokerError::Meta(_)
+    );
+    if server_side {
         tracing::error!(error = %e, "request failed on the broker side");
     }
     Status::new(code, e.to_string())

@@ -1,0 +1,245 @@
+//! Shared support for the integration tests: a real `tidelog` broker process on a free
+//! loopback port, and client helpers. Every wait polls with a deadline; nothing sleeps to wait
+//! for state.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tidelog::proto::wire;
+use tidelog::{Client, ConsumedRecord, Record, StartAt, Subscription};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidelog");
+
+/// A broker child process. Killed (SIGKILL) when dropped.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts `tidelog serve` on 127.0.0.1:0 with `data_dir`, waiting (up to 30 s) for the
+    /// line that says where it listens. stderr goes to `<data_dir>.log`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn tidelog");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {} // keep draining so the broker never blocks on stdout
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "broker did not start; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        let hostport = line
+            .split_whitespace()
+            .nth(3)
+            .expect("listen line")
+            .to_string();
+        Self {
+            child: Some(child),
+            addr: format!("http://{hostport}"),
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr.clone()).await.expect("connect")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to 20 s for the exit (yielding, so this test's own client
+    /// connections keep running and can see the broker close them).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker ignored SIGTERM for 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident set size of the broker, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) with a pid we spawned; no memory is shared.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// A seed for randomized tests: `TIDELOG_TEST_SEED` or the clock; always printed so a failure
+/// can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("TIDELOG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: seed {seed} (replay with TIDELOG_TEST_SEED={seed})");
+    seed
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A wire produce request carrying `records` uncompressed, with its CRC.
+pub fn produce_request(
+    id: u64,
+    topic: &str,
+    partition: u32,
+    records: Vec<Record>,
+) -> wire::ProduceRequest {
+    let (bytes, crc) = tidelog::batch::encode_records(records);
+    wire::ProduceRequest {
+        request_id: id,
+        topic: topic.into(),
+        partition,
+        acks: tidelog::proto::v1::Acks::All as i32,
+        payload: Some(wire::produce_request::Payload::Records(bytes)),
+        compression: 0,
+        record_count: 0,
+        crc32c: Some(crc),
+    }
+}
+
+/// Sends `requests` on one Produce stream and returns the responses in order.
+pub async fn produce_all(
+    client: &Client,
+    requests: Vec<wire::ProduceRequest>,
+) -> Vec<wire::ProduceResponse> {
+    let n = requests.len();
+    let mut stream = client
+        .records()
+        .produce(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = stream.next().await {
+        out.push(r.unwrap());
+    }
+    assert_eq!(out.len(), n, "responses missing");
+    out
+}
+
+/// Reads partition `p` of `topic` from `from` until offset `until` (exclusive), within 30 s.
+pub async fn read_range(
+    client: &Client,
+    topic: &str,
+    p: u32,
+    from: u64,
+    until: u64,
+) -> Vec<ConsumedRecord> {
+    let mut out = Vec::new();
+    if from >= until {
+        return out;
+    }
+    let mut stream = Subscription::new(topic)
+        .partition(p, Some(StartAt::Offset(from)))
+        .open(client)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out
+        .last()
+        .is_none_or(|r: &ConsumedRecord| r.offset + 1 < until)
+    {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let r =
+            next.unwrap_or_else(|_| panic!("read {topic}/{p} stalled at {} of {until}", out.len()));
+        out.push(r.expect("stream ended").unwrap());
+    }
+    out
+}
+
+/// The partition's high watermark.
+pub async fn high_watermark(client: &Client, topic: &str, p: u32) -> u64 {
+    client.describe_topic(topic).await.unwrap().partitions[p as usize].high_watermark
+}
