@@ -218,7 +218,6 @@ async fn positions_by_time_and_list_offsets() {
                 .unwrap()
                 .into_inner()
                 .offsets[0]
-                .clone()
         }
     };
     assert_eq!(list(offset_spec::Spec::Earliest(true)).await.offset, 0);

@@ -155,7 +155,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         printed += 1;
         to_commit.insert(record.partition, record.offset + 1);
         // Commit after every 100 records and when the stream goes quiet (checked below).
-        if args.group.is_some() && printed % 100 == 0 {
+        if args.group.is_some() && printed.is_multiple_of(100) {
             request_id += 1;
             send_commit(
                 &commit_tx,

