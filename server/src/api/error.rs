@@ -16,6 +16,7 @@
 //! | Meta                         | STORAGE_ERROR        | UNAVAILABLE         | yes    |
 //! | TopicDeleted                 | UNKNOWN_TOPIC        | NOT_FOUND           | no     |
 //! | ShuttingDown                 | SHUTTING_DOWN        | UNAVAILABLE         | yes    |
+//! | PartitionFailed (fsync)      | STORAGE_ERROR        | UNAVAILABLE         | after restart |
 
 use tidelog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
@@ -38,7 +39,9 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::Log(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
             (ErrorCode::StorageError, Code::ResourceExhausted)
         }
-        B::Log(LogError::Io { .. }) | B::Meta(_) => (ErrorCode::StorageError, Code::Unavailable),
+        B::Log(LogError::Io { .. }) | B::Meta(_) | B::PartitionFailed { .. } => {
+            (ErrorCode::StorageError, Code::Unavailable)
+        }
         B::Log(LogError::Config(_) | LogError::Truncate(_)) => {
             (ErrorCode::StorageError, Code::Internal)
         }
@@ -54,7 +57,8 @@ pub fn status(e: &BrokerError) -> Status {
     let (_, code) = table(e);
     let server_side = matches!(
         e,
-        BrokerError::Log(LogError::Io { .. } | LogError::Config(_) | LogError::Truncate(_))
+        BrokerError::PartitionFailed { .. }
+            | BrokerError::Log(LogError::Io { .. } | LogError::Config(_) | LogError::Truncate(_))
             | BrokerError::Meta(_)
     );
     if server_side {

@@ -30,6 +30,8 @@ pub enum BrokerError {
     TopicDeleted(String),
     #[error("the broker is shutting down; retry after it restarts")]
     ShuttingDown,
+    #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
+    PartitionFailed { topic: String, partition: u32 },
 }
 
 impl BrokerError {
@@ -37,7 +39,10 @@ impl BrokerError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Log(LogError::Io { .. }) | Self::Meta(MetaError::Store(_)) | Self::ShuttingDown
+            Self::Log(LogError::Io { .. })
+                | Self::Meta(MetaError::Store(_))
+                | Self::ShuttingDown
+                | Self::PartitionFailed { .. }
         )
     }
 }

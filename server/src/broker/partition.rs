@@ -12,6 +12,8 @@
 //! - the high watermark only moves up, and never past the log end;
 //! - with `FsyncPolicy::PerBatch`, the high watermark never exceeds the fsynced end, so a
 //!   consumer never sees a batch that a power loss could take back;
+//! - a failed fsync closes the partition (`Closed::StorageFailed`): the batches it covered
+//!   were answered with an error and must never become visible through a later fsync;
 //! - fsyncs run outside the log mutex; one fsync covers every batch appended before it started
 //!   (group commit), so concurrent producers share fsyncs instead of queueing one each.
 
@@ -32,6 +34,10 @@ use crate::log::{
 pub enum Closed {
     TopicDeleted,
     ShuttingDown,
+    /// An fsync failed. The kernel may then have dropped the dirty pages, so the page cache
+    /// can differ from the disk: the partition stops serving until a restart, whose recovery
+    /// reads what is really on disk.
+    StorageFailed,
 }
 
 #[derive(Debug)]
@@ -108,6 +114,10 @@ impl Partition {
         if self.fsync == FsyncPolicy::PerBatch {
             self.sync_to(appended.next_offset).await?;
         }
+        // After a failed fsync nothing more may become visible (see `Closed::StorageFailed`).
+        if self.closed_reason() == Some(Closed::StorageFailed) {
+            return self.check_open();
+        }
         self.advance_hw(appended.next_offset);
         Ok(())
     }
@@ -139,10 +149,15 @@ impl Partition {
             let log = self.log();
             (log.active_file(), log.log_end().0)
         };
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| LogError::io("fsync task", std::io::Error::other(e)))?
-            .map_err(|e| LogError::io(format!("fsync of {}/{}", self.topic, self.index), e))?;
+        let synced = match tokio::task::spawn_blocking(move || file.sync_data()).await {
+            Ok(r) => r,
+            Err(join) => Err(std::io::Error::other(join)),
+        };
+        if let Err(e) = synced {
+            tracing::error!(topic = %self.topic, partition = self.index, error = %e, "fsync failed; partition stops serving until restart");
+            self.close(Closed::StorageFailed);
+            return Err(LogError::io(format!("fsync of {}/{}", self.topic, self.index), e).into());
+        }
         self.synced_to.fetch_max(target, Ordering::AcqRel);
         Ok(())
     }
@@ -238,14 +253,21 @@ impl Partition {
         if !self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        match *self
+        match self.closed_reason() {
+            Some(Closed::TopicDeleted) => Err(BrokerError::TopicDeleted(self.topic.clone())),
+            Some(Closed::StorageFailed) => Err(BrokerError::PartitionFailed {
+                topic: self.topic.clone(),
+                partition: self.index,
+            }),
+            _ => Err(BrokerError::ShuttingDown),
+        }
+    }
+
+    fn closed_reason(&self) -> Option<Closed> {
+        *self
             .closed_reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-        {
-            Some(Closed::TopicDeleted) => Err(BrokerError::TopicDeleted(self.topic.clone())),
-            _ => Err(BrokerError::ShuttingDown),
-        }
     }
 
     /// Durability: fsyncs all appended data (used at shutdown).

@@ -241,12 +241,13 @@ impl Log {
     /// sealed segment is fsynced then.
     pub fn append(&mut self, batch: AppendBatch<'_>, now_ms: i64) -> Result<Appended, LogError> {
         let batch_len = BATCH_HEADER_LEN + batch.payload.len();
+        // Positions in a segment are u32: no batch may be larger than a segment may be.
         let batch_len32 = u32::try_from(batch_len)
             .ok()
-            .filter(|l| u64::from(*l) <= self.config.segment_bytes.max(1 << 20) * 2)
+            .filter(|l| u64::from(*l) <= self.config.segment_bytes)
             .ok_or_else(|| {
                 LogError::Config(format!(
-                    "batch of {batch_len} bytes is larger than a segment"
+                    "batch of {batch_len} bytes is larger than segment_bytes"
                 ))
             })?;
         self.maybe_roll(batch_len as u64, now_ms)?;

@@ -221,15 +221,25 @@ impl Segment {
         self.next_offset = header.next_offset();
         self.last_header = Some(*header);
         if self.bytes_since_index >= self.index_interval_bytes {
-            // Written after the batch itself (see index.rs invariants).
-            self.index.append(OffsetEntry {
+            // Written after the batch itself (see index.rs invariants). The batch is already in
+            // the log, so an index write failure must not fail the append (the caller would
+            // report an error for stored data, and a retry would duplicate it): indexes are
+            // sparse and are rebuilt at startup if damaged.
+            let offset_entry = OffsetEntry {
                 offset: header.base_offset,
                 position: position as u32,
-            })?;
-            self.time_index.append(TimeEntry {
+            };
+            let time_entry = TimeEntry {
                 timestamp_ms: header.append_time_ms,
                 offset: header.base_offset,
-            })?;
+            };
+            if let Err(e) = self
+                .index
+                .append(offset_entry)
+                .and_then(|()| self.time_index.append(time_entry))
+            {
+                tracing::warn!(segment = %self.log_path.display(), error = %e, "index write failed; rebuilt at restart");
+            }
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += u64::from(header.batch_len);

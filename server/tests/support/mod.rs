@@ -26,7 +26,12 @@ impl BrokerProcess {
     /// Starts `tidelog serve` on 127.0.0.1:0 with `data_dir`, waiting (up to 30 s) for the
     /// line that says where it listens. stderr goes to `<data_dir>.log`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let log_path = data_dir.with_extension("log");
+        Self::start_logging_to(data_dir, &data_dir.with_extension("log"), extra)
+    }
+
+    /// As [`BrokerProcess::start`], with the broker's stderr appended to `log_path`.
+    pub fn start_logging_to(data_dir: &Path, log_path: &Path, extra: &[&str]) -> Self {
+        let log_path = log_path.to_path_buf();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
