@@ -2,6 +2,7 @@
 //! batches, plus the offset lookup a subscriber does when it starts. Run with
 //! `cargo bench -p tidelog-server --bench log`.
 
+#![allow(clippy::expect_used)] // a benchmark that cannot set up should stop loudly
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tidelog_server::log::{AppendBatch, Log, LogConfig};
 
