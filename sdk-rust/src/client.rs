@@ -27,6 +27,9 @@ impl Client {
         let endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?
             .tcp_nodelay(true)
+            // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
             .connect_timeout(std::time::Duration::from_secs(5));
         Ok(Self {
             channel: endpoint.connect().await?,

@@ -20,6 +20,12 @@ use tonic::transport::Server;
 use crate::broker::Broker;
 use crate::settings::MAX_BATCH_BYTES_LIMIT;
 
+/// HTTP/2 flow-control windows and frame size (see `serve`). The stream window also bounds
+/// what one stalled subscriber can have in flight in the transport.
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// Largest gRPC message either way: the largest batch plus room for the envelope.
 const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
 
@@ -55,6 +61,12 @@ pub async fn serve(
     let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
 
     Server::builder()
+        // h2's default 64 KiB windows cap one stream at a window per round trip; batches are
+        // up to MiBs, so give each stream and connection room for several in flight.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .tcp_nodelay(true)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
