@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUF_VERSION=1.75.0
-GRPCURL_WRAPPER_VERSION=1.8.6
+GRPCURL_WRAPPER_VERSION=1.8.6.post2
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
