@@ -19,10 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=wire");
 
     let public = protox::compile(PUBLIC, ["."])?;
-    std::fs::write(
-        out.join("tidelog_v1_descriptor.bin"),
-        public.encode_to_vec(),
-    )?;
+    std::fs::write(out.join("tidelog_v1_descriptor.bin"), public.encode_to_vec())?;
     let public_out = out.join("public");
     std::fs::create_dir_all(&public_out)?;
     tonic_prost_build::configure()
@@ -32,10 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(public)?;
 
     let wire = protox::compile(["tidelog/v1/wire.proto"], ["wire"])?;
-    std::fs::write(
-        out.join("tidelog_v1_wire_descriptor.bin"),
-        wire.encode_to_vec(),
-    )?;
+    std::fs::write(out.join("tidelog_v1_wire_descriptor.bin"), wire.encode_to_vec())?;
     let wire_out = out.join("wire");
     std::fs::create_dir_all(&wire_out)?;
     tonic_prost_build::configure()

@@ -7,6 +7,7 @@ use prost::Message;
 use tidelog_proto::v1;
 use tidelog_proto::wire;
 
+use crate::compression::Compression;
 use crate::Error;
 
 /// A record to produce.
@@ -21,10 +22,7 @@ pub struct Record {
 
 impl Record {
     pub fn new(value: impl Into<Bytes>) -> Self {
-        Self {
-            value: value.into(),
-            ..Self::default()
-        }
+        Self { value: value.into(), ..Self::default() }
     }
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
@@ -43,31 +41,21 @@ impl Record {
         v1::Record {
             key: self.key,
             value: self.value,
-            headers: self
-                .headers
-                .into_iter()
-                .map(|(key, value)| v1::Header { key, value })
-                .collect(),
+            headers: self.headers.into_iter().map(|(key, value)| v1::Header { key, value }).collect(),
             timestamp_ms: self.timestamp_ms,
         }
     }
 
     /// Bytes this record adds to an encoded batch (for batch-size accounting).
     pub fn encoded_len(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 6)
-            .sum();
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
         self.key.as_ref().map_or(0, |k| k.len() + 3) + self.value.len() + headers + 16
     }
 }
 
 /// Encodes records into `RecordBatch` bytes and their CRC32C.
 pub fn encode_records(records: Vec<Record>) -> (Bytes, u32) {
-    let batch = v1::RecordBatch {
-        records: records.into_iter().map(Record::into_proto).collect(),
-    };
+    let batch = v1::RecordBatch { records: records.into_iter().map(Record::into_proto).collect() };
     let bytes = Bytes::from(batch.encode_to_vec());
     let crc = crc32c::crc32c(&bytes);
     (bytes, crc)
@@ -96,23 +84,21 @@ pub fn decode_batch(
     batch: wire::Batch,
     from_offset: u64,
 ) -> Result<Vec<ConsumedRecord>, Error> {
-    let payload = match batch.payload {
-        Some(wire::batch::Payload::Records(b)) => b,
-        Some(wire::batch::Payload::CompressedRecords(_)) => {
-            return Err(Error::Decode(format!(
-                "batch at offset {} is compressed (codec {}); this SDK version reads uncompressed batches only",
-                batch.base_offset, batch.compression
-            )))
-        }
+    let (payload, compressed) = match batch.payload {
+        Some(wire::batch::Payload::Records(b)) => (b, false),
+        Some(wire::batch::Payload::CompressedRecords(b)) => (b, true),
         None => return Err(Error::Decode(format!("batch at offset {} has no payload", batch.base_offset))),
     };
     if crc32c::crc32c(&payload) != batch.crc32c {
-        return Err(Error::Decode(format!(
-            "CRC mismatch in batch at offset {}",
-            batch.base_offset
-        )));
+        return Err(Error::Decode(format!("CRC mismatch in batch at offset {}", batch.base_offset)));
     }
-    let decoded = v1::RecordBatch::decode(payload).map_err(|e| Error::Decode(e.to_string()))?;
+    let codec = Compression::from_codec(batch.compression)?;
+    let decoded = if compressed {
+        v1::RecordBatch::decode(codec.decompress(&payload)?.as_slice())
+    } else {
+        v1::RecordBatch::decode(payload)
+    }
+    .map_err(|e| Error::Decode(format!("batch at offset {}: {e}", batch.base_offset)))?;
     if decoded.records.len() != batch.record_count as usize {
         return Err(Error::Decode(format!(
             "batch at offset {} says {} records but holds {}",
@@ -131,11 +117,7 @@ pub fn decode_batch(
             topic: topic.to_string(),
             partition,
             offset,
-            timestamp_ms: if r.timestamp_ms > 0 {
-                r.timestamp_ms
-            } else {
-                batch.append_time_ms
-            },
+            timestamp_ms: if r.timestamp_ms > 0 { r.timestamp_ms } else { batch.append_time_ms },
             append_time_ms: batch.append_time_ms,
             key: r.key,
             value: r.value,

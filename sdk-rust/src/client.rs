@@ -31,9 +31,7 @@ impl Client {
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
             .connect_timeout(std::time::Duration::from_secs(5));
-        Ok(Self {
-            channel: endpoint.connect().await?,
-        })
+        Ok(Self { channel: endpoint.connect().await? })
     }
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {
@@ -52,13 +50,8 @@ impl Client {
     }
 
     /// Creates a topic with the broker's default settings.
-    pub async fn create_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-    ) -> Result<TopicDescription, Error> {
-        self.create_topic_with(name, partitions, TopicConfig::default())
-            .await
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicDescription, Error> {
+        self.create_topic_with(name, partitions, TopicConfig::default()).await
     }
 
     pub async fn create_topic_with(
@@ -67,24 +60,13 @@ impl Client {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicDescription, Error> {
-        let req = CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            replication_factor: 1,
-            config: Some(config),
-        };
+        let req = CreateTopicRequest { name: name.into(), partitions, replication_factor: 1, config: Some(config) };
         let resp = self.admin().create_topic(req).await?.into_inner();
-        resp.topic
-            .ok_or_else(|| Error::Decode("CreateTopic returned no topic".into()))
+        resp.topic.ok_or_else(|| Error::Decode("CreateTopic returned no topic".into()))
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
-        let resp = self
-            .admin()
-            .describe_topic(DescribeTopicRequest { name: name.into() })
-            .await?
-            .into_inner();
-        resp.topic
-            .ok_or_else(|| Error::Decode("DescribeTopic returned no topic".into()))
+        let resp = self.admin().describe_topic(DescribeTopicRequest { name: name.into() }).await?.into_inner();
+        resp.topic.ok_or_else(|| Error::Decode("DescribeTopic returned no topic".into()))
     }
 }

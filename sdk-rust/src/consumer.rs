@@ -30,9 +30,7 @@ impl StartAt {
             StartAt::Offset(o) => Position::Offset(o),
             StartAt::Timestamp(t) => Position::TimestampMs(t),
         };
-        wire::StartPosition {
-            position: Some(position),
-        }
+        wire::StartPosition { position: Some(position) }
     }
 }
 
@@ -50,12 +48,7 @@ pub type RecordStream = Pin<Box<dyn Stream<Item = Result<ConsumedRecord, Error>>
 impl Subscription {
     /// Every partition of `topic`, from the latest offset (change with [`Subscription::start_at`]).
     pub fn new(topic: impl Into<String>) -> Self {
-        Self {
-            topic: topic.into(),
-            start: StartAt::Latest,
-            partitions: Vec::new(),
-            max_bytes: 0,
-        }
+        Self { topic: topic.into(), start: StartAt::Latest, partitions: Vec::new(), max_bytes: 0 }
     }
 
     pub fn start_at(mut self, start: StartAt) -> Self {
@@ -76,19 +69,13 @@ impl Subscription {
     }
 
     /// Opens the stream of raw responses (batches as bytes).
-    pub async fn open_raw(
-        &self,
-        client: &Client,
-    ) -> Result<tonic::Streaming<wire::SubscribeResponse>, Error> {
+    pub async fn open_raw(&self, client: &Client) -> Result<tonic::Streaming<wire::SubscribeResponse>, Error> {
         let req = wire::SubscribeRequest {
             topic: self.topic.clone(),
             partitions: self
                 .partitions
                 .iter()
-                .map(|(p, s)| wire::PartitionStart {
-                    partition: *p,
-                    start: s.map(StartAt::to_wire),
-                })
+                .map(|(p, s)| wire::PartitionStart { partition: *p, start: s.map(StartAt::to_wire) })
                 .collect(),
             start: Some(self.start.to_wire()),
             max_bytes: self.max_bytes,
@@ -115,10 +102,7 @@ impl Subscription {
             let items: Vec<Result<ConsumedRecord, Error>> = match resp {
                 Err(status) => vec![Err(Error::Status(status))],
                 Ok(resp) => {
-                    let floor = floors
-                        .get(&resp.partition)
-                        .copied()
-                        .unwrap_or(default_floor);
+                    let floor = floors.get(&resp.partition).copied().unwrap_or(default_floor);
                     let mut out = Vec::new();
                     for batch in resp.batches {
                         match decode_batch(&topic, resp.partition, batch, floor) {

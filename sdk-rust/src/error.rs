@@ -15,6 +15,12 @@ pub enum Error {
     Decode(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("the producer's buffer stayed full for {0:?}; the broker is slower than the producer or unreachable")]
+    BufferFull(std::time::Duration),
+    #[error("the producer is closed")]
+    Closed,
+    #[error("delivery failed: {0}")]
+    Delivery(String),
 }
 
 impl Error {
@@ -23,15 +29,13 @@ impl Error {
             Error::Transport(_) => true,
             Error::Status(s) => matches!(
                 s.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::ResourceExhausted
-                    | tonic::Code::DeadlineExceeded
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
             ),
-            Error::Broker { code, .. } => matches!(
-                code,
-                ErrorCode::StorageError | ErrorCode::NotLeader | ErrorCode::ShuttingDown
-            ),
-            Error::Decode(_) | Error::InvalidArgument(_) => false,
+            Error::Broker { code, .. } => {
+                matches!(code, ErrorCode::StorageError | ErrorCode::NotLeader | ErrorCode::ShuttingDown)
+            }
+            Error::BufferFull(_) => true,
+            Error::Decode(_) | Error::InvalidArgument(_) | Error::Closed | Error::Delivery(_) => false,
         }
     }
 }

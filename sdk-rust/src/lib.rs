@@ -2,14 +2,15 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tidelog::Error> {
-//! use tidelog::{Client, Producer, Record, Subscription, StartAt};
+//! use tidelog::{Client, Producer, ProducerConfig, Record, Subscription, StartAt};
 //! use futures::StreamExt;
 //!
 //! let client = Client::connect("http://127.0.0.1:9690").await?;
 //! client.create_topic("events", 3).await?;
-//! let mut producer = Producer::new(client.clone(), "events").await?;
-//! producer.send(Record::new("hello").with_key("user-1"));
-//! let delivered = producer.flush().await?;
+//! let producer = Producer::new(client.clone(), ProducerConfig::default()).await?;
+//! let delivery = producer.send("events", Record::new("hello").with_key("user-1")).await?;
+//! let stored = delivery.await?; // partition and offset
+//! producer.close().await;
 //!
 //! let mut records = Subscription::new("events").start_at(StartAt::Earliest).open(&client).await?;
 //! while let Some(r) = records.next().await {
@@ -24,6 +25,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod compression;
 pub mod consumer;
 pub mod error;
 pub mod partitioner;
@@ -31,7 +33,8 @@ pub mod producer;
 
 pub use batch::{ConsumedRecord, Record};
 pub use client::Client;
+pub use compression::Compression;
 pub use consumer::{StartAt, Subscription};
 pub use error::Error;
-pub use producer::{Delivered, Producer};
+pub use producer::{DeliveryFuture, Partitioner, Producer, ProducerConfig, RecordMetadata};
 pub use tidelog_proto as proto;

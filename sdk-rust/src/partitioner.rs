@@ -55,17 +55,9 @@ mod tests {
             (b"a-little-bit-longer-string", -1486304829),
         ];
         for (key, want) in cases {
-            assert_eq!(
-                murmur2(key),
-                want,
-                "murmur2({:?})",
-                String::from_utf8_lossy(key)
-            );
+            assert_eq!(murmur2(key), want, "murmur2({:?})", String::from_utf8_lossy(key));
         }
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58897971
-        );
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
         assert_eq!(murmur2(b"abc"), 479470107);
     }
 

@@ -26,10 +26,7 @@ fn append(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("{size}B_batch"), |b| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let config = LogConfig {
-                segment_bytes: 256 << 20,
-                ..LogConfig::default()
-            };
+            let config = LogConfig { segment_bytes: 256 << 20, ..LogConfig::default() };
             let (mut log, _) = Log::open(dir.path(), config).expect("open");
             b.iter(|| log.append(batch(&payload), 1).expect("append"));
         });
@@ -40,10 +37,7 @@ fn append(c: &mut Criterion) {
 fn read(c: &mut Criterion) {
     let mut g = c.benchmark_group("log_read");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: 64 << 20,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 64 << 20, ..LogConfig::default() };
     let (mut log, _) = Log::open(dir.path(), config).expect("open");
     let payload = vec![0x5au8; 16 * 1024];
     for _ in 0..8192 {
@@ -64,11 +58,7 @@ fn read(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("locate_random_offset", |b| {
-        b.iter_batched(
-            || rand::random::<u64>() % end,
-            |o| log.locate(o).expect("locate"),
-            BatchSize::SmallInput,
-        );
+        b.iter_batched(|| rand::random::<u64>() % end, |o| log.locate(o).expect("locate"), BatchSize::SmallInput);
     });
     g.finish();
 }

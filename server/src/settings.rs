@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::log::format::BATCH_HEADER_LEN;
 use crate::log::{FsyncPolicy, LogConfig, Retention};
 
 /// When a partition's appends are fsynced (see [`FsyncPolicy`] for the exact guarantees).
@@ -40,6 +41,9 @@ pub struct TopicSettings {
     pub max_batch_bytes: u32,
 }
 
+/// Upper bound for `fsync_interval_ms` (one day); `segment_ms` may be up to ten years.
+pub const MAX_INTERVAL_MS: u64 = 24 * 3600 * 1000;
+
 /// Upper bound for `max_batch_bytes`, below the gRPC message limit the server sets.
 pub const MAX_BATCH_BYTES_LIMIT: u32 = 8 << 20;
 
@@ -61,9 +65,7 @@ impl TopicSettings {
     pub fn fsync_policy(&self) -> FsyncPolicy {
         match self.fsync {
             FsyncSetting::Always => FsyncPolicy::PerBatch,
-            FsyncSetting::Interval => {
-                FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms))
-            }
+            FsyncSetting::Interval => FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms)),
             FsyncSetting::Never => FsyncPolicy::Never,
         }
     }
@@ -73,9 +75,7 @@ impl TopicSettings {
             segment_bytes: self.segment_bytes,
             segment_max_age: Duration::from_millis(self.segment_ms),
             retention: Retention {
-                max_age: u64::try_from(self.retention_ms)
-                    .ok()
-                    .map(Duration::from_millis),
+                max_age: u64::try_from(self.retention_ms).ok().map(Duration::from_millis),
                 max_bytes: u64::try_from(self.retention_bytes).ok(),
             },
             ..LogConfig::default()
@@ -85,27 +85,21 @@ impl TopicSettings {
     /// Checks every field; the message names the field and the accepted range.
     pub fn validate(&self) -> Result<(), String> {
         if self.retention_ms < -1 || self.retention_ms == 0 {
-            return Err(format!(
-                "retention_ms must be -1 (forever) or positive, got {}",
-                self.retention_ms
-            ));
+            return Err(format!("retention_ms must be -1 (forever) or positive, got {}", self.retention_ms));
         }
         if self.retention_bytes < -1 || self.retention_bytes == 0 {
-            return Err(format!(
-                "retention_bytes must be -1 (no limit) or positive, got {}",
-                self.retention_bytes
-            ));
+            return Err(format!("retention_bytes must be -1 (no limit) or positive, got {}", self.retention_bytes));
         }
-        if self.fsync == FsyncSetting::Interval && self.fsync_interval_ms == 0 {
-            return Err("fsync_interval_ms must be at least 1 with fsync = interval".into());
+        if self.fsync_interval_ms == 0 || self.fsync_interval_ms > MAX_INTERVAL_MS {
+            return Err(format!("fsync_interval_ms must be 1..={MAX_INTERVAL_MS}, got {}", self.fsync_interval_ms));
+        }
+        if self.segment_ms == 0 || self.segment_ms > MAX_INTERVAL_MS * 3650 {
+            return Err(format!("segment_ms must be 1..={}, got {}", MAX_INTERVAL_MS * 3650, self.segment_ms));
         }
         if self.max_batch_bytes == 0 || self.max_batch_bytes > MAX_BATCH_BYTES_LIMIT {
-            return Err(format!(
-                "max_batch_bytes must be 1..={MAX_BATCH_BYTES_LIMIT}, got {}",
-                self.max_batch_bytes
-            ));
+            return Err(format!("max_batch_bytes must be 1..={MAX_BATCH_BYTES_LIMIT}, got {}", self.max_batch_bytes));
         }
-        if u64::from(self.max_batch_bytes) > self.segment_bytes {
+        if u64::from(self.max_batch_bytes) + BATCH_HEADER_LEN as u64 > self.segment_bytes {
             return Err(format!(
                 "max_batch_bytes ({}) must not exceed segment_bytes ({})",
                 self.max_batch_bytes, self.segment_bytes

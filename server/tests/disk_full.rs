@@ -48,17 +48,12 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
-    let _tmpfs = Tmpfs::mount(&mnt, "6m").unwrap_or_else(|e| {
-        panic!("cannot mount tmpfs (need root; or set TIDELOG_SKIP_DISK_FULL=1): {e}")
-    });
+    let _tmpfs = Tmpfs::mount(&mnt, "6m")
+        .unwrap_or_else(|e| panic!("cannot mount tmpfs (need root; or set TIDELOG_SKIP_DISK_FULL=1): {e}"));
     let log = dir.path().join("broker.log"); // outside the full disk
     let mut broker = BrokerProcess::start_logging_to(&mnt.join("data"), &log, &[]);
     let client = broker.client().await;
-    let cfg = TopicConfig {
-        segment_bytes: Some(1 << 20),
-        max_batch_bytes: Some(128 * 1024),
-        ..Default::default()
-    };
+    let cfg = TopicConfig { segment_bytes: Some(1 << 20), max_batch_bytes: Some(128 * 1024), ..Default::default() };
     client.create_topic_with("full", 1, cfg).await.unwrap();
     // Ballast that we delete later to free space.
     let ballast = mnt.join("ballast");
@@ -66,33 +61,17 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
 
     // Produce 64 KiB batches on one stream until the disk is full, then 3 more.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut resp = client
-        .records()
-        .produce(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resp =
+        client.records().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let mut acked = Vec::new();
     let mut errors = Vec::new();
     for id in 0..200u64 {
-        tx.send(produce_request(
-            id,
-            "full",
-            0,
-            vec![Record::new(vec![(id % 251) as u8; 64 * 1024])],
-        ))
-        .await
-        .unwrap();
+        tx.send(produce_request(id, "full", 0, vec![Record::new(vec![(id % 251) as u8; 64 * 1024])])).await.unwrap();
         let r = resp.next().await.unwrap().unwrap();
         if r.error_code == 0 {
             acked.push((r.base_offset, id));
         } else {
-            assert_eq!(
-                r.error_code,
-                ErrorCode::StorageError as i32,
-                "{}",
-                r.error_message
-            );
+            assert_eq!(r.error_code, ErrorCode::StorageError as i32, "{}", r.error_message);
             errors.push(r.error_message);
             if errors.len() == 3 {
                 break;
@@ -100,16 +79,8 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
         }
     }
     assert_eq!(errors.len(), 3, "the disk never filled up");
-    assert!(
-        errors[0].contains("No space left"),
-        "message should say why: {}",
-        errors[0]
-    );
-    eprintln!(
-        "{} batches acknowledged before the disk filled; error: {}",
-        acked.len(),
-        errors[0]
-    );
+    assert!(errors[0].contains("No space left"), "message should say why: {}", errors[0]);
+    eprintln!("{} batches acknowledged before the disk filled; error: {}", acked.len(), errors[0]);
 
     // Nothing acknowledged is lost and nothing partial is visible.
     let hw = high_watermark(&client, "full", 0).await;
@@ -117,32 +88,19 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
     let stored = read_range(&client, "full", 0, 0, hw).await;
     for ((offset, id), r) in acked.iter().zip(&stored) {
         assert_eq!(r.offset, *offset);
-        assert_eq!(
-            r.value.as_ref(),
-            vec![(id % 251) as u8; 64 * 1024].as_slice()
-        );
+        assert_eq!(r.value.as_ref(), vec![(id % 251) as u8; 64 * 1024].as_slice());
     }
 
     // Free space: the same stream succeeds again, offsets continue without a gap.
     std::fs::remove_file(&ballast).unwrap();
-    tx.send(produce_request(1000, "full", 0, vec![Record::new("after")]))
-        .await
-        .unwrap();
+    tx.send(produce_request(1000, "full", 0, vec![Record::new("after")])).await.unwrap();
     let r = resp.next().await.unwrap().unwrap();
-    assert_eq!(
-        (r.error_code, r.base_offset),
-        (0, hw),
-        "{}",
-        r.error_message
-    );
+    assert_eq!((r.error_code, r.base_offset), (0, hw), "{}", r.error_message);
 
     // And a restart recovers exactly that (no torn tail left by the failed writes).
     broker.kill9();
     let broker = BrokerProcess::start_logging_to(&mnt.join("data"), &log, &[]);
     let client = broker.client().await;
     assert_eq!(high_watermark(&client, "full", 0).await, hw + 1);
-    assert!(
-        !broker.log().contains("truncated damaged segment tail"),
-        "failed appends left bytes behind"
-    );
+    assert!(!broker.log().contains("truncated damaged segment tail"), "failed appends left bytes behind");
 }

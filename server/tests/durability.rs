@@ -24,18 +24,10 @@ const PER_BATCH: u64 = 10;
 type Acked = Arc<Mutex<HashMap<(u32, u64), u64>>>;
 
 /// Streams batches (pipelined, up to 32 in flight) until the broker dies; records acks.
-fn spawn_producer(
-    client: tidelog::Client,
-    first_id: u64,
-    acked: Acked,
-) -> tokio::task::JoinHandle<u64> {
+fn spawn_producer(client: tidelog::Client, first_id: u64, acked: Acked) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let (tx, rx) = tokio::sync::mpsc::channel(32);
-        let Ok(resp) = client
-            .records()
-            .produce(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-        else {
+        let Ok(resp) = client.records().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
             return first_id;
         };
         let mut resp = resp.into_inner();
@@ -43,14 +35,8 @@ fn spawn_producer(
             let mut id = first_id;
             loop {
                 let p = (id % u64::from(PARTITIONS)) as u32;
-                let records = (0..PER_BATCH)
-                    .map(|i| Record::new(format!("b{id}-r{i}")))
-                    .collect();
-                if tx
-                    .send(produce_request(id, "crash", p, records))
-                    .await
-                    .is_err()
-                {
+                let records = (0..PER_BATCH).map(|i| Record::new(format!("b{id}-r{i}"))).collect();
+                if tx.send(produce_request(id, "crash", p, records)).await.is_err() {
                     return id;
                 }
                 id += 1;
@@ -58,10 +44,7 @@ fn spawn_producer(
         });
         while let Some(Ok(r)) = resp.next().await {
             assert_eq!(r.error_code, 0, "{}", r.error_message);
-            acked
-                .lock()
-                .unwrap()
-                .insert((r.partition, r.base_offset), r.request_id);
+            acked.lock().unwrap().insert((r.partition, r.base_offset), r.request_id);
         }
         sender.abort();
         sender.await.unwrap_or(first_id + 1_000_000)
@@ -77,33 +60,20 @@ async fn check_invariants(client: &tidelog::Client, acked: &HashMap<(u32, u64), 
         assert_eq!(records.len() as u64, hw);
         let mut seen_batches = HashMap::new();
         for (i, r) in records.iter().enumerate() {
-            assert_eq!(
-                r.offset, i as u64,
-                "offsets must be gap-free in partition {p}"
-            );
+            assert_eq!(r.offset, i as u64, "offsets must be gap-free in partition {p}");
             let v = String::from_utf8(r.value.to_vec()).unwrap();
             let (b, rec) = v.split_once('-').unwrap();
             let batch: u64 = b[1..].parse().unwrap();
             let rec: u64 = rec[1..].parse().unwrap();
             if rec == 0 {
-                assert!(
-                    seen_batches.insert(batch, r.offset).is_none(),
-                    "batch {batch} stored twice in partition {p}"
-                );
+                assert!(seen_batches.insert(batch, r.offset).is_none(), "batch {batch} stored twice in partition {p}");
             }
         }
         for ((ap, base), id) in acked.iter().filter(|((ap, _), _)| *ap == p) {
-            assert!(
-                *base + PER_BATCH <= hw,
-                "acknowledged batch {id} at {ap}/{base} lost (hw {hw})"
-            );
+            assert!(*base + PER_BATCH <= hw, "acknowledged batch {id} at {ap}/{base} lost (hw {hw})");
             for i in 0..PER_BATCH {
                 let r = &records[(*base + i) as usize];
-                assert_eq!(
-                    r.value,
-                    format!("b{id}-r{i}").as_bytes(),
-                    "acknowledged record moved or damaged"
-                );
+                assert_eq!(r.value, format!("b{id}-r{i}").as_bytes(), "acknowledged record moved or damaged");
             }
             checked += PER_BATCH;
         }
@@ -153,10 +123,7 @@ async fn sigkill_during_produce_keeps_every_acknowledged_record() {
         let client = broker.client().await;
         let snapshot = acked.lock().unwrap().clone();
         let checked = check_invariants(&client, &snapshot).await;
-        eprintln!(
-            "round {round}: {} acknowledged batches, {checked} records checked after SIGKILL",
-            snapshot.len()
-        );
+        eprintln!("round {round}: {} acknowledged batches, {checked} records checked after SIGKILL", snapshot.len());
     }
 }
 
@@ -178,9 +145,7 @@ async fn torn_tail_is_repaired_at_restart() {
     let mut broker = BrokerProcess::start(&data, &[]);
     let client = broker.client().await;
     client.create_topic("torn", 1).await.unwrap();
-    let reqs = (0..30)
-        .map(|i| produce_request(i, "torn", 0, vec![Record::new(format!("v{i}"))]))
-        .collect();
+    let reqs = (0..30).map(|i| produce_request(i, "torn", 0, vec![Record::new(format!("v{i}"))])).collect();
     produce_all(&client, reqs).await;
     broker.kill9();
 
@@ -188,28 +153,15 @@ async fn torn_tail_is_repaired_at_restart() {
     let seg = active_segment(&data, "torn", 0);
     let before = std::fs::metadata(&seg).unwrap().len();
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 0, 0, 0, 0xde, 0xad])
-        .unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 0, 0, 0, 0xde, 0xad]).unwrap();
     drop(f);
 
     let broker = BrokerProcess::start(&data, &[]);
-    assert_eq!(
-        std::fs::metadata(&seg).unwrap().len(),
-        before,
-        "torn tail not cut"
-    );
-    assert!(
-        broker.log().contains("truncated damaged segment tail"),
-        "{}",
-        broker.log()
-    );
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), before, "torn tail not cut");
+    assert!(broker.log().contains("truncated damaged segment tail"), "{}", broker.log());
     let client = broker.client().await;
     assert_eq!(high_watermark(&client, "torn", 0).await, 30);
-    let more = produce_all(
-        &client,
-        vec![produce_request(99, "torn", 0, vec![Record::new("after")])],
-    )
-    .await;
+    let more = produce_all(&client, vec![produce_request(99, "torn", 0, vec![Record::new("after")])]).await;
     assert_eq!(more[0].base_offset, 30);
     let all = read_range(&client, "torn", 0, 0, 31).await;
     assert_eq!(all[29].value.as_ref(), b"v29");
@@ -223,32 +175,16 @@ async fn sigterm_shuts_down_cleanly_and_restart_needs_no_repair() {
     let mut broker = BrokerProcess::start(&data, &[]);
     let client = broker.client().await;
     client.create_topic("clean", 1).await.unwrap();
-    produce_all(
-        &client,
-        (0..10)
-            .map(|i| produce_request(i, "clean", 0, vec![Record::new("x")]))
-            .collect(),
-    )
-    .await;
+    produce_all(&client, (0..10).map(|i| produce_request(i, "clean", 0, vec![Record::new("x")])).collect()).await;
     // A live subscription must not hold shutdown up.
-    let _sub = tidelog::Subscription::new("clean")
-        .open(&client)
-        .await
-        .unwrap();
+    let _sub = tidelog::Subscription::new("clean").open(&client).await.unwrap();
     let started = std::time::Instant::now();
     let status = broker.terminate().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "shutdown took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
     assert!(status.success(), "exit status {status}");
     assert!(broker.log().contains("stopped"), "{}", broker.log());
 
     let broker = BrokerProcess::start(&data, &[]);
-    assert!(
-        !broker.log().contains("recovered partition log"),
-        "clean shutdown should need no repair"
-    );
+    assert!(!broker.log().contains("recovered partition log"), "clean shutdown should need no repair");
     assert_eq!(high_watermark(&broker.client().await, "clean", 0).await, 10);
 }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use support::*;
 use tidelog::proto::v1::{
-    offset_spec, CommitRequest, FetchCommittedRequest, ListOffsetsRequest, OffsetSpec,
-    PartitionOffset,
+    offset_spec, CommitRequest, FetchCommittedRequest, ListOffsetsRequest, OffsetSpec, PartitionOffset,
 };
 use tidelog::{Record, StartAt, Subscription};
 
@@ -26,9 +25,7 @@ async fn round_trip_keeps_order_and_offsets_are_gap_free() {
     let mut reqs = Vec::new();
     for b in 0..40u64 {
         for p in 0..3u32 {
-            let records = (0..25)
-                .map(|i| Record::new(format!("p{p}-b{b}-r{i}")).with_key(format!("k{i}")))
-                .collect();
+            let records = (0..25).map(|i| Record::new(format!("p{p}-b{b}-r{i}")).with_key(format!("k{i}"))).collect();
             reqs.push(produce_request(b * 3 + u64::from(p), "orders", p, records));
         }
     }
@@ -36,10 +33,7 @@ async fn round_trip_keeps_order_and_offsets_are_gap_free() {
     let mut next = [0u64; 3];
     for r in &resps {
         assert_eq!(r.error_code, 0, "{}", r.error_message);
-        assert_eq!(
-            r.base_offset, next[r.partition as usize],
-            "acknowledged offsets must be contiguous per partition"
-        );
+        assert_eq!(r.base_offset, next[r.partition as usize], "acknowledged offsets must be contiguous per partition");
         next[r.partition as usize] += 25;
     }
     for p in 0..3u32 {
@@ -54,10 +48,7 @@ async fn round_trip_keeps_order_and_offsets_are_gap_free() {
     }
     // Reading from the middle of a batch starts exactly at the requested offset.
     let mid = read_range(&client, "orders", 1, 37, 40).await;
-    assert_eq!(
-        mid.iter().map(|r| r.offset).collect::<Vec<_>>(),
-        vec![37, 38, 39]
-    );
+    assert_eq!(mid.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![37, 38, 39]);
 }
 
 #[tokio::test]
@@ -76,19 +67,11 @@ async fn many_producers_and_subscribers_at_once() {
     for _ in 0..3 {
         let client = broker.client().await;
         subscribers.push(tokio::spawn(async move {
-            let mut s = Subscription::new("busy")
-                .start_at(StartAt::Earliest)
-                .open(&client)
-                .await
-                .unwrap();
+            let mut s = Subscription::new("busy").start_at(StartAt::Earliest).open(&client).await.unwrap();
             let mut per_partition: HashMap<u32, Vec<(u64, String)>> = HashMap::new();
             let mut n = 0;
             while n < total_per_partition * 2 {
-                let r = tokio::time::timeout(Duration::from_secs(30), s.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
+                let r = tokio::time::timeout(Duration::from_secs(30), s.next()).await.unwrap().unwrap().unwrap();
                 per_partition
                     .entry(r.partition)
                     .or_default()
@@ -105,9 +88,8 @@ async fn many_producers_and_subscribers_at_once() {
             let reqs = (0..BATCHES)
                 .map(|b| {
                     let p = ((w + b) % 2) as u32;
-                    let records = (0..PER_BATCH)
-                        .map(|i| Record::new(format!("{w}:{:06}", b * PER_BATCH + i)))
-                        .collect();
+                    let records =
+                        (0..PER_BATCH).map(|i| Record::new(format!("{w}:{:06}", b * PER_BATCH + i))).collect();
                     produce_request(b, "busy", p, records)
                 })
                 .collect();
@@ -129,10 +111,7 @@ async fn many_producers_and_subscribers_at_once() {
                 let (w, seq) = value.split_once(':').unwrap();
                 let seq: u64 = seq.parse().unwrap();
                 if let Some(prev) = last_seq.insert(w.to_string(), seq) {
-                    assert!(
-                        seq > prev,
-                        "producer {w} reordered in partition {p}: {prev} then {seq}"
-                    );
+                    assert!(seq > prev, "producer {w} reordered in partition {p}: {prev} then {seq}");
                 }
             }
         }
@@ -145,25 +124,12 @@ async fn live_tail_delivers_new_batches_quickly() {
     let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
     let client = broker.client().await;
     client.create_topic("tail", 1).await.unwrap();
-    let mut sub = Subscription::new("tail")
-        .start_at(StartAt::Latest)
-        .open(&client)
-        .await
-        .unwrap();
+    let mut sub = Subscription::new("tail").start_at(StartAt::Latest).open(&client).await.unwrap();
     let producer_client = broker.client().await;
     let mut latencies = Vec::new();
     for i in 0..50u64 {
         let start = Instant::now();
-        produce_all(
-            &producer_client,
-            vec![produce_request(
-                i,
-                "tail",
-                0,
-                vec![Record::new(format!("v{i}"))],
-            )],
-        )
-        .await;
+        produce_all(&producer_client, vec![produce_request(i, "tail", 0, vec![Record::new(format!("v{i}"))])]).await;
         let r = tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
             .expect("live tail stalled")
@@ -185,22 +151,14 @@ async fn positions_by_time_and_list_offsets() {
     let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
     let client = broker.client().await;
     client.create_topic("timed", 1).await.unwrap();
-    let first = produce_all(
-        &client,
-        vec![produce_request(1, "timed", 0, vec![Record::new("old")])],
-    )
-    .await;
+    let first = produce_all(&client, vec![produce_request(1, "timed", 0, vec![Record::new("old")])]).await;
     // Append times are broker clock milliseconds: wait until the clock has moved past the first.
     let t0 = first[0].append_time_ms;
     eventually(Duration::from_secs(5), "clock to advance", || async {
         (tidelog_server::broker::now_ms() > t0 + 5).then_some(())
     })
     .await;
-    let second = produce_all(
-        &client,
-        vec![produce_request(2, "timed", 0, vec![Record::new("new")])],
-    )
-    .await;
+    let second = produce_all(&client, vec![produce_request(2, "timed", 0, vec![Record::new("new")])]).await;
     let t1 = second[0].append_time_ms;
     assert!(t1 > t0);
 
@@ -224,22 +182,10 @@ async fn positions_by_time_and_list_offsets() {
     assert_eq!(list(offset_spec::Spec::Latest(true)).await.offset, 2);
     let at = list(offset_spec::Spec::TimestampMs(t0 + 1)).await;
     assert_eq!((at.offset, at.timestamp_ms), (1, t1));
-    assert_eq!(
-        list(offset_spec::Spec::TimestampMs(t1 + 1000)).await.offset,
-        2,
-        "no batch that late: log end"
-    );
+    assert_eq!(list(offset_spec::Spec::TimestampMs(t1 + 1000)).await.offset, 2, "no batch that late: log end");
 
-    let mut s = Subscription::new("timed")
-        .start_at(StartAt::Timestamp(t0 + 1))
-        .open(&client)
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut s = Subscription::new("timed").start_at(StartAt::Timestamp(t0 + 1)).open(&client).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap().unwrap();
     assert_eq!((r.offset, r.value.as_ref()), (1, b"new".as_ref()));
 }
 
@@ -255,27 +201,15 @@ async fn committed_offsets_are_durable_across_restart() {
             request_id: 1,
             group: "g".into(),
             topic: "c".into(),
-            offsets: vec![PartitionOffset {
-                partition: 0,
-                offset: 5,
-                metadata: "m".into(),
-            }],
+            offsets: vec![PartitionOffset { partition: 0, offset: 5, metadata: "m".into() }],
         },
         CommitRequest {
             request_id: 2,
             group: "g".into(),
             topic: "c".into(),
             offsets: vec![
-                PartitionOffset {
-                    partition: 1,
-                    offset: 7,
-                    metadata: String::new(),
-                },
-                PartitionOffset {
-                    partition: 0,
-                    offset: 6,
-                    metadata: String::new(),
-                },
+                PartitionOffset { partition: 1, offset: 7, metadata: String::new() },
+                PartitionOffset { partition: 0, offset: 6, metadata: String::new() },
             ],
         },
         // Unknown partition: rejected, others unaffected.
@@ -283,53 +217,28 @@ async fn committed_offsets_are_durable_across_restart() {
             request_id: 3,
             group: "g".into(),
             topic: "c".into(),
-            offsets: vec![PartitionOffset {
-                partition: 9,
-                offset: 1,
-                metadata: String::new(),
-            }],
+            offsets: vec![PartitionOffset { partition: 9, offset: 1, metadata: String::new() }],
         },
     ];
-    let mut resp = client
-        .offsets()
-        .commit(tokio_stream::iter(reqs))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resp = client.offsets().commit(tokio_stream::iter(reqs)).await.unwrap().into_inner();
     let mut codes = Vec::new();
     while let Some(r) = resp.next().await {
         let r = r.unwrap();
         codes.push((r.request_id, r.error_code));
     }
-    assert_eq!(
-        codes,
-        vec![
-            (1, 0),
-            (2, 0),
-            (3, tidelog::proto::v1::ErrorCode::UnknownPartition as i32)
-        ]
-    );
+    assert_eq!(codes, vec![(1, 0), (2, 0), (3, tidelog::proto::v1::ErrorCode::UnknownPartition as i32)]);
     broker.kill9(); // acknowledged commits must survive without a clean shutdown
 
     let broker = BrokerProcess::start(&data, &[]);
     let client = broker.client().await;
     let got = client
         .offsets()
-        .fetch_committed(FetchCommittedRequest {
-            group: "g".into(),
-            topic: "c".into(),
-            partitions: vec![],
-        })
+        .fetch_committed(FetchCommittedRequest { group: "g".into(), topic: "c".into(), partitions: vec![] })
         .await
         .unwrap()
         .into_inner()
         .offsets;
-    assert_eq!(
-        got.iter()
-            .map(|o| (o.partition, o.offset))
-            .collect::<Vec<_>>(),
-        vec![(0, 6), (1, 7)]
-    );
+    assert_eq!(got.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), vec![(0, 6), (1, 7)]);
 }
 
 #[tokio::test]
@@ -346,18 +255,9 @@ async fn cli_produce_consume_and_group_resume() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "tidelog {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tidelog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     run(&["topic", "create", "cli", "--partitions", "2"], "");
@@ -366,58 +266,20 @@ async fn cli_produce_consume_and_group_resume() {
     run(&["produce", "cli", "--key-separator", "="], &lines);
 
     let first = run(
-        &[
-            "consume",
-            "cli",
-            "--from-beginning",
-            "--group",
-            "g1",
-            "--max-records",
-            "4",
-            "--idle-timeout-ms",
-            "3000",
-        ],
+        &["consume", "cli", "--from-beginning", "--group", "g1", "--max-records", "4", "--idle-timeout-ms", "3000"],
         "",
     );
     assert_eq!(first.lines().count(), 4, "{first}");
     // As Kafka's console consumer: --from-beginning applies only where the group has no commit.
-    let rest = run(
-        &[
-            "consume",
-            "cli",
-            "--from-beginning",
-            "--group",
-            "g1",
-            "--idle-timeout-ms",
-            "1000",
-        ],
-        "",
-    );
-    let mut values: Vec<String> = first
-        .lines()
-        .chain(rest.lines())
-        .map(|l| l.rsplit_once("value=").unwrap().1.to_string())
-        .collect();
+    let rest = run(&["consume", "cli", "--from-beginning", "--group", "g1", "--idle-timeout-ms", "1000"], "");
+    let mut values: Vec<String> =
+        first.lines().chain(rest.lines()).map(|l| l.rsplit_once("value=").unwrap().1.to_string()).collect();
     values.sort();
     let mut want: Vec<String> = (0..10).map(|i| format!("value{i}")).collect();
     want.sort();
-    assert_eq!(
-        values, want,
-        "the group resumes where it committed: nothing lost, nothing repeated"
-    );
+    assert_eq!(values, want, "the group resumes where it committed: nothing lost, nothing repeated");
     // The same key always lands in the same partition (murmur2).
-    let again = run(
-        &[
-            "consume",
-            "cli",
-            "--from-beginning",
-            "--idle-timeout-ms",
-            "1000",
-            "--format",
-            "json",
-        ],
-        "",
-    );
+    let again = run(&["consume", "cli", "--from-beginning", "--idle-timeout-ms", "1000", "--format", "json"], "");
     for line in again.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let key = v["key"].as_str().unwrap();
@@ -425,10 +287,7 @@ async fn cli_produce_consume_and_group_resume() {
         assert_eq!(v["partition"].as_u64().unwrap(), u64::from(want));
     }
     let described = run(&["topic", "describe", "cli"], "");
-    assert!(
-        described.contains("partition 0") && described.contains("partition 1"),
-        "{described}"
-    );
+    assert!(described.contains("partition 0") && described.contains("partition 1"), "{described}");
     run(&["topic", "delete", "cli"], "");
     assert!(!run(&["topic", "list"], "").contains("cli"));
 }

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tidelog_proto::v1::admin_service_server::AdminService;
 use tidelog_proto::v1::{
-    offset_spec, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
-    DescribeTopicResponse, FsyncPolicy, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
-    ListTopicsResponse, PartitionDescription, PartitionOffsetAtTime, TopicConfig, TopicDescription,
+    offset_spec, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, FsyncPolicy,
+    ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse, PartitionDescription,
+    PartitionOffsetAtTime, TopicConfig, TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
@@ -26,10 +26,7 @@ impl AdminApi {
 }
 
 /// Merges a request's optional config over the broker's defaults.
-fn merge_settings(
-    defaults: &TopicSettings,
-    c: Option<&TopicConfig>,
-) -> Result<TopicSettings, BrokerError> {
+fn merge_settings(defaults: &TopicSettings, c: Option<&TopicConfig>) -> Result<TopicSettings, BrokerError> {
     let mut s = defaults.clone();
     let Some(c) = c else { return Ok(s) };
     if let Some(v) = c.retention_ms {
@@ -55,12 +52,7 @@ fn merge_settings(
         Ok(FsyncPolicy::Always) => FsyncSetting::Always,
         Ok(FsyncPolicy::Interval) => FsyncSetting::Interval,
         Ok(FsyncPolicy::Never) => FsyncSetting::Never,
-        Err(_) => {
-            return Err(BrokerError::InvalidArgument(format!(
-                "unknown fsync_policy {}",
-                c.fsync_policy
-            )))
-        }
+        Err(_) => return Err(BrokerError::InvalidArgument(format!("unknown fsync_policy {}", c.fsync_policy))),
     };
     Ok(s)
 }
@@ -125,13 +117,8 @@ impl AdminService for AdminApi {
         }
         let settings = merge_settings(&self.broker.options().topic_defaults, req.config.as_ref())?;
         let partitions = req.partitions.max(1);
-        let topic = self
-            .broker
-            .create_topic(&req.name, partitions, settings)
-            .await?;
-        Ok(Response::new(CreateTopicResponse {
-            topic: Some(describe(&self.broker, &topic)),
-        }))
+        let topic = self.broker.create_topic(&req.name, partitions, settings).await?;
+        Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.broker, &topic)) }))
     }
 
     async fn delete_topic(
@@ -142,16 +129,8 @@ impl AdminService for AdminApi {
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
-    async fn list_topics(
-        &self,
-        _request: Request<ListTopicsRequest>,
-    ) -> Result<Response<ListTopicsResponse>, Status> {
-        let topics = self
-            .broker
-            .topics()
-            .iter()
-            .map(|t| describe(&self.broker, t))
-            .collect();
+    async fn list_topics(&self, _request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+        let topics = self.broker.topics().iter().map(|t| describe(&self.broker, t)).collect();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -160,9 +139,7 @@ impl AdminService for AdminApi {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let topic = self.broker.topic(&request.into_inner().name)?;
-        Ok(Response::new(DescribeTopicResponse {
-            topic: Some(describe(&self.broker, &topic)),
-        }))
+        Ok(Response::new(DescribeTopicResponse { topic: Some(describe(&self.broker, &topic)) }))
     }
 
     async fn list_offsets(
@@ -171,14 +148,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let req = request.into_inner();
         let topic = self.broker.topic(&req.topic)?;
-        let indexes: Vec<u32> = if req.partitions.is_empty() {
-            (0..topic.record.partitions).collect()
-        } else {
-            req.partitions.clone()
-        };
-        let spec = req.spec.and_then(|s| s.spec).ok_or_else(|| {
-            Status::invalid_argument("spec is required: earliest, latest or timestamp_ms")
-        })?;
+        let indexes: Vec<u32> =
+            if req.partitions.is_empty() { (0..topic.record.partitions).collect() } else { req.partitions.clone() };
+        let spec = req
+            .spec
+            .and_then(|s| s.spec)
+            .ok_or_else(|| Status::invalid_argument("spec is required: earliest, latest or timestamp_ms"))?;
         let mut offsets = Vec::with_capacity(indexes.len());
         for i in indexes {
             let p = topic.partition(i)?;
@@ -186,15 +161,9 @@ impl AdminService for AdminApi {
             let (offset, timestamp_ms) = match spec {
                 offset_spec::Spec::Earliest(_) => (o.log_start.0, -1),
                 offset_spec::Spec::Latest(_) => (o.high_watermark.0, -1),
-                offset_spec::Spec::TimestampMs(t) => {
-                    p.offset_for_time(t)?.unwrap_or((o.high_watermark.0, -1))
-                }
+                offset_spec::Spec::TimestampMs(t) => p.offset_for_time(t)?.unwrap_or((o.high_watermark.0, -1)),
             };
-            offsets.push(PartitionOffsetAtTime {
-                partition: i,
-                offset,
-                timestamp_ms,
-            });
+            offsets.push(PartitionOffsetAtTime { partition: i, offset, timestamp_ms });
         }
         Ok(Response::new(ListOffsetsResponse { offsets }))
     }
@@ -208,10 +177,7 @@ impl AdminService for AdminApi {
         Ok(Response::new(DescribeClusterResponse {
             cluster_id,
             controller_id: o.node_id,
-            brokers: vec![BrokerInfo {
-                id: o.node_id,
-                address: o.advertised_address.clone(),
-            }],
+            brokers: vec![BrokerInfo { id: o.node_id, address: o.advertised_address.clone() }],
         }))
     }
 }

@@ -12,11 +12,15 @@
 //! | Log(OffsetOutOfRange)        | OFFSET_OUT_OF_RANGE  | OUT_OF_RANGE        | no     |
 //! | Log(Io), disk full           | STORAGE_ERROR        | RESOURCE_EXHAUSTED  | yes    |
 //! | Log(Io), other               | STORAGE_ERROR        | UNAVAILABLE         | yes    |
+//! | Log(Unrecoverable)           | STORAGE_ERROR        | UNAVAILABLE         | after restart |
 //! | Log(Config / Truncate)       | STORAGE_ERROR        | INTERNAL            | no     |
 //! | Meta                         | STORAGE_ERROR        | UNAVAILABLE         | yes    |
 //! | TopicDeleted                 | UNKNOWN_TOPIC        | NOT_FOUND           | no     |
 //! | ShuttingDown                 | SHUTTING_DOWN        | UNAVAILABLE         | yes    |
 //! | PartitionFailed (fsync)      | STORAGE_ERROR        | UNAVAILABLE         | after restart |
+//! | OutOfOrderSequence           | OUT_OF_ORDER_SEQUENCE| FAILED_PRECONDITION | resend earlier |
+//! | ProducerFenced               | PRODUCER_FENCED      | FAILED_PRECONDITION | no     |
+//! | UnknownProducer              | UNKNOWN_PRODUCER     | FAILED_PRECONDITION | re-init |
 
 use tidelog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
@@ -33,19 +37,18 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::InvalidArgument(_) => (ErrorCode::InvalidRequest, Code::InvalidArgument),
         B::BatchTooLarge { .. } => (ErrorCode::BatchTooLarge, Code::InvalidArgument),
         B::CorruptBatch(_) => (ErrorCode::CorruptBatch, Code::InvalidArgument),
-        B::Log(LogError::OffsetOutOfRange { .. }) => {
-            (ErrorCode::OffsetOutOfRange, Code::OutOfRange)
-        }
+        B::Log(LogError::OffsetOutOfRange { .. }) => (ErrorCode::OffsetOutOfRange, Code::OutOfRange),
         B::Log(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
             (ErrorCode::StorageError, Code::ResourceExhausted)
         }
-        B::Log(LogError::Io { .. }) | B::Meta(_) | B::PartitionFailed { .. } => {
+        B::Log(LogError::Io { .. } | LogError::Unrecoverable { .. }) | B::Meta(_) | B::PartitionFailed { .. } => {
             (ErrorCode::StorageError, Code::Unavailable)
         }
-        B::Log(LogError::Config(_) | LogError::Truncate(_)) => {
-            (ErrorCode::StorageError, Code::Internal)
-        }
+        B::Log(LogError::Config(_) | LogError::Truncate(_)) => (ErrorCode::StorageError, Code::Internal),
         B::ShuttingDown => (ErrorCode::ShuttingDown, Code::Unavailable),
+        B::OutOfOrderSequence { .. } => (ErrorCode::OutOfOrderSequence, Code::FailedPrecondition),
+        B::ProducerFenced { .. } => (ErrorCode::ProducerFenced, Code::FailedPrecondition),
+        B::UnknownProducer { .. } => (ErrorCode::UnknownProducer, Code::FailedPrecondition),
     }
 }
 
@@ -58,7 +61,7 @@ pub fn status(e: &BrokerError) -> Status {
     let server_side = matches!(
         e,
         BrokerError::PartitionFailed { .. }
-            | BrokerError::Log(LogError::Io { .. } | LogError::Config(_) | LogError::Truncate(_))
+            | BrokerError::Log(LogError::Io { .. } | LogError::Unrecoverable { .. } | LogError::Config(_) | LogError::Truncate(_))
             | BrokerError::Meta(_)
     );
     if server_side {

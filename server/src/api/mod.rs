@@ -36,15 +36,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<RecordServiceServer<records::RecordApi>>()
-        .await;
-    health
-        .set_serving::<AdminServiceServer<admin::AdminApi>>()
-        .await;
-    health
-        .set_serving::<OffsetServiceServer<offsets::OffsetApi>>()
-        .await;
+    health.set_serving::<RecordServiceServer<records::RecordApi>>().await;
+    health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
+    health.set_serving::<OffsetServiceServer<offsets::OffsetApi>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()

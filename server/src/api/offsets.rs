@@ -6,8 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tidelog_proto::v1::offset_service_server::OffsetService;
 use tidelog_proto::v1::{
-    CommitRequest, CommitResponse, CommittedOffset, ErrorCode, FetchCommittedRequest,
-    FetchCommittedResponse,
+    CommitRequest, CommitResponse, CommittedOffset, ErrorCode, FetchCommittedRequest, FetchCommittedResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,9 +45,7 @@ async fn commit_one(broker: &Broker, req: &CommitRequest) -> Result<(), BrokerEr
     validate_group(&req.group)?;
     let topic = broker.topic(&req.topic)?;
     if req.offsets.is_empty() {
-        return Err(BrokerError::InvalidArgument(
-            "commit lists no partitions".into(),
-        ));
+        return Err(BrokerError::InvalidArgument("commit lists no partitions".into()));
     }
     let now = now_ms();
     let mut offsets = Vec::with_capacity(req.offsets.len());
@@ -66,10 +63,7 @@ async fn commit_one(broker: &Broker, req: &CommitRequest) -> Result<(), BrokerEr
             metadata: o.metadata.clone(),
         });
     }
-    broker
-        .meta()
-        .commit_offsets(&req.group, &req.topic, &offsets)
-        .await?;
+    broker.meta().commit_offsets(&req.group, &req.topic, &offsets).await?;
     Ok(())
 }
 
@@ -77,20 +71,14 @@ async fn commit_one(broker: &Broker, req: &CommitRequest) -> Result<(), BrokerEr
 impl OffsetService for OffsetApi {
     type CommitStream = ReceiverStream<Result<CommitResponse, Status>>;
 
-    async fn commit(
-        &self,
-        request: Request<Streaming<CommitRequest>>,
-    ) -> Result<Response<Self::CommitStream>, Status> {
+    async fn commit(&self, request: Request<Streaming<CommitRequest>>) -> Result<Response<Self::CommitStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(req) = msg else { return };
-                let mut resp = CommitResponse {
-                    request_id: req.request_id,
-                    ..Default::default()
-                };
+                let mut resp = CommitResponse { request_id: req.request_id, ..Default::default() };
                 if let Err(e) = commit_one(&broker, &req).await {
                     resp.error_code = error_code(&e) as i32;
                     resp.error_message = e.to_string();

@@ -4,7 +4,9 @@
 //! Produce: each stream has one task that reads requests in order and appends each batch to its
 //! partition immediately (so appends happen in request order), then waits for durability of up
 //! to `MAX_IN_FLIGHT` batches concurrently and answers in request order. A bad batch gets an
-//! error code in its response; the stream goes on.
+//! error code in its response; the stream goes on. Invariant: every appended batch is completed
+//! (fsynced per policy, high watermark advanced) even if the client vanishes or the broker
+//! shuts down mid-stream; otherwise a partition's high watermark could lag its log forever.
 //!
 //! Subscribe: one task per partition reads batches below the high watermark and, when caught up,
 //! sleeps on the partition's high-watermark watch (no polling). All tasks feed one bounded
@@ -19,9 +21,7 @@ use std::sync::Arc;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tidelog_proto::v1::Acks;
-use tidelog_proto::wire::{
-    self, produce_request, record_service_server::RecordService, start_position,
-};
+use tidelog_proto::wire::{self, produce_request, record_service_server::RecordService, start_position};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -98,24 +98,18 @@ fn append_now(
     let (payload, compressed) = match &req.payload {
         Some(produce_request::Payload::Records(b)) => (b, false),
         Some(produce_request::Payload::CompressedRecords(b)) => (b, true),
-        None => {
-            return Err(BrokerError::InvalidArgument(
-                "the request carries no records".into(),
-            ))
-        }
+        None => return Err(BrokerError::InvalidArgument("the request carries no records".into())),
     };
     if !(0..=3).contains(&req.acks) {
+        return Err(BrokerError::InvalidArgument(format!("unknown acks value {}", req.acks)));
+    }
+    if req.producer_id < 0 || (req.producer_id > 0 && !(0..=i32::from(i16::MAX)).contains(&req.producer_epoch)) {
         return Err(BrokerError::InvalidArgument(format!(
-            "unknown acks value {}",
-            req.acks
+            "invalid producer id/epoch {}/{}: use the values InitProducer returned",
+            req.producer_id, req.producer_epoch
         )));
     }
-    let declared = Declared {
-        compressed,
-        codec: req.compression,
-        record_count: req.record_count,
-        crc: req.crc32c,
-    };
+    let declared = Declared { compressed, codec: req.compression, record_count: req.record_count, crc: req.crc32c };
     let valid = batch::validate(payload, declared, topic.record.settings.max_batch_bytes)?;
     let batch = AppendBatch {
         payload,
@@ -123,9 +117,9 @@ fn append_now(
         compression: valid.codec,
         payload_crc: valid.crc,
         raft: None,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
+        producer_id: if req.producer_id > 0 { req.producer_id } else { -1 },
+        producer_epoch: if req.producer_id > 0 { req.producer_epoch as i16 } else { -1 },
+        base_sequence: if req.producer_id > 0 { req.base_sequence } else { -1 },
     };
     let appended = partition.append(batch, now_ms())?;
     Ok((partition, appended))
@@ -157,9 +151,9 @@ fn resolve_start(p: &Partition, start: Option<&wire::StartPosition>) -> Result<u
             p.check_offset(*o)?;
             Ok(*o)
         }
-        Some(start_position::Position::TimestampMs(t)) => Ok(p
-            .offset_for_time(*t)?
-            .map_or(offsets.high_watermark.0, |(o, _)| o)),
+        Some(start_position::Position::TimestampMs(t)) => {
+            Ok(p.offset_for_time(*t)?.map_or(offsets.high_watermark.0, |(o, _)| o))
+        }
     }
 }
 
@@ -216,13 +210,18 @@ impl RecordService for RecordApi {
             let mut pending: FuturesOrdered<PendingResponse> = FuturesOrdered::new();
             let mut shutdown = broker.shutdown_signal();
             let mut inbound_open = true;
+            let mut client_gone = false;
+            let mut shutting_down = false;
             while inbound_open || !pending.is_empty() {
                 tokio::select! {
                     biased;
                     Some(done) = pending.next(), if !pending.is_empty() => {
                         if let Some(resp) = done {
-                            if tx.send(Ok(resp)).await.is_err() {
-                                return;
+                            if !client_gone && tx.send(Ok(resp)).await.is_err() {
+                                // Nobody to answer, but the appended batches must still be
+                                // completed (made durable and visible): keep draining.
+                                client_gone = true;
+                                inbound_open = false;
                             }
                         }
                     }
@@ -236,14 +235,29 @@ impl RecordService for RecordApi {
                         }
                         None => inbound_open = false,
                     },
-                    _ = shutdown.changed() => {
-                        let _ = tx.send(Err(status(&BrokerError::ShuttingDown))).await;
-                        return;
+                    _ = shutdown.changed(), if inbound_open => {
+                        // Stop taking batches; the ones already appended are still completed
+                        // and answered before the stream ends with UNAVAILABLE.
+                        inbound_open = false;
+                        shutting_down = true;
                     }
                 }
             }
+            if shutting_down && !client_gone {
+                let _ = tx.send(Err(status(&BrokerError::ShuttingDown))).await;
+            }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<wire::InitProducerRequest>,
+    ) -> Result<Response<wire::InitProducerResponse>, Status> {
+        self.broker.check_running()?;
+        let producer_id = self.broker.meta().next_producer_id().await.map_err(BrokerError::from)?;
+        tracing::debug!(producer_id, "producer id issued");
+        Ok(Response::new(wire::InitProducerResponse { producer_id, producer_epoch: 0 }))
     }
 
     async fn subscribe(
@@ -266,15 +280,9 @@ impl RecordService for RecordApi {
             for ps in &req.partitions {
                 let p = topic.partition(ps.partition)?;
                 if starts.iter().any(|(q, _)| q.index() == ps.partition) {
-                    return Err(Status::invalid_argument(format!(
-                        "partition {} is listed twice",
-                        ps.partition
-                    )));
+                    return Err(Status::invalid_argument(format!("partition {} is listed twice", ps.partition)));
                 }
-                starts.push((
-                    Arc::clone(p),
-                    resolve_start(p, ps.start.as_ref().or(req.start.as_ref()))?,
-                ));
+                starts.push((Arc::clone(p), resolve_start(p, ps.start.as_ref().or(req.start.as_ref()))?));
             }
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);

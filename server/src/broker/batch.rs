@@ -12,6 +12,9 @@ pub const CODEC_NONE: u8 = 0;
 pub const CODEC_LZ4: u8 = 1;
 pub const CODEC_ZSTD: u8 = 2;
 
+/// Most records one batch may declare (keeps offsets within a segment far from u32 limits).
+pub const MAX_RECORDS_PER_BATCH: u32 = 1 << 20;
+
 /// A batch that passed validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidBatch {
@@ -29,31 +32,19 @@ pub struct Declared {
     pub crc: Option<u32>,
 }
 
-pub fn validate(
-    payload: &[u8],
-    declared: Declared,
-    max_batch_bytes: u32,
-) -> Result<ValidBatch, BrokerError> {
+pub fn validate(payload: &[u8], declared: Declared, max_batch_bytes: u32) -> Result<ValidBatch, BrokerError> {
     if payload.len() > max_batch_bytes as usize {
-        return Err(BrokerError::BatchTooLarge {
-            size: payload.len(),
-            max: max_batch_bytes,
-        });
+        return Err(BrokerError::BatchTooLarge { size: payload.len(), max: max_batch_bytes });
     }
     let codec = match declared.codec {
         0 => CODEC_NONE,
         1 => CODEC_LZ4,
         2 => CODEC_ZSTD,
-        other => {
-            return Err(BrokerError::InvalidArgument(format!(
-                "unknown compression codec {other}"
-            )))
-        }
+        other => return Err(BrokerError::InvalidArgument(format!("unknown compression codec {other}"))),
     };
     if declared.compressed != (codec != CODEC_NONE) {
         return Err(BrokerError::InvalidArgument(
-            "compressed_records needs compression LZ4 or ZSTD, and records needs no compression"
-                .into(),
+            "compressed_records needs compression LZ4 or ZSTD, and records needs no compression".into(),
         ));
     }
     let crc = crc32c::crc32c(payload);
@@ -76,14 +67,17 @@ pub fn validate(
     } else {
         declared.record_count
     };
-    if record_count == 0 {
-        return Err(BrokerError::InvalidArgument("empty batch: send at least one record (record_count is required for compressed batches)".into()));
+    if record_count > MAX_RECORDS_PER_BATCH {
+        return Err(BrokerError::InvalidArgument(format!(
+            "a batch may hold at most {MAX_RECORDS_PER_BATCH} records, this one says {record_count}"
+        )));
     }
-    Ok(ValidBatch {
-        record_count,
-        crc,
-        codec,
-    })
+    if record_count == 0 {
+        return Err(BrokerError::InvalidArgument(
+            "empty batch: send at least one record (record_count is required for compressed batches)".into(),
+        ));
+    }
+    Ok(ValidBatch { record_count, crc, codec })
 }
 
 /// Counts the `records` fields of an encoded `RecordBatch`, checking the framing.
@@ -102,11 +96,7 @@ pub fn count_records(mut buf: &[u8]) -> Result<u32, BrokerError> {
         let len = usize::try_from(len)
             .ok()
             .filter(|l| *l <= buf.len())
-            .ok_or_else(|| {
-                BrokerError::CorruptBatch(format!(
-                    "record length {len} runs past the end of the batch"
-                ))
-            })?;
+            .ok_or_else(|| BrokerError::CorruptBatch(format!("record length {len} runs past the end of the batch")))?;
         buf = &buf[len..];
         count += 1;
     }
@@ -125,9 +115,7 @@ fn read_varint(buf: &mut &[u8]) -> Result<u64, BrokerError> {
             return Ok(value);
         }
     }
-    Err(BrokerError::CorruptBatch(
-        "varint longer than 10 bytes".into(),
-    ))
+    Err(BrokerError::CorruptBatch("varint longer than 10 bytes".into()))
 }
 
 #[cfg(test)]
@@ -139,23 +127,13 @@ mod tests {
 
     fn encoded(n: usize) -> Vec<u8> {
         RecordBatch {
-            records: (0..n)
-                .map(|i| Record {
-                    value: vec![b'x'; i * 100].into(),
-                    ..Record::default()
-                })
-                .collect(),
+            records: (0..n).map(|i| Record { value: vec![b'x'; i * 100].into(), ..Record::default() }).collect(),
         }
         .encode_to_vec()
     }
 
     fn plain(count: u32, crc: Option<u32>) -> Declared {
-        Declared {
-            compressed: false,
-            codec: 0,
-            record_count: count,
-            crc,
-        }
+        Declared { compressed: false, codec: 0, record_count: count, crc }
     }
 
     #[test]
@@ -163,54 +141,20 @@ mod tests {
         let b = encoded(5);
         let v = validate(&b, plain(0, Some(crc32c::crc32c(&b))), 1 << 20).unwrap();
         assert_eq!(v.record_count, 5);
-        assert!(matches!(
-            validate(&b, plain(0, Some(1)), 1 << 20),
-            Err(BrokerError::CorruptBatch(_))
-        ));
-        assert!(matches!(
-            validate(&b, plain(4, None), 1 << 20),
-            Err(BrokerError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            validate(&b, plain(0, None), 10),
-            Err(BrokerError::BatchTooLarge { .. })
-        ));
+        assert!(matches!(validate(&b, plain(0, Some(1)), 1 << 20), Err(BrokerError::CorruptBatch(_))));
+        assert!(matches!(validate(&b, plain(4, None), 1 << 20), Err(BrokerError::InvalidArgument(_))));
+        assert!(matches!(validate(&b, plain(0, None), 10), Err(BrokerError::BatchTooLarge { .. })));
     }
 
     #[test]
     fn rejects_bad_framing_and_empty_batches() {
         let b = encoded(3);
-        assert!(matches!(
-            validate(&b[..b.len() - 1], plain(0, None), 1 << 20),
-            Err(BrokerError::CorruptBatch(_))
-        ));
-        assert!(matches!(
-            validate(&[0x12, 0x00], plain(0, None), 1 << 20),
-            Err(BrokerError::CorruptBatch(_))
-        ));
-        assert!(matches!(
-            validate(&[], plain(0, None), 1 << 20),
-            Err(BrokerError::InvalidArgument(_))
-        ));
-        let compressed = Declared {
-            compressed: true,
-            codec: 2,
-            record_count: 0,
-            crc: None,
-        };
-        assert!(matches!(
-            validate(b"zz", compressed, 1 << 20),
-            Err(BrokerError::InvalidArgument(_))
-        ));
-        let mismatched = Declared {
-            compressed: false,
-            codec: 1,
-            record_count: 1,
-            crc: None,
-        };
-        assert!(matches!(
-            validate(&b, mismatched, 1 << 20),
-            Err(BrokerError::InvalidArgument(_))
-        ));
+        assert!(matches!(validate(&b[..b.len() - 1], plain(0, None), 1 << 20), Err(BrokerError::CorruptBatch(_))));
+        assert!(matches!(validate(&[0x12, 0x00], plain(0, None), 1 << 20), Err(BrokerError::CorruptBatch(_))));
+        assert!(matches!(validate(&[], plain(0, None), 1 << 20), Err(BrokerError::InvalidArgument(_))));
+        let compressed = Declared { compressed: true, codec: 2, record_count: 0, crc: None };
+        assert!(matches!(validate(b"zz", compressed, 1 << 20), Err(BrokerError::InvalidArgument(_))));
+        let mismatched = Declared { compressed: false, codec: 1, record_count: 1, crc: None };
+        assert!(matches!(validate(&b, mismatched, 1 << 20), Err(BrokerError::InvalidArgument(_))));
     }
 }

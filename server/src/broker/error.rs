@@ -9,11 +9,7 @@ pub enum BrokerError {
     #[error("topic '{0}' does not exist; create it first (tidelog topic create {0})")]
     UnknownTopic(String),
     #[error("partition {partition} does not exist: topic '{topic}' has partitions 0..{count}")]
-    UnknownPartition {
-        topic: String,
-        partition: u32,
-        count: u32,
-    },
+    UnknownPartition { topic: String, partition: u32, count: u32 },
     #[error("topic '{0}' already exists")]
     TopicExists(String),
     #[error("{0}")]
@@ -30,6 +26,12 @@ pub enum BrokerError {
     TopicDeleted(String),
     #[error("the broker is shutting down; retry after it restarts")]
     ShuttingDown,
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}; resend the missing batches first")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}: another instance took over this producer id")]
+    ProducerFenced { producer_id: i64, epoch: i16, current: i16 },
+    #[error("producer {producer_id} is unknown on this partition and the batch starts at sequence {base_sequence}, not 0: call InitProducer again")]
+    UnknownProducer { producer_id: i64, base_sequence: i32 },
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
 }

@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod error;
 pub mod partition;
+pub mod producer_state;
 pub mod tasks;
 
 use std::collections::BTreeMap;
@@ -43,9 +44,7 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What the broker needs from the configuration.
@@ -67,13 +66,11 @@ pub struct Topic {
 
 impl Topic {
     pub fn partition(&self, p: u32) -> Result<&Arc<Partition>, BrokerError> {
-        self.partitions
-            .get(p as usize)
-            .ok_or_else(|| BrokerError::UnknownPartition {
-                topic: self.record.name.clone(),
-                partition: p,
-                count: self.record.partitions,
-            })
+        self.partitions.get(p as usize).ok_or_else(|| BrokerError::UnknownPartition {
+            topic: self.record.name.clone(),
+            partition: p,
+            count: self.record.partitions,
+        })
     }
 }
 
@@ -92,9 +89,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
         && name.len() <= MAX_TOPIC_NAME_LEN
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -108,14 +103,10 @@ impl Broker {
     /// Opens the data directory: loads topics from the metadata store, recovers every partition
     /// log, and removes directories of topics that do not exist.
     pub fn open(options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
-        options
-            .topic_defaults
-            .validate()
-            .map_err(|e| BrokerError::InvalidArgument(format!("topic_defaults: {e}")))?;
+        options.topic_defaults.validate().map_err(|e| BrokerError::InvalidArgument(format!("topic_defaults: {e}")))?;
         let topics_dir = options.data_dir.join(TOPICS_DIR);
-        std::fs::create_dir_all(&topics_dir).map_err(|e| {
-            crate::log::LogError::io(format!("creating {}", topics_dir.display()), e)
-        })?;
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(|e| crate::log::LogError::io(format!("creating {}", topics_dir.display()), e))?;
         let meta = MetaStore::open(&options.data_dir.join(META_DIR))?;
         let mut topics = BTreeMap::new();
         for record in meta.topics()? {
@@ -155,19 +146,11 @@ impl Broker {
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
     fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.topics()
-            .iter()
-            .flat_map(|t| t.partitions.iter().cloned())
-            .collect()
+        self.topics().iter().flat_map(|t| t.partitions.iter().cloned()).collect()
     }
 
     /// Creates a topic. `settings` are complete (defaults already merged in).
@@ -189,26 +172,17 @@ impl Broker {
         if self.topic(name).is_ok() {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
-        let record = TopicRecord {
-            name: name.to_string(),
-            partitions,
-            created_at_ms: now_ms(),
-            settings,
-        };
+        let record = TopicRecord { name: name.to_string(), partitions, created_at_ms: now_ms(), settings };
         let topics_dir = self.options.data_dir.join(TOPICS_DIR);
         // Leftovers of a crashed create/delete of the same name would be recovered as data.
         let dir = topics_dir.join(name);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| {
-                crate::log::LogError::io(format!("removing stale {}", dir.display()), e)
-            })?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| crate::log::LogError::io(format!("removing stale {}", dir.display()), e))?;
         }
         let topic = Arc::new(open_topic(&topics_dir, record)?);
         self.meta.put_topic(&topic.record).await?; // commit point
-        self.topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_string(), Arc::clone(&topic));
+        self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
     }
@@ -219,10 +193,7 @@ impl Broker {
         let _admin = self.admin_lock.lock().await;
         let topic = self.topic(name)?;
         self.meta.delete_topic(name).await?; // commit point
-        self.topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
+        self.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name);
         for p in &topic.partitions {
             p.close(Closed::TopicDeleted);
         }
@@ -268,13 +239,8 @@ fn open_topic(topics_dir: &Path, record: TopicRecord) -> Result<Topic, BrokerErr
     let mut partitions = Vec::with_capacity(record.partitions as usize);
     for p in 0..record.partitions {
         let dir = topics_dir.join(&record.name).join(p.to_string());
-        let (partition, report) = Partition::open(
-            &dir,
-            &record.name,
-            p,
-            record.settings.log_config(),
-            record.settings.fsync_policy(),
-        )?;
+        let (partition, report) =
+            Partition::open(&dir, &record.name, p, record.settings.log_config(), record.settings.fsync_policy())?;
         if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
             tracing::warn!(topic = %record.name, partition = p, ?report, "recovered partition log");
         }
@@ -283,10 +249,7 @@ fn open_topic(topics_dir: &Path, record: TopicRecord) -> Result<Topic, BrokerErr
     Ok(Topic { record, partitions })
 }
 
-fn remove_orphan_dirs(
-    topics_dir: &Path,
-    topics: &BTreeMap<String, Arc<Topic>>,
-) -> Result<(), BrokerError> {
+fn remove_orphan_dirs(topics_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(), BrokerError> {
     let entries = std::fs::read_dir(topics_dir)
         .map_err(|e| crate::log::LogError::io(format!("listing {}", topics_dir.display()), e))?;
     for entry in entries.flatten() {

@@ -17,6 +17,7 @@
 //! - fsyncs run outside the log mutex; one fsync covers every batch appended before it started
 //!   (group commit), so concurrent producers share fsyncs instead of queueing one each.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -24,9 +25,10 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::error::BrokerError;
+use super::producer_state::{ProducerState, RecentBatch, SequenceCheck};
 use crate::log::{
-    AppendBatch, Appended, FsyncPolicy, HighWatermark, Log, LogConfig, LogEndOffset, LogError,
-    PartitionOffsets, RecoveryReport, RetentionOutcome, StoredBatch,
+    AppendBatch, Appended, FsyncPolicy, HighWatermark, Log, LogConfig, LogEndOffset, LogError, PartitionOffsets,
+    RecoveryReport, RetentionOutcome, StoredBatch,
 };
 
 /// Why a partition stopped serving.
@@ -44,7 +46,9 @@ pub enum Closed {
 pub struct Partition {
     topic: String,
     index: u32,
-    log: Mutex<Log>,
+    /// The log and the producer state change together, under one lock.
+    state: Mutex<PartitionState>,
+    dir: PathBuf,
     fsync: FsyncPolicy,
     /// Everything below this offset has been fsynced.
     synced_to: AtomicU64,
@@ -69,12 +73,20 @@ impl Partition {
     ) -> Result<(Self, RecoveryReport), BrokerError> {
         let (log, report) = Log::open(dir, config)?;
         let end = log.log_end().0;
+        // Producer state: the snapshot, then the batch headers after it (the active segment).
+        let (mut producers, replay_from) = ProducerState::load(dir, end);
+        log.scan_headers(replay_from, |h| {
+            if h.base_offset >= replay_from {
+                producers.record(h);
+            }
+        })?;
         let (hw, _) = watch::channel(end);
         Ok((
             Self {
                 topic: topic.to_string(),
                 index,
-                log: Mutex::new(log),
+                state: Mutex::new(PartitionState { log, producers }),
+                dir: dir.to_path_buf(),
                 fsync,
                 synced_to: AtomicU64::new(end),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -96,16 +108,66 @@ impl Partition {
         self.index
     }
 
-    fn log(&self) -> MutexGuard<'_, Log> {
+    fn state(&self) -> MutexGuard<'_, PartitionState> {
         // A panic while holding the lock cannot leave the log half-updated in memory (each
         // append updates its state only after the write succeeded), so poisoning is ignored.
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Step 1 of an append: writes the batch to the log. See the module docs.
+    /// Step 1 of an append: checks an idempotent producer's sequence, then writes the batch to
+    /// the log (see the module docs). A resent batch that is already stored is not written
+    /// again: its original position is returned.
     pub fn append(&self, batch: AppendBatch<'_>, now_ms: i64) -> Result<Appended, BrokerError> {
         self.check_open()?;
-        Ok(self.log().append(batch, now_ms)?)
+        let mut state = self.state();
+        let idempotent = batch.producer_id > 0;
+        if idempotent {
+            let check = state.producers.check(
+                batch.producer_id,
+                batch.producer_epoch,
+                batch.base_sequence,
+                batch.record_count,
+            )?;
+            if let SequenceCheck::Duplicate(b) = check {
+                return Ok(Appended {
+                    base_offset: b.base_offset,
+                    next_offset: b.base_offset + u64::from(b.record_count),
+                    append_time_ms: b.append_time_ms,
+                    raft_index: 0,
+                });
+            }
+        }
+        let segments = state.log.segment_count();
+        let appended = match state.log.append(batch, now_ms) {
+            Ok(a) => a,
+            Err(e) if e.is_unrecoverable() => {
+                drop(state);
+                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "partition stops serving until restart");
+                self.close(Closed::StorageFailed);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if idempotent {
+            state.producers.record_batch(
+                batch.producer_id,
+                batch.producer_epoch,
+                RecentBatch {
+                    base_sequence: batch.base_sequence,
+                    record_count: batch.record_count,
+                    base_offset: appended.base_offset,
+                    append_time_ms: appended.append_time_ms,
+                },
+            );
+        }
+        if state.log.segment_count() != segments {
+            // The log rolled: snapshot the producer state so a restart replays only the new
+            // active segment.
+            if let Err(e) = state.producers.save(&self.dir, appended.next_offset) {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "producer snapshot not written");
+            }
+        }
+        Ok(appended)
     }
 
     /// Step 2 of an append: waits for durability per the fsync policy, then publishes the batch
@@ -146,7 +208,8 @@ impl Partition {
         // Taken together under the log lock: this file holds every byte below `target`
         // that is not in a sealed (already fsynced) segment.
         let (file, target) = {
-            let log = self.log();
+            let state = self.state();
+            let log = &state.log;
             (log.active_file(), log.log_end().0)
         };
         let synced = match tokio::task::spawn_blocking(move || file.sync_data()).await {
@@ -171,23 +234,20 @@ impl Partition {
         if now < self.next_interval_sync_ms.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.next_interval_sync_ms
-            .store(now + every.as_millis() as i64, Ordering::Relaxed);
-        let end = self.log().log_end().0;
+        self.next_interval_sync_ms.store(now + every.as_millis() as i64, Ordering::Relaxed);
+        let end = self.state().log.log_end().0;
         self.sync_to(end).await
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
-        let log = self.log();
-        PartitionOffsets::new(
-            log.log_start(),
-            HighWatermark(*self.hw.borrow()),
-            LogEndOffset(log.log_end().0),
-        )
+        let state = self.state();
+        let log = &state.log;
+        PartitionOffsets::new(log.log_start(), HighWatermark(*self.hw.borrow()), LogEndOffset(log.log_end().0))
     }
 
     pub fn size_bytes(&self) -> (u64, usize) {
-        let log = self.log();
+        let state = self.state();
+        let log = &state.log;
         (log.size_bytes(), log.segment_count())
     }
 
@@ -202,7 +262,7 @@ impl Partition {
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, BrokerError> {
         self.check_open()?;
         let hw = *self.hw.borrow();
-        let located = self.log().locate(offset)?;
+        let located = self.state().log.locate(offset)?;
         let Some((reader, pos)) = located else {
             return Ok(Vec::new());
         };
@@ -217,34 +277,28 @@ impl Partition {
 
     /// Checks that `offset` is a valid start position: within [log start, log end].
     pub fn check_offset(&self, offset: u64) -> Result<(), BrokerError> {
-        let log = self.log();
+        let state = self.state();
+        let log = &state.log;
         let (start, end) = (log.log_start().0, log.log_end().0);
         if offset < start || offset > end {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                log_start: start,
-                log_end: end,
-            }
-            .into());
+            return Err(LogError::OffsetOutOfRange { requested: offset, log_start: start, log_end: end }.into());
         }
         Ok(())
     }
 
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>, BrokerError> {
-        Ok(self.log().offset_for_time(timestamp_ms)?)
+        Ok(self.state().log.offset_for_time(timestamp_ms)?)
     }
 
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, BrokerError> {
-        Ok(self.log().apply_retention(now_ms)?)
+        let hw = *self.hw.borrow();
+        Ok(self.state().log.apply_retention(now_ms, hw)?)
     }
 
     /// Stops serving: pending and future reads and appends fail with `reason`, and waiting
     /// subscribers are woken to see it.
     pub fn close(&self, reason: Closed) {
-        *self
-            .closed_reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        *self.closed_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
         self.closed.store(true, Ordering::Release);
         self.hw.send_modify(|_| {});
     }
@@ -255,26 +309,33 @@ impl Partition {
         }
         match self.closed_reason() {
             Some(Closed::TopicDeleted) => Err(BrokerError::TopicDeleted(self.topic.clone())),
-            Some(Closed::StorageFailed) => Err(BrokerError::PartitionFailed {
-                topic: self.topic.clone(),
-                partition: self.index,
-            }),
+            Some(Closed::StorageFailed) => {
+                Err(BrokerError::PartitionFailed { topic: self.topic.clone(), partition: self.index })
+            }
             _ => Err(BrokerError::ShuttingDown),
         }
     }
 
     fn closed_reason(&self) -> Option<Closed> {
-        *self
-            .closed_reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *self.closed_reason.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Durability: fsyncs all appended data (used at shutdown).
+    /// Durability: fsyncs all appended data and writes the producer snapshot (at shutdown).
     pub fn flush(&self) -> Result<(), BrokerError> {
-        let log = self.log();
-        log.sync()?;
-        self.synced_to.fetch_max(log.log_end().0, Ordering::AcqRel);
+        let state = self.state();
+        state.log.sync()?;
+        let end = state.log.log_end().0;
+        self.synced_to.fetch_max(end, Ordering::AcqRel);
+        if let Err(e) = state.producers.save(&self.dir, end) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "producer snapshot not written");
+        }
         Ok(())
     }
+}
+
+/// What the partition's lock protects.
+#[derive(Debug)]
+struct PartitionState {
+    log: Log,
+    producers: ProducerState,
 }

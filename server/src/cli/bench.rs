@@ -46,10 +46,7 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.acks as u8 != AcksArg::None as u8,
-        "bench needs acknowledgements: use --acks leader or all"
-    );
+    anyhow::ensure!(args.acks as u8 != AcksArg::None as u8, "bench needs acknowledgements: use --acks leader or all");
     let client = Client::connect(&args.broker.broker).await?;
     if client.describe_topic(&args.topic).await.is_err() {
         let fsync_policy = match args.fsync {
@@ -58,42 +55,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             FsyncSetting::Never => FsyncPolicy::Never,
         } as i32;
         client
-            .create_topic_with(
-                &args.topic,
-                args.partitions,
-                TopicConfig {
-                    fsync_policy,
-                    ..Default::default()
-                },
-            )
+            .create_topic_with(&args.topic, args.partitions, TopicConfig { fsync_policy, ..Default::default() })
             .await?;
     }
     // One encoded batch, reused: the bench measures the broker, not the encoder.
     let value = Bytes::from(vec![b'x'; args.record_size]);
-    let records = (0..args.batch_records)
-        .map(|_| Record::new(value.clone()))
-        .collect();
+    let records = (0..args.batch_records).map(|_| Record::new(value.clone())).collect();
     let (payload, crc) = encode_records(records);
     let batches = args.records.div_ceil(args.batch_records as u64);
     let acks: Acks = args.acks.into();
 
     let (tx, rx) = mpsc::channel::<wire::ProduceRequest>(args.in_flight);
-    let mut responses = client
-        .records()
-        .produce(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut responses = client.records().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let window = std::sync::Arc::new(tokio::sync::Semaphore::new(args.in_flight));
     let sent_at = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<u64, Instant>::new()));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let start = Instant::now();
     let sender = {
-        let (window, sent_at, topic, partitions) = (
-            window.clone(),
-            sent_at.clone(),
-            args.topic.clone(),
-            args.partitions,
-        );
+        let (window, sent_at, topic, partitions) =
+            (window.clone(), sent_at.clone(), args.topic.clone(), args.partitions);
         tokio::spawn(async move {
             for i in 0..batches {
                 if Instant::now() > deadline {
@@ -103,10 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     break;
                 };
                 permit.forget();
-                sent_at
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(i, Instant::now());
+                sent_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(i, Instant::now());
                 let req = wire::ProduceRequest {
                     request_id: i,
                     topic: topic.clone(),
@@ -116,6 +93,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     compression: 0,
                     record_count: 0,
                     crc32c: Some(crc),
+                    ..Default::default()
                 };
                 if tx.send(req).await.is_err() {
                     break;
@@ -131,35 +109,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             break;
         };
         let resp = resp?;
-        anyhow::ensure!(
-            resp.error_code == ErrorCode::Unspecified as i32,
-            "batch failed: {}",
-            resp.error_message
-        );
-        if let Some(t) = sent_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&resp.request_id)
-        {
+        anyhow::ensure!(resp.error_code == ErrorCode::Unspecified as i32, "batch failed: {}", resp.error_message);
+        if let Some(t) = sent_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&resp.request_id) {
             latencies_us.push(t.elapsed().as_micros() as u64);
         }
         window.add_permits(1);
         acked += 1;
         if last_report.elapsed() >= Duration::from_secs(1) {
             let secs = start.elapsed().as_secs_f64();
-            eprintln!(
-                "{:>6.1}s {:>10.0} records/s",
-                secs,
-                (acked * args.batch_records as u64) as f64 / secs
-            );
+            eprintln!("{:>6.1}s {:>10.0} records/s", secs, (acked * args.batch_records as u64) as f64 / secs);
             last_report = Instant::now();
         }
         if Instant::now() > deadline
             && sender.is_finished()
-            && sent_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_empty()
+            && sent_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
         {
             break;
         }
@@ -170,10 +133,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     latencies_us.sort_unstable();
     let pct = |q: f64| {
         latencies_us
-            .get(
-                ((latencies_us.len() as f64 * q) as usize)
-                    .min(latencies_us.len().saturating_sub(1)),
-            )
+            .get(((latencies_us.len() as f64 * q) as usize).min(latencies_us.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };

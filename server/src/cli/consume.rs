@@ -52,10 +52,7 @@ pub enum Format {
 }
 
 fn show(r: &ConsumedRecord, format: Format) -> String {
-    let key = r
-        .key
-        .as_ref()
-        .map(|k| String::from_utf8_lossy(k).into_owned());
+    let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
     let value = String::from_utf8_lossy(&r.value);
     match format {
         Format::Text => format!(
@@ -116,18 +113,11 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let commit_task = args.group.clone().map(|_| {
         let client = client.clone();
         tokio::spawn(async move {
-            let mut resp = client
-                .offsets()
-                .commit(tokio_stream::wrappers::ReceiverStream::new(commit_rx))
-                .await?
-                .into_inner();
+            let mut resp =
+                client.offsets().commit(tokio_stream::wrappers::ReceiverStream::new(commit_rx)).await?.into_inner();
             while let Some(r) = resp.next().await {
                 let r = r?;
-                anyhow::ensure!(
-                    r.error_code == ErrorCode::Unspecified as i32,
-                    "commit failed: {}",
-                    r.error_message
-                );
+                anyhow::ensure!(r.error_code == ErrorCode::Unspecified as i32, "commit failed: {}", r.error_message);
             }
             anyhow::Ok(())
         })
@@ -157,26 +147,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         // Commit after every 100 records and when the stream goes quiet (checked below).
         if args.group.is_some() && printed.is_multiple_of(100) {
             request_id += 1;
-            send_commit(
-                &commit_tx,
-                args.group.as_deref(),
-                &args.topic,
-                &mut to_commit,
-                request_id,
-            )
-            .await;
+            send_commit(&commit_tx, args.group.as_deref(), &args.topic, &mut to_commit, request_id).await;
         }
     }
     if args.group.is_some() {
         request_id += 1;
-        send_commit(
-            &commit_tx,
-            args.group.as_deref(),
-            &args.topic,
-            &mut to_commit,
-            request_id,
-        )
-        .await;
+        send_commit(&commit_tx, args.group.as_deref(), &args.topic, &mut to_commit, request_id).await;
     }
     drop(commit_tx);
     if let Some(task) = commit_task {
@@ -201,11 +177,7 @@ async fn send_commit(
         topic: topic.into(),
         offsets: std::mem::take(offsets)
             .into_iter()
-            .map(|(partition, offset)| PartitionOffset {
-                partition,
-                offset,
-                metadata: String::new(),
-            })
+            .map(|(partition, offset)| PartitionOffset { partition, offset, metadata: String::new() })
             .collect(),
     };
     let _ = tx.send(req).await;

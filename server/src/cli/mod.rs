@@ -13,11 +13,7 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_BROKER: &str = "http://127.0.0.1:9690";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "tidelog",
-    version,
-    about = "Tidelog: a partitioned, replayable commit log over gRPC"
-)]
+#[command(name = "tidelog", version, about = "Tidelog: a partitioned, replayable commit log over gRPC")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -60,10 +60,7 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the broker still runs; it just cannot shut down gracefully.
         return std::future::pending().await;
     };
@@ -76,18 +73,14 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let _telemetry = crate::telemetry::init("tidelog")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
     let broker = Broker::open(config.broker_options(bound))
         .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
     tasks::spawn(&broker);
     // The one line scripts and tests wait for.
-    println!(
-        "tidelog listening on {bound} (data dir {})",
-        config.data_dir.display()
-    );
+    println!("tidelog listening on {bound} (data dir {})", config.data_dir.display());
     tracing::info!(%bound, data_dir = %config.data_dir.display(), topics = broker.topics().len(), "broker started");
 
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,9 +1,7 @@
 //! `tidelog topic create|list|describe|delete`.
 
 use clap::Subcommand;
-use tidelog::proto::v1::{
-    DeleteTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicDescription,
-};
+use tidelog::proto::v1::{DeleteTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicDescription};
 use tidelog::Client;
 
 use crate::settings::FsyncSetting;
@@ -41,10 +39,7 @@ pub enum TopicCommand {
 }
 
 fn print_topic(t: &TopicDescription) {
-    println!(
-        "topic {} partitions={} replication_factor={}",
-        t.name, t.partition_count, t.replication_factor
-    );
+    println!("topic {} partitions={} replication_factor={}", t.name, t.partition_count, t.replication_factor);
     if let Some(c) = &t.config {
         println!(
             "  config retention_ms={} retention_bytes={} segment_bytes={} segment_ms={} fsync={:?} fsync_interval_ms={} max_batch_bytes={}",
@@ -60,7 +55,13 @@ fn print_topic(t: &TopicDescription) {
     for p in &t.partitions {
         println!(
             "  partition {} log_start={} high_watermark={} log_end={} size_bytes={} segments={} leader={}",
-            p.partition, p.log_start_offset, p.high_watermark, p.log_end_offset, p.size_bytes, p.segment_count, p.leader_id
+            p.partition,
+            p.log_start_offset,
+            p.high_watermark,
+            p.log_end_offset,
+            p.size_bytes,
+            p.segment_count,
+            p.leader_id
         );
     }
 }
@@ -97,22 +98,13 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<()> {
             print_topic(&t);
         }
         TopicCommand::List => {
-            for t in client
-                .admin()
-                .list_topics(ListTopicsRequest {})
-                .await?
-                .into_inner()
-                .topics
-            {
+            for t in client.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics {
                 println!("{}\tpartitions={}", t.name, t.partition_count);
             }
         }
         TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?),
         TopicCommand::Delete { name } => {
-            client
-                .admin()
-                .delete_topic(DeleteTopicRequest { name: name.clone() })
-                .await?;
+            client.admin().delete_topic(DeleteTopicRequest { name: name.clone() }).await?;
             println!("deleted topic {name}");
         }
     }

@@ -6,6 +6,7 @@
 //! 00000000000000001234.log        batches, each = 72-byte header + producer's payload bytes
 //! 00000000000000001234.index      sparse offset index: (u32 offset - base, u32 file position)
 //! 00000000000000001234.timeindex  sparse time index: (i64 append time ms, u32 offset - base)
+//! producers.snapshot              idempotent-producer state as of an offset (broker-owned)
 //! ```
 //!
 //! All integers are little-endian. The layout is versioned by `BATCH_MAGIC`; a reader must
@@ -26,6 +27,9 @@ pub const LOG_EXT: &str = "log";
 pub const INDEX_EXT: &str = "index";
 /// Extension of the sparse time index.
 pub const TIME_INDEX_EXT: &str = "timeindex";
+/// Idempotent-producer state of a partition as of some offset (JSON; rebuilt from batch headers
+/// if missing). Written by the broker beside the segments.
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 /// Width of the zero-padded base offset in segment file names (fits any u64).
 pub const BASE_OFFSET_DIGITS: usize = 20;
 
@@ -37,10 +41,7 @@ pub const BATCH_HEADER_LEN: usize = 72;
 const HEADER_CRC_AT: usize = 4;
 
 fn header_crc(h: &[u8]) -> u32 {
-    crc32c::crc32c_append(
-        crc32c::crc32c(&h[..HEADER_CRC_AT]),
-        &h[HEADER_CRC_AT + 4..BATCH_HEADER_LEN],
-    )
+    crc32c::crc32c_append(crc32c::crc32c(&h[..HEADER_CRC_AT]), &h[HEADER_CRC_AT + 4..BATCH_HEADER_LEN])
 }
 
 /// Size of one offset index entry: relative offset u32, file position u32.
@@ -221,10 +222,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = enc;
                 bad[byte] ^= 1 << bit;
-                assert!(
-                    BatchHeader::decode(&bad).is_err(),
-                    "flip at byte {byte} bit {bit} went unnoticed"
-                );
+                assert!(BatchHeader::decode(&bad).is_err(), "flip at byte {byte} bit {bit} went unnoticed");
             }
         }
     }

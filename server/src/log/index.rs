@@ -61,10 +61,7 @@ impl IndexEntry for OffsetEntry {
         out[4..8].copy_from_slice(&self.position.to_le_bytes());
     }
     fn decode(base: u64, b: &[u8]) -> Self {
-        Self {
-            offset: base + u64::from(u32_at(b, 0)),
-            position: u32_at(b, 4),
-        }
+        Self { offset: base + u64::from(u32_at(b, 0)), position: u32_at(b, 4) }
     }
 }
 
@@ -83,10 +80,7 @@ impl IndexEntry for TimeEntry {
     fn decode(base: u64, b: &[u8]) -> Self {
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&b[..8]);
-        Self {
-            timestamp_ms: i64::from_le_bytes(ts),
-            offset: base + u64::from(u32_at(b, 8)),
-        }
+        Self { timestamp_ms: i64::from_le_bytes(ts), offset: base + u64::from(u32_at(b, 8)) }
     }
 }
 
@@ -107,11 +101,7 @@ impl<E: IndexEntry> SparseIndex<E> {
     /// first entry out of order ends the index there (the file is truncated to match).
     /// Returns the index and whether it had to be cut (the caller may then rebuild it).
     pub fn open(path: &Path, base: u64) -> io::Result<(Self, bool)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)?;
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
         let mut raw = Vec::new();
         file.read_to_end(&mut raw)?;
         let mut entries: Vec<E> = Vec::with_capacity(raw.len() / E::LEN);
@@ -128,12 +118,7 @@ impl<E: IndexEntry> SparseIndex<E> {
             }
             entries.push(e);
         }
-        let mut index = Self {
-            path: path.to_path_buf(),
-            file,
-            base,
-            entries,
-        };
+        let mut index = Self { path: path.to_path_buf(), file, base, entries };
         if damaged {
             index.rewrite()?;
         }
@@ -152,10 +137,7 @@ impl<E: IndexEntry> SparseIndex<E> {
     /// rebuildable and are fsynced when their segment is closed.
     pub fn append(&mut self, entry: E) -> io::Result<()> {
         if let Some(prev) = self.entries.last() {
-            debug_assert!(
-                entry.follows(prev),
-                "index entries out of order: {prev:?} then {entry:?}"
-            );
+            debug_assert!(entry.follows(prev), "index entries out of order: {prev:?} then {entry:?}");
         }
         let mut buf = [0u8; 16];
         entry.encode(self.base, &mut buf[..E::LEN]);
@@ -223,29 +205,16 @@ mod tests {
         let (mut idx, damaged) = OffsetIndex::open(&path, 100).unwrap();
         assert!(!damaged);
         for (i, pos) in [(100, 0), (150, 4096), (230, 8200)] {
-            idx.append(OffsetEntry {
-                offset: i,
-                position: pos,
-            })
-            .unwrap();
+            idx.append(OffsetEntry { offset: i, position: pos }).unwrap();
         }
         drop(idx);
         let (idx, damaged) = OffsetIndex::open(&path, 100).unwrap();
         assert!(!damaged);
         assert_eq!(idx.entries().len(), 3);
-        assert_eq!(
-            idx.floor_by(|e| e.offset <= 149).map(|e| e.position),
-            Some(0)
-        );
-        assert_eq!(
-            idx.floor_by(|e| e.offset <= 150).map(|e| e.position),
-            Some(4096)
-        );
+        assert_eq!(idx.floor_by(|e| e.offset <= 149).map(|e| e.position), Some(0));
+        assert_eq!(idx.floor_by(|e| e.offset <= 150).map(|e| e.position), Some(4096));
         assert_eq!(idx.floor_by(|e| e.offset <= 99), None);
-        assert_eq!(
-            idx.floor_by(|e| e.offset <= 10_000).map(|e| e.offset),
-            Some(230)
-        );
+        assert_eq!(idx.floor_by(|e| e.offset <= 10_000).map(|e| e.offset), Some(230));
     }
 
     #[test]
@@ -253,39 +222,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.timeindex");
         let (mut idx, _) = TimeIndex::open(&path, 0).unwrap();
-        idx.append(TimeEntry {
-            timestamp_ms: 10,
-            offset: 0,
-        })
-        .unwrap();
-        idx.append(TimeEntry {
-            timestamp_ms: 20,
-            offset: 5,
-        })
-        .unwrap();
+        idx.append(TimeEntry { timestamp_ms: 10, offset: 0 }).unwrap();
+        idx.append(TimeEntry { timestamp_ms: 20, offset: 5 }).unwrap();
         drop(idx);
         // An entry that goes backwards in time, then half an entry.
         let mut raw = std::fs::read(&path).unwrap();
         let mut bad = [0u8; TIME_INDEX_ENTRY_LEN];
-        TimeEntry {
-            timestamp_ms: 5,
-            offset: 9,
-        }
-        .encode(0, &mut bad);
+        TimeEntry { timestamp_ms: 5, offset: 9 }.encode(0, &mut bad);
         raw.extend_from_slice(&bad);
         raw.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, &raw).unwrap();
         let (idx, damaged) = TimeIndex::open(&path, 0).unwrap();
         assert!(damaged);
         assert_eq!(idx.entries().len(), 2);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            2 * TIME_INDEX_ENTRY_LEN as u64
-        );
-        assert_eq!(
-            idx.first_where(|e| e.timestamp_ms >= 15).map(|e| e.offset),
-            Some(5)
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * TIME_INDEX_ENTRY_LEN as u64);
+        assert_eq!(idx.first_where(|e| e.timestamp_ms >= 15).map(|e| e.offset), Some(5));
         assert_eq!(idx.first_where(|e| e.timestamp_ms >= 25), None);
     }
 }

@@ -36,11 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{FsyncPolicy, LogConfig, Retention};
-use error::IoContext;
 pub use error::LogError;
-use format::{
-    parse_log_file_name, BatchHeader, CompressionCodec, BATCH_HEADER_LEN, INDEX_EXT, TIME_INDEX_EXT,
-};
+use error::{FatalContext, IoContext};
+use format::{parse_log_file_name, BatchHeader, CompressionCodec, BATCH_HEADER_LEN, INDEX_EXT, TIME_INDEX_EXT};
 pub use offset::{HighWatermark, LogEndOffset, LogStartOffset, PartitionOffsets};
 use segment::Segment;
 pub use segment::{SegmentReader, StoredBatch};
@@ -149,12 +147,13 @@ impl Log {
             let seg = Segment::create(dir, 0, config.index_interval_bytes)
                 .ctx(|| format!("creating first segment in {}", dir.display()))?;
             segments.insert(0, seg);
+            sync_dir(dir).ctx(|| format!("fsync of directory {}", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).ctx(|| format!("fsync of directory {}", parent.display()))?;
+            }
         }
         report.segments = segments.len();
-        let last = segments
-            .values()
-            .rev()
-            .find_map(|s| s.last_header().copied());
+        let last = segments.values().rev().find_map(|s| s.last_header().copied());
         let log = Self {
             dir: dir.to_path_buf(),
             config,
@@ -165,11 +164,7 @@ impl Log {
         Ok((log, report))
     }
 
-    fn drop_segment_files(
-        dir: &Path,
-        base: u64,
-        report: &mut RecoveryReport,
-    ) -> Result<(), LogError> {
+    fn drop_segment_files(dir: &Path, base: u64, report: &mut RecoveryReport) -> Result<(), LogError> {
         for ext in [format::LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
             let p = dir.join(format::segment_file_name(base, ext));
             match std::fs::remove_file(&p) {
@@ -201,17 +196,11 @@ impl Log {
 
     fn active(&self) -> &Segment {
         // Invariant: never empty.
-        self.segments
-            .values()
-            .next_back()
-            .unwrap_or_else(|| unreachable!("log has no segment"))
+        self.segments.values().next_back().unwrap_or_else(|| unreachable!("log has no segment"))
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments
-            .values_mut()
-            .next_back()
-            .unwrap_or_else(|| unreachable!("log has no segment"))
+        self.segments.values_mut().next_back().unwrap_or_else(|| unreachable!("log has no segment"))
     }
 
     pub fn log_start(&self) -> LogStartOffset {
@@ -245,16 +234,10 @@ impl Log {
         let batch_len32 = u32::try_from(batch_len)
             .ok()
             .filter(|l| u64::from(*l) <= self.config.segment_bytes)
-            .ok_or_else(|| {
-                LogError::Config(format!(
-                    "batch of {batch_len} bytes is larger than segment_bytes"
-                ))
-            })?;
-        self.maybe_roll(batch_len as u64, now_ms)?;
+            .ok_or_else(|| LogError::Config(format!("batch of {batch_len} bytes is larger than segment_bytes")))?;
+        self.maybe_roll(batch_len as u64, batch.record_count, now_ms)?;
         let append_time_ms = now_ms.max(self.last_append_time_ms);
-        let (raft_term, raft_index) = batch
-            .raft
-            .unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
+        let (raft_term, raft_index) = batch.raft.unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
         let base_offset = self.active().next_offset();
         let header = BatchHeader {
             batch_len: batch_len32,
@@ -270,51 +253,44 @@ impl Log {
             payload_crc: batch.payload_crc,
         };
         let dir = &self.dir;
-        let seg = self
-            .segments
-            .values_mut()
-            .next_back()
-            .unwrap_or_else(|| unreachable!("log has no segment"));
-        seg.append(&header, batch.payload)
-            .ctx(|| format!("appending to {}", dir.display()))?;
+        let seg = self.segments.values_mut().next_back().unwrap_or_else(|| unreachable!("log has no segment"));
+        seg.append(&header, batch.payload).map_err(|e| match e {
+            segment::AppendError::Write(e) => LogError::io(format!("appending to {}", dir.display()), e),
+            segment::AppendError::RollbackFailed(source) => {
+                LogError::Unrecoverable { context: format!("appending to {}", dir.display()), source }
+            }
+        })?;
         self.last_append_time_ms = append_time_ms;
         self.last_raft = (raft_term, raft_index);
-        Ok(Appended {
-            base_offset,
-            next_offset: header.next_offset(),
-            append_time_ms,
-            raft_index,
-        })
+        Ok(Appended { base_offset, next_offset: header.next_offset(), append_time_ms, raft_index })
     }
 
-    fn maybe_roll(&mut self, incoming: u64, now_ms: i64) -> Result<(), LogError> {
+    fn maybe_roll(&mut self, incoming: u64, incoming_records: u32, now_ms: i64) -> Result<(), LogError> {
         let active = self.active();
         if active.is_empty() {
             return Ok(());
         }
-        let too_big = active.size() + incoming > self.config.segment_bytes;
+        let too_big = active.size() + incoming > self.config.segment_bytes
+            // Index entries store offsets relative to the segment base as u32.
+            || active.next_offset() + u64::from(incoming_records) - active.base_offset() > u64::from(u32::MAX);
         let age_limit = i64::try_from(self.config.segment_max_age.as_millis()).unwrap_or(i64::MAX);
-        let too_old = active
-            .first_append_time_ms()
-            .is_some_and(|t| now_ms.saturating_sub(t) >= age_limit);
+        let too_old = active.first_append_time_ms().is_some_and(|t| now_ms.saturating_sub(t) >= age_limit);
         if !(too_big || too_old) {
             return Ok(());
         }
         let base = active.next_offset();
-        active
-            .seal()
-            .ctx(|| format!("sealing segment in {}", self.dir.display()))?;
+        active.seal().fatal(|| format!("fsync of sealed segment in {}", self.dir.display()))?;
         let seg = Segment::create(&self.dir, base, self.config.index_interval_bytes)
             .ctx(|| format!("creating segment {base} in {}", self.dir.display()))?;
+        // The new files' directory entries must survive a power loss too.
+        sync_dir(&self.dir).fatal(|| format!("fsync of directory {}", self.dir.display()))?;
         self.segments.insert(base, seg);
         Ok(())
     }
 
     /// Durability: fsyncs the active segment (sealed ones already are).
     pub fn sync(&self) -> Result<(), LogError> {
-        self.active()
-            .sync()
-            .ctx(|| format!("fsync of {}", self.dir.display()))
+        self.active().sync().fatal(|| format!("fsync of {}", self.dir.display()))
     }
 
     /// The active segment's file, to fsync without holding the log. Everything appended before
@@ -328,24 +304,12 @@ impl Log {
     pub fn locate(&self, offset: u64) -> Result<Option<(SegmentReader, u64)>, LogError> {
         let (start, end) = (self.log_start().0, self.log_end().0);
         if offset < start || offset > end {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                log_start: start,
-                log_end: end,
-            });
+            return Err(LogError::OffsetOutOfRange { requested: offset, log_start: start, log_end: end });
         }
-        for (_, seg) in self
-            .segments
-            .range(..=offset)
-            .next_back()
-            .into_iter()
-            .chain(self.segments.range(offset + 1..))
+        for (_, seg) in self.segments.range(..=offset).next_back().into_iter().chain(self.segments.range(offset + 1..))
         {
             let target = offset.max(seg.base_offset());
-            if let Some(pos) = seg
-                .position_for(target)
-                .ctx(|| format!("reading {}", seg.log_path().display()))?
-            {
+            if let Some(pos) = seg.position_for(target).ctx(|| format!("reading {}", seg.log_path().display()))? {
                 return Ok(Some((seg.reader(), pos)));
             }
         }
@@ -354,32 +318,21 @@ impl Log {
 
     /// Reads whole batches from `offset` (see [`SegmentReader::read`]), up to `max_offset`
     /// (exclusive; the high watermark) and about `max_bytes`, from one segment.
-    pub fn read(
-        &self,
-        offset: u64,
-        max_offset: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredBatch>, LogError> {
+    pub fn read(&self, offset: u64, max_offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, LogError> {
         match self.locate(offset)? {
             None => Ok(Vec::new()),
-            Some((reader, pos)) => Ok(reader
-                .read(pos, max_offset, max_bytes)
-                .ctx(|| format!("reading {}", self.dir.display()))?
-                .0),
+            Some((reader, pos)) => {
+                Ok(reader.read(pos, max_offset, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?.0)
+            }
         }
     }
 
     /// Base offset and append time of the first batch appended at or after `timestamp_ms`;
     /// `None` if every batch is older.
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>, LogError> {
-        for seg in self
-            .segments
-            .values()
-            .filter(|s| s.max_append_time_ms().is_some_and(|t| t >= timestamp_ms))
-        {
-            let found = seg
-                .offset_for_time(timestamp_ms)
-                .ctx(|| format!("time lookup in {}", seg.log_path().display()))?;
+        for seg in self.segments.values().filter(|s| s.max_append_time_ms().is_some_and(|t| t >= timestamp_ms)) {
+            let found =
+                seg.offset_for_time(timestamp_ms).ctx(|| format!("time lookup in {}", seg.log_path().display()))?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -387,26 +340,37 @@ impl Log {
         Ok(None)
     }
 
+    /// Calls `f` with the header of every batch from the one containing `from` (clamped to the
+    /// log start) to the end, in offset order. Reads headers only, never payloads.
+    pub fn scan_headers(&self, from: u64, mut f: impl FnMut(&format::BatchHeader)) -> Result<(), LogError> {
+        let from = from.max(self.log_start().0);
+        let first = self.segments.range(..=from).next_back().map_or(from, |(b, _)| *b);
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            seg.for_each_header(from.max(seg.base_offset()), &mut f)
+                .ctx(|| format!("scanning {}", seg.log_path().display()))?;
+        }
+        Ok(())
+    }
+
     /// Deletes whole sealed segments that retention no longer keeps; the log start offset moves
     /// up to the first remaining segment. The active segment is never deleted.
-    pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+    /// Only segments wholly below `high_watermark` are eligible: data consumers have not been
+    /// allowed to see yet is never deleted (and the log start never passes the high watermark).
+    pub fn apply_retention(&mut self, now_ms: i64, high_watermark: u64) -> Result<RetentionOutcome, LogError> {
         let mut outcome = RetentionOutcome::default();
         let mut total = self.size_bytes();
         while self.segments.len() > 1 {
             let Some((&base, oldest)) = self.segments.iter().next() else {
                 break;
             };
+            if oldest.next_offset() > high_watermark {
+                break;
+            }
             let expired = self.config.retention.max_age.is_some_and(|age| {
                 let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-                oldest
-                    .max_append_time_ms()
-                    .is_none_or(|t| now_ms.saturating_sub(t) > age)
+                oldest.max_append_time_ms().is_none_or(|t| now_ms.saturating_sub(t) > age)
             });
-            let oversize = self
-                .config
-                .retention
-                .max_bytes
-                .is_some_and(|max| total - oldest.size() >= max);
+            let oversize = self.config.retention.max_bytes.is_some_and(|max| total - oldest.size() >= max);
             if !(expired || oversize) {
                 break;
             }
@@ -414,8 +378,7 @@ impl Log {
                 break;
             };
             let size = seg.size();
-            seg.delete()
-                .ctx(|| format!("deleting segment {base} in {}", self.dir.display()))?;
+            seg.delete().ctx(|| format!("deleting segment {base} in {}", self.dir.display()))?;
             total -= size;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += size;
@@ -432,9 +395,7 @@ impl Log {
             return Ok(());
         }
         if offset < start {
-            return Err(LogError::Truncate(format!(
-                "offset {offset} is below the log start {start}"
-            )));
+            return Err(LogError::Truncate(format!("offset {offset} is below the log start {start}")));
         }
         let doomed: Vec<u64> = self.segments.range(offset + 1..).map(|(b, _)| *b).collect();
         for base in doomed {
@@ -447,20 +408,17 @@ impl Log {
         }
         let dir = self.dir.clone();
         let active = self.active_mut();
-        active
-            .truncate_to(offset)
-            .map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
-        active
-            .sync()
-            .ctx(|| format!("fsync after truncation of {}", dir.display()))?;
-        let last = self
-            .segments
-            .values()
-            .rev()
-            .find_map(|s| s.last_header().copied());
+        active.truncate_to(offset).map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
+        active.sync().fatal(|| format!("fsync after truncation of {}", dir.display()))?;
+        let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
         self.last_raft = last.map_or((0, 0), |h| (h.raft_term, h.raft_index));
         Ok(())
     }
+}
+
+/// fsyncs a directory, so entries created in it (new segment files) are durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Index files whose log file is gone (a crash between deleting the two) are removed.

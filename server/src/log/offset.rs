@@ -37,7 +37,9 @@ offset_type!(
     LogEndOffset
 );
 
-/// A consistent snapshot of a partition's offsets, with their order checked.
+/// A consistent snapshot of a partition's offsets, with their order checked (in debug builds;
+/// the code that moves each offset keeps the order: retention stops at the high watermark, the
+/// high watermark stops at the log end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionOffsets {
     pub log_start: LogStartOffset,
@@ -46,19 +48,11 @@ pub struct PartitionOffsets {
 }
 
 impl PartitionOffsets {
-    pub fn new(
-        log_start: LogStartOffset,
-        high_watermark: HighWatermark,
-        log_end: LogEndOffset,
-    ) -> Self {
-        assert!(
+    pub fn new(log_start: LogStartOffset, high_watermark: HighWatermark, log_end: LogEndOffset) -> Self {
+        debug_assert!(
             log_start.0 <= high_watermark.0 && high_watermark.0 <= log_end.0,
             "offset order violated: start {log_start} hw {high_watermark} end {log_end}"
         );
-        Self {
-            log_start,
-            high_watermark,
-            log_end,
-        }
+        Self { log_start, high_watermark, log_end }
     }
 }

@@ -49,12 +49,7 @@ pub struct ScanStart {
 }
 
 /// Reads the header at `position`, if a valid one is there and starts at `offset`.
-pub fn header_at(
-    file: &File,
-    file_len: u64,
-    position: u64,
-    offset: u64,
-) -> io::Result<Option<BatchHeader>> {
+pub fn header_at(file: &File, file_len: u64, position: u64, offset: u64) -> io::Result<Option<BatchHeader>> {
     use std::os::unix::fs::FileExt;
     if position + BATCH_HEADER_LEN as u64 > file_len {
         return Ok(None);
@@ -75,21 +70,14 @@ pub fn scan_tail(path: &Path, start: ScanStart, index_interval_bytes: u64) -> io
     let mut scan = TailScan {
         valid_end: start.position,
         next_offset: start.offset,
-        bytes_since_index: if start.index_first {
-            index_interval_bytes
-        } else {
-            0
-        },
+        bytes_since_index: if start.index_first { index_interval_bytes } else { 0 },
         ..TailScan::default()
     };
     let mut payload = Vec::new();
     let mut pos = start.position;
     while pos < file_len {
         if file_len - pos < BATCH_HEADER_LEN as u64 {
-            scan.stopped_by = Some(format!(
-                "{} trailing bytes, shorter than a header",
-                file_len - pos
-            ));
+            scan.stopped_by = Some(format!("{} trailing bytes, shorter than a header", file_len - pos));
             break;
         }
         let mut hbuf = [0u8; BATCH_HEADER_LEN];
@@ -123,14 +111,8 @@ pub fn scan_tail(path: &Path, start: ScanStart, index_interval_bytes: u64) -> io
         }
         if scan.bytes_since_index >= index_interval_bytes {
             // Positions fit in u32: segments are capped at MAX_SEGMENT_BYTES.
-            scan.offset_entries.push(OffsetEntry {
-                offset: header.base_offset,
-                position: pos as u32,
-            });
-            scan.time_entries.push(TimeEntry {
-                timestamp_ms: header.append_time_ms,
-                offset: header.base_offset,
-            });
+            scan.offset_entries.push(OffsetEntry { offset: header.base_offset, position: pos as u32 });
+            scan.time_entries.push(TimeEntry { timestamp_ms: header.append_time_ms, offset: header.base_offset });
             scan.bytes_since_index = 0;
         }
         scan.bytes_since_index += u64::from(header.batch_len);

@@ -18,11 +18,18 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::format::{
-    segment_file_name, BatchHeader, BATCH_HEADER_LEN, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT,
-};
+use super::format::{segment_file_name, BatchHeader, BATCH_HEADER_LEN, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::recovery::{header_at, scan_tail, ScanStart, TailScan};
+
+/// Why an append failed.
+#[derive(Debug)]
+pub enum AppendError {
+    /// Nothing was written (or it was rolled back): the segment is as before.
+    Write(io::Error),
+    /// A partial write could not be rolled back: the segment's state is uncertain.
+    RollbackFailed(io::Error),
+}
 
 /// A batch read back from a segment: its header and the producer's payload bytes.
 #[derive(Clone, Debug)]
@@ -69,11 +76,7 @@ impl Segment {
     /// lost in a crash is simply recreated.
     pub fn create(dir: &Path, base_offset: u64, index_interval_bytes: u64) -> io::Result<Self> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&log_path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&log_path)?;
         let (index, _) = OffsetIndex::open(&index_path, base_offset)?;
         let (time_index, _) = TimeIndex::open(&time_path, base_offset)?;
         Ok(Self {
@@ -93,11 +96,7 @@ impl Segment {
     /// Opens an existing segment and recovers it: scans from the last index entry that points at
     /// a valid batch, truncates whatever follows the last valid batch, and rebuilds indexes that
     /// are missing or damaged (a full scan of this one segment).
-    pub fn open(
-        dir: &Path,
-        base_offset: u64,
-        index_interval_bytes: u64,
-    ) -> io::Result<(Self, OpenReport)> {
+    pub fn open(dir: &Path, base_offset: u64, index_interval_bytes: u64) -> io::Result<(Self, OpenReport)> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let indexes_existed = index_path.exists() && time_path.exists();
         let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
@@ -110,27 +109,32 @@ impl Segment {
             time_index.replace(Vec::new())?;
         }
 
-        // The last index entry that points at a valid batch is where the scan starts.
-        let mut start = ScanStart {
-            position: 0,
-            offset: base_offset,
-            index_first: true,
-        };
-        while let Some(e) = index.last().copied() {
-            if header_at(&file, file_len, u64::from(e.position), e.offset)?.is_some() {
-                start = ScanStart {
-                    position: u64::from(e.position),
-                    offset: e.offset,
-                    index_first: false,
-                };
-                break;
+        // Scan from the last index entry whose batch is valid. An entry whose header is bad, or
+        // whose batch fails its payload CRC (nothing checked from there), is dropped and the
+        // entry before it tried.
+        let (start, scan) = loop {
+            let start = match index.last().copied() {
+                Some(e) if header_at(&file, file_len, u64::from(e.position), e.offset)?.is_some() => {
+                    ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false }
+                }
+                Some(e) => {
+                    index.truncate_while(|x| x.offset < e.offset)?;
+                    continue;
+                }
+                None => ScanStart { position: 0, offset: base_offset, index_first: true },
+            };
+            let scan: TailScan = scan_tail(&log_path, start, index_interval_bytes)?;
+            if scan.batches_checked == 0 && !start.index_first {
+                index.truncate_while(|x| x.offset < start.offset)?;
+                continue;
             }
-            index.truncate_while(|x| x.offset < e.offset)?;
-        }
-        index.truncate_while(|x| x.offset <= start.offset)?;
-        time_index.truncate_while(|x| x.offset <= start.offset)?;
-
-        let scan: TailScan = scan_tail(&log_path, start, index_interval_bytes)?;
+            break (start, scan);
+        };
+        // Both indexes keep only entries up to the scan start; the scan supplies the rest, so
+        // no entry can point past the valid end.
+        let keep = |offset: u64| !start.index_first && offset <= start.offset;
+        index.truncate_while(|x| keep(x.offset))?;
+        time_index.truncate_while(|x| keep(x.offset))?;
         let truncated_bytes = file_len - scan.valid_end;
         if truncated_bytes > 0 {
             file.set_len(scan.valid_end)?;
@@ -138,13 +142,7 @@ impl Segment {
         for e in &scan.offset_entries {
             index.append(*e)?;
         }
-        // Time entries: only those newer than what the time index already has.
-        let last_time = time_index.last().map(|e| e.offset);
-        for e in scan
-            .time_entries
-            .iter()
-            .filter(|e| last_time.is_none_or(|t| e.offset > t))
-        {
+        for e in &scan.time_entries {
             time_index.append(*e)?;
         }
         let mut file = file;
@@ -205,17 +203,18 @@ impl Segment {
     ///
     /// On a write error (full disk, I/O error) the file is cut back to its previous length, so
     /// a failed append leaves no partial batch behind.
-    pub fn append(&mut self, header: &BatchHeader, payload: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, header: &BatchHeader, payload: &[u8]) -> Result<(), AppendError> {
         debug_assert_eq!(header.base_offset, self.next_offset);
         debug_assert_eq!(header.batch_len as usize, BATCH_HEADER_LEN + payload.len());
         let encoded = header.encode();
         let position = self.size;
         if let Err(e) = write_two(&self.file, &encoded, payload) {
-            // Best effort: put the file back as it was. If this fails too, recovery will cut
-            // the partial batch at the next start.
-            let _ = self.file.set_len(position);
-            let _ = (&*self.file).seek(SeekFrom::Start(position));
-            return Err(e);
+            // Put the file back as it was, so the failed append leaves nothing behind.
+            let rollback = self.file.set_len(position).and_then(|()| (&*self.file).seek(SeekFrom::Start(position)));
+            if let Err(r) = rollback {
+                return Err(AppendError::RollbackFailed(io::Error::new(r.kind(), format!("{e}; rollback: {r}"))));
+            }
+            return Err(AppendError::Write(e));
         }
         self.size += u64::from(header.batch_len);
         self.next_offset = header.next_offset();
@@ -225,19 +224,9 @@ impl Segment {
             // the log, so an index write failure must not fail the append (the caller would
             // report an error for stored data, and a retry would duplicate it): indexes are
             // sparse and are rebuilt at startup if damaged.
-            let offset_entry = OffsetEntry {
-                offset: header.base_offset,
-                position: position as u32,
-            };
-            let time_entry = TimeEntry {
-                timestamp_ms: header.append_time_ms,
-                offset: header.base_offset,
-            };
-            if let Err(e) = self
-                .index
-                .append(offset_entry)
-                .and_then(|()| self.time_index.append(time_entry))
-            {
+            let offset_entry = OffsetEntry { offset: header.base_offset, position: position as u32 };
+            let time_entry = TimeEntry { timestamp_ms: header.append_time_ms, offset: header.base_offset };
+            if let Err(e) = self.index.append(offset_entry).and_then(|()| self.time_index.append(time_entry)) {
                 tracing::warn!(segment = %self.log_path.display(), error = %e, "index write failed; rebuilt at restart");
             }
             self.bytes_since_index = 0;
@@ -289,10 +278,7 @@ impl Segment {
             return Ok(None);
         }
         // Start at the last indexed batch older than the target; scan forward.
-        let from = self
-            .time_index
-            .floor_by(|e| e.timestamp_ms < timestamp_ms)
-            .map_or(self.base_offset, |e| e.offset);
+        let from = self.time_index.floor_by(|e| e.timestamp_ms < timestamp_ms).map_or(self.base_offset, |e| e.offset);
         let mut pos = self.position_for(from)?.unwrap_or(self.size);
         while pos < self.size {
             let h = self.read_header(pos)?;
@@ -302,6 +288,17 @@ impl Segment {
             pos += u64::from(h.batch_len);
         }
         Ok(None)
+    }
+
+    /// Calls `f` with the header of every batch that ends after `from_offset`, in order.
+    pub fn for_each_header(&self, from_offset: u64, f: &mut impl FnMut(&BatchHeader)) -> io::Result<()> {
+        let Some(mut pos) = self.position_for(from_offset)? else { return Ok(()) };
+        while pos < self.size {
+            let h = self.read_header(pos)?;
+            f(&h);
+            pos += u64::from(h.batch_len);
+        }
+        Ok(())
     }
 
     fn read_header(&self, pos: u64) -> io::Result<BatchHeader> {
@@ -317,11 +314,7 @@ impl Segment {
 
     /// A read-only view for reading batches outside the log's lock.
     pub fn reader(&self) -> SegmentReader {
-        SegmentReader {
-            file: Arc::clone(&self.file),
-            size: self.size,
-            path: self.log_path.clone(),
-        }
+        SegmentReader { file: Arc::clone(&self.file), size: self.size, path: self.log_path.clone() }
     }
 
     /// Removes every batch at or after `offset`, which must be a batch boundary inside this
@@ -335,10 +328,7 @@ impl Segment {
         if h.base_offset != offset {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "offset {offset} is inside the batch at {}; truncate at a batch boundary",
-                    h.base_offset
-                ),
+                format!("offset {offset} is inside the batch at {}; truncate at a batch boundary", h.base_offset),
             ));
         }
         self.file.set_len(pos)?;
@@ -347,16 +337,8 @@ impl Segment {
         self.time_index.truncate_while(|e| e.offset < offset)?;
         // Re-derive the tail state from the last remaining index entry.
         let start = match self.index.last() {
-            Some(e) => ScanStart {
-                position: u64::from(e.position),
-                offset: e.offset,
-                index_first: false,
-            },
-            None => ScanStart {
-                position: 0,
-                offset: self.base_offset,
-                index_first: true,
-            },
+            Some(e) => ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false },
+            None => ScanStart { position: 0, offset: self.base_offset, index_first: true },
         };
         let scan = scan_tail(&self.log_path, start, self.index_interval_bytes)?;
         debug_assert_eq!(scan.valid_end, pos, "truncation left an invalid tail");
@@ -369,11 +351,7 @@ impl Segment {
 
     /// Deletes the segment's files. The caller has already removed it from the log.
     pub fn delete(self) -> io::Result<()> {
-        let dir = self
-            .log_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = self.log_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let (log, index, time) = paths(&dir, self.base_offset);
         std::fs::remove_file(log)?;
         for p in [index, time] {
@@ -397,12 +375,7 @@ fn write_two(mut file: &File, a: &[u8], b: &[u8]) -> io::Result<()> {
             file.write(&b[written - a.len()..])
         };
         match res {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "log write returned 0 bytes",
-                ))
-            }
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "log write returned 0 bytes")),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -426,12 +399,7 @@ impl SegmentReader {
     /// returned even if it alone exceeds `max_bytes`, so a reader always makes progress.
     /// One `pread` for the chunk (two if the first batch is larger than `max_bytes`); batch
     /// payloads are slices of that one buffer.
-    pub fn read(
-        &self,
-        position: u64,
-        max_offset: u64,
-        max_bytes: usize,
-    ) -> io::Result<(Vec<StoredBatch>, u64)> {
+    pub fn read(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<(Vec<StoredBatch>, u64)> {
         let mut batches = Vec::new();
         if position >= self.size {
             return Ok((batches, position));
@@ -452,10 +420,7 @@ impl SegmentReader {
             if header.base_offset >= max_offset || end > buf.len() {
                 break;
             }
-            batches.push(StoredBatch {
-                header,
-                payload: buf.slice(at + BATCH_HEADER_LEN..end),
-            });
+            batches.push(StoredBatch { header, payload: buf.slice(at + BATCH_HEADER_LEN..end) });
             at = end;
         }
         Ok((batches, position + at as u64))

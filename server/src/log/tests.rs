@@ -5,11 +5,7 @@ use std::time::Duration;
 use super::*;
 
 fn cfg(segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        index_interval_bytes: 256,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes, index_interval_bytes: 256, ..LogConfig::default() }
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -59,11 +55,7 @@ fn append_read_round_trip_across_rolls() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), cfg(2048)).unwrap();
     fill(&mut log, 0, 300);
-    assert!(
-        log.segment_count() > 5,
-        "expected rolls, got {} segments",
-        log.segment_count()
-    );
+    assert!(log.segment_count() > 5, "expected rolls, got {} segments", log.segment_count());
     assert_eq!(log.log_end().0, 600);
     let all = read_all(&log);
     assert_eq!(all.len(), 300);
@@ -92,11 +84,7 @@ fn reopen_keeps_everything_and_checks_only_the_tail() {
     assert!(report.segments > 3);
     // Each segment scans only past its last index entry (256-byte interval: a few batches).
     let bound = report.segments as u64 * 8;
-    assert!(
-        report.batches_checked <= bound,
-        "recovery checked {} batches (bound {bound})",
-        report.batches_checked
-    );
+    assert!(report.batches_checked <= bound, "recovery checked {} batches (bound {bound})", report.batches_checked);
     assert_eq!(read_all(&log).len(), 3000);
 }
 
@@ -185,11 +173,7 @@ fn missing_or_damaged_index_is_rebuilt() {
     std::fs::write(&indexes[1], [0xffu8; 13]).unwrap();
     let (log, report) = Log::open(dir.path(), cfg(16 * 1024)).unwrap();
     assert_eq!(report.indexes_rebuilt, 2);
-    assert_eq!(
-        std::fs::metadata(&indexes[0]).unwrap().len(),
-        first_len,
-        "rebuilt index differs"
-    );
+    assert_eq!(std::fs::metadata(&indexes[0]).unwrap().len(), first_len, "rebuilt index differs");
     assert_eq!(read_all(&log).len(), 400);
     assert_eq!(log.read(555, 800, 1).unwrap()[0].header.base_offset, 554);
 }
@@ -203,28 +187,25 @@ fn retention_by_bytes_and_time_moves_log_start() {
     let before = log.segment_count();
     c.retention.max_bytes = Some(16 * 1024);
     log.set_config(c).unwrap();
-    let out = log.apply_retention(0).unwrap();
+    let out = log.apply_retention(0, u64::MAX).unwrap();
     assert!(out.segments_deleted > 0);
     assert!(log.size_bytes() < 16 * 1024 + 4096 && log.size_bytes() >= 16 * 1024 - 4096);
     assert_eq!(log.segment_count(), before - out.segments_deleted);
     let start = log.log_start().0;
     assert!(start > 0);
-    assert!(
-        matches!(log.read(0, 1000, 100), Err(LogError::OffsetOutOfRange { log_start, .. }) if log_start == start)
-    );
+    assert!(matches!(log.read(0, 1000, 100), Err(LogError::OffsetOutOfRange { log_start, .. }) if log_start == start));
     assert_eq!(read_all(&log).first().unwrap().header.base_offset, start);
 
     // Time: batches were appended at 1000..1500 ms; keep only the last 100 ms at now=1500.
-    c.retention = Retention {
-        max_age: Some(Duration::from_millis(100)),
-        max_bytes: None,
-    };
+    c.retention = Retention { max_age: Some(Duration::from_millis(100)), max_bytes: None };
     log.set_config(c).unwrap();
-    log.apply_retention(1500).unwrap();
+    log.apply_retention(1500, u64::MAX).unwrap();
     let oldest_kept = read_all(&log).first().unwrap().header.append_time_ms;
     assert!(oldest_kept >= 1300, "kept a batch from {oldest_kept}");
     // Everything expired: the active segment stays.
-    log.apply_retention(1_000_000).unwrap();
+    // Never past the high watermark, even when everything has expired.
+    assert_eq!(log.apply_retention(1_000_000, log.log_start().0).unwrap(), RetentionOutcome::default());
+    log.apply_retention(1_000_000, u64::MAX).unwrap();
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.log_end().0, 1000);
 }
@@ -234,10 +215,7 @@ fn truncate_suffix_drops_uncommitted_batches_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), cfg(2048)).unwrap();
     fill(&mut log, 0, 200);
-    assert!(
-        matches!(log.truncate_suffix(101), Err(LogError::Truncate(_))),
-        "mid-batch must be refused"
-    );
+    assert!(matches!(log.truncate_suffix(101), Err(LogError::Truncate(_))), "mid-batch must be refused");
     log.truncate_suffix(100).unwrap();
     assert_eq!(log.log_end().0, 100);
     assert_eq!(log.last_raft_entry(), (0, 50));
@@ -269,4 +247,34 @@ fn bad_config_is_rejected_with_reason() {
     let dir = tempfile::tempdir().unwrap();
     let err = Log::open(dir.path(), cfg(10)).unwrap_err();
     assert!(err.to_string().contains("segment_bytes"), "{err}");
+}
+
+#[test]
+fn corrupt_batch_at_the_last_index_entry_steps_back_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _) = Log::open(dir.path(), cfg(1 << 20)).unwrap();
+        fill(&mut log, 0, 100);
+    }
+    // Find the last index entry, and corrupt the payload of the batch it points at.
+    let index_path = active_log_file(dir.path()).with_extension("index");
+    let raw_index = std::fs::read(&index_path).unwrap();
+    let last = &raw_index[raw_index.len() - 8..];
+    let rel = u32::from_le_bytes(last[..4].try_into().unwrap()) as u64;
+    let pos = u32::from_le_bytes(last[4..].try_into().unwrap()) as usize;
+    let path = active_log_file(dir.path());
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[pos + BATCH_HEADER_LEN + 2] ^= 0xff;
+    std::fs::write(&path, &raw).unwrap();
+
+    let (mut log, report) = Log::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(log.log_end().0, rel, "everything from the damaged batch on is cut");
+    assert!(report.truncated_bytes > 0);
+    assert_eq!(read_all(&log).len() as u64, rel / 2);
+    // The indexes are consistent again: appends, time lookups and a reopen all work.
+    fill(&mut log, 1000, 20);
+    assert_eq!(log.offset_for_time(1000 + 1000).unwrap().map(|(o, _)| o), Some(rel));
+    drop(log);
+    let (log, report) = Log::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!((report.truncated_bytes, log.log_end().0), (0, rel + 40));
 }

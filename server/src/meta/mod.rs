@@ -68,17 +68,10 @@ fn offsets_prefix(group: &str, topic: &str) -> Vec<u8> {
 
 impl MetaStore {
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
         let topics = db.open_tree(TOPICS_TREE)?;
         let offsets = db.open_tree(OFFSETS_TREE)?;
-        Ok(Self {
-            db,
-            topics,
-            offsets,
-        })
+        Ok(Self { db, topics, offsets })
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
@@ -86,8 +79,7 @@ impl MetaStore {
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v)
-                    .map_err(|e| MetaError::Corrupt(format!("topic record: {e}")))
+                serde_json::from_slice(&v).map_err(|e| MetaError::Corrupt(format!("topic record: {e}")))
             })
             .collect()
     }
@@ -110,12 +102,7 @@ impl MetaStore {
 
     /// Stores committed offsets for one group and topic atomically. Durability: flushed
     /// before returning.
-    pub async fn commit_offsets(
-        &self,
-        group: &str,
-        topic: &str,
-        offsets: &[StoredOffset],
-    ) -> Result<(), MetaError> {
+    pub async fn commit_offsets(&self, group: &str, topic: &str, offsets: &[StoredOffset]) -> Result<(), MetaError> {
         let prefix = offsets_prefix(group, topic);
         let mut batch = sled::Batch::default();
         for o in offsets {
@@ -133,11 +120,7 @@ impl MetaStore {
     }
 
     /// Committed offsets of `group` for `topic`, in partition order.
-    pub fn committed_offsets(
-        &self,
-        group: &str,
-        topic: &str,
-    ) -> Result<Vec<StoredOffset>, MetaError> {
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<StoredOffset>, MetaError> {
         let prefix = offsets_prefix(group, topic);
         self.offsets
             .scan_prefix(&prefix)
@@ -148,9 +131,7 @@ impl MetaStore {
                     .filter(|p| p.len() == 4)
                     .ok_or_else(|| MetaError::Corrupt("offset key".into()))?;
                 if v.len() < 16 {
-                    return Err(MetaError::Corrupt(
-                        "offset value shorter than 16 bytes".into(),
-                    ));
+                    return Err(MetaError::Corrupt("offset value shorter than 16 bytes".into()));
                 }
                 let mut off = [0u8; 8];
                 off.copy_from_slice(&v[..8]);
@@ -166,24 +147,25 @@ impl MetaStore {
             .collect()
     }
 
+    /// A producer id never handed out before (ids start at 1; 0 means "not idempotent").
+    /// Durability: sled's id generator is persisted before the id is returned.
+    pub async fn next_producer_id(&self) -> Result<i64, MetaError> {
+        let id = self.db.generate_id()?;
+        self.db.flush_async().await?;
+        i64::try_from(id + 1).map_err(|_| MetaError::Corrupt("producer ids exhausted".into()))
+    }
+
     /// The cluster id, generated and stored the first time it is asked for.
     pub fn cluster_id(&self) -> Result<String, MetaError> {
         if let Some(v) = self.db.get(CLUSTER_ID_KEY)? {
             return Ok(String::from_utf8_lossy(&v).into_owned());
         }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let id = format!("{:016x}{:08x}", nanos as u64, std::process::id());
         // Two racing callers: the first write wins, both return the stored value.
-        let _ =
-            self.db
-                .compare_and_swap(CLUSTER_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
+        let _ = self.db.compare_and_swap(CLUSTER_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
         self.db.flush()?;
-        Ok(self
-            .db
-            .get(CLUSTER_ID_KEY)?
-            .map_or(id, |v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.db.get(CLUSTER_ID_KEY)?.map_or(id, |v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Durability: flushes everything to disk (used at shutdown).
@@ -207,12 +189,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let m = MetaStore::open(dir.path()).unwrap();
-            let t = TopicRecord {
-                name: "a".into(),
-                partitions: 3,
-                created_at_ms: 5,
-                settings: TopicSettings::default(),
-            };
+            let t =
+                TopicRecord { name: "a".into(), partitions: 3, created_at_ms: 5, settings: TopicSettings::default() };
             m.put_topic(&t).await.unwrap();
             let offs: Vec<_> = (0..3)
                 .map(|p| StoredOffset {

@@ -3,6 +3,8 @@
 //! for state.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -32,11 +34,7 @@ impl BrokerProcess {
     /// As [`BrokerProcess::start`], with the broker's stderr appended to `log_path`.
     pub fn start_logging_to(data_dir: &Path, log_path: &Path, extra: &[&str]) -> Self {
         let log_path = log_path.to_path_buf();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -60,23 +58,11 @@ impl BrokerProcess {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "broker did not start; log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
+                panic!("broker did not start; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
             }
         };
-        let hostport = line
-            .split_whitespace()
-            .nth(3)
-            .expect("listen line")
-            .to_string();
-        Self {
-            child: Some(child),
-            addr: format!("http://{hostport}"),
-            data_dir: data_dir.to_path_buf(),
-            log_path,
-        }
+        let hostport = line.split_whitespace().nth(3).expect("listen line").to_string();
+        Self { child: Some(child), addr: format!("http://{hostport}"), data_dir: data_dir.to_path_buf(), log_path }
     }
 
     pub fn pid(&self) -> i32 {
@@ -142,15 +128,9 @@ pub fn signal(pid: i32, sig: i32) {
 /// A seed for randomized tests: `TIDELOG_TEST_SEED` or the clock; always printed so a failure
 /// can be replayed.
 pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("TIDELOG_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = std::env::var("TIDELOG_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
     eprintln!("{test}: seed {seed} (replay with TIDELOG_TEST_SEED={seed})");
     seed
 }
@@ -166,21 +146,13 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A wire produce request carrying `records` uncompressed, with its CRC.
-pub fn produce_request(
-    id: u64,
-    topic: &str,
-    partition: u32,
-    records: Vec<Record>,
-) -> wire::ProduceRequest {
+pub fn produce_request(id: u64, topic: &str, partition: u32, records: Vec<Record>) -> wire::ProduceRequest {
     let (bytes, crc) = tidelog::batch::encode_records(records);
     wire::ProduceRequest {
         request_id: id,
@@ -191,21 +163,14 @@ pub fn produce_request(
         compression: 0,
         record_count: 0,
         crc32c: Some(crc),
+        ..Default::default()
     }
 }
 
 /// Sends `requests` on one Produce stream and returns the responses in order.
-pub async fn produce_all(
-    client: &Client,
-    requests: Vec<wire::ProduceRequest>,
-) -> Vec<wire::ProduceResponse> {
+pub async fn produce_all(client: &Client, requests: Vec<wire::ProduceRequest>) -> Vec<wire::ProduceResponse> {
     let n = requests.len();
-    let mut stream = client
-        .records()
-        .produce(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.records().produce(tokio_stream::iter(requests)).await.unwrap().into_inner();
     let mut out = Vec::with_capacity(n);
     while let Some(r) = stream.next().await {
         out.push(r.unwrap());
@@ -215,30 +180,16 @@ pub async fn produce_all(
 }
 
 /// Reads partition `p` of `topic` from `from` until offset `until` (exclusive), within 30 s.
-pub async fn read_range(
-    client: &Client,
-    topic: &str,
-    p: u32,
-    from: u64,
-    until: u64,
-) -> Vec<ConsumedRecord> {
+pub async fn read_range(client: &Client, topic: &str, p: u32, from: u64, until: u64) -> Vec<ConsumedRecord> {
     let mut out = Vec::new();
     if from >= until {
         return out;
     }
-    let mut stream = Subscription::new(topic)
-        .partition(p, Some(StartAt::Offset(from)))
-        .open(client)
-        .await
-        .unwrap();
+    let mut stream = Subscription::new(topic).partition(p, Some(StartAt::Offset(from))).open(client).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while out
-        .last()
-        .is_none_or(|r: &ConsumedRecord| r.offset + 1 < until)
-    {
+    while out.last().is_none_or(|r: &ConsumedRecord| r.offset + 1 < until) {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        let r =
-            next.unwrap_or_else(|_| panic!("read {topic}/{p} stalled at {} of {until}", out.len()));
+        let r = next.unwrap_or_else(|_| panic!("read {topic}/{p} stalled at {} of {until}", out.len()));
         out.push(r.expect("stream ended").unwrap());
     }
     out

@@ -1,0 +1,162 @@
+//! Per-partition queues of records waiting to be sent.
+//!
+//! A partition queue holds: the open batch (still filling), sealed batches ready to send, and
+//! batches in flight (sent, not yet acknowledged). Sequence numbers are assigned when a batch
+//! is sealed, so they follow send order; a batch keeps its sequence across resends, which is
+//! what lets the broker drop duplicates (see `broker/producer_state.rs`).
+//!
+//! Invariants: within a partition, `in_flight` then `ready` are in sequence order with no
+//! gaps; every record in a queue holds its bytes of buffer memory until it completes.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::RecordMetadata;
+use crate::batch::{encode_records, Record};
+use crate::compression::Compression;
+use crate::Error;
+
+pub(crate) type Delivery = oneshot::Sender<Result<RecordMetadata, Error>>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct OpenBatch {
+    records: Vec<Record>,
+    deliveries: Vec<Delivery>,
+    bytes: usize,
+    created: Instant,
+}
+
+/// A sealed batch: encoded (and compressed) once, resent as the same bytes.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub payload: Bytes,
+    pub crc: u32,
+    pub compression: Compression,
+    pub record_count: u32,
+    pub base_sequence: i32,
+    pub deliveries: Vec<Delivery>,
+    /// Buffer memory the batch's records hold.
+    pub memory: usize,
+    pub created: Instant,
+    /// Request id of the latest send, while in flight.
+    pub request_id: u64,
+    pub sent_at: Option<Instant>,
+    /// How many times the batch was sent.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct PartitionQueue {
+    pub open: Option<OpenBatch>,
+    pub ready: VecDeque<Batch>,
+    pub in_flight: VecDeque<Batch>,
+    pub next_sequence: i32,
+    /// Do not send before this (backoff after a retryable error).
+    pub retry_at: Option<Instant>,
+}
+
+impl PartitionQueue {
+    /// Moves every in-flight batch back in front of the ready ones, in order (to resend).
+    pub fn rewind(&mut self) -> Vec<u64> {
+        let ids = self.in_flight.iter().map(|b| b.request_id).collect();
+        while let Some(mut b) = self.in_flight.pop_back() {
+            b.sent_at = None;
+            self.ready.push_front(b);
+        }
+        ids
+    }
+
+    /// A batch at the front failed for good and was not stored: the batches after it take its
+    /// sequence numbers, so the broker sees no gap.
+    pub fn renumber_after_drop(&mut self, dropped: &Batch) {
+        let shift = dropped.record_count as i32;
+        for b in self.in_flight.iter_mut().chain(self.ready.iter_mut()) {
+            b.base_sequence = b.base_sequence.wrapping_sub(shift);
+        }
+        self.next_sequence = self.next_sequence.wrapping_sub(shift);
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Accumulator {
+    pub queues: HashMap<TopicPartition, PartitionQueue>,
+    /// Partition that keyless records of a topic currently stick to.
+    pub sticky: HashMap<String, u32>,
+    /// Seal every open batch at the next pass (flush/close).
+    pub flush_requested: bool,
+}
+
+impl Accumulator {
+    /// Adds a record to its partition's open batch; seals the batch first if the record would
+    /// overflow it. Returns whether a batch was sealed.
+    pub fn append(
+        &mut self,
+        tp: TopicPartition,
+        record: Record,
+        size: usize,
+        delivery: Delivery,
+        max_batch_bytes: usize,
+        compression: Compression,
+    ) -> Result<bool, Error> {
+        let q = self.queues.entry(tp).or_default();
+        let mut sealed = false;
+        if q.open.as_ref().is_some_and(|o| o.bytes + size > max_batch_bytes) {
+            seal(q, compression)?;
+            sealed = true;
+        }
+        let open = q.open.get_or_insert_with(|| OpenBatch {
+            records: Vec::new(),
+            deliveries: Vec::new(),
+            bytes: 0,
+            created: Instant::now(),
+        });
+        open.records.push(record);
+        open.deliveries.push(delivery);
+        open.bytes += size;
+        Ok(sealed)
+    }
+}
+
+/// Seals the open batch of `q`: encodes, compresses, assigns its sequence numbers.
+pub(crate) fn seal(q: &mut PartitionQueue, compression: Compression) -> Result<(), Error> {
+    let Some(open) = q.open.take() else { return Ok(()) };
+    let record_count = open.records.len() as u32;
+    let (raw, raw_crc) = encode_records(open.records);
+    let (payload, crc) = match compression {
+        Compression::None => (raw, raw_crc),
+        c => {
+            let packed = c.compress(&raw)?;
+            let crc = crc32c::crc32c(&packed);
+            (packed, crc)
+        }
+    };
+    q.ready.push_back(Batch {
+        payload,
+        crc,
+        compression,
+        record_count,
+        base_sequence: q.next_sequence,
+        deliveries: open.deliveries,
+        memory: open.bytes,
+        created: open.created,
+        request_id: 0,
+        sent_at: None,
+        attempts: 0,
+    });
+    q.next_sequence = q.next_sequence.wrapping_add(record_count as i32);
+    Ok(())
+}
+
+/// When the open batch of `q` must be sealed by linger, if it has one.
+pub(crate) fn linger_deadline(q: &PartitionQueue, linger: std::time::Duration) -> Option<Instant> {
+    q.open.as_ref().map(|o| o.created + linger)
+}

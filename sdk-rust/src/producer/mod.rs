@@ -1,0 +1,313 @@
+//! The producer: `send` queues a record and returns a future for its delivery; a background
+//! task batches records per partition, compresses each batch once, pipelines batches over a
+//! Produce stream, and retries what failed — without duplicates or reordering, thanks to
+//! idempotence (on by default).
+//!
+//! ```text
+//! send() ──► partitioner ──► accumulator (open batch per partition, linger, max bytes)
+//!                                 │ seal: encode once, compress, assign sequence numbers
+//!                                 ▼
+//!            sender task ──► Produce stream (≤ max_in_flight batches per partition)
+//!                 ▲ responses: complete deliveries | retryable: rewind and resend the same
+//!                 │ bytes with the same sequences (the broker drops what it already has)
+//! ```
+//!
+//! Guarantees with idempotence on: every record whose delivery future resolves `Ok` is stored
+//! exactly once, and the records of one partition are stored in the order `send` was called,
+//! across connection losses and broker restarts. Back-pressure: `send` waits while
+//! `buffer_memory` bytes are queued, and fails with [`Error::BufferFull`] after `max_block`.
+
+mod accumulator;
+mod sender;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tidelog_proto::v1::Acks;
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+use self::accumulator::{Accumulator, TopicPartition};
+use crate::batch::Record;
+use crate::compression::Compression;
+use crate::partitioner::partition_for_key;
+use crate::{Client, Error};
+
+/// Producer settings. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// How long a batch waits for more records before it is sent. Default 5 ms.
+    pub linger: Duration,
+    /// Largest batch (sum of record sizes), capped by the topic's `max_batch_bytes`. Default 256 KiB.
+    pub max_batch_bytes: usize,
+    /// Most bytes of records queued and unacknowledged. Default 32 MiB.
+    pub buffer_memory: usize,
+    /// How long `send` waits for buffer memory before failing. Default 60 s.
+    pub max_block: Duration,
+    /// Default LZ4.
+    pub compression: Compression,
+    /// Default `All`.
+    pub acks: Acks,
+    /// Exactly-once appends across retries (producer id + sequences). Default on.
+    pub idempotence: bool,
+    /// Batches in flight per partition. Default 5 (the broker remembers the last 5 per producer).
+    pub max_in_flight: usize,
+    /// A batch not acknowledged this long after it was sealed, and not in flight, fails. Default 120 s.
+    pub delivery_timeout: Duration,
+    /// No response this long: the connection is dropped and batches are resent. Default 30 s.
+    pub request_timeout: Duration,
+    /// First retry delay, doubled per attempt up to 1 s. Default 50 ms.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            max_batch_bytes: 256 * 1024,
+            buffer_memory: 32 << 20,
+            max_block: Duration::from_secs(60),
+            compression: Compression::Lz4,
+            acks: Acks::All,
+            idempotence: true,
+            max_in_flight: 5,
+            delivery_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Where a record landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// The broker's append time of the record's batch.
+    pub timestamp_ms: i64,
+}
+
+/// Resolves when the broker acknowledged (or finally rejected) the record.
+#[derive(Debug)]
+pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, Error>>);
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(Error::Closed)))
+    }
+}
+
+/// Chooses a partition for a keyed record (the default is Kafka's murmur2).
+pub trait Partitioner: Send + Sync + std::fmt::Debug {
+    fn partition(&self, topic: &str, key: &[u8], partitions: u32) -> u32;
+}
+
+/// Kafka's default: `toPositive(murmur2(key)) % partitions`.
+#[derive(Debug, Default)]
+pub struct Murmur2Partitioner;
+
+impl Partitioner for Murmur2Partitioner {
+    fn partition(&self, _topic: &str, key: &[u8], partitions: u32) -> u32 {
+        partition_for_key(key, partitions)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    partitioner: Box<dyn Partitioner>,
+    producer_id: i64,
+    producer_epoch: i32,
+    acc: Mutex<Accumulator>,
+    memory: Semaphore,
+    /// Wakes the sender task (a batch sealed, a flush, a new open batch).
+    wake: Notify,
+    /// Signalled whenever `pending` drops to zero.
+    idle: Notify,
+    /// Records queued and not yet completed.
+    pending: AtomicUsize,
+    closed: AtomicBool,
+    metadata: Mutex<HashMap<String, (u32, usize)>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Accumulator> {
+        self.acc.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A handle to the producer; cheap to clone, shared by many tasks.
+#[derive(Clone, Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Producer {
+    /// Starts a producer (gets a producer id from the broker if idempotence is on).
+    pub async fn new(client: Client, config: ProducerConfig) -> Result<Self, Error> {
+        Self::with_partitioner(client, config, Box::new(Murmur2Partitioner)).await
+    }
+
+    pub async fn with_partitioner(
+        client: Client,
+        config: ProducerConfig,
+        partitioner: Box<dyn Partitioner>,
+    ) -> Result<Self, Error> {
+        if config.max_in_flight == 0 || config.max_batch_bytes == 0 || config.buffer_memory < config.max_batch_bytes {
+            return Err(Error::InvalidArgument(
+                "max_in_flight and max_batch_bytes must be positive, buffer_memory at least max_batch_bytes".into(),
+            ));
+        }
+        if config.idempotence && config.max_in_flight > 5 {
+            return Err(Error::InvalidArgument("with idempotence, max_in_flight may be at most 5".into()));
+        }
+        if config.idempotence && config.acks != Acks::All {
+            return Err(Error::InvalidArgument("idempotence needs acks = All".into()));
+        }
+        let (producer_id, producer_epoch) = if config.idempotence {
+            let r = client.records().init_producer(tidelog_proto::wire::InitProducerRequest {}).await?.into_inner();
+            (r.producer_id, r.producer_epoch)
+        } else {
+            (0, 0)
+        };
+        let shared = Arc::new(Shared {
+            client,
+            memory: Semaphore::new(config.buffer_memory),
+            config,
+            partitioner,
+            producer_id,
+            producer_epoch,
+            acc: Mutex::new(Accumulator::default()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            pending: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            metadata: Mutex::new(HashMap::new()),
+        });
+        let task = tokio::spawn(sender::run(Arc::clone(&shared)));
+        Ok(Self { shared, task: Arc::new(Mutex::new(Some(task))) })
+    }
+
+    /// Partition count of `topic` and the batch size to use for it (cached).
+    async fn topic_info(&self, topic: &str) -> Result<(u32, usize), Error> {
+        if let Some(v) = self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).get(topic) {
+            return Ok(*v);
+        }
+        let desc = self.shared.client.describe_topic(topic).await?;
+        let topic_max = desc.config.and_then(|c| c.max_batch_bytes).unwrap_or(1 << 20) as usize;
+        // Room for protobuf framing, so an encoded batch stays under the broker's limit.
+        let batch = self.shared.config.max_batch_bytes.min(topic_max * 9 / 10).max(1);
+        let info = (desc.partition_count.max(1), batch);
+        self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).insert(topic.to_string(), info);
+        Ok(info)
+    }
+
+    /// Number of partitions of `topic`.
+    pub async fn partitions(&self, topic: &str) -> Result<u32, Error> {
+        Ok(self.topic_info(topic).await?.0)
+    }
+
+    /// Queues `record` for `topic`: by key (murmur2), else to the topic's sticky partition.
+    pub async fn send(&self, topic: &str, record: Record) -> Result<DeliveryFuture, Error> {
+        let (partitions, _) = self.topic_info(topic).await?;
+        let partition = record.key.as_ref().map(|k| self.shared.partitioner.partition(topic, k, partitions));
+        self.enqueue(topic, partition, record).await
+    }
+
+    /// Queues `record` for an explicit partition.
+    pub async fn send_to(&self, topic: &str, partition: u32, record: Record) -> Result<DeliveryFuture, Error> {
+        let (partitions, _) = self.topic_info(topic).await?;
+        if partition >= partitions {
+            return Err(Error::InvalidArgument(format!(
+                "partition {partition} does not exist: {topic} has {partitions}"
+            )));
+        }
+        self.enqueue(topic, Some(partition), record).await
+    }
+
+    async fn enqueue(&self, topic: &str, partition: Option<u32>, record: Record) -> Result<DeliveryFuture, Error> {
+        let s = &self.shared;
+        if s.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let (partitions, max_batch) = self.topic_info(topic).await?;
+        let size = record.encoded_len();
+        if size > max_batch {
+            return Err(Error::InvalidArgument(format!("record of {size} bytes exceeds the batch size {max_batch}")));
+        }
+        let permit = tokio::time::timeout(s.config.max_block, s.memory.acquire_many(size as u32))
+            .await
+            .map_err(|_| Error::BufferFull(s.config.max_block))?
+            .map_err(|_| Error::Closed)?;
+        permit.forget(); // returned when the record completes
+        let (tx, rx) = oneshot::channel();
+        s.pending.fetch_add(1, Ordering::AcqRel);
+        let sealed = {
+            let mut acc = s.lock();
+            let partition = match partition {
+                Some(p) => p,
+                None => *acc.sticky.entry(topic.to_string()).or_insert_with(|| rand::random::<u32>() % partitions),
+            };
+            let tp = TopicPartition { topic: topic.to_string(), partition };
+            let created = acc.queues.get(&tp).is_none_or(|q| q.open.is_none());
+            let sealed = acc.append(tp, record, size, tx, max_batch, s.config.compression);
+            if matches!(sealed, Ok(true)) && acc.sticky.get(topic) == Some(&partition) {
+                // Kafka's sticky partitioner: move keyless records on once a batch is full.
+                acc.sticky.insert(topic.to_string(), rand::random::<u32>() % partitions);
+            }
+            sealed.map(|s| s || created)
+        };
+        match sealed {
+            Ok(wake) => {
+                if wake || s.config.linger.is_zero() {
+                    s.wake.notify_one();
+                }
+                Ok(DeliveryFuture(rx))
+            }
+            Err(e) => {
+                s.memory.add_permits(size);
+                s.pending.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends everything queued now and waits until every record queued before (and during)
+    /// the call has completed, successfully or not.
+    pub async fn flush(&self) {
+        let s = &self.shared;
+        loop {
+            let idle = s.idle.notified();
+            if s.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            s.lock().flush_requested = true;
+            s.wake.notify_one();
+            idle.await;
+        }
+    }
+
+    /// Flushes, then stops the background task. Later sends fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        self.flush().await;
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// The producer id the broker issued (0 without idempotence).
+    pub fn producer_id(&self) -> i64 {
+        self.shared.producer_id
+    }
+}

@@ -1,0 +1,56 @@
+//! A TCP proxy on 127.0.0.1 that can cut every connection through it on command, to test what
+//! clients do when the link drops mid-stream. New connections are accepted after a cut.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+
+pub struct Proxy {
+    pub addr: String,
+    cut: broadcast::Sender<()>,
+    pub connections: Arc<AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards 127.0.0.1:<random port> to `target` (an `http://host:port` address).
+    pub async fn start(target: &str) -> Self {
+        let target: SocketAddr = target.trim_start_matches("http://").parse().expect("target address");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let (cut, _) = broadcast::channel(16);
+        let connections = Arc::new(AtomicU64::new(0));
+        let (cut2, conns) = (cut.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::Relaxed);
+                let mut cut_rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.recv() => {} // dropping both sockets cuts the link
+                    }
+                });
+            }
+        });
+        Self { addr, cut, connections, accept }
+    }
+
+    /// Drops every connection currently open through the proxy.
+    pub fn cut(&self) {
+        let _ = self.cut.send(());
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
