@@ -11,6 +11,7 @@ const PUBLIC: &[&str] = &[
     "tidelog/v1/records_service.proto",
     "tidelog/v1/offsets_service.proto",
     "tidelog/v1/admin_service.proto",
+    "tidelog/v1/group_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod group;
 pub mod log;
 pub mod meta;
 pub mod settings;

@@ -202,6 +202,7 @@ async fn committed_offsets_are_durable_across_restart() {
             group: "g".into(),
             topic: "c".into(),
             offsets: vec![PartitionOffset { partition: 0, offset: 5, metadata: "m".into() }],
+            ..Default::default()
         },
         CommitRequest {
             request_id: 2,
@@ -211,6 +212,7 @@ async fn committed_offsets_are_durable_across_restart() {
                 PartitionOffset { partition: 1, offset: 7, metadata: String::new() },
                 PartitionOffset { partition: 0, offset: 6, metadata: String::new() },
             ],
+            ..Default::default()
         },
         // Unknown partition: rejected, others unaffected.
         CommitRequest {
@@ -218,6 +220,7 @@ async fn committed_offsets_are_durable_across_restart() {
             group: "g".into(),
             topic: "c".into(),
             offsets: vec![PartitionOffset { partition: 9, offset: 1, metadata: String::new() }],
+            ..Default::default()
         },
     ];
     let mut resp = client.offsets().commit(tokio_stream::iter(reqs)).await.unwrap().into_inner();

@@ -21,6 +21,8 @@
 //! | OutOfOrderSequence           | OUT_OF_ORDER_SEQUENCE| FAILED_PRECONDITION | resend earlier |
 //! | ProducerFenced               | PRODUCER_FENCED      | FAILED_PRECONDITION | no     |
 //! | UnknownProducer              | UNKNOWN_PRODUCER     | FAILED_PRECONDITION | re-init |
+//! | IllegalGeneration            | ILLEGAL_GENERATION   | FAILED_PRECONDITION | rejoin |
+//! | InconsistentGroup            | INCONSISTENT_GROUP   | FAILED_PRECONDITION | no     |
 
 use tidelog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
@@ -49,6 +51,8 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::OutOfOrderSequence { .. } => (ErrorCode::OutOfOrderSequence, Code::FailedPrecondition),
         B::ProducerFenced { .. } => (ErrorCode::ProducerFenced, Code::FailedPrecondition),
         B::UnknownProducer { .. } => (ErrorCode::UnknownProducer, Code::FailedPrecondition),
+        B::IllegalGeneration(_) => (ErrorCode::IllegalGeneration, Code::FailedPrecondition),
+        B::InconsistentGroup(_) => (ErrorCode::InconsistentGroup, Code::FailedPrecondition),
     }
 }
 
@@ -61,7 +65,9 @@ pub fn status(e: &BrokerError) -> Status {
     let server_side = matches!(
         e,
         BrokerError::PartitionFailed { .. }
-            | BrokerError::Log(LogError::Io { .. } | LogError::Unrecoverable { .. } | LogError::Config(_) | LogError::Truncate(_))
+            | BrokerError::Log(
+                LogError::Io { .. } | LogError::Unrecoverable { .. } | LogError::Config(_) | LogError::Truncate(_)
+            )
             | BrokerError::Meta(_)
     );
     if server_side {

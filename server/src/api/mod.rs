@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod group;
 pub mod offsets;
 pub mod records;
 
@@ -11,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tidelog_proto::v1::admin_service_server::AdminServiceServer;
+use tidelog_proto::v1::group_service_server::GroupServiceServer;
 use tidelog_proto::v1::offset_service_server::OffsetServiceServer;
 use tidelog_proto::wire::record_service_server::RecordServiceServer;
 use tokio::net::TcpListener;
@@ -39,6 +41,7 @@ pub async fn serve(
     health.set_serving::<RecordServiceServer<records::RecordApi>>().await;
     health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
     health.set_serving::<OffsetServiceServer<offsets::OffsetApi>>().await;
+    health.set_serving::<GroupServiceServer<group::GroupApi>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -51,7 +54,10 @@ pub async fn serve(
     let records = RecordServiceServer::new(records::RecordApi::new(Arc::clone(&broker)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker)));
+    let coordinator = crate::group::Coordinator::new(Arc::clone(&broker));
+    crate::group::coordinator::spawn_reaper(Arc::clone(&coordinator), &broker);
+    let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
+    let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
     let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
 
     Server::builder()
@@ -67,6 +73,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(records)
         .add_service(offsets)
+        .add_service(groups)
         .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::error_code;
 use crate::broker::{now_ms, Broker, BrokerError};
+use crate::group::Coordinator;
 use crate::meta::StoredOffset;
 
 /// Longest group id and offset metadata accepted.
@@ -23,11 +24,12 @@ const MAX_METADATA_LEN: usize = 4096;
 #[derive(Debug)]
 pub struct OffsetApi {
     broker: Arc<Broker>,
+    coordinator: Arc<Coordinator>,
 }
 
 impl OffsetApi {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker>, coordinator: Arc<Coordinator>) -> Self {
+        Self { broker, coordinator }
     }
 }
 
@@ -40,9 +42,11 @@ fn validate_group(group: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
-async fn commit_one(broker: &Broker, req: &CommitRequest) -> Result<(), BrokerError> {
+async fn commit_one(broker: &Broker, coordinator: &Coordinator, req: &CommitRequest) -> Result<(), BrokerError> {
     broker.check_running()?;
     validate_group(&req.group)?;
+    // Fencing: only a current member of the current generation may commit for a live group.
+    coordinator.check_commit(&req.group, req.generation, &req.member_id)?;
     let topic = broker.topic(&req.topic)?;
     if req.offsets.is_empty() {
         return Err(BrokerError::InvalidArgument("commit lists no partitions".into()));
@@ -75,11 +79,12 @@ impl OffsetService for OffsetApi {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let broker = Arc::clone(&self.broker);
+        let coordinator = Arc::clone(&self.coordinator);
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(req) = msg else { return };
                 let mut resp = CommitResponse { request_id: req.request_id, ..Default::default() };
-                if let Err(e) = commit_one(&broker, &req).await {
+                if let Err(e) = commit_one(&broker, &coordinator, &req).await {
                     resp.error_code = error_code(&e) as i32;
                     resp.error_message = e.to_string();
                 } else {

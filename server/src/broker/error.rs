@@ -32,6 +32,10 @@ pub enum BrokerError {
     ProducerFenced { producer_id: i64, epoch: i16, current: i16 },
     #[error("producer {producer_id} is unknown on this partition and the batch starts at sequence {base_sequence}, not 0: call InitProducer again")]
     UnknownProducer { producer_id: i64, base_sequence: i32 },
+    #[error("{0}")]
+    IllegalGeneration(String),
+    #[error("{0}")]
+    InconsistentGroup(String),
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
 }

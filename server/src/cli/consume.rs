@@ -179,6 +179,7 @@ async fn send_commit(
             .into_iter()
             .map(|(partition, offset)| PartitionOffset { partition, offset, metadata: String::new() })
             .collect(),
+        ..Default::default()
     };
     let _ = tx.send(req).await;
 }

@@ -1,0 +1,135 @@
+//! `GroupService`: the member session stream and DescribeGroup. The session handler only
+//! parses messages and forwards them to the coordinator; when the stream ends for any reason
+//! (leave, disconnect, broker shutdown) the member is removed and the group rebalances.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tidelog_proto::v1::group_service_server::GroupService;
+use tidelog_proto::v1::{
+    session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, PartitionLag, SessionError,
+    SessionRequest, SessionResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error::error_code;
+use crate::broker::Broker;
+use crate::group::Coordinator;
+
+#[derive(Debug)]
+pub struct GroupApi {
+    broker: Arc<Broker>,
+    coordinator: Arc<Coordinator>,
+    sessions: AtomicU64,
+}
+
+impl GroupApi {
+    pub fn new(broker: Arc<Broker>, coordinator: Arc<Coordinator>) -> Self {
+        Self { broker, coordinator, sessions: AtomicU64::new(1) }
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for GroupApi {
+    type SessionStream = UnboundedReceiverStream<Result<SessionResponse, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        // Unbounded, but a member gets at most a few messages per rebalance, and a member that
+        // stops reading stops heartbeating too and is removed after its session timeout.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let coordinator = Arc::clone(&self.coordinator);
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let mut shutdown = self.broker.shutdown_signal();
+        tokio::spawn(async move {
+            let mut member: Option<(String, String)> = None;
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    _ = shutdown.changed() => None,
+                };
+                let Some(Ok(SessionRequest { kind: Some(kind) })) = msg else { break };
+                let result = match kind {
+                    session_request::Kind::Join(join) => {
+                        let group = join.group.clone();
+                        if member.as_ref().is_some_and(|(g, _)| *g != group) {
+                            Err(crate::broker::BrokerError::InvalidArgument("one session serves one group".into()))
+                        } else {
+                            let id = member.as_ref().map(|(_, m)| m.as_str());
+                            coordinator.join(session, id, join, tx.clone()).map(|id| member = Some((group, id)))
+                        }
+                    }
+                    session_request::Kind::Sync(sync) => match &member {
+                        Some((g, m)) => coordinator.sync(g, m, sync.generation, sync.assignments),
+                        None => Err(crate::broker::BrokerError::InvalidArgument("sync before join".into())),
+                    },
+                    session_request::Kind::Heartbeat(_) => {
+                        if let Some((g, m)) = &member {
+                            coordinator.heartbeat(g, m);
+                        }
+                        Ok(())
+                    }
+                    session_request::Kind::Leave(_) => break,
+                };
+                if let Err(e) = result {
+                    let error = SessionError { code: error_code(&e) as i32, message: e.to_string() };
+                    let _ = tx.send(Ok(SessionResponse { kind: Some(session_response::Kind::Error(error)) }));
+                }
+            }
+            if let Some((g, m)) = member {
+                coordinator.remove(&g, &m, Some(session), "member left or its session ended");
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let group = request.into_inner().group;
+        let view = self.coordinator.describe(&group);
+        let mut resp = DescribeGroupResponse { group: group.clone(), state: "empty".into(), ..Default::default() };
+        let mut owners = std::collections::HashMap::new();
+        if let Some(v) = &view {
+            resp.state = v.state.name().into();
+            resp.generation = v.generation;
+            resp.leader_id = v.leader.clone().unwrap_or_default();
+            resp.members = v.members.clone();
+            for (member, tps) in &v.assignments {
+                for tp in tps {
+                    for p in &tp.partitions {
+                        owners.insert((tp.topic.clone(), *p), member.clone());
+                    }
+                }
+            }
+        }
+        // Lag for every topic the group has committed offsets for.
+        for topic in self.broker.topics() {
+            let committed = self
+                .broker
+                .meta()
+                .committed_offsets(&group, &topic.record.name)
+                .map_err(crate::broker::BrokerError::from)?;
+            for c in committed {
+                let Ok(p) = topic.partition(c.partition) else { continue };
+                let hw = p.offsets().high_watermark.0;
+                resp.partitions.push(PartitionLag {
+                    topic: topic.record.name.clone(),
+                    partition: c.partition,
+                    member_id: owners.get(&(topic.record.name.clone(), c.partition)).cloned().unwrap_or_default(),
+                    committed_offset: c.offset,
+                    high_watermark: hw,
+                    lag: hw.saturating_sub(c.offset),
+                });
+            }
+        }
+        Ok(Response::new(resp))
+    }
+}
