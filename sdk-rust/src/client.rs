@@ -34,6 +34,11 @@ impl Client {
         Ok(Self { channel: endpoint.connect().await? })
     }
 
+    /// The underlying HTTP/2 channel, for any generated client.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel.clone())
     }

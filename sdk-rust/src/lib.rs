@@ -34,6 +34,8 @@ pub mod producer;
 pub use batch::{ConsumedRecord, Record};
 pub use client::Client;
 pub use compression::Compression;
+pub use consumer::assignor::Assignor;
+pub use consumer::group::{GroupConfig, GroupConsumer, OffsetReset, RebalanceListener, TopicPartition};
 pub use consumer::{StartAt, Subscription};
 pub use error::Error;
 pub use producer::{DeliveryFuture, Partitioner, Producer, ProducerConfig, RecordMetadata};

@@ -1,15 +1,13 @@
 //! `tidelog consume TOPIC`: print records (partition, offset, timestamp, key, value) from the
-//! beginning, an offset, a time, or the end; with `--group`, start from the group's committed
-//! offsets and commit what was printed.
+//! beginning, an offset, a time, or the end; with `--group`, as a member of a consumer group
+//! (assigned partitions, committed offsets, commits what was printed).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tidelog::proto::v1::{CommitRequest, ErrorCode, FetchCommittedRequest, PartitionOffset};
-use tidelog::{Client, ConsumedRecord, StartAt, Subscription};
-use tokio::sync::mpsc;
+use tidelog::{Client, ConsumedRecord, GroupConfig, GroupConsumer, OffsetReset, StartAt, Subscription};
 
 use super::BrokerArg;
 
@@ -30,9 +28,16 @@ pub struct ConsumeArgs {
     /// Read only this partition.
     #[arg(long)]
     pub partition: Option<u32>,
-    /// Consumer group: start from its committed offsets and commit what was printed.
+    /// Join this consumer group: read the partitions it assigns, from its committed offsets,
+    /// and commit what was printed.
     #[arg(long)]
     pub group: Option<String>,
+    /// With --group: how often to commit printed positions (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub auto_commit_ms: u64,
+    /// With --group: the member's session timeout (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
     /// Exit after this many records.
     #[arg(long)]
     pub max_records: Option<u64>,
@@ -74,112 +79,93 @@ fn show(r: &ConsumedRecord, format: Format) -> String {
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = Client::connect(&args.broker.broker).await?;
+    match args.group.clone() {
+        Some(group) => run_group(client, group, &args).await,
+        None => run_plain(client, &args).await,
+    }
+}
+
+/// Exit conditions shared by both modes.
+struct Limits {
+    max_records: Option<u64>,
+    idle: Option<Duration>,
+}
+
+impl Limits {
+    fn done(&self, printed: u64) -> bool {
+        self.max_records.is_some_and(|m| printed >= m)
+    }
+}
+
+/// Without a group: read the chosen partitions from the chosen position.
+async fn run_plain(client: Client, args: &ConsumeArgs) -> anyhow::Result<()> {
     let start = match (args.from_beginning, args.offset, args.from_time_ms) {
         (true, _, _) => StartAt::Earliest,
         (_, Some(o), _) => StartAt::Offset(o),
         (_, _, Some(t)) => StartAt::Timestamp(t),
         _ => StartAt::Latest,
     };
-    let topic = client.describe_topic(&args.topic).await?;
-    let partitions: Vec<u32> = match args.partition {
-        Some(p) => vec![p],
-        None => (0..topic.partition_count).collect(),
-    };
     let mut sub = Subscription::new(&args.topic).start_at(start);
-    let committed: BTreeMap<u32, u64> = match &args.group {
-        Some(group) => client
-            .offsets()
-            .fetch_committed(FetchCommittedRequest {
-                group: group.clone(),
-                topic: args.topic.clone(),
-                partitions: vec![],
-            })
-            .await?
-            .into_inner()
-            .offsets
-            .into_iter()
-            .map(|o| (o.partition, o.offset))
-            .collect(),
-        None => BTreeMap::new(),
-    };
-    for p in &partitions {
-        sub = sub.partition(*p, committed.get(p).map(|o| StartAt::Offset(*o)));
+    if let Some(p) = args.partition {
+        sub = sub.partition(p, None);
     }
     let mut records = sub.open(&client).await?;
-
-    // Commits go over one stream; the last printed offset per partition is committed after
-    // each record burst (at-least-once: only what was printed).
-    let (commit_tx, commit_rx) = mpsc::channel::<CommitRequest>(16);
-    let commit_task = args.group.clone().map(|_| {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut resp =
-                client.offsets().commit(tokio_stream::wrappers::ReceiverStream::new(commit_rx)).await?.into_inner();
-            while let Some(r) = resp.next().await {
-                let r = r?;
-                anyhow::ensure!(r.error_code == ErrorCode::Unspecified as i32, "commit failed: {}", r.error_message);
-            }
-            anyhow::Ok(())
-        })
-    });
-
+    let limits = Limits { max_records: args.max_records, idle: args.idle_timeout_ms.map(Duration::from_millis) };
     let mut printed = 0u64;
-    let mut to_commit: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut request_id = 0u64;
-    let idle = args.idle_timeout_ms.map(Duration::from_millis);
-    let stdout = std::io::stdout();
-    loop {
-        if args.max_records.is_some_and(|m| printed >= m) {
-            break;
-        }
-        let next = match idle {
-            Some(d) => match tokio::time::timeout(d, records.next()).await {
-                Ok(n) => n,
-                Err(_) => break,
-            },
+    while !limits.done(printed) {
+        let next = match limits.idle {
+            Some(d) => tokio::time::timeout(d, records.next()).await.unwrap_or(None),
             None => records.next().await,
         };
         let Some(record) = next else { break };
-        let record = record?;
-        writeln!(stdout.lock(), "{}", show(&record, args.format))?;
+        print_record(&record?, args.format)?;
         printed += 1;
-        to_commit.insert(record.partition, record.offset + 1);
-        // Commit after every 100 records and when the stream goes quiet (checked below).
-        if args.group.is_some() && printed.is_multiple_of(100) {
-            request_id += 1;
-            send_commit(&commit_tx, args.group.as_deref(), &args.topic, &mut to_commit, request_id).await;
-        }
-    }
-    if args.group.is_some() {
-        request_id += 1;
-        send_commit(&commit_tx, args.group.as_deref(), &args.topic, &mut to_commit, request_id).await;
-    }
-    drop(commit_tx);
-    if let Some(task) = commit_task {
-        task.await??;
     }
     Ok(())
 }
 
-async fn send_commit(
-    tx: &mpsc::Sender<CommitRequest>,
-    group: Option<&str>,
-    topic: &str,
-    offsets: &mut BTreeMap<u32, u64>,
-    request_id: u64,
-) {
-    let (Some(group), false) = (group, offsets.is_empty()) else {
-        return;
-    };
-    let req = CommitRequest {
-        request_id,
-        group: group.into(),
-        topic: topic.into(),
-        offsets: std::mem::take(offsets)
-            .into_iter()
-            .map(|(partition, offset)| PartitionOffset { partition, offset, metadata: String::new() })
-            .collect(),
-        ..Default::default()
-    };
-    let _ = tx.send(req).await;
+/// As a member of a consumer group: partitions come from the group's assignment, positions
+/// from its committed offsets (`--from-beginning` only where there are none), and what was
+/// printed is committed (auto-commit, and at exit before leaving the group).
+async fn run_group(client: Client, group: String, args: &ConsumeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.offset.is_none() && args.from_time_ms.is_none() && args.partition.is_none(),
+        "--group takes its partitions and positions from the group; drop --offset/--from-time-ms/--partition"
+    );
+    let mut config = GroupConfig::new(group, &[args.topic.as_str()]);
+    config.client_id = "tidelog-cli".into();
+    config.offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    config.auto_commit_interval = Some(Duration::from_millis(args.auto_commit_ms));
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.heartbeat_interval = Duration::from_millis((args.session_timeout_ms / 5).max(100));
+    let mut consumer = GroupConsumer::join(client, config).await?;
+    let limits = Limits { max_records: args.max_records, idle: args.idle_timeout_ms.map(Duration::from_millis) };
+    let mut printed = 0u64;
+    let mut result = Ok(());
+    while !limits.done(printed) {
+        let next = match limits.idle {
+            Some(d) => tokio::time::timeout(d, consumer.next()).await.unwrap_or(None),
+            None => consumer.next().await,
+        };
+        let Some(record) = next else { break };
+        match record {
+            Ok(r) => {
+                print_record(&r, args.format)?;
+                printed += 1;
+            }
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
+        }
+    }
+    consumer.close().await; // commits what was printed, then leaves the group
+    result
+}
+
+fn print_record(r: &ConsumedRecord, format: Format) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", show(r, format))?;
+    out.flush()?;
+    Ok(())
 }

@@ -377,7 +377,7 @@ impl Coordinator {
                 .map(|(id, m)| GroupMember {
                     member_id: id.clone(),
                     topics: m.join.topics.clone(),
-                    owned: Vec::new(),
+                    owned: g.assignments.get(id).cloned().unwrap_or_default(),
                     client_id: m.join.client_id.clone(),
                 })
                 .collect(),

@@ -2,6 +2,9 @@
 //! appended. Records come in offset order per partition; batches are decoded (and their CRC
 //! checked) here.
 
+pub mod assignor;
+pub mod group;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 

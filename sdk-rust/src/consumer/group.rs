@@ -1,0 +1,465 @@
+//! A consumer-group member: joins the group over one session stream, takes part in
+//! rebalances (the leader computes the assignment client side), fetches its partitions from
+//! their committed offsets, and commits what the application has received.
+//!
+//! Revoke before assign: on a rebalance the member stops fetching, drops buffered records of
+//! the old generation, commits the positions of records already handed to the application,
+//! tells the listener, and only then rejoins. Auto-commit commits only positions of records
+//! that `next()` returned (at-least-once: a record is never committed before the application
+//! got it). Committed offsets only move forward, except after an explicit `seek`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tidelog_proto::v1::group_service_client::GroupServiceClient;
+use tidelog_proto::v1::{
+    session_request, session_response, CommitRequest, ErrorCode, FetchCommittedRequest, Heartbeat, JoinGroup,
+    LeaveGroup, PartitionOffset, SessionRequest, SyncGroup, TopicPartitions,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::assignor::Assignor;
+use super::{StartAt, Subscription};
+use crate::batch::ConsumedRecord;
+use crate::{Client, Error};
+
+/// (topic, partition)
+pub type TopicPartition = (String, u32);
+
+/// Where to start a partition the group has no committed offset for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    #[default]
+    Latest,
+}
+
+/// Told about partitions as they are assigned and revoked (in generation order).
+pub trait RebalanceListener: Send + Sync {
+    fn on_assigned(&self, _generation: u32, _partitions: &[TopicPartition]) {}
+    /// Called after the member stopped fetching and committed, before it rejoins.
+    fn on_revoked(&self, _generation: u32, _partitions: &[TopicPartition]) {}
+}
+
+/// Group consumer settings; `GroupConfig::new` gives the documented defaults.
+#[derive(Clone)]
+pub struct GroupConfig {
+    pub group: String,
+    pub topics: Vec<String>,
+    /// In preference order. Default sticky, range, round-robin.
+    pub assignors: Vec<Assignor>,
+    /// Default 10 s.
+    pub session_timeout: Duration,
+    /// Default 1 s (well below the session timeout).
+    pub heartbeat_interval: Duration,
+    /// `None` = commit only with [`GroupConsumer::commit`]. Default every 5 s.
+    pub auto_commit_interval: Option<Duration>,
+    /// Default `Latest` (as Kafka).
+    pub offset_reset: OffsetReset,
+    pub client_id: String,
+    pub listener: Option<Arc<dyn RebalanceListener>>,
+}
+
+impl std::fmt::Debug for GroupConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConfig").field("group", &self.group).field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+impl GroupConfig {
+    pub fn new(group: impl Into<String>, topics: &[&str]) -> Self {
+        Self {
+            group: group.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            assignors: vec![Assignor::Sticky, Assignor::Range, Assignor::RoundRobin],
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            auto_commit_interval: Some(Duration::from_secs(5)),
+            offset_reset: OffsetReset::Latest,
+            client_id: "tidelog-rust".into(),
+            listener: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemberState {
+    generation: u32,
+    member_id: String,
+    assigned: BTreeSet<TopicPartition>,
+    /// Next offset to hand to the application, per partition.
+    positions: HashMap<TopicPartition, u64>,
+    committed: HashMap<TopicPartition, u64>,
+    /// Partitions whose committed offset may move backwards once (after a seek).
+    rewound: BTreeSet<TopicPartition>,
+}
+
+struct Fetched {
+    generation: u32,
+    record: Result<ConsumedRecord, Error>,
+}
+
+enum Control {
+    Commit(oneshot::Sender<Result<(), Error>>),
+    Refetch,
+    Close(oneshot::Sender<()>),
+}
+
+/// A member of a consumer group. Records come from [`GroupConsumer::next`].
+pub struct GroupConsumer {
+    records: mpsc::Receiver<Fetched>,
+    state: Arc<Mutex<MemberState>>,
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for GroupConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConsumer").finish_non_exhaustive()
+    }
+}
+
+fn lock(state: &Mutex<MemberState>) -> std::sync::MutexGuard<'_, MemberState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GroupConsumer {
+    /// Joins the group; records start flowing once the first assignment arrives.
+    pub async fn join(client: Client, config: GroupConfig) -> Result<Self, Error> {
+        if config.topics.is_empty() || config.assignors.is_empty() {
+            return Err(Error::InvalidArgument("a group consumer needs topics and assignors".into()));
+        }
+        let (records_tx, records) = mpsc::channel(1024);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let state = Arc::new(Mutex::new(MemberState::default()));
+        let member = Member { client, config, state: Arc::clone(&state), records: records_tx, fetchers: Vec::new() };
+        let task = tokio::spawn(member.run(control_rx));
+        Ok(Self { records, state, control, task })
+    }
+
+    /// The next record of the current generation's partitions (records of revoked partitions
+    /// are dropped here). `None` once the consumer is closed.
+    pub async fn next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        loop {
+            let f = self.records.recv().await?;
+            let record = match f.record {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            let mut s = lock(&self.state);
+            let tp = (record.topic.clone(), record.partition);
+            if f.generation != s.generation || !s.assigned.contains(&tp) {
+                continue; // fetched for a generation that is over
+            }
+            if s.positions.get(&tp).is_some_and(|p| record.offset < *p) {
+                continue; // before a seek target
+            }
+            s.positions.insert(tp, record.offset + 1);
+            return Some(Ok(record));
+        }
+    }
+
+    /// Commits the position of every assigned partition (what `next` has returned).
+    pub async fn commit(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::Commit(tx)).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Moves a partition's position; the next commit may move its committed offset backwards.
+    pub fn seek(&self, topic: &str, partition: u32, offset: u64) -> Result<(), Error> {
+        {
+            let mut s = lock(&self.state);
+            let tp = (topic.to_string(), partition);
+            if !s.assigned.contains(&tp) {
+                return Err(Error::InvalidArgument(format!("{topic}/{partition} is not assigned to this member")));
+            }
+            s.positions.insert(tp.clone(), offset);
+            s.rewound.insert(tp);
+        }
+        self.control.send(Control::Refetch).map_err(|_| Error::Closed)
+    }
+
+    /// The partitions assigned in the current generation, and the generation.
+    pub fn assignment(&self) -> (u32, Vec<TopicPartition>) {
+        let s = lock(&self.state);
+        (s.generation, s.assigned.iter().cloned().collect())
+    }
+
+    /// Commits, leaves the group (so it rebalances at once), and stops.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// The membership task's state.
+struct Member {
+    client: Client,
+    config: GroupConfig,
+    state: Arc<Mutex<MemberState>>,
+    records: mpsc::Sender<Fetched>,
+    fetchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+enum Outcome {
+    Closed,
+    Reconnect,
+}
+
+impl Member {
+    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.session(&mut control).await {
+                Ok(Outcome::Closed) => return,
+                Ok(Outcome::Reconnect) => {}
+                Err(e) => tracing::debug!(error = %e, "group session failed; rejoining"),
+            }
+            self.revoke(false).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn join_request(&self) -> SessionRequest {
+        let owned = {
+            let s = lock(&self.state);
+            let mut by_topic: HashMap<String, Vec<u32>> = HashMap::new();
+            for (t, p) in &s.assigned {
+                by_topic.entry(t.clone()).or_default().push(*p);
+            }
+            by_topic.into_iter().map(|(topic, partitions)| TopicPartitions { topic, partitions }).collect()
+        };
+        SessionRequest {
+            kind: Some(session_request::Kind::Join(JoinGroup {
+                group: self.config.group.clone(),
+                topics: self.config.topics.clone(),
+                assignors: self.config.assignors.iter().map(|a| a.name().to_string()).collect(),
+                session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+                owned,
+                client_id: self.config.client_id.clone(),
+            })),
+        }
+    }
+
+    async fn session(&mut self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<Outcome, Error> {
+        let (tx, rx) = mpsc::channel::<SessionRequest>(16);
+        tx.send(self.join_request()).await.map_err(|_| Error::Closed)?;
+        let mut responses =
+            GroupServiceClient::new(self.client.channel()).session(ReceiverStream::new(rx)).await?.into_inner();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        let commit_every = self.config.auto_commit_interval.unwrap_or(Duration::from_secs(3600));
+        let mut auto_commit = tokio::time::interval(commit_every);
+        loop {
+            tokio::select! {
+                resp = responses.next() => {
+                    let Some(resp) = resp else { return Ok(Outcome::Reconnect) };
+                    let Some(kind) = resp?.kind else { continue };
+                    match kind {
+                        session_response::Kind::Joined(j) => {
+                            lock(&self.state).member_id = j.member_id.clone();
+                            if j.leader_id == j.member_id {
+                                let assignor = Assignor::from_name(&j.assignor).ok_or_else(|| Error::Decode(format!("unknown assignor {}", j.assignor)))?;
+                                let counts = j.topic_partitions.iter().map(|t| (t.topic.clone(), t.partitions)).collect();
+                                let assignments = assignor.assign(&j.members, &counts);
+                                let sync = SyncGroup { generation: j.generation, assignments };
+                                tx.send(SessionRequest { kind: Some(session_request::Kind::Sync(sync)) }).await.map_err(|_| Error::Closed)?;
+                            }
+                        }
+                        session_response::Kind::Assignment(a) => self.assign(a.generation, a.partitions).await?,
+                        session_response::Kind::Rebalance(r) => {
+                            tracing::debug!(reason = %r.reason, "rebalance: revoking");
+                            self.revoke(true).await;
+                            tx.send(self.join_request()).await.map_err(|_| Error::Closed)?;
+                        }
+                        session_response::Kind::Error(e) => {
+                            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::InvalidRequest);
+                            let err = Error::Broker { code, message: e.message };
+                            let generation = lock(&self.state).generation;
+                            let _ = self.records.send(Fetched { generation, record: Err(err) }).await;
+                            if code == ErrorCode::InconsistentGroup || code == ErrorCode::InvalidRequest {
+                                return Ok(Outcome::Closed);
+                            }
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let generation = lock(&self.state).generation;
+                    let hb = SessionRequest { kind: Some(session_request::Kind::Heartbeat(Heartbeat { generation })) };
+                    tx.send(hb).await.map_err(|_| Error::Closed)?;
+                }
+                _ = auto_commit.tick(), if self.config.auto_commit_interval.is_some() => {
+                    if let Err(e) = self.commit().await {
+                        tracing::debug!(error = %e, "auto-commit failed");
+                    }
+                }
+                c = control.recv() => match c {
+                    Some(Control::Commit(reply)) => { let _ = reply.send(self.commit().await); }
+                    Some(Control::Refetch) => self.start_fetchers().await?,
+                    Some(Control::Close(reply)) => {
+                        self.leave(&tx).await;
+                        let _ = reply.send(());
+                        return Ok(Outcome::Closed);
+                    }
+                    None => {
+                        // The GroupConsumer was dropped: leave so the group rebalances now.
+                        self.leave(&tx).await;
+                        return Ok(Outcome::Closed);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Revokes (committing), then tells the coordinator this member leaves.
+    async fn leave(&mut self, tx: &mpsc::Sender<SessionRequest>) {
+        self.revoke(true).await;
+        let _ = tx.send(SessionRequest { kind: Some(session_request::Kind::Leave(LeaveGroup {})) }).await;
+    }
+
+    /// A new generation's partitions: start from committed offsets (or the reset policy).
+    async fn assign(&mut self, generation: u32, partitions: Vec<TopicPartitions>) -> Result<(), Error> {
+        let assigned: BTreeSet<TopicPartition> =
+            partitions.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p))).collect();
+        let mut committed = HashMap::new();
+        for topic in assigned.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>() {
+            let req =
+                FetchCommittedRequest { group: self.config.group.clone(), topic: topic.clone(), partitions: vec![] };
+            for o in self.client.offsets().fetch_committed(req).await?.into_inner().offsets {
+                committed.insert((topic.clone(), o.partition), o.offset);
+            }
+        }
+        {
+            let mut s = lock(&self.state);
+            s.generation = generation;
+            s.assigned = assigned.clone();
+            s.positions = committed.clone();
+            s.committed = committed;
+            s.rewound.clear();
+        }
+        if let Some(l) = &self.config.listener {
+            l.on_assigned(generation, &assigned.iter().cloned().collect::<Vec<_>>());
+        }
+        self.start_fetchers().await
+    }
+
+    /// (Re)starts one subscription per topic over the assigned partitions from their positions.
+    async fn start_fetchers(&mut self) -> Result<(), Error> {
+        for f in self.fetchers.drain(..) {
+            f.abort();
+        }
+        let (generation, assigned, positions) = {
+            let s = lock(&self.state);
+            (s.generation, s.assigned.clone(), s.positions.clone())
+        };
+        let reset = match self.config.offset_reset {
+            OffsetReset::Earliest => StartAt::Earliest,
+            OffsetReset::Latest => StartAt::Latest,
+        };
+        for topic in assigned.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>() {
+            let mut sub = Subscription::new(&topic);
+            for (_, p) in assigned.iter().filter(|(t, _)| *t == topic) {
+                let start = positions.get(&(topic.clone(), *p)).map_or(reset, |o| StartAt::Offset(*o));
+                sub = sub.partition(*p, Some(start));
+            }
+            let (client, records) = (self.client.clone(), self.records.clone());
+            self.fetchers.push(tokio::spawn(async move {
+                let mut stream = match sub.open(&client).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = records.send(Fetched { generation, record: Err(e) }).await;
+                        return;
+                    }
+                };
+                while let Some(record) = stream.next().await {
+                    if records.send(Fetched { generation, record }).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    /// Stops fetching, commits what the application received (if still a member), tells the
+    /// listener, and forgets the assignment.
+    async fn revoke(&mut self, commit: bool) {
+        for f in self.fetchers.drain(..) {
+            f.abort();
+        }
+        if commit {
+            if let Err(e) = self.commit().await {
+                tracing::debug!(error = %e, "commit on revoke failed");
+            }
+        }
+        let (generation, revoked) = {
+            let mut s = lock(&self.state);
+            let revoked: Vec<TopicPartition> = std::mem::take(&mut s.assigned).into_iter().collect();
+            (s.generation, revoked)
+        };
+        if !revoked.is_empty() {
+            if let Some(l) = &self.config.listener {
+                l.on_revoked(generation, &revoked);
+            }
+        }
+    }
+
+    /// Commits positions that moved forward (or were rewound by a seek), with the generation.
+    async fn commit(&mut self) -> Result<(), Error> {
+        let (generation, member_id, mut by_topic) = {
+            let s = lock(&self.state);
+            let mut by_topic: HashMap<String, Vec<PartitionOffset>> = HashMap::new();
+            for tp in &s.assigned {
+                let Some(&pos) = s.positions.get(tp) else { continue };
+                let forward = s.committed.get(tp).is_none_or(|c| pos > *c);
+                if forward || (s.rewound.contains(tp) && s.committed.get(tp) != Some(&pos)) {
+                    by_topic.entry(tp.0.clone()).or_default().push(PartitionOffset {
+                        partition: tp.1,
+                        offset: pos,
+                        metadata: String::new(),
+                    });
+                }
+            }
+            (s.generation, s.member_id.clone(), by_topic)
+        };
+        let mut requests = Vec::new();
+        for (i, (topic, offsets)) in by_topic.drain().enumerate() {
+            requests.push(CommitRequest {
+                request_id: i as u64,
+                group: self.config.group.clone(),
+                topic,
+                offsets,
+                generation,
+                member_id: member_id.clone(),
+            });
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let sent = requests.clone();
+        let mut responses = self.client.offsets().commit(tokio_stream::iter(requests)).await?.into_inner();
+        while let Some(r) = responses.next().await {
+            let r = r?;
+            if r.error_code != ErrorCode::Unspecified as i32 {
+                let code = ErrorCode::try_from(r.error_code).unwrap_or(ErrorCode::InvalidRequest);
+                return Err(Error::Broker { code, message: r.error_message });
+            }
+            if let Some(req) = sent.iter().find(|q| q.request_id == r.request_id) {
+                let mut s = lock(&self.state);
+                for o in &req.offsets {
+                    let tp = (req.topic.clone(), o.partition);
+                    s.committed.insert(tp.clone(), o.offset);
+                    s.rewound.remove(&tp);
+                }
+            }
+        }
+        Ok(())
+    }
+}
