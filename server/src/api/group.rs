@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tidelog_proto::v1::group_service_server::GroupService;
 use tidelog_proto::v1::{
-    session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, PartitionLag, SessionError,
-    SessionRequest, SessionResponse,
+    session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, PartitionLag, Rebalance,
+    SessionError, SessionRequest, SessionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -71,7 +71,11 @@ impl GroupService for GroupApi {
                     },
                     session_request::Kind::Heartbeat(_) => {
                         if let Some((g, m)) = &member {
-                            coordinator.heartbeat(g, m);
+                            if !coordinator.heartbeat(g, m) {
+                                let reason = "this member was removed from the group (session timeout); rejoin".into();
+                                let rebalance = session_response::Kind::Rebalance(Rebalance { reason });
+                                let _ = tx.send(Ok(SessionResponse { kind: Some(rebalance) }));
+                            }
                         }
                         Ok(())
                     }

@@ -299,9 +299,16 @@ impl Coordinator {
         Ok(())
     }
 
-    pub fn heartbeat(&self, group: &str, member: &str) {
-        if let Some(g) = self.lock().get_mut(group) {
-            touch(g, member);
+    /// Records a heartbeat; returns false if the member is no longer in the group (its session
+    /// expired while it was stalled): it must then revoke and rejoin, not go on consuming.
+    pub fn heartbeat(&self, group: &str, member: &str) -> bool {
+        let mut groups = self.lock();
+        match groups.get_mut(group) {
+            Some(g) if g.members.contains_key(member) => {
+                touch(g, member);
+                true
+            }
+            _ => false,
         }
     }
 
