@@ -258,8 +258,11 @@ async fn group_assigns_fails_over_and_rebalances_without_losing_records() {
         let _ = stop.send(());
         task.await.unwrap();
     }
-    let after = describe(&client).await;
-    assert_eq!(after.state, "empty");
+    let after = eventually(Duration::from_secs(10), "the group to empty after its members left", || {
+        let client = client.clone();
+        async move { Some(describe(&client).await).filter(|d| d.state == "empty") }
+    })
+    .await;
     assert_eq!(after.partitions.len() as u32, PARTITIONS);
     assert!(after.partitions.iter().all(|p| p.lag == 0), "{:?}", after.partitions);
     eprintln!("generations {:?}; {} records, all processed", by_generation.keys().collect::<Vec<_>>(), want.len());
