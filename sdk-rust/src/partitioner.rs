@@ -73,3 +73,42 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod shared_vectors {
+    //! The cross-SDK test vectors in proto/testdata/partitioner.json.
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// The file is small and flat; a few string searches read it without a JSON dependency.
+    fn field<'a>(obj: &'a str, name: &str) -> &'a str {
+        let start = obj.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+        obj[start..].trim_start().split([',', '}', '\n']).next().unwrap().trim().trim_matches('"')
+    }
+
+    #[test]
+    fn matches_the_shared_vectors() {
+        let text = include_str!("../../proto/testdata/partitioner.json");
+        let cases = &text[text.find("\"cases\"").unwrap()..];
+        let mut checked = 0;
+        for case in cases.split("\"key_hex\"").skip(1) {
+            let case = format!("\"key_hex\"{case}");
+            let key = unhex(field(&case, "key_hex"));
+            let hash: i32 = field(&case, "murmur2").parse().unwrap();
+            assert_eq!(murmur2(&key), hash, "murmur2 of {key:?}");
+            let parts = &case[case.find("\"partitions\"").unwrap()..];
+            for (count, want) in
+                parts.split(['{', '}']).nth(1).unwrap().split(',').map(|kv| kv.split_once(':').unwrap())
+            {
+                let count: u32 = count.trim().trim_matches('"').parse().unwrap();
+                let want: u32 = want.trim().parse().unwrap();
+                assert_eq!(partition_for_key(&key, count), want, "key {key:?} over {count} partitions");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 100, "only {checked} vectors checked");
+    }
+}

@@ -97,6 +97,10 @@ fn spawn_child(broker: &str, processed: &Processed) -> std::process::Child {
     child
 }
 
+async fn next_record(c: &mut GroupConsumer) -> tidelog::ConsumedRecord {
+    tokio::time::timeout(Duration::from_secs(10), c.next()).await.expect("no record").unwrap().unwrap()
+}
+
 async fn describe(client: &Client) -> DescribeGroupResponse {
     GroupServiceClient::new(client.channel())
         .describe_group(DescribeGroupRequest { group: "workers".into() })
@@ -266,4 +270,52 @@ async fn group_assigns_fails_over_and_rebalances_without_losing_records() {
     assert_eq!(after.partitions.len() as u32, PARTITIONS);
     assert!(after.partitions.iter().all(|p| p.lag == 0), "{:?}", after.partitions);
     eprintln!("generations {:?}; {} records, all processed", by_generation.keys().collect::<Vec<_>>(), want.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_pause_resume_lag_and_commits_that_only_move_back_after_seek() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
+    let client = broker.client().await;
+    client.create_topic("ctl", 1).await.unwrap();
+    let reqs = (0..100).map(|i| produce_request(i, "ctl", 0, vec![Record::new(format!("v{i}"))])).collect();
+    produce_all(&client, reqs).await;
+
+    let mut cfg = GroupConfig::new("solo", &["ctl"]);
+    cfg.offset_reset = OffsetReset::Earliest;
+    cfg.auto_commit_interval = None;
+    let mut consumer = GroupConsumer::join(broker.client().await, cfg).await.unwrap();
+    for i in 0..50 {
+        assert_eq!(next_record(&mut consumer).await.offset, i);
+    }
+    consumer.commit().await.unwrap();
+    let committed = |client: Client| async move {
+        let req =
+            tidelog::proto::v1::FetchCommittedRequest { group: "solo".into(), topic: "ctl".into(), partitions: vec![] };
+        client.offsets().fetch_committed(req).await.unwrap().into_inner().offsets[0].offset
+    };
+    assert_eq!(committed(client.clone()).await, 50);
+    assert_eq!(consumer.lag(&client).await.unwrap(), vec![(("ctl".to_string(), 0), 50)]);
+
+    // Seek back: the next record is the target, and the commit may now move backwards.
+    consumer.seek("ctl", 0, 10).unwrap();
+    assert_eq!(next_record(&mut consumer).await.offset, 10);
+    consumer.commit().await.unwrap();
+    assert_eq!(committed(client.clone()).await, 11);
+
+    // Pause: nothing arrives (bounded wait); resume: it continues where it was.
+    consumer.pause(&[("ctl".to_string(), 0)]).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next()).await.is_err(),
+        "paused partition delivered"
+    );
+    consumer.resume(&[("ctl".to_string(), 0)]).unwrap();
+    assert_eq!(next_record(&mut consumer).await.offset, 11);
+
+    // Seek by time to the first record appended at or after the 90th record's time.
+    let t = read_range(&client, "ctl", 0, 90, 91).await[0].append_time_ms;
+    consumer.seek_to_timestamp(&client, "ctl", 0, t).await.unwrap();
+    let r = next_record(&mut consumer).await;
+    assert!(r.offset <= 90 && r.append_time_ms >= t, "offset {} time {} for target {t}", r.offset, r.append_time_ms);
+    consumer.close().await;
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::{
-    session_request, session_response, CommitRequest, ErrorCode, FetchCommittedRequest, Heartbeat, JoinGroup,
-    LeaveGroup, PartitionOffset, SessionRequest, SyncGroup, TopicPartitions,
+    offset_spec, session_request, session_response, CommitRequest, ErrorCode, FetchCommittedRequest, Heartbeat,
+    JoinGroup, LeaveGroup, ListOffsetsRequest, OffsetSpec, PartitionOffset, SessionRequest, SyncGroup, TopicPartitions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -95,10 +95,16 @@ struct MemberState {
     committed: HashMap<TopicPartition, u64>,
     /// Partitions whose committed offset may move backwards once (after a seek).
     rewound: BTreeSet<TopicPartition>,
+    /// Partitions not fetched until resumed (cleared by a rebalance, as in Kafka).
+    paused: BTreeSet<TopicPartition>,
+    /// Bumped (synchronously, by the caller) on assignment, seek, pause and resume; fetchers
+    /// tag records with the epoch they started in, and `next` drops records of older epochs, so
+    /// a seek backwards is never undone by records buffered before it.
+    fetch_epoch: u64,
 }
 
 struct Fetched {
-    generation: u32,
+    fetch_epoch: u64,
     record: Result<ConsumedRecord, Error>,
 }
 
@@ -151,8 +157,8 @@ impl GroupConsumer {
             };
             let mut s = lock(&self.state);
             let tp = (record.topic.clone(), record.partition);
-            if f.generation != s.generation || !s.assigned.contains(&tp) {
-                continue; // fetched for a generation that is over
+            if f.fetch_epoch != s.fetch_epoch || !s.assigned.contains(&tp) || s.paused.contains(&tp) {
+                continue; // fetched before a rebalance, seek or pause
             }
             if s.positions.get(&tp).is_some_and(|p| record.offset < *p) {
                 continue; // before a seek target
@@ -179,8 +185,67 @@ impl GroupConsumer {
             }
             s.positions.insert(tp.clone(), offset);
             s.rewound.insert(tp);
+            s.fetch_epoch += 1; // from now on, records fetched before the seek are dropped
         }
         self.control.send(Control::Refetch).map_err(|_| Error::Closed)
+    }
+
+    /// Moves a partition's position to the first record appended at or after `timestamp_ms`
+    /// (the end of the partition if there is none).
+    pub async fn seek_to_timestamp(
+        &self,
+        client: &Client,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<(), Error> {
+        let req = ListOffsetsRequest {
+            topic: topic.into(),
+            partitions: vec![partition],
+            spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::TimestampMs(timestamp_ms)) }),
+        };
+        let offsets = client.admin().list_offsets(req).await?.into_inner().offsets;
+        let offset =
+            offsets.first().map(|o| o.offset).ok_or_else(|| Error::Decode("ListOffsets returned nothing".into()))?;
+        self.seek(topic, partition, offset)
+    }
+
+    /// Stops fetching these partitions (they stay assigned) until [`GroupConsumer::resume`].
+    pub fn pause(&self, partitions: &[TopicPartition]) -> Result<(), Error> {
+        let mut s = lock(&self.state);
+        s.paused.extend(partitions.iter().cloned());
+        s.fetch_epoch += 1;
+        drop(s);
+        self.control.send(Control::Refetch).map_err(|_| Error::Closed)
+    }
+
+    pub fn resume(&self, partitions: &[TopicPartition]) -> Result<(), Error> {
+        {
+            let mut s = lock(&self.state);
+            for tp in partitions {
+                s.paused.remove(tp);
+            }
+            s.fetch_epoch += 1;
+        }
+        self.control.send(Control::Refetch).map_err(|_| Error::Closed)
+    }
+
+    /// Records between this member's position and the high watermark, per assigned partition.
+    pub async fn lag(&self, client: &Client) -> Result<Vec<(TopicPartition, u64)>, Error> {
+        let (assigned, positions) = {
+            let s = lock(&self.state);
+            (s.assigned.clone(), s.positions.clone())
+        };
+        let mut out = Vec::new();
+        for topic in assigned.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>() {
+            let desc = client.describe_topic(&topic).await?;
+            for p in desc.partitions.iter().filter(|p| assigned.contains(&(topic.clone(), p.partition))) {
+                let tp = (topic.clone(), p.partition);
+                let position = positions.get(&tp).copied().unwrap_or(p.log_start_offset);
+                out.push((tp, p.high_watermark.saturating_sub(position)));
+            }
+        }
+        Ok(out)
     }
 
     /// The partitions assigned in the current generation, and the generation.
@@ -282,8 +347,8 @@ impl Member {
                         session_response::Kind::Error(e) => {
                             let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::InvalidRequest);
                             let err = Error::Broker { code, message: e.message };
-                            let generation = lock(&self.state).generation;
-                            let _ = self.records.send(Fetched { generation, record: Err(err) }).await;
+                            let fetch_epoch = lock(&self.state).fetch_epoch;
+                            let _ = self.records.send(Fetched { fetch_epoch, record: Err(err) }).await;
                             if code == ErrorCode::InconsistentGroup || code == ErrorCode::InvalidRequest {
                                 return Ok(Outcome::Closed);
                             }
@@ -343,6 +408,8 @@ impl Member {
             s.positions = committed.clone();
             s.committed = committed;
             s.rewound.clear();
+            s.paused.clear();
+            s.fetch_epoch += 1;
         }
         if let Some(l) = &self.config.listener {
             l.on_assigned(generation, &assigned.iter().cloned().collect::<Vec<_>>());
@@ -355,9 +422,10 @@ impl Member {
         for f in self.fetchers.drain(..) {
             f.abort();
         }
-        let (generation, assigned, positions) = {
+        let (fetch_epoch, assigned, positions) = {
             let s = lock(&self.state);
-            (s.generation, s.assigned.clone(), s.positions.clone())
+            let active: BTreeSet<TopicPartition> = s.assigned.difference(&s.paused).cloned().collect();
+            (s.fetch_epoch, active, s.positions.clone())
         };
         let reset = match self.config.offset_reset {
             OffsetReset::Earliest => StartAt::Earliest,
@@ -374,12 +442,12 @@ impl Member {
                 let mut stream = match sub.open(&client).await {
                     Ok(s) => s,
                     Err(e) => {
-                        let _ = records.send(Fetched { generation, record: Err(e) }).await;
+                        let _ = records.send(Fetched { fetch_epoch, record: Err(e) }).await;
                         return;
                     }
                 };
                 while let Some(record) = stream.next().await {
-                    if records.send(Fetched { generation, record }).await.is_err() {
+                    if records.send(Fetched { fetch_epoch, record }).await.is_err() {
                         return;
                     }
                 }
