@@ -40,5 +40,8 @@ fi
 step "grpcurl smoke test (reflection, produce and subscribe by hand)"
 scripts/grpcurl-smoke.sh target/debug/tidelog
 
+step "examples smoke test (producer + two group consumers, as examples/README.md shows)"
+scripts/examples-smoke.sh target/debug
+
 echo
 echo "all checks passed"
