@@ -149,11 +149,25 @@ impl GroupConsumer {
     /// The next record of the current generation's partitions (records of revoked partitions
     /// are dropped here). `None` once the consumer is closed.
     pub async fn next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    /// Receives until a record of the current fetch epoch arrives; handing it out advances the
+    /// partition's position (what commits will cover).
+    fn poll_record(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<ConsumedRecord, Error>>> {
+        use std::task::Poll;
         loop {
-            let f = self.records.recv().await?;
+            let f = match self.records.poll_recv(cx) {
+                Poll::Ready(Some(f)) => f,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
             let record = match f.record {
                 Ok(r) => r,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Poll::Ready(Some(Err(e))),
             };
             let mut s = lock(&self.state);
             let tp = (record.topic.clone(), record.partition);
@@ -164,7 +178,7 @@ impl GroupConsumer {
                 continue; // before a seek target
             }
             s.positions.insert(tp, record.offset + 1);
-            return Some(Ok(record));
+            return Poll::Ready(Some(Ok(record)));
         }
     }
 
@@ -261,6 +275,17 @@ impl GroupConsumer {
             let _ = rx.await;
         }
         let _ = self.task.await;
+    }
+}
+
+/// The records of the member's partitions, as a `Stream` (same as calling `next`).
+impl futures::Stream for GroupConsumer {
+    type Item = Result<ConsumedRecord, Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.poll_record(cx)
     }
 }
 

@@ -260,6 +260,10 @@ fn handle_response(
         q.retry_at = Some(Instant::now() + backoff);
         return true;
     }
+    if matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition) {
+        // The topic changed (deleted, recreated): the next send reads fresh metadata.
+        shared.metadata.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tp.topic);
+    }
     // Fatal for this batch: it was not stored. The batches behind it take its sequences.
     let Some(b) = q.in_flight.pop_front() else { return false };
     q.renumber_after_drop(&b);
