@@ -3,15 +3,10 @@
 # one group, against a fresh broker; every record must be consumed exactly once by the group.
 set -euo pipefail
 bin=${1:-target/debug}
-work=$(mktemp -d)
-broker_pid=
-cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$bin/tidelog" serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/out" 2>"$work/err" &
-broker_pid=$!
-for _ in $(seq 1 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
-addr=http://$(grep -o '127\.0\.0\.1:[0-9]*' "$work/out" | head -1)
+# shellcheck source=scripts/lib-broker.sh
+. "$(dirname "$0")/lib-broker.sh"
+start_broker "$bin/tidelog"
+addr=http://$addr
 
 "$bin/producer" --broker "$addr" --topic orders --count 600
 "$bin/group_consumer" --broker "$addr" --topic orders --group billing --idle-ms 3000 >"$work/c1" 2>"$work/c1.err" &

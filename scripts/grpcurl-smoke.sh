@@ -5,16 +5,9 @@
 set -euo pipefail
 bin=${1:-target/debug/tidelog}
 grpcurl=${GRPCURL:-grpcurl}
-work=$(mktemp -d)
-broker_pid=
-cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/out" 2>"$work/err" &
-broker_pid=$!
-for _ in $(seq 1 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
-addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$work/out" | head -1)
-[ -n "$addr" ] || { echo "broker did not start"; cat "$work/err"; exit 1; }
+# shellcheck source=scripts/lib-broker.sh
+. "$(dirname "$0")/lib-broker.sh"
+start_broker "$bin"
 
 fail() { echo "grpcurl smoke: $*"; exit 1; }
 services=$("$grpcurl" -plaintext "$addr" list)
