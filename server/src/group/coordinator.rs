@@ -331,7 +331,12 @@ impl Coordinator {
             return;
         }
         let name = group.to_string();
-        self.start_rebalance(&name, g, reason, None);
+        if g.state == GroupState::Rebalancing {
+            // Already rebalancing: the others need not rejoin again; finish without this one.
+            self.try_complete(&name, g);
+        } else {
+            self.start_rebalance(&name, g, reason, None);
+        }
     }
 
     /// Removes members whose session expired or who did not rejoin in time. Called periodically.
