@@ -18,6 +18,8 @@ pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/wire/tidelog.v1.rs"));
 }
 
+pub mod sequence;
+
 /// Encoded `FileDescriptorSet` of the public contract, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tidelog_v1_descriptor.bin"));
 

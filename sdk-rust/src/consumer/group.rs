@@ -141,7 +141,15 @@ impl GroupConsumer {
         let (records_tx, records) = mpsc::channel(1024);
         let (control, control_rx) = mpsc::unbounded_channel();
         let state = Arc::new(Mutex::new(MemberState::default()));
-        let member = Member { client, config, state: Arc::clone(&state), records: records_tx, fetchers: Vec::new() };
+        let member = Member {
+            client,
+            config,
+            state: Arc::clone(&state),
+            records: records_tx,
+            fetchers: Vec::new(),
+            owned: Vec::new(),
+            joining: false,
+        };
         let task = tokio::spawn(member.run(control_rx));
         Ok(Self { records, state, control, task })
     }
@@ -289,6 +297,61 @@ impl futures::Stream for GroupConsumer {
     }
 }
 
+/// Fetches one topic's assigned partitions into the member's record channel, restarting after
+/// errors: from where it got to, or by the reset policy if the position fell out of the log
+/// (retention deleted it).
+struct Fetcher {
+    client: Client,
+    records: mpsc::Sender<Fetched>,
+    topic: String,
+    starts: HashMap<u32, StartAt>,
+    reset: StartAt,
+    fetch_epoch: u64,
+}
+
+impl Fetcher {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut sub = Subscription::new(&self.topic);
+            for (p, start) in &self.starts {
+                sub = sub.partition(*p, Some(*start));
+            }
+            let error = match sub.open(&self.client).await {
+                Ok(mut stream) => loop {
+                    match stream.next().await {
+                        Some(Ok(record)) => {
+                            backoff = Duration::from_millis(100);
+                            self.starts.insert(record.partition, StartAt::Offset(record.offset + 1));
+                            let f = Fetched { fetch_epoch: self.fetch_epoch, record: Ok(record) };
+                            if self.records.send(f).await.is_err() {
+                                return; // the consumer is gone
+                            }
+                        }
+                        Some(Err(e)) => break e,
+                        None => break Error::Decode("subscription ended".into()),
+                    }
+                },
+                Err(e) => e,
+            };
+            if matches!(&error, Error::Status(s) if s.code() == tonic::Code::OutOfRange) {
+                tracing::warn!(topic = %self.topic, error = %error, "position out of range; applying the offset reset policy");
+                for start in self.starts.values_mut() {
+                    *start = self.reset;
+                }
+            } else {
+                tracing::debug!(topic = %self.topic, error = %error, "fetch failed; retrying");
+                let f = Fetched { fetch_epoch: self.fetch_epoch, record: Err(error) };
+                if self.records.send(f).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
 /// The membership task's state.
 struct Member {
     client: Client,
@@ -296,6 +359,10 @@ struct Member {
     state: Arc<Mutex<MemberState>>,
     records: mpsc::Sender<Fetched>,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Partitions owned before the last revoke (sent with Join, for the sticky assignor).
+    owned: Vec<TopicPartition>,
+    /// A Join was sent and its Joined has not come yet: a Rebalance now needs no new Join.
+    joining: bool,
 }
 
 enum Outcome {
@@ -318,11 +385,11 @@ impl Member {
         }
     }
 
-    fn join_request(&self) -> SessionRequest {
+    fn join_request(&mut self) -> SessionRequest {
+        self.joining = true;
         let owned = {
-            let s = lock(&self.state);
             let mut by_topic: HashMap<String, Vec<u32>> = HashMap::new();
-            for (t, p) in &s.assigned {
+            for (t, p) in &self.owned {
                 by_topic.entry(t.clone()).or_default().push(*p);
             }
             by_topic.into_iter().map(|(topic, partitions)| TopicPartitions { topic, partitions }).collect()
@@ -341,10 +408,13 @@ impl Member {
 
     async fn session(&mut self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<Outcome, Error> {
         let (tx, rx) = mpsc::channel::<SessionRequest>(16);
-        tx.send(self.join_request()).await.map_err(|_| Error::Closed)?;
+        let join = self.join_request();
+        tx.send(join).await.map_err(|_| Error::Closed)?;
         let mut responses =
             GroupServiceClient::new(self.client.channel()).session(ReceiverStream::new(rx)).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        // After a stall, one heartbeat, not a burst of them.
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let commit_every = self.config.auto_commit_interval.unwrap_or(Duration::from_secs(3600));
         let mut auto_commit = tokio::time::interval(commit_every);
         loop {
@@ -354,6 +424,7 @@ impl Member {
                     let Some(kind) = resp?.kind else { continue };
                     match kind {
                         session_response::Kind::Joined(j) => {
+                            self.joining = false;
                             lock(&self.state).member_id = j.member_id.clone();
                             if j.leader_id == j.member_id {
                                 let assignor = Assignor::from_name(&j.assignor).ok_or_else(|| Error::Decode(format!("unknown assignor {}", j.assignor)))?;
@@ -364,11 +435,14 @@ impl Member {
                             }
                         }
                         session_response::Kind::Assignment(a) => self.assign(a.generation, a.partitions).await?,
-                        session_response::Kind::Rebalance(r) => {
+                        session_response::Kind::Rebalance(r) if !self.joining => {
                             tracing::debug!(reason = %r.reason, "rebalance: revoking");
                             self.revoke(true).await;
-                            tx.send(self.join_request()).await.map_err(|_| Error::Closed)?;
+                            let join = self.join_request();
+                            tx.send(join).await.map_err(|_| Error::Closed)?;
                         }
+                        // Our Join is already on its way: it answers this rebalance too.
+                        session_response::Kind::Rebalance(_) => {}
                         session_response::Kind::Error(e) => {
                             let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::InvalidRequest);
                             let err = Error::Broker { code, message: e.message };
@@ -426,11 +500,33 @@ impl Member {
                 committed.insert((topic.clone(), o.partition), o.offset);
             }
         }
+        // Partitions without a committed offset start per the reset policy, resolved now, so a
+        // later refetch (seek, pause) resumes from there rather than from a newer log end.
+        let mut positions = committed.clone();
+        let spec = match self.config.offset_reset {
+            OffsetReset::Earliest => offset_spec::Spec::Earliest(true),
+            OffsetReset::Latest => offset_spec::Spec::Latest(true),
+        };
+        for topic in
+            assigned.iter().filter(|tp| !committed.contains_key(*tp)).map(|(t, _)| t.clone()).collect::<BTreeSet<_>>()
+        {
+            let req = ListOffsetsRequest {
+                topic: topic.clone(),
+                partitions: vec![],
+                spec: Some(OffsetSpec { spec: Some(spec) }),
+            };
+            for o in self.client.admin().list_offsets(req).await?.into_inner().offsets {
+                let tp = (topic.clone(), o.partition);
+                if assigned.contains(&tp) && !committed.contains_key(&tp) {
+                    positions.insert(tp, o.offset);
+                }
+            }
+        }
         {
             let mut s = lock(&self.state);
             s.generation = generation;
             s.assigned = assigned.clone();
-            s.positions = committed.clone();
+            s.positions = positions;
             s.committed = committed;
             s.rewound.clear();
             s.paused.clear();
@@ -457,26 +553,20 @@ impl Member {
             OffsetReset::Latest => StartAt::Latest,
         };
         for topic in assigned.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>() {
-            let mut sub = Subscription::new(&topic);
-            for (_, p) in assigned.iter().filter(|(t, _)| *t == topic) {
-                let start = positions.get(&(topic.clone(), *p)).map_or(reset, |o| StartAt::Offset(*o));
-                sub = sub.partition(*p, Some(start));
-            }
-            let (client, records) = (self.client.clone(), self.records.clone());
-            self.fetchers.push(tokio::spawn(async move {
-                let mut stream = match sub.open(&client).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = records.send(Fetched { fetch_epoch, record: Err(e) }).await;
-                        return;
-                    }
-                };
-                while let Some(record) = stream.next().await {
-                    if records.send(Fetched { fetch_epoch, record }).await.is_err() {
-                        return;
-                    }
-                }
-            }));
+            let starts: HashMap<u32, StartAt> = assigned
+                .iter()
+                .filter(|(t, _)| *t == topic)
+                .map(|(_, p)| (*p, positions.get(&(topic.clone(), *p)).map_or(reset, |o| StartAt::Offset(*o))))
+                .collect();
+            let fetcher = Fetcher {
+                client: self.client.clone(),
+                records: self.records.clone(),
+                topic,
+                starts,
+                reset,
+                fetch_epoch,
+            };
+            self.fetchers.push(tokio::spawn(fetcher.run()));
         }
         Ok(())
     }
@@ -484,6 +574,9 @@ impl Member {
     /// Stops fetching, commits what the application received (if still a member), tells the
     /// listener, and forgets the assignment.
     async fn revoke(&mut self, commit: bool) {
+        // First: the application gets no more buffered records, so the positions committed
+        // below are exactly what it received.
+        lock(&self.state).fetch_epoch += 1;
         for f in self.fetchers.drain(..) {
             f.abort();
         }
@@ -501,6 +594,7 @@ impl Member {
             if let Some(l) = &self.config.listener {
                 l.on_revoked(generation, &revoked);
             }
+            self.owned = revoked;
         }
     }
 

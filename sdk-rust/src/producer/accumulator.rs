@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 
 use super::RecordMetadata;
 use crate::batch::{encode_records, Record};
+use tidelog_proto::sequence;
+
 use crate::compression::Compression;
 use crate::Error;
 
@@ -75,15 +77,24 @@ impl PartitionQueue {
         ids
     }
 
-    /// A batch at the front failed for good and was not stored: the batches after it take its
-    /// sequence numbers, so the broker sees no gap.
+    /// `dropped` failed for good and was never stored: every batch after it (in sequence
+    /// order) takes over its sequence numbers, so the broker sees no gap. Batches before it —
+    /// in flight when `dropped` came from `ready` — keep theirs.
     pub fn renumber_after_drop(&mut self, dropped: &Batch) {
-        let shift = dropped.record_count as i32;
-        for b in self.in_flight.iter_mut().chain(self.ready.iter_mut()) {
-            b.base_sequence = b.base_sequence.wrapping_sub(shift);
+        let shift = dropped.record_count;
+        let after = |b: &Batch| seq_after(b.base_sequence, dropped.base_sequence);
+        for b in self.in_flight.iter_mut().chain(self.ready.iter_mut()).filter(|b| after(b)) {
+            b.base_sequence = sequence::decrement(b.base_sequence, shift);
         }
-        self.next_sequence = self.next_sequence.wrapping_sub(shift);
+        self.next_sequence = sequence::decrement(self.next_sequence, shift);
     }
+}
+
+/// Whether sequence `a` comes after `b` (sequences wrap, but never by more than half the range
+/// within one partition's queue).
+fn seq_after(a: i32, b: i32) -> bool {
+    let d = (i64::from(a) - i64::from(b)).rem_euclid(i64::from(i32::MAX) + 1);
+    d != 0 && d < (1 << 30)
 }
 
 #[derive(Debug, Default)]
@@ -106,11 +117,11 @@ impl Accumulator {
         delivery: Delivery,
         max_batch_bytes: usize,
         compression: Compression,
-    ) -> Result<bool, Error> {
+    ) -> bool {
         let q = self.queues.entry(tp).or_default();
         let mut sealed = false;
         if q.open.as_ref().is_some_and(|o| o.bytes + size > max_batch_bytes) {
-            seal(q, compression)?;
+            seal(q, compression);
             sealed = true;
         }
         let open = q.open.get_or_insert_with(|| OpenBatch {
@@ -122,22 +133,28 @@ impl Accumulator {
         open.records.push(record);
         open.deliveries.push(delivery);
         open.bytes += size;
-        Ok(sealed)
+        sealed
     }
 }
 
 /// Seals the open batch of `q`: encodes, compresses, assigns its sequence numbers.
-pub(crate) fn seal(q: &mut PartitionQueue, compression: Compression) -> Result<(), Error> {
-    let Some(open) = q.open.take() else { return Ok(()) };
+pub(crate) fn seal(q: &mut PartitionQueue, compression: Compression) {
+    let Some(open) = q.open.take() else { return };
     let record_count = open.records.len() as u32;
     let (raw, raw_crc) = encode_records(open.records);
-    let (payload, crc) = match compression {
-        Compression::None => (raw, raw_crc),
-        c => {
-            let packed = c.compress(&raw)?;
-            let crc = crc32c::crc32c(&packed);
-            (packed, crc)
-        }
+    // If compression fails (it should not), send the batch uncompressed rather than lose it.
+    let (payload, crc, compression) = match compression {
+        Compression::None => (raw, raw_crc, compression),
+        c => match c.compress(&raw) {
+            Ok(packed) => {
+                let crc = crc32c::crc32c(&packed);
+                (packed, crc, c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "compression failed; sending the batch uncompressed");
+                (raw, raw_crc, Compression::None)
+            }
+        },
     };
     q.ready.push_back(Batch {
         payload,
@@ -152,11 +169,56 @@ pub(crate) fn seal(q: &mut PartitionQueue, compression: Compression) -> Result<(
         sent_at: None,
         attempts: 0,
     });
-    q.next_sequence = q.next_sequence.wrapping_add(record_count as i32);
-    Ok(())
+    q.next_sequence = sequence::increment(q.next_sequence, record_count);
 }
 
 /// When the open batch of `q` must be sealed by linger, if it has one.
 pub(crate) fn linger_deadline(q: &PartitionQueue, linger: std::time::Duration) -> Option<Instant> {
     q.open.as_ref().map(|o| o.created + linger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: i32, n: u32) -> Batch {
+        Batch {
+            payload: Bytes::new(),
+            crc: 0,
+            compression: Compression::None,
+            record_count: n,
+            base_sequence: seq,
+            deliveries: Vec::new(),
+            memory: 0,
+            created: Instant::now(),
+            request_id: 0,
+            sent_at: None,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn dropping_a_queued_batch_renumbers_only_the_batches_after_it() {
+        // A (0..5) in flight and maybe stored; B (5..10) expires unsent; C (10..15) waits.
+        let mut q = PartitionQueue { next_sequence: 15, ..PartitionQueue::default() };
+        q.in_flight.push_back(batch(0, 5));
+        q.ready.push_back(batch(5, 5));
+        q.ready.push_back(batch(10, 5));
+        let b = q.ready.pop_front().unwrap();
+        q.renumber_after_drop(&b);
+        assert_eq!(q.in_flight[0].base_sequence, 0, "a batch before the dropped one keeps its sequence");
+        assert_eq!(q.ready[0].base_sequence, 5, "C takes B's place");
+        assert_eq!(q.next_sequence, 10);
+    }
+
+    #[test]
+    fn renumbering_works_across_the_wrap() {
+        let mut q = PartitionQueue { next_sequence: 7, ..PartitionQueue::default() };
+        q.in_flight.push_back(batch(i32::MAX - 2, 5)); // covers MAX-2..=MAX, 0, 1
+        q.in_flight.push_back(batch(2, 5));
+        let b = q.in_flight.pop_front().unwrap();
+        q.renumber_after_drop(&b);
+        assert_eq!(q.in_flight[0].base_sequence, i32::MAX - 2);
+        assert_eq!(q.next_sequence, 2);
+    }
 }

@@ -201,7 +201,21 @@ impl Producer {
         if let Some(v) = self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).get(topic) {
             return Ok(*v);
         }
-        let desc = self.shared.client.describe_topic(topic).await?;
+        // Retryable failures (a dropped connection, an unavailable broker) are retried with
+        // backoff for up to `max_block`, as Kafka's producer does for metadata.
+        let deadline = tokio::time::Instant::now() + self.shared.config.max_block;
+        let mut backoff = self.shared.config.retry_backoff;
+        let desc = loop {
+            match self.shared.client.describe_topic(topic).await {
+                Ok(d) => break d,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(topic, error = %e, "metadata fetch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let topic_max = desc.config.and_then(|c| c.max_batch_bytes).unwrap_or(1 << 20) as usize;
         // Room for protobuf framing, so an encoded batch stays under the broker's limit.
         let batch = self.shared.config.max_batch_bytes.min(topic_max * 9 / 10).max(1);
@@ -250,7 +264,7 @@ impl Producer {
         permit.forget(); // returned when the record completes
         let (tx, rx) = oneshot::channel();
         s.pending.fetch_add(1, Ordering::AcqRel);
-        let sealed = {
+        let wake = {
             let mut acc = s.lock();
             let partition = match partition {
                 Some(p) => p,
@@ -259,25 +273,16 @@ impl Producer {
             let tp = TopicPartition { topic: topic.to_string(), partition };
             let created = acc.queues.get(&tp).is_none_or(|q| q.open.is_none());
             let sealed = acc.append(tp, record, size, tx, max_batch, s.config.compression);
-            if matches!(sealed, Ok(true)) && acc.sticky.get(topic) == Some(&partition) {
+            if sealed && acc.sticky.get(topic) == Some(&partition) {
                 // Kafka's sticky partitioner: move keyless records on once a batch is full.
                 acc.sticky.insert(topic.to_string(), rand::random::<u32>() % partitions);
             }
-            sealed.map(|s| s || created)
+            sealed || created
         };
-        match sealed {
-            Ok(wake) => {
-                if wake || s.config.linger.is_zero() {
-                    s.wake.notify_one();
-                }
-                Ok(DeliveryFuture(rx))
-            }
-            Err(e) => {
-                s.memory.add_permits(size);
-                s.pending.fetch_sub(1, Ordering::AcqRel);
-                Err(e)
-            }
+        if wake || s.config.linger.is_zero() {
+            s.wake.notify_one();
         }
+        Ok(DeliveryFuture(rx))
     }
 
     /// Sends everything queued now and waits until every record queued before (and during)

@@ -147,7 +147,10 @@ fn complete(shared: &Shared, tp: &TopicPartition, b: Batch, result: Result<(u64,
         }
     }
     shared.memory.add_permits(b.memory);
-    shared.pending.fetch_sub(n, Ordering::AcqRel);
+    // The last pending record: wake `flush` now, whatever the sender loop is waiting on.
+    if shared.pending.fetch_sub(n, Ordering::AcqRel) == n {
+        shared.idle.notify_waiters();
+    }
 }
 
 /// Seals batches whose linger expired (all, when flushing), fails batches past their delivery
@@ -170,9 +173,7 @@ fn collect(
     for (tp, q) in acc.queues.iter_mut() {
         if let Some(open) = super::accumulator::linger_deadline(q, cfg.linger) {
             if flush || open <= now {
-                if let Err(e) = seal(q, cfg.compression) {
-                    tracing::error!(error = %e, "cannot encode batch");
-                }
+                seal(q, cfg.compression);
             } else {
                 due(open);
             }
@@ -322,8 +323,6 @@ fn expire(shared: &Shared, now: Instant) {
 }
 
 fn drain_queue(tp: &TopicPartition, q: &mut PartitionQueue, out: &mut Vec<(TopicPartition, Batch)>) {
-    if let Err(e) = seal(q, crate::compression::Compression::None) {
-        tracing::error!(error = %e, "cannot encode batch");
-    }
+    seal(q, crate::compression::Compression::None);
     out.extend(q.in_flight.drain(..).chain(q.ready.drain(..)).map(|b| (tp.clone(), b)));
 }

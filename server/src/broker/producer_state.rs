@@ -37,7 +37,7 @@ pub struct RecentBatch {
 
 impl RecentBatch {
     fn next_sequence(&self) -> i32 {
-        self.base_sequence.wrapping_add(self.record_count as i32)
+        tidelog_proto::sequence::increment(self.base_sequence, self.record_count)
     }
 }
 

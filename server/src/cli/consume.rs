@@ -141,7 +141,6 @@ async fn run_group(client: Client, group: String, args: &ConsumeArgs) -> anyhow:
     let mut consumer = GroupConsumer::join(client, config).await?;
     let limits = Limits { max_records: args.max_records, idle: args.idle_timeout_ms.map(Duration::from_millis) };
     let mut printed = 0u64;
-    let mut result = Ok(());
     while !limits.done(printed) {
         let next = match limits.idle {
             Some(d) => tokio::time::timeout(d, consumer.next()).await.unwrap_or(None),
@@ -153,14 +152,12 @@ async fn run_group(client: Client, group: String, args: &ConsumeArgs) -> anyhow:
                 print_record(&r, args.format)?;
                 printed += 1;
             }
-            Err(e) => {
-                result = Err(e.into());
-                break;
-            }
+            // Fetch errors are retried by the consumer; fatal ones end the stream.
+            Err(e) => eprintln!("tidelog: {e}"),
         }
     }
     consumer.close().await; // commits what was printed, then leaves the group
-    result
+    Ok(())
 }
 
 fn print_record(r: &ConsumedRecord, format: Format) -> anyhow::Result<()> {

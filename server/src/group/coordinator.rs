@@ -51,6 +51,8 @@ struct Member {
     joined: bool,
     /// Which session stream this member lives on (a rejoin on a new stream is a new member).
     session: u64,
+    /// When the member first joined (the newest is dropped if no assignor is common).
+    joined_at: Instant,
     tx: SessionTx,
 }
 
@@ -147,12 +149,14 @@ impl Coordinator {
         let mut groups = self.lock();
         let group_name = join.group.clone();
         let g = groups.entry(group_name.clone()).or_insert_with(Group::new);
+        let joined_at = g.members.get(&id).map_or_else(Instant::now, |m| m.joined_at);
         let member = Member {
             join,
             session_timeout: Duration::from_millis(u64::from(timeout_ms)),
             last_seen: Instant::now(),
             joined: true,
             session,
+            joined_at,
             tx,
         };
         let known = g.members.insert(id.clone(), member).is_some();
@@ -206,7 +210,7 @@ impl Coordinator {
             .cloned();
         let Some(assignor) = common else {
             // Remove the newest members until there is a common assignor.
-            let newest = g.members.iter().max_by_key(|(_, m)| m.last_seen).map(|(id, _)| id.clone());
+            let newest = g.members.iter().max_by_key(|(_, m)| m.joined_at).map(|(id, _)| id.clone());
             if let Some(id) = newest {
                 if let Some(m) = g.members.remove(&id) {
                     let message = "no assignor in common with the group's members".to_string();
@@ -355,7 +359,22 @@ impl Coordinator {
             }
         }
         for (group, member) in doomed {
-            self.remove(&group, &member, None, "session timed out");
+            self.remove_if_expired(&group, &member);
+        }
+    }
+
+    /// Removes `member` only if it is still expired under the lock (it may have rejoined or
+    /// heartbeated since `expire` looked).
+    fn remove_if_expired(&self, group: &str, member: &str) {
+        let still = {
+            let groups = self.lock();
+            groups.get(group).and_then(|g| g.members.get(member).map(|m| (g, m))).is_some_and(|(g, m)| {
+                let overdue = g.rebalance_deadline.is_some_and(|d| Instant::now() > d);
+                m.last_seen.elapsed() > m.session_timeout || (overdue && !m.joined)
+            })
+        };
+        if still {
+            self.remove(group, member, None, "session timed out");
         }
     }
 

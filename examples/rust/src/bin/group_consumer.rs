@@ -51,7 +51,14 @@ async fn main() -> anyhow::Result<()> {
             None => consumer.next().await,
         };
         let Some(record) = next else { break };
-        let r = record?;
+        // Fetch errors are retried by the consumer (and reported here); fatal ones end it.
+        let r = match record {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("consumer: {e}");
+                continue;
+            }
+        };
         println!(
             "{}/{} key={} value={}",
             r.partition,
