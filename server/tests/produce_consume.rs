@@ -289,6 +289,8 @@ async fn cli_produce_consume_and_group_resume() {
         let want = tidelog::partitioner::partition_for_key(key.as_bytes(), 2);
         assert_eq!(v["partition"].as_u64().unwrap(), u64::from(want));
     }
+    let group = run(&["group", "describe", "g1"], "");
+    assert!(group.contains("state=empty") && group.contains("lag=0"), "{group}");
     let described = run(&["topic", "describe", "cli"], "");
     assert!(described.contains("partition 0") && described.contains("partition 1"), "{described}");
     run(&["topic", "delete", "cli"], "");

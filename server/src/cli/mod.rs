@@ -1,8 +1,9 @@
 //! The `tidelog` command line: `serve` runs a broker; the other subcommands are clients built
-//! on the Rust SDK (`topic`, `produce`, `consume`, `bench`).
+//! on the Rust SDK (`topic`, `group`, `produce`, `consume`, `bench`).
 
 pub mod bench;
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod serve;
 pub mod topic;
@@ -37,6 +38,13 @@ pub enum Command {
         #[command(subcommand)]
         command: topic::TopicCommand,
     },
+    /// Inspect consumer groups.
+    Group {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Produce lines from stdin as records.
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
@@ -49,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic { broker, command } => topic::run(&broker.broker, command).await,
+        Command::Group { broker, command } => group::run(&broker.broker, command).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Bench(args) => bench::run(args).await,
