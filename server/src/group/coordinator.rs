@@ -436,3 +436,111 @@ pub fn spawn_reaper(coordinator: Arc<Coordinator>, broker: &Broker) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use tidelog_proto::v1::session_response::Kind;
+
+    use super::*;
+    use crate::broker::BrokerOptions;
+    use crate::settings::TopicSettings;
+
+    type Rx = mpsc::UnboundedReceiver<Result<SessionResponse, tonic::Status>>;
+
+    fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {
+        let broker = Broker::open(BrokerOptions {
+            data_dir: dir.to_path_buf(),
+            node_id: 1,
+            advertised_address: "127.0.0.1:0".into(),
+            topic_defaults: TopicSettings::default(),
+            retention_check_interval: Duration::from_secs(60),
+        })
+        .unwrap();
+        Coordinator::new(broker)
+    }
+
+    fn join_req() -> JoinGroup {
+        JoinGroup { group: "g".into(), topics: vec!["t".into()], assignors: vec!["range".into()], ..Default::default() }
+    }
+
+    fn join(c: &Coordinator, session: u64, id: Option<&str>) -> (String, Rx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (c.join(session, id, join_req(), tx).unwrap(), rx)
+    }
+
+    fn next(rx: &mut Rx) -> Kind {
+        rx.try_recv().expect("a message").unwrap().kind.unwrap()
+    }
+
+    fn assign(member: &str, partitions: &[u32]) -> MemberAssignment {
+        MemberAssignment {
+            member_id: member.into(),
+            partitions: vec![TopicPartitions { topic: "t".into(), partitions: partitions.to_vec() }],
+        }
+    }
+
+    #[test]
+    fn generations_rebalances_and_fencing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        assert!(c.check_commit("g", 0, "").is_ok(), "an empty group takes commits without a generation");
+
+        let (a, mut rx_a) = join(&c, 1, None);
+        let Kind::Joined(j) = next(&mut rx_a) else { panic!("a should be joined") };
+        assert_eq!((j.generation, j.leader_id.as_str(), j.members.len()), (1, a.as_str(), 1));
+        c.sync("g", &a, 1, vec![assign(&a, &[0, 1])]).unwrap();
+        assert!(matches!(next(&mut rx_a), Kind::Assignment(x) if x.generation == 1));
+
+        // b joins: a must revoke and rejoin before generation 2 starts.
+        let (b, mut rx_b) = join(&c, 2, None);
+        assert!(matches!(next(&mut rx_a), Kind::Rebalance(_)));
+        assert!(rx_b.try_recv().is_err(), "no generation before every member rejoined");
+        assert!(c.check_commit("g", 1, &a).is_ok(), "generation 1 may still commit while revoking");
+        join_again(&c, 1, &a, &mut rx_a);
+        let Kind::Joined(ja) = next(&mut rx_a) else { panic!() };
+        let Kind::Joined(jb) = next(&mut rx_b) else { panic!() };
+        assert_eq!((ja.generation, jb.generation), (2, 2));
+        assert!(jb.members.is_empty(), "only the leader gets the member list");
+        // A stale sync for generation 1 is ignored; a double assignment is refused.
+        c.sync("g", &a, 1, vec![assign(&a, &[0])]).unwrap();
+        assert!(rx_b.try_recv().is_err());
+        let twice = c.sync("g", &a, 2, vec![assign(&a, &[0]), assign(&b, &[0])]);
+        assert!(matches!(twice, Err(BrokerError::InconsistentGroup(_))));
+        c.sync("g", &a, 2, vec![assign(&a, &[0]), assign(&b, &[1])]).unwrap();
+        assert!(matches!(next(&mut rx_b), Kind::Assignment(x) if x.partitions[0].partitions == vec![1]));
+        assert!(c.check_commit("g", 1, &a).is_err(), "generation 1 is fenced now");
+        assert!(c.check_commit("g", 2, "stranger").is_err());
+        assert!(c.check_commit("g", 0, "").is_err(), "a live group takes no generation-less commits");
+
+        // a leaves (its session ends); b alone forms generation 3.
+        c.remove("g", &a, Some(1), "left");
+        assert!(matches!(next(&mut rx_b), Kind::Rebalance(_)));
+        join_again(&c, 2, &b, &mut rx_b);
+        assert!(matches!(next(&mut rx_b), Kind::Joined(j) if j.generation == 3 && j.leader_id == b));
+        assert!(!c.heartbeat("g", &a), "a removed member learns it on its heartbeat");
+        assert!(c.heartbeat("g", &b));
+    }
+
+    fn join_again(c: &Coordinator, session: u64, id: &str, rx: &mut Rx) {
+        let (tx, new_rx) = mpsc::unbounded_channel();
+        c.join(session, Some(id), join_req(), tx).unwrap();
+        *rx = new_rx;
+    }
+
+    #[test]
+    fn bad_joins_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let bad = JoinGroup { assignors: vec!["magic".into()], ..join_req() };
+        assert!(
+            matches!(c.join(1, None, bad, tx.clone()), Err(BrokerError::InvalidArgument(m)) if m.contains("assignor"))
+        );
+        let bad = JoinGroup { session_timeout_ms: 10, ..join_req() };
+        assert!(
+            matches!(c.join(1, None, bad, tx.clone()), Err(BrokerError::InvalidArgument(m)) if m.contains("session_timeout_ms"))
+        );
+        let bad = JoinGroup { topics: vec![], ..join_req() };
+        assert!(c.join(1, None, bad, tx).is_err());
+    }
+}
