@@ -231,28 +231,35 @@ impl Producer {
 
     /// Queues `record` for `topic`: by key (murmur2), else to the topic's sticky partition.
     pub async fn send(&self, topic: &str, record: Record) -> Result<DeliveryFuture, Error> {
-        let (partitions, _) = self.topic_info(topic).await?;
-        let partition = record.key.as_ref().map(|k| self.shared.partitioner.partition(topic, k, partitions));
-        self.enqueue(topic, partition, record).await
+        let info = self.topic_info(topic).await?;
+        let partition = record.key.as_ref().map(|k| self.shared.partitioner.partition(topic, k, info.0));
+        self.enqueue(topic, info, partition, record).await
     }
 
     /// Queues `record` for an explicit partition.
     pub async fn send_to(&self, topic: &str, partition: u32, record: Record) -> Result<DeliveryFuture, Error> {
-        let (partitions, _) = self.topic_info(topic).await?;
+        let info = self.topic_info(topic).await?;
+        let partitions = info.0;
         if partition >= partitions {
             return Err(Error::InvalidArgument(format!(
                 "partition {partition} does not exist: {topic} has {partitions}"
             )));
         }
-        self.enqueue(topic, Some(partition), record).await
+        self.enqueue(topic, info, Some(partition), record).await
     }
 
-    async fn enqueue(&self, topic: &str, partition: Option<u32>, record: Record) -> Result<DeliveryFuture, Error> {
+    /// `info` is the topic's (partition count, batch size), already looked up by the caller.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        (partitions, max_batch): (u32, usize),
+        partition: Option<u32>,
+        record: Record,
+    ) -> Result<DeliveryFuture, Error> {
         let s = &self.shared;
         if s.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let (partitions, max_batch) = self.topic_info(topic).await?;
         let size = record.encoded_len();
         if size > max_batch {
             return Err(Error::InvalidArgument(format!("record of {size} bytes exceeds the batch size {max_batch}")));
