@@ -1,0 +1,146 @@
+"""Configuration dictionaries, Kafka-style (``{"bootstrap.servers": "127.0.0.1:9690", ...}``).
+
+Each client declares its keys with a default and a parser; an unknown key or a bad value is a
+:class:`~tidelog.errors.ConfigError` naming the key, raised at construction (never later, on
+the first send). Values may be given as strings (as from a properties file) or native types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError("expected an integer, got a boolean")
+        n = int(v)
+        if not lo <= n <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return n
+
+    return parse
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "1", "yes"):
+        return True
+    if s in ("false", "0", "no"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = str(v).strip().lower()
+        if s not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return s
+
+    return parse
+
+
+def _acks(v: Any) -> str:
+    s = str(v).strip().lower()
+    mapping = {"all": "all", "-1": "all", "1": "leader", "leader": "leader", "0": "none", "none": "none"}
+    if s not in mapping:
+        raise ValueError("expected all (-1), leader (1) or none (0)")
+    return mapping[s]
+
+
+def _assignors(v: Any) -> list[str]:
+    names = [s.strip().lower() for s in (v.split(",") if isinstance(v, str) else list(v))]
+    for n in names:
+        if n not in ("range", "roundrobin", "sticky"):
+            raise ValueError(f"unknown assignor {n!r} (expected range, roundrobin or sticky)")
+    if not names:
+        raise ValueError("at least one assignor is needed")
+    return names
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+
+_COMMON: dict[str, Key] = {
+    "bootstrap.servers": Key(None, _str, "host:port of a broker (a comma list: the first is used)"),
+    "client.id": Key("tidelog-python", _str, "free-form name shown by the broker"),
+}
+
+PRODUCER_KEYS: dict[str, Key] = {
+    **_COMMON,
+    "acks": Key("all", _acks, "all | leader | none (Kafka's -1 / 1 / 0)"),
+    "enable.idempotence": Key(True, _bool, "exactly-once appends per partition across retries"),
+    "linger.ms": Key(5, _int(0, 60_000), "how long a batch waits for more records"),
+    "batch.size": Key(256 * 1024, _int(1024, 1 << 20), "max encoded bytes per batch"),
+    "buffer.memory": Key(32 << 20, _int(1 << 16, 1 << 34), "bytes of unacknowledged records before produce blocks"),
+    "max.block.ms": Key(60_000, _int(0, 3_600_000), "how long produce blocks on a full buffer"),
+    "compression.type": Key("lz4", _choice("none", "lz4", "zstd"), "batch codec"),
+    "max.in.flight.requests.per.connection": Key(5, _int(1, 64), "batches in flight per partition"),
+    "delivery.timeout.ms": Key(120_000, _int(1_000, 86_400_000), "time to acknowledge a record, retries included"),
+    "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "time to wait for one batch's response"),
+    "retry.backoff.ms": Key(50, _int(1, 60_000), "first backoff before a retry (doubles, up to 1 s)"),
+}
+
+CONSUMER_KEYS: dict[str, Key] = {
+    **_COMMON,
+    "group.id": Key(None, _str, "consumer group; required for subscribe() and commits"),
+    "auto.offset.reset": Key("latest", _choice("earliest", "latest", "error"), "where to start without a commit"),
+    "enable.auto.commit": Key(True, _bool, "commit consumed positions in the background"),
+    "auto.commit.interval.ms": Key(5_000, _int(10, 3_600_000), "auto-commit period"),
+    "session.timeout.ms": Key(10_000, _int(1_000, 300_000), "member removed after this without heartbeat"),
+    "heartbeat.interval.ms": Key(1_000, _int(100, 60_000), "heartbeat period"),
+    "partition.assignment.strategy": Key(
+        ["sticky", "range", "roundrobin"], _assignors, "assignors in preference order"
+    ),
+    "fetch.max.bytes": Key(1 << 20, _int(1024, 64 << 20), "max batch bytes per subscribe response"),
+    "queued.max.messages": Key(10_000, _int(1, 10_000_000), "records buffered ahead of poll()"),
+}
+
+ADMIN_KEYS: dict[str, Key] = {**_COMMON, "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "RPC deadline")}
+
+
+def parse(config: Mapping[str, Any], keys: Mapping[str, Key], kind: str) -> dict[str, Any]:
+    """Validates ``config`` against ``keys``; returns every key with its (parsed) value."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{kind} config must be a dict of Kafka-style keys, got {type(config).__name__}")
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        key = keys.get(name)
+        if key is None:
+            known = ", ".join(sorted(keys))
+            raise ConfigError(f"unknown {kind} config key {name!r}; known keys: {known}")
+        try:
+            out[name] = key.parse(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{kind} config {name}={value!r}: {e}") from None
+    for name, key in keys.items():
+        out.setdefault(name, key.default)
+    if not out["bootstrap.servers"]:
+        raise ConfigError(f"{kind} config needs 'bootstrap.servers' (host:port of a broker)")
+    return out
+
+
+def target(bootstrap: str) -> str:
+    """The gRPC target for a ``bootstrap.servers`` value."""
+    first = bootstrap.split(",")[0].strip()
+    for prefix in ("http://", "grpc://"):
+        if first.startswith(prefix):
+            first = first[len(prefix) :]
+    return first.rstrip("/")

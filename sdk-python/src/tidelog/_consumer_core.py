@@ -1,0 +1,553 @@
+"""The consumer engine shared by :class:`tidelog.Consumer` and :class:`tidelog.aio.AIOConsumer`.
+
+It runs on one asyncio loop and owns:
+
+- **fetchers**: one ``Subscribe`` stream per assigned topic, from each partition's position,
+  decoding batches into :class:`~tidelog.Message` objects and appending them to a bounded
+  buffer (``queued.max.messages``; a full buffer pauses the fetcher, and HTTP/2 flow control
+  then pauses the broker). A fetcher that fails resumes from where it got to; one whose
+  position fell out of the log (retention) applies ``auto.offset.reset``;
+- the **group session** (with ``group.id`` and :meth:`subscribe`): Kafka's protocol over one
+  ``GroupService.Session`` stream, the same as the Rust SDK: join, the leader computes the
+  assignment (:mod:`tidelog.assignor`) and syncs, everyone gets its partitions; heartbeats;
+  on a rebalance, *revoke before assign*: stop fetching, commit, rejoin.
+
+Positions and commits (at-least-once):
+
+- ``position`` of a partition is the offset of the next record to hand to the application;
+  taking a record from the buffer advances it;
+- ``processed`` is the position as of the application's previous ``poll``: records returned
+  by one poll count as processed when the application polls again (Kafka's rule). Auto-commit
+  and the commit on revoke commit ``processed``, never records still being worked on;
+- every buffered record carries the *fetch epoch* it was fetched in; assignment, seek, pause
+  and revoke bump the epoch, so records fetched before them are dropped, never handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from . import _wire
+from .assignor import Member, assign
+from .errors import (
+    ErrorCode,
+    FatalError,
+    OffsetOutOfRangeError,
+    RetriableError,
+    TidelogError,
+    from_code,
+    from_rpc_error,
+)
+from .types import Message, TopicPartition
+from .v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    group_service_pb2,
+    group_service_pb2_grpc,
+    offsets_service_pb2,
+    offsets_service_pb2_grpc,
+    records_service_pb2,
+    records_service_pb2_grpc,
+)
+
+log = logging.getLogger("tidelog.consumer")
+
+TP = tuple[str, int]
+#: Called on the engine loop with ("assign" | "revoke", partitions) after each change.
+Notify = Callable[[str, list[TopicPartition]], None]
+
+
+class ConsumerCore:
+    """See the module docs. All ``async`` methods run on the engine loop; the ``take`` and
+    state methods may be called from any thread."""
+
+    def __init__(self, cfg: dict[str, Any], notify: Notify) -> None:
+        self.cfg = cfg
+        self._notify = notify
+        self.group: str | None = cfg["group.id"]
+        self.reset: str = cfg["auto.offset.reset"]
+        self.lock = threading.Lock()
+        self.data = threading.Condition(self.lock)  # records (or an error) buffered
+        self.buffer: deque[tuple[int, Message | TidelogError]] = deque()
+        self.assigned: set[TP] = set()
+        self.positions: dict[TP, int] = {}
+        self.processed: dict[TP, int] = {}
+        self.committed: dict[TP, int] = {}
+        self.rewound: set[TP] = set()
+        self.paused: set[TP] = set()
+        self.fetch_epoch = 0
+        self.generation = 0
+        self.member_id = ""
+        self.topics: list[str] = []
+        self.closing = False
+        self._owned: list[TP] = []
+        self._joining = False
+        self._fetchers: list[asyncio.Task[None]] = []
+        self._session_task: asyncio.Task[None] | None = None
+        self._session_events: asyncio.Queue[tuple[Any, ...]] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.data_event: asyncio.Event | None = None
+        self._space = asyncio.Event()
+        self._space_waiters = 0
+
+    async def start(self, channel: grpc.aio.Channel) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.data_event = asyncio.Event()
+        self._space = asyncio.Event()
+        self._records = records_service_pb2_grpc.RecordServiceStub(channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        self._offsets = offsets_service_pb2_grpc.OffsetServiceStub(channel)
+        self._groups = group_service_pb2_grpc.GroupServiceStub(channel)
+        self._timeout = 30.0
+
+    # ---- the application side (any thread) ---------------------------------------------
+
+    def take(self, max_records: int) -> list[Message]:
+        """Hands out up to ``max_records`` buffered records (caller holds ``lock``); raises a
+        queued fatal error. Advances positions."""
+        out: list[Message] = []
+        while self.buffer and len(out) < max_records:
+            epoch, item = self.buffer.popleft()
+            if isinstance(item, TidelogError):
+                if out:
+                    self.buffer.appendleft((epoch, item))
+                    break
+                raise item
+            tp = (item.topic, item.partition)
+            if epoch != self.fetch_epoch or tp not in self.assigned or tp in self.paused:
+                continue  # fetched before a rebalance, seek or pause
+            if item.offset < self.positions.get(tp, 0):
+                continue  # before a seek target
+            self.positions[tp] = item.offset + 1
+            out.append(item)
+        if self._space_waiters and len(self.buffer) < self.cfg["queued.max.messages"] and self.loop:
+            self.loop.call_soon_threadsafe(self._space.set)
+        return out
+
+    def mark_processed(self) -> None:
+        """Everything handed out so far counts as processed (called at the start of a poll)."""
+        with self.lock:
+            self.processed.update(self.positions)
+
+    def _push(self, epoch: int, items: list[Message | TidelogError]) -> None:
+        with self.lock:
+            self.buffer.extend((epoch, m) for m in items)
+            self.data.notify_all()
+        if self.data_event is not None:
+            self.data_event.set()
+
+    # ---- assignment ---------------------------------------------------------------------
+
+    async def subscribe(self, topics: list[str]) -> None:
+        if not self.group:
+            raise FatalError("subscribe() needs a group.id in the consumer config (or use assign())")
+        self.topics = list(topics)
+        if self._session_task is None:
+            self._session_events = asyncio.Queue()
+            self._session_task = asyncio.get_running_loop().create_task(self._session_loop())
+        else:
+            self._post(("rejoin",))
+
+    async def assign_manual(self, partitions: list[TopicPartition]) -> None:
+        """Manual assignment (no group membership)."""
+        if self._session_task is not None:
+            raise FatalError("assign() cannot be mixed with subscribe() on one consumer")
+        await self._revoke(commit=False, notify=False)
+        explicit = {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.offset is not None}
+        await self._assign(0, [(tp.topic, tp.partition) for tp in partitions], explicit)
+
+    async def _assign(self, generation: int, tps: list[TP], explicit: dict[TP, int] | None = None) -> None:
+        """Starts a new assignment from committed offsets (or explicit ones, or the reset policy)."""
+        assigned = set(tps)
+        committed: dict[TP, int] = {}
+        if self.group:
+            for topic in sorted({t for t, _ in assigned}):
+                req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic)
+                resp = await self._rpc(self._offsets.FetchCommitted, req)
+                committed.update({(topic, o.partition): o.offset for o in resp.offsets})
+        positions = {tp: o for tp, o in committed.items() if tp in assigned}
+        positions.update(explicit or {})
+        missing = sorted({t for tp in assigned if tp not in positions for t in [tp[0]]})
+        for topic in missing:
+            positions.update(await self._reset_positions(topic, [p for t, p in assigned if t == topic]))
+        with self.lock:
+            self.generation = generation
+            self.assigned = assigned
+            self.positions = positions
+            self.processed = dict(positions)
+            self.committed = committed
+            self.rewound.clear()
+            self.paused.clear()
+            self.fetch_epoch += 1
+        self._notify("assign", [TopicPartition(t, p) for t, p in sorted(assigned)])
+        self.restart_fetchers()
+
+    async def _reset_positions(self, topic: str, partitions: list[int]) -> dict[TP, int]:
+        if self.reset == "error":
+            err = OffsetOutOfRangeError(
+                f"no committed offset for {topic} partitions {partitions} and auto.offset.reset=error"
+            )
+            self._push(self.fetch_epoch, [err])
+            return {}
+        spec = admin_service_pb2.OffsetSpec(earliest=True) if self.reset == "earliest" else None
+        spec = spec or admin_service_pb2.OffsetSpec(latest=True)
+        req = admin_service_pb2.ListOffsetsRequest(topic=topic, partitions=partitions, spec=spec)
+        resp = await self._rpc(self._admin.ListOffsets, req)
+        return {(topic, o.partition): o.offset for o in resp.offsets}
+
+    async def _revoke(self, commit: bool, notify: bool = True) -> None:
+        """Stops fetching, commits what the application processed, forgets the assignment."""
+        with self.lock:
+            self.fetch_epoch += 1  # buffered records of the old assignment are never handed out
+        for f in self._fetchers:
+            f.cancel()
+        self._fetchers.clear()
+        if commit and self.cfg["enable.auto.commit"]:
+            try:
+                await self.commit_positions(self.processed_offsets())
+            except TidelogError as e:
+                log.info("commit on revoke failed: %s", e)
+        with self.lock:
+            revoked = sorted(self.assigned)
+            self.assigned = set()
+        if revoked:
+            self._owned = revoked
+            if notify:
+                self._notify("revoke", [TopicPartition(t, p) for t, p in revoked])
+
+    # ---- fetching -----------------------------------------------------------------------
+
+    def restart_fetchers(self) -> None:
+        """(Re)starts one subscription per topic over the active partitions, from positions."""
+        for f in self._fetchers:
+            f.cancel()
+        self._fetchers.clear()
+        with self.lock:
+            active = sorted(self.assigned - self.paused)
+            epoch = self.fetch_epoch
+            starts = {tp: self.positions.get(tp) for tp in active}
+        loop = asyncio.get_running_loop() if self.loop is None else self.loop
+        for topic in sorted({t for t, _ in active}):
+            mine = {p: o for (t, p), o in starts.items() if t == topic}
+            self._fetchers.append(loop.create_task(self._fetch(topic, mine, epoch)))
+
+    async def _fetch(self, topic: str, starts: dict[int, int | None], epoch: int) -> None:
+        backoff = 0.1
+        limit = self.cfg["queued.max.messages"]
+        while True:
+            req = records_service_pb2.SubscribeRequest(topic=topic, max_bytes=self.cfg["fetch.max.bytes"])
+            for p, o in starts.items():
+                start = self._start_position(o)
+                req.partitions.append(records_service_pb2.PartitionStart(partition=p, start=start))
+            try:
+                async for resp in self._records.Subscribe(req):
+                    backoff = 0.1
+                    msgs = self._decode(topic, resp, starts)
+                    if msgs:
+                        self._push(epoch, list(msgs))
+                    while len(self.buffer) >= limit:
+                        self._space.clear()
+                        self._space_waiters += 1
+                        try:
+                            await self._space.wait()
+                        finally:
+                            self._space_waiters -= 1
+                raise RetriableError("the broker ended the subscription", grpc.StatusCode.UNAVAILABLE)
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+            except TidelogError as e:
+                err = e
+            if isinstance(err, OffsetOutOfRangeError) and self.reset != "error":
+                log.warning("%s: position out of range; applying auto.offset.reset=%s", topic, self.reset)
+                starts = dict.fromkeys(starts)
+            elif err.retriable:
+                log.debug("fetch of %s failed (%s); retrying", topic, err)
+            else:
+                self._push(epoch, [err])
+                if err.code in (grpc.StatusCode.NOT_FOUND, ErrorCode.UNKNOWN_TOPIC):
+                    return  # the topic is gone; a rebalance or reassignment will follow
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _start_position(self, offset: int | None) -> records_service_pb2.StartPosition:
+        if offset is not None:
+            return records_service_pb2.StartPosition(offset=offset)
+        if self.reset == "earliest":
+            return records_service_pb2.StartPosition(earliest=True)
+        return records_service_pb2.StartPosition(latest=True)
+
+    @staticmethod
+    def _decode(
+        topic: str, resp: records_service_pb2.SubscribeResponse, starts: dict[int, int | None]
+    ) -> list[Message]:
+        p = resp.partition
+        want = starts.get(p)
+        out: list[Message] = []
+        for batch in resp.batches:
+            base = batch.base_offset
+            append_ts = batch.append_time_ms
+            for i, r in enumerate(_wire.decode_batch(batch)):
+                off = base + i
+                if want is not None and off < want:
+                    continue  # a batch may begin before the requested offset
+                key = r.key if r.HasField("key") else None
+                headers = [(h.key, h.value) for h in r.headers]
+                out.append(Message(topic, p, off, key, r.value, headers, r.timestamp_ms or append_ts))
+            starts[p] = want = base + batch.record_count
+        return out
+
+    # ---- commits ------------------------------------------------------------------------
+
+    def processed_offsets(self) -> dict[TP, int]:
+        """Processed positions that moved past the last commit (or were rewound by a seek)."""
+        with self.lock:
+            return {
+                tp: pos
+                for tp, pos in self.processed.items()
+                if tp in self.assigned
+                and (pos > self.committed.get(tp, -1) or (tp in self.rewound and self.committed.get(tp) != pos))
+            }
+
+    def current_offsets(self) -> dict[TP, int]:
+        with self.lock:
+            return {tp: pos for tp, pos in self.positions.items() if tp in self.assigned}
+
+    async def commit_positions(self, offsets: dict[TP, int]) -> None:
+        """Commits ``offsets`` with the current generation; raises the broker's error."""
+        if not offsets:
+            return
+        if not self.group:
+            raise FatalError("commit needs a group.id in the consumer config")
+        by_topic: dict[str, list[offsets_service_pb2.PartitionOffset]] = {}
+        for (t, p), o in sorted(offsets.items()):
+            by_topic.setdefault(t, []).append(offsets_service_pb2.PartitionOffset(partition=p, offset=o))
+        with self.lock:
+            generation, member_id = self.generation, self.member_id
+        requests = [
+            offsets_service_pb2.CommitRequest(
+                request_id=i, group=self.group, topic=t, offsets=offs, generation=generation, member_id=member_id
+            )
+            for i, (t, offs) in enumerate(by_topic.items())
+        ]
+        try:
+            call = self._offsets.Commit(iter(requests), timeout=self._timeout)
+            async for r in call:
+                if r.error_code != ErrorCode.NONE:
+                    raise from_code(r.error_code, r.error_message)
+                req = requests[r.request_id]
+                with self.lock:
+                    for o in req.offsets:
+                        self.committed[(req.topic, o.partition)] = o.offset
+                        self.rewound.discard((req.topic, o.partition))
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def fetch_committed(self, tps: list[TP]) -> dict[TP, int]:
+        if not self.group:
+            raise FatalError("committed() needs a group.id in the consumer config")
+        out: dict[TP, int] = {}
+        for topic in sorted({t for t, _ in tps}):
+            parts = [p for t, p in tps if t == topic]
+            req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic, partitions=parts)
+            resp = await self._rpc(self._offsets.FetchCommitted, req)
+            out.update({(topic, o.partition): o.offset for o in resp.offsets})
+        return out
+
+    async def _rpc(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    # ---- seek / pause (any thread holds nothing; runs on the loop) -----------------------
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        with self.lock:
+            if tp not in self.assigned:
+                raise FatalError(f"seek: {tp[0]}/{tp[1]} is not assigned to this consumer")
+            self.positions[tp] = offset
+            self.processed[tp] = offset
+            self.rewound.add(tp)
+            self.fetch_epoch += 1
+        self.restart_fetchers()
+
+    async def set_paused(self, tps: list[TP], paused: bool) -> None:
+        with self.lock:
+            for tp in tps:
+                if tp not in self.assigned:
+                    raise FatalError(f"pause/resume: {tp[0]}/{tp[1]} is not assigned to this consumer")
+            if paused:
+                self.paused.update(tps)
+            else:
+                self.paused.difference_update(tps)
+            self.fetch_epoch += 1
+        self.restart_fetchers()
+
+    # ---- group session ------------------------------------------------------------------
+
+    def _post(self, event: tuple[Any, ...]) -> None:
+        if self._session_events is not None:
+            self._session_events.put_nowait(event)
+
+    async def close(self) -> None:
+        """Commits what was processed, leaves the group (it rebalances at once) and stops."""
+        self.closing = True
+        if self._session_task is not None:
+            done = asyncio.get_running_loop().create_future()
+            self._post(("close", done))
+            try:
+                await asyncio.wait_for(done, self.cfg["session.timeout.ms"] / 1000)
+            except (asyncio.TimeoutError, TimeoutError):
+                log.warning("leaving the group timed out")
+            self._session_task.cancel()
+            await asyncio.gather(self._session_task, return_exceptions=True)
+        else:
+            if self.group and self.cfg["enable.auto.commit"]:
+                try:
+                    await self.commit_positions(self.processed_offsets())
+                except TidelogError as e:
+                    log.info("final commit failed: %s", e)
+            await self._revoke(commit=False, notify=False)
+        for f in self._fetchers:
+            f.cancel()
+        await asyncio.gather(*self._fetchers, return_exceptions=True)
+
+    async def _session_loop(self) -> None:
+        backoff = 0.1
+        while not self.closing:
+            try:
+                if await self._session():
+                    return
+            except TidelogError as e:
+                log.debug("group session failed (%s); rejoining", e)
+                if not e.retriable and e.code in (ErrorCode.INCONSISTENT_GROUP, ErrorCode.INVALID_REQUEST):
+                    self._push(self.fetch_epoch, [e])
+                    return
+            await self._revoke(commit=False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _join_request(self) -> group_service_pb2.SessionRequest:
+        self._joining = True
+        owned: dict[str, list[int]] = {}
+        for t, p in self._owned:
+            owned.setdefault(t, []).append(p)
+        return group_service_pb2.SessionRequest(
+            join=group_service_pb2.JoinGroup(
+                group=self.group or "",
+                topics=self.topics,
+                assignors=self.cfg["partition.assignment.strategy"],
+                session_timeout_ms=self.cfg["session.timeout.ms"],
+                owned=[group_service_pb2.TopicPartitions(topic=t, partitions=ps) for t, ps in owned.items()],
+                client_id=self.cfg["client.id"],
+            )
+        )
+
+    async def _session(self) -> bool:
+        """One Session stream; returns True when the consumer closed (False: reconnect)."""
+        assert self._session_events is not None
+        events = self._session_events
+        call = self._groups.Session()
+        reader = asyncio.get_running_loop().create_task(self._read_session(call))
+        try:
+            await call.write(self._join_request())
+            heartbeat_every = self.cfg["heartbeat.interval.ms"] / 1000
+            commit_every = self.cfg["auto.commit.interval.ms"] / 1000
+            next_heartbeat = time.monotonic() + heartbeat_every
+            next_commit = time.monotonic() + commit_every
+            while True:
+                wait = max(0.0, min(next_heartbeat, next_commit) - time.monotonic())
+                try:
+                    ev = await asyncio.wait_for(events.get(), wait)
+                except (asyncio.TimeoutError, TimeoutError):
+                    ev = ("tick",)
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    hb = group_service_pb2.Heartbeat(generation=self.generation)
+                    await call.write(group_service_pb2.SessionRequest(heartbeat=hb))
+                    next_heartbeat = now + heartbeat_every
+                if now >= next_commit:
+                    next_commit = now + commit_every
+                    if self.cfg["enable.auto.commit"]:
+                        try:
+                            await self.commit_positions(self.processed_offsets())
+                        except TidelogError as e:
+                            log.debug("auto-commit failed: %s", e)
+                kind = ev[0]
+                if kind == "resp":
+                    await self._on_session_response(call, ev[1])
+                elif kind == "lost":
+                    raise ev[1]
+                elif kind == "rejoin" and not self._joining:
+                    await self._revoke(commit=True)
+                    await call.write(self._join_request())
+                elif kind == "close":
+                    await self._revoke(commit=True)
+                    await call.write(group_service_pb2.SessionRequest(leave=group_service_pb2.LeaveGroup()))
+                    await call.done_writing()
+                    if not ev[1].done():
+                        ev[1].set_result(None)
+                    return True
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read_session(self, call: Any) -> None:
+        assert self._session_events is not None
+        try:
+            while True:
+                r = await call.read()
+                if r is grpc.aio.EOF:
+                    self._post(("lost", RetriableError("the broker ended the group session", grpc.StatusCode.UNAVAILABLE)))
+                    return
+                self._post(("resp", r))
+        except grpc.aio.AioRpcError as e:
+            self._post(("lost", from_rpc_error(e)))
+
+    async def _on_session_response(self, call: Any, resp: group_service_pb2.SessionResponse) -> None:
+        kind = resp.WhichOneof("kind")
+        if kind == "joined":
+            j = resp.joined
+            self._joining = False
+            with self.lock:
+                self.member_id = j.member_id
+            if j.leader_id == j.member_id:
+                members = [
+                    Member(m.member_id, list(m.topics), [(tp.topic, p) for tp in m.owned for p in tp.partitions])
+                    for m in j.members
+                ]
+                counts = {t.topic: t.partitions for t in j.topic_partitions}
+                plan = assign(j.assignor, members, counts)
+                sync = group_service_pb2.SyncGroup(generation=j.generation)
+                for mid, tps in plan.items():
+                    by_topic: dict[str, list[int]] = {}
+                    for t, p in tps:
+                        by_topic.setdefault(t, []).append(p)
+                    sync.assignments.append(
+                        group_service_pb2.MemberAssignment(
+                            member_id=mid,
+                            partitions=[group_service_pb2.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()],
+                        )
+                    )
+                await call.write(group_service_pb2.SessionRequest(sync=sync))
+        elif kind == "assignment":
+            a = resp.assignment
+            await self._assign(a.generation, [(tp.topic, p) for tp in a.partitions for p in tp.partitions])
+        elif kind == "rebalance":
+            if not self._joining:  # else our Join on its way answers this rebalance too
+                log.debug("rebalance (%s): revoking", resp.rebalance.reason)
+                await self._revoke(commit=True)
+                await call.write(self._join_request())
+        elif kind == "error":
+            err = from_code(resp.error.code, resp.error.message)
+            log.info("group session error: %s", err)
+            if resp.error.code in (ErrorCode.INCONSISTENT_GROUP, ErrorCode.INVALID_REQUEST):
+                raise err

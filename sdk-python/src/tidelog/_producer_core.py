@@ -1,0 +1,609 @@
+"""The producer engine shared by :class:`tidelog.Producer` and :class:`tidelog.aio.AIOProducer`.
+
+It has two halves:
+
+- the **accumulator** (thread-safe, called by ``produce`` from any thread): encodes each
+  record once, appends it to its partition's open batch, and seals a batch when it reaches
+  ``batch.size`` (or, in the sender, when ``linger.ms`` expires). Sealing joins the encoded
+  records, compresses them, and assigns the batch's idempotence sequence numbers;
+- the **sender** (an asyncio task on the engine's loop): owns one Produce stream, sends at most
+  ``max.in.flight`` sealed batches per partition, completes deliveries from responses, and on
+  failure resends the *same* batches with the *same* sequences, in order.
+
+Failure handling (per partition; the broker answers one partition's requests in order), the
+same rules as the Rust SDK's sender:
+
+- stream lost or a response overdue past ``request.timeout.ms``: every in-flight batch goes
+  back to the front of its queue and is resent on a new stream; the broker answers a batch it
+  already stored with its original offset (no duplicates);
+- retriable error on a batch: it and the batches behind it are resent after a backoff (the
+  later ones were refused as out of order; their responses are ignored);
+- fatal error on a batch: its records fail; the batches behind it take over its sequence
+  numbers (the broker never stored it) and are resent;
+- a sealed batch never acknowledged within ``delivery.timeout.ms`` fails. If it was sent and
+  may be stored, the sequence is ambiguous: the producer fails everything and closes.
+
+Invariants: within a partition, ``in_flight`` then ``ready`` are in sequence order with no
+gaps; every queued record holds its bytes of ``buffer.memory`` until it completes; deliveries
+are completed outside the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from . import _wire
+from ._wire import Compression
+from .errors import (
+    ClosedError,
+    DeliveryTimeoutError,
+    ErrorCode,
+    FatalError,
+    TidelogError,
+    from_code,
+    from_rpc_error,
+    is_retriable_code,
+)
+from .v1 import admin_service_pb2, admin_service_pb2_grpc, records_service_pb2, records_service_pb2_grpc
+
+log = logging.getLogger("tidelog.producer")
+
+_MAX_BACKOFF = 1.0
+_SEQ_MODULUS = 1 << 31  # sequences wrap past i32::MAX (tidelog_proto::sequence)
+#: The broker's hard limit for one batch (server MAX_BATCH_BYTES_LIMIT).
+MAX_RECORD_BYTES = 1 << 20
+_ACKS = {"all": 3, "leader": 2, "none": 1}
+_WAKE = ("wake",)
+
+# One queued record: (key, value, headers, timestamp_ms, sink); sink receives the delivery.
+Entry = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int, Any]
+# Called once per completed batch: (topic, partition, entries, base_offset, timestamp_ms, error).
+DeliverHook = Callable[[str, int, list[Entry], int, int, TidelogError | None], None]
+
+
+class _Batch:
+    __slots__ = (
+        "attempts",
+        "base_seq",
+        "count",
+        "created",
+        "entries",
+        "memory",
+        "payload",
+        "request_id",
+        "sent_at",
+    )
+
+    def __init__(self, payload: bytes, entries: list[Entry], memory: int, base_seq: int, created: float) -> None:
+        self.payload = payload
+        self.entries = entries
+        self.count = len(entries)
+        self.memory = memory
+        self.base_seq = base_seq
+        self.created = created
+        self.request_id = 0
+        self.sent_at = 0.0
+        self.attempts = 0
+
+
+class _Queue:
+    """One partition: the open batch, sealed batches ready to send, and batches in flight."""
+
+    __slots__ = ("entries", "in_flight", "memory", "next_seq", "opened", "parts", "ready", "retry_at", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.entries: list[Entry] = []
+        self.size = 0
+        self.memory = 0
+        self.opened = 0.0
+        self.ready: deque[_Batch] = deque()
+        self.in_flight: deque[_Batch] = deque()
+        self.next_seq = 0
+        self.retry_at = 0.0
+
+    def rewind(self) -> list[int]:
+        """Puts every in-flight batch back at the front of ``ready``; returns their request ids."""
+        ids = [b.request_id for b in self.in_flight]
+        self.ready.extendleft(reversed(self.in_flight))
+        self.in_flight.clear()
+        return ids
+
+    def renumber_after_drop(self, dropped: _Batch) -> None:
+        """``dropped`` was never stored: every later batch takes over its sequence numbers."""
+        for b in (*self.in_flight, *self.ready):
+            b.base_seq = (b.base_seq - dropped.count) % _SEQ_MODULUS
+        self.next_seq = (self.next_seq - dropped.count) % _SEQ_MODULUS
+
+
+class _Conn:
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.in_flight: dict[int, tuple[str, int]] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+
+class ProducerCore:
+    """See the module docs. ``deliver`` is called on the engine loop for every completed batch."""
+
+    def __init__(self, cfg: dict[str, Any], deliver: DeliverHook, on_idle: Callable[[], None]) -> None:
+        self.cfg = cfg
+        self._deliver = deliver
+        self._on_idle = on_idle
+        self.acks = _ACKS[cfg["acks"]]
+        self.idempotent: bool = cfg["enable.idempotence"]
+        self.codec = Compression.parse(cfg["compression.type"])
+        self.batch_size: int = cfg["batch.size"]
+        self.linger = cfg["linger.ms"] / 1000
+        self.max_in_flight: int = cfg["max.in.flight.requests.per.connection"]
+        self.delivery_timeout = cfg["delivery.timeout.ms"] / 1000
+        self.request_timeout = cfg["request.timeout.ms"] / 1000
+        self.retry_backoff = cfg["retry.backoff.ms"] / 1000
+        self.buffer_memory: int = cfg["buffer.memory"]
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)  # buffer memory freed
+        self._queues: dict[tuple[str, int], _Queue] = {}
+        self._sticky: dict[str, int] = {}
+        self._partitions: dict[str, int] = {}
+        self.memory_used = 0
+        self.pending = 0
+        self.closed = False
+        self._flush_requested = False
+        self._wake_scheduled = False
+        self.producer_id = 0
+        self.producer_epoch = 0
+        self.fatal: TidelogError | None = None
+        # Set by start(), on the engine loop.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._events: asyncio.Queue[tuple[Any, ...]] | None = None
+        self.space_event: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    # ---- lifecycle (on the engine loop) -------------------------------------------------
+
+    async def start(self, channel: grpc.aio.Channel) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._events = asyncio.Queue()
+        self.space_event = asyncio.Event()
+        self._channel = channel
+        self._produce = channel.stream_stream(
+            "/tidelog.v1.RecordService/Produce",
+            request_serializer=None,  # requests are pre-serialized bytes (see _wire)
+            response_deserializer=records_service_pb2.ProduceResponse.FromString,
+        )
+        self._records = records_service_pb2_grpc.RecordServiceStub(channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self, timeout: float | None) -> None:
+        """Sends everything queued, waits for its acknowledgements (up to ``timeout``), then
+        stops; records still pending after that fail with :class:`ClosedError`."""
+        with self.lock:
+            self.closed = True
+            self._flush_requested = True
+        self.wake()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all(ClosedError("the producer was closed before the record was acknowledged"))
+
+    # ---- metadata -----------------------------------------------------------------------
+
+    def cached_partitions(self, topic: str) -> int | None:
+        return self._partitions.get(topic)
+
+    async def fetch_partitions(self, topic: str) -> int:
+        """The topic's partition count from the broker (cached until a send says it changed)."""
+        try:
+            resp = await self._admin.DescribeTopic(
+                admin_service_pb2.DescribeTopicRequest(name=topic), timeout=self.request_timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        n = resp.topic.partition_count
+        self._partitions[topic] = n
+        return n
+
+    # ---- accumulator (any thread) -------------------------------------------------------
+
+    def choose_partition(self, topic: str, key: bytes | None, count: int) -> int:
+        if key is not None:
+            from .partitioner import partition_for_key
+
+            return partition_for_key(key, count)
+        p = self._sticky.get(topic)
+        if p is None or p >= count:
+            p = self._sticky[topic] = random.randrange(count)
+        return p
+
+    def try_reserve(self, size: int) -> bool:
+        """Takes ``size`` bytes of buffer memory if available (caller holds ``lock``)."""
+        if self.memory_used + size <= self.buffer_memory or self.memory_used == 0:
+            self.memory_used += size
+            return True
+        return False
+
+    def append(self, topic: str, partition: int, encoded: bytes, entry: Entry, memory: int) -> None:
+        """Queues one encoded record; the caller holds ``lock`` and reserved ``memory``."""
+        if self.closed:
+            self.memory_used -= memory
+            raise self.fatal or ClosedError("the producer is closed")
+        q = self._queues.get((topic, partition))
+        if q is None:
+            q = self._queues[(topic, partition)] = _Queue()
+        wake = False
+        if q.parts and q.size + len(encoded) > self.batch_size:
+            self._seal(q)
+            wake = True
+            if entry[0] is None and self._sticky.get(topic) == partition:
+                # Kafka's sticky partitioner: keyless records move on once a batch is full.
+                self._sticky.pop(topic, None)
+        if not q.parts:
+            q.opened = time.monotonic()
+            wake = True  # a new linger deadline
+        q.parts.append(encoded)
+        q.entries.append(entry)
+        q.size += len(encoded)
+        q.memory += memory
+        self.pending += 1
+        if wake:
+            self.wake()
+
+    def request_flush(self) -> None:
+        with self.lock:
+            self._flush_requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Makes the sender look at the queues again (from any thread; coalesced)."""
+        if self._wake_scheduled or self.loop is None or self._events is None:
+            return
+        self._wake_scheduled = True
+        if threading.get_ident() == self._loop_thread:
+            self._events.put_nowait(_WAKE)
+        else:
+            self.loop.call_soon_threadsafe(self._events.put_nowait, _WAKE)
+
+    def _seal(self, q: _Queue) -> None:
+        raw = b"".join(q.parts)
+        payload = _wire.compress(self.codec, raw) if self.codec != Compression.NONE else raw
+        q.ready.append(_Batch(payload, q.entries, q.memory, q.next_seq, q.opened))
+        q.next_seq = (q.next_seq + len(q.entries)) % _SEQ_MODULUS
+        q.parts, q.entries, q.size, q.memory = [], [], 0, 0
+
+    # ---- sender (engine loop) -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._events is not None
+        conn: _Conn | None = None
+        backoff = self.retry_backoff
+        next_id = 1
+        try:
+            while True:
+                with self.lock:
+                    if self.closed and self.pending == 0:
+                        return
+                if conn is None:
+                    try:
+                        conn = await self._open()
+                    except TidelogError as e:
+                        if not e.retriable:
+                            self._fail_fatal(e)
+                            return
+                        log.debug("produce stream not available (%s); retrying", e)
+                        self._expire(time.monotonic())
+                        await self._wait_event(backoff)
+                        backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                now = time.monotonic()
+                requests, deadline, done = self._collect(conn, now, next_id)
+                next_id += len(requests)
+                self._complete_all(done)
+                lost = None
+                for req in requests:
+                    try:
+                        await conn.call.write(req)
+                    except Exception as e:  # the call ended under us
+                        lost = f"request stream closed: {e}"
+                        break
+                if lost is None:
+                    oldest = self._oldest_sent()
+                    request_deadline = oldest + self.request_timeout if oldest else None
+                    wait = min(d for d in (deadline, request_deadline, now + 3600) if d is not None) - now
+                    event = await self._wait_event(max(wait, 0))
+                    if event is None and request_deadline is not None and time.monotonic() >= request_deadline:
+                        lost = "request timed out"
+                    while event is not None and lost is None:
+                        if event[0] == "resp" and event[1] is conn:
+                            if self._handle_response(conn, event[2], backoff):
+                                backoff = min(backoff * 2, _MAX_BACKOFF)
+                            else:
+                                backoff = self.retry_backoff
+                        elif event[0] == "lost" and event[1] is conn:
+                            lost = event[2]
+                        event = self._next_ready_event()
+                if lost is not None:
+                    log.debug("produce stream lost (%s); resending in-flight batches", lost)
+                    self._drop_conn(conn)
+                    conn = None
+                    self._rewind_all(time.monotonic() + backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+        finally:
+            if conn is not None:
+                self._drop_conn(conn)
+
+    async def _wait_event(self, timeout: float) -> tuple[Any, ...] | None:
+        assert self._events is not None
+        try:
+            event = await asyncio.wait_for(self._events.get(), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            return None
+        if event is _WAKE:
+            self._wake_scheduled = False
+        return event
+
+    def _next_ready_event(self) -> tuple[Any, ...] | None:
+        assert self._events is not None
+        if self._events.empty():
+            return None
+        event = self._events.get_nowait()
+        if event is _WAKE:
+            self._wake_scheduled = False
+        return event
+
+    async def _open(self) -> _Conn:
+        if self.idempotent and self.producer_id == 0:
+            try:
+                r = await self._records.InitProducer(
+                    records_service_pb2.InitProducerRequest(), timeout=self.request_timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                raise from_rpc_error(e) from None
+            self.producer_id, self.producer_epoch = r.producer_id, r.producer_epoch
+        conn = _Conn(self._produce())
+        conn.reader = asyncio.get_running_loop().create_task(self._read(conn))
+        return conn
+
+    async def _read(self, conn: _Conn) -> None:
+        assert self._events is not None
+        try:
+            while True:
+                r = await conn.call.read()
+                if r is grpc.aio.EOF:
+                    self._events.put_nowait(("lost", conn, "broker closed the stream"))
+                    return
+                self._events.put_nowait(("resp", conn, r))
+        except grpc.aio.AioRpcError as e:
+            self._events.put_nowait(("lost", conn, f"{e.code().name}: {e.details()}"))
+
+    def _drop_conn(self, conn: _Conn) -> None:
+        if conn.reader is not None:
+            conn.reader.cancel()
+        conn.call.cancel()
+
+    def _collect(self, conn: _Conn, now: float, next_id: int) -> tuple[list[bytes], float | None, list[Any]]:
+        """Seals lingered batches, fails expired ones, and takes the batches that may be sent."""
+        done = self._expire(now)
+        out: list[bytes] = []
+        deadline: float | None = None
+        with self.lock:
+            flush = self._flush_requested or self.closed
+            self._flush_requested = False
+            for tp, q in self._queues.items():
+                if q.parts:
+                    due = q.opened + self.linger
+                    if flush or due <= now:
+                        self._seal(q)
+                    else:
+                        deadline = due if deadline is None else min(deadline, due)
+                if q.retry_at:
+                    if q.retry_at > now:
+                        deadline = q.retry_at if deadline is None else min(deadline, q.retry_at)
+                        continue
+                    q.retry_at = 0.0
+                while q.ready and len(q.in_flight) < self.max_in_flight:
+                    b = q.ready.popleft()
+                    b.request_id = next_id + len(out)
+                    b.sent_at = now
+                    b.attempts += 1
+                    out.append(self._request(tp, b))
+                    if self.acks == _ACKS["none"]:
+                        done.append((tp, b, -1, -1, None))
+                    else:
+                        conn.in_flight[b.request_id] = tp
+                        q.in_flight.append(b)
+        return out, deadline, done
+
+    def _request(self, tp: tuple[str, int], b: _Batch) -> bytes:
+        header = records_service_pb2.ProduceRequest(
+            request_id=b.request_id,
+            topic=tp[0],
+            partition=tp[1],
+            acks=self.acks,  # type: ignore[arg-type]
+            compression=int(self.codec),  # type: ignore[arg-type]
+            record_count=b.count,
+            producer_id=self.producer_id if self.idempotent else 0,
+            producer_epoch=self.producer_epoch if self.idempotent else 0,
+            base_sequence=b.base_seq if self.idempotent else 0,
+        )
+        return _wire.produce_request_bytes(header, b.payload, self.codec)
+
+    def _handle_response(self, conn: _Conn, r: records_service_pb2.ProduceResponse, backoff: float) -> bool:
+        """Handles one response; returns whether it asked for a backoff."""
+        tp = conn.in_flight.pop(r.request_id, None)
+        if tp is None:
+            return False  # a response to a batch already rewound: it will be resent
+        done: list[Any] = []
+        retry = False
+        with self.lock:
+            q = self._queues[tp]
+            if not q.in_flight or q.in_flight[0].request_id != r.request_id:
+                log.warning("response %d out of order; ignoring", r.request_id)
+                return False
+            code = r.error_code
+            if code == ErrorCode.NONE:
+                done.append((tp, q.in_flight.popleft(), r.base_offset, r.append_time_ms, None))
+            elif is_retriable_code(code):
+                for rid in q.rewind():
+                    conn.in_flight.pop(rid, None)
+                q.retry_at = time.monotonic() + backoff
+                retry = True
+            else:
+                if code in (ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_PARTITION):
+                    self._partitions.pop(tp[0], None)  # the next produce reads fresh metadata
+                b = q.in_flight.popleft()
+                q.renumber_after_drop(b)
+                for rid in q.rewind():
+                    conn.in_flight.pop(rid, None)
+                err = from_code(code, r.error_message)
+                if code == ErrorCode.PRODUCER_FENCED:
+                    self.fatal = err
+                done.append((tp, b, -1, -1, err))
+        self._complete_all(done)
+        return retry
+
+    def _complete_all(self, done: list[Any]) -> None:
+        for tp, b, base, ts, err in done:
+            self._complete(tp, b, base, ts, err)
+
+    def _complete(self, tp: tuple[str, int], b: _Batch, base: int, ts: int, err: TidelogError | None) -> None:
+        try:
+            self._deliver(tp[0], tp[1], b.entries, base, ts, err)
+        except Exception:  # a broken hook must not stop the sender
+            log.exception("delivery hook failed")
+        with self.lock:
+            self.memory_used -= b.memory
+            self.pending -= b.count
+            idle = self.pending == 0
+            self.space.notify_all()
+        if self.space_event is not None:
+            self.space_event.set()
+        if idle:
+            self._on_idle()
+
+    def _rewind_all(self, retry_at: float) -> None:
+        with self.lock:
+            for q in self._queues.values():
+                if q.in_flight:
+                    q.rewind()
+                    q.retry_at = retry_at
+
+    def _oldest_sent(self) -> float | None:
+        with self.lock:
+            sent = [q.in_flight[0].sent_at for q in self._queues.values() if q.in_flight]
+        return min(sent) if sent else None
+
+    def _expire(self, now: float) -> list[Any]:
+        """Fails batches past the delivery timeout that are not in flight (see module docs)."""
+        expired: list[tuple[tuple[str, int], _Batch]] = []
+        poisoned = False
+        with self.lock:
+            for tp, q in self._queues.items():
+                while q.ready and now - q.ready[0].created > self.delivery_timeout:
+                    b = q.ready.popleft()
+                    if b.attempts > 0 and self.idempotent:
+                        poisoned = True
+                    else:
+                        q.renumber_after_drop(b)
+                    expired.append((tp, b))
+            if poisoned:
+                self.closed = True
+                self.fatal = FatalError(
+                    "a sent batch was not acknowledged within delivery.timeout.ms; its sequence is "
+                    "ambiguous, so the producer failed every queued record and closed (create a new one)"
+                )
+                expired += self._drain_locked()
+        err = DeliveryTimeoutError(f"not acknowledged within {self.delivery_timeout:g} s")
+        return [(tp, b, -1, -1, err) for tp, b in expired]
+
+    def _drain_locked(self) -> list[tuple[tuple[str, int], _Batch]]:
+        out = []
+        for tp, q in self._queues.items():
+            if q.parts:
+                self._seal(q)
+            out += [(tp, b) for b in (*q.in_flight, *q.ready)]
+            q.in_flight.clear()
+            q.ready.clear()
+        return out
+
+    def _fail_fatal(self, err: TidelogError) -> None:
+        with self.lock:
+            self.closed = True
+            self.fatal = err
+        self._fail_all(err)
+
+    def _fail_all(self, err: TidelogError) -> None:
+        with self.lock:
+            drained = self._drain_locked()
+        self._complete_all([(tp, b, -1, -1, err) for tp, b in drained])
+
+
+# ---- shared by the sync and asyncio producers ----------------------------------------------
+
+Payload = bytes | bytearray | memoryview | str
+HeadersArg = dict[str, Payload | None] | list[tuple[str, Payload | None]] | None
+
+
+def to_bytes(v: Payload | None, what: str) -> bytes | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode()
+    if isinstance(v, bytearray | memoryview):
+        return bytes(v)
+    raise TypeError(f"{what} must be bytes or str, got {type(v).__name__}")
+
+
+def prepare(
+    key: Payload | None, value: Payload | None, headers: HeadersArg, timestamp: int | None
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int, bytes]:
+    """Normalizes a record's parts and encodes it once: (key, value, headers, ts, encoded)."""
+    k = to_bytes(key, "key")
+    v = to_bytes(value, "value") or b""
+    hs: list[tuple[str, bytes]] | None = None
+    if headers:
+        items = headers.items() if isinstance(headers, dict) else headers
+        hs = [(str(hk), to_bytes(hv, "header value") or b"") for hk, hv in items]
+    ts = int(timestamp) if timestamp else time.time_ns() // 1_000_000
+    encoded = _wire.encode_record(k, v, hs, ts)
+    if len(encoded) > MAX_RECORD_BYTES:
+        raise FatalError(
+            f"record of {len(encoded)} encoded bytes exceeds the broker's {MAX_RECORD_BYTES}-byte batch limit",
+            ErrorCode.BATCH_TOO_LARGE,
+        )
+    return k, v, hs, ts, encoded
+
+
+def check_partition(topic: str, partition: int, count: int) -> None:
+    if not 0 <= partition < count:
+        raise FatalError(
+            f"partition {partition} does not exist: topic {topic!r} has {count} partitions",
+            ErrorCode.UNKNOWN_PARTITION,
+        )
+
+
+def idempotence_config(cfg: dict[str, Any], explicit: bool) -> None:
+    """Idempotence needs acks=all (as in Kafka): off by default otherwise, an error if asked for."""
+    if cfg["acks"] != "all" and cfg["enable.idempotence"]:
+        if explicit:
+            from .errors import ConfigError
+
+            raise ConfigError("enable.idempotence=true requires acks=all")
+        cfg["enable.idempotence"] = False

@@ -1,0 +1,162 @@
+"""Byte-level encoding shared by producer and consumer: records, batches, compression.
+
+A batch on the wire is an encoded ``tidelog.v1.RecordBatch``: each record is the message's
+field 1 (``repeated Record records = 1``), so a batch is just the concatenation of framed
+records. The producer encodes each record once, when it is produced, and seals a batch by
+joining the bytes; the broker stores those bytes unchanged and serves them back.
+
+The public ``ProduceRequest`` declares ``records`` as a message; to send the already-encoded
+batch without decoding and re-encoding it, :func:`produce_request_bytes` serializes the other
+fields and appends field 5 as raw bytes. That is the same encoding on the wire (the broker's
+own "wire view" of the proto relies on the same identity).
+
+Invariants: :func:`encode_record` produces exactly what protobuf would for the same
+``Record`` (checked against the generated code in the tests); decompression never inflates a
+payload beyond :data:`MAX_DECOMPRESSED_BYTES`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import lz4.frame
+import zstandard
+
+from .errors import FatalError
+from .v1 import record_pb2, records_service_pb2
+
+#: A corrupt or hostile batch must not exhaust memory (same bound as the Rust SDK).
+MAX_DECOMPRESSED_BYTES = 256 << 20
+#: Zstandard level (the library default; the Rust SDK uses the same).
+ZSTD_LEVEL = 3
+
+# Field tags (field number << 3 | wire type 2 = length-delimited, 0 = varint).
+_TAG_BATCH_RECORD = b"\x0a"  # RecordBatch.records = 1
+_TAG_KEY = b"\x0a"  # Record.key = 1
+_TAG_VALUE = b"\x12"  # Record.value = 2
+_TAG_HEADER = b"\x1a"  # Record.headers = 3
+_TAG_TIMESTAMP = b"\x20"  # Record.timestamp_ms = 4 (varint)
+_TAG_HEADER_KEY = b"\x0a"  # Header.key = 1
+_TAG_HEADER_VALUE = b"\x12"  # Header.value = 2
+_TAG_PRODUCE_RECORDS = b"\x2a"  # ProduceRequest.records = 5
+
+_SMALL_VARINTS = [bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(1 << 14)]
+
+
+class Compression(enum.IntEnum):
+    """Batch codec; the values are the proto's ``Compression`` numbers."""
+
+    NONE = 0
+    LZ4 = 1
+    ZSTD = 2
+
+    @classmethod
+    def parse(cls, name: str) -> Compression:
+        try:
+            return {"none": cls.NONE, "lz4": cls.LZ4, "zstd": cls.ZSTD}[name.lower()]
+        except KeyError:
+            raise ValueError(f"unknown compression {name!r} (expected none, lz4 or zstd)") from None
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    if n < (1 << 14):
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+Headers = list[tuple[str, bytes]]
+
+
+def encode_record(key: bytes | None, value: bytes, headers: Headers | None, timestamp_ms: int) -> bytes:
+    """One record, framed as a ``RecordBatch.records`` element (ready to concatenate)."""
+    parts: list[bytes] = []
+    if key is not None:
+        parts += (_TAG_KEY, varint(len(key)), key)
+    if value:
+        parts += (_TAG_VALUE, varint(len(value)), value)
+    if headers:
+        for hk, hv in headers:
+            kb = hk.encode()
+            h = b"".join(
+                (
+                    (_TAG_HEADER_KEY + varint(len(kb)) + kb) if kb else b"",
+                    (_TAG_HEADER_VALUE + varint(len(hv)) + hv) if hv else b"",
+                )
+            )
+            parts += (_TAG_HEADER, varint(len(h)), h)
+    if timestamp_ms > 0:
+        parts += (_TAG_TIMESTAMP, varint(timestamp_ms))
+    body = b"".join(parts)
+    return _TAG_BATCH_RECORD + varint(len(body)) + body
+
+
+def compress(codec: Compression, raw: bytes) -> bytes:
+    """Compresses an encoded batch in the standard frame format of its codec."""
+    if codec == Compression.LZ4:
+        return bytes(lz4.frame.compress(raw))
+    if codec == Compression.ZSTD:
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+    return raw
+
+
+def decompress(codec: int, data: bytes) -> bytes:
+    """Inflates a compressed batch; a corrupt or oversized payload is a :class:`FatalError`."""
+    try:
+        if codec == Compression.LZ4:
+            d = lz4.frame.LZ4FrameDecompressor()
+            out = d.decompress(data, max_length=MAX_DECOMPRESSED_BYTES + 1)
+        elif codec == Compression.ZSTD:
+            out = _zstd_decompress(data)
+        elif codec == Compression.NONE:
+            return data
+        else:
+            raise FatalError(f"unknown compression codec {codec}")
+    except FatalError:
+        raise
+    except Exception as e:  # the codec libraries raise their own types
+        raise FatalError(f"corrupt compressed batch: {e}") from e
+    if len(out) > MAX_DECOMPRESSED_BYTES:
+        raise FatalError(f"compressed batch inflates beyond {MAX_DECOMPRESSED_BYTES} bytes")
+    return bytes(out)
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as r:
+        while total <= MAX_DECOMPRESSED_BYTES:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    return b"".join(chunks)
+
+
+def decode_batch(batch: records_service_pb2.Batch) -> list[record_pb2.Record]:
+    """The records of a served batch, decompressing if needed."""
+    if batch.WhichOneof("payload") == "compressed_records":
+        raw = decompress(batch.compression, batch.compressed_records)
+        try:
+            return list(record_pb2.RecordBatch.FromString(raw).records)
+        except Exception as e:
+            raise FatalError(f"corrupt batch at offset {batch.base_offset}: {e}") from e
+    return list(batch.records.records)
+
+
+def produce_request_bytes(header: records_service_pb2.ProduceRequest, payload: bytes, codec: Compression) -> bytes:
+    """Serializes a ProduceRequest whose payload is an already-encoded (or compressed) batch.
+
+    ``header`` carries every field except the payload; the uncompressed batch is appended as
+    field 5 verbatim, so the records are never decoded or re-encoded.
+    """
+    if codec != Compression.NONE:
+        header.compressed_records = payload
+        return header.SerializeToString()
+    return header.SerializeToString() + _TAG_PRODUCE_RECORDS + varint(len(payload)) + payload

@@ -1,0 +1,204 @@
+"""Topic and group administration (synchronous; every call is one unary RPC).
+
+::
+
+    admin = AdminClient({"bootstrap.servers": "127.0.0.1:9690"})
+    admin.create_topic("orders", num_partitions=6, config={"retention.ms": 86_400_000})
+    admin.describe_group("billing").lag   # {TopicPartition: records behind}
+
+Errors are raised as :mod:`tidelog.errors` types (``TopicExistsError``, ``UnknownTopicError``,
+``FatalError`` for invalid arguments, ``RetriableError`` when the broker is unreachable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from ._channel import sync_channel
+from ._config import ADMIN_KEYS, parse, target
+from .errors import ConfigError, from_rpc_error
+from .types import TopicPartition
+from .v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    group_service_pb2,
+    group_service_pb2_grpc,
+    offsets_service_pb2,
+    offsets_service_pb2_grpc,
+)
+
+T = TypeVar("T")
+
+_FSYNC = {"always": 1, "interval": 2, "never": 3}
+_INT_TOPIC_KEYS = {
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+    "fsync.interval.ms": "fsync_interval_ms",
+    "max.batch.bytes": "max_batch_bytes",
+}
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    partition: int
+    log_start_offset: int
+    high_watermark: int
+    log_end_offset: int
+    size_bytes: int
+    leader: int
+    replicas: list[int]
+
+
+@dataclass(frozen=True)
+class TopicDescription:
+    name: str
+    num_partitions: int
+    replication_factor: int
+    config: dict[str, Any]
+    partitions: list[PartitionInfo]
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    member_id: str
+    client_id: str
+    topics: list[str]
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    group: str
+    state: str
+    generation: int
+    leader_id: str
+    members: list[GroupMember]
+    #: Committed offset per partition (absent: nothing committed).
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Records between the committed offset and the high watermark, per partition.
+    lag: dict[TopicPartition, int] = field(default_factory=dict)
+    #: The member currently assigned each committed partition ("" if none).
+    owners: dict[TopicPartition, str] = field(default_factory=dict)
+
+
+def topic_config_proto(config: Mapping[str, Any] | None) -> admin_service_pb2.TopicConfig:
+    """Kafka-style topic config keys → the proto's TopicConfig (unknown keys are an error)."""
+    tc = admin_service_pb2.TopicConfig()
+    for k, v in (config or {}).items():
+        if k in _INT_TOPIC_KEYS:
+            try:
+                setattr(tc, _INT_TOPIC_KEYS[k], int(v))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"topic config {k}={v!r}: {e}") from None
+        elif k == "fsync":
+            if str(v) not in _FSYNC:
+                raise ConfigError(f"topic config fsync={v!r}: expected always, interval or never")
+            tc.fsync_policy = _FSYNC[str(v)]  # type: ignore[assignment]
+        else:
+            known = ", ".join(sorted([*_INT_TOPIC_KEYS, "fsync"]))
+            raise ConfigError(f"unknown topic config key {k!r}; known keys: {known}")
+    return tc
+
+
+def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
+    config: dict[str, Any] = {k: getattr(t.config, f) for k, f in _INT_TOPIC_KEYS.items() if t.config.HasField(f)}
+    fsync = {v: k for k, v in _FSYNC.items()}.get(t.config.fsync_policy)
+    if fsync:
+        config["fsync"] = fsync
+    parts = [
+        PartitionInfo(
+            p.partition, p.log_start_offset, p.high_watermark, p.log_end_offset, p.size_bytes, p.leader_id,
+            list(p.replica_ids),
+        )
+        for p in t.partitions
+    ]
+    return TopicDescription(t.name, t.partition_count, t.replication_factor, config, parts, t.created_at_ms)
+
+
+class AdminClient:
+    """Creates, deletes and describes topics; describes groups and their lag."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        cfg = parse(config, ADMIN_KEYS, "admin")
+        self._timeout = cfg["request.timeout.ms"] / 1000
+        self._channel = sync_channel(target(cfg["bootstrap.servers"]))
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self._groups = group_service_pb2_grpc.GroupServiceStub(self._channel)
+        self._offsets = offsets_service_pb2_grpc.OffsetServiceStub(self._channel)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def create_topic(
+        self,
+        name: str,
+        num_partitions: int = 1,
+        replication_factor: int = 1,
+        config: Mapping[str, Any] | None = None,
+    ) -> TopicDescription:
+        """Creates a topic; ``config`` takes retention.ms, retention.bytes, segment.bytes,
+        segment.ms, fsync (always|interval|never), fsync.interval.ms, max.batch.bytes."""
+        req = admin_service_pb2.CreateTopicRequest(
+            name=name,
+            partitions=num_partitions,
+            replication_factor=replication_factor,
+            config=topic_config_proto(config),
+        )
+        return _describe(self._call(self._admin.CreateTopic, req).topic)
+
+    def delete_topic(self, name: str) -> None:
+        self._call(self._admin.DeleteTopic, admin_service_pb2.DeleteTopicRequest(name=name))
+
+    def list_topics(self) -> list[TopicDescription]:
+        resp = self._call(self._admin.ListTopics, admin_service_pb2.ListTopicsRequest())
+        return [_describe(t) for t in resp.topics]
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        return _describe(self._call(self._admin.DescribeTopic, admin_service_pb2.DescribeTopicRequest(name=name)).topic)
+
+    def list_offsets(self, topic: str, at: str | int = "latest") -> dict[int, int]:
+        """Per partition: the earliest retained offset (``"earliest"``), the log end
+        (``"latest"``), or the first offset at or after a timestamp in ms (an int)."""
+        spec = admin_service_pb2.OffsetSpec()
+        if at == "earliest":
+            spec.earliest = True
+        elif at == "latest":
+            spec.latest = True
+        elif isinstance(at, int):
+            spec.timestamp_ms = at
+        else:
+            raise ConfigError(f"list_offsets at={at!r}: expected 'earliest', 'latest' or a timestamp in ms")
+        resp = self._call(self._admin.ListOffsets, admin_service_pb2.ListOffsetsRequest(topic=topic, spec=spec))
+        return {o.partition: o.offset for o in resp.offsets}
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offsets for ``topic`` (partitions without a commit are absent)."""
+        req = offsets_service_pb2.FetchCommittedRequest(group=group, topic=topic)
+        return {o.partition: o.offset for o in self._call(self._offsets.FetchCommitted, req).offsets}
+
+    def describe_group(self, group: str) -> GroupDescription:
+        """Members, their assignments, committed offsets and lag."""
+        r = self._call(self._groups.DescribeGroup, group_service_pb2.DescribeGroupRequest(group=group))
+        members = [GroupMember(m.member_id, m.client_id, list(m.topics)) for m in r.members]
+        committed = {TopicPartition(p.topic, p.partition): p.committed_offset for p in r.partitions}
+        lag = {TopicPartition(p.topic, p.partition): p.lag for p in r.partitions}
+        owners = {TopicPartition(p.topic, p.partition): p.member_id for p in r.partitions}
+        return GroupDescription(r.group, r.state, r.generation, r.leader_id, members, committed, lag, owners)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

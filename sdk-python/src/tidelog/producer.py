@@ -1,0 +1,243 @@
+"""The synchronous producer, shaped like confluent-kafka's.
+
+::
+
+    p = Producer({"bootstrap.servers": "127.0.0.1:9690"})
+    p.produce("orders", b"value", key=b"customer-7", on_delivery=lambda err, msg: ...)
+    p.poll(0)       # serve delivery callbacks
+    p.flush(10)     # send everything, wait for acknowledgements
+    p.close()
+
+``produce`` never waits for the broker: it encodes the record, appends it to its partition's
+batch and returns (it blocks only while ``buffer.memory`` is full, up to ``max.block.ms``).
+A background thread batches (``linger.ms``, ``batch.size``), compresses, sends and retries.
+Delivery callbacks ``on_delivery(err, msg)`` run in *your* thread, from :meth:`poll` and
+:meth:`flush`, as in confluent-kafka. :meth:`produce_future` returns a
+``concurrent.futures.Future`` instead (its done-callbacks run on the background thread).
+
+Guarantees with the defaults (acks=all, idempotence on): each record is appended exactly once
+and in order per partition, across retries and reconnects.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._channel import aio_channel
+from ._config import PRODUCER_KEYS, parse, target
+from ._producer_core import (
+    Entry,
+    HeadersArg,
+    Payload,
+    ProducerCore,
+    check_partition,
+    idempotence_config,
+    prepare,
+)
+from ._runtime import LoopThread
+from .errors import RetriableError, TidelogError
+from .types import Message
+
+DeliveryCallback = Callable[[TidelogError | None, Message], None]
+
+
+class Producer:
+    """Publishes records to topics. Thread-safe. See the module docs."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        cfg = parse(config, PRODUCER_KEYS, "producer")
+        idempotence_config(cfg, explicit="enable.idempotence" in config)
+        self._cfg = cfg
+        self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._core = ProducerCore(cfg, self._on_batch_done, lambda: self._callbacks.put(None))
+        self._closed = False
+        self._rt = LoopThread("tidelog-producer")
+        self._rt.call(self._start(target(cfg["bootstrap.servers"])))
+
+    async def _start(self, tgt: str) -> None:
+        self._channel = aio_channel(tgt)
+        await self._core.start(self._channel)
+
+    # ---- producing ----------------------------------------------------------------------
+
+    def produce(
+        self,
+        topic: str,
+        value: Payload | None = None,
+        key: Payload | None = None,
+        headers: HeadersArg = None,
+        partition: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Queues a record. ``on_delivery(err, msg)`` is called from a later :meth:`poll` or
+        :meth:`flush` with ``err`` None and ``msg.offset`` set, or with the error.
+
+        Raises :class:`~tidelog.errors.UnknownTopicError` for a topic or partition that does not
+        exist, :class:`~tidelog.errors.RetriableError` if the buffer stayed full for
+        ``max.block.ms``, :class:`~tidelog.errors.ClosedError` after :meth:`close`.
+        """
+        self._enqueue(topic, value, key, headers, partition, timestamp, on_delivery)
+
+    def produce_future(
+        self,
+        topic: str,
+        value: Payload | None = None,
+        key: Payload | None = None,
+        headers: HeadersArg = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> concurrent.futures.Future[Message]:
+        """Like :meth:`produce`, but returns a future of the delivered :class:`Message`."""
+        fut: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        self._enqueue(topic, value, key, headers, partition, timestamp, fut)
+        return fut
+
+    def _enqueue(
+        self,
+        topic: str,
+        value: Payload | None,
+        key: Payload | None,
+        headers: HeadersArg,
+        partition: int | None,
+        timestamp: int | None,
+        sink: Any,
+    ) -> None:
+        core = self._core
+        k, v, hs, ts, encoded = prepare(key, value, headers, timestamp)
+        count = core.cached_partitions(topic)
+        if count is None:
+            count = self._rt.call(core.fetch_partitions(topic), self._cfg["request.timeout.ms"] / 1000)
+        if partition is not None:
+            check_partition(topic, partition, count)
+        entry: Entry = (k, v, hs, ts, sink)
+        size = len(encoded) + 64  # + bookkeeping, so many tiny records still count
+        deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
+        with core.space:
+            while not core.try_reserve(size):
+                if core.closed:
+                    break  # append raises the close reason
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RetriableError(
+                        f"producer buffer full ({core.buffer_memory} bytes of unacknowledged records) "
+                        f"for max.block.ms; is the broker reachable? (poll() or flush() to drain callbacks)"
+                    )
+                core.space.wait(left)
+            p = partition if partition is not None else core.choose_partition(topic, k, count)
+            core.append(topic, p, encoded, entry, size)
+
+    # ---- deliveries ---------------------------------------------------------------------
+
+    def _on_batch_done(
+        self, topic: str, partition: int, entries: list[Entry], base: int, ts: int, err: TidelogError | None
+    ) -> None:
+        """On the background thread: resolve futures now, queue callbacks for poll()."""
+        wants_callback = False
+        for i, e in enumerate(entries):
+            sink = e[4]
+            if isinstance(sink, concurrent.futures.Future):
+                if sink.done():
+                    continue
+                if err is not None:
+                    sink.set_exception(err)
+                else:
+                    sink.set_result(_message(topic, partition, base, i, e))
+            elif sink is not None:
+                wants_callback = True
+        if wants_callback:
+            self._callbacks.put((topic, partition, entries, base, err))
+
+    def poll(self, timeout: float | None = 0) -> int:
+        """Serves delivery callbacks, waiting up to ``timeout`` seconds (None: forever) for the
+        first; returns how many were called."""
+        served = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                if served:
+                    item = self._callbacks.get_nowait()
+                else:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    item = self._callbacks.get(timeout=left) if left != 0 else self._callbacks.get_nowait()
+            except queue.Empty:
+                return served
+            if item is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return served
+                continue
+            served += self._serve(item)
+
+    def _serve(self, item: tuple[str, int, list[Entry], int, TidelogError | None]) -> int:
+        topic, partition, entries, base, err = item
+        n = 0
+        for i, e in enumerate(entries):
+            cb = e[4]
+            if cb is None or isinstance(cb, concurrent.futures.Future):
+                continue
+            cb(err, _message(topic, partition, base, i, e))
+            n += 1
+        return n
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Sends every queued record now (ignoring linger) and waits until all are acknowledged
+        or failed, serving their callbacks. Returns how many are still pending (0 = all done)."""
+        self._core.request_flush()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while True:
+                try:
+                    item = self._callbacks.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self._serve(item)
+            if self._core.pending == 0:
+                return 0
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return self._core.pending
+            try:
+                item = self._callbacks.get(timeout=left)
+            except queue.Empty:
+                return self._core.pending
+            if item is not None:
+                self._serve(item)
+
+    def __len__(self) -> int:
+        """Records produced and not yet acknowledged or failed."""
+        return self._core.pending
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flushes (up to ``timeout``), fails what is left with ClosedError, and stops."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush(timeout)
+        self._rt.call(self._shutdown(), timeout=30)
+        while True:
+            try:
+                item = self._callbacks.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._serve(item)
+        self._rt.stop()
+
+    async def _shutdown(self) -> None:
+        await self._core.close(timeout=0)
+        await self._channel.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _message(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:
+    return Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3])
