@@ -1,0 +1,293 @@
+"""asyncio clients on ``grpc.aio``: :class:`AIOProducer` and :class:`AIOConsumer`.
+
+The same engines as the synchronous clients, run on *your* event loop (no extra thread)::
+
+    async with AIOProducer({"bootstrap.servers": "127.0.0.1:9690"}) as p:
+        msg = await p.send_and_wait("orders", b"v", key=b"k")      # delivered Message
+        fut = await p.send("orders", b"w")                         # asyncio.Future[Message]
+
+    async with AIOConsumer({"bootstrap.servers": "127.0.0.1:9690", "group.id": "g"}) as c:
+        await c.subscribe(["orders"])
+        async for msg in c:
+            ...
+
+``send`` returns once the record is queued (it awaits only while ``buffer.memory`` is full);
+the future resolves when the broker acknowledged it. Rebalance callbacks may be plain
+functions or coroutine functions; they run on the loop after the change took effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from ._channel import aio_channel
+from ._config import CONSUMER_KEYS, PRODUCER_KEYS, parse, target
+from ._consumer_core import TP, ConsumerCore
+from ._producer_core import (
+    Entry,
+    HeadersArg,
+    Payload,
+    ProducerCore,
+    check_partition,
+    idempotence_config,
+    prepare,
+)
+from .errors import ClosedError, RetriableError, TidelogError
+from .types import Message, TopicPartition
+
+__all__ = ["AIOConsumer", "AIOProducer"]
+
+
+class AIOProducer:
+    """asyncio producer; see the module docs and :class:`tidelog.Producer` for the semantics."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        cfg = parse(config, PRODUCER_KEYS, "producer")
+        idempotence_config(cfg, explicit="enable.idempotence" in config)
+        self._cfg = cfg
+        self._core = ProducerCore(cfg, self._on_batch_done, self._on_idle)
+        self._idle: asyncio.Event | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        """Connects (called by ``async with`` and by the first ``send``)."""
+        if self._started:
+            return
+        self._started = True
+        self._idle = asyncio.Event()
+        self._channel = aio_channel(target(self._cfg["bootstrap.servers"]))
+        await self._core.start(self._channel)
+
+    async def send(
+        self,
+        topic: str,
+        value: Payload | None = None,
+        key: Payload | None = None,
+        headers: HeadersArg = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> asyncio.Future[Message]:
+        """Queues a record; returns a future of the delivered :class:`Message`."""
+        await self.start()
+        core = self._core
+        k, v, hs, ts, encoded = prepare(key, value, headers, timestamp)
+        count = core.cached_partitions(topic)
+        if count is None:
+            count = await core.fetch_partitions(topic)
+        if partition is not None:
+            check_partition(topic, partition, count)
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        entry: Entry = (k, v, hs, ts, fut)
+        size = len(encoded) + 64
+        deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
+        assert core.space_event is not None
+        while True:
+            with core.lock:
+                if core.closed or core.try_reserve(size):
+                    p = partition if partition is not None else core.choose_partition(topic, k, count)
+                    core.append(topic, p, encoded, entry, size)
+                    break
+                core.space_event.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RetriableError(f"producer buffer full ({core.buffer_memory} bytes) for max.block.ms")
+            try:
+                await asyncio.wait_for(core.space_event.wait(), left)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+        if self._idle is not None:
+            self._idle.clear()
+        return fut
+
+    produce = send
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: Payload | None = None,
+        key: Payload | None = None,
+        headers: HeadersArg = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> Message:
+        """Sends one record and waits for its acknowledgement."""
+        return await (await self.send(topic, value, key, headers, partition, timestamp))
+
+    def _on_batch_done(
+        self, topic: str, partition: int, entries: list[Entry], base: int, ts: int, err: TidelogError | None
+    ) -> None:
+        for i, e in enumerate(entries):
+            fut = e[4]
+            if fut is None or fut.done():
+                continue
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3]))
+
+    def _on_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.set()
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Sends everything queued now and waits for acknowledgements; returns how many
+        records are still pending (0 = all done)."""
+        if not self._started:
+            return 0
+        self._core.request_flush()
+        assert self._idle is not None
+        while self._core.pending:
+            self._idle.clear()
+            if not self._core.pending:
+                break
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+        return self._core.pending
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flushes (up to ``timeout``), fails what is left with ClosedError, and disconnects."""
+        if not self._started:
+            return
+        await self.flush(timeout)
+        await self._core.close(timeout=0)
+        await self._channel.close()
+        self._started = False
+
+    async def __aenter__(self) -> AIOProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+Callback = Callable[["AIOConsumer", list[TopicPartition]], Any]
+
+
+class AIOConsumer:
+    """asyncio consumer: ``async for msg in consumer`` or ``await consumer.getone()``; see
+    :class:`tidelog.Consumer` for assignment, commit and at-least-once semantics."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._cfg = parse(config, CONSUMER_KEYS, "consumer")
+        self._core = ConsumerCore(self._cfg, self._on_change)
+        self._on_assign: Callback | None = None
+        self._on_revoke: Callback | None = None
+        self._started = False
+        self._closed = False
+        self._callbacks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._channel = aio_channel(target(self._cfg["bootstrap.servers"]))
+        await self._core.start(self._channel)
+
+    def _on_change(self, kind: str, partitions: list[TopicPartition]) -> None:
+        cb = self._on_assign if kind == "assign" else self._on_revoke
+        if cb is None:
+            return
+        result = cb(self, partitions)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
+
+    async def subscribe(
+        self, topics: list[str], on_assign: Callback | None = None, on_revoke: Callback | None = None
+    ) -> None:
+        await self.start()
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        await self._core.subscribe(list(topics))
+
+    async def assign(self, partitions: list[TopicPartition]) -> None:
+        await self.start()
+        await self._core.assign_manual(list(partitions))
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in sorted(self._core.assigned)]
+
+    async def getmany(self, max_records: int = 500, timeout: float | None = None) -> list[Message]:
+        """Up to ``max_records`` records, waiting up to ``timeout`` s for the first ([] if none)."""
+        if self._closed:
+            raise ClosedError("the consumer is closed")
+        core = self._core
+        core.mark_processed()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        assert core.data_event is not None
+        while True:
+            with core.lock:
+                msgs = core.take(max_records)
+                if msgs:
+                    return msgs
+                core.data_event.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return []
+            try:
+                await asyncio.wait_for(core.data_event.wait(), left)
+            except (asyncio.TimeoutError, TimeoutError):
+                return []
+
+    async def getone(self, timeout: float | None = None) -> Message | None:
+        msgs = await self.getmany(1, timeout)
+        return msgs[0] if msgs else None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while not self._closed:
+            for m in await self.getmany(500):
+                yield m
+
+    async def commit(self, offsets: list[TopicPartition] | None = None) -> None:
+        """Commits ``offsets`` (next offset to read), or every record returned so far."""
+        if offsets is not None:
+            todo: dict[TP, int] = {(tp.topic, tp.partition): tp.offset for tp in offsets if tp.offset is not None}
+        else:
+            todo = self._core.current_offsets()
+        await self._core.commit_positions(todo)
+
+    async def committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        got = await self._core.fetch_committed(tps)
+        return [TopicPartition(t, p, got.get((t, p))) for t, p in tps]
+
+    def position(self, partition: TopicPartition) -> int | None:
+        return self._core.positions.get((partition.topic, partition.partition))
+
+    async def seek(self, partition: TopicPartition) -> None:
+        if partition.offset is None:
+            raise ValueError("seek needs a TopicPartition with an offset")
+        await self._core.seek((partition.topic, partition.partition), partition.offset)
+
+    async def pause(self, partitions: list[TopicPartition]) -> None:
+        await self._core.set_paused([(tp.topic, tp.partition) for tp in partitions], True)
+
+    async def resume(self, partitions: list[TopicPartition]) -> None:
+        await self._core.set_paused([(tp.topic, tp.partition) for tp in partitions], False)
+
+    async def close(self) -> None:
+        """Commits what was processed, leaves the group, disconnects."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        self._core.mark_processed()
+        await self._core.close()
+        await self._channel.close()
+
+    async def __aenter__(self) -> AIOConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
