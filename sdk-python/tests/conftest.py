@@ -27,8 +27,12 @@ T = TypeVar("T")
 
 
 def binary(name: str) -> Path:
-    base = Path(os.environ["TIDELOG_BIN"]).parent if "TIDELOG_BIN" in os.environ else REPO / "target" / "debug"
-    path = Path(os.environ["TIDELOG_BIN"]) if name == "tidelog" and "TIDELOG_BIN" in os.environ else base / name
+    base = (
+        Path(os.environ["TIDELOG_BIN"]).parent if "TIDELOG_BIN" in os.environ else REPO / "target" / "debug"
+    )
+    path = (
+        Path(os.environ["TIDELOG_BIN"]) if name == "tidelog" and "TIDELOG_BIN" in os.environ else base / name
+    )
     if not path.exists():
         pytest.fail(f"{path} not found: run `cargo build --workspace` first (scripts/test.sh does)")
     return path
@@ -57,7 +61,14 @@ class Broker:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(binary("tidelog")), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)],
+            [
+                str(binary("tidelog")),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

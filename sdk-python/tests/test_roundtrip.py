@@ -3,13 +3,14 @@ Rust SDK (partitioning, compressed batches readable by the Rust CLI)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from concurrent.futures import Future
 
 import pytest
-
 from conftest import Broker, binary, unique
+
 from tidelog import (
     AdminClient,
     Consumer,
@@ -51,8 +52,16 @@ def test_round_trip_keeps_order_content_and_offsets(broker: Broker, admin: Admin
     n = 3000
     with Producer({"bootstrap.servers": broker.addr, "compression.type": compression, "linger.ms": 2}) as p:
         for i in range(n):
-            headers = [("i", str(i).encode())] + ([("traceparent", b"00-abc"), ("empty", b"")] if i % 7 == 0 else [])
-            p.produce(topic, f"value-{i}".encode() * (i % 5), key=f"key-{i % 50}", headers=headers, on_delivery=on_delivery)
+            headers = [("i", str(i).encode())] + (
+                [("traceparent", b"00-abc"), ("empty", b"")] if i % 7 == 0 else []
+            )
+            p.produce(
+                topic,
+                f"value-{i}".encode() * (i % 5),
+                key=f"key-{i % 50}",
+                headers=headers,
+                on_delivery=on_delivery,
+            )
             if i % 500 == 0:
                 p.poll(0)
         assert p.flush(30) == 0
@@ -70,7 +79,12 @@ def test_round_trip_keeps_order_content_and_offsets(broker: Broker, admin: Admin
     sent = {(m.partition, m.offset): m for m in delivered}
     for m in got:
         want = sent[(m.partition, m.offset)]
-        assert (m.key, m.value, m.headers, m.timestamp) == (want.key, want.value, want.headers, want.timestamp)
+        assert (m.key, m.value, m.headers, m.timestamp) == (
+            want.key,
+            want.value,
+            want.headers,
+            want.timestamp,
+        )
     # Per key, consumed order is produce order.
     seq: dict[bytes, list[int]] = {}
     for m in sorted(got, key=lambda m: (m.partition, m.offset)):
@@ -91,18 +105,50 @@ def test_rust_reads_python_batches_and_agrees_on_partitions(broker: Broker, admi
     # The Rust SDK (through the tidelog CLI) produces the same keys; -v prints where each landed.
     lines = "".join(f"{k}:rust-{k}\n" for k in keys)
     out = subprocess.run(
-        [str(binary("tidelog")), "produce", "-b", f"http://{broker.addr}", "--key-separator", ":", "-v", topic],
-        input=lines, capture_output=True, text=True, timeout=60, check=True,
+        [
+            str(binary("tidelog")),
+            "produce",
+            "-b",
+            f"http://{broker.addr}",
+            "--key-separator",
+            ":",
+            "-v",
+            topic,
+        ],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    rust_parts = [int(line.split()[0].split("=")[1]) for line in out.stderr.splitlines() if line.startswith("partition=")]
+    rust_parts = [
+        int(line.split()[0].split("=")[1])
+        for line in out.stderr.splitlines()
+        if line.startswith("partition=")
+    ]
     assert len(rust_parts) == len(keys)
     for k, rp in zip(keys, rust_parts, strict=True):
         assert python_parts[k] == rp == partition_for_key(k.encode(), 7), k
     # The Rust consumer decodes the Python producer's zstd batches.
     out = subprocess.run(
-        [str(binary("tidelog")), "consume", "-b", f"http://{broker.addr}", "--from-beginning", "--format", "json",
-         "--max-records", str(2 * len(keys)), "--idle-timeout-ms", "5000", topic],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            str(binary("tidelog")),
+            "consume",
+            "-b",
+            f"http://{broker.addr}",
+            "--from-beginning",
+            "--format",
+            "json",
+            "--max-records",
+            str(2 * len(keys)),
+            "--idle-timeout-ms",
+            "5000",
+            topic,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     values = sorted(json.loads(line)["value"] for line in out.stdout.splitlines())
     assert values == sorted([f"py-{k}" for k in keys] + [f"rust-{k}" for k in keys])
@@ -116,7 +162,7 @@ def test_futures_sticky_partitioning_and_acks_none(broker: Broker, admin: AdminC
         msgs = [f.result(20) for f in futs]
     # Keyless records stick to one partition per batch and spread over partitions.
     assert len({m.partition for m in msgs}) > 1
-    switches = sum(1 for a, b in zip(msgs, msgs[1:], strict=False) if a.partition != b.partition)
+    switches = sum(1 for a, b in itertools.pairwise(msgs) if a.partition != b.partition)
     assert switches < 40  # batches of ~35 records, not record-by-record
     with Producer({"bootstrap.servers": broker.addr, "acks": "none"}) as p:
         f = p.produce_future(topic, b"fire-and-forget", partition=1)

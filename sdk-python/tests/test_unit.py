@@ -7,10 +7,9 @@ import json
 import grpc
 import lz4.frame
 import pytest
-
 from conftest import REPO
-from tidelog import ConfigError, ErrorCode, Producer, murmur2, partition_for_key
-from tidelog import _wire
+
+from tidelog import ConfigError, ErrorCode, Producer, _wire, murmur2, partition_for_key
 from tidelog._config import CONSUMER_KEYS, parse
 from tidelog.assignor import Member, assign
 from tidelog.errors import FatalError, RetriableError, UnknownTopicError, from_code
@@ -43,7 +42,9 @@ def test_partitions_match_the_shared_vectors():
     ],
 )
 def test_encode_record_is_what_protobuf_encodes(key, value, headers, ts):
-    rec = record_pb2.Record(value=value, timestamp_ms=ts, headers=[record_pb2.Header(key=k, value=v) for k, v in headers or []])
+    rec = record_pb2.Record(
+        value=value, timestamp_ms=ts, headers=[record_pb2.Header(key=k, value=v) for k, v in headers or []]
+    )
     if key is not None:
         rec.key = key
     want = record_pb2.RecordBatch(records=[rec]).SerializeToString()
@@ -91,7 +92,9 @@ def test_config_errors_name_the_key():
         Producer({"bootstrap.servers": "x:1", "compression.type": "snappy"})
     with pytest.raises(ConfigError, match="requires acks=all"):
         Producer({"bootstrap.servers": "x:1", "acks": "1", "enable.idempotence": True})
-    cfg = parse({"bootstrap.servers": "h:1", "enable.auto.commit": "false", "group.id": "g"}, CONSUMER_KEYS, "c")
+    cfg = parse(
+        {"bootstrap.servers": "h:1", "enable.auto.commit": "false", "group.id": "g"}, CONSUMER_KEYS, "c"
+    )
     assert cfg["enable.auto.commit"] is False and cfg["auto.offset.reset"] == "latest"
 
 

@@ -89,11 +89,15 @@ PRODUCER_KEYS: dict[str, Key] = {
     "enable.idempotence": Key(True, _bool, "exactly-once appends per partition across retries"),
     "linger.ms": Key(5, _int(0, 60_000), "how long a batch waits for more records"),
     "batch.size": Key(256 * 1024, _int(1024, 1 << 20), "max encoded bytes per batch"),
-    "buffer.memory": Key(32 << 20, _int(1 << 16, 1 << 34), "bytes of unacknowledged records before produce blocks"),
+    "buffer.memory": Key(
+        32 << 20, _int(1 << 16, 1 << 34), "bytes of unacknowledged records before produce blocks"
+    ),
     "max.block.ms": Key(60_000, _int(0, 3_600_000), "how long produce blocks on a full buffer"),
     "compression.type": Key("lz4", _choice("none", "lz4", "zstd"), "batch codec"),
     "max.in.flight.requests.per.connection": Key(5, _int(1, 64), "batches in flight per partition"),
-    "delivery.timeout.ms": Key(120_000, _int(1_000, 86_400_000), "time to acknowledge a record, retries included"),
+    "delivery.timeout.ms": Key(
+        120_000, _int(1_000, 86_400_000), "time to acknowledge a record, retries included"
+    ),
     "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "time to wait for one batch's response"),
     "retry.backoff.ms": Key(50, _int(1, 60_000), "first backoff before a retry (doubles, up to 1 s)"),
 }
@@ -101,7 +105,9 @@ PRODUCER_KEYS: dict[str, Key] = {
 CONSUMER_KEYS: dict[str, Key] = {
     **_COMMON,
     "group.id": Key(None, _str, "consumer group; required for subscribe() and commits"),
-    "auto.offset.reset": Key("latest", _choice("earliest", "latest", "error"), "where to start without a commit"),
+    "auto.offset.reset": Key(
+        "latest", _choice("earliest", "latest", "error"), "where to start without a commit"
+    ),
     "enable.auto.commit": Key(True, _bool, "commit consumed positions in the background"),
     "auto.commit.interval.ms": Key(5_000, _int(10, 3_600_000), "auto-commit period"),
     "session.timeout.ms": Key(10_000, _int(1_000, 300_000), "member removed after this without heartbeat"),
@@ -113,7 +119,10 @@ CONSUMER_KEYS: dict[str, Key] = {
     "queued.max.messages": Key(10_000, _int(1, 10_000_000), "records buffered ahead of poll()"),
 }
 
-ADMIN_KEYS: dict[str, Key] = {**_COMMON, "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "RPC deadline")}
+ADMIN_KEYS: dict[str, Key] = {
+    **_COMMON,
+    "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "RPC deadline"),
+}
 
 
 def parse(config: Mapping[str, Any], keys: Mapping[str, Key], kind: str) -> dict[str, Any]:

@@ -313,7 +313,9 @@ class ConsumerCore:
                 tp: pos
                 for tp, pos in self.processed.items()
                 if tp in self.assigned
-                and (pos > self.committed.get(tp, -1) or (tp in self.rewound and self.committed.get(tp) != pos))
+                and (
+                    pos > self.committed.get(tp, -1) or (tp in self.rewound and self.committed.get(tp) != pos)
+                )
             }
 
     def current_offsets(self) -> dict[TP, int]:
@@ -333,7 +335,12 @@ class ConsumerCore:
             generation, member_id = self.generation, self.member_id
         requests = [
             offsets_service_pb2.CommitRequest(
-                request_id=i, group=self.group, topic=t, offsets=offs, generation=generation, member_id=member_id
+                request_id=i,
+                group=self.group,
+                topic=t,
+                offsets=offs,
+                generation=generation,
+                member_id=member_id,
             )
             for i, (t, offs) in enumerate(by_topic.items())
         ]
@@ -506,7 +513,12 @@ class ConsumerCore:
             while True:
                 r = await call.read()
                 if r is grpc.aio.EOF:
-                    self._post(("lost", RetriableError("the broker ended the group session", grpc.StatusCode.UNAVAILABLE)))
+                    self._post(
+                        (
+                            "lost",
+                            RetriableError("the broker ended the group session", grpc.StatusCode.UNAVAILABLE),
+                        )
+                    )
                     return
                 self._post(("resp", r))
         except grpc.aio.AioRpcError as e:
@@ -521,7 +533,9 @@ class ConsumerCore:
                 self.member_id = j.member_id
             if j.leader_id == j.member_id:
                 members = [
-                    Member(m.member_id, list(m.topics), [(tp.topic, p) for tp in m.owned for p in tp.partitions])
+                    Member(
+                        m.member_id, list(m.topics), [(tp.topic, p) for tp in m.owned for p in tp.partitions]
+                    )
                     for m in j.members
                 ]
                 counts = {t.topic: t.partitions for t in j.topic_partitions}
@@ -534,7 +548,10 @@ class ConsumerCore:
                     sync.assignments.append(
                         group_service_pb2.MemberAssignment(
                             member_id=mid,
-                            partitions=[group_service_pb2.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()],
+                            partitions=[
+                                group_service_pb2.TopicPartitions(topic=t, partitions=ps)
+                                for t, ps in by_topic.items()
+                            ],
                         )
                     )
                 await call.write(group_service_pb2.SessionRequest(sync=sync))
@@ -549,5 +566,5 @@ class ConsumerCore:
         elif kind == "error":
             err = from_code(resp.error.code, resp.error.message)
             log.info("group session error: %s", err)
-            if resp.error.code in (ErrorCode.INCONSISTENT_GROUP, ErrorCode.INVALID_REQUEST):
+            if int(resp.error.code) in (ErrorCode.INCONSISTENT_GROUP, ErrorCode.INVALID_REQUEST):
                 raise err

@@ -83,7 +83,9 @@ class _Batch:
         "sent_at",
     )
 
-    def __init__(self, payload: bytes, entries: list[Entry], memory: int, base_seq: int, created: float) -> None:
+    def __init__(
+        self, payload: bytes, entries: list[Entry], memory: int, base_seq: int, created: float
+    ) -> None:
         self.payload = payload
         self.entries = entries
         self.count = len(entries)
@@ -215,7 +217,7 @@ class ProducerCore:
             )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
-        n = resp.topic.partition_count
+        n = int(resp.topic.partition_count)
         self._partitions[topic] = n
         return n
 
@@ -326,7 +328,11 @@ class ProducerCore:
                     request_deadline = oldest + self.request_timeout if oldest else None
                     wait = min(d for d in (deadline, request_deadline, now + 3600) if d is not None) - now
                     event = await self._wait_event(max(wait, 0))
-                    if event is None and request_deadline is not None and time.monotonic() >= request_deadline:
+                    if (
+                        event is None
+                        and request_deadline is not None
+                        and time.monotonic() >= request_deadline
+                    ):
                         lost = "request timed out"
                     while event is not None and lost is None:
                         if event[0] == "resp" and event[1] is conn:
@@ -455,7 +461,7 @@ class ProducerCore:
             if not q.in_flight or q.in_flight[0].request_id != r.request_id:
                 log.warning("response %d out of order; ignoring", r.request_id)
                 return False
-            code = r.error_code
+            code = int(r.error_code)
             if code == ErrorCode.NONE:
                 done.append((tp, q.in_flight.popleft(), r.base_offset, r.append_time_ms, None))
             elif is_retriable_code(code):
@@ -585,7 +591,8 @@ def prepare(
     encoded = _wire.encode_record(k, v, hs, ts)
     if len(encoded) > MAX_RECORD_BYTES:
         raise FatalError(
-            f"record of {len(encoded)} encoded bytes exceeds the broker's {MAX_RECORD_BYTES}-byte batch limit",
+            f"record of {len(encoded)} encoded bytes exceeds the broker's "
+            f"{MAX_RECORD_BYTES}-byte batch limit",
             ErrorCode.BATCH_TOO_LARGE,
         )
     return k, v, hs, ts, encoded

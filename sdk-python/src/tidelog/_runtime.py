@@ -10,6 +10,7 @@ thread-safe calls. Nothing the application supplies (callbacks) runs on this thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -49,10 +50,8 @@ class LoopThread:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        try:
+        with contextlib.suppress(Exception):  # best effort on shutdown
             self.call(cancel_all(), timeout=5)
-        except Exception:  # noqa: S110 - best effort on shutdown
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():

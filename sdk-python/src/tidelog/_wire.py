@@ -150,7 +150,9 @@ def decode_batch(batch: records_service_pb2.Batch) -> list[record_pb2.Record]:
     return list(batch.records.records)
 
 
-def produce_request_bytes(header: records_service_pb2.ProduceRequest, payload: bytes, codec: Compression) -> bytes:
+def produce_request_bytes(
+    header: records_service_pb2.ProduceRequest, payload: bytes, codec: Compression
+) -> bytes:
     """Serializes a ProduceRequest whose payload is an already-encoded (or compressed) batch.
 
     ``header`` carries every field except the payload; the uncompressed batch is appended as

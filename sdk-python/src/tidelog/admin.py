@@ -107,13 +107,20 @@ def topic_config_proto(config: Mapping[str, Any] | None) -> admin_service_pb2.To
 
 
 def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
-    config: dict[str, Any] = {k: getattr(t.config, f) for k, f in _INT_TOPIC_KEYS.items() if t.config.HasField(f)}
+    config: dict[str, Any] = {
+        k: getattr(t.config, f) for k, f in _INT_TOPIC_KEYS.items() if t.config.HasField(f)
+    }
     fsync = {v: k for k, v in _FSYNC.items()}.get(t.config.fsync_policy)
     if fsync:
         config["fsync"] = fsync
     parts = [
         PartitionInfo(
-            p.partition, p.log_start_offset, p.high_watermark, p.log_end_offset, p.size_bytes, p.leader_id,
+            p.partition,
+            p.log_start_offset,
+            p.high_watermark,
+            p.log_end_offset,
+            p.size_bytes,
+            p.leader_id,
             list(p.replica_ids),
         )
         for p in t.partitions
@@ -163,7 +170,9 @@ class AdminClient:
         return [_describe(t) for t in resp.topics]
 
     def describe_topic(self, name: str) -> TopicDescription:
-        return _describe(self._call(self._admin.DescribeTopic, admin_service_pb2.DescribeTopicRequest(name=name)).topic)
+        return _describe(
+            self._call(self._admin.DescribeTopic, admin_service_pb2.DescribeTopicRequest(name=name)).topic
+        )
 
     def list_offsets(self, topic: str, at: str | int = "latest") -> dict[int, int]:
         """Per partition: the earliest retained offset (``"earliest"``), the log end
@@ -177,7 +186,9 @@ class AdminClient:
             spec.timestamp_ms = at
         else:
             raise ConfigError(f"list_offsets at={at!r}: expected 'earliest', 'latest' or a timestamp in ms")
-        resp = self._call(self._admin.ListOffsets, admin_service_pb2.ListOffsetsRequest(topic=topic, spec=spec))
+        resp = self._call(
+            self._admin.ListOffsets, admin_service_pb2.ListOffsetsRequest(topic=topic, spec=spec)
+        )
         return {o.partition: o.offset for o in resp.offsets}
 
     def committed(self, group: str, topic: str) -> dict[int, int]:

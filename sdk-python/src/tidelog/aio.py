@@ -19,6 +19,7 @@ functions or coroutine functions; they run on the loop after the change took eff
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -95,10 +96,8 @@ class AIOProducer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RetriableError(f"producer buffer full ({core.buffer_memory} bytes) for max.block.ms")
-            try:
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(core.space_event.wait(), left)
-            except (asyncio.TimeoutError, TimeoutError):
-                pass
         if self._idle is not None:
             self._idle.clear()
         return fut
@@ -127,7 +126,9 @@ class AIOProducer:
             if err is not None:
                 fut.set_exception(err)
             else:
-                fut.set_result(Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3]))
+                fut.set_result(
+                    Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3])
+                )
 
     def _on_idle(self) -> None:
         if self._idle is not None:
@@ -251,7 +252,9 @@ class AIOConsumer:
     async def commit(self, offsets: list[TopicPartition] | None = None) -> None:
         """Commits ``offsets`` (next offset to read), or every record returned so far."""
         if offsets is not None:
-            todo: dict[TP, int] = {(tp.topic, tp.partition): tp.offset for tp in offsets if tp.offset is not None}
+            todo: dict[TP, int] = {
+                (tp.topic, tp.partition): tp.offset for tp in offsets if tp.offset is not None
+            }
         else:
             todo = self._core.current_offsets()
         await self._core.commit_positions(todo)

@@ -23,7 +23,9 @@ class Member:
     owned: list[tuple[str, int]] = field(default_factory=list)
 
 
-def assign(name: str, members: Sequence[Member], partitions: Mapping[str, int]) -> dict[str, list[tuple[str, int]]]:
+def assign(
+    name: str, members: Sequence[Member], partitions: Mapping[str, int]
+) -> dict[str, list[tuple[str, int]]]:
     """Assigns every partition of ``partitions`` (topic → count) to one of ``members``."""
     ids = sorted(members, key=lambda m: m.member_id)
     out: dict[str, set[tuple[str, int]]] = {m.member_id: set() for m in ids}

@@ -156,7 +156,9 @@ class Consumer:
         self._rt.call(self._core.commit_positions(todo))
         return [TopicPartition(t, p, o) for (t, p), o in sorted(todo.items())]
 
-    def committed(self, partitions: list[TopicPartition], timeout: float | None = None) -> list[TopicPartition]:
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float | None = None
+    ) -> list[TopicPartition]:
         """The group's committed offsets (``offset`` None where nothing was committed)."""
         tps = [(tp.topic, tp.partition) for tp in partitions]
         got = self._rt.call(self._core.fetch_committed(tps), timeout)

@@ -45,6 +45,7 @@ class ErrorCode(enum.IntEnum):
 
 _RETRIABLE_CODES = frozenset({ErrorCode.STORAGE_ERROR, ErrorCode.NOT_LEADER, ErrorCode.SHUTTING_DOWN})
 
+
 def is_retriable_code(code: int) -> bool:
     """Whether a broker ``ErrorCode`` number is retriable (unknown numbers are not)."""
     return code in _RETRIABLE_CODES

@@ -1,0 +1,211 @@
+"""Consumer groups against a real broker: Python members, and groups mixing Python and Rust
+members (real example processes, SIGKILLed) that must split partitions disjointly and
+completely and process every record at least once."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import REPO, Broker, binary, eventually, unique
+
+from tidelog import AdminClient, Consumer, IllegalGenerationError, Message, Producer, TopicPartition
+
+
+def produce(addr: str, topic: str, start: int, count: int) -> None:
+    with Producer({"bootstrap.servers": addr, "linger.ms": 1}) as p:
+        for i in range(start, start + count):
+            p.produce(topic, str(i), key=f"k{i}")
+        assert p.flush(30) == 0
+
+
+def consumer(addr: str, group: str, **extra: object) -> Consumer:
+    cfg = {"bootstrap.servers": addr, "group.id": group, "auto.offset.reset": "earliest", **extra}
+    return Consumer(cfg)
+
+
+def test_two_python_members_split_partitions_and_commit(broker: Broker, admin: AdminClient):
+    topic, group = unique("g"), unique("grp")
+    admin.create_topic(topic, num_partitions=4)
+    produce(broker.addr, topic, 0, 400)
+    a = consumer(broker.addr, group)
+    assigned_a: list[list[TopicPartition]] = []
+    a.subscribe([topic], on_assign=lambda c, ps: assigned_a.append(ps))
+    eventually(lambda: a.poll(0.1) or None, what="first record for member a")
+    b = consumer(broker.addr, group)
+    b.subscribe([topic])
+    seen: dict[tuple[int, int], Message] = {}
+
+    def split() -> bool:
+        for m in a.consume(100, 0.05) + b.consume(100, 0.05):
+            seen[(m.partition, m.offset)] = m
+        pa, pb = set(a.assignment()), set(b.assignment())
+        return bool(pa and pb and not pa & pb and len(pa | pb) == 4)
+
+    eventually(split, what="a disjoint, complete split over two members")
+    eventually(
+        lambda: (
+            (
+                [seen.update({(m.partition, m.offset): m for m in c.consume(500, 0.05)}) for c in (a, b)]
+                and len(seen) >= 399
+            )
+            or None
+        ),
+        what="every record consumed",
+    )
+    assert any(len(ps) == 4 for ps in assigned_a)  # a had everything before b joined
+    a.commit()
+    b.commit()
+    committed = a.committed([TopicPartition(topic, p) for p in range(4)]) if a.assignment() else []
+    assert all(
+        tp.offset is not None for tp in committed if TopicPartition(tp.topic, tp.partition) in a.assignment()
+    )
+    a.close()
+    # b takes over a's partitions (a left, so at once) and nothing is lost.
+    eventually(lambda: len(b.assignment()) == 4, what="b owning every partition after a left")
+    b.close()
+    lag = admin.describe_group(group).lag
+    assert sum(lag.values()) <= 1  # only records still in progress may be uncommitted
+
+
+def test_seek_pause_resume_position_and_stale_commits(broker: Broker, admin: AdminClient):
+    topic, group = unique("s"), unique("grp")
+    admin.create_topic(topic, num_partitions=1)
+    produce(broker.addr, topic, 0, 100)
+    c = consumer(broker.addr, group, **{"enable.auto.commit": False})
+    c.subscribe([topic])
+    first = eventually(lambda: c.poll(0.2), what="first record")
+    assert first.offset == 0
+    tp = TopicPartition(topic, 0)
+    c.seek(TopicPartition(topic, 0, 90))
+    m = eventually(lambda: c.poll(0.2), what="record after seek")
+    assert m.offset == 90
+    assert c.position([tp])[0].offset == 91
+    c.commit(m)
+    assert c.committed([tp])[0].offset == 91
+    c.pause([tp])
+    assert c.poll(0.3) is None
+    c.resume([tp])
+    assert eventually(lambda: c.poll(0.2), what="record after resume").offset == 91
+    # A commit outside membership while the group has a member is fenced.
+    with Consumer({"bootstrap.servers": broker.addr, "group.id": group}) as outsider:
+        outsider.assign([TopicPartition(topic, 0, 0)])
+        with pytest.raises(IllegalGenerationError):
+            outsider.commit(offsets=[TopicPartition(topic, 0, 5)])
+    c.close()
+
+
+def test_auto_commit_is_at_least_once(broker: Broker, admin: AdminClient):
+    """Records returned by the last poll before close count as unprocessed: a new member of the
+    group gets them again; records of earlier polls are never redelivered."""
+    topic, group = unique("a"), unique("grp")
+    admin.create_topic(topic, num_partitions=1)
+    produce(broker.addr, topic, 0, 50)
+    c = consumer(broker.addr, group, **{"auto.commit.interval.ms": 50})
+    c.subscribe([topic])
+    got: list[Message] = []
+    eventually(lambda: got.extend(c.consume(10, 0.2)) or len(got) >= 30, what="30 records")
+    last_batch_start = got[-1].offset  # what the latest consume returned is "in progress"
+    c._rt.stop()  # simulate a crash: no final commit, no leave
+    committed = AdminClient({"bootstrap.servers": broker.addr}).committed(group, topic).get(0, 0)
+    assert committed <= last_batch_start + 1
+    d = consumer(broker.addr, group, **{"session.timeout.ms": 1000})
+    d.subscribe([topic])
+    again = eventually(lambda: d.poll(0.5), timeout=30, what="redelivery to a new member")
+    assert again.offset == committed  # resumes exactly at the commit: nothing skipped
+    d.close()
+
+
+# ---- mixed Python + Rust groups ------------------------------------------------------------
+
+_TP = re.compile(r'\("([^"]+)", (\d+)\)')
+
+
+class Member:
+    """A group member process (the Rust or Python example) whose output is collected."""
+
+    def __init__(self, kind: str, addr: str, topic: str, group: str) -> None:
+        if kind == "rust":
+            cmd = [
+                str(binary("group_consumer")),
+                "--broker",
+                f"http://{addr}",
+                "--topic",
+                topic,
+                "--group",
+                group,
+            ]
+        else:
+            script = REPO / "examples" / "python" / "group_consumer.py"
+            cmd = [sys.executable, str(script), "--broker", addr, "--topic", topic, "--group", group]
+        self.kind = kind
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.records: set[tuple[int, int]] = set()
+        self.assignment: set[int] | None = None
+        self.lock = threading.Lock()
+        threading.Thread(target=self._out, daemon=True).start()
+        threading.Thread(target=self._err, daemon=True).start()
+
+    def _out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            p, o = line.split()[0].split("/")
+            with self.lock:
+                self.records.add((int(p), int(o)))
+
+    def _err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if "assigned" in line:
+                with self.lock:
+                    self.assignment = {int(p) for _, p in _TP.findall(line)}
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.mark.parametrize("victim", ["rust", "python"])
+def test_mixed_group_splits_and_survives_a_killed_member(broker: Broker, admin: AdminClient, victim: str):
+    topic, group = unique("mix"), unique("grp")
+    admin.create_topic(topic, num_partitions=4)
+    produce(broker.addr, topic, 0, 1000)
+    members = {
+        "rust": Member("rust", broker.addr, topic, group),
+        "python": Member("python", broker.addr, topic, group),
+    }
+    try:
+
+        def split() -> bool:
+            a, b = members["rust"].assignment, members["python"].assignment
+            return bool(a and b and not a & b and a | b == {0, 1, 2, 3})
+
+        eventually(
+            split, timeout=30, what="disjoint, complete assignments across the Rust and Python members"
+        )
+        produce(broker.addr, topic, 1000, 1000)
+        survivor = members["python" if victim == "rust" else "rust"]
+        members[victim].kill9()
+        produce(broker.addr, topic, 2000, 1000)
+        offsets = admin.list_offsets(topic, "latest")
+        everything = {(p, o) for p, end in offsets.items() for o in range(end)}
+        assert len(everything) == 3000
+
+        def covered() -> bool:
+            with members["rust"].lock, members["python"].lock:
+                return everything <= members["rust"].records | members["python"].records
+
+        eventually(covered, timeout=60, what=f"every record processed after the {victim} member was killed")
+        assert survivor.assignment == {0, 1, 2, 3}
+    finally:
+        for m in members.values():
+            m.stop()
