@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 from concurrent.futures import Future
 
@@ -14,9 +15,11 @@ from conftest import Broker, binary, unique
 from tidelog import (
     AdminClient,
     Consumer,
+    DeliveryTimeoutError,
     FatalError,
     Message,
     Producer,
+    RetriableError,
     TopicPartition,
     UnknownTopicError,
     partition_for_key,
@@ -225,3 +228,36 @@ def test_idempotent_producer_survives_broker_kill9_without_duplicates(own_broker
         assert values == sorted(values), "reordered"
         assert len(values) == len(set(values)), "duplicated"
     assert {(m.partition, m.offset) for m in got} == {(r.partition, r.offset) for r in results}
+
+
+def test_full_buffer_blocks_then_fails_and_delivery_times_out(own_broker: Broker):
+    """A stalled broker (SIGSTOP): produce blocks on a full buffer.memory for max.block.ms, then
+    raises; records not acknowledged within delivery.timeout.ms fail; after SIGCONT, new
+    records go through."""
+    b = own_broker
+    with AdminClient({"bootstrap.servers": b.addr}) as a:
+        a.create_topic("stall", num_partitions=1)
+    cfg = {
+        "bootstrap.servers": b.addr,
+        "buffer.memory": 64 * 1024,
+        "max.block.ms": 300,
+        "delivery.timeout.ms": 1500,
+        "request.timeout.ms": 500,
+        "enable.idempotence": False,
+        "acks": "leader",
+    }
+    with Producer(cfg) as p:
+        p.produce_future("stall", b"warm-up").result(10)  # metadata cached, stream open
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            futs = []
+            with pytest.raises(RetriableError, match="buffer full"):
+                for _ in range(1000):
+                    futs.append(p.produce_future("stall", b"x" * 1000))
+            assert 0 < len(futs) < 100  # ~64 KiB of records were accepted, then it blocked
+            with pytest.raises(DeliveryTimeoutError):
+                futs[-1].result(10)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        assert p.produce_future("stall", b"after").result(20).offset >= 1
