@@ -177,6 +177,35 @@ pub(crate) fn linger_deadline(q: &PartitionQueue, linger: std::time::Duration) -
     q.open.as_ref().map(|o| o.created + linger)
 }
 
+/// For the SDK's criterion benchmark (`sdk-rust/benches/sdk.rs`), not an API: appends
+/// `records` to one partition's queue exactly as `Producer::send` does (a delivery channel per
+/// record, seal on overflow) and seals the last batch. Returns the batches sealed.
+#[doc(hidden)]
+pub fn bench_accumulate(records: Vec<Record>, max_batch_bytes: usize, compression: Compression) -> usize {
+    let mut acc = Accumulator::default();
+    let mut receivers = Vec::with_capacity(records.len());
+    for record in records {
+        let (tx, rx) = oneshot::channel();
+        receivers.push(rx);
+        let size = record.encoded_len();
+        acc.append(
+            TopicPartition { topic: "bench".into(), partition: 0 },
+            record,
+            size,
+            tx,
+            max_batch_bytes,
+            compression,
+        );
+    }
+    acc.queues
+        .values_mut()
+        .map(|q| {
+            seal(q, compression);
+            q.ready.len()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

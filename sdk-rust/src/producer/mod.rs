@@ -20,6 +20,9 @@
 mod accumulator;
 mod sender;
 
+#[doc(hidden)]
+pub use accumulator::bench_accumulate;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
