@@ -13,7 +13,15 @@ import threading
 import pytest
 from conftest import REPO, Broker, binary, eventually, unique
 
-from tidelog import AdminClient, Consumer, IllegalGenerationError, Message, Producer, TopicPartition
+from tidelog import (
+    AdminClient,
+    Consumer,
+    IllegalGenerationError,
+    Message,
+    OffsetOutOfRangeError,
+    Producer,
+    TopicPartition,
+)
 
 
 def produce(addr: str, topic: str, start: int, count: int) -> None:
@@ -209,3 +217,65 @@ def test_mixed_group_splits_and_survives_a_killed_member(broker: Broker, admin: 
     finally:
         for m in members.values():
             m.stop()
+
+
+# ---- regressions: robustness of the group session and consumer options --------------------
+
+
+def test_group_member_rejoins_after_a_broker_restart(own_broker: Broker):
+    b = own_broker
+    with AdminClient({"bootstrap.servers": b.addr}) as a:
+        a.create_topic("r", num_partitions=2)
+    produce(b.addr, "r", 0, 10)
+    c = consumer(b.addr, "rg", **{"auto.commit.interval.ms": 100})
+    c.subscribe(["r"])
+    got: set[int] = set()
+    eventually(
+        lambda: got.update(int(m.value) for m in c.consume(100, 0.1)) or len(got) == 10, what="10 records"
+    )
+    b.kill9()
+    b.start()  # same port and data; the group's membership is gone with the old process
+    produce(b.addr, "r", 10, 10)
+    eventually(
+        lambda: got.update(int(m.value) for m in c.consume(100, 0.1)) or len(got) == 20,
+        timeout=30,
+        what="records produced after the restart, through a rejoined session",
+    )
+    assert len(c.assignment()) == 2
+    c.close()
+
+
+def test_resubscribe_changes_topics_and_reset_error_never_skips(broker: Broker, admin: AdminClient):
+    t1, t2, group = unique("s1"), unique("s2"), unique("grp")
+    admin.create_topic(t1, num_partitions=1)
+    admin.create_topic(t2, num_partitions=1)
+    produce(broker.addr, t2, 0, 3)
+    c = consumer(broker.addr, group)
+    c.subscribe([t1])
+    c.subscribe([t2])  # at once, while the first join is still in flight
+    m = eventually(lambda: c.poll(0.2), what="a record of the second topic")
+    assert m.topic == t2
+    assert {tp.topic for tp in c.assignment()} == {t2}
+    c.close()
+    # auto.offset.reset=error: no committed offset → an error, and no silent jump to the end.
+    fresh = consumer(broker.addr, unique("grp"), **{"auto.offset.reset": "error"})
+    fresh.subscribe([t2])
+    with pytest.raises(OffsetOutOfRangeError):
+        eventually(lambda: fresh.poll(0.2), what="the reset error")
+    produce(broker.addr, t2, 3, 1)
+    assert fresh.poll(0.5) is None  # still stopped: nothing skipped
+    fresh.seek(TopicPartition(t2, 0, 0))
+    assert eventually(lambda: fresh.poll(0.2), what="record after seek").offset == 0
+    fresh.close()
+
+
+def test_manual_assignment_with_a_group_auto_commits(broker: Broker, admin: AdminClient):
+    topic, group = unique("m"), unique("grp")
+    admin.create_topic(topic, num_partitions=1)
+    produce(broker.addr, topic, 0, 5)
+    c = consumer(broker.addr, group, **{"auto.commit.interval.ms": 50})
+    c.assign([TopicPartition(topic, 0, 0)])
+    eventually(lambda: len(c.consume(10, 0.1)) == 5 or None, what="5 records")
+    c.poll(0.05)  # the 5 records count as processed now
+    eventually(lambda: admin.committed(group, topic).get(0) == 5, what="auto-commit of a manual assignment")
+    c.close()

@@ -261,3 +261,21 @@ def test_full_buffer_blocks_then_fails_and_delivery_times_out(own_broker: Broker
         finally:
             b.proc.send_signal(signal.SIGCONT)
         assert p.produce_future("stall", b"after").result(20).offset >= 1
+
+
+def test_flush_returns_while_another_thread_polls(broker: Broker, topic: str):
+    """confluent's usual pattern: a thread serving poll() while the main thread flushes."""
+    import threading
+
+    delivered = []
+    with Producer({"bootstrap.servers": broker.addr}) as p:
+        stop = threading.Event()
+        poller = threading.Thread(target=lambda: [p.poll(0.05) for _ in iter(stop.is_set, True)], daemon=True)
+        poller.start()
+        for i in range(2000):
+            p.produce(topic, str(i), on_delivery=lambda err, msg: delivered.append(err or msg))
+        assert p.flush(20) == 0
+        stop.set()
+        poller.join(5)
+        p.poll(0)
+    assert len(delivered) == 2000 and all(isinstance(m, Message) for m in delivered)

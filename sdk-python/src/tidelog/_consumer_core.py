@@ -90,6 +90,8 @@ class ConsumerCore:
         self.closing = False
         self._owned: list[TP] = []
         self._joining = False
+        self._rejoin_pending = False
+        self._commit_timer: asyncio.Task[None] | None = None
         self._fetchers: list[asyncio.Task[None]] = []
         self._session_task: asyncio.Task[None] | None = None
         self._session_events: asyncio.Queue[tuple[Any, ...]] | None = None
@@ -163,6 +165,17 @@ class ConsumerCore:
         await self._revoke(commit=False, notify=False)
         explicit = {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.offset is not None}
         await self._assign(0, [(tp.topic, tp.partition) for tp in partitions], explicit)
+        if self.group and self.cfg["enable.auto.commit"] and self._commit_timer is None:
+            self._commit_timer = asyncio.get_running_loop().create_task(self._auto_commit_manual())
+
+    async def _auto_commit_manual(self) -> None:
+        """Auto-commit for manually assigned partitions (no group session to time it)."""
+        while True:
+            await asyncio.sleep(self.cfg["auto.commit.interval.ms"] / 1000)
+            try:
+                await self.commit_positions(self.processed_offsets())
+            except TidelogError as e:
+                log.debug("auto-commit failed: %s", e)
 
     async def _assign(self, generation: int, tps: list[TP], explicit: dict[TP, int] | None = None) -> None:
         """Starts a new assignment from committed offsets (or explicit ones, or the reset policy)."""
@@ -232,6 +245,8 @@ class ConsumerCore:
         self._fetchers.clear()
         with self.lock:
             active = sorted(self.assigned - self.paused)
+            if self.reset == "error":  # no position, no fetching: the application must seek
+                active = [tp for tp in active if tp in self.positions]
             epoch = self.fetch_epoch
             starts = {tp: self.positions.get(tp) for tp in active}
         loop = asyncio.get_running_loop() if self.loop is None else self.loop
@@ -265,7 +280,10 @@ class ConsumerCore:
                 err = from_rpc_error(e)
             except TidelogError as e:
                 err = e
-            if isinstance(err, OffsetOutOfRangeError) and self.reset != "error":
+            if isinstance(err, OffsetOutOfRangeError) and self.reset == "error":
+                self._push(epoch, [err])
+                return  # auto.offset.reset=error: stopped until the application seeks
+            if isinstance(err, OffsetOutOfRangeError):
                 log.warning("%s: position out of range; applying auto.offset.reset=%s", topic, self.reset)
                 starts = dict.fromkeys(starts)
             elif err.retriable:
@@ -407,7 +425,9 @@ class ConsumerCore:
     async def close(self) -> None:
         """Commits what was processed, leaves the group (it rebalances at once) and stops."""
         self.closing = True
-        if self._session_task is not None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+        if self._session_task is not None and not self._session_task.done():
             done = asyncio.get_running_loop().create_future()
             self._post(("close", done))
             try:
@@ -416,7 +436,7 @@ class ConsumerCore:
                 log.warning("leaving the group timed out")
             self._session_task.cancel()
             await asyncio.gather(self._session_task, return_exceptions=True)
-        else:
+        elif self._session_task is None:
             if self.group and self.cfg["enable.auto.commit"]:
                 try:
                     await self.commit_positions(self.processed_offsets())
@@ -428,19 +448,45 @@ class ConsumerCore:
         await asyncio.gather(*self._fetchers, return_exceptions=True)
 
     async def _session_loop(self) -> None:
+        """Runs sessions until the consumer closes: any failure (broker restart, lost stream,
+        a write to a dead call) revokes and rejoins after a backoff; only a fatal group error
+        (no common assignor, invalid request) ends membership, reported to the application."""
         backoff = 0.1
-        while not self.closing:
+        while True:
             try:
                 if await self._session():
                     return
+            except asyncio.CancelledError:
+                raise
             except TidelogError as e:
                 log.debug("group session failed (%s); rejoining", e)
                 if not e.retriable and e.code in (ErrorCode.INCONSISTENT_GROUP, ErrorCode.INVALID_REQUEST):
                     self._push(self.fetch_epoch, [e])
+                    await self._revoke(commit=False)
                     return
+            except Exception as e:  # grpc.aio raises its own types from write() on a dead call
+                log.debug("group session failed (%r); rejoining", e)
             await self._revoke(commit=False)
-            await asyncio.sleep(backoff)
+            if await self._close_requested_within(backoff):
+                return
             backoff = min(backoff * 2, 2.0)
+
+    async def _close_requested_within(self, delay: float) -> bool:
+        """Waits ``delay`` between sessions, answering a close at once (True)."""
+        assert self._session_events is not None
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ev = await asyncio.wait_for(self._session_events.get(), left)
+            except (asyncio.TimeoutError, TimeoutError):
+                return False
+            if ev[0] == "close":
+                if not ev[1].done():
+                    ev[1].set_result(None)
+                return True
+            # "rejoin": the next session's Join carries the new topics; stale stream events
+            # of the dead session are dropped.
+        return False
 
     def _join_request(self) -> group_service_pb2.SessionRequest:
         self._joining = True
@@ -489,40 +535,48 @@ class ConsumerCore:
                         except TidelogError as e:
                             log.debug("auto-commit failed: %s", e)
                 kind = ev[0]
+                if kind in ("resp", "lost") and ev[1] is not call:
+                    continue  # left over from an earlier session
                 if kind == "resp":
-                    await self._on_session_response(call, ev[1])
+                    await self._on_session_response(call, ev[2])
                 elif kind == "lost":
-                    raise ev[1]
-                elif kind == "rejoin" and not self._joining:
-                    await self._revoke(commit=True)
-                    await call.write(self._join_request())
+                    raise ev[2]
+                elif kind == "rejoin":
+                    if self._joining:
+                        self._rejoin_pending = True  # after this round's assignment
+                    else:
+                        await self._revoke(commit=True)
+                        await call.write(self._join_request())
                 elif kind == "close":
-                    await self._revoke(commit=True)
-                    await call.write(group_service_pb2.SessionRequest(leave=group_service_pb2.LeaveGroup()))
-                    await call.done_writing()
-                    if not ev[1].done():
-                        ev[1].set_result(None)
+                    try:
+                        await self._revoke(commit=True)
+                        await call.write(
+                            group_service_pb2.SessionRequest(leave=group_service_pb2.LeaveGroup())
+                        )
+                        await call.done_writing()
+                    except Exception as e:  # a dead call: the broker drops us when it notices
+                        log.debug("leaving the group failed: %r", e)
+                    finally:
+                        if not ev[1].done():
+                            ev[1].set_result(None)
                     return True
         finally:
             reader.cancel()
             call.cancel()
 
     async def _read_session(self, call: Any) -> None:
-        assert self._session_events is not None
+        """Posts the session's responses (tagged with their call, so a later session can tell
+        leftovers of this one apart) and its end."""
         try:
             while True:
                 r = await call.read()
                 if r is grpc.aio.EOF:
-                    self._post(
-                        (
-                            "lost",
-                            RetriableError("the broker ended the group session", grpc.StatusCode.UNAVAILABLE),
-                        )
-                    )
+                    ended = RetriableError("the broker ended the group session", grpc.StatusCode.UNAVAILABLE)
+                    self._post(("lost", call, ended))
                     return
-                self._post(("resp", r))
+                self._post(("resp", call, r))
         except grpc.aio.AioRpcError as e:
-            self._post(("lost", from_rpc_error(e)))
+            self._post(("lost", call, from_rpc_error(e)))
 
     async def _on_session_response(self, call: Any, resp: group_service_pb2.SessionResponse) -> None:
         kind = resp.WhichOneof("kind")
@@ -558,6 +612,10 @@ class ConsumerCore:
         elif kind == "assignment":
             a = resp.assignment
             await self._assign(a.generation, [(tp.topic, p) for tp in a.partitions for p in tp.partitions])
+            if self._rejoin_pending:  # subscribe() changed the topics during this round
+                self._rejoin_pending = False
+                await self._revoke(commit=True)
+                await call.write(self._join_request())
         elif kind == "rebalance":
             if not self._joining:  # else our Join on its way answers this rebalance too
                 log.debug("rebalance (%s): revoking", resp.rebalance.reason)

@@ -120,9 +120,15 @@ class _Queue:
         self.in_flight.clear()
         return ids
 
-    def renumber_after_drop(self, dropped: _Batch) -> None:
-        """``dropped`` was never stored: every later batch takes over its sequence numbers."""
-        for b in (*self.in_flight, *self.ready):
+    def renumber_after_drop(self, dropped: _Batch, in_flight_after: bool) -> None:
+        """``dropped`` was never stored: every *later* batch takes over its sequence numbers.
+
+        Later means ``ready`` always, and ``in_flight`` only when the dropped batch was the
+        first one in flight (a fatal response); a batch dropped from ``ready`` (expired) comes
+        after everything in flight, whose sequences must not move (they may be stored).
+        """
+        later = (*self.in_flight, *self.ready) if in_flight_after else tuple(self.ready)
+        for b in later:
             b.base_seq = (b.base_seq - dropped.count) % _SEQ_MODULUS
         self.next_seq = (self.next_seq - dropped.count) % _SEQ_MODULUS
 
@@ -155,7 +161,8 @@ class ProducerCore:
         self.space = threading.Condition(self.lock)  # buffer memory freed
         self._queues: dict[tuple[str, int], _Queue] = {}
         self._sticky: dict[str, int] = {}
-        self._partitions: dict[str, int] = {}
+        self._partitions: dict[str, tuple[int, float]] = {}  # topic → (count, fetched at)
+        self.metadata_max_age = cfg["metadata.max.age.ms"] / 1000
         self.memory_used = 0
         self.pending = 0
         self.closed = False
@@ -207,7 +214,11 @@ class ProducerCore:
     # ---- metadata -----------------------------------------------------------------------
 
     def cached_partitions(self, topic: str) -> int | None:
-        return self._partitions.get(topic)
+        """The topic's partition count if known and younger than metadata.max.age.ms."""
+        got = self._partitions.get(topic)
+        if got is None or time.monotonic() - got[1] > self.metadata_max_age:
+            return None
+        return got[0]
 
     async def fetch_partitions(self, topic: str) -> int:
         """The topic's partition count from the broker (cached until a send says it changed)."""
@@ -218,7 +229,7 @@ class ProducerCore:
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         n = int(resp.topic.partition_count)
-        self._partitions[topic] = n
+        self._partitions[topic] = (n, time.monotonic())
         return n
 
     # ---- accumulator (any thread) -------------------------------------------------------
@@ -308,7 +319,7 @@ class ProducerCore:
                             self._fail_fatal(e)
                             return
                         log.debug("produce stream not available (%s); retrying", e)
-                        self._expire(time.monotonic())
+                        self._complete_all(self._expire(time.monotonic()))
                         await self._wait_event(backoff)
                         backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue
@@ -473,12 +484,14 @@ class ProducerCore:
                 if code in (ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_PARTITION):
                     self._partitions.pop(tp[0], None)  # the next produce reads fresh metadata
                 b = q.in_flight.popleft()
-                q.renumber_after_drop(b)
+                q.renumber_after_drop(b, in_flight_after=True)
                 for rid in q.rewind():
                     conn.in_flight.pop(rid, None)
                 err = from_code(code, r.error_message)
                 if code == ErrorCode.PRODUCER_FENCED:
+                    # A newer instance owns this producer id: this one must stop producing.
                     self.fatal = err
+                    self.closed = True
                 done.append((tp, b, -1, -1, err))
         self._complete_all(done)
         return retry
@@ -525,7 +538,7 @@ class ProducerCore:
                     if b.attempts > 0 and self.idempotent:
                         poisoned = True
                     else:
-                        q.renumber_after_drop(b)
+                        q.renumber_after_drop(b, in_flight_after=False)
                     expired.append((tp, b))
             if poisoned:
                 self.closed = True

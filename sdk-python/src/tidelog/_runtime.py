@@ -10,6 +10,7 @@ thread-safe calls. Nothing the application supplies (callbacks) runs on this thr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine
@@ -35,9 +36,9 @@ class LoopThread:
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)
-        except TimeoutError:
+        except (TimeoutError, concurrent.futures.TimeoutError):  # distinct types before 3.11
             fut.cancel()
-            raise
+            raise TimeoutError(f"no answer within {timeout} s") from None
 
     def stop(self) -> None:
         """Stops the loop (after cancelling what still runs on it) and joins the thread."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -41,6 +42,8 @@ from .errors import ClosedError, RetriableError, TidelogError
 from .types import Message, TopicPartition
 
 __all__ = ["AIOConsumer", "AIOProducer"]
+
+log = logging.getLogger("tidelog.aio")
 
 
 class AIOProducer:
@@ -75,6 +78,8 @@ class AIOProducer:
         """Queues a record; returns a future of the delivered :class:`Message`."""
         await self.start()
         core = self._core
+        if partition is not None and partition < 0:
+            partition = None  # -1: any partition (by key, else sticky)
         k, v, hs, ts, encoded = prepare(key, value, headers, timestamp)
         count = core.cached_partitions(topic)
         if count is None:
@@ -195,11 +200,20 @@ class AIOConsumer:
         cb = self._on_assign if kind == "assign" else self._on_revoke
         if cb is None:
             return
-        result = cb(self, partitions)
+        try:
+            result = cb(self, partitions)
+        except Exception:  # the application's bug must not stop the group session
+            log.exception("on_%s callback failed", kind)
+            return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
             self._callbacks.add(task)
-            task.add_done_callback(self._callbacks.discard)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rebalance callback failed: %r", task.exception())
 
     async def subscribe(
         self, topics: list[str], on_assign: Callback | None = None, on_revoke: Callback | None = None

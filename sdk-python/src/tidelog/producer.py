@@ -13,7 +13,9 @@ batch and returns (it blocks only while ``buffer.memory`` is full, up to ``max.b
 A background thread batches (``linger.ms``, ``batch.size``), compresses, sends and retries.
 Delivery callbacks ``on_delivery(err, msg)`` run in *your* thread, from :meth:`poll` and
 :meth:`flush`, as in confluent-kafka. :meth:`produce_future` returns a
-``concurrent.futures.Future`` instead (its done-callbacks run on the background thread).
+``concurrent.futures.Future`` instead. Its done-callbacks run on the SDK's background thread:
+keep them short and never call back into the producer from them (``flush`` there would wait
+for the thread it blocks).
 
 Guarantees with the defaults (acks=all, idempotence on): each record is appended exactly once
 and in order per partition, across retries and reconnects.
@@ -53,7 +55,7 @@ class Producer:
         idempotence_config(cfg, explicit="enable.idempotence" in config)
         self._cfg = cfg
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._core = ProducerCore(cfg, self._on_batch_done, lambda: self._callbacks.put(None))
+        self._core = ProducerCore(cfg, self._on_batch_done, lambda: None)
         self._closed = False
         self._rt = LoopThread("tidelog-producer")
         self._rt.call(self._start(target(cfg["bootstrap.servers"])))
@@ -108,6 +110,8 @@ class Producer:
         sink: Any,
     ) -> None:
         core = self._core
+        if partition is not None and partition < 0:
+            partition = None  # confluent-kafka's -1: any partition (by key, else sticky)
         k, v, hs, ts, encoded = prepare(key, value, headers, timestamp)
         count = core.cached_partitions(topic)
         if count is None:
@@ -141,8 +145,8 @@ class Producer:
         for i, e in enumerate(entries):
             sink = e[4]
             if isinstance(sink, concurrent.futures.Future):
-                if sink.done():
-                    continue
+                if not sink.set_running_or_notify_cancel():
+                    continue  # cancelled by the application
                 if err is not None:
                     sink.set_exception(err)
                 else:
@@ -166,10 +170,6 @@ class Producer:
                     item = self._callbacks.get(timeout=left) if left != 0 else self._callbacks.get_nowait()
             except queue.Empty:
                 return served
-            if item is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return served
-                continue
             served += self._serve(item)
 
     def _serve(self, item: tuple[str, int, list[Entry], int, TidelogError | None]) -> int:
@@ -185,28 +185,22 @@ class Producer:
 
     def flush(self, timeout: float | None = None) -> int:
         """Sends every queued record now (ignoring linger) and waits until all are acknowledged
-        or failed, serving their callbacks. Returns how many are still pending (0 = all done)."""
+        or failed, serving their callbacks. Returns how many are still pending (0 = all done).
+
+        Safe alongside a thread calling :meth:`poll`: it waits for the pending count, not for
+        a signal another caller could take."""
         self._core.request_flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            while True:
-                try:
-                    item = self._callbacks.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self._serve(item)
+            self.poll(0)
             if self._core.pending == 0:
+                self.poll(0)  # callbacks of the last batches
                 return 0
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return self._core.pending
-            try:
-                item = self._callbacks.get(timeout=left)
-            except queue.Empty:
-                return self._core.pending
-            if item is not None:
-                self._serve(item)
+            # Short slices: wake for callbacks as they come, re-check the pending count.
+            self.poll(0.02 if left is None else min(left, 0.02))
 
     def __len__(self) -> int:
         """Records produced and not yet acknowledged or failed."""
@@ -217,16 +211,12 @@ class Producer:
         if self._closed:
             return
         self._closed = True
-        self.flush(timeout)
-        self._rt.call(self._shutdown(), timeout=30)
-        while True:
-            try:
-                item = self._callbacks.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self._serve(item)
-        self._rt.stop()
+        try:
+            self.flush(timeout)
+            self._rt.call(self._shutdown(), timeout=30)
+            self.poll(0)  # callbacks of records failed by the close
+        finally:
+            self._rt.stop()
 
     async def _shutdown(self) -> None:
         await self._core.close(timeout=0)
