@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tidelog::batch::decode_batch;
-use tidelog::proto::v1::Acks;
-use tidelog::{Client, Producer, ProducerConfig, Record, StartAt, Subscription};
+use tidelog::{Client, Producer, Record, StartAt, Subscription};
 use tokio::sync::watch;
 
 use super::produce::{encode_batch, run_raw, sdk_producer, shares, stamp, summary, RawProducer, SdkJob};
@@ -59,15 +58,7 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
         let rate = args.rate as f64 / args.producers as f64;
         let template = values(args.record_size, 64, p as u64);
         if args.sdk {
-            let acks = args.acks();
-            let config = ProducerConfig {
-                acks,
-                idempotence: acks == Acks::All,
-                compression: args.compression(),
-                linger: Duration::from_millis(args.linger_ms),
-                max_batch_bytes: (args.batch_records * (args.record_size + 16)).min(900 * 1024),
-                ..ProducerConfig::default()
-            };
+            let config = args.producer_config();
             let job = SdkJob {
                 producer: Producer::new(client, config).await?,
                 topic: args.topic.clone(),

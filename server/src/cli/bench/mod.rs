@@ -109,6 +109,20 @@ impl BenchArgs {
     fn acks(&self) -> Acks {
         self.acks.into()
     }
+
+    /// The SDK producer's settings for `--sdk` runs (idempotence goes with acks=all, as in
+    /// the SDK's defaults; batches sized from `--batch-records`).
+    fn producer_config(&self) -> tidelog::ProducerConfig {
+        let acks = self.acks();
+        tidelog::ProducerConfig {
+            acks,
+            idempotence: acks == Acks::All,
+            compression: self.compression(),
+            linger: std::time::Duration::from_millis(self.linger_ms),
+            max_batch_bytes: (self.batch_records * (self.record_size + 16)).min(900 * 1024),
+            ..tidelog::ProducerConfig::default()
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {

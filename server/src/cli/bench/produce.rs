@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tidelog::batch::encode_records;
 use tidelog::proto::v1::{Acks, ErrorCode};
 use tidelog::proto::wire;
-use tidelog::{Client, Compression, Producer, ProducerConfig, Record};
+use tidelog::{Client, Compression, Producer, Record};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::report::{sleep_until_blocking, Counters, Latency, Progress, Schedule, Summary};
@@ -214,15 +214,7 @@ pub(super) async fn produce_raw(
 
 /// `--sdk`: every producer has its own connection and SDK `Producer`.
 async fn run_sdk(args: &BenchArgs) -> anyhow::Result<Summary> {
-    let acks = args.acks();
-    let config = ProducerConfig {
-        acks,
-        idempotence: acks == Acks::All,
-        compression: args.compression(),
-        linger: Duration::from_millis(args.linger_ms),
-        max_batch_bytes: (args.batch_records * (args.record_size + 16)).min(900 * 1024),
-        ..ProducerConfig::default()
-    };
+    let config = args.producer_config();
     let counters = Arc::new(Counters::default());
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let start = Instant::now();
@@ -257,7 +249,7 @@ async fn run_sdk(args: &BenchArgs) -> anyhow::Result<Summary> {
     let mut s = summary(args, "produce", "record send→delivery");
     s.set_throughput(records, records * args.record_size as u64, elapsed);
     s.latency = latency.summary();
-    s.notes.push(format!("linger {} ms, idempotence {}", args.linger_ms, acks == Acks::All));
+    s.notes.push(format!("linger {} ms, idempotence {}", args.linger_ms, config.idempotence));
     Ok(s)
 }
 
