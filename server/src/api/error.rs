@@ -46,7 +46,9 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::Log(LogError::Io { .. } | LogError::Unrecoverable { .. }) | B::Meta(_) | B::PartitionFailed { .. } => {
             (ErrorCode::StorageError, Code::Unavailable)
         }
-        B::Log(LogError::Config(_) | LogError::Truncate(_)) => (ErrorCode::StorageError, Code::Internal),
+        B::Log(LogError::Config(_) | LogError::Truncate(_) | LogError::RaftOrder(_)) => {
+            (ErrorCode::StorageError, Code::Internal)
+        }
         B::ShuttingDown => (ErrorCode::ShuttingDown, Code::Unavailable),
         B::OutOfOrderSequence { .. } => (ErrorCode::OutOfOrderSequence, Code::FailedPrecondition),
         B::ProducerFenced { .. } => (ErrorCode::ProducerFenced, Code::FailedPrecondition),
@@ -66,7 +68,11 @@ pub fn status(e: &BrokerError) -> Status {
         e,
         BrokerError::PartitionFailed { .. }
             | BrokerError::Log(
-                LogError::Io { .. } | LogError::Unrecoverable { .. } | LogError::Config(_) | LogError::Truncate(_)
+                LogError::Io { .. }
+                    | LogError::Unrecoverable { .. }
+                    | LogError::Config(_)
+                    | LogError::Truncate(_)
+                    | LogError::RaftOrder(_)
             )
             | BrokerError::Meta(_)
     );

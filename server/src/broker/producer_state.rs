@@ -168,6 +168,7 @@ mod tests {
     fn header(pid: i64, epoch: i16, seq: i32, count: u32, offset: u64) -> BatchHeader {
         BatchHeader {
             batch_len: 100,
+            flags: 0,
             compression: 0,
             record_count: count,
             base_offset: offset,

@@ -29,6 +29,9 @@ pub enum LogError {
     Config(String),
     #[error("invalid truncation: {0}")]
     Truncate(String),
+    /// A Raft entry appended out of order (its index does not follow the log's last one).
+    #[error("raft entry out of order: {0}")]
+    RaftOrder(String),
 }
 
 impl LogError {

@@ -67,6 +67,8 @@ pub struct BatchHeader {
     /// Header plus payload, in bytes.
     pub batch_len: u32,
     pub compression: CompressionCodec,
+    /// [`FLAG_CONTROL`] and future bits; unknown bits make the header invalid.
+    pub flags: u16,
     pub record_count: u32,
     pub base_offset: u64,
     /// Raft term of the leader that appended the batch (0 on a single node without Raft).
@@ -82,6 +84,14 @@ pub struct BatchHeader {
     pub payload_crc: u32,
 }
 
+/// Flag bit: a **control batch** — a Raft entry that is not a record batch (a leader's blank
+/// entry, a membership change). It has `record_count == 0`, takes no offset (its base offset is
+/// the log end, which the next data batch shares), is never indexed and never served to
+/// consumers; only the Raft layer reads it. Its payload is the Raft layer's encoding.
+pub const FLAG_CONTROL: u16 = 0x0001;
+/// Every flag bit this version understands.
+const KNOWN_FLAGS: u16 = FLAG_CONTROL;
+
 /// Why a byte range is not a valid batch header.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeaderError {
@@ -90,11 +100,20 @@ pub enum HeaderError {
     UnknownMagic(u8),
     BadLength(u32),
     CrcMismatch,
+    /// Flag bits this version does not know (written by a newer version).
+    UnknownFlags(u16),
+    /// A control batch that claims records.
+    ControlWithRecords(u32),
 }
 
 impl BatchHeader {
     pub fn payload_len(&self) -> usize {
         self.batch_len as usize - BATCH_HEADER_LEN
+    }
+
+    /// Whether this is a control batch ([`FLAG_CONTROL`]).
+    pub fn is_control(&self) -> bool {
+        self.flags & FLAG_CONTROL != 0
     }
 
     /// Offset one past the batch's last record.
@@ -111,7 +130,7 @@ impl BatchHeader {
             b.put_u32_le(0); // header_crc, filled below
             b.put_u8(BATCH_MAGIC);
             b.put_u8(self.compression);
-            b.put_u16_le(0);
+            b.put_u16_le(self.flags);
             b.put_u32_le(self.record_count);
             b.put_u64_le(self.base_offset);
             b.put_u64_le(self.raft_term);
@@ -148,8 +167,14 @@ impl BatchHeader {
             return Err(HeaderError::CrcMismatch);
         }
         let compression = b.get_u8();
-        let _flags = b.get_u16_le();
+        let flags = b.get_u16_le();
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(HeaderError::UnknownFlags(flags));
+        }
         let record_count = b.get_u32_le();
+        if flags & FLAG_CONTROL != 0 && record_count != 0 {
+            return Err(HeaderError::ControlWithRecords(record_count));
+        }
         let base_offset = b.get_u64_le();
         let raft_term = b.get_u64_le();
         let raft_index = b.get_u64_le();
@@ -162,6 +187,7 @@ impl BatchHeader {
         Ok(Self {
             batch_len,
             compression,
+            flags,
             record_count,
             base_offset,
             raft_term,
@@ -197,6 +223,7 @@ mod tests {
         BatchHeader {
             batch_len: 100,
             compression: 2,
+            flags: 0,
             record_count: 3,
             base_offset: 1 << 40,
             raft_term: 7,
@@ -213,6 +240,17 @@ mod tests {
     fn header_round_trips() {
         let h = sample();
         assert_eq!(BatchHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn control_flag_round_trips_and_unknown_flags_are_refused() {
+        let control = BatchHeader { flags: FLAG_CONTROL, record_count: 0, ..sample() };
+        let back = BatchHeader::decode(&control.encode());
+        assert!(back.as_ref().is_ok_and(BatchHeader::is_control), "{back:?}");
+        let newer = BatchHeader { flags: 0x8000, ..sample() };
+        assert_eq!(BatchHeader::decode(&newer.encode()), Err(HeaderError::UnknownFlags(0x8000)));
+        let bad = BatchHeader { flags: FLAG_CONTROL, ..sample() };
+        assert_eq!(BatchHeader::decode(&bad.encode()), Err(HeaderError::ControlWithRecords(3)));
     }
 
     #[test]

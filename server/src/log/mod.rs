@@ -15,8 +15,13 @@
 //!   index is monotonic;
 //! - only the active segment is written or truncated; sealed segments were fsynced when the log
 //!   rolled past them, so crash recovery ([`recovery`]) only scans the active segment's tail;
-//! - every batch records the Raft term and index it was appended with, and the log can drop an
-//!   uncommitted suffix ([`Log::truncate_suffix`]): the same log serves as the Raft log.
+//! - every batch records the Raft term and index it was appended with; Raft indexes strictly
+//!   increase through the log, so an entry is found by index ([`Log::read_raft`]) and an
+//!   uncommitted suffix is dropped by index ([`Log::truncate_after_raft`]): the same log serves
+//!   as the Raft log (docs/RAFT_PLAN.md);
+//! - Raft entries that are not record batches are stored as control batches
+//!   ([`format::FLAG_CONTROL`]): no records, no offset of their own, never indexed, never
+//!   served to consumers by [`Log::read`].
 //!
 //! The log must never decode or re-encode the producer's payload: it stores and serves bytes.
 
@@ -25,6 +30,8 @@ pub mod error;
 pub mod format;
 pub mod index;
 pub mod offset;
+#[cfg(test)]
+mod raft_tests;
 pub mod recovery;
 pub mod segment;
 #[cfg(test)]
@@ -229,19 +236,49 @@ impl Log {
     /// new segment first if the batch would overflow the active one or it is too old; the
     /// sealed segment is fsynced then.
     pub fn append(&mut self, batch: AppendBatch<'_>, now_ms: i64) -> Result<Appended, LogError> {
+        self.append_with_flags(batch, 0, now_ms)
+    }
+
+    /// Appends a control batch (a Raft entry that is not a record batch: see
+    /// [`format::FLAG_CONTROL`]) at `raft` = (term, index). It takes no offset: its base offset
+    /// is the log end, which the next data batch shares. Durability as [`Log::append`].
+    pub fn append_control(&mut self, payload: &[u8], raft: (u64, u64), now_ms: i64) -> Result<Appended, LogError> {
+        let batch = AppendBatch {
+            payload,
+            record_count: 0,
+            compression: 0,
+            payload_crc: crc32c::crc32c(payload),
+            raft: Some(raft),
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        };
+        self.append_with_flags(batch, format::FLAG_CONTROL, now_ms)
+    }
+
+    fn append_with_flags(&mut self, batch: AppendBatch<'_>, flags: u16, now_ms: i64) -> Result<Appended, LogError> {
         let batch_len = BATCH_HEADER_LEN + batch.payload.len();
         // Positions in a segment are u32: no batch may be larger than a segment may be.
         let batch_len32 = u32::try_from(batch_len)
             .ok()
             .filter(|l| u64::from(*l) <= self.config.segment_bytes)
             .ok_or_else(|| LogError::Config(format!("batch of {batch_len} bytes is larger than segment_bytes")))?;
+        let (raft_term, raft_index) = batch.raft.unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
+        // Raft indexes strictly increase through the file (lookups by index rely on it); terms
+        // never go back. The first entry of an empty log may start anywhere (after a purge).
+        if self.last_raft != (0, 0) && (raft_index <= self.last_raft.1 || raft_term < self.last_raft.0) {
+            return Err(LogError::RaftOrder(format!(
+                "entry (term {raft_term}, index {raft_index}) after (term {}, index {})",
+                self.last_raft.0, self.last_raft.1
+            )));
+        }
         self.maybe_roll(batch_len as u64, batch.record_count, now_ms)?;
         let append_time_ms = now_ms.max(self.last_append_time_ms);
-        let (raft_term, raft_index) = batch.raft.unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
         let base_offset = self.active().next_offset();
         let header = BatchHeader {
             batch_len: batch_len32,
             compression: batch.compression,
+            flags,
             record_count: batch.record_count,
             base_offset,
             raft_term,
@@ -267,7 +304,9 @@ impl Log {
 
     fn maybe_roll(&mut self, incoming: u64, incoming_records: u32, now_ms: i64) -> Result<(), LogError> {
         let active = self.active();
-        if active.is_empty() {
+        // A segment is named by its base offset: one holding no records (only control batches)
+        // must not roll, or the next segment would get the same name.
+        if active.is_empty() || active.next_offset() == active.base_offset() {
             return Ok(());
         }
         let too_big = active.size() + incoming > self.config.segment_bytes
@@ -316,15 +355,92 @@ impl Log {
         Ok(None)
     }
 
-    /// Reads whole batches from `offset` (see [`SegmentReader::read`]), up to `max_offset`
-    /// (exclusive; the high watermark) and about `max_bytes`, from one segment.
+    /// Reads whole record batches from `offset` (see [`SegmentReader::read`]), up to
+    /// `max_offset` (exclusive; the high watermark) and about `max_bytes`, from one segment.
+    /// Control batches are left out: consumers never see them.
     pub fn read(&self, offset: u64, max_offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, LogError> {
         match self.locate(offset)? {
             None => Ok(Vec::new()),
             Some((reader, pos)) => {
-                Ok(reader.read(pos, max_offset, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?.0)
+                let (mut batches, _) =
+                    reader.read(pos, max_offset, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?;
+                batches.retain(|b| !b.header.is_control());
+                Ok(batches)
             }
         }
+    }
+
+    /// The segment holding Raft entry `index`, and the entry's position in it; `None` if no
+    /// stored batch has that index (below the first or above the last).
+    fn locate_raft(&self, index: u64) -> Result<Option<(&Segment, u64)>, LogError> {
+        // Raft indexes increase through segments in offset order: the last segment whose first
+        // entry is at or below `index` holds it, if anyone does.
+        let mut found = None;
+        for seg in self.segments.values().rev() {
+            match seg.first_raft_index().ctx(|| format!("reading {}", seg.log_path().display()))? {
+                Some(first) if first <= index => {
+                    found = Some(seg);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(seg) = found else { return Ok(None) };
+        let pos = seg.position_for_raft(index).ctx(|| format!("reading {}", seg.log_path().display()))?;
+        Ok(pos.map(|p| (seg, p)))
+    }
+
+    /// Reads every stored batch, control batches included, from Raft entry `from_index` on,
+    /// about `max_bytes` at most (at least one batch), for replication. Empty if no batch has
+    /// that index.
+    pub fn read_raft(&self, from_index: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, LogError> {
+        match self.locate_raft(from_index)? {
+            None => Ok(Vec::new()),
+            Some((seg, pos)) => {
+                Ok(seg.reader().read(pos, u64::MAX, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?.0)
+            }
+        }
+    }
+
+    /// Removes every batch whose Raft index is above `index` (a follower dropping the suffix
+    /// its leader's log disagrees with). Unlike [`Log::truncate_suffix`], this separates a
+    /// control batch from the data batch that shares its base offset. Durability: fsynced
+    /// before returning.
+    pub fn truncate_after_raft(&mut self, index: u64) -> Result<(), LogError> {
+        if index >= self.last_raft.1 {
+            return Ok(());
+        }
+        let Some((seg, pos)) = self.locate_raft(index + 1)? else {
+            // Nothing at index + 1 but entries above it: every stored entry is above `index`.
+            return self.truncate_all_raft();
+        };
+        let base = seg.base_offset();
+        self.truncate_at(base, pos)
+    }
+
+    /// Drops every batch (all entries are above the truncation point): the log keeps its
+    /// current log start as an empty active segment.
+    fn truncate_all_raft(&mut self) -> Result<(), LogError> {
+        let first = *self.segments.keys().next().unwrap_or_else(|| unreachable!("log has no segment"));
+        self.truncate_at(first, 0)
+    }
+
+    /// Cuts the log at byte `pos` of segment `base`: later segments are deleted, that one is
+    /// truncated (and fsynced) and becomes the active segment.
+    fn truncate_at(&mut self, base: u64, pos: u64) -> Result<(), LogError> {
+        let doomed: Vec<u64> = self.segments.range(base + 1..).map(|(b, _)| *b).collect();
+        for b in doomed.into_iter().rev() {
+            if let Some(seg) = self.segments.remove(&b) {
+                seg.delete().ctx(|| format!("deleting segment {b}"))?;
+            }
+        }
+        let dir = self.dir.clone();
+        let active = self.active_mut();
+        active.truncate_at_position(pos).map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
+        active.sync().fatal(|| format!("fsync after truncation of {}", dir.display()))?;
+        let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
+        self.last_raft = last.map_or((0, 0), |h| (h.raft_term, h.raft_index));
+        Ok(())
     }
 
     /// Base offset and append time of the first batch appended at or after `timestamp_ms`;
@@ -397,21 +513,25 @@ impl Log {
         if offset < start {
             return Err(LogError::Truncate(format!("offset {offset} is below the log start {start}")));
         }
-        let doomed: Vec<u64> = self.segments.range(offset + 1..).map(|(b, _)| *b).collect();
-        for base in doomed {
-            if self.segments.len() == 1 {
-                break;
-            }
-            if let Some(seg) = self.segments.remove(&base) {
-                seg.delete().ctx(|| format!("deleting segment {base}"))?;
+        // The segment holding `offset` (or the first one after it) is cut; later ones go.
+        let Some((&base, seg)) = self.segments.range(..=offset).next_back() else {
+            return Err(LogError::Truncate(format!("offset {offset} is below the log start {start}")));
+        };
+        let pos = seg.position_for(offset).ctx(|| format!("reading {}", seg.log_path().display()))?;
+        let pos = match pos {
+            Some(p) => p,
+            None => seg.size(), // `offset` is this segment's end: only later segments go
+        };
+        if pos < seg.size() {
+            let h = seg.header_at(pos).ctx(|| format!("reading {}", seg.log_path().display()))?;
+            if h.base_offset != offset {
+                return Err(LogError::Truncate(format!(
+                    "offset {offset} is inside the batch at {}; truncate at a batch boundary",
+                    h.base_offset
+                )));
             }
         }
-        let dir = self.dir.clone();
-        let active = self.active_mut();
-        active.truncate_to(offset).map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
-        active.sync().fatal(|| format!("fsync after truncation of {}", dir.display()))?;
-        let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
-        self.last_raft = last.map_or((0, 0), |h| (h.raft_term, h.raft_index));
+        self.truncate_at(base, pos)?;
         Ok(())
     }
 }

@@ -109,7 +109,8 @@ pub fn scan_tail(path: &Path, start: ScanStart, index_interval_bytes: u64) -> io
             scan.stopped_by = Some(format!("payload CRC mismatch at position {pos}"));
             break;
         }
-        if scan.bytes_since_index >= index_interval_bytes {
+        // As `Segment::append`: control batches are never indexed.
+        if scan.bytes_since_index >= index_interval_bytes && !header.is_control() {
             // Positions fit in u32: segments are capped at MAX_SEGMENT_BYTES.
             scan.offset_entries.push(OffsetEntry { offset: header.base_offset, position: pos as u32 });
             scan.time_entries.push(TimeEntry { timestamp_ms: header.append_time_ms, offset: header.base_offset });

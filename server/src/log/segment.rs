@@ -219,7 +219,9 @@ impl Segment {
         self.size += u64::from(header.batch_len);
         self.next_offset = header.next_offset();
         self.last_header = Some(*header);
-        if self.bytes_since_index >= self.index_interval_bytes {
+        // Control batches are never indexed: they share their base offset with the next data
+        // batch, and index offsets must strictly increase.
+        if self.bytes_since_index >= self.index_interval_bytes && !header.is_control() {
             // Written after the batch itself (see index.rs invariants). The batch is already in
             // the log, so an index write failure must not fail the append (the caller would
             // report an error for stored data, and a retry would duplicate it): indexes are
@@ -282,7 +284,7 @@ impl Segment {
         let mut pos = self.position_for(from)?.unwrap_or(self.size);
         while pos < self.size {
             let h = self.read_header(pos)?;
-            if h.append_time_ms >= timestamp_ms {
+            if h.append_time_ms >= timestamp_ms && !h.is_control() {
                 return Ok(Some((h.base_offset, h.append_time_ms)));
             }
             pos += u64::from(h.batch_len);
@@ -301,6 +303,48 @@ impl Segment {
         Ok(())
     }
 
+    /// The header of the batch at byte `pos` (which must be a batch boundary).
+    pub fn header_at(&self, pos: u64) -> io::Result<BatchHeader> {
+        self.read_header(pos)
+    }
+
+    /// Raft index of the segment's first batch; `None` if the segment is empty.
+    pub fn first_raft_index(&self) -> io::Result<Option<u64>> {
+        if self.size == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.read_header(0)?.raft_index))
+    }
+
+    /// Position of the batch whose Raft index is `index`; `None` if no batch here has it.
+    /// Raft indexes increase with position, so the sparse offset index is binary-searched by
+    /// the Raft index of the batch each entry points at (a header read per probe, page-cached),
+    /// then the headers after the floor entry are scanned (at most one index interval).
+    pub fn position_for_raft(&self, index: u64) -> io::Result<Option<u64>> {
+        if self.last_header.is_none_or(|h| h.raft_index < index) {
+            return Ok(None);
+        }
+        let entries = self.index.entries();
+        let (mut lo, mut hi) = (0usize, entries.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.read_header(u64::from(entries[mid].position))?.raft_index <= index {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut pos = if lo == 0 { 0 } else { u64::from(entries[lo - 1].position) };
+        while pos < self.size {
+            let h = self.read_header(pos)?;
+            if h.raft_index >= index {
+                return Ok((h.raft_index == index).then_some(pos));
+            }
+            pos += u64::from(h.batch_len);
+        }
+        Ok(None)
+    }
+
     fn read_header(&self, pos: u64) -> io::Result<BatchHeader> {
         let mut buf = [0u8; BATCH_HEADER_LEN];
         self.file.read_exact_at(&mut buf, pos)?;
@@ -317,24 +361,21 @@ impl Segment {
         SegmentReader { file: Arc::clone(&self.file), size: self.size, path: self.log_path.clone() }
     }
 
-    /// Removes every batch at or after `offset`, which must be a batch boundary inside this
-    /// segment (or its end). Used to drop an uncommitted suffix (Raft) and by tests.
-    pub fn truncate_to(&mut self, offset: u64) -> io::Result<()> {
-        if offset >= self.next_offset {
+    /// Removes every batch from byte `pos` on; `pos` must be a batch boundary (the position of
+    /// a batch, or the end). Used to drop an uncommitted suffix (Raft). The caller fsyncs.
+    pub fn truncate_at_position(&mut self, pos: u64) -> io::Result<()> {
+        if pos >= self.size {
             return Ok(());
         }
-        let pos = self.position_for(offset)?.unwrap_or(self.size);
+        // A valid header here proves `pos` is a boundary (its CRC would not match otherwise).
         let h = self.read_header(pos)?;
-        if h.base_offset != offset {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("offset {offset} is inside the batch at {}; truncate at a batch boundary", h.base_offset),
-            ));
-        }
         self.file.set_len(pos)?;
         (&*self.file).seek(SeekFrom::Start(pos))?;
-        self.index.truncate_while(|e| e.offset < offset)?;
-        self.time_index.truncate_while(|e| e.offset < offset)?;
+        self.index.truncate_while(|e| u64::from(e.position) < pos)?;
+        // Every batch before `pos` ends at or before `h.base_offset`, so time entries of kept
+        // batches have smaller offsets (a control batch at `pos` shares its offset only with
+        // batches after it).
+        self.time_index.truncate_while(|e| e.offset < h.base_offset)?;
         // Re-derive the tail state from the last remaining index entry.
         let start = match self.index.last() {
             Some(e) => ScanStart { position: u64::from(e.position), offset: e.offset, index_first: false },

@@ -111,6 +111,7 @@ fn torn_tail_is_truncated_and_log_stays_appendable() {
     let p = payload(100);
     let h = format::BatchHeader {
         batch_len: (BATCH_HEADER_LEN + p.len()) as u32,
+        flags: 0,
         compression: 0,
         record_count: 2,
         base_offset: 200,
