@@ -256,6 +256,39 @@ impl Log {
         self.append_with_flags(batch, format::FLAG_CONTROL, now_ms)
     }
 
+    /// Appends a batch as its leader stored it (a Raft follower): the header's offset, Raft
+    /// term and index, flags and producer fields are kept; the payload must match the header's
+    /// CRC and the batch must continue this log (its base offset is the log end, its Raft index
+    /// follows). The append time is kept unless it would go backwards here (after a leader
+    /// change between clocks), in which case the previous time is reused, as on a leader.
+    /// Durability as [`Log::append`].
+    pub fn append_replicated(&mut self, header: &BatchHeader, payload: &[u8]) -> Result<Appended, LogError> {
+        if header.payload_len() != payload.len() || crc32c::crc32c(payload) != header.payload_crc {
+            return Err(LogError::RaftOrder(format!(
+                "replicated entry {} does not match its payload (length or CRC)",
+                header.raft_index
+            )));
+        }
+        let end = self.log_end().0;
+        if header.base_offset != end {
+            return Err(LogError::RaftOrder(format!(
+                "replicated entry {} starts at offset {}, but this log ends at {end}",
+                header.raft_index, header.base_offset
+            )));
+        }
+        let batch = AppendBatch {
+            payload,
+            record_count: header.record_count,
+            compression: header.compression,
+            payload_crc: header.payload_crc,
+            raft: Some((header.raft_term, header.raft_index)),
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+        };
+        self.append_with_flags(batch, header.flags, header.append_time_ms)
+    }
+
     fn append_with_flags(&mut self, batch: AppendBatch<'_>, flags: u16, now_ms: i64) -> Result<Appended, LogError> {
         let batch_len = BATCH_HEADER_LEN + batch.payload.len();
         // Positions in a segment are u32: no batch may be larger than a segment may be.

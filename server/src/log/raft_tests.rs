@@ -152,6 +152,44 @@ fn raft_lookup_across_segments_and_after_recovery_of_a_torn_tail() {
 }
 
 #[test]
+fn a_follower_stores_the_leaders_batches_verbatim_and_refuses_what_does_not_follow() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut leader, _) = Log::open(ld.path(), cfg(2048)).unwrap();
+    let (mut follower, _) = Log::open(fd.path(), cfg(2048)).unwrap();
+    for i in 1..=120u64 {
+        if i % 4 == 0 {
+            control(&mut leader, 1, i);
+        } else {
+            data(&mut leader, 1, i, 3);
+        }
+    }
+    // Replicate in chunks, as a leader streams them (each read stays in one segment).
+    let mut next = 1;
+    loop {
+        let chunk = leader.read_raft(next, 700).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        for b in chunk {
+            follower.append_replicated(&b.header, &b.payload).unwrap();
+            next = b.header.raft_index + 1;
+        }
+    }
+    assert_eq!(raft_entries(&follower, 1), raft_entries(&leader, 1));
+    assert_eq!(follower.log_end(), leader.log_end());
+    // Not the next entry, not at the log end, or a payload that does not match: refused.
+    let last = leader.read_raft(120, 1).unwrap().remove(0);
+    assert!(matches!(follower.append_replicated(&last.header, &last.payload), Err(LogError::RaftOrder(_))));
+    let mut h = last.header;
+    h.raft_index = 121;
+    assert!(matches!(follower.append_replicated(&h, b"tampered"), Err(LogError::RaftOrder(_))));
+    h.base_offset += 1;
+    assert!(matches!(follower.append_replicated(&h, &last.payload), Err(LogError::RaftOrder(_))));
+    h.base_offset -= 1;
+    follower.append_replicated(&h, &last.payload).unwrap();
+}
+
+#[test]
 fn a_segment_of_control_batches_only_never_rolls_into_a_duplicate_name() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), cfg(1024)).unwrap();
