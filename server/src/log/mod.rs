@@ -403,22 +403,22 @@ impl Log {
         }
     }
 
+    /// The last segment whose first Raft entry is at or below `index`: the only one that can
+    /// hold `index` (Raft indexes increase through segments in offset order).
+    fn segment_for_raft(&self, index: u64) -> Result<Option<&Segment>, LogError> {
+        for seg in self.segments.values().rev() {
+            let first = seg.first_raft_index().ctx(|| format!("reading {}", seg.log_path().display()))?;
+            if first.is_some_and(|f| f <= index) {
+                return Ok(Some(seg));
+            }
+        }
+        Ok(None)
+    }
+
     /// The segment holding Raft entry `index`, and the entry's position in it; `None` if no
     /// stored batch has that index (below the first or above the last).
     fn locate_raft(&self, index: u64) -> Result<Option<(&Segment, u64)>, LogError> {
-        // Raft indexes increase through segments in offset order: the last segment whose first
-        // entry is at or below `index` holds it, if anyone does.
-        let mut found = None;
-        for seg in self.segments.values().rev() {
-            match seg.first_raft_index().ctx(|| format!("reading {}", seg.log_path().display()))? {
-                Some(first) if first <= index => {
-                    found = Some(seg);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let Some(seg) = found else { return Ok(None) };
+        let Some(seg) = self.segment_for_raft(index)? else { return Ok(None) };
         let pos = seg.position_for_raft(index).ctx(|| format!("reading {}", seg.log_path().display()))?;
         Ok(pos.map(|p| (seg, p)))
     }
@@ -443,19 +443,17 @@ impl Log {
         if index >= self.last_raft.1 {
             return Ok(());
         }
-        let Some((seg, pos)) = self.locate_raft(index + 1)? else {
-            // Nothing at index + 1 but entries above it: every stored entry is above `index`.
-            return self.truncate_all_raft();
+        // Kept: everything up to `index`, which ends in the segment that starts at or below it
+        // (at its first entry above `index`, or its end). With no such segment nothing is kept.
+        let (base, pos) = match self.segment_for_raft(index)? {
+            Some(seg) => {
+                let above =
+                    seg.first_at_or_after_raft(index + 1).ctx(|| format!("reading {}", seg.log_path().display()))?;
+                (seg.base_offset(), above.map_or(seg.size(), |(pos, _)| pos))
+            }
+            None => (self.log_start().0, 0),
         };
-        let base = seg.base_offset();
         self.truncate_at(base, pos)
-    }
-
-    /// Drops every batch (all entries are above the truncation point): the log keeps its
-    /// current log start as an empty active segment.
-    fn truncate_all_raft(&mut self) -> Result<(), LogError> {
-        let first = *self.segments.keys().next().unwrap_or_else(|| unreachable!("log has no segment"));
-        self.truncate_at(first, 0)
     }
 
     /// Cuts the log at byte `pos` of segment `base`: later segments are deleted, that one is

@@ -317,10 +317,16 @@ impl Segment {
     }
 
     /// Position of the batch whose Raft index is `index`; `None` if no batch here has it.
-    /// Raft indexes increase with position, so the sparse offset index is binary-searched by
-    /// the Raft index of the batch each entry points at (a header read per probe, page-cached),
-    /// then the headers after the floor entry are scanned (at most one index interval).
     pub fn position_for_raft(&self, index: u64) -> io::Result<Option<u64>> {
+        Ok(self.first_at_or_after_raft(index)?.filter(|(_, h)| h.raft_index == index).map(|(pos, _)| pos))
+    }
+
+    /// The first batch whose Raft index is `index` or more, with its position; `None` if every
+    /// batch here is below `index`. Raft indexes increase with position, so the sparse offset
+    /// index is binary-searched by the Raft index of the batch each entry points at (a header
+    /// read per probe, page-cached), then the headers after the floor entry are scanned (at
+    /// most one index interval).
+    pub fn first_at_or_after_raft(&self, index: u64) -> io::Result<Option<(u64, BatchHeader)>> {
         if self.last_header.is_none_or(|h| h.raft_index < index) {
             return Ok(None);
         }
@@ -338,7 +344,7 @@ impl Segment {
         while pos < self.size {
             let h = self.read_header(pos)?;
             if h.raft_index >= index {
-                return Ok((h.raft_index == index).then_some(pos));
+                return Ok(Some((pos, h)));
             }
             pos += u64::from(h.batch_len);
         }
