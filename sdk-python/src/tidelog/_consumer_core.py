@@ -87,7 +87,6 @@ class ConsumerCore:
         self.generation = 0
         self.member_id = ""
         self.topics: list[str] = []
-        self.closing = False
         self._owned: list[TP] = []
         self._joining = False
         self._rejoin_pending = False
@@ -424,7 +423,6 @@ class ConsumerCore:
 
     async def close(self) -> None:
         """Commits what was processed, leaves the group (it rebalances at once) and stops."""
-        self.closing = True
         if self._commit_timer is not None:
             self._commit_timer.cancel()
         if self._session_task is not None and not self._session_task.done():

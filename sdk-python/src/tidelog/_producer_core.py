@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -48,11 +48,14 @@ from .errors import (
     DeliveryTimeoutError,
     ErrorCode,
     FatalError,
+    RetriableError,
     TidelogError,
     from_code,
     from_rpc_error,
     is_retriable_code,
 )
+from .partitioner import partition_for_key
+from .types import Message
 from .v1 import admin_service_pb2, admin_service_pb2_grpc, records_service_pb2, records_service_pb2_grpc
 
 log = logging.getLogger("tidelog.producer")
@@ -236,8 +239,6 @@ class ProducerCore:
 
     def choose_partition(self, topic: str, key: bytes | None, count: int) -> int:
         if key is not None:
-            from .partitioner import partition_for_key
-
             return partition_for_key(key, count)
         p = self._sticky.get(topic)
         if p is None or p >= count:
@@ -251,11 +252,29 @@ class ProducerCore:
             return True
         return False
 
-    def append(self, topic: str, partition: int, encoded: bytes, entry: Entry, memory: int) -> None:
-        """Queues one encoded record; the caller holds ``lock`` and reserved ``memory``."""
+    def try_append(self, rec: Staged, count: int) -> bool:
+        """Queues a staged record if buffer memory allows; False means the buffer is full (wait
+        for ``space`` / ``space_event`` and call again). The caller holds ``lock``. Raises for a
+        partition the topic does not have and for a closed producer."""
         if self.closed:
-            self.memory_used -= memory
             raise self.fatal or ClosedError("the producer is closed")
+        if rec.partition is not None:
+            check_partition(rec.topic, rec.partition, count)
+        if not self.try_reserve(rec.size):
+            return False
+        key = rec.entry[0]
+        p = rec.partition if rec.partition is not None else self.choose_partition(rec.topic, key, count)
+        self._append(rec.topic, p, rec.encoded, rec.entry, rec.size)
+        return True
+
+    def buffer_full(self) -> RetriableError:
+        return RetriableError(
+            f"producer buffer full ({self.buffer_memory} bytes of unacknowledged records) for "
+            "max.block.ms; is the broker reachable? (poll() or flush() to drain callbacks)"
+        )
+
+    def _append(self, topic: str, partition: int, encoded: bytes, entry: Entry, memory: int) -> None:
+        """Queues one encoded record; the caller holds ``lock`` and reserved ``memory``."""
         q = self._queues.get((topic, partition))
         if q is None:
             q = self._queues[(topic, partition)] = _Queue()
@@ -590,10 +609,35 @@ def to_bytes(v: Payload | None, what: str) -> bytes | None:
     raise TypeError(f"{what} must be bytes or str, got {type(v).__name__}")
 
 
-def prepare(
-    key: Payload | None, value: Payload | None, headers: HeadersArg, timestamp: int | None
-) -> tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int, bytes]:
-    """Normalizes a record's parts and encodes it once: (key, value, headers, ts, encoded)."""
+#: Buffer memory charged per record beyond its encoded bytes (bookkeeping), so that many tiny
+#: records still count against ``buffer.memory``.
+RECORD_OVERHEAD = 64
+
+
+class Staged(NamedTuple):
+    """A record encoded once and ready to queue (:meth:`ProducerCore.try_append`)."""
+
+    topic: str
+    #: None: chosen at queueing time (by key, else sticky).
+    partition: int | None
+    encoded: bytes
+    entry: Entry
+    #: Buffer memory it holds until delivered.
+    size: int
+
+
+def stage(
+    topic: str,
+    value: Payload | None,
+    key: Payload | None,
+    headers: HeadersArg,
+    partition: int | None,
+    timestamp: int | None,
+    sink: Any,
+) -> Staged:
+    """Normalizes a record's parts and encodes it once (the only encoding it gets)."""
+    if partition is not None and partition < 0:
+        partition = None  # confluent-kafka's -1: any partition (by key, else sticky)
     k = to_bytes(key, "key")
     v = to_bytes(value, "value") or b""
     hs: list[tuple[str, bytes]] | None = None
@@ -608,7 +652,12 @@ def prepare(
             f"{MAX_RECORD_BYTES}-byte batch limit",
             ErrorCode.BATCH_TOO_LARGE,
         )
-    return k, v, hs, ts, encoded
+    return Staged(topic, partition, encoded, (k, v, hs, ts, sink), len(encoded) + RECORD_OVERHEAD)
+
+
+def delivered(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:
+    """The :class:`Message` for record ``i`` of a batch acknowledged at ``base`` (-1: unknown)."""
+    return Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3])
 
 
 def check_partition(topic: str, partition: int, count: int) -> None:

@@ -29,16 +29,8 @@ from typing import Any
 from ._channel import aio_channel
 from ._config import CONSUMER_KEYS, PRODUCER_KEYS, parse, target
 from ._consumer_core import TP, ConsumerCore
-from ._producer_core import (
-    Entry,
-    HeadersArg,
-    Payload,
-    ProducerCore,
-    check_partition,
-    idempotence_config,
-    prepare,
-)
-from .errors import ClosedError, RetriableError, TidelogError
+from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
+from .errors import ClosedError, TidelogError
 from .types import Message, TopicPartition
 
 __all__ = ["AIOConsumer", "AIOProducer"]
@@ -78,29 +70,21 @@ class AIOProducer:
         """Queues a record; returns a future of the delivered :class:`Message`."""
         await self.start()
         core = self._core
-        if partition is not None and partition < 0:
-            partition = None  # -1: any partition (by key, else sticky)
-        k, v, hs, ts, encoded = prepare(key, value, headers, timestamp)
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        rec = stage(topic, value, key, headers, partition, timestamp, fut)
         count = core.cached_partitions(topic)
         if count is None:
             count = await core.fetch_partitions(topic)
-        if partition is not None:
-            check_partition(topic, partition, count)
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        entry: Entry = (k, v, hs, ts, fut)
-        size = len(encoded) + 64
         deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
         assert core.space_event is not None
         while True:
             with core.lock:
-                if core.closed or core.try_reserve(size):
-                    p = partition if partition is not None else core.choose_partition(topic, k, count)
-                    core.append(topic, p, encoded, entry, size)
+                if core.try_append(rec, count):
                     break
                 core.space_event.clear()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RetriableError(f"producer buffer full ({core.buffer_memory} bytes) for max.block.ms")
+                raise core.buffer_full()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(core.space_event.wait(), left)
         if self._idle is not None:
@@ -131,9 +115,7 @@ class AIOProducer:
             if err is not None:
                 fut.set_exception(err)
             else:
-                fut.set_result(
-                    Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3])
-                )
+                fut.set_result(delivered(topic, partition, base, i, e))
 
     def _on_idle(self) -> None:
         if self._idle is not None:

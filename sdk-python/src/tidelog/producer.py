@@ -31,17 +31,9 @@ from typing import Any
 
 from ._channel import aio_channel
 from ._config import PRODUCER_KEYS, parse, target
-from ._producer_core import (
-    Entry,
-    HeadersArg,
-    Payload,
-    ProducerCore,
-    check_partition,
-    idempotence_config,
-    prepare,
-)
+from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from ._runtime import LoopThread
-from .errors import RetriableError, TidelogError
+from .errors import TidelogError
 from .types import Message
 
 DeliveryCallback = Callable[[TidelogError | None, Message], None]
@@ -110,30 +102,17 @@ class Producer:
         sink: Any,
     ) -> None:
         core = self._core
-        if partition is not None and partition < 0:
-            partition = None  # confluent-kafka's -1: any partition (by key, else sticky)
-        k, v, hs, ts, encoded = prepare(key, value, headers, timestamp)
+        rec = stage(topic, value, key, headers, partition, timestamp, sink)
         count = core.cached_partitions(topic)
         if count is None:
             count = self._rt.call(core.fetch_partitions(topic), self._cfg["request.timeout.ms"] / 1000)
-        if partition is not None:
-            check_partition(topic, partition, count)
-        entry: Entry = (k, v, hs, ts, sink)
-        size = len(encoded) + 64  # + bookkeeping, so many tiny records still count
         deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
         with core.space:
-            while not core.try_reserve(size):
-                if core.closed:
-                    break  # append raises the close reason
+            while not core.try_append(rec, count):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise RetriableError(
-                        f"producer buffer full ({core.buffer_memory} bytes of unacknowledged records) "
-                        f"for max.block.ms; is the broker reachable? (poll() or flush() to drain callbacks)"
-                    )
+                    raise core.buffer_full()
                 core.space.wait(left)
-            p = partition if partition is not None else core.choose_partition(topic, k, count)
-            core.append(topic, p, encoded, entry, size)
 
     # ---- deliveries ---------------------------------------------------------------------
 
@@ -150,7 +129,7 @@ class Producer:
                 if err is not None:
                     sink.set_exception(err)
                 else:
-                    sink.set_result(_message(topic, partition, base, i, e))
+                    sink.set_result(delivered(topic, partition, base, i, e))
             elif sink is not None:
                 wants_callback = True
         if wants_callback:
@@ -179,7 +158,7 @@ class Producer:
             cb = e[4]
             if cb is None or isinstance(cb, concurrent.futures.Future):
                 continue
-            cb(err, _message(topic, partition, base, i, e))
+            cb(err, delivered(topic, partition, base, i, e))
             n += 1
         return n
 
@@ -227,7 +206,3 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _message(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:
-    return Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3])
