@@ -8,20 +8,26 @@ bin=${1:-target/debug}
 start_broker "$bin/tidelog"
 addr=http://$addr
 
+# check_exactly_once LABEL OUT1 OUT2: the two members' outputs hold 600 records, each once.
+check_exactly_once() {
+  local label=$1 a=$2 b=$3 total unique
+  total=$(cat "$a" "$b" | wc -l)
+  unique=$(cat "$a" "$b" | cut -d' ' -f1 | sort -u | wc -l)
+  [ "$total" = 600 ] && [ "$unique" = 600 ] || {
+    echo "examples smoke ($label): expected 600 records exactly once, got $total lines, $unique unique"
+    cat "$a.err" "$b.err"
+    exit 1
+  }
+  echo "examples smoke ($label): ok (600 records over $(grep -c . "$a") + $(grep -c . "$b") in one group)"
+}
+
 "$bin/producer" --broker "$addr" --topic orders --count 600
 "$bin/group_consumer" --broker "$addr" --topic orders --group billing --idle-ms 3000 >"$work/c1" 2>"$work/c1.err" &
 c1=$!
 "$bin/group_consumer" --broker "$addr" --topic orders --group billing --idle-ms 3000 >"$work/c2" 2>"$work/c2.err" &
 c2=$!
 wait "$c1" "$c2"
-total=$(cat "$work/c1" "$work/c2" | wc -l)
-unique=$(cat "$work/c1" "$work/c2" | cut -d' ' -f1 | sort -u | wc -l)
-[ "$total" = 600 ] && [ "$unique" = 600 ] || {
-  echo "examples smoke: expected 600 records exactly once, got $total lines, $unique unique"
-  cat "$work/c1.err" "$work/c2.err"
-  exit 1
-}
-echo "examples smoke: ok (600 records over $(grep -c . "$work/c1") + $(grep -c . "$work/c2") in one group)"
+check_exactly_once "rust + rust" "$work/c1" "$work/c2"
 
 # The Python examples, as examples/README.md shows them: a Python and a Rust group consumer
 # sharing one group (both joined before records arrive, so they split the work), then the
@@ -39,11 +45,4 @@ for _ in $(seq 1 100); do
 done
 "$py" examples/python/producer.py --broker "${addr#http://}" --topic payments --count 600
 wait "$p1" "$p2"
-total=$(cat "$work/p1" "$work/p2" | wc -l)
-unique=$(cat "$work/p1" "$work/p2" | cut -d' ' -f1 | sort -u | wc -l)
-[ "$total" = 600 ] && [ "$unique" = 600 ] || {
-  echo "examples smoke (python): expected 600 records exactly once, got $total lines, $unique unique"
-  cat "$work/p1.err" "$work/p2.err"
-  exit 1
-}
-echo "examples smoke (python + rust): ok (600 records over $(grep -c . "$work/p1") python + $(grep -c . "$work/p2") rust in one group)"
+check_exactly_once "python + rust" "$work/p1" "$work/p2"

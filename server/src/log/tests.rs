@@ -88,7 +88,8 @@ fn reopen_keeps_everything_and_checks_only_the_tail() {
     assert_eq!(read_all(&log).len(), 3000);
 }
 
-fn active_log_file(dir: &Path) -> PathBuf {
+/// The active (highest-named) `.log` file in a partition directory.
+pub(super) fn active_log_file(dir: &Path) -> PathBuf {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
