@@ -63,20 +63,9 @@ pub fn error_code(e: &BrokerError) -> ErrorCode {
 }
 
 pub fn status(e: &BrokerError) -> Status {
-    let (_, code) = table(e);
-    let server_side = matches!(
-        e,
-        BrokerError::PartitionFailed { .. }
-            | BrokerError::Log(
-                LogError::Io { .. }
-                    | LogError::Unrecoverable { .. }
-                    | LogError::Config(_)
-                    | LogError::Truncate(_)
-                    | LogError::RaftOrder(_)
-            )
-            | BrokerError::Meta(_)
-    );
-    if server_side {
+    let (error_code, code) = table(e);
+    // Storage errors are the broker's fault, not the client's: log them here.
+    if error_code == ErrorCode::StorageError {
         tracing::error!(error = %e, "request failed on the broker side");
     }
     Status::new(code, e.to_string())

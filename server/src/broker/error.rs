@@ -39,16 +39,3 @@ pub enum BrokerError {
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
 }
-
-impl BrokerError {
-    /// Whether the same request may succeed if retried unchanged.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Log(LogError::Io { .. })
-                | Self::Meta(MetaError::Store(_))
-                | Self::ShuttingDown
-                | Self::PartitionFailed { .. }
-        )
-    }
-}

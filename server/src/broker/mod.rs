@@ -141,10 +141,6 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
     }
 
-    pub fn partition(&self, topic: &str, p: u32) -> Result<Arc<Partition>, BrokerError> {
-        Ok(Arc::clone(self.topic(topic)?.partition(p)?))
-    }
-
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         self.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }

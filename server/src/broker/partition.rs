@@ -289,21 +289,15 @@ impl Partition {
         if offset >= hw {
             return Ok(Vec::new());
         }
-        let (batches, _) = reader
-            .read(pos, hw, max_bytes)
+        let batches = reader
+            .read_records(pos, hw, max_bytes)
             .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
         Ok(batches)
     }
 
     /// Checks that `offset` is a valid start position: within [log start, log end].
     pub fn check_offset(&self, offset: u64) -> Result<(), BrokerError> {
-        let state = self.state();
-        let log = &state.log;
-        let (start, end) = (log.log_start().0, log.log_end().0);
-        if offset < start || offset > end {
-            return Err(LogError::OffsetOutOfRange { requested: offset, log_start: start, log_end: end }.into());
-        }
-        Ok(())
+        Ok(self.state().log.check_offset(offset)?)
     }
 
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>, BrokerError> {

@@ -61,7 +61,6 @@ struct Group {
     state: GroupState,
     generation: u32,
     leader: Option<String>,
-    assignor: String,
     members: BTreeMap<String, Member>,
     assignments: HashMap<String, Vec<TopicPartitions>>,
     rebalance_deadline: Option<Instant>,
@@ -73,7 +72,6 @@ impl Group {
             state: GroupState::Empty,
             generation: 0,
             leader: None,
-            assignor: String::new(),
             members: BTreeMap::new(),
             assignments: HashMap::new(),
             rebalance_deadline: None,
@@ -222,7 +220,6 @@ impl Coordinator {
         };
         g.generation += 1;
         g.leader = Some(leader.clone());
-        g.assignor = assignor.clone();
         g.state = GroupState::AwaitingSync;
         g.rebalance_deadline = None;
         let topics: BTreeSet<&String> = g.members.values().flat_map(|m| m.join.topics.iter()).collect();
@@ -350,9 +347,8 @@ impl Coordinator {
         {
             let groups = self.lock();
             for (name, g) in groups.iter() {
-                let overdue = g.rebalance_deadline.is_some_and(|d| now > d);
                 for (id, m) in &g.members {
-                    if now.duration_since(m.last_seen) > m.session_timeout || (overdue && !m.joined) {
+                    if expired(g, m, now) {
                         doomed.push((name.clone(), id.clone()));
                     }
                 }
@@ -368,10 +364,11 @@ impl Coordinator {
     fn remove_if_expired(&self, group: &str, member: &str) {
         let still = {
             let groups = self.lock();
-            groups.get(group).and_then(|g| g.members.get(member).map(|m| (g, m))).is_some_and(|(g, m)| {
-                let overdue = g.rebalance_deadline.is_some_and(|d| Instant::now() > d);
-                m.last_seen.elapsed() > m.session_timeout || (overdue && !m.joined)
-            })
+            let now = Instant::now();
+            groups
+                .get(group)
+                .and_then(|g| g.members.get(member).map(|m| (g, m)))
+                .is_some_and(|(g, m)| expired(g, m, now))
         };
         if still {
             self.remove(group, member, None, "session timed out");
@@ -415,6 +412,12 @@ impl Coordinator {
             assignments: g.assignments.clone(),
         })
     }
+}
+
+/// A member's session timed out, or a rebalance it has not rejoined is overdue.
+fn expired(g: &Group, m: &Member, now: Instant) -> bool {
+    let overdue = g.rebalance_deadline.is_some_and(|d| now > d);
+    now.duration_since(m.last_seen) > m.session_timeout || (overdue && !m.joined)
 }
 
 fn touch(g: &mut Group, member: &str) {

@@ -339,7 +339,7 @@ impl Log {
         let active = self.active();
         // A segment is named by its base offset: one holding no records (only control batches)
         // must not roll, or the next segment would get the same name.
-        if active.is_empty() || active.next_offset() == active.base_offset() {
+        if active.next_offset() == active.base_offset() {
             return Ok(());
         }
         let too_big = active.size() + incoming > self.config.segment_bytes
@@ -371,13 +371,19 @@ impl Log {
         self.active().file_handle()
     }
 
-    /// A reader positioned at the batch containing `offset` (or the first batch after it).
-    /// `Ok(None)` when `offset` is the log end (nothing to read yet).
-    pub fn locate(&self, offset: u64) -> Result<Option<(SegmentReader, u64)>, LogError> {
+    /// Checks that `offset` is a valid read position: within [log start, log end].
+    pub fn check_offset(&self, offset: u64) -> Result<(), LogError> {
         let (start, end) = (self.log_start().0, self.log_end().0);
         if offset < start || offset > end {
             return Err(LogError::OffsetOutOfRange { requested: offset, log_start: start, log_end: end });
         }
+        Ok(())
+    }
+
+    /// A reader positioned at the batch containing `offset` (or the first batch after it).
+    /// `Ok(None)` when `offset` is the log end (nothing to read yet).
+    pub fn locate(&self, offset: u64) -> Result<Option<(SegmentReader, u64)>, LogError> {
+        self.check_offset(offset)?;
         for (_, seg) in self.segments.range(..=offset).next_back().into_iter().chain(self.segments.range(offset + 1..))
         {
             let target = offset.max(seg.base_offset());
@@ -395,24 +401,26 @@ impl Log {
         match self.locate(offset)? {
             None => Ok(Vec::new()),
             Some((reader, pos)) => {
-                let (mut batches, _) =
-                    reader.read(pos, max_offset, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?;
-                batches.retain(|b| !b.header.is_control());
-                Ok(batches)
+                Ok(reader.read_records(pos, max_offset, max_bytes).ctx(|| format!("reading {}", self.dir.display()))?)
             }
         }
     }
 
     /// The last segment whose first Raft entry is at or below `index`: the only one that can
-    /// hold `index` (Raft indexes increase through segments in offset order).
+    /// hold `index`. Raft indexes increase through segments in offset order, so the first
+    /// segment whose (cached) last entry reaches `index` holds it if it starts at or below it;
+    /// otherwise the segment before it ends just below `index`. One header read at most.
     fn segment_for_raft(&self, index: u64) -> Result<Option<&Segment>, LogError> {
-        for seg in self.segments.values().rev() {
-            let first = seg.first_raft_index().ctx(|| format!("reading {}", seg.log_path().display()))?;
-            if first.is_some_and(|f| f <= index) {
-                return Ok(Some(seg));
+        let mut before = None;
+        for seg in self.segments.values() {
+            let Some(last) = seg.last_header() else { continue };
+            if last.raft_index >= index {
+                let first = seg.first_raft_index().ctx(|| format!("reading {}", seg.log_path().display()))?;
+                return Ok(if first.is_some_and(|f| f <= index) { Some(seg) } else { before });
             }
+            before = Some(seg);
         }
-        Ok(None)
+        Ok(before)
     }
 
     /// The segment holding Raft entry `index`, and the entry's position in it; `None` if no
@@ -541,27 +549,22 @@ impl Log {
         if offset >= end {
             return Ok(());
         }
-        if offset < start {
-            return Err(LogError::Truncate(format!("offset {offset} is below the log start {start}")));
-        }
         // The segment holding `offset` (or the first one after it) is cut; later ones go.
         let Some((&base, seg)) = self.segments.range(..=offset).next_back() else {
             return Err(LogError::Truncate(format!("offset {offset} is below the log start {start}")));
         };
-        let pos = seg.position_for(offset).ctx(|| format!("reading {}", seg.log_path().display()))?;
-        let pos = match pos {
-            Some(p) => p,
-            None => seg.size(), // `offset` is this segment's end: only later segments go
-        };
-        if pos < seg.size() {
-            let h = seg.header_at(pos).ctx(|| format!("reading {}", seg.log_path().display()))?;
-            if h.base_offset != offset {
+        let found = seg.batch_for(offset).ctx(|| format!("reading {}", seg.log_path().display()))?;
+        // No batch: `offset` is this segment's end, and only later segments go.
+        let pos = match found {
+            Some((_, h)) if h.base_offset != offset => {
                 return Err(LogError::Truncate(format!(
                     "offset {offset} is inside the batch at {}; truncate at a batch boundary",
                     h.base_offset
-                )));
+                )))
             }
-        }
+            Some((pos, _)) => pos,
+            None => seg.size(),
+        };
         self.truncate_at(base, pos)?;
         Ok(())
     }

@@ -109,8 +109,7 @@ pub fn scan_tail(path: &Path, start: ScanStart, index_interval_bytes: u64) -> io
             scan.stopped_by = Some(format!("payload CRC mismatch at position {pos}"));
             break;
         }
-        // As `Segment::append`: control batches are never indexed.
-        if scan.bytes_since_index >= index_interval_bytes && !header.is_control() {
+        if super::segment::wants_index_entry(scan.bytes_since_index, index_interval_bytes, &header) {
             // Positions fit in u32: segments are capped at MAX_SEGMENT_BYTES.
             scan.offset_entries.push(OffsetEntry { offset: header.base_offset, position: pos as u32 });
             scan.time_entries.push(TimeEntry { timestamp_ms: header.append_time_ms, offset: header.base_offset });

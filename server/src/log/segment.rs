@@ -63,6 +63,13 @@ pub struct Segment {
     index_interval_bytes: u64,
 }
 
+/// Whether the batch after `bytes_since_index` unindexed bytes gets an index entry (the same
+/// rule at append and in recovery). Control batches never do: they share their base offset
+/// with the next data batch, and index offsets must strictly increase.
+pub(super) fn wants_index_entry(bytes_since_index: u64, interval: u64, header: &BatchHeader) -> bool {
+    bytes_since_index >= interval && !header.is_control()
+}
+
 fn paths(dir: &Path, base: u64) -> (PathBuf, PathBuf, PathBuf) {
     (
         dir.join(segment_file_name(base, LOG_EXT)),
@@ -179,9 +186,6 @@ impl Segment {
     pub fn size(&self) -> u64 {
         self.size
     }
-    pub fn is_empty(&self) -> bool {
-        self.size == 0
-    }
     pub fn last_header(&self) -> Option<&BatchHeader> {
         self.last_header.as_ref()
     }
@@ -219,9 +223,7 @@ impl Segment {
         self.size += u64::from(header.batch_len);
         self.next_offset = header.next_offset();
         self.last_header = Some(*header);
-        // Control batches are never indexed: they share their base offset with the next data
-        // batch, and index offsets must strictly increase.
-        if self.bytes_since_index >= self.index_interval_bytes && !header.is_control() {
+        if wants_index_entry(self.bytes_since_index, self.index_interval_bytes, header) {
             // Written after the batch itself (see index.rs invariants). The batch is already in
             // the log, so an index write failure must not fail the append (the caller would
             // report an error for stored data, and a retry would duplicate it): indexes are
@@ -258,15 +260,29 @@ impl Segment {
     /// File position of the batch that contains `offset`, or of the first batch after it;
     /// `None` if `offset` is at or past the segment's end.
     pub fn position_for(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(self.batch_for(offset)?.map(|(pos, _)| pos))
+    }
+
+    /// [`Segment::position_for`], with the batch's header.
+    pub fn batch_for(&self, offset: u64) -> io::Result<Option<(u64, BatchHeader)>> {
         if offset >= self.next_offset {
             return Ok(None);
         }
         let floor = self.index.floor_by(|e| e.offset <= offset);
-        let mut pos = floor.map_or(0, |e| u64::from(e.position));
+        self.find_from(floor.map_or(0, |e| u64::from(e.position)), |h| h.next_offset() > offset)
+    }
+
+    /// Walks the batch headers from byte `pos` (a batch boundary) to the end; returns the
+    /// first batch for which `pred` holds, with its position.
+    fn find_from(
+        &self,
+        mut pos: u64,
+        mut pred: impl FnMut(&BatchHeader) -> bool,
+    ) -> io::Result<Option<(u64, BatchHeader)>> {
         while pos < self.size {
             let h = self.read_header(pos)?;
-            if h.next_offset() > offset {
-                return Ok(Some(pos));
+            if pred(&h) {
+                return Ok(Some((pos, h)));
             }
             pos += u64::from(h.batch_len);
         }
@@ -281,31 +297,19 @@ impl Segment {
         }
         // Start at the last indexed batch older than the target; scan forward.
         let from = self.time_index.floor_by(|e| e.timestamp_ms < timestamp_ms).map_or(self.base_offset, |e| e.offset);
-        let mut pos = self.position_for(from)?.unwrap_or(self.size);
-        while pos < self.size {
-            let h = self.read_header(pos)?;
-            if h.append_time_ms >= timestamp_ms && !h.is_control() {
-                return Ok(Some((h.base_offset, h.append_time_ms)));
-            }
-            pos += u64::from(h.batch_len);
-        }
-        Ok(None)
+        let pos = self.position_for(from)?.unwrap_or(self.size);
+        let found = self.find_from(pos, |h| h.append_time_ms >= timestamp_ms && !h.is_control())?;
+        Ok(found.map(|(_, h)| (h.base_offset, h.append_time_ms)))
     }
 
     /// Calls `f` with the header of every batch that ends after `from_offset`, in order.
     pub fn for_each_header(&self, from_offset: u64, f: &mut impl FnMut(&BatchHeader)) -> io::Result<()> {
-        let Some(mut pos) = self.position_for(from_offset)? else { return Ok(()) };
-        while pos < self.size {
-            let h = self.read_header(pos)?;
-            f(&h);
-            pos += u64::from(h.batch_len);
-        }
+        let Some(pos) = self.position_for(from_offset)? else { return Ok(()) };
+        self.find_from(pos, |h| {
+            f(h);
+            false
+        })?;
         Ok(())
-    }
-
-    /// The header of the batch at byte `pos` (which must be a batch boundary).
-    pub fn header_at(&self, pos: u64) -> io::Result<BatchHeader> {
-        self.read_header(pos)
     }
 
     /// Raft index of the segment's first batch; `None` if the segment is empty.
@@ -340,15 +344,8 @@ impl Segment {
                 hi = mid;
             }
         }
-        let mut pos = if lo == 0 { 0 } else { u64::from(entries[lo - 1].position) };
-        while pos < self.size {
-            let h = self.read_header(pos)?;
-            if h.raft_index >= index {
-                return Ok(Some((pos, h)));
-            }
-            pos += u64::from(h.batch_len);
-        }
-        Ok(None)
+        let floor = if lo == 0 { 0 } else { u64::from(entries[lo - 1].position) };
+        self.find_from(floor, |h| h.raft_index >= index)
     }
 
     fn read_header(&self, pos: u64) -> io::Result<BatchHeader> {
@@ -471,6 +468,14 @@ impl SegmentReader {
             at = end;
         }
         Ok((batches, position + at as u64))
+    }
+
+    /// [`SegmentReader::read`] for consumers: control batches (Raft entries that are not
+    /// records) are left out, so no consumer path can serve one.
+    pub fn read_records(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<Vec<StoredBatch>> {
+        let (mut batches, _) = self.read(position, max_offset, max_bytes)?;
+        batches.retain(|b| !b.header.is_control());
+        Ok(batches)
     }
 
     fn pread(&self, position: u64, len: usize) -> io::Result<BytesMut> {
