@@ -2,6 +2,7 @@
 //! clone), plus typed helpers for the admin calls.
 
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
+use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
 use tidelog_proto::v1::{CreateTopicRequest, DescribeTopicRequest, TopicConfig, TopicDescription};
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
@@ -45,6 +46,10 @@ impl Client {
 
     pub fn offsets(&self) -> OffsetServiceClient<Channel> {
         OffsetServiceClient::new(self.channel.clone())
+    }
+
+    pub fn groups(&self) -> GroupServiceClient<Channel> {
+        GroupServiceClient::new(self.channel.clone())
     }
 
     /// The byte-level record client (batches as bytes; see `tidelog_proto::wire`).

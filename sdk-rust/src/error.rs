@@ -23,7 +23,23 @@ pub enum Error {
     Delivery(String),
 }
 
+/// Whether a broker error code is retryable (the proto marks these): the same request may
+/// succeed later.
+pub fn retryable_code(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::StorageError | ErrorCode::NotLeader | ErrorCode::ShuttingDown)
+}
+
+/// A broker error code as received (unknown numbers read as `InvalidRequest`).
+pub(crate) fn error_code(code: i32) -> ErrorCode {
+    ErrorCode::try_from(code).unwrap_or(ErrorCode::InvalidRequest)
+}
+
 impl Error {
+    /// The error for a broker error code in a response body.
+    pub(crate) fn broker(code: i32, message: String) -> Self {
+        Error::Broker { code: error_code(code), message }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport(_) => true,
@@ -31,9 +47,7 @@ impl Error {
                 s.code(),
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
             ),
-            Error::Broker { code, .. } => {
-                matches!(code, ErrorCode::StorageError | ErrorCode::NotLeader | ErrorCode::ShuttingDown)
-            }
+            Error::Broker { code, .. } => retryable_code(*code),
             Error::BufferFull(_) => true,
             Error::Decode(_) | Error::InvalidArgument(_) | Error::Closed | Error::Delivery(_) => false,
         }

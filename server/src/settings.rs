@@ -21,6 +21,16 @@ pub enum FsyncSetting {
     Never,
 }
 
+impl From<FsyncSetting> for tidelog_proto::v1::FsyncPolicy {
+    fn from(f: FsyncSetting) -> Self {
+        match f {
+            FsyncSetting::Always => Self::Always,
+            FsyncSetting::Interval => Self::Interval,
+            FsyncSetting::Never => Self::Never,
+        }
+    }
+}
+
 /// Settings of one topic. Every field has a documented default (see `Default`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use support::*;
-use tidelog::proto::v1::group_service_client::GroupServiceClient;
 use tidelog::proto::v1::{CommitRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorCode, PartitionOffset};
 use tidelog::{
     Client, GroupConfig, GroupConsumer, OffsetReset, Producer, ProducerConfig, RebalanceListener, Record,
@@ -102,11 +101,7 @@ async fn next_record(c: &mut GroupConsumer) -> tidelog::ConsumedRecord {
 }
 
 async fn describe(client: &Client) -> DescribeGroupResponse {
-    GroupServiceClient::new(client.channel())
-        .describe_group(DescribeGroupRequest { group: "workers".into() })
-        .await
-        .unwrap()
-        .into_inner()
+    client.groups().describe_group(DescribeGroupRequest { group: "workers".into() }).await.unwrap().into_inner()
 }
 
 /// The current assignment if the group is stable with `members` members, checked disjoint and

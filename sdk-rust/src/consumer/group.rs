@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::{
     offset_spec, session_request, session_response, CommitRequest, ErrorCode, FetchCommittedRequest, Heartbeat,
     JoinGroup, LeaveGroup, ListOffsetsRequest, OffsetSpec, PartitionOffset, SessionRequest, SyncGroup, TopicPartitions,
@@ -410,8 +409,7 @@ impl Member {
         let (tx, rx) = mpsc::channel::<SessionRequest>(16);
         let join = self.join_request();
         tx.send(join).await.map_err(|_| Error::Closed)?;
-        let mut responses =
-            GroupServiceClient::new(self.client.channel()).session(ReceiverStream::new(rx)).await?.into_inner();
+        let mut responses = self.client.groups().session(ReceiverStream::new(rx)).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         // After a stall, one heartbeat, not a burst of them.
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -444,7 +442,7 @@ impl Member {
                         // Our Join is already on its way: it answers this rebalance too.
                         session_response::Kind::Rebalance(_) => {}
                         session_response::Kind::Error(e) => {
-                            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::InvalidRequest);
+                            let code = crate::error::error_code(e.code);
                             let err = Error::Broker { code, message: e.message };
                             let fetch_epoch = lock(&self.state).fetch_epoch;
                             let _ = self.records.send(Fetched { fetch_epoch, record: Err(err) }).await;
@@ -635,8 +633,7 @@ impl Member {
         while let Some(r) = responses.next().await {
             let r = r?;
             if r.error_code != ErrorCode::Unspecified as i32 {
-                let code = ErrorCode::try_from(r.error_code).unwrap_or(ErrorCode::InvalidRequest);
-                return Err(Error::Broker { code, message: r.error_message });
+                return Err(Error::broker(r.error_code, r.error_message));
             }
             if let Some(req) = sent.iter().find(|q| q.request_id == r.request_id) {
                 let mut s = lock(&self.state);

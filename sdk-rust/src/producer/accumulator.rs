@@ -108,7 +108,8 @@ pub(crate) struct Accumulator {
 
 impl Accumulator {
     /// Adds a record to its partition's open batch; seals the batch first if the record would
-    /// overflow it. Returns whether a batch was sealed.
+    /// overflow it. Returns whether a batch was sealed, and whether the partition had no open
+    /// batch before (a new linger deadline).
     pub fn append(
         &mut self,
         tp: TopicPartition,
@@ -117,8 +118,9 @@ impl Accumulator {
         delivery: Delivery,
         max_batch_bytes: usize,
         compression: Compression,
-    ) -> bool {
+    ) -> (bool, bool) {
         let q = self.queues.entry(tp).or_default();
+        let created = q.open.is_none();
         let mut sealed = false;
         if q.open.as_ref().is_some_and(|o| o.bytes + size > max_batch_bytes) {
             seal(q, compression);
@@ -133,7 +135,7 @@ impl Accumulator {
         open.records.push(record);
         open.deliveries.push(delivery);
         open.bytes += size;
-        sealed
+        (sealed, created)
     }
 }
 

@@ -276,13 +276,17 @@ impl Producer {
         s.pending.fetch_add(1, Ordering::AcqRel);
         let wake = {
             let mut acc = s.lock();
-            let partition = match partition {
+            // Allocate the topic name for the sticky map only the first time a topic is seen.
+            let partition = match partition.or_else(|| acc.sticky.get(topic).copied()) {
                 Some(p) => p,
-                None => *acc.sticky.entry(topic.to_string()).or_insert_with(|| rand::random::<u32>() % partitions),
+                None => {
+                    let p = rand::random::<u32>() % partitions;
+                    acc.sticky.insert(topic.to_string(), p);
+                    p
+                }
             };
             let tp = TopicPartition { topic: topic.to_string(), partition };
-            let created = acc.queues.get(&tp).is_none_or(|q| q.open.is_none());
-            let sealed = acc.append(tp, record, size, tx, max_batch, s.config.compression);
+            let (sealed, created) = acc.append(tp, record, size, tx, max_batch, s.config.compression);
             if sealed && acc.sticky.get(topic) == Some(&partition) {
                 // Kafka's sticky partitioner: move keyless records on once a batch is full.
                 acc.sticky.insert(topic.to_string(), rand::random::<u32>() % partitions);

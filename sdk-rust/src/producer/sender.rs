@@ -74,7 +74,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             continue;
         };
         let now = Instant::now();
-        let (requests, deadline) = collect(&shared, &mut c.in_flight, &mut next_id, now);
+        let Collected { requests, deadline, oldest_sent } = collect(&shared, &mut c.in_flight, &mut next_id, now);
         let mut lost = None;
         for req in requests {
             if c.tx.send(req).await.is_err() {
@@ -85,7 +85,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let event = match lost {
             Some(why) => Event::Lost(why),
             None => {
-                let request_deadline = oldest_sent(&shared).map(|t| t + shared.config.request_timeout);
+                let request_deadline = oldest_sent.map(|t| t + shared.config.request_timeout);
                 let far = now + Duration::from_secs(3600);
                 tokio::select! {
                     r = c.rx.next() => match r {
@@ -153,15 +153,24 @@ fn complete(shared: &Shared, tp: &TopicPartition, b: Batch, result: Result<(u64,
     }
 }
 
+/// What one pass over the partition queues found.
+struct Collected {
+    /// Batches to send now.
+    requests: Vec<wire::ProduceRequest>,
+    /// The next time a linger or retry backoff is due.
+    deadline: Option<Instant>,
+    /// When the oldest batch still in flight was sent (its response is due by the timeout).
+    oldest_sent: Option<Instant>,
+}
+
 /// Seals batches whose linger expired (all, when flushing), fails batches past their delivery
-/// timeout, and takes the batches that may be sent now. Returns them as requests and the next
-/// time something is due.
+/// timeout, and takes the batches that may be sent now, in one pass over the queues.
 fn collect(
     shared: &Shared,
     in_flight: &mut HashMap<u64, TopicPartition>,
     next_id: &mut u64,
     now: Instant,
-) -> (Vec<wire::ProduceRequest>, Option<Instant>) {
+) -> Collected {
     let cfg = &shared.config;
     expire(shared, now);
     let mut acc = shared.lock();
@@ -169,6 +178,7 @@ fn collect(
     let mut out = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut due = |t: Instant| deadline = Some(deadline.map_or(t, |d| d.min(t)));
+    let mut oldest_sent: Option<Instant> = None;
     let mut fire_and_forget = Vec::new();
     for (tp, q) in acc.queues.iter_mut() {
         if let Some(open) = super::accumulator::linger_deadline(q, cfg.linger) {
@@ -178,14 +188,17 @@ fn collect(
                 due(open);
             }
         }
-        match q.retry_at {
+        let waiting = match q.retry_at {
             Some(t) if t > now => {
                 due(t);
-                continue;
+                true
             }
-            _ => q.retry_at = None,
-        }
-        while q.in_flight.len() < cfg.max_in_flight {
+            _ => {
+                q.retry_at = None;
+                false
+            }
+        };
+        while !waiting && q.in_flight.len() < cfg.max_in_flight {
             let Some(mut b) = q.ready.pop_front() else { break };
             b.request_id = *next_id;
             *next_id += 1;
@@ -199,6 +212,9 @@ fn collect(
                 q.in_flight.push_back(b);
             }
         }
+        if let Some(sent) = q.in_flight.front().and_then(|b| b.sent_at) {
+            oldest_sent = Some(oldest_sent.map_or(sent, |o| o.min(sent)));
+        }
     }
     // Queues are never removed: an empty queue still holds the partition's next sequence.
     drop(acc);
@@ -206,7 +222,7 @@ fn collect(
     for (tp, b) in fire_and_forget {
         complete(shared, &tp, b, Ok((u64::MAX, -1)));
     }
-    (out, deadline)
+    Collected { requests: out, deadline, oldest_sent }
 }
 
 fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequest {
@@ -246,8 +262,8 @@ fn handle_response(
         tracing::warn!(request_id = r.request_id, "response out of order; ignoring");
         return false;
     }
-    let code = ErrorCode::try_from(r.error_code).unwrap_or(ErrorCode::InvalidRequest);
-    let retryable = matches!(code, ErrorCode::StorageError | ErrorCode::ShuttingDown | ErrorCode::NotLeader);
+    let code = crate::error::error_code(r.error_code);
+    let retryable = crate::error::retryable_code(code);
     if code == ErrorCode::Unspecified {
         if let Some(b) = q.in_flight.pop_front() {
             complete(shared, &tp, b, Ok((r.base_offset, r.append_time_ms)));
@@ -285,11 +301,6 @@ fn rewind_all(shared: &Shared, retry_at: Instant) {
             q.retry_at = Some(retry_at);
         }
     }
-}
-
-fn oldest_sent(shared: &Shared) -> Option<Instant> {
-    let acc = shared.lock();
-    acc.queues.values().filter_map(|q| q.in_flight.front().and_then(|b| b.sent_at)).min()
 }
 
 /// Fails batches past the delivery timeout that are not in flight (see the module docs).

@@ -63,11 +63,7 @@ fn to_config(s: &TopicSettings) -> TopicConfig {
         retention_bytes: Some(s.retention_bytes),
         segment_bytes: Some(s.segment_bytes),
         segment_ms: Some(s.segment_ms),
-        fsync_policy: match s.fsync {
-            FsyncSetting::Always => FsyncPolicy::Always,
-            FsyncSetting::Interval => FsyncPolicy::Interval,
-            FsyncSetting::Never => FsyncPolicy::Never,
-        } as i32,
+        fsync_policy: FsyncPolicy::from(s.fsync) as i32,
         fsync_interval_ms: Some(s.fsync_interval_ms),
         max_batch_bytes: Some(s.max_batch_bytes),
     }

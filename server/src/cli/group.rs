@@ -2,7 +2,6 @@
 //! committed offset and lag of every partition the group has committed.
 
 use clap::Subcommand;
-use tidelog::proto::v1::group_service_client::GroupServiceClient;
 use tidelog::proto::v1::DescribeGroupRequest;
 use tidelog::Client;
 
@@ -16,10 +15,7 @@ pub async fn run(broker: &str, command: GroupCommand) -> anyhow::Result<()> {
     let client = Client::connect(broker).await?;
     match command {
         GroupCommand::Describe { group } => {
-            let d = GroupServiceClient::new(client.channel())
-                .describe_group(DescribeGroupRequest { group })
-                .await?
-                .into_inner();
+            let d = client.groups().describe_group(DescribeGroupRequest { group }).await?.into_inner();
             println!("group {} state={} generation={} leader={}", d.group, d.state, d.generation, d.leader_id);
             for m in &d.members {
                 let parts: Vec<String> = m.owned.iter().map(|t| format!("{}{:?}", t.topic, t.partitions)).collect();

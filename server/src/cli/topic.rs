@@ -85,12 +85,7 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<()> {
                 retention_bytes,
                 segment_bytes,
                 segment_ms,
-                fsync_policy: match fsync {
-                    None => FsyncPolicy::Unspecified,
-                    Some(FsyncSetting::Always) => FsyncPolicy::Always,
-                    Some(FsyncSetting::Interval) => FsyncPolicy::Interval,
-                    Some(FsyncSetting::Never) => FsyncPolicy::Never,
-                } as i32,
+                fsync_policy: fsync.map_or(FsyncPolicy::Unspecified, FsyncPolicy::from) as i32,
                 fsync_interval_ms,
                 max_batch_bytes,
             };

@@ -147,11 +147,7 @@ async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<()> {
     if client.describe_topic(&args.topic).await.is_ok() {
         return Ok(());
     }
-    let fsync_policy = match args.fsync {
-        FsyncSetting::Always => FsyncPolicy::Always,
-        FsyncSetting::Interval => FsyncPolicy::Interval,
-        FsyncSetting::Never => FsyncPolicy::Never,
-    } as i32;
+    let fsync_policy = FsyncPolicy::from(args.fsync) as i32;
     client.create_topic_with(&args.topic, args.partitions, TopicConfig { fsync_policy, ..Default::default() }).await?;
     Ok(())
 }
