@@ -15,5 +15,6 @@ pub mod config;
 pub mod group;
 pub mod log;
 pub mod meta;
+pub mod raft;
 pub mod settings;
 pub mod telemetry;

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::{error_code, status};
 use crate::broker::batch::{self, Declared, CODEC_NONE};
-use crate::broker::partition::Partition;
+use crate::broker::partition::{Partition, PendingAppend};
 use crate::broker::{now_ms, Broker, BrokerError};
 use crate::log::{AppendBatch, StoredBatch};
 
@@ -66,10 +66,10 @@ fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse 
     let appended = append_now(broker, &req);
     Box::pin(async move {
         let result = match appended {
-            Ok((partition, appended)) => {
-                let done = partition.complete(&appended).await;
+            Ok((partition, pending)) => {
+                let done = partition.complete(&pending).await;
                 resp.log_start_offset = partition.offsets().log_start.0;
-                done.map(|()| appended)
+                done.map(|()| pending.appended)
             }
             Err(e) => Err(e),
         };
@@ -88,10 +88,7 @@ fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse 
     })
 }
 
-fn append_now(
-    broker: &Broker,
-    req: &wire::ProduceRequest,
-) -> Result<(Arc<Partition>, crate::log::Appended), BrokerError> {
+fn append_now(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, PendingAppend), BrokerError> {
     broker.check_running()?;
     let topic = broker.topic(&req.topic)?;
     let partition = Arc::clone(topic.partition(req.partition)?);

@@ -30,9 +30,10 @@ use tokio::sync::watch;
 
 use super::error::BrokerError;
 use super::producer_state::{ProducerState, RecentBatch, SequenceCheck};
+use crate::log::format::{BatchHeader, BATCH_HEADER_LEN};
 use crate::log::{
     AppendBatch, Appended, FsyncPolicy, HighWatermark, Log, LogConfig, LogEndOffset, LogError, PartitionOffsets,
-    RecoveryReport, RetentionOutcome, StoredBatch,
+    RecoveryReport, RetentionOutcome, SegmentSlice, StoredBatch,
 };
 
 /// Unsynced bytes after which the interval flusher fsyncs before the interval is up.
@@ -57,11 +58,11 @@ pub struct Partition {
     state: Mutex<PartitionState>,
     dir: PathBuf,
     fsync: FsyncPolicy,
-    /// Everything below this offset has been fsynced.
-    synced_to: AtomicU64,
-    /// Bytes appended since open, and how many of them the last fsync covered (for the early
-    /// interval fsync).
-    appended_bytes: AtomicU64,
+    /// Bytes written to the log since open (headers included; bumped under the log lock), and
+    /// how many of them the last fsync covered. A byte count, not an offset, because Raft
+    /// control batches occupy no offset but must be made durable too: a position in this count
+    /// (a [`WriteMark`]) names "everything written so far".
+    written_bytes: AtomicU64,
     synced_bytes: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
     /// When the interval flusher should next fsync (ms since `epoch`).
@@ -84,13 +85,7 @@ impl Partition {
     ) -> Result<(Self, RecoveryReport), BrokerError> {
         let (log, report) = Log::open(dir, config)?;
         let end = log.log_end().0;
-        // Producer state: the snapshot, then the batch headers after it (the active segment).
-        let (mut producers, replay_from) = ProducerState::load(dir, end);
-        log.scan_headers(replay_from, |h| {
-            if h.base_offset >= replay_from {
-                producers.record(h);
-            }
-        })?;
+        let producers = load_producers(dir, &log)?;
         let (hw, _) = watch::channel(end);
         Ok((
             Self {
@@ -99,8 +94,7 @@ impl Partition {
                 state: Mutex::new(PartitionState { log, producers }),
                 dir: dir.to_path_buf(),
                 fsync,
-                synced_to: AtomicU64::new(end),
-                appended_bytes: AtomicU64::new(0),
+                written_bytes: AtomicU64::new(0),
                 synced_bytes: AtomicU64::new(0),
                 sync_lock: tokio::sync::Mutex::new(()),
                 next_interval_sync_ms: AtomicI64::new(0),
@@ -130,11 +124,10 @@ impl Partition {
     /// Step 1 of an append: checks an idempotent producer's sequence, then writes the batch to
     /// the log (see the module docs). A resent batch that is already stored is not written
     /// again: its original position is returned.
-    pub fn append(&self, batch: AppendBatch<'_>, now_ms: i64) -> Result<Appended, BrokerError> {
+    pub fn append(&self, batch: AppendBatch<'_>, now_ms: i64) -> Result<PendingAppend, BrokerError> {
         self.check_open()?;
         let mut state = self.state();
-        let idempotent = batch.producer_id > 0;
-        if idempotent {
+        if batch.producer_id > 0 {
             let check = state.producers.check(
                 batch.producer_id,
                 batch.producer_epoch,
@@ -142,39 +135,63 @@ impl Partition {
                 batch.record_count,
             )?;
             if let SequenceCheck::Duplicate(b) = check {
-                return Ok(Appended {
+                // The original may not be durable yet: wait for everything written so far.
+                let mark = WriteMark(self.written_bytes.load(Ordering::Relaxed));
+                let appended = Appended {
                     base_offset: b.base_offset,
                     next_offset: b.base_offset + u64::from(b.record_count),
                     append_time_ms: b.append_time_ms,
                     raft_index: 0,
-                });
+                };
+                return Ok(PendingAppend { appended, mark });
             }
         }
+        self.write_locked(&mut state, LogWrite::Batch(batch), now_ms)
+    }
+
+    /// Writes one batch under the log lock: the log, the write count, the producer state and,
+    /// when the log rolled, the producer snapshot. An unrecoverable error closes the partition.
+    fn write_locked(
+        &self,
+        state: &mut PartitionState,
+        write: LogWrite<'_>,
+        now_ms: i64,
+    ) -> Result<PendingAppend, BrokerError> {
         let segments = state.log.segment_count();
-        let bytes = batch.payload.len() as u64;
-        let appended = match state.log.append(batch, now_ms) {
+        let (result, bytes) = match write {
+            LogWrite::Batch(b) => (state.log.append(b, now_ms), b.payload.len()),
+            LogWrite::Replicated(h, payload) => (state.log.append_replicated(h, payload), payload.len()),
+            LogWrite::Control { payload, term, index } => {
+                (state.log.append_control(payload, (term, index), now_ms), payload.len())
+            }
+        };
+        let appended = match result {
             Ok(a) => a,
             Err(e) if e.is_unrecoverable() => {
-                drop(state);
                 tracing::error!(topic = %self.topic, partition = self.index, error = %e, "partition stops serving until restart");
                 self.close(Closed::StorageFailed);
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         };
-        // Under the log lock, so `sync_to` reads a count that matches its target offset.
-        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if idempotent {
-            state.producers.record_batch(
-                batch.producer_id,
-                batch.producer_epoch,
-                RecentBatch {
-                    base_sequence: batch.base_sequence,
-                    record_count: batch.record_count,
-                    base_offset: appended.base_offset,
-                    append_time_ms: appended.append_time_ms,
-                },
-            );
+        // Under the log lock, so a fsync that reads the count covers exactly these bytes.
+        let total = (BATCH_HEADER_LEN + bytes) as u64;
+        let mark = WriteMark(self.written_bytes.fetch_add(total, Ordering::Relaxed) + total);
+        let recent = |base_sequence, record_count| RecentBatch {
+            base_sequence,
+            record_count,
+            base_offset: appended.base_offset,
+            append_time_ms: appended.append_time_ms,
+        };
+        match write {
+            LogWrite::Batch(b) if b.producer_id > 0 => {
+                state.producers.record_batch(b.producer_id, b.producer_epoch, recent(b.base_sequence, b.record_count));
+            }
+            LogWrite::Replicated(h, _) if h.producer_id > 0 => {
+                // The leader's time may have been clamped here (see `Log::append_replicated`).
+                state.producers.record_batch(h.producer_id, h.producer_epoch, recent(h.base_sequence, h.record_count));
+            }
+            _ => {}
         }
         if state.log.segment_count() != segments {
             // The log rolled: snapshot the producer state so a restart replays only the new
@@ -183,24 +200,24 @@ impl Partition {
                 tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "producer snapshot not written");
             }
         }
-        Ok(appended)
+        Ok(PendingAppend { appended, mark })
     }
 
     /// Step 2 of an append: waits for durability per the fsync policy, then publishes the batch
     /// to subscribers by advancing the high watermark.
-    pub async fn complete(&self, appended: &Appended) -> Result<(), BrokerError> {
+    pub async fn complete(&self, pending: &PendingAppend) -> Result<(), BrokerError> {
         if self.fsync == FsyncPolicy::PerBatch {
-            self.sync_to(appended.next_offset).await?;
+            self.sync_through(pending.mark).await?;
         }
         // After a failed fsync nothing more may become visible (see `Closed::StorageFailed`).
         if self.closed_reason() == Some(Closed::StorageFailed) {
             return self.check_open();
         }
-        self.advance_hw(appended.next_offset);
+        self.advance_hw(pending.appended.next_offset);
         Ok(())
     }
 
-    fn advance_hw(&self, to: u64) {
+    pub(crate) fn advance_hw(&self, to: u64) {
         self.hw.send_if_modified(|hw| {
             if to > *hw {
                 *hw = to;
@@ -211,22 +228,21 @@ impl Partition {
         });
     }
 
-    /// Durability: returns once every batch below `end` is fsynced. Concurrent callers share
-    /// one fsync.
-    pub async fn sync_to(&self, end: u64) -> Result<(), BrokerError> {
-        if self.synced_to.load(Ordering::Acquire) >= end {
+    /// Durability: returns once every byte written up to `mark` is fsynced. Concurrent callers
+    /// share one fsync (group commit).
+    pub async fn sync_through(&self, mark: WriteMark) -> Result<(), BrokerError> {
+        if self.synced_bytes.load(Ordering::Acquire) >= mark.0 {
             return Ok(());
         }
         let _turn = self.sync_lock.lock().await;
-        if self.synced_to.load(Ordering::Acquire) >= end {
+        if self.synced_bytes.load(Ordering::Acquire) >= mark.0 {
             return Ok(());
         }
-        // Taken together under the log lock: this file holds every byte below `target`
+        // Taken together under the log lock: this file holds every byte counted in `written`
         // that is not in a sealed (already fsynced) segment.
-        let (file, target, bytes) = {
+        let (file, written) = {
             let state = self.state();
-            let log = &state.log;
-            (log.active_file(), log.log_end().0, self.appended_bytes.load(Ordering::Relaxed))
+            (state.log.active_file(), self.written_bytes.load(Ordering::Relaxed))
         };
         let synced = match tokio::task::spawn_blocking(move || file.sync_data()).await {
             Ok(r) => r,
@@ -237,9 +253,17 @@ impl Partition {
             self.close(Closed::StorageFailed);
             return Err(LogError::io(format!("fsync of {}/{}", self.topic, self.index), e).into());
         }
-        self.synced_to.fetch_max(target, Ordering::AcqRel);
-        self.synced_bytes.fetch_max(bytes, Ordering::Relaxed);
+        self.synced_bytes.fetch_max(written, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Everything written so far, as a mark to [`Partition::sync_through`].
+    pub fn written(&self) -> WriteMark {
+        WriteMark(self.written_bytes.load(Ordering::Relaxed))
+    }
+
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.fsync
     }
 
     /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data, or
@@ -249,14 +273,13 @@ impl Partition {
             return Ok(());
         };
         let now = self.epoch.elapsed().as_millis() as i64;
-        let unsynced =
-            self.appended_bytes.load(Ordering::Relaxed).saturating_sub(self.synced_bytes.load(Ordering::Relaxed));
-        if now < self.next_interval_sync_ms.load(Ordering::Relaxed) && unsynced < EARLY_SYNC_BYTES {
+        let written = self.written();
+        let unsynced = written.0.saturating_sub(self.synced_bytes.load(Ordering::Relaxed));
+        if unsynced == 0 || (now < self.next_interval_sync_ms.load(Ordering::Relaxed) && unsynced < EARLY_SYNC_BYTES) {
             return Ok(());
         }
         self.next_interval_sync_ms.store(now + every.as_millis() as i64, Ordering::Relaxed);
-        let end = self.state().log.log_end().0;
-        self.sync_to(end).await
+        self.sync_through(written).await
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
@@ -334,18 +357,114 @@ impl Partition {
         *self.closed_reason.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    // --- The partition as a Raft log (used by `raft::log_store` and `raft::state_machine`) ---
+
+    /// Writes one Raft entry (see [`LogWrite`]). Durability: page cache only; sync through the
+    /// returned mark. Readable by [`Partition::read_raft`] at once, visible to consumers only
+    /// once the high watermark passes it.
+    pub fn write_raft(&self, write: LogWrite<'_>, now_ms: i64) -> Result<PendingAppend, BrokerError> {
+        self.check_open()?;
+        let mut state = self.state();
+        self.write_locked(&mut state, write, now_ms)
+    }
+
+    /// Stored batches (control batches included) from the first whose Raft index is
+    /// `from_index` or more, about `max_bytes` (at least one batch); empty if none is.
+    pub fn read_raft(&self, from_index: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, BrokerError> {
+        Ok(self.state().log.read_raft(from_index, max_bytes)?)
+    }
+
+    /// Term and index of the last stored batch.
+    pub fn last_raft_entry(&self) -> Option<(u64, u64)> {
+        self.state().log.last_raft_entry()
+    }
+
+    /// Drops every batch above Raft index `index` (all of them for `None`) and rebuilds the
+    /// producer state without them. Durability: fsynced before returning. Raft never truncates
+    /// committed entries, so the high watermark is unaffected.
+    pub fn truncate_after_raft(&self, index: Option<u64>) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        state.log.truncate_after_raft(index)?;
+        debug_assert!(*self.hw.borrow() <= state.log.log_end().0, "truncated below the high watermark");
+        state.producers = load_producers(&self.dir, &state.log)?;
+        Ok(())
+    }
+
+    /// The stored batches up to Raft index `index`, as file slices: a snapshot's data.
+    pub fn raft_prefix(&self, index: Option<u64>) -> Result<Vec<SegmentSlice>, BrokerError> {
+        Ok(self.state().log.raft_prefix(index)?)
+    }
+
+    /// Replaces the log with another replica's [`Partition::raft_prefix`] (a snapshot install),
+    /// rebuilds the producer state from it and sets the high watermark to its end: a snapshot
+    /// holds committed entries only. Durability: durable on return.
+    pub fn install_snapshot(&self, slices: &[SegmentSlice]) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        if let Err(e) = state.log.install_snapshot(slices) {
+            if e.is_unrecoverable() {
+                drop(state);
+                self.close(Closed::StorageFailed);
+            }
+            return Err(e.into());
+        }
+        state.producers = load_producers(&self.dir, &state.log)?;
+        let end = state.log.log_end().0;
+        self.synced_bytes.fetch_max(self.written_bytes.load(Ordering::Relaxed), Ordering::AcqRel);
+        self.hw.send_modify(|hw| *hw = end);
+        Ok(())
+    }
+
+    /// Sets the high watermark after a restart, when Raft (not the log end) knows what is
+    /// committed. The only way it may move down.
+    pub fn restore_hw(&self, hw: u64) {
+        let end = self.state().log.log_end().0;
+        self.hw.send_modify(|v| *v = hw.min(end));
+    }
+
     /// Durability: fsyncs all appended data and writes the producer snapshot (at shutdown).
     pub fn flush(&self) -> Result<(), BrokerError> {
         let state = self.state();
         state.log.sync()?;
         let end = state.log.log_end().0;
-        self.synced_to.fetch_max(end, Ordering::AcqRel);
-        self.synced_bytes.fetch_max(self.appended_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.synced_bytes.fetch_max(self.written_bytes.load(Ordering::Relaxed), Ordering::AcqRel);
         if let Err(e) = state.producers.save(&self.dir, end) {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "producer snapshot not written");
         }
         Ok(())
     }
+}
+
+/// Producer state: the snapshot, then the batch headers after it (normally the active segment;
+/// the whole log when the snapshot is missing or lies beyond a truncation).
+fn load_producers(dir: &std::path::Path, log: &Log) -> Result<ProducerState, LogError> {
+    let (mut producers, replay_from) = ProducerState::load(dir, log.log_end().0);
+    log.scan_headers(replay_from, |h| {
+        if h.base_offset >= replay_from {
+            producers.record(h);
+        }
+    })?;
+    Ok(producers)
+}
+
+/// A position in the partition's count of written bytes (see [`Partition::sync_through`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WriteMark(pub u64);
+
+/// A batch written to the log (step 1 of an append) that is not yet durable or visible.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingAppend {
+    pub appended: Appended,
+    /// Sync through this mark to make the batch durable.
+    pub mark: WriteMark,
+}
+
+/// One write to the log: a new batch (the log assigns its offset and time), a batch exactly as
+/// a Raft leader stored it, or a Raft control batch.
+#[derive(Clone, Copy, Debug)]
+pub enum LogWrite<'a> {
+    Batch(AppendBatch<'a>),
+    Replicated(&'a BatchHeader, &'a [u8]),
+    Control { payload: &'a [u8], term: u64, index: u64 },
 }
 
 /// What the partition's lock protects.

@@ -7,6 +7,7 @@
 //! 00000000000000001234.index      sparse offset index: (u32 offset - base, u32 file position)
 //! 00000000000000001234.timeindex  sparse time index: (i64 append time ms, u32 offset - base)
 //! producers.snapshot              idempotent-producer state as of an offset (broker-owned)
+//! .snapshot-staging/              a Raft snapshot's segments being installed (transient)
 //! ```
 //!
 //! All integers are little-endian. The layout is versioned by `BATCH_MAGIC`; a reader must
@@ -30,6 +31,12 @@ pub const TIME_INDEX_EXT: &str = "timeindex";
 /// Idempotent-producer state of a partition as of some offset (JSON; rebuilt from batch headers
 /// if missing). Written by the broker beside the segments.
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
+/// Directory (inside a partition directory) where a Raft snapshot's segments are staged before
+/// they replace the log; see `log/snapshot.rs`.
+pub const SNAPSHOT_STAGING_DIR: &str = ".snapshot-staging";
+/// Written (and fsynced) into the staging directory once every staged segment is durable: from
+/// then on the swap is finished by `Log::open` after a crash instead of being discarded.
+pub const SNAPSHOT_COMPLETE_FILE: &str = "complete";
 /// Width of the zero-padded base offset in segment file names (fits any u64).
 pub const BASE_OFFSET_DIGITS: usize = 20;
 

@@ -34,6 +34,7 @@ pub mod offset;
 mod raft_tests;
 pub mod recovery;
 pub mod segment;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +50,7 @@ use format::{parse_log_file_name, BatchHeader, CompressionCodec, BATCH_HEADER_LE
 pub use offset::{HighWatermark, LogEndOffset, LogStartOffset, PartitionOffsets};
 use segment::Segment;
 pub use segment::{SegmentReader, StoredBatch};
+pub use snapshot::SegmentSlice;
 
 /// A batch to append: the producer's payload plus what the broker knows about it.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +102,8 @@ pub struct Log {
     /// Never empty; the last entry is the active segment.
     segments: BTreeMap<u64, Segment>,
     last_append_time_ms: i64,
-    last_raft: (u64, u64),
+    /// Term and index of the last stored batch; `None` for an empty log.
+    last_raft: Option<(u64, u64)>,
 }
 
 impl Log {
@@ -111,6 +114,8 @@ impl Log {
     pub fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        // A snapshot install interrupted by a crash is finished (or discarded) first.
+        snapshot::finish_staged(dir).fatal(|| format!("finishing a staged snapshot in {}", dir.display()))?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
@@ -166,7 +171,7 @@ impl Log {
             config,
             segments,
             last_append_time_ms: last.map_or(i64::MIN, |h| h.append_time_ms),
-            last_raft: last.map_or((0, 0), |h| (h.raft_term, h.raft_index)),
+            last_raft: last.map(|h| (h.raft_term, h.raft_index)),
         };
         Ok((log, report))
     }
@@ -218,8 +223,9 @@ impl Log {
         LogEndOffset(self.active().next_offset())
     }
 
-    /// Term and index of the last appended batch ((0, 0) for an empty log).
-    pub fn last_raft_entry(&self) -> (u64, u64) {
+    /// Term and index of the last stored batch (`None` for an empty log: Raft index 0 is a
+    /// real entry).
+    pub fn last_raft_entry(&self) -> Option<(u64, u64)> {
         self.last_raft
     }
 
@@ -296,14 +302,15 @@ impl Log {
             .ok()
             .filter(|l| u64::from(*l) <= self.config.segment_bytes)
             .ok_or_else(|| LogError::Config(format!("batch of {batch_len} bytes is larger than segment_bytes")))?;
-        let (raft_term, raft_index) = batch.raft.unwrap_or((self.last_raft.0, self.last_raft.1 + 1));
+        let (raft_term, raft_index) = batch.raft.unwrap_or(self.last_raft.map_or((0, 1), |(t, i)| (t, i + 1)));
         // Raft indexes strictly increase through the file (lookups by index rely on it); terms
         // never go back. The first entry of an empty log may start anywhere (after a purge).
-        if self.last_raft != (0, 0) && (raft_index <= self.last_raft.1 || raft_term < self.last_raft.0) {
-            return Err(LogError::RaftOrder(format!(
-                "entry (term {raft_term}, index {raft_index}) after (term {}, index {})",
-                self.last_raft.0, self.last_raft.1
-            )));
+        if let Some((last_term, last_index)) = self.last_raft {
+            if raft_index <= last_index || raft_term < last_term {
+                return Err(LogError::RaftOrder(format!(
+                    "entry (term {raft_term}, index {raft_index}) after (term {last_term}, index {last_index})"
+                )));
+            }
         }
         self.maybe_roll(batch_len as u64, batch.record_count, now_ms)?;
         let append_time_ms = now_ms.max(self.last_append_time_ms);
@@ -331,7 +338,7 @@ impl Log {
             }
         })?;
         self.last_append_time_ms = append_time_ms;
-        self.last_raft = (raft_term, raft_index);
+        self.last_raft = Some((raft_term, raft_index));
         Ok(Appended { base_offset, next_offset: header.next_offset(), append_time_ms, raft_index })
     }
 
@@ -423,17 +430,22 @@ impl Log {
         Ok(before)
     }
 
-    /// The segment holding Raft entry `index`, and the entry's position in it; `None` if no
-    /// stored batch has that index (below the first or above the last).
+    /// The first batch whose Raft index is `index` or more: its segment and position; `None`
+    /// if every batch is below `index`.
     fn locate_raft(&self, index: u64) -> Result<Option<(&Segment, u64)>, LogError> {
-        let Some(seg) = self.segment_for_raft(index)? else { return Ok(None) };
-        let pos = seg.position_for_raft(index).ctx(|| format!("reading {}", seg.log_path().display()))?;
-        Ok(pos.map(|p| (seg, p)))
+        let first = self.segment_for_raft(index)?.map_or(0, Segment::base_offset);
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            let found = seg.first_at_or_after_raft(index).ctx(|| format!("reading {}", seg.log_path().display()))?;
+            if let Some((pos, _)) = found {
+                return Ok(Some((seg, pos)));
+            }
+        }
+        Ok(None)
     }
 
-    /// Reads every stored batch, control batches included, from Raft entry `from_index` on,
-    /// about `max_bytes` at most (at least one batch), for replication. Empty if no batch has
-    /// that index.
+    /// Reads every stored batch, control batches included, from the first one whose Raft index
+    /// is `from_index` or more, about `max_bytes` at most (at least one batch) and from one
+    /// segment, for replication. Empty if every batch is below `from_index`.
     pub fn read_raft(&self, from_index: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, LogError> {
         match self.locate_raft(from_index)? {
             None => Ok(Vec::new()),
@@ -443,12 +455,14 @@ impl Log {
         }
     }
 
-    /// Removes every batch whose Raft index is above `index` (a follower dropping the suffix
-    /// its leader's log disagrees with). Unlike [`Log::truncate_suffix`], this separates a
-    /// control batch from the data batch that shares its base offset. Durability: fsynced
-    /// before returning.
-    pub fn truncate_after_raft(&mut self, index: u64) -> Result<(), LogError> {
-        if index >= self.last_raft.1 {
+    /// Removes every batch whose Raft index is above `index`, or every batch for `None` (a
+    /// follower dropping the suffix its leader's log disagrees with). Unlike
+    /// [`Log::truncate_suffix`], this separates a control batch from the data batch that shares
+    /// its base offset. Durability: fsynced before returning.
+    pub fn truncate_after_raft(&mut self, index: Option<u64>) -> Result<(), LogError> {
+        let Some((_, last)) = self.last_raft else { return Ok(()) };
+        let Some(index) = index else { return self.truncate_at(self.log_start().0, 0) };
+        if index >= last {
             return Ok(());
         }
         // Kept: everything up to `index`, which ends in the segment that starts at or below it
@@ -462,6 +476,43 @@ impl Log {
             None => (self.log_start().0, 0),
         };
         self.truncate_at(base, pos)
+    }
+
+    /// The stored batches with Raft index `index` or below (none for `None`), as slices of the
+    /// segment files in offset order: a Raft snapshot's data (see [`snapshot`]). Never empty:
+    /// with no such batch it is the first segment's empty prefix, which still tells the log
+    /// start offset.
+    pub fn raft_prefix(&self, index: Option<u64>) -> Result<Vec<SegmentSlice>, LogError> {
+        let mut out = Vec::new();
+        for seg in self.segments.values() {
+            let cut = match (seg.last_header(), index) {
+                (Some(_), None) => 0,
+                (Some(last), Some(index)) if last.raft_index > index => seg
+                    .first_at_or_after_raft(index.saturating_add(1))
+                    .ctx(|| format!("reading {}", seg.log_path().display()))?
+                    .map_or(seg.size(), |(pos, _)| pos),
+                _ => seg.size(),
+            };
+            if cut > 0 || out.is_empty() {
+                out.push(SegmentSlice { base_offset: seg.base_offset(), file: seg.file_handle(), len: cut });
+            }
+            if cut < seg.size() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the whole log with `slices` (another replica's [`Log::raft_prefix`]): a Raft
+    /// snapshot install. Crash-safe (see [`snapshot`]); durable on return. The producer snapshot
+    /// file is removed with the old segments, since it describes them.
+    pub fn install_snapshot(&mut self, slices: &[SegmentSlice]) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        snapshot::stage(&dir, slices).ctx(|| format!("staging a snapshot in {}", dir.display()))?;
+        snapshot::finish_staged(&dir).fatal(|| format!("installing a snapshot in {}", dir.display()))?;
+        let (log, _) = Self::open(&dir, self.config)?;
+        *self = log;
+        Ok(())
     }
 
     /// Cuts the log at byte `pos` of segment `base`: later segments are deleted, that one is
@@ -478,7 +529,7 @@ impl Log {
         active.truncate_at_position(pos).map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
         active.sync().fatal(|| format!("fsync after truncation of {}", dir.display()))?;
         let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
-        self.last_raft = last.map_or((0, 0), |h| (h.raft_term, h.raft_index));
+        self.last_raft = last.map(|h| (h.raft_term, h.raft_index));
         Ok(())
     }
 

@@ -101,20 +101,20 @@ fn truncation_by_raft_index_separates_a_control_batch_from_the_data_sharing_its_
     data(&mut log, 1, 3, 2);
     control(&mut log, 2, 4);
     data(&mut log, 2, 5, 2);
-    log.truncate_after_raft(4).unwrap();
-    assert_eq!((log.log_end().0, log.last_raft_entry()), (4, (2, 4)), "the control batch at offset 4 stays");
-    log.truncate_after_raft(2).unwrap();
-    assert_eq!((log.log_end().0, log.last_raft_entry()), (2, (1, 2)));
+    log.truncate_after_raft(Some(4)).unwrap();
+    assert_eq!((log.log_end().0, log.last_raft_entry()), (4, Some((2, 4))), "the control batch at offset 4 stays");
+    log.truncate_after_raft(Some(2)).unwrap();
+    assert_eq!((log.log_end().0, log.last_raft_entry()), (2, Some((1, 2))));
     assert_eq!(raft_entries(&log, 1).len(), 2);
     // A new leader's entries continue from there, in a new term.
     assert_eq!(data(&mut log, 3, 3, 1).base_offset, 2);
     // Raft indexes may jump (the entry after a purge past the end): truncation keeps what lies
     // at or below the point even when the entry just above it is missing.
     data(&mut log, 3, 10, 1);
-    log.truncate_after_raft(5).unwrap();
-    assert_eq!((log.log_end().0, log.last_raft_entry()), (3, (3, 3)));
-    log.truncate_after_raft(0).unwrap();
-    assert_eq!((log.log_end().0, log.last_raft_entry(), consumed(&log)), (0, (0, 0), vec![]));
+    log.truncate_after_raft(Some(5)).unwrap();
+    assert_eq!((log.log_end().0, log.last_raft_entry()), (3, Some((3, 3))));
+    log.truncate_after_raft(None).unwrap();
+    assert_eq!((log.log_end().0, log.last_raft_entry(), consumed(&log)), (0, None, vec![]));
     drop(log);
     let (log, _) = Log::open(dir.path(), cfg(1 << 20)).unwrap();
     assert_eq!(log.log_end().0, 0);
@@ -143,7 +143,7 @@ fn raft_lookup_across_segments_and_after_recovery_of_a_torn_tail() {
 
     let (log, report) = Log::open(path, cfg(2048)).unwrap();
     assert_eq!(report.truncated_bytes, 50);
-    assert_eq!(log.last_raft_entry().1, 400);
+    assert_eq!(log.last_raft_entry().map(|e| e.1), Some(400));
     for i in [1, 2, 3, 99, 100, 101, 250, 299, 300, 399, 400] {
         let got = log.read_raft(i, 1).unwrap();
         assert_eq!(got.first().map(|b| (b.header.raft_index, b.header.is_control())), Some((i, i % 3 == 0)));
@@ -221,7 +221,7 @@ fn model_based_random_raft_log() {
     let mut model: Vec<(u64, u64, bool, u32)> = Vec::new();
     let mut term = 1;
     for step in 0..600 {
-        let next = model.last().map_or(1, |e| e.0 + 1);
+        let next = model.last().map_or(0, |e| e.0 + 1); // Raft index 0 is a real entry
         match rng.gen_range(0..100) {
             0..=59 => {
                 let count = rng.gen_range(1..4);
@@ -233,9 +233,10 @@ fn model_based_random_raft_log() {
                 model.push((next, term, true, 0));
             }
             80..=91 if !model.is_empty() => {
-                let keep = rng.gen_range(0..=model.last().map_or(0, |e| e.0));
+                // `None` drops every entry.
+                let keep = rng.gen_range(0..=model.last().map_or(0, |e| e.0 + 1)).checked_sub(1);
                 log.truncate_after_raft(keep).unwrap();
-                model.retain(|e| e.0 <= keep);
+                model.retain(|e| keep.is_some_and(|k| e.0 <= k));
                 term += 1; // a new leader takes over after a truncation
             }
             _ => {
@@ -245,7 +246,7 @@ fn model_based_random_raft_log() {
         }
         let end: u64 = model.iter().map(|e| u64::from(e.3)).sum();
         assert_eq!(log.log_end().0, end, "seed {seed} step {step}: log end");
-        assert_eq!(log.last_raft_entry(), model.last().map_or((0, 0), |e| (e.1, e.0)), "seed {seed} step {step}");
+        assert_eq!(log.last_raft_entry(), model.last().map(|e| (e.1, e.0)), "seed {seed} step {step}");
         let want: Vec<(u64, bool, u32)> = model.iter().map(|e| (e.0, e.2, e.3)).collect();
         let got: Vec<(u64, bool, u32)> = model
             .first()
@@ -257,4 +258,42 @@ fn model_based_random_raft_log() {
         let data_batches = model.iter().filter(|e| !e.2).count();
         assert_eq!(consumed(&log).len(), data_batches, "seed {seed} step {step}: consumer view");
     }
+}
+
+/// A snapshot install interrupted by a crash: before the staged copy is complete the old log
+/// survives whole; after it, the next open finishes the swap.
+#[test]
+fn an_interrupted_snapshot_install_leaves_the_old_or_the_new_log_never_a_mix() {
+    let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut src, _) = Log::open(src_dir.path(), cfg(1024)).unwrap();
+    for i in 1..=60 {
+        data(&mut src, 1, i, 2);
+    }
+    let (mut dst, _) = Log::open(dst_dir.path(), cfg(1024)).unwrap();
+    for i in 1..=5 {
+        data(&mut dst, 2, i, 1);
+    }
+    let old = raft_entries(&dst, 1);
+    let prefix = src.raft_prefix(Some(40)).unwrap();
+    assert!(prefix.len() > 1, "the prefix spans segments");
+
+    // Crash while staging: no completion marker.
+    snapshot::stage(dst_dir.path(), &prefix).unwrap();
+    std::fs::remove_file(dst_dir.path().join(format::SNAPSHOT_STAGING_DIR).join(format::SNAPSHOT_COMPLETE_FILE))
+        .unwrap();
+    drop(dst);
+    let (dst, _) = Log::open(dst_dir.path(), cfg(1024)).unwrap();
+    assert_eq!(raft_entries(&dst, 1), old, "an incomplete staging directory is discarded");
+    assert!(!dst_dir.path().join(format::SNAPSHOT_STAGING_DIR).exists());
+
+    // Crash after staging completed: the open finishes the swap.
+    snapshot::stage(dst_dir.path(), &prefix).unwrap();
+    drop(dst);
+    let (mut dst, _) = Log::open(dst_dir.path(), cfg(1024)).unwrap();
+    let want: Vec<_> = raft_entries(&src, 1).into_iter().filter(|e| e.0 <= 40).collect();
+    assert_eq!(raft_entries(&dst, 1), want);
+    assert_eq!(dst.log_end().0, 80);
+    // And the installed log continues like the source.
+    data(&mut dst, 1, 41, 2);
+    assert_eq!(dst.read_raft(41, 1).unwrap()[0].header.base_offset, 80);
 }

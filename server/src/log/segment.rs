@@ -32,7 +32,7 @@ pub enum AppendError {
 }
 
 /// A batch read back from a segment: its header and the producer's payload bytes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredBatch {
     pub header: BatchHeader,
     /// The payload exactly as the producer sent it (a slice of the read buffer, not a copy).

@@ -220,7 +220,7 @@ fn truncate_suffix_drops_uncommitted_batches_across_segments() {
     assert!(matches!(log.truncate_suffix(101), Err(LogError::Truncate(_))), "mid-batch must be refused");
     log.truncate_suffix(100).unwrap();
     assert_eq!(log.log_end().0, 100);
-    assert_eq!(log.last_raft_entry(), (0, 50));
+    assert_eq!(log.last_raft_entry(), Some((0, 50)));
     fill(&mut log, 50, 10);
     assert_eq!(read_all(&log).len(), 60);
     drop(log);

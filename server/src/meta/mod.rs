@@ -8,12 +8,17 @@
 //! - tree `offsets`: key = group `0x00` topic `0x00` partition (u32 big-endian, so a prefix
 //!   scan of `group 0x00 topic 0x00` yields partitions in order); value = offset u64 LE |
 //!   commit time ms i64 LE | metadata (UTF-8).
+//! - tree `raft`: each Raft group's vote, purge point and checkpoints ([`raft_state`]).
 //!
 //! Durability: every mutating method flushes (fsyncs) sled before it returns, so a topic that
 //! was created or an offset that was committed survives a crash once the call returned.
 //! Group and topic names never contain `0x00` (validated by the API layer).
 
+mod raft_state;
+
 use std::path::Path;
+
+pub use raft_state::{RaftKey, RaftState};
 
 use serde::{Deserialize, Serialize};
 

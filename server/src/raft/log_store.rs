@@ -1,0 +1,281 @@
+//! The partition log as openraft's log storage: [`RaftLogStorage`] and [`RaftLogReader`] over a
+//! [`Partition`]. The partition log IS the Raft log: an entry is written once, as the batch
+//! consumers will later read — no write-ahead log in front of it (DESIGN.md §3).
+//!
+//! Mapping (docs/RAFT_PLAN.md §2):
+//! - entry (term, index) ↔ the batch whose header holds `raft_term`, `raft_index`;
+//! - a proposed batch gets its offset and append time here, at append, from the log end: offsets
+//!   are a function of the Raft log prefix, the same on every replica and gap-free even when
+//!   proposals fail or suffixes are truncated;
+//! - a replicated batch is stored verbatim (header and payload), so replicas hold equal bytes;
+//! - blank and membership entries are control batches (no offset, never served to consumers);
+//! - the vote and the purge point live in sled ([`RaftState`]).
+//!
+//! Durability duties, at the call sites below:
+//! - `append` reports the entries flushed through [`IOFlushed`] only once they are as durable
+//!   as the partition's fsync policy promises: after an fsync for `PerBatch`, at once for
+//!   `Interval`/`Never` (the page cache of a majority; see docs/RAFT_PLAN.md §2 for what that
+//!   does and does not survive). openraft counts a replica's acknowledgement only after it;
+//! - `save_vote` fsyncs the log first (no earlier append may be less durable than the vote)
+//!   and then the vote, before returning;
+//! - `purge` is logical: it records the purge point durably and hides entries at or below it.
+//!   Files are deleted only by retention, below a durable purge point.
+//!
+//! Never: hand out an entry at or below the purge point, or report an append flushed before
+//! the fsync that covers it.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+
+use super::codec::{self, decode_control, encode_control};
+use super::types::{log_id, BatchData, Entry, EntryPayload, LogId, PartitionTc, Vote};
+use crate::broker::partition::{LogWrite, Partition, WriteMark};
+use crate::broker::{now_ms, BrokerError};
+use crate::log::format::FLAG_CONTROL;
+use crate::log::{AppendBatch, FsyncPolicy, LogError, StoredBatch};
+use crate::meta::{MetaError, RaftKey, RaftState};
+
+/// Bytes read per replication request (openraft asks for ranges; we return a prefix).
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// The log store and its readers: cheap handles on one shared state.
+#[derive(Clone, Debug)]
+pub struct PartitionLogStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    partition: Arc<Partition>,
+    state: RaftState,
+    /// Cached purge point (the durable copy is in `state`).
+    purged: Mutex<Option<LogId>>,
+}
+
+fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
+}
+
+fn meta_err(e: MetaError) -> io::Error {
+    io_err(e)
+}
+
+fn broker_err(e: BrokerError) -> io::Error {
+    io_err(e)
+}
+
+impl PartitionLogStore {
+    /// Opens the log store of `partition`, whose Raft state is `state`.
+    pub fn open(partition: Arc<Partition>, state: RaftState) -> io::Result<Self> {
+        let purged = match state.get(RaftKey::Purged).map_err(meta_err)? {
+            Some(b) => codec::decode_log_id(&b)?,
+            None => None,
+        };
+        Ok(Self { shared: Arc::new(Shared { partition, state, purged: Mutex::new(purged) }) })
+    }
+
+    fn purged(&self) -> Option<LogId> {
+        *self.shared.purged.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Entries with index in `[start, end)`, at most about `max_bytes` (at least one entry when
+    /// any exists at `start`), skipping purged ones.
+    fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
+        let start = match self.purged() {
+            Some(p) => start.max(p.index + 1),
+            None => start,
+        };
+        let mut out = Vec::new();
+        let mut next = start;
+        let mut bytes = 0usize;
+        while next < end && (out.is_empty() || bytes < max_bytes) {
+            let batches = self.shared.partition.read_raft(next, READ_CHUNK_BYTES).map_err(broker_err)?;
+            if batches.is_empty() {
+                break;
+            }
+            for b in batches {
+                if b.header.raft_index >= end {
+                    return Ok(out);
+                }
+                next = b.header.raft_index + 1;
+                bytes += b.header.batch_len as usize;
+                out.push(entry_from_batch(b)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The Raft entry a stored batch holds.
+pub fn entry_from_batch(b: StoredBatch) -> io::Result<Entry> {
+    let id = log_id(b.header.raft_term, b.header.raft_index);
+    let payload = if b.header.flags & FLAG_CONTROL != 0 {
+        decode_control(&b.payload)?
+    } else {
+        EntryPayload::Normal(BatchData::Stored(b))
+    };
+    Ok(Entry { log_id: id, payload })
+}
+
+fn range_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<PartitionTc> for PartitionLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = range_bounds(&range);
+        self.read(start, end, usize::MAX)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        match self.shared.state.get(RaftKey::Vote).map_err(meta_err)? {
+            Some(b) => Ok(Some(codec::decode_vote(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replication reads: about one chunk of entries from `start`, never empty while entries
+    /// remain below `end`.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        self.read(start, end, READ_CHUNK_BYTES)
+    }
+}
+
+impl RaftLogStorage<PartitionTc> for PartitionLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<PartitionTc>, io::Error> {
+        let purged = self.purged();
+        let last = self.shared.partition.last_raft_entry().map(|(term, index)| log_id(term, index));
+        // After a purge past the end (a snapshot install) the purge point is the last entry.
+        let last = match (last, purged) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p),
+            (None, p) => p,
+            (l, _) => l,
+        };
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    /// Durability: the log is fsynced first, then the vote; both before returning.
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let p = &self.shared.partition;
+        p.sync_through(p.written()).await.map_err(broker_err)?;
+        self.shared.state.put_durable(RaftKey::Vote, &codec::encode_vote(vote)).await.map_err(meta_err)
+    }
+
+    /// A hint that speeds up restarts (entries up to it are re-applied without waiting for a
+    /// leader); not flushed, since Raft re-learns it from the leader anyway.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        if let Some(c) = committed {
+            self.shared.state.put(RaftKey::Committed, &codec::encode_log_id(&c)).map_err(meta_err)?;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        match self.shared.state.get(RaftKey::Committed).map_err(meta_err)? {
+            Some(b) => Ok(codec::decode_log_id(&b)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the entries to the log (readable at once), then reports them flushed per the
+    /// fsync policy (see the module docs).
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<PartitionTc>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let p = &self.shared.partition;
+        let mut mark = None;
+        for entry in entries {
+            mark = Some(write_entry(p, &entry).map_err(broker_err)?);
+        }
+        let Some(mark) = mark else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        match p.fsync_policy() {
+            // Durable before it counts: openraft's quorum of acks is a quorum of fsyncs.
+            FsyncPolicy::PerBatch => {
+                let synced = p.sync_through(mark).await.map_err(broker_err);
+                let failed = synced.as_ref().err().map(|e| io::Error::new(e.kind(), e.to_string()));
+                callback.io_completed(synced);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => callback.io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    /// Removes entries after `last_log_id` (all for `None`). Durability: fsynced on return.
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.shared.partition.truncate_after_raft(last_log_id.map(|l| l.index)).map_err(broker_err)
+    }
+
+    /// Logical purge: records the purge point durably, then hides entries at or below it.
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        if self.purged().is_some_and(|p| p >= log_id) {
+            return Ok(());
+        }
+        self.shared.state.put_durable(RaftKey::Purged, &codec::encode_log_id(&log_id)).await.map_err(meta_err)?;
+        let mut purged = self.shared.purged.lock().unwrap_or_else(PoisonError::into_inner);
+        *purged = (*purged).max(Some(log_id));
+        Ok(())
+    }
+}
+
+/// Stores one entry; returns the mark to sync through.
+fn write_entry(p: &Partition, entry: &Entry) -> Result<WriteMark, BrokerError> {
+    let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
+    let write = match &entry.payload {
+        EntryPayload::Normal(BatchData::Proposed(b)) => LogWrite::Batch(AppendBatch {
+            payload: &b.payload,
+            record_count: b.record_count,
+            compression: b.compression,
+            payload_crc: b.payload_crc,
+            raft: Some((term, index)),
+            producer_id: b.producer_id,
+            producer_epoch: b.producer_epoch,
+            base_sequence: b.base_sequence,
+        }),
+        EntryPayload::Normal(BatchData::Stored(b)) => {
+            if (b.header.raft_term, b.header.raft_index) != (term, index) {
+                return Err(BrokerError::Log(LogError::RaftOrder(format!(
+                    "replicated batch carries raft entry ({}, {}) but arrived as ({term}, {index})",
+                    b.header.raft_term, b.header.raft_index
+                ))));
+            }
+            LogWrite::Replicated(&b.header, &b.payload)
+        }
+        EntryPayload::Blank | EntryPayload::Membership(_) => {
+            let payload = encode_control(&entry.payload).unwrap_or_default();
+            return Ok(p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.mark);
+        }
+    };
+    Ok(p.write_raft(write, now_ms())?.mark)
+}

@@ -1,0 +1,43 @@
+//! Raft replication of partitions (openraft), over the partition log itself.
+//!
+//! ```text
+//! openraft::Raft<PartitionTc>
+//!   ├─ log_store::PartitionLogStore      RaftLogStorage + RaftLogReader over broker::Partition
+//!   │     (the partition log IS the Raft log; vote/purge point in sled via meta::RaftState)
+//!   └─ state_machine::PartitionStateMachine   apply = move the high watermark; snapshot =
+//!         the retained segments (log::snapshot)
+//! ```
+//!
+//! `types` declares the type configuration (log id = (term, index), the two numbers every batch
+//! header stores) and `codec` the byte formats of Raft state. The plan, and what is not built
+//! yet (network transport, metadata group, broker integration), is in docs/RAFT_PLAN.md.
+//!
+//! This module must never decode or re-encode record payloads: entries carry batches as bytes.
+
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
+#[cfg(test)]
+mod store_tests;
+pub mod types;
+
+use std::io;
+use std::sync::Arc;
+
+pub use log_store::PartitionLogStore;
+pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
+pub use types::{BatchData, PartitionTc, ProposedBatch};
+
+use crate::broker::partition::Partition;
+use crate::meta::RaftState;
+
+/// Opens the Raft storage of one partition: its log store and state machine, sharing the
+/// partition and its Raft state.
+pub fn open_storage(
+    partition: Arc<Partition>,
+    state: RaftState,
+) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
+    let log = PartitionLogStore::open(Arc::clone(&partition), state.clone())?;
+    let sm = PartitionStateMachine::open(partition, state)?;
+    Ok((log, sm))
+}
