@@ -247,7 +247,11 @@ impl Log {
 
     /// Appends a control batch (a Raft entry that is not a record batch: see
     /// [`format::FLAG_CONTROL`]) at `raft` = (term, index). It takes no offset: its base offset
-    /// is the log end, which the next data batch shares. Durability as [`Log::append`].
+    /// is the log end, which the next data batch shares. Nor does it take a time of its own: its
+    /// append time is the previous batch's (0 in an empty log), so every replica stores the same
+    /// bytes for it and data batch times stay the leader's (`now_ms` only decides whether the
+    /// active segment is old enough to roll). Durability as
+    /// [`Log::append`].
     pub fn append_control(&mut self, payload: &[u8], raft: (u64, u64), now_ms: i64) -> Result<Appended, LogError> {
         let batch = AppendBatch {
             payload,
@@ -313,7 +317,12 @@ impl Log {
             }
         }
         self.maybe_roll(batch_len as u64, batch.record_count, now_ms)?;
-        let append_time_ms = now_ms.max(self.last_append_time_ms);
+        // A control batch takes the time of the batch before it (0 in an empty log), never a
+        // clock reading: replicas append it at different moments, and its time must neither
+        // differ between them nor hold back the next data batch's time (see `append_control`).
+        let control = flags & format::FLAG_CONTROL != 0;
+        let append_time_ms =
+            if control { self.last_append_time_ms.max(0) } else { now_ms.max(self.last_append_time_ms) };
         let base_offset = self.active().next_offset();
         let header = BatchHeader {
             batch_len: batch_len32,
@@ -530,6 +539,8 @@ impl Log {
         active.sync().fatal(|| format!("fsync after truncation of {}", dir.display()))?;
         let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
         self.last_raft = last.map(|h| (h.raft_term, h.raft_index));
+        // Times of the truncated batches must not hold back the batches that replace them.
+        self.last_append_time_ms = last.map_or(i64::MIN, |h| h.append_time_ms);
         Ok(())
     }
 

@@ -16,6 +16,8 @@
 
 pub mod codec;
 pub mod log_store;
+#[cfg(test)]
+mod sim_tests;
 pub mod state_machine;
 #[cfg(test)]
 mod store_tests;
