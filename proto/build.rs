@@ -1,5 +1,6 @@
-//! Compiles `tidelog/v1/*.proto` (the public contract) and `wire/tidelog/v1/wire.proto` (the
-//! byte-level view of RecordService) with protox, a pure-Rust protobuf compiler, so a fresh
+//! Compiles `tidelog/v1/*.proto` (the public contract), `wire/tidelog/v1/wire.proto` (the
+//! byte-level view of RecordService) and `internal/tidelog/internal/v1/raft.proto` (broker to
+//! broker Raft traffic) with protox, a pure-Rust protobuf compiler, so a fresh
 //! machine needs no protoc. Both descriptor sets are written to OUT_DIR: the public one feeds
 //! server reflection, both feed the wire-compatibility test.
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=tidelog");
     println!("cargo:rerun-if-changed=wire");
+    println!("cargo:rerun-if-changed=internal");
 
     let public = protox::compile(PUBLIC, ["."])?;
     std::fs::write(out.join("tidelog_v1_descriptor.bin"), public.encode_to_vec())?;
@@ -38,5 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
         .compile_fds(wire)?;
+
+    let internal = protox::compile(["tidelog/internal/v1/raft.proto"], ["internal"])?;
+    let internal_out = out.join("internal");
+    std::fs::create_dir_all(&internal_out)?;
+    tonic_prost_build::configure()
+        .out_dir(&internal_out)
+        .bytes(".")
+        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
+        .compile_fds(internal)?;
     Ok(())
 }

@@ -18,6 +18,12 @@ pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/wire/tidelog.v1.rs"));
 }
 
+/// Broker-to-broker Raft transport (internal; not part of the public contract).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod internal {
+    include!(concat!(env!("OUT_DIR"), "/internal/tidelog.internal.v1.rs"));
+}
+
 pub mod sequence;
 
 /// Encoded `FileDescriptorSet` of the public contract, for gRPC server reflection.

@@ -130,19 +130,19 @@ fn version(b: &mut &[u8]) -> Result<(), CodecError> {
     }
 }
 
-fn take_u8(b: &mut &[u8]) -> Result<u8, CodecError> {
+pub(super) fn take_u8(b: &mut &[u8]) -> Result<u8, CodecError> {
     b.try_get_u8().map_err(|_| CodecError("truncated"))
 }
 
-fn take_u32(b: &mut &[u8]) -> Result<u32, CodecError> {
+pub(super) fn take_u32(b: &mut &[u8]) -> Result<u32, CodecError> {
     b.try_get_u32_le().map_err(|_| CodecError("truncated"))
 }
 
-fn take_u64(b: &mut &[u8]) -> Result<u64, CodecError> {
+pub(super) fn take_u64(b: &mut &[u8]) -> Result<u64, CodecError> {
     b.try_get_u64_le().map_err(|_| CodecError("truncated"))
 }
 
-fn put_log_id(out: &mut Vec<u8>, id: Option<&LogId>) {
+pub(super) fn put_log_id(out: &mut Vec<u8>, id: Option<&LogId>) {
     match id {
         None => out.put_u8(0),
         Some(id) => {
@@ -153,7 +153,7 @@ fn put_log_id(out: &mut Vec<u8>, id: Option<&LogId>) {
     }
 }
 
-fn take_log_id(b: &mut &[u8]) -> Result<Option<LogId>, CodecError> {
+pub(super) fn take_log_id(b: &mut &[u8]) -> Result<Option<LogId>, CodecError> {
     match take_u8(b)? {
         0 => Ok(None),
         1 => Ok(Some(log_id(take_u64(b)?, take_u64(b)?))),

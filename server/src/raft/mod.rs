@@ -9,18 +9,24 @@
 //! ```
 //!
 //! `types` declares the type configuration (log id = (term, index), the two numbers every batch
-//! header stores) and `codec` the byte formats of Raft state. The plan, and what is not built
-//! yet (network transport, metadata group, broker integration), is in docs/RAFT_PLAN.md.
+//! header stores), `codec` the byte formats of Raft state and `rpc_codec` those of the RPCs.
+//! Between brokers: `network` (openraft's client side over gRPC) and `transport` (the
+//! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups). The plan,
+//! and what is not built yet (heartbeat coalescing, metadata group, broker integration), is in
+//! docs/RAFT_PLAN.md.
 //!
 //! This module must never decode or re-encode record payloads: entries carry batches as bytes.
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
+pub mod rpc_codec;
 #[cfg(test)]
 mod sim_tests;
 pub mod state_machine;
 #[cfg(test)]
 mod store_tests;
+pub mod transport;
 pub mod types;
 
 use std::io;

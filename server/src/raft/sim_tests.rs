@@ -121,9 +121,45 @@ struct Node {
     running: Option<(Arc<Partition>, PartitionRaft)>,
 }
 
+/// Real gRPC on 127.0.0.1 instead of the in-memory router: each node's transport server
+/// outlives its Raft (a stopped node's groups are unregistered: callers get NOT_FOUND).
+struct Grpc {
+    peers: network::Peers,
+    groups: BTreeMap<u64, transport::RaftGroups>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Grpc {
+    fn drop(&mut self) {
+        self.servers.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+impl Grpc {
+    async fn start() -> Self {
+        let (mut addresses, mut groups, mut servers) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+        for id in IDS {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addresses.insert(id, format!("http://{}", listener.local_addr().unwrap()));
+            let registry = transport::RaftGroups::default();
+            let service = tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(
+                transport::RaftTransportService::new(registry.clone()),
+            )
+            .max_decoding_message_size(64 << 20);
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            servers.push(tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+            }));
+            groups.insert(id, registry);
+        }
+        Self { peers: network::Peers::new(addresses), groups, servers }
+    }
+}
+
 struct Cluster {
     _root: TempDir,
     router: Router,
+    grpc: Option<Grpc>,
     nodes: BTreeMap<u64, Node>,
     config: Arc<Config>,
     /// Every acknowledged batch: raft index → where it landed and what it held.
@@ -135,6 +171,14 @@ const WAIT: Duration = Duration::from_secs(10);
 
 impl Cluster {
     async fn new() -> Self {
+        Self::with_transport(None).await
+    }
+
+    async fn over_grpc() -> Self {
+        Self::with_transport(Some(Grpc::start().await)).await
+    }
+
+    async fn with_transport(grpc: Option<Grpc>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let config = Config {
             heartbeat_interval: 50,
@@ -152,6 +196,7 @@ impl Cluster {
                 .collect(),
             _root: root,
             router: Router::default(),
+            grpc,
             config: Arc::new(config.validate().unwrap()),
             acked: BTreeMap::new(),
         };
@@ -170,8 +215,16 @@ impl Cluster {
         let partition = Arc::new(partition);
         let meta = MetaStore::open(&node.dir.join("meta")).unwrap();
         let (log, sm) = open_storage(Arc::clone(&partition), meta.raft_state(1).unwrap()).unwrap();
-        let network = NodeNetwork { id, router: self.router.clone() };
-        let raft = Raft::new(id, Arc::clone(&self.config), network, log, sm).await.unwrap();
+        let config = Arc::clone(&self.config);
+        let raft = match &self.grpc {
+            Some(grpc) => {
+                let raft = Raft::new(id, config, grpc.peers.group(1), log, sm).await.unwrap();
+                let incoming_dir = node.dir.join("incoming-snapshot");
+                grpc.groups[&id].insert(1, transport::GroupHandle { raft: raft.clone(), incoming_dir });
+                raft
+            }
+            None => Raft::new(id, config, NodeNetwork { id, router: self.router.clone() }, log, sm).await.unwrap(),
+        };
         self.router.nodes.lock().unwrap().insert(id, raft.clone());
         node.running = Some((partition, raft));
     }
@@ -180,6 +233,9 @@ impl Cluster {
     /// minus unsynced page cache, which fsync=always never acknowledges).
     async fn stop(&mut self, id: u64) {
         self.router.nodes.lock().unwrap().remove(&id);
+        if let Some(grpc) = &self.grpc {
+            grpc.groups[&id].remove(1);
+        }
         if let Some((_, raft)) = self.nodes.get_mut(&id).unwrap().running.take() {
             raft.shutdown().await.unwrap();
         }
@@ -226,12 +282,20 @@ impl Cluster {
     }
 
     /// Proposes `n` batches to the leader (acks=all: each returns once applied on a majority).
+    /// Like a client, it retries at the new leader when leadership moves under it (a retried
+    /// batch may then be stored twice: only the idempotent producer prevents that).
     async fn write(&mut self, n: usize) {
-        let leader = self.leader().await;
         for _ in 0..n {
             let payload = Bytes::from(format!("batch-{}-{}", self.acked.len(), "v".repeat(self.acked.len() % 200)));
-            let resp = self.raft(leader).client_write(batch(&payload)).await.unwrap();
-            let appended = resp.data;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let appended = loop {
+                let leader = self.leader().await;
+                match self.raft(leader).client_write(batch(&payload)).await {
+                    Ok(resp) => break resp.data,
+                    Err(e) if e.forward_to_leader().is_some() && tokio::time::Instant::now() < deadline => continue,
+                    Err(e) => panic!("write failed: {e}"),
+                }
+            };
             self.acked.insert(appended.raft_index, (appended, payload));
         }
     }
@@ -240,7 +304,9 @@ impl Cluster {
     /// the invariants.
     async fn check(&self) {
         let leader = self.leader().await;
+        // The leader's metrics may lag its last answered write by a moment: wait for both.
         let committed = self.raft(leader).metrics().borrow_watched().cluster_committed.map(|c| c.index);
+        let committed = committed.max(self.acked.keys().next_back().copied());
         for (id, node) in &self.nodes {
             if node.running.is_some() {
                 self.raft(*id).wait(Some(WAIT)).applied_index_at_least(committed, "catch up").await.unwrap();
@@ -295,7 +361,15 @@ fn all_batches(p: &Partition) -> Vec<StoredBatch> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_commit_identical_logs_and_survive_leader_loss_and_restarts() {
-    let mut c = Cluster::new().await;
+    leader_loss_and_restarts(Cluster::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_three_replicas_survive_leader_loss_and_restarts() {
+    leader_loss_and_restarts(Cluster::over_grpc().await).await;
+}
+
+async fn leader_loss_and_restarts(mut c: Cluster) {
     c.write(50).await;
     c.check().await;
 
@@ -346,7 +420,15 @@ async fn an_isolated_leaders_uncommitted_suffix_is_truncated_and_nothing_acknowl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_purged_log_gets_the_segments_as_a_snapshot() {
-    let mut c = Cluster::new().await;
+    lagging_follower_gets_a_snapshot(Cluster::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_a_follower_behind_the_purged_log_gets_the_segments_streamed() {
+    lagging_follower_gets_a_snapshot(Cluster::over_grpc().await).await;
+}
+
+async fn lagging_follower_gets_a_snapshot(mut c: Cluster) {
     c.write(10).await;
     let leader = c.leader().await;
     let lagging = IDS.into_iter().find(|id| *id != leader).unwrap();

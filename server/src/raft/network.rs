@@ -1,0 +1,219 @@
+//! The client side of broker-to-broker Raft traffic: openraft's network traits over gRPC
+//! (`tidelog.internal.v1.RaftTransport`, served by `raft/transport.rs`).
+//!
+//! One lazily connected HTTP/2 channel per peer broker, shared by every group that replicates
+//! to it (HTTP/2 multiplexes their calls on one connection). Every call carries its group id.
+//! Each call is bounded by openraft's soft TTL; any failure is reported as `Unreachable`, so
+//! openraft backs off instead of hammering a dead peer.
+//!
+//! Not yet built (docs/RAFT_PLAN.md §5): coalescing the heartbeats of many groups into one
+//! frame per peer. Today each group's heartbeat is its own call.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::OptionalSend;
+use tidelog_proto::internal::raft_transport_client::RaftTransportClient;
+use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::codec::{encode_snapshot_meta, CodecError};
+use super::rpc_codec;
+use super::state_machine::PartitionSnapshotOf;
+use super::types::{PartitionTc, Vote};
+
+/// Bytes of segment data per snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The peers' Raft endpoints (`http://host:port`) by node id, and one channel per peer.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    inner: Arc<Mutex<PeersInner>>,
+}
+
+#[derive(Debug, Default)]
+struct PeersInner {
+    addresses: BTreeMap<u64, String>,
+    channels: BTreeMap<u64, Channel>,
+}
+
+impl Peers {
+    pub fn new(addresses: BTreeMap<u64, String>) -> Self {
+        Self { inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new() })) }
+    }
+
+    /// The channel to `node`, created (unconnected) on first use.
+    fn channel(&self, node: u64) -> Result<Channel, Unreachable<PartitionTc>> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = inner.channels.get(&node) {
+            return Ok(c.clone());
+        }
+        let addr = inner
+            .addresses
+            .get(&node)
+            .ok_or_else(|| Unreachable::from_string(format!("no address known for node {node}")))?;
+        let channel = Endpoint::from_shared(addr.clone())
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        inner.channels.insert(node, channel.clone());
+        Ok(channel)
+    }
+
+    /// The network of one Raft group, for `Raft::new`.
+    pub fn group(&self, group_id: u64) -> GroupNetwork {
+        GroupNetwork { group_id, peers: self.clone() }
+    }
+}
+
+/// openraft's network factory for one group.
+#[derive(Clone, Debug)]
+pub struct GroupNetwork {
+    group_id: u64,
+    peers: Peers,
+}
+
+impl RaftNetworkFactory<PartitionTc> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, _node: &openraft::EmptyNode) -> PeerClient {
+        PeerClient { group_id: self.group_id, target, peers: self.peers.clone() }
+    }
+}
+
+/// One group's client of one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    group_id: u64,
+    target: u64,
+    peers: Peers,
+}
+
+fn unreachable(e: impl std::fmt::Display) -> Unreachable<PartitionTc> {
+    Unreachable::from_string(e.to_string())
+}
+
+impl PeerClient {
+    async fn call<F, Fut>(&self, option: &RPCOption, body: Vec<u8>, f: F) -> Result<Bytes, RPCError<PartitionTc>>
+    where
+        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let client = RaftTransportClient::new(self.peers.channel(self.target)?);
+        let msg = RaftMessage { group_id: self.group_id, body: body.into() };
+        match tokio::time::timeout(option.soft_ttl(), f(client, msg)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().body),
+            Ok(Err(status)) => Err(RPCError::Unreachable(unreachable(status))),
+            Err(_) => Err(RPCError::Unreachable(unreachable(format!(
+                "no answer from node {} within {:?}",
+                self.target,
+                option.soft_ttl()
+            )))),
+        }
+    }
+}
+
+fn bad_reply(e: CodecError) -> RPCError<PartitionTc> {
+    RPCError::Unreachable(unreachable(format!("undecodable reply: {e}")))
+}
+
+impl RaftNetworkV2<PartitionTc> for PeerClient {
+    type SnapshotData = super::PartitionSnapshot;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<PartitionTc>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<PartitionTc>, RPCError<PartitionTc>> {
+        let body = rpc_codec::encode_append_request(&rpc).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let reply = self.call(&option, body, |mut c, m| async move { c.append_entries(m).await }).await?;
+        rpc_codec::decode_append_response(&reply).map_err(bad_reply)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<PartitionTc>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<PartitionTc>, RPCError<PartitionTc>> {
+        let body = rpc_codec::encode_vote_request(&rpc);
+        let reply = self.call(&option, body, |mut c, m| async move { c.vote(m).await }).await?;
+        rpc_codec::decode_vote_response(&reply).map_err(bad_reply)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<PartitionTc>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<PartitionTc>, RPCError<PartitionTc>> {
+        let body = rpc_codec::encode_vote_request(&rpc);
+        let reply = self.call(&option, body, |mut c, m| async move { c.pre_vote(m).await }).await?;
+        rpc_codec::decode_vote_response(&reply).map_err(bad_reply)
+    }
+
+    /// Streams the snapshot's segment slices in chunks (read with pread off the pinned files,
+    /// so retention may delete them meanwhile). No overall timeout: a big snapshot takes what
+    /// it takes; `cancel` (replication closed) stops it.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: PartitionSnapshotOf,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<PartitionTc>, StreamingError<PartitionTc>> {
+        let channel = self.peers.channel(self.target)?;
+        let (tx, rx) = mpsc::channel(4);
+        let first = SnapshotChunk {
+            group_id: self.group_id,
+            vote: rpc_codec::encode_vote(&vote).into(),
+            meta: encode_snapshot_meta(&snapshot.meta).into(),
+            base_offset: 0,
+            data: Bytes::new(),
+        };
+        let slices = snapshot.snapshot.slices;
+        let reader = tokio::spawn(async move {
+            if tx.send(first).await.is_err() {
+                return;
+            }
+            for slice in slices {
+                let mut pos = 0u64;
+                loop {
+                    let n = usize::try_from(slice.len - pos).unwrap_or(SNAPSHOT_CHUNK_BYTES).min(SNAPSHOT_CHUNK_BYTES);
+                    let file = Arc::clone(&slice.file);
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; n];
+                        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, pos).map(|()| buf)
+                    })
+                    .await;
+                    let Ok(Ok(data)) = read else { return }; // the receiver sees a short stream
+                    pos += n as u64;
+                    let chunk =
+                        SnapshotChunk { base_offset: slice.base_offset, data: data.into(), ..SnapshotChunk::default() };
+                    if tx.send(chunk).await.is_err() || pos >= slice.len {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut client = RaftTransportClient::new(channel).max_encoding_message_size(2 * SNAPSHOT_CHUNK_BYTES);
+        let call = client.install_snapshot(ReceiverStream::new(rx));
+        let result = tokio::select! {
+            r = call => r,
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        let reply = result.map_err(|s| StreamingError::Unreachable(unreachable(s)))?.into_inner().body;
+        let vote = rpc_codec::decode_vote(&reply).map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+        Ok(SnapshotResponse::new(vote))
+    }
+}

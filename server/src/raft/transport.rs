@@ -1,0 +1,168 @@
+//! The server side of broker-to-broker Raft traffic: `tidelog.internal.v1.RaftTransport`,
+//! served on the broker's port. It decodes a call, hands it to the Raft of the group it names
+//! (the [`RaftGroups`] registry), and encodes the answer.
+//!
+//! A snapshot arrives as a stream of segment chunks; they are written to the group's incoming
+//! directory, then handed to openraft as [`PartitionSnapshot`] slices of those files, which the
+//! state machine installs crash-safely (`log/snapshot.rs`). The incoming directory is removed
+//! afterwards, installed or not.
+//!
+//! Status codes: `NOT_FOUND` for a group this broker does not host (the caller backs off),
+//! `INVALID_ARGUMENT` for an undecodable message, `UNAVAILABLE` when the group's Raft has
+//! stopped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use openraft::storage::Snapshot;
+use openraft::Raft;
+use tidelog_proto::internal::raft_transport_server::RaftTransport;
+use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::codec::{decode_snapshot_meta, CodecError};
+use super::rpc_codec;
+use super::types::PartitionTc;
+use super::{PartitionSnapshot, PartitionStateMachine};
+use crate::log::format::{segment_file_name, LOG_EXT};
+use crate::log::SegmentSlice;
+
+pub type PartitionRaft = Raft<PartitionTc, PartitionStateMachine>;
+
+/// A group hosted here: its Raft, and where incoming snapshots are written.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub raft: PartitionRaft,
+    pub incoming_dir: PathBuf,
+}
+
+/// The Raft groups this broker hosts, by group id.
+#[derive(Clone, Default)]
+pub struct RaftGroups {
+    inner: Arc<RwLock<HashMap<u64, GroupHandle>>>,
+}
+
+impl RaftGroups {
+    pub fn insert(&self, group_id: u64, handle: GroupHandle) {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner).insert(group_id, handle);
+    }
+
+    pub fn remove(&self, group_id: u64) -> Option<GroupHandle> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner).remove(&group_id)
+    }
+
+    fn get(&self, group_id: u64) -> Result<GroupHandle, Status> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&group_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("raft group {group_id} is not hosted on this broker")))
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct RaftTransportService {
+    groups: RaftGroups,
+}
+
+impl RaftTransportService {
+    pub fn new(groups: RaftGroups) -> Self {
+        Self { groups }
+    }
+}
+
+fn invalid(e: CodecError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn stopped(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft group stopped: {e}"))
+}
+
+fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
+    Response::new(RaftMessage { group_id, body: body.into() })
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftTransportService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.groups.get(m.group_id)?.raft;
+        let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
+        let resp = raft.append_entries(rpc).await.map_err(stopped)?;
+        Ok(reply(m.group_id, rpc_codec::encode_append_response(&resp)))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.groups.get(m.group_id)?.raft;
+        let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
+        let resp = raft.vote(rpc).await.map_err(stopped)?;
+        Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
+    }
+
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.groups.get(m.group_id)?.raft;
+        let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
+        let resp = raft.pre_vote(rpc).await.map_err(stopped)?;
+        Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let group_id = first.group_id;
+        let handle = self.groups.get(group_id)?;
+        let vote = rpc_codec::decode_vote(&first.vote).map_err(invalid)?;
+        let meta = decode_snapshot_meta(&first.meta).map_err(invalid)?;
+        let dir = handle.incoming_dir.clone();
+        let result = async {
+            let slices = receive_segments(&dir, &mut stream).await?;
+            let snapshot = Snapshot { meta, snapshot: PartitionSnapshot { slices } };
+            handle.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)
+        }
+        .await;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(group_id, dir = %dir.display(), error = %e, "incoming snapshot directory not removed");
+        }
+        Ok(reply(group_id, rpc_codec::encode_vote(&result?.vote)))
+    }
+}
+
+/// Writes the streamed segments into `dir` (replacing what was there) and returns them as
+/// slices. Durability: none needed; the install copies them durably.
+async fn receive_segments(dir: &PathBuf, stream: &mut Streaming<SnapshotChunk>) -> Result<Vec<SegmentSlice>, Status> {
+    let io = |e: std::io::Error| Status::internal(format!("writing incoming snapshot to {}: {e}", dir.display()));
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut files: Vec<(u64, File, u64)> = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        if files.last().is_none_or(|(base, _, _)| *base != chunk.base_offset) {
+            if files.last().is_some_and(|(base, _, _)| *base > chunk.base_offset) {
+                return Err(Status::invalid_argument("snapshot segments out of offset order"));
+            }
+            let path = dir.join(segment_file_name(chunk.base_offset, LOG_EXT));
+            let file = File::options().create(true).truncate(true).read(true).write(true).open(path).map_err(io)?;
+            files.push((chunk.base_offset, file, 0));
+        }
+        if let Some((_, file, len)) = files.last_mut() {
+            file.write_all(&chunk.data).map_err(io)?;
+            *len += chunk.data.len() as u64;
+        }
+    }
+    Ok(files
+        .into_iter()
+        .map(|(base_offset, file, len)| SegmentSlice { base_offset, file: Arc::new(file), len })
+        .collect())
+}
