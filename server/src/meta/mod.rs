@@ -17,6 +17,7 @@
 mod raft_state;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use raft_state::{RaftKey, RaftState};
 
@@ -60,6 +61,7 @@ pub struct MetaStore {
     db: sled::Db,
     topics: sled::Tree,
     offsets: sled::Tree,
+    flusher: Arc<raft_state::GroupFlush>,
 }
 
 fn offsets_prefix(group: &str, topic: &str) -> Vec<u8> {
@@ -76,7 +78,7 @@ impl MetaStore {
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
         let topics = db.open_tree(TOPICS_TREE)?;
         let offsets = db.open_tree(OFFSETS_TREE)?;
-        Ok(Self { db, topics, offsets })
+        Ok(Self { db, topics, offsets, flusher: Arc::default() })
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {

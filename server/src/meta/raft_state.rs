@@ -13,6 +13,9 @@
 //!   the committed hint):
 //!   losing the newest one only costs re-applying a few entries.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::{MetaError, MetaStore};
 
 /// Name of the sled tree holding every group's Raft state.
@@ -40,13 +43,33 @@ pub struct RaftState {
     db: sled::Db,
     tree: sled::Tree,
     group: u64,
+    flusher: Arc<GroupFlush>,
 }
 
 impl MetaStore {
     /// The Raft state of group `group` (created empty on first use).
     pub fn raft_state(&self, group: u64) -> Result<RaftState, MetaError> {
-        Ok(RaftState { db: self.db.clone(), tree: self.db.open_tree(RAFT_TREE)?, group })
+        Ok(RaftState {
+            db: self.db.clone(),
+            tree: self.db.open_tree(RAFT_TREE)?,
+            group,
+            flusher: Arc::clone(&self.flusher),
+        })
     }
+}
+
+/// Group commit for sled flushes: one flush covers every write made before it started, so
+/// the votes of many groups electing at once (a broker restart with 1,000 partitions) share
+/// fsyncs instead of queueing one each. Measured: without it, 20 groups on three brokers could
+/// not elect leaders, every AppendEntries timing out behind serialised flushes.
+#[derive(Debug, Default)]
+pub(super) struct GroupFlush {
+    /// Writes made so far, and how many of them the last finished flush covered.
+    written: AtomicU64,
+    flushed: AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+    /// Flushes performed (for tests and metrics).
+    flushes: AtomicU64,
 }
 
 impl RaftState {
@@ -70,7 +93,24 @@ impl RaftState {
     /// Stores `value` and fsyncs before returning.
     pub async fn put_durable(&self, key: RaftKey, value: &[u8]) -> Result<(), MetaError> {
         self.tree.insert(self.key(key), value)?;
+        self.flush().await
+    }
+
+    /// Returns once a flush that started after every write so far has finished.
+    async fn flush(&self) -> Result<(), MetaError> {
+        let f = &self.flusher;
+        let mine = f.written.fetch_add(1, Ordering::AcqRel) + 1;
+        if f.flushed.load(Ordering::Acquire) >= mine {
+            return Ok(());
+        }
+        let _turn = f.turn.lock().await;
+        if f.flushed.load(Ordering::Acquire) >= mine {
+            return Ok(());
+        }
+        let covers = f.written.load(Ordering::Acquire);
         self.db.flush_async().await?;
+        f.flushes.fetch_add(1, Ordering::Relaxed);
+        f.flushed.fetch_max(covers, Ordering::AcqRel);
         Ok(())
     }
 
@@ -79,14 +119,36 @@ impl RaftState {
         for key in [RaftKey::Vote, RaftKey::Purged, RaftKey::Applied, RaftKey::Snapshot, RaftKey::Committed] {
             self.tree.remove(self.key(key))?;
         }
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_writes_of_many_groups_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let meta = MetaStore::open(dir.path()).unwrap();
+            let writes: Vec<_> = (0..64u64)
+                .map(|g| {
+                    let state = meta.raft_state(g).unwrap();
+                    tokio::spawn(async move { state.put_durable(RaftKey::Vote, &g.to_le_bytes()).await })
+                })
+                .collect();
+            for w in writes {
+                w.await.unwrap().unwrap();
+            }
+            let flushes = meta.flusher.flushes.load(Ordering::Relaxed);
+            assert!((1..64).contains(&flushes), "64 concurrent votes took {flushes} flushes");
+        }
+        let meta = MetaStore::open(dir.path()).unwrap();
+        for g in 0..64u64 {
+            assert_eq!(meta.raft_state(g).unwrap().get(RaftKey::Vote).unwrap(), Some(g.to_le_bytes().to_vec()));
+        }
+    }
 
     #[tokio::test]
     async fn groups_are_separate_and_durable_values_survive_reopen() {
