@@ -3,7 +3,7 @@
 //! process CPU over an idle window, per broker, as a share of one core.
 //!
 //! Run: `RAFT_GROUPS=1000 cargo bench -p tidelog-server --bench raft_idle`
-//! (`IDLE_SECS` sets the window, default 10.)
+//! (`IDLE_SECS` sets the window, default 10; `HEARTBEAT_MS` the heartbeat, default 500.)
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a measurement that cannot set up should stop loudly
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,10 +41,12 @@ async fn main() {
     let groups = env("RAFT_GROUPS", 1000);
     let idle_secs = env("IDLE_SECS", 10);
     let root = tempfile::tempdir().expect("tempdir");
+    // HEARTBEAT_MS scales the timing (elections at 5-10 heartbeats).
+    let heartbeat = env("HEARTBEAT_MS", 500);
     let config = Config {
-        heartbeat_interval: 500,
-        election_timeout_min: 2500,
-        election_timeout_max: 5000,
+        heartbeat_interval: heartbeat,
+        election_timeout_min: heartbeat * 5,
+        election_timeout_max: heartbeat * 10,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
         ..Config::default()
