@@ -327,9 +327,17 @@ impl Partition {
         Ok(self.state().log.offset_for_time(timestamp_ms)?)
     }
 
-    pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, BrokerError> {
+    /// Deletes the segments retention no longer keeps (see [`Log::apply_retention`]); a Raft
+    /// replica passes its durable purge point as `raft_limit`.
+    pub fn apply_retention(&self, now_ms: i64, raft_limit: Option<u64>) -> Result<RetentionOutcome, BrokerError> {
         let hw = *self.hw.borrow();
-        Ok(self.state().log.apply_retention(now_ms, hw)?)
+        Ok(self.state().log.apply_retention(now_ms, hw, raft_limit)?)
+    }
+
+    /// The Raft index up to which retention would delete now (see [`Log::retention_point`]).
+    pub fn retention_point(&self, now_ms: i64) -> Option<u64> {
+        let hw = *self.hw.borrow();
+        self.state().log.retention_point(now_ms, hw)
     }
 
     /// Stops serving: pending and future reads and appends fail with `reason`, and waiting

@@ -25,7 +25,7 @@ async fn retention_loop(broker: Arc<Broker>) {
             _ = shutdown.changed() => return,
         }
         for p in broker.all_partitions() {
-            match p.apply_retention(now_ms()) {
+            match p.apply_retention(now_ms(), None) {
                 Ok(out) if out.segments_deleted > 0 => {
                     tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
                 }

@@ -569,34 +569,59 @@ impl Log {
         Ok(())
     }
 
-    /// Deletes whole sealed segments that retention no longer keeps; the log start offset moves
-    /// up to the first remaining segment. The active segment is never deleted.
-    /// Only segments wholly below `high_watermark` are eligible: data consumers have not been
-    /// allowed to see yet is never deleted (and the log start never passes the high watermark).
-    pub fn apply_retention(&mut self, now_ms: i64, high_watermark: u64) -> Result<RetentionOutcome, LogError> {
-        let mut outcome = RetentionOutcome::default();
+    /// Base offsets of the sealed segments retention would delete now, oldest first: expired
+    /// by age or beyond the size limit, and wholly below `high_watermark` (data consumers have
+    /// not been allowed to see yet is never deleted). The active segment never is.
+    fn expired_segments(&self, now_ms: i64, high_watermark: u64) -> Vec<u64> {
+        let mut out = Vec::new();
         let mut total = self.size_bytes();
-        while self.segments.len() > 1 {
-            let Some((&base, oldest)) = self.segments.iter().next() else {
-                break;
-            };
-            if oldest.next_offset() > high_watermark {
+        let sealed = self.segments.len().saturating_sub(1);
+        for (&base, seg) in self.segments.iter().take(sealed) {
+            if seg.next_offset() > high_watermark {
                 break;
             }
             let expired = self.config.retention.max_age.is_some_and(|age| {
                 let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-                oldest.max_append_time_ms().is_none_or(|t| now_ms.saturating_sub(t) > age)
+                seg.max_append_time_ms().is_none_or(|t| now_ms.saturating_sub(t) > age)
             });
-            let oversize = self.config.retention.max_bytes.is_some_and(|max| total - oldest.size() >= max);
+            let oversize = self.config.retention.max_bytes.is_some_and(|max| total - seg.size() >= max);
             if !(expired || oversize) {
                 break;
             }
-            let Some(seg) = self.segments.remove(&base) else {
+            total -= seg.size();
+            out.push(base);
+        }
+        out
+    }
+
+    /// The Raft index of the last batch retention would delete now (see
+    /// [`Log::apply_retention`]); `None` if it would delete nothing. A replicated partition
+    /// purges its Raft log up to here before it deletes.
+    pub fn retention_point(&self, now_ms: i64, high_watermark: u64) -> Option<u64> {
+        let last = *self.expired_segments(now_ms, high_watermark).last()?;
+        self.segments.get(&last)?.last_header().map(|h| h.raft_index)
+    }
+
+    /// Deletes whole sealed segments that retention no longer keeps; the log start offset moves
+    /// up to the first remaining segment. Only segments wholly below `high_watermark` go, and,
+    /// with `raft_limit`, only those whose batches all have Raft index `raft_limit` or less
+    /// (the durable purge point: entries a follower may still be sent are never deleted).
+    pub fn apply_retention(
+        &mut self,
+        now_ms: i64,
+        high_watermark: u64,
+        raft_limit: Option<u64>,
+    ) -> Result<RetentionOutcome, LogError> {
+        let mut outcome = RetentionOutcome::default();
+        for base in self.expired_segments(now_ms, high_watermark) {
+            let within_limit =
+                |seg: &Segment| raft_limit.is_none_or(|limit| seg.last_header().is_none_or(|h| h.raft_index <= limit));
+            if !self.segments.get(&base).is_some_and(within_limit) {
                 break;
-            };
+            }
+            let Some(seg) = self.segments.remove(&base) else { break };
             let size = seg.size();
             seg.delete().ctx(|| format!("deleting segment {base} in {}", self.dir.display()))?;
-            total -= size;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += size;
         }

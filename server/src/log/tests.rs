@@ -189,7 +189,7 @@ fn retention_by_bytes_and_time_moves_log_start() {
     let before = log.segment_count();
     c.retention.max_bytes = Some(16 * 1024);
     log.set_config(c).unwrap();
-    let out = log.apply_retention(0, u64::MAX).unwrap();
+    let out = log.apply_retention(0, u64::MAX, None).unwrap();
     assert!(out.segments_deleted > 0);
     assert!(log.size_bytes() < 16 * 1024 + 4096 && log.size_bytes() >= 16 * 1024 - 4096);
     assert_eq!(log.segment_count(), before - out.segments_deleted);
@@ -201,13 +201,13 @@ fn retention_by_bytes_and_time_moves_log_start() {
     // Time: batches were appended at 1000..1500 ms; keep only the last 100 ms at now=1500.
     c.retention = Retention { max_age: Some(Duration::from_millis(100)), max_bytes: None };
     log.set_config(c).unwrap();
-    log.apply_retention(1500, u64::MAX).unwrap();
+    log.apply_retention(1500, u64::MAX, None).unwrap();
     let oldest_kept = read_all(&log).first().unwrap().header.append_time_ms;
     assert!(oldest_kept >= 1300, "kept a batch from {oldest_kept}");
     // Everything expired: the active segment stays.
     // Never past the high watermark, even when everything has expired.
-    assert_eq!(log.apply_retention(1_000_000, log.log_start().0).unwrap(), RetentionOutcome::default());
-    log.apply_retention(1_000_000, u64::MAX).unwrap();
+    assert_eq!(log.apply_retention(1_000_000, log.log_start().0, None).unwrap(), RetentionOutcome::default());
+    log.apply_retention(1_000_000, u64::MAX, None).unwrap();
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.log_end().0, 1000);
 }

@@ -83,6 +83,11 @@ impl PartitionLogStore {
         *self.shared.purged.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The durable purge point's index: entries at or below it may be deleted from disk.
+    pub fn purged_index(&self) -> Option<u64> {
+        self.purged().map(|p| p.index)
+    }
+
     /// Entries with index in `[start, end)`, at most about `max_bytes` (at least one entry when
     /// any exists at `start`), skipping purged ones.
     fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {

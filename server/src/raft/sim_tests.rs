@@ -118,7 +118,7 @@ impl RaftNetworkV2<PartitionTc> for Link {
 /// One replica: its directory, and while it runs, its partition and Raft.
 struct Node {
     dir: PathBuf,
-    running: Option<(Arc<Partition>, PartitionRaft)>,
+    running: Option<(Arc<Partition>, PartitionRaft, PartitionLogStore)>,
 }
 
 /// Real gRPC on 127.0.0.1 instead of the in-memory router: each node's transport server
@@ -164,6 +164,8 @@ struct Cluster {
     config: Arc<Config>,
     /// Every acknowledged batch: raft index → where it landed and what it held.
     acked: BTreeMap<u64, (Appended, Bytes)>,
+    /// Retention by size for every node's log (`None`: keep everything).
+    retention_bytes: Option<u64>,
 }
 
 const IDS: [u64; 3] = [1, 2, 3];
@@ -199,6 +201,7 @@ impl Cluster {
             grpc,
             config: Arc::new(config.validate().unwrap()),
             acked: BTreeMap::new(),
+            retention_bytes: None,
         };
         for id in IDS {
             c.start(id).await;
@@ -210,11 +213,13 @@ impl Cluster {
     /// Opens a node from its directory (a restart if it ran before).
     async fn start(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
-        let config = LogConfig { segment_bytes: 16 << 10, index_interval_bytes: 512, ..LogConfig::default() };
+        let mut config = LogConfig { segment_bytes: 16 << 10, index_interval_bytes: 512, ..LogConfig::default() };
+        config.retention.max_bytes = self.retention_bytes;
         let (partition, _) = Partition::open(&node.dir.join("t-0"), "t", 0, config, FsyncPolicy::PerBatch).unwrap();
         let partition = Arc::new(partition);
-        let meta = MetaStore::open(&node.dir.join("meta")).unwrap();
+        let meta = open_meta(&node.dir.join("meta")).await;
         let (log, sm) = open_storage(Arc::clone(&partition), meta.raft_state(1).unwrap()).unwrap();
+        let store = log.clone();
         let config = Arc::clone(&self.config);
         let raft = match &self.grpc {
             Some(grpc) => {
@@ -226,7 +231,7 @@ impl Cluster {
             None => Raft::new(id, config, NodeNetwork { id, router: self.router.clone() }, log, sm).await.unwrap(),
         };
         self.router.nodes.lock().unwrap().insert(id, raft.clone());
-        node.running = Some((partition, raft));
+        node.running = Some((partition, raft, store));
     }
 
     /// Stops a node: its Raft shuts down and its files are closed (what a kill leaves on disk,
@@ -236,7 +241,7 @@ impl Cluster {
         if let Some(grpc) = &self.grpc {
             grpc.groups[&id].remove(1);
         }
-        if let Some((_, raft)) = self.nodes.get_mut(&id).unwrap().running.take() {
+        if let Some((_, raft, _)) = self.nodes.get_mut(&id).unwrap().running.take() {
             raft.shutdown().await.unwrap();
         }
     }
@@ -247,6 +252,12 @@ impl Cluster {
 
     fn partition(&self, id: u64) -> &Arc<Partition> {
         &self.nodes[&id].running.as_ref().unwrap().0
+    }
+
+    /// One retention pass on node `id`, through Raft (snapshot, purge, delete).
+    async fn retain(&self, id: u64) -> crate::log::RetentionOutcome {
+        let (p, raft, store) = self.nodes[&id].running.as_ref().unwrap();
+        retention::apply_retention(raft, store, p, crate::broker::now_ms(), WAIT).await.unwrap()
     }
 
     fn isolate(&self, id: u64, cut: bool) {
@@ -319,7 +330,8 @@ impl Cluster {
             assert_eq!(b.header.base_offset, next, "gap or overlap at raft index {}", b.header.raft_index);
             next = b.header.next_offset();
         }
-        for (index, (appended, payload)) in &self.acked {
+        let first_kept = reference.first().map_or(0, |b| b.header.raft_index);
+        for (index, (appended, payload)) in self.acked.range(first_kept..) {
             let b = reference
                 .iter()
                 .find(|b| b.header.raft_index == *index)
@@ -327,10 +339,23 @@ impl Cluster {
             assert_eq!((b.header.base_offset, &b.payload), (appended.base_offset, payload), "raft index {index}");
         }
         for (id, node) in &self.nodes {
-            if let Some((p, _)) = &node.running {
+            if let Some((p, _, _)) = &node.running {
                 assert_eq!(all_batches(p), reference, "node {id} differs from leader {leader}");
                 assert_eq!(p.offsets().high_watermark.0, next, "node {id} high watermark");
             }
+        }
+    }
+}
+
+/// Opens a node's sled store, waiting for the stopped instance's last handle (held by Raft
+/// tasks that are still winding down) to release the file lock, as a restarted process would.
+async fn open_meta(dir: &std::path::Path) -> MetaStore {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match MetaStore::open(dir) {
+            Ok(m) => return m,
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("opening {}: {e}", dir.display()),
         }
     }
 }
@@ -445,4 +470,40 @@ async fn lagging_follower_gets_a_snapshot(mut c: Cluster) {
     c.check().await;
     let metrics = c.raft(lagging).metrics().borrow_watched().clone();
     assert_eq!(metrics.snapshot.map(|s| s.index), Some(upto), "the follower installed the leader's snapshot");
+}
+
+/// Retention deletes segments on every replica only below its durable purge point; a follower
+/// that was down meanwhile gets the leader's retained segments, starting where retention left
+/// the leader's log, and all replicas agree on what remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_goes_through_raft_and_a_returning_follower_gets_what_is_retained() {
+    let mut c = Cluster::new().await;
+    c.retention_bytes = Some(48 << 10);
+    for id in IDS {
+        c.stop(id).await;
+        c.start(id).await;
+    }
+    c.write(10).await;
+    let leader = c.leader().await;
+    let away = IDS.into_iter().find(|id| *id != leader).unwrap();
+    c.stop(away).await;
+    c.write(900).await; // ~100 KiB: several 16 KiB segments beyond the 48 KiB kept
+    c.check().await;
+    for id in IDS.into_iter().filter(|id| *id != away) {
+        let before = c.partition(id).offsets().log_start.0;
+        let out = c.retain(id).await;
+        assert!(out.segments_deleted > 0, "node {id}: nothing deleted");
+        assert!(c.partition(id).offsets().log_start.0 > before, "node {id}: log start did not move");
+        let purged = c.nodes[&id].running.as_ref().unwrap().2.purged_index();
+        let first = all_batches(c.partition(id))[0].header.raft_index;
+        assert!(purged.is_some_and(|p| p + 1 >= first), "node {id} deleted above its purge point");
+    }
+    c.start(away).await;
+    c.write(5).await;
+    c.check().await;
+    assert_eq!(
+        c.partition(away).offsets().log_start,
+        c.partition(leader).offsets().log_start,
+        "the returning follower starts where retention left the leader"
+    );
 }
