@@ -15,6 +15,17 @@ const PUBLIC: &[&str] = &[
     "tidelog/v1/group_service.proto",
 ];
 
+/// Generates Rust for `fds` into `OUT_DIR/<dir>` (`bytes` fields as `Bytes`).
+fn generate(fds: prost_types::FileDescriptorSet, out: &std::path::Path, dir: &str) -> std::io::Result<()> {
+    let dir = out.join(dir);
+    std::fs::create_dir_all(&dir)?;
+    tonic_prost_build::configure()
+        .out_dir(&dir)
+        .bytes(".")
+        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
+        .compile_fds(fds)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=tidelog");
@@ -23,31 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let public = protox::compile(PUBLIC, ["."])?;
     std::fs::write(out.join("tidelog_v1_descriptor.bin"), public.encode_to_vec())?;
-    let public_out = out.join("public");
-    std::fs::create_dir_all(&public_out)?;
-    tonic_prost_build::configure()
-        .out_dir(&public_out)
-        .bytes(".")
-        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
-        .compile_fds(public)?;
+    generate(public, &out, "public")?;
 
     let wire = protox::compile(["tidelog/v1/wire.proto"], ["wire"])?;
     std::fs::write(out.join("tidelog_v1_wire_descriptor.bin"), wire.encode_to_vec())?;
-    let wire_out = out.join("wire");
-    std::fs::create_dir_all(&wire_out)?;
-    tonic_prost_build::configure()
-        .out_dir(&wire_out)
-        .bytes(".")
-        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
-        .compile_fds(wire)?;
+    generate(wire, &out, "wire")?;
 
-    let internal = protox::compile(["tidelog/internal/v1/raft.proto"], ["internal"])?;
-    let internal_out = out.join("internal");
-    std::fs::create_dir_all(&internal_out)?;
-    tonic_prost_build::configure()
-        .out_dir(&internal_out)
-        .bytes(".")
-        .type_attribute(".", "#[allow(clippy::all, clippy::pedantic)]")
-        .compile_fds(internal)?;
+    generate(protox::compile(["tidelog/internal/v1/raft.proto"], ["internal"])?, &out, "internal")?;
     Ok(())
 }
