@@ -1,5 +1,7 @@
 //! A connection to a broker: one HTTP/2 channel shared by every service client (cheap to
-//! clone), plus typed helpers for the admin calls.
+//! clone), plus typed helpers for the admin calls. In a cluster, [`Client::brokers`] lists
+//! every broker and [`Client::to_broker`] reaches another one (the producer routes each
+//! partition to its leader that way).
 
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
@@ -16,25 +18,67 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
+    addr: String,
+}
+
+/// `http://host:port` for `host:port` (or an address that already has a scheme).
+pub(crate) fn normalize(addr: impl Into<String>) -> String {
+    let addr = addr.into();
+    if addr.contains("://") {
+        addr
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 impl Client {
     /// Connects to `addr` (`http://host:port`; `host:port` is accepted too).
     pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
-        let mut addr = addr.into();
-        if !addr.contains("://") {
-            addr = format!("http://{addr}");
-        }
-        let endpoint = Endpoint::from_shared(addr.clone())
-            .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?
-            .tcp_nodelay(true)
-            // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(16 << 20)
-            .connect_timeout(std::time::Duration::from_secs(5));
-        Ok(Self { channel: endpoint.connect().await? })
+        let addr = normalize(addr);
+        Ok(Self { channel: endpoint(&addr)?.connect().await?, addr })
     }
 
+    /// A client of another broker, connected on first use (never fails on an unreachable
+    /// broker: its calls do).
+    pub fn to_broker(&self, addr: &str) -> Result<Self, Error> {
+        let addr = normalize(addr);
+        if addr == self.addr {
+            return Ok(self.clone());
+        }
+        Ok(Self { channel: endpoint(&addr)?.connect_lazy(), addr })
+    }
+
+    /// The broker this client talks to (`http://host:port`).
+    pub fn address(&self) -> &str {
+        &self.addr
+    }
+
+    /// Every broker of the cluster (`http://host:port`), this one first; just this one on a
+    /// single node.
+    pub async fn brokers(&self) -> Result<Vec<String>, Error> {
+        let resp = self.admin().describe_cluster(tidelog_proto::v1::DescribeClusterRequest {}).await?.into_inner();
+        let mut out = vec![self.addr.clone()];
+        for b in resp.brokers {
+            let a = normalize(b.address);
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(addr.to_string())
+        .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?
+        .tcp_nodelay(true)
+        // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .connect_timeout(std::time::Duration::from_secs(5)))
+}
+
+impl Client {
     /// The underlying HTTP/2 channel, for any generated client.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
@@ -70,7 +114,7 @@ impl Client {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicDescription, Error> {
-        let req = CreateTopicRequest { name: name.into(), partitions, replication_factor: 1, config: Some(config) };
+        let req = CreateTopicRequest { name: name.into(), partitions, replication_factor: 0, config: Some(config) };
         let resp = self.admin().create_topic(req).await?.into_inner();
         resp.topic.ok_or_else(|| Error::Decode("CreateTopic returned no topic".into()))
     }

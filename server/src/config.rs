@@ -31,7 +31,56 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Settings for topics created without their own.
     pub topic_defaults: TopicSettings,
+    /// Cluster membership; empty `peers` (the default) = a single node.
+    pub cluster: ClusterSettings,
 }
+
+/// `[cluster]`: the brokers of a static cluster. Every broker is a voter of the metadata group
+/// and holds a replica of every partition (docs/CLUSTER.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Every broker of the cluster, this one included, as `id=host:port` (the address clients
+    /// and peers reach it at). Default empty: single node.
+    pub peers: Vec<String>,
+    /// Raft heartbeat interval. Default 250 ms.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in [min, 2 × min] stands for
+    /// election. Default 1000 ms.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self { peers: Vec::new(), heartbeat_ms: 250, election_timeout_ms: 1000 }
+    }
+}
+
+impl ClusterSettings {
+    /// The peers as id → address; errors name the bad entry.
+    pub fn parse_peers(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in &self.peers {
+            let bad = |why: &str| ConfigError::Invalid(format!("cluster peer {entry:?}: {why} (use id=host:port)"));
+            let (id, addr) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
+            let id: u64 = id.trim().parse().map_err(|_| bad("the id is not a number"))?;
+            if id == 0 || id >= MAX_NODE_ID {
+                return Err(bad(&format!("ids must be 1..{MAX_NODE_ID}")));
+            }
+            let addr = addr.trim();
+            if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(bad("the address has no port"));
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(bad("the id is listed twice"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Node ids are below this: producer ids embed the node id in their low bits.
+pub const MAX_NODE_ID: u64 = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -43,6 +92,7 @@ impl Default for Config {
             retention_check_interval_ms: 300_000,
             shutdown_grace_ms: 5_000,
             topic_defaults: TopicSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -66,6 +116,25 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let peers = self.cluster.parse_peers()?;
+        if !peers.is_empty() {
+            if !peers.contains_key(&u64::from(self.node_id)) {
+                return Err(ConfigError::Invalid(format!(
+                    "node_id {} is not among cluster.peers; list every broker, this one included",
+                    self.node_id
+                )));
+            }
+            if self.listen.port() == 0 {
+                return Err(ConfigError::Invalid("a cluster member needs a fixed listen port, not 0".into()));
+            }
+            let c = &self.cluster;
+            if c.heartbeat_ms == 0 || c.election_timeout_ms < 3 * c.heartbeat_ms {
+                return Err(ConfigError::Invalid(
+                    "cluster.election_timeout_ms must be at least 3 x cluster.heartbeat_ms (and the heartbeat positive)"
+                        .into(),
+                ));
+            }
+        }
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be at least 1".into()));
         }
@@ -73,12 +142,14 @@ impl Config {
     }
 
     pub fn broker_options(&self, bound: SocketAddr) -> BrokerOptions {
+        let own = self.cluster.parse_peers().ok().and_then(|mut p| p.remove(&u64::from(self.node_id)));
         BrokerOptions {
             data_dir: self.data_dir.clone(),
             node_id: self.node_id,
-            advertised_address: self.advertised_address.clone().unwrap_or_else(|| bound.to_string()),
+            advertised_address: self.advertised_address.clone().or(own).unwrap_or_else(|| bound.to_string()),
             topic_defaults: self.topic_defaults.clone(),
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
+            clustered: !self.cluster.peers.is_empty(),
         }
     }
 }
@@ -106,5 +177,27 @@ mod tests {
         std::fs::write(&path, "[topic_defaults]\nmax_batch_bytes = 0\n").unwrap();
         let err = Config::from_file(&path).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("max_batch_bytes"), "{err}");
+    }
+
+    #[test]
+    fn cluster_peers_are_checked() {
+        let mut c = Config { listen: "127.0.0.1:7001".parse().unwrap(), ..Config::default() };
+        c.cluster.peers = vec!["1=127.0.0.1:7001".into(), "2=127.0.0.1:7002".into()];
+        c.validate().unwrap();
+        assert_eq!(c.cluster.parse_peers().unwrap()[&2], "127.0.0.1:7002");
+        assert!(c.broker_options(c.listen).clustered);
+        for (peers, want) in [
+            (vec!["2=127.0.0.1:7002"], "node_id 1"),
+            (vec!["1=127.0.0.1"], "no port"),
+            (vec!["x=127.0.0.1:1"], "not a number"),
+            (vec!["1=127.0.0.1:1", "1=127.0.0.1:2"], "twice"),
+        ] {
+            c.cluster.peers = peers.into_iter().map(String::from).collect();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        c.cluster.peers = vec!["1=127.0.0.1:7001".into()];
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("fixed listen port"));
     }
 }

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod log;

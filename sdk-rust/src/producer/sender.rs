@@ -2,10 +2,14 @@
 //! `max_in_flight` per partition), completes deliveries from responses, and on failure rewinds
 //! and resends the same batches, with the same sequence numbers, in order.
 //!
+//! Routing: one Produce stream per broker; each partition's batches go to its leader, learnt
+//! from NOT_LEADER answers (which carry the leader's address), or to a fallback broker while
+//! no leader is known (see `Routes`). On a single node everything goes to the one broker.
+//!
 //! Failure handling (per partition, since responses of one partition come back in order):
-//! - connection lost / broker stalled past `request_timeout`: every in-flight batch goes back
-//!   to the front of its queue; a new stream resends them (the broker answers those it already
-//!   stored with their original offsets);
+//! - connection lost / broker stalled past `request_timeout`: the in-flight batches of that
+//!   broker go back to the front of their queues; they are resent, to the new leader if it
+//!   moved (the broker answers those it already stored with their original offsets);
 //! - retryable error on a batch (storage error, shutting down, not leader): that batch and the
 //!   ones after it are rewound and resent after a backoff (the later ones were refused as out
 //!   of order, and their stale responses are ignored);
@@ -15,7 +19,7 @@
 //!   and may be stored cannot be dropped without leaving the sequence ambiguous: then the
 //!   producer fails everything and must be recreated (as a Kafka producer without epoch bump).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,90 +36,209 @@ use crate::Error;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-struct Conn {
-    tx: mpsc::Sender<wire::ProduceRequest>,
-    rx: tonic::Streaming<wire::ProduceResponse>,
-    /// Request id → partition, for requests whose response is still wanted.
-    in_flight: HashMap<u64, TopicPartition>,
+/// Where each partition's batches go: its leader when known (from a NOT_LEADER hint), else a
+/// fallback broker, which answers NOT_LEADER with the leader if it is not the leader itself.
+/// A partition's batches in flight all went to one broker (`sent_to`): a new target is used
+/// only once they are answered or rewound, so no two brokers ever see one partition's
+/// sequence interleaved.
+struct Routes {
+    brokers: Vec<String>,
+    fallback: usize,
+    leaders: HashMap<TopicPartition, String>,
+    sent_to: HashMap<TopicPartition, String>,
 }
 
-impl Conn {
-    async fn open(shared: &Shared) -> Result<Self, Error> {
-        let (tx, rx) = mpsc::channel(256);
-        let resp = shared.client.records().produce(ReceiverStream::new(rx)).await?;
-        Ok(Self { tx, rx: resp.into_inner(), in_flight: HashMap::new() })
+impl Routes {
+    fn new(brokers: Vec<String>) -> Self {
+        Self { brokers, fallback: 0, leaders: HashMap::new(), sent_to: HashMap::new() }
     }
+
+    fn target(&self, tp: &TopicPartition) -> String {
+        match self.leaders.get(tp) {
+            Some(a) => a.clone(),
+            None => self.brokers[self.fallback % self.brokers.len()].clone(),
+        }
+    }
+
+    fn not_leader(&mut self, tp: &TopicPartition, hint: &str) {
+        if hint.is_empty() {
+            self.leaders.remove(tp);
+            self.fallback += 1;
+        } else {
+            let hint = crate::client::normalize(hint);
+            if !self.brokers.contains(&hint) {
+                self.brokers.push(hint.clone());
+            }
+            self.leaders.insert(tp.clone(), hint);
+        }
+    }
+
+    fn broker_lost(&mut self, addr: &str) {
+        self.leaders.retain(|_, a| a != addr);
+        if self.brokers[self.fallback % self.brokers.len()] == addr {
+            self.fallback += 1;
+        }
+    }
+}
+
+/// One Produce stream to one broker. A reader task forwards its responses as [`Incoming`].
+struct Conn {
+    tx: mpsc::Sender<wire::ProduceRequest>,
+    generation: u64,
+    /// Request id → partition, for requests whose response is still wanted.
+    in_flight: HashMap<u64, TopicPartition>,
 }
 
 enum Event {
     Response(wire::ProduceResponse),
     Lost(String),
-    Wake,
+}
+
+struct Incoming {
+    addr: String,
+    generation: u64,
+    event: Event,
+}
+
+impl Conn {
+    async fn open(
+        shared: &Shared,
+        addr: &str,
+        generation: u64,
+        events: mpsc::UnboundedSender<Incoming>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel(256);
+        let client = shared.client.to_broker(addr)?;
+        let mut stream = client.records().produce(ReceiverStream::new(rx)).await?.into_inner();
+        let addr = addr.to_string();
+        tokio::spawn(async move {
+            loop {
+                let event = match stream.next().await {
+                    Some(Ok(resp)) => Event::Response(resp),
+                    Some(Err(status)) => Event::Lost(format!("{}: {}", status.code(), status.message())),
+                    None => Event::Lost("broker closed the stream".into()),
+                };
+                let last = matches!(event, Event::Lost(_));
+                if events.send(Incoming { addr: addr.clone(), generation, event }).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Self { tx, generation, in_flight: HashMap::new() })
+    }
 }
 
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let mut conn: Option<Conn> = None;
+    let brokers = match shared.client.brokers().await {
+        Ok(b) => b,
+        Err(_) => vec![shared.client.address().to_string()],
+    };
+    let mut routes = Routes::new(brokers);
+    let mut conns: HashMap<String, Conn> = HashMap::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Incoming>();
+    let mut generation = 0u64;
     let mut backoff = shared.config.retry_backoff;
     let mut next_id: u64 = 1;
     loop {
         if shared.closed.load(Ordering::Acquire) && shared.pending.load(Ordering::Acquire) == 0 {
             return;
         }
-        let Some(c) = conn.as_mut() else {
-            match Conn::open(&shared).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "produce stream not available; retrying");
-                    expire(&shared, Instant::now());
-                    let _ = tokio::time::timeout(backoff, shared.wake.notified()).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+        let now = Instant::now();
+        let Collected { requests, deadline, oldest_sent } = collect(&shared, &mut routes, &mut next_id, now);
+        let mut failed: HashSet<String> = HashSet::new();
+        for (addr, tp, req) in requests {
+            if failed.contains(&addr) {
+                continue; // its partitions were rewound when the stream could not be opened
+            }
+            if !conns.contains_key(&addr) {
+                generation += 1;
+                match Conn::open(&shared, &addr, generation, events_tx.clone()).await {
+                    Ok(c) => {
+                        conns.insert(addr.clone(), c);
+                    }
+                    Err(e) => {
+                        tracing::debug!(broker = %addr, error = %e, "produce stream not available; trying another broker");
+                        lose(&shared, &mut conns, &mut routes, &addr, backoff);
+                        failed.insert(addr);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        expire(&shared, Instant::now());
+                        continue;
+                    }
                 }
             }
-            continue;
-        };
-        let now = Instant::now();
-        let Collected { requests, deadline, oldest_sent } = collect(&shared, &mut c.in_flight, &mut next_id, now);
-        let mut lost = None;
-        for req in requests {
+            let Some(c) = conns.get_mut(&addr) else { continue };
+            if shared.config.acks != Acks::None {
+                c.in_flight.insert(req.request_id, tp);
+            }
             if c.tx.send(req).await.is_err() {
-                lost = Some("request stream closed".to_string());
-                break;
+                lose(&shared, &mut conns, &mut routes, &addr, backoff);
+                failed.insert(addr);
             }
         }
-        let event = match lost {
-            Some(why) => Event::Lost(why),
-            None => {
-                let request_deadline = oldest_sent.map(|t| t + shared.config.request_timeout);
-                let far = now + Duration::from_secs(3600);
-                tokio::select! {
-                    r = c.rx.next() => match r {
-                        Some(Ok(resp)) => Event::Response(resp),
-                        Some(Err(status)) => Event::Lost(format!("{}: {}", status.code(), status.message())),
-                        None => Event::Lost("broker closed the stream".into()),
-                    },
-                    () = shared.wake.notified() => Event::Wake,
-                    () = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => Event::Wake,
-                    () = tokio::time::sleep_until(request_deadline.unwrap_or(far).into()) => Event::Lost("request timed out".into()),
+        let request_deadline = oldest_sent.map(|t| t + shared.config.request_timeout);
+        let far = now + Duration::from_secs(3600);
+        let incoming = tokio::select! {
+            i = events.recv() => i,
+            () = shared.wake.notified() => None,
+            () = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => None,
+            () = tokio::time::sleep_until(request_deadline.unwrap_or(far).into()) => {
+                tracing::debug!("produce request timed out; resending in-flight batches");
+                let addrs: Vec<String> = conns.keys().cloned().collect();
+                for addr in addrs {
+                    lose(&shared, &mut conns, &mut routes, &addr, backoff);
                 }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                None
             }
         };
-        match event {
-            Event::Response(resp) => {
-                if handle_response(&shared, &mut c.in_flight, resp, backoff) {
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                } else {
-                    backoff = shared.config.retry_backoff;
+        if let Some(Incoming { addr, generation, event }) = incoming {
+            match (conns.get_mut(&addr), event) {
+                (Some(c), _) if c.generation != generation => {} // from a stream already replaced
+                (Some(c), Event::Response(resp)) => {
+                    if resp.error_code == ErrorCode::NotLeader as i32 {
+                        if let Some(tp) = c.in_flight.get(&resp.request_id) {
+                            routes.not_leader(tp, &resp.leader_address);
+                        }
+                    }
+                    if handle_response(&shared, &mut c.in_flight, resp, backoff) {
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        backoff = shared.config.retry_backoff;
+                    }
                 }
+                (Some(_), Event::Lost(why)) => {
+                    tracing::debug!(broker = %addr, why, "produce stream lost; resending its in-flight batches");
+                    lose(&shared, &mut conns, &mut routes, &addr, backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                (None, _) => {}
             }
-            Event::Lost(why) => {
-                tracing::debug!(why, "produce stream lost; resending in-flight batches");
-                conn = None;
-                rewind_all(&shared, Instant::now() + backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Event::Wake => {}
         }
         notify_if_idle(&shared);
+    }
+}
+
+/// A broker's stream is gone: its partitions' in-flight batches go back to their queues, and
+/// partitions it led look for their leader again.
+fn lose(shared: &Shared, conns: &mut HashMap<String, Conn>, routes: &mut Routes, addr: &str, backoff: Duration) {
+    conns.remove(addr);
+    // Every partition last sent there: that covers batches taken for it but never sent.
+    let tps: Vec<TopicPartition> =
+        routes.sent_to.iter().filter(|(_, a)| a.as_str() == addr).map(|(tp, _)| tp.clone()).collect();
+    rewind(shared, tps, Instant::now() + backoff);
+    routes.broker_lost(addr);
+}
+
+/// Rewinds the in-flight batches of these partitions, to be resent after `retry_at`.
+fn rewind(shared: &Shared, tps: impl IntoIterator<Item = TopicPartition>, retry_at: Instant) {
+    let mut acc = shared.lock();
+    for tp in tps {
+        if let Some(q) = acc.queues.get_mut(&tp) {
+            if !q.in_flight.is_empty() {
+                q.rewind();
+                q.retry_at = Some(retry_at);
+            }
+        }
     }
 }
 
@@ -155,8 +278,8 @@ fn complete(shared: &Shared, tp: &TopicPartition, b: Batch, result: Result<(u64,
 
 /// What one pass over the partition queues found.
 struct Collected {
-    /// Batches to send now.
-    requests: Vec<wire::ProduceRequest>,
+    /// Batches to send now, with the broker each goes to.
+    requests: Vec<(String, TopicPartition, wire::ProduceRequest)>,
     /// The next time a linger or retry backoff is due.
     deadline: Option<Instant>,
     /// When the oldest batch still in flight was sent (its response is due by the timeout).
@@ -165,12 +288,7 @@ struct Collected {
 
 /// Seals batches whose linger expired (all, when flushing), fails batches past their delivery
 /// timeout, and takes the batches that may be sent now, in one pass over the queues.
-fn collect(
-    shared: &Shared,
-    in_flight: &mut HashMap<u64, TopicPartition>,
-    next_id: &mut u64,
-    now: Instant,
-) -> Collected {
+fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant) -> Collected {
     let cfg = &shared.config;
     expire(shared, now);
     let mut acc = shared.lock();
@@ -198,17 +316,20 @@ fn collect(
                 false
             }
         };
-        while !waiting && q.in_flight.len() < cfg.max_in_flight {
+        let target = routes.target(tp);
+        // A new target only once nothing is in flight to the old one (see `Routes`).
+        let switching = !q.in_flight.is_empty() && routes.sent_to.get(tp) != Some(&target);
+        while !waiting && !switching && q.in_flight.len() < cfg.max_in_flight {
             let Some(mut b) = q.ready.pop_front() else { break };
             b.request_id = *next_id;
             *next_id += 1;
             b.sent_at = Some(now);
             b.attempts += 1;
-            out.push(request(shared, tp, &b));
+            out.push((target.clone(), tp.clone(), request(shared, tp, &b)));
+            routes.sent_to.insert(tp.clone(), target.clone());
             if cfg.acks == Acks::None {
                 fire_and_forget.push((tp.clone(), b));
             } else {
-                in_flight.insert(b.request_id, tp.clone());
                 q.in_flight.push_back(b);
             }
         }
@@ -290,17 +411,6 @@ fn handle_response(
     let err = Error::Broker { code, message: r.error_message };
     complete(shared, &tp, b, Err(err));
     false
-}
-
-/// After a lost connection: every in-flight batch goes back to its queue's front.
-fn rewind_all(shared: &Shared, retry_at: Instant) {
-    let mut acc = shared.lock();
-    for q in acc.queues.values_mut() {
-        if !q.in_flight.is_empty() {
-            q.rewind();
-            q.retry_at = Some(retry_at);
-        }
-    }
 }
 
 /// Fails batches past the delivery timeout that are not in flight (see the module docs).

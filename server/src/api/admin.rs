@@ -11,7 +11,10 @@ use tidelog_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Broker, BrokerError, Topic};
+use crate::broker::{now_ms, validate_topic_name, Broker, BrokerError, Topic, MAX_PARTITIONS};
+use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
+use crate::cluster::Cluster;
+use crate::meta::TopicRecord;
 use crate::settings::{FsyncSetting, TopicSettings};
 
 #[derive(Debug)]
@@ -71,18 +74,29 @@ fn to_config(s: &TopicSettings) -> TopicConfig {
 
 fn describe(broker: &Broker, t: &Topic) -> TopicDescription {
     let node = broker.options().node_id;
+    // (leader, replicas) of partition i: from its Raft group in cluster mode.
+    let placement = |i: usize| match t.replicas.get(i) {
+        Some(r) => (
+            r.leader().map_or(0, |l| l as u32),
+            r.voters().into_iter().map(|v| v as u32).collect(),
+            r.in_sync().into_iter().map(|v| v as u32).collect(),
+        ),
+        None => (node, vec![node], vec![node]),
+    };
     TopicDescription {
         name: t.record.name.clone(),
         partition_count: t.record.partitions,
-        replication_factor: 1,
+        replication_factor: if t.replicas.is_empty() { 1 } else { placement(0).1.len() as u32 },
         config: Some(to_config(&t.record.settings)),
         created_at_ms: t.record.created_at_ms,
         partitions: t
             .partitions
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 let o = p.offsets();
                 let (size, segments) = p.size_bytes();
+                let (leader_id, replica_ids, in_sync_replica_ids) = placement(i);
                 PartitionDescription {
                     partition: p.index(),
                     log_start_offset: o.log_start.0,
@@ -90,11 +104,124 @@ fn describe(broker: &Broker, t: &Topic) -> TopicDescription {
                     log_end_offset: o.log_end.0,
                     size_bytes: size,
                     segment_count: segments as u32,
-                    leader_id: node,
-                    replica_ids: vec![node],
+                    leader_id,
+                    replica_ids,
+                    in_sync_replica_ids,
                 }
             })
             .collect(),
+    }
+}
+
+/// Set on an admin call one broker forwards to the controller: it is not forwarded again.
+const FORWARDED: &str = "x-tidelog-forwarded";
+
+impl AdminApi {
+    /// Cluster mode: the controller proposes `CreateTopic`; any other broker forwards the call
+    /// to it. Either way the answer waits until this broker has applied the topic.
+    async fn create_replicated(
+        &self,
+        cluster: &Cluster,
+        req: CreateTopicRequest,
+        forwarded: bool,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let n = cluster.brokers().len() as u32;
+        if req.replication_factor != 0 && req.replication_factor != n {
+            return Err(Status::invalid_argument(format!(
+                "replication_factor {} is not possible: every one of the {n} brokers holds a replica of every partition (use 0 or {n})",
+                req.replication_factor
+            )));
+        }
+        validate_topic_name(&req.name)?;
+        let partitions = req.partitions.max(1);
+        if partitions > MAX_PARTITIONS {
+            return Err(Status::invalid_argument(format!("partitions must be 1..={MAX_PARTITIONS}, got {partitions}")));
+        }
+        let settings = merge_settings(&self.broker.options().topic_defaults, req.config.as_ref())?;
+        settings.validate().map_err(BrokerError::InvalidArgument)?;
+        if self.broker.topic(&req.name).is_ok() {
+            return Err(BrokerError::TopicExists(req.name).into());
+        }
+        let record = TopicRecord { name: req.name.clone(), partitions, created_at_ms: now_ms(), settings };
+        match metadata::propose(cluster, &MetaCommand::CreateTopic { record }).await {
+            Ok(offset) => {
+                cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
+                let topic = self.broker.topic(&req.name)?;
+                if topic.topic_id != metadata::topic_id_at(offset) {
+                    return Err(BrokerError::TopicExists(req.name).into());
+                }
+                Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.broker, &topic)) }))
+            }
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
+                let name = req.name.clone();
+                controller_client(cluster, id)?.create_topic(forwarded_request(req)).await?;
+                let topic = wait_topic(&self.broker, cluster, &name, true).await?;
+                Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.broker, &topic)) }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_replicated(
+        &self,
+        cluster: &Cluster,
+        req: DeleteTopicRequest,
+        forwarded: bool,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let topic = self.broker.topic(&req.name)?;
+        let cmd = MetaCommand::DeleteTopic {
+            name: req.name.clone(),
+            topic_id: topic.topic_id,
+            partitions: topic.record.partitions,
+        };
+        match metadata::propose(cluster, &cmd).await {
+            Ok(offset) => cluster.wait_applied(offset + 1, APPLY_WAIT).await?,
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
+                controller_client(cluster, id)?.delete_topic(forwarded_request(req.clone())).await?;
+                wait_topic(&self.broker, cluster, &req.name, false).await.map(|_| ()).or_else(|e| match e {
+                    BrokerError::UnknownTopic(_) => Ok(()),
+                    e => Err(e),
+                })?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+}
+
+fn controller_client(
+    cluster: &Cluster,
+    id: u64,
+) -> Result<tidelog_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>, Status> {
+    let channel = cluster
+        .channel_to(id)
+        .ok_or_else(|| Status::unavailable(format!("no address known for the controller, broker {id}")))?;
+    Ok(tidelog_proto::v1::admin_service_client::AdminServiceClient::new(channel))
+}
+
+fn forwarded_request<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.set_timeout(APPLY_WAIT);
+    r
+}
+
+/// Waits until this broker's metadata shows topic `name` (`present`) or no longer shows it.
+async fn wait_topic(broker: &Broker, cluster: &Cluster, name: &str, present: bool) -> Result<Arc<Topic>, BrokerError> {
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    let mut applied = cluster.watch_applied();
+    loop {
+        match broker.topic(name) {
+            Ok(t) if present => return Ok(t),
+            Err(e) if !present => return Err(e),
+            _ => {}
+        }
+        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+            return Err(BrokerError::NotLeader {
+                what: format!("the metadata of topic '{name}' yet (not applied on this broker in time)"),
+                leader: None,
+            });
+        }
     }
 }
 
@@ -104,7 +231,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let req = request.into_inner();
+        if let Some(cluster) = self.broker.cluster() {
+            return self.create_replicated(cluster, req, forwarded).await;
+        }
         if req.replication_factor > 1 {
             return Err(Status::invalid_argument(format!(
                 "replication_factor {} is not possible: this broker runs as a single node (use 1)",
@@ -121,6 +252,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        if let Some(cluster) = self.broker.cluster() {
+            let forwarded = request.metadata().contains_key(FORWARDED);
+            return self.delete_replicated(cluster, request.into_inner(), forwarded).await;
+        }
         self.broker.delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
@@ -170,6 +305,15 @@ impl AdminService for AdminApi {
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         let o = self.broker.options();
         let cluster_id = self.broker.meta().cluster_id().map_err(BrokerError::from)?;
+        if let Some(c) = self.broker.cluster() {
+            return Ok(Response::new(DescribeClusterResponse {
+                // The metadata group's first entry is the same everywhere; name the cluster by
+                // its members instead of this broker's local id.
+                cluster_id: format!("tidelog-{}", c.brokers().keys().map(u64::to_string).collect::<Vec<_>>().join("-")),
+                controller_id: c.controller().map_or(0, |l| l as u32),
+                brokers: c.brokers().iter().map(|(id, a)| BrokerInfo { id: *id as u32, address: a.clone() }).collect(),
+            }));
+        }
         Ok(Response::new(DescribeClusterResponse {
             cluster_id,
             controller_id: o.node_id,

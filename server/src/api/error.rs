@@ -23,6 +23,7 @@
 //! | UnknownProducer              | UNKNOWN_PRODUCER     | FAILED_PRECONDITION | re-init |
 //! | IllegalGeneration            | ILLEGAL_GENERATION   | FAILED_PRECONDITION | rejoin |
 //! | InconsistentGroup            | INCONSISTENT_GROUP   | FAILED_PRECONDITION | no     |
+//! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
 
 use tidelog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
@@ -55,6 +56,7 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::UnknownProducer { .. } => (ErrorCode::UnknownProducer, Code::FailedPrecondition),
         B::IllegalGeneration(_) => (ErrorCode::IllegalGeneration, Code::FailedPrecondition),
         B::InconsistentGroup(_) => (ErrorCode::InconsistentGroup, Code::FailedPrecondition),
+        B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),
     }
 }
 

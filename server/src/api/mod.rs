@@ -59,6 +59,14 @@ pub async fn serve(
     let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
     let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
     let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
+    // Cluster mode: Raft traffic between brokers, on this same port (raft/transport.rs).
+    let raft = broker.cluster().map(|c| {
+        tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(
+            crate::raft::transport::RaftTransportService::new(c.groups().clone()),
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES * 4)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES * 4)
+    });
 
     Server::builder()
         // h2's default 64 KiB windows cap one stream at a window per round trip; batches are
@@ -74,6 +82,7 @@ pub async fn serve(
         .add_service(offsets)
         .add_service(groups)
         .add_service(admin)
+        .add_optional_service(raft)
         // TCP_NODELAY on every accepted socket (`Server::tcp_nodelay` is ignored for a custom
         // incoming stream): without it, Nagle holds back small responses — a live tail's
         // single-record batches waited for the peer's delayed ACK, up to 40 ms.

@@ -8,6 +8,11 @@
 //! (fsynced per policy, high watermark advanced) even if the client vanishes or the broker
 //! shuts down mid-stream; otherwise a partition's high watermark could lag its log forever.
 //!
+//! In cluster mode a batch is proposed to its partition's Raft group instead (in request order:
+//! the proposal is queued before the next request is read) and answered at commit (acks=all)
+//! or at the leader's append (acks=leader). A broker that does not lead the partition answers
+//! NOT_LEADER with the leader's id and address in the response, for the client to re-route.
+//!
 //! Subscribe: one task per partition reads batches below the high watermark and, when caught up,
 //! sleeps on the partition's high-watermark watch (no polling). All tasks feed one bounded
 //! channel; when the client stops reading, HTTP/2 flow control stops tonic from draining it,
@@ -29,8 +34,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::{error_code, status};
 use crate::broker::batch::{self, Declared, CODEC_NONE};
 use crate::broker::partition::{Partition, PendingAppend};
-use crate::broker::{now_ms, Broker, BrokerError};
+use crate::broker::{now_ms, Broker, BrokerError, Topic};
 use crate::log::{AppendBatch, StoredBatch};
+use crate::raft::types::{AppendHook, ProduceOutcome};
+use crate::raft::ProposedBatch;
 
 /// Produce requests whose durability wait may overlap on one stream.
 const MAX_IN_FLIGHT: usize = 256;
@@ -53,9 +60,17 @@ impl RecordApi {
 
 type PendingResponse = Pin<Box<dyn Future<Output = Option<wire::ProduceResponse>> + Send>>;
 
-/// Appends the batch now (in stream order) and returns the future that waits for durability
-/// and builds the response (`None` for acks=none).
-fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse {
+/// Where a produce request stands once it is started.
+enum Started {
+    /// Single node: appended; completing makes it durable and visible.
+    Appended(Arc<Partition>, PendingAppend),
+    /// Cluster mode: proposed to the partition's Raft group; resolves to its answer.
+    Proposed(Arc<Partition>, Pin<Box<dyn Future<Output = Result<ProduceOutcome, BrokerError>> + Send>>),
+}
+
+/// Appends (or proposes) the batch now, in stream order, and returns the future that waits for
+/// durability and builds the response (`None` for acks=none).
+async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse {
     let mut resp = wire::ProduceResponse {
         request_id: req.request_id,
         topic: req.topic.clone(),
@@ -63,23 +78,36 @@ fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse 
         ..Default::default()
     };
     let silent = req.acks == Acks::None as i32;
-    let appended = append_now(broker, &req);
+    let started = start(broker, &req).await;
     Box::pin(async move {
-        let result = match appended {
-            Ok((partition, pending)) => {
+        let result = match started {
+            Ok(Started::Appended(partition, pending)) => {
                 let done = partition.complete(&pending).await;
                 resp.log_start_offset = partition.offsets().log_start.0;
-                done.map(|()| pending.appended)
+                done.map(|()| Ok(pending.appended))
+            }
+            Ok(Started::Proposed(partition, answer)) => {
+                let outcome = answer.await;
+                resp.log_start_offset = partition.offsets().log_start.0;
+                outcome
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(a) => {
+            Ok(Ok(a)) => {
                 resp.base_offset = a.base_offset;
                 resp.append_time_ms = a.append_time_ms;
             }
+            Ok(Err(rejected)) => {
+                resp.error_code = rejected.code;
+                resp.error_message = rejected.message;
+            }
             Err(e) => {
                 tracing::debug!(topic = %resp.topic, partition = resp.partition, error = %e, "produce rejected");
+                if let BrokerError::NotLeader { leader: Some((id, addr)), .. } = &e {
+                    resp.leader_id = *id as u32;
+                    resp.leader_address = addr.clone();
+                }
                 resp.error_code = error_code(&e) as i32;
                 resp.error_message = e.to_string();
             }
@@ -88,7 +116,39 @@ fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse 
     })
 }
 
-fn append_now(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, PendingAppend), BrokerError> {
+async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<Started, BrokerError> {
+    let (topic, partition, batch) = validate(broker, req)?;
+    let Some(replica) = topic.replicas.get(req.partition as usize) else {
+        let appended = partition.append(batch, now_ms())?;
+        return Ok(Started::Appended(partition, appended));
+    };
+    let payload = match &req.payload {
+        Some(produce_request::Payload::Records(b) | produce_request::Payload::CompressedRecords(b)) => b.clone(),
+        None => return Err(BrokerError::InvalidArgument("the request carries no records".into())),
+    };
+    let proposed = ProposedBatch {
+        payload,
+        record_count: batch.record_count,
+        compression: batch.compression,
+        payload_crc: batch.payload_crc,
+        producer_id: batch.producer_id,
+        producer_epoch: batch.producer_epoch,
+        base_sequence: batch.base_sequence,
+        on_append: AppendHook::default(),
+    };
+    let cluster = broker.cluster().cloned();
+    let hint = move |leader| cluster.as_ref().and_then(|c| c.leader_hint(leader));
+    let what = format!("partition {} of topic '{}'", req.partition, req.topic);
+    let at_leader_append = req.acks != Acks::All as i32;
+    let answer = replica.propose(proposed, at_leader_append, hint, what).await?;
+    Ok(Started::Proposed(partition, Box::pin(answer)))
+}
+
+/// Checks a produce request against its topic; returns the batch to append.
+fn validate<'r>(
+    broker: &Broker,
+    req: &'r wire::ProduceRequest,
+) -> Result<(Arc<Topic>, Arc<Partition>, AppendBatch<'r>), BrokerError> {
     broker.check_running()?;
     let topic = broker.topic(&req.topic)?;
     let partition = Arc::clone(topic.partition(req.partition)?);
@@ -118,8 +178,7 @@ fn append_now(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partit
         producer_epoch: if req.producer_id > 0 { req.producer_epoch as i16 } else { -1 },
         base_sequence: if req.producer_id > 0 { req.base_sequence } else { -1 },
     };
-    let appended = partition.append(batch, now_ms())?;
-    Ok((partition, appended))
+    Ok((topic, partition, batch))
 }
 
 fn to_wire_batch(b: StoredBatch) -> wire::Batch {
@@ -223,7 +282,7 @@ impl RecordService for RecordApi {
                         }
                     }
                     msg = inbound.next(), if inbound_open && pending.len() < MAX_IN_FLIGHT => match msg {
-                        Some(Ok(req)) => pending.push_back(start_produce(&broker, req)),
+                        Some(Ok(req)) => pending.push_back(start_produce(&broker, req).await),
                         Some(Err(e)) => {
                             // The client broke the stream (disconnect, bad frame). Appended batches
                             // stay; there is nobody left to answer.
@@ -252,7 +311,12 @@ impl RecordService for RecordApi {
         _request: Request<wire::InitProducerRequest>,
     ) -> Result<Response<wire::InitProducerResponse>, Status> {
         self.broker.check_running()?;
-        let producer_id = self.broker.meta().next_producer_id().await.map_err(BrokerError::from)?;
+        let mut producer_id = self.broker.meta().next_producer_id().await.map_err(BrokerError::from)?;
+        if let Some(c) = self.broker.cluster() {
+            // Unique across the cluster without a round trip: the low bits name the broker
+            // that issued it (node ids are below MAX_NODE_ID).
+            producer_id = producer_id * crate::config::MAX_NODE_ID as i64 + c.node_id() as i64;
+        }
         tracing::debug!(producer_id, "producer id issued");
         Ok(Response::new(wire::InitProducerResponse { producer_id, producer_epoch: 0 }))
     }

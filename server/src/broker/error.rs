@@ -38,4 +38,15 @@ pub enum BrokerError {
     InconsistentGroup(String),
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
+    /// This broker does not lead what the request needs (a partition, or the metadata group);
+    /// `leader` is the leader's broker id and client address, when known.
+    #[error("this broker does not lead {what}; {}", leader_hint(.leader))]
+    NotLeader { what: String, leader: Option<(u64, String)> },
+}
+
+fn leader_hint(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("its leader is broker {id} at {addr}: send it there"),
+        None => "no leader is elected right now: retry shortly".to_string(),
+    }
 }

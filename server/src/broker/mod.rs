@@ -5,9 +5,14 @@
 //! On-disk layout under the data directory (see docs/LOG_FORMAT.md):
 //!
 //! ```text
-//! <data_dir>/meta/                    sled: topic definitions, committed offsets
-//! <data_dir>/topics/<topic>/<p>/      one partition log (segments + indexes)
+//! <data_dir>/meta/                    sled: topic definitions, committed offsets, Raft state
+//! <data_dir>/topics/<topic>/<p>/      one partition log (segments + indexes), single node
+//! <data_dir>/cluster-meta/            the metadata group's log (cluster mode, `cluster/`)
+//! <data_dir>/replicas/<topic id>/<p>/ one replicated partition log (cluster mode)
 //! ```
+//!
+//! In cluster mode topics come from the metadata group (`cluster::metadata`), not from the
+//! sled topic records, and each partition has a Raft group (`Topic::replicas`).
 //!
 //! Invariants:
 //! - the metadata store is the commit point of topic creation and deletion: a topic exists iff
@@ -56,12 +61,20 @@ pub struct BrokerOptions {
     pub advertised_address: String,
     pub topic_defaults: TopicSettings,
     pub retention_check_interval: Duration,
+    /// Cluster mode: topics are defined by the metadata Raft group, not by `meta`.
+    pub clustered: bool,
 }
 
 #[derive(Debug)]
 pub struct Topic {
     pub record: TopicRecord,
     pub partitions: Vec<Arc<Partition>>,
+    /// Cluster mode: the Raft group of each partition (same order as `partitions`); empty on
+    /// a single node, where appends go straight to the log.
+    pub replicas: Vec<crate::cluster::Replica>,
+    /// Cluster mode: the id the metadata group gave this incarnation of the topic; 0 on a
+    /// single node.
+    pub topic_id: u64,
 }
 
 impl Topic {
@@ -81,6 +94,7 @@ pub struct Broker {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     admin_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Checks a topic name: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -109,7 +123,8 @@ impl Broker {
             .map_err(|e| crate::log::LogError::io(format!("creating {}", topics_dir.display()), e))?;
         let meta = MetaStore::open(&options.data_dir.join(META_DIR))?;
         let mut topics = BTreeMap::new();
-        for record in meta.topics()? {
+        let records = if options.clustered { Vec::new() } else { meta.topics()? };
+        for record in records {
             let topic = open_topic(&topics_dir, record)?;
             topics.insert(topic.record.name.clone(), Arc::new(topic));
         }
@@ -121,7 +136,27 @@ impl Broker {
             topics: RwLock::new(topics),
             admin_lock: tokio::sync::Mutex::new(()),
             shutdown,
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The cluster this broker is part of; `None` on a single node.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    pub(crate) fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Cluster mode: publishes a topic the metadata group created.
+    pub(crate) fn insert_topic(&self, topic: Arc<Topic>) {
+        self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(topic.record.name.clone(), topic);
+    }
+
+    /// Cluster mode: withdraws a topic the metadata group deleted.
+    pub(crate) fn remove_topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name)
     }
 
     pub fn options(&self) -> &BrokerOptions {
@@ -145,7 +180,7 @@ impl Broker {
         self.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+    pub(crate) fn all_partitions(&self) -> Vec<Arc<Partition>> {
         self.topics().iter().flat_map(|t| t.partitions.iter().cloned()).collect()
     }
 
@@ -242,7 +277,7 @@ fn open_topic(topics_dir: &Path, record: TopicRecord) -> Result<Topic, BrokerErr
         }
         partitions.push(Arc::new(partition));
     }
-    Ok(Topic { record, partitions })
+    Ok(Topic { record, partitions, replicas: Vec::new(), topic_id: 0 })
 }
 
 fn remove_orphan_dirs(topics_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(), BrokerError> {

@@ -376,6 +376,19 @@ impl Partition {
         self.write_locked(&mut state, write, now_ms)
     }
 
+    /// Checks an idempotent producer's batch against the producer state, which covers every
+    /// batch in the log (committed or not). The Raft log store calls it right before it
+    /// appends, and it alone appends to a replicated partition, so nothing can come between.
+    pub fn check_producer(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+        record_count: u32,
+    ) -> Result<SequenceCheck, BrokerError> {
+        self.state().producers.check(producer_id, epoch, base_sequence, record_count)
+    }
+
     /// Stored batches (control batches included) from the first whose Raft index is
     /// `from_index` or more, about `max_bytes` (at least one batch); empty if none is.
     pub fn read_raft(&self, from_index: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, BrokerError> {

@@ -9,6 +9,8 @@ use super::{now_ms, Broker};
 
 /// How often the interval flusher looks for partitions whose fsync interval elapsed.
 const FLUSH_TICK: Duration = Duration::from_millis(20);
+/// How long one replicated partition's retention may wait for its snapshot and purge.
+const RAFT_RETENTION_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the background loops.
 pub fn spawn(broker: &Arc<Broker>) {
@@ -24,14 +26,25 @@ async fn retention_loop(broker: Arc<Broker>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for p in broker.all_partitions() {
-            match p.apply_retention(now_ms(), None) {
-                Ok(out) if out.segments_deleted > 0 => {
-                    tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "retention failed")
+        for topic in broker.topics() {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let outcome = match topic.replicas.get(i) {
+                    // Replicated: through Raft (snapshot, purge, then delete below the purge point).
+                    Some(r) => {
+                        crate::raft::retention::apply_retention(&r.raft, &r.store, p, now_ms(), RAFT_RETENTION_WAIT)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    None => p.apply_retention(now_ms(), None).map_err(|e| e.to_string()),
+                };
+                match outcome {
+                    Ok(out) if out.segments_deleted > 0 => {
+                        tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "retention failed")
+                    }
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The `tidelog` command line: `serve` runs a broker; the other subcommands are clients built
-//! on the Rust SDK (`topic`, `group`, `produce`, `consume`, `bench`).
+//! on the Rust SDK (`topic`, `cluster`, `group`, `produce`, `consume`, `bench`).
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;
@@ -29,7 +30,7 @@ pub struct BrokerArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a broker (single node; embedded defaults when nothing is configured).
+    /// Run a broker (a single node unless --peers names a cluster).
     Serve(serve::ServeArgs),
     /// Create, list, describe or delete topics.
     Topic {
@@ -37,6 +38,13 @@ pub enum Command {
         broker: BrokerArg,
         #[command(subcommand)]
         command: topic::TopicCommand,
+    },
+    /// Describe a cluster: brokers, controller, partition leaders and replicas.
+    Cluster {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Inspect consumer groups.
     Group {
@@ -57,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic { broker, command } => topic::run(&broker.broker, command).await,
+        Command::Cluster { broker, command } => cluster::run(&broker.broker, command).await,
         Command::Group { broker, command } => group::run(&broker.broker, command).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// How often retention runs, in ms.
     #[arg(long, env = "TIDELOG_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Cluster members, this broker included: `1=127.0.0.1:9701,2=127.0.0.1:9702,...`.
+    /// Without it the broker runs as a single node.
+    #[arg(long, env = "TIDELOG_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
 }
 
 /// Defaults < file < environment < flags (clap already merged the last two).
@@ -53,6 +57,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.retention_check_interval_ms {
         config.retention_check_interval_ms = v;
+    }
+    if !args.peers.is_empty() {
+        config.cluster.peers = args.peers.clone();
     }
     config.validate()?;
     Ok(config)
@@ -78,6 +85,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let broker = Broker::open(config.broker_options(bound))
         .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+    let cluster = if config.cluster.peers.is_empty() {
+        None
+    } else {
+        Some(crate::cluster::Cluster::start(&broker, &config.cluster).await.context("cannot join the cluster")?)
+    };
     tasks::spawn(&broker);
     // The one line scripts and tests wait for.
     println!("tidelog listening on {bound} (data dir {})", config.data_dir.display());
@@ -98,6 +110,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ = async { let _ = stopped_rx.await; tokio::time::sleep(grace).await } => {
             tracing::warn!("streams still open after the grace period; exiting anyway");
         }
+    }
+    if let Some(c) = &cluster {
+        c.shutdown(&broker).await;
     }
     broker.shutdown();
     tracing::info!("stopped");

@@ -457,6 +457,7 @@ mod tests {
             advertised_address: "127.0.0.1:0".into(),
             topic_defaults: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(60),
+            clustered: false,
         })
         .unwrap();
         Coordinator::new(broker)

@@ -3,7 +3,9 @@
 //! versioned by a leading byte; openraft's serde derives are not a stable format (STACK.md).
 //!
 //! ```text
-//! control payload  = kind u8 (1 blank | 2 membership) [membership]
+//! control payload  = kind u8 (1 blank | 2 membership | 3 outcome) [membership | outcome]
+//! outcome          = 1 u8 duplicate | base offset u64 | record count u32 | append time i64
+//!                  | 2 u8 rejected  | error code i32 | u32 n | n bytes UTF-8 message
 //! membership       = u32 config count, per config: u32 n, n × u64 voter id;
 //!                    u32 n, n × u64 node id (voters and learners)
 //! vote             = 1 u8 | term u64 | voted-for u64 | committed u8
@@ -24,6 +26,11 @@ use super::types::{log_id, EntryPayload, LogId, Membership, SnapshotMeta, Stored
 
 const CONTROL_BLANK: u8 = 1;
 const CONTROL_MEMBERSHIP: u8 = 2;
+/// The leader's verdict on a proposed idempotent batch it did not store as data (see
+/// [`ProduceOutcome`]); replicated like any entry so every replica answers the same.
+const CONTROL_OUTCOME: u8 = 3;
+const OUTCOME_DUPLICATE: u8 = 1;
+const OUTCOME_REJECTED: u8 = 2;
 /// Version byte of every sled value.
 const VALUE_V1: u8 = 1;
 
@@ -48,6 +55,64 @@ pub fn encode_control(payload: &EntryPayload) -> Option<Vec<u8>> {
             Some(out)
         }
         EntryPayload::Normal(_) => None,
+    }
+}
+
+/// Whether a control batch's payload is an outcome (a normal entry for openraft), not a blank
+/// or membership entry.
+pub fn is_outcome(payload: &[u8]) -> bool {
+    payload.first() == Some(&CONTROL_OUTCOME)
+}
+
+/// What the leader decided for a proposed batch of an idempotent producer, when it did not
+/// append it as data: a resend of a batch already in the log (answer with the original's
+/// position), or a sequence/epoch error. Stored as a control batch (no offset) so the proposer
+/// is answered at apply, in log order, like any other entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProduceVerdict {
+    Duplicate { base_offset: u64, record_count: u32, append_time_ms: i64 },
+    Rejected { code: i32, message: String },
+}
+
+pub fn encode_outcome(v: &ProduceVerdict) -> Vec<u8> {
+    let mut out = vec![CONTROL_OUTCOME];
+    match v {
+        ProduceVerdict::Duplicate { base_offset, record_count, append_time_ms } => {
+            out.put_u8(OUTCOME_DUPLICATE);
+            out.put_u64_le(*base_offset);
+            out.put_u32_le(*record_count);
+            out.put_i64_le(*append_time_ms);
+        }
+        ProduceVerdict::Rejected { code, message } => {
+            out.put_u8(OUTCOME_REJECTED);
+            out.put_i32_le(*code);
+            out.put_u32_le(message.len() as u32);
+            out.put_slice(message.as_bytes());
+        }
+    }
+    out
+}
+
+pub fn decode_outcome(mut b: &[u8]) -> Result<ProduceVerdict, CodecError> {
+    if take_u8(&mut b)? != CONTROL_OUTCOME {
+        return Err(CodecError("not an outcome control batch"));
+    }
+    match take_u8(&mut b)? {
+        OUTCOME_DUPLICATE => Ok(ProduceVerdict::Duplicate {
+            base_offset: take_u64(&mut b)?,
+            record_count: take_u32(&mut b)?,
+            append_time_ms: take_u64(&mut b)? as i64,
+        }),
+        OUTCOME_REJECTED => {
+            let code = take_u32(&mut b)? as i32;
+            let n = take_u32(&mut b)? as usize;
+            if b.len() < n {
+                return Err(CodecError("truncated"));
+            }
+            let message = String::from_utf8_lossy(&b[..n]).into_owned();
+            Ok(ProduceVerdict::Rejected { code, message })
+        }
+        _ => Err(CodecError("unknown outcome kind")),
     }
 }
 
@@ -231,6 +296,17 @@ mod tests {
         assert_eq!(decode_applied(&encode_applied(&a)).unwrap(), a);
         let s = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
         assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&s)).unwrap(), s);
+        for v in [
+            ProduceVerdict::Duplicate { base_offset: 42, record_count: 7, append_time_ms: -1 },
+            ProduceVerdict::Rejected { code: 11, message: "expected sequence 5".into() },
+        ] {
+            let bytes = encode_outcome(&v);
+            assert!(is_outcome(&bytes));
+            assert_eq!(decode_outcome(&bytes).unwrap(), v);
+            for cut in 0..bytes.len() {
+                assert!(decode_outcome(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
+            }
+        }
     }
 
     #[test]

@@ -32,12 +32,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
-use super::codec::{self, decode_control, encode_control};
-use super::types::{log_id, BatchData, Entry, EntryPayload, LogId, PartitionTc, Vote};
+use super::codec::{self, decode_control, encode_control, ProduceVerdict};
+use super::types::{log_id, BatchData, Entry, EntryPayload, LogId, PartitionTc, ProduceOutcome, Rejection, Vote};
+use crate::api::error::error_code;
 use crate::broker::partition::{LogWrite, Partition, WriteMark};
+use crate::broker::producer_state::SequenceCheck;
 use crate::broker::{now_ms, BrokerError};
 use crate::log::format::FLAG_CONTROL;
-use crate::log::{AppendBatch, FsyncPolicy, LogError, StoredBatch};
+use crate::log::{AppendBatch, Appended, FsyncPolicy, LogError, StoredBatch};
 use crate::meta::{MetaError, RaftKey, RaftState};
 
 /// Bytes read per replication request (openraft asks for ranges; we return a prefix).
@@ -119,7 +121,8 @@ impl PartitionLogStore {
 /// The Raft entry a stored batch holds.
 pub fn entry_from_batch(b: StoredBatch) -> io::Result<Entry> {
     let id = log_id(b.header.raft_term, b.header.raft_index);
-    let payload = if b.header.flags & FLAG_CONTROL != 0 {
+    // An outcome control batch is a normal entry for openraft (the proposer's answer).
+    let payload = if b.header.flags & FLAG_CONTROL != 0 && !codec::is_outcome(&b.payload) {
         decode_control(&b.payload)?
     } else {
         EntryPayload::Normal(BatchData::Stored(b))
@@ -207,7 +210,7 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
     }
 
     /// Writes the entries to the log (readable at once), then reports them flushed per the
-    /// fsync policy (see the module docs).
+    /// fsync policy (see the module docs). acks=leader hooks fire after that, with the outcome.
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<PartitionTc>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
@@ -215,8 +218,15 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
     {
         let p = &self.shared.partition;
         let mut mark = None;
+        let mut hooks = Vec::new();
         for entry in entries {
-            mark = Some(write_entry(p, &entry).map_err(broker_err)?);
+            let written = write_entry(p, &entry).map_err(broker_err)?;
+            mark = Some(written.mark);
+            if let (EntryPayload::Normal(BatchData::Proposed(b)), Some(outcome)) = (&entry.payload, written.outcome) {
+                if b.on_append.is_set() {
+                    hooks.push((b.on_append.clone(), outcome));
+                }
+            }
         }
         let Some(mark) = mark else {
             callback.io_completed(Ok(()));
@@ -233,6 +243,9 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
                 }
             }
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => callback.io_completed(Ok(())),
+        }
+        for (hook, outcome) in hooks {
+            hook.fire(outcome);
         }
         Ok(())
     }
@@ -254,20 +267,54 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
     }
 }
 
-/// Stores one entry; returns the mark to sync through.
-fn write_entry(p: &Partition, entry: &Entry) -> Result<WriteMark, BrokerError> {
+/// What storing one entry did: the mark to sync through, and for a proposed batch what its
+/// proposer will be told.
+struct Written {
+    mark: WriteMark,
+    outcome: Option<ProduceOutcome>,
+}
+
+/// Stores one entry.
+///
+/// A proposed batch of an idempotent producer is checked against the producer state here, at
+/// the leader's append: appends of one group are serialised (openraft calls `append` from one
+/// task, and nothing else writes a replicated partition), and the producer state covers every
+/// entry in this log, committed or not — so the check sees exactly the batches before this
+/// one. A resend of a stored batch or a refused one is stored as an outcome control batch
+/// instead (no offset), so every replica answers the proposer the same way at apply.
+fn write_entry(p: &Partition, entry: &Entry) -> Result<Written, BrokerError> {
     let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
     let write = match &entry.payload {
-        EntryPayload::Normal(BatchData::Proposed(b)) => LogWrite::Batch(AppendBatch {
-            payload: &b.payload,
-            record_count: b.record_count,
-            compression: b.compression,
-            payload_crc: b.payload_crc,
-            raft: Some((term, index)),
-            producer_id: b.producer_id,
-            producer_epoch: b.producer_epoch,
-            base_sequence: b.base_sequence,
-        }),
+        EntryPayload::Normal(BatchData::Proposed(b)) => {
+            let verdict = if b.producer_id > 0 {
+                match p.check_producer(b.producer_id, b.producer_epoch, b.base_sequence, b.record_count) {
+                    Ok(SequenceCheck::Append) => None,
+                    Ok(SequenceCheck::Duplicate(d)) => Some(ProduceVerdict::Duplicate {
+                        base_offset: d.base_offset,
+                        record_count: d.record_count,
+                        append_time_ms: d.append_time_ms,
+                    }),
+                    Err(e) => Some(ProduceVerdict::Rejected { code: error_code(&e) as i32, message: e.to_string() }),
+                }
+            } else {
+                None
+            };
+            if let Some(v) = verdict {
+                let payload = codec::encode_outcome(&v);
+                let mark = p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.mark;
+                return Ok(Written { mark, outcome: Some(verdict_outcome(v, index)) });
+            }
+            LogWrite::Batch(AppendBatch {
+                payload: &b.payload,
+                record_count: b.record_count,
+                compression: b.compression,
+                payload_crc: b.payload_crc,
+                raft: Some((term, index)),
+                producer_id: b.producer_id,
+                producer_epoch: b.producer_epoch,
+                base_sequence: b.base_sequence,
+            })
+        }
         EntryPayload::Normal(BatchData::Stored(b)) => {
             if (b.header.raft_term, b.header.raft_index) != (term, index) {
                 return Err(BrokerError::Log(LogError::RaftOrder(format!(
@@ -279,8 +326,20 @@ fn write_entry(p: &Partition, entry: &Entry) -> Result<WriteMark, BrokerError> {
         }
         EntryPayload::Blank | EntryPayload::Membership(_) => {
             let payload = encode_control(&entry.payload).unwrap_or_default();
-            return Ok(p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.mark);
+            let mark = p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.mark;
+            return Ok(Written { mark, outcome: None });
         }
     };
-    Ok(p.write_raft(write, now_ms())?.mark)
+    let pending = p.write_raft(write, now_ms())?;
+    Ok(Written { mark: pending.mark, outcome: Some(Ok(pending.appended)) })
+}
+
+/// The answer a verdict stands for; `raft_index` is the verdict's own entry.
+pub fn verdict_outcome(v: ProduceVerdict, raft_index: u64) -> ProduceOutcome {
+    match v {
+        ProduceVerdict::Duplicate { base_offset, record_count, append_time_ms } => {
+            Ok(Appended { base_offset, next_offset: base_offset + u64::from(record_count), append_time_ms, raft_index })
+        }
+        ProduceVerdict::Rejected { code, message } => Err(Rejection { code, message }),
+    }
 }

@@ -51,7 +51,7 @@ impl Peers {
     }
 
     /// The channel to `node`, created (unconnected) on first use.
-    fn channel(&self, node: u64) -> Result<Channel, Unreachable<PartitionTc>> {
+    pub fn channel(&self, node: u64) -> Result<Channel, Unreachable<PartitionTc>> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = inner.channels.get(&node) {
             return Ok(c.clone());

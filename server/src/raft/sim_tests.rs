@@ -302,7 +302,7 @@ impl Cluster {
             let appended = loop {
                 let leader = self.leader().await;
                 match self.raft(leader).client_write(batch(&payload)).await {
-                    Ok(resp) => break resp.data,
+                    Ok(resp) => break resp.data.unwrap(),
                     Err(e) if e.forward_to_leader().is_some() && tokio::time::Instant::now() < deadline => continue,
                     Err(e) => panic!("write failed: {e}"),
                 }
@@ -369,6 +369,7 @@ fn batch(payload: &Bytes) -> BatchData {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        on_append: types::AppendHook::default(),
     })
 }
 

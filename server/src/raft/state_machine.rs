@@ -26,8 +26,10 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::OptionalSend;
 
 use super::codec::{self, Applied};
-use super::types::{BatchData, EntryPayload, LogId, PartitionTc, SnapshotMeta, StoredMembership};
+use super::log_store::verdict_outcome;
+use super::types::{BatchData, EntryPayload, LogId, PartitionTc, ProduceOutcome, SnapshotMeta, StoredMembership};
 use crate::broker::partition::Partition;
+use crate::log::format::FLAG_CONTROL;
 use crate::log::{Appended, SegmentSlice};
 use crate::meta::{MetaError, RaftKey, RaftState};
 
@@ -99,19 +101,24 @@ impl RaftStateMachine<PartitionTc> for PartitionStateMachine {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let id = entry.log_id;
-            let mut result = Appended { base_offset: 0, next_offset: 0, append_time_ms: 0, raft_index: id.index };
+            let mut result: ProduceOutcome =
+                Ok(Appended { base_offset: 0, next_offset: 0, append_time_ms: 0, raft_index: id.index });
             match entry.payload {
+                EntryPayload::Normal(BatchData::Stored(b)) if b.header.flags & FLAG_CONTROL != 0 => {
+                    // The leader's verdict on a proposed batch it did not store as data.
+                    result = verdict_outcome(codec::decode_outcome(&b.payload)?, id.index);
+                }
                 EntryPayload::Blank => {}
                 EntryPayload::Membership(m) => self.applied.membership = StoredMembership::new(Some(id), m),
                 EntryPayload::Normal(BatchData::Stored(b)) => {
                     let h = b.header;
                     self.applied.high_watermark = self.applied.high_watermark.max(h.next_offset());
-                    result = Appended {
+                    result = Ok(Appended {
                         base_offset: h.base_offset,
                         next_offset: h.next_offset(),
                         append_time_ms: h.append_time_ms,
                         raft_index: h.raft_index,
-                    };
+                    });
                 }
                 EntryPayload::Normal(BatchData::Proposed(_)) => {
                     // Committed entries are read back from the log, which stores placed batches.

@@ -45,6 +45,13 @@ pub struct RaftGroups {
     inner: Arc<RwLock<HashMap<u64, GroupHandle>>>,
 }
 
+impl std::fmt::Debug for RaftGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inner.read().unwrap_or_else(PoisonError::into_inner).len();
+        write!(f, "RaftGroups({n} groups)")
+    }
+}
+
 impl RaftGroups {
     pub fn insert(&self, group_id: u64, handle: GroupHandle) {
         self.inner.write().unwrap_or_else(PoisonError::into_inner).insert(group_id, handle);

@@ -5,8 +5,10 @@
 //! every batch header (`raft_term`, `raft_index`) are the whole log id.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::log::format::CompressionCodec;
 use crate::log::{Appended, StoredBatch};
@@ -15,7 +17,7 @@ openraft::declare_raft_types!(
     /// Type configuration of a partition's Raft group.
     pub PartitionTc:
         D = BatchData,
-        R = Appended,
+        R = ProduceOutcome,
         NodeId = u64,
         Node = openraft::EmptyNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
@@ -40,6 +42,58 @@ pub enum BatchData {
     Stored(StoredBatch),
 }
 
+/// What the proposer of a batch is answered with: where it landed (for a resend of a stored
+/// batch, where the original landed), or why the leader refused it.
+pub type ProduceOutcome = Result<Appended, Rejection>;
+
+/// A batch the leader refused at append (an idempotent producer's sequence or epoch error).
+/// `code` is the stable `ErrorCode` (api/error.rs), `message` says what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Fires once the leader has appended the entry (and fsynced it under fsync=always): the
+/// acks=leader answer. Leader-local and never encoded: replicas read entries back from the log.
+#[derive(Clone, Default)]
+pub struct AppendHook(Option<Arc<Mutex<Option<oneshot::Sender<ProduceOutcome>>>>>);
+
+impl AppendHook {
+    pub fn new() -> (Self, oneshot::Receiver<ProduceOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Some(Arc::new(Mutex::new(Some(tx))))), rx)
+    }
+
+    /// Answers the waiter, once; later calls do nothing.
+    pub fn fire(&self, outcome: ProduceOutcome) {
+        if let Some(slot) = &self.0 {
+            if let Some(tx) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl fmt::Debug for AppendHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_set() { "AppendHook(set)" } else { "AppendHook(none)" })
+    }
+}
+
+/// A hook is not part of the entry's value.
+impl PartialEq for AppendHook {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for AppendHook {}
+
 /// The producer's batch, validated by the broker, before it has an offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProposedBatch {
@@ -51,6 +105,8 @@ pub struct ProposedBatch {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+    /// acks=leader: answered at the leader's append.
+    pub on_append: AppendHook,
 }
 
 impl fmt::Display for BatchData {

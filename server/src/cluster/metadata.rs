@@ -1,0 +1,249 @@
+//! The cluster's metadata: a Raft group (id 0, every broker a voter) whose log holds
+//! [`MetaCommand`]s, one per batch, JSON-encoded. KRaft's idea: metadata is itself a
+//! replicated log, and every broker builds its view by applying it in order.
+//!
+//! Writing: [`propose`] on the metadata leader (the controller); any other broker forwards the
+//! admin request there (`api/admin.rs`). Reading: every broker applies the committed log to
+//! its own topic table ([`run_applier`]), so describe and produce are answered locally.
+//!
+//! Applying is deterministic and idempotent over the log prefix: a `CreateTopic` for a name
+//! that exists is ignored (the proposer sees another id and reports "exists"), a `DeleteTopic`
+//! names the incarnation (topic id) it deletes. A broker restarting re-applies the log from the
+//! start; creates that a later delete undoes are skipped, so their groups never start.
+//!
+//! Never: apply a command above the metadata group's high watermark (uncommitted).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::replica::{self, GroupSpec};
+use super::{group_id, Cluster, REPLICAS_DIR};
+use crate::broker::partition::{Closed, Partition};
+use crate::broker::{Broker, BrokerError, Topic};
+use crate::log::StoredBatch;
+use crate::meta::TopicRecord;
+use crate::raft::types::AppendHook;
+use crate::raft::{BatchData, ProposedBatch};
+
+/// How long an admin call waits for its command to be committed and applied here.
+pub const APPLY_WAIT: Duration = Duration::from_secs(15);
+/// Bytes of metadata log read per step of the applier.
+const READ_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MetaCommand {
+    CreateTopic {
+        record: TopicRecord,
+    },
+    /// `topic_id` names the incarnation; `partitions` lets a broker that never opened it
+    /// clean up its directories and Raft state.
+    DeleteTopic {
+        name: String,
+        topic_id: u64,
+        partitions: u32,
+    },
+}
+
+/// Proposes a command to the metadata group (on its leader) and returns the metadata-log
+/// offset it was stored at, once committed. Not the leader: `NotLeader` with the controller.
+pub async fn propose(cluster: &Cluster, cmd: &MetaCommand) -> Result<u64, BrokerError> {
+    let payload = Bytes::from(
+        serde_json::to_vec(cmd).map_err(|e| BrokerError::InvalidArgument(format!("encoding metadata: {e}")))?,
+    );
+    let batch = ProposedBatch {
+        payload_crc: crc32c::crc32c(&payload),
+        payload,
+        record_count: 1,
+        compression: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        on_append: AppendHook::default(),
+    };
+    let resp = cluster
+        .meta()
+        .raft
+        .client_write(BatchData::Proposed(batch))
+        .await
+        .map_err(|e| replica::write_error(e, |l| cluster.leader_hint(l)))?;
+    let appended = resp.data.map_err(|r| BrokerError::InvalidArgument(r.message))?;
+    Ok(appended.base_offset)
+}
+
+/// The id of the topic created by the command at metadata offset `offset`.
+pub fn topic_id_at(offset: u64) -> u64 {
+    offset + 1
+}
+
+/// Applies the committed metadata log to the broker's topic table, forever (until shutdown).
+pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Partition>) {
+    let mut hw = log.watch_hw();
+    let mut shutdown = broker.shutdown_signal();
+    let mut next = 0u64;
+    // Startup: what is committed already is applied in one pass that skips undone creates.
+    let backlog = match read_committed(&log, &mut next) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
+            return;
+        }
+    };
+    let deleted: HashSet<u64> = backlog
+        .iter()
+        .filter_map(|(_, c)| match c {
+            MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
+            MetaCommand::CreateTopic { .. } => None,
+        })
+        .collect();
+    for (offset, cmd) in backlog {
+        let undone = matches!(cmd, MetaCommand::CreateTopic { .. }) && deleted.contains(&topic_id_at(offset));
+        if !undone {
+            apply(&broker, &cluster, offset, cmd).await;
+        }
+    }
+    cluster.applied.send_replace(next);
+    loop {
+        match read_committed(&log, &mut next) {
+            Ok(cmds) if !cmds.is_empty() => {
+                for (offset, cmd) in cmds {
+                    apply(&broker, &cluster, offset, cmd).await;
+                }
+                cluster.applied.send_replace(next);
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "reading the metadata log failed; retrying on the next commit"),
+        }
+        tokio::select! {
+            changed = hw.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Every committed command from `next`, advancing it.
+fn read_committed(log: &Partition, next: &mut u64) -> Result<Vec<(u64, MetaCommand)>, BrokerError> {
+    let mut out = Vec::new();
+    loop {
+        let batches = log.read(*next, READ_BYTES)?;
+        if batches.is_empty() {
+            return Ok(out);
+        }
+        for b in batches {
+            *next = b.header.next_offset();
+            match decode(&b) {
+                Ok(cmd) => out.push((b.header.base_offset, cmd)),
+                // A command this version does not know: skip it rather than stop applying.
+                Err(e) => tracing::error!(offset = b.header.base_offset, error = %e, "skipping undecodable metadata"),
+            }
+        }
+    }
+}
+
+fn decode(b: &StoredBatch) -> Result<MetaCommand, serde_json::Error> {
+    serde_json::from_slice(&b.payload)
+}
+
+async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCommand) {
+    let result = match cmd {
+        MetaCommand::CreateTopic { record } => create(broker, cluster, topic_id_at(offset), record).await,
+        MetaCommand::DeleteTopic { name, topic_id, partitions } => {
+            delete(broker, cluster, &name, topic_id, partitions).await
+        }
+    };
+    if let Err(e) = result {
+        // The broker cannot host what the cluster decided (disk, corrupt state): it keeps
+        // serving the rest; the other replicas carry the partition.
+        tracing::error!(offset, error = %e, "applying cluster metadata failed on this broker");
+    }
+}
+
+async fn create(
+    broker: &Arc<Broker>,
+    cluster: &Cluster,
+    topic_id: u64,
+    record: TopicRecord,
+) -> Result<(), BrokerError> {
+    if broker.topic(&record.name).is_ok() {
+        return Ok(()); // an earlier incarnation holds the name: this create lost the race
+    }
+    let cx = cluster.context();
+    let voters: BTreeSet<u64> = cluster.brokers().keys().copied().collect();
+    let mut partitions = Vec::with_capacity(record.partitions as usize);
+    let mut replicas = Vec::with_capacity(record.partitions as usize);
+    for p in 0..record.partitions {
+        let spec = GroupSpec {
+            group_id: group_id(topic_id, p),
+            dir: topic_dir(cluster, topic_id).join(p.to_string()),
+            topic: record.name.clone(),
+            partition: p,
+            log_config: record.settings.log_config(),
+            fsync: record.settings.fsync_policy(),
+        };
+        let opened = replica::open(&cx, broker.meta(), spec, voters.clone()).await?;
+        partitions.push(opened.partition);
+        replicas.push(opened.replica);
+    }
+    tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, "topic replicas started");
+    broker.insert_topic(Arc::new(Topic { record, partitions, replicas, topic_id }));
+    Ok(())
+}
+
+async fn delete(
+    broker: &Broker,
+    cluster: &Cluster,
+    name: &str,
+    topic_id: u64,
+    partitions: u32,
+) -> Result<(), BrokerError> {
+    if let Ok(topic) = broker.topic(name) {
+        if topic.topic_id != topic_id {
+            return Ok(()); // deletes another incarnation, already gone
+        }
+        broker.remove_topic(name);
+        for (p, r) in topic.partitions.iter().zip(&topic.replicas) {
+            p.close(Closed::TopicDeleted);
+            r.stop(cluster.groups()).await;
+        }
+    }
+    for p in 0..partitions {
+        broker.meta().raft_state(group_id(topic_id, p))?.clear().await?;
+    }
+    let dir = topic_dir(cluster, topic_id);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files");
+        }
+    }
+    tracing::info!(topic = name, topic_id, "topic deleted");
+    Ok(())
+}
+
+fn topic_dir(cluster: &Cluster, topic_id: u64) -> std::path::PathBuf {
+    cluster.context().data_dir.join(REPLICAS_DIR).join(topic_id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::TopicSettings;
+
+    #[test]
+    fn commands_round_trip_as_json() {
+        let record =
+            TopicRecord { name: "t".into(), partitions: 3, created_at_ms: 7, settings: TopicSettings::default() };
+        for cmd in [
+            MetaCommand::CreateTopic { record },
+            MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },
+        ] {
+            let bytes = serde_json::to_vec(&cmd).unwrap();
+            assert_eq!(serde_json::from_slice::<MetaCommand>(&bytes).unwrap(), cmd);
+        }
+        assert_eq!(group_id(topic_id_at(0), 2), (1 << 16) | 2);
+    }
+}

@@ -1,0 +1,220 @@
+//! One Raft group on this broker: a partition log, its Raft storage, and its `openraft::Raft`,
+//! registered with the transport so peers reach it.
+//!
+//! Opening a group over an empty log initialises it with the full voter set. Every replica
+//! does so with the *same* voters, which openraft allows (the first entry, index 0, is then
+//! identical everywhere and the vote decides the leader); a replica with a log skips it.
+//!
+//! Proposing ([`Replica::propose`]) is where produce enters Raft: the entry is queued to the
+//! group's core in the caller's order, and the answer comes at commit (acks=all) or at the
+//! leader's append (acks=leader, through the entry's [`AppendHook`]).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResponse;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::Raft;
+
+use crate::broker::partition::Partition;
+use crate::broker::BrokerError;
+use crate::log::{FsyncPolicy, LogConfig};
+use crate::meta::MetaStore;
+use crate::raft::network::Peers;
+use crate::raft::transport::{GroupHandle, PartitionRaft, RaftGroups};
+use crate::raft::types::{AppendHook, ProduceOutcome};
+use crate::raft::{open_storage, BatchData, PartitionLogStore, PartitionTc, ProposedBatch};
+
+/// What every group on this broker shares.
+#[derive(Clone, Copy)]
+pub struct GroupContext<'a> {
+    pub node_id: u64,
+    pub peers: &'a Peers,
+    pub groups: &'a RaftGroups,
+    pub config: &'a Arc<openraft::Config>,
+    pub data_dir: &'a Path,
+}
+
+/// Which group to open, and where its log lives.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    pub group_id: u64,
+    pub dir: PathBuf,
+    pub topic: String,
+    pub partition: u32,
+    pub log_config: LogConfig,
+    pub fsync: FsyncPolicy,
+}
+
+impl GroupSpec {
+    /// The metadata group: fsync per batch (metadata must not be lost), kept forever.
+    pub fn metadata(data_dir: &Path) -> Self {
+        Self {
+            group_id: super::META_GROUP,
+            dir: data_dir.join(super::META_DIR),
+            topic: "__cluster_metadata".into(),
+            partition: 0,
+            log_config: LogConfig { segment_bytes: 64 << 20, ..LogConfig::default() },
+            fsync: FsyncPolicy::PerBatch,
+        }
+    }
+}
+
+/// A running group: its Raft and log store (the partition is the topic's).
+#[derive(Clone)]
+pub struct Replica {
+    pub group_id: u64,
+    pub raft: PartitionRaft,
+    pub store: PartitionLogStore,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("group_id", &self.group_id).finish_non_exhaustive()
+    }
+}
+
+/// A group just opened, with its partition.
+pub struct Opened {
+    pub partition: Arc<Partition>,
+    pub replica: Replica,
+}
+
+/// Opens (or reopens) a group and registers it with the transport.
+pub async fn open(
+    cx: &GroupContext<'_>,
+    meta: &MetaStore,
+    spec: GroupSpec,
+    voters: BTreeSet<u64>,
+) -> Result<Opened, BrokerError> {
+    let (partition, report) = Partition::open(&spec.dir, &spec.topic, spec.partition, spec.log_config, spec.fsync)?;
+    if report.truncated_bytes > 0 || report.segments_dropped > 0 {
+        tracing::warn!(group = spec.group_id, ?report, "recovered replica log");
+    }
+    let partition = Arc::new(partition);
+    let state = meta.raft_state(spec.group_id)?;
+    let (log, sm) = open_storage(Arc::clone(&partition), state).map_err(storage)?;
+    let store = log.clone();
+    let raft =
+        Raft::new(cx.node_id, Arc::clone(cx.config), cx.peers.group(spec.group_id), log, sm).await.map_err(|e| {
+            BrokerError::NotLeader {
+                what: format!("raft group {} (failed to start: {e})", spec.group_id),
+                leader: None,
+            }
+        })?;
+    let incoming_dir = cx.data_dir.join(super::INCOMING_DIR).join(spec.group_id.to_string());
+    cx.groups.insert(spec.group_id, GroupHandle { raft: raft.clone(), incoming_dir });
+    if !raft.is_initialized().await.unwrap_or(true) {
+        if let Err(e) = raft.initialize(voters).await {
+            // Another replica's first entry may have arrived first: that is the same cluster.
+            tracing::debug!(group = spec.group_id, error = %e, "group already initialised");
+        }
+    }
+    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store } })
+}
+
+fn storage(e: std::io::Error) -> BrokerError {
+    BrokerError::Log(crate::log::LogError::io("opening raft storage", e))
+}
+
+impl Replica {
+    /// The current leader, as this replica knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The voters of the group's current membership.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
+    }
+
+    /// On the leader: the voters holding every committed entry (itself included). Elsewhere:
+    /// empty, since only the leader tracks replication.
+    pub fn in_sync(&self) -> Vec<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let (Some(replication), Some(committed)) = (m.replication.as_ref(), m.cluster_committed) else {
+            return Vec::new();
+        };
+        replication
+            .iter()
+            .filter(|(_, matched)| matched.is_some_and(|l| l.index >= committed.index))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Queues a batch in the group, in the caller's order (await this before proposing the
+    /// next), and returns the future of its answer: at the leader's append when
+    /// `at_leader_append` (acks=leader), else at commit (acks=all). `hint` turns a leader id
+    /// into the address a client should use.
+    pub async fn propose(
+        &self,
+        mut batch: ProposedBatch,
+        at_leader_append: bool,
+        hint: impl Fn(Option<u64>) -> Option<(u64, String)> + Send + 'static,
+        what: String,
+    ) -> Result<impl std::future::Future<Output = Result<ProduceOutcome, BrokerError>> + Send + 'static, BrokerError>
+    {
+        let hook_rx = if at_leader_append {
+            let (hook, rx) = AppendHook::new();
+            batch.on_append = hook;
+            Some(rx)
+        } else {
+            None
+        };
+        let (responder, rx) = ProgressResponder::<PartitionTc, _>::complete_only();
+        self.raft.client_write_ff(BatchData::Proposed(batch), Some(responder)).await.map_err(|e| stopped(&e))?;
+        Ok(async move {
+            if let Some(hook_rx) = hook_rx {
+                // The hook is dropped unanswered when the entry never reached the log (not the
+                // leader): the commit answer then says why.
+                if let Ok(outcome) = hook_rx.await {
+                    return Ok(outcome);
+                }
+            }
+            match rx.await {
+                Ok(result) => committed(result, &hint, what),
+                Err(_) => Err(BrokerError::NotLeader { what: format!("{what} (the group stopped)"), leader: None }),
+            }
+        })
+    }
+
+    /// Stops the group: unregisters it from the transport and shuts its Raft down.
+    pub async fn stop(&self, groups: &RaftGroups) {
+        groups.remove(self.group_id);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = self.group_id, error = %e, "raft group did not stop cleanly");
+        }
+    }
+}
+
+fn stopped(e: &impl std::fmt::Display) -> BrokerError {
+    BrokerError::NotLeader { what: format!("this partition any more (its raft group stopped: {e})"), leader: None }
+}
+
+type WriteResult = Result<ClientWriteResponse<PartitionTc>, ClientWriteError<PartitionTc>>;
+
+fn committed(
+    result: WriteResult,
+    hint: &impl Fn(Option<u64>) -> Option<(u64, String)>,
+    what: String,
+) -> Result<ProduceOutcome, BrokerError> {
+    match result {
+        Ok(resp) => Ok(resp.data),
+        Err(ClientWriteError::ForwardToLeader(f)) => Err(BrokerError::NotLeader { what, leader: hint(f.leader_id) }),
+        Err(e) => Err(BrokerError::NotLeader { what: format!("{what} ({e})"), leader: None }),
+    }
+}
+
+/// Maps a `client_write` error of the metadata group.
+pub fn write_error(
+    e: RaftError<PartitionTc, ClientWriteError<PartitionTc>>,
+    hint: impl Fn(Option<u64>) -> Option<(u64, String)>,
+) -> BrokerError {
+    match e.forward_to_leader() {
+        Some(f) => BrokerError::NotLeader { what: "the cluster metadata".into(), leader: hint(f.leader_id) },
+        None => BrokerError::NotLeader { what: format!("the cluster metadata ({e})"), leader: None },
+    }
+}
