@@ -54,10 +54,13 @@ impl Client {
     }
 
     /// Every broker of the cluster (`http://host:port`), this one first; just this one on a
-    /// single node.
+    /// single node (whose advertised address may not be reachable from here: a proxy, NAT).
     pub async fn brokers(&self) -> Result<Vec<String>, Error> {
         let resp = self.admin().describe_cluster(tidelog_proto::v1::DescribeClusterRequest {}).await?.into_inner();
         let mut out = vec![self.addr.clone()];
+        if resp.brokers.len() <= 1 {
+            return Ok(out);
+        }
         for b in resp.brokers {
             let a = normalize(b.address);
             if !out.contains(&a) {

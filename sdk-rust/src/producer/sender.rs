@@ -109,7 +109,14 @@ impl Conn {
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel(256);
         let client = shared.client.to_broker(addr)?;
-        let mut stream = client.records().produce(ReceiverStream::new(rx)).await?.into_inner();
+        // A broker that accepts connections but never answers (paused, overloaded) must not
+        // hold up the partitions routed elsewhere.
+        let mut records = client.records();
+        let opening = records.produce(ReceiverStream::new(rx));
+        let mut stream = tokio::time::timeout(shared.config.request_timeout, opening)
+            .await
+            .map_err(|_| Error::Delivery(format!("{addr} did not open a produce stream in time")))??
+            .into_inner();
         let addr = addr.to_string();
         tokio::spawn(async move {
             loop {
@@ -200,7 +207,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                             routes.not_leader(tp, &resp.leader_address);
                         }
                     }
-                    if handle_response(&shared, &mut c.in_flight, resp, backoff) {
+                    let clustered = routes.brokers.len() > 1;
+                    if handle_response(&shared, &mut c.in_flight, resp, backoff, clustered) {
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     } else {
                         backoff = shared.config.retry_backoff;
@@ -367,12 +375,14 @@ fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequ
     }
 }
 
-/// Handles one response; returns whether it asked for a backoff.
+/// Handles one response; returns whether it asked for a backoff. `clustered`: the producer
+/// knows more than one broker.
 fn handle_response(
     shared: &Shared,
     in_flight: &mut HashMap<u64, TopicPartition>,
     r: wire::ProduceResponse,
     backoff: Duration,
+    clustered: bool,
 ) -> bool {
     let Some(tp) = in_flight.remove(&r.request_id) else {
         return false; // a response to a batch already rewound: it will be resent
@@ -384,7 +394,11 @@ fn handle_response(
         return false;
     }
     let code = crate::error::error_code(r.error_code);
-    let retryable = crate::error::retryable_code(code);
+    // In a cluster a just-created topic reaches each broker's metadata a moment apart (as in
+    // Kafka, where UNKNOWN_TOPIC_OR_PARTITION is retriable): retry until the delivery timeout.
+    // On a single node the broker's answer is final.
+    let unknown = matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition);
+    let retryable = crate::error::retryable_code(code) || (clustered && unknown);
     if code == ErrorCode::Unspecified {
         if let Some(b) = q.in_flight.pop_front() {
             complete(shared, &tp, b, Ok((r.base_offset, r.append_time_ms)));

@@ -213,7 +213,7 @@ async fn wait_topic(broker: &Broker, cluster: &Cluster, name: &str, present: boo
     loop {
         match broker.topic(name) {
             Ok(t) if present => return Ok(t),
-            Err(e) if !present => return Err(e),
+            Err(e @ BrokerError::UnknownTopic(_)) if !present => return Err(e),
             _ => {}
         }
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {

@@ -167,13 +167,18 @@ impl Broker {
         &self.meta
     }
 
+    /// A topic by name. In cluster mode, while this broker's metadata is not current (see
+    /// `Cluster::metadata_ready`), a missing topic is a retryable `NotLeader`, not
+    /// `UnknownTopic`: it may exist and just not be applied here yet.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
-        self.topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+        let found = self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned();
+        found.ok_or_else(|| match self.cluster() {
+            Some(c) if !c.metadata_ready() => BrokerError::NotLeader {
+                what: format!("metadata for topic '{name}' yet (this broker is catching up on cluster metadata)"),
+                leader: None,
+            },
+            _ => BrokerError::UnknownTopic(name.to_string()),
+        })
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {

@@ -68,6 +68,7 @@ pub struct Cluster {
     raft_config: Arc<openraft::Config>,
     data_dir: PathBuf,
     meta: Replica,
+    meta_log: Arc<crate::broker::partition::Partition>,
     /// The metadata-log offset up to which commands are applied to the topic table.
     applied: watch::Sender<u64>,
 }
@@ -107,8 +108,17 @@ impl Cluster {
         )
         .await?;
         let (applied, _) = watch::channel(0);
-        let cluster =
-            Arc::new(Self { node_id, brokers, peers, groups, raft_config, data_dir, meta: meta.replica, applied });
+        let cluster = Arc::new(Self {
+            node_id,
+            brokers,
+            peers,
+            groups,
+            raft_config,
+            data_dir,
+            meta: meta.replica,
+            meta_log: Arc::clone(&meta.partition),
+            applied,
+        });
         broker.set_cluster(Arc::clone(&cluster));
         tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), meta.partition));
         Ok(cluster)
@@ -179,6 +189,14 @@ impl Cluster {
             }
         }
         self.meta.stop(&self.groups).await;
+    }
+
+    /// Whether this broker's topic table is current: a controller is known (so this replica
+    /// has heard the leader's commit point) and everything committed here is applied. Until
+    /// then (a restart, a partition) an unknown topic may just not be applied yet, and is
+    /// answered as retryable instead of "does not exist".
+    pub fn metadata_ready(&self) -> bool {
+        self.controller().is_some() && *self.applied.borrow() >= self.meta_log.offsets().high_watermark.0
     }
 
     /// The controller (metadata leader), if one is known.

@@ -33,10 +33,16 @@ impl BrokerProcess {
 
     /// As [`BrokerProcess::start`], with the broker's stderr appended to `log_path`.
     pub fn start_logging_to(data_dir: &Path, log_path: &Path, extra: &[&str]) -> Self {
+        Self::start_listening(data_dir, log_path, "127.0.0.1:0", extra)
+    }
+
+    /// As [`BrokerProcess::start_logging_to`], listening on `listen` (a cluster member needs a
+    /// fixed port).
+    pub fn start_listening(data_dir: &Path, log_path: &Path, listen: &str, extra: &[&str]) -> Self {
         let log_path = log_path.to_path_buf();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")

@@ -1,9 +1,10 @@
 //! A TCP proxy on 127.0.0.1 that can cut every connection through it on command, to test what
-//! clients do when the link drops mid-stream. New connections are accepted after a cut.
+//! clients do when the link drops mid-stream. New connections are accepted after a cut, unless
+//! the proxy is blocked (a network partition: every connection is dropped until unblocked).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +14,7 @@ pub struct Proxy {
     pub addr: String,
     cut: broadcast::Sender<()>,
     pub connections: Arc<AtomicU64>,
+    blocked: Arc<AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -24,9 +26,13 @@ impl Proxy {
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let (cut, _) = broadcast::channel(16);
         let connections = Arc::new(AtomicU64::new(0));
-        let (cut2, conns) = (cut.clone(), connections.clone());
+        let blocked = Arc::new(AtomicBool::new(false));
+        let (cut2, conns, blocked2) = (cut.clone(), connections.clone(), blocked.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if blocked2.load(Ordering::Acquire) {
+                    continue; // dropped: the peer sees its connection reset
+                }
                 conns.fetch_add(1, Ordering::Relaxed);
                 let mut cut_rx = cut2.subscribe();
                 tokio::spawn(async move {
@@ -39,7 +45,15 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, cut, connections, accept }
+        Self { addr, cut, connections, blocked, accept }
+    }
+
+    /// Blocks (cuts every connection and refuses new ones) or unblocks the link.
+    pub fn block(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::Release);
+        if blocked {
+            self.cut();
+        }
     }
 
     /// Drops every connection currently open through the proxy.
