@@ -37,7 +37,7 @@ class TopicConfig(_message.Message):
     def __init__(self, retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., fsync_policy: _Optional[_Union[FsyncPolicy, str]] = ..., fsync_interval_ms: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
 
 class PartitionDescription(_message.Message):
-    __slots__ = ("partition", "log_start_offset", "high_watermark", "log_end_offset", "size_bytes", "segment_count", "leader_id", "replica_ids")
+    __slots__ = ("partition", "log_start_offset", "high_watermark", "log_end_offset", "size_bytes", "segment_count", "leader_id", "replica_ids", "in_sync_replica_ids")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class PartitionDescription(_message.Message):
     SEGMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
     partition: int
     log_start_offset: int
     high_watermark: int
@@ -54,7 +55,8 @@ class PartitionDescription(_message.Message):
     segment_count: int
     leader_id: int
     replica_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    in_sync_replica_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., in_sync_replica_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TopicDescription(_message.Message):
     __slots__ = ("name", "partition_count", "replication_factor", "config", "partitions", "created_at_ms")

@@ -60,7 +60,7 @@ class ProduceRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., acks: _Optional[_Union[Acks, str]] = ..., records: _Optional[_Union[_record_pb2.RecordBatch, _Mapping]] = ..., compressed_records: _Optional[bytes] = ..., compression: _Optional[_Union[_record_pb2.Compression, str]] = ..., record_count: _Optional[int] = ..., crc32c: _Optional[int] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., base_sequence: _Optional[int] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
-    __slots__ = ("request_id", "topic", "partition", "error_code", "error_message", "base_offset", "append_time_ms", "log_start_offset")
+    __slots__ = ("request_id", "topic", "partition", "error_code", "error_message", "base_offset", "append_time_ms", "log_start_offset", "leader_id", "leader_address")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class ProduceResponse(_message.Message):
     BASE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     APPEND_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     topic: str
     partition: int
@@ -77,7 +79,9 @@ class ProduceResponse(_message.Message):
     base_offset: int
     append_time_ms: int
     log_start_offset: int
-    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., error_code: _Optional[_Union[_record_pb2.ErrorCode, str]] = ..., error_message: _Optional[str] = ..., base_offset: _Optional[int] = ..., append_time_ms: _Optional[int] = ..., log_start_offset: _Optional[int] = ...) -> None: ...
+    leader_id: int
+    leader_address: str
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., error_code: _Optional[_Union[_record_pb2.ErrorCode, str]] = ..., error_message: _Optional[str] = ..., base_offset: _Optional[int] = ..., append_time_ms: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
 
 class StartPosition(_message.Message):
     __slots__ = ("offset", "earliest", "latest", "timestamp_ms")
