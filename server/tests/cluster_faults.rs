@@ -258,16 +258,19 @@ async fn consume(addrs: Vec<String>, seen: Arc<Observed>) {
     }
 }
 
-/// Waits until `n` more records are acknowledged than `from`.
-async fn progress(seen: &Observed, from: u64, n: u64, round: &str) {
+/// Waits until `n` more records are acknowledged than `from`; on a timeout, shows the
+/// brokers' logs.
+async fn progress(c: &TestCluster, seen: &Observed, from: u64, n: u64, round: &str) {
     let deadline = Instant::now() + WAIT;
     while seen.acked() < from + n {
-        assert!(
-            Instant::now() < deadline,
-            "{round}: no progress: {} acknowledged, {} failed",
-            seen.acked(),
-            seen.failed.load(Ordering::Relaxed)
-        );
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!(
+                "{round}: no progress: {} acknowledged, {} failed",
+                seen.acked(),
+                seen.failed.load(Ordering::Relaxed)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -331,7 +334,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let seen = Arc::new(Observed::default());
     let producer = tokio::spawn(produce(c.addr(1), Arc::clone(&seen)));
     let consumer = tokio::spawn(consume(NODES.iter().map(|n| c.addr(*n)).collect(), Arc::clone(&seen)));
-    progress(&seen, 0, PROGRESS, "warm-up").await;
+    progress(&c, &seen, 0, PROGRESS, "warm-up").await;
     let mut checked = check(&c, &seen, "warm-up").await;
     let mut faults = 0;
 
@@ -339,7 +342,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let leader = c.leader().await;
     c.kill9(leader);
     faults += 1;
-    progress(&seen, seen.acked(), PROGRESS, "leader killed").await;
+    progress(&c, &seen, seen.acked(), PROGRESS, "leader killed").await;
     c.start_node(leader);
     checked = checked.max(check(&c, &seen, "leader killed").await);
 
@@ -348,7 +351,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
     c.pause(follower, true);
     faults += 1;
-    progress(&seen, seen.acked(), PROGRESS, "follower paused").await;
+    progress(&c, &seen, seen.acked(), PROGRESS, "follower paused").await;
     c.pause(follower, false);
     checked = checked.max(check(&c, &seen, "follower paused").await);
 
@@ -356,7 +359,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let leader = c.leader().await;
     c.pause(leader, true);
     faults += 1;
-    progress(&seen, seen.acked(), PROGRESS, "leader paused").await;
+    progress(&c, &seen, seen.acked(), PROGRESS, "leader paused").await;
     c.pause(leader, false);
     checked = checked.max(check(&c, &seen, "leader paused").await);
 
@@ -364,15 +367,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let leader = c.leader().await;
     c.isolate(leader, true);
     faults += 1;
-    let before = seen.acked();
-    let deadline = Instant::now() + WAIT;
-    while seen.acked() < before + PROGRESS {
-        if Instant::now() > deadline {
-            c.dump_logs();
-            panic!("partitioned: no progress on the majority side ({} acknowledged)", seen.acked());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    progress(&c, &seen, seen.acked(), PROGRESS, "leader partitioned (majority side)").await;
     c.isolate(leader, false);
     checked = checked.max(check(&c, &seen, "leader partitioned").await);
 
@@ -384,7 +379,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     for n in NODES {
         c.start_node(n);
     }
-    progress(&seen, seen.acked(), PROGRESS, "cluster restarted").await;
+    progress(&c, &seen, seen.acked(), PROGRESS, "cluster restarted").await;
     checked = checked.max(check(&c, &seen, "cluster restarted").await);
 
     seen.stop.store(true, Ordering::Release);

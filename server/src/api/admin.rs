@@ -11,7 +11,7 @@ use tidelog_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::broker::{now_ms, validate_topic_name, Broker, BrokerError, Topic, MAX_PARTITIONS};
+use crate::broker::{now_ms, Broker, BrokerError, Topic};
 use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
 use crate::cluster::Cluster;
 use crate::meta::TopicRecord;
@@ -132,13 +132,9 @@ impl AdminApi {
                 req.replication_factor
             )));
         }
-        validate_topic_name(&req.name)?;
         let partitions = req.partitions.max(1);
-        if partitions > MAX_PARTITIONS {
-            return Err(Status::invalid_argument(format!("partitions must be 1..={MAX_PARTITIONS}, got {partitions}")));
-        }
         let settings = merge_settings(&self.broker.options().topic_defaults, req.config.as_ref())?;
-        settings.validate().map_err(BrokerError::InvalidArgument)?;
+        self.broker.check_new_topic(&req.name, partitions, &settings)?;
         if self.broker.topic(&req.name).is_ok() {
             return Err(BrokerError::TopicExists(req.name).into());
         }

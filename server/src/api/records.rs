@@ -63,9 +63,9 @@ type PendingResponse = Pin<Box<dyn Future<Output = Option<wire::ProduceResponse>
 /// Where a produce request stands once it is started.
 enum Started {
     /// Single node: appended; completing makes it durable and visible.
-    Appended(Arc<Partition>, PendingAppend),
+    Appended(PendingAppend),
     /// Cluster mode: proposed to the partition's Raft group; resolves to its answer.
-    Proposed(Arc<Partition>, Pin<Box<dyn Future<Output = Result<ProduceOutcome, BrokerError>> + Send>>),
+    Proposed(Pin<Box<dyn Future<Output = Result<ProduceOutcome, BrokerError>> + Send>>),
 }
 
 /// Appends (or proposes) the batch now, in stream order, and returns the future that waits for
@@ -81,15 +81,13 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
     let started = start(broker, &req).await;
     Box::pin(async move {
         let result = match started {
-            Ok(Started::Appended(partition, pending)) => {
-                let done = partition.complete(&pending).await;
+            Ok((partition, started)) => {
+                let result = match started {
+                    Started::Appended(pending) => partition.complete(&pending).await.map(|()| Ok(pending.appended)),
+                    Started::Proposed(answer) => answer.await,
+                };
                 resp.log_start_offset = partition.offsets().log_start.0;
-                done.map(|()| Ok(pending.appended))
-            }
-            Ok(Started::Proposed(partition, answer)) => {
-                let outcome = answer.await;
-                resp.log_start_offset = partition.offsets().log_start.0;
-                outcome
+                result
             }
             Err(e) => Err(e),
         };
@@ -116,18 +114,14 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
     })
 }
 
-async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<Started, BrokerError> {
-    let (topic, partition, batch) = validate(broker, req)?;
+async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, Started), BrokerError> {
+    let Validated { topic, partition, batch, payload } = validate(broker, req)?;
     let Some(replica) = topic.replicas.get(req.partition as usize) else {
         let appended = partition.append(batch, now_ms())?;
-        return Ok(Started::Appended(partition, appended));
-    };
-    let payload = match &req.payload {
-        Some(produce_request::Payload::Records(b) | produce_request::Payload::CompressedRecords(b)) => b.clone(),
-        None => return Err(BrokerError::InvalidArgument("the request carries no records".into())),
+        return Ok((partition, Started::Appended(appended)));
     };
     let proposed = ProposedBatch {
-        payload,
+        payload: payload.clone(), // a reference count, not a copy
         record_count: batch.record_count,
         compression: batch.compression,
         payload_crc: batch.payload_crc,
@@ -141,14 +135,20 @@ async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<Started, B
     let what = format!("partition {} of topic '{}'", req.partition, req.topic);
     let at_leader_append = req.acks != Acks::All as i32;
     let answer = replica.propose(proposed, at_leader_append, hint, what).await?;
-    Ok(Started::Proposed(partition, Box::pin(answer)))
+    Ok((partition, Started::Proposed(Box::pin(answer))))
 }
 
-/// Checks a produce request against its topic; returns the batch to append.
-fn validate<'r>(
-    broker: &Broker,
-    req: &'r wire::ProduceRequest,
-) -> Result<(Arc<Topic>, Arc<Partition>, AppendBatch<'r>), BrokerError> {
+/// A produce request checked against its topic.
+struct Validated<'r> {
+    topic: Arc<Topic>,
+    partition: Arc<Partition>,
+    batch: AppendBatch<'r>,
+    /// The batch's payload as received (what a Raft proposal carries, without a copy).
+    payload: &'r bytes::Bytes,
+}
+
+/// Checks a produce request against its topic.
+fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Validated<'r>, BrokerError> {
     broker.check_running()?;
     let topic = broker.topic(&req.topic)?;
     let partition = Arc::clone(topic.partition(req.partition)?);
@@ -178,7 +178,7 @@ fn validate<'r>(
         producer_epoch: if req.producer_id > 0 { req.producer_epoch as i16 } else { -1 },
         base_sequence: if req.producer_id > 0 { req.base_sequence } else { -1 },
     };
-    Ok((topic, partition, batch))
+    Ok(Validated { topic, partition, batch, payload })
 }
 
 fn to_wire_batch(b: StoredBatch) -> wire::Batch {

@@ -189,6 +189,18 @@ impl Broker {
         self.topics().iter().flat_map(|t| t.partitions.iter().cloned()).collect()
     }
 
+    /// Checks a topic to be created: its name, partition count and (complete) settings. The
+    /// single-node create and the cluster's `CreateTopic` proposal both start here.
+    pub fn check_new_topic(&self, name: &str, partitions: u32, settings: &TopicSettings) -> Result<(), BrokerError> {
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidArgument(format!(
+                "partitions must be 1..={MAX_PARTITIONS}, got {partitions}"
+            )));
+        }
+        settings.validate().map_err(BrokerError::InvalidArgument)
+    }
+
     /// Creates a topic. `settings` are complete (defaults already merged in).
     pub async fn create_topic(
         &self,
@@ -196,13 +208,7 @@ impl Broker {
         partitions: u32,
         settings: TopicSettings,
     ) -> Result<Arc<Topic>, BrokerError> {
-        validate_topic_name(name)?;
-        if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(BrokerError::InvalidArgument(format!(
-                "partitions must be 1..={MAX_PARTITIONS}, got {partitions}"
-            )));
-        }
-        settings.validate().map_err(BrokerError::InvalidArgument)?;
+        self.check_new_topic(name, partitions, &settings)?;
         self.check_running()?;
         let _admin = self.admin_lock.lock().await;
         if self.topic(name).is_ok() {

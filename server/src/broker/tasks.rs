@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::partition::Partition;
 use super::{now_ms, Broker};
+use crate::cluster::Replica;
 
 /// How often the interval flusher looks for partitions whose fsync interval elapsed.
 const FLUSH_TICK: Duration = Duration::from_millis(20);
@@ -28,26 +30,27 @@ async fn retention_loop(broker: Arc<Broker>) {
         }
         for topic in broker.topics() {
             for (i, p) in topic.partitions.iter().enumerate() {
-                let outcome = match topic.replicas.get(i) {
-                    // Replicated: through Raft (snapshot, purge, then delete below the purge point).
-                    Some(r) => {
-                        crate::raft::retention::apply_retention(&r.raft, &r.store, p, now_ms(), RAFT_RETENTION_WAIT)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    None => p.apply_retention(now_ms(), None).map_err(|e| e.to_string()),
-                };
-                match outcome {
-                    Ok(out) if out.segments_deleted > 0 => {
-                        tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "retention failed")
-                    }
-                }
+                retain(p, topic.replicas.get(i)).await;
             }
         }
+    }
+}
+
+/// One retention pass over one partition; a replicated one goes through Raft (snapshot,
+/// purge, then delete only below the durable purge point).
+async fn retain(p: &Partition, replica: Option<&Replica>) {
+    let outcome = match replica {
+        Some(r) => crate::raft::retention::apply_retention(&r.raft, &r.store, p, now_ms(), RAFT_RETENTION_WAIT)
+            .await
+            .map_err(|e| e.to_string()),
+        None => p.apply_retention(now_ms(), None).map_err(|e| e.to_string()),
+    };
+    match outcome {
+        Ok(out) if out.segments_deleted > 0 => {
+            tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "retention failed"),
     }
 }
 

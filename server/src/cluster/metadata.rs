@@ -225,7 +225,7 @@ async fn delete(
 }
 
 fn topic_dir(cluster: &Cluster, topic_id: u64) -> std::path::PathBuf {
-    cluster.context().data_dir.join(REPLICAS_DIR).join(topic_id.to_string())
+    cluster.data_dir.join(REPLICAS_DIR).join(topic_id.to_string())
 }
 
 #[cfg(test)]
