@@ -16,151 +16,34 @@
 //! - no record is stored twice (idempotence across leader changes and resends);
 //! - every record the consumer saw is in the log at the offset it saw it at (consumers never
 //!   see a record that is later lost);
-//! - every replica holds the same records at the same offsets.
+//! - every replica holds the same records at the same offsets;
+//! - committed consumer-group offsets never regress: every broker answers FetchCommitted with
+//!   at least the last acknowledged commit (commits are metadata Raft entries, sent through
+//!   a rotating broker so most are forwarded to the controller).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use support::proxy::Proxy;
-use support::{read_range, signal, BrokerProcess};
-use tidelog::proto::v1::{FsyncPolicy, TopicConfig};
+use support::cluster::{TestCluster, NODES, WAIT};
+use support::read_range;
+use tidelog::proto::v1::{CommitRequest, ErrorCode, FetchCommittedRequest, FsyncPolicy, PartitionOffset, TopicConfig};
 use tidelog::{Client, Producer, ProducerConfig, Record, StartAt, Subscription};
 
-const NODES: [u64; 3] = [1, 2, 3];
 const TOPIC: &str = "faults";
 /// Records acknowledged after each round's fault, before its checks: the cluster must make
 /// progress again, not only keep what it had.
 const PROGRESS: u64 = 100;
-const WAIT: Duration = Duration::from_secs(60);
 /// Most records the producer sends in the whole test (every loop here is bounded).
 const MAX_RECORDS: u64 = 200_000;
-
-struct TestCluster {
-    root: tempfile::TempDir,
-    ports: BTreeMap<u64, u16>,
-    /// `proxies[(from, to)]` carries broker `from`'s Raft and forwarding traffic to `to`.
-    proxies: BTreeMap<(u64, u64), Proxy>,
-    procs: BTreeMap<u64, BrokerProcess>,
-    stopped: HashSet<u64>,
-}
-
-impl TestCluster {
-    async fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        // Held until the proxies have their ports, so no proxy can take a broker's port.
-        let held: Vec<std::net::TcpListener> =
-            NODES.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let ports: BTreeMap<u64, u16> =
-            NODES.iter().zip(&held).map(|(n, l)| (*n, l.local_addr().unwrap().port())).collect();
-        let mut proxies = BTreeMap::new();
-        for from in NODES {
-            for to in NODES.iter().filter(|t| **t != from) {
-                proxies.insert((from, *to), Proxy::start(&format!("http://127.0.0.1:{}", ports[to])).await);
-            }
-        }
-        drop(held);
-        let mut c = Self { root, ports, proxies, procs: BTreeMap::new(), stopped: HashSet::new() };
-        for n in NODES {
-            c.start_node(n);
-        }
-        c
-    }
-
-    fn dir(&self, n: u64) -> PathBuf {
-        self.root.path().join(format!("node-{n}"))
-    }
-
-    fn start_node(&mut self, n: u64) {
-        let peers: Vec<String> = NODES
-            .iter()
-            .map(|m| match self.proxies.get(&(n, *m)) {
-                Some(p) => format!("{m}={}", p.addr.trim_start_matches("http://")),
-                None => format!("{m}=127.0.0.1:{}", self.ports[m]),
-            })
-            .collect();
-        let listen = format!("127.0.0.1:{}", self.ports[&n]);
-        let log = self.root.path().join(format!("node-{n}.log"));
-        let args = ["--node-id", &n.to_string(), "--peers", &peers.join(",")].map(String::from);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = BrokerProcess::start_listening(&self.dir(n), &log, &listen, &args);
-        self.procs.insert(n, p);
-    }
-
-    fn addr(&self, n: u64) -> String {
-        format!("http://127.0.0.1:{}", self.ports[&n])
-    }
-
-    fn kill9(&mut self, n: u64) {
-        if let Some(mut p) = self.procs.remove(&n) {
-            p.kill9();
-        }
-        self.stopped.remove(&n);
-    }
-
-    fn pause(&mut self, n: u64, paused: bool) {
-        signal(self.procs[&n].pid(), if paused { libc::SIGSTOP } else { libc::SIGCONT });
-        if paused {
-            self.stopped.insert(n);
-        } else {
-            self.stopped.remove(&n);
-        }
-    }
-
-    /// Cuts (or heals) every link to and from broker `n`.
-    fn isolate(&self, n: u64, cut: bool) {
-        for ((from, to), p) in &self.proxies {
-            if *from == n || *to == n {
-                p.block(cut);
-            }
-        }
-    }
-
-    /// The end of every broker's log, for a failure message.
-    fn dump_logs(&self) {
-        for n in NODES {
-            let log = std::fs::read_to_string(self.root.path().join(format!("node-{n}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(25).collect();
-            eprintln!("--- broker {n} (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-
-    fn serving(&self) -> Vec<u64> {
-        self.procs.keys().copied().filter(|n| !self.stopped.contains(n)).collect()
-    }
-
-    /// The partition's leader, as the leader itself reports it.
-    async fn leader(&self) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for n in self.serving() {
-                if let Some(l) = describe_leader(&self.addr(n)).await {
-                    if l == n {
-                        return n;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn describe_leader(addr: &str) -> Option<u64> {
-    let client = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr.to_string())).await.ok()?.ok()?;
-    let desc = tokio::time::timeout(Duration::from_secs(2), client.describe_topic(TOPIC)).await.ok()?.ok()?;
-    desc.partitions.first().map(|p| u64::from(p.leader_id)).filter(|l| *l != 0)
-}
+/// The group whose commits the suite checks (outside group membership: generation 0).
+const GROUP: &str = "faults-group";
 
 async fn high_watermark(addr: &str) -> Option<u64> {
     let client = Client::connect(addr.to_string()).await.ok()?;
@@ -176,6 +59,9 @@ struct Observed {
     consumed: Mutex<BTreeMap<u64, String>>,
     failed: AtomicU64,
     stop: AtomicBool,
+    /// The highest committed offset whose commit was acknowledged, and how many were.
+    committed: AtomicU64,
+    commits: AtomicU64,
 }
 
 impl Observed {
@@ -258,6 +144,55 @@ async fn consume(addrs: Vec<String>, seen: Arc<Observed>) {
     }
 }
 
+/// Commits the consumer's position for `GROUP` every 100 ms, through each broker in turn.
+async fn commit_positions(addrs: Vec<String>, seen: Arc<Observed>) {
+    for attempt in 0u64.. {
+        if seen.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let position = seen.consumed.lock().unwrap().keys().next_back().map_or(0, |o| o + 1);
+        let addr = &addrs[attempt as usize % addrs.len()];
+        let commit = async {
+            let client = Client::connect(addr.clone()).await.ok()?;
+            let req = CommitRequest {
+                request_id: attempt,
+                group: GROUP.into(),
+                topic: TOPIC.into(),
+                offsets: vec![PartitionOffset { partition: 0, offset: position, metadata: String::new() }],
+                generation: 0,
+                member_id: String::new(),
+            };
+            let mut answers = client.offsets().commit(futures::stream::iter([req])).await.ok()?.into_inner();
+            answers.message().await.ok()?
+        };
+        if let Ok(Some(resp)) = tokio::time::timeout(Duration::from_secs(3), commit).await {
+            if resp.error_code == ErrorCode::Unspecified as i32 {
+                seen.committed.fetch_max(position, Ordering::AcqRel);
+                seen.commits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every serving broker's answer to FetchCommitted for `GROUP` (forwarded to the controller).
+async fn check_commits(c: &TestCluster, seen: &Observed, round: &str) {
+    let acked = seen.committed.load(Ordering::Acquire);
+    for n in c.serving() {
+        let client = Client::connect(c.addr(n)).await.unwrap();
+        let req = FetchCommittedRequest { group: GROUP.into(), topic: TOPIC.into(), partitions: vec![0] };
+        let deadline = Instant::now() + WAIT;
+        let fetched = loop {
+            match client.offsets().fetch_committed(req.clone()).await {
+                Ok(r) => break r.into_inner().offsets.first().map_or(0, |o| o.offset),
+                Err(e) => assert!(Instant::now() < deadline, "{round}: broker {n}: fetch committed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(fetched >= acked, "{round}: broker {n} answers committed offset {fetched} < acknowledged {acked}");
+    }
+}
+
 /// Waits until `n` more records are acknowledged than `from`; on a timeout, shows the
 /// brokers' logs.
 async fn progress(c: &TestCluster, seen: &Observed, from: u64, n: u64, round: &str) {
@@ -277,7 +212,7 @@ async fn progress(c: &TestCluster, seen: &Observed, from: u64, n: u64, round: &s
 
 /// Checks every invariant of the module docs; returns how many records it checked.
 async fn check(c: &TestCluster, seen: &Observed, round: &str) -> usize {
-    let leader = c.leader().await;
+    let leader = c.leader(TOPIC).await;
     let acked = seen.acked.lock().unwrap().clone();
     let need = acked.keys().next_back().map_or(0, |o| o + 1);
     // Every replica must reach what was acknowledged (the leader's HW may lag its answers).
@@ -316,6 +251,7 @@ async fn check(c: &TestCluster, seen: &Observed, round: &str) -> usize {
     for (offset, value) in seen.consumed.lock().unwrap().iter().filter(|(o, _)| **o < need) {
         assert_eq!(log.get(*offset as usize), Some(value), "{round}: consumer saw {value} at {offset}, since lost");
     }
+    check_commits(c, seen, round).await;
     log.len()
 }
 
@@ -323,23 +259,18 @@ async fn check(c: &TestCluster, seen: &Observed, round: &str) -> usize {
 async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let started = Instant::now();
     let mut c = TestCluster::start().await;
-    let admin = Client::connect(c.addr(1)).await.unwrap();
     let config = TopicConfig { fsync_policy: FsyncPolicy::Always as i32, ..TopicConfig::default() };
-    let deadline = Instant::now() + WAIT;
-    // The metadata group needs its first controller before topics can be created.
-    while let Err(e) = admin.create_topic_with(TOPIC, 1, config).await {
-        assert!(Instant::now() < deadline, "create topic: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.create_topic(TOPIC, 1, config).await;
     let seen = Arc::new(Observed::default());
     let producer = tokio::spawn(produce(c.addr(1), Arc::clone(&seen)));
     let consumer = tokio::spawn(consume(NODES.iter().map(|n| c.addr(*n)).collect(), Arc::clone(&seen)));
+    let committer = tokio::spawn(commit_positions(NODES.iter().map(|n| c.addr(*n)).collect(), Arc::clone(&seen)));
     progress(&c, &seen, 0, PROGRESS, "warm-up").await;
     let mut checked = check(&c, &seen, "warm-up").await;
     let mut faults = 0;
 
     // 1. SIGKILL the leader; it comes back and catches up.
-    let leader = c.leader().await;
+    let leader = c.leader(TOPIC).await;
     c.kill9(leader);
     faults += 1;
     progress(&c, &seen, seen.acked(), PROGRESS, "leader killed").await;
@@ -347,7 +278,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     checked = checked.max(check(&c, &seen, "leader killed").await);
 
     // 2. SIGSTOP a follower for a few election timeouts.
-    let leader = c.leader().await;
+    let leader = c.leader(TOPIC).await;
     let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
     c.pause(follower, true);
     faults += 1;
@@ -356,7 +287,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     checked = checked.max(check(&c, &seen, "follower paused").await);
 
     // 3. SIGSTOP the leader: the others elect; the old leader wakes up stale and steps down.
-    let leader = c.leader().await;
+    let leader = c.leader(TOPIC).await;
     c.pause(leader, true);
     faults += 1;
     progress(&c, &seen, seen.acked(), PROGRESS, "leader paused").await;
@@ -364,7 +295,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     checked = checked.max(check(&c, &seen, "leader paused").await);
 
     // 4. Cut the leader off from its peers: the majority side elects and goes on.
-    let leader = c.leader().await;
+    let leader = c.leader(TOPIC).await;
     c.isolate(leader, true);
     faults += 1;
     progress(&c, &seen, seen.acked(), PROGRESS, "leader partitioned (majority side)").await;
@@ -384,17 +315,21 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
 
     seen.stop.store(true, Ordering::Release);
     tokio::time::timeout(WAIT, producer).await.expect("producer stops").unwrap();
+    tokio::time::timeout(WAIT, committer).await.expect("committer stops").unwrap();
     consumer.abort();
     if let Err(e) = consumer.await {
         assert!(!e.is_panic(), "the consumer saw offsets out of order: {e}");
     }
     let last = check(&c, &seen, "final").await;
+    let commits = seen.commits.load(Ordering::Relaxed);
+    assert!(commits > 0, "no commit was acknowledged in the whole run");
     eprintln!(
-        "cluster faults: 5 rounds, {faults} faults, {} records acknowledged, {} failed deliveries, {} consumed, {} checked in the final log, in {:?}",
+        "cluster faults: 5 rounds, {faults} faults, {} records acknowledged, {} failed deliveries, {} consumed, {} checked in the final log, {commits} commits acknowledged (last at offset {}), in {:?}",
         seen.acked(),
         seen.failed.load(Ordering::Relaxed),
         seen.consumed.lock().unwrap().len(),
         last.max(checked),
+        seen.committed.load(Ordering::Relaxed),
         started.elapsed()
     );
 }

@@ -141,6 +141,7 @@ impl GroupConsumer {
         let (control, control_rx) = mpsc::unbounded_channel();
         let state = Arc::new(Mutex::new(MemberState::default()));
         let member = Member {
+            brokers: Vec::new(),
             client,
             config,
             state: Arc::clone(&state),
@@ -353,6 +354,10 @@ impl Fetcher {
 
 /// The membership task's state.
 struct Member {
+    /// Every broker of the cluster (just the bootstrap one on a single node), learnt when the
+    /// member starts: a member whose broker fails rejoins through the next one, since any
+    /// broker routes group sessions to the coordinator.
+    brokers: Vec<String>,
     client: Client,
     config: GroupConfig,
     state: Arc<Mutex<MemberState>>,
@@ -372,15 +377,29 @@ enum Outcome {
 impl Member {
     async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
         let mut backoff = Duration::from_millis(100);
+        self.brokers = self.client.brokers().await.unwrap_or_else(|_| vec![self.client.address().to_string()]);
         loop {
             match self.session(&mut control).await {
                 Ok(Outcome::Closed) => return,
                 Ok(Outcome::Reconnect) => {}
-                Err(e) => tracing::debug!(error = %e, "group session failed; rejoining"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "group session failed; rejoining");
+                    self.next_broker();
+                }
             }
             self.revoke(false).await;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Moves to the next broker of the cluster (no-op on a single node).
+    fn next_broker(&mut self) {
+        let Some(i) = self.brokers.iter().position(|b| b == self.client.address()) else { return };
+        let next = &self.brokers[(i + 1) % self.brokers.len()];
+        match self.client.to_broker(next) {
+            Ok(c) => self.client = c,
+            Err(e) => tracing::debug!(error = %e, broker = %next, "cannot reach the next broker"),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::admin_service_server::AdminService;
 use tidelog_proto::v1::{
     offset_spec, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
@@ -11,6 +12,7 @@ use tidelog_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::forward::{self, forwarded_request};
 use crate::broker::{now_ms, Broker, BrokerError, Topic};
 use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
 use crate::cluster::Cluster;
@@ -113,9 +115,6 @@ fn describe(broker: &Broker, t: &Topic) -> TopicDescription {
     }
 }
 
-/// Set on an admin call one broker forwards to the controller: it is not forwarded again.
-const FORWARDED: &str = "x-tidelog-forwarded";
-
 impl AdminApi {
     /// Cluster mode: the controller proposes `CreateTopic`; any other broker forwards the call
     /// to it. Either way the answer waits until this broker has applied the topic.
@@ -150,7 +149,7 @@ impl AdminApi {
             }
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
                 let name = req.name.clone();
-                controller_client(cluster, id)?.create_topic(forwarded_request(req)).await?;
+                controller_client(cluster, id)?.create_topic(forwarded_request(req, Some(APPLY_WAIT))).await?;
                 let topic = wait_topic(&self.broker, cluster, &name, true).await?;
                 Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.broker, &topic)) }))
             }
@@ -173,7 +172,7 @@ impl AdminApi {
         match metadata::propose(cluster, &cmd).await {
             Ok(offset) => cluster.wait_applied(offset + 1, APPLY_WAIT).await?,
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
-                controller_client(cluster, id)?.delete_topic(forwarded_request(req.clone())).await?;
+                controller_client(cluster, id)?.delete_topic(forwarded_request(req.clone(), Some(APPLY_WAIT))).await?;
                 wait_topic(&self.broker, cluster, &req.name, false).await.map(|_| ()).or_else(|e| match e {
                     BrokerError::UnknownTopic(_) => Ok(()),
                     e => Err(e),
@@ -185,21 +184,8 @@ impl AdminApi {
     }
 }
 
-fn controller_client(
-    cluster: &Cluster,
-    id: u64,
-) -> Result<tidelog_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>, Status> {
-    let channel = cluster
-        .channel_to(id)
-        .ok_or_else(|| Status::unavailable(format!("no address known for the controller, broker {id}")))?;
-    Ok(tidelog_proto::v1::admin_service_client::AdminServiceClient::new(channel))
-}
-
-fn forwarded_request<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    r.set_timeout(APPLY_WAIT);
-    r
+fn controller_client(cluster: &Cluster, id: u64) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
+    Ok(AdminServiceClient::new(forward::channel_to(cluster, id)?))
 }
 
 /// Waits until this broker's metadata shows topic `name` (`present`) or no longer shows it.
@@ -227,7 +213,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED);
+        let forwarded = forward::is_forwarded(&request);
         let req = request.into_inner();
         if let Some(cluster) = self.broker.cluster() {
             return self.create_replicated(cluster, req, forwarded).await;
@@ -249,7 +235,7 @@ impl AdminService for AdminApi {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         if let Some(cluster) = self.broker.cluster() {
-            let forwarded = request.metadata().contains_key(FORWARDED);
+            let forwarded = forward::is_forwarded(&request);
             return self.delete_replicated(cluster, request.into_inner(), forwarded).await;
         }
         self.broker.delete_topic(&request.into_inner().name).await?;

@@ -1,11 +1,18 @@
 //! `GroupService`: the member session stream and DescribeGroup. The session handler only
 //! parses messages and forwards them to the coordinator; when the stream ends for any reason
 //! (leave, disconnect, broker shutdown) the member is removed and the group rebalances.
+//!
+//! Cluster mode: the coordinator is the controller's (`forward.rs`). A session opened at any
+//! other broker is proxied there, message for message, so members connected to different
+//! brokers form one group. When the controller loses the metadata leadership its sessions end
+//! (UNAVAILABLE); their members rejoin, and the proxies route them to the new controller.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::group_service_server::GroupService;
 use tidelog_proto::v1::{
     session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, PartitionLag, Rebalance,
@@ -16,7 +23,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::error_code;
+use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route};
 use crate::broker::Broker;
+use crate::cluster::metadata::APPLY_WAIT;
 use crate::group::Coordinator;
 
 #[derive(Debug)]
@@ -34,12 +43,23 @@ impl GroupApi {
 
 #[tonic::async_trait]
 impl GroupService for GroupApi {
-    type SessionStream = UnboundedReceiverStream<Result<SessionResponse, Status>>;
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
 
     async fn session(
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let forwarded = is_forwarded(&request);
+        if let Route::Controller(channel) = coordinator_route(&self.broker, forwarded).await? {
+            // The member's messages go up until its stream ends or fails; the controller's
+            // answers come back until either side closes. Either end breaking ends both.
+            let up = request
+                .into_inner()
+                .take_while(|m| std::future::ready(m.is_ok()))
+                .filter_map(|m| std::future::ready(m.ok()));
+            let down = GroupServiceClient::new(channel).session(forwarded_request(up, None)).await?.into_inner();
+            return Ok(Response::new(Box::pin(down)));
+        }
         let mut inbound = request.into_inner();
         // Unbounded, but a member gets at most a few messages per rebalance, and a member that
         // stops reading stops heartbeating too and is removed after its session timeout.
@@ -47,12 +67,25 @@ impl GroupService for GroupApi {
         let coordinator = Arc::clone(&self.coordinator);
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
         let mut shutdown = self.broker.shutdown_signal();
+        let cluster = self.broker.cluster().cloned();
         tokio::spawn(async move {
             let mut member: Option<(String, String)> = None;
+            let lost = async {
+                match &cluster {
+                    Some(c) => c.controller_lost().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(lost);
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
                     _ = shutdown.changed() => None,
+                    () = &mut lost => {
+                        let moved = "this broker is no longer the group coordinator (controller); rejoin";
+                        let _ = tx.send(Err(Status::unavailable(moved)));
+                        None
+                    }
                 };
                 let Some(Ok(SessionRequest { kind: Some(kind) })) = msg else { break };
                 let result = match kind {
@@ -90,13 +123,18 @@ impl GroupService for GroupApi {
                 coordinator.remove(&g, &m, Some(session), "member left or its session ended");
             }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
     async fn describe_group(
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        if let Route::Controller(channel) = coordinator_route(&self.broker, forwarded).await? {
+            let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
+            return GroupServiceClient::new(channel).describe_group(req).await;
+        }
         let group = request.into_inner().group;
         let view = self.coordinator.describe(&group);
         let mut resp = DescribeGroupResponse { group: group.clone(), state: "empty".into(), ..Default::default() };

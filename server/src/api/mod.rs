@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod forward;
 pub mod group;
 pub mod offsets;
 pub mod records;

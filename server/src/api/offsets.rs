@@ -1,9 +1,16 @@
-//! `OffsetService`: consumer-group committed offsets. Each commit is fsynced by the metadata
-//! store before its response is sent.
+//! `OffsetService`: consumer-group committed offsets.
+//!
+//! Durability, before a commit is answered: on a single node the metadata store is fsynced;
+//! in a cluster the commit is a `CommitOffsets` entry of the metadata Raft group, answered once
+//! a majority stored it (fsynced) and this broker applied it. In a cluster commits and fetches
+//! are served by the group coordinator, the controller; any other broker forwards them there
+//! (`forward.rs`), so one coordinator fences every commit and a fetch sees every acknowledged
+//! commit.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
+use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
 use tidelog_proto::v1::offset_service_server::OffsetService;
 use tidelog_proto::v1::{
     CommitRequest, CommitResponse, CommittedOffset, ErrorCode, FetchCommittedRequest, FetchCommittedResponse,
@@ -13,7 +20,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::error_code;
+use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route};
 use crate::broker::{now_ms, Broker, BrokerError};
+use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
 use crate::group::Coordinator;
 use crate::meta::StoredOffset;
 
@@ -67,8 +76,51 @@ async fn commit_one(broker: &Broker, coordinator: &Coordinator, req: &CommitRequ
             metadata: o.metadata.clone(),
         });
     }
-    broker.meta().commit_offsets(&req.group, &req.topic, &offsets).await?;
+    match broker.cluster() {
+        Some(cluster) => {
+            let cmd = MetaCommand::CommitOffsets { group: req.group.clone(), topic: req.topic.clone(), offsets };
+            let offset = metadata::propose(cluster, &cmd).await?;
+            cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
+        }
+        None => broker.meta().commit_offsets(&req.group, &req.topic, &offsets).await?,
+    }
     Ok(())
+}
+
+/// Serves one commit here, or forwards it to the coordinator; the answer either way.
+async fn commit_routed(
+    broker: &Broker,
+    coordinator: &Coordinator,
+    req: CommitRequest,
+    forwarded: bool,
+) -> Result<CommitResponse, BrokerError> {
+    match coordinator_route(broker, forwarded).await? {
+        Route::Here => {
+            commit_one(broker, coordinator, &req).await?;
+            Ok(CommitResponse {
+                request_id: req.request_id,
+                error_code: ErrorCode::Unspecified as i32,
+                ..Default::default()
+            })
+        }
+        Route::Controller(channel) => {
+            let once = futures::stream::iter([req]);
+            let mut responses = OffsetServiceClient::new(channel)
+                .commit(forwarded_request(once, None))
+                .await
+                .map_err(upstream)?
+                .into_inner();
+            responses.message().await.map_err(upstream)?.ok_or_else(|| BrokerError::NotLeader {
+                what: "the group coordinator (it closed the forwarded commit; retry)".into(),
+                leader: None,
+            })
+        }
+    }
+}
+
+/// A forwarded call that failed in transport or at the controller: retryable.
+fn upstream(s: Status) -> BrokerError {
+    BrokerError::NotLeader { what: format!("the group coordinator ({}: {})", s.code(), s.message()), leader: None }
 }
 
 #[tonic::async_trait]
@@ -76,6 +128,7 @@ impl OffsetService for OffsetApi {
     type CommitStream = ReceiverStream<Result<CommitResponse, Status>>;
 
     async fn commit(&self, request: Request<Streaming<CommitRequest>>) -> Result<Response<Self::CommitStream>, Status> {
+        let forwarded = is_forwarded(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let broker = Arc::clone(&self.broker);
@@ -83,13 +136,10 @@ impl OffsetService for OffsetApi {
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(req) = msg else { return };
-                let mut resp = CommitResponse { request_id: req.request_id, ..Default::default() };
-                if let Err(e) = commit_one(&broker, &coordinator, &req).await {
-                    resp.error_code = error_code(&e) as i32;
-                    resp.error_message = e.to_string();
-                } else {
-                    resp.error_code = ErrorCode::Unspecified as i32;
-                }
+                let request_id = req.request_id;
+                let resp = commit_routed(&broker, &coordinator, req, forwarded).await.unwrap_or_else(|e| {
+                    CommitResponse { request_id, error_code: error_code(&e) as i32, error_message: e.to_string() }
+                });
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
@@ -102,8 +152,12 @@ impl OffsetService for OffsetApi {
         &self,
         request: Request<FetchCommittedRequest>,
     ) -> Result<Response<FetchCommittedResponse>, Status> {
+        let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         validate_group(&req.group)?;
+        if let Route::Controller(channel) = coordinator_route(&self.broker, forwarded).await? {
+            return OffsetServiceClient::new(channel).fetch_committed(forwarded_request(req, Some(APPLY_WAIT))).await;
+        }
         let topic = self.broker.topic(&req.topic)?;
         for p in &req.partitions {
             topic.partition(*p)?;

@@ -12,6 +12,9 @@ use crate::broker::{tasks, Broker};
 use crate::config::Config;
 use crate::settings::FsyncSetting;
 
+/// Cluster mode: how long a stopping broker waits for the groups it leads to take a new leader.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// TOML config file (see docs/CONFIG.md).
@@ -100,6 +103,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let signal = async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(c) = b.cluster() {
+            // Before the server stops: the transfer needs this broker's Raft traffic.
+            c.hand_over_leadership(&b, HAND_OVER_WAIT).await;
+        }
         b.shutdown(); // ends subscriptions and produce streams, fsyncs everything
         let _ = stopped_tx.send(());
     };

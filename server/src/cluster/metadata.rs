@@ -1,6 +1,8 @@
 //! The cluster's metadata: a Raft group (id 0, every broker a voter) whose log holds
 //! [`MetaCommand`]s, one per batch, JSON-encoded. KRaft's idea: metadata is itself a
-//! replicated log, and every broker builds its view by applying it in order.
+//! replicated log, and every broker builds its view by applying it in order. The log holds
+//! topics and consumer groups' committed offsets (Kafka's `__consumer_offsets`, folded into the
+//! same quorum).
 //!
 //! Writing: [`propose`] on the metadata leader (the controller); any other broker forwards the
 //! admin request there (`api/admin.rs`). Reading: every broker applies the committed log to
@@ -25,7 +27,7 @@ use super::{group_id, Cluster, REPLICAS_DIR};
 use crate::broker::partition::{Closed, Partition};
 use crate::broker::{Broker, BrokerError, Topic};
 use crate::log::StoredBatch;
-use crate::meta::TopicRecord;
+use crate::meta::{StoredOffset, TopicRecord};
 use crate::raft::types::AppendHook;
 use crate::raft::{BatchData, ProposedBatch};
 
@@ -46,6 +48,14 @@ pub enum MetaCommand {
         name: String,
         topic_id: u64,
         partitions: u32,
+    },
+    /// Committed offsets of one group for one topic, proposed by the group coordinator (the
+    /// controller) after it checked the commit's generation. Applying stores them in every
+    /// broker's metadata store, so committed offsets survive the loss of any minority.
+    CommitOffsets {
+        group: String,
+        topic: String,
+        offsets: Vec<StoredOffset>,
     },
 }
 
@@ -97,7 +107,7 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
         .iter()
         .filter_map(|(_, c)| match c {
             MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
-            MetaCommand::CreateTopic { .. } => None,
+            MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } => None,
         })
         .collect();
     for (offset, cmd) in backlog {
@@ -154,6 +164,10 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
         MetaCommand::CreateTopic { record } => create(broker, cluster, topic_id_at(offset), record).await,
         MetaCommand::DeleteTopic { name, topic_id, partitions } => {
             delete(broker, cluster, &name, topic_id, partitions).await
+        }
+        // Not flushed: this log is the durable copy and is re-applied on every start.
+        MetaCommand::CommitOffsets { group, topic, offsets } => {
+            broker.meta().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
         }
     };
     if let Err(e) = result {
@@ -240,6 +254,11 @@ mod tests {
         for cmd in [
             MetaCommand::CreateTopic { record },
             MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },
+            MetaCommand::CommitOffsets {
+                group: "g".into(),
+                topic: "t".into(),
+                offsets: vec![StoredOffset { partition: 1, offset: 9, commit_time_ms: 3, metadata: "m".into() }],
+            },
         ] {
             let bytes = serde_json::to_vec(&cmd).unwrap();
             assert_eq!(serde_json::from_slice::<MetaCommand>(&bytes).unwrap(), cmd);

@@ -180,8 +180,23 @@ impl Cluster {
         self.applied.subscribe()
     }
 
+    /// Graceful shutdown, first step (while this broker still serves Raft and clients): hands
+    /// the leadership of every group it leads (partitions and the metadata group) to an
+    /// up-to-date follower, all at once, waiting at most `wait`. Producers then get NOT_LEADER
+    /// naming the new leader and re-route, instead of waiting out an election timeout: a
+    /// rolling restart costs a re-route per partition, not errors. Returns how many moved.
+    pub async fn hand_over_leadership(&self, broker: &Broker, wait: Duration) -> usize {
+        let replicas: Vec<Replica> =
+            broker.topics().iter().flat_map(|t| t.replicas.clone()).chain([self.meta.clone()]).collect();
+        let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_over(wait))).await;
+        let n = moved.iter().filter(|m| **m).count();
+        tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");
+        n
+    }
+
     /// Leaves the cluster: stops every Raft group hosted here (partitions, then metadata).
-    /// Followers elect new leaders after their election timeout.
+    /// Followers of a group this broker still led (no hand-over) elect after their election
+    /// timeout.
     pub async fn shutdown(&self, broker: &Broker) {
         for topic in broker.topics() {
             for r in &topic.replicas {
@@ -202,5 +217,56 @@ impl Cluster {
     /// The controller (metadata leader), if one is known.
     pub fn controller(&self) -> Option<u64> {
         self.meta.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Where consumer-group coordination runs: on the controller, which is the only broker
+    /// that proposes `CommitOffsets`, so one coordinator fences every commit of a group.
+    /// `None`: here. This broker counts as the controller only once it leads the metadata
+    /// group *and* has applied an entry of its own term (so every commit acknowledged by an
+    /// earlier controller is applied here before it answers a FetchCommitted). Waits up to
+    /// `wait` for a controller to be known, then answers a retryable `NotLeader`.
+    pub async fn coordinator(&self, wait: Duration) -> Result<Option<u64>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut metrics = self.meta.raft.metrics();
+        let mut applied = self.applied.subscribe();
+        loop {
+            let (leader, current) = {
+                let m = metrics.borrow_watched();
+                let own_term_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+                (m.current_leader, own_term_applied)
+            };
+            match leader {
+                Some(id) if id != self.node_id => return Ok(Some(id)),
+                Some(_) if current && self.metadata_ready() => return Ok(None),
+                _ => {}
+            }
+            let changed = async {
+                tokio::select! {
+                    r = metrics.changed() => r.is_ok(),
+                    r = applied.changed() => r.is_ok(),
+                }
+            };
+            if !matches!(tokio::time::timeout_at(deadline, changed).await, Ok(true)) {
+                return Err(BrokerError::NotLeader {
+                    what: "the group coordinator (no controller is elected yet; retry)".into(),
+                    leader: None,
+                });
+            }
+        }
+    }
+
+    /// Resolves once this broker no longer leads the metadata group (or the group stopped):
+    /// the group sessions it coordinates end then, and their members rejoin at the new
+    /// controller.
+    pub async fn controller_lost(&self) {
+        let mut metrics = self.meta.raft.metrics();
+        loop {
+            if metrics.borrow_watched().current_leader != Some(self.node_id) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }

@@ -181,6 +181,38 @@ impl Replica {
         })
     }
 
+    /// Graceful shutdown, step 1: if this replica leads its group, hands the leadership to
+    /// the follower that has the most of its log (openraft's transfer: the target elects
+    /// itself at once, without waiting out an election timeout, and refuses if it has not
+    /// flushed the leader's log yet), then waits until this replica no longer leads, for at
+    /// most `wait`. Returns whether the leadership moved. Not the leader: `false` at once.
+    pub async fn hand_over(&self, wait: std::time::Duration) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(m.id) {
+            return false;
+        }
+        let target = m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != m.id)
+            .max_by_key(|(_, matched)| matched.map(|l| l.index))
+            .map(|(id, _)| *id);
+        let Some(target) = target else { return false };
+        if self.raft.trigger().transfer_leader(target).await.is_err() {
+            return false;
+        }
+        let mut metrics = self.raft.metrics();
+        let moved = async {
+            while metrics.borrow_watched().current_leader == Some(m.id) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(wait, moved).await.is_ok()
+    }
+
     /// Stops the group: unregisters it from the transport and shuts its Raft down.
     pub async fn stop(&self, groups: &RaftGroups) {
         groups.remove(self.group_id);

@@ -11,7 +11,9 @@
 //! - tree `raft`: each Raft group's vote, purge point and checkpoints ([`raft_state`]).
 //!
 //! Durability: every mutating method flushes (fsyncs) sled before it returns, so a topic that
-//! was created or an offset that was committed survives a crash once the call returned.
+//! was created or an offset that was committed survives a crash once the call returned. The
+//! one exception, [`MetaStore::apply_offsets`], is for cluster mode, where the metadata Raft
+//! log is the durable copy and this store only its applied view.
 //! Group and topic names never contain `0x00` (validated by the API layer).
 
 mod raft_state;
@@ -47,8 +49,8 @@ pub struct TopicRecord {
     pub settings: TopicSettings,
 }
 
-/// A committed offset as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A committed offset as stored (and, in cluster mode, as carried in the metadata log).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredOffset {
     pub partition: u32,
     pub offset: u64,
@@ -110,6 +112,16 @@ impl MetaStore {
     /// Stores committed offsets for one group and topic atomically. Durability: flushed
     /// before returning.
     pub async fn commit_offsets(&self, group: &str, topic: &str, offsets: &[StoredOffset]) -> Result<(), MetaError> {
+        self.apply_offsets(group, topic, offsets)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Stores committed offsets for one group and topic atomically, **without flushing**.
+    /// Only for cluster mode, where the durable copy is the metadata Raft log that carried the
+    /// commit: it is fsynced by a majority before the commit is answered, and re-applied from
+    /// the start on every restart, so an unflushed write lost here is written again.
+    pub fn apply_offsets(&self, group: &str, topic: &str, offsets: &[StoredOffset]) -> Result<(), MetaError> {
         let prefix = offsets_prefix(group, topic);
         let mut batch = sled::Batch::default();
         for o in offsets {
@@ -122,7 +134,6 @@ impl MetaStore {
             batch.insert(k, v);
         }
         self.offsets.apply_batch(batch)?;
-        self.db.flush_async().await?;
         Ok(())
     }
 

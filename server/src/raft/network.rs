@@ -17,7 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::OptionalSend;
 use tidelog_proto::internal::raft_transport_client::RaftTransportClient;
 use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
@@ -157,6 +160,18 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
         let body = rpc_codec::encode_vote_request(&rpc);
         let reply = self.call(&option, body, |mut c, m| async move { c.pre_vote(m).await }).await?;
         rpc_codec::decode_vote_response(&reply).map_err(bad_reply)
+    }
+
+    /// A leader that stops (graceful shutdown) hands its leadership to an up-to-date follower,
+    /// which then elects itself at once instead of after an election timeout.
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<PartitionTc>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<PartitionTc>, RPCError<PartitionTc>> {
+        let body = rpc_codec::encode_transfer_request(&rpc);
+        let reply = self.call(&option, body, |mut c, m| async move { c.transfer_leader(m).await }).await?;
+        rpc_codec::decode_transfer_response(&reply).map_err(bad_reply)
     }
 
     /// Streams the snapshot's segment slices in chunks (read with pread off the pinned files,

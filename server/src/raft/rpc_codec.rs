@@ -11,10 +11,16 @@
 //! vote request    = 1 u8 | vote | option<log id> last | transfer u8
 //! vote response   = 1 u8 | vote | granted u8 | option<log id> last
 //! vote            = term u64 | voted-for u64 | committed u8
+//! transfer request  = 1 u8 | vote from | to u64 | option<log id> last
+//! transfer response = 1 u8 | tag u8 (1 ok | 2 vote changed + vote expected + vote actual
+//!                            | 3 log not flushed + option<log id> expected + option<log id> actual)
 //! ```
 
 use bytes::{BufMut, Bytes};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 
 use super::codec::{decode_control, encode_control, put_log_id, take_log_id, take_u32, take_u64, take_u8, CodecError};
 use super::types::{log_id, BatchData, Entry, EntryPayload, PartitionTc, Vote};
@@ -187,6 +193,50 @@ pub fn decode_vote_response(mut b: &[u8]) -> Result<VoteResponse<PartitionTc>, C
     Ok(VoteResponse { vote, vote_granted, last_log_id })
 }
 
+pub fn encode_transfer_request(r: &TransferLeaderRequest<PartitionTc>) -> Vec<u8> {
+    let mut out = vec![V1];
+    put_vote(&mut out, r.from_leader());
+    out.put_u64_le(*r.to_node_id());
+    put_log_id(&mut out, r.last_log_id());
+    out
+}
+
+pub fn decode_transfer_request(mut b: &[u8]) -> Result<TransferLeaderRequest<PartitionTc>, CodecError> {
+    version(&mut b)?;
+    let from = take_vote(&mut b)?;
+    let to = take_u64(&mut b)?;
+    let last = take_log_id(&mut b)?;
+    Ok(TransferLeaderRequest::new(from, to, last))
+}
+
+pub fn encode_transfer_response(r: &TransferLeaderResponse<PartitionTc>) -> Vec<u8> {
+    let mut out = vec![V1];
+    match r {
+        Ok(()) => out.put_u8(1),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+            out.put_u8(2);
+            put_vote(&mut out, expected);
+            put_vote(&mut out, actual);
+        }
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
+            out.put_u8(3);
+            put_log_id(&mut out, expected.as_ref());
+            put_log_id(&mut out, actual.as_ref());
+        }
+    }
+    out
+}
+
+pub fn decode_transfer_response(mut b: &[u8]) -> Result<TransferLeaderResponse<PartitionTc>, CodecError> {
+    version(&mut b)?;
+    Ok(match take_u8(&mut b)? {
+        1 => Ok(()),
+        2 => Err(TransferLeaderError::VoteChanged { expected: take_vote(&mut b)?, actual: take_vote(&mut b)? }),
+        3 => Err(TransferLeaderError::LogNotFlushed { expected: take_log_id(&mut b)?, actual: take_log_id(&mut b)? }),
+        _ => return Err(CodecError("unknown transfer response")),
+    })
+}
+
 /// A vote alone (the snapshot response, the snapshot header's leader vote).
 pub fn encode_vote(v: &Vote) -> Vec<u8> {
     let mut out = vec![V1];
@@ -259,5 +309,26 @@ mod tests {
         let v =
             VoteResponse::<PartitionTc> { vote: Vote::new(3, 2), vote_granted: true, last_log_id: Some(log_id(1, 1)) };
         assert_eq!(decode_vote_response(&encode_vote_response(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn transfer_leader_round_trips() {
+        let req = TransferLeaderRequest::<PartitionTc>::new(Vote::new_committed(4, 1), 3, Some(log_id(4, 17)));
+        let body = encode_transfer_request(&req);
+        let got = decode_transfer_request(&body).unwrap();
+        assert_eq!(
+            (got.from_leader(), got.to_node_id(), got.last_log_id()),
+            (req.from_leader(), req.to_node_id(), req.last_log_id())
+        );
+        for cut in 0..body.len() {
+            assert!(decode_transfer_request(&body[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        }
+        for r in [
+            Ok(()),
+            Err(TransferLeaderError::VoteChanged { expected: Vote::new_committed(4, 1), actual: Vote::new(5, 2) }),
+            Err(TransferLeaderError::LogNotFlushed { expected: Some(log_id(4, 17)), actual: None }),
+        ] {
+            assert_eq!(decode_transfer_response(&encode_transfer_response(&r)).unwrap(), r);
+        }
     }
 }

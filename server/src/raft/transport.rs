@@ -121,6 +121,14 @@ impl RaftTransport for RaftTransportService {
         Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
     }
 
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let raft = self.groups.get(m.group_id)?.raft;
+        let rpc = rpc_codec::decode_transfer_request(&m.body).map_err(invalid)?;
+        let resp = raft.handle_transfer_leader(rpc).await.map_err(stopped)?;
+        Ok(reply(m.group_id, rpc_codec::encode_transfer_response(&resp)))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,

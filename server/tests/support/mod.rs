@@ -3,6 +3,7 @@
 //! for state.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,176 @@
+//! A real three-broker cluster for the multi-node tests: separate `tidelog serve` processes
+//! on loopback, every broker-to-broker link through its own TCP proxy (each broker's
+//! `--peers` names the proxies for the others), so a test can SIGKILL, SIGSTOP, SIGTERM or cut
+//! off any broker. Clients talk to the brokers directly.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tidelog::Client;
+
+use super::proxy::Proxy;
+use super::{signal, BrokerProcess};
+
+pub const NODES: [u64; 3] = [1, 2, 3];
+/// How long any wait for the cluster may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub struct TestCluster {
+    pub root: tempfile::TempDir,
+    ports: BTreeMap<u64, u16>,
+    /// `proxies[(from, to)]` carries broker `from`'s Raft and forwarding traffic to `to`.
+    proxies: BTreeMap<(u64, u64), Proxy>,
+    procs: BTreeMap<u64, BrokerProcess>,
+    stopped: HashSet<u64>,
+}
+
+impl TestCluster {
+    /// Starts the three brokers (they elect a controller by themselves).
+    pub async fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        // Held until the proxies have their ports, so no proxy can take a broker's port.
+        let held: Vec<std::net::TcpListener> =
+            NODES.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: BTreeMap<u64, u16> =
+            NODES.iter().zip(&held).map(|(n, l)| (*n, l.local_addr().unwrap().port())).collect();
+        let mut proxies = BTreeMap::new();
+        for from in NODES {
+            for to in NODES.iter().filter(|t| **t != from) {
+                proxies.insert((from, *to), Proxy::start(&format!("http://127.0.0.1:{}", ports[to])).await);
+            }
+        }
+        drop(held);
+        let mut c = Self { root, ports, proxies, procs: BTreeMap::new(), stopped: HashSet::new() };
+        for n in NODES {
+            c.start_node(n);
+        }
+        c
+    }
+
+    fn dir(&self, n: u64) -> PathBuf {
+        self.root.path().join(format!("node-{n}"))
+    }
+
+    pub fn start_node(&mut self, n: u64) {
+        let peers: Vec<String> = NODES
+            .iter()
+            .map(|m| match self.proxies.get(&(n, *m)) {
+                Some(p) => format!("{m}={}", p.addr.trim_start_matches("http://")),
+                None => format!("{m}=127.0.0.1:{}", self.ports[m]),
+            })
+            .collect();
+        let listen = format!("127.0.0.1:{}", self.ports[&n]);
+        let log = self.root.path().join(format!("node-{n}.log"));
+        let args = ["--node-id", &n.to_string(), "--peers", &peers.join(",")].map(String::from);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = BrokerProcess::start_listening(&self.dir(n), &log, &listen, &args);
+        self.procs.insert(n, p);
+    }
+
+    pub fn addr(&self, n: u64) -> String {
+        format!("http://127.0.0.1:{}", self.ports[&n])
+    }
+
+    pub fn kill9(&mut self, n: u64) {
+        if let Some(mut p) = self.procs.remove(&n) {
+            p.kill9();
+        }
+        self.stopped.remove(&n);
+    }
+
+    /// SIGTERM (a graceful shutdown) and waits for the exit.
+    pub async fn terminate(&mut self, n: u64) -> std::process::ExitStatus {
+        let mut p = self.procs.remove(&n).expect("running");
+        self.stopped.remove(&n);
+        p.terminate().await
+    }
+
+    pub fn pause(&mut self, n: u64, paused: bool) {
+        signal(self.procs[&n].pid(), if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        if paused {
+            self.stopped.insert(n);
+        } else {
+            self.stopped.remove(&n);
+        }
+    }
+
+    /// Cuts (or heals) every link to and from broker `n`.
+    pub fn isolate(&self, n: u64, cut: bool) {
+        for ((from, to), p) in &self.proxies {
+            if *from == n || *to == n {
+                p.block(cut);
+            }
+        }
+    }
+
+    /// The end of every broker's log, for a failure message.
+    pub fn dump_logs(&self) {
+        for n in NODES {
+            let log = std::fs::read_to_string(self.root.path().join(format!("node-{n}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!("--- broker {n} (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    /// The brokers that run and are not paused.
+    pub fn serving(&self) -> Vec<u64> {
+        self.procs.keys().copied().filter(|n| !self.stopped.contains(n)).collect()
+    }
+
+    /// Creates a topic once the metadata group has its first controller.
+    pub async fn create_topic(&self, topic: &str, partitions: u32, config: tidelog::proto::v1::TopicConfig) {
+        let admin = Client::connect(self.addr(self.serving()[0])).await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        while let Err(e) = admin.create_topic_with(topic, partitions, config).await {
+            assert!(Instant::now() < deadline, "create topic {topic}: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader of `topic`'s partition 0, as the leader itself reports it.
+    pub async fn leader(&self, topic: &str) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for n in self.serving() {
+                if describe_leader(&self.addr(n), topic).await == Some(n) {
+                    return n;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader of {topic} within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The controller (metadata leader), as the controller itself reports it.
+    pub async fn controller(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for n in self.serving() {
+                if describe_controller(&self.addr(n)).await == Some(n) {
+                    return n;
+                }
+            }
+            assert!(Instant::now() < deadline, "no controller within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `topic`'s partition-0 leader as broker `addr` sees it; `None` if it knows none or does not
+/// answer within 2 s (a paused broker never answers).
+pub async fn describe_leader(addr: &str, topic: &str) -> Option<u64> {
+    let client = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr.to_string())).await.ok()?.ok()?;
+    let desc = tokio::time::timeout(Duration::from_secs(2), client.describe_topic(topic)).await.ok()?.ok()?;
+    desc.partitions.first().map(|p| u64::from(p.leader_id)).filter(|l| *l != 0)
+}
+
+async fn describe_controller(addr: &str) -> Option<u64> {
+    let client = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr.to_string())).await.ok()?.ok()?;
+    let req = tidelog::proto::v1::DescribeClusterRequest {};
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.admin().describe_cluster(req)).await.ok()?.ok()?;
+    Some(u64::from(resp.into_inner().controller_id)).filter(|c| *c != 0)
+}
