@@ -1,4 +1,5 @@
-"""Shared test support: real ``tidelog`` broker processes on free loopback ports, and helpers.
+"""Shared test support: real ``tidelog`` broker processes on free loopback ports (a single
+node, or a cluster of separate processes), and helpers.
 
 The broker binary is ``$TIDELOG_BIN`` or ``target/debug/tidelog`` of this repository (built
 by the test command before the Python tests run); the Rust example binaries sit beside it.
@@ -9,18 +10,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from tidelog import AdminClient
+from tidelog import AdminClient, Consumer, Message, TidelogError, TopicExistsError, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -51,28 +53,28 @@ def eventually(check: Callable[[], T | None], timeout: float = 20.0, what: str =
 
 
 class Broker:
-    """A real broker process. ``port=0`` picks a free port; restart keeps port and data."""
+    """A real broker process. ``port=0`` picks a free port; restart keeps port and data.
+    ``args`` are extra ``serve`` arguments; ``log`` gets its stderr (else it is dropped)."""
 
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 0, args: Sequence[str] = (), log: Path | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.args = list(args)
+        self.log = log
         self.proc: subprocess.Popen[str] | None = None
+        self.paused = False
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                str(binary("tidelog")),
-                "serve",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        cmd = [str(binary("tidelog")), "serve", "--listen", f"127.0.0.1:{self.port}"]
+        cmd += ["--data-dir", str(self.data_dir), *self.args]
+        if self.log is None:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        else:
+            with self.log.open("a") as err:
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
         assert self.proc.stdout is not None
         line = ""
         for line in self.proc.stdout:
@@ -91,14 +93,118 @@ class Broker:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP (or SIGCONT): the process keeps its sockets but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+        self.paused = paused
+
+    @property
+    def serving(self) -> bool:
+        """Running and not paused."""
+        return self.proc is not None and self.proc.poll() is None and not self.paused
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            if self.paused:
+                self.pause(False)  # a stopped process would hold SIGTERM until SIGCONT
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held until all are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    """A cluster of broker processes with ids 1..size on fixed free loopback ports, every one
+    holding a replica of every partition (RF = size, the only placement). Logs go to
+    ``root/node-N.log``."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        self.root = root
+        self.ports = dict(enumerate(free_ports(size), start=1))
+        peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.ports.items())
+        self.brokers: dict[int, Broker] = {}
+        try:
+            for n, port in self.ports.items():
+                args = ["--node-id", str(n), "--peers", peers]
+                self.brokers[n] = Broker(root / f"node-{n}", port, args, root / f"node-{n}.log")
+        except BaseException:
+            self.stop()
+            raise
+
+    def addr(self, n: int) -> str:
+        return f"127.0.0.1:{self.ports[n]}"
+
+    def serving(self) -> list[int]:
+        """The brokers running and not paused."""
+        return [n for n, b in self.brokers.items() if b.serving]
+
+    def stop(self) -> None:
+        for b in self.brokers.values():
+            b.stop()
+
+    def _admin(self, n: int) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.addr(n), "request.timeout.ms": 2000})
+
+    def create_topic(self, name: str, partitions: int = 1, timeout: float = 30) -> None:
+        """Creates ``name`` once the metadata group has a controller, and waits until every
+        serving broker has applied it and each partition has a leader."""
+
+        def created() -> bool:
+            try:
+                with self._admin(self.serving()[0]) as a:
+                    a.create_topic(name, num_partitions=partitions, config={"fsync": "always"})
+                return True
+            except TopicExistsError:
+                return True  # an earlier attempt that timed out went through
+            except TidelogError as e:
+                if e.retriable:
+                    return False  # no controller elected yet
+                raise
+
+        def applied() -> bool:
+            for n in self.serving():
+                try:
+                    with self._admin(n) as a:
+                        a.describe_topic(name)
+                except TidelogError:
+                    return False
+            return True
+
+        eventually(created, timeout, "a controller to create the topic")
+        eventually(applied, timeout, f"every broker to apply topic {name}")
+        for p in range(partitions):
+            self.leader(name, p, timeout)
+
+    def leader(self, topic: str, partition: int = 0, timeout: float = 30) -> int:
+        """The partition's leader, as the leader itself reports it (the others may lag)."""
+
+        def find() -> int | None:
+            for n in self.serving():
+                try:
+                    with self._admin(n) as a:
+                        parts = a.describe_topic(topic).partitions
+                except TidelogError:
+                    continue  # not applied there yet, or the broker is down
+                if parts[partition].leader == n:
+                    return n
+            return None
+
+        return eventually(find, timeout, f"a leader of {topic}/{partition} (logs in {self.root})")
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +228,29 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
 def admin(broker: Broker) -> Iterator[AdminClient]:
     with AdminClient({"bootstrap.servers": broker.addr}) as a:
         yield a
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A 3-broker cluster for one test (which may kill its brokers)."""
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def read_all(addr: str, topic: str, partitions: int, expect: int, timeout: float = 20) -> list[Message]:
+    """Every record of ``topic`` from offset 0, through a manually assigned consumer, until
+    ``expect`` records arrived or ``timeout`` seconds passed."""
+    c = Consumer({"bootstrap.servers": addr, "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[Message] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expect and time.monotonic() < deadline:
+            out += c.consume(1000, 0.5)
+    finally:
+        c.close()
+    return out
 
 
 def unique(prefix: str) -> str:

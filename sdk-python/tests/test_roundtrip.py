@@ -10,7 +10,7 @@ import subprocess
 from concurrent.futures import Future
 
 import pytest
-from conftest import Broker, binary, unique
+from conftest import Broker, binary, read_all, unique
 
 from tidelog import (
     AdminClient,
@@ -20,26 +20,9 @@ from tidelog import (
     Message,
     Producer,
     RetriableError,
-    TopicPartition,
     UnknownTopicError,
     partition_for_key,
 )
-
-
-def read_all(addr: str, topic: str, partitions: int, expect: int, timeout: float = 20) -> list[Message]:
-    """Every record of ``topic`` from offset 0, through a manually assigned consumer."""
-    c = Consumer({"bootstrap.servers": addr, "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[Message] = []
-    try:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while len(out) < expect and time.monotonic() < deadline:
-            out += c.consume(1000, 0.5)
-    finally:
-        c.close()
-    return out
 
 
 @pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])

@@ -121,3 +121,21 @@ def test_assignors_cover_every_partition_once():
     assert {("b", 0), ("b", 1)} <= set(sticky["m-c"])  # kept what it owned
     sizes = sorted(len(v) for v in sticky.values())
     assert sizes[-1] - sizes[0] <= 1
+
+
+def test_routes_follow_leader_hints_and_fall_back_past_lost_brokers():
+    from tidelog._producer_core import _Routes
+
+    brokers = ["a:1", "b:2"]
+    r = _Routes(brokers)
+    tp = ("t", 0)
+    assert r.target(tp) == "a:1" and r.clustered
+    r.not_leader(tp, "http://c:3")  # a leader the producer did not know yet
+    assert r.target(tp) == "c:3" and brokers == ["a:1", "b:2", "c:3"]
+    r.broker_lost("c:3")  # its leader is gone: back to the fallback
+    assert r.target(tp) == "a:1"
+    r.not_leader(tp, "")  # no leader known (an election): ask the next broker
+    assert r.target(tp) == "b:2"
+    r.broker_lost("b:2")
+    assert r.target(tp) == "c:3"
+    assert not _Routes(["only:1"]).clustered

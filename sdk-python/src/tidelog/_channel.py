@@ -11,6 +11,9 @@ _OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),
+    # A restarted broker is reachable again within a second, not after gRPC's default
+    # reconnect backoff of up to 2 minutes: in a cluster it may be the partition's leader again.
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
 

@@ -79,7 +79,11 @@ class Key:
 
 
 _COMMON: dict[str, Key] = {
-    "bootstrap.servers": Key(None, _str, "host:port of a broker (a comma list: the first is used)"),
+    "bootstrap.servers": Key(
+        None,
+        _str,
+        "host:port of a broker (a comma list: the first is used); producers learn the cluster from it",
+    ),
     "client.id": Key("tidelog-python", _str, "free-form name shown by the broker"),
 }
 

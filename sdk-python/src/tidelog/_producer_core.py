@@ -6,26 +6,39 @@ It has two halves:
   record once, appends it to its partition's open batch, and seals a batch when it reaches
   ``batch.size`` (or, in the sender, when ``linger.ms`` expires). Sealing joins the encoded
   records, compresses them, and assigns the batch's idempotence sequence numbers;
-- the **sender** (an asyncio task on the engine's loop): owns one Produce stream, sends at most
-  ``max.in.flight`` sealed batches per partition, completes deliveries from responses, and on
-  failure resends the *same* batches with the *same* sequences, in order.
+- the **sender** (an asyncio task on the engine's loop): owns one Produce stream per broker,
+  sends at most ``max.in.flight`` sealed batches per partition, completes deliveries from
+  responses, and on failure resends the *same* batches with the *same* sequences, in order.
+
+Routing, the same as the Rust SDK's sender: the sender learns the cluster's brokers from the
+bootstrap broker (``DescribeCluster``; a single node keeps using the bootstrap address, since
+the address it advertises may not be reachable from here). Each partition's batches go to its
+leader, learnt from NOT_LEADER answers (which carry the leader's address), or to a fallback
+broker while no leader is known (:class:`_Routes`). A partition moves to a new broker only
+once nothing is in flight to the old one, so no two brokers ever see one partition's sequence
+interleaved. Opening a stream and writing to it are bounded by ``request.timeout.ms``, so a
+stalled broker (SIGSTOP, overload) cannot hold up the partitions routed elsewhere.
 
 Failure handling (per partition; the broker answers one partition's requests in order), the
 same rules as the Rust SDK's sender:
 
-- stream lost or a response overdue past ``request.timeout.ms``: every in-flight batch goes
-  back to the front of its queue and is resent on a new stream; the broker answers a batch it
-  already stored with its original offset (no duplicates);
-- retriable error on a batch: it and the batches behind it are resent after a backoff (the
-  later ones were refused as out of order; their responses are ignored);
+- a broker's stream lost or a response from it overdue past ``request.timeout.ms``: the
+  in-flight batches sent there go back to the front of their queues and are resent, to the new
+  leader if it moved; the broker answers a batch it already stored with its original offset
+  (no duplicates);
+- retriable error on a batch (not leader, shutting down, storage error; in a cluster also an
+  unknown topic or partition, which a broker's metadata may not show *yet*, as in Kafka): it
+  and the batches behind it are resent after a backoff (the later ones were refused as out of
+  order; their responses are ignored);
 - fatal error on a batch: its records fail; the batches behind it take over its sequence
   numbers (the broker never stored it) and are resent;
 - a sealed batch never acknowledged within ``delivery.timeout.ms`` fails. If it was sent and
   may be stored, the sequence is ambiguous: the producer fails everything and closes.
 
 Invariants: within a partition, ``in_flight`` then ``ready`` are in sequence order with no
-gaps; every queued record holds its bytes of ``buffer.memory`` until it completes; deliveries
-are completed outside the lock.
+gaps, and every batch in ``in_flight`` went to one broker (``sent_to``); every queued record
+holds its bytes of ``buffer.memory`` until it completes; deliveries are completed outside the
+lock.
 """
 
 from __future__ import annotations
@@ -42,6 +55,8 @@ from typing import Any, NamedTuple
 import grpc
 
 from . import _wire
+from ._channel import aio_channel
+from ._config import target
 from ._wire import Compression
 from .errors import (
     ClosedError,
@@ -69,6 +84,8 @@ _WAKE = ("wake",)
 
 # One queued record: (key, value, headers, timestamp_ms, sink); sink receives the delivery.
 Entry = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int, Any]
+# One request to send: (broker, (topic, partition), request id, serialized ProduceRequest).
+Request = tuple[str, tuple[str, int], int, bytes]
 # Called once per completed batch: (topic, partition, entries, base_offset, timestamp_ms, error).
 DeliverHook = Callable[[str, int, list[Entry], int, int, TidelogError | None], None]
 
@@ -103,7 +120,18 @@ class _Batch:
 class _Queue:
     """One partition: the open batch, sealed batches ready to send, and batches in flight."""
 
-    __slots__ = ("entries", "in_flight", "memory", "next_seq", "opened", "parts", "ready", "retry_at", "size")
+    __slots__ = (
+        "entries",
+        "in_flight",
+        "memory",
+        "next_seq",
+        "opened",
+        "parts",
+        "ready",
+        "retry_at",
+        "sent_to",
+        "size",
+    )
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -115,6 +143,8 @@ class _Queue:
         self.in_flight: deque[_Batch] = deque()
         self.next_seq = 0
         self.retry_at = 0.0
+        #: The broker the batches in ``in_flight`` were sent to ("": none sent yet).
+        self.sent_to = ""
 
     def rewind(self) -> list[int]:
         """Puts every in-flight batch back at the front of ``ready``; returns their request ids."""
@@ -136,9 +166,59 @@ class _Queue:
         self.next_seq = (self.next_seq - dropped.count) % _SEQ_MODULUS
 
 
+class _Routes:
+    """Where each partition's batches go: its leader when known (from a NOT_LEADER hint), else
+    the fallback broker, which answers NOT_LEADER with the leader if it is not the leader itself.
+
+    ``brokers`` is the producer's list of known brokers (``host:port``, the bootstrap first),
+    shared with the metadata fetches; hints naming a broker not in it are added.
+    """
+
+    __slots__ = ("brokers", "fallback", "leaders")
+
+    def __init__(self, brokers: list[str]) -> None:
+        self.brokers = brokers
+        self.fallback = 0
+        self.leaders: dict[tuple[str, int], str] = {}
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.brokers) > 1
+
+    def fallback_broker(self) -> str:
+        return self.brokers[self.fallback % len(self.brokers)]
+
+    def target(self, tp: tuple[str, int]) -> str:
+        return self.leaders.get(tp) or self.fallback_broker()
+
+    def not_leader(self, tp: tuple[str, int], hint: str) -> None:
+        """A broker said it does not lead ``tp``; ``hint`` is the leader's address ("" if it
+        knows none: an election is under way, so try the next broker)."""
+        if not hint:
+            self.leaders.pop(tp, None)
+            self.fallback += 1
+            return
+        addr = target(hint)
+        if addr not in self.brokers:
+            self.brokers.append(addr)
+        self.leaders[tp] = addr
+
+    def broker_lost(self, addr: str) -> None:
+        """``addr``'s stream failed: the partitions it led look for their leader again."""
+        self.leaders = {tp: a for tp, a in self.leaders.items() if a != addr}
+        if self.fallback_broker() == addr:
+            self.fallback += 1
+
+
 class _Conn:
-    def __init__(self, call: Any) -> None:
+    """One Produce stream to one broker; a reader task posts its responses as events."""
+
+    __slots__ = ("addr", "call", "in_flight", "reader")
+
+    def __init__(self, addr: str, call: Any) -> None:
+        self.addr = addr
         self.call = call
+        #: Request id → partition, for requests whose response is still wanted.
         self.in_flight: dict[int, tuple[str, int]] = {}
         self.reader: asyncio.Task[None] | None = None
 
@@ -158,7 +238,7 @@ class ProducerCore:
         self.max_in_flight: int = cfg["max.in.flight.requests.per.connection"]
         self.delivery_timeout = cfg["delivery.timeout.ms"] / 1000
         self.request_timeout = cfg["request.timeout.ms"] / 1000
-        self.retry_backoff = cfg["retry.backoff.ms"] / 1000
+        self.retry_backoff: float = cfg["retry.backoff.ms"] / 1000
         self.buffer_memory: int = cfg["buffer.memory"]
         self.lock = threading.Lock()
         self.space = threading.Condition(self.lock)  # buffer memory freed
@@ -174,34 +254,31 @@ class ProducerCore:
         self.producer_id = 0
         self.producer_epoch = 0
         self.fatal: TidelogError | None = None
+        self.max_block = cfg["max.block.ms"] / 1000
+        #: Known brokers (host:port), the bootstrap first; the sender adds the cluster's.
+        self.brokers: list[str] = [target(cfg["bootstrap.servers"])]
+        self._discovered = False
+        self._channels: dict[str, grpc.aio.Channel] = {}
         # Set by start(), on the engine loop.
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._events: asyncio.Queue[tuple[Any, ...]] | None = None
         self.space_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._channel: grpc.aio.Channel | None = None
 
     # ---- lifecycle (on the engine loop) -------------------------------------------------
 
-    async def start(self, channel: grpc.aio.Channel) -> None:
+    async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._events = asyncio.Queue()
         self.space_event = asyncio.Event()
-        self._channel = channel
-        self._produce = channel.stream_stream(
-            "/tidelog.v1.RecordService/Produce",
-            request_serializer=None,  # requests are pre-serialized bytes (see _wire)
-            response_deserializer=records_service_pb2.ProduceResponse.FromString,
-        )
-        self._records = records_service_pb2_grpc.RecordServiceStub(channel)
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        self._channel_to(self.brokers[0])  # connects now: the first send needs metadata
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self, timeout: float | None) -> None:
         """Sends everything queued, waits for its acknowledgements (up to ``timeout``), then
-        stops; records still pending after that fail with :class:`ClosedError`."""
+        stops and disconnects; records still pending after that fail with :class:`ClosedError`."""
         with self.lock:
             self.closed = True
             self._flush_requested = True
@@ -213,6 +290,15 @@ class ProducerCore:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         self._fail_all(ClosedError("the producer was closed before the record was acknowledged"))
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    def _channel_to(self, addr: str) -> grpc.aio.Channel:
+        """The channel to one broker (opened on first use, kept until close)."""
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = self._channels[addr] = aio_channel(addr)
+        return ch
 
     # ---- metadata -----------------------------------------------------------------------
 
@@ -224,13 +310,31 @@ class ProducerCore:
         return got[0]
 
     async def fetch_partitions(self, topic: str) -> int:
-        """The topic's partition count from the broker (cached until a send says it changed)."""
-        try:
-            resp = await self._admin.DescribeTopic(
-                admin_service_pb2.DescribeTopicRequest(name=topic), timeout=self.request_timeout
-            )
-        except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+        """The topic's partition count (cached until a send says it changed).
+
+        Any replica answers. Retriable failures (a broker down, or one still catching up on
+        the cluster's metadata, which answers NOT_LEADER) are retried on the next known broker
+        with backoff for up to ``max.block.ms``, as Kafka's producer waits for metadata; an
+        unknown topic is final.
+        """
+        deadline = time.monotonic() + self.max_block
+        backoff = self.retry_backoff
+        req = admin_service_pb2.DescribeTopicRequest(name=topic)
+        attempt = 0
+        while True:
+            addr = self.brokers[attempt % len(self.brokers)]
+            admin = admin_service_pb2_grpc.AdminServiceStub(self._channel_to(addr))
+            try:
+                resp = await admin.DescribeTopic(req, timeout=self.request_timeout)
+                break
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+            if not err.retriable or time.monotonic() + backoff >= deadline:
+                raise err
+            log.debug("metadata of %s from %s failed (%s); retrying", topic, addr, err)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+            attempt += 1
         n = int(resp.topic.partition_count)
         self._partitions[topic] = (n, time.monotonic())
         return n
@@ -322,66 +426,117 @@ class ProducerCore:
 
     async def _run(self) -> None:
         assert self._events is not None
-        conn: _Conn | None = None
+        routes = _Routes(self.brokers)
+        conns: dict[str, _Conn] = {}
         backoff = self.retry_backoff
         next_id = 1
+        # The earliest response deadline as of the last pass (responses since only move it later).
+        request_deadline: float | None = None
         try:
             while True:
                 with self.lock:
                     if self.closed and self.pending == 0:
                         return
-                if conn is None:
+                if not self._discovered or (self.idempotent and self.producer_id == 0):
                     try:
-                        conn = await self._open()
+                        await self._connect(routes)
                     except TidelogError as e:
                         if not e.retriable:
                             self._fail_fatal(e)
                             return
-                        log.debug("produce stream not available (%s); retrying", e)
+                        log.debug("broker %s not available (%s); retrying", routes.fallback_broker(), e)
+                        routes.fallback += 1
                         self._complete_all(self._expire(time.monotonic()))
-                        await self._wait_event(backoff)
+                        # No stream is open yet, so the only events are wake-ups (new
+                        # batches): they must not shorten the backoff.
+                        retry_at = time.monotonic() + backoff
+                        while (left := retry_at - time.monotonic()) > 0:
+                            await self._wait_event(left)
                         backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue
                 now = time.monotonic()
-                requests, deadline, done = self._collect(conn, now, next_id)
+                if request_deadline is not None and now >= request_deadline:
+                    for addr in self._overdue(now):
+                        log.debug("produce request to %s timed out; resending its in-flight batches", addr)
+                        self._lose(conns, routes, addr, backoff)
+                        backoff = min(backoff * 2, _MAX_BACKOFF)
+                requests, deadline, request_deadline, done = self._collect(routes, now, next_id)
                 next_id += len(requests)
                 self._complete_all(done)
-                lost = None
-                for req in requests:
+                failed: set[str] = set()
+                for addr, tp, request_id, req in requests:
+                    if addr in failed:
+                        continue  # its partitions were rewound when its stream failed
+                    conn = conns.get(addr)
+                    if conn is None:
+                        conn = conns[addr] = self._open(addr)
+                    if self.acks != _ACKS["none"]:
+                        conn.in_flight[request_id] = tp
                     try:
-                        await conn.call.write(req)
-                    except Exception as e:  # the call ended under us
-                        lost = f"request stream closed: {e}"
-                        break
-                if lost is None:
-                    oldest = self._oldest_sent()
-                    request_deadline = oldest + self.request_timeout if oldest else None
-                    wait = min(d for d in (deadline, request_deadline, now + 3600) if d is not None) - now
-                    event = await self._wait_event(max(wait, 0))
-                    if (
-                        event is None
-                        and request_deadline is not None
-                        and time.monotonic() >= request_deadline
-                    ):
-                        lost = "request timed out"
-                    while event is not None and lost is None:
-                        if event[0] == "resp" and event[1] is conn:
-                            if self._handle_response(conn, event[2], backoff):
-                                backoff = min(backoff * 2, _MAX_BACKOFF)
-                            else:
-                                backoff = self.retry_backoff
-                        elif event[0] == "lost" and event[1] is conn:
-                            lost = event[2]
-                        event = self._next_ready_event()
-                if lost is not None:
-                    log.debug("produce stream lost (%s); resending in-flight batches", lost)
-                    self._drop_conn(conn)
-                    conn = None
-                    self._rewind_all(time.monotonic() + backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                        # The first write waits for the stream to open; a broker that accepts
+                        # connections but never answers must not hold up the other brokers.
+                        await asyncio.wait_for(conn.call.write(req), self.request_timeout)
+                    except Exception as e:  # the call ended under us, or the broker stalled
+                        log.debug("produce stream to %s lost (%r); resending its batches", addr, e)
+                        self._lose(conns, routes, addr, backoff)
+                        failed.add(addr)
+                        backoff = min(backoff * 2, _MAX_BACKOFF)
+                if failed:
+                    continue  # the rewound batches' backoff is not among this pass's deadlines
+                wait = min(d for d in (deadline, request_deadline, now + 3600) if d is not None)
+                event = await self._wait_event(max(wait - time.monotonic(), 0))
+                while event is not None:
+                    backoff = self._on_event(event, conns, routes, backoff)
+                    event = self._next_ready_event()
         finally:
-            if conn is not None:
+            for conn in conns.values():
                 self._drop_conn(conn)
+
+    def _on_event(
+        self, event: tuple[Any, ...], conns: dict[str, _Conn], routes: _Routes, backoff: float
+    ) -> float:
+        """Handles a response or a lost stream; returns the backoff for the next retry."""
+        kind = event[0]
+        if kind not in ("resp", "lost"):
+            return backoff  # a wake-up: the next pass over the queues does the work
+        conn: _Conn = event[1]
+        if conns.get(conn.addr) is not conn:
+            return backoff  # from a stream already replaced
+        if kind == "resp":
+            return self._handle_response(conn, event[2], routes, backoff)
+        log.debug("produce stream to %s lost (%s); resending its batches", conn.addr, event[2])
+        self._lose(conns, routes, conn.addr, backoff)
+        return min(backoff * 2, _MAX_BACKOFF)
+
+    async def _connect(self, routes: _Routes) -> None:
+        """Learns the cluster's brokers (once), then gets a producer id if idempotent."""
+        if not self._discovered:
+            admin = admin_service_pb2_grpc.AdminServiceStub(self._channel_to(self.brokers[0]))
+            try:
+                resp = await admin.DescribeCluster(
+                    admin_service_pb2.DescribeClusterRequest(), timeout=self.request_timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise from_rpc_error(e) from None
+                resp = admin_service_pb2.DescribeClusterResponse()  # older than clusters: one node
+            # A single node keeps the bootstrap address: the one it advertises may not be
+            # reachable from here (a proxy, NAT).
+            if len(resp.brokers) > 1:
+                for b in resp.brokers:
+                    addr = target(b.address)
+                    if addr not in self.brokers:
+                        self.brokers.append(addr)
+            self._discovered = True
+        if self.idempotent and self.producer_id == 0:
+            records = records_service_pb2_grpc.RecordServiceStub(self._channel_to(routes.fallback_broker()))
+            try:
+                r = await records.InitProducer(
+                    records_service_pb2.InitProducerRequest(), timeout=self.request_timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                raise from_rpc_error(e) from None
+            self.producer_id, self.producer_epoch = r.producer_id, r.producer_epoch
 
     async def _wait_event(self, timeout: float) -> tuple[Any, ...] | None:
         assert self._events is not None
@@ -402,16 +557,13 @@ class ProducerCore:
             self._wake_scheduled = False
         return event
 
-    async def _open(self) -> _Conn:
-        if self.idempotent and self.producer_id == 0:
-            try:
-                r = await self._records.InitProducer(
-                    records_service_pb2.InitProducerRequest(), timeout=self.request_timeout
-                )
-            except grpc.aio.AioRpcError as e:
-                raise from_rpc_error(e) from None
-            self.producer_id, self.producer_epoch = r.producer_id, r.producer_epoch
-        conn = _Conn(self._produce())
+    def _open(self, addr: str) -> _Conn:
+        produce = self._channel_to(addr).stream_stream(
+            "/tidelog.v1.RecordService/Produce",
+            request_serializer=None,  # requests are pre-serialized bytes (see _wire)
+            response_deserializer=records_service_pb2.ProduceResponse.FromString,
+        )
+        conn = _Conn(addr, produce())
         conn.reader = asyncio.get_running_loop().create_task(self._read(conn))
         return conn
 
@@ -432,11 +584,39 @@ class ProducerCore:
             conn.reader.cancel()
         conn.call.cancel()
 
-    def _collect(self, conn: _Conn, now: float, next_id: int) -> tuple[list[bytes], float | None, list[Any]]:
-        """Seals lingered batches, fails expired ones, and takes the batches that may be sent."""
+    def _lose(self, conns: dict[str, _Conn], routes: _Routes, addr: str, backoff: float) -> None:
+        """``addr``'s stream is gone: the batches in flight there go back to their queues (to
+        be resent after ``backoff``), and the partitions it led look for their leader again."""
+        conn = conns.pop(addr, None)
+        if conn is not None:
+            self._drop_conn(conn)
+        retry_at = time.monotonic() + backoff
+        with self.lock:
+            for q in self._queues.values():
+                if q.sent_to == addr and q.in_flight:
+                    q.rewind()
+                    q.retry_at = retry_at
+        routes.broker_lost(addr)
+
+    def _overdue(self, now: float) -> set[str]:
+        """The brokers with a batch unanswered for ``request.timeout.ms``."""
+        with self.lock:
+            return {
+                q.sent_to
+                for q in self._queues.values()
+                if q.in_flight and q.in_flight[0].sent_at + self.request_timeout <= now
+            }
+
+    def _collect(
+        self, routes: _Routes, now: float, next_id: int
+    ) -> tuple[list[Request], float | None, float | None, list[Any]]:
+        """Seals lingered batches, fails expired ones, and takes the batches that may be sent,
+        each with the broker it goes to, in one pass over the queues. Also returns the next
+        linger or backoff deadline and the earliest response deadline."""
         done = self._expire(now)
-        out: list[bytes] = []
+        out: list[Request] = []
         deadline: float | None = None
+        request_deadline: float | None = None
         with self.lock:
             flush = self._flush_requested or self.closed
             self._flush_requested = False
@@ -447,23 +627,31 @@ class ProducerCore:
                         self._seal(q)
                     else:
                         deadline = due if deadline is None else min(deadline, due)
+                if q.in_flight:
+                    due = q.in_flight[0].sent_at + self.request_timeout
+                    request_deadline = due if request_deadline is None else min(request_deadline, due)
                 if q.retry_at:
                     if q.retry_at > now:
                         deadline = q.retry_at if deadline is None else min(deadline, q.retry_at)
                         continue
                     q.retry_at = 0.0
+                to = routes.target(tp)
+                if q.in_flight and q.sent_to != to:
+                    continue  # a new broker only once nothing is in flight to the old one
                 while q.ready and len(q.in_flight) < self.max_in_flight:
                     b = q.ready.popleft()
                     b.request_id = next_id + len(out)
                     b.sent_at = now
                     b.attempts += 1
-                    out.append(self._request(tp, b))
+                    out.append((to, tp, b.request_id, self._request(tp, b)))
+                    q.sent_to = to
                     if self.acks == _ACKS["none"]:
                         done.append((tp, b, -1, -1, None))
                     else:
-                        conn.in_flight[b.request_id] = tp
                         q.in_flight.append(b)
-        return out, deadline, done
+                        if request_deadline is None:
+                            request_deadline = now + self.request_timeout
+        return out, deadline, request_deadline, done
 
     def _request(self, tp: tuple[str, int], b: _Batch) -> bytes:
         header = records_service_pb2.ProduceRequest(
@@ -479,28 +667,39 @@ class ProducerCore:
         )
         return _wire.produce_request_bytes(header, b.payload, self.codec)
 
-    def _handle_response(self, conn: _Conn, r: records_service_pb2.ProduceResponse, backoff: float) -> bool:
-        """Handles one response; returns whether it asked for a backoff."""
+    def _handle_response(
+        self, conn: _Conn, r: records_service_pb2.ProduceResponse, routes: _Routes, backoff: float
+    ) -> float:
+        """Handles one response; returns the backoff for the next retry: doubled after a
+        retriable error, reset by an answer, unchanged by a response no longer wanted (a
+        stale refusal must not reset the backoff of a failover in progress)."""
         tp = conn.in_flight.pop(r.request_id, None)
         if tp is None:
-            return False  # a response to a batch already rewound: it will be resent
+            return backoff  # a response to a batch already rewound: it will be resent
+        code = int(r.error_code)
+        if code == ErrorCode.NOT_LEADER:
+            routes.not_leader(tp, r.leader_address)
+        # In a cluster a just-created topic reaches each broker's metadata a moment apart (as
+        # in Kafka, where UNKNOWN_TOPIC_OR_PARTITION is retriable): retry until the delivery
+        # timeout. On a single node the broker's answer is final.
+        unknown = code in (ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_PARTITION)
+        retriable = is_retriable_code(code) or (unknown and routes.clustered)
         done: list[Any] = []
-        retry = False
+        next_backoff = self.retry_backoff
         with self.lock:
             q = self._queues[tp]
             if not q.in_flight or q.in_flight[0].request_id != r.request_id:
                 log.warning("response %d out of order; ignoring", r.request_id)
-                return False
-            code = int(r.error_code)
+                return backoff
             if code == ErrorCode.NONE:
                 done.append((tp, q.in_flight.popleft(), r.base_offset, r.append_time_ms, None))
-            elif is_retriable_code(code):
+            elif retriable:
                 for rid in q.rewind():
                     conn.in_flight.pop(rid, None)
                 q.retry_at = time.monotonic() + backoff
-                retry = True
+                next_backoff = min(backoff * 2, _MAX_BACKOFF)
             else:
-                if code in (ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_PARTITION):
+                if unknown:
                     self._partitions.pop(tp[0], None)  # the next produce reads fresh metadata
                 b = q.in_flight.popleft()
                 q.renumber_after_drop(b, in_flight_after=True)
@@ -513,7 +712,7 @@ class ProducerCore:
                     self.closed = True
                 done.append((tp, b, -1, -1, err))
         self._complete_all(done)
-        return retry
+        return next_backoff
 
     def _complete_all(self, done: list[Any]) -> None:
         for tp, b, base, ts, err in done:
@@ -533,18 +732,6 @@ class ProducerCore:
             self.space_event.set()
         if idle:
             self._on_idle()
-
-    def _rewind_all(self, retry_at: float) -> None:
-        with self.lock:
-            for q in self._queues.values():
-                if q.in_flight:
-                    q.rewind()
-                    q.retry_at = retry_at
-
-    def _oldest_sent(self) -> float | None:
-        with self.lock:
-            sent = [q.in_flight[0].sent_at for q in self._queues.values() if q.in_flight]
-        return min(sent) if sent else None
 
     def _expire(self, now: float) -> list[Any]:
         """Fails batches past the delivery timeout that are not in flight (see module docs)."""

@@ -149,11 +149,14 @@ class AdminClient:
         self,
         name: str,
         num_partitions: int = 1,
-        replication_factor: int = 1,
+        replication_factor: int = 0,
         config: Mapping[str, Any] | None = None,
     ) -> TopicDescription:
         """Creates a topic; ``config`` takes retention.ms, retention.bytes, segment.bytes,
-        segment.ms, fsync (always|interval|never), fsync.interval.ms, max.batch.bytes."""
+        segment.ms, fsync (always|interval|never), fsync.interval.ms, max.batch.bytes.
+
+        ``replication_factor`` 0 is the broker's default: 1 on a single node, the cluster's
+        default in a cluster (docs/CLUSTER.md says which values a cluster accepts)."""
         req = admin_service_pb2.CreateTopicRequest(
             name=name,
             partitions=num_partitions,

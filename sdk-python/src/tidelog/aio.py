@@ -55,8 +55,7 @@ class AIOProducer:
             return
         self._started = True
         self._idle = asyncio.Event()
-        self._channel = aio_channel(target(self._cfg["bootstrap.servers"]))
-        await self._core.start(self._channel)
+        await self._core.start()
 
     async def send(
         self,
@@ -144,7 +143,6 @@ class AIOProducer:
             return
         await self.flush(timeout)
         await self._core.close(timeout=0)
-        await self._channel.close()
         self._started = False
 
     async def __aenter__(self) -> AIOProducer:

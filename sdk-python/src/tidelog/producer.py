@@ -29,8 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._channel import aio_channel
-from ._config import PRODUCER_KEYS, parse, target
+from ._config import PRODUCER_KEYS, parse
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from ._runtime import LoopThread
 from .errors import TidelogError
@@ -50,11 +49,7 @@ class Producer:
         self._core = ProducerCore(cfg, self._on_batch_done, lambda: None)
         self._closed = False
         self._rt = LoopThread("tidelog-producer")
-        self._rt.call(self._start(target(cfg["bootstrap.servers"])))
-
-    async def _start(self, tgt: str) -> None:
-        self._channel = aio_channel(tgt)
-        await self._core.start(self._channel)
+        self._rt.call(self._core.start())
 
     # ---- producing ----------------------------------------------------------------------
 
@@ -105,7 +100,9 @@ class Producer:
         rec = stage(topic, value, key, headers, partition, timestamp, sink)
         count = core.cached_partitions(topic)
         if count is None:
-            count = self._rt.call(core.fetch_partitions(topic), self._cfg["request.timeout.ms"] / 1000)
+            # fetch_partitions bounds itself (max.block.ms of retries, each request.timeout.ms).
+            bound = (self._cfg["max.block.ms"] + 2 * self._cfg["request.timeout.ms"]) / 1000
+            count = self._rt.call(core.fetch_partitions(topic), bound)
         deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
         with core.space:
             while not core.try_append(rec, count):
@@ -192,14 +189,10 @@ class Producer:
         self._closed = True
         try:
             self.flush(timeout)
-            self._rt.call(self._shutdown(), timeout=30)
+            self._rt.call(self._core.close(timeout=0), timeout=30)
             self.poll(0)  # callbacks of records failed by the close
         finally:
             self._rt.stop()
-
-    async def _shutdown(self) -> None:
-        await self._core.close(timeout=0)
-        await self._channel.close()
 
     def __enter__(self) -> Producer:
         return self
