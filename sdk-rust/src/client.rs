@@ -71,6 +71,19 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Every broker of the cluster by id (`http://host:port`); empty on a single node (whose
+    /// advertised address may not be reachable from here, so only this client's address is
+    /// used there).
+    pub async fn broker_ids(&self) -> Result<std::collections::BTreeMap<u32, String>, Error> {
+        let resp = self.admin().describe_cluster(tidelog_proto::v1::DescribeClusterRequest {}).await?.into_inner();
+        if resp.brokers.len() <= 1 {
+            return Ok(Default::default());
+        }
+        Ok(resp.brokers.into_iter().map(|b| (b.id, normalize(b.address))).collect())
+    }
+}
+
 fn endpoint(addr: &str) -> Result<Endpoint, Error> {
     Ok(Endpoint::from_shared(addr.to_string())
         .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?
@@ -111,13 +124,27 @@ impl Client {
         self.create_topic_with(name, partitions, TopicConfig::default()).await
     }
 
+    /// Creates a topic with `config` over the broker's defaults, and the cluster's default
+    /// replication factor (3, or the cluster size if smaller; 1 on a single node).
     pub async fn create_topic_with(
         &self,
         name: &str,
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicDescription, Error> {
-        let req = CreateTopicRequest { name: name.into(), partitions, replication_factor: 0, config: Some(config) };
+        self.create_topic_replicated(name, partitions, 0, config).await
+    }
+
+    /// Creates a topic whose partitions have `replication_factor` replicas each (0: the
+    /// cluster's default), placed and led evenly across the brokers.
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    ) -> Result<TopicDescription, Error> {
+        let req = CreateTopicRequest { name: name.into(), partitions, replication_factor, config: Some(config) };
         let resp = self.admin().create_topic(req).await?.into_inner();
         resp.topic.ok_or_else(|| Error::Decode("CreateTopic returned no topic".into()))
     }

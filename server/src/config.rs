@@ -48,11 +48,14 @@ pub struct ClusterSettings {
     /// A follower that hears no leader for a random time in [min, 2 × min] stands for
     /// election. Default 1000 ms.
     pub election_timeout_ms: u64,
+    /// How often a leader checks whether a partition's preferred leader (its first replica)
+    /// is back in sync and hands the leadership back to it. Default 10 s; 0 = never.
+    pub leader_rebalance_ms: u64,
 }
 
 impl Default for ClusterSettings {
     fn default() -> Self {
-        Self { peers: Vec::new(), heartbeat_ms: 250, election_timeout_ms: 1000 }
+        Self { peers: Vec::new(), heartbeat_ms: 250, election_timeout_ms: 1000, leader_rebalance_ms: 10_000 }
     }
 }
 

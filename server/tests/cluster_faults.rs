@@ -260,7 +260,7 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let started = Instant::now();
     let mut c = TestCluster::start().await;
     let config = TopicConfig { fsync_policy: FsyncPolicy::Always as i32, ..TopicConfig::default() };
-    c.create_topic(TOPIC, 1, config).await;
+    c.create_topic(TOPIC, 1, 0, config).await;
     let seen = Arc::new(Observed::default());
     let producer = tokio::spawn(produce(c.addr(1), Arc::clone(&seen)));
     let consumer = tokio::spawn(consume(NODES.iter().map(|n| c.addr(*n)).collect(), Arc::clone(&seen)));

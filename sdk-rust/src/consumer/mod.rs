@@ -1,11 +1,17 @@
 //! Subscriptions: a live stream of records from one topic, pushed by the broker as batches are
 //! appended. Records come in offset order per partition; batches are decoded (and their CRC
 //! checked) here.
+//!
+//! In a cluster whose topics have fewer replicas than brokers, a broker serves only the
+//! partitions it holds: [`Subscription::open`] reads each partition from a broker that holds
+//! it (the client's own broker when it can, else the partition's leader or first replica), one
+//! stream per broker, merged. Order per partition is kept, since each partition comes from
+//! exactly one stream.
 
 pub mod assignor;
 pub mod group;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
@@ -86,9 +92,67 @@ impl Subscription {
         Ok(client.records().subscribe(req).await?.into_inner())
     }
 
-    /// Opens the subscription as a stream of records. Records below a requested start offset
-    /// (a batch may begin before it) are skipped.
+    /// Where each partition is read: `(broker, the part of this subscription it serves)`.
+    /// One route (this subscription, this client) unless the cluster holds some of the
+    /// partitions only on other brokers.
+    async fn routes(&self, client: &Client) -> Result<Vec<(Client, Subscription)>, Error> {
+        let single = || Ok(vec![(client.clone(), self.clone())]);
+        let brokers = client.broker_ids().await?;
+        if brokers.is_empty() {
+            return single();
+        }
+        let desc = client.describe_topic(&self.topic).await?;
+        let own = brokers.iter().find(|(_, a)| a.as_str() == client.address()).map(|(id, _)| *id);
+        let wanted: Vec<(u32, Option<StartAt>)> = if self.partitions.is_empty() {
+            (0..desc.partition_count).map(|p| (p, None)).collect()
+        } else {
+            self.partitions.clone()
+        };
+        let mut by_broker: BTreeMap<u32, Vec<(u32, Option<StartAt>)>> = BTreeMap::new();
+        for (p, start) in wanted {
+            let d = desc.partitions.iter().find(|d| d.partition == p).ok_or_else(|| Error::Broker {
+                code: tidelog_proto::v1::ErrorCode::UnknownPartition,
+                message: format!("topic {} has no partition {p}", self.topic),
+            })?;
+            let held = |id: u32| d.replica_ids.contains(&id);
+            let at = match own {
+                Some(id) if held(id) => id,
+                _ if d.leader_id != 0 && held(d.leader_id) => d.leader_id,
+                _ => d.replica_ids.first().copied().or(own).unwrap_or_default(),
+            };
+            by_broker.entry(at).or_default().push((p, start));
+        }
+        if by_broker.len() == 1 && by_broker.keys().next().copied() == own {
+            return single();
+        }
+        by_broker
+            .into_iter()
+            .map(|(id, partitions)| {
+                let addr =
+                    brokers.get(&id).ok_or_else(|| Error::InvalidArgument(format!("no address for broker {id}")))?;
+                Ok((client.to_broker(addr)?, Subscription { partitions, ..self.clone() }))
+            })
+            .collect()
+    }
+
+    /// Opens the subscription as a stream of records (from every broker it needs, see the
+    /// module docs). Records below a requested start offset (a batch may begin before it)
+    /// are skipped.
     pub async fn open(&self, client: &Client) -> Result<RecordStream, Error> {
+        let routes = self.routes(client).await?;
+        if routes.len() == 1 {
+            let (client, sub) = &routes[0];
+            return sub.open_one(client).await;
+        }
+        let mut streams = Vec::with_capacity(routes.len());
+        for (client, sub) in &routes {
+            streams.push(sub.open_one(client).await?);
+        }
+        Ok(Box::pin(futures::stream::select_all(streams)))
+    }
+
+    /// Opens the subscription at one broker.
+    async fn open_one(&self, client: &Client) -> Result<RecordStream, Error> {
         let raw = self.open_raw(client).await?;
         let topic = self.topic.clone();
         let mut floors: HashMap<u32, u64> = HashMap::new();

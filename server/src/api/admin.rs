@@ -1,5 +1,6 @@
 //! `AdminService`: topics, offsets by time, cluster description.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::forward::{self, forwarded_request};
 use crate::broker::{now_ms, Broker, BrokerError, Topic};
 use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
+use crate::cluster::placement;
 use crate::cluster::Cluster;
 use crate::meta::TopicRecord;
 use crate::settings::{FsyncSetting, TopicSettings};
@@ -76,42 +78,41 @@ fn to_config(s: &TopicSettings) -> TopicConfig {
 
 fn describe(broker: &Broker, t: &Topic) -> TopicDescription {
     let node = broker.options().node_id;
-    // (leader, replicas) of partition i: from its Raft group in cluster mode.
-    let placement = |i: usize| match t.replicas.get(i) {
-        Some(r) => (
-            r.leader().map_or(0, |l| l as u32),
-            r.voters().into_iter().map(|v| v as u32).collect(),
-            r.in_sync().into_iter().map(|v| v as u32).collect(),
-        ),
-        None => (node, vec![node], vec![node]),
-    };
+    let cluster = broker.cluster();
+    let partitions: Vec<PartitionDescription> = (0..t.record.partitions)
+        .map(|i| {
+            let mut d = PartitionDescription { partition: i, ..PartitionDescription::default() };
+            // Replicas from the placement; leader and in-sync replicas as this broker's Raft
+            // group sees them (a broker that holds no replica knows neither, nor the offsets).
+            d.replica_ids = match cluster {
+                Some(c) => t.record.replicas_in(i, c.brokers().keys().copied()).into_iter().map(|v| v as u32).collect(),
+                None => vec![node],
+            };
+            if let Ok(p) = t.partition(i) {
+                let o = p.offsets();
+                let (size, segments) = p.size_bytes();
+                d.log_start_offset = o.log_start.0;
+                d.high_watermark = o.high_watermark.0;
+                d.log_end_offset = o.log_end.0;
+                d.size_bytes = size;
+                d.segment_count = segments as u32;
+                (d.leader_id, d.in_sync_replica_ids) = match t.replica(i) {
+                    Some(r) => {
+                        (r.leader().map_or(0, |l| l as u32), r.in_sync().into_iter().map(|v| v as u32).collect())
+                    }
+                    None => (node, vec![node]),
+                };
+            }
+            d
+        })
+        .collect();
     TopicDescription {
         name: t.record.name.clone(),
         partition_count: t.record.partitions,
-        replication_factor: if t.replicas.is_empty() { 1 } else { placement(0).1.len() as u32 },
+        replication_factor: partitions.first().map_or(1, |p| p.replica_ids.len() as u32),
         config: Some(to_config(&t.record.settings)),
         created_at_ms: t.record.created_at_ms,
-        partitions: t
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let o = p.offsets();
-                let (size, segments) = p.size_bytes();
-                let (leader_id, replica_ids, in_sync_replica_ids) = placement(i);
-                PartitionDescription {
-                    partition: p.index(),
-                    log_start_offset: o.log_start.0,
-                    high_watermark: o.high_watermark.0,
-                    log_end_offset: o.log_end.0,
-                    size_bytes: size,
-                    segment_count: segments as u32,
-                    leader_id,
-                    replica_ids,
-                    in_sync_replica_ids,
-                }
-            })
-            .collect(),
+        partitions,
     }
 }
 
@@ -124,20 +125,26 @@ impl AdminApi {
         req: CreateTopicRequest,
         forwarded: bool,
     ) -> Result<Response<CreateTopicResponse>, Status> {
-        let n = cluster.brokers().len() as u32;
-        if req.replication_factor != 0 && req.replication_factor != n {
-            return Err(Status::invalid_argument(format!(
-                "replication_factor {} is not possible: every one of the {n} brokers holds a replica of every partition (use 0 or {n})",
-                req.replication_factor
-            )));
-        }
+        let brokers: Vec<u64> = cluster.brokers().keys().copied().collect();
+        let n = brokers.len() as u32;
+        let rf = match req.replication_factor {
+            0 => placement::DEFAULT_REPLICATION_FACTOR.min(n),
+            rf if rf <= n => rf,
+            rf => {
+                return Err(Status::invalid_argument(format!(
+                    "replication_factor {rf} is more than the {n} brokers of this cluster (use 1..={n}, or 0 for {})",
+                    placement::DEFAULT_REPLICATION_FACTOR.min(n)
+                )))
+            }
+        };
         let partitions = req.partitions.max(1);
         let settings = merge_settings(&self.broker.options().topic_defaults, req.config.as_ref())?;
         self.broker.check_new_topic(&req.name, partitions, &settings)?;
         if self.broker.topic(&req.name).is_ok() {
             return Err(BrokerError::TopicExists(req.name).into());
         }
-        let record = TopicRecord { name: req.name.clone(), partitions, created_at_ms: now_ms(), settings };
+        let replicas = placement::assign(&brokers, partitions, rf, &req.name);
+        let record = TopicRecord { name: req.name.clone(), partitions, created_at_ms: now_ms(), settings, replicas };
         match metadata::propose(cluster, &MetaCommand::CreateTopic { record }).await {
             Ok(offset) => {
                 cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
@@ -184,6 +191,56 @@ impl AdminApi {
     }
 }
 
+/// Offsets of a topic's partitions by position. Partitions held elsewhere (replication factor below the cluster size) are asked of a
+/// broker that holds them, one hop at most (`forward.rs`).
+pub async fn list_offsets(
+    broker: &Broker,
+    req: ListOffsetsRequest,
+    forwarded: bool,
+) -> Result<ListOffsetsResponse, Status> {
+    let topic = broker.topic(&req.topic)?;
+    let indexes: Vec<u32> =
+        if req.partitions.is_empty() { (0..topic.record.partitions).collect() } else { req.partitions.clone() };
+    let spec = req
+        .spec
+        .and_then(|s| s.spec)
+        .ok_or_else(|| Status::invalid_argument("spec is required: earliest, latest or timestamp_ms"))?;
+    let mut offsets = Vec::with_capacity(indexes.len());
+    let mut remote: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for &i in &indexes {
+        let p = match topic.partition(i) {
+            Ok(p) => p,
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
+                remote.entry(id).or_default().push(i);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let o = p.offsets();
+        let (offset, timestamp_ms) = match spec {
+            offset_spec::Spec::Earliest(_) => (o.log_start.0, -1),
+            offset_spec::Spec::Latest(_) => (o.high_watermark.0, -1),
+            offset_spec::Spec::TimestampMs(t) => p.offset_for_time(t)?.unwrap_or((o.high_watermark.0, -1)),
+        };
+        offsets.push(PartitionOffsetAtTime { partition: i, offset, timestamp_ms });
+    }
+    if let Some(cluster) = broker.cluster() {
+        for (id, partitions) in remote {
+            let sub = ListOffsetsRequest {
+                topic: req.topic.clone(),
+                partitions,
+                spec: Some(tidelog_proto::v1::OffsetSpec { spec: Some(spec) }),
+            };
+            let resp = controller_client(cluster, id)?.list_offsets(forwarded_request(sub, Some(APPLY_WAIT))).await?;
+            offsets.extend(resp.into_inner().offsets);
+        }
+    }
+    // In the order asked.
+    offsets.sort_by_key(|o| indexes.iter().position(|i| *i == o.partition));
+    Ok(ListOffsetsResponse { offsets })
+}
+
+/// The admin service of broker `id` (the controller, or a partition's replica).
 fn controller_client(cluster: &Cluster, id: u64) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
     Ok(AdminServiceClient::new(forward::channel_to(cluster, id)?))
 }
@@ -259,26 +316,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
-        let req = request.into_inner();
-        let topic = self.broker.topic(&req.topic)?;
-        let indexes: Vec<u32> =
-            if req.partitions.is_empty() { (0..topic.record.partitions).collect() } else { req.partitions.clone() };
-        let spec = req
-            .spec
-            .and_then(|s| s.spec)
-            .ok_or_else(|| Status::invalid_argument("spec is required: earliest, latest or timestamp_ms"))?;
-        let mut offsets = Vec::with_capacity(indexes.len());
-        for i in indexes {
-            let p = topic.partition(i)?;
-            let o = p.offsets();
-            let (offset, timestamp_ms) = match spec {
-                offset_spec::Spec::Earliest(_) => (o.log_start.0, -1),
-                offset_spec::Spec::Latest(_) => (o.high_watermark.0, -1),
-                offset_spec::Spec::TimestampMs(t) => p.offset_for_time(t)?.unwrap_or((o.high_watermark.0, -1)),
-            };
-            offsets.push(PartitionOffsetAtTime { partition: i, offset, timestamp_ms });
-        }
-        Ok(Response::new(ListOffsetsResponse { offsets }))
+        let forwarded = forward::is_forwarded(&request);
+        list_offsets(&self.broker, request.into_inner(), forwarded).await.map(Response::new)
     }
 
     async fn describe_cluster(

@@ -7,6 +7,7 @@
 //! brokers form one group. When the controller loses the metadata leadership its sessions end
 //! (UNAVAILABLE); their members rejoin, and the proxies route them to the new controller.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,16 +16,17 @@ use futures::{Stream, StreamExt};
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::group_service_server::GroupService;
 use tidelog_proto::v1::{
-    session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, PartitionLag, Rebalance,
-    SessionError, SessionRequest, SessionResponse,
+    offset_spec, session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, ListOffsetsRequest,
+    OffsetSpec, PartitionLag, Rebalance, SessionError, SessionRequest, SessionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::admin::list_offsets;
 use super::error::error_code;
 use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route};
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::cluster::metadata::APPLY_WAIT;
 use crate::group::Coordinator;
 
@@ -138,7 +140,7 @@ impl GroupService for GroupApi {
         let group = request.into_inner().group;
         let view = self.coordinator.describe(&group);
         let mut resp = DescribeGroupResponse { group: group.clone(), state: "empty".into(), ..Default::default() };
-        let mut owners = std::collections::HashMap::new();
+        let mut owners = HashMap::new();
         if let Some(v) = &view {
             resp.state = v.state.name().into();
             resp.generation = v.generation;
@@ -152,20 +154,31 @@ impl GroupService for GroupApi {
                 }
             }
         }
-        // Lag for every topic the group has committed offsets for.
+        // Lag for every topic the group has committed offsets for (high watermarks of
+        // partitions held elsewhere asked of their replicas).
         for topic in self.broker.topics() {
-            let committed = self
-                .broker
-                .meta()
-                .committed_offsets(&group, &topic.record.name)
-                .map_err(crate::broker::BrokerError::from)?;
+            let name = &topic.record.name;
+            let committed = self.broker.meta().committed_offsets(&group, name).map_err(BrokerError::from)?;
+            if committed.is_empty() {
+                continue;
+            }
+            let latest = ListOffsetsRequest {
+                topic: name.clone(),
+                partitions: committed.iter().map(|c| c.partition).filter(|p| *p < topic.record.partitions).collect(),
+                spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
+            };
+            let hws: HashMap<u32, u64> = list_offsets(&self.broker, latest, false)
+                .await?
+                .offsets
+                .iter()
+                .map(|o| (o.partition, o.offset))
+                .collect();
             for c in committed {
-                let Ok(p) = topic.partition(c.partition) else { continue };
-                let hw = p.offsets().high_watermark.0;
+                let Some(&hw) = hws.get(&c.partition) else { continue };
                 resp.partitions.push(PartitionLag {
-                    topic: topic.record.name.clone(),
+                    topic: name.clone(),
                     partition: c.partition,
-                    member_id: owners.get(&(topic.record.name.clone(), c.partition)).cloned().unwrap_or_default(),
+                    member_id: owners.get(&(name.clone(), c.partition)).cloned().unwrap_or_default(),
                     committed_offset: c.offset,
                     high_watermark: hw,
                     lag: hw.saturating_sub(c.offset),

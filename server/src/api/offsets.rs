@@ -63,7 +63,7 @@ async fn commit_one(broker: &Broker, coordinator: &Coordinator, req: &CommitRequ
     let now = now_ms();
     let mut offsets = Vec::with_capacity(req.offsets.len());
     for o in &req.offsets {
-        topic.partition(o.partition)?;
+        topic.check_partition(o.partition)?;
         if o.metadata.len() > MAX_METADATA_LEN {
             return Err(BrokerError::InvalidArgument(format!(
                 "offset metadata is longer than {MAX_METADATA_LEN} bytes"
@@ -160,7 +160,7 @@ impl OffsetService for OffsetApi {
         }
         let topic = self.broker.topic(&req.topic)?;
         for p in &req.partitions {
-            topic.partition(*p)?;
+            topic.check_partition(*p)?;
         }
         let offsets = self
             .broker

@@ -116,7 +116,7 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
 
 async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, Started), BrokerError> {
     let Validated { topic, partition, batch, payload } = validate(broker, req)?;
-    let Some(replica) = topic.replicas.get(req.partition as usize) else {
+    let Some(replica) = topic.replica(req.partition) else {
         let appended = partition.append(batch, now_ms())?;
         return Ok((partition, Started::Appended(appended)));
     };
@@ -334,7 +334,9 @@ impl RecordService for RecordApi {
         };
         let mut starts: Vec<(Arc<Partition>, u64)> = Vec::new();
         if req.partitions.is_empty() {
-            for p in &topic.partitions {
+            // Every partition, so each must be here (a cluster may hold some elsewhere).
+            for i in 0..topic.record.partitions {
+                let p = topic.partition(i)?;
                 starts.push((Arc::clone(p), resolve_start(p, req.start.as_ref())?));
             }
         } else {

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! In cluster mode topics come from the metadata group (`cluster::metadata`), not from the
-//! sled topic records, and each partition has a Raft group (`Topic::replicas`).
+//! sled topic records, and each partition held here has a Raft group (`broker/topic.rs`).
 //!
 //! Invariants:
 //! - the metadata store is the commit point of topic creation and deletion: a topic exists iff
@@ -27,6 +27,7 @@ pub mod error;
 pub mod partition;
 pub mod producer_state;
 pub mod tasks;
+pub mod topic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use error::BrokerError;
 use partition::{Closed, Partition};
 use tokio::sync::watch;
+pub use topic::{PartitionSlot, Topic};
 
 use crate::meta::{MetaStore, TopicRecord};
 use crate::settings::TopicSettings;
@@ -63,28 +65,6 @@ pub struct BrokerOptions {
     pub retention_check_interval: Duration,
     /// Cluster mode: topics are defined by the metadata Raft group, not by `meta`.
     pub clustered: bool,
-}
-
-#[derive(Debug)]
-pub struct Topic {
-    pub record: TopicRecord,
-    pub partitions: Vec<Arc<Partition>>,
-    /// Cluster mode: the Raft group of each partition (same order as `partitions`); empty on
-    /// a single node, where appends go straight to the log.
-    pub replicas: Vec<crate::cluster::Replica>,
-    /// Cluster mode: the id the metadata group gave this incarnation of the topic; 0 on a
-    /// single node.
-    pub topic_id: u64,
-}
-
-impl Topic {
-    pub fn partition(&self, p: u32) -> Result<&Arc<Partition>, BrokerError> {
-        self.partitions.get(p as usize).ok_or_else(|| BrokerError::UnknownPartition {
-            topic: self.record.name.clone(),
-            partition: p,
-            count: self.record.partitions,
-        })
-    }
 }
 
 #[derive(Debug)]
@@ -186,7 +166,7 @@ impl Broker {
     }
 
     pub(crate) fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.topics().iter().flat_map(|t| t.partitions.iter().cloned()).collect()
+        self.topics().iter().flat_map(|t| t.local().map(|(p, _)| Arc::clone(p)).collect::<Vec<_>>()).collect()
     }
 
     /// Checks a topic to be created: its name, partition count and (complete) settings. The
@@ -214,7 +194,8 @@ impl Broker {
         if self.topic(name).is_ok() {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
-        let record = TopicRecord { name: name.to_string(), partitions, created_at_ms: now_ms(), settings };
+        let record =
+            TopicRecord { name: name.to_string(), partitions, created_at_ms: now_ms(), settings, replicas: Vec::new() };
         let topics_dir = self.options.data_dir.join(TOPICS_DIR);
         // Leftovers of a crashed create/delete of the same name would be recovered as data.
         let dir = topics_dir.join(name);
@@ -236,7 +217,7 @@ impl Broker {
         let topic = self.topic(name)?;
         self.meta.delete_topic(name).await?; // commit point
         self.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name);
-        for p in &topic.partitions {
+        for (p, _) in topic.local() {
             p.close(Closed::TopicDeleted);
         }
         let dir = self.options.data_dir.join(TOPICS_DIR).join(name);
@@ -288,7 +269,7 @@ fn open_topic(topics_dir: &Path, record: TopicRecord) -> Result<Topic, BrokerErr
         }
         partitions.push(Arc::new(partition));
     }
-    Ok(Topic { record, partitions, replicas: Vec::new(), topic_id: 0 })
+    Ok(Topic::single_node(record, partitions))
 }
 
 fn remove_orphan_dirs(topics_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(), BrokerError> {

@@ -29,8 +29,8 @@ async fn retention_loop(broker: Arc<Broker>) {
             _ = shutdown.changed() => return,
         }
         for topic in broker.topics() {
-            for (i, p) in topic.partitions.iter().enumerate() {
-                retain(p, topic.replicas.get(i)).await;
+            for (p, replica) in topic.local() {
+                retain(p, replica).await;
             }
         }
     }

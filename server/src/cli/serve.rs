@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Without it the broker runs as a single node.
     #[arg(long, env = "TIDELOG_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Cluster mode: how often leaders hand partitions back to their preferred replica, in ms
+    /// (0 = never).
+    #[arg(long, env = "TIDELOG_LEADER_REBALANCE_MS")]
+    pub leader_rebalance_ms: Option<u64>,
 }
 
 /// Defaults < file < environment < flags (clap already merged the last two).
@@ -63,6 +67,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if !args.peers.is_empty() {
         config.cluster.peers = args.peers.clone();
+    }
+    if let Some(v) = args.leader_rebalance_ms {
+        config.cluster.leader_rebalance_ms = v;
     }
     config.validate()?;
     Ok(config)

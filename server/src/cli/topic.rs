@@ -13,6 +13,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: u32,
+        /// Replicas of each partition in a cluster (0 = 3, or the cluster size if smaller).
+        #[arg(long, short = 'r', default_value_t = 0)]
+        replication_factor: u32,
         /// Keep data this long (ms); -1 = forever.
         #[arg(long, allow_hyphen_values = true)]
         retention_ms: Option<i64>,
@@ -54,14 +57,15 @@ fn print_topic(t: &TopicDescription) {
     }
     for p in &t.partitions {
         println!(
-            "  partition {} log_start={} high_watermark={} log_end={} size_bytes={} segments={} leader={}",
+            "  partition {} log_start={} high_watermark={} log_end={} size_bytes={} segments={} leader={} replicas={:?}",
             p.partition,
             p.log_start_offset,
             p.high_watermark,
             p.log_end_offset,
             p.size_bytes,
             p.segment_count,
-            p.leader_id
+            p.leader_id,
+            p.replica_ids
         );
     }
 }
@@ -72,6 +76,7 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             retention_ms,
             retention_bytes,
             segment_bytes,
@@ -89,7 +94,7 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<()> {
                 fsync_interval_ms,
                 max_batch_bytes,
             };
-            let t = client.create_topic_with(&name, partitions, config).await?;
+            let t = client.create_topic_replicated(&name, partitions, replication_factor, config).await?;
             print_topic(&t);
         }
         TopicCommand::List => {

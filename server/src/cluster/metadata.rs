@@ -15,7 +15,7 @@
 //!
 //! Never: apply a command above the metadata group's high watermark (uncommitted).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::replica::{self, GroupSpec};
 use super::{group_id, Cluster, REPLICAS_DIR};
 use crate::broker::partition::{Closed, Partition};
-use crate::broker::{Broker, BrokerError, Topic};
+use crate::broker::{Broker, BrokerError, PartitionSlot, Topic};
 use crate::log::StoredBatch;
 use crate::meta::{StoredOffset, TopicRecord};
 use crate::raft::types::AppendHook;
@@ -187,10 +187,15 @@ async fn create(
         return Ok(()); // an earlier incarnation holds the name: this create lost the race
     }
     let cx = cluster.context();
-    let voters: BTreeSet<u64> = cluster.brokers().keys().copied().collect();
-    let mut partitions = Vec::with_capacity(record.partitions as usize);
-    let mut replicas = Vec::with_capacity(record.partitions as usize);
+    let brokers = || cluster.brokers().keys().copied();
+    let mut slots = Vec::with_capacity(record.partitions as usize);
+    let mut hosted = 0;
     for p in 0..record.partitions {
+        let replicas = record.replicas_in(p, brokers());
+        if !replicas.contains(&cluster.node_id()) {
+            slots.push(PartitionSlot::Elsewhere { hint: cluster.leader_hint(replicas.first().copied()) });
+            continue;
+        }
         let spec = GroupSpec {
             group_id: group_id(topic_id, p),
             dir: topic_dir(cluster, topic_id).join(p.to_string()),
@@ -199,12 +204,20 @@ async fn create(
             log_config: record.settings.log_config(),
             fsync: record.settings.fsync_policy(),
         };
-        let opened = replica::open(&cx, broker.meta(), spec, voters.clone()).await?;
-        partitions.push(opened.partition);
-        replicas.push(opened.replica);
+        let opened = replica::open(&cx, broker.meta(), spec, replicas.iter().copied().collect()).await?;
+        // Leaders spread as placement decided: a new group's preferred leader stands for
+        // election at once, before the others' election timeouts run out. (Topics placed
+        // before placement existed have no preferred leader.)
+        if opened.initialized && !record.replicas.is_empty() && replicas.first() == Some(&cluster.node_id()) {
+            if let Err(e) = opened.replica.raft.trigger().elect(false).await {
+                tracing::debug!(group = opened.replica.group_id, error = %e, "could not stand for election");
+            }
+        }
+        slots.push(PartitionSlot::Here { log: opened.partition, raft: Some(opened.replica) });
+        hosted += 1;
     }
-    tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, "topic replicas started");
-    broker.insert_topic(Arc::new(Topic { record, partitions, replicas, topic_id }));
+    tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
+    broker.insert_topic(Arc::new(Topic { record, slots, topic_id }));
     Ok(())
 }
 
@@ -220,9 +233,11 @@ async fn delete(
             return Ok(()); // deletes another incarnation, already gone
         }
         broker.remove_topic(name);
-        for (p, r) in topic.partitions.iter().zip(&topic.replicas) {
+        for (p, r) in topic.local() {
             p.close(Closed::TopicDeleted);
-            r.stop(cluster.groups()).await;
+            if let Some(r) = r {
+                r.stop(cluster.groups()).await;
+            }
         }
     }
     for p in 0..partitions {
@@ -249,8 +264,13 @@ mod tests {
 
     #[test]
     fn commands_round_trip_as_json() {
-        let record =
-            TopicRecord { name: "t".into(), partitions: 3, created_at_ms: 7, settings: TopicSettings::default() };
+        let record = TopicRecord {
+            name: "t".into(),
+            partitions: 3,
+            created_at_ms: 7,
+            settings: TopicSettings::default(),
+            replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]],
+        };
         for cmd in [
             MetaCommand::CreateTopic { record },
             MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },

@@ -5,17 +5,18 @@
 //!   ├─ metadata group (Raft group 0, every broker a voter)   cluster/metadata.rs
 //!   │     its log holds MetaCommands (create/delete topic); every broker applies them, in log
 //!   │     order, to its own topic table: topics, their ids and their partitions' groups
-//!   ├─ one Raft group per partition (every broker a voter)    cluster/replica.rs
+//!   ├─ one Raft group per partition (its replicas the voters) cluster/replica.rs
 //!   │     the partition log IS the Raft log (raft/); produce = propose; commit = high watermark
 //!   └─ Peers + RaftGroups: Raft traffic on the broker's own gRPC port (raft/network.rs,
 //!         raft/transport.rs)
 //! ```
 //!
-//! Placement: every broker holds a replica of every partition (replication factor = cluster
-//! size). Leaders are whoever wins the election; they move by themselves when a broker dies.
-//! This is a departure from DESIGN.md's placement of RF < N replicas, recorded in
-//! docs/CLUSTER.md: it keeps membership static (no reassignment) while the fault behaviour is
-//! proven; placement is the next step.
+//! Placement (`placement.rs`): a topic's partitions get `replication_factor` replicas each,
+//! spread round-robin over the brokers with preferred leaders spread evenly; a broker opens
+//! groups only for the partitions it holds. A new group's preferred leader stands for
+//! election first; afterwards leaders move by themselves when a broker dies, and
+//! [`Cluster::rebalance_leaders`] hands them back to their preferred replica once it is in
+//! sync again (Kafka's preferred-leader election).
 //!
 //! Invariants:
 //! - a topic exists on this broker iff its `CreateTopic` is applied and no matching
@@ -26,6 +27,7 @@
 //! - this module never writes a partition's log itself: only its Raft group does.
 
 pub mod metadata;
+pub mod placement;
 pub mod replica;
 
 use std::collections::BTreeMap;
@@ -121,6 +123,21 @@ impl Cluster {
         });
         broker.set_cluster(Arc::clone(&cluster));
         tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), meta.partition));
+        if settings.leader_rebalance_ms > 0 {
+            let every = Duration::from_millis(settings.leader_rebalance_ms);
+            let (broker, c) = (Arc::clone(broker), Arc::clone(&cluster));
+            tokio::spawn(async move {
+                let mut shutdown = broker.shutdown_signal();
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // the first tick is immediate: give elections time first
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => { c.rebalance_leaders(&broker).await; }
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            });
+        }
         Ok(cluster)
     }
 
@@ -186,12 +203,41 @@ impl Cluster {
     /// naming the new leader and re-route, instead of waiting out an election timeout: a
     /// rolling restart costs a re-route per partition, not errors. Returns how many moved.
     pub async fn hand_over_leadership(&self, broker: &Broker, wait: Duration) -> usize {
-        let replicas: Vec<Replica> =
-            broker.topics().iter().flat_map(|t| t.replicas.clone()).chain([self.meta.clone()]).collect();
+        let replicas: Vec<Replica> = broker
+            .topics()
+            .iter()
+            .flat_map(|t| t.replicas().cloned().collect::<Vec<_>>())
+            .chain([self.meta.clone()])
+            .collect();
         let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_over(wait))).await;
         let n = moved.iter().filter(|m| **m).count();
         tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");
         n
+    }
+
+    /// Kafka's preferred-leader election: for every partition this broker leads whose
+    /// preferred leader (first replica) is another broker holding every committed entry,
+    /// hands the leadership back to it, so leaders return to the even spread of placement
+    /// after failovers. Returns how many transfers it started.
+    pub async fn rebalance_leaders(&self, broker: &Broker) -> usize {
+        let mut started = 0;
+        for topic in broker.topics() {
+            for p in 0..topic.record.partitions {
+                let (Some(replica), Some(&preferred)) = (topic.replica(p), topic.record.replicas_of(p).first()) else {
+                    continue;
+                };
+                if preferred != self.node_id && replica.can_hand_to(preferred) {
+                    match replica.raft.trigger().transfer_leader(preferred).await {
+                        Ok(()) => started += 1,
+                        Err(e) => tracing::debug!(group = replica.group_id, error = %e, "leader transfer not started"),
+                    }
+                }
+            }
+        }
+        if started > 0 {
+            tracing::info!(transfers = started, "handing partitions back to their preferred leaders");
+        }
+        started
     }
 
     /// Leaves the cluster: stops every Raft group hosted here (partitions, then metadata).
@@ -199,7 +245,7 @@ impl Cluster {
     /// timeout.
     pub async fn shutdown(&self, broker: &Broker) {
         for topic in broker.topics() {
-            for r in &topic.replicas {
+            for r in topic.replicas() {
                 r.stop(&self.groups).await;
             }
         }

@@ -81,6 +81,8 @@ impl std::fmt::Debug for Replica {
 pub struct Opened {
     pub partition: Arc<Partition>,
     pub replica: Replica,
+    /// This open initialised the group (a new one), rather than reopening a log.
+    pub initialized: bool,
 }
 
 /// Opens (or reopens) a group and registers it with the transport.
@@ -107,13 +109,15 @@ pub async fn open(
         })?;
     let incoming_dir = cx.data_dir.join(super::INCOMING_DIR).join(spec.group_id.to_string());
     cx.groups.insert(spec.group_id, GroupHandle { raft: raft.clone(), incoming_dir });
+    let mut initialized = false;
     if !raft.is_initialized().await.unwrap_or(true) {
-        if let Err(e) = raft.initialize(voters).await {
+        match raft.initialize(voters).await {
+            Ok(()) => initialized = true,
             // Another replica's first entry may have arrived first: that is the same cluster.
-            tracing::debug!(group = spec.group_id, error = %e, "group already initialised");
+            Err(e) => tracing::debug!(group = spec.group_id, error = %e, "group already initialised"),
         }
     }
-    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store } })
+    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store }, initialized })
 }
 
 fn storage(e: std::io::Error) -> BrokerError {
@@ -179,6 +183,12 @@ impl Replica {
                 Err(_) => Err(BrokerError::NotLeader { what: format!("{what} (the group stopped)"), leader: None }),
             }
         })
+    }
+
+    /// Whether this replica leads and `target` holds every committed entry: then it can
+    /// take the leadership without the group losing availability.
+    pub fn can_hand_to(&self, target: u64) -> bool {
+        self.leader() == Some(self.raft.metrics().borrow_watched().id) && self.in_sync().contains(&target)
     }
 
     /// Graceful shutdown, step 1: if this replica leads its group, hands the leadership to

@@ -47,6 +47,26 @@ pub struct TopicRecord {
     pub partitions: u32,
     pub created_at_ms: i64,
     pub settings: TopicSettings,
+    /// Cluster mode: each partition's replicas (broker ids), its preferred leader first.
+    /// Empty on a single node, and in cluster topics created before placement existed: then
+    /// every broker holds every partition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<u64>>,
+}
+
+impl TopicRecord {
+    /// Partition `p`'s replicas in a cluster of `brokers`, preferred leader first.
+    pub fn replicas_in(&self, p: u32, brokers: impl Iterator<Item = u64>) -> Vec<u64> {
+        match self.replicas.get(p as usize) {
+            Some(r) => r.clone(),
+            None => brokers.collect(),
+        }
+    }
+
+    /// Partition `p`'s replicas as recorded (empty: every broker).
+    pub fn replicas_of(&self, p: u32) -> &[u64] {
+        self.replicas.get(p as usize).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A committed offset as stored (and, in cluster mode, as carried in the metadata log).
@@ -207,8 +227,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let m = MetaStore::open(dir.path()).unwrap();
-            let t =
-                TopicRecord { name: "a".into(), partitions: 3, created_at_ms: 5, settings: TopicSettings::default() };
+            let t = TopicRecord {
+                name: "a".into(),
+                partitions: 3,
+                created_at_ms: 5,
+                settings: TopicSettings::default(),
+                replicas: Vec::new(),
+            };
             m.put_topic(&t).await.unwrap();
             let offs: Vec<_> = (0..3)
                 .map(|p| StoredOffset {

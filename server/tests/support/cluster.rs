@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tidelog::proto::v1::{CreateTopicRequest, TopicConfig, TopicDescription};
 use tidelog::Client;
 
 use super::proxy::Proxy;
@@ -23,11 +24,18 @@ pub struct TestCluster {
     proxies: BTreeMap<(u64, u64), Proxy>,
     procs: BTreeMap<u64, BrokerProcess>,
     stopped: HashSet<u64>,
+    /// Extra `tidelog serve` arguments for every broker.
+    extra: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts the three brokers (they elect a controller by themselves).
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`TestCluster::start`], with extra `tidelog serve` arguments for every broker.
+    pub async fn start_with(extra: &[&str]) -> Self {
         let root = tempfile::tempdir().unwrap();
         // Held until the proxies have their ports, so no proxy can take a broker's port.
         let held: Vec<std::net::TcpListener> =
@@ -41,7 +49,8 @@ impl TestCluster {
             }
         }
         drop(held);
-        let mut c = Self { root, ports, proxies, procs: BTreeMap::new(), stopped: HashSet::new() };
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        let mut c = Self { root, ports, proxies, procs: BTreeMap::new(), stopped: HashSet::new(), extra };
         for n in NODES {
             c.start_node(n);
         }
@@ -63,7 +72,7 @@ impl TestCluster {
         let listen = format!("127.0.0.1:{}", self.ports[&n]);
         let log = self.root.path().join(format!("node-{n}.log"));
         let args = ["--node-id", &n.to_string(), "--peers", &peers.join(",")].map(String::from);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().chain(&self.extra).map(String::as_str).collect();
         let p = BrokerProcess::start_listening(&self.dir(n), &log, &listen, &args);
         self.procs.insert(n, p);
     }
@@ -121,12 +130,18 @@ impl TestCluster {
         self.procs.keys().copied().filter(|n| !self.stopped.contains(n)).collect()
     }
 
-    /// Creates a topic once the metadata group has its first controller.
-    pub async fn create_topic(&self, topic: &str, partitions: u32, config: tidelog::proto::v1::TopicConfig) {
+    /// Creates a topic with `rf` replicas per partition (0: the default) once the metadata
+    /// group has its first controller.
+    pub async fn create_topic(&self, topic: &str, partitions: u32, rf: u32, config: TopicConfig) -> TopicDescription {
         let admin = Client::connect(self.addr(self.serving()[0])).await.unwrap();
         let deadline = Instant::now() + WAIT;
-        while let Err(e) = admin.create_topic_with(topic, partitions, config).await {
-            assert!(Instant::now() < deadline, "create topic {topic}: {e}");
+        loop {
+            let req =
+                CreateTopicRequest { name: topic.into(), partitions, replication_factor: rf, config: Some(config) };
+            match admin.admin().create_topic(req).await {
+                Ok(resp) => return resp.into_inner().topic.unwrap(),
+                Err(e) => assert!(Instant::now() < deadline, "create topic {topic}: {e}"),
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
