@@ -4,8 +4,8 @@
 //!
 //! In a cluster whose topics have fewer replicas than brokers, a broker serves only the
 //! partitions it holds: [`Subscription::open`] reads each partition from a broker that holds
-//! it (the client's own broker when it can, else the partition's leader or first replica), one
-//! stream per broker, merged. Order per partition is kept, since each partition comes from
+//! it (the client's own broker when it can, else the partition's leader, else any replica),
+//! one stream per broker, merged. Order per partition is kept, since each partition comes from
 //! exactly one stream.
 
 pub mod assignor;
@@ -115,10 +115,13 @@ impl Subscription {
                 message: format!("topic {} has no partition {p}", self.topic),
             })?;
             let held = |id: u32| d.replica_ids.contains(&id);
+            // Without a known leader any replica serves what is committed; a random one, so
+            // a retry after a failed open can reach a live replica when one is down.
+            let any = || d.replica_ids.get(rand::random::<u32>() as usize % d.replica_ids.len().max(1)).copied();
             let at = match own {
                 Some(id) if held(id) => id,
                 _ if d.leader_id != 0 && held(d.leader_id) => d.leader_id,
-                _ => d.replica_ids.first().copied().or(own).unwrap_or_default(),
+                _ => any().or(own).unwrap_or_default(),
             };
             by_broker.entry(at).or_default().push((p, start));
         }

@@ -208,10 +208,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                         }
                     }
                     let clustered = routes.brokers.len() > 1;
-                    if handle_response(&shared, &mut c.in_flight, resp, backoff, clustered) {
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    } else {
-                        backoff = shared.config.retry_backoff;
+                    match handle_response(&shared, &mut c.in_flight, resp, backoff, clustered) {
+                        Some(true) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                        Some(false) => backoff = shared.config.retry_backoff,
+                        None => {} // stale: says nothing about the broker's health now
                     }
                 }
                 (Some(_), Event::Lost(why)) => {
@@ -375,23 +375,23 @@ fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequ
     }
 }
 
-/// Handles one response; returns whether it asked for a backoff. `clustered`: the producer
-/// knows more than one broker.
+/// Handles one response; returns whether it asked for a backoff, or `None` for a stale
+/// response (to a batch already rewound) that says neither. `clustered`: the producer knows
+/// more than one broker.
 fn handle_response(
     shared: &Shared,
     in_flight: &mut HashMap<u64, TopicPartition>,
     r: wire::ProduceResponse,
     backoff: Duration,
     clustered: bool,
-) -> bool {
-    let Some(tp) = in_flight.remove(&r.request_id) else {
-        return false; // a response to a batch already rewound: it will be resent
-    };
+) -> Option<bool> {
+    // A response to a batch already rewound: it will be resent.
+    let tp = in_flight.remove(&r.request_id)?;
     let mut acc = shared.lock();
-    let Some(q) = acc.queues.get_mut(&tp) else { return false };
+    let q = acc.queues.get_mut(&tp)?;
     if q.in_flight.front().map(|b| b.request_id) != Some(r.request_id) {
         tracing::warn!(request_id = r.request_id, "response out of order; ignoring");
-        return false;
+        return None;
     }
     let code = crate::error::error_code(r.error_code);
     // In a cluster a just-created topic reaches each broker's metadata a moment apart (as in
@@ -403,28 +403,28 @@ fn handle_response(
         if let Some(b) = q.in_flight.pop_front() {
             complete(shared, &tp, b, Ok((r.base_offset, r.append_time_ms)));
         }
-        return false;
+        return Some(false);
     }
     if retryable {
         for id in q.rewind() {
             in_flight.remove(&id);
         }
         q.retry_at = Some(Instant::now() + backoff);
-        return true;
+        return Some(true);
     }
     if matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition) {
         // The topic changed (deleted, recreated): the next send reads fresh metadata.
         shared.metadata.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tp.topic);
     }
     // Fatal for this batch: it was not stored. The batches behind it take its sequences.
-    let Some(b) = q.in_flight.pop_front() else { return false };
+    let b = q.in_flight.pop_front()?;
     q.renumber_after_drop(&b);
     for id in q.rewind() {
         in_flight.remove(&id);
     }
     let err = Error::Broker { code, message: r.error_message };
     complete(shared, &tp, b, Err(err));
-    false
+    Some(false)
 }
 
 /// Fails batches past the delivery timeout that are not in flight (see the module docs).

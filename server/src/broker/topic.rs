@@ -21,9 +21,9 @@ use crate::meta::TopicRecord;
 pub enum PartitionSlot {
     /// This broker holds a replica: the log, and in cluster mode the partition's Raft group.
     Here { log: Arc<Partition>, raft: Option<Replica> },
-    /// Cluster mode: only other brokers hold the partition. `hint` is the broker a client is
-    /// sent to (the preferred leader), with its address.
-    Elsewhere { hint: Option<(u64, String)> },
+    /// Cluster mode: only other brokers hold the partition: its replicas (preferred leader
+    /// first) with their addresses, where clients are sent.
+    Elsewhere { replicas: Vec<(u64, String)> },
 }
 
 #[derive(Debug)]
@@ -60,13 +60,16 @@ impl Topic {
     pub fn partition(&self, p: u32) -> Result<&Arc<Partition>, BrokerError> {
         match self.slot(p)? {
             PartitionSlot::Here { log, .. } => Ok(log),
-            PartitionSlot::Elsewhere { hint } => Err(BrokerError::NotLeader {
+            PartitionSlot::Elsewhere { replicas } => Err(BrokerError::NotLeader {
                 what: format!(
                     "partition {p} of topic '{}' here: this broker holds no replica of it (replicas: brokers {:?})",
                     self.record.name,
                     self.record.replicas_of(p)
                 ),
-                leader: hint.clone(),
+                // This broker does not know the leader. The preferred one usually is; after
+                // that a random replica, so a client retrying past a dead one reaches a live
+                // replica, which knows the leader.
+                leader: pick_replica(replicas),
             }),
         }
     }
@@ -91,4 +94,10 @@ impl Topic {
     pub fn replicas(&self) -> impl Iterator<Item = &Replica> {
         self.local().filter_map(|(_, r)| r)
     }
+}
+
+/// The preferred replica half the time, else a random one.
+fn pick_replica(replicas: &[(u64, String)]) -> Option<(u64, String)> {
+    let i = if rand::random::<bool>() { 0 } else { rand::random::<u32>() as usize % replicas.len().max(1) };
+    replicas.get(i).cloned()
 }

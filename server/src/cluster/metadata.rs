@@ -193,7 +193,8 @@ async fn create(
     for p in 0..record.partitions {
         let replicas = record.replicas_in(p, brokers());
         if !replicas.contains(&cluster.node_id()) {
-            slots.push(PartitionSlot::Elsewhere { hint: cluster.leader_hint(replicas.first().copied()) });
+            let replicas = replicas.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect();
+            slots.push(PartitionSlot::Elsewhere { replicas });
             continue;
         }
         let spec = GroupSpec {
