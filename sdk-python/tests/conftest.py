@@ -129,9 +129,9 @@ def free_ports(n: int) -> list[int]:
 
 
 class Cluster:
-    """A cluster of broker processes with ids 1..size on fixed free loopback ports, every one
-    holding a replica of every partition (RF = size, the only placement). Logs go to
-    ``root/node-N.log``."""
+    """A cluster of broker processes with ids 1..size on fixed free loopback ports. Topics
+    have the cluster's default replication factor (3, at most the size) unless created with
+    another. Logs go to ``root/node-N.log``."""
 
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = root
@@ -160,14 +160,21 @@ class Cluster:
     def _admin(self, n: int) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.addr(n), "request.timeout.ms": 2000})
 
-    def create_topic(self, name: str, partitions: int = 1, timeout: float = 30) -> None:
+    def create_topic(
+        self, name: str, partitions: int = 1, replication_factor: int = 0, timeout: float = 30
+    ) -> None:
         """Creates ``name`` once the metadata group has a controller, and waits until every
         serving broker has applied it and each partition has a leader."""
 
         def created() -> bool:
             try:
                 with self._admin(self.serving()[0]) as a:
-                    a.create_topic(name, num_partitions=partitions, config={"fsync": "always"})
+                    a.create_topic(
+                        name,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor,
+                        config={"fsync": "always"},
+                    )
                 return True
             except TopicExistsError:
                 return True  # an earlier attempt that timed out went through
@@ -190,8 +197,26 @@ class Cluster:
         for p in range(partitions):
             self.leader(name, p, timeout)
 
+    def controller(self, timeout: float = 30) -> int:
+        """The controller (the metadata group's leader, coordinator of every group), as a
+        serving broker reports it once one is elected."""
+
+        def find() -> int | None:
+            for n in self.serving():
+                try:
+                    with self._admin(n) as a:
+                        c = a.describe_cluster().controller_id
+                except TidelogError:
+                    continue
+                if c in self.serving():
+                    return c
+            return None
+
+        return eventually(find, timeout, f"a controller (logs in {self.root})")
+
     def leader(self, topic: str, partition: int = 0, timeout: float = 30) -> int:
-        """The partition's leader, as the leader itself reports it (the others may lag)."""
+        """The partition's leader, as the leader itself reports it (the others may lag, and
+        a broker holding no replica knows none)."""
 
         def find() -> int | None:
             for n in self.serving():

@@ -1,19 +1,23 @@
-"""The producers against a real 3-broker cluster (separate processes, RF = 3, acks=all,
-idempotent): they route each partition to its leader, learnt from NOT_LEADER answers, and
-follow a new leader after the old one is SIGKILLed or SIGSTOPped, storing every record once,
-in order, at the offset its delivery reported. Records are read back with the Python consumer
-from a surviving replica."""
+"""The clients against a real 3-broker cluster (separate processes, acks=all, idempotent).
+
+Producers route each partition to its leader, learnt from NOT_LEADER answers, and follow a
+new leader after the old one is SIGKILLed or SIGSTOPped, storing every record once, in order,
+at the offset its delivery reported. Consumers read each partition from a broker that holds
+it when the topic has fewer replicas than brokers (RF=2 of 3: every broker lacks some
+partitions), and a group member whose broker is SIGKILLed rejoins through a survivor, from
+the offsets it committed. Records are read back with the Python consumer."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Future
 
 import pytest
-from conftest import Cluster, read_all, unique
+from conftest import Cluster, eventually, read_all, unique
 
-from tidelog import Message, Producer
-from tidelog.aio import AIOProducer
+from tidelog import AdminClient, Consumer, Message, Producer, TidelogError, TopicPartition
+from tidelog.aio import AIOConsumer, AIOProducer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,3 +100,156 @@ def test_idempotent_producer_follows_a_new_leader_when_the_leader_fails(cluster:
     got = read_all(cluster.addr(survivor), topic, 1, n)
     assert len(got) == n, f"{len(got)} records stored for {n} produced"
     check_log(got, {0: [f"r-{i}" for i in range(n)]}, delivered)
+
+
+def produce_keyed(addr: str, topic: str, n: int, tag: str) -> dict[tuple[int, int], bytes]:
+    """``n`` keyed records through ``addr``; what was stored where: (partition, offset) → value."""
+    cfg = {"bootstrap.servers": addr, "acks": "all", "enable.idempotence": True, **FAST}
+    with Producer(cfg) as p:
+        futs = [p.produce_future(topic, f"{tag}-{i}", key=f"key-{i}") for i in range(n)]
+        assert p.flush(30) == 0
+    return {(m.partition, m.offset): m.value for m in (f.result() for f in futs)}
+
+
+def exactly_once(got: list[Message], stored: dict[tuple[int, int], bytes]) -> None:
+    positions = [(m.partition, m.offset) for m in got]
+    assert len(positions) == len(set(positions)), "a record was delivered twice"
+    assert {(m.partition, m.offset): m.value for m in got} == stored
+
+
+def high_watermarks(addr: str, topic: str) -> dict[int, int]:
+    with AdminClient({"bootstrap.servers": addr, "request.timeout.ms": 2000}) as a:
+        return a.list_offsets(topic, "latest")  # the broker forwards partitions it lacks
+
+
+def committed_everywhere(cluster: Cluster, group: str, topic: str, want: dict[int, int]) -> None:
+    """Every serving broker answers the group's committed offsets with ``want``."""
+
+    def check() -> bool:
+        for n in cluster.serving():
+            try:
+                with AdminClient({"bootstrap.servers": cluster.addr(n), "request.timeout.ms": 2000}) as a:
+                    if a.committed(group, topic) != want:
+                        return False
+            except TidelogError as e:
+                if not e.retriable:
+                    raise
+                return False  # no controller to forward to yet
+        return True
+
+    eventually(check, 20, f"committed offsets {want} at every broker")
+
+
+def drain(consumers: list[Consumer], seen: dict[tuple[int, int], Message]) -> None:
+    for c in consumers:
+        seen.update({(m.partition, m.offset): m for m in c.consume(500, 0.05)})
+
+
+def test_consumers_read_partitions_their_broker_does_not_hold(cluster: Cluster):
+    """RF=2 of 3 brokers: a manually assigned consumer through each broker in turn (sync, and
+    asyncio through one) reads every record exactly once, fetching what its broker lacks
+    from a replica; a group of two members at different brokers consumes everything, and its
+    committed offsets, read through any broker, are the high watermarks; with the first
+    replica of a partition SIGKILLed, its other replica serves it."""
+    topic, group = unique("placed"), unique("grp")
+    cluster.create_topic(topic, partitions=4, replication_factor=2)
+    with AdminClient({"bootstrap.servers": cluster.addr(1)}) as a:
+        replicas = [p.replicas for p in a.describe_topic(topic).partitions]
+    assert all(len(r) == 2 for r in replicas)
+    assert all(any(n not in r for r in replicas) for n in cluster.brokers), "a broker holds everything"
+    stored = produce_keyed(cluster.addr(1), topic, 400, "placed")
+    assert {p for p, _ in stored} == {0, 1, 2, 3}
+
+    for n in cluster.brokers:
+        exactly_once(read_all(cluster.addr(n), topic, 4, len(stored)), stored)
+
+    async def read_aio() -> list[Message]:
+        cfg = {"bootstrap.servers": cluster.addr(3), "enable.auto.commit": False}
+        got: list[Message] = []
+        async with AIOConsumer(cfg) as c:
+            await c.assign([TopicPartition(topic, p, 0) for p in range(4)])
+            deadline = time.monotonic() + 20
+            while len(got) < len(stored) and time.monotonic() < deadline:
+                got += await c.getmany(1000, 0.5)
+        return got
+
+    exactly_once(asyncio.run(read_aio()), stored)
+
+    cfg = {"group.id": group, "auto.offset.reset": "earliest", "heartbeat.interval.ms": 300}
+    members = [Consumer({"bootstrap.servers": cluster.addr(n), **cfg}) for n in (2, 3)]
+    try:
+        for c in members:
+            c.subscribe([topic])
+        hw = high_watermarks(cluster.addr(1), topic)
+        seen: dict[tuple[int, int], Message] = {}
+
+        def done() -> bool:
+            drain(members, seen)
+            owned = [{tp.partition for tp in c.assignment()} for c in members]
+            if not owned[0] or not owned[1] or owned[0] & owned[1] or len(owned[0] | owned[1]) != 4:
+                return False  # not a disjoint, complete split yet
+            return all(tp.offset == hw[tp.partition] for c in members for tp in c.position(c.assignment()))
+
+        eventually(done, 30, "two members to split the partitions and consume to the end")
+        assert set(seen) == set(stored)
+        for c in members:
+            c.commit()
+    finally:
+        for c in members:
+            c.close()
+    committed_everywhere(cluster, group, topic, hw)
+
+    # A partition's first replica is SIGKILLed: a broker lacking that partition reads it from
+    # the other replica after its first stream fails.
+    reader, p = next((n, p) for n in cluster.brokers for p, r in enumerate(replicas) if n not in r)
+    cluster.brokers[replicas[p][0]].kill9()
+    exactly_once(read_all(cluster.addr(reader), topic, 4, len(stored)), stored)
+
+
+def test_group_member_rejoins_through_a_survivor_when_its_broker_is_sigkilled(cluster: Cluster):
+    """RF=3: a member bootstrapped at the controller consumes and commits; the controller is
+    SIGKILLed; the member rejoins through another broker (any broker reaches the new
+    coordinator), resumes from its committed offsets (they survived: nothing before them
+    comes again) and consumes what is produced after the kill; its new commits reach every
+    survivor."""
+    topic, group = unique("rejoin"), unique("grp")
+    cluster.create_topic(topic, partitions=3)
+    controller = cluster.controller()
+    survivor = next(n for n in cluster.serving() if n != controller)
+    before = produce_keyed(cluster.addr(survivor), topic, 300, "before")
+    cfg = {
+        "bootstrap.servers": cluster.addr(controller),
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 3000,
+        "heartbeat.interval.ms": 300,
+    }
+    with Consumer(cfg) as c:
+        c.subscribe([topic])
+        seen: dict[tuple[int, int], Message] = {}
+        eventually(lambda: drain([c], seen) or set(seen) >= set(before), 20, "the records before the kill")
+        c.commit()
+        hw = high_watermarks(cluster.addr(survivor), topic)
+        assert {tp.partition: tp.offset for tp in c.committed([TopicPartition(topic, p) for p in hw])} == hw
+
+        cluster.brokers[controller].kill9()
+        after = produce_keyed(cluster.addr(survivor), topic, 300, "after")
+        again: dict[tuple[int, int], Message] = {}
+        eventually(lambda: drain([c], again) or set(again) >= set(after), 30, "the records after the kill")
+        redelivered = [k for k in again if k[1] < hw[k[0]]]
+        assert not redelivered, f"records before the committed offsets came again: {redelivered[:5]}"
+        assert {(m.partition, m.offset): m.value for m in again.values()} == after
+
+        def commit() -> bool:
+            try:
+                c.commit()
+                return True
+            except TidelogError as e:
+                if not e.retriable:
+                    raise
+                return False
+
+        eventually(commit, 20, "a commit through a surviving broker")
+        assert len(c.assignment()) == 3
+    committed_everywhere(cluster, group, topic, high_watermarks(cluster.addr(survivor), topic))

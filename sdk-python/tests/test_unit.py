@@ -139,3 +139,19 @@ def test_routes_follow_leader_hints_and_fall_back_past_lost_brokers():
     r.broker_lost("b:2")
     assert r.target(tp) == "c:3"
     assert not _Routes(["only:1"]).clustered
+
+
+def test_consumer_reads_each_partition_from_a_replica_passing_over_failed_brokers():
+    from tidelog._consumer_core import route_for
+
+    ids = {1: "a:1", 2: "b:2", 3: "c:3"}
+    assert route_for([1, 2], 1, 1, ids, {}) == "a:1"  # the describing broker holds it
+    assert route_for([2, 3], 0, 1, ids, {}) == "b:2"  # elsewhere, leader unknown: first replica
+    assert route_for([2, 3], 3, 1, ids, {}) == "c:3"  # a known leader that is a replica
+    assert route_for([2, 3], 1, 1, ids, {}) == "b:2"  # a "leader" that is no replica is ignored
+    assert route_for([1, 2], 1, 1, ids, {"a:1": 1}) == "b:2"  # its own broker failed
+    assert route_for([2, 3], 0, 1, ids, {"b:2": 1}) == "c:3"  # the first replica failed
+    # Every replica failed: the least recent failure is tried again, not always the first.
+    assert route_for([2, 3], 0, 1, ids, {"b:2": 2, "c:3": 1}) == "c:3"
+    assert route_for([2, 3], 0, None, ids, {}) == "b:2"  # bootstrapped under another name
+    assert route_for([4], 0, 1, ids, {}) is None  # no address for the replica

@@ -10,7 +10,7 @@ Keys are partitioned exactly as Kafka and the Rust SDK do (murmur2), so Python a
 producers agree, and Python and Rust consumers can share one consumer group.
 """
 
-from .admin import AdminClient, GroupDescription, TopicDescription
+from .admin import AdminClient, ClusterDescription, GroupDescription, TopicDescription
 from .consumer import Consumer
 from .errors import (
     ClosedError,
@@ -33,6 +33,7 @@ from .types import Message, TopicPartition
 __all__ = [
     "AdminClient",
     "ClosedError",
+    "ClusterDescription",
     "ConfigError",
     "Consumer",
     "DeliveryTimeoutError",

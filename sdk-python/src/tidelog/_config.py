@@ -82,7 +82,7 @@ _COMMON: dict[str, Key] = {
     "bootstrap.servers": Key(
         None,
         _str,
-        "host:port of a broker (a comma list: the first is used); producers learn the cluster from it",
+        "host:port of a broker (a comma list: the first is used); clients learn the cluster from it",
     ),
     "client.id": Key("tidelog-python", _str, "free-form name shown by the broker"),
 }

@@ -2,15 +2,24 @@
 
 It runs on one asyncio loop and owns:
 
-- **fetchers**: one ``Subscribe`` stream per assigned topic, from each partition's position,
-  decoding batches into :class:`~tidelog.Message` objects and appending them to a bounded
-  buffer (``queued.max.messages``; a full buffer pauses the fetcher, and HTTP/2 flow control
-  then pauses the broker). A fetcher that fails resumes from where it got to; one whose
-  position fell out of the log (retention) applies ``auto.offset.reset``;
+- **fetchers**: one per assigned topic, reading its partitions from each partition's
+  position, decoding batches into :class:`~tidelog.Message` objects and appending them to a
+  bounded buffer (``queued.max.messages``; a full buffer pauses the fetcher, and HTTP/2 flow
+  control then pauses the broker). A fetcher that fails resumes from where it got to; one
+  whose position fell out of the log (retention) applies ``auto.offset.reset``;
+- **routing of reads**, the same as the Rust SDK's ``Subscription``: in a cluster whose topics
+  have fewer replicas than brokers, a broker serves only the partitions it holds, so a
+  fetcher reads each partition from a broker that holds it (the current broker when it does,
+  else the partition's leader if known, else its first replica; a broker whose stream just
+  failed is passed over while another replica is left), one ``Subscribe`` stream per broker.
+  Order per partition holds: each partition comes from exactly one stream. On a single node,
+  or when the current broker holds every partition, that is one stream, as before;
 - the **group session** (with ``group.id`` and :meth:`subscribe`): Kafka's protocol over one
   ``GroupService.Session`` stream, the same as the Rust SDK: join, the leader computes the
   assignment (:mod:`tidelog.assignor`) and syncs, everyone gets its partitions; heartbeats;
-  on a rebalance, *revoke before assign*: stop fetching, commit, rejoin.
+  on a rebalance, *revoke before assign*: stop fetching, commit, rejoin. A session that fails
+  rejoins through the next broker of the cluster (:mod:`tidelog._brokers`), since any broker
+  routes sessions to the coordinator; commits and metadata calls fail over the same way.
 
 Positions and commits (at-least-once):
 
@@ -36,6 +45,8 @@ from typing import Any
 import grpc
 
 from . import _wire
+from ._brokers import Brokers
+from ._config import target
 from .assignor import Member, assign
 from .errors import (
     ErrorCode,
@@ -47,22 +58,47 @@ from .errors import (
     from_rpc_error,
 )
 from .types import Message, TopicPartition
-from .v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    group_service_pb2,
-    group_service_pb2_grpc,
-    offsets_service_pb2,
-    offsets_service_pb2_grpc,
-    records_service_pb2,
-    records_service_pb2_grpc,
-)
+from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2, records_service_pb2
 
 log = logging.getLogger("tidelog.consumer")
 
 TP = tuple[str, int]
 #: Called on the engine loop with ("assign" | "revoke", partitions) after each change.
 Notify = Callable[[str, list[TopicPartition]], None]
+#: Unary calls (metadata, committed offsets) wait this long for an answer.
+_TIMEOUT = 30.0
+
+
+class _FetchState:
+    """One topic's fetch, shared by its streams: where each partition resumes (``None``: per
+    ``auto.offset.reset``), the brokers to pass over, and the backoff before the next retry."""
+
+    __slots__ = ("avoid", "backoff", "failures", "starts")
+
+    def __init__(self, starts: dict[int, int | None]) -> None:
+        self.starts = starts
+        #: Brokers whose stream failed since they last delivered anything → when (the count of
+        #: failures so far), so that when every replica failed the least recent one is next.
+        self.avoid: dict[str, int] = {}
+        self.failures = 0
+        self.backoff = 0.1
+
+    def failed(self, addr: str) -> None:
+        self.failures += 1
+        self.avoid[addr] = self.failures
+
+
+def route_for(
+    replicas: list[int], leader: int, own: int | None, ids: dict[int, str], avoid: dict[str, int]
+) -> str | None:
+    """The broker to read one partition from: the first of (``own``, the broker that
+    described it; ``leader``, as ``own`` reports it; the replicas in placement order) that
+    holds it and is not in ``avoid``, else the one that failed least recently. None if no
+    replica has an address."""
+    # A broker knows the leader only of partitions it holds (0 otherwise).
+    order = [i for i in (own, leader) if i in replicas] + replicas
+    candidates = [ids[i] for i in order if i in ids]
+    return min(candidates, key=lambda a: avoid.get(a, 0)) if candidates else None  # the first minimum
 
 
 class ConsumerCore:
@@ -98,16 +134,14 @@ class ConsumerCore:
         self.data_event: asyncio.Event | None = None
         self._space = asyncio.Event()
         self._space_waiters = 0
+        self.brokers = Brokers(target(cfg["bootstrap.servers"]), _TIMEOUT)
 
-    async def start(self, channel: grpc.aio.Channel) -> None:
+    async def start(self) -> None:
+        """Binds the engine to the running loop (its channels belong to it)."""
         self.loop = asyncio.get_running_loop()
         self.data_event = asyncio.Event()
         self._space = asyncio.Event()
-        self._records = records_service_pb2_grpc.RecordServiceStub(channel)
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
-        self._offsets = offsets_service_pb2_grpc.OffsetServiceStub(channel)
-        self._groups = group_service_pb2_grpc.GroupServiceStub(channel)
-        self._timeout = 30.0
+        self.brokers.stubs()  # connects now: the first call needs the bootstrap broker
 
     # ---- the application side (any thread) ---------------------------------------------
 
@@ -183,7 +217,7 @@ class ConsumerCore:
         if self.group:
             for topic in sorted({t for t, _ in assigned}):
                 req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic)
-                resp = await self._rpc(self._offsets.FetchCommitted, req)
+                _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req)
                 committed.update({(topic, o.partition): o.offset for o in resp.offsets})
         positions = {tp: o for tp, o in committed.items() if tp in assigned}
         positions.update(explicit or {})
@@ -212,7 +246,8 @@ class ConsumerCore:
         spec = admin_service_pb2.OffsetSpec(earliest=True) if self.reset == "earliest" else None
         spec = spec or admin_service_pb2.OffsetSpec(latest=True)
         req = admin_service_pb2.ListOffsetsRequest(topic=topic, partitions=partitions, spec=spec)
-        resp = await self._rpc(self._admin.ListOffsets, req)
+        # Any broker answers, for partitions held elsewhere too (it forwards the request).
+        _, resp = await self.brokers.call(lambda b: b.admin.ListOffsets, req)
         return {(topic, o.partition): o.offset for o in resp.offsets}
 
     async def _revoke(self, commit: bool, notify: bool = True) -> None:
@@ -238,7 +273,7 @@ class ConsumerCore:
     # ---- fetching -----------------------------------------------------------------------
 
     def restart_fetchers(self) -> None:
-        """(Re)starts one subscription per topic over the active partitions, from positions."""
+        """(Re)starts one fetcher per topic over the active partitions, from positions."""
         for f in self._fetchers:
             f.cancel()
         self._fetchers.clear()
@@ -254,29 +289,15 @@ class ConsumerCore:
             self._fetchers.append(loop.create_task(self._fetch(topic, mine, epoch)))
 
     async def _fetch(self, topic: str, starts: dict[int, int | None], epoch: int) -> None:
-        backoff = 0.1
-        limit = self.cfg["queued.max.messages"]
+        """Reads ``topic``'s partitions until cancelled: routes them (see the module docs),
+        reads every route's stream, and after the first failure of any of them starts over
+        from where each partition got to, routed afresh."""
+        st = _FetchState(starts)
         while True:
-            req = records_service_pb2.SubscribeRequest(topic=topic, max_bytes=self.cfg["fetch.max.bytes"])
-            for p, o in starts.items():
-                start = self._start_position(o)
-                req.partitions.append(records_service_pb2.PartitionStart(partition=p, start=start))
+            failed_at: str | None = None
             try:
-                async for resp in self._records.Subscribe(req):
-                    backoff = 0.1
-                    msgs = self._decode(topic, resp, starts)
-                    if msgs:
-                        self._push(epoch, list(msgs))
-                    while len(self.buffer) >= limit:
-                        self._space.clear()
-                        self._space_waiters += 1
-                        try:
-                            await self._space.wait()
-                        finally:
-                            self._space_waiters -= 1
-                raise RetriableError("the broker ended the subscription", grpc.StatusCode.UNAVAILABLE)
-            except grpc.aio.AioRpcError as e:
-                err = from_rpc_error(e)
+                routes = await self._routes(topic, sorted(st.starts), st.avoid)
+                failed_at, err = await self._read_routes(topic, routes, st, epoch)
             except TidelogError as e:
                 err = e
             if isinstance(err, OffsetOutOfRangeError) and self.reset == "error":
@@ -284,15 +305,92 @@ class ConsumerCore:
                 return  # auto.offset.reset=error: stopped until the application seeks
             if isinstance(err, OffsetOutOfRangeError):
                 log.warning("%s: position out of range; applying auto.offset.reset=%s", topic, self.reset)
-                starts = dict.fromkeys(starts)
+                st.starts = dict.fromkeys(st.starts)
             elif err.retriable:
-                log.debug("fetch of %s failed (%s); retrying", topic, err)
+                log.debug("fetch of %s from %s failed (%s); retrying", topic, failed_at, err)
+                if failed_at is not None:
+                    st.failed(failed_at)  # down, stalled, or no longer holding a partition
             else:
                 self._push(epoch, [err])
-                if err.code in (grpc.StatusCode.NOT_FOUND, ErrorCode.UNKNOWN_TOPIC):
+                if err.code in (
+                    grpc.StatusCode.NOT_FOUND,
+                    ErrorCode.UNKNOWN_TOPIC,
+                    ErrorCode.UNKNOWN_PARTITION,
+                ):
                     return  # the topic is gone; a rebalance or reassignment will follow
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(st.backoff)
+            st.backoff = min(st.backoff * 2, 2.0)
+
+    async def _routes(self, topic: str, partitions: list[int], avoid: dict[str, int]) -> dict[str, list[int]]:
+        """Which broker reads which partitions: the current broker for all of them on a
+        single node; in a cluster, per partition, the first of (the broker that described
+        the topic, the leader it reports, the replicas in placement order) that holds it and
+        is not in ``avoid`` (if all are, the one that failed least recently)."""
+        brokers = self.brokers
+        await brokers.learn()
+        if not brokers.ids:
+            return {brokers.current: partitions}
+        req = admin_service_pb2.DescribeTopicRequest(name=topic)
+        at, resp = await brokers.call(lambda b: b.admin.DescribeTopic, req)
+        own = next((i for i, a in brokers.ids.items() if a == at), None)
+        described = {d.partition: d for d in resp.topic.partitions}
+        routes: dict[str, list[int]] = {}
+        for p in partitions:
+            d = described.get(p)
+            if d is None:
+                raise from_code(ErrorCode.UNKNOWN_PARTITION, f"topic {topic} has no partition {p}")
+            pick = route_for(list(d.replica_ids), d.leader_id, own, brokers.ids, avoid)
+            routes.setdefault(pick or at, []).append(p)
+        return routes
+
+    async def _read_routes(
+        self, topic: str, routes: dict[str, list[int]], st: _FetchState, epoch: int
+    ) -> tuple[str, TidelogError]:
+        """Reads every route's stream at once until one fails; returns the failed broker and
+        its error (after stopping the other streams: the caller reroutes them all)."""
+        loop = asyncio.get_running_loop()
+        tasks = {
+            loop.create_task(self._read(addr, topic, ps, st, epoch)): addr for addr, ps in routes.items()
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failed: tuple[str, TidelogError] | None = None
+        for t in done:  # streams only end by failing; every error is retrieved here
+            exc = t.exception()
+            if not isinstance(exc, TidelogError):
+                raise exc or RuntimeError("a subscription stream ended without an error")
+            failed = failed or (tasks[t], exc)
+        assert failed is not None
+        return failed
+
+    async def _read(self, addr: str, topic: str, partitions: list[int], st: _FetchState, epoch: int) -> None:
+        """One ``Subscribe`` stream at ``addr`` for ``partitions``, until it fails (raised)."""
+        limit = self.cfg["queued.max.messages"]
+        req = records_service_pb2.SubscribeRequest(topic=topic, max_bytes=self.cfg["fetch.max.bytes"])
+        for p in partitions:
+            start = self._start_position(st.starts[p])
+            req.partitions.append(records_service_pb2.PartitionStart(partition=p, start=start))
+        try:
+            async for resp in self.brokers.stubs(addr).records.Subscribe(req):
+                st.backoff = 0.1
+                st.avoid.pop(addr, None)
+                msgs = self._decode(topic, resp, st.starts)
+                if msgs:
+                    self._push(epoch, list(msgs))
+                while len(self.buffer) >= limit:
+                    self._space.clear()
+                    self._space_waiters += 1
+                    try:
+                        await self._space.wait()
+                    finally:
+                        self._space_waiters -= 1
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        raise RetriableError(f"{addr} ended the subscription", grpc.StatusCode.UNAVAILABLE)
 
     def _start_position(self, offset: int | None) -> records_service_pb2.StartPosition:
         if offset is not None:
@@ -340,7 +438,9 @@ class ConsumerCore:
             return {tp: pos for tp, pos in self.positions.items() if tp in self.assigned}
 
     async def commit_positions(self, offsets: dict[TP, int]) -> None:
-        """Commits ``offsets`` with the current generation; raises the broker's error."""
+        """Commits ``offsets`` with the current generation; raises the broker's error. A
+        broker that fails (down, or unable to reach the coordinator) is followed by the next
+        one, each once: committing the same offsets again changes nothing."""
         if not offsets:
             return
         if not self.group:
@@ -361,18 +461,29 @@ class ConsumerCore:
             )
             for i, (t, offs) in enumerate(by_topic.items())
         ]
-        try:
-            call = self._offsets.Commit(iter(requests), timeout=self._timeout)
-            async for r in call:
-                if r.error_code != ErrorCode.NONE:
-                    raise from_code(r.error_code, r.error_message)
-                req = requests[r.request_id]
-                with self.lock:
-                    for o in req.offsets:
-                        self.committed[(req.topic, o.partition)] = o.offset
-                        self.rewound.discard((req.topic, o.partition))
-        except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+        brokers = self.brokers
+        await brokers.learn()
+        err: TidelogError | None = None
+        for _ in brokers.attempts():
+            addr = brokers.current
+            try:
+                call = brokers.stubs(addr).offsets.Commit(iter(requests), timeout=brokers.timeout)
+                async for r in call:
+                    if r.error_code != ErrorCode.NONE:
+                        raise from_code(r.error_code, r.error_message)
+                    req = requests[r.request_id]
+                    with self.lock:
+                        for o in req.offsets:
+                            self.committed[(req.topic, o.partition)] = o.offset
+                            self.rewound.discard((req.topic, o.partition))
+                return
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+            if not err.retriable:
+                break
+            brokers.move_on(addr)
+        assert err is not None
+        raise err
 
     async def fetch_committed(self, tps: list[TP]) -> dict[TP, int]:
         if not self.group:
@@ -381,15 +492,9 @@ class ConsumerCore:
         for topic in sorted({t for t, _ in tps}):
             parts = [p for t, p in tps if t == topic]
             req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic, partitions=parts)
-            resp = await self._rpc(self._offsets.FetchCommitted, req)
+            _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req)
             out.update({(topic, o.partition): o.offset for o in resp.offsets})
         return out
-
-    async def _rpc(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
 
     # ---- seek / pause (any thread holds nothing; runs on the loop) -----------------------
 
@@ -444,6 +549,7 @@ class ConsumerCore:
         for f in self._fetchers:
             f.cancel()
         await asyncio.gather(*self._fetchers, return_exceptions=True)
+        await self.brokers.close()
 
     async def _session_loop(self) -> None:
         """Runs sessions until the consumer closes: any failure (broker restart, lost stream,
@@ -451,19 +557,24 @@ class ConsumerCore:
         (no common assignor, invalid request) ends membership, reported to the application."""
         backoff = 0.1
         while True:
+            await self.brokers.learn()  # once: the brokers to rejoin through
+            addr = self.brokers.current
             try:
-                if await self._session():
+                if await self._session(addr):
                     return
             except asyncio.CancelledError:
                 raise
             except TidelogError as e:
-                log.debug("group session failed (%s); rejoining", e)
+                log.debug("group session at %s failed (%s); rejoining", addr, e)
                 if not e.retriable and e.code in (ErrorCode.INCONSISTENT_GROUP, ErrorCode.INVALID_REQUEST):
                     self._push(self.fetch_epoch, [e])
                     await self._revoke(commit=False)
                     return
             except Exception as e:  # grpc.aio raises its own types from write() on a dead call
-                log.debug("group session failed (%r); rejoining", e)
+                log.debug("group session at %s failed (%r); rejoining", addr, e)
+            # Through the next broker: this one may be gone, and any broker reaches the
+            # coordinator (a single node just retries).
+            self.brokers.move_on(addr)
             await self._revoke(commit=False)
             if await self._close_requested_within(backoff):
                 return
@@ -502,11 +613,11 @@ class ConsumerCore:
             )
         )
 
-    async def _session(self) -> bool:
-        """One Session stream; returns True when the consumer closed (False: reconnect)."""
+    async def _session(self, addr: str) -> bool:
+        """One Session stream at ``addr``; returns True when the consumer closed."""
         assert self._session_events is not None
         events = self._session_events
-        call = self._groups.Session()
+        call = self.brokers.stubs(addr).groups.Session()
         reader = asyncio.get_running_loop().create_task(self._read_session(call))
         try:
             await call.write(self._join_request())

@@ -66,6 +66,15 @@ class TopicDescription:
 
 
 @dataclass(frozen=True)
+class ClusterDescription:
+    cluster_id: str
+    #: The broker leading the cluster metadata (it coordinates every group); 0 if none now.
+    controller_id: int
+    #: Broker id → address (``host:port``); a single node lists itself.
+    brokers: dict[int, str]
+
+
+@dataclass(frozen=True)
 class GroupMember:
     member_id: str
     client_id: str
@@ -176,6 +185,12 @@ class AdminClient:
         return _describe(
             self._call(self._admin.DescribeTopic, admin_service_pb2.DescribeTopicRequest(name=name)).topic
         )
+
+    def describe_cluster(self) -> ClusterDescription:
+        """The cluster's brokers and its controller, as this broker sees them."""
+        r = self._call(self._admin.DescribeCluster, admin_service_pb2.DescribeClusterRequest())
+        brokers = {b.id: target(b.address) for b in r.brokers}
+        return ClusterDescription(r.cluster_id, r.controller_id, brokers)
 
     def list_offsets(self, topic: str, at: str | int = "latest") -> dict[int, int]:
         """Per partition: the earliest retained offset (``"earliest"``), the log end

@@ -26,8 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from ._channel import aio_channel
-from ._config import CONSUMER_KEYS, PRODUCER_KEYS, parse, target
+from ._config import CONSUMER_KEYS, PRODUCER_KEYS, parse
 from ._consumer_core import TP, ConsumerCore
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from .errors import ClosedError, TidelogError
@@ -173,8 +172,7 @@ class AIOConsumer:
         if self._started:
             return
         self._started = True
-        self._channel = aio_channel(target(self._cfg["bootstrap.servers"]))
-        await self._core.start(self._channel)
+        await self._core.start()
 
     def _on_change(self, kind: str, partitions: list[TopicPartition]) -> None:
         cb = self._on_assign if kind == "assign" else self._on_revoke
@@ -280,7 +278,6 @@ class AIOConsumer:
         self._closed = True
         self._core.mark_processed()
         await self._core.close()
-        await self._channel.close()
 
     async def __aenter__(self) -> AIOConsumer:
         await self.start()

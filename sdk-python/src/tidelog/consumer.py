@@ -33,8 +33,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._channel import aio_channel
-from ._config import CONSUMER_KEYS, parse, target
+from ._config import CONSUMER_KEYS, parse
 from ._consumer_core import TP, ConsumerCore
 from ._runtime import LoopThread
 from .types import Message, TopicPartition
@@ -56,11 +55,7 @@ class Consumer:
         self._on_revoke: RebalanceCallback | None = None
         self._closed = False
         self._rt = LoopThread("tidelog-consumer")
-        self._rt.call(self._start(target(cfg["bootstrap.servers"])))
-
-    async def _start(self, tgt: str) -> None:
-        self._channel = aio_channel(tgt)
-        await self._core.start(self._channel)
+        self._rt.call(self._core.start())
 
     def _on_change(self, kind: str, partitions: list[TopicPartition]) -> None:
         with self._core.lock:
@@ -195,13 +190,9 @@ class Consumer:
         self._closed = True
         self._core.mark_processed()
         try:
-            self._rt.call(self._shutdown(), timeout=60)
+            self._rt.call(self._core.close(), timeout=60)
         finally:
             self._rt.stop()
-
-    async def _shutdown(self) -> None:
-        await self._core.close()
-        await self._channel.close()
 
     def _check_open(self) -> None:
         if self._closed:
