@@ -56,13 +56,8 @@ impl Client {
     /// Every broker of the cluster (`http://host:port`), this one first; just this one on a
     /// single node (whose advertised address may not be reachable from here: a proxy, NAT).
     pub async fn brokers(&self) -> Result<Vec<String>, Error> {
-        let resp = self.admin().describe_cluster(tidelog_proto::v1::DescribeClusterRequest {}).await?.into_inner();
         let mut out = vec![self.addr.clone()];
-        if resp.brokers.len() <= 1 {
-            return Ok(out);
-        }
-        for b in resp.brokers {
-            let a = normalize(b.address);
+        for a in self.broker_ids().await?.into_values() {
             if !out.contains(&a) {
                 out.push(a);
             }
@@ -91,7 +86,12 @@ fn endpoint(addr: &str) -> Result<Endpoint, Error> {
         // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
-        .connect_timeout(std::time::Duration::from_secs(5)))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        // A frozen broker (SIGSTOP) keeps the connection open: HTTP/2 pings notice it, so
+        // long-lived streams (group sessions, subscriptions) fail over instead of hanging.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true))
 }
 
 impl Client {

@@ -82,7 +82,7 @@ async fn main() {
             .unwrap();
             let (log, sm) = open_storage(Arc::new(p), meta.raft_state(g).unwrap()).unwrap();
             let raft = Raft::new(id, Arc::clone(&config), peers.group(g), log, sm).await.unwrap();
-            registries[&id].insert(g, GroupHandle { raft: raft.clone(), incoming_dir: dir.join(format!("in-{g}")) });
+            registries[&id].insert(g, GroupHandle::new(raft.clone(), dir.join(format!("in-{g}"))));
             rafts.push(raft);
         }
     }

@@ -51,11 +51,20 @@ pub struct ClusterSettings {
     /// How often a leader checks whether a partition's preferred leader (its first replica)
     /// is back in sync and hands the leadership back to it. Default 10 s; 0 = never.
     pub leader_rebalance_ms: u64,
+    /// A partition group with no write for this long stops ticking on every replica (no
+    /// heartbeats, no timers; brokers ping each other instead). Default 2000 ms; 0 = never.
+    pub quiesce_ms: u64,
 }
 
 impl Default for ClusterSettings {
     fn default() -> Self {
-        Self { peers: Vec::new(), heartbeat_ms: 250, election_timeout_ms: 1000, leader_rebalance_ms: 10_000 }
+        Self {
+            peers: Vec::new(),
+            heartbeat_ms: 250,
+            election_timeout_ms: 1000,
+            leader_rebalance_ms: 10_000,
+            quiesce_ms: 2000,
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! that `next()` returned (at-least-once: a record is never committed before the application
 //! got it). Committed offsets only move forward, except after an explicit `seek`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -258,13 +258,34 @@ impl GroupConsumer {
             let s = lock(&self.state);
             (s.assigned.clone(), s.positions.clone())
         };
+        let mut by_topic: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (t, p) in &assigned {
+            by_topic.entry(t.clone()).or_default().push(*p);
+        }
         let mut out = Vec::new();
-        for topic in assigned.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>() {
-            let desc = client.describe_topic(&topic).await?;
-            for p in desc.partitions.iter().filter(|p| assigned.contains(&(topic.clone(), p.partition))) {
-                let tp = (topic.clone(), p.partition);
-                let position = positions.get(&tp).copied().unwrap_or(p.log_start_offset);
-                out.push((tp, p.high_watermark.saturating_sub(position)));
+        // ListOffsets, not DescribeTopic: a broker answers it for partitions held elsewhere.
+        let ask = |topic: &str, partitions: Vec<u32>, spec| ListOffsetsRequest {
+            topic: topic.to_string(),
+            partitions,
+            spec: Some(OffsetSpec { spec: Some(spec) }),
+        };
+        for (topic, partitions) in by_topic {
+            let latest = ask(&topic, partitions.clone(), offset_spec::Spec::Latest(true));
+            let earliest = ask(&topic, partitions, offset_spec::Spec::Earliest(true));
+            let hws = client.admin().list_offsets(latest).await?.into_inner().offsets;
+            let starts: HashMap<u32, u64> = client
+                .admin()
+                .list_offsets(earliest)
+                .await?
+                .into_inner()
+                .offsets
+                .iter()
+                .map(|o| (o.partition, o.offset))
+                .collect();
+            for hw in hws {
+                let tp = (topic.clone(), hw.partition);
+                let position = positions.get(&tp).copied().or(starts.get(&hw.partition).copied()).unwrap_or(0);
+                out.push((tp, hw.offset.saturating_sub(position)));
             }
         }
         Ok(out)
@@ -428,7 +449,13 @@ impl Member {
         let (tx, rx) = mpsc::channel::<SessionRequest>(16);
         let join = self.join_request();
         tx.send(join).await.map_err(|_| Error::Closed)?;
-        let mut responses = self.client.groups().session(ReceiverStream::new(rx)).await?.into_inner();
+        // Bounded: a frozen broker accepts the connection and never answers.
+        let mut groups = self.client.groups();
+        let opening = groups.session(ReceiverStream::new(rx));
+        let mut responses = tokio::time::timeout(self.config.session_timeout, opening)
+            .await
+            .map_err(|_| Error::Status(tonic::Status::deadline_exceeded("the group session did not open in time")))??
+            .into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         // After a stall, one heartbeat, not a burst of them.
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -479,10 +506,18 @@ impl Member {
                 _ = auto_commit.tick(), if self.config.auto_commit_interval.is_some() => {
                     if let Err(e) = self.commit().await {
                         tracing::debug!(error = %e, "auto-commit failed");
+                        fenced(e)?;
                     }
                 }
                 c = control.recv() => match c {
-                    Some(Control::Commit(reply)) => { let _ = reply.send(self.commit().await); }
+                    Some(Control::Commit(reply)) => {
+                        let result = self.commit().await;
+                        let rejoin = matches!(&result, Err(Error::Broker { code: ErrorCode::IllegalGeneration, .. }));
+                        let _ = reply.send(result);
+                        if rejoin {
+                            return Err(Error::Broker { code: ErrorCode::IllegalGeneration, message: "fenced: rejoining".into() });
+                        }
+                    }
                     Some(Control::Refetch) => self.start_fetchers().await?,
                     Some(Control::Close(reply)) => {
                         self.leave(&tx).await;
@@ -524,14 +559,15 @@ impl Member {
             OffsetReset::Earliest => offset_spec::Spec::Earliest(true),
             OffsetReset::Latest => offset_spec::Spec::Latest(true),
         };
-        for topic in
-            assigned.iter().filter(|tp| !committed.contains_key(*tp)).map(|(t, _)| t.clone()).collect::<BTreeSet<_>>()
-        {
-            let req = ListOffsetsRequest {
-                topic: topic.clone(),
-                partitions: vec![],
-                spec: Some(OffsetSpec { spec: Some(spec) }),
-            };
+        let mut unset: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (t, p) in assigned.iter().filter(|tp| !committed.contains_key(*tp)) {
+            unset.entry(t.clone()).or_default().push(*p);
+        }
+        // Only the partitions that need it: in a cluster the others may live on brokers that
+        // are down.
+        for (topic, partitions) in unset {
+            let req =
+                ListOffsetsRequest { topic: topic.clone(), partitions, spec: Some(OffsetSpec { spec: Some(spec) }) };
             for o in self.client.admin().list_offsets(req).await?.into_inner().offsets {
                 let tp = (topic.clone(), o.partition);
                 if assigned.contains(&tp) && !committed.contains_key(&tp) {
@@ -616,7 +652,15 @@ impl Member {
     }
 
     /// Commits positions that moved forward (or were rewound by a seek), with the generation.
+    /// Bounded by the session timeout (a member stuck in a commit sends no heartbeats).
     async fn commit(&mut self) -> Result<(), Error> {
+        let wait = self.config.session_timeout;
+        tokio::time::timeout(wait, self.commit_now())
+            .await
+            .map_err(|_| Error::Status(tonic::Status::deadline_exceeded("the commit was not answered in time")))?
+    }
+
+    async fn commit_now(&mut self) -> Result<(), Error> {
         let (generation, member_id, mut by_topic) = {
             let s = lock(&self.state);
             let mut by_topic: HashMap<String, Vec<PartitionOffset>> = HashMap::new();
@@ -664,5 +708,15 @@ impl Member {
             }
         }
         Ok(())
+    }
+}
+
+/// A commit refused as ILLEGAL_GENERATION means this member was fenced (a rebalance it
+/// missed, a new coordinator): it must rejoin, not keep its partitions. Other errors are
+/// for the next commit to retry.
+fn fenced(e: Error) -> Result<(), Error> {
+    match e {
+        Error::Broker { code: ErrorCode::IllegalGeneration, .. } => Err(e),
+        _ => Ok(()),
     }
 }

@@ -149,7 +149,11 @@ impl Subscription {
         }
         let mut streams = Vec::with_capacity(routes.len());
         for (client, sub) in &routes {
-            streams.push(sub.open_one(client).await?);
+            // One broker's stream ending is an error for the whole: its partitions would
+            // otherwise stop silently while the others go on.
+            let ended = Error::Decode(format!("the subscription at {} ended", client.address()));
+            streams.push(Box::pin(sub.open_one(client).await?.chain(futures::stream::once(async { Err(ended) })))
+                as RecordStream);
         }
         Ok(Box::pin(futures::stream::select_all(streams)))
     }

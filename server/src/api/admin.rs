@@ -206,14 +206,18 @@ pub async fn list_offsets(
         .and_then(|s| s.spec)
         .ok_or_else(|| Status::invalid_argument("spec is required: earliest, latest or timestamp_ms"))?;
     let mut offsets = Vec::with_capacity(indexes.len());
-    let mut remote: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    // Partitions held elsewhere, by their replicas (preferred first).
+    let mut remote: BTreeMap<Vec<u64>, Vec<u32>> = BTreeMap::new();
     for &i in &indexes {
         let p = match topic.partition(i) {
             Ok(p) => p,
-            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
-                remote.entry(id).or_default().push(i);
-                continue;
-            }
+            Err(e @ BrokerError::NotLeader { .. }) => match topic.elsewhere(i) {
+                Some(replicas) if !forwarded => {
+                    remote.entry(replicas.iter().map(|(id, _)| *id).collect()).or_default().push(i);
+                    continue;
+                }
+                _ => return Err(e.into()),
+            },
             Err(e) => return Err(e.into()),
         };
         let o = p.offsets();
@@ -225,14 +229,31 @@ pub async fn list_offsets(
         offsets.push(PartitionOffsetAtTime { partition: i, offset, timestamp_ms });
     }
     if let Some(cluster) = broker.cluster() {
-        for (id, partitions) in remote {
-            let sub = ListOffsetsRequest {
-                topic: req.topic.clone(),
-                partitions,
-                spec: Some(tidelog_proto::v1::OffsetSpec { spec: Some(spec) }),
-            };
-            let resp = controller_client(cluster, id)?.list_offsets(forwarded_request(sub, Some(APPLY_WAIT))).await?;
-            offsets.extend(resp.into_inner().offsets);
+        for (replicas, partitions) in remote {
+            // Each replica in turn until one answers: any of them has the committed offsets.
+            let mut failure = None;
+            for id in replicas {
+                let sub = ListOffsetsRequest {
+                    topic: req.topic.clone(),
+                    partitions: partitions.clone(),
+                    spec: Some(tidelog_proto::v1::OffsetSpec { spec: Some(spec) }),
+                };
+                match controller_client(cluster, id)?.list_offsets(forwarded_request(sub, Some(APPLY_WAIT))).await {
+                    Ok(resp) => {
+                        offsets.extend(resp.into_inner().offsets);
+                        failure = None;
+                        break;
+                    }
+                    Err(s) => failure = Some(s),
+                }
+            }
+            if let Some(s) = failure {
+                return Err(Status::unavailable(format!(
+                    "no replica of partitions {partitions:?} of topic '{}' answered: {}",
+                    req.topic,
+                    s.message()
+                )));
+            }
         }
     }
     // In the order asked.

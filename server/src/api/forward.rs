@@ -50,8 +50,8 @@ pub fn channel_to(cluster: &Cluster, id: u64) -> Result<Channel, BrokerError> {
 pub enum Route {
     /// On this broker: a single node, or the controller.
     Here,
-    /// On the controller, through this channel.
-    Controller(Channel),
+    /// On the controller (broker id), through this channel.
+    Controller(Channel, u64),
 }
 
 /// Routes a consumer-group call (session, commit, fetch or describe) to the coordinator.
@@ -63,6 +63,6 @@ pub async fn coordinator_route(broker: &Broker, forwarded: bool) -> Result<Route
             what: format!("the group coordinator (it moved to broker {id}; retry)"),
             leader: cluster.leader_hint(Some(id)),
         }),
-        Some(id) => Ok(Route::Controller(channel_to(cluster, id)?)),
+        Some(id) => Ok(Route::Controller(channel_to(cluster, id)?, id)),
     }
 }

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::list_offsets;
 use super::error::error_code;
-use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route};
+use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route, CONTROLLER_WAIT};
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::metadata::APPLY_WAIT;
 use crate::group::Coordinator;
@@ -43,6 +43,52 @@ impl GroupApi {
     }
 }
 
+impl GroupApi {
+    /// A session opened here while the controller is broker `id`: the member's messages go
+    /// up until its stream ends or fails, the controller's answers come back, and the session
+    /// ends (UNAVAILABLE, so the member rejoins) when either side breaks, when this broker
+    /// sees another controller, or when it shuts down, so no member stays attached to a
+    /// coordinator that lost its place.
+    async fn proxy(
+        &self,
+        channel: tonic::transport::Channel,
+        id: u64,
+        inbound: Streaming<SessionRequest>,
+    ) -> Result<Response<<Self as GroupService>::SessionStream>, Status> {
+        let Some(cluster) = self.broker.cluster().cloned() else {
+            return Err(Status::internal("a proxied session needs cluster mode"));
+        };
+        let up = inbound.take_while(|m| std::future::ready(m.is_ok())).filter_map(|m| std::future::ready(m.ok()));
+        let mut client = GroupServiceClient::new(channel);
+        let opening = client.session(forwarded_request(up, None));
+        let mut down = match tokio::time::timeout(CONTROLLER_WAIT, opening).await {
+            Ok(opened) => opened?.into_inner(),
+            Err(_) => {
+                return Err(Status::unavailable(format!("the group coordinator (broker {id}) did not answer; retry")))
+            }
+        };
+        let mut shutdown = self.broker.shutdown_signal();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let moved = cluster.controller_moved_from(id);
+            tokio::pin!(moved);
+            loop {
+                let msg = tokio::select! {
+                    m = down.next() => m,
+                    () = &mut moved => Some(Err(Status::unavailable("the group coordinator moved; rejoin"))),
+                    _ = shutdown.changed() => Some(Err(Status::unavailable("this broker is shutting down; rejoin"))),
+                };
+                let Some(msg) = msg else { return };
+                let last = msg.is_err();
+                if tx.send(msg).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
 #[tonic::async_trait]
 impl GroupService for GroupApi {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
@@ -52,15 +98,8 @@ impl GroupService for GroupApi {
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let forwarded = is_forwarded(&request);
-        if let Route::Controller(channel) = coordinator_route(&self.broker, forwarded).await? {
-            // The member's messages go up until its stream ends or fails; the controller's
-            // answers come back until either side closes. Either end breaking ends both.
-            let up = request
-                .into_inner()
-                .take_while(|m| std::future::ready(m.is_ok()))
-                .filter_map(|m| std::future::ready(m.ok()));
-            let down = GroupServiceClient::new(channel).session(forwarded_request(up, None)).await?.into_inner();
-            return Ok(Response::new(Box::pin(down)));
+        if let Route::Controller(channel, id) = coordinator_route(&self.broker, forwarded).await? {
+            return self.proxy(channel, id, request.into_inner()).await;
         }
         let mut inbound = request.into_inner();
         // Unbounded, but a member gets at most a few messages per rebalance, and a member that
@@ -133,7 +172,7 @@ impl GroupService for GroupApi {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        if let Route::Controller(channel) = coordinator_route(&self.broker, forwarded).await? {
+        if let Route::Controller(channel, _) = coordinator_route(&self.broker, forwarded).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
             return GroupServiceClient::new(channel).describe_group(req).await;
         }
@@ -167,12 +206,14 @@ impl GroupService for GroupApi {
                 partitions: committed.iter().map(|c| c.partition).filter(|p| *p < topic.record.partitions).collect(),
                 spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
             };
-            let hws: HashMap<u32, u64> = list_offsets(&self.broker, latest, false)
-                .await?
-                .offsets
-                .iter()
-                .map(|o| (o.partition, o.offset))
-                .collect();
+            // Best effort: lag is left out for partitions whose replicas do not answer.
+            let hws: HashMap<u32, u64> = match list_offsets(&self.broker, latest, false).await {
+                Ok(r) => r.offsets.iter().map(|o| (o.partition, o.offset)).collect(),
+                Err(e) => {
+                    tracing::debug!(topic = %name, error = %e, "no high watermarks for the group's lag");
+                    HashMap::new()
+                }
+            };
             for c in committed {
                 let Some(&hw) = hws.get(&c.partition) else { continue };
                 resp.partitions.push(PartitionLag {

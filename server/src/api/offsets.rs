@@ -103,16 +103,24 @@ async fn commit_routed(
                 ..Default::default()
             })
         }
-        Route::Controller(channel) => {
+        Route::Controller(channel, _) => {
             let once = futures::stream::iter([req]);
-            let mut responses = OffsetServiceClient::new(channel)
-                .commit(forwarded_request(once, None))
-                .await
-                .map_err(upstream)?
-                .into_inner();
-            responses.message().await.map_err(upstream)?.ok_or_else(|| BrokerError::NotLeader {
-                what: "the group coordinator (it closed the forwarded commit; retry)".into(),
-                leader: None,
+            let call = async {
+                let mut responses = OffsetServiceClient::new(channel)
+                    .commit(forwarded_request(once, None))
+                    .await
+                    .map_err(upstream)?
+                    .into_inner();
+                responses.message().await.map_err(upstream)?.ok_or_else(|| BrokerError::NotLeader {
+                    what: "the group coordinator (it closed the forwarded commit; retry)".into(),
+                    leader: None,
+                })
+            };
+            tokio::time::timeout(APPLY_WAIT, call).await.unwrap_or_else(|_| {
+                Err(BrokerError::NotLeader {
+                    what: "the group coordinator (no answer in time; retry)".into(),
+                    leader: None,
+                })
             })
         }
     }
@@ -155,7 +163,7 @@ impl OffsetService for OffsetApi {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         validate_group(&req.group)?;
-        if let Route::Controller(channel) = coordinator_route(&self.broker, forwarded).await? {
+        if let Route::Controller(channel, _) = coordinator_route(&self.broker, forwarded).await? {
             return OffsetServiceClient::new(channel).fetch_committed(forwarded_request(req, Some(APPLY_WAIT))).await;
         }
         let topic = self.broker.topic(&req.topic)?;

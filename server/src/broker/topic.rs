@@ -74,6 +74,14 @@ impl Topic {
         }
     }
 
+    /// Cluster mode: the replicas of partition `p` if only other brokers hold it.
+    pub fn elsewhere(&self, p: u32) -> Option<&[(u64, String)]> {
+        match self.slots.get(p as usize)? {
+            PartitionSlot::Elsewhere { replicas } => Some(replicas),
+            PartitionSlot::Here { .. } => None,
+        }
+    }
+
     /// Partition `p`'s Raft group, if this broker holds a replica of it in a cluster.
     pub fn replica(&self, p: u32) -> Option<&Replica> {
         match self.slots.get(p as usize)? {

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::settings::FsyncSetting;
 
 /// Cluster mode: how long a stopping broker waits for the groups it leads to take a new leader.
-const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// (0 = never).
     #[arg(long, env = "TIDELOG_LEADER_REBALANCE_MS")]
     pub leader_rebalance_ms: Option<u64>,
+    /// Cluster mode: an idle partition stops ticking after this many ms without a write
+    /// (0 = never).
+    #[arg(long, env = "TIDELOG_QUIESCE_MS")]
+    pub quiesce_ms: Option<u64>,
 }
 
 /// Defaults < file < environment < flags (clap already merged the last two).
@@ -70,6 +74,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.leader_rebalance_ms {
         config.cluster.leader_rebalance_ms = v;
+    }
+    if let Some(v) = args.quiesce_ms {
+        config.cluster.quiesce_ms = v;
     }
     config.validate()?;
     Ok(config)

@@ -75,11 +75,14 @@ pub async fn propose(cluster: &Cluster, cmd: &MetaCommand) -> Result<u64, Broker
         base_sequence: -1,
         on_append: AppendHook::default(),
     };
-    let resp = cluster
-        .meta()
-        .raft
-        .client_write(BatchData::Proposed(batch))
+    // Bounded: a controller cut off from its quorum accepts the entry but never commits it.
+    let write = cluster.meta().raft.client_write(BatchData::Proposed(batch));
+    let resp = tokio::time::timeout(APPLY_WAIT, write)
         .await
+        .map_err(|_| BrokerError::NotLeader {
+            what: "the cluster metadata (the write was not committed in time; retry)".into(),
+            leader: None,
+        })?
         .map_err(|e| replica::write_error(e, |l| cluster.leader_hint(l)))?;
     let appended = resp.data.map_err(|r| BrokerError::InvalidArgument(r.message))?;
     Ok(appended.base_offset)

@@ -7,8 +7,10 @@
 //!   │     order, to its own topic table: topics, their ids and their partitions' groups
 //!   ├─ one Raft group per partition (its replicas the voters) cluster/replica.rs
 //!   │     the partition log IS the Raft log (raft/); produce = propose; commit = high watermark
-//!   └─ Peers + RaftGroups: Raft traffic on the broker's own gRPC port (raft/network.rs,
-//!         raft/transport.rs)
+//!   ├─ Peers + RaftGroups: Raft traffic on the broker's own gRPC port (raft/network.rs,
+//!   │     raft/transport.rs)
+//!   └─ quiescing: idle partition groups stop ticking; one ping per peer keeps the brokers'
+//!         liveness instead (cluster/quiesce.rs, raft/quiesce.rs)
 //! ```
 //!
 //! Placement (`placement.rs`): a topic's partitions get `replication_factor` replicas each,
@@ -28,6 +30,7 @@
 
 pub mod metadata;
 pub mod placement;
+pub mod quiesce;
 pub mod replica;
 
 use std::collections::BTreeMap;
@@ -36,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::Instant as _;
 use tokio::sync::watch;
 
 pub use replica::Replica;
@@ -43,7 +47,7 @@ pub use replica::Replica;
 use crate::broker::{Broker, BrokerError};
 use crate::config::ClusterSettings;
 use crate::raft::network::Peers;
-use crate::raft::transport::RaftGroups;
+use crate::raft::transport::{QuiesceContext, RaftGroups};
 
 /// The metadata group's Raft group id. Partition groups are `topic_id << 16 | partition`
 /// with `topic_id >= 1`, so they never collide with it.
@@ -95,7 +99,11 @@ impl Cluster {
         let raft_config =
             Arc::new(config.validate().map_err(|e| BrokerError::InvalidArgument(format!("raft config: {e}")))?);
         let data_dir = broker.options().data_dir.clone();
-        let groups = RaftGroups::default();
+        let groups = RaftGroups::clustered(QuiesceContext {
+            peers: peers.clone(),
+            liveness: Arc::default(),
+            alive_within: Duration::from_millis(settings.election_timeout_ms),
+        });
         let meta = replica::open(
             &replica::GroupContext {
                 node_id,
@@ -123,6 +131,11 @@ impl Cluster {
         });
         broker.set_cluster(Arc::clone(&cluster));
         tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), meta.partition));
+        if settings.quiesce_ms > 0 {
+            let every = Duration::from_millis(settings.heartbeat_ms);
+            let idle_after = Duration::from_millis(settings.quiesce_ms);
+            tokio::spawn(quiesce::run(Arc::clone(broker), Arc::clone(&cluster), every, idle_after));
+        }
         if settings.leader_rebalance_ms > 0 {
             let every = Duration::from_millis(settings.leader_rebalance_ms);
             let (broker, c) = (Arc::clone(broker), Arc::clone(&cluster));
@@ -203,41 +216,44 @@ impl Cluster {
     /// naming the new leader and re-route, instead of waiting out an election timeout: a
     /// rolling restart costs a re-route per partition, not errors. Returns how many moved.
     pub async fn hand_over_leadership(&self, broker: &Broker, wait: Duration) -> usize {
+        // From now on this broker takes no leadership handed to it.
+        self.groups.set_stopping();
         let replicas: Vec<Replica> = broker
             .topics()
             .iter()
             .flat_map(|t| t.replicas().cloned().collect::<Vec<_>>())
             .chain([self.meta.clone()])
             .collect();
-        let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_over(wait))).await;
+        let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_to(None, wait))).await;
         let n = moved.iter().filter(|m| **m).count();
         tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");
         n
     }
 
     /// Kafka's preferred-leader election: for every partition this broker leads whose
-    /// preferred leader (first replica) is another broker holding every committed entry,
+    /// preferred leader (first replica) is another, live broker holding every committed entry,
     /// hands the leadership back to it, so leaders return to the even spread of placement
-    /// after failovers. Returns how many transfers it started.
+    /// after failovers. Returns how many moved.
     pub async fn rebalance_leaders(&self, broker: &Broker) -> usize {
-        let mut started = 0;
+        let mut moves = Vec::new();
         for topic in broker.topics() {
             for p in 0..topic.record.partitions {
                 let (Some(replica), Some(&preferred)) = (topic.replica(p), topic.record.replicas_of(p).first()) else {
                     continue;
                 };
-                if preferred != self.node_id && replica.can_hand_to(preferred) {
-                    match replica.raft.trigger().transfer_leader(preferred).await {
-                        Ok(()) => started += 1,
-                        Err(e) => tracing::debug!(group = replica.group_id, error = %e, "leader transfer not started"),
-                    }
+                if preferred != self.node_id && replica.leader() == Some(self.node_id) {
+                    moves.push((replica.clone(), preferred));
                 }
             }
         }
-        if started > 0 {
-            tracing::info!(transfers = started, "handing partitions back to their preferred leaders");
+        // An asleep group is woken and gets a few heartbeats to hear its preferred replica.
+        let wait = Duration::from_millis(self.raft_config.heartbeat_interval * 4);
+        let moved = futures::future::join_all(moves.iter().map(|(r, p)| r.hand_to(Some(*p), wait))).await;
+        let n = moved.iter().filter(|m| **m).count();
+        if n > 0 {
+            tracing::info!(transfers = n, "handed partitions back to their preferred leaders");
         }
-        started
+        n
     }
 
     /// Leaves the cluster: stops every Raft group hosted here (partitions, then metadata).
@@ -265,16 +281,28 @@ impl Cluster {
         self.meta.raft.metrics().borrow_watched().current_leader
     }
 
+    /// Whether this broker leads the metadata group *and* a quorum acknowledged it within
+    /// the minimum election timeout: no other broker can have been elected since (followers
+    /// vote only after that long without hearing from it). openraft never steps down a
+    /// leader cut off from its quorum, so leadership alone is not enough to serve groups.
+    fn leads_with_quorum(&self) -> bool {
+        let m = self.meta.raft.metrics().borrow_watched().clone();
+        let lease = Duration::from_millis(self.raft_config.election_timeout_min);
+        m.current_leader == Some(self.node_id) && m.last_quorum_acked.is_some_and(|t| t.elapsed() < lease)
+    }
+
     /// Where consumer-group coordination runs: on the controller, which is the only broker
     /// that proposes `CommitOffsets`, so one coordinator fences every commit of a group.
-    /// `None`: here. This broker counts as the controller only once it leads the metadata
-    /// group *and* has applied an entry of its own term (so every commit acknowledged by an
-    /// earlier controller is applied here before it answers a FetchCommitted). Waits up to
-    /// `wait` for a controller to be known, then answers a retryable `NotLeader`.
+    /// `None`: here. This broker counts as the controller only while it leads with a fresh
+    /// quorum ([`Cluster::leads_with_quorum`]) *and* has applied an entry of its own term (so
+    /// every commit acknowledged by an earlier controller is applied here before it answers
+    /// a FetchCommitted). Waits up to `wait` for a controller to be known, then answers a
+    /// retryable `NotLeader` (also what a controller cut off from its quorum answers).
     pub async fn coordinator(&self, wait: Duration) -> Result<Option<u64>, BrokerError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut metrics = self.meta.raft.metrics();
         let mut applied = self.applied.subscribe();
+        let recheck = Duration::from_millis(self.raft_config.heartbeat_interval);
         loop {
             let (leader, current) = {
                 let m = metrics.borrow_watched();
@@ -283,33 +311,45 @@ impl Cluster {
             };
             match leader {
                 Some(id) if id != self.node_id => return Ok(Some(id)),
-                Some(_) if current && self.metadata_ready() => return Ok(None),
+                Some(_) if current && self.metadata_ready() && self.leads_with_quorum() => return Ok(None),
                 _ => {}
             }
             let changed = async {
                 tokio::select! {
                     r = metrics.changed() => r.is_ok(),
                     r = applied.changed() => r.is_ok(),
+                    () = tokio::time::sleep(recheck) => true, // a quorum ack refreshes no watch
                 }
             };
-            if !matches!(tokio::time::timeout_at(deadline, changed).await, Ok(true)) {
+            if tokio::time::Instant::now() >= deadline
+                || !matches!(tokio::time::timeout_at(deadline, changed).await, Ok(true))
+            {
                 return Err(BrokerError::NotLeader {
-                    what: "the group coordinator (no controller is elected yet; retry)".into(),
+                    what: "the group coordinator (no controller with a quorum yet; retry)".into(),
                     leader: None,
                 });
             }
         }
     }
 
-    /// Resolves once this broker no longer leads the metadata group (or the group stopped):
-    /// the group sessions it coordinates end then, and their members rejoin at the new
-    /// controller.
+    /// Resolves once this broker no longer leads the metadata group with a fresh quorum (or
+    /// the group stopped): the group sessions it coordinates end then, and their members
+    /// rejoin at the new controller.
     pub async fn controller_lost(&self) {
         let mut metrics = self.meta.raft.metrics();
-        loop {
-            if metrics.borrow_watched().current_leader != Some(self.node_id) {
+        let check = Duration::from_millis(self.raft_config.heartbeat_interval);
+        while self.leads_with_quorum() {
+            if let Ok(Err(_)) = tokio::time::timeout(check, metrics.changed()).await {
                 return;
             }
+        }
+    }
+
+    /// Resolves once this broker's view of the controller is no longer `id` (a proxied
+    /// session then ends, and its member rejoins where the controller is now).
+    pub async fn controller_moved_from(&self, id: u64) {
+        let mut metrics = self.meta.raft.metrics();
+        while self.controller() == Some(id) {
             if metrics.changed().await.is_err() {
                 return;
             }

@@ -12,18 +12,20 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResponse;
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::Raft;
+use openraft::{Instant as _, Raft};
 
 use crate::broker::partition::Partition;
 use crate::broker::BrokerError;
 use crate::log::{FsyncPolicy, LogConfig};
 use crate::meta::MetaStore;
 use crate::raft::network::Peers;
+use crate::raft::quiesce::Quiescence;
 use crate::raft::transport::{GroupHandle, PartitionRaft, RaftGroups};
 use crate::raft::types::{AppendHook, ProduceOutcome};
 use crate::raft::{open_storage, BatchData, PartitionLogStore, PartitionTc, ProposedBatch};
@@ -63,12 +65,14 @@ impl GroupSpec {
     }
 }
 
-/// A running group: its Raft and log store (the partition is the topic's).
+/// A running group: its Raft and log store (the partition is the topic's), and whether it
+/// sleeps (`raft/quiesce.rs`).
 #[derive(Clone)]
 pub struct Replica {
     pub group_id: u64,
     pub raft: PartitionRaft,
     pub store: PartitionLogStore,
+    pub quiescence: Arc<Quiescence>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -108,7 +112,9 @@ pub async fn open(
             }
         })?;
     let incoming_dir = cx.data_dir.join(super::INCOMING_DIR).join(spec.group_id.to_string());
-    cx.groups.insert(spec.group_id, GroupHandle { raft: raft.clone(), incoming_dir });
+    let handle = GroupHandle::new(raft.clone(), incoming_dir);
+    let quiescence = Arc::clone(&handle.quiescence);
+    cx.groups.insert(spec.group_id, handle);
     let mut initialized = false;
     if !raft.is_initialized().await.unwrap_or(true) {
         match raft.initialize(voters).await {
@@ -117,7 +123,7 @@ pub async fn open(
             Err(e) => tracing::debug!(group = spec.group_id, error = %e, "group already initialised"),
         }
     }
-    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store }, initialized })
+    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store, quiescence }, initialized })
 }
 
 fn storage(e: std::io::Error) -> BrokerError {
@@ -169,6 +175,7 @@ impl Replica {
             None
         };
         let (responder, rx) = ProgressResponder::<PartitionTc, _>::complete_only();
+        self.quiescence.before_propose(&self.raft);
         self.raft.client_write_ff(BatchData::Proposed(batch), Some(responder)).await.map_err(|e| stopped(&e))?;
         Ok(async move {
             if let Some(hook_rx) = hook_rx {
@@ -185,42 +192,69 @@ impl Replica {
         })
     }
 
-    /// Whether this replica leads and `target` holds every committed entry: then it can
-    /// take the leadership without the group losing availability.
-    pub fn can_hand_to(&self, target: u64) -> bool {
-        self.leader() == Some(self.raft.metrics().borrow_watched().id) && self.in_sync().contains(&target)
-    }
-
-    /// Graceful shutdown, step 1: if this replica leads its group, hands the leadership to
-    /// the follower that has the most of its log (openraft's transfer: the target elects
-    /// itself at once, without waiting out an election timeout, and refuses if it has not
-    /// flushed the leader's log yet), then waits until this replica no longer leads, for at
-    /// most `wait`. Returns whether the leadership moved. Not the leader: `false` at once.
-    pub async fn hand_over(&self, wait: std::time::Duration) -> bool {
+    /// Where a leadership transfer should go: among the followers that hold every committed
+    /// entry *and* acknowledged a heartbeat within three heartbeat intervals (a dead replica
+    /// stays "in sync" on an idle partition, so matching alone is not enough), `preferred` if
+    /// it is one, else the one with the most of the log. `None`: not the leader, or no such
+    /// follower (an asleep group sends no heartbeats: wake it first).
+    pub fn transfer_target(&self, preferred: Option<u64>) -> Option<u64> {
         let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(m.id) {
+            return None;
+        }
+        let fresh = Duration::from_millis(self.raft.config().heartbeat_interval * 3);
+        let committed = m.cluster_committed.map_or(0, |l| l.index);
+        let heartbeats = m.heartbeat.as_ref()?;
+        let candidates: Vec<(u64, u64)> = m
+            .replication
+            .as_ref()?
+            .iter()
+            .filter(|(id, _)| **id != m.id)
+            .filter(|(id, _)| heartbeats.get(id).and_then(|t| t.as_ref()).is_some_and(|t| t.elapsed() < fresh))
+            .filter_map(|(id, matched)| matched.map(|l| (*id, l.index)))
+            .filter(|(_, index)| *index >= committed)
+            .collect();
+        match preferred {
+            Some(p) => candidates.iter().any(|(id, _)| *id == p).then_some(p),
+            None => candidates.iter().max_by_key(|(_, index)| *index).map(|(id, _)| *id),
+        }
+    }
+
+    /// If this replica leads its group, hands the leadership to `to` (or, with `None`, to
+    /// the live follower that has the most of its log; [`Replica::transfer_target`]) and
+    /// waits until this replica no longer leads, for at most `wait`. openraft's transfer: the
+    /// target elects itself at once, without waiting out an election timeout, and refuses if
+    /// it has not flushed the leader's log yet. An asleep group is woken first and given the
+    /// rest of `wait` to hear from its followers. Returns whether the leadership moved; not
+    /// the leader, or no eligible target in time: `false`.
+    pub async fn hand_to(&self, to: Option<u64>, wait: Duration) -> bool {
+        let me = self.raft.metrics().borrow_watched().id;
+        if self.leader() != Some(me) {
             return false;
         }
-        let target = m
-            .replication
-            .iter()
-            .flatten()
-            .filter(|(id, _)| **id != m.id)
-            .max_by_key(|(_, matched)| matched.map(|l| l.index))
-            .map(|(id, _)| *id);
-        let Some(target) = target else { return false };
+        let deadline = tokio::time::Instant::now() + wait;
+        self.quiescence.wake(&self.raft);
+        let target = loop {
+            if let Some(t) = self.transfer_target(to) {
+                break t;
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(50) > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         if self.raft.trigger().transfer_leader(target).await.is_err() {
             return false;
         }
         let mut metrics = self.raft.metrics();
         let moved = async {
-            while metrics.borrow_watched().current_leader == Some(m.id) {
+            while metrics.borrow_watched().current_leader == Some(me) {
                 if metrics.changed().await.is_err() {
                     return;
                 }
             }
         };
-        tokio::time::timeout(wait, moved).await.is_ok()
+        tokio::time::timeout_at(deadline, moved).await.is_ok()
     }
 
     /// Stops the group: unregisters it from the transport and shuts its Raft down.

@@ -6,8 +6,8 @@
 //! Each call is bounded by openraft's soft TTL; any failure is reported as `Unreachable`, so
 //! openraft backs off instead of hammering a dead peer.
 //!
-//! Not yet built (docs/RAFT_PLAN.md §5): coalescing the heartbeats of many groups into one
-//! frame per peer. Today each group's heartbeat is its own call.
+//! Each active group's heartbeat is its own call; idle groups go quiet instead
+//! (raft/quiesce.rs), and the brokers' liveness is one ping per peer ([`Peers::ping`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,7 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::codec::{encode_snapshot_meta, CodecError};
 use super::rpc_codec;
 use super::state_machine::PartitionSnapshotOf;
-use super::types::{PartitionTc, Vote};
+use super::types::{LogId, PartitionTc, Vote};
 
 /// Bytes of segment data per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -67,9 +67,54 @@ impl Peers {
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            // A frozen peer (SIGSTOP) keeps the TCP connection open: HTTP/2 pings notice it,
+            // so proxied group sessions and forwarded calls fail instead of hanging.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(4))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         inner.channels.insert(node, channel.clone());
         Ok(channel)
+    }
+
+    /// Broker-level calls (quiescing, liveness): one short unary call to `node`, `None` on
+    /// any failure or after `timeout`.
+    async fn unary<F, Fut>(&self, node: u64, msg: RaftMessage, timeout: Duration, f: F) -> Option<Bytes>
+    where
+        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let client = RaftTransportClient::new(self.channel(node).ok()?);
+        match tokio::time::timeout(timeout, f(client, msg)).await {
+            Ok(Ok(resp)) => Some(resp.into_inner().body),
+            _ => None,
+        }
+    }
+
+    /// Asks `node` to put its replica of `group` to sleep (raft/quiesce.rs); whether it agreed.
+    pub async fn quiesce(
+        &self,
+        node: u64,
+        group: u64,
+        vote: &Vote,
+        committed: Option<&LogId>,
+        timeout: Duration,
+    ) -> bool {
+        let msg = RaftMessage { group_id: group, body: rpc_codec::encode_quiesce_request(vote, committed).into() };
+        let reply = self.unary(node, msg, timeout, |mut c, m| async move { c.quiesce(m).await }).await;
+        reply.is_some_and(|b| rpc_codec::decode_quiesce_response(&b).unwrap_or(false))
+    }
+
+    /// Wakes `node`'s replica of `group` (fire and forget: a failure changes nothing).
+    pub async fn wake(&self, node: u64, group: u64, timeout: Duration) {
+        let msg = RaftMessage { group_id: group, body: Bytes::new() };
+        let _ = self.unary(node, msg, timeout, |mut c, m| async move { c.wake(m).await }).await;
+    }
+
+    /// Whether `node` answers a ping from `from` within `timeout`.
+    pub async fn ping(&self, node: u64, from: u64, timeout: Duration) -> bool {
+        let msg = RaftMessage { group_id: from, body: Bytes::new() };
+        self.unary(node, msg, timeout, |mut c, m| async move { c.ping(m).await }).await.is_some()
     }
 
     /// The network of one Raft group, for `Raft::new`.

@@ -11,6 +11,8 @@
 //! vote request    = 1 u8 | vote | option<log id> last | transfer u8
 //! vote response   = 1 u8 | vote | granted u8 | option<log id> last
 //! vote            = term u64 | voted-for u64 | committed u8
+//! quiesce request   = 1 u8 | vote | option<log id> committed
+//! quiesce response  = 1 u8 | accepted u8
 //! transfer request  = 1 u8 | vote from | to u64 | option<log id> last
 //! transfer response = 1 u8 | tag u8 (1 ok | 2 vote changed + vote expected + vote actual
 //!                            | 3 log not flushed + option<log id> expected + option<log id> actual)
@@ -23,7 +25,7 @@ use openraft::raft::{
 };
 
 use super::codec::{decode_control, encode_control, put_log_id, take_log_id, take_u32, take_u64, take_u8, CodecError};
-use super::types::{log_id, BatchData, Entry, EntryPayload, PartitionTc, Vote};
+use super::types::{log_id, BatchData, Entry, EntryPayload, LogId, PartitionTc, Vote};
 use crate::log::format::{BatchHeader, BATCH_HEADER_LEN};
 use crate::log::StoredBatch;
 
@@ -193,6 +195,27 @@ pub fn decode_vote_response(mut b: &[u8]) -> Result<VoteResponse<PartitionTc>, C
     Ok(VoteResponse { vote, vote_granted, last_log_id })
 }
 
+pub fn encode_quiesce_request(vote: &Vote, committed: Option<&LogId>) -> Vec<u8> {
+    let mut out = vec![V1];
+    put_vote(&mut out, vote);
+    put_log_id(&mut out, committed);
+    out
+}
+
+pub fn decode_quiesce_request(mut b: &[u8]) -> Result<(Vote, Option<LogId>), CodecError> {
+    version(&mut b)?;
+    Ok((take_vote(&mut b)?, take_log_id(&mut b)?))
+}
+
+pub fn encode_quiesce_response(accepted: bool) -> Vec<u8> {
+    vec![V1, u8::from(accepted)]
+}
+
+pub fn decode_quiesce_response(mut b: &[u8]) -> Result<bool, CodecError> {
+    version(&mut b)?;
+    Ok(take_u8(&mut b)? == 1)
+}
+
 pub fn encode_transfer_request(r: &TransferLeaderRequest<PartitionTc>) -> Vec<u8> {
     let mut out = vec![V1];
     put_vote(&mut out, r.from_leader());
@@ -309,6 +332,19 @@ mod tests {
         let v =
             VoteResponse::<PartitionTc> { vote: Vote::new(3, 2), vote_granted: true, last_log_id: Some(log_id(1, 1)) };
         assert_eq!(decode_vote_response(&encode_vote_response(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn quiesce_round_trips() {
+        let (vote, committed) = (Vote::new_committed(3, 2), Some(log_id(3, 40)));
+        let body = encode_quiesce_request(&vote, committed.as_ref());
+        assert_eq!(decode_quiesce_request(&body).unwrap(), (vote, committed));
+        for cut in 0..body.len() {
+            assert!(decode_quiesce_request(&body[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        }
+        for accepted in [true, false] {
+            assert_eq!(decode_quiesce_response(&encode_quiesce_response(accepted)).unwrap(), accepted);
+        }
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Cluster {
             Some(grpc) => {
                 let raft = Raft::new(id, config, grpc.peers.group(1), log, sm).await.unwrap();
                 let incoming_dir = node.dir.join("incoming-snapshot");
-                grpc.groups[&id].insert(1, transport::GroupHandle { raft: raft.clone(), incoming_dir });
+                grpc.groups[&id].insert(1, transport::GroupHandle::new(raft.clone(), incoming_dir));
                 raft
             }
             None => Raft::new(id, config, NodeNetwork { id, router: self.router.clone() }, log, sm).await.unwrap(),

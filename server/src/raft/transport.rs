@@ -7,6 +7,9 @@
 //! state machine installs crash-safely (`log/snapshot.rs`). The incoming directory is removed
 //! afterwards, installed or not.
 //!
+//! Quiescing (`raft/quiesce.rs`): every message for a group wakes it, but a pre-vote reaching
+//! an asleep replica whose leader's broker is alive, and Quiesce itself.
+//!
 //! Status codes: `NOT_FOUND` for a group this broker does not host (the caller backs off),
 //! `INVALID_ARGUMENT` for an undecodable message, `UNAVAILABLE` when the group's Raft has
 //! stopped.
@@ -15,15 +18,21 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
+use openraft::raft::VoteResponse;
 use openraft::storage::Snapshot;
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Raft;
 use tidelog_proto::internal::raft_transport_server::RaftTransport;
 use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode_snapshot_meta, CodecError};
+use super::network::Peers;
+use super::quiesce::{follower_may_sleep, Liveness, Quiescence};
 use super::rpc_codec;
 use super::types::PartitionTc;
 use super::{PartitionSnapshot, PartitionStateMachine};
@@ -32,17 +41,43 @@ use crate::log::SegmentSlice;
 
 pub type PartitionRaft = Raft<PartitionTc, PartitionStateMachine>;
 
-/// A group hosted here: its Raft, and where incoming snapshots are written.
+/// A group hosted here: its Raft, where incoming snapshots are written, and whether it sleeps.
 #[derive(Clone)]
 pub struct GroupHandle {
     pub raft: PartitionRaft,
     pub incoming_dir: PathBuf,
+    pub quiescence: Arc<Quiescence>,
 }
 
-/// The Raft groups this broker hosts, by group id.
+impl GroupHandle {
+    pub fn new(raft: PartitionRaft, incoming_dir: PathBuf) -> Self {
+        Self { raft, incoming_dir, quiescence: Arc::default() }
+    }
+
+    /// Any Raft message but Quiesce wakes the group: someone needs it to run.
+    fn woken(self) -> Self {
+        self.quiescence.wake(&self.raft);
+        self
+    }
+}
+
+/// The Raft groups this broker hosts, by group id, and what quiescing needs to know of the
+/// peers (a single-process test has neither peers nor liveness: nothing sleeps there).
 #[derive(Clone, Default)]
 pub struct RaftGroups {
     inner: Arc<RwLock<HashMap<u64, GroupHandle>>>,
+    peers: Option<QuiesceContext>,
+    /// Set when this broker begins its graceful shutdown: it refuses leadership transfers.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Cluster mode: the peers (to wake an asleep leader) and their liveness.
+#[derive(Clone, Debug)]
+pub struct QuiesceContext {
+    pub peers: Peers,
+    pub liveness: Arc<Liveness>,
+    /// A peer that answered a ping within this counts as alive.
+    pub alive_within: Duration,
 }
 
 impl std::fmt::Debug for RaftGroups {
@@ -53,6 +88,24 @@ impl std::fmt::Debug for RaftGroups {
 }
 
 impl RaftGroups {
+    /// A cluster's registry, whose groups may sleep.
+    pub fn clustered(context: QuiesceContext) -> Self {
+        Self { inner: Arc::default(), peers: Some(context), stopping: Arc::default() }
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn quiesce_context(&self) -> Option<&QuiesceContext> {
+        self.peers.as_ref()
+    }
+
+    /// Every group hosted here.
+    pub fn all(&self) -> Vec<(u64, GroupHandle)> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).iter().map(|(id, h)| (*id, h.clone())).collect()
+    }
+
     pub fn insert(&self, group_id: u64, handle: GroupHandle) {
         self.inner.write().unwrap_or_else(PoisonError::into_inner).insert(group_id, handle);
     }
@@ -99,7 +152,7 @@ fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
 impl RaftTransport for RaftTransportService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.raft;
+        let raft = self.groups.get(m.group_id)?.woken().raft;
         let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
         let resp = raft.append_entries(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_append_response(&resp)))
@@ -107,26 +160,73 @@ impl RaftTransport for RaftTransportService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.raft;
+        let raft = self.groups.get(m.group_id)?.woken().raft;
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
         let resp = raft.vote(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
     }
 
+    /// An asleep replica whose leader's broker answers pings refuses: the candidate has not
+    /// heard the leader only because the leader sleeps. It wakes the leader instead, whose
+    /// heartbeats then reach the candidate.
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.raft;
+        let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
+        if let (true, Some(cx)) = (handle.quiescence.is_asleep(), self.groups.quiesce_context()) {
+            let metrics = handle.raft.metrics().borrow_watched().clone();
+            if let Some(leader) = metrics.current_leader.filter(|l| *l != metrics.id) {
+                if cx.liveness.alive(leader, cx.alive_within) {
+                    let (peers, group, wait) = (cx.peers.clone(), m.group_id, cx.alive_within);
+                    tokio::spawn(async move { peers.wake(leader, group, wait).await });
+                    // Asleep, its last entry is its last applied one (it slept caught up, and
+                    // any new entry would have woken it).
+                    let refused =
+                        VoteResponse { vote: metrics.vote, vote_granted: false, last_log_id: metrics.last_applied };
+                    return Ok(reply(m.group_id, rpc_codec::encode_vote_response(&refused)));
+                }
+            }
+        }
+        let raft = handle.woken().raft;
         let resp = raft.pre_vote(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        if self.groups.stopping.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("this broker is shutting down: it takes no leadership"));
+        }
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.raft;
+        let raft = self.groups.get(m.group_id)?.woken().raft;
         let rpc = rpc_codec::decode_transfer_request(&m.body).map_err(invalid)?;
         let resp = raft.handle_transfer_leader(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_transfer_response(&resp)))
+    }
+
+    /// Sleeps this replica if it is caught up with the asking leader (raft/quiesce.rs).
+    async fn quiesce(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        let handle = self.groups.get(m.group_id)?;
+        let (vote, committed) = rpc_codec::decode_quiesce_request(&m.body).map_err(invalid)?;
+        let accepted = self.groups.quiesce_context().is_some() && follower_may_sleep(&handle.raft, &vote, committed);
+        if accepted {
+            handle.quiescence.sleep(&handle.raft);
+        }
+        Ok(reply(m.group_id, rpc_codec::encode_quiesce_response(accepted)))
+    }
+
+    async fn wake(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        self.groups.get(m.group_id)?.woken();
+        Ok(reply(m.group_id, Vec::new()))
+    }
+
+    async fn ping(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let from = request.into_inner().group_id;
+        if let Some(cx) = self.groups.quiesce_context() {
+            cx.liveness.heard(from);
+        }
+        Ok(reply(from, Vec::new()))
     }
 
     async fn install_snapshot(
@@ -136,7 +236,7 @@ impl RaftTransport for RaftTransportService {
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let group_id = first.group_id;
-        let handle = self.groups.get(group_id)?;
+        let handle = self.groups.get(group_id)?.woken();
         let vote = rpc_codec::decode_vote(&first.vote).map_err(invalid)?;
         let meta = decode_snapshot_meta(&first.meta).map_err(invalid)?;
         let dir = handle.incoming_dir.clone();

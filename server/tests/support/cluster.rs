@@ -175,6 +175,15 @@ impl TestCluster {
     }
 }
 
+impl Drop for TestCluster {
+    /// A failing test shows the end of every broker's log.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
 /// `topic`'s partition-0 leader as broker `addr` sees it; `None` if it knows none or does not
 /// answer within 2 s (a paused broker never answers).
 pub async fn describe_leader(addr: &str, topic: &str) -> Option<u64> {

@@ -1,0 +1,102 @@
+//! The broker's quiescing loop (the protocol and its invariants are in `raft/quiesce.rs`).
+//! Every heartbeat interval it:
+//! 1. pings every peer broker once (one call per peer for all groups: the liveness asleep
+//!    followers rely on);
+//! 2. wakes every asleep follower replica whose leader's broker has not answered a ping for
+//!    an election timeout, so it elects as an awake one would;
+//! 3. for every partition group it leads that has had no proposal and no new entry for
+//!    `idle_after`, with every entry committed and on every follower, asks the followers to
+//!    sleep and sleeps itself once all agreed.
+//!
+//! Never: touches the metadata group (group sessions follow the controller's liveness).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use super::{Cluster, Replica};
+use crate::broker::Broker;
+use crate::raft::quiesce::leader_idle_state;
+
+/// Quiesce requests in flight at once (a first pass over a thousand idle groups).
+const CONCURRENT_REQUESTS: usize = 32;
+
+/// Runs until the broker shuts down.
+pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, idle_after: Duration) {
+    let Some(cx) = cluster.groups().quiesce_context().cloned() else { return };
+    let me = cluster.node_id();
+    let peers: Vec<u64> = cluster.brokers().keys().copied().filter(|p| *p != me).collect();
+    let mut shutdown = broker.shutdown_signal();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per group this broker leads: (proposals seen, last log index, since when both are so).
+    let mut quiet: HashMap<u64, (u64, Option<u64>, Instant)> = HashMap::new();
+    let mut reported = (usize::MAX, usize::MAX);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        futures::future::join_all(peers.iter().map(|p| {
+            let (cx, p) = (&cx, *p);
+            async move {
+                if cx.peers.ping(p, me, every * 2).await {
+                    cx.liveness.heard(p);
+                }
+            }
+        }))
+        .await;
+        let replicas: Vec<Replica> =
+            broker.topics().iter().flat_map(|t| t.replicas().cloned().collect::<Vec<_>>()).collect();
+        let mut candidates = Vec::new();
+        let now = Instant::now();
+        for r in &replicas {
+            let m = r.raft.metrics().borrow_watched().clone();
+            if r.quiescence.is_asleep() {
+                let leader_alive = m.current_leader.is_some_and(|l| l == me || cx.liveness.alive(l, cx.alive_within));
+                if !leader_alive && r.quiescence.wake(&r.raft) {
+                    tracing::info!(group = r.group_id, leader = ?m.current_leader, "leader's broker silent: woke to elect");
+                }
+                continue;
+            }
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let state = (r.quiescence.activity(), m.last_log_index);
+            let entry = quiet.entry(r.group_id).or_insert((state.0, state.1, now));
+            if (entry.0, entry.1) != state {
+                *entry = (state.0, state.1, now);
+            } else if now.duration_since(entry.2) >= idle_after {
+                candidates.push((r.clone(), state.0));
+            }
+        }
+        let live: HashSet<u64> = replicas.iter().map(|r| r.group_id).collect();
+        quiet.retain(|g, _| live.contains(g));
+        futures::stream::iter(candidates)
+            .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity)| {
+                let cx = &cx;
+                async move {
+                    let Some((vote, committed)) = leader_idle_state(&r.raft) else { return };
+                    let followers: Vec<u64> = r.voters().into_iter().filter(|v| *v != me).collect();
+                    let answers = futures::future::join_all(
+                        followers
+                            .iter()
+                            .map(|f| cx.peers.quiesce(*f, r.group_id, &vote, committed.as_ref(), every * 2)),
+                    )
+                    .await;
+                    if answers.iter().all(|a| *a) && r.quiescence.sleep_if_idle(&r.raft, activity) {
+                        tracing::debug!(group = r.group_id, "idle: asleep");
+                    }
+                }
+            })
+            .await;
+        let asleep = replicas.iter().filter(|r| r.quiescence.is_asleep()).count();
+        if (asleep, replicas.len()) != reported {
+            reported = (asleep, replicas.len());
+            tracing::info!(asleep, groups = replicas.len(), "partition groups asleep");
+        }
+    }
+}
