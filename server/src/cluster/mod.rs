@@ -91,6 +91,10 @@ impl Cluster {
             heartbeat_interval: settings.heartbeat_ms,
             election_timeout_min: settings.election_timeout_ms,
             election_timeout_max: settings.election_timeout_ms * 2,
+            // A node that cannot win (a restarted or cut-off one) asks first and does not bump
+            // the term: no disruptive elections, and asleep groups can refuse it
+            // (raft/quiesce.rs).
+            enable_pre_vote: Some(true),
             // Snapshots and purges happen only when retention asks (raft/retention.rs).
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,

@@ -5,8 +5,8 @@
 //! 2. wakes every asleep follower replica whose leader's broker has not answered a ping for
 //!    an election timeout, so it elects as an awake one would;
 //! 3. for every partition group it leads that has had no proposal and no new entry for
-//!    `idle_after`, with every entry committed and on every follower, asks the followers to
-//!    sleep and sleeps itself once all agreed.
+//!    `idle_after`, with every entry committed and on every live follower (a majority of the
+//!    group alive), asks those followers to sleep and sleeps itself once all agreed.
 //!
 //! Never: touches the metadata group (group sessions follow the controller's liveness).
 
@@ -79,8 +79,15 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity)| {
                 let cx = &cx;
                 async move {
-                    let Some((vote, committed)) = leader_idle_state(&r.raft) else { return };
-                    let followers: Vec<u64> = r.voters().into_iter().filter(|v| *v != me).collect();
+                    // A follower whose broker is down cannot agree; the group may sleep without
+                    // it while a majority lives (it wakes the group when it returns).
+                    let voters = r.voters();
+                    let followers: Vec<u64> =
+                        voters.iter().copied().filter(|v| *v != me && cx.liveness.alive(*v, cx.alive_within)).collect();
+                    if (followers.len() + 1) * 2 <= voters.len() {
+                        return;
+                    }
+                    let Some((vote, committed)) = leader_idle_state(&r.raft, &followers) else { return };
                     let answers = futures::future::join_all(
                         followers
                             .iter()

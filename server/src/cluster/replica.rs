@@ -176,6 +176,7 @@ impl Replica {
         };
         let (responder, rx) = ProgressResponder::<PartitionTc, _>::complete_only();
         self.quiescence.before_propose(&self.raft);
+        self.renew_lease_if_stale().await;
         self.raft.client_write_ff(BatchData::Proposed(batch), Some(responder)).await.map_err(|e| stopped(&e))?;
         Ok(async move {
             if let Some(hook_rx) = hook_rx {
@@ -255,6 +256,31 @@ impl Replica {
             }
         };
         tokio::time::timeout_at(deadline, moved).await.is_ok()
+    }
+
+    /// openraft refuses writes on a leader whose lease ran out (no quorum acknowledged it for
+    /// a while), and that is what a leader that slept looks like (`raft/quiesce.rs`): renew
+    /// it with a heartbeat round before proposing, bounded by two election timeouts (a leader
+    /// that cannot reach a quorum then gets openraft's refusal, as it should).
+    async fn renew_lease_if_stale(&self) {
+        let config = self.raft.config();
+        let lease = Duration::from_millis(config.election_timeout_min);
+        let stale = |m: &openraft::RaftMetrics<PartitionTc>| {
+            m.current_leader == Some(m.id) && m.last_quorum_acked.is_none_or(|t| t.elapsed() >= lease)
+        };
+        let mut metrics = self.raft.metrics();
+        if !stale(&metrics.borrow_watched()) {
+            return;
+        }
+        let _ = self.raft.trigger().heartbeat().await;
+        let renewed = async {
+            while stale(&metrics.borrow_watched()) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(config.election_timeout_max * 2), renewed).await;
     }
 
     /// Stops the group: unregisters it from the transport and shuts its Raft down.

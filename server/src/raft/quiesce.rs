@@ -5,10 +5,10 @@
 //! (docs/PERFORMANCE.md).
 //!
 //! ```text
-//!   leader: idle (no proposal, last entry committed and matched by every follower, for a
-//!   while)  ──Quiesce(vote, committed)──►  follower: same leader, same vote, has applied that
-//!   commit?  yes: stop ticking, answer yes
-//!   leader: every follower said yes  →  stop ticking
+//!   leader: idle (no proposal, last entry committed and matched by every live follower, for
+//!   a while; a majority of the group alive)  ──Quiesce(vote, committed)──►  follower: same
+//!   leader, same vote, has applied that commit?  yes: stop ticking, answer yes
+//!   leader: every live follower said yes  →  stop ticking
 //!
 //!   wake-up: a proposal on the leader; any Raft message for the group (AppendEntries, Vote,
 //!   TransferLeader, a snapshot, Wake); a follower whose leader's broker stopped answering
@@ -102,14 +102,18 @@ impl Quiescence {
 }
 
 /// What a leader sends with its Quiesce request, read off its metrics if it may sleep: it
-/// leads, its last entry is committed and every follower has it.
-pub fn leader_idle_state(raft: &PartitionRaft) -> Option<(Vote, Option<LogId>)> {
+/// leads, its last entry is committed and every follower in `live` has it (a dead follower
+/// cannot agree; it wakes the group by standing for election when it returns).
+pub fn leader_idle_state(raft: &PartitionRaft, live: &[u64]) -> Option<(Vote, Option<LogId>)> {
     let m = raft.metrics().borrow_watched().clone();
     if m.current_leader != Some(m.id) || m.cluster_committed.map(|l| l.index) != m.last_log_index {
         return None;
     }
     let replication = m.replication.as_ref()?;
-    let all_matched = replication.iter().all(|(_, matched)| matched.map(|l| l.index) == m.last_log_index);
+    let all_matched = replication
+        .iter()
+        .filter(|(id, _)| live.contains(id))
+        .all(|(_, matched)| matched.map(|l| l.index) == m.last_log_index);
     all_matched.then_some((m.vote, m.cluster_committed))
 }
 

@@ -175,10 +175,15 @@ impl RaftTransport for RaftTransportService {
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
         if let (true, Some(cx)) = (handle.quiescence.is_asleep(), self.groups.quiesce_context()) {
             let metrics = handle.raft.metrics().borrow_watched().clone();
-            if let Some(leader) = metrics.current_leader.filter(|l| *l != metrics.id) {
-                if cx.liveness.alive(leader, cx.alive_within) {
-                    let (peers, group, wait) = (cx.peers.clone(), m.group_id, cx.alive_within);
-                    tokio::spawn(async move { peers.wake(leader, group, wait).await });
+            if let Some(leader) = metrics.current_leader {
+                // The asleep leader itself wakes: its heartbeats tell the candidate.
+                if leader == metrics.id || cx.liveness.alive(leader, cx.alive_within) {
+                    if leader == metrics.id {
+                        handle.quiescence.wake(&handle.raft);
+                    } else {
+                        let (peers, group, wait) = (cx.peers.clone(), m.group_id, cx.alive_within);
+                        tokio::spawn(async move { peers.wake(leader, group, wait).await });
+                    }
                     // Asleep, its last entry is its last applied one (it slept caught up, and
                     // any new entry would have woken it).
                     let refused =

@@ -1,0 +1,139 @@
+//! Quiescing in a real three-broker cluster (raft/quiesce.rs): idle partition groups stop
+//! ticking on every replica; a write wakes them at once; when the broker leading asleep
+//! groups is SIGKILLed, the survivors notice through their broker pings, wake and elect, so
+//! every partition takes writes again; and the killed broker, restarted, catches up without
+//! taking the leadership of most idle groups (its pre-votes are refused while their leaders
+//! live).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::cluster::{TestCluster, NODES, WAIT};
+use support::eventually;
+use tidelog::proto::v1::TopicConfig;
+use tidelog::{Client, Producer, ProducerConfig, Record};
+
+const TOPIC: &str = "idle";
+const PARTITIONS: u32 = 6;
+
+/// A broker's log without the terminal colour codes.
+fn plain_log(c: &TestCluster, n: u64) -> String {
+    let raw = std::fs::read_to_string(c.root.path().join(format!("node-{n}.log"))).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The last "partition groups asleep" report of broker `n` (in its log after byte `from`: a
+/// restarted broker appends to its old log): (asleep, groups).
+fn asleep(c: &TestCluster, n: u64, from: usize) -> Option<(usize, usize)> {
+    let log = plain_log(c, n);
+    let line = log.get(from..)?.lines().rev().find(|l| l.contains("partition groups asleep"))?;
+    let field = |name: &str| line.split(&format!("{name}=")).nth(1)?.split_whitespace().next()?.parse().ok();
+    Some((field("asleep")?, field("groups")?))
+}
+
+/// Every partition's leader, as the leaders report it.
+async fn leaders(c: &TestCluster) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for n in c.serving() {
+        let Ok(client) = Client::connect(c.addr(n)).await else { continue };
+        let Ok(d) = client.describe_topic(TOPIC).await else { continue };
+        for p in d.partitions.iter().filter(|p| u64::from(p.leader_id) == n) {
+            out.insert(p.partition, n);
+        }
+    }
+    out
+}
+
+/// One acks=all record to every partition through `bootstrap`; how long until all were
+/// acknowledged.
+async fn write_each(c: &TestCluster, bootstrap: u64, tag: &str) -> Duration {
+    let started = Instant::now();
+    let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
+    let producer = Producer::new(Client::connect(c.addr(bootstrap)).await.unwrap(), config).await.unwrap();
+    let mut pending = Vec::new();
+    for p in 0..PARTITIONS {
+        pending.push(producer.send_to(TOPIC, p, Record::new(format!("{tag}-{p}"))).await.unwrap());
+    }
+    for d in pending {
+        d.await.unwrap_or_else(|e| panic!("{tag}: delivery failed: {e}"));
+    }
+    producer.close().await;
+    started.elapsed()
+}
+
+async fn all_asleep(c: &TestCluster, what: &str) {
+    for n in c.serving() {
+        eventually(WAIT, what, || {
+            let state = asleep(c, n, 0);
+            async move { (state == Some((PARTITIONS as usize, PARTITIONS as usize))).then_some(()) }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_sleep_wake_on_writes_and_fail_over_while_asleep() {
+    // Rebalancing off: only elections move leaders here.
+    let mut c = TestCluster::start_with(&["--quiesce-ms", "500", "--leader-rebalance-ms", "0"]).await;
+    c.create_topic(TOPIC, PARTITIONS, 3, TopicConfig::default()).await;
+    write_each(&c, 1, "first").await;
+    all_asleep(&c, "every replica of the idle topic asleep").await;
+
+    // A write wakes an asleep group at once (no election, no timeout).
+    let woke = write_each(&c, 2, "wake").await;
+    assert!(woke < Duration::from_secs(2), "writes to asleep groups took {woke:?}");
+    all_asleep(&c, "asleep again after the writes").await;
+
+    // The broker leading the most partitions dies while they sleep.
+    let before = leaders(&c).await;
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for l in before.values() {
+        *count.entry(*l).or_default() += 1;
+    }
+    let victim = *count.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    c.kill9(victim);
+    let survivor = NODES.into_iter().find(|n| *n != victim).unwrap();
+    let failover = write_each(&c, survivor, "after-kill").await;
+    eprintln!(
+        "quiesce: broker {victim} led {} asleep partitions; writes to all took {failover:?} after its SIGKILL",
+        count[&victim]
+    );
+    let after = leaders(&c).await;
+    assert_eq!(after.len(), PARTITIONS as usize, "leaders after the kill: {after:?}");
+    assert!(after.values().all(|l| *l != victim));
+
+    // Restarted, it catches up but takes no leadership of the idle groups.
+    all_asleep(&c, "asleep again on the survivors").await;
+    let settled = leaders(&c).await;
+    let old_log = plain_log(&c, victim).len();
+    c.start_node(victim);
+    eventually(WAIT, "the restarted broker's groups asleep too", || {
+        let state = asleep(&c, victim, old_log);
+        async move { (state == Some((PARTITIONS as usize, PARTITIONS as usize))).then_some(()) }
+    })
+    .await;
+    // Its pre-votes are refused while the leaders live, so most leaderships stay; one may
+    // still move if its pre-vote races the leader's wake-up (harmless: an ordinary election).
+    let now = leaders(&c).await;
+    let moved = now.iter().filter(|(p, l)| settled.get(p) != Some(l)).count();
+    eprintln!("quiesce: after the restart {moved} of {PARTITIONS} leaderships moved");
+    assert!(moved < PARTITIONS as usize / 2, "the restarted broker took the idle groups: {settled:?} -> {now:?}");
+    write_each(&c, victim, "after-restart").await;
+}
