@@ -66,13 +66,7 @@ run() {
   say "$name: tidelog bench $*"
   local json
   json=$("$bin" bench "$@" --record-size 1024 --json --quiet)
-  python3 - "$results" "$name" "$json" <<'EOF'
-import json, sys
-path, name, value = sys.argv[1], sys.argv[2], sys.argv[3]
-data = json.load(open(path))
-data[name] = json.loads(value)
-json.dump(data, open(path, "w"), indent=1)
-EOF
+  python3 scripts/bench_record.py "$results" "$name" "$json"
 }
 
 # Both shapes of run against one broker address: full speed, then paced.

@@ -49,15 +49,7 @@ fi
 
 echo "{}" >"$results"
 # record NAME JSON: adds one result to $results.
-record() {
-  python3 - "$results" "$1" "$2" <<'EOF'
-import json, sys
-path, name, value = sys.argv[1], sys.argv[2], sys.argv[3]
-data = json.load(open(path))
-data[name] = json.loads(value)
-json.dump(data, open(path, "w"), indent=1)
-EOF
-}
+record() { python3 scripts/bench_record.py "$results" "$1" "$2"; }
 
 record machine "$(python3 -c '
 import json, os

@@ -1,0 +1,14 @@
+"""Adds one named result (a JSON value) to a bench results file: bench_record.py FILE NAME JSON.
+
+Shared by scripts/bench.sh and scripts/bench-cluster.sh.
+"""
+
+import json
+import sys
+
+path, name, value = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(path) as f:
+    data = json.load(f)
+data[name] = json.loads(value)
+with open(path, "w") as f:
+    json.dump(data, f, indent=1)
