@@ -284,6 +284,12 @@ async fn group_commits_survive_controller_loss_and_stale_generations_are_fenced(
     let resp = resp.unwrap().unwrap();
     assert_eq!(resp.error_code, ErrorCode::IllegalGeneration as i32, "stale commit: {resp:?}");
     assert!(after.members.iter().all(|m| m.member_id != old.member_id));
+    assert!(
+        after.generation > before.generation,
+        "generations go backwards across the failover: {} -> {}",
+        before.generation,
+        after.generation
+    );
 
     // The group goes on: new records are consumed and committed.
     produce_keyed(&c, survivor, topic, 300, 200).await;

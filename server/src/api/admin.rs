@@ -156,7 +156,10 @@ impl AdminApi {
             }
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
                 let name = req.name.clone();
-                controller_client(cluster, id)?.create_topic(forwarded_request(req, Some(APPLY_WAIT))).await?;
+                controller_client(cluster, id)?
+                    .create_topic(forwarded_request(req, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(forward::upstream_status)?;
                 let topic = wait_topic(&self.broker, cluster, &name, true).await?;
                 Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.broker, &topic)) }))
             }
@@ -179,7 +182,10 @@ impl AdminApi {
         match metadata::propose(cluster, &cmd).await {
             Ok(offset) => cluster.wait_applied(offset + 1, APPLY_WAIT).await?,
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if !forwarded => {
-                controller_client(cluster, id)?.delete_topic(forwarded_request(req.clone(), Some(APPLY_WAIT))).await?;
+                controller_client(cluster, id)?
+                    .delete_topic(forwarded_request(req.clone(), Some(APPLY_WAIT)))
+                    .await
+                    .map_err(forward::upstream_status)?;
                 wait_topic(&self.broker, cluster, &req.name, false).await.map(|_| ()).or_else(|e| match e {
                     BrokerError::UnknownTopic(_) => Ok(()),
                     e => Err(e),

@@ -46,6 +46,19 @@ pub fn channel_to(cluster: &Cluster, id: u64) -> Result<Channel, BrokerError> {
     })
 }
 
+/// What a forwarded call's failure becomes for the caller: a broker's real answer (not found,
+/// invalid, fenced, ...) passes through; a failure of the hop itself (the controller went away
+/// mid-call, timed out, or answered garbage) is a retryable UNAVAILABLE, as NOT_LEADER is.
+pub fn upstream_status(s: tonic::Status) -> tonic::Status {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Internal => {
+            tonic::Status::unavailable(format!("forwarded call failed ({}: {}); retry", s.code(), s.message()))
+        }
+        _ => s,
+    }
+}
+
 /// Where a consumer-group call is served.
 pub enum Route {
     /// On this broker: a single node, or the controller.

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::list_offsets;
 use super::error::error_code;
-use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route, CONTROLLER_WAIT};
+use super::forward::{coordinator_route, forwarded_request, is_forwarded, upstream_status, Route, CONTROLLER_WAIT};
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::metadata::APPLY_WAIT;
 use crate::group::Coordinator;
@@ -62,7 +62,7 @@ impl GroupApi {
         let mut client = GroupServiceClient::new(channel);
         let opening = client.session(forwarded_request(up, None));
         let mut down = match tokio::time::timeout(CONTROLLER_WAIT, opening).await {
-            Ok(opened) => opened?.into_inner(),
+            Ok(opened) => opened.map_err(upstream_status)?.into_inner(),
             Err(_) => {
                 return Err(Status::unavailable(format!("the group coordinator (broker {id}) did not answer; retry")))
             }
@@ -174,7 +174,7 @@ impl GroupService for GroupApi {
         let forwarded = is_forwarded(&request);
         if let Route::Controller(channel, _) = coordinator_route(&self.broker, forwarded).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
-            return GroupServiceClient::new(channel).describe_group(req).await;
+            return GroupServiceClient::new(channel).describe_group(req).await.map_err(upstream_status);
         }
         let group = request.into_inner().group;
         let view = self.coordinator.describe(&group);

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::error_code;
-use super::forward::{coordinator_route, forwarded_request, is_forwarded, Route};
+use super::forward::{coordinator_route, forwarded_request, is_forwarded, upstream_status, Route};
 use crate::broker::{now_ms, Broker, BrokerError};
 use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
 use crate::group::Coordinator;
@@ -164,7 +164,10 @@ impl OffsetService for OffsetApi {
         let req = request.into_inner();
         validate_group(&req.group)?;
         if let Route::Controller(channel, _) = coordinator_route(&self.broker, forwarded).await? {
-            return OffsetServiceClient::new(channel).fetch_committed(forwarded_request(req, Some(APPLY_WAIT))).await;
+            return OffsetServiceClient::new(channel)
+                .fetch_committed(forwarded_request(req, Some(APPLY_WAIT)))
+                .await
+                .map_err(upstream_status);
         }
         let topic = self.broker.topic(&req.topic)?;
         for p in &req.partitions {

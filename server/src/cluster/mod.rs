@@ -280,6 +280,11 @@ impl Cluster {
         self.controller().is_some() && *self.applied.borrow() >= self.meta_log.offsets().high_watermark.0
     }
 
+    /// The metadata group's current Raft term (it grows with every controller election).
+    pub fn meta_term(&self) -> u64 {
+        self.meta.raft.metrics().borrow_watched().current_term
+    }
+
     /// The controller (metadata leader), if one is known.
     pub fn controller(&self) -> Option<u64> {
         self.meta.raft.metrics().borrow_watched().current_leader

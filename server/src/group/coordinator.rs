@@ -67,10 +67,11 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Self {
+    /// A group first seen by this coordinator; its generations count up from `base`.
+    fn new(base: u32) -> Self {
         Self {
             state: GroupState::Empty,
-            generation: 0,
+            generation: base,
             leader: None,
             members: BTreeMap::new(),
             assignments: HashMap::new(),
@@ -103,6 +104,14 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(broker: Arc<Broker>) -> Arc<Self> {
         Arc::new(Self { broker, groups: Mutex::new(HashMap::new()), next_member: Default::default() })
+    }
+
+    /// Where a new group's generations start. In a cluster, above 65,536 × the controller's
+    /// metadata term, so a later controller's generations are higher than an earlier one's
+    /// (members see them in order across a failover, and a stale generation can never equal
+    /// a current one); 0 on a single node.
+    fn generation_base(&self) -> u32 {
+        self.broker.cluster().map_or(0, |c| (c.meta_term().min(0xFFFF) as u32) << 16)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
@@ -146,7 +155,8 @@ impl Coordinator {
         };
         let mut groups = self.lock();
         let group_name = join.group.clone();
-        let g = groups.entry(group_name.clone()).or_insert_with(Group::new);
+        let base = self.generation_base();
+        let g = groups.entry(group_name.clone()).or_insert_with(|| Group::new(base));
         let joined_at = g.members.get(&id).map_or_else(Instant::now, |m| m.joined_at);
         let member = Member {
             join,

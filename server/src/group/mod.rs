@@ -16,7 +16,9 @@
 //! - commits carry (generation, member id) and are accepted only from a current member of the
 //!   current generation; a group without members accepts commits only without a generation;
 //! - group state lives in memory: after a broker restart every member's stream has broken and
-//!   the members rejoin (committed offsets are durable in the metadata store).
+//!   the members rejoin (committed offsets are durable in the metadata store);
+//! - in a cluster, a group's generations start above 65,536 × the metadata term of the
+//!   controller that first sees it, so generations grow across controller failovers.
 
 pub mod coordinator;
 

@@ -218,6 +218,21 @@ impl MetaStore {
     }
 }
 
+/// Reopens a store whose previous instance was just dropped, polling (up to 10 s) until
+/// sled's background flusher of that instance has released the file lock, as a restarted
+/// process would find it. Tests only: a reopen right after a drop fails under load.
+#[cfg(test)]
+pub(crate) fn reopen(dir: &Path) -> MetaStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match MetaStore::open(dir) {
+            Ok(m) => return m,
+            Err(e) if std::time::Instant::now() > deadline => panic!("reopening {}: {e}", dir.display()),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +262,7 @@ mod tests {
             // A group whose name is a prefix of another's must not see its offsets.
             m.commit_offsets("g2", "a", &offs[..1]).await.unwrap();
         }
-        let m = MetaStore::open(dir.path()).unwrap();
+        let m = reopen(dir.path());
         assert_eq!(m.topics().unwrap().len(), 1);
         let got = m.committed_offsets("g", "a").unwrap();
         assert_eq!(got.len(), 3);

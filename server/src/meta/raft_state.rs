@@ -144,7 +144,7 @@ mod tests {
             let flushes = meta.flusher.flushes.load(Ordering::Relaxed);
             assert!((1..64).contains(&flushes), "64 concurrent votes took {flushes} flushes");
         }
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = crate::meta::reopen(dir.path());
         for g in 0..64u64 {
             assert_eq!(meta.raft_state(g).unwrap().get(RaftKey::Vote).unwrap(), Some(g.to_le_bytes().to_vec()));
         }
@@ -162,7 +162,7 @@ mod tests {
             b.clear().await.unwrap();
             meta.flush().unwrap();
         }
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = crate::meta::reopen(dir.path());
         let (a, b) = (meta.raft_state(1).unwrap(), meta.raft_state(2).unwrap());
         assert_eq!(a.get(RaftKey::Vote).unwrap().as_deref(), Some(&b"vote-a"[..]));
         assert_eq!(a.get(RaftKey::Applied).unwrap().as_deref(), Some(&b"applied-a"[..]));

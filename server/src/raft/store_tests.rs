@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use super::types::{log_id, Entry, EntryPayload, Membership, Vote};
 use super::*;
 use crate::log::{FsyncPolicy, LogConfig};
-use crate::meta::MetaStore;
+use crate::meta::reopen;
 
 struct Builder(FsyncPolicy);
 
@@ -23,7 +23,7 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> (Arc<Partition>, Partition
     let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
     let (partition, _) = Partition::open(&dir.join("t-0"), "t", 0, config, fsync).unwrap();
     let partition = Arc::new(partition);
-    let meta = MetaStore::open(&dir.join("meta")).unwrap();
+    let meta = reopen(&dir.join("meta"));
     let (log, sm) = open_storage(Arc::clone(&partition), meta.raft_state(7).unwrap()).unwrap();
     (partition, log, sm)
 }
