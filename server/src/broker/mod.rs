@@ -165,6 +165,11 @@ impl Broker {
         self.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
+    /// Cluster mode: the Raft group of every partition held here.
+    pub(crate) fn partition_replicas(&self) -> Vec<crate::cluster::Replica> {
+        self.topics().iter().flat_map(|t| t.replicas().cloned().collect::<Vec<_>>()).collect()
+    }
+
     pub(crate) fn all_partitions(&self) -> Vec<Arc<Partition>> {
         self.topics().iter().flat_map(|t| t.local().map(|(p, _)| Arc::clone(p)).collect::<Vec<_>>()).collect()
     }

@@ -222,12 +222,7 @@ impl Cluster {
     pub async fn hand_over_leadership(&self, broker: &Broker, wait: Duration) -> usize {
         // From now on this broker takes no leadership handed to it.
         self.groups.set_stopping();
-        let replicas: Vec<Replica> = broker
-            .topics()
-            .iter()
-            .flat_map(|t| t.replicas().cloned().collect::<Vec<_>>())
-            .chain([self.meta.clone()])
-            .collect();
+        let replicas: Vec<Replica> = broker.partition_replicas().into_iter().chain([self.meta.clone()]).collect();
         let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_to(None, wait))).await;
         let n = moved.iter().filter(|m| **m).count();
         tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 
-use super::{Cluster, Replica};
+use super::Cluster;
 use crate::broker::Broker;
 use crate::raft::quiesce::leader_idle_state;
 
@@ -49,8 +49,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             }
         }))
         .await;
-        let replicas: Vec<Replica> =
-            broker.topics().iter().flat_map(|t| t.replicas().cloned().collect::<Vec<_>>()).collect();
+        let replicas = broker.partition_replicas();
         let mut candidates = Vec::new();
         let now = Instant::now();
         for r in &replicas {
