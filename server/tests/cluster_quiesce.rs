@@ -91,6 +91,7 @@ async fn all_asleep(c: &TestCluster, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "quiescing is opt-in while a rare failover stall it found is open (docs/CLUSTER.md)"]
 async fn idle_groups_sleep_wake_on_writes_and_fail_over_while_asleep() {
+    support::init_sdk_log();
     // Rebalancing off: only elections move leaders here.
     let mut c = TestCluster::start_with(&["--quiesce-ms", "500", "--leader-rebalance-ms", "0"]).await;
     c.create_topic(TOPIC, PARTITIONS, 3, TopicConfig::default()).await;

@@ -182,6 +182,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 failed.insert(addr);
             }
         }
+        if !failed.is_empty() {
+            // Batches were rewound with a new `retry_at` that `deadline` (computed before)
+            // does not know: recompute at once, or the loop could sleep until an old deadline
+            // (the rewound batch's own request timeout) with nothing else to wake it.
+            continue;
+        }
         let request_deadline = oldest_sent.map(|t| t + shared.config.request_timeout);
         let far = now + Duration::from_secs(3600);
         let incoming = tokio::select! {
@@ -406,6 +412,7 @@ fn handle_response(
         return Some(false);
     }
     if retryable {
+        tracing::debug!(topic = %tp.topic, partition = tp.partition, ?code, message = %r.error_message, "retryable produce error; resending after a backoff");
         for id in q.rewind() {
             in_flight.remove(&id);
         }

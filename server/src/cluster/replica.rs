@@ -175,9 +175,12 @@ impl Replica {
             None
         };
         let (responder, rx) = ProgressResponder::<PartitionTc, _>::complete_only();
-        self.quiescence.before_propose(&self.raft);
+        if self.quiescence.before_propose(&self.raft) {
+            tracing::debug!(group = self.group_id, "woken by a write");
+        }
         self.renew_lease_if_stale().await;
         self.raft.client_write_ff(BatchData::Proposed(batch), Some(responder)).await.map_err(|e| stopped(&e))?;
+        let group = self.group_id;
         Ok(async move {
             if let Some(hook_rx) = hook_rx {
                 // The hook is dropped unanswered when the entry never reached the log (not the
@@ -187,7 +190,9 @@ impl Replica {
                 }
             }
             match rx.await {
-                Ok(result) => committed(result, &hint, what),
+                Ok(result) => {
+                    committed(result, &hint, what).inspect_err(|e| tracing::debug!(group, error = %e, "write refused"))
+                }
                 Err(_) => Err(BrokerError::NotLeader { what: format!("{what} (the group stopped)"), leader: None }),
             }
         })
@@ -280,7 +285,13 @@ impl Replica {
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_millis(config.election_timeout_max * 2), renewed).await;
+        let wait = Duration::from_millis(config.election_timeout_max * 2);
+        if tokio::time::timeout(wait, renewed).await.is_err() {
+            tracing::warn!(
+                group = self.group_id,
+                "leader lease not renewed within {wait:?}: the write will be refused"
+            );
+        }
     }
 
     /// Stops the group: unregisters it from the transport and shuts its Raft down.

@@ -61,10 +61,11 @@ impl Quiescence {
         self.activity.load(Ordering::SeqCst)
     }
 
-    /// Called before every proposal: counts it, and wakes the group if it sleeps.
-    pub fn before_propose(&self, raft: &PartitionRaft) {
+    /// Called before every proposal: counts it, and wakes the group if it sleeps (returns
+    /// whether it did).
+    pub fn before_propose(&self, raft: &PartitionRaft) -> bool {
         self.activity.fetch_add(1, Ordering::SeqCst);
-        self.wake(raft);
+        self.wake(raft)
     }
 
     /// Starts the ticker again if the group sleeps; returns whether it did.

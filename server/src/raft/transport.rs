@@ -55,8 +55,10 @@ impl GroupHandle {
     }
 
     /// Any Raft message but Quiesce wakes the group: someone needs it to run.
-    fn woken(self) -> Self {
-        self.quiescence.wake(&self.raft);
+    fn woken(self, group: u64) -> Self {
+        if self.quiescence.wake(&self.raft) {
+            tracing::debug!(group, "woken by a raft message");
+        }
         self
     }
 }
@@ -152,7 +154,7 @@ fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
 impl RaftTransport for RaftTransportService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.woken().raft;
+        let raft = self.groups.get(m.group_id)?.woken(m.group_id).raft;
         let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
         let resp = raft.append_entries(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_append_response(&resp)))
@@ -160,7 +162,7 @@ impl RaftTransport for RaftTransportService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.woken().raft;
+        let raft = self.groups.get(m.group_id)?.woken(m.group_id).raft;
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
         let resp = raft.vote(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
@@ -178,6 +180,7 @@ impl RaftTransport for RaftTransportService {
             if let Some(leader) = metrics.current_leader {
                 // The asleep leader itself wakes: its heartbeats tell the candidate.
                 if leader == metrics.id || cx.liveness.alive(leader, cx.alive_within) {
+                    tracing::debug!(group = m.group_id, leader, "asleep: pre-vote refused, waking the leader");
                     if leader == metrics.id {
                         handle.quiescence.wake(&handle.raft);
                     } else {
@@ -192,7 +195,7 @@ impl RaftTransport for RaftTransportService {
                 }
             }
         }
-        let raft = handle.woken().raft;
+        let raft = handle.woken(m.group_id).raft;
         let resp = raft.pre_vote(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_vote_response(&resp)))
     }
@@ -202,7 +205,7 @@ impl RaftTransport for RaftTransportService {
             return Err(Status::unavailable("this broker is shutting down: it takes no leadership"));
         }
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.woken().raft;
+        let raft = self.groups.get(m.group_id)?.woken(m.group_id).raft;
         let rpc = rpc_codec::decode_transfer_request(&m.body).map_err(invalid)?;
         let resp = raft.handle_transfer_leader(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_transfer_response(&resp)))
@@ -222,7 +225,7 @@ impl RaftTransport for RaftTransportService {
 
     async fn wake(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        self.groups.get(m.group_id)?.woken();
+        self.groups.get(m.group_id)?.woken(m.group_id);
         Ok(reply(m.group_id, Vec::new()))
     }
 
@@ -241,7 +244,7 @@ impl RaftTransport for RaftTransportService {
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let group_id = first.group_id;
-        let handle = self.groups.get(group_id)?.woken();
+        let handle = self.groups.get(group_id)?.woken(group_id);
         let vote = rpc_codec::decode_vote(&first.vote).map_err(invalid)?;
         let meta = decode_snapshot_meta(&first.meta).map_err(invalid)?;
         let dir = handle.incoming_dir.clone();

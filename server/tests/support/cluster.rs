@@ -176,10 +176,13 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
-    /// A failing test shows the end of every broker's log.
+    /// A failing test shows the end of every broker's log and keeps the directory (data and
+    /// full logs) for a post-mortem.
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
+            self.root.disable_cleanup(true);
+            eprintln!("--- cluster data and full logs kept in {} ---", self.root.path().display());
         }
     }
 }

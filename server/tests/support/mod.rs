@@ -46,7 +46,9 @@ impl BrokerProcess {
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            // TIDELOG_TEST_BROKER_LOG (an env filter) turns up the brokers' logging for a
+            // post-mortem, e.g. `info,tidelog_server::cluster=debug`.
+            .env("RUST_LOG", std::env::var("TIDELOG_TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -140,6 +142,14 @@ pub fn seed(test: &str) -> u64 {
     });
     eprintln!("{test}: seed {seed} (replay with TIDELOG_TEST_SEED={seed})");
     seed
+}
+
+/// The test's own (SDK) logging to stderr, if `TIDELOG_TEST_SDK_LOG` names an env filter
+/// (e.g. `tidelog=debug`): for a post-mortem of a failing multi-node test.
+pub fn init_sdk_log() {
+    if let Ok(filter) = std::env::var("TIDELOG_TEST_SDK_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
