@@ -2,8 +2,8 @@
 # What idle partitions cost (issue 4): a 3-broker release cluster on loopback with one topic
 # of PARTITIONS partitions (default 1000, RF=3, so every broker holds 1000 Raft groups), left
 # idle; reports each broker's CPU over IDLE_SECS (default 10) as a share of one core, from
-# /proc/<pid>/stat. Run twice: with quiescing (--quiesce-ms 2000: idle groups stop ticking) and
-# without (the default: every group heartbeats every 250 ms).
+# /proc/<pid>/stat. Run twice: with quiescing (the default, quiesce_ms 2000: idle groups stop
+# ticking) and without (--quiesce-ms 0: every group heartbeats every 250 ms).
 #
 #   scripts/bench-idle.sh                       # both runs
 #   PARTITIONS=200 IDLE_SECS=5 scripts/bench-idle.sh
@@ -63,5 +63,5 @@ run() {
 }
 
 : >"$out"
-run "quiescing (--quiesce-ms 2000)" --quiesce-ms 2000
-run "no quiescing (the default)"
+run "quiescing (the default, quiesce_ms 2000)"
+run "no quiescing (--quiesce-ms 0)" --quiesce-ms 0

@@ -89,7 +89,6 @@ async fn all_asleep(c: &TestCluster, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "quiescing is opt-in while a rare failover stall it found is open (docs/CLUSTER.md)"]
 async fn idle_groups_sleep_wake_on_writes_and_fail_over_while_asleep() {
     support::init_sdk_log();
     // Rebalancing off: only elections move leaders here.

@@ -103,11 +103,17 @@ impl Cluster {
         let raft_config =
             Arc::new(config.validate().map_err(|e| BrokerError::InvalidArgument(format!("raft config: {e}")))?);
         let data_dir = broker.options().data_dir.clone();
-        let groups = RaftGroups::clustered(QuiesceContext {
-            peers: peers.clone(),
-            liveness: Arc::default(),
-            alive_within: Duration::from_millis(settings.election_timeout_ms),
-        });
+        // With quiescing off this broker refuses to sleep its replicas: it runs no loop that
+        // would wake them when their leader's broker dies.
+        let groups = if settings.quiesce_ms > 0 {
+            RaftGroups::clustered(QuiesceContext {
+                peers: peers.clone(),
+                liveness: Arc::default(),
+                alive_within: Duration::from_millis(settings.election_timeout_ms),
+            })
+        } else {
+            RaftGroups::default()
+        };
         let meta = replica::open(
             &replica::GroupContext {
                 node_id,

@@ -90,7 +90,8 @@ impl std::fmt::Debug for RaftGroups {
 }
 
 impl RaftGroups {
-    /// A cluster's registry, whose groups may sleep.
+    /// A cluster's registry, whose groups may sleep (a broker with quiescing off uses the
+    /// default registry: its replicas refuse to sleep).
     pub fn clustered(context: QuiesceContext) -> Self {
         Self { inner: Arc::default(), peers: Some(context), stopping: Arc::default() }
     }
