@@ -45,10 +45,16 @@ run() {
   local settle=$((partitions / 50 + 15))
   echo "== $label: $partitions partitions x 3 replicas; settling ${settle} s" >&2
   sleep "$settle"
-  local before=() after=()
+  local before=() after=() marks=()
+  for n in 1 2 3; do marks+=("$(wc -l <"$work/node-$n.log")"); done
   for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
   sleep "$idle_secs"
   for p in "${pids[@]}"; do after+=("$(cpu_ticks "$p")"); done
+  # Elections during the idle window: an idle cluster should hold none.
+  local elections=0
+  for n in 1 2 3; do
+    elections=$((elections + $(tail -n +"$((marks[n - 1] + 1))" "$work/node-$n.log" | grep -c 'becomes leader' || true)))
+  done
   local line="$label:"
   for i in 0 1 2; do
     line+=$(awk -v a="${before[$i]}" -v b="${after[$i]}" -v s="$idle_secs" -v n=$((i + 1)) \
@@ -56,7 +62,11 @@ run() {
   done
   local asleep
   asleep=$(sed 's/\x1b\[[0-9;]*m//g' "$work/node-1.log" | grep 'partition groups asleep' | tail -1 | sed 's/.*asleep=\([0-9]*\) groups=\([0-9]*\).*/\1 of \2 groups asleep on broker 1/' || true)
-  echo "$line${asleep:+  ($asleep)}" | tee -a "$out"
+  # Every election since the start: one per partition and one for the metadata group is the
+  # minimum; more means leaders moved (split votes, or groups woken by mistake).
+  local total
+  total=$(cat "$work"/node-*.log | grep -c 'becomes leader' || true)
+  echo "$line  ($elections elections in the window, $total since start for $((partitions + 1)) groups${asleep:+; $asleep})" | tee -a "$out"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"

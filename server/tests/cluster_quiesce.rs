@@ -19,6 +19,9 @@ use tidelog::{Client, Producer, ProducerConfig, Record};
 
 const TOPIC: &str = "idle";
 const PARTITIONS: u32 = 6;
+/// Longer than the longest election timeout (2 x 1000 ms): a replica woken by mistake would
+/// have stood for election within it.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
 /// A broker's log without the terminal colour codes.
 fn plain_log(c: &TestCluster, n: u64) -> String {
@@ -101,6 +104,21 @@ async fn idle_groups_sleep_wake_on_writes_and_fail_over_while_asleep() {
     let woke = write_each(&c, 2, "wake").await;
     assert!(woke < Duration::from_secs(2), "writes to asleep groups took {woke:?}");
     all_asleep(&c, "asleep again after the writes").await;
+
+    // Idle, nothing may wake (any change of a broker's asleep count prints a new report) and
+    // no leader may change. A heartbeat the leader sent just before it slept, arriving after
+    // its follower agreed, used to wake that follower alone: it then stood for election.
+    // This is a window on purpose: what it checks is that nothing happens in it.
+    let marks: Vec<(u64, usize)> = c.serving().into_iter().map(|n| (n, plain_log(&c, n).len())).collect();
+    let idle_leaders = leaders(&c).await;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    for (n, from) in marks {
+        let log = plain_log(&c, n);
+        let reports: Vec<&str> =
+            log.get(from..).unwrap_or("").lines().filter(|l| l.contains("partition groups asleep")).collect();
+        assert!(reports.is_empty(), "broker {n}: groups woke while idle: {reports:?}");
+    }
+    assert_eq!(leaders(&c).await, idle_leaders, "a leader changed while every group slept");
 
     // The broker leading the most partitions dies while they sleep.
     let before = leaders(&c).await;

@@ -11,8 +11,9 @@
 //!   leader: every live follower said yes  →  stop ticking
 //!
 //!   wake-up: a proposal on the leader; any Raft message for the group (AppendEntries, Vote,
-//!   TransferLeader, a snapshot, Wake); a follower whose leader's broker stopped answering
-//!   pings (cluster/quiesce.rs), which then elects as usual.
+//!   TransferLeader, a snapshot, Wake) except a heartbeat that carries nothing new; a
+//!   follower whose leader's broker stopped answering pings (cluster/quiesce.rs), which then
+//!   elects as usual.
 //! ```
 //!
 //! Invariants:
@@ -38,10 +39,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use openraft::raft::AppendEntriesRequest;
 use openraft::type_config::async_runtime::WatchReceiver;
 
 use super::transport::PartitionRaft;
-use super::types::{LogId, Vote};
+use super::types::{LogId, PartitionTc, Vote};
 
 /// Whether one group is asleep, and the proposal counter the leader's decision checks.
 #[derive(Debug, Default)]
@@ -127,6 +129,20 @@ pub fn follower_may_sleep(raft: &PartitionRaft, leader_vote: &Vote, leader_commi
         && m.current_leader != Some(m.id)
         && m.last_applied == leader_committed
         && m.last_log_index == leader_committed.map(|l| l.index)
+}
+
+/// Whether an AppendEntries for an asleep replica carries nothing it lacks: no entries, from
+/// the leader it slept under (same vote), matching its log, with no commit past what it
+/// applied. Such a heartbeat is processed without waking the replica. It is typically the
+/// leader's last heartbeat before it slept, still in flight when this follower agreed: waking
+/// on it would leave an awake follower under an asleep leader, which hears nothing more and
+/// stands for election after a timeout (a needless change of leader of an idle partition).
+pub fn carries_nothing_new(raft: &PartitionRaft, rpc: &AppendEntriesRequest<PartitionTc>) -> bool {
+    let m = raft.metrics().borrow_watched().clone();
+    rpc.entries.is_empty()
+        && rpc.vote == m.vote
+        && rpc.prev_log_id.map(|l| l.index) == m.last_log_index
+        && rpc.leader_commit == m.last_applied
 }
 
 /// When each peer broker last answered a ping (cluster/quiesce.rs sends them).

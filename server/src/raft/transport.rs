@@ -8,7 +8,8 @@
 //! afterwards, installed or not.
 //!
 //! Quiescing (`raft/quiesce.rs`): every message for a group wakes it, but a pre-vote reaching
-//! an asleep replica whose leader's broker is alive, and Quiesce itself.
+//! an asleep replica whose leader's broker is alive, a heartbeat that carries nothing new,
+//! and Quiesce itself.
 //!
 //! Status codes: `NOT_FOUND` for a group this broker does not host (the caller backs off),
 //! `INVALID_ARGUMENT` for an undecodable message, `UNAVAILABLE` when the group's Raft has
@@ -32,7 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode_snapshot_meta, CodecError};
 use super::network::Peers;
-use super::quiesce::{follower_may_sleep, Liveness, Quiescence};
+use super::quiesce::{carries_nothing_new, follower_may_sleep, Liveness, Quiescence};
 use super::rpc_codec;
 use super::types::PartitionTc;
 use super::{PartitionSnapshot, PartitionStateMachine};
@@ -155,8 +156,12 @@ fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
 impl RaftTransport for RaftTransportService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.groups.get(m.group_id)?.woken(m.group_id).raft;
+        let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
+        // Processed either way (it renews the follower's view of its leader); it only does
+        // not restart the ticker when it brings nothing (raft/quiesce.rs).
+        let asleep_heartbeat = handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc);
+        let raft = if asleep_heartbeat { handle.raft } else { handle.woken(m.group_id).raft };
         let resp = raft.append_entries(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_append_response(&resp)))
     }

@@ -177,10 +177,13 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     /// A failing test shows the end of every broker's log and keeps the directory (data and
-    /// full logs) for a post-mortem.
+    /// full logs) for a post-mortem; `TIDELOG_TEST_KEEP` keeps it for a passing one too.
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             self.dump_logs();
+        }
+        if failed || std::env::var_os("TIDELOG_TEST_KEEP").is_some() {
             self.root.disable_cleanup(true);
             eprintln!("--- cluster data and full logs kept in {} ---", self.root.path().display());
         }
