@@ -1,6 +1,8 @@
 //! Consumer groups and graceful shutdown in a real three-broker cluster (issue 4):
 //! - placement: a topic with two replicas per partition on three brokers spreads replicas and
-//!   preferred leaders, and its leaders settle on the preferred replicas;
+//!   preferred leaders, and its leaders settle on the preferred replicas; a topic created
+//!   while a broker is down still gets a leader for the partitions that broker should lead
+//!   (their other replicas start the group once it did not);
 //! - one group whose members connect to different brokers is one group: every broker proxies
 //!   sessions to the coordinator on the controller and forwards commits and fetches there,
 //!   and members read partitions their own broker does not hold from brokers that do;
@@ -401,4 +403,37 @@ async fn rolling_restart_by_sigterm_moves_leaders_without_failed_deliveries() {
         "rolling restart: {} records acknowledged, 0 failed; hand-overs (old, new, seen after exit): {handed_over:?}",
         acked.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_while_a_broker_is_down_gets_a_leader_for_every_partition() {
+    let mut c = TestCluster::start().await;
+    let controller = c.controller().await;
+    let down = NODES.into_iter().find(|n| *n != controller).unwrap();
+    c.kill9(down);
+    // Round-robin placement over all three brokers: one partition's preferred leader is down.
+    let topic = c.create_topic("while-down", 3, 3, TopicConfig::default()).await;
+    let orphaned: Vec<u32> = topic
+        .partitions
+        .iter()
+        .filter(|p| p.replica_ids.first() == Some(&(down as u32)))
+        .map(|p| p.partition)
+        .collect();
+    assert_eq!(orphaned.len(), 1, "placement: {:?}", topic.partitions);
+    let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
+    let producer = Producer::new(Client::connect(c.addr(controller)).await.unwrap(), config).await.unwrap();
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for p in 0..3 {
+        pending.push((p, producer.send_to("while-down", p, Record::new(format!("r-{p}"))).await.unwrap()));
+    }
+    for (p, d) in pending {
+        let meta = d.await.unwrap_or_else(|e| panic!("partition {p}: {e}"));
+        assert_eq!(meta.offset, 0);
+    }
+    eprintln!(
+        "placement: every partition of a topic created with broker {down} down took a write in {:?}",
+        started.elapsed()
+    );
+    producer.close().await;
 }

@@ -208,15 +208,15 @@ async fn create(
             log_config: record.settings.log_config(),
             fsync: record.settings.fsync_policy(),
         };
-        let opened = replica::open(&cx, broker.meta(), spec, replicas.iter().copied().collect()).await?;
-        // Leaders spread as placement decided: a new group's preferred leader stands for
-        // election at once, before the others' election timeouts run out. (Topics placed
-        // before placement existed have no preferred leader.)
-        if opened.initialized && !record.replicas.is_empty() && replicas.first() == Some(&cluster.node_id()) {
-            if let Err(e) = opened.replica.raft.trigger().elect(false).await {
-                tracing::debug!(group = opened.replica.group_id, error = %e, "could not stand for election");
-            }
-        }
+        // Leaders spread as placement decided: a new group's preferred leader starts it and
+        // wins unopposed (replica::Start). Topics placed before placement existed have no
+        // preferred leader: every replica starts them.
+        let start = if record.replicas.is_empty() || replicas.first() == Some(&cluster.node_id()) {
+            replica::Start::Now
+        } else {
+            replica::Start::IfNoLeaderWithin(cluster.first_leader_wait())
+        };
+        let opened = replica::open(&cx, broker.meta(), spec, replicas.iter().copied().collect(), start).await?;
         slots.push(PartitionSlot::Here { log: opened.partition, raft: Some(opened.replica) });
         hosted += 1;
     }

@@ -114,6 +114,12 @@ impl Cluster {
         } else {
             RaftGroups::default()
         };
+        // A new cluster's metadata group is started by its lowest broker id (replica::Start).
+        let start = if brokers.keys().next() == Some(&node_id) {
+            replica::Start::Now
+        } else {
+            replica::Start::IfNoLeaderWithin(first_leader_wait(&raft_config))
+        };
         let meta = replica::open(
             &replica::GroupContext {
                 node_id,
@@ -125,6 +131,7 @@ impl Cluster {
             broker.meta(),
             replica::GroupSpec::metadata(&data_dir),
             brokers.keys().copied().collect(),
+            start,
         )
         .await?;
         let (applied, _) = watch::channel(0);
@@ -166,6 +173,12 @@ impl Cluster {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// How long a new group's other replicas wait for its first replica to start it before
+    /// they start it themselves (`replica::Start`): two of the longest election timeouts.
+    pub fn first_leader_wait(&self) -> Duration {
+        first_leader_wait(&self.raft_config)
     }
 
     /// Every broker's id and client address.
@@ -365,4 +378,8 @@ impl Cluster {
             }
         }
     }
+}
+
+fn first_leader_wait(config: &openraft::Config) -> Duration {
+    Duration::from_millis(config.election_timeout_max * 2)
 }

@@ -85,16 +85,29 @@ impl std::fmt::Debug for Replica {
 pub struct Opened {
     pub partition: Arc<Partition>,
     pub replica: Replica,
-    /// This open initialised the group (a new one), rather than reopening a log.
-    pub initialized: bool,
 }
 
-/// Opens (or reopens) a group and registers it with the transport.
+/// Which replica starts a new group. openraft's `initialize` makes a replica stand for
+/// election at once, so if every replica initialised a new group together they would split
+/// the vote (measured before this: about three elections per new group, and leaders not
+/// where placement put them). One replica (the preferred leader) starts it and wins
+/// unopposed; the others learn the membership from its first append, and initialise it
+/// themselves only if no leader showed up within the delay (the first one is down). Same
+/// voters everywhere, so a late initialise is harmless (openraft: one leader per term).
+#[derive(Clone, Copy, Debug)]
+pub enum Start {
+    Now,
+    IfNoLeaderWithin(Duration),
+}
+
+/// Opens (or reopens) a group and registers it with the transport. A new group is started as
+/// `start` says.
 pub async fn open(
     cx: &GroupContext<'_>,
     meta: &MetaStore,
     spec: GroupSpec,
     voters: BTreeSet<u64>,
+    start: Start,
 ) -> Result<Opened, BrokerError> {
     let (partition, report) = Partition::open(&spec.dir, &spec.topic, spec.partition, spec.log_config, spec.fsync)?;
     if report.truncated_bytes > 0 || report.segments_dropped > 0 {
@@ -115,15 +128,27 @@ pub async fn open(
     let handle = GroupHandle::new(raft.clone(), incoming_dir);
     let quiescence = Arc::clone(&handle.quiescence);
     cx.groups.insert(spec.group_id, handle);
-    let mut initialized = false;
     if !raft.is_initialized().await.unwrap_or(true) {
-        match raft.initialize(voters).await {
-            Ok(()) => initialized = true,
+        let (raft, group) = (raft.clone(), spec.group_id);
+        let init = async move {
+            if let Start::IfNoLeaderWithin(wait) = start {
+                tokio::time::sleep(wait).await;
+                if raft.is_initialized().await.unwrap_or(true) {
+                    return; // the first replica's append arrived: it leads
+                }
+                tracing::info!(group, "no leader started this new group in {wait:?}: starting it here");
+            }
             // Another replica's first entry may have arrived first: that is the same cluster.
-            Err(e) => tracing::debug!(group = spec.group_id, error = %e, "group already initialised"),
+            if let Err(e) = raft.initialize(voters).await {
+                tracing::debug!(group, error = %e, "group already initialised");
+            }
+        };
+        match start {
+            Start::Now => init.await,
+            Start::IfNoLeaderWithin(_) => drop(tokio::spawn(init)),
         }
     }
-    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store, quiescence }, initialized })
+    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store, quiescence } })
 }
 
 fn storage(e: std::io::Error) -> BrokerError {
