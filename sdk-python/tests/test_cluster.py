@@ -5,7 +5,8 @@ new leader after the old one is SIGKILLed or SIGSTOPped, storing every record on
 at the offset its delivery reported. Consumers read each partition from a broker that holds
 it when the topic has fewer replicas than brokers (RF=2 of 3: every broker lacks some
 partitions), and a group member whose broker is SIGKILLed rejoins through a survivor, from
-the offsets it committed. Records are read back with the Python consumer."""
+the offsets it committed. An admin client whose broker is SIGKILLed carries on at the
+survivors. Records are read back with the Python consumer."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from concurrent.futures import Future
 import pytest
 from conftest import Cluster, eventually, read_all, unique
 
-from tidelog import AdminClient, Consumer, Message, Producer, TidelogError, TopicPartition
+from tidelog import AdminClient, Consumer, Message, Producer, TidelogError, TopicExistsError, TopicPartition
 from tidelog.aio import AIOConsumer, AIOProducer
 
 pytestmark = pytest.mark.timeout(60)
@@ -253,3 +254,29 @@ def test_group_member_rejoins_through_a_survivor_when_its_broker_is_sigkilled(cl
         eventually(commit, 20, "a commit through a surviving broker")
         assert len(c.assignment()) == 3
     committed_everywhere(cluster, group, topic, high_watermarks(cluster.addr(survivor), topic))
+
+
+def test_admin_client_fails_over_when_its_broker_is_sigkilled(cluster: Cluster):
+    """An admin client bootstrapped at the controller learns the cluster on its first call;
+    the controller is SIGKILLed; the client, whose known brokers list the dead one first,
+    carries on at the survivors: a read at once, a create once a new controller is elected,
+    and a broker's real answer (the topic exists) is raised as it is. A new client listing the
+    dead broker first in bootstrap.servers moves on to the next one."""
+    topic = unique("admin")
+    cluster.create_topic(topic, partitions=2)
+    controller = cluster.controller()
+    survivor = next(n for n in cluster.serving() if n != controller)
+    # A create may wait up to 5 s for a controller at the broker: attempts outlast that.
+    cfg = {"request.timeout.ms": 20_000, "default.api.timeout.ms": 40_000}
+    with AdminClient({"bootstrap.servers": cluster.addr(controller), **cfg}) as a:
+        assert a.describe_topic(topic).num_partitions == 2
+        cluster.brokers[controller].kill9()
+        assert topic in {t.name for t in a.list_topics()}
+        created = unique("after")
+        assert a.create_topic(created, num_partitions=1).num_partitions == 1
+        with pytest.raises(TopicExistsError):
+            a.create_topic(topic, num_partitions=2)
+        assert len(a.describe_cluster().brokers) == 3
+    dead_first = f"{cluster.addr(controller)},{cluster.addr(survivor)}"
+    with AdminClient({"bootstrap.servers": dead_first, **cfg}) as a:
+        assert a.describe_topic(topic).num_partitions == 2

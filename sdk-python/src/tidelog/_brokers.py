@@ -1,31 +1,26 @@
-"""The brokers a consumer talks to: the current one, the rest of the cluster, a channel to each.
+"""The brokers a consumer talks to: a :class:`~tidelog._failover.Ring` of them, a channel to each.
 
-A consumer sends its group session, commits and metadata calls to one broker at a time,
-``current`` (the bootstrap broker at first). In a cluster any broker routes group calls to
-the coordinator on the controller, so when the current broker fails the consumer moves on to
-the next broker of ``ring`` and carries on there, as the Rust SDK's group member does. The
-ring is the bootstrap broker, then the cluster's brokers in DescribeCluster's order, learnt
-once (:meth:`Brokers.learn`). Reads go to brokers that hold the partitions (see
-:mod:`tidelog._consumer_core`), which needs the brokers by id: ``ids``.
-
-Invariants: ``current`` is always in ``ring``; ``ring`` starts with the bootstrap address and
-has no duplicates; ``ids`` is empty on a single node, whose advertised address may not be
-reachable from here (a proxy, NAT), so only the bootstrap address is ever used there; one
-failure moves ``current`` at most once, however many calls saw it (:meth:`Brokers.move_on`
-names the broker that failed and does nothing if ``current`` already moved past it).
+A consumer sends its group session, commits and metadata calls to one broker at a time, the
+ring's ``current`` (the first bootstrap broker at first). In a cluster any broker routes group
+calls to the coordinator on the controller, so when the current broker fails the consumer
+moves on along the ring (learnt once from DescribeCluster, :meth:`Brokers.learn`; its order is
+random per client, see :mod:`tidelog._failover`) and carries on there, as the Rust SDK's group
+member does. Reads go to brokers that hold the partitions (see :mod:`tidelog._consumer_core`),
+which needs the brokers by id: ``ids``. Unary calls wait ``request.timeout.ms`` per attempt
+and retry across brokers until their deadline (:meth:`Brokers.call`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
 from ._channel import aio_channel
-from ._config import target
-from .errors import TidelogError, from_rpc_error
+from ._failover import Ring, call_async
+from .errors import from_rpc_error
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -34,27 +29,38 @@ from .v1 import (
     records_service_pb2_grpc,
 )
 
+T = TypeVar("T")
+
 log = logging.getLogger("tidelog.consumer")
 
 
 class Stubs(NamedTuple):
-    """The services of one broker, over one channel."""
+    """The services of one broker, over one channel (a ``grpc.aio`` or a blocking one)."""
 
     records: records_service_pb2_grpc.RecordServiceStub
     admin: admin_service_pb2_grpc.AdminServiceStub
     offsets: offsets_service_pb2_grpc.OffsetServiceStub
     groups: group_service_pb2_grpc.GroupServiceStub
 
+    @classmethod
+    def of(cls, channel: grpc.Channel | grpc.aio.Channel) -> Stubs:
+        return cls(
+            records_service_pb2_grpc.RecordServiceStub(channel),
+            admin_service_pb2_grpc.AdminServiceStub(channel),
+            offsets_service_pb2_grpc.OffsetServiceStub(channel),
+            group_service_pb2_grpc.GroupServiceStub(channel),
+        )
 
-class Brokers:
-    """See the module docs. Used on one asyncio loop (channels belong to it)."""
 
-    def __init__(self, bootstrap: str, timeout: float) -> None:
-        self.current = bootstrap
-        self.ring = [bootstrap]
-        self.ids: dict[int, str] = {}
+class Brokers(Ring):
+    """See the module docs. Used on one asyncio loop (channels belong to it). ``timeout`` is
+    one attempt's (``request.timeout.ms``), ``api_timeout`` a whole call's default
+    (``default.api.timeout.ms``), in seconds."""
+
+    def __init__(self, bootstrap: list[str], timeout: float, api_timeout: float) -> None:
+        super().__init__(bootstrap)
         self.timeout = timeout
-        self._learnt = False
+        self.api_timeout = api_timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Stubs] = {}
 
@@ -64,19 +70,14 @@ class Brokers:
         s = self._stubs.get(addr)
         if s is None:
             ch = self._channels[addr] = aio_channel(addr)
-            s = self._stubs[addr] = Stubs(
-                records_service_pb2_grpc.RecordServiceStub(ch),
-                admin_service_pb2_grpc.AdminServiceStub(ch),
-                offsets_service_pb2_grpc.OffsetServiceStub(ch),
-                group_service_pb2_grpc.GroupServiceStub(ch),
-            )
+            s = self._stubs[addr] = Stubs.of(ch)
         return s
 
     async def learn(self) -> None:
         """Learns the cluster's brokers from the current one, once. Best effort: a failure
-        leaves the ring as it is (the consumer keeps its one broker) and the next call tries
-        again; a broker older than clusters (no DescribeCluster) is a single node."""
-        if self._learnt:
+        leaves the ring as it is (the consumer keeps its bootstrap brokers) and the next call
+        tries again; a broker older than clusters (no DescribeCluster) is a single node."""
+        if self.learnt:
             return
         try:
             resp = await self.stubs().admin.DescribeCluster(
@@ -87,42 +88,26 @@ class Brokers:
                 log.debug("cannot learn the cluster from %s: %s", self.current, from_rpc_error(e))
                 return
             resp = admin_service_pb2.DescribeClusterResponse()
-        if len(resp.brokers) > 1:
-            self.ids = {b.id: target(b.address) for b in resp.brokers}
-            self.ring += [a for a in self.ids.values() if a not in self.ring]
-        self._learnt = True
+        self.adopt(resp)
 
-    def move_on(self, failed: str) -> None:
-        """``failed`` did not answer: the current broker becomes the next one of the ring
-        (unless another failure already moved it; a single node stays where it is)."""
-        if failed != self.current or len(self.ring) < 2:
-            return
-        self.current = self.ring[(self.ring.index(failed) + 1) % len(self.ring)]
-        log.debug("broker %s failed; moving on to %s", failed, self.current)
-
-    def attempts(self) -> range:
-        """One attempt per broker of the ring: a call fails over to each at most once."""
-        return range(len(self.ring))
-
-    async def call(self, method: Callable[[Stubs], Any], request: Any) -> tuple[str, Any]:
-        """A unary call at the current broker, failing over to the next broker of the ring
-        after a retriable failure (the broker down or stalled, or unable to reach the
-        controller), each broker once. Returns the broker that answered and its answer;
-        raises the last failure. Every call the consumer makes this way can be repeated
-        (reads, and commits of the same offsets with the same generation)."""
+    async def retry(self, attempt: Callable[[str, float], Awaitable[T]], timeout: float | None = None) -> T:
+        """``attempt(broker, its timeout)`` at the current broker, failing over and retrying
+        after retriable failures until ``timeout`` (default ``api_timeout``) seconds passed
+        (:func:`~tidelog._failover.call_async`); raises the last failure. Only for requests
+        that can be repeated (reads, and commits of the same offsets with the same generation)."""
         await self.learn()
-        err: TidelogError | None = None
-        for _ in self.attempts():
-            addr = self.current
-            try:
-                return addr, await method(self.stubs(addr))(request, timeout=self.timeout)
-            except grpc.aio.AioRpcError as e:
-                err = from_rpc_error(e)
-            if not err.retriable:
-                break
-            self.move_on(addr)
-        assert err is not None
-        raise err
+        return await call_async(self, attempt, self.api_timeout if timeout is None else timeout, self.timeout)
+
+    async def call(
+        self, method: Callable[[Stubs], Any], request: Any, timeout: float | None = None
+    ) -> tuple[str, Any]:
+        """A unary call, retried as :meth:`retry` says. Returns the broker that answered and
+        its answer."""
+
+        async def attempt(addr: str, t: float) -> tuple[str, Any]:
+            return addr, await method(self.stubs(addr))(request, timeout=t)
+
+        return await self.retry(attempt, timeout)
 
     async def close(self) -> None:
         channels, self._channels, self._stubs = list(self._channels.values()), {}, {}

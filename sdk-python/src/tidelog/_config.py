@@ -82,10 +82,16 @@ _COMMON: dict[str, Key] = {
     "bootstrap.servers": Key(
         None,
         _str,
-        "host:port of a broker (a comma list: the first is used); clients learn the cluster from it",
+        "host:port of a broker, or a comma list of them: the producer uses the first, the consumer"
+        " and admin client fail over to the others; clients learn the rest of the cluster from it",
     ),
     "client.id": Key("tidelog-python", _str, "free-form name shown by the broker"),
 }
+
+# Kafka's split for the consumer's and admin client's unary calls: one attempt waits up to
+# request.timeout.ms, and a call retries across brokers until default.api.timeout.ms.
+_REQUEST_TIMEOUT = Key(30_000, _int(100, 3_600_000), "how long one attempt of a unary call waits")
+_API_TIMEOUT = Key(60_000, _int(100, 3_600_000), "how long a call retries across brokers (attempts included)")
 
 PRODUCER_KEYS: dict[str, Key] = {
     **_COMMON,
@@ -122,11 +128,14 @@ CONSUMER_KEYS: dict[str, Key] = {
     ),
     "fetch.max.bytes": Key(1 << 20, _int(1024, 64 << 20), "max batch bytes per subscribe response"),
     "queued.max.messages": Key(10_000, _int(1, 10_000_000), "records buffered ahead of poll()"),
+    "request.timeout.ms": _REQUEST_TIMEOUT,
+    "default.api.timeout.ms": _API_TIMEOUT,
 }
 
 ADMIN_KEYS: dict[str, Key] = {
     **_COMMON,
-    "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "RPC deadline"),
+    "request.timeout.ms": _REQUEST_TIMEOUT,
+    "default.api.timeout.ms": _API_TIMEOUT,
 }
 
 
@@ -146,15 +155,20 @@ def parse(config: Mapping[str, Any], keys: Mapping[str, Key], kind: str) -> dict
             raise ConfigError(f"{kind} config {name}={value!r}: {e}") from None
     for name, key in keys.items():
         out.setdefault(name, key.default)
-    if not out["bootstrap.servers"]:
+    if not out["bootstrap.servers"] or not targets(out["bootstrap.servers"]):
         raise ConfigError(f"{kind} config needs 'bootstrap.servers' (host:port of a broker)")
     return out
 
 
 def target(bootstrap: str) -> str:
-    """The gRPC target for a ``bootstrap.servers`` value."""
+    """The gRPC target for a ``bootstrap.servers`` value (its first entry)."""
     first = bootstrap.split(",")[0].strip()
     for prefix in ("http://", "grpc://"):
         if first.startswith(prefix):
             first = first[len(prefix) :]
     return first.rstrip("/")
+
+
+def targets(bootstrap: str) -> list[str]:
+    """The gRPC targets of every entry of a ``bootstrap.servers`` value, without duplicates."""
+    return list(dict.fromkeys(target(e) for e in bootstrap.split(",") if e.strip()))

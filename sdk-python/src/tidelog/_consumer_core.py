@@ -10,8 +10,9 @@ It runs on one asyncio loop and owns:
 - **routing of reads**, the same as the Rust SDK's ``Subscription``: in a cluster whose topics
   have fewer replicas than brokers, a broker serves only the partitions it holds, so a
   fetcher reads each partition from a broker that holds it (the current broker when it does,
-  else the partition's leader if known, else its first replica; a broker whose stream just
-  failed is passed over while another replica is left), one ``Subscribe`` stream per broker.
+  else the partition's leader if known, else a random replica, so that many consumers spread
+  and a dead replica is not every consumer's first choice; a broker whose stream just failed
+  is passed over while another replica is left), one ``Subscribe`` stream per broker.
   Order per partition holds: each partition comes from exactly one stream. On a single node,
   or when the current broker holds every partition, that is one stream, as before;
 - the **group session** (with ``group.id`` and :meth:`subscribe`): Kafka's protocol over one
@@ -19,7 +20,12 @@ It runs on one asyncio loop and owns:
   assignment (:mod:`tidelog.assignor`) and syncs, everyone gets its partitions; heartbeats;
   on a rebalance, *revoke before assign*: stop fetching, commit, rejoin. A session that fails
   rejoins through the next broker of the cluster (:mod:`tidelog._brokers`), since any broker
-  routes sessions to the coordinator; commits and metadata calls fail over the same way.
+  routes sessions to the coordinator. Commits and metadata calls fail over the same way and
+  retry retriable failures with backoff until ``default.api.timeout.ms``, each attempt
+  waiting up to ``request.timeout.ms`` (:mod:`tidelog._failover`); the ones the session makes
+  itself (auto-commit, the commit on revoke, an assignment's committed offsets) until
+  ``session.timeout.ms`` at most, since the session sends no heartbeat meanwhile (the Rust
+  SDK bounds its commits the same way); so is the final commit of :meth:`close`.
 
 Positions and commits (at-least-once):
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -46,7 +53,7 @@ import grpc
 
 from . import _wire
 from ._brokers import Brokers
-from ._config import target
+from ._config import targets
 from .assignor import Member, assign
 from .errors import (
     ErrorCode,
@@ -65,8 +72,7 @@ log = logging.getLogger("tidelog.consumer")
 TP = tuple[str, int]
 #: Called on the engine loop with ("assign" | "revoke", partitions) after each change.
 Notify = Callable[[str, list[TopicPartition]], None]
-#: Unary calls (metadata, committed offsets) wait this long for an answer.
-_TIMEOUT = 30.0
+_RNG = random.Random()
 
 
 class _FetchState:
@@ -89,14 +95,21 @@ class _FetchState:
 
 
 def route_for(
-    replicas: list[int], leader: int, own: int | None, ids: dict[int, str], avoid: dict[str, int]
+    replicas: list[int],
+    leader: int,
+    own: int | None,
+    ids: dict[int, str],
+    avoid: dict[str, int],
+    rng: random.Random = _RNG,
 ) -> str | None:
     """The broker to read one partition from: the first of (``own``, the broker that
-    described it; ``leader``, as ``own`` reports it; the replicas in placement order) that
-    holds it and is not in ``avoid``, else the one that failed least recently. None if no
-    replica has an address."""
-    # A broker knows the leader only of partitions it holds (0 otherwise).
-    order = [i for i in (own, leader) if i in replicas] + replicas
+    described it; ``leader``, as ``own`` reports it; the replicas in a random order, as the
+    Rust SDK picks one) that holds it and is not in ``avoid``, else the one that failed least
+    recently. None if no replica has an address."""
+    # A broker knows the leader only of partitions it holds (0 otherwise). Without one, any
+    # replica serves what is committed: a random one, so that consumers spread over the
+    # replicas and a dead one is not every consumer's choice.
+    order = [i for i in (own, leader) if i in replicas] + rng.sample(replicas, len(replicas))
     candidates = [ids[i] for i in order if i in ids]
     return min(candidates, key=lambda a: avoid.get(a, 0)) if candidates else None  # the first minimum
 
@@ -134,7 +147,14 @@ class ConsumerCore:
         self.data_event: asyncio.Event | None = None
         self._space = asyncio.Event()
         self._space_waiters = 0
-        self.brokers = Brokers(target(cfg["bootstrap.servers"]), _TIMEOUT)
+        api_timeout = cfg["default.api.timeout.ms"] / 1000
+        self.brokers = Brokers(
+            targets(cfg["bootstrap.servers"]), cfg["request.timeout.ms"] / 1000, api_timeout
+        )
+        #: The deadline of the calls the group session makes itself (it sends no heartbeat
+        #: meanwhile, so they must end within the session timeout), and of the final commit
+        #: of close(), which must not hold the application up any longer.
+        self.inline_timeout = min(api_timeout, cfg["session.timeout.ms"] / 1000)
 
     async def start(self) -> None:
         """Binds the engine to the running loop (its channels belong to it)."""
@@ -210,20 +230,28 @@ class ConsumerCore:
             except TidelogError as e:
                 log.debug("auto-commit failed: %s", e)
 
-    async def _assign(self, generation: int, tps: list[TP], explicit: dict[TP, int] | None = None) -> None:
-        """Starts a new assignment from committed offsets (or explicit ones, or the reset policy)."""
+    async def _assign(
+        self,
+        generation: int,
+        tps: list[TP],
+        explicit: dict[TP, int] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Starts a new assignment from committed offsets (or explicit ones, or the reset
+        policy), read within ``timeout`` (default: ``default.api.timeout.ms``)."""
         assigned = set(tps)
         committed: dict[TP, int] = {}
         if self.group:
             for topic in sorted({t for t, _ in assigned}):
                 req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic)
-                _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req)
+                _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req, timeout)
                 committed.update({(topic, o.partition): o.offset for o in resp.offsets})
         positions = {tp: o for tp, o in committed.items() if tp in assigned}
         positions.update(explicit or {})
         missing = sorted({t for tp in assigned if tp not in positions for t in [tp[0]]})
         for topic in missing:
-            positions.update(await self._reset_positions(topic, [p for t, p in assigned if t == topic]))
+            parts = [p for t, p in assigned if t == topic]
+            positions.update(await self._reset_positions(topic, parts, timeout))
         with self.lock:
             self.generation = generation
             self.assigned = assigned
@@ -236,7 +264,9 @@ class ConsumerCore:
         self._notify("assign", [TopicPartition(t, p) for t, p in sorted(assigned)])
         self.restart_fetchers()
 
-    async def _reset_positions(self, topic: str, partitions: list[int]) -> dict[TP, int]:
+    async def _reset_positions(
+        self, topic: str, partitions: list[int], timeout: float | None = None
+    ) -> dict[TP, int]:
         if self.reset == "error":
             err = OffsetOutOfRangeError(
                 f"no committed offset for {topic} partitions {partitions} and auto.offset.reset=error"
@@ -247,7 +277,7 @@ class ConsumerCore:
         spec = spec or admin_service_pb2.OffsetSpec(latest=True)
         req = admin_service_pb2.ListOffsetsRequest(topic=topic, partitions=partitions, spec=spec)
         # Any broker answers, for partitions held elsewhere too (it forwards the request).
-        _, resp = await self.brokers.call(lambda b: b.admin.ListOffsets, req)
+        _, resp = await self.brokers.call(lambda b: b.admin.ListOffsets, req, timeout)
         return {(topic, o.partition): o.offset for o in resp.offsets}
 
     async def _revoke(self, commit: bool, notify: bool = True) -> None:
@@ -258,8 +288,8 @@ class ConsumerCore:
             f.cancel()
         self._fetchers.clear()
         if commit and self.cfg["enable.auto.commit"]:
-            try:
-                await self.commit_positions(self.processed_offsets())
+            try:  # only the session revokes with a commit
+                await self.commit_positions(self.processed_offsets(), self.inline_timeout)
             except TidelogError as e:
                 log.info("commit on revoke failed: %s", e)
         with self.lock:
@@ -324,8 +354,8 @@ class ConsumerCore:
     async def _routes(self, topic: str, partitions: list[int], avoid: dict[str, int]) -> dict[str, list[int]]:
         """Which broker reads which partitions: the current broker for all of them on a
         single node; in a cluster, per partition, the first of (the broker that described
-        the topic, the leader it reports, the replicas in placement order) that holds it and
-        is not in ``avoid`` (if all are, the one that failed least recently)."""
+        the topic, the leader it reports, the replicas in a random order) that holds it and
+        is not in ``avoid`` (if all are, the one that failed least recently: :func:`route_for`)."""
         brokers = self.brokers
         await brokers.learn()
         if not brokers.ids:
@@ -437,53 +467,78 @@ class ConsumerCore:
         with self.lock:
             return {tp: pos for tp, pos in self.positions.items() if tp in self.assigned}
 
-    async def commit_positions(self, offsets: dict[TP, int]) -> None:
-        """Commits ``offsets`` with the current generation; raises the broker's error. A
-        broker that fails (down, or unable to reach the coordinator) is followed by the next
-        one, each once: committing the same offsets again changes nothing."""
+    async def commit_positions(self, offsets: dict[TP, int], timeout: float | None = None) -> None:
+        """Commits ``offsets`` with the current generation; raises the broker's error.
+
+        Retriable failures (the broker down, or unable to reach the coordinator) are retried
+        across brokers with backoff until ``timeout`` (default ``default.api.timeout.ms``):
+        committing the same offsets again changes nothing. A fatal answer, above all
+        ILLEGAL_GENERATION (a rebalance fenced this member: it must rejoin), is raised at
+        once. A retry resends only the topics not acknowledged yet, without the partitions
+        whose committed offset another commit changed meanwhile (an older offset must not
+        overwrite it)."""
         if not offsets:
             return
         if not self.group:
             raise FatalError("commit needs a group.id in the consumer config")
-        by_topic: dict[str, list[offsets_service_pb2.PartitionOffset]] = {}
+        group = self.group
+        by_topic: dict[str, dict[int, int]] = {}
         for (t, p), o in sorted(offsets.items()):
-            by_topic.setdefault(t, []).append(offsets_service_pb2.PartitionOffset(partition=p, offset=o))
+            by_topic.setdefault(t, {})[p] = o
         with self.lock:
             generation, member_id = self.generation, self.member_id
-        requests = [
-            offsets_service_pb2.CommitRequest(
-                request_id=i,
-                group=self.group,
-                topic=t,
-                offsets=offs,
-                generation=generation,
-                member_id=member_id,
-            )
-            for i, (t, offs) in enumerate(by_topic.items())
-        ]
-        brokers = self.brokers
-        await brokers.learn()
-        err: TidelogError | None = None
-        for _ in brokers.attempts():
-            addr = brokers.current
+            before = {tp: self.committed.get(tp) for tp in offsets}
+        #: request id → (topic, partition → offset), until the broker acknowledges it.
+        pending = dict(enumerate(by_topic.items()))
+
+        def requests() -> list[offsets_service_pb2.CommitRequest]:
+            out = []
+            with self.lock:
+                for i, (t, parts) in list(pending.items()):
+                    ours = {p: o for p, o in parts.items() if self.committed.get((t, p)) == before[(t, p)]}
+                    if not ours:
+                        del pending[i]
+                        continue
+                    pending[i] = (t, ours)
+                    out.append(
+                        offsets_service_pb2.CommitRequest(
+                            request_id=i,
+                            group=group,
+                            topic=t,
+                            offsets=[
+                                offsets_service_pb2.PartitionOffset(partition=p, offset=o)
+                                for p, o in ours.items()
+                            ],
+                            generation=generation,
+                            member_id=member_id,
+                        )
+                    )
+            return out
+
+        async def attempt(addr: str, t: float) -> None:
+            todo = requests()
+            if not todo:
+                return
+            call = self.brokers.stubs(addr).offsets.Commit(iter(todo), timeout=t)
             try:
-                call = brokers.stubs(addr).offsets.Commit(iter(requests), timeout=brokers.timeout)
                 async for r in call:
                     if r.error_code != ErrorCode.NONE:
                         raise from_code(r.error_code, r.error_message)
-                    req = requests[r.request_id]
+                    done = pending.pop(r.request_id, None)
+                    if done is None:
+                        continue
                     with self.lock:
-                        for o in req.offsets:
-                            self.committed[(req.topic, o.partition)] = o.offset
-                            self.rewound.discard((req.topic, o.partition))
-                return
-            except grpc.aio.AioRpcError as e:
-                err = from_rpc_error(e)
-            if not err.retriable:
-                break
-            brokers.move_on(addr)
-        assert err is not None
-        raise err
+                        for p, o in done[1].items():
+                            self.committed[(done[0], p)] = o
+                            self.rewound.discard((done[0], p))
+            finally:
+                call.cancel()  # a no-op once the stream ended; else it must not linger
+            if pending:
+                raise RetriableError(
+                    f"{addr} ended the commit before answering it all", grpc.StatusCode.UNAVAILABLE
+                )
+
+        await self.brokers.retry(attempt, timeout)
 
     async def fetch_committed(self, tps: list[TP]) -> dict[TP, int]:
         if not self.group:
@@ -542,7 +597,7 @@ class ConsumerCore:
         elif self._session_task is None:
             if self.group and self.cfg["enable.auto.commit"]:
                 try:
-                    await self.commit_positions(self.processed_offsets())
+                    await self.commit_positions(self.processed_offsets(), self.inline_timeout)
                 except TidelogError as e:
                     log.info("final commit failed: %s", e)
             await self._revoke(commit=False, notify=False)
@@ -640,7 +695,7 @@ class ConsumerCore:
                     next_commit = now + commit_every
                     if self.cfg["enable.auto.commit"]:
                         try:
-                            await self.commit_positions(self.processed_offsets())
+                            await self.commit_positions(self.processed_offsets(), self.inline_timeout)
                         except TidelogError as e:
                             log.debug("auto-commit failed: %s", e)
                 kind = ev[0]
@@ -720,7 +775,8 @@ class ConsumerCore:
                 await call.write(group_service_pb2.SessionRequest(sync=sync))
         elif kind == "assignment":
             a = resp.assignment
-            await self._assign(a.generation, [(tp.topic, p) for tp in a.partitions for p in tp.partitions])
+            tps = [(tp.topic, p) for tp in a.partitions for p in tp.partitions]
+            await self._assign(a.generation, tps, timeout=self.inline_timeout)
             if self._rejoin_pending:  # subscribe() changed the topics during this round
                 self._rejoin_pending = False
                 await self._revoke(commit=True)

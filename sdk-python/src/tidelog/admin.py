@@ -6,32 +6,38 @@
     admin.create_topic("orders", num_partitions=6, config={"retention.ms": 86_400_000})
     admin.describe_group("billing").lag   # {TopicPartition: records behind}
 
+Failover: the client knows the ``bootstrap.servers`` brokers and, once learnt from the first
+one that answers DescribeCluster, the rest of the cluster. A call goes to one of them; when it
+is unreachable, stalled or otherwise failing retriably the call moves on to the next one and
+retries with backoff until ``default.api.timeout.ms``, each attempt waiting up to
+``request.timeout.ms`` (the policy the consumer shares, :mod:`tidelog._failover`). A broker's
+real answer (the topic exists, an unknown topic, an invalid argument) is raised at once.
+
 Errors are raised as :mod:`tidelog.errors` types (``TopicExistsError``, ``UnknownTopicError``,
-``FatalError`` for invalid arguments, ``RetriableError`` when the broker is unreachable).
+``FatalError`` for invalid arguments, ``RetriableError`` when no broker answered in time). A
+create or delete whose answer was lost is retried, and then reports that the topic exists (or
+is unknown) if the first attempt went through, as in Kafka.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from ._brokers import Stubs
 from ._channel import sync_channel
-from ._config import ADMIN_KEYS, parse, target
+from ._config import ADMIN_KEYS, parse, target, targets
+from ._failover import Ring, call_sync
 from .errors import ConfigError, from_rpc_error
 from .types import TopicPartition
-from .v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    group_service_pb2,
-    group_service_pb2_grpc,
-    offsets_service_pb2,
-    offsets_service_pb2_grpc,
-)
+from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2
 
-T = TypeVar("T")
+log = logging.getLogger("tidelog.admin")
 
 _FSYNC = {"always": 1, "interval": 2, "never": 3}
 _INT_TOPIC_KEYS = {
@@ -143,16 +149,50 @@ class AdminClient:
     def __init__(self, config: Mapping[str, Any]) -> None:
         cfg = parse(config, ADMIN_KEYS, "admin")
         self._timeout = cfg["request.timeout.ms"] / 1000
-        self._channel = sync_channel(target(cfg["bootstrap.servers"]))
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
-        self._groups = group_service_pb2_grpc.GroupServiceStub(self._channel)
-        self._offsets = offsets_service_pb2_grpc.OffsetServiceStub(self._channel)
+        self._api_timeout = cfg["default.api.timeout.ms"] / 1000
+        self._ring = Ring(targets(cfg["bootstrap.servers"]))
+        self._lock = threading.Lock()  # the client may be shared by threads
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, Stubs] = {}
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _stubs_of(self, addr: str) -> Stubs:
+        """The stubs of ``addr``; its channel opens on first use and stays until close."""
+        with self._lock:
+            s = self._stubs.get(addr)
+            if s is None:
+                ch = self._channels[addr] = sync_channel(addr)
+                s = self._stubs[addr] = Stubs.of(ch)
+            return s
+
+    def _learn(self) -> None:
+        """Learns the cluster's brokers from the current one, once. Best effort: a failure
+        leaves the known brokers as they are and the next call tries again; a broker older
+        than clusters (no DescribeCluster) is a single node."""
+        if self._ring.learnt:
+            return
+        addr = self._ring.current
         try:
-            return method(request, timeout=self._timeout)
+            resp = self._stubs_of(addr).admin.DescribeCluster(
+                admin_service_pb2.DescribeClusterRequest(), timeout=self._timeout
+            )
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                log.debug("cannot learn the cluster from %s: %s", addr, from_rpc_error(e))
+                return
+            resp = admin_service_pb2.DescribeClusterResponse()
+        with self._lock:
+            if not self._ring.learnt:
+                self._ring.adopt(resp)
+
+    def _call(self, method: Callable[[Stubs], Any], request: Any) -> Any:
+        """A unary call, failing over and retrying as the module docs say."""
+        self._learn()
+        return call_sync(
+            self._ring,
+            lambda addr, t: method(self._stubs_of(addr))(request, timeout=t),
+            self._api_timeout,
+            self._timeout,
+        )
 
     def create_topic(
         self,
@@ -172,23 +212,22 @@ class AdminClient:
             replication_factor=replication_factor,
             config=topic_config_proto(config),
         )
-        return _describe(self._call(self._admin.CreateTopic, req).topic)
+        return _describe(self._call(lambda s: s.admin.CreateTopic, req).topic)
 
     def delete_topic(self, name: str) -> None:
-        self._call(self._admin.DeleteTopic, admin_service_pb2.DeleteTopicRequest(name=name))
+        self._call(lambda s: s.admin.DeleteTopic, admin_service_pb2.DeleteTopicRequest(name=name))
 
     def list_topics(self) -> list[TopicDescription]:
-        resp = self._call(self._admin.ListTopics, admin_service_pb2.ListTopicsRequest())
+        resp = self._call(lambda s: s.admin.ListTopics, admin_service_pb2.ListTopicsRequest())
         return [_describe(t) for t in resp.topics]
 
     def describe_topic(self, name: str) -> TopicDescription:
-        return _describe(
-            self._call(self._admin.DescribeTopic, admin_service_pb2.DescribeTopicRequest(name=name)).topic
-        )
+        req = admin_service_pb2.DescribeTopicRequest(name=name)
+        return _describe(self._call(lambda s: s.admin.DescribeTopic, req).topic)
 
     def describe_cluster(self) -> ClusterDescription:
-        """The cluster's brokers and its controller, as this broker sees them."""
-        r = self._call(self._admin.DescribeCluster, admin_service_pb2.DescribeClusterRequest())
+        """The cluster's brokers and its controller, as the broker that answered sees them."""
+        r = self._call(lambda s: s.admin.DescribeCluster, admin_service_pb2.DescribeClusterRequest())
         brokers = {b.id: target(b.address) for b in r.brokers}
         return ClusterDescription(r.cluster_id, r.controller_id, brokers)
 
@@ -205,18 +244,18 @@ class AdminClient:
         else:
             raise ConfigError(f"list_offsets at={at!r}: expected 'earliest', 'latest' or a timestamp in ms")
         resp = self._call(
-            self._admin.ListOffsets, admin_service_pb2.ListOffsetsRequest(topic=topic, spec=spec)
+            lambda s: s.admin.ListOffsets, admin_service_pb2.ListOffsetsRequest(topic=topic, spec=spec)
         )
         return {o.partition: o.offset for o in resp.offsets}
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """The group's committed offsets for ``topic`` (partitions without a commit are absent)."""
         req = offsets_service_pb2.FetchCommittedRequest(group=group, topic=topic)
-        return {o.partition: o.offset for o in self._call(self._offsets.FetchCommitted, req).offsets}
+        return {o.partition: o.offset for o in self._call(lambda s: s.offsets.FetchCommitted, req).offsets}
 
     def describe_group(self, group: str) -> GroupDescription:
         """Members, their assignments, committed offsets and lag."""
-        r = self._call(self._groups.DescribeGroup, group_service_pb2.DescribeGroupRequest(group=group))
+        r = self._call(lambda s: s.groups.DescribeGroup, group_service_pb2.DescribeGroupRequest(group=group))
         members = [GroupMember(m.member_id, m.client_id, list(m.topics)) for m in r.members]
         committed = {TopicPartition(p.topic, p.partition): p.committed_offset for p in r.partitions}
         lag = {TopicPartition(p.topic, p.partition): p.lag for p in r.partitions}
@@ -224,7 +263,10 @@ class AdminClient:
         return GroupDescription(r.group, r.state, r.generation, r.leader_id, members, committed, lag, owners)
 
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for ch in channels:
+            ch.close()
 
     def __enter__(self) -> AdminClient:
         return self
