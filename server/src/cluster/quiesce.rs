@@ -53,18 +53,24 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
         let mut candidates = Vec::new();
         let now = Instant::now();
         for r in &replicas {
-            let m = r.raft.metrics().borrow_watched().clone();
+            // Read in place, not cloned: this runs for every group every heartbeat, and asleep
+            // groups (most of them, at idle) need one field.
+            let (leader, last_log_index) = {
+                let m = r.raft.metrics();
+                let m = m.borrow_watched();
+                (m.current_leader, m.last_log_index)
+            };
             if r.quiescence.is_asleep() {
-                let leader_alive = m.current_leader.is_some_and(|l| l == me || cx.liveness.alive(l, cx.alive_within));
+                let leader_alive = leader.is_some_and(|l| l == me || cx.liveness.alive(l, cx.alive_within));
                 if !leader_alive && r.quiescence.wake(&r.raft) {
-                    tracing::info!(group = r.group_id, leader = ?m.current_leader, "leader's broker silent: woke to elect");
+                    tracing::info!(group = r.group_id, leader = ?leader, "leader's broker silent: woke to elect");
                 }
                 continue;
             }
-            if m.current_leader != Some(me) {
+            if leader != Some(me) {
                 continue;
             }
-            let state = (r.quiescence.activity(), m.last_log_index);
+            let state = (r.quiescence.activity(), last_log_index);
             let entry = quiet.entry(r.group_id).or_insert((state.0, state.1, now));
             if (entry.0, entry.1) != state {
                 *entry = (state.0, state.1, now);
