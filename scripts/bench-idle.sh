@@ -64,7 +64,8 @@ run() {
   asleep=$(sed 's/\x1b\[[0-9;]*m//g' "$work/node-1.log" | grep 'partition groups asleep' | tail -1 | sed 's/.*asleep=\([0-9]*\) groups=\([0-9]*\).*/\1 of \2 groups asleep on broker 1/' || true)
   # Elections since the start beyond one per group (the partitions and the metadata group):
   # split votes at creation, or groups woken by mistake. openraft logs "becomes leader" twice
-  # for a group's first leader (once as it initialises, once as it wins).
+  # for a group's first leader (once as it initialises, once as it wins); a replica that
+  # started a group as a fallback (replica::Start) adds one more.
   local extra
   extra=$(($(cat "$work"/node-*.log | grep -c 'becomes leader' || true) - 2 * (partitions + 1)))
   echo "$line  ($elections elections in the window, $extra beyond one per group since start${asleep:+; $asleep})" | tee -a "$out"

@@ -63,7 +63,7 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// No response this long: the connection is dropped and batches are resent. Default 30 s.
     pub request_timeout: Duration,
-    /// First retry delay, doubled per attempt up to 1 s. Default 50 ms.
+    /// First retry delay, doubled per attempt up to 1 s; must be positive. Default 50 ms.
     pub retry_backoff: Duration,
 }
 
@@ -168,6 +168,10 @@ impl Producer {
             return Err(Error::InvalidArgument(
                 "max_in_flight and max_batch_bytes must be positive, buffer_memory at least max_batch_bytes".into(),
             ));
+        }
+        if config.retry_backoff.is_zero() {
+            // It paces every retry, including reconnecting to a broker that refuses connections.
+            return Err(Error::InvalidArgument("retry_backoff must be positive".into()));
         }
         if config.idempotence && config.max_in_flight > 5 {
             return Err(Error::InvalidArgument("with idempotence, max_in_flight may be at most 5".into()));

@@ -211,11 +211,8 @@ async fn create(
         // Leaders spread as placement decided: a new group's preferred leader starts it and
         // wins unopposed (replica::Start). Topics placed before placement existed have no
         // preferred leader: every replica starts them.
-        let start = if record.replicas.is_empty() || replicas.first() == Some(&cluster.node_id()) {
-            replica::Start::Now
-        } else {
-            replica::Start::IfNoLeaderWithin(cluster.first_leader_wait())
-        };
+        let rank = replicas.iter().position(|r| *r == cluster.node_id()).unwrap_or(0);
+        let start = if record.replicas.is_empty() { replica::Start::Now } else { cluster.start_by_rank(rank) };
         let opened = replica::open(&cx, broker.meta(), spec, replicas.iter().copied().collect(), start).await?;
         slots.push(PartitionSlot::Here { log: opened.partition, raft: Some(opened.replica) });
         hosted += 1;

@@ -80,7 +80,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Joins the cluster: opens the metadata group (initialising it on first start) and starts
+    /// Joins the cluster: opens the metadata group (on a new cluster's first start the lowest
+    /// broker id initialises it, the others only if it did not: `replica::Start`) and starts
     /// applying its log to the broker's topic table. Peers need not be up yet.
     pub async fn start(broker: &Arc<Broker>, settings: &ClusterSettings) -> Result<Arc<Self>, BrokerError> {
         let brokers = settings.parse_peers().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
@@ -115,11 +116,8 @@ impl Cluster {
             RaftGroups::default()
         };
         // A new cluster's metadata group is started by its lowest broker id (replica::Start).
-        let start = if brokers.keys().next() == Some(&node_id) {
-            replica::Start::Now
-        } else {
-            replica::Start::IfNoLeaderWithin(first_leader_wait(&raft_config))
-        };
+        let rank = brokers.keys().position(|b| *b == node_id).unwrap_or(0);
+        let start = start_by_rank(&raft_config, rank);
         let meta = replica::open(
             &replica::GroupContext {
                 node_id,
@@ -175,10 +173,9 @@ impl Cluster {
         self.node_id
     }
 
-    /// How long a new group's other replicas wait for its first replica to start it before
-    /// they start it themselves (`replica::Start`): two of the longest election timeouts.
-    pub fn first_leader_wait(&self) -> Duration {
-        first_leader_wait(&self.raft_config)
+    /// How the replica of `rank` in a new group's replica list starts it (`replica::Start`).
+    pub fn start_by_rank(&self, rank: usize) -> replica::Start {
+        start_by_rank(&self.raft_config, rank)
     }
 
     /// Every broker's id and client address.
@@ -380,6 +377,15 @@ impl Cluster {
     }
 }
 
-fn first_leader_wait(config: &openraft::Config) -> Duration {
-    Duration::from_millis(config.election_timeout_max * 2)
+/// The first replica starts a new group at once; the one of rank `r` waits `r` times two of
+/// the longest election timeouts for a replica before it to have started it (staggered, so two
+/// fallbacks do not stand together and split the vote).
+fn start_by_rank(config: &openraft::Config, rank: usize) -> replica::Start {
+    match rank {
+        0 => replica::Start::Now,
+        r => {
+            let wait = Duration::from_millis(config.election_timeout_max * 2);
+            replica::Start::IfNoLeaderWithin(wait.saturating_mul(u32::try_from(r).unwrap_or(u32::MAX)))
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! One Raft group on this broker: a partition log, its Raft storage, and its `openraft::Raft`,
 //! registered with the transport so peers reach it.
 //!
-//! Opening a group over an empty log initialises it with the full voter set. Every replica
-//! does so with the *same* voters, which openraft allows (the first entry, index 0, is then
-//! identical everywhere and the vote decides the leader); a replica with a log skips it.
+//! Opening a group over an empty log starts it (openraft `initialize` with the full voter
+//! set) on one replica only, the one [`Start`] names; the others learn the membership from its
+//! first append, and start it themselves, staggered, only if none arrived. A replica with a
+//! log never initialises.
 //!
 //! Proposing ([`Replica::propose`]) is where produce enters Raft: the entry is queued to the
 //! group's core in the caller's order, and the answer comes at commit (acks=all) or at the
@@ -89,11 +90,12 @@ pub struct Opened {
 
 /// Which replica starts a new group. openraft's `initialize` makes a replica stand for
 /// election at once, so if every replica initialised a new group together they would split
-/// the vote (measured before this: about three elections per new group, and leaders not
-/// where placement put them). One replica (the preferred leader) starts it and wins
-/// unopposed; the others learn the membership from its first append, and initialise it
-/// themselves only if no leader showed up within the delay (the first one is down). Same
-/// voters everywhere, so a late initialise is harmless (openraft: one leader per term).
+/// the vote (all three stood at once, and leaders did not land where placement put them).
+/// One replica (the preferred leader) starts it and wins unopposed; the others learn the
+/// membership from its first append, and initialise it themselves only if none arrived
+/// within their delay (the first one is down). The delays are staggered by rank (the caller
+/// multiplies), so the fallbacks do not split the vote either. Same voters everywhere, so a
+/// late initialise is harmless (openraft: one leader per term).
 #[derive(Clone, Copy, Debug)]
 pub enum Start {
     Now,
@@ -129,26 +131,54 @@ pub async fn open(
     let quiescence = Arc::clone(&handle.quiescence);
     cx.groups.insert(spec.group_id, handle);
     if !raft.is_initialized().await.unwrap_or(true) {
-        let (raft, group) = (raft.clone(), spec.group_id);
-        let init = async move {
-            if let Start::IfNoLeaderWithin(wait) = start {
-                tokio::time::sleep(wait).await;
-                if raft.is_initialized().await.unwrap_or(true) {
-                    return; // the first replica's append arrived: it leads
-                }
-                tracing::info!(group, "no leader started this new group in {wait:?}: starting it here");
-            }
-            // Another replica's first entry may have arrived first: that is the same cluster.
-            if let Err(e) = raft.initialize(voters).await {
-                tracing::debug!(group, error = %e, "group already initialised");
-            }
-        };
         match start {
-            Start::Now => init.await,
-            Start::IfNoLeaderWithin(_) => drop(tokio::spawn(init)),
+            Start::Now => initialize(&raft, spec.group_id, voters).await,
+            Start::IfNoLeaderWithin(wait) => {
+                drop(tokio::spawn(start_unless_led(raft.clone(), cx.groups.clone(), spec.group_id, voters, wait)))
+            }
         }
     }
     Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store, quiescence } })
+}
+
+async fn initialize(raft: &PartitionRaft, group: u64, voters: BTreeSet<u64>) {
+    // Another replica's first entry may have arrived first: that is the same group.
+    if let Err(e) = raft.initialize(voters).await {
+        tracing::debug!(group, error = %e, "group already initialised");
+    }
+}
+
+/// [`Start::IfNoLeaderWithin`]: after `wait`, a replica with a log was started by another
+/// (done); one with neither log nor vote starts the group itself. One that granted a vote but
+/// has no log saw the first replica win and then go silent before its first append: openraft
+/// refuses to initialise over a vote, and without the membership this replica cannot stand
+/// for election, so the group waits for that replica to return (its log holds the
+/// membership) — a window of milliseconds, said in a warning. Ends when the broker stops or
+/// the group does.
+async fn start_unless_led(raft: PartitionRaft, groups: RaftGroups, group: u64, voters: BTreeSet<u64>, wait: Duration) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(wait).await;
+        if groups.is_stopping() || raft.metrics().borrow_watched().last_log_index.is_some() {
+            return;
+        }
+        match raft.is_initialized().await {
+            Ok(false) => {
+                tracing::info!(group, "no replica started this new group within {wait:?}: starting it here");
+                return initialize(&raft, group, voters).await;
+            }
+            Ok(true) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    group,
+                    "this new group's first leader won a vote here and went silent before its first append: \
+                     the group waits for it to return"
+                );
+            }
+            Ok(true) => {}
+            Err(_) => return, // the group was stopped (deleted, or the broker shut down)
+        }
+    }
 }
 
 fn storage(e: std::io::Error) -> BrokerError {
@@ -312,7 +342,8 @@ impl Replica {
         };
         let wait = Duration::from_millis(config.election_timeout_max * 2);
         if tokio::time::timeout(wait, renewed).await.is_err() {
-            tracing::warn!(
+            // Debug, not warn: during a quorum loss this fires once per proposal.
+            tracing::debug!(
                 group = self.group_id,
                 "leader lease not renewed within {wait:?}: the write will be refused"
             );

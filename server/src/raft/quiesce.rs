@@ -138,10 +138,13 @@ pub fn follower_may_sleep(raft: &PartitionRaft, leader_vote: &Vote, leader_commi
 /// on it would leave an awake follower under an asleep leader, which hears nothing more and
 /// stands for election after a timeout (a needless change of leader of an idle partition).
 pub fn carries_nothing_new(raft: &PartitionRaft, rpc: &AppendEntriesRequest<PartitionTc>) -> bool {
-    let m = raft.metrics().borrow_watched().clone();
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    // Asleep, a replica's last entry is its last applied one (it slept caught up).
     rpc.entries.is_empty()
         && rpc.vote == m.vote
-        && rpc.prev_log_id.map(|l| l.index) == m.last_log_index
+        && rpc.prev_log_id == m.last_applied
+        && m.last_log_index == m.last_applied.map(|l| l.index)
         && rpc.leader_commit == m.last_applied
 }
 

@@ -55,7 +55,8 @@ impl GroupHandle {
         Self { raft, incoming_dir, quiescence: Arc::default() }
     }
 
-    /// Any Raft message but Quiesce wakes the group: someone needs it to run.
+    /// A Raft message wakes the group: someone needs it to run. (Not called for Quiesce, for a
+    /// pre-vote an asleep replica refuses, or for a heartbeat that carries nothing new.)
     fn woken(self, group: u64) -> Self {
         if self.quiescence.wake(&self.raft) {
             tracing::debug!(group, "woken by a raft message");
@@ -99,6 +100,11 @@ impl RaftGroups {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this broker began its graceful shutdown.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     pub fn quiesce_context(&self) -> Option<&QuiesceContext> {
@@ -207,7 +213,7 @@ impl RaftTransport for RaftTransportService {
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        if self.groups.stopping.load(Ordering::SeqCst) {
+        if self.groups.is_stopping() {
             return Err(Status::unavailable("this broker is shutting down: it takes no leadership"));
         }
         let m = request.into_inner();

@@ -183,7 +183,7 @@ impl Drop for TestCluster {
         if failed {
             self.dump_logs();
         }
-        if failed || std::env::var_os("TIDELOG_TEST_KEEP").is_some() {
+        if failed || std::env::var("TIDELOG_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0") {
             self.root.disable_cleanup(true);
             eprintln!("--- cluster data and full logs kept in {} ---", self.root.path().display());
         }
