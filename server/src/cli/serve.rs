@@ -43,7 +43,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDELOG_LEADER_REBALANCE_MS")]
     pub leader_rebalance_ms: Option<u64>,
     /// Cluster mode: an idle partition stops ticking after this many ms without a write
-    /// (0 = never).
+    /// (default 2000; 0 = never).
     #[arg(long, env = "TIDELOG_QUIESCE_MS")]
     pub quiesce_ms: Option<u64>,
 }
