@@ -2,7 +2,9 @@
 //! - placement: a topic with two replicas per partition on three brokers spreads replicas and
 //!   preferred leaders, and its leaders settle on the preferred replicas; a topic created
 //!   while a broker is down still gets a leader for the partitions that broker should lead
-//!   (their other replicas start the group once it did not);
+//!   (their other replicas start the group once it did not); a topic deleted and created
+//!   again is, after a broker restart (which re-applies the metadata log), its last
+//!   incarnation there;
 //! - one group whose members connect to different brokers is one group: every broker proxies
 //!   sessions to the coordinator on the controller and forwards commits and fetches there,
 //!   and members read partitions their own broker does not hold from brokers that do;
@@ -436,4 +438,41 @@ async fn a_topic_created_while_a_broker_is_down_gets_a_leader_for_every_partitio
         started.elapsed()
     );
     producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_its_last_incarnation_after_a_restart() {
+    let mut c = TestCluster::start().await;
+    c.create_topic("again", 2, 3, TopicConfig::default()).await;
+    let admin = Client::connect(c.addr(1)).await.unwrap();
+    let delete = tidelog::proto::v1::DeleteTopicRequest { name: "again".into() };
+    admin.admin().delete_topic(delete).await.unwrap();
+    // The name is free once the delete is applied; the second incarnation has 3 partitions.
+    eventually(WAIT, "the topic recreated", || {
+        let c = &c;
+        async move {
+            let req = tidelog::proto::v1::CreateTopicRequest {
+                name: "again".into(),
+                partitions: 3,
+                replication_factor: 3,
+                config: Some(TopicConfig::default()),
+            };
+            let admin = Client::connect(c.addr(1)).await.ok()?;
+            admin.admin().create_topic(req).await.ok().map(|_| ())
+        }
+    })
+    .await;
+    produce_keyed(&c, 1, "again", 0, 30).await;
+    // Broker 3 re-applies create, delete, create from its metadata log on start.
+    c.kill9(3);
+    c.start_node(3);
+    let d = eventually(WAIT, "broker 3 describes the topic again", || {
+        let addr = c.addr(3);
+        async move {
+            let d = Client::connect(addr).await.ok()?.describe_topic("again").await.ok()?;
+            (d.partitions.iter().map(|p| p.high_watermark).sum::<u64>() == 30).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d.partition_count, 3, "broker 3 serves the last incarnation: {d:?}");
 }

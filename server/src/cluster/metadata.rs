@@ -97,39 +97,53 @@ pub fn topic_id_at(offset: u64) -> u64 {
 pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Partition>) {
     let mut hw = log.watch_hw();
     let mut shutdown = broker.shutdown_signal();
-    let mut next = 0u64;
-    // Startup: what is committed already is applied in one pass that skips undone creates.
-    let backlog = match read_committed(&log, &mut next) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
-            return;
+    // Startup: what is committed already is applied in a second pass that skips creates a
+    // later delete undid (their groups never start); the first pass only collects those
+    // deletes. Both read chunk by chunk, so memory does not grow with the log (every group
+    // commit is an entry of it).
+    let mut deleted: HashSet<u64> = HashSet::new();
+    let mut scan = 0u64;
+    let backlog_end = loop {
+        match read_chunk(&log, &mut scan) {
+            Ok(None) => break scan,
+            Ok(Some(cmds)) => deleted.extend(cmds.iter().filter_map(|(_, c)| match c {
+                MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
+                MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } => None,
+            })),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
+                return;
+            }
         }
     };
-    let deleted: HashSet<u64> = backlog
-        .iter()
-        .filter_map(|(_, c)| match c {
-            MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
-            MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } => None,
-        })
-        .collect();
-    for (offset, cmd) in backlog {
-        let undone = matches!(cmd, MetaCommand::CreateTopic { .. }) && deleted.contains(&topic_id_at(offset));
-        if !undone {
-            apply(&broker, &cluster, offset, cmd).await;
+    let mut next = 0u64;
+    while next < backlog_end {
+        let cmds = match read_chunk(&log, &mut next) {
+            Ok(Some(cmds)) => cmds,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
+                return;
+            }
+        };
+        for (offset, cmd) in cmds {
+            let undone = matches!(cmd, MetaCommand::CreateTopic { .. }) && deleted.contains(&topic_id_at(offset));
+            if !undone {
+                apply(&broker, &cluster, offset, cmd).await;
+            }
         }
     }
     cluster.applied.send_replace(next);
     loop {
-        match read_committed(&log, &mut next) {
-            Ok(cmds) if !cmds.is_empty() => {
+        match read_chunk(&log, &mut next) {
+            Ok(Some(cmds)) => {
                 for (offset, cmd) in cmds {
                     apply(&broker, &cluster, offset, cmd).await;
                 }
                 cluster.applied.send_replace(next);
                 continue;
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "reading the metadata log failed; retrying on the next commit"),
         }
         tokio::select! {
@@ -139,23 +153,23 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
     }
 }
 
-/// Every committed command from `next`, advancing it.
-fn read_committed(log: &Partition, next: &mut u64) -> Result<Vec<(u64, MetaCommand)>, BrokerError> {
+/// The committed commands from `next` in one read of up to [`READ_BYTES`], advancing it;
+/// `None` at the high watermark (a chunk of only undecodable commands is `Some` and empty).
+fn read_chunk(log: &Partition, next: &mut u64) -> Result<Option<Vec<(u64, MetaCommand)>>, BrokerError> {
+    let batches = log.read(*next, READ_BYTES)?;
+    if batches.is_empty() {
+        return Ok(None);
+    }
     let mut out = Vec::new();
-    loop {
-        let batches = log.read(*next, READ_BYTES)?;
-        if batches.is_empty() {
-            return Ok(out);
-        }
-        for b in batches {
-            *next = b.header.next_offset();
-            match decode(&b) {
-                Ok(cmd) => out.push((b.header.base_offset, cmd)),
-                // A command this version does not know: skip it rather than stop applying.
-                Err(e) => tracing::error!(offset = b.header.base_offset, error = %e, "skipping undecodable metadata"),
-            }
+    for b in batches {
+        *next = b.header.next_offset();
+        match decode(&b) {
+            Ok(cmd) => out.push((b.header.base_offset, cmd)),
+            // A command this version does not know: skip it rather than stop applying.
+            Err(e) => tracing::error!(offset = b.header.base_offset, error = %e, "skipping undecodable metadata"),
         }
     }
+    Ok(Some(out))
 }
 
 fn decode(b: &StoredBatch) -> Result<MetaCommand, serde_json::Error> {
