@@ -422,22 +422,14 @@ async fn a_topic_created_while_a_broker_is_down_gets_a_leader_for_every_partitio
         .map(|p| p.partition)
         .collect();
     assert_eq!(orphaned.len(), 1, "placement: {:?}", topic.partitions);
-    let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
-    let producer = Producer::new(Client::connect(c.addr(controller)).await.unwrap(), config).await.unwrap();
     let started = Instant::now();
-    let mut pending = Vec::new();
-    for p in 0..3 {
-        pending.push((p, producer.send_to("while-down", p, Record::new(format!("r-{p}"))).await.unwrap()));
-    }
-    for (p, d) in pending {
-        let meta = d.await.unwrap_or_else(|e| panic!("partition {p}: {e}"));
+    for meta in c.write_each(controller, "while-down", 3, "r").await {
         assert_eq!(meta.offset, 0);
     }
     eprintln!(
         "placement: every partition of a topic created with broker {down} down took a write in {:?}",
         started.elapsed()
     );
-    producer.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use support::cluster::{TestCluster, NODES, WAIT};
 use support::eventually;
 use tidelog::proto::v1::TopicConfig;
-use tidelog::{Client, Producer, ProducerConfig, Record};
+use tidelog::Client;
 
 const TOPIC: &str = "idle";
 const PARTITIONS: u32 = 6;
@@ -68,16 +68,7 @@ async fn leaders(c: &TestCluster) -> BTreeMap<u32, u64> {
 /// acknowledged.
 async fn write_each(c: &TestCluster, bootstrap: u64, tag: &str) -> Duration {
     let started = Instant::now();
-    let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
-    let producer = Producer::new(Client::connect(c.addr(bootstrap)).await.unwrap(), config).await.unwrap();
-    let mut pending = Vec::new();
-    for p in 0..PARTITIONS {
-        pending.push(producer.send_to(TOPIC, p, Record::new(format!("{tag}-{p}"))).await.unwrap());
-    }
-    for d in pending {
-        d.await.unwrap_or_else(|e| panic!("{tag}: delivery failed: {e}"));
-    }
-    producer.close().await;
+    c.write_each(bootstrap, TOPIC, PARTITIONS, tag).await;
     started.elapsed()
 }
 

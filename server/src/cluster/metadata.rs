@@ -97,42 +97,13 @@ pub fn topic_id_at(offset: u64) -> u64 {
 pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Partition>) {
     let mut hw = log.watch_hw();
     let mut shutdown = broker.shutdown_signal();
-    // Startup: what is committed already is applied in a second pass that skips creates a
-    // later delete undid (their groups never start); the first pass only collects those
-    // deletes. Both read chunk by chunk, so memory does not grow with the log (every group
-    // commit is an entry of it).
-    let mut deleted: HashSet<u64> = HashSet::new();
-    let mut scan = 0u64;
-    let backlog_end = loop {
-        match read_chunk(&log, &mut scan) {
-            Ok(None) => break scan,
-            Ok(Some(cmds)) => deleted.extend(cmds.iter().filter_map(|(_, c)| match c {
-                MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
-                MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } => None,
-            })),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
-                return;
-            }
+    let mut next = match apply_backlog(&broker, &cluster, &log).await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
+            return;
         }
     };
-    let mut next = 0u64;
-    while next < backlog_end {
-        let cmds = match read_chunk(&log, &mut next) {
-            Ok(Some(cmds)) => cmds,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
-                return;
-            }
-        };
-        for (offset, cmd) in cmds {
-            let undone = matches!(cmd, MetaCommand::CreateTopic { .. }) && deleted.contains(&topic_id_at(offset));
-            if !undone {
-                apply(&broker, &cluster, offset, cmd).await;
-            }
-        }
-    }
     cluster.applied.send_replace(next);
     loop {
         match read_chunk(&log, &mut next) {
@@ -151,6 +122,32 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Startup: applies what is committed already, in a second pass that skips creates a later
+/// delete undid (their groups never start); the first pass only collects those deletes. Both
+/// read chunk by chunk, so memory does not grow with the log (every group commit is an entry
+/// of it). Returns the offset to go on from.
+async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition) -> Result<u64, BrokerError> {
+    let mut deleted: HashSet<u64> = HashSet::new();
+    let mut end = 0u64;
+    while let Some(cmds) = read_chunk(log, &mut end)? {
+        deleted.extend(cmds.iter().filter_map(|(_, c)| match c {
+            MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
+            MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } => None,
+        }));
+    }
+    let mut next = 0u64;
+    while next < end {
+        let Some(cmds) = read_chunk(log, &mut next)? else { break };
+        for (offset, cmd) in cmds {
+            let undone = matches!(cmd, MetaCommand::CreateTopic { .. }) && deleted.contains(&topic_id_at(offset));
+            if !undone {
+                apply(broker, cluster, offset, cmd).await;
+            }
+        }
+    }
+    Ok(next)
 }
 
 /// The committed commands from `next` in one read of up to [`READ_BYTES`], advancing it;
@@ -226,7 +223,8 @@ async fn create(
         // wins unopposed (replica::Start). Topics placed before placement existed have no
         // preferred leader: every replica starts them.
         let rank = replicas.iter().position(|r| *r == cluster.node_id()).unwrap_or(0);
-        let start = if record.replicas.is_empty() { replica::Start::Now } else { cluster.start_by_rank(rank) };
+        let start =
+            if record.replicas.is_empty() { replica::Start::Now } else { replica::Start::by_rank(cx.config, rank) };
         let opened = replica::open(&cx, broker.meta(), spec, replicas.iter().copied().collect(), start).await?;
         slots.push(PartitionSlot::Here { log: opened.partition, raft: Some(opened.replica) });
         hosted += 1;

@@ -117,7 +117,7 @@ impl Cluster {
         };
         // A new cluster's metadata group is started by its lowest broker id (replica::Start).
         let rank = brokers.keys().position(|b| *b == node_id).unwrap_or(0);
-        let start = start_by_rank(&raft_config, rank);
+        let start = replica::Start::by_rank(&raft_config, rank);
         let meta = replica::open(
             &replica::GroupContext {
                 node_id,
@@ -171,11 +171,6 @@ impl Cluster {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
-    }
-
-    /// How the replica of `rank` in a new group's replica list starts it (`replica::Start`).
-    pub fn start_by_rank(&self, rank: usize) -> replica::Start {
-        start_by_rank(&self.raft_config, rank)
     }
 
     /// Every broker's id and client address.
@@ -373,19 +368,6 @@ impl Cluster {
             if metrics.changed().await.is_err() {
                 return;
             }
-        }
-    }
-}
-
-/// The first replica starts a new group at once; the one of rank `r` waits `r` times two of
-/// the longest election timeouts for a replica before it to have started it (staggered, so two
-/// fallbacks do not stand together and split the vote).
-fn start_by_rank(config: &openraft::Config, rank: usize) -> replica::Start {
-    match rank {
-        0 => replica::Start::Now,
-        r => {
-            let wait = Duration::from_millis(config.election_timeout_max * 2);
-            replica::Start::IfNoLeaderWithin(wait.saturating_mul(u32::try_from(r).unwrap_or(u32::MAX)))
         }
     }
 }

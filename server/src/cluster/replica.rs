@@ -93,13 +93,27 @@ pub struct Opened {
 /// the vote (all three stood at once, and leaders did not land where placement put them).
 /// One replica (the preferred leader) starts it and wins unopposed; the others learn the
 /// membership from its first append, and initialise it themselves only if none arrived
-/// within their delay (the first one is down). The delays are staggered by rank (the caller
-/// multiplies), so the fallbacks do not split the vote either. Same voters everywhere, so a
+/// within their delay (the first one is down). The delays are staggered by rank
+/// ([`Start::by_rank`]), so the fallbacks do not split the vote either. Same voters everywhere, so a
 /// late initialise is harmless (openraft: one leader per term).
 #[derive(Clone, Copy, Debug)]
 pub enum Start {
     Now,
     IfNoLeaderWithin(Duration),
+}
+
+impl Start {
+    /// The replica of `rank` in a new group's replica list: the first starts it at once; the
+    /// one of rank `r` waits `r` times two of the longest election timeouts for one before it.
+    pub fn by_rank(config: &openraft::Config, rank: usize) -> Self {
+        match rank {
+            0 => Self::Now,
+            r => {
+                let wait = Duration::from_millis(config.election_timeout_max * 2);
+                Self::IfNoLeaderWithin(wait.saturating_mul(u32::try_from(r).unwrap_or(u32::MAX)))
+            }
+        }
+    }
 }
 
 /// Opens (or reopens) a group and registers it with the transport. A new group is started as

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tidelog::proto::v1::{CreateTopicRequest, TopicConfig, TopicDescription};
-use tidelog::Client;
+use tidelog::{Client, Producer, ProducerConfig, Record, RecordMetadata};
 
 use super::proxy::Proxy;
 use super::{signal, BrokerProcess};
@@ -144,6 +144,24 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// One acks=all record (`{tag}-{p}`) to each of `topic`'s partitions `0..partitions`
+    /// through `bootstrap`, each delivered within 30 s or the test fails naming it; their
+    /// metadata, by partition.
+    pub async fn write_each(&self, bootstrap: u64, topic: &str, partitions: u32, tag: &str) -> Vec<RecordMetadata> {
+        let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
+        let producer = Producer::new(Client::connect(self.addr(bootstrap)).await.unwrap(), config).await.unwrap();
+        let mut pending = Vec::new();
+        for p in 0..partitions {
+            pending.push(producer.send_to(topic, p, Record::new(format!("{tag}-{p}"))).await.unwrap());
+        }
+        let mut out = Vec::new();
+        for (p, d) in pending.into_iter().enumerate() {
+            out.push(d.await.unwrap_or_else(|e| panic!("{tag}: partition {p}: delivery failed: {e}")));
+        }
+        producer.close().await;
+        out
     }
 
     /// The leader of `topic`'s partition 0, as the leader itself reports it.
