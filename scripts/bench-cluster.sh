@@ -39,7 +39,7 @@ say() { printf '\n== %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 say "building the release binary"
-cargo build --release -q -p tidelog-server --bin tidelog
+cargo build --release -q -p tidelog-cli --bin tidelog
 bin=target/release/tidelog
 
 # wait_listening LOGFILE: the broker prints one line once it listens.

@@ -15,7 +15,7 @@ partitions=${PARTITIONS:-1000}
 idle_secs=${IDLE_SECS:-10}
 out=target/bench/idle.txt
 mkdir -p target/bench
-cargo build --release -q -p tidelog-server --bin tidelog
+cargo build --release -q -p tidelog-cli --bin tidelog
 bin=target/release/tidelog
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # cpu_ticks PID: user + system time in clock ticks (USER_HZ, 100 per second).

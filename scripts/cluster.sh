@@ -19,7 +19,7 @@ peers="1=127.0.0.1:$((base + 1)),2=127.0.0.1:$((base + 2)),3=127.0.0.1:$((base +
 running() { [ -f "$dir/node-$1.pid" ] && kill -0 "$(cat "$dir/node-$1.pid")" 2>/dev/null; }
 
 start() {
-  if [ ! -x "$bin" ]; then cargo build -p tidelog-server --bin tidelog; fi
+  if [ ! -x "$bin" ]; then cargo build -p tidelog-cli --bin tidelog; fi
   mkdir -p "$dir"
   for n in 1 2 3; do
     if running "$n"; then echo "broker $n already runs (pid $(cat "$dir/node-$n.pid"))"; continue; fi

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerOptions;
-use crate::settings::TopicSettings;
+use crate::topic_config::TopicSettings;
 
 /// The default listen address: loopback only, so a first `tidelog serve` exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9690";
@@ -180,7 +180,7 @@ mod tests {
             .unwrap();
         let c = Config::from_file(&path).unwrap();
         assert_eq!(c.listen.port(), 0);
-        assert_eq!(c.topic_defaults.fsync, crate::settings::FsyncSetting::Always);
+        assert_eq!(c.topic_defaults.fsync, crate::topic_config::FsyncSetting::Always);
         assert_eq!(c.topic_defaults.retention_ms, 1000);
         assert_eq!(c.topic_defaults.segment_bytes, TopicSettings::default().segment_bytes);
 

@@ -10,12 +10,11 @@
 //! ```
 pub mod api;
 pub mod broker;
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod log;
 pub mod meta;
 pub mod raft;
-pub mod settings;
+pub mod topic_config;
 pub mod telemetry;

@@ -19,7 +19,7 @@ use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
 use crate::cluster::placement;
 use crate::cluster::Cluster;
 use crate::meta::TopicRecord;
-use crate::settings::{FsyncSetting, TopicSettings};
+use crate::topic_config::{FsyncSetting, TopicSettings};
 
 #[derive(Debug)]
 pub struct AdminApi {

@@ -21,7 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
-use crate::settings::MAX_BATCH_BYTES_LIMIT;
+use crate::topic_config::MAX_BATCH_BYTES_LIMIT;
 
 /// HTTP/2 flow-control windows and frame size (see `serve`). The stream window also bounds
 /// what one stalled subscriber can have in flight in the transport.

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 pub use topic::{PartitionSlot, Topic};
 
 use crate::meta::{MetaStore, TopicRecord};
-use crate::settings::TopicSettings;
+use crate::topic_config::TopicSettings;
 
 const META_DIR: &str = "meta";
 const TOPICS_DIR: &str = "topics";

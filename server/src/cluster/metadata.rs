@@ -273,7 +273,7 @@ fn topic_dir(cluster: &Cluster, topic_id: u64) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::TopicSettings;
+    use crate::topic_config::TopicSettings;
 
     #[test]
     fn commands_round_trip_as_json() {

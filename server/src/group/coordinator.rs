@@ -456,7 +456,7 @@ mod tests {
 
     use super::*;
     use crate::broker::BrokerOptions;
-    use crate::settings::TopicSettings;
+    use crate::topic_config::TopicSettings;
 
     type Rx = mpsc::UnboundedReceiver<Result<SessionResponse, tonic::Status>>;
 

@@ -25,7 +25,7 @@ pub use raft_state::{RaftKey, RaftState};
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::TopicSettings;
+use crate::topic_config::TopicSettings;
 
 const TOPICS_TREE: &str = "topics";
 const OFFSETS_TREE: &str = "offsets";

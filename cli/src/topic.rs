@@ -4,7 +4,7 @@ use clap::Subcommand;
 use tidelog::proto::v1::{DeleteTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicDescription};
 use tidelog::Client;
 
-use crate::settings::FsyncSetting;
+use crate::FsyncArg;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
@@ -27,7 +27,7 @@ pub enum TopicCommand {
         #[arg(long)]
         segment_ms: Option<u64>,
         #[arg(long, value_enum)]
-        fsync: Option<FsyncSetting>,
+        fsync: Option<FsyncArg>,
         #[arg(long)]
         fsync_interval_ms: Option<u64>,
         #[arg(long)]

@@ -10,7 +10,7 @@ use crate::log::format::BATCH_HEADER_LEN;
 use crate::log::{FsyncPolicy, LogConfig, Retention};
 
 /// When a partition's appends are fsynced (see [`FsyncPolicy`] for the exact guarantees).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncSetting {
     /// Before acknowledging each batch (group commit across concurrent producers).

@@ -1,15 +1,23 @@
-//! The `tidelog` command line: `serve` runs a broker; the other subcommands are clients built
-//! on the Rust SDK (`topic`, `cluster`, `group`, `produce`, `consume`, `bench`).
+//! The `tidelog` binary: `serve` runs a broker (the `tidelog-server` library does all of it;
+//! `serve.rs` only turns flags into its config); the other subcommands are clients built on the
+//! Rust SDK (`topic`, `cluster`, `group`, `produce`, `consume`) and the load tool (`bench`).
+//!
+//! This crate is the only place that joins the broker library with the client SDK, clap and
+//! hdrhistogram: the broker library depends on none of them. It also holds the integration
+//! tests that run the binary as real broker processes (`tests/`).
 
-pub mod bench;
-pub mod cluster;
-pub mod consume;
-pub mod group;
-pub mod produce;
-pub mod serve;
-pub mod topic;
+mod bench;
+mod cluster;
+mod consume;
+mod group;
+mod produce;
+mod serve;
+mod topic;
 
 use clap::{Parser, Subcommand};
+
+mod args;
+pub use args::FsyncArg;
 
 /// Default broker address for client subcommands.
 pub const DEFAULT_BROKER: &str = "http://127.0.0.1:9690";
@@ -61,7 +69,7 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic { broker, command } => topic::run(&broker.broker, command).await,
@@ -70,5 +78,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidelog: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

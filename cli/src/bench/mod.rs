@@ -19,7 +19,7 @@ use tidelog::{Client, Compression};
 
 use super::produce::{AcksArg, CompressionArg};
 use super::BrokerArg;
-use crate::settings::FsyncSetting;
+use crate::FsyncArg;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -68,7 +68,7 @@ pub struct BenchArgs {
     pub acks: AcksArg,
     /// fsync policy of the topic if the bench creates it.
     #[arg(long, value_enum, default_value = "interval")]
-    pub fsync: FsyncSetting,
+    pub fsync: FsyncArg,
     /// Batch compression (the payload is text-like and compresses about 2-3x with lz4).
     #[arg(long, value_enum, default_value = "none")]
     pub compression: CompressionArg,

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::broker::{tasks, Broker};
-use crate::config::Config;
-use crate::settings::FsyncSetting;
+use tidelog_server::broker::{tasks, Broker};
+use tidelog_server::config::Config;
+
+use crate::FsyncArg;
 
 /// Cluster mode: how long a stopping broker waits for the groups it leads to take a new leader.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
@@ -30,7 +31,7 @@ pub struct ServeArgs {
     pub node_id: Option<u32>,
     /// fsync policy for topics created without one.
     #[arg(long, env = "TIDELOG_DEFAULT_FSYNC", value_enum)]
-    pub default_fsync: Option<FsyncSetting>,
+    pub default_fsync: Option<FsyncArg>,
     /// How often retention runs, in ms.
     #[arg(long, env = "TIDELOG_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
@@ -64,7 +65,7 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         config.node_id = v;
     }
     if let Some(v) = args.default_fsync {
-        config.topic_defaults.fsync = v;
+        config.topic_defaults.fsync = v.into();
     }
     if let Some(v) = args.retention_check_interval_ms {
         config.retention_check_interval_ms = v;
@@ -96,7 +97,7 @@ async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let _telemetry = crate::telemetry::init("tidelog")?;
+    let _telemetry = tidelog_server::telemetry::init("tidelog")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
@@ -105,7 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cluster = if config.cluster.peers.is_empty() {
         None
     } else {
-        Some(crate::cluster::Cluster::start(&broker, &config.cluster).await.context("cannot join the cluster")?)
+        Some(tidelog_server::cluster::Cluster::start(&broker, &config.cluster).await.context("cannot join the cluster")?)
     };
     tasks::spawn(&broker);
     // The one line scripts and tests wait for.
@@ -124,7 +125,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         b.shutdown(); // ends subscriptions and produce streams, fsyncs everything
         let _ = stopped_tx.send(());
     };
-    let server = crate::api::serve(broker.clone(), listener, signal);
+    let server = tidelog_server::api::serve(broker.clone(), listener, signal);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     tokio::select! {
         res = server => res?,
