@@ -1,20 +1,13 @@
-//! `tidelog serve`: load the configuration, open the data directory (recovering every
-//! partition), serve until SIGTERM/SIGINT, then shut down gracefully: end streams, fsync every
-//! partition and the metadata store.
+//! `tidelog serve`: the configuration from defaults, a TOML file, `TIDELOG_*` variables and
+//! flags, then a broker (`tidelog_server::node`) served until SIGTERM/SIGINT and shut down
+//! gracefully: leadership handed over, streams ended, every partition and the store fsynced.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context;
-use tokio::net::TcpListener;
-
-use tidelog_server::broker::{tasks, Broker};
 use tidelog_server::config::Config;
+use tidelog_server::node::Node;
 
 use crate::FsyncArg;
-
-/// Cluster mode: how long a stopping broker waits for the groups it leads to take a new leader.
-const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -98,45 +91,11 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let _telemetry = tidelog_server::telemetry::init("tidelog")?;
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    let bound = listener.local_addr()?;
-    let broker = Broker::open(config.broker_options(bound))
-        .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
-    let cluster = if config.cluster.peers.is_empty() {
-        None
-    } else {
-        Some(tidelog_server::cluster::Cluster::start(&broker, &config.cluster).await.context("cannot join the cluster")?)
-    };
-    tasks::spawn(&broker);
+    let data_dir = config.data_dir.clone();
+    let node = Node::start(config).await?;
+    let bound = node.local_addr()?;
     // The one line scripts and tests wait for.
-    println!("tidelog listening on {bound} (data dir {})", config.data_dir.display());
-    tracing::info!(%bound, data_dir = %config.data_dir.display(), topics = broker.topics().len(), "broker started");
-
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let b = broker.clone();
-    let signal = async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        if let Some(c) = b.cluster() {
-            // Before the server stops: the transfer needs this broker's Raft traffic.
-            c.hand_over_leadership(&b, HAND_OVER_WAIT).await;
-        }
-        b.shutdown(); // ends subscriptions and produce streams, fsyncs everything
-        let _ = stopped_tx.send(());
-    };
-    let server = tidelog_server::api::serve(broker.clone(), listener, signal);
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
-    tokio::select! {
-        res = server => res?,
-        _ = async { let _ = stopped_rx.await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("streams still open after the grace period; exiting anyway");
-        }
-    }
-    if let Some(c) = &cluster {
-        c.shutdown(&broker).await;
-    }
-    broker.shutdown();
-    tracing::info!("stopped");
-    Ok(())
+    println!("tidelog listening on {bound} (data dir {})", data_dir.display());
+    tracing::info!(%bound, data_dir = %data_dir.display(), topics = node.broker().topics().len(), "broker started");
+    node.serve(shutdown_signal()).await
 }

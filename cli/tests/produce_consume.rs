@@ -155,7 +155,7 @@ async fn positions_by_time_and_list_offsets() {
     // Append times are broker clock milliseconds: wait until the clock has moved past the first.
     let t0 = first[0].append_time_ms;
     eventually(Duration::from_secs(5), "clock to advance", || async {
-        (tidelog_server::broker::now_ms() > t0 + 5).then_some(())
+        (tidelog_server::clock::now_ms() > t0 + 5).then_some(())
     })
     .await;
     let second = produce_all(&client, vec![produce_request(2, "timed", 0, vec![Record::new("new")])]).await;

@@ -35,8 +35,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
 }
 
-/// `[cluster]`: the brokers of a static cluster. Every broker is a voter of the metadata group
-/// and holds a replica of every partition (docs/CLUSTER.md).
+/// `[cluster]`: the brokers of a static cluster. Every broker is a voter of the metadata group;
+/// each partition has `replication_factor` replicas placed over the brokers (docs/CLUSTER.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
@@ -163,7 +163,6 @@ impl Config {
             advertised_address: self.advertised_address.clone().or(own).unwrap_or_else(|| bound.to_string()),
             topic_defaults: self.topic_defaults.clone(),
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
-            clustered: !self.cluster.peers.is_empty(),
         }
     }
 }
@@ -199,7 +198,6 @@ mod tests {
         c.cluster.peers = vec!["1=127.0.0.1:7001".into(), "2=127.0.0.1:7002".into()];
         c.validate().unwrap();
         assert_eq!(c.cluster.parse_peers().unwrap()[&2], "127.0.0.1:7002");
-        assert!(c.broker_options(c.listen).clustered);
         for (peers, want) in [
             (vec!["2=127.0.0.1:7002"], "node_id 1"),
             (vec!["1=127.0.0.1"], "no port"),

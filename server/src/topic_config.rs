@@ -1,10 +1,11 @@
 //! Per-topic settings: what a topic is created with, what the metadata store keeps, and what
-//! `[topic_defaults]` in the broker config fills in. Converted to the log's own types here, so
-//! the log never sees this serde shape.
+//! `[topic_defaults]` in the broker config fills in. Converted here to the log's own types (so
+//! the log never sees this serde shape) and to and from the proto's `TopicConfig`.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tidelog_proto::v1::{FsyncPolicy as ProtoFsync, TopicConfig};
 
 use crate::log::format::BATCH_HEADER_LEN;
 use crate::log::{FsyncPolicy, LogConfig, Retention};
@@ -21,7 +22,7 @@ pub enum FsyncSetting {
     Never,
 }
 
-impl From<FsyncSetting> for tidelog_proto::v1::FsyncPolicy {
+impl From<FsyncSetting> for ProtoFsync {
     fn from(f: FsyncSetting) -> Self {
         match f {
             FsyncSetting::Always => Self::Always,
@@ -72,6 +73,51 @@ impl Default for TopicSettings {
 }
 
 impl TopicSettings {
+    /// `config`'s fields over these settings (a request's config over the broker's defaults).
+    pub fn merged(&self, config: Option<&TopicConfig>) -> Result<Self, String> {
+        let mut s = self.clone();
+        let Some(c) = config else { return Ok(s) };
+        if let Some(v) = c.retention_ms {
+            s.retention_ms = v;
+        }
+        if let Some(v) = c.retention_bytes {
+            s.retention_bytes = v;
+        }
+        if let Some(v) = c.segment_bytes {
+            s.segment_bytes = v;
+        }
+        if let Some(v) = c.segment_ms {
+            s.segment_ms = v;
+        }
+        if let Some(v) = c.fsync_interval_ms {
+            s.fsync_interval_ms = v;
+        }
+        if let Some(v) = c.max_batch_bytes {
+            s.max_batch_bytes = v;
+        }
+        s.fsync = match ProtoFsync::try_from(c.fsync_policy) {
+            Ok(ProtoFsync::Unspecified) => s.fsync,
+            Ok(ProtoFsync::Always) => FsyncSetting::Always,
+            Ok(ProtoFsync::Interval) => FsyncSetting::Interval,
+            Ok(ProtoFsync::Never) => FsyncSetting::Never,
+            Err(_) => return Err(format!("unknown fsync_policy {}", c.fsync_policy)),
+        };
+        Ok(s)
+    }
+
+    /// Every setting, as the proto's `TopicConfig`.
+    pub fn to_proto(&self) -> TopicConfig {
+        TopicConfig {
+            retention_ms: Some(self.retention_ms),
+            retention_bytes: Some(self.retention_bytes),
+            segment_bytes: Some(self.segment_bytes),
+            segment_ms: Some(self.segment_ms),
+            fsync_policy: ProtoFsync::from(self.fsync) as i32,
+            fsync_interval_ms: Some(self.fsync_interval_ms),
+            max_batch_bytes: Some(self.max_batch_bytes),
+        }
+    }
+
     pub fn fsync_policy(&self) -> FsyncPolicy {
         match self.fsync {
             FsyncSetting::Always => FsyncPolicy::PerBatch,

@@ -2,10 +2,11 @@
 //! parses messages and forwards them to the coordinator; when the stream ends for any reason
 //! (leave, disconnect, broker shutdown) the member is removed and the group rebalances.
 //!
-//! Cluster mode: the coordinator is the controller's (`forward.rs`). A session opened at any
-//! other broker is proxied there, message for message, so members connected to different
-//! brokers form one group. When the controller loses the metadata leadership its sessions end
-//! (UNAVAILABLE); their members rejoin, and the proxies route them to the new controller.
+//! Where the broker routes group calls elsewhere (`broker/route.rs`: in a cluster, to the
+//! controller), a session opened here is proxied there, message for message, so members
+//! connected to different brokers form one group. When this broker stops coordinating, its
+//! sessions end (UNAVAILABLE); their members rejoin, and the proxies route them to the new
+//! coordinator.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -24,10 +25,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::list_offsets;
-use super::error::error_code;
-use super::forward::{coordinator_route, forwarded_request, is_forwarded, upstream_status, Route, CONTROLLER_WAIT};
-use crate::broker::{Broker, BrokerError};
-use crate::cluster::metadata::APPLY_WAIT;
+use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
+use crate::broker::Broker;
+use crate::error::{error_code, BrokerError};
 use crate::group::Coordinator;
 
 #[derive(Debug)]
@@ -55,9 +55,6 @@ impl GroupApi {
         id: u64,
         inbound: Streaming<SessionRequest>,
     ) -> Result<Response<<Self as GroupService>::SessionStream>, Status> {
-        let Some(cluster) = self.broker.cluster().cloned() else {
-            return Err(Status::internal("a proxied session needs cluster mode"));
-        };
         let up = inbound.take_while(|m| std::future::ready(m.is_ok())).filter_map(|m| std::future::ready(m.ok()));
         let mut client = GroupServiceClient::new(channel);
         let opening = client.session(forwarded_request(up, None));
@@ -69,9 +66,8 @@ impl GroupApi {
         };
         let mut shutdown = self.broker.shutdown_signal();
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut moved = self.broker.coordinator_moved_from(id);
         tokio::spawn(async move {
-            let moved = cluster.controller_moved_from(id);
-            tokio::pin!(moved);
             loop {
                 let msg = tokio::select! {
                     m = down.next() => m,
@@ -97,8 +93,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let forwarded = is_forwarded(&request);
-        if let Route::Controller(channel, id) = coordinator_route(&self.broker, forwarded).await? {
+        if let Route::To(channel, id) = self.broker.coordinator_route(Origin::of(&request)).await? {
             return self.proxy(channel, id, request.into_inner()).await;
         }
         let mut inbound = request.into_inner();
@@ -108,16 +103,9 @@ impl GroupService for GroupApi {
         let coordinator = Arc::clone(&self.coordinator);
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
         let mut shutdown = self.broker.shutdown_signal();
-        let cluster = self.broker.cluster().cloned();
+        let mut lost = self.broker.coordinator_lost();
         tokio::spawn(async move {
             let mut member: Option<(String, String)> = None;
-            let lost = async {
-                match &cluster {
-                    Some(c) => c.controller_lost().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(lost);
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
@@ -133,7 +121,7 @@ impl GroupService for GroupApi {
                     session_request::Kind::Join(join) => {
                         let group = join.group.clone();
                         if member.as_ref().is_some_and(|(g, _)| *g != group) {
-                            Err(crate::broker::BrokerError::InvalidArgument("one session serves one group".into()))
+                            Err(BrokerError::InvalidArgument("one session serves one group".into()))
                         } else {
                             let id = member.as_ref().map(|(_, m)| m.as_str());
                             coordinator.join(session, id, join, tx.clone()).map(|id| member = Some((group, id)))
@@ -141,7 +129,7 @@ impl GroupService for GroupApi {
                     }
                     session_request::Kind::Sync(sync) => match &member {
                         Some((g, m)) => coordinator.sync(g, m, sync.generation, sync.assignments),
-                        None => Err(crate::broker::BrokerError::InvalidArgument("sync before join".into())),
+                        None => Err(BrokerError::InvalidArgument("sync before join".into())),
                     },
                     session_request::Kind::Heartbeat(_) => {
                         if let Some((g, m)) = &member {
@@ -171,8 +159,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        if let Route::Controller(channel, _) = coordinator_route(&self.broker, forwarded).await? {
+        if let Route::To(channel, _) = self.broker.coordinator_route(Origin::of(&request)).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
             return GroupServiceClient::new(channel).describe_group(req).await.map_err(upstream_status);
         }
@@ -197,7 +184,7 @@ impl GroupService for GroupApi {
         // partitions held elsewhere asked of their replicas).
         for topic in self.broker.topics() {
             let name = &topic.record.name;
-            let committed = self.broker.meta().committed_offsets(&group, name).map_err(BrokerError::from)?;
+            let committed = self.broker.committed_offsets(&group, name)?;
             if committed.is_empty() {
                 continue;
             }
@@ -207,7 +194,7 @@ impl GroupService for GroupApi {
                 spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
             };
             // Best effort: lag is left out for partitions whose replicas do not answer.
-            let hws: HashMap<u32, u64> = match list_offsets(&self.broker, latest, false).await {
+            let hws: HashMap<u32, u64> = match list_offsets(&self.broker, latest, Origin::Client).await {
                 Ok(r) => r.offsets.iter().map(|o| (o.partition, o.offset)).collect(),
                 Err(e) => {
                     tracing::debug!(topic = %name, error = %e, "no high watermarks for the group's lag");

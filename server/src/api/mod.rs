@@ -1,23 +1,23 @@
-//! The gRPC surface: thin tonic services that validate, route to the broker, and map errors
-//! (one table, `error.rs`). Also standard health checking and server reflection (v1 and
+//! The gRPC surface: thin tonic services that validate, call the broker, and map errors (one
+//! table, `crate::error`). Also standard health checking and server reflection (v1 and
 //! v1alpha, since grpcurl 1.8 and grpcio-reflection speak only v1alpha).
+//!
+//! Never: import `cluster` or `raft`, or ask whether the broker is a single node or a cluster.
+//! What differs between the two is behind the broker's seam (`broker/seam.rs`); a call that
+//! another broker must serve is passed on where the broker's routing says (`broker/route.rs`).
 
 pub mod admin;
-pub mod error;
-pub mod forward;
 pub mod group;
 pub mod offsets;
 pub mod records;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use tidelog_proto::v1::admin_service_server::AdminServiceServer;
 use tidelog_proto::v1::group_service_server::GroupServiceServer;
 use tidelog_proto::v1::offset_service_server::OffsetServiceServer;
 use tidelog_proto::wire::record_service_server::RecordServiceServer;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
@@ -30,14 +30,11 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Largest gRPC message either way: the largest batch plus room for the envelope.
-const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
+pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
 
-/// Serves every service on `listener` until `shutdown` resolves.
-pub async fn serve(
-    broker: Arc<Broker>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+/// Every client-facing service, with the transport settings they need; `node.rs` adds the
+/// brokers' internal services (Raft) and serves it.
+pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RecordServiceServer<records::RecordApi>>().await;
     health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
@@ -60,16 +57,7 @@ pub async fn serve(
     let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
     let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
     let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
-    // Cluster mode: Raft traffic between brokers, on this same port (raft/transport.rs).
-    let raft = broker.cluster().map(|c| {
-        tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(
-            crate::raft::transport::RaftTransportService::new(c.groups().clone()),
-        )
-        .max_decoding_message_size(MAX_MESSAGE_BYTES * 4)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES * 4)
-    });
-
-    Server::builder()
+    let router = Server::builder()
         // h2's default 64 KiB windows cap one stream at a window per round trip; batches are
         // up to MiBs, so give each stream and connection room for several in flight.
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
@@ -82,12 +70,6 @@ pub async fn serve(
         .add_service(records)
         .add_service(offsets)
         .add_service(groups)
-        .add_service(admin)
-        .add_optional_service(raft)
-        // TCP_NODELAY on every accepted socket (`Server::tcp_nodelay` is ignored for a custom
-        // incoming stream): without it, Nagle holds back small responses — a live tail's
-        // single-record batches waited for the peer's delayed ACK, up to 40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await?;
-    Ok(())
+        .add_service(admin);
+    Ok(router)
 }

@@ -1,11 +1,10 @@
 //! `OffsetService`: consumer-group committed offsets.
 //!
-//! Durability, before a commit is answered: on a single node the metadata store is fsynced;
-//! in a cluster the commit is a `CommitOffsets` entry of the metadata Raft group, answered once
-//! a majority stored it (fsynced) and this broker applied it. In a cluster commits and fetches
-//! are served by the group coordinator, the controller; any other broker forwards them there
-//! (`forward.rs`), so one coordinator fences every commit and a fetch sees every acknowledged
-//! commit.
+//! Durability, before a commit is answered: the broker's control plane stores it (single
+//! node: the metadata store, fsynced; cluster: an entry of the metadata Raft group committed
+//! by a majority and applied here). Commits and fetches are served where the broker routes
+//! group calls (`broker/route.rs`): here, or passed on once to the group coordinator, so one
+//! coordinator fences every commit and a fetch sees every acknowledged commit.
 
 use std::sync::Arc;
 
@@ -19,10 +18,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::error::error_code;
-use super::forward::{coordinator_route, forwarded_request, is_forwarded, upstream_status, Route};
-use crate::broker::{now_ms, Broker, BrokerError};
-use crate::cluster::metadata::{self, MetaCommand, APPLY_WAIT};
+use crate::broker::route::{forwarded_request, upstream_error, upstream_status, Origin, Route, APPLY_WAIT};
+use crate::broker::Broker;
+use crate::clock::now_ms;
+use crate::error::{error_code, BrokerError};
 use crate::group::Coordinator;
 use crate::meta::StoredOffset;
 
@@ -76,15 +75,7 @@ async fn commit_one(broker: &Broker, coordinator: &Coordinator, req: &CommitRequ
             metadata: o.metadata.clone(),
         });
     }
-    match broker.cluster() {
-        Some(cluster) => {
-            let cmd = MetaCommand::CommitOffsets { group: req.group.clone(), topic: req.topic.clone(), offsets };
-            let offset = metadata::propose(cluster, &cmd).await?;
-            cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
-        }
-        None => broker.meta().commit_offsets(&req.group, &req.topic, &offsets).await?,
-    }
-    Ok(())
+    broker.commit_offsets(&req.group, &req.topic, offsets).await
 }
 
 /// Serves one commit here, or forwards it to the coordinator; the answer either way.
@@ -92,9 +83,9 @@ async fn commit_routed(
     broker: &Broker,
     coordinator: &Coordinator,
     req: CommitRequest,
-    forwarded: bool,
+    origin: Origin,
 ) -> Result<CommitResponse, BrokerError> {
-    match coordinator_route(broker, forwarded).await? {
+    match broker.coordinator_route(origin).await? {
         Route::Here => {
             commit_one(broker, coordinator, &req).await?;
             Ok(CommitResponse {
@@ -103,7 +94,7 @@ async fn commit_routed(
                 ..Default::default()
             })
         }
-        Route::Controller(channel, _) => {
+        Route::To(channel, _) => {
             let once = futures::stream::iter([req]);
             let call = async {
                 let mut responses = OffsetServiceClient::new(channel)
@@ -128,7 +119,7 @@ async fn commit_routed(
 
 /// A forwarded call that failed in transport or at the controller: retryable.
 fn upstream(s: Status) -> BrokerError {
-    BrokerError::NotLeader { what: format!("the group coordinator ({}: {})", s.code(), s.message()), leader: None }
+    upstream_error("the group coordinator", &s)
 }
 
 #[tonic::async_trait]
@@ -136,7 +127,7 @@ impl OffsetService for OffsetApi {
     type CommitStream = ReceiverStream<Result<CommitResponse, Status>>;
 
     async fn commit(&self, request: Request<Streaming<CommitRequest>>) -> Result<Response<Self::CommitStream>, Status> {
-        let forwarded = is_forwarded(&request);
+        let origin = Origin::of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let broker = Arc::clone(&self.broker);
@@ -145,8 +136,10 @@ impl OffsetService for OffsetApi {
             while let Some(msg) = inbound.next().await {
                 let Ok(req) = msg else { return };
                 let request_id = req.request_id;
-                let resp = commit_routed(&broker, &coordinator, req, forwarded).await.unwrap_or_else(|e| {
-                    CommitResponse { request_id, error_code: error_code(&e) as i32, error_message: e.to_string() }
+                let resp = commit_routed(&broker, &coordinator, req, origin).await.unwrap_or_else(|e| CommitResponse {
+                    request_id,
+                    error_code: error_code(&e) as i32,
+                    error_message: e.to_string(),
                 });
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
@@ -160,10 +153,10 @@ impl OffsetService for OffsetApi {
         &self,
         request: Request<FetchCommittedRequest>,
     ) -> Result<Response<FetchCommittedResponse>, Status> {
-        let forwarded = is_forwarded(&request);
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         validate_group(&req.group)?;
-        if let Route::Controller(channel, _) = coordinator_route(&self.broker, forwarded).await? {
+        if let Route::To(channel, _) = self.broker.coordinator_route(origin).await? {
             return OffsetServiceClient::new(channel)
                 .fetch_committed(forwarded_request(req, Some(APPLY_WAIT)))
                 .await
@@ -175,9 +168,7 @@ impl OffsetService for OffsetApi {
         }
         let offsets = self
             .broker
-            .meta()
-            .committed_offsets(&req.group, &req.topic)
-            .map_err(BrokerError::from)?
+            .committed_offsets(&req.group, &req.topic)?
             .into_iter()
             .filter(|o| o.partition < topic.record.partitions)
             .filter(|o| req.partitions.is_empty() || req.partitions.contains(&o.partition))

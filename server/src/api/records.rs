@@ -8,10 +8,11 @@
 //! (fsynced per policy, high watermark advanced) even if the client vanishes or the broker
 //! shuts down mid-stream; otherwise a partition's high watermark could lag its log forever.
 //!
-//! In cluster mode a batch is proposed to its partition's Raft group instead (in request order:
-//! the proposal is queued before the next request is read) and answered at commit (acks=all)
-//! or at the leader's append (acks=leader). A broker that does not lead the partition answers
-//! NOT_LEADER with the leader's id and address in the response, for the client to re-route.
+//! The batch goes to its partition's `PartitionWriter` (`broker/seam.rs`), which fixes its place
+//! before the next request is read: a single node appends it, a cluster proposes it to the
+//! partition's Raft group and answers at commit (acks=all) or at the leader's append
+//! (acks=leader). A broker that does not lead the partition answers NOT_LEADER with the
+//! leader's id and address in the response, for the client to re-route.
 //!
 //! Subscribe: one task per partition reads batches below the high watermark and, when caught up,
 //! sleeps on the partition's high-watermark watch (no polling). All tasks feed one bounded
@@ -31,13 +32,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::error::{error_code, status};
-use crate::broker::batch::{self, Declared, CODEC_NONE};
-use crate::broker::partition::{Partition, PendingAppend};
-use crate::broker::{now_ms, Broker, BrokerError, Topic};
+use crate::broker::seam::{Acks as WriteAcks, PartitionWriter, WriteAnswer};
+use crate::broker::Broker;
+use crate::error::{error_code, status, BrokerError};
 use crate::log::{AppendBatch, StoredBatch};
-use crate::raft::types::{AppendHook, ProduceOutcome};
-use crate::raft::ProposedBatch;
+use crate::partition::batch::{self, Declared, CODEC_NONE};
+use crate::partition::Partition;
 
 /// Produce requests whose durability wait may overlap on one stream.
 const MAX_IN_FLIGHT: usize = 256;
@@ -60,16 +60,8 @@ impl RecordApi {
 
 type PendingResponse = Pin<Box<dyn Future<Output = Option<wire::ProduceResponse>> + Send>>;
 
-/// Where a produce request stands once it is started.
-enum Started {
-    /// Single node: appended; completing makes it durable and visible.
-    Appended(PendingAppend),
-    /// Cluster mode: proposed to the partition's Raft group; resolves to its answer.
-    Proposed(Pin<Box<dyn Future<Output = Result<ProduceOutcome, BrokerError>> + Send>>),
-}
-
-/// Appends (or proposes) the batch now, in stream order, and returns the future that waits for
-/// durability and builds the response (`None` for acks=none).
+/// Writes the batch now, in stream order, and returns the future that waits for durability and
+/// builds the response (`None` for acks=none).
 async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse {
     let mut resp = wire::ProduceResponse {
         request_id: req.request_id,
@@ -81,11 +73,8 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
     let started = start(broker, &req).await;
     Box::pin(async move {
         let result = match started {
-            Ok((partition, started)) => {
-                let result = match started {
-                    Started::Appended(pending) => partition.complete(&pending).await.map(|()| Ok(pending.appended)),
-                    Started::Proposed(answer) => answer.await,
-                };
+            Ok((partition, answer)) => {
+                let result = answer.await;
                 resp.log_start_offset = partition.offsets().log_start.0;
                 result
             }
@@ -114,34 +103,17 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
     })
 }
 
-async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, Started), BrokerError> {
-    let Validated { topic, partition, batch, payload } = validate(broker, req)?;
-    let Some(replica) = topic.replica(req.partition) else {
-        let appended = partition.append(batch, now_ms())?;
-        return Ok((partition, Started::Appended(appended)));
-    };
-    let proposed = ProposedBatch {
-        payload: payload.clone(), // a reference count, not a copy
-        record_count: batch.record_count,
-        compression: batch.compression,
-        payload_crc: batch.payload_crc,
-        producer_id: batch.producer_id,
-        producer_epoch: batch.producer_epoch,
-        base_sequence: batch.base_sequence,
-        on_append: AppendHook::default(),
-    };
-    let cluster = broker.cluster().cloned();
-    let hint = move |leader| cluster.as_ref().and_then(|c| c.leader_hint(leader));
-    let what = format!("partition {} of topic '{}'", req.partition, req.topic);
-    let at_leader_append = req.acks != Acks::All as i32;
-    let answer = replica.propose(proposed, at_leader_append, hint, what).await?;
-    Ok((partition, Started::Proposed(Box::pin(answer))))
+async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, WriteAnswer), BrokerError> {
+    let Validated { partition, writer, batch, payload } = validate(broker, req)?;
+    let acks = if req.acks == Acks::All as i32 { WriteAcks::All } else { WriteAcks::Leader };
+    let answer = writer.write(batch, payload, acks).await?;
+    Ok((partition, answer))
 }
 
 /// A produce request checked against its topic.
 struct Validated<'r> {
-    topic: Arc<Topic>,
     partition: Arc<Partition>,
+    writer: Arc<dyn PartitionWriter>,
     batch: AppendBatch<'r>,
     /// The batch's payload as received (what a Raft proposal carries, without a copy).
     payload: &'r bytes::Bytes,
@@ -151,7 +123,8 @@ struct Validated<'r> {
 fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Validated<'r>, BrokerError> {
     broker.check_running()?;
     let topic = broker.topic(&req.topic)?;
-    let partition = Arc::clone(topic.partition(req.partition)?);
+    let (partition, writer) = topic.held(req.partition)?;
+    let (partition, writer) = (Arc::clone(partition), Arc::clone(writer));
     let (payload, compressed) = match &req.payload {
         Some(produce_request::Payload::Records(b)) => (b, false),
         Some(produce_request::Payload::CompressedRecords(b)) => (b, true),
@@ -178,7 +151,7 @@ fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Valida
         producer_epoch: if req.producer_id > 0 { req.producer_epoch as i16 } else { -1 },
         base_sequence: if req.producer_id > 0 { req.base_sequence } else { -1 },
     };
-    Ok(Validated { topic, partition, batch, payload })
+    Ok(Validated { partition, writer, batch, payload })
 }
 
 fn to_wire_batch(b: StoredBatch) -> wire::Batch {
@@ -310,13 +283,7 @@ impl RecordService for RecordApi {
         &self,
         _request: Request<wire::InitProducerRequest>,
     ) -> Result<Response<wire::InitProducerResponse>, Status> {
-        self.broker.check_running()?;
-        let mut producer_id = self.broker.meta().next_producer_id().await.map_err(BrokerError::from)?;
-        if let Some(c) = self.broker.cluster() {
-            // Unique across the cluster without a round trip: the low bits name the broker
-            // that issued it (node ids are below MAX_NODE_ID).
-            producer_id = producer_id * crate::config::MAX_NODE_ID as i64 + c.node_id() as i64;
-        }
+        let producer_id = self.broker.next_producer_id().await?;
         tracing::debug!(producer_id, "producer id issued");
         Ok(Response::new(wire::InitProducerResponse { producer_id, producer_epoch: 0 }))
     }

@@ -1,58 +1,50 @@
-//! The broker: topics, their partitions, and the background work that keeps them (retention,
-//! interval fsync). Everything a request needs goes through here; the gRPC layer above only
-//! validates, routes and maps errors.
-//!
-//! On-disk layout under the data directory (see docs/LOG_FORMAT.md):
+//! The broker: this node's topic table, its metadata store, and the seam (`seam.rs`) through
+//! which everything that differs between a single node and a cluster is reached. Every request
+//! goes through here; the api layer above only validates, calls these methods and maps errors,
+//! and never asks which mode it runs in.
 //!
 //! ```text
-//! <data_dir>/meta/                    sled: topic definitions, committed offsets, Raft state
-//! <data_dir>/topics/<topic>/<p>/      one partition log (segments + indexes), single node
-//! <data_dir>/cluster-meta/            the metadata group's log (cluster mode, `cluster/`)
-//! <data_dir>/replicas/<topic id>/<p>/ one replicated partition log (cluster mode)
+//! Broker ── topics: name → Topic (topic.rs) ── partition slots: log + PartitionWriter
+//!        ├─ store: sled MetaStore (committed offsets, producer ids, votes; topics on a node)
+//!        └─ control: dyn ControlPlane — broker::local::LocalControl  (single node)
+//!                                       cluster::Cluster            (Raft, set by node.rs)
 //! ```
 //!
-//! In cluster mode topics come from the metadata group (`cluster::metadata`), not from the
-//! sled topic records, and each partition held here has a Raft group (`broker/topic.rs`).
-//!
 //! Invariants:
-//! - the metadata store is the commit point of topic creation and deletion: a topic exists iff
-//!   its record is in `meta`. Directories without a record (a crash mid-create or mid-delete)
-//!   are removed at startup;
-//! - create and delete are serialized by `admin_lock`;
-//! - a deleted topic's partitions are closed before its files go, so its subscribers end with
-//!   a clear status instead of reading vanished files.
+//! - the topic table changes only through [`Broker::publish_topic`] and
+//!   [`Broker::withdraw_topic`], called by a control plane once its decision is durable;
+//! - a withdrawn topic's partitions are closed before its files go, so its subscribers end
+//!   with a clear status instead of reading vanished files;
+//! - after [`Broker::shutdown`] returns, everything acknowledged is on disk.
+//!
+//! Never: import `cluster`, `raft` or `api` (they depend on this module, not the other way).
 
-pub mod batch;
-pub mod error;
-pub mod partition;
-pub mod producer_state;
+pub mod local;
+pub mod route;
+pub mod seam;
 pub mod tasks;
 pub mod topic;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
-pub use error::BrokerError;
-use partition::{Closed, Partition};
+use futures::future::BoxFuture;
 use tokio::sync::watch;
+
+pub use crate::error::BrokerError;
+use crate::meta::{MetaStore, StoredOffset};
+use crate::partition::{Closed, Partition};
+use crate::topic_config::TopicSettings;
+use route::{Origin, Route};
+use seam::{ClusterView, ControlPlane, NewTopic};
 pub use topic::{PartitionSlot, Topic};
 
-use crate::meta::{MetaStore, TopicRecord};
-use crate::topic_config::TopicSettings;
-
-const META_DIR: &str = "meta";
-const TOPICS_DIR: &str = "topics";
 /// Longest topic name (Kafka's limit).
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// Most partitions one topic may have on this broker.
 pub const MAX_PARTITIONS: u32 = 10_000;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// What the broker needs from the configuration.
 #[derive(Clone, Debug)]
@@ -63,18 +55,15 @@ pub struct BrokerOptions {
     pub advertised_address: String,
     pub topic_defaults: TopicSettings,
     pub retention_check_interval: Duration,
-    /// Cluster mode: topics are defined by the metadata Raft group, not by `meta`.
-    pub clustered: bool,
 }
 
 #[derive(Debug)]
 pub struct Broker {
     options: BrokerOptions,
-    meta: MetaStore,
+    store: MetaStore,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    admin_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
-    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    control: OnceLock<Arc<dyn ControlPlane>>,
 }
 
 /// Checks a topic name: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -94,66 +83,65 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
 }
 
 impl Broker {
-    /// Opens the data directory: loads topics from the metadata store, recovers every partition
-    /// log, and removes directories of topics that do not exist.
+    /// Opens the data directory's metadata store. Topics come from the control plane, which
+    /// `node.rs` starts next ([`local::LocalControl::start`] or `cluster::Cluster::start`).
     pub fn open(options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
         options.topic_defaults.validate().map_err(|e| BrokerError::InvalidArgument(format!("topic_defaults: {e}")))?;
-        let topics_dir = options.data_dir.join(TOPICS_DIR);
-        std::fs::create_dir_all(&topics_dir)
-            .map_err(|e| crate::log::LogError::io(format!("creating {}", topics_dir.display()), e))?;
-        let meta = MetaStore::open(&options.data_dir.join(META_DIR))?;
-        let mut topics = BTreeMap::new();
-        let records = if options.clustered { Vec::new() } else { meta.topics()? };
-        for record in records {
-            let topic = open_topic(&topics_dir, record)?;
-            topics.insert(topic.record.name.clone(), Arc::new(topic));
-        }
-        remove_orphan_dirs(&topics_dir, &topics)?;
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| crate::log::LogError::io(format!("creating {}", options.data_dir.display()), e))?;
+        let store = MetaStore::open(&crate::layout::meta_dir(&options.data_dir))?;
         let (shutdown, _) = watch::channel(false);
-        Ok(Arc::new(Self {
-            options,
-            meta,
-            topics: RwLock::new(topics),
-            admin_lock: tokio::sync::Mutex::new(()),
-            shutdown,
-            cluster: std::sync::OnceLock::new(),
-        }))
+        Ok(Arc::new(Self { options, store, topics: RwLock::new(BTreeMap::new()), shutdown, control: OnceLock::new() }))
     }
 
-    /// The cluster this broker is part of; `None` on a single node.
-    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
-        self.cluster.get()
+    /// Installs the control plane, once (`node.rs`, right after it is started).
+    pub fn set_control(&self, control: Arc<dyn ControlPlane>) -> Result<(), BrokerError> {
+        self.control.set(control).map_err(|_| BrokerError::InvalidArgument("the control plane is set already".into()))
     }
 
-    pub(crate) fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
-        let _ = self.cluster.set(cluster);
-    }
-
-    /// Cluster mode: publishes a topic the metadata group created.
-    pub(crate) fn insert_topic(&self, topic: Arc<Topic>) {
-        self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(topic.record.name.clone(), topic);
-    }
-
-    /// Cluster mode: withdraws a topic the metadata group deleted.
-    pub(crate) fn remove_topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name)
+    fn control(&self) -> Result<&Arc<dyn ControlPlane>, BrokerError> {
+        self.control.get().ok_or_else(|| BrokerError::NotLeader {
+            what: "anything yet (the broker is starting)".into(),
+            leader: None,
+        })
     }
 
     pub fn options(&self) -> &BrokerOptions {
         &self.options
     }
 
-    pub fn meta(&self) -> &MetaStore {
-        &self.meta
+    /// The sled metadata store (only control planes and the raft storage open it directly).
+    pub fn store(&self) -> &MetaStore {
+        &self.store
     }
 
-    /// A topic by name. In cluster mode, while this broker's metadata is not current (see
-    /// `Cluster::metadata_ready`), a missing topic is a retryable `NotLeader`, not
-    /// `UnknownTopic`: it may exist and just not be applied here yet.
+    /// This broker's id.
+    pub fn node_id(&self) -> u64 {
+        u64::from(self.options.node_id)
+    }
+
+    /// Publishes a topic a control plane created (or recovered at start).
+    pub fn publish_topic(&self, topic: Arc<Topic>) {
+        self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(topic.record.name.clone(), topic);
+    }
+
+    /// Withdraws a topic a control plane deleted, and closes its partitions held here (their
+    /// subscribers end with "topic deleted"). Stopping their writers is the caller's.
+    pub fn withdraw_topic(&self, name: &str) -> Option<Arc<Topic>> {
+        let topic = self.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name)?;
+        for (p, _) in topic.local() {
+            p.close(Closed::TopicDeleted);
+        }
+        Some(topic)
+    }
+
+    /// A topic by name. While this broker's metadata is not current (a cluster member catching
+    /// up) a missing topic is a retryable `NotLeader`, not `UnknownTopic`: it may exist and
+    /// just not be applied here yet.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         let found = self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned();
-        found.ok_or_else(|| match self.cluster() {
-            Some(c) if !c.metadata_ready() => BrokerError::NotLeader {
+        found.ok_or_else(|| match self.control() {
+            Ok(c) if !c.metadata_ready() => BrokerError::NotLeader {
                 what: format!("metadata for topic '{name}' yet (this broker is catching up on cluster metadata)"),
                 leader: None,
             },
@@ -165,17 +153,11 @@ impl Broker {
         self.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    /// Cluster mode: the Raft group of every partition held here.
-    pub(crate) fn partition_replicas(&self) -> Vec<crate::cluster::Replica> {
-        self.topics().iter().flat_map(|t| t.replicas().cloned().collect::<Vec<_>>()).collect()
-    }
-
     pub(crate) fn all_partitions(&self) -> Vec<Arc<Partition>> {
         self.topics().iter().flat_map(|t| t.local().map(|(p, _)| Arc::clone(p)).collect::<Vec<_>>()).collect()
     }
 
-    /// Checks a topic to be created: its name, partition count and (complete) settings. The
-    /// single-node create and the cluster's `CreateTopic` proposal both start here.
+    /// Checks a topic to be created: its name, partition count and (complete) settings.
     pub fn check_new_topic(&self, name: &str, partitions: u32, settings: &TopicSettings) -> Result<(), BrokerError> {
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
@@ -186,52 +168,78 @@ impl Broker {
         settings.validate().map_err(BrokerError::InvalidArgument)
     }
 
-    /// Creates a topic. `settings` are complete (defaults already merged in).
-    pub async fn create_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        settings: TopicSettings,
-    ) -> Result<Arc<Topic>, BrokerError> {
-        self.check_new_topic(name, partitions, &settings)?;
+    /// Creates a topic; returns it once it is durable and in this broker's topic table.
+    pub async fn create_topic(&self, topic: NewTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError> {
+        self.check_new_topic(&topic.name, topic.partitions, &topic.settings)?;
         self.check_running()?;
-        let _admin = self.admin_lock.lock().await;
-        if self.topic(name).is_ok() {
-            return Err(BrokerError::TopicExists(name.to_string()));
+        if self.topic(&topic.name).is_ok() {
+            return Err(BrokerError::TopicExists(topic.name));
         }
-        let record =
-            TopicRecord { name: name.to_string(), partitions, created_at_ms: now_ms(), settings, replicas: Vec::new() };
-        let topics_dir = self.options.data_dir.join(TOPICS_DIR);
-        // Leftovers of a crashed create/delete of the same name would be recovered as data.
-        let dir = topics_dir.join(name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| crate::log::LogError::io(format!("removing stale {}", dir.display()), e))?;
-        }
-        let topic = Arc::new(open_topic(&topics_dir, record)?);
-        self.meta.put_topic(&topic.record).await?; // commit point
-        self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::clone(&topic));
-        tracing::info!(topic = name, partitions, "topic created");
-        Ok(topic)
+        self.control()?.create_topic(self, topic, origin).await
     }
 
     /// Deletes a topic and its data. Its subscribers end with "topic deleted".
-    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+    pub async fn delete_topic(&self, name: &str, origin: Origin) -> Result<(), BrokerError> {
         self.check_running()?;
-        let _admin = self.admin_lock.lock().await;
-        let topic = self.topic(name)?;
-        self.meta.delete_topic(name).await?; // commit point
-        self.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name);
-        for (p, _) in topic.local() {
-            p.close(Closed::TopicDeleted);
+        self.control()?.delete_topic(self, name, origin).await
+    }
+
+    /// Stores a group's committed offsets for one topic, durably.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: Vec<StoredOffset>,
+    ) -> Result<(), BrokerError> {
+        self.check_running()?;
+        self.control()?.commit_offsets(self, group, topic, offsets).await
+    }
+
+    /// A group's committed offsets for one topic, as this broker's store has them.
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<StoredOffset>, BrokerError> {
+        Ok(self.store.committed_offsets(group, topic)?)
+    }
+
+    /// A producer id unique in the cluster.
+    pub async fn next_producer_id(&self) -> Result<i64, BrokerError> {
+        self.check_running()?;
+        self.control()?.next_producer_id(self).await
+    }
+
+    /// Where consumer-group calls are served (`route.rs`).
+    pub async fn coordinator_route(&self, origin: Origin) -> Result<Route, BrokerError> {
+        self.control()?.coordinator(origin).await
+    }
+
+    /// Resolves once this broker stops coordinating groups (never, on a single node).
+    pub fn coordinator_lost(&self) -> BoxFuture<'static, ()> {
+        match self.control() {
+            Ok(c) => Arc::clone(c).coordinator_lost(),
+            Err(_) => Box::pin(std::future::pending()),
         }
-        let dir = self.options.data_dir.join(TOPICS_DIR).join(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            // The record is gone, so startup will remove the directory; nothing is lost.
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove deleted topic's files yet");
+    }
+
+    /// Resolves once the coordinator is no longer broker `id`.
+    pub fn coordinator_moved_from(&self, id: u64) -> BoxFuture<'static, ()> {
+        match self.control() {
+            Ok(c) => Arc::clone(c).coordinator_moved_from(id),
+            Err(_) => Box::pin(std::future::ready(())),
         }
-        tracing::info!(topic = name, "topic deleted");
-        Ok(())
+    }
+
+    /// The channel to broker `id`, for a call passed on to it.
+    pub fn channel_to(&self, id: u64) -> Result<tonic::transport::Channel, BrokerError> {
+        self.control()?.channel_to(id)
+    }
+
+    /// Brokers, controller, cluster id.
+    pub fn describe_cluster(&self) -> Result<ClusterView, BrokerError> {
+        self.control()?.describe_cluster(self)
+    }
+
+    /// Where a new consumer group's generations start.
+    pub fn generation_base(&self) -> u32 {
+        self.control().map_or(0, |c| c.generation_base())
     }
 
     pub fn check_running(&self) -> Result<(), BrokerError> {
@@ -247,6 +255,14 @@ impl Broker {
         self.shutdown.subscribe()
     }
 
+    /// Graceful shutdown, first step (while this broker still serves peers and clients):
+    /// hands over whatever it leads, waiting at most `wait`.
+    pub async fn hand_over(&self, wait: Duration) {
+        if let Ok(c) = self.control() {
+            c.hand_over(self, wait).await;
+        }
+    }
+
     /// Graceful shutdown: stops new work, ends subscriptions, fsyncs every partition and the
     /// metadata store. Durability: after this returns, everything acknowledged is on disk.
     pub fn shutdown(&self) {
@@ -257,35 +273,15 @@ impl Broker {
                 tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "fsync at shutdown failed");
             }
         }
-        if let Err(e) = self.meta.flush() {
+        if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "metadata flush at shutdown failed");
         }
     }
-}
 
-fn open_topic(topics_dir: &Path, record: TopicRecord) -> Result<Topic, BrokerError> {
-    let mut partitions = Vec::with_capacity(record.partitions as usize);
-    for p in 0..record.partitions {
-        let dir = topics_dir.join(&record.name).join(p.to_string());
-        let (partition, report) =
-            Partition::open(&dir, &record.name, p, record.settings.log_config(), record.settings.fsync_policy())?;
-        if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
-            tracing::warn!(topic = %record.name, partition = p, ?report, "recovered partition log");
-        }
-        partitions.push(Arc::new(partition));
-    }
-    Ok(Topic::single_node(record, partitions))
-}
-
-fn remove_orphan_dirs(topics_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(), BrokerError> {
-    let entries = std::fs::read_dir(topics_dir)
-        .map_err(|e| crate::log::LogError::io(format!("listing {}", topics_dir.display()), e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !topics.contains_key(&name) {
-            tracing::warn!(dir = %entry.path().display(), "removing directory of a topic that does not exist");
-            let _ = std::fs::remove_dir_all(entry.path());
+    /// Graceful shutdown, last step (after the server stopped): stops replication.
+    pub async fn stop_control(&self) {
+        if let Ok(c) = self.control() {
+            c.stop(self).await;
         }
     }
-    Ok(())
 }

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::partition::Partition;
-use super::{now_ms, Broker};
-use crate::cluster::Replica;
+use super::seam::PartitionWriter;
+use super::Broker;
+use crate::clock::now_ms;
+use crate::partition::Partition;
 
 /// How often the interval flusher looks for partitions whose fsync interval elapsed.
 const FLUSH_TICK: Duration = Duration::from_millis(20);
-/// How long one replicated partition's retention may wait for its snapshot and purge.
-const RAFT_RETENTION_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the background loops.
 pub fn spawn(broker: &Arc<Broker>) {
@@ -29,23 +28,17 @@ async fn retention_loop(broker: Arc<Broker>) {
             _ = shutdown.changed() => return,
         }
         for topic in broker.topics() {
-            for (p, replica) in topic.local() {
-                retain(p, replica).await;
+            for (p, writer) in topic.local() {
+                retain(p, writer.as_ref()).await;
             }
         }
     }
 }
 
-/// One retention pass over one partition; a replicated one goes through Raft (snapshot,
-/// purge, then delete only below the durable purge point).
-async fn retain(p: &Partition, replica: Option<&Replica>) {
-    let outcome = match replica {
-        Some(r) => crate::raft::retention::apply_retention(&r.raft, &r.store, p, now_ms(), RAFT_RETENTION_WAIT)
-            .await
-            .map_err(|e| e.to_string()),
-        None => p.apply_retention(now_ms(), None).map_err(|e| e.to_string()),
-    };
-    match outcome {
+/// One retention pass over one partition, by its writer (a replicated one goes through Raft:
+/// snapshot, purge, then delete only below the durable purge point).
+async fn retain(p: &Partition, writer: &dyn PartitionWriter) {
+    match writer.retain(now_ms()).await {
         Ok(out) if out.segments_deleted > 0 => {
             tracing::info!(topic = p.topic(), partition = p.index(), segments = out.segments_deleted, bytes = out.bytes_deleted, log_start = %p.offsets().log_start, "retention deleted segments");
         }

@@ -1,26 +1,27 @@
 //! A topic as this broker holds it: its definition and, per partition, either the partition's
-//! log here (with its Raft group in cluster mode) or, in a cluster whose replication factor is
-//! below its size, where the partition lives instead.
+//! log here with the [`PartitionWriter`] that writes it, or, in a cluster whose replication
+//! factor is below its size, where the partition lives instead.
 //!
 //! Invariants:
 //! - `slots` has exactly `record.partitions` entries, indexed by partition;
-//! - a single node holds every partition (`Here` without a Raft group);
+//! - a single node holds every partition;
 //! - in cluster mode a slot is `Here` iff this broker is among the partition's replicas
-//!   (`TopicRecord::replicas_of`), and then it always has its Raft group: nothing writes a
-//!   replicated log except its group.
+//!   (`TopicRecord::replicas_of`);
+//! - nothing writes a partition's log except its writer (single node: appends; cluster: its
+//!   Raft group).
 
 use std::sync::Arc;
 
-use super::partition::Partition;
-use super::BrokerError;
-use crate::cluster::Replica;
+use super::seam::PartitionWriter;
+use crate::error::BrokerError;
 use crate::meta::TopicRecord;
+use crate::partition::Partition;
 
 /// One partition of a topic, from this broker's point of view.
 #[derive(Debug)]
 pub enum PartitionSlot {
-    /// This broker holds a replica: the log, and in cluster mode the partition's Raft group.
-    Here { log: Arc<Partition>, raft: Option<Replica> },
+    /// This broker holds a replica: the log, and what writes it.
+    Here { log: Arc<Partition>, writer: Arc<dyn PartitionWriter> },
     /// Cluster mode: only other brokers hold the partition: its replicas (preferred leader
     /// first) with their addresses, where clients are sent.
     Elsewhere { replicas: Vec<(u64, String)> },
@@ -36,12 +37,6 @@ pub struct Topic {
 }
 
 impl Topic {
-    /// A single node's topic: every partition here, appended to directly.
-    pub fn single_node(record: TopicRecord, logs: Vec<Arc<Partition>>) -> Self {
-        let slots = logs.into_iter().map(|log| PartitionSlot::Here { log, raft: None }).collect();
-        Self { record, slots, topic_id: 0 }
-    }
-
     fn slot(&self, p: u32) -> Result<&PartitionSlot, BrokerError> {
         self.slots.get(p as usize).ok_or_else(|| BrokerError::UnknownPartition {
             topic: self.record.name.clone(),
@@ -58,8 +53,13 @@ impl Topic {
     /// Partition `p`'s log on this broker. Held elsewhere: a retryable `NotLeader` naming
     /// the broker to ask, so producers re-route as they do after a leader change.
     pub fn partition(&self, p: u32) -> Result<&Arc<Partition>, BrokerError> {
+        self.held(p).map(|(log, _)| log)
+    }
+
+    /// Partition `p`'s log and writer on this broker; held elsewhere: as [`Topic::partition`].
+    pub fn held(&self, p: u32) -> Result<(&Arc<Partition>, &Arc<dyn PartitionWriter>), BrokerError> {
         match self.slot(p)? {
-            PartitionSlot::Here { log, .. } => Ok(log),
+            PartitionSlot::Here { log, writer } => Ok((log, writer)),
             PartitionSlot::Elsewhere { replicas } => Err(BrokerError::NotLeader {
                 what: format!(
                     "partition {p} of topic '{}' here: this broker holds no replica of it (replicas: brokers {:?})",
@@ -82,25 +82,20 @@ impl Topic {
         }
     }
 
-    /// Partition `p`'s Raft group, if this broker holds a replica of it in a cluster.
-    pub fn replica(&self, p: u32) -> Option<&Replica> {
+    /// Partition `p`'s writer, if this broker holds the partition.
+    pub fn writer(&self, p: u32) -> Option<&Arc<dyn PartitionWriter>> {
         match self.slots.get(p as usize)? {
-            PartitionSlot::Here { raft, .. } => raft.as_ref(),
+            PartitionSlot::Here { writer, .. } => Some(writer),
             PartitionSlot::Elsewhere { .. } => None,
         }
     }
 
-    /// Every partition held here, with its Raft group in cluster mode.
-    pub fn local(&self) -> impl Iterator<Item = (&Arc<Partition>, Option<&Replica>)> {
+    /// Every partition held here, with its writer.
+    pub fn local(&self) -> impl Iterator<Item = (&Arc<Partition>, &Arc<dyn PartitionWriter>)> {
         self.slots.iter().filter_map(|s| match s {
-            PartitionSlot::Here { log, raft } => Some((log, raft.as_ref())),
+            PartitionSlot::Here { log, writer } => Some((log, writer)),
             PartitionSlot::Elsewhere { .. } => None,
         })
-    }
-
-    /// Every Raft group held here.
-    pub fn replicas(&self) -> impl Iterator<Item = &Replica> {
-        self.local().filter_map(|(_, r)| r)
     }
 }
 

@@ -4,8 +4,8 @@
 //! topics and consumer groups' committed offsets (Kafka's `__consumer_offsets`, folded into the
 //! same quorum).
 //!
-//! Writing: [`propose`] on the metadata leader (the controller); any other broker forwards the
-//! admin request there (`api/admin.rs`). Reading: every broker applies the committed log to
+//! Writing: [`propose`] on the metadata leader (the controller); any other broker passes the
+//! admin request on to it (`control.rs`). Reading: every broker applies the committed log to
 //! its own topic table ([`run_applier`]), so describe and produce are answered locally.
 //!
 //! Applying is deterministic and idempotent over the log prefix: a `CreateTopic` for a name
@@ -17,22 +17,22 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::replica::{self, GroupSpec};
-use super::{group_id, Cluster, REPLICAS_DIR};
-use crate::broker::partition::{Closed, Partition};
-use crate::broker::{Broker, BrokerError, PartitionSlot, Topic};
+use super::writer::RaftWriter;
+use super::{group_id, Cluster, Hosted};
+use crate::broker::route::APPLY_WAIT;
+use crate::broker::{Broker, PartitionSlot, Topic};
+use crate::error::BrokerError;
 use crate::log::StoredBatch;
 use crate::meta::{StoredOffset, TopicRecord};
+use crate::partition::Partition;
 use crate::raft::types::AppendHook;
 use crate::raft::{BatchData, ProposedBatch};
 
-/// How long an admin call waits for its command to be committed and applied here.
-pub const APPLY_WAIT: Duration = Duration::from_secs(15);
 /// Bytes of metadata log read per step of the applier.
 const READ_BYTES: usize = 1 << 20;
 
@@ -76,7 +76,7 @@ pub async fn propose(cluster: &Cluster, cmd: &MetaCommand) -> Result<u64, Broker
         on_append: AppendHook::default(),
     };
     // Bounded: a controller cut off from its quorum accepts the entry but never commits it.
-    let write = cluster.meta().raft.client_write(BatchData::Proposed(batch));
+    let write = cluster.metadata_group().raft.client_write(BatchData::Proposed(batch));
     let resp = tokio::time::timeout(APPLY_WAIT, write)
         .await
         .map_err(|_| BrokerError::NotLeader {
@@ -181,7 +181,7 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
         }
         // Not flushed: this log is the durable copy and is re-applied on every start.
         MetaCommand::CommitOffsets { group, topic, offsets } => {
-            broker.meta().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
+            broker.store().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
         }
     };
     if let Err(e) = result {
@@ -213,7 +213,7 @@ async fn create(
         }
         let spec = GroupSpec {
             group_id: group_id(topic_id, p),
-            dir: topic_dir(cluster, topic_id).join(p.to_string()),
+            dir: crate::layout::replicas_dir(&cluster.data_dir, topic_id).join(p.to_string()),
             topic: record.name.clone(),
             partition: p,
             log_config: record.settings.log_config(),
@@ -225,12 +225,19 @@ async fn create(
         let rank = replicas.iter().position(|r| *r == cluster.node_id()).unwrap_or(0);
         let start =
             if record.replicas.is_empty() { replica::Start::Now } else { replica::Start::by_rank(cx.config, rank) };
-        let opened = replica::open(&cx, broker.meta(), spec, replicas.iter().copied().collect(), start).await?;
-        slots.push(PartitionSlot::Here { log: opened.partition, raft: Some(opened.replica) });
+        let opened = replica::open(&cx, broker.store(), spec, replicas.iter().copied().collect(), start).await?;
+        cluster.host(Hosted { replica: opened.replica.clone(), preferred: record.replicas_of(p).first().copied() });
+        let writer = RaftWriter {
+            replica: opened.replica,
+            log: Arc::clone(&opened.partition),
+            brokers: Arc::clone(&cluster.brokers),
+            groups: cluster.groups().clone(),
+        };
+        slots.push(PartitionSlot::Here { log: opened.partition, writer: Arc::new(writer) });
         hosted += 1;
     }
     tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
-    broker.insert_topic(Arc::new(Topic { record, slots, topic_id }));
+    broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
     Ok(())
 }
 
@@ -245,18 +252,16 @@ async fn delete(
         if topic.topic_id != topic_id {
             return Ok(()); // deletes another incarnation, already gone
         }
-        broker.remove_topic(name);
-        for (p, r) in topic.local() {
-            p.close(Closed::TopicDeleted);
-            if let Some(r) = r {
-                r.stop(cluster.groups()).await;
-            }
+        broker.withdraw_topic(name);
+        for (_, writer) in topic.local() {
+            writer.stop().await;
         }
     }
     for p in 0..partitions {
-        broker.meta().raft_state(group_id(topic_id, p))?.clear().await?;
+        cluster.unhost(group_id(topic_id, p));
+        broker.store().raft_state(group_id(topic_id, p))?.clear().await?;
     }
-    let dir = topic_dir(cluster, topic_id);
+    let dir = crate::layout::replicas_dir(&cluster.data_dir, topic_id);
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files");
@@ -264,10 +269,6 @@ async fn delete(
     }
     tracing::info!(topic = name, topic_id, "topic deleted");
     Ok(())
-}
-
-fn topic_dir(cluster: &Cluster, topic_id: u64) -> std::path::PathBuf {
-    cluster.data_dir.join(REPLICAS_DIR).join(topic_id.to_string())
 }
 
 #[cfg(test)]

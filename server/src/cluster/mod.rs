@@ -1,4 +1,7 @@
-//! Cluster mode: a static set of brokers that replicate every partition with Raft.
+//! Cluster mode: a static set of brokers that replicate every partition with Raft. This module
+//! is the Raft implementation of the broker's seam (`broker/seam.rs`): [`Cluster`] is its
+//! `ControlPlane` (`control.rs`), each partition group's [`RaftReplica`] its `PartitionWriter`
+//! (`writer.rs`). Nothing above the broker sees this module; `node.rs` starts it.
 //!
 //! ```text
 //! Cluster
@@ -26,57 +29,66 @@
 //! - a topic's id is the metadata-log offset of its `CreateTopic` plus one, so it is the same on
 //!   every broker and a recreated topic never shares a Raft group (group id = id << 16 | p)
 //!   with an old incarnation;
-//! - this module never writes a partition's log itself: only its Raft group does.
+//! - this module never writes a partition's log itself: only its Raft group does;
+//! - `hosted` holds exactly the partition groups of the topics in the broker's topic table
+//!   that this broker holds a replica of.
 
+pub mod control;
 pub mod metadata;
 pub mod placement;
 pub mod quiesce;
 pub mod replica;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Instant as _;
 use tokio::sync::watch;
 
-pub use replica::Replica;
+pub use replica::RaftReplica;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
 use crate::config::ClusterSettings;
+use crate::error::BrokerError;
 use crate::raft::network::Peers;
 use crate::raft::transport::{QuiesceContext, RaftGroups};
 
 /// The metadata group's Raft group id. Partition groups are `topic_id << 16 | partition`
 /// with `topic_id >= 1`, so they never collide with it.
 pub const META_GROUP: u64 = 0;
-/// The metadata log's directory under the data directory.
-pub const META_DIR: &str = "cluster-meta";
-/// Replicated partitions live in `<data>/replicas/<topic id>/<partition>/`.
-pub const REPLICAS_DIR: &str = "replicas";
-/// Incoming snapshots are staged in `<data>/raft-incoming/<group id>/`.
-pub const INCOMING_DIR: &str = "raft-incoming";
 
 /// The Raft group of partition `partition` of topic incarnation `topic_id`.
 pub fn group_id(topic_id: u64, partition: u32) -> u64 {
     (topic_id << 16) | u64::from(partition)
 }
 
+/// A partition group hosted here, with its preferred leader (placement's first replica).
+#[derive(Clone, Debug)]
+pub struct Hosted {
+    pub replica: RaftReplica,
+    pub preferred: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     node_id: u64,
     /// Every broker's client address (`host:port`), this one included.
-    brokers: BTreeMap<u64, String>,
+    brokers: Arc<BTreeMap<u64, String>>,
     peers: Peers,
     groups: RaftGroups,
     raft_config: Arc<openraft::Config>,
     data_dir: PathBuf,
-    meta: Replica,
-    meta_log: Arc<crate::broker::partition::Partition>,
+    /// The metadata group (its leader is the controller) and its log.
+    metadata_group: RaftReplica,
+    metadata_log: Arc<crate::partition::Partition>,
     /// The metadata-log offset up to which commands are applied to the topic table.
     applied: watch::Sender<u64>,
+    /// Partition groups held here, by group id.
+    hosted: RwLock<BTreeMap<u64, Hosted>>,
 }
 
 impl Cluster {
@@ -85,7 +97,7 @@ impl Cluster {
     /// applying its log to the broker's topic table. Peers need not be up yet.
     pub async fn start(broker: &Arc<Broker>, settings: &ClusterSettings) -> Result<Arc<Self>, BrokerError> {
         let brokers = settings.parse_peers().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
-        let node_id = u64::from(broker.options().node_id);
+        let node_id = broker.node_id();
         let peers = Peers::new(brokers.iter().map(|(id, a)| (*id, format!("http://{a}"))).collect());
         let config = openraft::Config {
             cluster_name: "tidelog".into(),
@@ -126,7 +138,7 @@ impl Cluster {
                 config: &raft_config,
                 data_dir: &data_dir,
             },
-            broker.meta(),
+            broker.store(),
             replica::GroupSpec::metadata(&data_dir),
             brokers.keys().copied().collect(),
             start,
@@ -135,16 +147,16 @@ impl Cluster {
         let (applied, _) = watch::channel(0);
         let cluster = Arc::new(Self {
             node_id,
-            brokers,
+            brokers: Arc::new(brokers),
             peers,
             groups,
             raft_config,
             data_dir,
-            meta: meta.replica,
-            meta_log: Arc::clone(&meta.partition),
+            metadata_group: meta.replica,
+            metadata_log: Arc::clone(&meta.partition),
             applied,
+            hosted: RwLock::default(),
         });
-        broker.set_cluster(Arc::clone(&cluster));
         tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), meta.partition));
         if settings.quiesce_ms > 0 {
             let every = Duration::from_millis(settings.heartbeat_ms);
@@ -160,7 +172,7 @@ impl Cluster {
                 tick.tick().await; // the first tick is immediate: give elections time first
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => { c.rebalance_leaders(&broker).await; }
+                        _ = tick.tick() => { c.rebalance_leaders().await; }
                         _ = shutdown.changed() => return,
                     }
                 }
@@ -193,8 +205,26 @@ impl Cluster {
     }
 
     /// The metadata group (its leader is the controller).
-    pub fn meta(&self) -> &Replica {
-        &self.meta
+    pub fn metadata_group(&self) -> &RaftReplica {
+        &self.metadata_group
+    }
+
+    /// Every partition group held here.
+    pub fn hosted(&self) -> Vec<Hosted> {
+        self.hosted.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Every partition group held here, without their preferred leaders.
+    pub fn partition_replicas(&self) -> Vec<RaftReplica> {
+        self.hosted().into_iter().map(|h| h.replica).collect()
+    }
+
+    pub(crate) fn host(&self, hosted: Hosted) {
+        self.hosted.write().unwrap_or_else(PoisonError::into_inner).insert(hosted.replica.group_id, hosted);
+    }
+
+    pub(crate) fn unhost(&self, group_id: u64) {
+        self.hosted.write().unwrap_or_else(PoisonError::into_inner).remove(&group_id);
     }
 
     /// A leader's id and client address, for NOT_LEADER hints.
@@ -230,10 +260,11 @@ impl Cluster {
     /// up-to-date follower, all at once, waiting at most `wait`. Producers then get NOT_LEADER
     /// naming the new leader and re-route, instead of waiting out an election timeout: a
     /// rolling restart costs a re-route per partition, not errors. Returns how many moved.
-    pub async fn hand_over_leadership(&self, broker: &Broker, wait: Duration) -> usize {
+    pub async fn hand_over_leadership(&self, wait: Duration) -> usize {
         // From now on this broker takes no leadership handed to it.
         self.groups.set_stopping();
-        let replicas: Vec<Replica> = broker.partition_replicas().into_iter().chain([self.meta.clone()]).collect();
+        let replicas: Vec<RaftReplica> =
+            self.partition_replicas().into_iter().chain([self.metadata_group.clone()]).collect();
         let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_to(None, wait))).await;
         let n = moved.iter().filter(|m| **m).count();
         tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");
@@ -244,16 +275,12 @@ impl Cluster {
     /// preferred leader (first replica) is another, live broker holding every committed entry,
     /// hands the leadership back to it, so leaders return to the even spread of placement
     /// after failovers. Returns how many moved.
-    pub async fn rebalance_leaders(&self, broker: &Broker) -> usize {
+    pub async fn rebalance_leaders(&self) -> usize {
         let mut moves = Vec::new();
-        for topic in broker.topics() {
-            for p in 0..topic.record.partitions {
-                let (Some(replica), Some(&preferred)) = (topic.replica(p), topic.record.replicas_of(p).first()) else {
-                    continue;
-                };
-                if preferred != self.node_id && replica.leader() == Some(self.node_id) {
-                    moves.push((replica.clone(), preferred));
-                }
+        for Hosted { replica, preferred } in self.hosted() {
+            let Some(preferred) = preferred else { continue };
+            if preferred != self.node_id && replica.leader() == Some(self.node_id) {
+                moves.push((replica, preferred));
             }
         }
         // An asleep group is woken and gets a few heartbeats to hear its preferred replica.
@@ -269,13 +296,11 @@ impl Cluster {
     /// Leaves the cluster: stops every Raft group hosted here (partitions, then metadata).
     /// Followers of a group this broker still led (no hand-over) elect after their election
     /// timeout.
-    pub async fn shutdown(&self, broker: &Broker) {
-        for topic in broker.topics() {
-            for r in topic.replicas() {
-                r.stop(&self.groups).await;
-            }
+    pub async fn shutdown(&self) {
+        for r in self.partition_replicas() {
+            r.stop(&self.groups).await;
         }
-        self.meta.stop(&self.groups).await;
+        self.metadata_group.stop(&self.groups).await;
     }
 
     /// Whether this broker's topic table is current: a controller is known (so this replica
@@ -283,17 +308,17 @@ impl Cluster {
     /// then (a restart, a partition) an unknown topic may just not be applied yet, and is
     /// answered as retryable instead of "does not exist".
     pub fn metadata_ready(&self) -> bool {
-        self.controller().is_some() && *self.applied.borrow() >= self.meta_log.offsets().high_watermark.0
+        self.controller().is_some() && *self.applied.borrow() >= self.metadata_log.offsets().high_watermark.0
     }
 
     /// The metadata group's current Raft term (it grows with every controller election).
     pub fn meta_term(&self) -> u64 {
-        self.meta.raft.metrics().borrow_watched().current_term
+        self.metadata_group.raft.metrics().borrow_watched().current_term
     }
 
     /// The controller (metadata leader), if one is known.
     pub fn controller(&self) -> Option<u64> {
-        self.meta.raft.metrics().borrow_watched().current_leader
+        self.metadata_group.raft.metrics().borrow_watched().current_leader
     }
 
     /// Whether this broker leads the metadata group *and* a quorum acknowledged it within
@@ -301,7 +326,7 @@ impl Cluster {
     /// vote only after that long without hearing from it). openraft never steps down a
     /// leader cut off from its quorum, so leadership alone is not enough to serve groups.
     fn leads_with_quorum(&self) -> bool {
-        let m = self.meta.raft.metrics().borrow_watched().clone();
+        let m = self.metadata_group.raft.metrics().borrow_watched().clone();
         let lease = Duration::from_millis(self.raft_config.election_timeout_min);
         m.current_leader == Some(self.node_id) && m.last_quorum_acked.is_some_and(|t| t.elapsed() < lease)
     }
@@ -313,9 +338,9 @@ impl Cluster {
     /// every commit acknowledged by an earlier controller is applied here before it answers
     /// a FetchCommitted). Waits up to `wait` for a controller to be known, then answers a
     /// retryable `NotLeader` (also what a controller cut off from its quorum answers).
-    pub async fn coordinator(&self, wait: Duration) -> Result<Option<u64>, BrokerError> {
+    pub async fn coordinator_location(&self, wait: Duration) -> Result<Option<u64>, BrokerError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut metrics = self.meta.raft.metrics();
+        let mut metrics = self.metadata_group.raft.metrics();
         let mut applied = self.applied.subscribe();
         let recheck = Duration::from_millis(self.raft_config.heartbeat_interval);
         loop {
@@ -351,7 +376,7 @@ impl Cluster {
     /// the group stopped): the group sessions it coordinates end then, and their members
     /// rejoin at the new controller.
     pub async fn controller_lost(&self) {
-        let mut metrics = self.meta.raft.metrics();
+        let mut metrics = self.metadata_group.raft.metrics();
         let check = Duration::from_millis(self.raft_config.heartbeat_interval);
         while self.leads_with_quorum() {
             if let Ok(Err(_)) = tokio::time::timeout(check, metrics.changed()).await {
@@ -363,7 +388,7 @@ impl Cluster {
     /// Resolves once this broker's view of the controller is no longer `id` (a proxied
     /// session then ends, and its member rejoins where the controller is now).
     pub async fn controller_moved_from(&self, id: u64) {
-        let mut metrics = self.meta.raft.metrics();
+        let mut metrics = self.metadata_group.raft.metrics();
         while self.controller() == Some(id) {
             if metrics.changed().await.is_err() {
                 return;

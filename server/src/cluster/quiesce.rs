@@ -49,7 +49,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             }
         }))
         .await;
-        let replicas = broker.partition_replicas();
+        let replicas = cluster.partition_replicas();
         let mut candidates = Vec::new();
         let now = Instant::now();
         for r in &replicas {

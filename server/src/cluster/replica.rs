@@ -6,7 +6,7 @@
 //! first append, and start it themselves, staggered, only if none arrived. A replica with a
 //! log never initialises.
 //!
-//! Proposing ([`Replica::propose`]) is where produce enters Raft: the entry is queued to the
+//! Proposing ([`RaftReplica::propose`]) is where produce enters Raft: the entry is queued to the
 //! group's core in the caller's order, and the answer comes at commit (acks=all) or at the
 //! leader's append (acks=leader, through the entry's [`AppendHook`]).
 
@@ -21,10 +21,10 @@ use openraft::raft::ClientWriteResponse;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Instant as _, Raft};
 
-use crate::broker::partition::Partition;
-use crate::broker::BrokerError;
+use crate::error::BrokerError;
 use crate::log::{FsyncPolicy, LogConfig};
 use crate::meta::MetaStore;
+use crate::partition::Partition;
 use crate::raft::network::Peers;
 use crate::raft::quiesce::Quiescence;
 use crate::raft::transport::{GroupHandle, PartitionRaft, RaftGroups};
@@ -57,7 +57,7 @@ impl GroupSpec {
     pub fn metadata(data_dir: &Path) -> Self {
         Self {
             group_id: super::META_GROUP,
-            dir: data_dir.join(super::META_DIR),
+            dir: crate::layout::cluster_meta_dir(data_dir),
             topic: "__cluster_metadata".into(),
             partition: 0,
             log_config: LogConfig { segment_bytes: 64 << 20, ..LogConfig::default() },
@@ -69,23 +69,23 @@ impl GroupSpec {
 /// A running group: its Raft and log store (the partition is the topic's), and whether it
 /// sleeps (`raft/quiesce.rs`).
 #[derive(Clone)]
-pub struct Replica {
+pub struct RaftReplica {
     pub group_id: u64,
     pub raft: PartitionRaft,
     pub store: PartitionLogStore,
     pub quiescence: Arc<Quiescence>,
 }
 
-impl std::fmt::Debug for Replica {
+impl std::fmt::Debug for RaftReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").field("group_id", &self.group_id).finish_non_exhaustive()
+        f.debug_struct("RaftReplica").field("group_id", &self.group_id).finish_non_exhaustive()
     }
 }
 
 /// A group just opened, with its partition.
 pub struct Opened {
     pub partition: Arc<Partition>,
-    pub replica: Replica,
+    pub replica: RaftReplica,
 }
 
 /// Which replica starts a new group. openraft's `initialize` makes a replica stand for
@@ -140,7 +140,7 @@ pub async fn open(
                 leader: None,
             }
         })?;
-    let incoming_dir = cx.data_dir.join(super::INCOMING_DIR).join(spec.group_id.to_string());
+    let incoming_dir = crate::layout::incoming_dir(cx.data_dir, spec.group_id);
     let handle = GroupHandle::new(raft.clone(), incoming_dir);
     let quiescence = Arc::clone(&handle.quiescence);
     cx.groups.insert(spec.group_id, handle);
@@ -152,7 +152,7 @@ pub async fn open(
             }
         }
     }
-    Ok(Opened { partition, replica: Replica { group_id: spec.group_id, raft, store, quiescence } })
+    Ok(Opened { partition, replica: RaftReplica { group_id: spec.group_id, raft, store, quiescence } })
 }
 
 async fn initialize(raft: &PartitionRaft, group: u64, voters: BTreeSet<u64>) {
@@ -199,7 +199,7 @@ fn storage(e: std::io::Error) -> BrokerError {
     BrokerError::Log(crate::log::LogError::io("opening raft storage", e))
 }
 
-impl Replica {
+impl RaftReplica {
     /// The current leader, as this replica knows it.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow_watched().current_leader
@@ -296,7 +296,7 @@ impl Replica {
     }
 
     /// If this replica leads its group, hands the leadership to `to` (or, with `None`, to
-    /// the live follower that has the most of its log; [`Replica::transfer_target`]) and
+    /// the live follower that has the most of its log; [`RaftReplica::transfer_target`]) and
     /// waits until this replica no longer leads, for at most `wait`. openraft's transfer: the
     /// target elects itself at once, without waiting out an election timeout, and refuses if
     /// it has not flushed the leader's log yet. An asleep group is woken first and given the

@@ -12,7 +12,8 @@ use tidelog_proto::v1::{
 };
 use tokio::sync::mpsc;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
+use crate::error::BrokerError;
 
 /// Accepted session timeouts (ms) and the default.
 pub const MIN_SESSION_TIMEOUT_MS: u32 = 1000;
@@ -111,7 +112,7 @@ impl Coordinator {
     /// (members see them in order across a failover, and a stale generation can never equal
     /// a current one); 0 on a single node.
     fn generation_base(&self) -> u32 {
-        self.broker.cluster().map_or(0, |c| (c.meta_term().min(0xFFFF) as u32) << 16)
+        self.broker.generation_base()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
@@ -467,7 +468,6 @@ mod tests {
             advertised_address: "127.0.0.1:0".into(),
             topic_defaults: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(60),
-            clustered: false,
         })
         .unwrap();
         Coordinator::new(broker)

@@ -34,13 +34,14 @@ use openraft::OptionalSend;
 
 use super::codec::{self, decode_control, encode_control, ProduceVerdict};
 use super::types::{log_id, BatchData, Entry, EntryPayload, LogId, PartitionTc, ProduceOutcome, Rejection, Vote};
-use crate::api::error::error_code;
-use crate::broker::partition::{LogWrite, Partition, WriteMark};
-use crate::broker::producer_state::SequenceCheck;
-use crate::broker::{now_ms, BrokerError};
+use crate::clock::now_ms;
+use crate::error::error_code;
+use crate::error::BrokerError;
 use crate::log::format::FLAG_CONTROL;
 use crate::log::{AppendBatch, Appended, FsyncPolicy, LogError, StoredBatch};
 use crate::meta::{MetaError, RaftKey, RaftState};
+use crate::partition::producer_state::SequenceCheck;
+use crate::partition::{LogWrite, Partition, WriteMark};
 
 /// Bytes read per replication request (openraft asks for ranges; we return a prefix).
 const READ_CHUNK_BYTES: usize = 1 << 20;

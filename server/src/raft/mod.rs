@@ -38,8 +38,8 @@ pub use log_store::PartitionLogStore;
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
 pub use types::{BatchData, PartitionTc, ProposedBatch};
 
-use crate::broker::partition::Partition;
 use crate::meta::RaftState;
+use crate::partition::Partition;
 
 /// Opens the Raft storage of one partition: its log store and state machine, sharing the
 /// partition and its Raft state.

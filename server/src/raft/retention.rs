@@ -16,9 +16,9 @@ use openraft::type_config::async_runtime::WatchReceiver;
 
 use super::transport::PartitionRaft;
 use super::PartitionLogStore;
-use crate::broker::partition::Partition;
-use crate::broker::BrokerError;
+use crate::error::BrokerError;
 use crate::log::RetentionOutcome;
+use crate::partition::Partition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {

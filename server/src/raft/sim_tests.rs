@@ -257,7 +257,7 @@ impl Cluster {
     /// One retention pass on node `id`, through Raft (snapshot, purge, delete).
     async fn retain(&self, id: u64) -> crate::log::RetentionOutcome {
         let (p, raft, store) = self.nodes[&id].running.as_ref().unwrap();
-        retention::apply_retention(raft, store, p, crate::broker::now_ms(), WAIT).await.unwrap()
+        retention::apply_retention(raft, store, p, crate::clock::now_ms(), WAIT).await.unwrap()
     }
 
     fn isolate(&self, id: u64, cut: bool) {

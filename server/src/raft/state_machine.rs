@@ -28,10 +28,10 @@ use openraft::OptionalSend;
 use super::codec::{self, Applied};
 use super::log_store::verdict_outcome;
 use super::types::{BatchData, EntryPayload, LogId, PartitionTc, ProduceOutcome, SnapshotMeta, StoredMembership};
-use crate::broker::partition::Partition;
 use crate::log::format::FLAG_CONTROL;
 use crate::log::{Appended, SegmentSlice};
 use crate::meta::{MetaError, RaftKey, RaftState};
+use crate::partition::Partition;
 
 /// A partition snapshot's data: the segment slices holding every entry up to its last log id.
 #[derive(Clone, Debug)]

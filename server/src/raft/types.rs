@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::log::format::CompressionCodec;
-use crate::log::{Appended, StoredBatch};
+use crate::log::StoredBatch;
+pub use crate::partition::{ProduceOutcome, Rejection};
 
 openraft::declare_raft_types!(
     /// Type configuration of a partition's Raft group.
@@ -40,18 +41,6 @@ pub enum BatchData {
     /// A batch as the leader stored it (read back for replication): followers store it
     /// verbatim, header included, so every replica holds the same bytes at the same offsets.
     Stored(StoredBatch),
-}
-
-/// What the proposer of a batch is answered with: where it landed (for a resend of a stored
-/// batch, where the original landed), or why the leader refused it.
-pub type ProduceOutcome = Result<Appended, Rejection>;
-
-/// A batch the leader refused at append (an idempotent producer's sequence or epoch error).
-/// `code` is the stable `ErrorCode` (api/error.rs), `message` says what to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: i32,
-    pub message: String,
 }
 
 /// Fires once the leader has appended the entry (and fsynced it under fsync=always): the

@@ -1,5 +1,6 @@
-//! The one table that maps broker errors to the stable per-batch `ErrorCode` and to gRPC
-//! status codes. Clients switch on these; change a row only with a proto version bump.
+//! The broker's error type, and the one table that maps each error to a stable per-batch
+//! `ErrorCode` and a gRPC status code. Everything below the api layer reports `BrokerError`;
+//! clients switch on the codes, so change a row only with a proto version bump.
 //!
 //! | error                        | ErrorCode            | gRPC status         | retry? |
 //! |------------------------------|----------------------|---------------------|--------|
@@ -24,12 +25,64 @@
 //! | IllegalGeneration            | ILLEGAL_GENERATION   | FAILED_PRECONDITION | rejoin |
 //! | InconsistentGroup            | INCONSISTENT_GROUP   | FAILED_PRECONDITION | no     |
 //! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
+//! | Forwarded (another broker's) | by its gRPC status   | as it came          | as it says |
 
 use tidelog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
 
-use crate::broker::BrokerError;
 use crate::log::LogError;
+use crate::meta::MetaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic '{0}' does not exist; create it first (tidelog topic create {0})")]
+    UnknownTopic(String),
+    #[error("partition {partition} does not exist: topic '{topic}' has partitions 0..{count}")]
+    UnknownPartition { topic: String, partition: u32, count: u32 },
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("batch of {size} bytes exceeds the topic's max_batch_bytes ({max}); send smaller batches or raise max_batch_bytes")]
+    BatchTooLarge { size: usize, max: u32 },
+    #[error("corrupt batch: {0}")]
+    CorruptBatch(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("topic '{0}' was deleted")]
+    TopicDeleted(String),
+    #[error("the broker is shutting down; retry after it restarts")]
+    ShuttingDown,
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}; resend the missing batches first")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}: another instance took over this producer id")]
+    ProducerFenced { producer_id: i64, epoch: i16, current: i16 },
+    #[error("producer {producer_id} is unknown on this partition and the batch starts at sequence {base_sequence}, not 0: call InitProducer again")]
+    UnknownProducer { producer_id: i64, base_sequence: i32 },
+    #[error("{0}")]
+    IllegalGeneration(String),
+    #[error("{0}")]
+    InconsistentGroup(String),
+    #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
+    PartitionFailed { topic: String, partition: u32 },
+    /// Another broker's answer to a call this broker passed on to it (`broker/route.rs`),
+    /// returned to the client as it came.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
+    /// This broker does not lead what the request needs (a partition, or the metadata group);
+    /// `leader` is the leader's broker id and client address, when known.
+    #[error("this broker does not lead {what}; {}", leader_hint(.leader))]
+    NotLeader { what: String, leader: Option<(u64, String)> },
+}
+
+fn leader_hint(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("its leader is broker {id} at {addr}: send it there"),
+        None => "no leader is elected right now: retry shortly".to_string(),
+    }
+}
 
 fn table(e: &BrokerError) -> (ErrorCode, Code) {
     use BrokerError as B;
@@ -57,6 +110,19 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::IllegalGeneration(_) => (ErrorCode::IllegalGeneration, Code::FailedPrecondition),
         B::InconsistentGroup(_) => (ErrorCode::InconsistentGroup, Code::FailedPrecondition),
         B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),
+        B::Forwarded(s) => (forwarded_code(s.code()), s.code()),
+    }
+}
+
+/// The error code closest to another broker's gRPC status.
+fn forwarded_code(code: Code) -> ErrorCode {
+    match code {
+        Code::NotFound => ErrorCode::UnknownTopic,
+        Code::InvalidArgument | Code::AlreadyExists => ErrorCode::InvalidRequest,
+        Code::OutOfRange => ErrorCode::OffsetOutOfRange,
+        Code::FailedPrecondition => ErrorCode::IllegalGeneration,
+        Code::Unavailable => ErrorCode::NotLeader,
+        _ => ErrorCode::StorageError,
     }
 }
 
@@ -65,6 +131,9 @@ pub fn error_code(e: &BrokerError) -> ErrorCode {
 }
 
 pub fn status(e: &BrokerError) -> Status {
+    if let BrokerError::Forwarded(s) = e {
+        return s.clone();
+    }
     let (error_code, code) = table(e);
     // Storage errors are the broker's fault, not the client's: log them here.
     if error_code == ErrorCode::StorageError {

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::BrokerError;
+use crate::error::BrokerError;
 use crate::log::format::{BatchHeader, PRODUCER_SNAPSHOT_FILE};
 
 /// Batches remembered per producer and partition (Kafka keeps 5: the most a producer may have

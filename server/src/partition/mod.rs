@@ -1,5 +1,10 @@
-//! One partition on this broker: its log, its durability policy, and the high watermark that
-//! wakes subscribers.
+//! One partition on this broker: its log, its producer state (idempotence), its durability
+//! policy, and the high watermark that wakes subscribers. Also the validation of a produced
+//! batch (`batch`) and what a write is answered with ([`ProduceOutcome`]).
+//!
+//! This layer sits below both the broker and Raft: a single node appends to a partition
+//! directly, a Raft group uses it as its log (`raft::log_store`). It must never import
+//! `broker`, `raft`, `cluster` or `api`.
 //!
 //! An append is two steps, so a produce stream can pipeline many batches while appending them
 //! strictly in request order:
@@ -28,8 +33,12 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::error::BrokerError;
-use super::producer_state::{ProducerState, RecentBatch, SequenceCheck};
+pub mod batch;
+pub mod producer_state;
+
+use producer_state::{ProducerState, RecentBatch, SequenceCheck};
+
+use crate::error::BrokerError;
 use crate::log::format::{BatchHeader, BATCH_HEADER_LEN};
 use crate::log::{
     AppendBatch, Appended, FsyncPolicy, HighWatermark, Log, LogConfig, LogEndOffset, LogError, PartitionOffsets,
@@ -38,6 +47,18 @@ use crate::log::{
 
 /// Unsynced bytes after which the interval flusher fsyncs before the interval is up.
 const EARLY_SYNC_BYTES: u64 = 1 << 20;
+
+/// What the writer of a batch is answered with: where it landed (for a resend of a stored
+/// batch, where the original landed), or why it was refused at append.
+pub type ProduceOutcome = Result<Appended, Rejection>;
+
+/// A batch refused at append on a Raft leader (an idempotent producer's sequence or epoch
+/// error). `code` is the stable `ErrorCode` (`crate::error`), `message` says what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: i32,
+    pub message: String,
+}
 
 /// Why a partition stopped serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

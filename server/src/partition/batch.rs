@@ -5,7 +5,7 @@
 //! fields (tag 1, length-delimited), which also counts the records. It never allocates per
 //! record and never re-encodes; the records themselves are the consumer's to decode.
 
-use super::error::BrokerError;
+use crate::error::BrokerError;
 
 /// Codec values as stored (they equal the proto's `Compression` numbers).
 pub const CODEC_NONE: u8 = 0;

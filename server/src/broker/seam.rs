@@ -1,0 +1,157 @@
+//! The seam between the broker and replication: the two interfaces through which everything
+//! above the broker (the api layer, the group coordinator, the background tasks) reaches the
+//! part that differs between a single node and a cluster.
+//!
+//! ```text
+//!                 api · group · broker/tasks
+//!                          │
+//!            ┌─────────────┴──────────────┐
+//!      ControlPlane                 PartitionWriter (one per partition held here)
+//!   topics, offsets, ids,         write a batch (acks), leadership,
+//!   routing, membership           retention, stop
+//!      │            │                  │                  │
+//!  broker::local  cluster::control  broker::local   cluster::writer
+//!  (sled)         (metadata group)  (append+fsync)  (partition Raft group)
+//! ```
+//!
+//! Single node and cluster differ in *how* a write becomes durable and *who* decides metadata,
+//! not in what a request does. So a caller asks these traits and never which mode it is in;
+//! every feature that touches both paths is written once against them, and the broker's tests
+//! run against both implementations (`server/tests/seam.rs`).
+//!
+//! Invariants every implementation keeps:
+//! - `ControlPlane::create_topic` returns only once the topic is in this broker's topic table
+//!   (and durable: sled fsynced, or committed by a majority of the metadata group);
+//!   `delete_topic` returns once it is gone from the table and its partitions are closed;
+//! - `ControlPlane::commit_offsets` returns only once the offsets are durable and readable
+//!   through `Broker::committed_offsets` on this broker;
+//! - `PartitionWriter::write` fixes the batch's place in the partition before it returns:
+//!   a later `write` on the same partition lands after it (produce streams rely on this for
+//!   ordering). The future it returns must be awaited for the batch to become visible
+//!   (single node: fsync per policy, then the high watermark moves).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::route::{Origin, Route};
+use super::{Broker, Topic};
+use crate::error::BrokerError;
+use crate::log::{AppendBatch, RetentionOutcome};
+use crate::meta::StoredOffset;
+use crate::partition::ProduceOutcome;
+use crate::topic_config::TopicSettings;
+
+/// A topic to create. `settings` are complete (the broker's defaults merged in).
+#[derive(Clone, Debug)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    /// 0 = the control plane's default.
+    pub replication_factor: u32,
+    pub settings: TopicSettings,
+}
+
+/// Who the cluster is, for DescribeCluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub cluster_id: String,
+    /// The controller (metadata leader); a single node is its own.
+    pub controller: Option<u64>,
+    /// Every broker's id and client address, this one included.
+    pub brokers: BTreeMap<u64, String>,
+}
+
+/// When a write is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// Once the leader appended it (fsynced under fsync=always).
+    Leader,
+    /// Once a majority of the replicas stored it (a single node: as `Leader`).
+    All,
+}
+
+/// The answer to a write, once it is durable per its acks and policy.
+pub type WriteAnswer = BoxFuture<'static, Result<ProduceOutcome, BrokerError>>;
+
+/// Who decides metadata, and where requests that need a single decider go.
+#[tonic::async_trait]
+pub trait ControlPlane: Send + Sync + std::fmt::Debug {
+    /// Creates a topic (checked by the broker already: name, partitions, settings).
+    async fn create_topic(&self, broker: &Broker, topic: NewTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError>;
+
+    /// Deletes a topic and its data; its subscribers end with "topic deleted".
+    async fn delete_topic(&self, broker: &Broker, name: &str, origin: Origin) -> Result<(), BrokerError>;
+
+    /// Stores a group's committed offsets for one topic (the coordinator checked the
+    /// generation already).
+    async fn commit_offsets(
+        &self,
+        broker: &Broker,
+        group: &str,
+        topic: &str,
+        offsets: Vec<StoredOffset>,
+    ) -> Result<(), BrokerError>;
+
+    /// A producer id no other producer of this cluster was given.
+    async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError>;
+
+    /// Where consumer-group calls (sessions, commits, fetches, describes) are served. A
+    /// forwarded call is never forwarded again (`route.rs`).
+    async fn coordinator(&self, origin: Origin) -> Result<Route, BrokerError>;
+
+    /// Resolves once this broker stops being the group coordinator (never on a single node):
+    /// the sessions it coordinates then end and their members rejoin elsewhere.
+    fn coordinator_lost(self: Arc<Self>) -> BoxFuture<'static, ()>;
+
+    /// Resolves once the coordinator is no longer broker `id` (a proxied session then ends).
+    fn coordinator_moved_from(self: Arc<Self>, id: u64) -> BoxFuture<'static, ()>;
+
+    /// The gRPC channel to broker `id`, for calls passed on to it.
+    fn channel_to(&self, id: u64) -> Result<tonic::transport::Channel, BrokerError>;
+
+    /// Brokers, controller, cluster id.
+    fn describe_cluster(&self, broker: &Broker) -> Result<ClusterView, BrokerError>;
+
+    /// Whether this broker's topic table is current. While it is not (a cluster member
+    /// catching up on metadata) an unknown topic is a retryable `NotLeader`, not `UnknownTopic`.
+    fn metadata_ready(&self) -> bool;
+
+    /// Where a new group's generations start: above every generation an earlier coordinator
+    /// of this cluster may have handed out.
+    fn generation_base(&self) -> u32;
+
+    /// Graceful shutdown, first step: hands the leadership of whatever this broker leads to
+    /// another broker, waiting at most `wait` (a single node has nothing to hand over).
+    async fn hand_over(&self, broker: &Broker, wait: Duration);
+
+    /// Graceful shutdown, last step: stops replication (every Raft group held here).
+    async fn stop(&self, broker: &Broker);
+}
+
+/// How batches become durable on one partition held here.
+#[tonic::async_trait]
+pub trait PartitionWriter: Send + Sync + std::fmt::Debug {
+    /// Starts writing a batch (see the module invariants: its place is fixed when this
+    /// returns) and returns the future of its answer. `payload` is the batch's bytes as
+    /// received (`batch.payload` is the same bytes), shared without a copy where the writer
+    /// must keep them.
+    async fn write(&self, batch: AppendBatch<'_>, payload: &Bytes, acks: Acks) -> Result<WriteAnswer, BrokerError>;
+
+    /// The partition's leader as this broker knows it.
+    fn leader(&self) -> Option<u64>;
+
+    /// The replicas holding every committed batch, as far as this broker knows (only a leader
+    /// knows; elsewhere empty).
+    fn in_sync(&self) -> Vec<u64>;
+
+    /// One retention pass: deletes what the topic's retention lets go, never what a replica
+    /// may still need. A failure says why, for the caller's log; the next pass retries.
+    async fn retain(&self, now_ms: i64) -> Result<RetentionOutcome, String>;
+
+    /// Stops the partition's replication (its topic was deleted, or the broker stops).
+    async fn stop(&self);
+}

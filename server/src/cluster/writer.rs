@@ -1,0 +1,72 @@
+//! A replicated partition's `PartitionWriter` (`broker/seam.rs`): writes are proposals to the
+//! partition's Raft group, answered at commit (acks=all) or at the leader's append
+//! (acks=leader); retention goes through Raft (`raft/retention.rs`).
+//!
+//! Never: write the partition's log directly. Only the group's log store does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::replica::RaftReplica;
+use crate::broker::seam::{Acks, PartitionWriter, WriteAnswer};
+use crate::error::BrokerError;
+use crate::log::{AppendBatch, RetentionOutcome};
+use crate::partition::Partition;
+use crate::raft::transport::RaftGroups;
+use crate::raft::types::AppendHook;
+use crate::raft::ProposedBatch;
+
+/// How long one retention pass may wait for its snapshot and for its purge.
+const RETENTION_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct RaftWriter {
+    pub(super) replica: RaftReplica,
+    pub(super) log: Arc<Partition>,
+    /// Every broker's client address, for NOT_LEADER hints.
+    pub(super) brokers: Arc<BTreeMap<u64, String>>,
+    pub(super) groups: RaftGroups,
+}
+
+#[tonic::async_trait]
+impl PartitionWriter for RaftWriter {
+    async fn write(&self, batch: AppendBatch<'_>, payload: &Bytes, acks: Acks) -> Result<WriteAnswer, BrokerError> {
+        let proposed = ProposedBatch {
+            payload: payload.clone(), // a reference count, not a copy
+            record_count: batch.record_count,
+            compression: batch.compression,
+            payload_crc: batch.payload_crc,
+            producer_id: batch.producer_id,
+            producer_epoch: batch.producer_epoch,
+            base_sequence: batch.base_sequence,
+            on_append: AppendHook::default(),
+        };
+        let brokers = Arc::clone(&self.brokers);
+        let hint = move |leader: Option<u64>| leader.and_then(|id| brokers.get(&id).map(|a| (id, a.clone())));
+        let what = format!("partition {} of topic '{}'", self.log.index(), self.log.topic());
+        let answer = self.replica.propose(proposed, acks == Acks::Leader, hint, what).await?;
+        Ok(Box::pin(answer))
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.replica.leader()
+    }
+
+    fn in_sync(&self) -> Vec<u64> {
+        self.replica.in_sync()
+    }
+
+    async fn retain(&self, now_ms: i64) -> Result<RetentionOutcome, String> {
+        let r = &self.replica;
+        crate::raft::retention::apply_retention(&r.raft, &r.store, &self.log, now_ms, RETENTION_WAIT)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn stop(&self) {
+        self.replica.stop(&self.groups).await;
+    }
+}

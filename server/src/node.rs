@@ -1,0 +1,112 @@
+//! The composition root: one running broker process. [`Node::start`] binds the listener, opens
+//! the data directory, starts the control plane — the sled-backed [`LocalControl`] on a single
+//! node, the Raft [`Cluster`] when `cluster.peers` is set — and the background tasks;
+//! [`Node::serve`] serves gRPC until a shutdown signal, then stops in order:
+//!
+//! 1. hand over leadership (cluster: every group this broker leads moves to a follower, while
+//!    this broker still serves Raft traffic);
+//! 2. stop new work, end streams, fsync every partition and the metadata store;
+//! 3. after the server stopped (or the grace period ran out): stop replication.
+//!
+//! This is the only module that knows both implementations of the broker's seam; the api
+//! layer above it never learns which one runs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::broker::local::LocalControl;
+use crate::broker::seam::ControlPlane;
+use crate::broker::{tasks, Broker};
+use crate::cluster::Cluster;
+use crate::config::Config;
+
+/// Cluster mode: how long a stopping broker waits for the groups it leads to take a new leader.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
+/// A started broker, not serving yet.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    /// Cluster mode: the Raft transport must be served beside the client services.
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl Node {
+    /// Binds, opens the data directory (recovering every partition) and starts the control
+    /// plane and the background tasks.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let bound = listener.local_addr()?;
+        let broker = Broker::open(config.broker_options(bound))
+            .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+        let (control, cluster): (Arc<dyn ControlPlane>, _) = if config.cluster.peers.is_empty() {
+            let local = LocalControl::start(&broker)
+                .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+            (local, None)
+        } else {
+            let cluster = Cluster::start(&broker, &config.cluster).await.context("cannot join the cluster")?;
+            (Arc::clone(&cluster) as Arc<dyn ControlPlane>, Some(cluster))
+        };
+        broker.set_control(control)?;
+        tasks::spawn(&broker);
+        Ok(Self { config, listener, broker, cluster })
+    }
+
+    /// The address actually listened on (the configured port may be 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully (see the module docs).
+    pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { config, listener, broker, cluster } = self;
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let b = Arc::clone(&broker);
+        let shutdown = async move {
+            signal.await;
+            tracing::info!("shutting down");
+            // Before the server stops: a transfer needs this broker's Raft traffic.
+            b.hand_over(HAND_OVER_WAIT).await;
+            b.shutdown(); // ends subscriptions and produce streams, fsyncs everything
+            let _ = stopped_tx.send(());
+        };
+        let raft = cluster.as_ref().map(|c| {
+            tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(
+                crate::raft::transport::RaftTransportService::new(c.groups().clone()),
+            )
+            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
+            .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
+        });
+        let router = crate::api::router(Arc::clone(&broker)).await?.add_optional_service(raft);
+        // TCP_NODELAY on every accepted socket (`Server::tcp_nodelay` is ignored for a custom
+        // incoming stream): without it, Nagle holds back small responses — a live tail's
+        // single-record batches waited for the peer's delayed ACK, up to 40 ms.
+        let server =
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        tokio::select! {
+            res = server => res?,
+            _ = async { let _ = stopped_rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("streams still open after the grace period; exiting anyway");
+            }
+        }
+        broker.stop_control().await;
+        broker.shutdown();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
