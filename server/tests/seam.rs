@@ -1,0 +1,193 @@
+//! The broker's behaviour through its seam, once per implementation (`support::Mode`): a
+//! single node, a one-broker Raft cluster and a three-broker Raft cluster, all in-process with
+//! real gRPC between brokers. What a request does must not depend on the mode; a test here
+//! that passes for one implementation and fails for another is a bug in that implementation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use support::{eventually, Brokers, Mode};
+use tidelog_server::broker::route::{Origin, Route};
+use tidelog_server::broker::seam::{Acks, NewTopic};
+use tidelog_server::clock::now_ms;
+use tidelog_server::error::BrokerError;
+use tidelog_server::meta::StoredOffset;
+use tidelog_server::topic_config::TopicSettings;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn new_topic(name: &str, partitions: u32) -> NewTopic {
+    NewTopic { name: name.into(), partitions, replication_factor: 0, settings: TopicSettings::default() }
+}
+
+fn brokers_in(mode: Mode) -> usize {
+    match mode {
+        Mode::Local => 1,
+        Mode::Raft(n) => n as usize,
+    }
+}
+
+every_seam!(
+    topics_are_created_written_read_and_deleted,
+    bad_creates_and_unknown_partitions_are_refused,
+    committed_offsets_and_topics_survive_a_restart,
+    producer_ids_are_unique_and_group_calls_have_one_coordinator,
+);
+
+async fn topics_are_created_written_read_and_deleted(mode: Mode) {
+    let c = Brokers::start(mode).await;
+    let all = c.brokers();
+    // Created at the last broker: in a three-broker cluster usually not the controller, so
+    // the create is passed on; it returns once the topic is usable where it was asked.
+    let created = all.last().unwrap().create_topic(new_topic("orders", 2), Origin::Client).await.unwrap();
+    assert_eq!(created.record.partitions, 2);
+    for b in &all {
+        eventually("the topic on every broker", WAIT, || async { b.topic("orders").ok() }).await;
+    }
+    let view = all[0].describe_cluster().unwrap();
+    assert_eq!(view.brokers.len(), brokers_in(mode), "{view:?}");
+
+    for p in 0..2 {
+        for i in 0..3u64 {
+            let acks = if i % 2 == 0 { Acks::All } else { Acks::Leader };
+            let a = c.write("orders", p, format!("p{p}-r{i}").as_bytes(), acks).await;
+            assert_eq!((a.base_offset, a.next_offset), (i, i + 1), "partition {p}");
+        }
+    }
+    // Every broker holding a partition serves what was written, in order, once committed.
+    for b in &all {
+        let t = b.topic("orders").unwrap();
+        for p in 0..2 {
+            let Ok(log) = t.partition(p) else { continue }; // held elsewhere
+            let batches = eventually("committed batches", WAIT, || async {
+                let read = log.read(0, 1 << 20).unwrap();
+                (read.len() == 3).then_some(read)
+            })
+            .await;
+            let payloads: Vec<_> = batches.iter().map(|s| String::from_utf8_lossy(&s.payload).into_owned()).collect();
+            assert_eq!(payloads, [0, 1, 2].map(|i| format!("p{p}-r{i}")));
+            assert_eq!(log.offsets().high_watermark.0, 3);
+        }
+    }
+
+    let held: Vec<_> = all.iter().filter_map(|b| b.topic("orders").ok()?.partition(0).ok().cloned()).collect();
+    assert!(!held.is_empty());
+    all[0].delete_topic("orders", Origin::Client).await.unwrap();
+    for b in &all {
+        eventually("the topic gone everywhere", WAIT, || async {
+            matches!(b.topic("orders"), Err(BrokerError::UnknownTopic(_))).then_some(())
+        })
+        .await;
+    }
+    for log in held {
+        assert!(log.check_open().is_err(), "a deleted topic's partition still serves");
+    }
+    assert!(matches!(all[0].delete_topic("orders", Origin::Client).await, Err(BrokerError::UnknownTopic(_))));
+
+    // A new incarnation starts empty.
+    all[0].create_topic(new_topic("orders", 1), Origin::Client).await.unwrap();
+    let a = c.write("orders", 0, b"again", Acks::All).await;
+    assert_eq!(a.base_offset, 0);
+}
+
+async fn bad_creates_and_unknown_partitions_are_refused(mode: Mode) {
+    let c = Brokers::start(mode).await;
+    let b = &c.brokers()[0];
+    b.create_topic(new_topic("t", 1), Origin::Client).await.unwrap();
+    let again = b.create_topic(new_topic("t", 3), Origin::Client).await;
+    assert!(matches!(again, Err(BrokerError::TopicExists(_))), "{again:?}");
+    let bad_name = b.create_topic(new_topic("no spaces", 1), Origin::Client).await;
+    assert!(matches!(bad_name, Err(BrokerError::InvalidArgument(_))), "{bad_name:?}");
+    let zero = b.create_topic(new_topic("zero", 0), Origin::Client).await;
+    assert!(matches!(zero, Err(BrokerError::InvalidArgument(_))), "{zero:?}");
+    let too_many = NewTopic { replication_factor: brokers_in(mode) as u32 + 1, ..new_topic("rf", 1) };
+    let rf = b.create_topic(too_many, Origin::Client).await;
+    assert!(matches!(&rf, Err(BrokerError::InvalidArgument(m)) if m.contains("replication_factor")), "{rf:?}");
+    let bad_settings =
+        NewTopic { settings: TopicSettings { max_batch_bytes: 0, ..TopicSettings::default() }, ..new_topic("s", 1) };
+    assert!(matches!(b.create_topic(bad_settings, Origin::Client).await, Err(BrokerError::InvalidArgument(_))));
+
+    assert!(matches!(b.topic("missing"), Err(BrokerError::UnknownTopic(_))));
+    let t = b.topic("t").unwrap();
+    let unknown = t.held(1).map(|_| ());
+    assert!(matches!(unknown, Err(BrokerError::UnknownPartition { partition: 1, count: 1, .. })), "{unknown:?}");
+    for name in ["zero", "rf", "s", "no spaces"] {
+        assert!(b.topic(name).is_err(), "a refused create left topic {name}");
+    }
+}
+
+async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
+    let mut c = Brokers::start(mode).await;
+    let coordinator = c.coordinator().await;
+    coordinator.create_topic(new_topic("events", 2), Origin::Client).await.unwrap();
+    for i in 0..2 {
+        c.write("events", 1, format!("r{i}").as_bytes(), Acks::All).await;
+    }
+    let offsets = |o: u64| {
+        vec![
+            StoredOffset { partition: 0, offset: o, commit_time_ms: now_ms(), metadata: "m".into() },
+            StoredOffset { partition: 1, offset: o + 1, commit_time_ms: now_ms(), metadata: String::new() },
+        ]
+    };
+    coordinator.commit_offsets("billing", "events", offsets(1)).await.unwrap();
+    coordinator.commit_offsets("billing", "events", offsets(7)).await.unwrap();
+    // Readable where it was committed as soon as the commit returns; everywhere once applied.
+    let here = coordinator.committed_offsets("billing", "events").unwrap();
+    assert_eq!(here.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), [(0, 7), (1, 8)]);
+    for b in c.brokers() {
+        eventually("the commit applied everywhere", WAIT, || async {
+            (b.committed_offsets("billing", "events").unwrap().len() == 2).then_some(())
+        })
+        .await;
+    }
+
+    drop(coordinator); // the old broker's store must be released for the restart
+    c.restart_all().await;
+    for b in c.brokers() {
+        let t = eventually("the topic after a restart", WAIT, || async { b.topic("events").ok() }).await;
+        assert_eq!(t.record.partitions, 2);
+        let got = eventually("committed offsets after a restart", WAIT, || async {
+            let got = b.committed_offsets("billing", "events").unwrap();
+            (got.len() == 2).then_some(got)
+        })
+        .await;
+        assert_eq!(
+            got.iter().map(|o| (o.partition, o.offset, o.metadata.as_str())).collect::<Vec<_>>(),
+            [(0, 7, "m"), (1, 8, "")]
+        );
+        if let Ok(log) = t.partition(1) {
+            eventually("the log after a restart", WAIT, || async {
+                (log.offsets().high_watermark.0 == 2).then_some(())
+            })
+            .await;
+        }
+    }
+    let a = c.write("events", 1, b"after", Acks::All).await;
+    assert_eq!(a.base_offset, 2, "offsets go on after a restart");
+}
+
+async fn producer_ids_are_unique_and_group_calls_have_one_coordinator(mode: Mode) {
+    let c = Brokers::start(mode).await;
+    let mut ids = HashSet::new();
+    for b in c.brokers() {
+        for _ in 0..3 {
+            let id = b.next_producer_id().await.unwrap();
+            assert!(id > 0 && ids.insert(id), "producer id {id} handed out twice");
+        }
+    }
+    let coordinator = c.coordinator().await;
+    for b in c.brokers() {
+        match b.coordinator_route(Origin::Client).await.unwrap() {
+            Route::Here => assert_eq!(b.node_id(), coordinator.node_id()),
+            Route::To(_, id) => assert_eq!(id, coordinator.node_id()),
+        }
+        if b.node_id() != coordinator.node_id() {
+            // A passed-on call is never passed on again.
+            let again = b.coordinator_route(Origin::Forwarded).await;
+            assert!(matches!(again, Err(BrokerError::NotLeader { .. })), "{again:?}");
+        }
+    }
+}
