@@ -3,7 +3,7 @@
 //! A partition queue holds: the open batch (still filling), sealed batches ready to send, and
 //! batches in flight (sent, not yet acknowledged). Sequence numbers are assigned when a batch
 //! is sealed, so they follow send order; a batch keeps its sequence across resends, which is
-//! what lets the broker drop duplicates (see `broker/producer_state.rs`).
+//! what lets the broker drop duplicates (see `server/src/partition/producer_state.rs`).
 //!
 //! Invariants: within a partition, `in_flight` then `ready` are in sequence order with no
 //! gaps; every record in a queue holds its bytes of buffer memory until it completes.

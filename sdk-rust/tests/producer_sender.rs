@@ -1,0 +1,257 @@
+//! The producer's sender (`src/producer/sender.rs`) against scripted fake brokers (see
+//! `support/fake_broker.rs`), no real broker: a lone record whose NOT_LEADER hint names a dead
+//! broker is still delivered promptly (not after its request timeout); a batch refused with a
+//! retryable error is resent with its sequence numbers, followed by the batches behind it in
+//! order, each record stored once; a fatal error fails only its batch, whose successors take
+//! over its sequences; a connection lost after the broker stored a batch ends in a duplicate
+//! the broker answers with the original offset.
+//!
+//! Batches are made deterministic: records of 6 bytes count 22 bytes each towards a batch of
+//! at most 44, so every batch holds exactly two records, sealed in send order, and a batch's
+//! base sequence is the index of its first record. Scripts that fail a batch answer only once
+//! the next batch has arrived, so the batches behind it are in flight when the error comes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::fake_broker::{FakeBroker, Produce, SeenProduce};
+use support::{dead_broker, WAIT};
+use tidelog::proto::v1::ErrorCode;
+use tidelog::{Client, DeliveryFuture, Error, Producer, ProducerConfig, Record, RecordMetadata};
+
+const TOPIC: &str = "t";
+const RECORDS: usize = 10;
+/// Two records of [`value`] (6 bytes each, 22 with per-record overhead).
+const BATCH_BYTES: usize = 44;
+
+fn value(i: usize) -> String {
+    format!("rec-{i:02}")
+}
+
+/// The values of the batch whose first record is `first`.
+fn batch_values(first: usize) -> Vec<String> {
+    vec![value(first), value(first + 1)]
+}
+
+fn config() -> ProducerConfig {
+    ProducerConfig {
+        max_batch_bytes: BATCH_BYTES,
+        linger: Duration::from_millis(5),
+        retry_backoff: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(30),
+        ..ProducerConfig::default()
+    }
+}
+
+async fn producer(broker: &FakeBroker, config: ProducerConfig) -> Producer {
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Producer::new(client, config).await.unwrap()
+}
+
+/// Queues the [`RECORDS`] records for partition 0 back to back, without waiting for any
+/// delivery (the topic's metadata is fetched first, so no send waits on the broker).
+async fn send_all(p: &Producer) -> Vec<DeliveryFuture> {
+    assert_eq!(p.partitions(TOPIC).await.unwrap(), 1);
+    let mut out = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        out.push(p.send_to(TOPIC, 0, Record::new(value(i))).await.unwrap());
+    }
+    out
+}
+
+/// Every delivery's outcome, in send order; each must settle within [`WAIT`].
+async fn settle(deliveries: Vec<DeliveryFuture>) -> Vec<Result<RecordMetadata, Error>> {
+    let mut out = Vec::with_capacity(deliveries.len());
+    for (i, d) in deliveries.into_iter().enumerate() {
+        out.push(tokio::time::timeout(WAIT, d).await.unwrap_or_else(|_| panic!("record {i} not settled in {WAIT:?}")));
+    }
+    out
+}
+
+/// Every attempt of the same batch content carried the same bytes (the batch is encoded once).
+fn assert_resent_unchanged(seen: &[SeenProduce]) {
+    let mut crc_of: BTreeMap<&[String], Option<u32>> = BTreeMap::new();
+    for r in seen {
+        let crc = *crc_of.entry(&r.values).or_insert(r.crc32c);
+        assert_eq!(crc, r.crc32c, "batch {:?} was re-encoded between attempts", r.values);
+    }
+}
+
+fn sequences(seen: &[SeenProduce]) -> Vec<i32> {
+    seen.iter().map(|r| r.base_sequence).collect()
+}
+
+/// The regression test for a sender that slept on a deadline computed before a rewind: the
+/// only batch goes to A, which answers NOT_LEADER naming a dead broker; the stream to it
+/// cannot be opened, the batch is rewound, and nothing else will ever wake the sender. Asked
+/// again, A no longer knows the leader, so the producer moves on to the next broker, B.
+#[tokio::test]
+async fn lone_record_is_delivered_promptly_when_the_leader_hint_names_a_dead_broker() {
+    let (a, b) = (FakeBroker::start().await, FakeBroker::start().await);
+    let dead = dead_broker();
+    for broker in [&a, &b] {
+        broker.add_topic(TOPIC, 1);
+        broker.set_cluster(&[a.addr(), b.addr()]);
+    }
+    let mut asked = 0;
+    a.on_produce(move |_| {
+        asked += 1;
+        let hint = if asked == 1 { dead.clone() } else { String::new() };
+        Produce::Refuse(ErrorCode::NotLeader, hint)
+    });
+    let p = producer(&a, config()).await;
+    assert_eq!(p.partitions(TOPIC).await.unwrap(), 1);
+
+    let started = Instant::now();
+    let delivery = p.send_to(TOPIC, 0, Record::new("lone")).await.unwrap();
+    let stored = tokio::time::timeout(Duration::from_secs(10), delivery)
+        .await
+        .expect("not delivered within 10 s: the sender waited for its 30 s request timeout")
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "delivered after {elapsed:?}, request timeout 30 s");
+    assert_eq!((stored.partition, stored.offset), (0, 0));
+
+    let at_a: Vec<(ErrorCode, i32)> = a.produced().iter().map(|r| (r.answer, r.base_sequence)).collect();
+    assert_eq!(at_a, [(ErrorCode::NotLeader, 0), (ErrorCode::NotLeader, 0)]);
+    let at_b: Vec<(ErrorCode, i32)> = b.produced().iter().map(|r| (r.answer, r.base_sequence)).collect();
+    assert_eq!(at_b, [(ErrorCode::Unspecified, 0)]);
+    assert_eq!(b.stored(TOPIC, 0), [(0, "lone".to_string())]);
+    assert!(a.stored(TOPIC, 0).is_empty());
+    p.close().await;
+}
+
+#[tokio::test]
+async fn retried_batch_keeps_its_sequence_and_the_batches_behind_it_follow_in_order() {
+    let broker = FakeBroker::start().await;
+    broker.add_topic(TOPIC, 1);
+    let mut failed = false;
+    broker.on_produce(move |r| {
+        if r.base_sequence == 2 && !failed {
+            failed = true;
+            Produce::RefuseAfterNext(ErrorCode::StorageError)
+        } else {
+            Produce::Append
+        }
+    });
+    let p = producer(&broker, config()).await;
+    let results = settle(send_all(&p).await).await;
+
+    let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>(), "offsets follow send order");
+    let expected: Vec<(u64, String)> = (0..RECORDS).map(|i| (i as u64, value(i))).collect();
+    assert_eq!(broker.stored(TOPIC, 0), expected, "every record stored exactly once, in order");
+
+    let seen = broker.produced();
+    assert_eq!(broker.gate_timeouts(), 0);
+    assert_resent_unchanged(&seen);
+    for r in &seen {
+        assert_eq!(r.values, batch_values(r.base_sequence as usize), "a batch's sequence is its first record's");
+    }
+    // Batch 0, the refused batch 2, the batches sent behind it (refused as out of order, their
+    // answers stale), then batch 2 again and everything after it, in order.
+    let seqs = sequences(&seen);
+    let fail = seqs.iter().position(|s| *s == 2).unwrap();
+    assert_eq!(&seqs[..fail], [0]);
+    assert_eq!(seen[fail].answer, ErrorCode::StorageError);
+    let resend = fail + 1 + seqs[fail + 1..].iter().position(|s| *s == 2).expect("batch 2 resent");
+    let behind = &seen[fail + 1..resend];
+    assert!(!behind.is_empty(), "the script answers only once the next batch is in flight");
+    for (i, r) in behind.iter().enumerate() {
+        assert_eq!(r.base_sequence, 4 + 2 * i as i32, "in flight behind the refused batch, in order");
+        assert_eq!(r.answer, ErrorCode::OutOfOrderSequence);
+    }
+    assert_eq!(&seqs[resend..], [2, 4, 6, 8], "resent from the refused batch on, in order");
+    assert!(seen[resend..].iter().all(|r| r.answer == ErrorCode::Unspecified));
+    p.close().await;
+}
+
+#[tokio::test]
+async fn fatal_error_fails_only_its_batch_and_the_next_batches_take_over_its_sequences() {
+    let broker = FakeBroker::start().await;
+    broker.add_topic(TOPIC, 1);
+    let mut failed = false;
+    broker.on_produce(move |r| {
+        if r.base_sequence == 2 && !failed {
+            failed = true;
+            Produce::RefuseAfterNext(ErrorCode::BatchTooLarge)
+        } else {
+            Produce::Append
+        }
+    });
+    let p = producer(&broker, config()).await;
+    let results = settle(send_all(&p).await).await;
+
+    let mut next_offset = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        if i == 2 || i == 3 {
+            match r {
+                Err(Error::Delivery(msg)) => assert!(msg.contains("BatchTooLarge"), "record {i}: {msg}"),
+                other => panic!("record {i} of the refused batch: {other:?}"),
+            }
+        } else {
+            assert_eq!(r.unwrap().offset, next_offset, "record {i}");
+            next_offset += 1;
+        }
+    }
+    let kept: Vec<usize> = (0..RECORDS).filter(|i| *i != 2 && *i != 3).collect();
+    let expected: Vec<(u64, String)> = kept.iter().enumerate().map(|(o, i)| (o as u64, value(*i))).collect();
+    assert_eq!(broker.stored(TOPIC, 0), expected);
+
+    let seen = broker.produced();
+    assert_eq!(broker.gate_timeouts(), 0);
+    assert_resent_unchanged(&seen);
+    let refused: Vec<&SeenProduce> = seen.iter().filter(|r| r.values == batch_values(2)).collect();
+    assert_eq!(refused.len(), 1, "a fatal error is not retried");
+    assert_eq!(refused[0].answer, ErrorCode::BatchTooLarge);
+    // Records 4 and 5 were in flight behind it as sequence 4, then resent as 2.
+    let moved: Vec<(i32, ErrorCode)> =
+        seen.iter().filter(|r| r.values == batch_values(4)).map(|r| (r.base_sequence, r.answer)).collect();
+    assert_eq!(moved, [(4, ErrorCode::OutOfOrderSequence), (2, ErrorCode::Unspecified)]);
+    let stored: Vec<(i32, Vec<String>)> = seen
+        .iter()
+        .filter(|r| r.answer == ErrorCode::Unspecified)
+        .map(|r| (r.base_sequence, r.values.clone()))
+        .collect();
+    let want: Vec<(i32, Vec<String>)> =
+        [0, 4, 6, 8].iter().enumerate().map(|(k, first)| (2 * k as i32, batch_values(*first))).collect();
+    assert_eq!(stored, want, "accepted batches carry gapless sequences");
+
+    // The producer goes on: a later record is delivered after them.
+    let later = p.send_to(TOPIC, 0, Record::new("later")).await.unwrap();
+    let stored = tokio::time::timeout(WAIT, later).await.unwrap().unwrap();
+    assert_eq!(stored.offset, next_offset);
+    p.close().await;
+}
+
+#[tokio::test]
+async fn batch_stored_before_the_connection_dropped_is_answered_as_a_duplicate() {
+    let broker = FakeBroker::start().await;
+    broker.add_topic(TOPIC, 1);
+    let mut hung_up = false;
+    broker.on_produce(move |r| {
+        if r.base_sequence == 4 && !hung_up {
+            hung_up = true;
+            Produce::AppendThenHangUp
+        } else {
+            Produce::Append
+        }
+    });
+    let p = producer(&broker, config()).await;
+    let results = settle(send_all(&p).await).await;
+
+    let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>());
+    let expected: Vec<(u64, String)> = (0..RECORDS).map(|i| (i as u64, value(i))).collect();
+    assert_eq!(broker.stored(TOPIC, 0), expected, "no record stored twice");
+
+    let seen = broker.produced();
+    assert_resent_unchanged(&seen);
+    let attempts: Vec<(ErrorCode, Option<u64>)> =
+        seen.iter().filter(|r| r.base_sequence == 4).map(|r| (r.answer, r.base_offset)).collect();
+    assert_eq!(attempts, [(ErrorCode::Unspecified, Some(4)); 2], "stored once, the resend answered with its offset");
+    p.close().await;
+}
