@@ -6,10 +6,33 @@
 # SDK's tests (against real broker and Rust example processes), and smoke tests.
 #
 # Usage: scripts/test.sh          (CI runs exactly this, via .ci/run)
+#        scripts/test.sh --quick  (while developing, about a minute warm: fmt, the module
+#                                  dependency check, clippy, unit tests and the in-process
+#                                  broker tests; no venv, no broker processes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+if [ "${1:-}" = "--quick" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "module dependencies of the broker library (no cycles, layering rules)"
+  python3 scripts/check-module-deps.py --self-test
+  python3 scripts/check-module-deps.py
+  step "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+  step "unit tests and in-process tests (all but cli/tests, which start broker processes)"
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace -E 'not (package(tidelog-cli) & kind(test))'
+  else
+    cargo test --workspace --lib --bins
+    cargo test -p tidelog-server -p tidelog --tests
+  fi
+  echo
+  echo "quick checks passed (the full suite: scripts/test.sh)"
+  exit 0
+fi
 
 step "tools: Python venv with buf, grpcurl, the Python SDK and its test tools (.venv)"
 scripts/tools.sh
@@ -17,6 +40,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "module dependencies of the broker library (no cycles, layering rules)"
+python3 scripts/check-module-deps.py --self-test
+python3 scripts/check-module-deps.py
 
 step "buf lint"
 buf lint
