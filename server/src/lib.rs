@@ -10,16 +10,18 @@
 //! api           tonic services: validate, call the broker, map errors    never: cluster, raft
 //! cluster       the Raft implementation of the broker's seam: metadata group, partition
 //!               groups, placement, forwarding to the controller, quiescing
-//! group         consumer-group coordinator: membership, generations, fencing
+//! group         consumer-group coordinator: membership, generations, fencing   never: cluster
 //! broker        topic table and THE SEAM (`broker::seam`): `ControlPlane` and
 //!               `PartitionWriter`, with the single-node implementation (`broker::local`);
 //!               retention and fsync tasks                               never: cluster, raft, api
 //! raft          openraft over a partition log: log store, state machine, transport
+//!                                                                never: broker, cluster, api
 //! partition     one partition: log + producer state + batch validation   never: broker, raft
 //! meta          sled: topics (single node), committed offsets, producer ids, Raft votes
 //! error         BrokerError and the one error-code table (ErrorCode, gRPC status)
-//! config, topic_config, layout, clock, telemetry     leaves
+//! config        the process's config (→ broker options); topic_config: per-topic settings
 //! log           segments, indexes, recovery, retention       never: tonic, openraft, sled
+//! layout, clock, telemetry   leaves: on-disk names, wall clock, tracing/OTLP setup
 //! ```
 //!
 //! docs/ARCHITECTURE.md draws the same graph and traces the produce and subscribe paths

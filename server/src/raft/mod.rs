@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! openraft::Raft<PartitionTc>
-//!   ├─ log_store::PartitionLogStore      RaftLogStorage + RaftLogReader over broker::Partition
+//!   ├─ log_store::PartitionLogStore      RaftLogStorage + RaftLogReader over partition::Partition
 //!   │     (the partition log IS the Raft log; vote/purge point in sled via meta::RaftState)
 //!   └─ state_machine::PartitionStateMachine   apply = move the high watermark; snapshot =
 //!         the retained segments (log::snapshot)
@@ -11,11 +11,13 @@
 //! `types` declares the type configuration (log id = (term, index), the two numbers every batch
 //! header stores), `codec` the byte formats of Raft state and `rpc_codec` those of the RPCs.
 //! Between brokers: `network` (openraft's client side over gRPC) and `transport` (the
-//! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups). The plan,
-//! and what is not built yet (heartbeat coalescing, metadata group, broker integration), is in
-//! docs/RAFT_PLAN.md.
+//! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups); `quiesce`
+//! lets idle groups stop ticking; `retention` deletes segments through snapshot and purge.
+//! The groups themselves — one per partition plus the metadata group — are opened and driven
+//! by `cluster/` (docs/CLUSTER.md; the design is docs/RAFT_PLAN.md).
 //!
-//! This module must never decode or re-encode record payloads: entries carry batches as bytes.
+//! This module must never decode or re-encode record payloads (entries carry batches as
+//! bytes), and never import `broker`, `cluster` or `api`: it knows partitions, not topics.
 
 pub mod codec;
 pub mod log_store;
