@@ -248,21 +248,7 @@ async fn committed_offsets_are_durable_across_restart() {
 async fn cli_produce_consume_and_group_resume() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
-    let run = |args: &[&str], stdin: &str| {
-        let mut child = std::process::Command::new(BIN)
-            .args(args)
-            .args(["--broker", &broker.addr])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "tidelog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str], stdin: &str| run_cli(&broker.addr, args, stdin);
     run(&["topic", "create", "cli", "--partitions", "2"], "");
     assert!(run(&["topic", "list"], "").contains("cli\tpartitions=2"));
     let lines: String = (0..10).map(|i| format!("key{i}=value{i}\n")).collect();

@@ -35,6 +35,7 @@ every_seam!(
     bad_creates_and_unknown_partitions_are_refused,
     committed_offsets_and_topics_survive_a_restart,
     producer_ids_are_unique_and_group_calls_have_one_coordinator,
+    a_recreated_topic_starts_without_the_deleted_ones_offsets,
 );
 
 async fn topics_are_created_written_read_and_deleted(mode: Mode) {
@@ -122,7 +123,7 @@ async fn bad_creates_and_unknown_partitions_are_refused(mode: Mode) {
 async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
     let mut c = Brokers::start(mode).await;
     let coordinator = c.coordinator().await;
-    coordinator.create_topic(new_topic("events", 2), Origin::Client).await.unwrap();
+    let events = coordinator.create_topic(new_topic("events", 2), Origin::Client).await.unwrap();
     for i in 0..2 {
         c.write("events", 1, format!("r{i}").as_bytes(), Acks::All).await;
     }
@@ -132,8 +133,8 @@ async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
             StoredOffset { partition: 1, offset: o + 1, commit_time_ms: now_ms(), metadata: String::new() },
         ]
     };
-    coordinator.commit_offsets("billing", "events", offsets(1)).await.unwrap();
-    coordinator.commit_offsets("billing", "events", offsets(7)).await.unwrap();
+    coordinator.commit_offsets("billing", &events, offsets(1)).await.unwrap();
+    coordinator.commit_offsets("billing", &events, offsets(7)).await.unwrap();
     // Readable where it was committed as soon as the commit returns; everywhere once applied.
     let here = coordinator.committed_offsets("billing", "events").unwrap();
     assert_eq!(here.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), [(0, 7), (1, 8)]);
@@ -144,7 +145,7 @@ async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
         .await;
     }
 
-    drop(coordinator); // the old broker's store must be released for the restart
+    drop((coordinator, events)); // the old brokers' stores must be released for the restart
     c.restart_all().await;
     for b in c.brokers() {
         let t = eventually("the topic after a restart", WAIT, || async { b.topic("events").ok() }).await;
@@ -189,5 +190,48 @@ async fn producer_ids_are_unique_and_group_calls_have_one_coordinator(mode: Mode
             let again = b.coordinator_route(Origin::Forwarded).await;
             assert!(matches!(again, Err(BrokerError::NotLeader { .. })), "{again:?}");
         }
+    }
+}
+
+/// Regression: a group's committed offsets outlived `topic delete`, so a consumer of the
+/// recreated topic started at the old position and skipped its first records.
+async fn a_recreated_topic_starts_without_the_deleted_ones_offsets(mode: Mode) {
+    let mut c = Brokers::start(mode).await;
+    let coordinator = c.coordinator().await;
+    let old = coordinator.create_topic(new_topic("t", 1), Origin::Client).await.unwrap();
+    let other = coordinator.create_topic(new_topic("kept", 1), Origin::Client).await.unwrap();
+    let at = |o: u64| vec![StoredOffset { partition: 0, offset: o, commit_time_ms: now_ms(), metadata: String::new() }];
+    for group in ["sg", "other"] {
+        coordinator.commit_offsets(group, &old, at(3)).await.unwrap();
+        coordinator.commit_offsets(group, &other, at(5)).await.unwrap();
+    }
+    coordinator.delete_topic("t", Origin::Client).await.unwrap();
+    let new = coordinator.create_topic(new_topic("t", 1), Origin::Client).await.unwrap();
+    for b in c.brokers() {
+        eventually("the recreated topic everywhere", WAIT, || async { b.topic("t").ok() }).await;
+        for group in ["sg", "other"] {
+            assert!(b.committed_offsets(group, "t").unwrap().is_empty(), "{group} kept the deleted topic's offsets");
+            let kept = b.committed_offsets(group, "kept").unwrap();
+            assert_eq!(kept.iter().map(|o| o.offset).collect::<Vec<_>>(), [5], "another topic's offsets went too");
+        }
+    }
+    // A commit for the deleted incarnation (a consumer that looked the topic up before the
+    // delete) is refused and stores nothing; one for the new incarnation is kept.
+    let stale = coordinator.commit_offsets("sg", &old, at(3)).await;
+    assert!(matches!(stale, Err(BrokerError::TopicDeleted(_))), "{stale:?}");
+    assert!(coordinator.committed_offsets("sg", "t").unwrap().is_empty());
+    coordinator.commit_offsets("sg", &new, at(1)).await.unwrap();
+
+    // And after a restart (a cluster re-applies its whole metadata log).
+    drop((coordinator, old, other, new));
+    c.restart_all().await;
+    for b in c.brokers() {
+        let got = eventually("the new incarnation's commit after a restart", WAIT, || async {
+            let got = b.committed_offsets("sg", "t").unwrap();
+            (!got.is_empty()).then_some(got)
+        })
+        .await;
+        assert_eq!(got.iter().map(|o| o.offset).collect::<Vec<_>>(), [1]);
+        assert!(b.committed_offsets("other", "t").unwrap().is_empty());
     }
 }

@@ -216,3 +216,21 @@ pub async fn read_range(client: &Client, topic: &str, p: u32, from: u64, until: 
 pub async fn high_watermark(client: &Client, topic: &str, p: u32) -> u64 {
     client.describe_topic(topic).await.unwrap().partitions[p as usize].high_watermark
 }
+
+/// Runs `tidelog ARGS --broker BROKER` with `stdin`, and returns its stdout; fails the test
+/// (with its stderr) if it exits non-zero.
+pub fn run_cli(broker: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--broker", broker])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "tidelog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -75,7 +75,7 @@ async fn commit_one(broker: &Broker, coordinator: &Coordinator, req: &CommitRequ
             metadata: o.metadata.clone(),
         });
     }
-    broker.commit_offsets(&req.group, &req.topic, offsets).await
+    broker.commit_offsets(&req.group, &topic, offsets).await
 }
 
 /// Serves one commit here, or forwards it to the coordinator; the answer either way.

@@ -5,7 +5,10 @@
 //! - the store is the commit point of topic creation and deletion: a topic exists iff its
 //!   record is in the store. Directories without a record (a crash mid-create or mid-delete)
 //!   are removed at start;
-//! - creates and deletes are serialized by `admin`;
+//! - creates and deletes are serialized by `admin` (a write lock); commits hold it for reading,
+//!   so a topic's deletion (which deletes its committed offsets in the same sled transaction)
+//!   never interleaves with a commit for it, and a commit for a deleted incarnation stores
+//!   nothing;
 //! - every batch [`LocalWriter::write`] appended is completed by its answer future (fsynced
 //!   per policy, high watermark advanced); the api layer awaits every one, even after its
 //!   client went away.
@@ -30,7 +33,7 @@ use crate::partition::Partition;
 /// A single node's control plane.
 #[derive(Debug, Default)]
 pub struct LocalControl {
-    admin: tokio::sync::Mutex<()>,
+    admin: tokio::sync::RwLock<()>,
 }
 
 impl LocalControl {
@@ -83,7 +86,7 @@ impl ControlPlane for LocalControl {
                 new.replication_factor
             )));
         }
-        let _admin = self.admin.lock().await;
+        let _admin = self.admin.write().await;
         if broker.topic(&new.name).is_ok() {
             return Err(BrokerError::TopicExists(new.name));
         }
@@ -107,9 +110,9 @@ impl ControlPlane for LocalControl {
     }
 
     async fn delete_topic(&self, broker: &Broker, name: &str, _origin: Origin) -> Result<(), BrokerError> {
-        let _admin = self.admin.lock().await;
+        let _admin = self.admin.write().await;
         broker.topic(name)?;
-        broker.store().delete_topic(name).await?; // commit point
+        broker.store().delete_topic(name).await?; // commit point, with the topic's offsets
         broker.withdraw_topic(name);
         let dir = layout::topics_dir(&broker.options().data_dir).join(name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -124,10 +127,16 @@ impl ControlPlane for LocalControl {
         &self,
         broker: &Broker,
         group: &str,
-        topic: &str,
+        topic: &Topic,
         offsets: Vec<StoredOffset>,
     ) -> Result<(), BrokerError> {
-        Ok(broker.store().commit_offsets(group, topic, &offsets).await?)
+        let _admin = self.admin.read().await;
+        let name = &topic.record.name;
+        match broker.topic(name) {
+            Ok(current) if std::ptr::eq(Arc::as_ptr(&current), topic) => {}
+            _ => return Err(BrokerError::TopicDeleted(name.clone())),
+        }
+        Ok(broker.store().commit_offsets(group, name, &offsets).await?)
     }
 
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError> {

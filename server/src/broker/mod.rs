@@ -184,11 +184,11 @@ impl Broker {
         self.control()?.delete_topic(self, name, origin).await
     }
 
-    /// Stores a group's committed offsets for one topic, durably.
+    /// Stores a group's committed offsets for one topic (the incarnation looked up), durably.
     pub async fn commit_offsets(
         &self,
         group: &str,
-        topic: &str,
+        topic: &Topic,
         offsets: Vec<StoredOffset>,
     ) -> Result<(), BrokerError> {
         self.check_running()?;

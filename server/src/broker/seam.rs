@@ -24,7 +24,10 @@
 //!   (and durable: sled fsynced, or committed by a majority of the metadata group);
 //!   `delete_topic` returns once it is gone from the table and its partitions are closed;
 //! - `ControlPlane::commit_offsets` returns only once the offsets are durable and readable
-//!   through `Broker::committed_offsets` on this broker;
+//!   through `Broker::committed_offsets` on this broker, and stores nothing for a topic
+//!   incarnation that was deleted meanwhile (`TopicDeleted`); `delete_topic` deletes every
+//!   group's committed offsets for the topic with it, so a topic recreated under the same name
+//!   starts without them;
 //! - `PartitionWriter::write` fixes the batch's place in the partition before it returns:
 //!   a later `write` on the same partition lands after it (produce streams rely on this for
 //!   ordering). The future it returns must be awaited for the batch to become visible
@@ -86,13 +89,13 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     /// Deletes a topic and its data; its subscribers end with "topic deleted".
     async fn delete_topic(&self, broker: &Broker, name: &str, origin: Origin) -> Result<(), BrokerError>;
 
-    /// Stores a group's committed offsets for one topic (the coordinator checked the
-    /// generation already).
+    /// Stores a group's committed offsets for one topic, the incarnation the caller looked up
+    /// (the coordinator checked the generation already).
     async fn commit_offsets(
         &self,
         broker: &Broker,
         group: &str,
-        topic: &str,
+        topic: &Topic,
         offsets: Vec<StoredOffset>,
     ) -> Result<(), BrokerError>;
 

@@ -24,7 +24,7 @@ pub enum PartitionSlot {
     Here { log: Arc<Partition>, writer: Arc<dyn PartitionWriter> },
     /// Cluster mode: only other brokers hold the partition: its replicas (preferred leader
     /// first) with their addresses, where clients are sent.
-    Elsewhere { replicas: Vec<(u64, String)> },
+    Elsewhere { replica_addrs: Vec<(u64, String)> },
 }
 
 #[derive(Debug)]
@@ -60,7 +60,7 @@ impl Topic {
     pub fn held(&self, p: u32) -> Result<(&Arc<Partition>, &Arc<dyn PartitionWriter>), BrokerError> {
         match self.slot(p)? {
             PartitionSlot::Here { log, writer } => Ok((log, writer)),
-            PartitionSlot::Elsewhere { replicas } => Err(BrokerError::NotLeader {
+            PartitionSlot::Elsewhere { replica_addrs } => Err(BrokerError::NotLeader {
                 what: format!(
                     "partition {p} of topic '{}' here: this broker holds no replica of it (replicas: brokers {:?})",
                     self.record.name,
@@ -69,7 +69,7 @@ impl Topic {
                 // This broker does not know the leader. The preferred one usually is; after
                 // that a random replica, so a client retrying past a dead one reaches a live
                 // replica, which knows the leader.
-                leader: pick_replica(replicas),
+                leader: pick_replica(replica_addrs),
             }),
         }
     }
@@ -77,16 +77,8 @@ impl Topic {
     /// Cluster mode: the replicas of partition `p` if only other brokers hold it.
     pub fn elsewhere(&self, p: u32) -> Option<&[(u64, String)]> {
         match self.slots.get(p as usize)? {
-            PartitionSlot::Elsewhere { replicas } => Some(replicas),
+            PartitionSlot::Elsewhere { replica_addrs } => Some(replica_addrs),
             PartitionSlot::Here { .. } => None,
-        }
-    }
-
-    /// Partition `p`'s writer, if this broker holds the partition.
-    pub fn writer(&self, p: u32) -> Option<&Arc<dyn PartitionWriter>> {
-        match self.slots.get(p as usize)? {
-            PartitionSlot::Here { writer, .. } => Some(writer),
-            PartitionSlot::Elsewhere { .. } => None,
         }
     }
 

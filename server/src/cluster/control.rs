@@ -97,18 +97,29 @@ impl ControlPlane for Cluster {
         }
     }
 
-    /// A `CommitOffsets` entry of the metadata group, answered once a majority stored it
-    /// (fsynced) and this broker applied it.
+    /// A `CommitOffsets` entry of the metadata group naming the topic's incarnation, answered
+    /// once a majority stored it (fsynced) and this broker applied it. Applying skips it if
+    /// that incarnation was deleted by an earlier entry (`metadata.rs`).
     async fn commit_offsets(
         &self,
-        _broker: &Broker,
+        broker: &Broker,
         group: &str,
-        topic: &str,
+        topic: &Topic,
         offsets: Vec<StoredOffset>,
     ) -> Result<(), BrokerError> {
-        let cmd = MetaCommand::CommitOffsets { group: group.to_string(), topic: topic.to_string(), offsets };
+        let name = &topic.record.name;
+        let cmd = MetaCommand::CommitOffsets {
+            group: group.to_string(),
+            topic: name.clone(),
+            offsets,
+            topic_id: topic.topic_id,
+        };
         let offset = metadata::propose(self, &cmd).await?;
-        self.wait_applied(offset + 1, APPLY_WAIT).await
+        self.wait_applied(offset + 1, APPLY_WAIT).await?;
+        match broker.topic(name) {
+            Ok(current) if current.topic_id == topic.topic_id => Ok(()),
+            _ => Err(BrokerError::TopicDeleted(name.clone())),
+        }
     }
 
     /// Unique across the cluster without a round trip: the low bits name the broker that

@@ -52,10 +52,15 @@ pub enum MetaCommand {
     /// Committed offsets of one group for one topic, proposed by the group coordinator (the
     /// controller) after it checked the commit's generation. Applying stores them in every
     /// broker's metadata store, so committed offsets survive the loss of any minority.
+    ///
+    /// `topic_id` names the incarnation committed to (0 in entries written before it
+    /// existed: applied to whatever topic has the name).
     CommitOffsets {
         group: String,
         topic: String,
         offsets: Vec<StoredOffset>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        topic_id: u64,
     },
 }
 
@@ -86,6 +91,10 @@ pub async fn propose(cluster: &Cluster, cmd: &MetaCommand) -> Result<u64, Broker
         .map_err(|e| replica::write_error(e, |l| cluster.leader_hint(l)))?;
     let appended = resp.data.map_err(|r| BrokerError::InvalidArgument(r.message))?;
     Ok(appended.base_offset)
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The id of the topic created by the command at metadata offset `offset`.
@@ -180,7 +189,12 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
             delete(broker, cluster, &name, topic_id, partitions).await
         }
         // Not flushed: this log is the durable copy and is re-applied on every start.
-        MetaCommand::CommitOffsets { group, topic, offsets } => {
+        MetaCommand::CommitOffsets { group, topic, offsets, topic_id } => {
+            let current = broker.topic(&topic).ok().map(|t| t.topic_id);
+            if topic_id != 0 && current != Some(topic_id) {
+                tracing::debug!(group, topic, topic_id, "commit for a deleted topic incarnation: skipped");
+                return;
+            }
             broker.store().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
         }
     };
@@ -207,8 +221,8 @@ async fn create(
     for p in 0..record.partitions {
         let replicas = record.replicas_in(p, brokers());
         if !replicas.contains(&cluster.node_id()) {
-            let replicas = replicas.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect();
-            slots.push(PartitionSlot::Elsewhere { replicas });
+            let replica_addrs = replicas.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect();
+            slots.push(PartitionSlot::Elsewhere { replica_addrs });
             continue;
         }
         let spec = GroupSpec {
@@ -257,6 +271,10 @@ async fn delete(
             writer.stop().await;
         }
     }
+    // Every group's offsets for it go with it (a recreated topic starts without them). By
+    // name: at a restart's re-apply this may take a later incarnation's offsets too, and the
+    // later commits in the log put them back.
+    broker.store().remove_offsets_of(name)?;
     for p in 0..partitions {
         cluster.unhost(group_id(topic_id, p));
         broker.store().raft_state(group_id(topic_id, p))?.clear().await?;
@@ -292,11 +310,16 @@ mod tests {
                 group: "g".into(),
                 topic: "t".into(),
                 offsets: vec![StoredOffset { partition: 1, offset: 9, commit_time_ms: 3, metadata: "m".into() }],
+                topic_id: 7,
             },
         ] {
             let bytes = serde_json::to_vec(&cmd).unwrap();
             assert_eq!(serde_json::from_slice::<MetaCommand>(&bytes).unwrap(), cmd);
         }
         assert_eq!(group_id(topic_id_at(0), 2), (1 << 16) | 2);
+        // A commit written before commits named their incarnation still decodes (id 0).
+        let old = br#"{"op":"commit_offsets","group":"g","topic":"t","offsets":[]}"#;
+        let decoded: MetaCommand = serde_json::from_slice(old).unwrap();
+        assert!(matches!(decoded, MetaCommand::CommitOffsets { topic_id: 0, .. }));
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 pub use raft_state::{RaftKey, RaftState};
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::topic_config::TopicSettings;
 
@@ -121,12 +122,58 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Removes a topic definition. Durability: flushed before returning. Committed offsets for
-    /// the topic are left to the groups (as Kafka does); they are harmless after deletion.
+    /// Removes a topic definition and every group's committed offsets for it, in one
+    /// transaction: a topic recreated under the same name must not start from the offsets of
+    /// the one deleted (its consumers would skip records; Kafka deletes them too). The caller
+    /// keeps commits for the topic out while this runs. Durability: flushed before returning.
     pub async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
-        self.topics.remove(name.as_bytes())?;
+        let keys = self.offset_keys_of(name)?;
+        (&self.topics, &self.offsets)
+            .transaction(|(topics, offsets)| {
+                topics.remove(name.as_bytes())?;
+                for k in &keys {
+                    offsets.remove(k)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => MetaError::Store(e),
+                TransactionError::Abort(()) => MetaError::Corrupt("topic deletion aborted".into()),
+            })?;
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Removes every group's committed offsets for `topic`, **without flushing** (cluster mode,
+    /// applying a `DeleteTopic`: the metadata log is the durable copy, as for
+    /// [`MetaStore::apply_offsets`]). Returns how many partitions' offsets went.
+    pub fn remove_offsets_of(&self, topic: &str) -> Result<usize, MetaError> {
+        let keys = self.offset_keys_of(topic)?;
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            batch.remove(k.clone());
+        }
+        self.offsets.apply_batch(batch)?;
+        Ok(keys.len())
+    }
+
+    /// The keys of every committed offset for `topic`, whatever the group (a full scan: topic
+    /// deletion is rare, commits are not, so the key leads with the group).
+    fn offset_keys_of(&self, topic: &str) -> Result<Vec<sled::IVec>, MetaError> {
+        let mut keys = Vec::new();
+        for kv in self.offsets.iter() {
+            let (k, _) = kv?;
+            // group 0x00 topic 0x00 partition(4): group names never contain 0x00.
+            let named = k
+                .iter()
+                .position(|b| *b == 0)
+                .and_then(|g| k.get(g + 1..k.len().checked_sub(5)?))
+                .is_some_and(|t| t == topic.as_bytes());
+            if named {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
     }
 
     /// Stores committed offsets for one group and topic atomically. Durability: flushed
@@ -270,5 +317,41 @@ mod tests {
         assert_eq!(got[1].metadata, "m1");
         m.delete_topic("a").await.unwrap();
         assert!(m.topics().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_topic_deletes_its_offsets_in_every_group_and_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(dir.path()).unwrap();
+        let record = |name: &str| TopicRecord {
+            name: name.into(),
+            partitions: 1,
+            created_at_ms: 5,
+            settings: TopicSettings::default(),
+            replicas: Vec::new(),
+        };
+        // Partition 256 has a 0x00 byte in its key (the parser must not split there).
+        let offs =
+            [0u32, 256].map(|p| StoredOffset { partition: p, offset: 3, commit_time_ms: 1, metadata: "x".into() });
+        for topic in ["t", "tt", "t.2", "a"] {
+            m.put_topic(&record(topic)).await.unwrap();
+            for group in ["g", "g2", "t"] {
+                m.commit_offsets(group, topic, &offs).await.unwrap();
+            }
+        }
+        m.delete_topic("t").await.unwrap();
+        for group in ["g", "g2", "t"] {
+            assert!(m.committed_offsets(group, "t").unwrap().is_empty(), "group {group} kept offsets of t");
+            for topic in ["tt", "t.2", "a"] {
+                assert_eq!(m.committed_offsets(group, topic).unwrap().len(), 2, "{group}/{topic} lost offsets");
+            }
+        }
+        assert_eq!(m.topics().unwrap().len(), 3);
+        assert_eq!(m.remove_offsets_of("tt").unwrap(), 6);
+        assert!(m.committed_offsets("g", "tt").unwrap().is_empty());
+        assert_eq!(m.committed_offsets("g", "a").unwrap().len(), 2);
+        drop(m);
+        let m = reopen(dir.path());
+        assert!(m.committed_offsets("g2", "t").unwrap().is_empty(), "a deletion did not survive a reopen");
     }
 }
