@@ -14,12 +14,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-if [ "${1:-}" = "--quick" ]; then
+# Formatting and the module dependency check: seconds, and first in both modes.
+fast_checks() {
   step "cargo fmt --check"
   cargo fmt --all -- --check
   step "module dependencies of the broker library (no cycles, layering rules)"
   python3 scripts/check-module-deps.py --self-test
   python3 scripts/check-module-deps.py
+}
+
+if [ "${1:-}" = "--quick" ]; then
+  fast_checks
   step "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings
   step "unit tests and in-process tests (all but cli/tests, which start broker processes)"
@@ -38,12 +43,7 @@ step "tools: Python venv with buf, grpcurl, the Python SDK and its test tools (.
 scripts/tools.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
-
-step "module dependencies of the broker library (no cycles, layering rules)"
-python3 scripts/check-module-deps.py --self-test
-python3 scripts/check-module-deps.py
+fast_checks
 
 step "buf lint"
 buf lint
