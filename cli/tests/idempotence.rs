@@ -96,15 +96,17 @@ async fn producer_survives_cut_connections_without_duplicates_or_reordering() {
 
     const RECORDS: u64 = 20_000;
     const KEYS: u64 = 64;
+    let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let cutter = {
         let interval = Duration::from_millis(60 + seed % 60);
         let proxy_cut = std::sync::Arc::new(proxy);
-        let p = proxy_cut.clone();
+        let (p, cuts) = (proxy_cut.clone(), cuts.clone());
         (
             tokio::spawn(async move {
                 for _ in 0..10 {
                     tokio::time::sleep(interval).await;
                     p.cut();
+                    cuts.fetch_add(1, Ordering::Relaxed);
                 }
             }),
             proxy_cut,
@@ -112,6 +114,12 @@ async fn producer_survives_cut_connections_without_duplicates_or_reordering() {
     };
     let mut deliveries = Vec::with_capacity(RECORDS as usize);
     for i in 0..RECORDS {
+        if i == RECORDS / 2 {
+            // However fast the first half went, the second half goes after a cut: the
+            // producer must reconnect with records in flight.
+            eventually(Duration::from_secs(10), "a cut", || async { (cuts.load(Ordering::Relaxed) > 0).then_some(()) })
+                .await;
+        }
         let key = i % KEYS;
         let record = Record::new(format!("k{key}-{:06}", i / KEYS)).with_key(format!("k{key}"));
         deliveries.push(producer.send("exact", record).await.unwrap());
