@@ -10,17 +10,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use support::{eventually, Brokers, Mode};
+use tidelog_proto::v1::TopicConfig;
 use tidelog_server::broker::route::{Origin, Route};
 use tidelog_server::broker::seam::{Acks, NewTopic};
 use tidelog_server::clock::now_ms;
 use tidelog_server::error::BrokerError;
 use tidelog_server::meta::StoredOffset;
-use tidelog_server::topic_config::TopicSettings;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn new_topic(name: &str, partitions: u32) -> NewTopic {
-    NewTopic { name: name.into(), partitions, replication_factor: 0, settings: TopicSettings::default() }
+    NewTopic { name: name.into(), partitions, ..NewTopic::default() }
 }
 
 fn brokers_in(mode: Mode) -> usize {
@@ -107,8 +107,10 @@ async fn bad_creates_and_unknown_partitions_are_refused(mode: Mode) {
     let too_many = NewTopic { replication_factor: brokers_in(mode) as u32 + 1, ..new_topic("rf", 1) };
     let rf = b.create_topic(too_many, Origin::Client).await;
     assert!(matches!(&rf, Err(BrokerError::InvalidArgument(m)) if m.contains("replication_factor")), "{rf:?}");
-    let bad_settings =
-        NewTopic { settings: TopicSettings { max_batch_bytes: 0, ..TopicSettings::default() }, ..new_topic("s", 1) };
+    let bad_settings = NewTopic {
+        config: Some(TopicConfig { max_batch_bytes: Some(0), ..TopicConfig::default() }),
+        ..new_topic("s", 1)
+    };
     assert!(matches!(b.create_topic(bad_settings, Origin::Client).await, Err(BrokerError::InvalidArgument(_))));
 
     assert!(matches!(b.topic("missing"), Err(BrokerError::UnknownTopic(_))));

@@ -63,13 +63,14 @@ fn describe(brokers: &[u64], t: &Topic) -> TopicDescription {
 }
 
 /// Describes topics as this broker sees them.
-fn describe_all(broker: &Broker, topics: &[Arc<Topic>]) -> Result<Vec<TopicDescription>, BrokerError> {
-    let brokers: Vec<u64> = broker.describe_cluster()?.brokers.keys().copied().collect();
-    Ok(topics.iter().map(|t| describe(&brokers, t)).collect())
+fn describe_all(broker: &Broker, topics: &[Arc<Topic>]) -> Vec<TopicDescription> {
+    let brokers = broker.broker_ids();
+    topics.iter().map(|t| describe(&brokers, t)).collect()
 }
 
-/// Offsets of a topic's partitions by position. Partitions held elsewhere (replication factor below the cluster size) are asked of a
-/// broker that holds them, one hop at most (`forward.rs`).
+/// Offsets of a topic's partitions by position. Partitions held elsewhere (a cluster with a
+/// replication factor below its size) are asked of a broker that holds them, one hop at most
+/// (`broker/route.rs`).
 pub async fn list_offsets(
     broker: &Broker,
     req: ListOffsetsRequest,
@@ -145,16 +146,14 @@ impl AdminService for AdminApi {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let settings =
-            self.broker.options().topic_defaults.merged(req.config.as_ref()).map_err(BrokerError::InvalidArgument)?;
         let new = NewTopic {
             name: req.name,
             partitions: req.partitions.max(1),
             replication_factor: req.replication_factor,
-            settings,
+            config: req.config,
         };
         let topic = self.broker.create_topic(new, origin).await?;
-        let topic = describe_all(&self.broker, &[topic])?.pop();
+        let topic = describe_all(&self.broker, &[topic]).pop();
         Ok(Response::new(CreateTopicResponse { topic }))
     }
 
@@ -168,7 +167,7 @@ impl AdminService for AdminApi {
     }
 
     async fn list_topics(&self, _request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
-        let topics = describe_all(&self.broker, &self.broker.topics())?;
+        let topics = describe_all(&self.broker, &self.broker.topics());
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -177,7 +176,7 @@ impl AdminService for AdminApi {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let topic = self.broker.topic(&request.into_inner().name)?;
-        Ok(Response::new(DescribeTopicResponse { topic: describe_all(&self.broker, &[topic])?.pop() }))
+        Ok(Response::new(DescribeTopicResponse { topic: describe_all(&self.broker, &[topic]).pop() }))
     }
 
     async fn list_offsets(

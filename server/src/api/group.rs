@@ -111,7 +111,7 @@ impl GroupService for GroupApi {
                     m = inbound.next() => m,
                     _ = shutdown.changed() => None,
                     () = &mut lost => {
-                        let moved = "this broker is no longer the group coordinator (controller); rejoin";
+                        let moved = "this broker is no longer the group coordinator; rejoin";
                         let _ = tx.send(Err(Status::unavailable(moved)));
                         None
                     }

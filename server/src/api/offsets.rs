@@ -117,7 +117,7 @@ async fn commit_routed(
     }
 }
 
-/// A forwarded call that failed in transport or at the controller: retryable.
+/// A forwarded call that failed in transport or at the coordinator: retryable.
 fn upstream(s: Status) -> BrokerError {
     upstream_error("the group coordinator", &s)
 }

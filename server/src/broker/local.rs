@@ -5,10 +5,12 @@
 //! - the store is the commit point of topic creation and deletion: a topic exists iff its
 //!   record is in the store. Directories without a record (a crash mid-create or mid-delete)
 //!   are removed at start;
-//! - creates and deletes are serialized by `admin` (a write lock); commits hold it for reading,
-//!   so a topic's deletion (which deletes its committed offsets in the same sled transaction)
-//!   never interleaves with a commit for it, and a commit for a deleted incarnation stores
-//!   nothing;
+//! - creates and deletes are serialized by `admin`; a deletion (which deletes every group's
+//!   committed offsets for the topic in the same sled transaction) holds `offsets_gate` for
+//!   writing and commits hold it for reading, so they never interleave, and a commit for a
+//!   deleted incarnation stores nothing. A create never waits for commits, nor they for it;
+//! - committed offsets of topics that do not exist (left by a deletion before deletions took
+//!   them, or by a crash) are removed at start;
 //! - every batch [`LocalWriter::write`] appended is completed by its answer future (fsynced
 //!   per policy, high watermark advanced); the api layer awaits every one, even after its
 //!   client went away.
@@ -29,11 +31,13 @@ use crate::layout;
 use crate::log::{AppendBatch, LogError, RetentionOutcome};
 use crate::meta::{StoredOffset, TopicRecord};
 use crate::partition::Partition;
+use crate::topic_config::TopicSettings;
 
 /// A single node's control plane.
 #[derive(Debug, Default)]
 pub struct LocalControl {
-    admin: tokio::sync::RwLock<()>,
+    admin: tokio::sync::Mutex<()>,
+    offsets_gate: tokio::sync::RwLock<()>,
 }
 
 impl LocalControl {
@@ -57,6 +61,15 @@ impl LocalControl {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        let store = broker.store();
+        let orphans: Vec<String> = store.offset_topics()?.into_iter().filter(|t| !names.contains(t)).collect();
+        for topic in &orphans {
+            let n = store.remove_offsets_of(topic)?;
+            tracing::warn!(topic, partitions = n, "removed committed offsets of a topic that does not exist");
+        }
+        if !orphans.is_empty() {
+            store.flush()?;
+        }
         Ok(Arc::new(Self::default()))
     }
 }
@@ -79,22 +92,32 @@ fn open_topic(broker: &Broker, record: TopicRecord) -> Result<Topic, BrokerError
 
 #[tonic::async_trait]
 impl ControlPlane for LocalControl {
-    async fn create_topic(&self, broker: &Broker, new: NewTopic, _origin: Origin) -> Result<Arc<Topic>, BrokerError> {
-        if new.replication_factor > 1 {
-            return Err(BrokerError::InvalidArgument(format!(
-                "replication_factor {} is not possible: this broker runs as a single node (use 1)",
-                new.replication_factor
-            )));
+    fn replication_factor(&self, requested: u32) -> Result<u32, BrokerError> {
+        match requested {
+            0 | 1 => Ok(1),
+            rf => Err(BrokerError::InvalidArgument(format!(
+                "replication_factor {rf} is not possible: this broker runs as a single node (use 1)"
+            ))),
         }
-        let _admin = self.admin.write().await;
+    }
+
+    async fn create_topic(
+        &self,
+        broker: &Broker,
+        new: &NewTopic,
+        settings: TopicSettings,
+        _replication_factor: u32,
+        _origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let _admin = self.admin.lock().await;
         if broker.topic(&new.name).is_ok() {
-            return Err(BrokerError::TopicExists(new.name));
+            return Err(BrokerError::TopicExists(new.name.clone()));
         }
         let record = TopicRecord {
-            name: new.name,
+            name: new.name.clone(),
             partitions: new.partitions,
             created_at_ms: now_ms(),
-            settings: new.settings,
+            settings,
             replicas: Vec::new(),
         };
         // Leftovers of a crashed create/delete of the same name would be recovered as data.
@@ -110,10 +133,13 @@ impl ControlPlane for LocalControl {
     }
 
     async fn delete_topic(&self, broker: &Broker, name: &str, _origin: Origin) -> Result<(), BrokerError> {
-        let _admin = self.admin.write().await;
+        let _admin = self.admin.lock().await;
         broker.topic(name)?;
-        broker.store().delete_topic(name).await?; // commit point, with the topic's offsets
-        broker.withdraw_topic(name);
+        {
+            let _no_commits = self.offsets_gate.write().await;
+            broker.store().delete_topic(name).await?; // commit point, with the topic's offsets
+            broker.withdraw_topic(name);
+        }
         let dir = layout::topics_dir(&broker.options().data_dir).join(name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             // The record is gone, so startup will remove the directory; nothing is lost.
@@ -130,7 +156,7 @@ impl ControlPlane for LocalControl {
         topic: &Topic,
         offsets: Vec<StoredOffset>,
     ) -> Result<(), BrokerError> {
-        let _admin = self.admin.read().await;
+        let _gate = self.offsets_gate.read().await;
         let name = &topic.record.name;
         match broker.topic(name) {
             Ok(current) if std::ptr::eq(Arc::as_ptr(&current), topic) => {}
@@ -159,12 +185,15 @@ impl ControlPlane for LocalControl {
         Err(BrokerError::InvalidArgument(format!("broker {id} is unknown: this broker runs as a single node")))
     }
 
+    fn brokers(&self, broker: &Broker) -> BTreeMap<u64, String> {
+        BTreeMap::from([(broker.node_id(), broker.options().advertised_address.clone())])
+    }
+
     fn describe_cluster(&self, broker: &Broker) -> Result<ClusterView, BrokerError> {
-        let o = broker.options();
         Ok(ClusterView {
             cluster_id: broker.store().cluster_id()?,
             controller: Some(broker.node_id()),
-            brokers: BTreeMap::from([(broker.node_id(), o.advertised_address.clone())]),
+            brokers: self.brokers(broker),
         })
     }
 
@@ -209,4 +238,34 @@ impl PartitionWriter for LocalWriter {
     }
 
     async fn stop(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::BrokerOptions;
+
+    #[tokio::test]
+    async fn offsets_of_topics_that_do_not_exist_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = BrokerOptions {
+            data_dir: dir.path().to_path_buf(),
+            node_id: 1,
+            advertised_address: "127.0.0.1:0".into(),
+            topic_defaults: TopicSettings::default(),
+            retention_check_interval: Duration::from_secs(60),
+        };
+        let broker = Broker::open(options).unwrap();
+        let control = LocalControl::start(&broker).unwrap();
+        broker.set_control(control).unwrap();
+        let new = NewTopic { name: "live".into(), partitions: 1, ..NewTopic::default() };
+        broker.create_topic(new, Origin::Client).await.unwrap();
+        let at = [StoredOffset { partition: 0, offset: 3, commit_time_ms: 1, metadata: String::new() }];
+        // As a deletion before deletions took offsets along left them:
+        broker.store().commit_offsets("g", "gone", &at).await.unwrap();
+        broker.store().commit_offsets("g", "live", &at).await.unwrap();
+        LocalControl::start(&broker).unwrap();
+        assert!(broker.committed_offsets("g", "gone").unwrap().is_empty());
+        assert_eq!(broker.committed_offsets("g", "live").unwrap().len(), 1);
+    }
 }

@@ -169,13 +169,19 @@ impl Broker {
     }
 
     /// Creates a topic; returns it once it is durable and in this broker's topic table.
+    /// Checks, in this order: replication factor, settings, name and partitions, running,
+    /// exists.
     pub async fn create_topic(&self, topic: NewTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError> {
-        self.check_new_topic(&topic.name, topic.partitions, &topic.settings)?;
+        let control = self.control()?;
+        let rf = control.replication_factor(topic.replication_factor)?;
+        let settings =
+            self.options.topic_defaults.merged(topic.config.as_ref()).map_err(BrokerError::InvalidArgument)?;
+        self.check_new_topic(&topic.name, topic.partitions, &settings)?;
         self.check_running()?;
         if self.topic(&topic.name).is_ok() {
             return Err(BrokerError::TopicExists(topic.name));
         }
-        self.control()?.create_topic(self, topic, origin).await
+        control.create_topic(self, &topic, settings, rf, origin).await
     }
 
     /// Deletes a topic and its data. Its subscribers end with "topic deleted".
@@ -230,6 +236,14 @@ impl Broker {
     /// The channel to broker `id`, for a call passed on to it.
     pub fn channel_to(&self, id: u64) -> Result<tonic::transport::Channel, BrokerError> {
         self.control()?.channel_to(id)
+    }
+
+    /// Every broker's id (this one's alone while the control plane is not started).
+    pub fn broker_ids(&self) -> Vec<u64> {
+        match self.control() {
+            Ok(c) => c.brokers(self).into_keys().collect(),
+            Err(_) => vec![self.node_id()],
+        }
     }
 
     /// Brokers, controller, cluster id.

@@ -47,15 +47,17 @@ use crate::log::{AppendBatch, RetentionOutcome};
 use crate::meta::StoredOffset;
 use crate::partition::ProduceOutcome;
 use crate::topic_config::TopicSettings;
+use tidelog_proto::v1::TopicConfig;
 
-/// A topic to create. `settings` are complete (the broker's defaults merged in).
-#[derive(Clone, Debug)]
+/// A topic to create, as requested.
+#[derive(Clone, Debug, Default)]
 pub struct NewTopic {
     pub name: String,
     pub partitions: u32,
     /// 0 = the control plane's default.
     pub replication_factor: u32,
-    pub settings: TopicSettings,
+    /// The settings asked for; the broker's topic defaults fill in the rest.
+    pub config: Option<TopicConfig>,
 }
 
 /// Who the cluster is, for DescribeCluster.
@@ -83,8 +85,20 @@ pub type WriteAnswer = BoxFuture<'static, Result<ProduceOutcome, BrokerError>>;
 /// Who decides metadata, and where requests that need a single decider go.
 #[tonic::async_trait]
 pub trait ControlPlane: Send + Sync + std::fmt::Debug {
-    /// Creates a topic (checked by the broker already: name, partitions, settings).
-    async fn create_topic(&self, broker: &Broker, topic: NewTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError>;
+    /// The replication factor a create that asks for `requested` gets (0: the default), or
+    /// why it cannot have it. Checked before anything else about a create.
+    fn replication_factor(&self, requested: u32) -> Result<u32, BrokerError>;
+
+    /// Creates a topic. The broker checked it already (name, partitions, `settings`: the
+    /// request's config over the broker's defaults) and resolved its replication factor.
+    async fn create_topic(
+        &self,
+        broker: &Broker,
+        topic: &NewTopic,
+        settings: TopicSettings,
+        replication_factor: u32,
+        origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError>;
 
     /// Deletes a topic and its data; its subscribers end with "topic deleted".
     async fn delete_topic(&self, broker: &Broker, name: &str, origin: Origin) -> Result<(), BrokerError>;
@@ -115,6 +129,9 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
 
     /// The gRPC channel to broker `id`, for calls passed on to it.
     fn channel_to(&self, id: u64) -> Result<tonic::transport::Channel, BrokerError>;
+
+    /// Every broker's id and client address, this one included.
+    fn brokers(&self, broker: &Broker) -> BTreeMap<u64, String>;
 
     /// Brokers, controller, cluster id.
     fn describe_cluster(&self, broker: &Broker) -> Result<ClusterView, BrokerError>;

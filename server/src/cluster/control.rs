@@ -5,8 +5,9 @@
 //! created a topic anywhere can use it there at once.
 //!
 //! Consumer groups are coordinated by the controller alone, so one coordinator fences every
-//! commit of a group: [`Cluster::coordinator_location`] decides where their calls go.
+//! commit of a group: [`ControlPlane::coordinator`] below decides where their calls go.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,11 @@ use futures::future::BoxFuture;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::{CreateTopicRequest, DeleteTopicRequest};
 
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::Instant as _;
+
 use super::metadata::{self, MetaCommand};
-use super::{placement, Cluster};
+use super::{placement, Cluster, RaftReplica};
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
 use crate::broker::seam::{ClusterView, ControlPlane, NewTopic};
 use crate::broker::{Broker, Topic};
@@ -23,28 +27,40 @@ use crate::clock::now_ms;
 use crate::config::MAX_NODE_ID;
 use crate::error::BrokerError;
 use crate::meta::{StoredOffset, TopicRecord};
+use crate::topic_config::TopicSettings;
 
 #[tonic::async_trait]
 impl ControlPlane for Cluster {
-    async fn create_topic(&self, broker: &Broker, new: NewTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError> {
+    fn replication_factor(&self, requested: u32) -> Result<u32, BrokerError> {
+        let n = self.brokers().len() as u32;
+        match requested {
+            0 => Ok(placement::DEFAULT_REPLICATION_FACTOR.min(n)),
+            rf if rf <= n => Ok(rf),
+            rf => Err(BrokerError::InvalidArgument(format!(
+                "replication_factor {rf} is more than the {n} brokers of this cluster (use 1..={n}, or 0 for {})",
+                placement::DEFAULT_REPLICATION_FACTOR.min(n)
+            ))),
+        }
+    }
+
+    /// Proposed by the controller with the placement; any other broker passes the request on
+    /// to the controller as it came (so the controller's topic defaults apply, as for a create
+    /// sent to it directly) and answers once it applied the topic itself.
+    async fn create_topic(
+        &self,
+        broker: &Broker,
+        new: &NewTopic,
+        settings: TopicSettings,
+        rf: u32,
+        origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError> {
         let brokers: Vec<u64> = self.brokers().keys().copied().collect();
-        let n = brokers.len() as u32;
-        let rf = match new.replication_factor {
-            0 => placement::DEFAULT_REPLICATION_FACTOR.min(n),
-            rf if rf <= n => rf,
-            rf => {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "replication_factor {rf} is more than the {n} brokers of this cluster (use 1..={n}, or 0 for {})",
-                    placement::DEFAULT_REPLICATION_FACTOR.min(n)
-                )))
-            }
-        };
         let replicas = placement::assign(&brokers, new.partitions, rf, &new.name);
         let record = TopicRecord {
             name: new.name.clone(),
             partitions: new.partitions,
             created_at_ms: now_ms(),
-            settings: new.settings.clone(),
+            settings,
             replicas,
         };
         match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
@@ -52,7 +68,7 @@ impl ControlPlane for Cluster {
                 self.wait_applied(offset + 1, APPLY_WAIT).await?;
                 let topic = broker.topic(&new.name)?;
                 if topic.topic_id != metadata::topic_id_at(offset) {
-                    return Err(BrokerError::TopicExists(new.name));
+                    return Err(BrokerError::TopicExists(new.name.clone()));
                 }
                 Ok(topic)
             }
@@ -60,8 +76,8 @@ impl ControlPlane for Cluster {
                 let req = CreateTopicRequest {
                     name: new.name.clone(),
                     partitions: new.partitions,
-                    replication_factor: rf,
-                    config: Some(new.settings.to_proto()),
+                    replication_factor: new.replication_factor,
+                    config: new.config,
                 };
                 self.admin_client(id)?
                     .create_topic(forwarded_request(req, Some(APPLY_WAIT)))
@@ -129,8 +145,15 @@ impl ControlPlane for Cluster {
         Ok(local * MAX_NODE_ID as i64 + self.node_id() as i64)
     }
 
+    /// On the controller, the only broker that proposes `CommitOffsets`, so one coordinator
+    /// fences every commit of a group. This broker counts as the controller only while it
+    /// leads with a fresh quorum ([`Cluster::leads_with_quorum`]) *and* has applied an entry
+    /// of its own term (so every commit acknowledged by an earlier controller is applied here
+    /// before it answers a FetchCommitted). Waits up to `CONTROLLER_WAIT` for a controller to
+    /// be known, then answers a retryable `NotLeader` (also what a controller cut off from its
+    /// quorum answers).
     async fn coordinator(&self, origin: Origin) -> Result<Route, BrokerError> {
-        match self.coordinator_location(CONTROLLER_WAIT).await? {
+        match self.controller_serving(CONTROLLER_WAIT).await? {
             None => Ok(Route::Here),
             Some(id) if origin == Origin::Forwarded => Err(BrokerError::NotLeader {
                 what: format!("the group coordinator (it moved to broker {id}; retry)"),
@@ -140,16 +163,40 @@ impl ControlPlane for Cluster {
         }
     }
 
+    /// Once this broker no longer leads the metadata group with a fresh quorum (or the group
+    /// stopped): the group sessions it coordinates end, and their members rejoin at the new
+    /// controller.
     fn coordinator_lost(self: Arc<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move { self.controller_lost().await })
+        Box::pin(async move {
+            let mut metrics = self.metadata_group.raft.metrics();
+            let check = Duration::from_millis(self.raft_config.heartbeat_interval);
+            while self.leads_with_quorum() {
+                if let Ok(Err(_)) = tokio::time::timeout(check, metrics.changed()).await {
+                    return;
+                }
+            }
+        })
     }
 
+    /// Once this broker's view of the controller is no longer `id` (a proxied session then
+    /// ends, and its member rejoins where the controller is now).
     fn coordinator_moved_from(self: Arc<Self>, id: u64) -> BoxFuture<'static, ()> {
-        Box::pin(async move { self.controller_moved_from(id).await })
+        Box::pin(async move {
+            let mut metrics = self.metadata_group.raft.metrics();
+            while self.controller() == Some(id) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     fn channel_to(&self, id: u64) -> Result<tonic::transport::Channel, BrokerError> {
         self.channel_to_broker(id)
+    }
+
+    fn brokers(&self, _broker: &Broker) -> BTreeMap<u64, String> {
+        Cluster::brokers(self).clone()
     }
 
     fn describe_cluster(&self, _broker: &Broker) -> Result<ClusterView, BrokerError> {
@@ -170,22 +217,83 @@ impl ControlPlane for Cluster {
         (self.meta_term().min(0xFFFF) as u32) << 16
     }
 
+    /// Hands the leadership of every group this broker leads (partitions and the metadata
+    /// group) to an up-to-date follower, all at once. Producers then get NOT_LEADER naming the
+    /// new leader and re-route, instead of waiting out an election timeout: a rolling restart
+    /// costs a re-route per partition, not errors.
     async fn hand_over(&self, _broker: &Broker, wait: Duration) {
-        self.hand_over_leadership(wait).await;
+        // From now on this broker takes no leadership handed to it.
+        self.groups.set_stopping();
+        let replicas: Vec<RaftReplica> =
+            self.partition_replicas().into_iter().chain([self.metadata_group.clone()]).collect();
+        let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_to(None, wait))).await;
+        let n = moved.iter().filter(|m| **m).count();
+        tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");
     }
 
+    /// Stops every Raft group hosted here (partitions, then metadata). Followers of a group
+    /// this broker still led (no hand-over) elect after their election timeout.
     async fn stop(&self, _broker: &Broker) {
-        self.shutdown().await;
+        for r in self.partition_replicas() {
+            r.stop(&self.groups).await;
+        }
+        self.metadata_group.stop(&self.groups).await;
     }
 }
 
 impl Cluster {
     /// The channel to broker `id`, or a retryable error when its address is unknown.
     fn channel_to_broker(&self, id: u64) -> Result<tonic::transport::Channel, BrokerError> {
-        self.channel_to(id).ok_or_else(|| BrokerError::NotLeader {
-            what: format!("this call here (no address is known for broker {id})"),
+        self.peers.channel(id).map_err(|_| BrokerError::NotLeader {
+            what: format!("this call here (no address is known for the controller, broker {id})"),
             leader: None,
         })
+    }
+
+    /// Whether this broker leads the metadata group *and* a quorum acknowledged it within
+    /// the minimum election timeout: no other broker can have been elected since (followers
+    /// vote only after that long without hearing from it). openraft never steps down a
+    /// leader cut off from its quorum, so leadership alone is not enough to serve groups.
+    fn leads_with_quorum(&self) -> bool {
+        let m = self.metadata_group.raft.metrics().borrow_watched().clone();
+        let lease = Duration::from_millis(self.raft_config.election_timeout_min);
+        m.current_leader == Some(self.node_id) && m.last_quorum_acked.is_some_and(|t| t.elapsed() < lease)
+    }
+
+    /// The controller once one is known: `None` if it is this broker and it may serve groups
+    /// ([`ControlPlane::coordinator`] says when), else its id. Waits up to `wait`.
+    async fn controller_serving(&self, wait: Duration) -> Result<Option<u64>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut metrics = self.metadata_group.raft.metrics();
+        let mut applied = self.applied.subscribe();
+        let recheck = Duration::from_millis(self.raft_config.heartbeat_interval);
+        loop {
+            let (leader, current) = {
+                let m = metrics.borrow_watched();
+                let own_term_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+                (m.current_leader, own_term_applied)
+            };
+            match leader {
+                Some(id) if id != self.node_id => return Ok(Some(id)),
+                Some(_) if current && self.metadata_ready() && self.leads_with_quorum() => return Ok(None),
+                _ => {}
+            }
+            let changed = async {
+                tokio::select! {
+                    r = metrics.changed() => r.is_ok(),
+                    r = applied.changed() => r.is_ok(),
+                    () = tokio::time::sleep(recheck) => true, // a quorum ack refreshes no watch
+                }
+            };
+            if tokio::time::Instant::now() >= deadline
+                || !matches!(tokio::time::timeout_at(deadline, changed).await, Ok(true))
+            {
+                return Err(BrokerError::NotLeader {
+                    what: "the group coordinator (no controller with a quorum yet; retry)".into(),
+                    leader: None,
+                });
+            }
+        }
     }
 
     /// The admin service of broker `id` (the controller).

@@ -274,7 +274,9 @@ async fn delete(
     // Every group's offsets for it go with it (a recreated topic starts without them). By
     // name: at a restart's re-apply this may take a later incarnation's offsets too, and the
     // later commits in the log put them back.
-    broker.store().remove_offsets_of(name)?;
+    if let Err(e) = broker.store().remove_offsets_of(name) {
+        tracing::error!(topic = name, error = %e, "could not remove a deleted topic's committed offsets");
+    }
     for p in 0..partitions {
         cluster.unhost(group_id(topic_id, p));
         broker.store().raft_state(group_id(topic_id, p))?.clear().await?;

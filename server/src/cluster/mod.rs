@@ -30,8 +30,9 @@
 //!   every broker and a recreated topic never shares a Raft group (group id = id << 16 | p)
 //!   with an old incarnation;
 //! - this module never writes a partition's log itself: only its Raft group does;
-//! - `hosted` holds exactly the partition groups of the topics in the broker's topic table
-//!   that this broker holds a replica of.
+//! - `hosted` holds the partition groups this broker opened for the topics in its topic
+//!   table (and, after a create that failed midway on this broker, the groups it opened
+//!   before the failure, until the topic is deleted).
 
 pub mod control;
 pub mod metadata;
@@ -46,7 +47,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::Instant as _;
 use tokio::sync::watch;
 
 pub use replica::RaftReplica;
@@ -60,6 +60,11 @@ use crate::raft::transport::{QuiesceContext, RaftGroups};
 /// The metadata group's Raft group id. Partition groups are `topic_id << 16 | partition`
 /// with `topic_id >= 1`, so they never collide with it.
 pub const META_GROUP: u64 = 0;
+
+/// Broker `leader`'s id and client address in `brokers`, for NOT_LEADER hints.
+pub fn leader_hint_in(brokers: &BTreeMap<u64, String>, leader: Option<u64>) -> Option<(u64, String)> {
+    leader.and_then(|id| brokers.get(&id).map(|a| (id, a.clone())))
+}
 
 /// The Raft group of partition `partition` of topic incarnation `topic_id`.
 pub fn group_id(topic_id: u64, partition: u32) -> u64 {
@@ -229,12 +234,7 @@ impl Cluster {
 
     /// A leader's id and client address, for NOT_LEADER hints.
     pub fn leader_hint(&self, leader: Option<u64>) -> Option<(u64, String)> {
-        leader.and_then(|id| self.brokers.get(&id).map(|a| (id, a.clone())))
-    }
-
-    /// The gRPC channel to another broker (for forwarding metadata writes to the controller).
-    pub fn channel_to(&self, node: u64) -> Option<tonic::transport::Channel> {
-        self.peers.channel(node).ok()
+        leader_hint_in(&self.brokers, leader)
     }
 
     /// Waits until the metadata log is applied up to `offset`, for at most `wait`.
@@ -253,22 +253,6 @@ impl Cluster {
     /// Changes whenever more metadata is applied.
     pub fn watch_applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
-    }
-
-    /// Graceful shutdown, first step (while this broker still serves Raft and clients): hands
-    /// the leadership of every group it leads (partitions and the metadata group) to an
-    /// up-to-date follower, all at once, waiting at most `wait`. Producers then get NOT_LEADER
-    /// naming the new leader and re-route, instead of waiting out an election timeout: a
-    /// rolling restart costs a re-route per partition, not errors. Returns how many moved.
-    pub async fn hand_over_leadership(&self, wait: Duration) -> usize {
-        // From now on this broker takes no leadership handed to it.
-        self.groups.set_stopping();
-        let replicas: Vec<RaftReplica> =
-            self.partition_replicas().into_iter().chain([self.metadata_group.clone()]).collect();
-        let moved = futures::future::join_all(replicas.iter().map(|r| r.hand_to(None, wait))).await;
-        let n = moved.iter().filter(|m| **m).count();
-        tracing::info!(moved = n, groups = replicas.len(), "leadership handed over for shutdown");
-        n
     }
 
     /// Kafka's preferred-leader election: for every partition this broker leads whose
@@ -293,16 +277,6 @@ impl Cluster {
         n
     }
 
-    /// Leaves the cluster: stops every Raft group hosted here (partitions, then metadata).
-    /// Followers of a group this broker still led (no hand-over) elect after their election
-    /// timeout.
-    pub async fn shutdown(&self) {
-        for r in self.partition_replicas() {
-            r.stop(&self.groups).await;
-        }
-        self.metadata_group.stop(&self.groups).await;
-    }
-
     /// Whether this broker's topic table is current: a controller is known (so this replica
     /// has heard the leader's commit point) and everything committed here is applied. Until
     /// then (a restart, a partition) an unknown topic may just not be applied yet, and is
@@ -319,80 +293,5 @@ impl Cluster {
     /// The controller (metadata leader), if one is known.
     pub fn controller(&self) -> Option<u64> {
         self.metadata_group.raft.metrics().borrow_watched().current_leader
-    }
-
-    /// Whether this broker leads the metadata group *and* a quorum acknowledged it within
-    /// the minimum election timeout: no other broker can have been elected since (followers
-    /// vote only after that long without hearing from it). openraft never steps down a
-    /// leader cut off from its quorum, so leadership alone is not enough to serve groups.
-    fn leads_with_quorum(&self) -> bool {
-        let m = self.metadata_group.raft.metrics().borrow_watched().clone();
-        let lease = Duration::from_millis(self.raft_config.election_timeout_min);
-        m.current_leader == Some(self.node_id) && m.last_quorum_acked.is_some_and(|t| t.elapsed() < lease)
-    }
-
-    /// Where consumer-group coordination runs: on the controller, which is the only broker
-    /// that proposes `CommitOffsets`, so one coordinator fences every commit of a group.
-    /// `None`: here. This broker counts as the controller only while it leads with a fresh
-    /// quorum ([`Cluster::leads_with_quorum`]) *and* has applied an entry of its own term (so
-    /// every commit acknowledged by an earlier controller is applied here before it answers
-    /// a FetchCommitted). Waits up to `wait` for a controller to be known, then answers a
-    /// retryable `NotLeader` (also what a controller cut off from its quorum answers).
-    pub async fn coordinator_location(&self, wait: Duration) -> Result<Option<u64>, BrokerError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut metrics = self.metadata_group.raft.metrics();
-        let mut applied = self.applied.subscribe();
-        let recheck = Duration::from_millis(self.raft_config.heartbeat_interval);
-        loop {
-            let (leader, current) = {
-                let m = metrics.borrow_watched();
-                let own_term_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
-                (m.current_leader, own_term_applied)
-            };
-            match leader {
-                Some(id) if id != self.node_id => return Ok(Some(id)),
-                Some(_) if current && self.metadata_ready() && self.leads_with_quorum() => return Ok(None),
-                _ => {}
-            }
-            let changed = async {
-                tokio::select! {
-                    r = metrics.changed() => r.is_ok(),
-                    r = applied.changed() => r.is_ok(),
-                    () = tokio::time::sleep(recheck) => true, // a quorum ack refreshes no watch
-                }
-            };
-            if tokio::time::Instant::now() >= deadline
-                || !matches!(tokio::time::timeout_at(deadline, changed).await, Ok(true))
-            {
-                return Err(BrokerError::NotLeader {
-                    what: "the group coordinator (no controller with a quorum yet; retry)".into(),
-                    leader: None,
-                });
-            }
-        }
-    }
-
-    /// Resolves once this broker no longer leads the metadata group with a fresh quorum (or
-    /// the group stopped): the group sessions it coordinates end then, and their members
-    /// rejoin at the new controller.
-    pub async fn controller_lost(&self) {
-        let mut metrics = self.metadata_group.raft.metrics();
-        let check = Duration::from_millis(self.raft_config.heartbeat_interval);
-        while self.leads_with_quorum() {
-            if let Ok(Err(_)) = tokio::time::timeout(check, metrics.changed()).await {
-                return;
-            }
-        }
-    }
-
-    /// Resolves once this broker's view of the controller is no longer `id` (a proxied
-    /// session then ends, and its member rejoins where the controller is now).
-    pub async fn controller_moved_from(&self, id: u64) {
-        let mut metrics = self.metadata_group.raft.metrics();
-        while self.controller() == Some(id) {
-            if metrics.changed().await.is_err() {
-                return;
-            }
-        }
     }
 }

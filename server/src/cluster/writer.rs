@@ -45,7 +45,7 @@ impl PartitionWriter for RaftWriter {
             on_append: AppendHook::default(),
         };
         let brokers = Arc::clone(&self.brokers);
-        let hint = move |leader: Option<u64>| leader.and_then(|id| brokers.get(&id).map(|a| (id, a.clone())));
+        let hint = move |leader: Option<u64>| super::leader_hint_in(&brokers, leader);
         let what = format!("partition {} of topic '{}'", self.log.index(), self.log.topic());
         let answer = self.replica.propose(proposed, acks == Acks::Leader, hint, what).await?;
         Ok(Box::pin(answer))

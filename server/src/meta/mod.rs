@@ -96,6 +96,13 @@ fn offsets_prefix(group: &str, topic: &str) -> Vec<u8> {
     k
 }
 
+/// The topic of an offsets key: group 0x00 topic 0x00 partition (4 bytes). Group and topic
+/// names never contain 0x00; the partition's bytes may.
+fn topic_of_offset_key(k: &[u8]) -> Option<&[u8]> {
+    let group_end = k.iter().position(|b| *b == 0)?;
+    k.get(group_end + 1..k.len().checked_sub(5)?)
+}
+
 impl MetaStore {
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
@@ -157,19 +164,25 @@ impl MetaStore {
         Ok(keys.len())
     }
 
+    /// Every topic some group has committed offsets for (a full scan).
+    pub fn offset_topics(&self) -> Result<std::collections::BTreeSet<String>, MetaError> {
+        let mut topics = std::collections::BTreeSet::new();
+        for kv in self.offsets.iter() {
+            let (k, _) = kv?;
+            if let Some(t) = topic_of_offset_key(&k) {
+                topics.insert(String::from_utf8_lossy(t).into_owned());
+            }
+        }
+        Ok(topics)
+    }
+
     /// The keys of every committed offset for `topic`, whatever the group (a full scan: topic
     /// deletion is rare, commits are not, so the key leads with the group).
     fn offset_keys_of(&self, topic: &str) -> Result<Vec<sled::IVec>, MetaError> {
         let mut keys = Vec::new();
         for kv in self.offsets.iter() {
             let (k, _) = kv?;
-            // group 0x00 topic 0x00 partition(4): group names never contain 0x00.
-            let named = k
-                .iter()
-                .position(|b| *b == 0)
-                .and_then(|g| k.get(g + 1..k.len().checked_sub(5)?))
-                .is_some_and(|t| t == topic.as_bytes());
-            if named {
+            if topic_of_offset_key(&k) == Some(topic.as_bytes()) {
                 keys.push(k);
             }
         }
@@ -347,6 +360,8 @@ mod tests {
             }
         }
         assert_eq!(m.topics().unwrap().len(), 3);
+        let named: Vec<String> = m.offset_topics().unwrap().into_iter().collect();
+        assert_eq!(named, ["a", "t.2", "tt"]);
         assert_eq!(m.remove_offsets_of("tt").unwrap(), 6);
         assert!(m.committed_offsets("g", "tt").unwrap().is_empty());
         assert_eq!(m.committed_offsets("g", "a").unwrap().len(), 2);
