@@ -100,8 +100,14 @@ async fn next_record(c: &mut GroupConsumer) -> tidelog::ConsumedRecord {
     tokio::time::timeout(Duration::from_secs(10), c.next()).await.expect("no record").unwrap().unwrap()
 }
 
+/// The group as the broker describes it; before its first member joined (NOT_FOUND), a group
+/// in no state.
 async fn describe(client: &Client) -> DescribeGroupResponse {
-    client.groups().describe_group(DescribeGroupRequest { group: "workers".into() }).await.unwrap().into_inner()
+    match client.groups().describe_group(DescribeGroupRequest { group: "workers".into() }).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => DescribeGroupResponse::default(),
+        Err(s) => panic!("describe group: {s}"),
+    }
 }
 
 /// The current assignment if the group is stable with `members` members, checked disjoint and

@@ -6,7 +6,10 @@
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
-use tidelog_proto::v1::{CreateTopicRequest, DescribeTopicRequest, TopicConfig, TopicDescription};
+use tidelog_proto::v1::{
+    CreateTopicRequest, DeleteGroupRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest,
+    GroupListing, ListGroupsRequest, PartitionReset, ResetOffsetsRequest, TopicConfig, TopicDescription,
+};
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -153,4 +156,48 @@ impl Client {
         let resp = self.admin().describe_topic(DescribeTopicRequest { name: name.into() }).await?.into_inner();
         resp.topic.ok_or_else(|| Error::Decode("DescribeTopic returned no topic".into()))
     }
+
+    /// Every consumer group the cluster knows (members or committed offsets), with its state,
+    /// member count and assignor.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, Error> {
+        Ok(self.groups().list_groups(ListGroupsRequest {}).await?.into_inner().groups)
+    }
+
+    /// A group's members, assignments and lag; `Error::Status` with NOT_FOUND for a group
+    /// that does not exist.
+    pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, Error> {
+        Ok(self.groups().describe_group(DescribeGroupRequest { group: group.into() }).await?.into_inner())
+    }
+
+    /// Deletes a group's committed offsets; refused (FAILED_PRECONDITION) while it has
+    /// members. Returns how many partitions' offsets were deleted.
+    pub async fn delete_group(&self, group: &str) -> Result<u32, Error> {
+        Ok(self.groups().delete_group(DeleteGroupRequest { group: group.into() }).await?.into_inner().offsets_deleted)
+    }
+
+    /// Moves an inactive group's committed offsets for `topic` (every partition when
+    /// `partitions` is empty), as `kafka-consumer-groups --reset-offsets` does; with `dry_run`
+    /// only reports what would change. Each partition's offset before and after.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<PartitionReset>, Error> {
+        let req = ResetOffsetsRequest {
+            group: group.into(),
+            topic: topic.into(),
+            partitions: partitions.to_vec(),
+            to: Some(to),
+            dry_run,
+        };
+        Ok(self.groups().reset_offsets(req).await?.into_inner().partitions)
+    }
 }
+
+/// Where [`Client::reset_offsets`] moves a group's offsets: `Earliest(true)`,
+/// `Latest(true)`, `Offset(n)`, `TimestampMs(t)` or `ShiftBy(d)` (targets are clamped into
+/// the partition's log start..high watermark).
+pub use crate::proto::v1::reset_offsets_request::To as ResetTo;

@@ -24,6 +24,8 @@
 //! | UnknownProducer              | UNKNOWN_PRODUCER     | FAILED_PRECONDITION | re-init |
 //! | IllegalGeneration            | ILLEGAL_GENERATION   | FAILED_PRECONDITION | rejoin |
 //! | InconsistentGroup            | INCONSISTENT_GROUP   | FAILED_PRECONDITION | no     |
+//! | UnknownGroup                 | UNKNOWN_GROUP        | NOT_FOUND           | no     |
+//! | GroupNotEmpty                | NON_EMPTY_GROUP      | FAILED_PRECONDITION | after its members stop |
 //! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
 //! | Forwarded (another broker's) | by its gRPC status   | as it came          | as it says |
 
@@ -65,6 +67,10 @@ pub enum BrokerError {
     IllegalGeneration(String),
     #[error("{0}")]
     InconsistentGroup(String),
+    #[error("group '{0}' does not exist (it has no members and no committed offsets)")]
+    UnknownGroup(String),
+    #[error("group '{group}' has {members} member(s); stop its consumers first")]
+    GroupNotEmpty { group: String, members: usize },
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
     /// Another broker's answer to a call this broker passed on to it (`broker/route.rs`),
@@ -109,6 +115,8 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::UnknownProducer { .. } => (ErrorCode::UnknownProducer, Code::FailedPrecondition),
         B::IllegalGeneration(_) => (ErrorCode::IllegalGeneration, Code::FailedPrecondition),
         B::InconsistentGroup(_) => (ErrorCode::InconsistentGroup, Code::FailedPrecondition),
+        B::UnknownGroup(_) => (ErrorCode::UnknownGroup, Code::NotFound),
+        B::GroupNotEmpty { .. } => (ErrorCode::NonEmptyGroup, Code::FailedPrecondition),
         B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),
         B::Forwarded(s) => (forwarded_code(s.code()), s.code()),
     }

@@ -36,6 +36,7 @@ every_seam!(
     committed_offsets_and_topics_survive_a_restart,
     producer_ids_are_unique_and_group_calls_have_one_coordinator,
     a_recreated_topic_starts_without_the_deleted_ones_offsets,
+    a_deleted_group_loses_its_offsets_everywhere_and_for_good,
 );
 
 async fn topics_are_created_written_read_and_deleted(mode: Mode) {
@@ -235,5 +236,33 @@ async fn a_recreated_topic_starts_without_the_deleted_ones_offsets(mode: Mode) {
         .await;
         assert_eq!(got.iter().map(|o| o.offset).collect::<Vec<_>>(), [1]);
         assert!(b.committed_offsets("other", "t").unwrap().is_empty());
+    }
+}
+
+async fn a_deleted_group_loses_its_offsets_everywhere_and_for_good(mode: Mode) {
+    let mut c = Brokers::start(mode).await;
+    let coordinator = c.coordinator().await;
+    let topics = [
+        coordinator.create_topic(new_topic("a", 2), Origin::Client).await.unwrap(),
+        coordinator.create_topic(new_topic("b", 1), Origin::Client).await.unwrap(),
+    ];
+    let at = |p: u32| StoredOffset { partition: p, offset: 4, commit_time_ms: now_ms(), metadata: String::new() };
+    for group in ["old", "older", "kept"] {
+        for t in &topics {
+            let offsets = (0..t.record.partitions).map(at).collect();
+            coordinator.commit_offsets(group, t, offsets).await.unwrap();
+        }
+    }
+    assert_eq!(coordinator.delete_group("old").await.unwrap(), 3);
+    drop((coordinator, topics));
+    c.restart_all().await;
+    // Every broker converges on: "old" gone, "older" (a name it prefixes) and "kept" whole.
+    for b in c.brokers() {
+        eventually("only the deleted group gone after a restart", WAIT, || async {
+            let groups: Vec<String> = b.groups_with_offsets().unwrap().into_iter().collect();
+            let whole = b.committed_offsets("older", "a").unwrap().len() == 2;
+            (groups == ["kept", "older"] && whole && !b.group_has_offsets("old").unwrap()).then_some(())
+        })
+        .await;
     }
 }

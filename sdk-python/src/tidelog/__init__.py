@@ -10,7 +10,14 @@ Keys are partitioned exactly as Kafka and the Rust SDK do (murmur2), so Python a
 producers agree, and Python and Rust consumers can share one consumer group.
 """
 
-from .admin import AdminClient, ClusterDescription, GroupDescription, TopicDescription
+from .admin import (
+    AdminClient,
+    ClusterDescription,
+    GroupDescription,
+    GroupListing,
+    PartitionReset,
+    TopicDescription,
+)
 from .consumer import Consumer
 from .errors import (
     ClosedError,
@@ -18,12 +25,14 @@ from .errors import (
     DeliveryTimeoutError,
     ErrorCode,
     FatalError,
+    GroupNotEmptyError,
     IllegalGenerationError,
     OffsetOutOfRangeError,
     ProducerFencedError,
     RetriableError,
     TidelogError,
     TopicExistsError,
+    UnknownGroupError,
     UnknownTopicError,
 )
 from .partitioner import murmur2, partition_for_key
@@ -40,9 +49,12 @@ __all__ = [
     "ErrorCode",
     "FatalError",
     "GroupDescription",
+    "GroupListing",
+    "GroupNotEmptyError",
     "IllegalGenerationError",
     "Message",
     "OffsetOutOfRangeError",
+    "PartitionReset",
     "Producer",
     "ProducerFencedError",
     "RetriableError",
@@ -50,6 +62,7 @@ __all__ = [
     "TopicDescription",
     "TopicExistsError",
     "TopicPartition",
+    "UnknownGroupError",
     "UnknownTopicError",
     "murmur2",
     "partition_for_key",

@@ -33,7 +33,14 @@ from ._brokers import Stubs
 from ._channel import sync_channel
 from ._config import ADMIN_KEYS, parse, target, targets
 from ._failover import Ring, call_sync
-from .errors import ConfigError, from_rpc_error
+from .errors import (
+    ConfigError,
+    FatalError,
+    GroupNotEmptyError,
+    UnknownGroupError,
+    UnknownTopicError,
+    from_rpc_error,
+)
 from .types import TopicPartition
 from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2
 
@@ -78,6 +85,24 @@ class ClusterDescription:
     controller_id: int
     #: Broker id → address (``host:port``); a single node lists itself.
     brokers: dict[int, str]
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    group: str
+    #: ``"empty"``, ``"rebalancing"``, ``"awaiting_sync"`` or ``"stable"``.
+    state: str
+    members: int
+    #: The assignor of the current generation ("" when the group has none).
+    protocol: str
+
+
+@dataclass(frozen=True)
+class PartitionReset:
+    partition: int
+    #: The committed offset before the reset (``None``: the group had none).
+    before: int | None
+    after: int
 
 
 @dataclass(frozen=True)
@@ -253,9 +278,82 @@ class AdminClient:
         req = offsets_service_pb2.FetchCommittedRequest(group=group, topic=topic)
         return {o.partition: o.offset for o in self._call(lambda s: s.offsets.FetchCommitted, req).offsets}
 
+    def list_groups(self) -> list[GroupListing]:
+        """Every consumer group: those with members and those with committed offsets."""
+        r = self._call(lambda s: s.groups.ListGroups, group_service_pb2.ListGroupsRequest())
+        return [GroupListing(g.group, g.state, g.members, g.protocol) for g in r.groups]
+
+    def delete_group(self, group: str) -> int:
+        """Deletes a group's committed offsets; returns how many. Raises
+        :class:`UnknownGroupError` if it does not exist and :class:`GroupNotEmptyError` while it
+        has members (stop its consumers first)."""
+        req = group_service_pb2.DeleteGroupRequest(group=group)
+        r = self._group_call(lambda s: s.groups.DeleteGroup, req, group)
+        return int(r.offsets_deleted)
+
+    def reset_offsets(
+        self,
+        group: str,
+        topic: str,
+        *,
+        to: str | None = None,
+        offset: int | None = None,
+        timestamp_ms: int | None = None,
+        shift_by: int | None = None,
+        partitions: list[int] | None = None,
+        dry_run: bool = False,
+    ) -> list[PartitionReset]:
+        """Moves an inactive group's committed offsets for ``topic`` (every partition unless
+        ``partitions``), as ``kafka-consumer-groups --reset-offsets`` does. Give exactly one of
+        ``to="earliest"`` / ``to="latest"``, ``offset``, ``timestamp_ms`` (the first record
+        appended at or after it) or ``shift_by`` (from the committed offset). Targets are clamped
+        into the partition's log. With ``dry_run`` nothing changes; either way each partition's
+        offset before and after is returned. Raises :class:`GroupNotEmptyError` while the group
+        has members."""
+        req = group_service_pb2.ResetOffsetsRequest(
+            group=group, topic=topic, partitions=partitions or [], dry_run=dry_run
+        )
+        given = [v is not None for v in (to, offset, timestamp_ms, shift_by)]
+        if sum(given) != 1:
+            raise ConfigError("reset_offsets: give exactly one of to=, offset=, timestamp_ms=, shift_by=")
+        if to == "earliest":
+            req.earliest = True
+        elif to == "latest":
+            req.latest = True
+        elif to is not None:
+            raise ConfigError(f"reset_offsets to={to!r}: expected 'earliest' or 'latest'")
+        elif offset is not None:
+            req.offset = offset
+        elif timestamp_ms is not None:
+            req.timestamp_ms = timestamp_ms
+        elif shift_by is not None:
+            req.shift_by = shift_by
+        r = self._group_call(lambda s: s.groups.ResetOffsets, req, group)
+        return [
+            PartitionReset(p.partition, p.before if p.HasField("before") else None, p.after)
+            for p in r.partitions
+        ]
+
+    def _group_call(self, method: Callable[[Stubs], Any], request: Any, group: str) -> Any:
+        """A group administration call: NOT_FOUND names the group (unless it names a topic),
+        FAILED_PRECONDITION means the group has members."""
+        try:
+            return self._call(method, request)
+        except UnknownTopicError as e:
+            if "group" in str(e) and "topic" not in str(e):
+                raise UnknownGroupError(str(e), e.code) from e
+            raise
+        except FatalError as e:
+            if e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise GroupNotEmptyError(str(e), e.code) from e
+            raise
+
     def describe_group(self, group: str) -> GroupDescription:
-        """Members, their assignments, committed offsets and lag."""
-        r = self._call(lambda s: s.groups.DescribeGroup, group_service_pb2.DescribeGroupRequest(group=group))
+        """Members, their assignments, committed offsets and lag. Raises
+        :class:`UnknownGroupError` for a group that does not exist."""
+        r = self._group_call(
+            lambda s: s.groups.DescribeGroup, group_service_pb2.DescribeGroupRequest(group=group), group
+        )
         members = [GroupMember(m.member_id, m.client_id, list(m.topics)) for m in r.members]
         committed = {TopicPartition(p.topic, p.partition): p.committed_offset for p in r.partitions}
         lag = {TopicPartition(p.topic, p.partition): p.lag for p in r.partitions}

@@ -37,6 +37,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_PRODUCER = 12
     ILLEGAL_GENERATION = 13
     INCONSISTENT_GROUP = 14
+    UNKNOWN_GROUP = 15
+    NON_EMPTY_GROUP = 16
 
     @property
     def retriable(self) -> bool:
@@ -113,6 +115,14 @@ class ProducerFencedError(FatalError):
     """A newer instance of this idempotent producer exists; this one must be closed."""
 
 
+class UnknownGroupError(FatalError):
+    """The consumer group does not exist (no members and no committed offsets)."""
+
+
+class GroupNotEmptyError(FatalError):
+    """The group has members: stop its consumers before deleting it or resetting its offsets."""
+
+
 class IllegalGenerationError(FatalError):
     """A group commit or sync carried a stale generation: a rebalance happened, rejoin first."""
 
@@ -131,6 +141,8 @@ _BY_CODE: dict[ErrorCode, type[TidelogError]] = {
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRangeError,
     ErrorCode.PRODUCER_FENCED: ProducerFencedError,
     ErrorCode.ILLEGAL_GENERATION: IllegalGenerationError,
+    ErrorCode.UNKNOWN_GROUP: UnknownGroupError,
+    ErrorCode.NON_EMPTY_GROUP: GroupNotEmptyError,
 }
 
 

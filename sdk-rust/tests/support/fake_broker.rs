@@ -670,6 +670,28 @@ fn describe(inner: &Inner, name: &str, partitions: u32) -> TopicDescription {
 impl GroupService for Service {
     type SessionStream = ReceiverStream<Result<SessionResponse, Status>>;
 
+    // Group administration is not part of what these tests script.
+    async fn list_groups(
+        &self,
+        _request: Request<tidelog::proto::v1::ListGroupsRequest>,
+    ) -> Result<Response<tidelog::proto::v1::ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker does not administer groups"))
+    }
+
+    async fn delete_group(
+        &self,
+        _request: Request<tidelog::proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<tidelog::proto::v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("the fake broker does not administer groups"))
+    }
+
+    async fn reset_offsets(
+        &self,
+        _request: Request<tidelog::proto::v1::ResetOffsetsRequest>,
+    ) -> Result<Response<tidelog::proto::v1::ResetOffsetsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker does not administer groups"))
+    }
+
     async fn session(
         &self,
         request: Request<Streaming<SessionRequest>>,

@@ -1,5 +1,6 @@
-//! `GroupService`: the member session stream and DescribeGroup. The session handler only
-//! parses messages and forwards them to the coordinator; when the stream ends for any reason
+//! `GroupService`: the member session stream, DescribeGroup, and group administration
+//! (`group_admin.rs`). The session handler only parses messages and forwards them to the
+//! coordinator; when the stream ends for any reason
 //! (leave, disconnect, broker shutdown) the member is removed and the group rebalances.
 //!
 //! Where the broker routes group calls elsewhere (`broker/route.rs`: in a cluster, to the
@@ -17,14 +18,16 @@ use futures::{Stream, StreamExt};
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::group_service_server::GroupService;
 use tidelog_proto::v1::{
-    offset_spec, session_request, session_response, DescribeGroupRequest, DescribeGroupResponse, ListOffsetsRequest,
-    OffsetSpec, PartitionLag, Rebalance, SessionError, SessionRequest, SessionResponse,
+    offset_spec, session_request, session_response, DeleteGroupRequest, DeleteGroupResponse, DescribeGroupRequest,
+    DescribeGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, OffsetSpec, PartitionLag,
+    Rebalance, ResetOffsetsRequest, ResetOffsetsResponse, SessionError, SessionRequest, SessionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::list_offsets;
+use super::group_admin;
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
 use crate::broker::Broker;
 use crate::error::{error_code, BrokerError};
@@ -44,6 +47,18 @@ impl GroupApi {
 }
 
 impl GroupApi {
+    /// A client for the coordinator when a unary group call must be served there (`None`:
+    /// here).
+    async fn at_coordinator<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<GroupServiceClient<tonic::transport::Channel>>, Status> {
+        Ok(match self.broker.coordinator_route(Origin::of(request)).await? {
+            Route::Here => None,
+            Route::To(channel, _) => Some(GroupServiceClient::new(channel)),
+        })
+    }
+
     /// A session opened here while the controller is broker `id`: the member's messages go
     /// up until its stream ends or fails, the controller's answers come back, and the session
     /// ends (UNAVAILABLE, so the member rejoins) when either side breaks, when this broker
@@ -155,15 +170,47 @@ impl GroupService for GroupApi {
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
+    async fn list_groups(&self, request: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+        if let Some(mut client) = self.at_coordinator(&request).await? {
+            let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
+            return client.list_groups(req).await.map_err(upstream_status);
+        }
+        Ok(Response::new(group_admin::list_groups(&self.broker, &self.coordinator)?))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        if let Some(mut client) = self.at_coordinator(&request).await? {
+            let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
+            return client.delete_group(req).await.map_err(upstream_status);
+        }
+        let group = request.into_inner().group;
+        Ok(Response::new(group_admin::delete_group(&self.broker, &self.coordinator, &group).await?))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        if let Some(mut client) = self.at_coordinator(&request).await? {
+            let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
+            return client.reset_offsets(req).await.map_err(upstream_status);
+        }
+        group_admin::reset_offsets(&self.broker, &self.coordinator, request.into_inner()).await.map(Response::new)
+    }
+
     async fn describe_group(
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
-        if let Route::To(channel, _) = self.broker.coordinator_route(Origin::of(&request)).await? {
+        if let Some(mut client) = self.at_coordinator(&request).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
-            return GroupServiceClient::new(channel).describe_group(req).await.map_err(upstream_status);
+            return client.describe_group(req).await.map_err(upstream_status);
         }
         let group = request.into_inner().group;
+        group_admin::check_exists(&self.broker, &self.coordinator, &group)?;
         let view = self.coordinator.describe(&group);
         let mut resp = DescribeGroupResponse { group: group.clone(), state: "empty".into(), ..Default::default() };
         let mut owners = HashMap::new();

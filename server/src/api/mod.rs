@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod group;
+pub mod group_admin;
 pub mod offsets;
 pub mod records;
 

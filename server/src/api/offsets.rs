@@ -41,7 +41,7 @@ impl OffsetApi {
     }
 }
 
-fn validate_group(group: &str) -> Result<(), BrokerError> {
+pub(super) fn validate_group(group: &str) -> Result<(), BrokerError> {
     if group.is_empty() || group.len() > MAX_GROUP_LEN || group.chars().any(char::is_control) {
         return Err(BrokerError::InvalidArgument(format!(
             "invalid group id {group:?}: use 1-{MAX_GROUP_LEN} printable characters"

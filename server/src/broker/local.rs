@@ -165,6 +165,10 @@ impl ControlPlane for LocalControl {
         Ok(broker.store().commit_offsets(group, name, &offsets).await?)
     }
 
+    async fn delete_group(&self, broker: &Broker, group: &str) -> Result<usize, BrokerError> {
+        Ok(broker.store().delete_group(group).await?)
+    }
+
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError> {
         Ok(broker.store().next_producer_id().await?)
     }

@@ -201,6 +201,22 @@ impl Broker {
         self.control()?.commit_offsets(self, group, topic, offsets).await
     }
 
+    /// Deletes every committed offset of a group, durably.
+    pub async fn delete_group(&self, group: &str) -> Result<usize, BrokerError> {
+        self.check_running()?;
+        self.control()?.delete_group(self, group).await
+    }
+
+    /// Every group with committed offsets, as this broker's store has them.
+    pub fn groups_with_offsets(&self) -> Result<std::collections::BTreeSet<String>, BrokerError> {
+        Ok(self.store.offset_groups()?)
+    }
+
+    /// Whether a group has any committed offset here.
+    pub fn group_has_offsets(&self, group: &str) -> Result<bool, BrokerError> {
+        Ok(self.store.has_offsets(group)?)
+    }
+
     /// A group's committed offsets for one topic, as this broker's store has them.
     pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<StoredOffset>, BrokerError> {
         Ok(self.store.committed_offsets(group, topic)?)

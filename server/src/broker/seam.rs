@@ -113,6 +113,10 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
         offsets: Vec<StoredOffset>,
     ) -> Result<(), BrokerError>;
 
+    /// Deletes every committed offset of a group (the coordinator checked it has no members);
+    /// returns how many partitions' offsets went.
+    async fn delete_group(&self, broker: &Broker, group: &str) -> Result<usize, BrokerError>;
+
     /// A producer id no other producer of this cluster was given.
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError>;
 

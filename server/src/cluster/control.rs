@@ -138,6 +138,14 @@ impl ControlPlane for Cluster {
         }
     }
 
+    /// A `DeleteGroup` entry of the metadata group, answered once committed and applied here.
+    async fn delete_group(&self, broker: &Broker, group: &str) -> Result<usize, BrokerError> {
+        let before = broker.store().offset_count(group)?;
+        let offset = metadata::propose(self, &MetaCommand::DeleteGroup { group: group.to_string() }).await?;
+        self.wait_applied(offset + 1, APPLY_WAIT).await?;
+        Ok(before)
+    }
+
     /// Unique across the cluster without a round trip: the low bits name the broker that
     /// issued it (node ids are below `MAX_NODE_ID`).
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError> {

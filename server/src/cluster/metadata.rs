@@ -62,6 +62,10 @@ pub enum MetaCommand {
         #[serde(default, skip_serializing_if = "is_zero")]
         topic_id: u64,
     },
+    /// Every committed offset of a group goes (the coordinator checked it has no members).
+    DeleteGroup {
+        group: String,
+    },
 }
 
 /// Proposes a command to the metadata group (on its leader) and returns the metadata-log
@@ -143,7 +147,9 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
     while let Some(cmds) = read_chunk(log, &mut end)? {
         deleted.extend(cmds.iter().filter_map(|(_, c)| match c {
             MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
-            MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } => None,
+            MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } | MetaCommand::DeleteGroup { .. } => {
+                None
+            }
         }));
     }
     let mut next = 0u64;
@@ -196,6 +202,10 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
                 return;
             }
             broker.store().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
+        }
+        // Not flushed either, for the same reason.
+        MetaCommand::DeleteGroup { group } => {
+            broker.store().remove_group_offsets(&group).map(|_| ()).map_err(BrokerError::from)
         }
     };
     if let Err(e) = result {
@@ -308,6 +318,7 @@ mod tests {
         for cmd in [
             MetaCommand::CreateTopic { record },
             MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },
+            MetaCommand::DeleteGroup { group: "g".into() },
             MetaCommand::CommitOffsets {
                 group: "g".into(),
                 topic: "t".into(),

@@ -65,6 +65,8 @@ struct Group {
     members: BTreeMap<String, Member>,
     assignments: HashMap<String, Vec<TopicPartitions>>,
     rebalance_deadline: Option<Instant>,
+    /// The assignor of the current generation.
+    protocol: Option<String>,
 }
 
 impl Group {
@@ -77,6 +79,7 @@ impl Group {
             members: BTreeMap::new(),
             assignments: HashMap::new(),
             rebalance_deadline: None,
+            protocol: None,
         }
     }
 }
@@ -230,6 +233,7 @@ impl Coordinator {
             return self.try_complete(name, g);
         };
         g.generation += 1;
+        g.protocol = Some(assignor.clone());
         g.leader = Some(leader.clone());
         g.state = GroupState::AwaitingSync;
         g.rebalance_deadline = None;
@@ -400,6 +404,31 @@ impl Coordinator {
                 "group {group} is at generation {} and member {member:?} of generation {generation} is not part of it; rejoin",
                 g.generation
             ))),
+        }
+    }
+
+    /// Every group this coordinator knows: (name, state, members, protocol).
+    pub fn list(&self) -> Vec<(String, GroupState, usize, String)> {
+        let groups = self.lock();
+        groups
+            .iter()
+            .map(|(name, g)| (name.clone(), g.state, g.members.len(), g.protocol.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Checks that `group` has no members (an admin operation on its offsets may go ahead).
+    pub fn check_inactive(&self, group: &str) -> Result<(), BrokerError> {
+        match self.lock().get(group).map(|g| g.members.len()) {
+            Some(members) if members > 0 => Err(BrokerError::GroupNotEmpty { group: group.to_string(), members }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets a group without members (it was deleted).
+    pub fn forget(&self, group: &str) {
+        let mut groups = self.lock();
+        if groups.get(group).is_some_and(|g| g.members.is_empty()) {
+            groups.remove(group);
         }
     }
 

@@ -87,6 +87,14 @@ pub struct MetaStore {
     flusher: Arc<raft_state::GroupFlush>,
 }
 
+/// `group 0x00`: the prefix of every offsets key of a group.
+fn group_prefix(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + 1);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k
+}
+
 fn offsets_prefix(group: &str, topic: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(group.len() + topic.len() + 6);
     k.extend_from_slice(group.as_bytes());
@@ -162,6 +170,50 @@ impl MetaStore {
         }
         self.offsets.apply_batch(batch)?;
         Ok(keys.len())
+    }
+
+    /// Every group with committed offsets (a full scan).
+    pub fn offset_groups(&self) -> Result<std::collections::BTreeSet<String>, MetaError> {
+        let mut groups = std::collections::BTreeSet::new();
+        for kv in self.offsets.iter() {
+            let (k, _) = kv?;
+            if let Some(end) = k.iter().position(|b| *b == 0) {
+                groups.insert(String::from_utf8_lossy(&k[..end]).into_owned());
+            }
+        }
+        Ok(groups)
+    }
+
+    /// How many committed offsets (topic partitions) `group` has.
+    pub fn offset_count(&self, group: &str) -> Result<usize, MetaError> {
+        Ok(self.offsets.scan_prefix(group_prefix(group)).count())
+    }
+
+    /// Whether `group` has any committed offset.
+    pub fn has_offsets(&self, group: &str) -> Result<bool, MetaError> {
+        Ok(self.offsets.scan_prefix(group_prefix(group)).next().transpose()?.is_some())
+    }
+
+    /// Deletes every committed offset of `group` (every topic). Durability: flushed before
+    /// returning. Returns how many partitions' offsets went.
+    pub async fn delete_group(&self, group: &str) -> Result<usize, MetaError> {
+        let n = self.remove_group_offsets(group)?;
+        self.db.flush_async().await?;
+        Ok(n)
+    }
+
+    /// As [`MetaStore::delete_group`], **without flushing** (cluster mode, applying a
+    /// `DeleteGroup`: the metadata log is the durable copy).
+    pub fn remove_group_offsets(&self, group: &str) -> Result<usize, MetaError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.offsets.scan_prefix(group_prefix(group)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+            n += 1;
+        }
+        self.offsets.apply_batch(batch)?;
+        Ok(n)
     }
 
     /// Every topic some group has committed offsets for (a full scan).
@@ -362,9 +414,15 @@ mod tests {
         assert_eq!(m.topics().unwrap().len(), 3);
         let named: Vec<String> = m.offset_topics().unwrap().into_iter().collect();
         assert_eq!(named, ["a", "t.2", "tt"]);
-        assert_eq!(m.remove_offsets_of("tt").unwrap(), 6);
-        assert!(m.committed_offsets("g", "tt").unwrap().is_empty());
-        assert_eq!(m.committed_offsets("g", "a").unwrap().len(), 2);
+        let groups: Vec<String> = m.offset_groups().unwrap().into_iter().collect();
+        assert_eq!(groups, ["g", "g2", "t"]);
+        // Deleting group "g" keeps "g2" (a longer name with the same start).
+        assert_eq!(m.delete_group("g").await.unwrap(), 6);
+        assert!(!m.has_offsets("g").unwrap() && m.has_offsets("g2").unwrap());
+        assert_eq!(m.committed_offsets("g2", "a").unwrap().len(), 2);
+        assert_eq!(m.remove_offsets_of("tt").unwrap(), 4);
+        assert!(m.committed_offsets("g2", "tt").unwrap().is_empty());
+        assert_eq!(m.committed_offsets("g2", "a").unwrap().len(), 2);
         drop(m);
         let m = reopen(dir.path());
         assert!(m.committed_offsets("g2", "t").unwrap().is_empty(), "a deletion did not survive a reopen");

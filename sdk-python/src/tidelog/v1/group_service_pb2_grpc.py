@@ -54,6 +54,21 @@ class GroupServiceStub:
                 request_serializer=tidelog_dot_v1_dot_group__service__pb2.DescribeGroupRequest.SerializeToString,
                 response_deserializer=tidelog_dot_v1_dot_group__service__pb2.DescribeGroupResponse.FromString,
                 _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/tidelog.v1.GroupService/ListGroups',
+                request_serializer=tidelog_dot_v1_dot_group__service__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_group__service__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/tidelog.v1.GroupService/DeleteGroup',
+                request_serializer=tidelog_dot_v1_dot_group__service__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_group__service__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
+        self.ResetOffsets = channel.unary_unary(
+                '/tidelog.v1.GroupService/ResetOffsets',
+                request_serializer=tidelog_dot_v1_dot_group__service__pb2.ResetOffsetsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_group__service__pb2.ResetOffsetsResponse.FromString,
+                _registered_method=True)
 
 
 class GroupServiceServicer:
@@ -76,7 +91,32 @@ class GroupServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DescribeGroup(self, request, context):
-        """Members, their assignments and lag per partition.
+        """Members, their assignments and lag per partition. NOT_FOUND for a group the coordinator
+        does not know and that has no committed offsets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Every group the coordinator knows or that has committed offsets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Deletes a group's committed offsets (every topic). FAILED_PRECONDITION while it has
+        members; NOT_FOUND if it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetOffsets(self, request, context):
+        """Moves an inactive group's committed offsets for one topic (Kafka's
+        kafka-consumer-groups --reset-offsets). FAILED_PRECONDITION while the group has members.
+        With dry_run nothing changes; the response shows the offsets before and after either way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +134,21 @@ def add_GroupServiceServicer_to_server(servicer, server):
                     servicer.DescribeGroup,
                     request_deserializer=tidelog_dot_v1_dot_group__service__pb2.DescribeGroupRequest.FromString,
                     response_serializer=tidelog_dot_v1_dot_group__service__pb2.DescribeGroupResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=tidelog_dot_v1_dot_group__service__pb2.ListGroupsRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_group__service__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=tidelog_dot_v1_dot_group__service__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_group__service__pb2.DeleteGroupResponse.SerializeToString,
+            ),
+            'ResetOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetOffsets,
+                    request_deserializer=tidelog_dot_v1_dot_group__service__pb2.ResetOffsetsRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_group__service__pb2.ResetOffsetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +215,87 @@ class GroupService:
             '/tidelog.v1.GroupService/DescribeGroup',
             tidelog_dot_v1_dot_group__service__pb2.DescribeGroupRequest.SerializeToString,
             tidelog_dot_v1_dot_group__service__pb2.DescribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.GroupService/ListGroups',
+            tidelog_dot_v1_dot_group__service__pb2.ListGroupsRequest.SerializeToString,
+            tidelog_dot_v1_dot_group__service__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.GroupService/DeleteGroup',
+            tidelog_dot_v1_dot_group__service__pb2.DeleteGroupRequest.SerializeToString,
+            tidelog_dot_v1_dot_group__service__pb2.DeleteGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.GroupService/ResetOffsets',
+            tidelog_dot_v1_dot_group__service__pb2.ResetOffsetsRequest.SerializeToString,
+            tidelog_dot_v1_dot_group__service__pb2.ResetOffsetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_UNKNOWN_PRODUCER: _ClassVar[ErrorCode]
     ERROR_CODE_ILLEGAL_GENERATION: _ClassVar[ErrorCode]
     ERROR_CODE_INCONSISTENT_GROUP: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN_GROUP: _ClassVar[ErrorCode]
+    ERROR_CODE_NON_EMPTY_GROUP: _ClassVar[ErrorCode]
 COMPRESSION_UNSPECIFIED: Compression
 COMPRESSION_LZ4: Compression
 COMPRESSION_ZSTD: Compression
@@ -48,6 +50,8 @@ ERROR_CODE_PRODUCER_FENCED: ErrorCode
 ERROR_CODE_UNKNOWN_PRODUCER: ErrorCode
 ERROR_CODE_ILLEGAL_GENERATION: ErrorCode
 ERROR_CODE_INCONSISTENT_GROUP: ErrorCode
+ERROR_CODE_UNKNOWN_GROUP: ErrorCode
+ERROR_CODE_NON_EMPTY_GROUP: ErrorCode
 
 class Header(_message.Message):
     __slots__ = ("key", "value")
