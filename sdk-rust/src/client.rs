@@ -7,8 +7,9 @@ use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
 use tidelog_proto::v1::{
-    CreateTopicRequest, DeleteGroupRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest,
-    GroupListing, ListGroupsRequest, PartitionReset, ResetOffsetsRequest, TopicConfig, TopicDescription,
+    AlterTopicConfigRequest, CreateTopicRequest, DeleteGroupRequest, DescribeGroupRequest, DescribeGroupResponse,
+    DescribeTopicRequest, GroupListing, ListGroupsRequest, PartitionReset, ResetOffsetsRequest, TopicConfig,
+    TopicDescription,
 };
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -155,6 +156,19 @@ impl Client {
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
         let resp = self.admin().describe_topic(DescribeTopicRequest { name: name.into() }).await?.into_inner();
         resp.topic.ok_or_else(|| Error::Decode("DescribeTopic returned no topic".into()))
+    }
+
+    /// Changes a topic's settings: those set in `config` become the topic's own, those named
+    /// in `reset` (`TopicConfig` field names) go back to the broker's defaults.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        reset: &[String],
+    ) -> Result<TopicDescription, Error> {
+        let req = AlterTopicConfigRequest { name: name.into(), config: Some(config), reset: reset.to_vec() };
+        let resp = self.admin().alter_topic_config(req).await?.into_inner();
+        resp.topic.ok_or_else(|| Error::Decode("AlterTopicConfig returned no topic".into()))
     }
 
     /// Every consumer group the cluster knows (members or committed offsets), with its state,

@@ -72,7 +72,75 @@ impl Default for TopicSettings {
     }
 }
 
+/// The names of the settings a topic may set, as the proto's `TopicConfig` fields.
+pub const KEYS: [&str; 7] = [
+    "retention_ms",
+    "retention_bytes",
+    "segment_bytes",
+    "segment_ms",
+    "fsync_policy",
+    "fsync_interval_ms",
+    "max_batch_bytes",
+];
+
+/// The settings `config` gives (by [`KEYS`] name).
+pub fn keys_in(config: Option<&TopicConfig>) -> Vec<String> {
+    let Some(c) = config else { return Vec::new() };
+    let given = [
+        c.retention_ms.is_some(),
+        c.retention_bytes.is_some(),
+        c.segment_bytes.is_some(),
+        c.segment_ms.is_some(),
+        c.fsync_policy != ProtoFsync::Unspecified as i32,
+        c.fsync_interval_ms.is_some(),
+        c.max_batch_bytes.is_some(),
+    ];
+    KEYS.iter().zip(given).filter(|(_, g)| *g).map(|(k, _)| (*k).to_string()).collect()
+}
+
 impl TopicSettings {
+    /// Setting `key` (a [`KEYS`] name) copied from `from`.
+    fn copy_key(&mut self, from: &Self, key: &str) {
+        match key {
+            "retention_ms" => self.retention_ms = from.retention_ms,
+            "retention_bytes" => self.retention_bytes = from.retention_bytes,
+            "segment_bytes" => self.segment_bytes = from.segment_bytes,
+            "segment_ms" => self.segment_ms = from.segment_ms,
+            "fsync_policy" => self.fsync = from.fsync,
+            "fsync_interval_ms" => self.fsync_interval_ms = from.fsync_interval_ms,
+            "max_batch_bytes" => self.max_batch_bytes = from.max_batch_bytes,
+            _ => {}
+        }
+    }
+
+    /// A topic's settings after an alteration: these defaults, then the topic's `current`
+    /// values for the `overrides` it keeps (all but `reset`), then `config` over them. Returns
+    /// the settings and the topic's new overrides, or a message naming an unknown key.
+    pub fn altered(
+        &self,
+        current: &Self,
+        overrides: &[String],
+        config: Option<&TopicConfig>,
+        reset: &[String],
+    ) -> Result<(Self, Vec<String>), String> {
+        if let Some(bad) = reset.iter().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(format!("unknown setting {bad:?} to reset; the settings are {KEYS:?}"));
+        }
+        let mut kept: Vec<String> = overrides.iter().filter(|k| !reset.contains(k)).cloned().collect();
+        let mut s = self.clone();
+        for k in &kept {
+            s.copy_key(current, k);
+        }
+        let s = s.merged(config)?;
+        for k in keys_in(config) {
+            if !kept.contains(&k) {
+                kept.push(k);
+            }
+        }
+        kept.sort_by_key(|k| KEYS.iter().position(|x| x == k));
+        Ok((s, kept))
+    }
+
     /// `config`'s fields over these settings (a request's config over the broker's defaults).
     pub fn merged(&self, config: Option<&TopicConfig>) -> Result<Self, String> {
         let mut s = self.clone();
@@ -162,5 +230,34 @@ impl TopicSettings {
             ));
         }
         self.log_config().validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alteration_keeps_the_topics_own_settings_takes_new_ones_and_resets_named_ones() {
+        let defaults = TopicSettings::default();
+        let created = TopicConfig { retention_ms: Some(1000), segment_bytes: Some(1 << 20), ..TopicConfig::default() };
+        let current = defaults.merged(Some(&created)).unwrap();
+        let overrides = keys_in(Some(&created));
+        assert_eq!(overrides, ["retention_ms", "segment_bytes"]);
+
+        // Defaults that changed since the topic was created apply to what it did not set.
+        let newer_defaults = TopicSettings { max_batch_bytes: 4096, retention_ms: 5, ..defaults.clone() };
+        let change = TopicConfig { fsync_policy: ProtoFsync::Never as i32, ..TopicConfig::default() };
+        let (s, o) = newer_defaults.altered(&current, &overrides, Some(&change), &["segment_bytes".into()]).unwrap();
+        assert_eq!(o, ["retention_ms", "fsync_policy"]);
+        assert_eq!(s.retention_ms, 1000, "the topic's own setting is kept");
+        assert_eq!(s.segment_bytes, defaults.segment_bytes, "a reset setting is the default again");
+        assert_eq!(s.max_batch_bytes, 4096, "an unset setting follows the defaults");
+        assert_eq!(s.fsync, FsyncSetting::Never);
+
+        let err = defaults.altered(&current, &overrides, None, &["retention".into()]).unwrap_err();
+        assert!(err.contains("retention") && err.contains("retention_ms"), "{err}");
+        let bad = TopicConfig { fsync_policy: 99, ..TopicConfig::default() };
+        assert!(defaults.altered(&current, &overrides, Some(&bad), &[]).is_err());
     }
 }

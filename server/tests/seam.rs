@@ -37,6 +37,7 @@ every_seam!(
     producer_ids_are_unique_and_group_calls_have_one_coordinator,
     a_recreated_topic_starts_without_the_deleted_ones_offsets,
     a_deleted_group_loses_its_offsets_everywhere_and_for_good,
+    topic_settings_change_everywhere_and_stay_changed,
 );
 
 async fn topics_are_created_written_read_and_deleted(mode: Mode) {
@@ -264,5 +265,81 @@ async fn a_deleted_group_loses_its_offsets_everywhere_and_for_good(mode: Mode) {
             (groups == ["kept", "older"] && whole && !b.group_has_offsets("old").unwrap()).then_some(())
         })
         .await;
+    }
+}
+
+async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
+    use tidelog_proto::v1::FsyncPolicy as Fsync;
+    use tidelog_server::broker::seam::AlterTopic;
+    use tidelog_server::log::FsyncPolicy;
+    use tidelog_server::topic_config::{FsyncSetting, TopicSettings};
+
+    let mut c = Brokers::start(mode).await;
+    let all = c.brokers();
+    let created = all[0]
+        .create_topic(
+            NewTopic {
+                config: Some(TopicConfig { retention_ms: Some(60_000), ..TopicConfig::default() }),
+                ..new_topic("cfg", 2)
+            },
+            Origin::Client,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.record.overrides, ["retention_ms"]);
+    let id = created.topic_id;
+
+    // Set two more, at another broker (passed on to the controller in a cluster).
+    let alter = AlterTopic {
+        name: "cfg".into(),
+        config: Some(TopicConfig {
+            fsync_policy: Fsync::Always as i32,
+            max_batch_bytes: Some(2048),
+            ..TopicConfig::default()
+        }),
+        reset: vec![],
+    };
+    let altered = all.last().unwrap().alter_topic(alter, Origin::Client).await.unwrap();
+    assert_eq!(altered.topic_id, id, "an alteration is the same incarnation");
+    assert_eq!(altered.record.overrides, ["retention_ms", "fsync_policy", "max_batch_bytes"]);
+    let s = &altered.record.settings;
+    assert_eq!((s.retention_ms, s.fsync, s.max_batch_bytes), (60_000, FsyncSetting::Always, 2048));
+    let settled = |b: std::sync::Arc<tidelog_server::broker::Broker>, fsync: FsyncPolicy, retention: i64| async move {
+        eventually("the new settings on every broker and partition", WAIT, || async {
+            let t = b.topic("cfg").ok()?;
+            let partitions_ok = t.local().all(|(p, _)| p.fsync_policy() == fsync);
+            (t.record.settings.retention_ms == retention && partitions_ok).then_some(())
+        })
+        .await;
+    };
+    for b in &all {
+        settled(std::sync::Arc::clone(b), FsyncPolicy::PerBatch, 60_000).await;
+    }
+    // Writes and commits go on (same incarnation).
+    c.write("cfg", 0, b"after-alter", Acks::All).await;
+    let at = vec![StoredOffset { partition: 0, offset: 1, commit_time_ms: now_ms(), metadata: String::new() }];
+    c.coordinator().await.commit_offsets("g", &altered, at).await.unwrap();
+
+    // Back to the default, and refusals.
+    let reset = AlterTopic { name: "cfg".into(), config: None, reset: vec!["retention_ms".into()] };
+    let back = all[0].alter_topic(reset, Origin::Client).await.unwrap();
+    assert_eq!(back.record.overrides, ["fsync_policy", "max_batch_bytes"]);
+    assert_eq!(back.record.settings.retention_ms, TopicSettings::default().retention_ms);
+    let unknown_key = AlterTopic { name: "cfg".into(), config: None, reset: vec!["nope".into()] };
+    assert!(matches!(all[0].alter_topic(unknown_key, Origin::Client).await, Err(BrokerError::InvalidArgument(_))));
+    let invalid = AlterTopic {
+        name: "cfg".into(),
+        config: Some(TopicConfig { max_batch_bytes: Some(0), ..TopicConfig::default() }),
+        reset: vec![],
+    };
+    assert!(matches!(all[0].alter_topic(invalid, Origin::Client).await, Err(BrokerError::InvalidArgument(_))));
+    let missing = AlterTopic { name: "missing".into(), ..AlterTopic::default() };
+    assert!(matches!(all[0].alter_topic(missing, Origin::Client).await, Err(BrokerError::UnknownTopic(_))));
+
+    // Durable: after a restart every broker opens the topic with its altered settings.
+    drop((all, created, altered, back));
+    c.restart_all().await;
+    for b in c.brokers() {
+        settled(b, FsyncPolicy::PerBatch, TopicSettings::default().retention_ms).await;
     }
 }

@@ -57,6 +57,11 @@ _INT_TOPIC_KEYS = {
 }
 
 
+# The proto's TopicConfig field name of each config key, and back.
+_FIELD_OF_KEY = {**_INT_TOPIC_KEYS, "fsync": "fsync_policy"}
+_KEY_OF_FIELD = {v: k for k, v in _FIELD_OF_KEY.items()}
+
+
 @dataclass(frozen=True)
 class PartitionInfo:
     partition: int
@@ -76,6 +81,8 @@ class TopicDescription:
     config: dict[str, Any]
     partitions: list[PartitionInfo]
     created_at_ms: int
+    #: Per config key: ``"topic"`` if set on the topic, ``"default"`` if the broker's default.
+    config_sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,11 @@ def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
         )
         for p in t.partitions
     ]
-    return TopicDescription(t.name, t.partition_count, t.replication_factor, config, parts, t.created_at_ms)
+    own = {_KEY_OF_FIELD.get(f, f) for f in t.config_overrides}
+    sources = {k: ("topic" if k in own else "default") for k in config}
+    return TopicDescription(
+        t.name, t.partition_count, t.replication_factor, config, parts, t.created_at_ms, sources
+    )
 
 
 class AdminClient:
@@ -238,6 +249,20 @@ class AdminClient:
             config=topic_config_proto(config),
         )
         return _describe(self._call(lambda s: s.admin.CreateTopic, req).topic)
+
+    def alter_topic_config(
+        self, name: str, config: Mapping[str, Any] | None = None, reset: list[str] | None = None
+    ) -> TopicDescription:
+        """Changes a topic's settings (the keys :meth:`create_topic` takes): those in ``config``
+        become the topic's own, those named in ``reset`` go back to the broker's defaults.
+        ``TopicDescription.config_sources`` says which is which."""
+        unknown = [k for k in reset or [] if k not in _FIELD_OF_KEY]
+        if unknown:
+            raise ConfigError(f"cannot reset {unknown}: known keys are {sorted(_FIELD_OF_KEY)}")
+        req = admin_service_pb2.AlterTopicConfigRequest(
+            name=name, config=topic_config_proto(config), reset=[_FIELD_OF_KEY[k] for k in reset or []]
+        )
+        return _describe(self._call(lambda s: s.admin.AlterTopicConfig, req).topic)
 
     def delete_topic(self, name: str) -> None:
         self._call(lambda s: s.admin.DeleteTopic, admin_service_pb2.DeleteTopicRequest(name=name))

@@ -592,6 +592,13 @@ impl AdminService for Service {
         Err(Status::unimplemented("fake broker: add topics with FakeBroker::add_topic"))
     }
 
+    async fn alter_topic_config(
+        &self,
+        _: Request<tidelog::proto::v1::AlterTopicConfigRequest>,
+    ) -> Result<Response<tidelog::proto::v1::AlterTopicConfigResponse>, Status> {
+        Err(Status::unimplemented("fake broker: topics are not altered"))
+    }
+
     async fn delete_topic(&self, _: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented("fake broker"))
     }
@@ -648,6 +655,7 @@ fn describe(inner: &Inner, name: &str, partitions: u32) -> TopicDescription {
         partition_count: partitions,
         replication_factor: 1,
         config: None,
+        config_overrides: Vec::new(),
         partitions: (0..partitions)
             .map(|p| {
                 let end = inner.logs.get(&(name.to_string(), p)).map_or(0, |l| log_end(l));

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::admin_service_server::AdminService;
 use tidelog_proto::v1::{
-    offset_spec, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse, PartitionDescription, PartitionOffsetAtTime,
-    TopicDescription,
+    offset_spec, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo, CreateTopicRequest,
+    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
+    ListTopicsResponse, PartitionDescription, PartitionOffsetAtTime, TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
 use crate::broker::route::{forwarded_request, Origin, APPLY_WAIT};
-use crate::broker::seam::NewTopic;
+use crate::broker::seam::{AlterTopic, NewTopic};
 use crate::broker::{Broker, Topic};
 use crate::error::BrokerError;
 
@@ -59,6 +59,7 @@ fn describe(brokers: &[u64], t: &Topic) -> TopicDescription {
         config: Some(t.record.settings.to_proto()),
         created_at_ms: t.record.created_at_ms,
         partitions,
+        config_overrides: t.record.overrides.clone(),
     }
 }
 
@@ -185,6 +186,17 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let origin = Origin::of(&request);
         list_offsets(&self.broker, request.into_inner(), origin).await.map(Response::new)
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let origin = Origin::of(&request);
+        let req = request.into_inner();
+        let alter = AlterTopic { name: req.name, config: req.config, reset: req.reset };
+        let topic = self.broker.alter_topic(alter, origin).await?;
+        Ok(Response::new(AlterTopicConfigResponse { topic: describe_all(&self.broker, &[topic]).pop() }))
     }
 
     async fn describe_cluster(

@@ -16,6 +16,7 @@
 //!   client went away.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::route::{Origin, Route};
-use super::seam::{Acks, ClusterView, ControlPlane, NewTopic, PartitionWriter, WriteAnswer};
+use super::seam::{Acks, AlterTopic, ClusterView, ControlPlane, NewTopic, PartitionWriter, WriteAnswer};
 use super::{Broker, PartitionSlot, Topic};
 use crate::clock::now_ms;
 use crate::error::BrokerError;
@@ -38,6 +39,8 @@ use crate::topic_config::TopicSettings;
 pub struct LocalControl {
     admin: tokio::sync::Mutex<()>,
     offsets_gate: tokio::sync::RwLock<()>,
+    /// The next topic incarnation id.
+    next_topic_id: AtomicU64,
 }
 
 impl LocalControl {
@@ -48,10 +51,11 @@ impl LocalControl {
         let topics_dir = layout::topics_dir(data_dir);
         std::fs::create_dir_all(&topics_dir)
             .map_err(|e| LogError::io(format!("creating {}", topics_dir.display()), e))?;
+        let control = Self::default();
         let mut names = Vec::new();
         for record in broker.store().topics()? {
             names.push(record.name.clone());
-            broker.publish_topic(Arc::new(open_topic(broker, record)?));
+            broker.publish_topic(Arc::new(control.open_topic(broker, record)?));
         }
         let entries =
             std::fs::read_dir(&topics_dir).map_err(|e| LogError::io(format!("listing {}", topics_dir.display()), e))?;
@@ -70,11 +74,17 @@ impl LocalControl {
         if !orphans.is_empty() {
             store.flush()?;
         }
-        Ok(Arc::new(Self::default()))
+        Ok(Arc::new(control))
+    }
+
+    /// Opens a topic's partition logs (recovering them) as a new incarnation.
+    fn open_topic(&self, broker: &Broker, record: TopicRecord) -> Result<Topic, BrokerError> {
+        let topic_id = self.next_topic_id.fetch_add(1, Ordering::Relaxed) + 1;
+        open_topic(broker, record, topic_id)
     }
 }
 
-fn open_topic(broker: &Broker, record: TopicRecord) -> Result<Topic, BrokerError> {
+fn open_topic(broker: &Broker, record: TopicRecord, topic_id: u64) -> Result<Topic, BrokerError> {
     let mut slots = Vec::with_capacity(record.partitions as usize);
     for p in 0..record.partitions {
         let dir = layout::topic_partition_dir(&broker.options().data_dir, &record.name, p);
@@ -87,7 +97,7 @@ fn open_topic(broker: &Broker, record: TopicRecord) -> Result<Topic, BrokerError
         let writer = Arc::new(LocalWriter { log: Arc::clone(&log), node: broker.node_id() });
         slots.push(PartitionSlot::Here { log, writer });
     }
-    Ok(Topic { record, slots, topic_id: 0 })
+    Ok(Topic { record, slots, topic_id })
 }
 
 #[tonic::async_trait]
@@ -119,17 +129,38 @@ impl ControlPlane for LocalControl {
             created_at_ms: now_ms(),
             settings,
             replicas: Vec::new(),
+            overrides: crate::topic_config::keys_in(new.config.as_ref()),
         };
         // Leftovers of a crashed create/delete of the same name would be recovered as data.
         let dir = layout::topics_dir(&broker.options().data_dir).join(&record.name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| LogError::io(format!("removing stale {}", dir.display()), e))?;
         }
-        let topic = Arc::new(open_topic(broker, record)?);
+        let topic = Arc::new(self.open_topic(broker, record)?);
         broker.store().put_topic(&topic.record).await?; // commit point
         broker.publish_topic(Arc::clone(&topic));
         tracing::info!(topic = %topic.record.name, partitions = topic.record.partitions, "topic created");
         Ok(topic)
+    }
+
+    async fn alter_topic(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        _request: &AlterTopic,
+        settings: TopicSettings,
+        overrides: Vec<String>,
+        _origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let _admin = self.admin.lock().await;
+        let name = &topic.record.name;
+        let current = broker.topic(name)?;
+        if current.topic_id != topic.topic_id {
+            return Err(BrokerError::TopicDeleted(name.clone()));
+        }
+        let record = TopicRecord { settings, overrides, ..current.record.clone() };
+        broker.store().put_topic(&record).await?; // commit point
+        broker.republish(&current, record)
     }
 
     async fn delete_topic(&self, broker: &Broker, name: &str, _origin: Origin) -> Result<(), BrokerError> {
@@ -159,7 +190,7 @@ impl ControlPlane for LocalControl {
         let _gate = self.offsets_gate.read().await;
         let name = &topic.record.name;
         match broker.topic(name) {
-            Ok(current) if std::ptr::eq(Arc::as_ptr(&current), topic) => {}
+            Ok(current) if current.topic_id == topic.topic_id => {}
             _ => return Err(BrokerError::TopicDeleted(name.clone())),
         }
         Ok(broker.store().commit_offsets(group, name, &offsets).await?)

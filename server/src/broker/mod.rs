@@ -34,11 +34,11 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 pub use crate::error::BrokerError;
-use crate::meta::{MetaStore, StoredOffset};
+use crate::meta::{MetaStore, StoredOffset, TopicRecord};
 use crate::partition::{Closed, Partition};
 use crate::topic_config::TopicSettings;
 use route::{Origin, Route};
-use seam::{ClusterView, ControlPlane, NewTopic};
+use seam::{AlterTopic, ClusterView, ControlPlane, NewTopic};
 pub use topic::{PartitionSlot, Topic};
 
 /// Longest topic name (Kafka's limit).
@@ -182,6 +182,32 @@ impl Broker {
             return Err(BrokerError::TopicExists(topic.name));
         }
         control.create_topic(self, &topic, settings, rf, origin).await
+    }
+
+    /// Changes a topic's settings; returns the topic once the change is durable and applied
+    /// to its partitions here.
+    pub async fn alter_topic(&self, alter: AlterTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError> {
+        self.check_running()?;
+        let topic = self.topic(&alter.name)?;
+        let (settings, overrides) = self
+            .options
+            .topic_defaults
+            .altered(&topic.record.settings, &topic.record.overrides, alter.config.as_ref(), &alter.reset)
+            .map_err(BrokerError::InvalidArgument)?;
+        settings.validate().map_err(BrokerError::InvalidArgument)?;
+        self.control()?.alter_topic(self, &topic, &alter, settings, overrides, origin).await
+    }
+
+    /// Publishes `topic` with a new definition (same incarnation and partitions) and applies
+    /// its settings to the partitions held here. For control planes applying an alteration.
+    pub fn republish(&self, topic: &Topic, record: TopicRecord) -> Result<Arc<Topic>, BrokerError> {
+        let new = Arc::new(Topic { record, slots: topic.slots.clone(), topic_id: topic.topic_id });
+        for (p, _) in new.local() {
+            p.reconfigure(new.record.settings.log_config(), new.record.settings.fsync_policy())?;
+        }
+        self.publish_topic(Arc::clone(&new));
+        tracing::info!(topic = %new.record.name, overrides = ?new.record.overrides, "topic settings changed");
+        Ok(new)
     }
 
     /// Deletes a topic and its data. Its subscribers end with "topic deleted".

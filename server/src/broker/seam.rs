@@ -60,6 +60,16 @@ pub struct NewTopic {
     pub config: Option<TopicConfig>,
 }
 
+/// A change to a topic's settings, as requested.
+#[derive(Clone, Debug, Default)]
+pub struct AlterTopic {
+    pub name: String,
+    /// Settings to set on the topic.
+    pub config: Option<TopicConfig>,
+    /// Settings (`topic_config::KEYS` names) to set back to the broker's defaults.
+    pub reset: Vec<String>,
+}
+
 /// Who the cluster is, for DescribeCluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterView {
@@ -97,6 +107,18 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
         topic: &NewTopic,
         settings: TopicSettings,
         replication_factor: u32,
+        origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError>;
+
+    /// Gives `topic` (the incarnation the broker looked up) new settings, computed and checked
+    /// by the broker, on every broker; returns the topic as it is then.
+    async fn alter_topic(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        request: &AlterTopic,
+        settings: TopicSettings,
+        overrides: Vec<String>,
         origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError>;
 

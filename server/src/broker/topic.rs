@@ -18,7 +18,7 @@ use crate::meta::TopicRecord;
 use crate::partition::Partition;
 
 /// One partition of a topic, from this broker's point of view.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum PartitionSlot {
     /// This broker holds a replica: the log, and what writes it.
     Here { log: Arc<Partition>, writer: Arc<dyn PartitionWriter> },
@@ -31,8 +31,9 @@ pub enum PartitionSlot {
 pub struct Topic {
     pub record: TopicRecord,
     pub slots: Vec<PartitionSlot>,
-    /// Cluster mode: the id the metadata group gave this incarnation of the topic; 0 on a
-    /// single node.
+    /// The incarnation: in a cluster the id the metadata group gave it (its `CreateTopic`'s
+    /// offset + 1), on a single node a number unique while the broker runs. A recreated topic
+    /// never has the same id as the deleted one; an altered one keeps its id.
     pub topic_id: u64,
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
-use tidelog_proto::v1::{CreateTopicRequest, DeleteTopicRequest};
+use tidelog_proto::v1::{AlterTopicConfigRequest, CreateTopicRequest, DeleteTopicRequest};
 
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Instant as _;
@@ -21,7 +21,7 @@ use openraft::Instant as _;
 use super::metadata::{self, MetaCommand};
 use super::{placement, Cluster, RaftReplica};
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
-use crate::broker::seam::{ClusterView, ControlPlane, NewTopic};
+use crate::broker::seam::{AlterTopic, ClusterView, ControlPlane, NewTopic};
 use crate::broker::{Broker, Topic};
 use crate::clock::now_ms;
 use crate::config::MAX_NODE_ID;
@@ -62,6 +62,7 @@ impl ControlPlane for Cluster {
             created_at_ms: now_ms(),
             settings,
             replicas,
+            overrides: crate::topic_config::keys_in(new.config.as_ref()),
         };
         match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
             Ok(offset) => {
@@ -84,6 +85,46 @@ impl ControlPlane for Cluster {
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
                 self.wait_topic(broker, &new.name, true).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An `AlterTopic` entry naming the incarnation, proposed by the controller; any other
+    /// broker passes the request on as it came and answers once it applied the change itself.
+    async fn alter_topic(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        request: &AlterTopic,
+        settings: TopicSettings,
+        overrides: Vec<String>,
+        origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let name = &topic.record.name;
+        let cmd = MetaCommand::AlterTopic { name: name.clone(), topic_id: topic.topic_id, settings, overrides };
+        match metadata::propose(self, &cmd).await {
+            Ok(offset) => {
+                self.wait_applied(offset + 1, APPLY_WAIT).await?;
+                match broker.topic(name) {
+                    Ok(t) if t.topic_id == topic.topic_id => Ok(t),
+                    _ => Err(BrokerError::TopicDeleted(name.clone())),
+                }
+            }
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {
+                let req = AlterTopicConfigRequest {
+                    name: name.clone(),
+                    config: request.config,
+                    reset: request.reset.clone(),
+                };
+                let resp = self
+                    .admin_client(id)?
+                    .alter_topic_config(forwarded_request(req, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?
+                    .into_inner();
+                let want = resp.topic.and_then(|t| t.config);
+                self.wait_topic_where(broker, name, |t| Some(t.record.settings.to_proto()) == want).await
             }
             Err(e) => Err(e),
         }
@@ -312,13 +353,38 @@ impl Cluster {
     /// Waits until this broker's topic table shows topic `name` (`present`) or no longer
     /// shows it.
     async fn wait_topic(&self, broker: &Broker, name: &str, present: bool) -> Result<Arc<Topic>, BrokerError> {
+        if present {
+            return self.wait_topic_where(broker, name, |_| true).await;
+        }
         let deadline = tokio::time::Instant::now() + APPLY_WAIT;
         let mut applied = self.watch_applied();
         loop {
-            match broker.topic(name) {
-                Ok(t) if present => return Ok(t),
-                Err(e @ BrokerError::UnknownTopic(_)) if !present => return Err(e),
-                _ => {}
+            if let Err(e @ BrokerError::UnknownTopic(_)) = broker.topic(name) {
+                return Err(e);
+            }
+            if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                return Err(BrokerError::NotLeader {
+                    what: format!("the metadata of topic '{name}' yet (not applied on this broker in time)"),
+                    leader: None,
+                });
+            }
+        }
+    }
+
+    /// Waits until this broker's topic table shows topic `name` as `ready` says.
+    async fn wait_topic_where(
+        &self,
+        broker: &Broker,
+        name: &str,
+        ready: impl Fn(&Topic) -> bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        let mut applied = self.watch_applied();
+        loop {
+            if let Ok(t) = broker.topic(name) {
+                if ready(&t) {
+                    return Ok(t);
+                }
             }
             if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
                 return Err(BrokerError::NotLeader {

@@ -32,6 +32,7 @@ use crate::meta::{StoredOffset, TopicRecord};
 use crate::partition::Partition;
 use crate::raft::types::AppendHook;
 use crate::raft::{BatchData, ProposedBatch};
+use crate::topic_config::TopicSettings;
 
 /// Bytes of metadata log read per step of the applier.
 const READ_BYTES: usize = 1 << 20;
@@ -61,6 +62,14 @@ pub enum MetaCommand {
         offsets: Vec<StoredOffset>,
         #[serde(default, skip_serializing_if = "is_zero")]
         topic_id: u64,
+    },
+    /// New settings for the incarnation `topic_id` of topic `name` (ignored if another
+    /// incarnation holds the name).
+    AlterTopic {
+        name: String,
+        topic_id: u64,
+        settings: TopicSettings,
+        overrides: Vec<String>,
     },
     /// Every committed offset of a group goes (the coordinator checked it has no members).
     DeleteGroup {
@@ -147,9 +156,10 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
     while let Some(cmds) = read_chunk(log, &mut end)? {
         deleted.extend(cmds.iter().filter_map(|(_, c)| match c {
             MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
-            MetaCommand::CreateTopic { .. } | MetaCommand::CommitOffsets { .. } | MetaCommand::DeleteGroup { .. } => {
-                None
-            }
+            MetaCommand::CreateTopic { .. }
+            | MetaCommand::CommitOffsets { .. }
+            | MetaCommand::DeleteGroup { .. }
+            | MetaCommand::AlterTopic { .. } => None,
         }));
     }
     let mut next = 0u64;
@@ -203,6 +213,13 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
             }
             broker.store().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
         }
+        MetaCommand::AlterTopic { name, topic_id, settings, overrides } => match broker.topic(&name) {
+            Ok(t) if t.topic_id == topic_id => {
+                let record = TopicRecord { settings, overrides, ..t.record.clone() };
+                broker.republish(&t, record).map(|_| ())
+            }
+            _ => Ok(()), // another incarnation, or one this broker could not open
+        },
         // Not flushed either, for the same reason.
         MetaCommand::DeleteGroup { group } => {
             broker.store().remove_group_offsets(&group).map(|_| ()).map_err(BrokerError::from)
@@ -304,7 +321,6 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic_config::TopicSettings;
 
     #[test]
     fn commands_round_trip_as_json() {
@@ -314,8 +330,15 @@ mod tests {
             created_at_ms: 7,
             settings: TopicSettings::default(),
             replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]],
+            overrides: vec!["retention_ms".into()],
         };
         for cmd in [
+            MetaCommand::AlterTopic {
+                name: "t".into(),
+                topic_id: 5,
+                settings: TopicSettings::default(),
+                overrides: vec!["fsync_policy".into()],
+            },
             MetaCommand::CreateTopic { record },
             MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },
             MetaCommand::DeleteGroup { group: "g".into() },

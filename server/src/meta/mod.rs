@@ -53,6 +53,10 @@ pub struct TopicRecord {
     /// every broker holds every partition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Vec<u64>>,
+    /// The settings given for this topic (`topic_config::KEYS` names); the others came from
+    /// the broker's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 impl TopicRecord {
@@ -360,6 +364,7 @@ mod tests {
                 created_at_ms: 5,
                 settings: TopicSettings::default(),
                 replicas: Vec::new(),
+                overrides: Vec::new(),
             };
             m.put_topic(&t).await.unwrap();
             let offs: Vec<_> = (0..3)
@@ -394,6 +399,7 @@ mod tests {
             created_at_ms: 5,
             settings: TopicSettings::default(),
             replicas: Vec::new(),
+            overrides: Vec::new(),
         };
         // Partition 256 has a 0x00 byte in its key (the parser must not split there).
         let offs =

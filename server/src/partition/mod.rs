@@ -48,6 +48,24 @@ use crate::log::{
 /// Unsynced bytes after which the interval flusher fsyncs before the interval is up.
 const EARLY_SYNC_BYTES: u64 = 1 << 20;
 
+/// [`FsyncPolicy`] as one u64: 0 = per batch, `u64::MAX` = never, else the interval in ms
+/// (at least 1).
+fn encode_fsync(f: FsyncPolicy) -> u64 {
+    match f {
+        FsyncPolicy::PerBatch => 0,
+        FsyncPolicy::Never => u64::MAX,
+        FsyncPolicy::Interval(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1).clamp(1, u64::MAX - 1),
+    }
+}
+
+fn decode_fsync(v: u64) -> FsyncPolicy {
+    match v {
+        0 => FsyncPolicy::PerBatch,
+        u64::MAX => FsyncPolicy::Never,
+        ms => FsyncPolicy::Interval(std::time::Duration::from_millis(ms)),
+    }
+}
+
 /// What the writer of a batch is answered with: where it landed (for a resend of a stored
 /// batch, where the original landed), or why it was refused at append.
 pub type ProduceOutcome = Result<Appended, Rejection>;
@@ -78,7 +96,9 @@ pub struct Partition {
     /// The log and the producer state change together, under one lock.
     state: Mutex<PartitionState>,
     dir: PathBuf,
-    fsync: FsyncPolicy,
+    /// The fsync policy, encoded by [`encode_fsync`] so a topic's config can change it while
+    /// appends run (read once per batch, lock-free).
+    fsync: AtomicU64,
     /// Bytes written to the log since open (headers included; bumped under the log lock), and
     /// how many of them the last fsync covered. A byte count, not an offset, because Raft
     /// control batches occupy no offset but must be made durable too: a position in this count
@@ -114,7 +134,7 @@ impl Partition {
                 index,
                 state: Mutex::new(PartitionState { log, producers }),
                 dir: dir.to_path_buf(),
-                fsync,
+                fsync: AtomicU64::new(encode_fsync(fsync)),
                 written_bytes: AtomicU64::new(0),
                 synced_bytes: AtomicU64::new(0),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -227,7 +247,7 @@ impl Partition {
     /// Step 2 of an append: waits for durability per the fsync policy, then publishes the batch
     /// to subscribers by advancing the high watermark.
     pub async fn complete(&self, pending: &PendingAppend) -> Result<(), BrokerError> {
-        if self.fsync == FsyncPolicy::PerBatch {
+        if self.fsync_policy() == FsyncPolicy::PerBatch {
             self.sync_through(pending.mark).await?;
         }
         // After a failed fsync nothing more may become visible (see `Closed::StorageFailed`).
@@ -284,13 +304,22 @@ impl Partition {
     }
 
     pub fn fsync_policy(&self) -> FsyncPolicy {
-        self.fsync
+        decode_fsync(self.fsync.load(Ordering::Relaxed))
+    }
+
+    /// Applies a topic's changed settings: the log's (segment size and age, retention, from
+    /// the next roll or retention pass) and the fsync policy (from the next batch; a switch to
+    /// `PerBatch` makes the next batch's fsync cover everything written before it).
+    pub fn reconfigure(&self, config: LogConfig, fsync: FsyncPolicy) -> Result<(), BrokerError> {
+        self.state().log.set_config(config)?;
+        self.fsync.store(encode_fsync(fsync), Ordering::Relaxed);
+        Ok(())
     }
 
     /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data, or
     /// early once `EARLY_SYNC_BYTES` are unsynced.
     pub async fn sync_if_due(&self) -> Result<(), BrokerError> {
-        let FsyncPolicy::Interval(every) = self.fsync else {
+        let FsyncPolicy::Interval(every) = self.fsync_policy() else {
             return Ok(());
         };
         let now = self.epoch.elapsed().as_millis() as i64;
@@ -514,4 +543,28 @@ pub enum LogWrite<'a> {
 struct PartitionState {
     log: Log,
     producers: ProducerState,
+}
+
+#[cfg(test)]
+mod fsync_encoding_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn every_fsync_policy_survives_its_encoding() {
+        for f in [
+            FsyncPolicy::PerBatch,
+            FsyncPolicy::Never,
+            FsyncPolicy::Interval(Duration::from_millis(1)),
+            FsyncPolicy::Interval(Duration::from_secs(86_400)),
+        ] {
+            assert_eq!(decode_fsync(encode_fsync(f)), f);
+        }
+        // Below a millisecond is the shortest interval, never "per batch".
+        assert_eq!(
+            decode_fsync(encode_fsync(FsyncPolicy::Interval(Duration::ZERO))),
+            FsyncPolicy::Interval(Duration::from_millis(1))
+        );
+    }
 }

@@ -59,20 +59,22 @@ class PartitionDescription(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., in_sync_replica_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TopicDescription(_message.Message):
-    __slots__ = ("name", "partition_count", "replication_factor", "config", "partitions", "created_at_ms")
+    __slots__ = ("name", "partition_count", "replication_factor", "config", "partitions", "created_at_ms", "config_overrides")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     name: str
     partition_count: int
     replication_factor: int
     config: TopicConfig
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionDescription]
     created_at_ms: int
-    def __init__(self, name: _Optional[str] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., config: _Optional[_Union[TopicConfig, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionDescription, _Mapping]]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    config_overrides: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., config: _Optional[_Union[TopicConfig, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionDescription, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., config_overrides: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateTopicRequest(_message.Message):
     __slots__ = ("name", "partitions", "replication_factor", "config")
@@ -181,3 +183,19 @@ class DescribeClusterResponse(_message.Message):
     controller_id: int
     brokers: _containers.RepeatedCompositeFieldContainer[BrokerInfo]
     def __init__(self, cluster_id: _Optional[str] = ..., controller_id: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerInfo, _Mapping]]] = ...) -> None: ...
+
+class AlterTopicConfigRequest(_message.Message):
+    __slots__ = ("name", "config", "reset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    config: TopicConfig
+    reset: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[TopicConfig, _Mapping]] = ..., reset: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AlterTopicConfigResponse(_message.Message):
+    __slots__ = ("topic",)
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    topic: TopicDescription
+    def __init__(self, topic: _Optional[_Union[TopicDescription, _Mapping]] = ...) -> None: ...

@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=tidelog_dot_v1_dot_admin__service__pb2.DescribeClusterRequest.SerializeToString,
                 response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.DescribeClusterResponse.FromString,
                 _registered_method=True)
+        self.AlterTopicConfig = channel.unary_unary(
+                '/tidelog.v1.AdminService/AlterTopicConfig',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -108,6 +113,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AlterTopicConfig(self, request, context):
+        """Changes a topic's settings after creation (retention, segment size and age, fsync policy,
+        max batch bytes): keys set in `config` become the topic's own; keys named in `reset` go
+        back to the broker's defaults. Applied to every partition at once (segment settings from
+        the next roll, retention from the next pass, fsync from the next batch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +155,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DescribeCluster,
                     request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.DescribeClusterRequest.FromString,
                     response_serializer=tidelog_dot_v1_dot_admin__service__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'AlterTopicConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterTopicConfig,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +325,33 @@ class AdminService:
             '/tidelog.v1.AdminService/DescribeCluster',
             tidelog_dot_v1_dot_admin__service__pb2.DescribeClusterRequest.SerializeToString,
             tidelog_dot_v1_dot_admin__service__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterTopicConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/AlterTopicConfig',
+            tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
