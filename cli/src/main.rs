@@ -86,8 +86,30 @@ async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tidelog: error: {e:#}");
+            eprintln!("tidelog: error: {}", error_text(&e));
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// What the user is told, once: a broker's answer is its message (it says what to do); any
+/// other error is its chain of causes.
+fn error_text(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tidelog::Error>() {
+        Some(tidelog::Error::Status(s)) if s.code() == tonic::Code::Unavailable => {
+            format!("{} (broker unavailable; is it running and reachable?)", s.message())
+        }
+        Some(tidelog::Error::Status(s)) => s.message().to_string(),
+        _ => {
+            // Transport layers repeat themselves ("tcp connect error: tcp connect error"): each
+            // cause once.
+            let mut causes: Vec<String> = Vec::new();
+            for c in e.chain().map(ToString::to_string) {
+                if causes.last() != Some(&c) {
+                    causes.push(c);
+                }
+            }
+            causes.join(": ")
         }
     }
 }

@@ -220,3 +220,23 @@ fn bad_config_stops_the_broker_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("retention_check_interval_ms"));
 }
+
+#[tokio::test]
+async fn cli_errors_are_said_once_and_broker_logs_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
+    let run = |args: &[&str], broker: &str| {
+        std::process::Command::new(BIN).args(args).args(["--broker", broker]).output().unwrap()
+    };
+    let out = run(&["topic", "describe", "nope"], &broker.addr);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "tidelog: error: topic 'nope' does not exist; create it first (tidelog topic create nope)");
+    let out = run(&["topic", "list"], "http://127.0.0.1:1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("tidelog: error: cannot connect to the broker"), "{err}");
+    assert_eq!(err.matches("tcp connect error").count(), 1, "{err}");
+    // stderr is a file here: plain text for log files and collectors.
+    assert!(!broker.log().contains('\x1b'), "ANSI escapes in a broker log written to a file");
+}

@@ -65,6 +65,8 @@ async fn cluster_alter_through_a_non_controller_reaches_every_broker() {
     let other = (1..=3).find(|n| *n != controller).unwrap();
     c.create_topic("cfg", 1, 3, Default::default()).await;
     let addr = c.addr(other);
+    let at_other = Client::connect(addr.clone()).await.unwrap();
+    eventually(WAIT, "the topic at the non-controller", || async { at_other.describe_topic("cfg").await.ok() }).await;
     let alter = ["topic", "alter", "cfg", "--retention-ms", "120000", "--max-batch-bytes", "8192"];
     let altered = tokio::task::spawn_blocking(move || run_cli(&addr, &alter, "")).await.unwrap();
     assert!(config_line(&altered).contains("retention_ms=120000 (topic)"), "{altered}");

@@ -5,10 +5,12 @@ use tidelog_proto::v1::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to the broker: {0}")]
+    /// The cause is the error's `source()` (shown by `{:#}` with anyhow), not repeated here.
+    #[error("cannot connect to the broker")]
     Transport(#[from] tonic::transport::Error),
+    /// Not a `source()`: the status's code and message are all there is to say, said once.
     #[error("broker answered {:?}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("broker rejected the batch ({code:?}): {message}")]
     Broker { code: ErrorCode, message: String },
     #[error("cannot decode a batch from the broker: {0}")]
@@ -21,6 +23,12 @@ pub enum Error {
     Closed,
     #[error("delivery failed: {0}")]
     Delivery(String),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Self::Status(s)
+    }
 }
 
 /// Whether a broker error code is retryable (the proto marks these): the same request may

@@ -5,8 +5,10 @@
 //!
 //! 1. hand over leadership (cluster: every group this broker leads moves to a follower, while
 //!    this broker still serves Raft traffic);
-//! 2. stop new work, end streams, fsync every partition and the metadata store;
-//! 3. after the server stopped (or the grace period ran out): stop replication.
+//! 2. stop replication (every Raft group held here), before the partitions close: a group
+//!    that wrote to a closed log would fail its storage and log errors for a clean stop;
+//! 3. stop new work, end streams, fsync every partition and the metadata store;
+//! 4. after the server stopped (or the grace period ran out): a last fsync.
 //!
 //! This is the only module that knows both implementations of the broker's seam; the api
 //! layer above it never learns which one runs.
@@ -81,6 +83,7 @@ impl Node {
             tracing::info!("shutting down");
             // Before the server stops: a transfer needs this broker's Raft traffic.
             b.hand_over(HAND_OVER_WAIT).await;
+            b.stop_control().await;
             b.shutdown(); // ends subscriptions and produce streams, fsyncs everything
             let _ = stopped_tx.send(());
         };
@@ -104,7 +107,6 @@ impl Node {
                 tracing::warn!("streams still open after the grace period; exiting anyway");
             }
         }
-        broker.stop_control().await;
         broker.shutdown();
         tracing::info!("stopped");
         Ok(())

@@ -27,7 +27,9 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Must run inside a tokio runtime (the exporter needs one).
 pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colour only for a person at a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
             let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;

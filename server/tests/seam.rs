@@ -288,6 +288,9 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
         .unwrap();
     assert_eq!(created.record.overrides, ["retention_ms"]);
     let id = created.topic_id;
+    for b in &all {
+        eventually("the topic on every broker", WAIT, || async { b.topic("cfg").ok() }).await;
+    }
 
     // Set two more, at another broker (passed on to the controller in a cluster).
     let alter = AlterTopic {

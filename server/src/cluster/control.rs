@@ -283,6 +283,7 @@ impl ControlPlane for Cluster {
     /// Stops every Raft group hosted here (partitions, then metadata). Followers of a group
     /// this broker still led (no hand-over) elect after their election timeout.
     async fn stop(&self, _broker: &Broker) {
+        self.groups.close();
         for r in self.partition_replicas() {
             r.stop(&self.groups).await;
         }

@@ -73,6 +73,9 @@ pub struct RaftGroups {
     peers: Option<QuiesceContext>,
     /// Set when this broker begins its graceful shutdown: it refuses leadership transfers.
     stopping: Arc<AtomicBool>,
+    /// Set when its groups stop: every Raft message is refused (UNAVAILABLE) instead of
+    /// reaching a group that is shutting down.
+    closed: Arc<AtomicBool>,
 }
 
 /// Cluster mode: the peers (to wake an asleep leader) and their liveness.
@@ -95,11 +98,16 @@ impl RaftGroups {
     /// A cluster's registry, whose groups may sleep (a broker with quiescing off uses the
     /// default registry: its replicas refuse to sleep).
     pub fn clustered(context: QuiesceContext) -> Self {
-        Self { inner: Arc::default(), peers: Some(context), stopping: Arc::default() }
+        Self { inner: Arc::default(), peers: Some(context), stopping: Arc::default(), closed: Arc::default() }
     }
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses every Raft message from now on (the broker is stopping its groups).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// Whether this broker began its graceful shutdown.
@@ -125,6 +133,9 @@ impl RaftGroups {
     }
 
     fn get(&self, group_id: u64) -> Result<GroupHandle, Status> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("this broker is stopping its raft groups"));
+        }
         self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
