@@ -63,7 +63,9 @@ async fn cluster_alter_through_a_non_controller_reaches_every_broker() {
     let c = TestCluster::start().await;
     let controller = c.controller().await;
     let other = (1..=3).find(|n| *n != controller).unwrap();
-    c.create_topic("cfg", 1, 3, Default::default()).await;
+    let created = c.create_topic("cfg", 1, 3, Default::default()).await;
+    // A create answers once its partitions have leaders (not leader=0).
+    assert!(created.partitions.iter().all(|p| p.leader_id != 0), "{:?}", created.partitions);
     let addr = c.addr(other);
     let at_other = Client::connect(addr.clone()).await.unwrap();
     eventually(WAIT, "the topic at the non-controller", || async { at_other.describe_topic("cfg").await.ok() }).await;

@@ -64,14 +64,14 @@ impl ControlPlane for Cluster {
             replicas,
             overrides: crate::topic_config::keys_in(new.config.as_ref()),
         };
-        match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
+        let topic = match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
             Ok(offset) => {
                 self.wait_applied(offset + 1, APPLY_WAIT).await?;
                 let topic = broker.topic(&new.name)?;
                 if topic.topic_id != metadata::topic_id_at(offset) {
                     return Err(BrokerError::TopicExists(new.name.clone()));
                 }
-                Ok(topic)
+                topic
             }
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {
                 let req = CreateTopicRequest {
@@ -84,10 +84,12 @@ impl ControlPlane for Cluster {
                     .create_topic(forwarded_request(req, Some(APPLY_WAIT)))
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
-                self.wait_topic(broker, &new.name, true).await
+                self.wait_topic(broker, &new.name, true).await?
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        self.wait_for_leaders(&topic).await;
+        Ok(topic)
     }
 
     /// An `AlterTopic` entry naming the incarnation, proposed by the controller; any other
@@ -349,6 +351,28 @@ impl Cluster {
     /// The admin service of broker `id` (the controller).
     fn admin_client(&self, id: u64) -> Result<AdminServiceClient<tonic::transport::Channel>, BrokerError> {
         Ok(AdminServiceClient::new(self.channel_to_broker(id)?))
+    }
+
+    /// Waits, briefly, until every partition group of `topic` held here knows a leader, so a
+    /// create answers with its leaders (a new group elects within an election timeout or two);
+    /// past that it answers anyway, and describe shows them once elected.
+    async fn wait_for_leaders(&self, topic: &Topic) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.raft_config.election_timeout_max * 3);
+        for p in 0..topic.record.partitions {
+            let hosted = self
+                .hosted
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&super::group_id(topic.topic_id, p))
+                .cloned();
+            let Some(h) = hosted else { continue };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let elected = h.replica.raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "a leader").await;
+            if elected.is_err() {
+                tracing::debug!(topic = %topic.record.name, partition = p, "no leader yet; answering the create anyway");
+                return;
+            }
+        }
     }
 
     /// Waits until this broker's topic table shows topic `name` (`present`) or no longer
