@@ -27,5 +27,11 @@ grep -q errorCode <<<"$out" && fail "produce returned an error: $out"
 out=$(timeout 3 "$grpcurl" -plaintext -d '{"topic":"smoke","start":{"earliest":true}}' \
   "$addr" tidelog.v1.RecordService/Subscribe || true)
 grep -q '"value": "aGVsbG8="' <<<"$out" || fail "subscribe did not return the record: $out"
+# The CLI (the SDK) writes LZ4 batches: grpcurl sees them as records with "decompress": true.
+printf 'lz4-record\n' | "$bin" produce smoke --broker "http://$addr" >/dev/null
+out=$(timeout 3 "$grpcurl" -plaintext -d '{"topic":"smoke","start":{"offset":"1"},"decompress":true}' \
+  "$addr" tidelog.v1.RecordService/Subscribe || true)
+grep -q '"value": "bHo0LXJlY29yZA=="' <<<"$out" || fail "subscribe with decompress did not return the record: $out"
+grep -q compressedRecords <<<"$out" && fail "a batch was served compressed despite decompress: $out"
 
 echo "grpcurl smoke: ok ($addr)"

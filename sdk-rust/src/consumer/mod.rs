@@ -88,6 +88,8 @@ impl Subscription {
                 .collect(),
             start: Some(self.start.to_wire()),
             max_bytes: self.max_bytes,
+            // The SDK decompresses itself: the broker serves the stored bytes.
+            decompress: false,
         };
         Ok(client.records().subscribe(req).await?.into_inner())
     }

@@ -18,7 +18,8 @@
 //! sleeps on the partition's high-watermark watch (no polling). All tasks feed one bounded
 //! channel; when the client stops reading, HTTP/2 flow control stops tonic from draining it,
 //! `send` waits, and the tasks stop reading the log. Memory per subscription is bounded by
-//! (channel capacity + partitions) x `max_bytes`.
+//! (channel capacity + partitions) x `max_bytes` (x the decompression ratio, at most 64 MiB a
+//! batch, for a subscriber that asked for decompressed batches).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -154,20 +155,35 @@ fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Valida
     Ok(Validated { partition, writer, batch, payload })
 }
 
-fn to_wire_batch(b: StoredBatch) -> wire::Batch {
-    let payload = if b.header.compression == CODEC_NONE {
-        wire::batch::Payload::Records(b.payload)
-    } else {
-        wire::batch::Payload::CompressedRecords(b.payload)
-    };
-    wire::Batch {
+/// A stored batch as served: its stored bytes, or (for a subscriber that asked to
+/// `decompress`) a compressed batch's records decompressed, with their own CRC32C. A batch
+/// that does not decompress is served as stored.
+fn to_wire_batch(b: StoredBatch, decompress: bool) -> wire::Batch {
+    let mut served = wire::Batch {
         base_offset: b.header.base_offset,
         record_count: b.header.record_count,
         append_time_ms: b.header.append_time_ms,
         compression: i32::from(b.header.compression),
-        payload: Some(payload),
+        payload: None,
         crc32c: b.header.payload_crc,
+    };
+    if b.header.compression == CODEC_NONE {
+        served.payload = Some(wire::batch::Payload::Records(b.payload));
+        return served;
     }
+    if decompress {
+        match batch::decompress(b.header.compression, &b.payload) {
+            Ok(records) => {
+                served.compression = i32::from(CODEC_NONE);
+                served.crc32c = crc32c::crc32c(&records);
+                served.payload = Some(wire::batch::Payload::Records(records));
+                return served;
+            }
+            Err(e) => tracing::warn!(offset = b.header.base_offset, error = %e, "serving a batch compressed"),
+        }
+    }
+    served.payload = Some(wire::batch::Payload::CompressedRecords(b.payload));
+    served
 }
 
 /// Resolves a start position to an offset; absent = latest (the high watermark).
@@ -190,6 +206,7 @@ async fn tail_partition(
     partition: Arc<Partition>,
     mut next: u64,
     max_bytes: usize,
+    decompress: bool,
     tx: mpsc::Sender<Result<wire::SubscribeResponse, Status>>,
 ) {
     let mut hw = partition.watch_hw();
@@ -212,7 +229,7 @@ async fn tail_partition(
                 next = batches.last().map_or(next, |b| b.header.next_offset());
                 let resp = wire::SubscribeResponse {
                     partition: partition.index(),
-                    batches: batches.into_iter().map(to_wire_batch).collect(),
+                    batches: batches.into_iter().map(|b| to_wire_batch(b, decompress)).collect(),
                     high_watermark,
                 };
                 if tx.send(Ok(resp)).await.is_err() {
@@ -318,7 +335,7 @@ impl RecordService for RecordApi {
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         for (p, offset) in starts {
             tracing::debug!(topic = %req.topic, partition = p.index(), offset, "subscription started");
-            tokio::spawn(tail_partition(p, offset, max_bytes, tx.clone()));
+            tokio::spawn(tail_partition(p, offset, max_bytes, req.decompress, tx.clone()));
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -12,6 +12,31 @@ pub const CODEC_NONE: u8 = 0;
 pub const CODEC_LZ4: u8 = 1;
 pub const CODEC_ZSTD: u8 = 2;
 
+/// Largest a batch may grow to when the broker decompresses it for a subscriber that asked
+/// (`SubscribeRequest.decompress`): the limit of one served response.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
+
+/// A stored batch's payload decompressed (LZ4 frame or Zstd, as the SDKs write them), at
+/// most [`MAX_DECOMPRESSED_BYTES`]. Not on the produce or SDK subscribe path: only for a
+/// subscriber that asked for records.
+pub fn decompress(codec: u8, payload: &[u8]) -> Result<bytes::Bytes, BrokerError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(payload.len().saturating_mul(3));
+    let read = match codec {
+        CODEC_LZ4 => lz4_flex::frame::FrameDecoder::new(payload).take(MAX_DECOMPRESSED_BYTES).read_to_end(&mut out),
+        CODEC_ZSTD => {
+            zstd::stream::read::Decoder::new(payload).and_then(|d| d.take(MAX_DECOMPRESSED_BYTES).read_to_end(&mut out))
+        }
+        CODEC_NONE => return Ok(bytes::Bytes::copy_from_slice(payload)),
+        other => return Err(BrokerError::CorruptBatch(format!("unknown compression codec {other}"))),
+    };
+    read.map_err(|e| BrokerError::CorruptBatch(format!("cannot decompress: {e}")))?;
+    if out.len() as u64 >= MAX_DECOMPRESSED_BYTES {
+        return Err(BrokerError::CorruptBatch(format!("decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")));
+    }
+    Ok(out.into())
+}
+
 /// Most records one batch may declare (keeps offsets within a segment far from u32 limits).
 pub const MAX_RECORDS_PER_BATCH: u32 = 1 << 20;
 
@@ -156,5 +181,21 @@ mod tests {
         assert!(matches!(validate(b"zz", compressed, 1 << 20), Err(BrokerError::InvalidArgument(_))));
         let mismatched = Declared { compressed: false, codec: 1, record_count: 1, crc: None };
         assert!(matches!(validate(&b, mismatched, 1 << 20), Err(BrokerError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn lz4_and_zstd_batches_decompress_and_garbage_is_refused() {
+        use std::io::Write;
+        let raw: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut lz4 = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        lz4.write_all(&raw).unwrap();
+        let lz4 = lz4.finish().unwrap();
+        let zstd = zstd::bulk::compress(&raw, 3).unwrap();
+        assert_eq!(decompress(CODEC_LZ4, &lz4).unwrap(), raw);
+        assert_eq!(decompress(CODEC_ZSTD, &zstd).unwrap(), raw);
+        assert_eq!(decompress(CODEC_NONE, &raw).unwrap(), raw);
+        assert!(matches!(decompress(CODEC_LZ4, b"not lz4"), Err(BrokerError::CorruptBatch(_))));
+        assert!(matches!(decompress(CODEC_ZSTD, b"not zstd"), Err(BrokerError::CorruptBatch(_))));
+        assert!(matches!(decompress(9, &raw), Err(BrokerError::CorruptBatch(_))));
     }
 }

@@ -104,16 +104,18 @@ class PartitionStart(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("topic", "partitions", "start", "max_bytes")
+    __slots__ = ("topic", "partitions", "start", "max_bytes", "decompress")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECOMPRESS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionStart]
     start: StartPosition
     max_bytes: int
-    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[PartitionStart, _Mapping]]] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    decompress: bool
+    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[PartitionStart, _Mapping]]] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., max_bytes: _Optional[int] = ..., decompress: _Optional[bool] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("base_offset", "record_count", "append_time_ms", "compression", "records", "compressed_records", "crc32c")
