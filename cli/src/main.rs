@@ -95,12 +95,18 @@ async fn main() -> std::process::ExitCode {
 /// What the user is told, once: a broker's answer is its message (it says what to do); any
 /// other error is its chain of causes.
 fn error_text(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<tidelog::Error>() {
-        Some(tidelog::Error::Status(s)) if s.code() == tonic::Code::Unavailable => {
+    // Through the SDK, or from a raw generated client.
+    let status = match e.downcast_ref::<tidelog::Error>() {
+        Some(tidelog::Error::Status(s)) => Some(s),
+        _ => e.downcast_ref::<tonic::Status>(),
+    };
+    match status {
+        Some(s) if s.message().is_empty() => format!("the broker answered {:?}", s.code()),
+        Some(s) if s.code() == tonic::Code::Unavailable => {
             format!("{} (broker unavailable; is it running and reachable?)", s.message())
         }
-        Some(tidelog::Error::Status(s)) => s.message().to_string(),
-        _ => {
+        Some(s) => s.message().to_string(),
+        None => {
             // Transport layers repeat themselves ("tcp connect error: tcp connect error"): each
             // cause once.
             let mut causes: Vec<String> = Vec::new();

@@ -115,7 +115,7 @@ impl TopicSettings {
 
     /// A topic's settings after an alteration: these defaults, then the topic's `current`
     /// values for the `overrides` it keeps (all but `reset`), then `config` over them. Returns
-    /// the settings and the topic's new overrides, or a message naming an unknown key.
+    /// the (valid) settings and the topic's new overrides, or a message saying what is wrong.
     pub fn altered(
         &self,
         current: &Self,
@@ -123,21 +123,40 @@ impl TopicSettings {
         config: Option<&TopicConfig>,
         reset: &[String],
     ) -> Result<(Self, Vec<String>), String> {
-        if let Some(bad) = reset.iter().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(format!("unknown setting {bad:?} to reset; the settings are {KEYS:?}"));
+        let values = self.merged(config)?;
+        self.altered_with(current, overrides, &values, &keys_in(config), reset)
+    }
+
+    /// As [`TopicSettings::altered`], with the settings to set given as their names (`set`)
+    /// and `values` holding them: the form a cluster's metadata log carries, so every broker
+    /// applies an alteration to the topic as it is then, and concurrent alterations compose.
+    pub fn altered_with(
+        &self,
+        current: &Self,
+        overrides: &[String],
+        values: &Self,
+        set: &[String],
+        reset: &[String],
+    ) -> Result<(Self, Vec<String>), String> {
+        if let Some(bad) = reset.iter().chain(set).find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(format!("unknown setting {bad:?}; the settings are {KEYS:?}"));
+        }
+        if let Some(both) = set.iter().find(|k| reset.contains(k)) {
+            return Err(format!("setting {both:?} is both set and reset"));
         }
         let mut kept: Vec<String> = overrides.iter().filter(|k| !reset.contains(k)).cloned().collect();
         let mut s = self.clone();
         for k in &kept {
             s.copy_key(current, k);
         }
-        let s = s.merged(config)?;
-        for k in keys_in(config) {
-            if !kept.contains(&k) {
-                kept.push(k);
+        for k in set {
+            s.copy_key(values, k);
+            if !kept.contains(k) {
+                kept.push(k.clone());
             }
         }
         kept.sort_by_key(|k| KEYS.iter().position(|x| x == k));
+        s.validate()?;
         Ok((s, kept))
     }
 

@@ -286,7 +286,7 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
         )
         .await
         .unwrap();
-    assert_eq!(created.record.overrides, ["retention_ms"]);
+    assert_eq!(created.record.own_settings(), ["retention_ms"]);
     let id = created.topic_id;
     for b in &all {
         eventually("the topic on every broker", WAIT, || async { b.topic("cfg").ok() }).await;
@@ -304,7 +304,7 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     };
     let altered = all.last().unwrap().alter_topic(alter, Origin::Client).await.unwrap();
     assert_eq!(altered.topic_id, id, "an alteration is the same incarnation");
-    assert_eq!(altered.record.overrides, ["retention_ms", "fsync_policy", "max_batch_bytes"]);
+    assert_eq!(altered.record.own_settings(), ["retention_ms", "fsync_policy", "max_batch_bytes"]);
     let s = &altered.record.settings;
     assert_eq!((s.retention_ms, s.fsync, s.max_batch_bytes), (60_000, FsyncSetting::Always, 2048));
     let settled = |b: std::sync::Arc<tidelog_server::broker::Broker>, fsync: FsyncPolicy, retention: i64| async move {
@@ -323,10 +323,33 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     let at = vec![StoredOffset { partition: 0, offset: 1, commit_time_ms: now_ms(), metadata: String::new() }];
     c.coordinator().await.commit_offsets("g", &altered, at).await.unwrap();
 
+    // Two alterations at once, of different settings, at different brokers: both take effect.
+    let (first, last) = (std::sync::Arc::clone(&all[0]), std::sync::Arc::clone(all.last().unwrap()));
+    let one = AlterTopic {
+        name: "cfg".into(),
+        config: Some(TopicConfig { segment_ms: Some(3_600_000), ..TopicConfig::default() }),
+        reset: vec![],
+    };
+    let two = AlterTopic {
+        name: "cfg".into(),
+        config: Some(TopicConfig { retention_bytes: Some(1 << 30), ..TopicConfig::default() }),
+        reset: vec![],
+    };
+    let (a, b) = tokio::join!(first.alter_topic(one, Origin::Client), last.alter_topic(two, Origin::Client));
+    a.unwrap();
+    b.unwrap();
+    for b in &all {
+        eventually("both concurrent alterations", WAIT, || async {
+            let s = b.topic("cfg").ok()?.record.settings.clone();
+            (s.segment_ms == 3_600_000 && s.retention_bytes == 1 << 30).then_some(())
+        })
+        .await;
+    }
+
     // Back to the default, and refusals.
     let reset = AlterTopic { name: "cfg".into(), config: None, reset: vec!["retention_ms".into()] };
     let back = all[0].alter_topic(reset, Origin::Client).await.unwrap();
-    assert_eq!(back.record.overrides, ["fsync_policy", "max_batch_bytes"]);
+    assert_eq!(back.record.own_settings(), ["retention_bytes", "segment_ms", "fsync_policy", "max_batch_bytes"]);
     assert_eq!(back.record.settings.retention_ms, TopicSettings::default().retention_ms);
     let unknown_key = AlterTopic { name: "cfg".into(), config: None, reset: vec!["nope".into()] };
     assert!(matches!(all[0].alter_topic(unknown_key, Origin::Client).await, Err(BrokerError::InvalidArgument(_))));
@@ -340,7 +363,7 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     assert!(matches!(all[0].alter_topic(missing, Origin::Client).await, Err(BrokerError::UnknownTopic(_))));
 
     // Durable: after a restart every broker opens the topic with its altered settings.
-    drop((all, created, altered, back));
+    drop((all, created, altered, back, first, last));
     c.restart_all().await;
     for b in c.brokers() {
         settled(b, FsyncPolicy::PerBatch, TopicSettings::default().retention_ms).await;

@@ -35,6 +35,7 @@ from ._config import ADMIN_KEYS, parse, target, targets
 from ._failover import Ring, call_sync
 from .errors import (
     ConfigError,
+    ErrorCode,
     FatalError,
     GroupNotEmptyError,
     UnknownGroupError,
@@ -360,17 +361,20 @@ class AdminClient:
         ]
 
     def _group_call(self, method: Callable[[Stubs], Any], request: Any, group: str) -> Any:
-        """A group administration call: NOT_FOUND names the group (unless it names a topic),
-        FAILED_PRECONDITION means the group has members."""
+        """A group administration call. The broker answers an unknown group with NOT_FOUND and
+        a group with members with FAILED_PRECONDITION, each with a message that starts by
+        naming the group; those become :class:`UnknownGroupError` / :class:`GroupNotEmptyError`
+        (an unknown topic stays :class:`UnknownTopicError`)."""
+        named = f"group '{group}' "
         try:
             return self._call(method, request)
         except UnknownTopicError as e:
-            if "group" in str(e) and "topic" not in str(e):
-                raise UnknownGroupError(str(e), e.code) from e
+            if e.message.startswith(named):
+                raise UnknownGroupError(e.message, ErrorCode.UNKNOWN_GROUP) from e
             raise
         except FatalError as e:
-            if e.code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise GroupNotEmptyError(str(e), e.code) from e
+            if e.code == grpc.StatusCode.FAILED_PRECONDITION and e.message.startswith(named):
+                raise GroupNotEmptyError(e.message, ErrorCode.NON_EMPTY_GROUP) from e
             raise
 
     def describe_group(self, group: str) -> GroupDescription:

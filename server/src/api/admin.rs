@@ -59,7 +59,7 @@ fn describe(brokers: &[u64], t: &Topic) -> TopicDescription {
         config: Some(t.record.settings.to_proto()),
         created_at_ms: t.record.created_at_ms,
         partitions,
-        config_overrides: t.record.overrides.clone(),
+        config_overrides: t.record.own_settings(),
     }
 }
 

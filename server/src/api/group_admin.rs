@@ -125,7 +125,8 @@ pub async fn reset_offsets(
             To::TimestampMs(_) => i128::from(at_time.as_ref().and_then(|m| m.get(p)).copied().unwrap_or(hi)),
             To::ShiftBy(d) => i128::from(before.unwrap_or(lo)) + i128::from(d),
         };
-        let after = target.clamp(i128::from(lo), i128::from(hi)) as u64;
+        // max then min, not clamp: two reads of a moving log may give lo > hi (then hi wins).
+        let after = target.max(i128::from(lo)).min(i128::from(hi)) as u64;
         resets.push(PartitionReset { partition: *p, before, after });
     }
     if !req.dry_run {

@@ -129,7 +129,7 @@ impl ControlPlane for LocalControl {
             created_at_ms: now_ms(),
             settings,
             replicas: Vec::new(),
-            overrides: crate::topic_config::keys_in(new.config.as_ref()),
+            overrides: Some(crate::topic_config::keys_in(new.config.as_ref())),
         };
         // Leftovers of a crashed create/delete of the same name would be recovered as data.
         let dir = layout::topics_dir(&broker.options().data_dir).join(&record.name);
@@ -147,9 +147,7 @@ impl ControlPlane for LocalControl {
         &self,
         broker: &Broker,
         topic: &Topic,
-        _request: &AlterTopic,
-        settings: TopicSettings,
-        overrides: Vec<String>,
+        request: &AlterTopic,
         _origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError> {
         let _admin = self.admin.lock().await;
@@ -158,7 +156,13 @@ impl ControlPlane for LocalControl {
         if current.topic_id != topic.topic_id {
             return Err(BrokerError::TopicDeleted(name.clone()));
         }
-        let record = TopicRecord { settings, overrides, ..current.record.clone() };
+        // From the topic as it is now, under the lock: concurrent alterations compose.
+        let (settings, overrides) = broker
+            .options()
+            .topic_defaults
+            .altered(&current.record.settings, &current.record.own_settings(), request.config.as_ref(), &request.reset)
+            .map_err(BrokerError::InvalidArgument)?;
+        let record = TopicRecord { settings, overrides: Some(overrides), ..current.record.clone() };
         broker.store().put_topic(&record).await?; // commit point
         broker.republish(&current, record)
     }

@@ -189,13 +189,13 @@ impl Broker {
     pub async fn alter_topic(&self, alter: AlterTopic, origin: Origin) -> Result<Arc<Topic>, BrokerError> {
         self.check_running()?;
         let topic = self.topic(&alter.name)?;
-        let (settings, overrides) = self
-            .options
+        // Checked here against the topic as looked up, for a clear refusal; the control plane
+        // applies it to the topic as it is when its turn comes.
+        self.options
             .topic_defaults
-            .altered(&topic.record.settings, &topic.record.overrides, alter.config.as_ref(), &alter.reset)
+            .altered(&topic.record.settings, &topic.record.own_settings(), alter.config.as_ref(), &alter.reset)
             .map_err(BrokerError::InvalidArgument)?;
-        settings.validate().map_err(BrokerError::InvalidArgument)?;
-        self.control()?.alter_topic(self, &topic, &alter, settings, overrides, origin).await
+        self.control()?.alter_topic(self, &topic, &alter, origin).await
     }
 
     /// Publishes `topic` with a new definition (same incarnation and partitions) and applies
@@ -334,7 +334,8 @@ impl Broker {
         }
     }
 
-    /// Graceful shutdown, last step (after the server stopped): stops replication.
+    /// Graceful shutdown, after the hand-over and before [`Broker::shutdown`] closes the
+    /// partitions: stops replication.
     pub async fn stop_control(&self) {
         if let Ok(c) = self.control() {
             c.stop(self).await;

@@ -110,15 +110,14 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
         origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError>;
 
-    /// Gives `topic` (the incarnation the broker looked up) new settings, computed and checked
-    /// by the broker, on every broker; returns the topic as it is then.
+    /// Alters `topic` (the incarnation the broker looked up) as `request` says, on every
+    /// broker, applied to the topic as it is when the alteration takes its turn (so two
+    /// concurrent alterations both take effect); returns the topic as it is then.
     async fn alter_topic(
         &self,
         broker: &Broker,
         topic: &Topic,
         request: &AlterTopic,
-        settings: TopicSettings,
-        overrides: Vec<String>,
         origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError>;
 
@@ -174,7 +173,8 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     /// another broker, waiting at most `wait` (a single node has nothing to hand over).
     async fn hand_over(&self, broker: &Broker, wait: Duration);
 
-    /// Graceful shutdown, last step: stops replication (every Raft group held here).
+    /// Graceful shutdown, after the hand-over and before the partitions close: stops
+    /// replication (every Raft group held here).
     async fn stop(&self, broker: &Broker);
 }
 

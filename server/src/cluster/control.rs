@@ -62,7 +62,7 @@ impl ControlPlane for Cluster {
             created_at_ms: now_ms(),
             settings,
             replicas,
-            overrides: crate::topic_config::keys_in(new.config.as_ref()),
+            overrides: Some(crate::topic_config::keys_in(new.config.as_ref())),
         };
         let topic = match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
             Ok(offset) => {
@@ -99,12 +99,19 @@ impl ControlPlane for Cluster {
         broker: &Broker,
         topic: &Topic,
         request: &AlterTopic,
-        settings: TopicSettings,
-        overrides: Vec<String>,
         origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError> {
         let name = &topic.record.name;
-        let cmd = MetaCommand::AlterTopic { name: name.clone(), topic_id: topic.topic_id, settings, overrides };
+        let defaults = broker.options().topic_defaults.clone();
+        let values = defaults.merged(request.config.as_ref()).map_err(BrokerError::InvalidArgument)?;
+        let cmd = MetaCommand::AlterTopic {
+            name: name.clone(),
+            topic_id: topic.topic_id,
+            set: crate::topic_config::keys_in(request.config.as_ref()),
+            values,
+            reset: request.reset.clone(),
+            defaults,
+        };
         match metadata::propose(self, &cmd).await {
             Ok(offset) => {
                 self.wait_applied(offset + 1, APPLY_WAIT).await?;
@@ -286,9 +293,8 @@ impl ControlPlane for Cluster {
     /// this broker still led (no hand-over) elect after their election timeout.
     async fn stop(&self, _broker: &Broker) {
         self.groups.close();
-        for r in self.partition_replicas() {
-            r.stop(&self.groups).await;
-        }
+        let replicas = self.partition_replicas();
+        futures::future::join_all(replicas.iter().map(|r| r.stop(&self.groups))).await;
         self.metadata_group.stop(&self.groups).await;
     }
 }

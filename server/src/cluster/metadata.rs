@@ -11,11 +11,12 @@
 //! Applying is deterministic and idempotent over the log prefix: a `CreateTopic` for a name
 //! that exists is ignored (the proposer sees another id and reports "exists"), a `DeleteTopic`
 //! names the incarnation (topic id) it deletes. A broker restarting re-applies the log from the
-//! start; creates that a later delete undoes are skipped, so their groups never start.
+//! start; creates that a later delete undoes are skipped, so their groups never start, and a
+//! topic's alterations are folded into its create, so it opens with its current settings.
 //!
 //! Never: apply a command above the metadata group's high watermark (uncommitted).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -63,13 +64,18 @@ pub enum MetaCommand {
         #[serde(default, skip_serializing_if = "is_zero")]
         topic_id: u64,
     },
-    /// New settings for the incarnation `topic_id` of topic `name` (ignored if another
-    /// incarnation holds the name).
+    /// An alteration of the incarnation `topic_id` of topic `name` (ignored if another
+    /// incarnation holds the name): the settings named in `set` take their `values`, those in
+    /// `reset` and those the topic never set take the proposer's `defaults`. Applied to the
+    /// topic as it is at its turn in the log, so concurrent alterations compose; one that
+    /// would leave invalid settings is skipped on every broker alike.
     AlterTopic {
         name: String,
         topic_id: u64,
-        settings: TopicSettings,
-        overrides: Vec<String>,
+        set: Vec<String>,
+        values: TopicSettings,
+        reset: Vec<String>,
+        defaults: TopicSettings,
     },
     /// Every committed offset of a group goes (the coordinator checked it has no members).
     DeleteGroup {
@@ -152,23 +158,39 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
 /// of it). Returns the offset to go on from.
 async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition) -> Result<u64, BrokerError> {
     let mut deleted: HashSet<u64> = HashSet::new();
+    // Each topic's alterations, in log order, folded into its create below: a topic opens with
+    // the settings it has now, never briefly with those it was created with.
+    let mut alterations: HashMap<u64, Vec<MetaCommand>> = HashMap::new();
     let mut end = 0u64;
     while let Some(cmds) = read_chunk(log, &mut end)? {
-        deleted.extend(cmds.iter().filter_map(|(_, c)| match c {
-            MetaCommand::DeleteTopic { topic_id, .. } => Some(*topic_id),
-            MetaCommand::CreateTopic { .. }
-            | MetaCommand::CommitOffsets { .. }
-            | MetaCommand::DeleteGroup { .. }
-            | MetaCommand::AlterTopic { .. } => None,
-        }));
+        for (_, cmd) in cmds {
+            match cmd {
+                MetaCommand::DeleteTopic { topic_id, .. } => {
+                    deleted.insert(topic_id);
+                }
+                MetaCommand::AlterTopic { topic_id, .. } => alterations.entry(topic_id).or_default().push(cmd),
+                MetaCommand::CreateTopic { .. }
+                | MetaCommand::CommitOffsets { .. }
+                | MetaCommand::DeleteGroup { .. } => {}
+            }
+        }
     }
     let mut next = 0u64;
     while next < end {
         let Some(cmds) = read_chunk(log, &mut next)? else { break };
         for (offset, cmd) in cmds {
-            let undone = matches!(cmd, MetaCommand::CreateTopic { .. }) && deleted.contains(&topic_id_at(offset));
-            if !undone {
-                apply(broker, cluster, offset, cmd).await;
+            match cmd {
+                MetaCommand::CreateTopic { .. } if deleted.contains(&topic_id_at(offset)) => {}
+                MetaCommand::CreateTopic { mut record } => {
+                    for alter in alterations.get(&topic_id_at(offset)).into_iter().flatten() {
+                        if let Some(altered) = altered(&record, alter) {
+                            record = altered;
+                        }
+                    }
+                    apply(broker, cluster, offset, MetaCommand::CreateTopic { record }).await;
+                }
+                MetaCommand::AlterTopic { .. } => {} // folded into its create
+                cmd => apply(broker, cluster, offset, cmd).await,
             }
         }
     }
@@ -198,6 +220,31 @@ fn decode(b: &StoredBatch) -> Result<MetaCommand, serde_json::Error> {
     serde_json::from_slice(&b.payload)
 }
 
+/// `record` as an `AlterTopic` command leaves it; `None` (logged) for an alteration that would
+/// leave invalid settings, or for another command.
+fn altered(record: &TopicRecord, cmd: &MetaCommand) -> Option<TopicRecord> {
+    let MetaCommand::AlterTopic { set, values, reset, defaults, .. } = cmd else { return None };
+    match defaults.altered_with(&record.settings, &record.own_settings(), values, set, reset) {
+        Ok((settings, overrides)) => Some(TopicRecord { settings, overrides: Some(overrides), ..record.clone() }),
+        Err(e) => {
+            tracing::warn!(topic = %record.name, error = %e, "skipping a topic alteration that does not apply");
+            None
+        }
+    }
+}
+
+/// Applies an `AlterTopic` to the incarnation it names, if that is the topic here.
+fn apply_alter(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
+    let MetaCommand::AlterTopic { name, topic_id, .. } = cmd else { return Ok(()) };
+    match broker.topic(name) {
+        Ok(t) if t.topic_id == *topic_id => match altered(&t.record, cmd) {
+            Some(record) => broker.republish(&t, record).map(|_| ()),
+            None => Ok(()),
+        },
+        _ => Ok(()), // another incarnation, or one this broker could not open
+    }
+}
+
 async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCommand) {
     let result = match cmd {
         MetaCommand::CreateTopic { record } => create(broker, cluster, topic_id_at(offset), record).await,
@@ -213,13 +260,7 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
             }
             broker.store().apply_offsets(&group, &topic, &offsets).map_err(BrokerError::from)
         }
-        MetaCommand::AlterTopic { name, topic_id, settings, overrides } => match broker.topic(&name) {
-            Ok(t) if t.topic_id == topic_id => {
-                let record = TopicRecord { settings, overrides, ..t.record.clone() };
-                broker.republish(&t, record).map(|_| ())
-            }
-            _ => Ok(()), // another incarnation, or one this broker could not open
-        },
+        alter @ MetaCommand::AlterTopic { .. } => apply_alter(broker, &alter),
         // Not flushed either, for the same reason.
         MetaCommand::DeleteGroup { group } => {
             broker.store().remove_group_offsets(&group).map(|_| ()).map_err(BrokerError::from)
@@ -330,14 +371,16 @@ mod tests {
             created_at_ms: 7,
             settings: TopicSettings::default(),
             replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]],
-            overrides: vec!["retention_ms".into()],
+            overrides: Some(vec!["retention_ms".into()]),
         };
         for cmd in [
             MetaCommand::AlterTopic {
                 name: "t".into(),
                 topic_id: 5,
-                settings: TopicSettings::default(),
-                overrides: vec!["fsync_policy".into()],
+                set: vec!["fsync_policy".into()],
+                values: TopicSettings::default(),
+                reset: vec!["retention_ms".into()],
+                defaults: TopicSettings::default(),
             },
             MetaCommand::CreateTopic { record },
             MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },

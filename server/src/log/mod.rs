@@ -301,11 +301,14 @@ impl Log {
 
     fn append_with_flags(&mut self, batch: AppendBatch<'_>, flags: u16, now_ms: i64) -> Result<Appended, LogError> {
         let batch_len = BATCH_HEADER_LEN + batch.payload.len();
-        // Positions in a segment are u32: no batch may be larger than a segment may be.
+        // Positions in a segment are u32: a batch may be at most half of that (the largest
+        // `segment_bytes`), so a segment rolled at `segment_bytes` plus one batch still fits.
+        // Not the configured `segment_bytes`: it may shrink while older, larger batches are
+        // still replicated to this log (a larger batch then starts a segment of its own).
         let batch_len32 = u32::try_from(batch_len)
             .ok()
-            .filter(|l| u64::from(*l) <= self.config.segment_bytes)
-            .ok_or_else(|| LogError::Config(format!("batch of {batch_len} bytes is larger than segment_bytes")))?;
+            .filter(|l| u64::from(*l) <= format::MAX_SEGMENT_BYTES / 2)
+            .ok_or_else(|| LogError::Config(format!("batch of {batch_len} bytes is larger than any segment")))?;
         let (raft_term, raft_index) = batch.raft.unwrap_or(self.last_raft.map_or((0, 1), |(t, i)| (t, i + 1)));
         // Raft indexes strictly increase through the file (lookups by index rely on it); terms
         // never go back. The first entry of an empty log may start anywhere (after a purge).

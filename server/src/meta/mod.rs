@@ -54,12 +54,21 @@ pub struct TopicRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Vec<u64>>,
     /// The settings given for this topic (`topic_config::KEYS` names); the others came from
-    /// the broker's defaults.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub overrides: Vec<String>,
+    /// the broker's defaults. Absent in records written before it existed: then every setting
+    /// counts as the topic's own (nothing a topic was created with is lost to a default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Vec<String>>,
 }
 
 impl TopicRecord {
+    /// The settings that are this topic's own (see `overrides`).
+    pub fn own_settings(&self) -> Vec<String> {
+        match &self.overrides {
+            Some(o) => o.clone(),
+            None => crate::topic_config::KEYS.iter().map(|k| (*k).to_string()).collect(),
+        }
+    }
+
     /// Partition `p`'s replicas in a cluster of `brokers`, preferred leader first.
     pub fn replicas_in(&self, p: u32, brokers: impl Iterator<Item = u64>) -> Vec<u64> {
         match self.replicas.get(p as usize) {
@@ -364,7 +373,7 @@ mod tests {
                 created_at_ms: 5,
                 settings: TopicSettings::default(),
                 replicas: Vec::new(),
-                overrides: Vec::new(),
+                overrides: None,
             };
             m.put_topic(&t).await.unwrap();
             let offs: Vec<_> = (0..3)
@@ -389,6 +398,15 @@ mod tests {
         assert!(m.topics().unwrap().is_empty());
     }
 
+    #[test]
+    fn a_record_from_before_overrides_existed_keeps_every_setting_as_its_own() {
+        let old = br#"{"name":"t","partitions":1,"created_at_ms":1,"settings":{"retention_ms":5}}"#;
+        let record: TopicRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!(record.overrides, None);
+        assert_eq!(record.own_settings().len(), crate::topic_config::KEYS.len());
+        assert_eq!(record.settings.retention_ms, 5);
+    }
+
     #[tokio::test]
     async fn deleting_a_topic_deletes_its_offsets_in_every_group_and_only_its_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -399,7 +417,7 @@ mod tests {
             created_at_ms: 5,
             settings: TopicSettings::default(),
             replicas: Vec::new(),
-            overrides: Vec::new(),
+            overrides: None,
         };
         // Partition 256 has a 0x00 byte in its key (the parser must not split there).
         let offs =

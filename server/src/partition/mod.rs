@@ -99,6 +99,8 @@ pub struct Partition {
     /// The fsync policy, encoded by [`encode_fsync`] so a topic's config can change it while
     /// appends run (read once per batch, lock-free).
     fsync: AtomicU64,
+    /// Set by a switch to `PerBatch`: the flusher fsyncs what earlier policies left unsynced.
+    catch_up_sync: AtomicBool,
     /// Bytes written to the log since open (headers included; bumped under the log lock), and
     /// how many of them the last fsync covered. A byte count, not an offset, because Raft
     /// control batches occupy no offset but must be made durable too: a position in this count
@@ -135,6 +137,7 @@ impl Partition {
                 state: Mutex::new(PartitionState { log, producers }),
                 dir: dir.to_path_buf(),
                 fsync: AtomicU64::new(encode_fsync(fsync)),
+                catch_up_sync: AtomicBool::new(false),
                 written_bytes: AtomicU64::new(0),
                 synced_bytes: AtomicU64::new(0),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -308,19 +311,32 @@ impl Partition {
     }
 
     /// Applies a topic's changed settings: the log's (segment size and age, retention, from
-    /// the next roll or retention pass) and the fsync policy (from the next batch; a switch to
-    /// `PerBatch` makes the next batch's fsync cover everything written before it).
+    /// the next roll or retention pass) and the fsync policy (from the next batch; after a
+    /// switch to `PerBatch` the interval flusher fsyncs what was written before, within a
+    /// tick, whether or not another batch comes).
     pub fn reconfigure(&self, config: LogConfig, fsync: FsyncPolicy) -> Result<(), BrokerError> {
         self.state().log.set_config(config)?;
-        self.fsync.store(encode_fsync(fsync), Ordering::Relaxed);
+        let before = self.fsync.swap(encode_fsync(fsync), Ordering::Relaxed);
+        if fsync == FsyncPolicy::PerBatch && decode_fsync(before) != FsyncPolicy::PerBatch {
+            self.catch_up_sync.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data, or
     /// early once `EARLY_SYNC_BYTES` are unsynced.
     pub async fn sync_if_due(&self) -> Result<(), BrokerError> {
-        let FsyncPolicy::Interval(every) = self.fsync_policy() else {
-            return Ok(());
+        let every = match self.fsync_policy() {
+            FsyncPolicy::Interval(every) => every,
+            FsyncPolicy::Never => return Ok(()),
+            // Every batch's own fsync covers it; once, after a switch to `always`, what was
+            // acknowledged before under `interval` or `never` (a next batch may never come).
+            FsyncPolicy::PerBatch => {
+                if self.catch_up_sync.swap(false, Ordering::Relaxed) {
+                    return self.sync_through(self.written()).await;
+                }
+                return Ok(());
+            }
         };
         let now = self.epoch.elapsed().as_millis() as i64;
         let written = self.written();
