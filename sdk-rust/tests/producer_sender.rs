@@ -88,6 +88,20 @@ fn sequences(seen: &[SeenProduce]) -> Vec<i32> {
 /// only batch goes to A, which answers NOT_LEADER naming a dead broker; the stream to it
 /// cannot be opened, the batch is rewound, and nothing else will ever wake the sender. Asked
 /// again, A no longer knows the leader, so the producer moves on to the next broker, B.
+/// The fake refuses the batch starting at `sequence` with `code`, once (answered after the
+/// next request arrived, so later batches are in flight), and appends everything else.
+fn refuse_once_at_sequence(broker: &FakeBroker, sequence: i32, code: ErrorCode) {
+    let mut failed = false;
+    broker.on_produce(move |r| {
+        if r.base_sequence == sequence && !failed {
+            failed = true;
+            Produce::RefuseAfterNext(code)
+        } else {
+            Produce::Append
+        }
+    });
+}
+
 #[tokio::test]
 async fn lone_record_is_delivered_promptly_when_the_leader_hint_names_a_dead_broker() {
     let (a, b) = (FakeBroker::start().await, FakeBroker::start().await);
@@ -128,15 +142,7 @@ async fn lone_record_is_delivered_promptly_when_the_leader_hint_names_a_dead_bro
 async fn retried_batch_keeps_its_sequence_and_the_batches_behind_it_follow_in_order() {
     let broker = FakeBroker::start().await;
     broker.add_topic(TOPIC, 1);
-    let mut failed = false;
-    broker.on_produce(move |r| {
-        if r.base_sequence == 2 && !failed {
-            failed = true;
-            Produce::RefuseAfterNext(ErrorCode::StorageError)
-        } else {
-            Produce::Append
-        }
-    });
+    refuse_once_at_sequence(&broker, 2, ErrorCode::StorageError);
     let p = producer(&broker, config()).await;
     let results = settle(send_all(&p).await).await;
 
@@ -173,15 +179,7 @@ async fn retried_batch_keeps_its_sequence_and_the_batches_behind_it_follow_in_or
 async fn fatal_error_fails_only_its_batch_and_the_next_batches_take_over_its_sequences() {
     let broker = FakeBroker::start().await;
     broker.add_topic(TOPIC, 1);
-    let mut failed = false;
-    broker.on_produce(move |r| {
-        if r.base_sequence == 2 && !failed {
-            failed = true;
-            Produce::RefuseAfterNext(ErrorCode::BatchTooLarge)
-        } else {
-            Produce::Append
-        }
-    });
+    refuse_once_at_sequence(&broker, 2, ErrorCode::BatchTooLarge);
     let p = producer(&broker, config()).await;
     let results = settle(send_all(&p).await).await;
 
