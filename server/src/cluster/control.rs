@@ -292,7 +292,7 @@ impl ControlPlane for Cluster {
     /// Stops every Raft group hosted here (partitions, then metadata). Followers of a group
     /// this broker still led (no hand-over) elect after their election timeout.
     async fn stop(&self, _broker: &Broker) {
-        self.groups.close();
+        self.groups.close(Duration::from_millis(self.raft_config.election_timeout_max)).await;
         let replicas = self.partition_replicas();
         futures::future::join_all(replicas.iter().map(|r| r.stop(&self.groups))).await;
         self.metadata_group.stop(&self.groups).await;

@@ -76,6 +76,9 @@ pub struct RaftGroups {
     /// Set when its groups stop: every Raft message is refused (UNAVAILABLE) instead of
     /// reaching a group that is shutting down.
     closed: Arc<AtomicBool>,
+    /// Held for reading by every Raft message being handled; [`RaftGroups::close`] takes it
+    /// for writing, so the groups stop only after the messages in flight are answered.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Cluster mode: the peers (to wake an asleep leader) and their liveness.
@@ -98,16 +101,30 @@ impl RaftGroups {
     /// A cluster's registry, whose groups may sleep (a broker with quiescing off uses the
     /// default registry: its replicas refuse to sleep).
     pub fn clustered(context: QuiesceContext) -> Self {
-        Self { inner: Arc::default(), peers: Some(context), stopping: Arc::default(), closed: Arc::default() }
+        Self { peers: Some(context), ..Self::default() }
     }
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Refuses every Raft message from now on (the broker is stopping its groups).
-    pub fn close(&self) {
+    /// Refuses every Raft message from now on (the broker is stopping its groups), and waits
+    /// (at most `wait`) for those being handled to be answered: a message that reached a group
+    /// while it stopped would make openraft log errors for a clean stop.
+    pub async fn close(&self, wait: Duration) {
         self.closed.store(true, Ordering::SeqCst);
+        if tokio::time::timeout(wait, self.gate.write()).await.is_err() {
+            tracing::debug!("raft messages still in flight at shutdown");
+        }
+    }
+
+    /// Admits one Raft message for handling (see `gate`); refused once the groups stop.
+    fn enter(&self) -> Result<tokio::sync::OwnedRwLockReadGuard<()>, Status> {
+        let closed = || Status::unavailable("this broker is stopping its raft groups");
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        Arc::clone(&self.gate).try_read_owned().map_err(|_| closed())
     }
 
     /// Whether this broker began its graceful shutdown.
@@ -172,6 +189,7 @@ fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
@@ -184,6 +202,7 @@ impl RaftTransport for RaftTransportService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         let raft = self.groups.get(m.group_id)?.woken(m.group_id).raft;
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
@@ -195,6 +214,7 @@ impl RaftTransport for RaftTransportService {
     /// heard the leader only because the leader sleeps. It wakes the leader instead, whose
     /// heartbeats then reach the candidate.
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
@@ -227,6 +247,7 @@ impl RaftTransport for RaftTransportService {
         if self.groups.is_stopping() {
             return Err(Status::unavailable("this broker is shutting down: it takes no leadership"));
         }
+        let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         let raft = self.groups.get(m.group_id)?.woken(m.group_id).raft;
         let rpc = rpc_codec::decode_transfer_request(&m.body).map_err(invalid)?;
@@ -236,6 +257,7 @@ impl RaftTransport for RaftTransportService {
 
     /// Sleeps this replica if it is caught up with the asking leader (raft/quiesce.rs).
     async fn quiesce(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         let handle = self.groups.get(m.group_id)?;
         let (vote, committed) = rpc_codec::decode_quiesce_request(&m.body).map_err(invalid)?;
@@ -247,6 +269,7 @@ impl RaftTransport for RaftTransportService {
     }
 
     async fn wake(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         self.groups.get(m.group_id)?.woken(m.group_id);
         Ok(reply(m.group_id, Vec::new()))
@@ -264,6 +287,7 @@ impl RaftTransport for RaftTransportService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let _admitted = self.groups.enter()?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let group_id = first.group_id;

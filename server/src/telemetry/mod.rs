@@ -1,12 +1,16 @@
 //! Logging and tracing: `tracing` spans to stderr (filtered by `RUST_LOG`, default `info`), and
 //! — when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — the same spans exported over OTLP/gRPC via
-//! tracing-opentelemetry (Jaeger accepts OTLP on port 4317).
+//! tracing-opentelemetry (Jaeger accepts OTLP on port 4317). Warnings and errors written to
+//! stderr are rate-limited per place in the code (`rate_limit.rs`), so a fault cannot fill a
+//! disk with one repeated line.
+
+mod rate_limit;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Flushes and stops the exporter when dropped.
 #[derive(Debug)]
@@ -29,7 +33,11 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_filter(rate_limit::RateLimit::default());
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
             let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
