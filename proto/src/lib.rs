@@ -111,6 +111,7 @@ mod tests {
                 value: bytes::Bytes::from_static(b"hello"),
                 headers: vec![v1::Header { key: "traceparent".into(), value: bytes::Bytes::from_static(b"00-ab") }],
                 timestamp_ms: 42,
+                null_value: false,
             }],
         };
         let public = v1::ProduceRequest {

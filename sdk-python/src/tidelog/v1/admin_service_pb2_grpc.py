@@ -70,6 +70,16 @@ class AdminServiceStub:
                 request_serializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigRequest.SerializeToString,
                 response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigResponse.FromString,
                 _registered_method=True)
+        self.CreatePartitions = channel.unary_unary(
+                '/tidelog.v1.AdminService/CreatePartitions',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.CreatePartitionsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.CreatePartitionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRecords = channel.unary_unary(
+                '/tidelog.v1.AdminService/DeleteRecords',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -123,6 +133,24 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePartitions(self, request, context):
+        """Raises a topic's partition count (never lowers it). New partitions are placed as at
+        creation and start empty; keyed producers route by the new count once they see it, so a
+        key's later records may land in another partition than its earlier ones (as in Kafka).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecords(self, request, context):
+        """Deletes the records below an offset in each named partition by moving the partition's log
+        start offset up (Kafka's DeleteRecords). Reads below it then get OFFSET_OUT_OF_RANGE; the
+        space is freed when whole segments fall below it. Sent to any broker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +188,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.AlterTopicConfig,
                     request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigRequest.FromString,
                     response_serializer=tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigResponse.SerializeToString,
+            ),
+            'CreatePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePartitions,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.CreatePartitionsRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.CreatePartitionsResponse.SerializeToString,
+            ),
+            'DeleteRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecords,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +390,60 @@ class AdminService:
             '/tidelog.v1.AdminService/AlterTopicConfig',
             tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigRequest.SerializeToString,
             tidelog_dot_v1_dot_admin__service__pb2.AlterTopicConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/CreatePartitions',
+            tidelog_dot_v1_dot_admin__service__pb2.CreatePartitionsRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.CreatePartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/DeleteRecords',
+            tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tidelog/v1/record.proto\x12\ntidelog.v1\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"l\n\x06Record\x12\x10\n\x03key\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x02 \x01(\x0c\x12#\n\x07headers\x18\x03 \x03(\x0b\x32\x12.tidelog.v1.Header\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x42\x06\n\x04_key\"2\n\x0bRecordBatch\x12#\n\x07records\x18\x01 \x03(\x0b\x32\x12.tidelog.v1.Record*U\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OMPRESSION_LZ4\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02*\xab\x04\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_TOPIC\x10\x01\x12 \n\x1c\x45RROR_CODE_UNKNOWN_PARTITION\x10\x02\x12\x1e\n\x1a\x45RROR_CODE_BATCH_TOO_LARGE\x10\x03\x12\x1c\n\x18\x45RROR_CODE_CORRUPT_BATCH\x10\x04\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x05\x12\x1c\n\x18\x45RROR_CODE_STORAGE_ERROR\x10\x06\x12\"\n\x1e\x45RROR_CODE_OFFSET_OUT_OF_RANGE\x10\x07\x12\x19\n\x15\x45RROR_CODE_NOT_LEADER\x10\x08\x12\x1c\n\x18\x45RROR_CODE_SHUTTING_DOWN\x10\t\x12$\n ERROR_CODE_OUT_OF_ORDER_SEQUENCE\x10\n\x12\x1e\n\x1a\x45RROR_CODE_PRODUCER_FENCED\x10\x0b\x12\x1f\n\x1b\x45RROR_CODE_UNKNOWN_PRODUCER\x10\x0c\x12!\n\x1d\x45RROR_CODE_ILLEGAL_GENERATION\x10\r\x12!\n\x1d\x45RROR_CODE_INCONSISTENT_GROUP\x10\x0e\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_GROUP\x10\x0f\x12\x1e\n\x1a\x45RROR_CODE_NON_EMPTY_GROUP\x10\x10\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tidelog/v1/record.proto\x12\ntidelog.v1\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x80\x01\n\x06Record\x12\x10\n\x03key\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x02 \x01(\x0c\x12#\n\x07headers\x18\x03 \x03(\x0b\x32\x12.tidelog.v1.Header\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nnull_value\x18\x05 \x01(\x08\x42\x06\n\x04_key\"2\n\x0bRecordBatch\x12#\n\x07records\x18\x01 \x03(\x0b\x32\x12.tidelog.v1.Record*U\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OMPRESSION_LZ4\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02*\xab\x04\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_TOPIC\x10\x01\x12 \n\x1c\x45RROR_CODE_UNKNOWN_PARTITION\x10\x02\x12\x1e\n\x1a\x45RROR_CODE_BATCH_TOO_LARGE\x10\x03\x12\x1c\n\x18\x45RROR_CODE_CORRUPT_BATCH\x10\x04\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x05\x12\x1c\n\x18\x45RROR_CODE_STORAGE_ERROR\x10\x06\x12\"\n\x1e\x45RROR_CODE_OFFSET_OUT_OF_RANGE\x10\x07\x12\x19\n\x15\x45RROR_CODE_NOT_LEADER\x10\x08\x12\x1c\n\x18\x45RROR_CODE_SHUTTING_DOWN\x10\t\x12$\n ERROR_CODE_OUT_OF_ORDER_SEQUENCE\x10\n\x12\x1e\n\x1a\x45RROR_CODE_PRODUCER_FENCED\x10\x0b\x12\x1f\n\x1b\x45RROR_CODE_UNKNOWN_PRODUCER\x10\x0c\x12!\n\x1d\x45RROR_CODE_ILLEGAL_GENERATION\x10\r\x12!\n\x1d\x45RROR_CODE_INCONSISTENT_GROUP\x10\x0e\x12\x1c\n\x18\x45RROR_CODE_UNKNOWN_GROUP\x10\x0f\x12\x1e\n\x1a\x45RROR_CODE_NON_EMPTY_GROUP\x10\x10\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidelog.v1.record_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPRESSION']._serialized_start=239
-  _globals['_COMPRESSION']._serialized_end=324
-  _globals['_ERRORCODE']._serialized_start=327
-  _globals['_ERRORCODE']._serialized_end=882
+  _globals['_COMPRESSION']._serialized_start=260
+  _globals['_COMPRESSION']._serialized_end=345
+  _globals['_ERRORCODE']._serialized_start=348
+  _globals['_ERRORCODE']._serialized_end=903
   _globals['_HEADER']._serialized_start=39
   _globals['_HEADER']._serialized_end=75
-  _globals['_RECORD']._serialized_start=77
-  _globals['_RECORD']._serialized_end=185
-  _globals['_RECORDBATCH']._serialized_start=187
-  _globals['_RECORDBATCH']._serialized_end=237
+  _globals['_RECORD']._serialized_start=78
+  _globals['_RECORD']._serialized_end=206
+  _globals['_RECORDBATCH']._serialized_start=208
+  _globals['_RECORDBATCH']._serialized_end=258
 # @@protoc_insertion_point(module_scope)
