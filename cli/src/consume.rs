@@ -58,7 +58,7 @@ pub enum Format {
 
 fn show(r: &ConsumedRecord, format: Format) -> String {
     let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
-    let value = String::from_utf8_lossy(&r.value);
+    let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
     match format {
         Format::Text => format!(
             "partition={} offset={} timestamp={} key={} value={}",

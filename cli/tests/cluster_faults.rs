@@ -135,7 +135,10 @@ async fn consume(addrs: Vec<String>, seen: Arc<Observed>) {
         // A paused broker never answers: give up on a silent stream after a while.
         while let Ok(Some(Ok(r))) = tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
             assert_eq!(r.offset, next, "consumer got offset {} after {}", r.offset, next.wrapping_sub(1));
-            seen.consumed.lock().unwrap().insert(r.offset, String::from_utf8_lossy(&r.value).into_owned());
+            seen.consumed
+                .lock()
+                .unwrap()
+                .insert(r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned());
             next = r.offset + 1;
             if seen.stop.load(Ordering::Acquire) {
                 return;
@@ -231,7 +234,10 @@ async fn check(c: &TestCluster, seen: &Observed, round: &str) -> usize {
         };
         let client = Client::connect(addr).await.unwrap();
         let records = read_range(&client, TOPIC, 0, 0, need).await;
-        let values: Vec<String> = records.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
+        let values: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
         for (i, r) in records.iter().enumerate() {
             assert_eq!(r.offset, i as u64, "{round}: broker {n}: gap or reorder at {i}");
         }

@@ -387,7 +387,7 @@ async fn rolling_restart_by_sigterm_moves_leaders_without_failed_deliveries() {
     let log: Vec<String> = read_range(&client, topic, 0, 0, end)
         .await
         .iter()
-        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
         .collect();
     assert_eq!(log.len() as u64, end, "gap in the log");
     for (offset, value) in &acked {

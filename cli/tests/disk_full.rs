@@ -88,7 +88,7 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
     let stored = read_range(&client, "full", 0, 0, hw).await;
     for ((offset, id), r) in acked.iter().zip(&stored) {
         assert_eq!(r.offset, *offset);
-        assert_eq!(r.value.as_ref(), vec![(id % 251) as u8; 64 * 1024].as_slice());
+        assert_eq!(r.value.as_deref(), Some(vec![(id % 251) as u8; 64 * 1024].as_slice()));
     }
 
     // Free space: the same stream succeeds again, offsets continue without a gap.

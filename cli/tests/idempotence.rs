@@ -73,7 +73,8 @@ async fn broker_deduplicates_and_refuses_gaps_across_restarts() {
     let (code, _, msg) = send(&client, batch(pid, 0, 5, 1, "stale")).await;
     assert_eq!(code, ErrorCode::ProducerFenced as i32, "{msg}");
     let stored = read_range(&client, "idem", 0, 0, 6).await;
-    let values: Vec<_> = stored.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+    let values: Vec<_> =
+        stored.iter().map(|r| String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap()).collect();
     assert_eq!(values, ["a-0", "a-1", "a-2", "b-0", "b-1", "new-epoch-0"]);
 }
 
@@ -144,7 +145,7 @@ async fn producer_survives_cut_connections_without_duplicates_or_reordering() {
         let records = read_range(&direct, "exact", p, 0, hw).await;
         let mut last_seq: HashMap<String, i64> = HashMap::new();
         for r in &records {
-            let v = String::from_utf8(r.value.to_vec()).unwrap();
+            let v = String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap();
             let (key, seq) = v.split_once('-').unwrap();
             let seq: i64 = seq.parse().unwrap();
             let prev = last_seq.insert(key.to_string(), seq).unwrap_or(-1);

@@ -14,7 +14,8 @@ use crate::Error;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None` = a null value: a tombstone, which compaction reads as "delete this key".
+    pub value: Option<Bytes>,
     pub headers: Vec<(String, Bytes)>,
     /// Create time in ms since the epoch; 0 = let the broker's append time stand.
     pub timestamp_ms: i64,
@@ -22,7 +23,11 @@ pub struct Record {
 
 impl Record {
     pub fn new(value: impl Into<Bytes>) -> Self {
-        Self { value: value.into(), ..Self::default() }
+        Self { value: Some(value.into()), ..Self::default() }
+    }
+    /// A record with a null value for `key`: a tombstone (compaction deletes the key).
+    pub fn tombstone(key: impl Into<Bytes>) -> Self {
+        Self { key: Some(key.into()), ..Self::default() }
     }
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
@@ -40,7 +45,8 @@ impl Record {
     fn into_proto(self) -> v1::Record {
         v1::Record {
             key: self.key,
-            value: self.value,
+            null_value: self.value.is_none(),
+            value: self.value.unwrap_or_default(),
             headers: self.headers.into_iter().map(|(key, value)| v1::Header { key, value }).collect(),
             timestamp_ms: self.timestamp_ms,
         }
@@ -49,7 +55,7 @@ impl Record {
     /// Bytes this record adds to an encoded batch (for batch-size accounting).
     pub fn encoded_len(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
-        self.key.as_ref().map_or(0, |k| k.len() + 3) + self.value.len() + headers + 16
+        self.key.as_ref().map_or(0, |k| k.len() + 3) + self.value.as_ref().map_or(2, Bytes::len) + headers + 16
     }
 }
 
@@ -72,7 +78,8 @@ pub struct ConsumedRecord {
     /// The broker's append time of the record's batch.
     pub append_time_ms: i64,
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None` = a null value (a tombstone).
+    pub value: Option<Bytes>,
     pub headers: Vec<(String, Bytes)>,
 }
 
@@ -120,7 +127,7 @@ pub fn decode_batch(
             timestamp_ms: if r.timestamp_ms > 0 { r.timestamp_ms } else { batch.append_time_ms },
             append_time_ms: batch.append_time_ms,
             key: r.key,
-            value: r.value,
+            value: (!r.null_value).then_some(r.value),
             headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
         })
         .collect())

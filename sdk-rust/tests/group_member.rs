@@ -113,7 +113,7 @@ async fn receive(consumer: &mut GroupConsumer, n: usize) -> Vec<(u32, u64, Strin
             .expect("the consumer closed")
             .unwrap();
         assert_eq!(r.topic, TOPIC);
-        out.push((r.partition, r.offset, String::from_utf8_lossy(&r.value).into_owned()));
+        out.push((r.partition, r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()));
     }
     out.sort();
     out

@@ -132,7 +132,11 @@ async fn consume(job: Job) -> anyhow::Result<(u64, u64)> {
             };
             if job.decode {
                 let decoded = decode_batch(&job.topic, resp.partition, batch, 0)?;
-                touched += decoded.iter().take(count as usize).map(|r| r.value.len() as u64 + r.offset).sum::<u64>();
+                touched += decoded
+                    .iter()
+                    .take(count as usize)
+                    .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64) + r.offset)
+                    .sum::<u64>();
             }
             n += count;
         }

@@ -169,8 +169,11 @@ async fn consume(mut job: Consumer) -> anyhow::Result<Latency> {
             let records = decode_batch(&job.topic, resp.partition, batch, 0)?;
             let mut bytes = 0;
             for r in &records {
-                bytes += r.value.len() as u64;
-                let Some(stamp) = r.value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+                bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+                let Some(stamp) = r.value.as_ref().and_then(|v| v.get(..8)).and_then(|b| <[u8; 8]>::try_from(b).ok())
+                else {
+                    continue;
+                };
                 let sent = u64::from_le_bytes(stamp);
                 if sent >= job.warmup_ns {
                     latency.record_us(now.saturating_sub(sent) / 1000);

@@ -229,7 +229,7 @@ impl FakeBroker {
         batches
             .into_iter()
             .flat_map(|b| tidelog::batch::decode_batch(topic, partition, b, 0).unwrap())
-            .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
+            .map(|r| (r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()))
             .collect()
     }
 
@@ -454,7 +454,10 @@ fn decode(req: &wire::ProduceRequest) -> Result<Vec<String>, tidelog::Error> {
         crc32c: req.crc32c.unwrap_or_default(),
     };
     let records = tidelog::batch::decode_batch(&req.topic, req.partition, batch, 0)?;
-    Ok(records.into_iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect())
+    Ok(records
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect())
 }
 
 #[tonic::async_trait]
@@ -597,6 +600,20 @@ impl AdminService for Service {
         _: Request<tidelog::proto::v1::AlterTopicConfigRequest>,
     ) -> Result<Response<tidelog::proto::v1::AlterTopicConfigResponse>, Status> {
         Err(Status::unimplemented("fake broker: topics are not altered"))
+    }
+
+    async fn create_partitions(
+        &self,
+        _: Request<tidelog::proto::v1::CreatePartitionsRequest>,
+    ) -> Result<Response<tidelog::proto::v1::CreatePartitionsResponse>, Status> {
+        Err(Status::unimplemented("fake broker: topics keep their partitions"))
+    }
+
+    async fn delete_records(
+        &self,
+        _: Request<tidelog::proto::v1::DeleteRecordsRequest>,
+    ) -> Result<Response<tidelog::proto::v1::DeleteRecordsResponse>, Status> {
+        Err(Status::unimplemented("fake broker: records are not deleted"))
     }
 
     async fn delete_topic(&self, _: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {

@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
             r.partition,
             r.offset,
             String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()),
-            String::from_utf8_lossy(&r.value)
+            String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
         );
     }
     consumer.close().await;
