@@ -11,6 +11,7 @@
 //! | BatchTooLarge                | BATCH_TOO_LARGE      | INVALID_ARGUMENT    | no     |
 //! | CorruptBatch                 | CORRUPT_BATCH        | INVALID_ARGUMENT    | no     |
 //! | Log(OffsetOutOfRange)        | OFFSET_OUT_OF_RANGE  | OUT_OF_RANGE        | no     |
+//! | AboveHighWatermark           | OFFSET_OUT_OF_RANGE  | OUT_OF_RANGE        | no     |
 //! | Log(Io), disk full           | STORAGE_ERROR        | RESOURCE_EXHAUSTED  | yes    |
 //! | Log(Io), other               | STORAGE_ERROR        | UNAVAILABLE         | yes    |
 //! | Log(Unrecoverable)           | STORAGE_ERROR        | UNAVAILABLE         | after restart |
@@ -71,6 +72,9 @@ pub enum BrokerError {
     UnknownGroup(String),
     #[error("group '{group}' has {members} member(s); stop its consumers first")]
     GroupNotEmpty { group: String, members: usize },
+    /// DeleteRecords asked to delete records consumers have not been allowed to see.
+    #[error("cannot delete the records of partition {partition} of topic '{topic}' below offset {offset}: its high watermark is {high_watermark} (use at most that, or -1 for it)")]
+    AboveHighWatermark { topic: String, partition: u32, offset: u64, high_watermark: u64 },
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
     /// Another broker's answer to a call this broker passed on to it (`broker/route.rs`),
@@ -99,7 +103,9 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::InvalidArgument(_) => (ErrorCode::InvalidRequest, Code::InvalidArgument),
         B::BatchTooLarge { .. } => (ErrorCode::BatchTooLarge, Code::InvalidArgument),
         B::CorruptBatch(_) => (ErrorCode::CorruptBatch, Code::InvalidArgument),
-        B::Log(LogError::OffsetOutOfRange { .. }) => (ErrorCode::OffsetOutOfRange, Code::OutOfRange),
+        B::Log(LogError::OffsetOutOfRange { .. }) | B::AboveHighWatermark { .. } => {
+            (ErrorCode::OffsetOutOfRange, Code::OutOfRange)
+        }
         B::Log(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
             (ErrorCode::StorageError, Code::ResourceExhausted)
         }

@@ -38,6 +38,8 @@ every_seam!(
     a_recreated_topic_starts_without_the_deleted_ones_offsets,
     a_deleted_group_loses_its_offsets_everywhere_and_for_good,
     topic_settings_change_everywhere_and_stay_changed,
+    partitions_are_added_everywhere_and_stay_added,
+    records_are_deleted_below_an_offset_everywhere_and_for_good,
 );
 
 async fn topics_are_created_written_read_and_deleted(mode: Mode) {
@@ -368,4 +370,119 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     for b in c.brokers() {
         settled(b, FsyncPolicy::PerBatch, TopicSettings::default().retention_ms).await;
     }
+}
+
+async fn partitions_are_added_everywhere_and_stay_added(mode: Mode) {
+    let mut c = Brokers::start(mode).await;
+    let all = c.brokers();
+    let created = all[0].create_topic(new_topic("grow", 1), Origin::Client).await.unwrap();
+    for b in &all {
+        eventually("the topic on every broker", WAIT, || async { b.topic("grow").ok() }).await;
+    }
+    c.write("grow", 0, b"before", Acks::All).await;
+
+    // At another broker (passed on to the controller in a cluster).
+    let grown = all.last().unwrap().add_partitions("grow", 3, Origin::Client).await.unwrap();
+    assert_eq!((grown.record.partitions, grown.slots.len()), (3, 3));
+    assert_eq!(grown.topic_id, created.topic_id, "the same incarnation");
+    for (n, what) in [(3, "the same count"), (2, "fewer"), (0, "none")] {
+        let refused = all[0].add_partitions("grow", n, Origin::Client).await.map(|_| ());
+        assert!(matches!(refused, Err(BrokerError::InvalidArgument(_))), "{what}: {refused:?}");
+    }
+    let unknown = all[0].add_partitions("nope", 3, Origin::Client).await.map(|_| ());
+    assert!(matches!(unknown, Err(BrokerError::UnknownTopic(_))), "{unknown:?}");
+
+    let ids: Vec<u64> = all.iter().map(|b| b.node_id()).collect();
+    for b in &all {
+        let t = eventually("the new partitions on every broker", WAIT, || async {
+            b.topic("grow").ok().filter(|t| t.record.partitions == 3)
+        })
+        .await;
+        for p in 0..3 {
+            // Held here exactly where placement put a replica (every broker, with no placement).
+            let replicas = t.record.replicas_in(p, ids.iter().copied());
+            assert_eq!(t.partition(p).is_ok(), replicas.contains(&b.node_id()), "partition {p} on {}", b.node_id());
+        }
+    }
+    for p in 1..3 {
+        assert_eq!(c.write("grow", p, b"new", Acks::All).await.base_offset, 0, "partition {p} starts empty");
+    }
+    assert_eq!(c.write("grow", 0, b"old", Acks::All).await.base_offset, 1, "partition 0 keeps its records");
+
+    drop((all, created, grown));
+    c.restart_all().await;
+    for b in c.brokers() {
+        let t = eventually("the topic after a restart", WAIT, || async { b.topic("grow").ok() }).await;
+        assert_eq!(t.record.partitions, 3, "added partitions survive a restart");
+    }
+    assert_eq!(c.write("grow", 2, b"after", Acks::All).await.base_offset, 1);
+}
+
+async fn records_are_deleted_below_an_offset_everywhere_and_for_good(mode: Mode) {
+    let mut c = Brokers::start(mode).await;
+    let all = c.brokers();
+    all[0].create_topic(new_topic("trim", 2), Origin::Client).await.unwrap();
+    for b in &all {
+        eventually("the topic on every broker", WAIT, || async { b.topic("trim").ok() }).await;
+    }
+    for i in 0..5 {
+        c.write("trim", 0, format!("r{i}").as_bytes(), Acks::All).await;
+    }
+    for i in 0..2 {
+        c.write("trim", 1, format!("r{i}").as_bytes(), Acks::All).await;
+    }
+    let at = |p: u32, ok: fn(&tidelog_server::log::PartitionOffsets) -> bool| {
+        let all = all.clone();
+        async move {
+            for b in &all {
+                let t = b.topic("trim").unwrap();
+                let Ok(log) = t.partition(p) else { continue };
+                eventually("the partition's offsets on every replica", WAIT, || async {
+                    let o = log.offsets();
+                    ok(&o).then_some(())
+                })
+                .await;
+            }
+        }
+    };
+    at(0, |o| o.high_watermark.0 == 5).await;
+    at(1, |o| o.high_watermark.0 == 2).await;
+
+    // Refused as a whole, changing nothing: above the high watermark, an unknown partition,
+    // a partition twice, none.
+    let last = all.last().unwrap();
+    let above = last.delete_records("trim", &[(1, Some(1)), (0, Some(6))], Origin::Client).await;
+    assert!(matches!(above, Err(BrokerError::AboveHighWatermark { partition: 0, offset: 6, .. })), "{above:?}");
+    for bad in [vec![(2, Some(0))], vec![(0, Some(1)), (0, Some(2))], vec![]] {
+        let refused = last.delete_records("trim", &bad, Origin::Client).await;
+        assert!(refused.is_err(), "{bad:?} was accepted");
+    }
+    at(1, |o| o.log_start.0 == 0).await;
+
+    // At a broker that is usually not the controller: offset 3 of partition 0, and all of 1.
+    let lows = last.delete_records("trim", &[(0, Some(3)), (1, None)], Origin::Client).await.unwrap();
+    assert_eq!(lows, [(0, 3), (1, 2)]);
+    at(0, |o| o.log_start.0 == 3).await;
+    at(1, |o| o.log_start.0 == 2).await;
+    for b in &all {
+        let t = b.topic("trim").unwrap();
+        let Ok(log) = t.partition(0) else { continue };
+        let below = log.read(2, 1 << 20).map(|_| ());
+        assert!(matches!(below, Err(BrokerError::Log(_))), "read below the log start: {below:?}");
+        let first = log.read(3, 1 << 20).unwrap();
+        assert_eq!(first[0].payload.as_ref(), b"r3");
+    }
+    // Never down.
+    let lows = all[0].delete_records("trim", &[(0, Some(1))], Origin::Client).await.unwrap();
+    assert_eq!(lows, [(0, 3)]);
+
+    drop(all);
+    c.restart_all().await;
+    for b in c.brokers() {
+        let t = eventually("the topic after a restart", WAIT, || async { b.topic("trim").ok() }).await;
+        let Ok(log) = t.partition(0) else { continue };
+        eventually("the log start after a restart", WAIT, || async { (log.offsets().log_start.0 == 3).then_some(()) })
+            .await;
+    }
+    assert_eq!(c.write("trim", 0, b"after", Acks::All).await.base_offset, 5);
 }

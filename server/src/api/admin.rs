@@ -8,10 +8,11 @@ use std::sync::Arc;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::admin_service_server::AdminService;
 use tidelog_proto::v1::{
-    offset_spec, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo, CreateTopicRequest,
-    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
-    ListTopicsResponse, PartitionDescription, PartitionOffsetAtTime, TopicDescription,
+    offset_spec, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse,
+    PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime, TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
@@ -197,6 +198,43 @@ impl AdminService for AdminApi {
         let alter = AlterTopic { name: req.name, config: req.config, reset: req.reset };
         let topic = self.broker.alter_topic(alter, origin).await?;
         Ok(Response::new(AlterTopicConfigResponse { topic: describe_all(&self.broker, &[topic]).pop() }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let origin = Origin::of(&request);
+        let req = request.into_inner();
+        let topic = self.broker.add_partitions(&req.topic, req.total_count, origin).await?;
+        Ok(Response::new(CreatePartitionsResponse { topic: describe_all(&self.broker, &[topic]).pop() }))
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<DeleteRecordsRequest>,
+    ) -> Result<Response<DeleteRecordsResponse>, Status> {
+        let origin = Origin::of(&request);
+        let req = request.into_inner();
+        let mut before = Vec::with_capacity(req.partitions.len());
+        for p in &req.partitions {
+            let offset = match p.before_offset {
+                -1 => None,
+                o => Some(u64::try_from(o).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "before_offset {o} of partition {} is not an offset (use 0 or more, or -1 for the high watermark)",
+                        p.partition
+                    ))
+                })?),
+            };
+            before.push((p.partition, offset));
+        }
+        let lows = self.broker.delete_records(&req.topic, &before, origin).await?;
+        let partitions = lows
+            .into_iter()
+            .map(|(partition, low_watermark)| PartitionLowWatermark { partition, low_watermark })
+            .collect();
+        Ok(Response::new(DeleteRecordsResponse { partitions }))
     }
 
     async fn describe_cluster(

@@ -9,6 +9,9 @@
 //!   committed offsets for the topic in the same sled transaction) holds `offsets_gate` for
 //!   writing and commits hold it for reading, so they never interleave, and a commit for a
 //!   deleted incarnation stores nothing. A create never waits for commits, nor they for it;
+//! - a topic's partition count is raised (`add_partitions`) by opening the new partitions, then
+//!   storing the record (the commit point), then publishing; partition directories the record
+//!   does not count are removed at start and before an add reuses their numbers;
 //! - committed offsets of topics that do not exist (left by a deletion before deletions took
 //!   them, or by a crash) are removed at start;
 //! - every batch [`LocalWriter::write`] appended is completed by its answer future (fsynced
@@ -55,6 +58,7 @@ impl LocalControl {
         let mut names = Vec::new();
         for record in broker.store().topics()? {
             names.push(record.name.clone());
+            remove_stale_partitions(&topics_dir.join(&record.name), record.partitions);
             broker.publish_topic(Arc::new(control.open_topic(broker, record)?));
         }
         let entries =
@@ -84,20 +88,35 @@ impl LocalControl {
     }
 }
 
-fn open_topic(broker: &Broker, record: TopicRecord, topic_id: u64) -> Result<Topic, BrokerError> {
-    let mut slots = Vec::with_capacity(record.partitions as usize);
-    for p in 0..record.partitions {
-        let dir = layout::topic_partition_dir(&broker.options().data_dir, &record.name, p);
-        let (partition, report) =
-            Partition::open(&dir, &record.name, p, record.settings.log_config(), record.settings.fsync_policy())?;
-        if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
-            tracing::warn!(topic = %record.name, partition = p, ?report, "recovered partition log");
+/// Removes partition directories at or above `partitions` (an add that crashed before its
+/// commit point left them).
+fn remove_stale_partitions(topic_dir: &std::path::Path, partitions: u32) {
+    let Ok(entries) = std::fs::read_dir(topic_dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|p| p >= partitions);
+        if stale {
+            tracing::warn!(dir = %entry.path().display(), "removing a partition directory the topic does not have");
+            let _ = std::fs::remove_dir_all(entry.path());
         }
-        let log = Arc::new(partition);
-        let writer = Arc::new(LocalWriter { log: Arc::clone(&log), node: broker.node_id() });
-        slots.push(PartitionSlot::Here { log, writer });
     }
+}
+
+fn open_topic(broker: &Broker, record: TopicRecord, topic_id: u64) -> Result<Topic, BrokerError> {
+    let slots = (0..record.partitions).map(|p| open_slot(broker, &record, p)).collect::<Result<_, _>>()?;
     Ok(Topic { record, slots, topic_id })
+}
+
+/// Opens (recovering) partition `p` of a topic.
+fn open_slot(broker: &Broker, record: &TopicRecord, p: u32) -> Result<PartitionSlot, BrokerError> {
+    let dir = layout::topic_partition_dir(&broker.options().data_dir, &record.name, p);
+    let (partition, report) =
+        Partition::open(&dir, &record.name, p, record.settings.log_config(), record.settings.fsync_policy())?;
+    if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
+        tracing::warn!(topic = %record.name, partition = p, ?report, "recovered partition log");
+    }
+    let log = Arc::new(partition);
+    let writer = Arc::new(LocalWriter { log: Arc::clone(&log), node: broker.node_id() });
+    Ok(PartitionSlot::Here { log, writer })
 }
 
 #[tonic::async_trait]
@@ -165,6 +184,58 @@ impl ControlPlane for LocalControl {
         let record = TopicRecord { settings, overrides: Some(overrides), ..current.record.clone() };
         broker.store().put_topic(&record).await?; // commit point
         broker.republish(&current, record)
+    }
+
+    async fn add_partitions(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        partitions: u32,
+        _origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let _admin = self.admin.lock().await;
+        let name = &topic.record.name;
+        let current = broker.topic(name)?;
+        if current.topic_id != topic.topic_id {
+            return Err(BrokerError::TopicDeleted(name.clone()));
+        }
+        if current.record.partitions >= partitions {
+            return Ok(current); // raised as far already, meanwhile
+        }
+        let record = TopicRecord { partitions, ..current.record.clone() };
+        let mut slots = current.slots.clone();
+        for p in current.record.partitions..partitions {
+            // Leftovers of an add that crashed before its commit point would be recovered as data.
+            let dir = layout::topic_partition_dir(&broker.options().data_dir, name, p);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| LogError::io(format!("removing stale {}", dir.display()), e))?;
+            }
+            slots.push(open_slot(broker, &record, p)?);
+        }
+        broker.store().put_topic(&record).await?; // commit point
+        let grown = Arc::new(Topic { record, slots, topic_id: current.topic_id });
+        broker.publish_topic(Arc::clone(&grown));
+        tracing::info!(topic = %name, from = current.record.partitions, to = partitions, "partitions added");
+        Ok(grown)
+    }
+
+    async fn delete_records(
+        &self,
+        _broker: &Broker,
+        topic: &Topic,
+        before: &[(u32, u64)],
+        _origin: Origin,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        let mut out = Vec::with_capacity(before.len());
+        for (p, offset) in before {
+            // Durable per partition (the floor file is fsynced): a crash midway keeps the
+            // partitions done so far, and the request can be repeated.
+            let start = topic.partition(*p)?.raise_log_start(*offset)?;
+            tracing::info!(topic = %topic.record.name, partition = p, log_start = start, "records deleted");
+            out.push((*p, start));
+        }
+        Ok(out)
     }
 
     async fn delete_topic(&self, broker: &Broker, name: &str, _origin: Origin) -> Result<(), BrokerError> {

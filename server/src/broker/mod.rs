@@ -20,6 +20,7 @@
 //! Never: import `cluster`, `raft` or `api` (they depend on this module, not the other way).
 
 pub mod local;
+mod records_admin;
 pub mod route;
 pub mod seam;
 pub mod tasks;

@@ -28,6 +28,10 @@
 //!   incarnation that was deleted meanwhile (`TopicDeleted`); `delete_topic` deletes every
 //!   group's committed offsets for the topic with it, so a topic recreated under the same name
 //!   starts without them;
+//! - `add_partitions` only ever raises a topic's partition count, and keeps the incarnation
+//!   (topic id) and the existing partitions as they are;
+//! - `delete_records` never moves a log start down, nor past what consumers could see (the
+//!   high watermark) when it was asked;
 //! - `PartitionWriter::write` fixes the batch's place in the partition before it returns:
 //!   a later `write` on the same partition lands after it (produce streams rely on this for
 //!   ordering). The future it returns must be awaited for the batch to become visible
@@ -120,6 +124,28 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
         request: &AlterTopic,
         origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError>;
+
+    /// Raises `topic` (the incarnation the broker looked up) to `partitions` partitions, the
+    /// new ones placed as at creation, on every broker; returns the topic once this broker has
+    /// them. The broker checked the count grows; a concurrent raise past it is not an error.
+    async fn add_partitions(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        partitions: u32,
+        origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError>;
+
+    /// Deletes the records below the given offset of each partition of `topic` (moves their log
+    /// start up), on every replica. The broker checked each offset is at most the partition's
+    /// high watermark. Returns each partition's log start afterwards, as this broker knows it.
+    async fn delete_records(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        before: &[(u32, u64)],
+        origin: Origin,
+    ) -> Result<Vec<(u32, u64)>, BrokerError>;
 
     /// Deletes a topic and its data; its subscribers end with "topic deleted".
     async fn delete_topic(&self, broker: &Broker, name: &str, origin: Origin) -> Result<(), BrokerError>;

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
-use tidelog_proto::v1::{AlterTopicConfigRequest, CreateTopicRequest, DeleteTopicRequest};
+use tidelog_proto::v1::{
+    AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteRecordsPartition, DeleteRecordsRequest,
+    DeleteTopicRequest,
+};
 
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Instant as _;
@@ -134,6 +137,87 @@ impl ControlPlane for Cluster {
                     .into_inner();
                 let want = resp.topic.and_then(|t| t.config);
                 self.wait_topic_where(broker, name, |t| Some(t.record.settings.to_proto()) == want).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An `AddPartitions` entry with the new partitions' placement (Kafka's rule continued:
+    /// `placement::assign` over the brokers now, from the first new partition), proposed by
+    /// the controller; any other broker passes the request on and answers once it applied it.
+    async fn add_partitions(
+        &self,
+        broker: &Broker,
+        topic: &Topic,
+        partitions: u32,
+        origin: Origin,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let name = &topic.record.name;
+        let old = topic.record.partitions as usize;
+        let replicas = if topic.record.replicas.is_empty() {
+            Vec::new() // placed before placement existed: every broker holds every partition
+        } else {
+            let brokers: Vec<u64> = self.brokers().keys().copied().collect();
+            let rf = topic.record.replicas.first().map_or(1, Vec::len) as u32;
+            placement::assign(&brokers, partitions, rf, name).split_off(old)
+        };
+        let cmd = MetaCommand::AddPartitions { name: name.clone(), topic_id: topic.topic_id, partitions, replicas };
+        let grown = match metadata::propose(self, &cmd).await {
+            Ok(offset) => {
+                self.wait_applied(offset + 1, APPLY_WAIT).await?;
+                match broker.topic(name) {
+                    Ok(t) if t.topic_id == topic.topic_id => t,
+                    _ => return Err(BrokerError::TopicDeleted(name.clone())),
+                }
+            }
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {
+                let req = CreatePartitionsRequest { topic: name.clone(), total_count: partitions };
+                self.admin_client(id)?
+                    .create_partitions(forwarded_request(req, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
+                self.wait_topic_where(broker, name, |t| t.record.partitions >= partitions).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.wait_for_leaders(&grown).await;
+        Ok(grown)
+    }
+
+    /// A `DeleteRecords` entry, proposed by the controller (any other broker passes the
+    /// request on, with the offsets it checked) and answered once applied here.
+    async fn delete_records(
+        &self,
+        _broker: &Broker,
+        topic: &Topic,
+        before: &[(u32, u64)],
+        origin: Origin,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        let name = &topic.record.name;
+        let cmd = MetaCommand::DeleteRecords { name: name.clone(), topic_id: topic.topic_id, before: before.to_vec() };
+        match metadata::propose(self, &cmd).await {
+            Ok(offset) => {
+                self.wait_applied(offset + 1, APPLY_WAIT).await?;
+                // As this broker knows it: its own log start where it holds the partition
+                // (the offset or, on a replica whose log lags, its log end), else the offset.
+                Ok(before
+                    .iter()
+                    .map(|(p, offset)| (*p, topic.partition(*p).map_or(*offset, |l| l.offsets().log_start.0)))
+                    .collect())
+            }
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {
+                let partitions = before
+                    .iter()
+                    .map(|(p, o)| DeleteRecordsPartition { partition: *p, before_offset: *o as i64 })
+                    .collect();
+                let req = DeleteRecordsRequest { topic: name.clone(), partitions };
+                let resp = self
+                    .admin_client(id)?
+                    .delete_records(forwarded_request(req, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?
+                    .into_inner();
+                Ok(resp.partitions.into_iter().map(|p| (p.partition, p.low_watermark)).collect())
             }
             Err(e) => Err(e),
         }

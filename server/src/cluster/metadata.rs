@@ -81,6 +81,23 @@ pub enum MetaCommand {
     DeleteGroup {
         group: String,
     },
+    /// Incarnation `topic_id` of topic `name` grows to `partitions` partitions; `replicas`
+    /// places the new ones (empty for a topic placed before placement existed: every broker).
+    /// Ignored if the topic has that many already (a concurrent add went further).
+    AddPartitions {
+        name: String,
+        topic_id: u64,
+        partitions: u32,
+        replicas: Vec<Vec<u64>>,
+    },
+    /// The records below each `(partition, offset)` of incarnation `topic_id` go: every
+    /// replica raises its log start there (the proposer checked the offsets against the high
+    /// watermark). Idempotent: a log start never moves down.
+    DeleteRecords {
+        name: String,
+        topic_id: u64,
+        before: Vec<(u32, u64)>,
+    },
 }
 
 /// Proposes a command to the metadata group (on its leader) and returns the metadata-log
@@ -158,8 +175,9 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
 /// of it). Returns the offset to go on from.
 async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition) -> Result<u64, BrokerError> {
     let mut deleted: HashSet<u64> = HashSet::new();
-    // Each topic's alterations, in log order, folded into its create below: a topic opens with
-    // the settings it has now, never briefly with those it was created with.
+    // Each topic's alterations and added partitions, in log order, folded into its create
+    // below: a topic opens with the settings and partitions it has now, never briefly with
+    // those it was created with.
     let mut alterations: HashMap<u64, Vec<MetaCommand>> = HashMap::new();
     let mut end = 0u64;
     while let Some(cmds) = read_chunk(log, &mut end)? {
@@ -168,10 +186,13 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
                 MetaCommand::DeleteTopic { topic_id, .. } => {
                     deleted.insert(topic_id);
                 }
-                MetaCommand::AlterTopic { topic_id, .. } => alterations.entry(topic_id).or_default().push(cmd),
+                MetaCommand::AlterTopic { topic_id, .. } | MetaCommand::AddPartitions { topic_id, .. } => {
+                    alterations.entry(topic_id).or_default().push(cmd);
+                }
                 MetaCommand::CreateTopic { .. }
                 | MetaCommand::CommitOffsets { .. }
-                | MetaCommand::DeleteGroup { .. } => {}
+                | MetaCommand::DeleteGroup { .. }
+                | MetaCommand::DeleteRecords { .. } => {}
             }
         }
     }
@@ -189,7 +210,7 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
                     }
                     apply(broker, cluster, offset, MetaCommand::CreateTopic { record }).await;
                 }
-                MetaCommand::AlterTopic { .. } => {} // folded into its create
+                MetaCommand::AlterTopic { .. } | MetaCommand::AddPartitions { .. } => {} // folded into its create
                 cmd => apply(broker, cluster, offset, cmd).await,
             }
         }
@@ -220,16 +241,34 @@ fn decode(b: &StoredBatch) -> Result<MetaCommand, serde_json::Error> {
     serde_json::from_slice(&b.payload)
 }
 
-/// `record` as an `AlterTopic` command leaves it; `None` (logged) for an alteration that would
-/// leave invalid settings, or for another command.
+/// `record` as an `AlterTopic` or `AddPartitions` command leaves it; `None` (logged) for an
+/// alteration that would leave invalid settings, an add that adds nothing, or another command.
 fn altered(record: &TopicRecord, cmd: &MetaCommand) -> Option<TopicRecord> {
-    let MetaCommand::AlterTopic { set, values, reset, defaults, .. } = cmd else { return None };
-    match defaults.altered_with(&record.settings, &record.own_settings(), values, set, reset) {
-        Ok((settings, overrides)) => Some(TopicRecord { settings, overrides: Some(overrides), ..record.clone() }),
-        Err(e) => {
-            tracing::warn!(topic = %record.name, error = %e, "skipping a topic alteration that does not apply");
-            None
+    match cmd {
+        MetaCommand::AlterTopic { set, values, reset, defaults, .. } => {
+            match defaults.altered_with(&record.settings, &record.own_settings(), values, set, reset) {
+                Ok((settings, overrides)) => {
+                    Some(TopicRecord { settings, overrides: Some(overrides), ..record.clone() })
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %record.name, error = %e, "skipping a topic alteration that does not apply");
+                    None
+                }
+            }
         }
+        MetaCommand::AddPartitions { partitions, replicas, .. } => {
+            let added = partitions.checked_sub(record.partitions).filter(|n| *n > 0)? as usize;
+            let mut grown = TopicRecord { partitions: *partitions, ..record.clone() };
+            if !grown.replicas.is_empty() {
+                if replicas.len() != added {
+                    tracing::warn!(topic = %record.name, "skipping a partition add whose placement does not fit");
+                    return None;
+                }
+                grown.replicas.extend(replicas.iter().cloned());
+            }
+            Some(grown)
+        }
+        _ => None,
     }
 }
 
@@ -243,6 +282,40 @@ fn apply_alter(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
         },
         _ => Ok(()), // another incarnation, or one this broker could not open
     }
+}
+
+/// Applies an `AddPartitions` to the incarnation it names: opens the new partitions held here
+/// and republishes the topic with them.
+async fn apply_add(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCommand) -> Result<(), BrokerError> {
+    let MetaCommand::AddPartitions { name, topic_id, .. } = cmd else { return Ok(()) };
+    let Ok(topic) = broker.topic(name) else { return Ok(()) };
+    if topic.topic_id != *topic_id {
+        return Ok(()); // another incarnation
+    }
+    let Some(record) = altered(&topic.record, cmd) else { return Ok(()) };
+    let mut slots = topic.slots.clone();
+    for p in topic.record.partitions..record.partitions {
+        slots.push(open_slot(broker, cluster, *topic_id, &record, p).await?);
+    }
+    tracing::info!(topic = %name, topic_id, from = topic.record.partitions, to = record.partitions, "partitions added");
+    broker.publish_topic(Arc::new(Topic { record, slots, topic_id: *topic_id }));
+    Ok(())
+}
+
+/// Applies a `DeleteRecords` to the partitions of the named incarnation held here.
+fn apply_delete_records(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
+    let MetaCommand::DeleteRecords { name, topic_id, before } = cmd else { return Ok(()) };
+    let Ok(topic) = broker.topic(name) else { return Ok(()) };
+    if topic.topic_id != *topic_id {
+        return Ok(());
+    }
+    for (p, offset) in before {
+        if let Ok(log) = topic.partition(*p) {
+            let start = log.raise_log_start(*offset)?;
+            tracing::debug!(topic = %name, partition = p, log_start = start, "records deleted");
+        }
+    }
+    Ok(())
 }
 
 async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCommand) {
@@ -265,6 +338,8 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
         MetaCommand::DeleteGroup { group } => {
             broker.store().remove_group_offsets(&group).map(|_| ()).map_err(BrokerError::from)
         }
+        add @ MetaCommand::AddPartitions { .. } => apply_add(broker, cluster, &add).await,
+        delete @ MetaCommand::DeleteRecords { .. } => apply_delete_records(broker, &delete),
     };
     if let Err(e) = result {
         // The broker cannot host what the cluster decided (disk, corrupt state): it keeps
@@ -282,45 +357,53 @@ async fn create(
     if broker.topic(&record.name).is_ok() {
         return Ok(()); // an earlier incarnation holds the name: this create lost the race
     }
-    let cx = cluster.context();
-    let brokers = || cluster.brokers().keys().copied();
     let mut slots = Vec::with_capacity(record.partitions as usize);
-    let mut hosted = 0;
     for p in 0..record.partitions {
-        let replicas = record.replicas_in(p, brokers());
-        if !replicas.contains(&cluster.node_id()) {
-            let replica_addrs = replicas.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect();
-            slots.push(PartitionSlot::Elsewhere { replica_addrs });
-            continue;
-        }
-        let spec = GroupSpec {
-            group_id: group_id(topic_id, p),
-            dir: crate::layout::replicas_dir(&cluster.data_dir, topic_id).join(p.to_string()),
-            topic: record.name.clone(),
-            partition: p,
-            log_config: record.settings.log_config(),
-            fsync: record.settings.fsync_policy(),
-        };
-        // Leaders spread as placement decided: a new group's preferred leader starts it and
-        // wins unopposed (replica::Start). Topics placed before placement existed have no
-        // preferred leader: every replica starts them.
-        let rank = replicas.iter().position(|r| *r == cluster.node_id()).unwrap_or(0);
-        let start =
-            if record.replicas.is_empty() { replica::Start::Now } else { replica::Start::by_rank(cx.config, rank) };
-        let opened = replica::open(&cx, broker.store(), spec, replicas.iter().copied().collect(), start).await?;
-        cluster.host(Hosted { replica: opened.replica.clone(), preferred: record.replicas_of(p).first().copied() });
-        let writer = RaftWriter {
-            replica: opened.replica,
-            log: Arc::clone(&opened.partition),
-            brokers: Arc::clone(&cluster.brokers),
-            groups: cluster.groups().clone(),
-        };
-        slots.push(PartitionSlot::Here { log: opened.partition, writer: Arc::new(writer) });
-        hosted += 1;
+        slots.push(open_slot(broker, cluster, topic_id, &record, p).await?);
     }
+    let hosted = slots.iter().filter(|s| matches!(s, PartitionSlot::Here { .. })).count();
     tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
     broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
     Ok(())
+}
+
+/// Partition `p` of a topic as this broker holds it: its Raft replica, started, if this
+/// broker is among its replicas; else where it lives.
+async fn open_slot(
+    broker: &Broker,
+    cluster: &Cluster,
+    topic_id: u64,
+    record: &TopicRecord,
+    p: u32,
+) -> Result<PartitionSlot, BrokerError> {
+    let replicas = record.replicas_in(p, cluster.brokers().keys().copied());
+    if !replicas.contains(&cluster.node_id()) {
+        let replica_addrs = replicas.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect();
+        return Ok(PartitionSlot::Elsewhere { replica_addrs });
+    }
+    let cx = cluster.context();
+    let spec = GroupSpec {
+        group_id: group_id(topic_id, p),
+        dir: crate::layout::replicas_dir(&cluster.data_dir, topic_id).join(p.to_string()),
+        topic: record.name.clone(),
+        partition: p,
+        log_config: record.settings.log_config(),
+        fsync: record.settings.fsync_policy(),
+    };
+    // Leaders spread as placement decided: a new group's preferred leader starts it and wins
+    // unopposed (replica::Start). Topics placed before placement existed have no preferred
+    // leader: every replica starts them.
+    let rank = replicas.iter().position(|r| *r == cluster.node_id()).unwrap_or(0);
+    let start = if record.replicas.is_empty() { replica::Start::Now } else { replica::Start::by_rank(cx.config, rank) };
+    let opened = replica::open(&cx, broker.store(), spec, replicas.iter().copied().collect(), start).await?;
+    cluster.host(Hosted { replica: opened.replica.clone(), preferred: record.replicas_of(p).first().copied() });
+    let writer = RaftWriter {
+        replica: opened.replica,
+        log: Arc::clone(&opened.partition),
+        brokers: Arc::clone(&cluster.brokers),
+        groups: cluster.groups().clone(),
+    };
+    Ok(PartitionSlot::Here { log: opened.partition, writer: Arc::new(writer) })
 }
 
 async fn delete(
@@ -330,10 +413,13 @@ async fn delete(
     topic_id: u64,
     partitions: u32,
 ) -> Result<(), BrokerError> {
+    let mut partitions = partitions;
     if let Ok(topic) = broker.topic(name) {
         if topic.topic_id != topic_id {
             return Ok(()); // deletes another incarnation, already gone
         }
+        // Partitions added after the proposer looked go too.
+        partitions = partitions.max(topic.record.partitions);
         broker.withdraw_topic(name);
         for (_, writer) in topic.local() {
             writer.stop().await;
@@ -385,6 +471,13 @@ mod tests {
             MetaCommand::CreateTopic { record },
             MetaCommand::DeleteTopic { name: "t".into(), topic_id: 5, partitions: 3 },
             MetaCommand::DeleteGroup { group: "g".into() },
+            MetaCommand::AddPartitions {
+                name: "t".into(),
+                topic_id: 5,
+                partitions: 5,
+                replicas: vec![vec![1], vec![2]],
+            },
+            MetaCommand::DeleteRecords { name: "t".into(), topic_id: 5, before: vec![(0, 10), (2, 7)] },
             MetaCommand::CommitOffsets {
                 group: "g".into(),
                 topic: "t".into(),

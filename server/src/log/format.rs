@@ -37,6 +37,9 @@ pub const SNAPSHOT_STAGING_DIR: &str = ".snapshot-staging";
 /// Written (and fsynced) into the staging directory once every staged segment is durable: from
 /// then on the swap is finished by `Log::open` after a crash instead of being discarded.
 pub const SNAPSHOT_COMPLETE_FILE: &str = "complete";
+/// The log start offset set by DeleteRecords when it lies above the first segment's base
+/// (`log/start_floor.rs`): 8 bytes little-endian and their CRC32C. Replaced atomically.
+pub const LOG_START_FILE: &str = "log-start";
 /// Width of the zero-padded base offset in segment file names (fits any u64).
 pub const BASE_OFFSET_DIGITS: usize = 20;
 

@@ -35,6 +35,7 @@ mod raft_tests;
 pub mod recovery;
 pub mod segment;
 pub mod snapshot;
+pub mod start_floor;
 #[cfg(test)]
 mod tests;
 
@@ -104,6 +105,8 @@ pub struct Log {
     last_append_time_ms: i64,
     /// Term and index of the last stored batch; `None` for an empty log.
     last_raft: Option<(u64, u64)>,
+    /// Records below this were deleted on request (`start_floor.rs`); 0 = none.
+    start_floor: u64,
 }
 
 impl Log {
@@ -172,6 +175,7 @@ impl Log {
             segments,
             last_append_time_ms: last.map_or(i64::MIN, |h| h.append_time_ms),
             last_raft: last.map(|h| (h.raft_term, h.raft_index)),
+            start_floor: start_floor::load(dir),
         };
         Ok((log, report))
     }
@@ -215,8 +219,23 @@ impl Log {
         self.segments.values_mut().next_back().unwrap_or_else(|| unreachable!("log has no segment"))
     }
 
+    /// The first segment's base, or the start floor if records above it were deleted on
+    /// request (capped at the log end: a lagging replica starts where its log ends).
     pub fn log_start(&self) -> LogStartOffset {
-        LogStartOffset(self.segments.keys().next().copied().unwrap_or(0))
+        let base = self.segments.keys().next().copied().unwrap_or(0);
+        LogStartOffset(base.max(self.start_floor.min(self.log_end().0)))
+    }
+
+    /// Deletes the records below `offset` by moving the log start up to it (never down):
+    /// reads below it are out of range from now on, and the next retention pass deletes the
+    /// whole segments below it. The caller checked `offset` against the high watermark.
+    /// Durability: the new floor is fsynced before this returns. Returns the log start.
+    pub fn raise_start(&mut self, offset: u64) -> Result<LogStartOffset, LogError> {
+        if offset > self.start_floor {
+            start_floor::store(&self.dir, offset).ctx(|| format!("storing the log start in {}", self.dir.display()))?;
+            self.start_floor = offset;
+        }
+        Ok(self.log_start())
     }
 
     pub fn log_end(&self) -> LogEndOffset {
@@ -547,14 +566,15 @@ impl Log {
         Ok(())
     }
 
-    /// Base offset and append time of the first batch appended at or after `timestamp_ms`;
-    /// `None` if every batch is older.
+    /// Base offset and append time of the first batch appended at or after `timestamp_ms`
+    /// (the log start if that batch starts below it); `None` if every batch is older.
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>, LogError> {
+        let start = self.log_start().0;
         for seg in self.segments.values().filter(|s| s.max_append_time_ms().is_some_and(|t| t >= timestamp_ms)) {
             let found =
                 seg.offset_for_time(timestamp_ms).ctx(|| format!("time lookup in {}", seg.log_path().display()))?;
-            if found.is_some() {
-                return Ok(found);
+            if let Some((offset, time)) = found {
+                return Ok(Some((offset.max(start), time)));
             }
         }
         Ok(None)
@@ -573,8 +593,9 @@ impl Log {
     }
 
     /// Base offsets of the sealed segments retention would delete now, oldest first: expired
-    /// by age or beyond the size limit, and wholly below `high_watermark` (data consumers have
-    /// not been allowed to see yet is never deleted). The active segment never is.
+    /// by age, beyond the size limit or wholly below the start floor, and wholly below
+    /// `high_watermark` (data consumers have not been allowed to see yet is never deleted).
+    /// The active segment never is.
     fn expired_segments(&self, now_ms: i64, high_watermark: u64) -> Vec<u64> {
         let mut out = Vec::new();
         let mut total = self.size_bytes();
@@ -588,7 +609,8 @@ impl Log {
                 seg.max_append_time_ms().is_none_or(|t| now_ms.saturating_sub(t) > age)
             });
             let oversize = self.config.retention.max_bytes.is_some_and(|max| total - seg.size() >= max);
-            if !(expired || oversize) {
+            let deleted = seg.next_offset() <= self.start_floor;
+            if !(expired || oversize || deleted) {
                 break;
             }
             total -= seg.size();

@@ -280,3 +280,34 @@ fn corrupt_batch_at_the_last_index_entry_steps_back_an_entry() {
     let (log, report) = Log::open(dir.path(), cfg(1 << 20)).unwrap();
     assert_eq!((report.truncated_bytes, log.log_end().0), (0, rel + 40));
 }
+
+#[test]
+fn raising_the_start_hides_records_survives_reopen_and_frees_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), cfg(2048)).unwrap();
+    fill(&mut log, 0, 300); // 600 offsets, batches of 2
+    let segments = log.segment_count();
+    // Inside a batch: the start moves exactly there, reads below it are out of range, and a
+    // read at it returns the batch that holds it (consumers skip the records below).
+    assert_eq!(log.raise_start(301).unwrap().0, 301);
+    assert!(matches!(log.read(300, 600, 1 << 20), Err(LogError::OffsetOutOfRange { log_start: 301, .. })));
+    assert_eq!(log.read(301, 600, 1).unwrap()[0].header.base_offset, 300);
+    // Never down.
+    assert_eq!(log.raise_start(10).unwrap().0, 301);
+    drop(log);
+    let (mut log, _) = Log::open(dir.path(), cfg(2048)).unwrap();
+    assert_eq!(log.log_start().0, 301, "the floor survives a reopen");
+    assert_eq!(log.segment_count(), segments, "nothing deleted yet");
+    // Retention deletes the segments wholly below the floor, and nothing at or above it.
+    let outcome = log.apply_retention(0, 600, None).unwrap();
+    assert!(outcome.segments_deleted > 0 && log.segment_count() < segments, "{outcome:?}");
+    assert_eq!(log.log_start().0, 301);
+    let first = log.segments.keys().next().copied().unwrap();
+    assert!(first <= 300, "the segment holding 300..302 was kept (first segment {first})");
+    // Above the log end the start is capped there (a replica behind the floor), and follows
+    // the log up to the floor as it grows.
+    assert_eq!(log.raise_start(700).unwrap().0, 600);
+    fill(&mut log, 300, 60);
+    assert_eq!(log.log_start().0, 700);
+    assert_eq!(log.log_end().0, 720);
+}

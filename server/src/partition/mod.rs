@@ -393,6 +393,14 @@ impl Partition {
         Ok(self.state().log.offset_for_time(timestamp_ms)?)
     }
 
+    /// Deletes the records below `offset` (DeleteRecords): moves the log start up to it, never
+    /// down, durably. `offset` must be at most the high watermark of the partition's leader
+    /// (the control plane checked; below it everywhere once committed). Returns the log start.
+    pub fn raise_log_start(&self, offset: u64) -> Result<u64, BrokerError> {
+        self.check_open()?;
+        Ok(self.state().log.raise_start(offset)?.0)
+    }
+
     /// Deletes the segments retention no longer keeps (see [`Log::apply_retention`]); a Raft
     /// replica passes its durable purge point as `raft_limit`.
     pub fn apply_retention(&self, now_ms: i64, raft_limit: Option<u64>) -> Result<RetentionOutcome, BrokerError> {
