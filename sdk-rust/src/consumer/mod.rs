@@ -178,7 +178,9 @@ impl Subscription {
             let items: Vec<Result<ConsumedRecord, Error>> = match resp {
                 Err(status) => vec![Err(Error::Status(status))],
                 Ok(resp) => {
-                    let floor = floors.get(&resp.partition).copied().unwrap_or(default_floor);
+                    // Records below the start asked for, or below where the broker read
+                    // from (the log start, when records were deleted inside a batch).
+                    let floor = floors.get(&resp.partition).copied().unwrap_or(default_floor).max(resp.read_from);
                     let mut out = Vec::new();
                     for batch in resp.batches {
                         match decode_batch(&topic, resp.partition, batch, floor) {

@@ -561,8 +561,14 @@ impl RecordService for Service {
                             continue;
                         }
                         *inner.served.entry((topic.clone(), *p)).or_default() += end - *pos;
+                        let read_from = *pos;
                         *pos = end;
-                        responses.push(wire::SubscribeResponse { partition: *p, batches, high_watermark: end });
+                        responses.push(wire::SubscribeResponse {
+                            partition: *p,
+                            batches,
+                            high_watermark: end,
+                            read_from,
+                        });
                     }
                 }
                 for r in responses {

@@ -226,11 +226,13 @@ async fn tail_partition(
                 }
             }
             Ok(batches) => {
+                let read_from = next;
                 next = batches.last().map_or(next, |b| b.header.next_offset());
                 let resp = wire::SubscribeResponse {
                     partition: partition.index(),
                     batches: batches.into_iter().map(|b| to_wire_batch(b, decompress)).collect(),
                     high_watermark,
+                    read_from,
                 };
                 if tx.send(Ok(resp)).await.is_err() {
                     return; // the client went away

@@ -136,11 +136,13 @@ class Batch(_message.Message):
     def __init__(self, base_offset: _Optional[int] = ..., record_count: _Optional[int] = ..., append_time_ms: _Optional[int] = ..., compression: _Optional[_Union[_record_pb2.Compression, str]] = ..., records: _Optional[_Union[_record_pb2.RecordBatch, _Mapping]] = ..., compressed_records: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("partition", "batches", "high_watermark")
+    __slots__ = ("partition", "batches", "high_watermark", "read_from")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    READ_FROM_FIELD_NUMBER: _ClassVar[int]
     partition: int
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     high_watermark: int
-    def __init__(self, partition: _Optional[int] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., high_watermark: _Optional[int] = ...) -> None: ...
+    read_from: int
+    def __init__(self, partition: _Optional[int] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., high_watermark: _Optional[int] = ..., read_from: _Optional[int] = ...) -> None: ...
