@@ -7,9 +7,9 @@ use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
 use tidelog_proto::v1::{
-    AlterTopicConfigRequest, CreateTopicRequest, DeleteGroupRequest, DescribeGroupRequest, DescribeGroupResponse,
-    DescribeTopicRequest, GroupListing, ListGroupsRequest, PartitionReset, ResetOffsetsRequest, TopicConfig,
-    TopicDescription,
+    AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteGroupRequest, DeleteRecordsPartition,
+    DeleteRecordsRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest, GroupListing,
+    ListGroupsRequest, PartitionReset, ResetOffsetsRequest, TopicConfig, TopicDescription,
 };
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -169,6 +169,31 @@ impl Client {
         let req = AlterTopicConfigRequest { name: name.into(), config: Some(config), reset: reset.to_vec() };
         let resp = self.admin().alter_topic_config(req).await?.into_inner();
         resp.topic.ok_or_else(|| Error::Decode("AlterTopicConfig returned no topic".into()))
+    }
+
+    /// Raises `topic`'s partition count to `total` (never lowers it). Producers route keys by
+    /// the new count once they read it again (`ProducerConfig::metadata_max_age`).
+    pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<TopicDescription, Error> {
+        let req = CreatePartitionsRequest { topic: topic.into(), total_count: total };
+        let resp = self.admin().create_partitions(req).await?.into_inner();
+        resp.topic.ok_or_else(|| Error::Decode("CreatePartitions returned no topic".into()))
+    }
+
+    /// Deletes the records below `before` in each `(partition, before)` (`None`: below the
+    /// high watermark, i.e. everything consumers can see now) by moving the log start up;
+    /// returns each partition's new log start. Refused as a whole (OUT_OF_RANGE) if an offset
+    /// is above its partition's high watermark.
+    pub async fn delete_records(&self, topic: &str, before: &[(u32, Option<u64>)]) -> Result<Vec<(u32, u64)>, Error> {
+        let partitions = before
+            .iter()
+            .map(|(partition, offset)| DeleteRecordsPartition {
+                partition: *partition,
+                before_offset: offset.map_or(-1, |o| o as i64),
+            })
+            .collect();
+        let req = DeleteRecordsRequest { topic: topic.into(), partitions };
+        let resp = self.admin().delete_records(req).await?.into_inner();
+        Ok(resp.partitions.into_iter().map(|p| (p.partition, p.low_watermark)).collect())
     }
 
     /// Every consumer group the cluster knows (members or committed offsets), with its state,

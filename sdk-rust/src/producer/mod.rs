@@ -65,6 +65,9 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// First retry delay, doubled per attempt up to 1 s; must be positive. Default 50 ms.
     pub retry_backoff: Duration,
+    /// A topic's partition count is read again after this long, so partitions added to a
+    /// topic get records (keys then route by the new count, as in Kafka). Default 5 min.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -81,6 +84,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(50),
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -137,7 +141,8 @@ pub(crate) struct Shared {
     /// Records queued and not yet completed.
     pending: AtomicUsize,
     closed: AtomicBool,
-    metadata: Mutex<HashMap<String, (u32, usize)>>,
+    /// Per topic: partition count, batch size, when they were read.
+    metadata: Mutex<HashMap<String, (u32, usize, tokio::time::Instant)>>,
 }
 
 impl Shared {
@@ -205,8 +210,12 @@ impl Producer {
 
     /// Partition count of `topic` and the batch size to use for it (cached).
     async fn topic_info(&self, topic: &str) -> Result<(u32, usize), Error> {
-        if let Some(v) = self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).get(topic) {
-            return Ok(*v);
+        if let Some((partitions, batch, read)) =
+            self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).get(topic)
+        {
+            if read.elapsed() < self.shared.config.metadata_max_age {
+                return Ok((*partitions, *batch));
+            }
         }
         // Retryable failures (a dropped connection, an unavailable broker) are retried with
         // backoff for up to `max_block`, as Kafka's producer does for metadata.
@@ -227,7 +236,8 @@ impl Producer {
         // Room for protobuf framing, so an encoded batch stays under the broker's limit.
         let batch = self.shared.config.max_batch_bytes.min(topic_max * 9 / 10).max(1);
         let info = (desc.partition_count.max(1), batch);
-        self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).insert(topic.to_string(), info);
+        let entry = (info.0, info.1, tokio::time::Instant::now());
+        self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).insert(topic.to_string(), entry);
         Ok(info)
     }
 

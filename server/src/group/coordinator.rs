@@ -67,6 +67,9 @@ struct Group {
     rebalance_deadline: Option<Instant>,
     /// The assignor of the current generation.
     protocol: Option<String>,
+    /// The partition count of each subscribed topic the current generation was assigned
+    /// with (topics that did not exist are absent). A change starts a rebalance.
+    counts: BTreeMap<String, u32>,
 }
 
 impl Group {
@@ -80,6 +83,7 @@ impl Group {
             assignments: HashMap::new(),
             rebalance_deadline: None,
             protocol: None,
+            counts: BTreeMap::new(),
         }
     }
 }
@@ -247,6 +251,7 @@ impl Coordinator {
                     .map(|d| TopicPartitionCount { topic: t.clone(), partitions: d.record.partitions })
             })
             .collect();
+        g.counts = topic_partitions.iter().map(|t| (t.topic.clone(), t.partitions)).collect();
         let members: Vec<GroupMember> = g
             .members
             .iter()
@@ -355,12 +360,20 @@ impl Coordinator {
         }
     }
 
-    /// Removes members whose session expired or who did not rejoin in time. Called periodically.
+    /// Removes members whose session expired or who did not rejoin in time, and rebalances
+    /// groups whose subscribed topics changed their partition count (added partitions, a
+    /// topic created or deleted), as Kafka's consumer leaders do when their metadata changes.
+    /// Called periodically.
     pub fn expire(&self) {
         let now = Instant::now();
         let mut doomed = Vec::new();
         {
-            let groups = self.lock();
+            let mut groups = self.lock();
+            for (name, g) in groups.iter_mut() {
+                if let Some(reason) = self.topics_changed(g) {
+                    self.start_rebalance(name, g, &reason, None);
+                }
+            }
             for (name, g) in groups.iter() {
                 for (id, m) in &g.members {
                     if expired(g, m, now) {
@@ -372,6 +385,26 @@ impl Coordinator {
         for (group, member) in doomed {
             self.remove_if_expired(&group, &member);
         }
+    }
+
+    /// Why a settled group must rebalance because a subscribed topic changed, if it must.
+    fn topics_changed(&self, g: &Group) -> Option<String> {
+        if !matches!(g.state, GroupState::Stable | GroupState::AwaitingSync) {
+            return None;
+        }
+        let topics: BTreeSet<&String> = g.members.values().flat_map(|m| m.join.topics.iter()).collect();
+        topics.into_iter().find_map(|t| {
+            let now = match self.broker.topic(t) {
+                Ok(d) => Some(d.record.partitions),
+                Err(BrokerError::UnknownTopic(_)) => None,
+                Err(_) => return None, // not known yet here (metadata catching up): no change
+            };
+            let then = g.counts.get(t).copied();
+            (now != then).then(|| match (then, now) {
+                (_, Some(n)) => format!("topic '{t}' now has {n} partitions"),
+                (_, None) => format!("topic '{t}' was deleted"),
+            })
+        })
     }
 
     /// Removes `member` only if it is still expired under the lock (it may have rejoined or
