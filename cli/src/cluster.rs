@@ -1,59 +1,143 @@
-//! `tidelog cluster describe`: the brokers, the controller, and per partition its leader,
-//! replicas, in-sync replicas and high watermark. Each partition is described by its leader
-//! (only the leader knows who is in sync), so every reachable broker is asked.
+//! `tidelog cluster describe|health`: the brokers, the controller, and per partition its
+//! leader, replicas, in-sync replicas and high watermark. Each partition is described by its
+//! leader (only the leader knows who is in sync), so every reachable broker is asked.
+//!
+//! `health` is `rpk cluster health`: healthy when every broker answers, a controller is
+//! known, every partition has a leader and every partition's replicas are all in sync; the
+//! exit status is 0 only then (2 otherwise), so scripts and probes can wait on it.
 
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use tidelog::proto::v1::{DescribeClusterRequest, ListTopicsRequest, PartitionDescription};
+use serde_json::json;
+use tidelog::proto::v1::{DescribeClusterRequest, DescribeClusterResponse, ListTopicsRequest, PartitionDescription};
 use tidelog::Client;
+
+use crate::output::{partition_json, print_json, OutputFormat};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Show brokers, the controller, and every partition's leader, replicas and offsets.
     Describe,
+    /// Check the cluster: brokers down, leaderless and under-replicated partitions. Exits
+    /// with status 2 when unhealthy.
+    Health,
 }
 
-pub async fn run(broker: &str, command: ClusterCommand) -> anyhow::Result<()> {
-    match command {
-        ClusterCommand::Describe => describe(broker).await,
-    }
+/// What every reachable broker says about the cluster.
+struct Survey {
+    cluster: DescribeClusterResponse,
+    /// Broker id → whether it answered.
+    up: BTreeMap<u32, bool>,
+    /// (topic, partition) → the best description seen: the leader's own, if reachable.
+    partitions: BTreeMap<(String, u32), PartitionDescription>,
 }
 
-async fn describe(broker: &str) -> anyhow::Result<()> {
+async fn survey(broker: &str) -> anyhow::Result<Survey> {
     let client = Client::connect(broker).await?;
     let cluster = client.admin().describe_cluster(DescribeClusterRequest {}).await?.into_inner();
-    println!("cluster {} controller: {}", cluster.cluster_id, cluster.controller_id);
-    // (topic, partition) → the best description seen: the leader's own, if reachable.
+    let mut up = BTreeMap::new();
     let mut partitions: BTreeMap<(String, u32), (bool, PartitionDescription)> = BTreeMap::new();
     for b in &cluster.brokers {
         let reached = match client.to_broker(&b.address) {
             Ok(c) => c.admin().list_topics(ListTopicsRequest {}).await.map(|r| r.into_inner()).ok(),
             Err(_) => None,
         };
-        println!("  broker {} {} {}", b.id, b.address, if reached.is_some() { "up" } else { "unreachable" });
+        up.insert(b.id, reached.is_some());
         for t in reached.map(|r| r.topics).unwrap_or_default() {
             for p in t.partitions {
                 let from_leader = p.leader_id == b.id;
-                let slot = partitions.entry((t.name.clone(), p.partition));
-                match slot {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert((from_leader, p));
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) if from_leader && !o.get().0 => {
-                        o.insert((true, p));
-                    }
-                    std::collections::btree_map::Entry::Occupied(_) => {}
+                let better = partitions.get(&(t.name.clone(), p.partition)).is_none_or(|(led, _)| from_leader && !led);
+                if better {
+                    partitions.insert((t.name.clone(), p.partition), (from_leader, p));
                 }
             }
         }
     }
-    for ((topic, index), (_, p)) in &partitions {
+    let partitions = partitions.into_iter().map(|(k, (_, p))| (k, p)).collect();
+    Ok(Survey { cluster, up, partitions })
+}
+
+pub async fn run(broker: &str, command: ClusterCommand, format: OutputFormat) -> anyhow::Result<()> {
+    let s = survey(broker).await?;
+    match command {
+        ClusterCommand::Describe => describe(&s, format),
+        ClusterCommand::Health => health(&s, format),
+    }
+}
+
+fn describe(s: &Survey, format: OutputFormat) -> anyhow::Result<()> {
+    let c = &s.cluster;
+    if format == OutputFormat::Json {
+        let brokers: Vec<_> = c
+            .brokers
+            .iter()
+            .map(|b| json!({"id": b.id, "address": b.address, "up": s.up.get(&b.id).copied().unwrap_or(false)}))
+            .collect();
+        let partitions: Vec<_> = s
+            .partitions
+            .iter()
+            .map(|((topic, _), p)| {
+                let mut v = partition_json(p);
+                v["topic"] = json!(topic);
+                v
+            })
+            .collect();
+        print_json(
+            &json!({"cluster_id": c.cluster_id, "controller": c.controller_id, "brokers": brokers, "partitions": partitions}),
+        );
+        return Ok(());
+    }
+    println!("cluster {} controller: {}", c.cluster_id, c.controller_id);
+    for b in &c.brokers {
+        let state = if s.up.get(&b.id).copied().unwrap_or(false) { "up" } else { "unreachable" };
+        println!("  broker {} {} {state}", b.id, b.address);
+    }
+    for ((topic, index), p) in &s.partitions {
         let leader = if p.leader_id == 0 { "none".to_string() } else { p.leader_id.to_string() };
         println!(
             "  {topic}/{index} leader={leader} replicas={:?} in_sync={:?} high_watermark={} log_end={}",
             p.replica_ids, p.in_sync_replica_ids, p.high_watermark, p.log_end_offset
         );
+    }
+    Ok(())
+}
+
+fn health(s: &Survey, format: OutputFormat) -> anyhow::Result<()> {
+    let down: Vec<u32> = s.up.iter().filter(|(_, up)| !**up).map(|(id, _)| *id).collect();
+    let name = |(t, p): &(String, u32)| format!("{t}/{p}");
+    let leaderless: Vec<String> = s.partitions.iter().filter(|(_, p)| p.leader_id == 0).map(|(k, _)| name(k)).collect();
+    // Only a leader's description knows who is in sync; a partition whose leader did not
+    // describe it (unreachable) counts as leaderless above, not here.
+    let under_replicated: Vec<String> = s
+        .partitions
+        .iter()
+        .filter(|(_, p)| p.leader_id != 0 && !p.in_sync_replica_ids.is_empty())
+        .filter(|(_, p)| p.replica_ids.iter().any(|r| !p.in_sync_replica_ids.contains(r)))
+        .map(|(k, _)| name(k))
+        .collect();
+    let controller = s.cluster.controller_id;
+    let healthy = down.is_empty() && controller != 0 && leaderless.is_empty() && under_replicated.is_empty();
+    match format {
+        OutputFormat::Json => print_json(&json!({
+            "healthy": healthy,
+            "controller": (controller != 0).then_some(controller),
+            "brokers": s.up.keys().collect::<Vec<_>>(),
+            "brokers_down": down,
+            "leaderless_partitions": leaderless,
+            "under_replicated_partitions": under_replicated,
+        })),
+        OutputFormat::Text => {
+            println!("healthy: {healthy}");
+            println!("controller: {}", if controller == 0 { "none".to_string() } else { controller.to_string() });
+            println!("brokers: {:?}", s.up.keys().collect::<Vec<_>>());
+            println!("brokers down: {down:?}");
+            println!("leaderless partitions: {leaderless:?}");
+            println!("under-replicated partitions: {under_replicated:?}");
+        }
+    }
+    if !healthy {
+        return Err(crate::Reported("the cluster is not healthy".into()).into());
     }
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! offsets (Kafka's `kafka-consumer-groups --reset-offsets`: a dry run unless `--execute`).
 
 use clap::Subcommand;
+use serde_json::json;
 use tidelog::{Client, ResetTo};
+
+use crate::output::{print_json, OutputFormat};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
@@ -62,17 +65,49 @@ impl ResetArgs {
     }
 }
 
-pub async fn run(broker: &str, command: GroupCommand) -> anyhow::Result<()> {
+pub async fn run(broker: &str, command: GroupCommand, format: OutputFormat) -> anyhow::Result<()> {
     let client = Client::connect(broker).await?;
+    let json = format == OutputFormat::Json;
     match command {
         GroupCommand::List => {
-            for g in client.list_groups().await? {
+            let groups = client.list_groups().await?;
+            if json {
+                let all: Vec<_> = groups
+                    .iter()
+                    .map(|g| json!({"group": g.group, "state": g.state, "members": g.members, "protocol": g.protocol}))
+                    .collect();
+                print_json(&json!(all));
+            }
+            for g in groups.iter().filter(|_| !json) {
                 let protocol = if g.protocol.is_empty() { "-" } else { g.protocol.as_str() };
                 println!("{}\tstate={} members={} protocol={protocol}", g.group, g.state, g.members);
             }
         }
         GroupCommand::Describe { group } => {
             let d = client.describe_group(&group).await?;
+            if json {
+                let members: Vec<_> = d
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let owned: Vec<_> =
+                            m.owned.iter().map(|t| json!({"topic": t.topic, "partitions": t.partitions})).collect();
+                        json!({"member_id": m.member_id, "client_id": m.client_id, "topics": m.topics, "assigned": owned})
+                    })
+                    .collect();
+                let partitions: Vec<_> = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        json!({"topic": p.topic, "partition": p.partition, "committed": p.committed_offset,
+                               "high_watermark": p.high_watermark, "lag": p.lag,
+                               "member_id": (!p.member_id.is_empty()).then_some(&p.member_id)})
+                    })
+                    .collect();
+                print_json(&json!({"group": d.group, "state": d.state, "generation": d.generation,
+                                   "leader": d.leader_id, "members": members, "partitions": partitions}));
+                return Ok(());
+            }
             println!("group {} state={} generation={} leader={}", d.group, d.state, d.generation, d.leader_id);
             for m in &d.members {
                 let parts: Vec<String> = m.owned.iter().map(|t| format!("{}{:?}", t.topic, t.partitions)).collect();
@@ -94,11 +129,23 @@ pub async fn run(broker: &str, command: GroupCommand) -> anyhow::Result<()> {
         }
         GroupCommand::Delete { group } => {
             let n = client.delete_group(&group).await?;
-            println!("deleted group {group} ({n} committed offsets)");
+            if json {
+                print_json(&json!({"group": group, "deleted": true, "offsets_deleted": n}));
+            } else {
+                println!("deleted group {group} ({n} committed offsets)");
+            }
         }
         GroupCommand::ResetOffsets(args) => {
             let execute = args.execute;
             let resets = client.reset_offsets(&args.group, &args.topic, &args.partitions, args.to(), !execute).await?;
+            if json {
+                let all: Vec<_> = resets
+                    .iter()
+                    .map(|r| json!({"topic": args.topic, "partition": r.partition, "before": r.before, "after": r.after}))
+                    .collect();
+                print_json(&json!({"group": args.group, "executed": execute, "partitions": all}));
+                return Ok(());
+            }
             for r in &resets {
                 let before = r.before.map_or_else(|| "-".to_string(), |b| b.to_string());
                 println!("{}/{} before={before} after={}", args.topic, r.partition, r.after);

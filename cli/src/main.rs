@@ -10,7 +10,10 @@ mod bench;
 mod cluster;
 mod consume;
 mod group;
+mod offsets;
+mod output;
 mod produce;
+mod render;
 mod serve;
 mod topic;
 
@@ -40,27 +43,35 @@ pub struct BrokerArg {
 pub enum Command {
     /// Run a broker (a single node unless --peers names a cluster).
     Serve(serve::ServeArgs),
-    /// Create, list, describe or delete topics.
+    /// Create, list, describe, alter, grow, trim or delete topics.
     Topic {
         #[command(flatten)]
         broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
         #[command(subcommand)]
         command: topic::TopicCommand,
     },
-    /// Describe a cluster: brokers, controller, partition leaders and replicas.
+    /// Describe a cluster and check its health.
     Cluster {
         #[command(flatten)]
         broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
-    /// Inspect consumer groups.
+    /// List, describe, delete consumer groups and reset their offsets.
     Group {
         #[command(flatten)]
         broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
         #[command(subcommand)]
         command: group::GroupCommand,
     },
+    /// Offsets of a topic's partitions: earliest, latest, or the first at or after a time.
+    Offsets(offsets::OffsetsArgs),
     /// Produce lines from stdin as records.
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
@@ -72,19 +83,38 @@ pub enum Command {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Topic { broker, command } => topic::run(&broker.broker, command).await,
-        Command::Cluster { broker, command } => cluster::run(&broker.broker, command).await,
-        Command::Group { broker, command } => group::run(&broker.broker, command).await,
+        Command::Topic { broker, output, command } => topic::run(&broker.broker, command, output.format).await,
+        Command::Cluster { broker, output, command } => cluster::run(&broker.broker, command, output.format).await,
+        Command::Group { broker, output, command } => group::run(&broker.broker, command, output.format).await,
+        Command::Offsets(args) => offsets::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }
 
+/// A failure already reported to the user (per item, by the command): main only sets the
+/// exit status.
+#[derive(Debug)]
+pub struct Reported(pub String);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        die_on_closed_pipe();
+    }
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Reported>().is_some() => std::process::ExitCode::from(2),
         Err(e) => {
             eprintln!("tidelog: error: {}", error_text(&e));
             std::process::ExitCode::from(2)
@@ -92,9 +122,21 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// A client writing to a closed pipe (`tidelog consume t | head`) ends quietly, as `cat`
+/// does, instead of panicking in `println!`. Only for client subcommands: the broker keeps
+/// Rust's default (SIGPIPE ignored), so a vanished peer is an error it handles.
+#[allow(unsafe_code)]
+fn die_on_closed_pipe() {
+    // SAFETY: `signal` only sets the process's disposition for SIGPIPE to the default; no
+    // handler runs, so nothing about the calling context matters.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// What the user is told, once: a broker's answer is its message (it says what to do); any
 /// other error is its chain of causes.
-fn error_text(e: &anyhow::Error) -> String {
+pub fn error_text(e: &anyhow::Error) -> String {
     // Through the SDK, or from a raw generated client.
     let status = match e.downcast_ref::<tidelog::Error>() {
         Some(tidelog::Error::Status(s)) => Some(s),

@@ -1,18 +1,23 @@
-//! `tidelog topic create|list|describe|alter|delete`. `describe` says where each setting
-//! comes from: `(topic)` for one set on the topic, `(default)` for the broker's default.
+//! `tidelog topic create|list|describe|alter|add-partitions|delete-records|delete`.
+//! `describe` says where each setting comes from: `(topic)` for one set on the topic,
+//! `(default)` for the broker's default. `create` and `delete` take several names (one call
+//! each, all sent at once; every failure is reported, and the command fails if any did).
 
 use clap::Subcommand;
-use tidelog::proto::v1::{DeleteTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicDescription};
+use serde_json::json;
+use tidelog::proto::v1::{DeleteTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig};
 use tidelog::Client;
 use tidelog_server::broker::MAX_PARTITIONS;
 
+use crate::output::{print_json, print_topic, topic_json, OutputFormat};
 use crate::FsyncArg;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
-    /// Create a topic.
+    /// Create one or more topics (all with the same settings).
     Create {
-        name: String,
+        #[arg(required = true)]
+        names: Vec<String>,
         #[arg(long, short = 'p', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
         partitions: u32,
         /// Replicas of each partition in a cluster (0 = 3, or the cluster size if smaller).
@@ -35,8 +40,35 @@ pub enum TopicCommand {
         #[arg(long, value_delimiter = ',')]
         reset: Vec<String>,
     },
-    /// Delete a topic and its data.
-    Delete { name: String },
+    /// Add partitions to a topic (never removes any). Keyed records then route by the new
+    /// count, so a key's later records may land in another partition than its earlier ones.
+    AddPartitions {
+        name: String,
+        /// How many partitions to add (as rpk's --num).
+        #[arg(long, short = 'n', conflicts_with = "total", required_unless_present = "total",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
+        num: Option<u32>,
+        /// The partition count the topic should have (as kafka-topics --alter --partitions).
+        #[arg(long)]
+        total: Option<u32>,
+    },
+    /// Delete the records below an offset (Kafka's DeleteRecords): the partitions' log start
+    /// moves up, and reads below it fail as out of range.
+    DeleteRecords {
+        name: String,
+        /// Delete below this offset; `end` (or -1) = below the high watermark (everything
+        /// there is now). At most the high watermark.
+        #[arg(long, allow_hyphen_values = true)]
+        before: String,
+        /// Only these partitions (repeat, or comma-separated); default every partition.
+        #[arg(long = "partition", short = 'p', value_delimiter = ',')]
+        partitions: Vec<u32>,
+    },
+    /// Delete one or more topics and their data.
+    Delete {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 /// A topic's settings on the command line (each optional: absent = unchanged / default).
@@ -76,71 +108,122 @@ impl SettingsArgs {
     }
 }
 
-fn fsync_name(policy: i32) -> &'static str {
-    match FsyncPolicy::try_from(policy) {
-        Ok(FsyncPolicy::Always) => "always",
-        Ok(FsyncPolicy::Interval) => "interval",
-        Ok(FsyncPolicy::Never) => "never",
-        _ => "unspecified",
+/// `end`/`-1` → `None` (the high watermark), else an offset.
+fn parse_before(s: &str) -> anyhow::Result<Option<u64>> {
+    match s {
+        "end" | "-1" | "hw" => Ok(None),
+        o => o.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("--before {o:?} is not an offset: use a number, or `end` for the high watermark")
+        }),
     }
 }
 
-fn print_topic(t: &TopicDescription) {
-    println!("topic {} partitions={} replication_factor={}", t.name, t.partition_count, t.replication_factor);
-    if let Some(c) = &t.config {
-        let values = [
-            ("retention_ms", c.retention_ms.unwrap_or_default().to_string()),
-            ("retention_bytes", c.retention_bytes.unwrap_or_default().to_string()),
-            ("segment_bytes", c.segment_bytes.unwrap_or_default().to_string()),
-            ("segment_ms", c.segment_ms.unwrap_or_default().to_string()),
-            ("fsync_policy", fsync_name(c.fsync_policy).to_string()),
-            ("fsync_interval_ms", c.fsync_interval_ms.unwrap_or_default().to_string()),
-            ("max_batch_bytes", c.max_batch_bytes.unwrap_or_default().to_string()),
-        ];
-        let shown: Vec<String> = values
-            .iter()
-            .map(|(k, v)| {
-                let source = if t.config_overrides.iter().any(|o| o == k) { "topic" } else { "default" };
-                format!("{k}={v} ({source})")
-            })
-            .collect();
-        println!("  config {}", shown.join(" "));
-    }
-    for p in &t.partitions {
-        println!(
-            "  partition {} log_start={} high_watermark={} log_end={} size_bytes={} segments={} leader={} replicas={:?}",
-            p.partition,
-            p.log_start_offset,
-            p.high_watermark,
-            p.log_end_offset,
-            p.size_bytes,
-            p.segment_count,
-            p.leader_id,
-            p.replica_ids
-        );
-    }
-}
-
-pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<()> {
+pub async fn run(broker: &str, command: TopicCommand, format: OutputFormat) -> anyhow::Result<()> {
     let client = Client::connect(broker).await?;
     match command {
-        TopicCommand::Create { name, partitions, replication_factor, settings } => {
-            let t = client.create_topic_replicated(&name, partitions, replication_factor, settings.config()).await?;
-            print_topic(&t);
+        TopicCommand::Create { names, partitions, replication_factor, settings } => {
+            let config = settings.config();
+            let creates = names.iter().map(|name| {
+                let client = client.clone();
+                async move { client.create_topic_replicated(name, partitions, replication_factor, config).await }
+            });
+            let results = futures::future::join_all(creates).await;
+            report_each(&names, results, |_, t| print_topic(&t, format), format)?;
         }
         TopicCommand::Alter { name, settings, reset } => {
-            print_topic(&client.alter_topic_config(&name, settings.config(), &reset).await?);
+            print_topic(&client.alter_topic_config(&name, settings.config(), &reset).await?, format);
         }
-        TopicCommand::List => {
-            for t in client.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics {
-                println!("{}\tpartitions={}", t.name, t.partition_count);
+        TopicCommand::AddPartitions { name, num, total } => {
+            let total = match (num, total) {
+                (_, Some(t)) => t,
+                (Some(n), None) => {
+                    let now = client.describe_topic(&name).await?.partition_count;
+                    now.checked_add(n).ok_or_else(|| anyhow::anyhow!("--num {n} is too many partitions"))?
+                }
+                (None, None) => anyhow::bail!("give --num or --total"),
+            };
+            print_topic(&client.create_partitions(&name, total).await?, format);
+        }
+        TopicCommand::DeleteRecords { name, before, partitions } => {
+            let before = parse_before(&before)?;
+            let partitions = if partitions.is_empty() {
+                (0..client.describe_topic(&name).await?.partition_count).collect()
+            } else {
+                partitions
+            };
+            let asked: Vec<(u32, Option<u64>)> = partitions.iter().map(|p| (*p, before)).collect();
+            let lows = client.delete_records(&name, &asked).await?;
+            match format {
+                OutputFormat::Json => print_json(&json!(lows
+                    .iter()
+                    .map(|(p, low)| json!({"topic": name, "partition": p, "log_start_offset": low}))
+                    .collect::<Vec<_>>())),
+                OutputFormat::Text => {
+                    for (p, low) in lows {
+                        println!("{name}/{p} log_start={low}");
+                    }
+                }
             }
         }
-        TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?),
-        TopicCommand::Delete { name } => {
-            client.admin().delete_topic(DeleteTopicRequest { name: name.clone() }).await?;
-            println!("deleted topic {name}");
+        TopicCommand::List => {
+            let topics = client.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics;
+            match format {
+                OutputFormat::Json => print_json(&json!(topics.iter().map(topic_json).collect::<Vec<_>>())),
+                OutputFormat::Text => {
+                    for t in topics {
+                        println!(
+                            "{}\tpartitions={} replication_factor={}",
+                            t.name, t.partition_count, t.replication_factor
+                        );
+                    }
+                }
+            }
         }
+        TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?, format),
+        TopicCommand::Delete { names } => {
+            let deletes = names.iter().map(|name| {
+                let client = client.clone();
+                async move { client.admin().delete_topic(DeleteTopicRequest { name: name.clone() }).await.map(|_| ()) }
+            });
+            let results = futures::future::join_all(deletes).await;
+            report_each(
+                &names,
+                results,
+                |name, ()| match format {
+                    OutputFormat::Json => print_json(&json!({"topic": name, "deleted": true})),
+                    OutputFormat::Text => println!("deleted topic {name}"),
+                },
+                format,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Reports the outcome of one call per name: each success with `ok`, each failure on stderr
+/// (in JSON mode, as an object on stdout); fails if any call did.
+fn report_each<T, E: Into<anyhow::Error>>(
+    names: &[String],
+    results: Vec<Result<T, E>>,
+    ok: impl Fn(&str, T),
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for (name, result) in names.iter().zip(results) {
+        match result {
+            Ok(v) => ok(name, v),
+            Err(e) => {
+                failed += 1;
+                let message = crate::error_text(&e.into());
+                match format {
+                    OutputFormat::Json => print_json(&json!({"topic": name, "error": message})),
+                    OutputFormat::Text => eprintln!("tidelog: error: {message}"),
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(crate::Reported(format!("{failed} of {} topics failed", names.len())).into());
     }
     Ok(())
 }

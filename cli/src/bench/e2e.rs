@@ -110,8 +110,7 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
             schedule: Some((schedule, per_batch)),
             deadline,
             counters: Arc::clone(&produced),
-            records_per_batch: per_batch,
-            value_bytes_per_batch: per_batch * args.record_size as u64,
+            record_size: args.record_size as u64,
         };
         producers.push(tokio::spawn(run_raw(producer, make)));
     }

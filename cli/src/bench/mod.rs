@@ -43,9 +43,12 @@ pub struct BenchArgs {
     /// Partitions of the topic if the bench creates it.
     #[arg(long, default_value_t = 1)]
     pub partitions: u32,
-    /// Records to produce (consume: to read, pre-filling the topic up to this many).
+    /// Records to produce, exactly (consume: to read, pre-filling the topic up to this many).
     #[arg(long, default_value_t = 1_000_000)]
     pub records: u64,
+    /// Delete the topic after the run, if the bench created it.
+    #[arg(long)]
+    pub delete_topic: bool,
     /// Stop after this many seconds even if `--records` are not done.
     #[arg(long, alias = "max-seconds", default_value_t = 60)]
     pub duration: u64,
@@ -64,12 +67,16 @@ pub struct BenchArgs {
     /// Concurrent consumers (consume, e2e); the partitions are split among them.
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
+    /// Default `leader`, unlike `produce`'s `all`: the bench measures the broker's append
+    /// path; `--acks all` measures the replicated (and, with --sdk, idempotent) one.
     #[arg(long, value_enum, default_value = "leader")]
     pub acks: AcksArg,
     /// fsync policy of the topic if the bench creates it.
     #[arg(long, value_enum, default_value = "interval")]
     pub fsync: FsyncArg,
-    /// Batch compression (the payload is text-like and compresses about 2-3x with lz4).
+    /// Batch compression. Default `none`, unlike `produce`'s and the SDKs' `lz4`: so the
+    /// figures are the broker's, not the compressor's (the payload is text-like and
+    /// compresses about 2-3x with lz4).
     #[arg(long, value_enum, default_value = "none")]
     pub compression: CompressionArg,
     /// Target records/s over all producers (0 = as fast as possible). Latency is then measured
@@ -133,23 +140,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--batch-records and --in-flight must be at least 1"
     );
     let client = Client::connect(&args.broker.broker).await?;
-    ensure_topic(&client, &args).await?;
+    let created = ensure_topic(&client, &args).await?;
     let summary = match args.mode {
-        Mode::Produce => produce::run(&args).await?,
-        Mode::Consume => consume::run(&client, &args).await?,
-        Mode::E2e => e2e::run(&client, &args).await?,
+        Mode::Produce => produce::run(&args).await,
+        Mode::Consume => consume::run(&client, &args).await,
+        Mode::E2e => e2e::run(&client, &args).await,
     };
-    summary.print(args.json)
+    if args.delete_topic && created {
+        let req = tidelog::proto::v1::DeleteTopicRequest { name: args.topic.clone() };
+        client.admin().delete_topic(req).await?;
+        if !args.quiet {
+            eprintln!("deleted topic {}", args.topic);
+        }
+    }
+    summary?.print(args.json)
 }
 
-/// Creates the topic with the bench's partitions and fsync policy unless it exists.
-async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<()> {
+/// Creates the topic with the bench's partitions and fsync policy unless it exists; whether
+/// it did.
+async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<bool> {
     if client.describe_topic(&args.topic).await.is_ok() {
-        return Ok(());
+        return Ok(false);
     }
     let fsync_policy = FsyncPolicy::from(args.fsync) as i32;
     client.create_topic_with(&args.topic, args.partitions, TopicConfig { fsync_policy, ..Default::default() }).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Record values: text-like bytes (words from a small vocabulary), so compression has

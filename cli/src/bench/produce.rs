@@ -34,8 +34,8 @@ pub(super) struct RawProducer {
     pub schedule: Option<(Schedule, u64)>,
     pub deadline: Instant,
     pub counters: Arc<Counters>,
-    pub records_per_batch: u64,
-    pub value_bytes_per_batch: u64,
+    /// Value bytes per record (for the byte counters).
+    pub record_size: u64,
 }
 
 /// Runs one raw producer; `make(i, due)` builds batch `i` (due at `due`). Returns the records
@@ -45,7 +45,8 @@ where
     F: FnMut(u64, Instant) -> wire::ProduceRequest + Send + 'static,
 {
     let (req_tx, req_rx) = mpsc::channel::<wire::ProduceRequest>(p.in_flight);
-    let (base_tx, mut base_rx) = mpsc::unbounded_channel::<Instant>();
+    // Each request's latency base and record count, in request order.
+    let (base_tx, mut base_rx) = mpsc::unbounded_channel::<(Instant, u64)>();
     let window = Arc::new(Semaphore::new(p.in_flight));
     let mut responses =
         p.client.records().produce(tokio_stream::wrappers::ReceiverStream::new(req_rx)).await?.into_inner();
@@ -69,7 +70,7 @@ where
                     None => Instant::now(),
                 };
                 let req = make(i, base);
-                if base_tx.send(base).is_err() || req_tx.blocking_send(req).is_err() {
+                if base_tx.send((base, u64::from(req.record_count))).is_err() || req_tx.blocking_send(req).is_err() {
                     break;
                 }
             }
@@ -85,12 +86,11 @@ where
         let resp = resp?;
         anyhow::ensure!(resp.error_code == ErrorCode::Unspecified as i32, "batch failed: {}", resp.error_message);
         // Responses come in request order, and each base was queued before its request.
-        if let Some(base) = base_rx.recv().await {
-            latency.record(base.elapsed());
-        }
+        let Some((base, records)) = base_rx.recv().await else { anyhow::bail!("an answer to no request") };
+        latency.record(base.elapsed());
         window.add_permits(1);
-        acked += p.records_per_batch;
-        p.counters.add(p.records_per_batch, p.value_bytes_per_batch);
+        acked += records;
+        p.counters.add(records, records * p.record_size);
     }
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
     Ok((acked, latency))
@@ -173,19 +173,27 @@ pub(super) async fn produce_raw(
     let mut tasks = Vec::new();
     for (p, quota) in shares(records, args.producers).enumerate() {
         let client = Client::connect(&args.broker.broker).await?;
-        let batch = values(args.record_size, args.batch_records, p as u64).into_iter().map(Record::new).collect();
-        let (payload, compression, crc) = encode_batch(batch, args.compression())?;
+        // Exactly `quota` records: full batches, then one with the rest.
+        let all = values(args.record_size, args.batch_records, p as u64);
+        let full = encode_batch(all.iter().cloned().map(Record::new).collect(), args.compression())?;
+        let rest = quota % per_batch;
+        let last = encode_batch(all.into_iter().take(rest as usize).map(Record::new).collect(), args.compression())?;
         let (topic, partitions) = (args.topic.clone(), args.partitions);
-        let make = move |i: u64, _due: Instant| wire::ProduceRequest {
-            request_id: i,
-            topic: topic.clone(),
-            partition: ((p as u64 + i) % u64::from(partitions)) as u32,
-            acks: acks as i32,
-            payload: Some(payload.clone()),
-            compression,
-            record_count: per_batch as u32,
-            crc32c: Some(crc),
-            ..Default::default()
+        let full_batches = quota / per_batch;
+        let make = move |i: u64, _due: Instant| {
+            let ((payload, compression, crc), count) =
+                if i < full_batches { (full.clone(), per_batch) } else { (last.clone(), rest) };
+            wire::ProduceRequest {
+                request_id: i,
+                topic: topic.clone(),
+                partition: ((p as u64 + i) % u64::from(partitions)) as u32,
+                acks: acks as i32,
+                payload: Some(payload),
+                compression,
+                record_count: count as u32,
+                crc32c: Some(crc),
+                ..Default::default()
+            }
         };
         let schedule = (rate > 0).then(|| (Schedule::new(start, rate as f64 / args.producers as f64), per_batch));
         let producer = RawProducer {
@@ -195,8 +203,7 @@ pub(super) async fn produce_raw(
             schedule,
             deadline,
             counters: Arc::clone(&counters),
-            records_per_batch: per_batch,
-            value_bytes_per_batch: per_batch * args.record_size as u64,
+            record_size: args.record_size as u64,
         };
         tasks.push(tokio::spawn(run_raw(producer, make)));
     }

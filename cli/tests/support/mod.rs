@@ -220,6 +220,14 @@ pub async fn high_watermark(client: &Client, topic: &str, p: u32) -> u64 {
 /// Runs `tidelog ARGS --broker BROKER` with `stdin`, and returns its stdout; fails the test
 /// (with its stderr) if it exits non-zero.
 pub fn run_cli(broker: &str, args: &[&str], stdin: &str) -> String {
+    let out = run_cli_output(broker, args, stdin.as_bytes());
+    assert!(out.status.success(), "tidelog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `tidelog ARGS --broker BROKER` with `stdin` (any bytes): its exit status, stdout and
+/// stderr, whatever they are.
+pub fn run_cli_output(broker: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(BIN)
         .args(args)
@@ -229,8 +237,14 @@ pub fn run_cli(broker: &str, args: &[&str], stdin: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // Fed from a thread: a child that answers before reading all of its input must not
+    // deadlock the test on a full pipe.
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "tidelog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    let _ = feeder.join();
+    out
 }
