@@ -3,8 +3,7 @@
 //! ListOffsets; `kafka-get-offsets`, `rpk topic describe -p`).
 
 use serde_json::json;
-use tidelog::proto::v1::{offset_spec, ListOffsetsRequest, OffsetSpec};
-use tidelog::Client;
+use tidelog::{Client, OffsetSpecKind};
 
 use crate::output::{print_json, OutputFormat};
 use crate::BrokerArg;
@@ -25,34 +24,34 @@ pub struct OffsetsArgs {
     pub format: OutputFormat,
 }
 
-async fn list(client: &Client, args: &OffsetsArgs, spec: offset_spec::Spec) -> anyhow::Result<Vec<(u32, u64, i64)>> {
-    let req = ListOffsetsRequest {
-        topic: args.topic.clone(),
-        partitions: args.partitions.clone(),
-        spec: Some(OffsetSpec { spec: Some(spec) }),
-    };
-    let offsets = client.admin().list_offsets(req).await?.into_inner().offsets;
-    Ok(offsets.into_iter().map(|o| (o.partition, o.offset, o.timestamp_ms)).collect())
+async fn list(
+    client: &Client,
+    args: &OffsetsArgs,
+    spec: OffsetSpecKind,
+) -> anyhow::Result<Vec<(u32, u64, Option<i64>)>> {
+    Ok(client.list_offsets(&args.topic, &args.partitions, spec).await?)
 }
 
 pub async fn run(args: OffsetsArgs) -> anyhow::Result<()> {
     let client = Client::connect(&args.broker.broker).await?;
     let topic = &args.topic;
     if let Some(t) = args.time {
-        let found = list(&client, &args, offset_spec::Spec::TimestampMs(t)).await?;
+        let found = list(&client, &args, OffsetSpecKind::TimestampMs(t)).await?;
         for (p, offset, ts) in found {
             match args.format {
-                OutputFormat::Json => print_json(
-                    &json!({"topic": topic, "partition": p, "offset": offset, "timestamp_ms": (ts >= 0).then_some(ts)}),
-                ),
-                OutputFormat::Text if ts < 0 => println!("{topic}/{p} offset={offset} (nothing at or after {t})"),
-                OutputFormat::Text => println!("{topic}/{p} offset={offset} timestamp={ts}"),
+                OutputFormat::Json => {
+                    print_json(&json!({"topic": topic, "partition": p, "offset": offset, "timestamp_ms": ts}));
+                }
+                OutputFormat::Text => match ts {
+                    Some(ts) => println!("{topic}/{p} offset={offset} timestamp={ts}"),
+                    None => println!("{topic}/{p} offset={offset} (nothing at or after {t})"),
+                },
             }
         }
         return Ok(());
     }
-    let earliest = list(&client, &args, offset_spec::Spec::Earliest(true)).await?;
-    let latest = list(&client, &args, offset_spec::Spec::Latest(true)).await?;
+    let earliest = list(&client, &args, OffsetSpecKind::Earliest(true)).await?;
+    let latest = list(&client, &args, OffsetSpecKind::Latest(true)).await?;
     for ((p, start, _), (_, end, _)) in earliest.into_iter().zip(latest) {
         match args.format {
             OutputFormat::Json => {

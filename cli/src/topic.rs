@@ -5,7 +5,7 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use tidelog::proto::v1::{DeleteTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig};
+use tidelog::proto::v1::{FsyncPolicy, TopicConfig};
 use tidelog::Client;
 use tidelog_server::broker::MAX_PARTITIONS;
 
@@ -166,7 +166,7 @@ pub async fn run(broker: &str, command: TopicCommand, format: OutputFormat) -> a
             }
         }
         TopicCommand::List => {
-            let topics = client.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics;
+            let topics = client.list_topics().await?;
             match format {
                 OutputFormat::Json => print_json(&json!(topics.iter().map(topic_json).collect::<Vec<_>>())),
                 OutputFormat::Text => {
@@ -183,7 +183,7 @@ pub async fn run(broker: &str, command: TopicCommand, format: OutputFormat) -> a
         TopicCommand::Delete { names } => {
             let deletes = names.iter().map(|name| {
                 let client = client.clone();
-                async move { client.admin().delete_topic(DeleteTopicRequest { name: name.clone() }).await.map(|_| ()) }
+                async move { client.delete_topic(name).await }
             });
             let results = futures::future::join_all(deletes).await;
             report_each(

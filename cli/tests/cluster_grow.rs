@@ -1,8 +1,9 @@
 //! Growing a topic in a real three-broker cluster while it is used: partitions added through
 //! a non-controller with the CLI reach every broker with leaders; a running keyed producer
 //! starts routing keys by the new count once it reads the topic again; a running consumer
-//! group is rebalanced onto the new partitions and reads every record; records deleted
-//! through another broker are gone from every replica.
+//! group is rebalanced onto the new partitions and reads every record; a topic created at one
+//! broker is usable through another at once; records deleted through another broker are gone
+//! from every replica.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -78,8 +79,16 @@ async fn partitions_added_in_a_cluster_get_leaders_records_and_group_members() {
     assert_eq!(assigned.len(), 5, "{assigned:?}");
     consumer.close().await;
 
-    // Records deleted through the third broker are gone everywhere.
+    // A topic created at one broker is usable at once through another (which may not have
+    // applied it yet: clients ask again for a moment rather than call it unknown).
     let third = (1..=3).find(|n| *n != controller && *n != other).unwrap();
+    Client::connect(c.addr(other)).await.unwrap().create_topic("fresh", 1).await.unwrap();
+    let at_third = Client::connect(c.addr(third)).await.unwrap();
+    let fresh = Producer::new(at_third.clone(), ProducerConfig::default()).await.unwrap();
+    fresh.send("fresh", Record::new("first")).await.unwrap().await.unwrap();
+    fresh.close().await;
+
+    // Records deleted through the third broker are gone everywhere.
     let addr = c.addr(third);
     let out = tokio::task::spawn_blocking(move || {
         run_cli(&addr, &["topic", "delete-records", "grow", "--before", "end", "--format", "json"], "")

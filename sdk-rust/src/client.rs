@@ -8,8 +8,9 @@ use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
 use tidelog_proto::v1::{
     AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteGroupRequest, DeleteRecordsPartition,
-    DeleteRecordsRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest, GroupListing,
-    ListGroupsRequest, PartitionReset, ResetOffsetsRequest, TopicConfig, TopicDescription,
+    DeleteRecordsRequest, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest,
+    GroupListing, ListGroupsRequest, ListOffsetsRequest, ListTopicsRequest, OffsetSpec, PartitionReset,
+    ResetOffsetsRequest, TopicConfig, TopicDescription,
 };
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -18,6 +19,9 @@ use crate::Error;
 
 /// Largest gRPC message the client sends or accepts (matches the broker's limit).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// How long a cluster's brokers may take to all know a just-created topic, as far as clients
+/// wait for it (a few metadata heartbeats).
+pub const METADATA_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -158,6 +162,62 @@ impl Client {
         resp.topic.ok_or_else(|| Error::Decode("DescribeTopic returned no topic".into()))
     }
 
+    /// As [`Client::describe_topic`], but in a cluster a topic this broker does not know yet is
+    /// asked again for up to [`METADATA_SETTLE`]: a topic just created at another broker
+    /// reaches each broker's metadata a moment apart (Kafka's clients wait for it likewise).
+    /// On a single node "unknown" is final at once.
+    pub async fn describe_topic_settled(&self, name: &str) -> Result<TopicDescription, Error> {
+        let deadline = tokio::time::Instant::now() + METADATA_SETTLE;
+        let mut clustered = None;
+        loop {
+            match self.describe_topic(name).await {
+                Err(Error::Status(s)) if s.code() == tonic::Code::NotFound => {
+                    if clustered.is_none() {
+                        clustered = Some(!self.broker_ids().await?.is_empty());
+                    }
+                    if clustered != Some(true) || tokio::time::Instant::now() >= deadline {
+                        return Err(Error::Status(s));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every topic, described as this broker knows it.
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>, Error> {
+        Ok(self.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics)
+    }
+
+    /// Deletes a topic and its data (and every group's committed offsets for it).
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        self.admin().delete_topic(DeleteTopicRequest { name: name.into() }).await?;
+        Ok(())
+    }
+
+    /// Each partition's offset for `spec` (every partition when `partitions` is empty):
+    /// `Earliest(true)` (log start), `Latest(true)` (high watermark) or `TimestampMs(t)` (the
+    /// first batch appended at or after `t`, with its time; the high watermark and `None` where
+    /// there is none). Kafka's `offsetsForTimes` / `beginningOffsets` / `endOffsets`.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        spec: OffsetSpecKind,
+    ) -> Result<Vec<(u32, u64, Option<i64>)>, Error> {
+        let req = ListOffsetsRequest {
+            topic: topic.into(),
+            partitions: partitions.to_vec(),
+            spec: Some(OffsetSpec { spec: Some(spec) }),
+        };
+        let offsets = self.admin().list_offsets(req).await?.into_inner().offsets;
+        Ok(offsets
+            .into_iter()
+            .map(|o| (o.partition, o.offset, (o.timestamp_ms >= 0).then_some(o.timestamp_ms)))
+            .collect())
+    }
+
     /// Changes a topic's settings: those set in `config` become the topic's own, those named
     /// in `reset` (`TopicConfig` field names) go back to the broker's defaults.
     pub async fn alter_topic_config(
@@ -240,3 +300,6 @@ impl Client {
 /// `Latest(true)`, `Offset(n)`, `TimestampMs(t)` or `ShiftBy(d)` (targets are clamped into
 /// the partition's log start..high watermark).
 pub use crate::proto::v1::reset_offsets_request::To as ResetTo;
+
+/// What [`Client::list_offsets`] looks up.
+pub use crate::proto::v1::offset_spec::Spec as OffsetSpecKind;

@@ -32,7 +32,7 @@ pub mod partitioner;
 pub mod producer;
 
 pub use batch::{ConsumedRecord, Record};
-pub use client::{Client, ResetTo};
+pub use client::{Client, OffsetSpecKind, ResetTo};
 pub use compression::Compression;
 pub use consumer::assignor::Assignor;
 pub use consumer::group::{GroupConfig, GroupConsumer, OffsetReset, RebalanceListener, TopicPartition};

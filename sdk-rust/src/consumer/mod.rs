@@ -103,7 +103,7 @@ impl Subscription {
         if brokers.is_empty() {
             return single();
         }
-        let desc = client.describe_topic(&self.topic).await?;
+        let desc = client.describe_topic_settled(&self.topic).await?;
         let own = brokers.iter().find(|(_, a)| a.as_str() == client.address()).map(|(id, _)| *id);
         let wanted: Vec<(u32, Option<StartAt>)> = if self.partitions.is_empty() {
             (0..desc.partition_count).map(|p| (p, None)).collect()

@@ -222,7 +222,7 @@ impl Producer {
         let deadline = tokio::time::Instant::now() + self.shared.config.max_block;
         let mut backoff = self.shared.config.retry_backoff;
         let desc = loop {
-            match self.shared.client.describe_topic(topic).await {
+            match self.shared.client.describe_topic_settled(topic).await {
                 Ok(d) => break d,
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
                     tracing::debug!(topic, error = %e, "metadata fetch failed; retrying");
