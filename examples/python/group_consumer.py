@@ -48,9 +48,11 @@ def main() -> int:
             msg = consumer.poll(timeout)
             if msg is None:
                 break  # idle for --idle-ms
-            key = (msg.key or b"").decode(errors="replace")
-            value = msg.value.decode(errors="replace")
-            print(f"{msg.partition}/{msg.offset} key={key} value={value}", flush=True)
+            if msg.error():
+                continue  # an event, not a record (only with enable.partition.eof)
+            key = (msg.key() or b"").decode(errors="replace")
+            value = (msg.value() or b"").decode(errors="replace")
+            print(f"{msg.partition()}/{msg.offset()} key={key} value={value}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -16,11 +16,11 @@ async def test_aio_round_trip_and_group_iteration(broker: Broker, admin: AdminCl
     admin.create_topic(topic, num_partitions=3)
     async with AIOProducer({"bootstrap.servers": broker.addr, "compression.type": "zstd"}) as p:
         first = await p.send_and_wait(topic, b"first", key=b"k0", headers={"h": "v"})
-        assert first.offset == 0 and first.header("h") == b"v"
+        assert first.offset() == 0 and first.header("h") == b"v"
         futs = [await p.send(topic, f"v{i}", key=f"k{i % 9}") for i in range(999)]
         assert await p.flush(20) == 0
         delivered = [f.result() for f in futs]
-    assert len({(m.partition, m.offset) for m in delivered}) == 999
+    assert len({(m.partition(), m.offset()) for m in delivered}) == 999
     assigned: list[list[TopicPartition]] = []
 
     async def on_assign(c: AIOConsumer, ps: list[TopicPartition]) -> None:
@@ -42,7 +42,7 @@ async def test_aio_round_trip_and_group_iteration(broker: Broker, admin: AdminCl
         await c.commit()
         committed = await c.committed([TopicPartition(topic, p) for p in range(3)])
     assert assigned and len(assigned[0]) == 3
-    assert sorted(m.value for m in got) == sorted([b"first"] + [f"v{i}".encode() for i in range(999)])
+    assert sorted(m.value() for m in got) == sorted([b"first"] + [f"v{i}".encode() for i in range(999)])
     assert sum(tp.offset or 0 for tp in committed) == 1000
 
 
@@ -59,5 +59,5 @@ async def test_aio_errors_and_manual_assignment(broker: Broker, admin: AdminClie
         msgs = await c.getmany(100, timeout=5)
         while len(msgs) < 6:
             msgs += await c.getmany(100, timeout=5)
-        assert [m.value for m in msgs] == [str(i).encode() for i in range(4, 10)]
+        assert [m.value() for m in msgs] == [str(i).encode() for i in range(4, 10)]
         assert c.position(TopicPartition(topic, 1)) == 10

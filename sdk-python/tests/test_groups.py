@@ -50,7 +50,7 @@ def test_two_python_members_split_partitions_and_commit(broker: Broker, admin: A
 
     def split() -> bool:
         for m in a.consume(100, 0.05) + b.consume(100, 0.05):
-            seen[(m.partition, m.offset)] = m
+            seen[(m.partition(), m.offset())] = m
         pa, pb = set(a.assignment()), set(b.assignment())
         return bool(pa and pb and not pa & pb and len(pa | pb) == 4)
 
@@ -58,7 +58,7 @@ def test_two_python_members_split_partitions_and_commit(broker: Broker, admin: A
     eventually(
         lambda: (
             (
-                [seen.update({(m.partition, m.offset): m for m in c.consume(500, 0.05)}) for c in (a, b)]
+                [seen.update({(m.partition(), m.offset()): m for m in c.consume(500, 0.05)}) for c in (a, b)]
                 and len(seen) >= 399
             )
             or None
@@ -87,18 +87,18 @@ def test_seek_pause_resume_position_and_stale_commits(broker: Broker, admin: Adm
     c = consumer(broker.addr, group, **{"enable.auto.commit": False})
     c.subscribe([topic])
     first = eventually(lambda: c.poll(0.2), what="first record")
-    assert first.offset == 0
+    assert first.offset() == 0
     tp = TopicPartition(topic, 0)
     c.seek(TopicPartition(topic, 0, 90))
     m = eventually(lambda: c.poll(0.2), what="record after seek")
-    assert m.offset == 90
+    assert m.offset() == 90
     assert c.position([tp])[0].offset == 91
     c.commit(m)
     assert c.committed([tp])[0].offset == 91
     c.pause([tp])
     assert c.poll(0.3) is None
     c.resume([tp])
-    assert eventually(lambda: c.poll(0.2), what="record after resume").offset == 91
+    assert eventually(lambda: c.poll(0.2), what="record after resume").offset() == 91
     # A commit outside membership while the group has a member is fenced.
     with Consumer({"bootstrap.servers": broker.addr, "group.id": group}) as outsider:
         outsider.assign([TopicPartition(topic, 0, 0)])
@@ -117,14 +117,14 @@ def test_auto_commit_is_at_least_once(broker: Broker, admin: AdminClient):
     c.subscribe([topic])
     got: list[Message] = []
     eventually(lambda: got.extend(c.consume(10, 0.2)) or len(got) >= 30, what="30 records")
-    last_batch_start = got[-1].offset  # what the latest consume returned is "in progress"
+    last_batch_start = got[-1].offset()  # what the latest consume returned is "in progress"
     c._rt.stop()  # simulate a crash: no final commit, no leave
     committed = AdminClient({"bootstrap.servers": broker.addr}).committed(group, topic).get(0, 0)
     assert committed <= last_batch_start + 1
     d = consumer(broker.addr, group, **{"session.timeout.ms": 1000})
     d.subscribe([topic])
     again = eventually(lambda: d.poll(0.5), timeout=30, what="redelivery to a new member")
-    assert again.offset == committed  # resumes exactly at the commit: nothing skipped
+    assert again.offset() == committed  # resumes exactly at the commit: nothing skipped
     d.close()
 
 
@@ -231,13 +231,13 @@ def test_group_member_rejoins_after_a_broker_restart(own_broker: Broker):
     c.subscribe(["r"])
     got: set[int] = set()
     eventually(
-        lambda: got.update(int(m.value) for m in c.consume(100, 0.1)) or len(got) == 10, what="10 records"
+        lambda: got.update(int(m.value()) for m in c.consume(100, 0.1)) or len(got) == 10, what="10 records"
     )
     b.kill9()
     b.start()  # same port and data; the group's membership is gone with the old process
     produce(b.addr, "r", 10, 10)
     eventually(
-        lambda: got.update(int(m.value) for m in c.consume(100, 0.1)) or len(got) == 20,
+        lambda: got.update(int(m.value()) for m in c.consume(100, 0.1)) or len(got) == 20,
         timeout=30,
         what="records produced after the restart, through a rejoined session",
     )
@@ -254,7 +254,7 @@ def test_resubscribe_changes_topics_and_reset_error_never_skips(broker: Broker, 
     c.subscribe([t1])
     c.subscribe([t2])  # at once, while the first join is still in flight
     m = eventually(lambda: c.poll(0.2), what="a record of the second topic")
-    assert m.topic == t2
+    assert m.topic() == t2
     assert {tp.topic for tp in c.assignment()} == {t2}
     c.close()
     # auto.offset.reset=error: no committed offset → an error, and no silent jump to the end.
@@ -265,7 +265,7 @@ def test_resubscribe_changes_topics_and_reset_error_never_skips(broker: Broker, 
     produce(broker.addr, t2, 3, 1)
     assert fresh.poll(0.5) is None  # still stopped: nothing skipped
     fresh.seek(TopicPartition(t2, 0, 0))
-    assert eventually(lambda: fresh.poll(0.2), what="record after seek").offset == 0
+    assert eventually(lambda: fresh.poll(0.2), what="record after seek").offset() == 0
     fresh.close()
 
 

@@ -56,25 +56,25 @@ def test_round_trip_keeps_order_content_and_offsets(broker: Broker, admin: Admin
     # Offsets per partition: gap-free from 0, in produce order.
     by_part: dict[int, list[int]] = {}
     for m in delivered:
-        assert m.partition == partition_for_key(m.key or b"", 4)
-        by_part.setdefault(m.partition, []).append(m.offset)
+        assert m.partition() == partition_for_key(m.key() or b"", 4)
+        by_part.setdefault(m.partition(), []).append(m.offset())
     for offsets in by_part.values():
         assert sorted(offsets) == list(range(len(offsets)))
     got = read_all(broker.addr, topic, 4, n)
     assert len(got) == n
-    sent = {(m.partition, m.offset): m for m in delivered}
+    sent = {(m.partition(), m.offset()): m for m in delivered}
     for m in got:
-        want = sent[(m.partition, m.offset)]
-        assert (m.key, m.value, m.headers, m.timestamp) == (
-            want.key,
-            want.value,
-            want.headers,
-            want.timestamp,
+        want = sent[(m.partition(), m.offset())]
+        assert (m.key(), m.value(), m.headers(), m.timestamp()) == (
+            want.key(),
+            want.value(),
+            want.headers(),
+            want.timestamp(),
         )
     # Per key, consumed order is produce order.
     seq: dict[bytes, list[int]] = {}
-    for m in sorted(got, key=lambda m: (m.partition, m.offset)):
-        seq.setdefault(m.key or b"", []).append(int(m.header("i") or b"-1"))
+    for m in sorted(got, key=lambda m: (m.partition(), m.offset())):
+        seq.setdefault(m.key() or b"", []).append(int(m.header("i") or b"-1"))
     assert len(seq) == 50
     for key, order in seq.items():
         assert order == sorted(order), key
@@ -87,7 +87,7 @@ def test_rust_reads_python_batches_and_agrees_on_partitions(broker: Broker, admi
     with Producer({"bootstrap.servers": broker.addr, "compression.type": "zstd"}) as p:
         futs = [p.produce_future(topic, f"py-{k}", key=k) for k in keys]
         assert p.flush(20) == 0
-    python_parts = {k: f.result().partition for k, f in zip(keys, futs, strict=True)}
+    python_parts = {k: f.result().partition() for k, f in zip(keys, futs, strict=True)}
     # The Rust SDK (through the tidelog CLI) produces the same keys; -v prints where each landed.
     lines = "".join(f"{k}:rust-{k}\n" for k in keys)
     out = subprocess.run(
@@ -147,15 +147,15 @@ def test_futures_sticky_partitioning_and_acks_none(broker: Broker, admin: AdminC
         futs: list[Future[Message]] = [p.produce_future(topic, b"x" * 100) for _ in range(400)]
         msgs = [f.result(20) for f in futs]
     # Keyless records stick to one partition per batch and spread over partitions.
-    assert len({m.partition for m in msgs}) > 1
-    switches = sum(1 for a, b in itertools.pairwise(msgs) if a.partition != b.partition)
+    assert len({m.partition() for m in msgs}) > 1
+    switches = sum(1 for a, b in itertools.pairwise(msgs) if a.partition() != b.partition())
     assert switches < 40  # batches of ~35 records, not record-by-record
     with Producer({"bootstrap.servers": broker.addr, "acks": "none"}) as p:
         f = p.produce_future(topic, b"fire-and-forget", partition=1)
         assert p.flush(10) == 0
-        assert f.result().offset == -1
+        assert f.result().offset() == -1
     got = read_all(broker.addr, topic, 3, 401)
-    assert any(m.value == b"fire-and-forget" and m.partition == 1 for m in got)
+    assert any(m.value() == b"fire-and-forget" and m.partition() == 1 for m in got)
 
 
 def test_bad_input_gets_clear_errors_and_loses_nothing(broker: Broker, admin: AdminClient, topic: str):
@@ -170,7 +170,7 @@ def test_bad_input_gets_clear_errors_and_loses_nothing(broker: Broker, admin: Ad
             p.produce(topic, 42)  # type: ignore[arg-type]
         ok = p.produce_future(topic, b"still fine", partition=0)
         assert p.flush(10) == 0
-        assert ok.result().offset >= 0
+        assert ok.result().offset() >= 0
     # A topic deleted under a producer: its records fail with UNKNOWN_TOPIC, nothing hangs.
     doomed = unique("doomed")
     admin.create_topic(doomed, num_partitions=1)
@@ -207,10 +207,10 @@ def test_idempotent_producer_survives_broker_kill9_without_duplicates(own_broker
     got = read_all(b.addr, "durable", 2, n)
     assert len(got) == n, f"{len(got)} records stored for {n} produced"
     for part in (0, 1):
-        values = [int(m.value) for m in sorted(got, key=lambda m: m.offset) if m.partition == part]
+        values = [int(m.value()) for m in sorted(got, key=lambda m: m.offset()) if m.partition() == part]
         assert values == sorted(values), "reordered"
         assert len(values) == len(set(values)), "duplicated"
-    assert {(m.partition, m.offset) for m in got} == {(r.partition, r.offset) for r in results}
+    assert {(m.partition(), m.offset()) for m in got} == {(r.partition(), r.offset()) for r in results}
 
 
 def test_full_buffer_blocks_then_fails_and_delivery_times_out(own_broker: Broker):
@@ -243,7 +243,7 @@ def test_full_buffer_blocks_then_fails_and_delivery_times_out(own_broker: Broker
                 futs[-1].result(10)
         finally:
             b.proc.send_signal(signal.SIGCONT)
-        assert p.produce_future("stall", b"after").result(20).offset >= 1
+        assert p.produce_future("stall", b"after").result(20).offset() >= 1
 
 
 def test_flush_returns_while_another_thread_polls(broker: Broker, topic: str):

@@ -8,15 +8,36 @@
 
 Keys are partitioned exactly as Kafka and the Rust SDK do (murmur2), so Python and Rust
 producers agree, and Python and Rust consumers can share one consumer group.
+
+confluent-kafka's names are here too (``Message`` accessors, ``KafkaError``,
+``KafkaException``, ``TopicPartition``, ``OFFSET_BEGINNING``, ``TIMESTAMP_CREATE_TIME``, and in
+:mod:`tidelog.admin` ``NewTopic``, ``NewPartitions``, ``ConfigResource``, ...), so a
+confluent-kafka program runs with ``import tidelog as confluent_kafka``.
 """
 
-from .admin import (
-    AdminClient,
+from . import admin
+from .admin import AdminClient
+from .admin_types import (
+    RESOURCE_BROKER,
+    RESOURCE_GROUP,
+    RESOURCE_TOPIC,
+    AlterConfigOpType,
+    BrokerMetadata,
     ClusterDescription,
+    ClusterMetadata,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    DeletedRecords,
     GroupDescription,
     GroupListing,
+    NewPartitions,
+    NewTopic,
+    PartitionMetadata,
     PartitionReset,
+    ResourceType,
     TopicDescription,
+    TopicMetadata,
 )
 from .consumer import Consumer
 from .errors import (
@@ -27,24 +48,55 @@ from .errors import (
     FatalError,
     GroupNotEmptyError,
     IllegalGenerationError,
+    KafkaError,
+    KafkaException,
     OffsetOutOfRangeError,
     ProducerFencedError,
+    QueueFullError,
     RetriableError,
     TidelogError,
     TopicExistsError,
     UnknownGroupError,
     UnknownTopicError,
+    kafka_error,
 )
 from .partitioner import murmur2, partition_for_key
 from .producer import Producer
-from .types import Message, TopicPartition
+from .types import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    OFFSET_STORED,
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
+    Message,
+    TopicPartition,
+)
 
 __all__ = [
+    "OFFSET_BEGINNING",
+    "OFFSET_END",
+    "OFFSET_INVALID",
+    "OFFSET_STORED",
+    "RESOURCE_BROKER",
+    "RESOURCE_GROUP",
+    "RESOURCE_TOPIC",
+    "TIMESTAMP_CREATE_TIME",
+    "TIMESTAMP_LOG_APPEND_TIME",
+    "TIMESTAMP_NOT_AVAILABLE",
     "AdminClient",
+    "AlterConfigOpType",
+    "BrokerMetadata",
     "ClosedError",
     "ClusterDescription",
+    "ClusterMetadata",
+    "ConfigEntry",
     "ConfigError",
+    "ConfigResource",
+    "ConfigSource",
     "Consumer",
+    "DeletedRecords",
     "DeliveryTimeoutError",
     "ErrorCode",
     "FatalError",
@@ -52,18 +104,28 @@ __all__ = [
     "GroupListing",
     "GroupNotEmptyError",
     "IllegalGenerationError",
+    "KafkaError",
+    "KafkaException",
     "Message",
+    "NewPartitions",
+    "NewTopic",
     "OffsetOutOfRangeError",
+    "PartitionMetadata",
     "PartitionReset",
     "Producer",
     "ProducerFencedError",
+    "QueueFullError",
+    "ResourceType",
     "RetriableError",
     "TidelogError",
     "TopicDescription",
     "TopicExistsError",
+    "TopicMetadata",
     "TopicPartition",
     "UnknownGroupError",
     "UnknownTopicError",
+    "admin",
+    "kafka_error",
     "murmur2",
     "partition_for_key",
 ]

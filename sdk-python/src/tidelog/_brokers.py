@@ -12,13 +12,13 @@ and retry across brokers until their deadline (:meth:`Brokers.call`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
 from ._channel import aio_channel
+from ._events import Reporter
 from ._failover import Ring, call_async
 from .errors import from_rpc_error
 from .v1 import (
@@ -30,8 +30,6 @@ from .v1 import (
 )
 
 T = TypeVar("T")
-
-log = logging.getLogger("tidelog.consumer")
 
 
 class Stubs(NamedTuple):
@@ -57,8 +55,10 @@ class Brokers(Ring):
     one attempt's (``request.timeout.ms``), ``api_timeout`` a whole call's default
     (``default.api.timeout.ms``), in seconds."""
 
-    def __init__(self, bootstrap: list[str], timeout: float, api_timeout: float) -> None:
-        super().__init__(bootstrap)
+    def __init__(
+        self, bootstrap: list[str], timeout: float, api_timeout: float, reporter: Reporter | None = None
+    ) -> None:
+        super().__init__(bootstrap, reporter=reporter)
         self.timeout = timeout
         self.api_timeout = api_timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -85,9 +85,15 @@ class Brokers(Ring):
             )
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-                log.debug("cannot learn the cluster from %s: %s", self.current, from_rpc_error(e))
+                err = from_rpc_error(e)
+                failed = self.current
+                self.log.debug("cannot learn the cluster from %s: %s", failed, err)
+                if err.retriable:
+                    self.reporter.failed(failed, err, "learning the cluster")
+                    self.move_on(failed)  # the next call (or learn) starts at the next one
                 return
             resp = admin_service_pb2.DescribeClusterResponse()
+        self.reporter.answered(self.current)
         self.adopt(resp)
 
     async def retry(self, attempt: Callable[[str, float], Awaitable[T]], timeout: float | None = None) -> T:

@@ -7,6 +7,7 @@ the first send). Values may be given as strings (as from a properties file) or n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,64 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _offset_reset(v: Any) -> str:
+    """Kafka's and librdkafka's names for where a consumer starts without a committed offset."""
+    s = str(v).strip().lower()
+    mapping = {
+        "earliest": "earliest",
+        "smallest": "earliest",
+        "beginning": "earliest",
+        "latest": "latest",
+        "largest": "latest",
+        "end": "latest",
+        "error": "error",
+    }
+    if s not in mapping:
+        raise ValueError("expected earliest (smallest, beginning), latest (largest, end) or error")
+    return mapping[s]
+
+
+def _callable(v: Any) -> Callable[..., Any]:
+    if not callable(v):
+        raise ValueError(f"expected a function, got {type(v).__name__}")
+    return v  # type: ignore[no-any-return]
+
+
+def _logger(v: Any) -> Any:
+    if not isinstance(v, logging.Logger | logging.LoggerAdapter):
+        raise ValueError(f"expected a logging.Logger, got {type(v).__name__}")
+    return v
+
+
+#: ``bootstrap.servers`` entry prefixes: plaintext (Kafka's and gRPC's spellings), and the
+#: security protocols this SDK cannot speak yet.
+_PLAIN_PREFIXES = ("plaintext://", "http://", "grpc://")
+_SECURE_PREFIXES = ("ssl://", "sasl_ssl://", "sasl_plaintext://", "https://", "grpcs://")
+
+
+def _bootstrap(v: Any) -> str:
+    """Checks every entry of a ``bootstrap.servers`` list: ``host:port`` or
+    ``PLAINTEXT://host:port``; TLS and SASL entries are refused with a clear message."""
+    s = _str(v)
+    for entry in (e.strip() for e in s.split(",")):
+        low = entry.lower()
+        if low.startswith(_SECURE_PREFIXES):
+            raise ValueError(
+                f"{entry!r}: TLS and SASL are not supported yet; use a PLAINTEXT://host:port "
+                "(or host:port) listener"
+            )
+        if "://" in low and not low.startswith(_PLAIN_PREFIXES):
+            raise ValueError(f"{entry!r}: unknown protocol (expected host:port or PLAINTEXT://host:port)")
+    return s
+
+
+def _security_protocol(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s != "plaintext":
+        raise ValueError(f"{v!r} is not supported yet (TLS and SASL are not): only plaintext")
+    return s
+
+
 def _acks(v: Any) -> str:
     s = str(v).strip().lower()
     mapping = {"all": "all", "-1": "all", "1": "leader", "leader": "leader", "0": "none", "none": "none"}
@@ -81,11 +140,17 @@ class Key:
 _COMMON: dict[str, Key] = {
     "bootstrap.servers": Key(
         None,
-        _str,
-        "host:port of a broker, or a comma list of them: the producer uses the first, the consumer"
-        " and admin client fail over to the others; clients learn the rest of the cluster from it",
+        _bootstrap,
+        "host:port (or PLAINTEXT://host:port) of a broker, or a comma list of them: the producer"
+        " uses the first, the consumer and admin client fail over to the others; clients learn"
+        " the rest of the cluster from it",
     ),
     "client.id": Key("tidelog-python", _str, "free-form name shown by the broker"),
+    "security.protocol": Key("plaintext", _security_protocol, "plaintext (TLS and SASL: not yet)"),
+    "error_cb": Key(None, _callable, "error_cb(KafkaError): a broker failed, all are down, ..."),
+    "stats_cb": Key(None, _callable, "stats_cb(json_str) every statistics.interval.ms"),
+    "statistics.interval.ms": Key(0, _int(0, 86_400_000), "how often stats_cb is called (0: never)"),
+    "logger": Key(None, _logger, "the logging.Logger the client logs to (default tidelog.<role>)"),
 }
 
 # Kafka's split for the consumer's and admin client's unary calls: one attempt waits up to
@@ -117,8 +182,12 @@ CONSUMER_KEYS: dict[str, Key] = {
     **_COMMON,
     "group.id": Key(None, _str, "consumer group; required for subscribe() and commits"),
     "auto.offset.reset": Key(
-        "latest", _choice("earliest", "latest", "error"), "where to start without a commit"
+        "latest", _offset_reset, "where to start without a commit: earliest, latest or error"
     ),
+    "enable.auto.offset.store": Key(
+        True, _bool, "store each polled record's offset for commits (false: only store_offsets())"
+    ),
+    "enable.partition.eof": Key(False, _bool, "poll() returns a _PARTITION_EOF event at each end"),
     "enable.auto.commit": Key(True, _bool, "commit consumed positions in the background"),
     "auto.commit.interval.ms": Key(5_000, _int(10, 3_600_000), "auto-commit period"),
     "session.timeout.ms": Key(10_000, _int(1_000, 300_000), "member removed after this without heartbeat"),
@@ -163,8 +232,8 @@ def parse(config: Mapping[str, Any], keys: Mapping[str, Key], kind: str) -> dict
 def target(bootstrap: str) -> str:
     """The gRPC target for a ``bootstrap.servers`` value (its first entry)."""
     first = bootstrap.split(",")[0].strip()
-    for prefix in ("http://", "grpc://"):
-        if first.startswith(prefix):
+    for prefix in _PLAIN_PREFIXES:
+        if first.lower().startswith(prefix):
             first = first[len(prefix) :]
     return first.rstrip("/")
 

@@ -14,6 +14,10 @@ retry policy of the consumer (commits, committed offsets, metadata) and the admi
   Each attempt waits at most ``per_attempt`` (``request.timeout.ms``) and never past the
   deadline (``default.api.timeout.ms``), so a stalled broker costs one attempt, not the call.
 
+Every retry is logged (the client's logger, at info level; the first failure of a broker is a
+warning and goes to ``error_cb``, through the client's :class:`~tidelog._events.Reporter`), so
+a call that retries for a minute never does so silently.
+
 Only requests that can be repeated go through here: reads, commits of the same offsets with
 the same generation, and admin calls (a create or delete retried after a lost answer reports
 that the topic exists, or is unknown, if the first attempt went through, as in Kafka). The
@@ -41,23 +45,29 @@ from typing import TypeVar
 import grpc
 
 from ._config import target
+from ._events import Reporter
 from .errors import TidelogError, from_rpc_error
 from .v1 import admin_service_pb2
 
 T = TypeVar("T")
 
-log = logging.getLogger("tidelog.failover")
+_LOG = logging.getLogger("tidelog.failover")
 
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
 
 
 class Ring:
-    """See the module docs. Pure state, no I/O; ``rng`` is for tests."""
+    """See the module docs. Pure state, no I/O; ``rng`` is for tests. ``reporter`` hears of
+    every failed and answered attempt (default: one that only logs, to ``tidelog.failover``)."""
 
-    def __init__(self, bootstrap: Sequence[str], rng: random.Random | None = None) -> None:
+    def __init__(
+        self, bootstrap: Sequence[str], rng: random.Random | None = None, reporter: Reporter | None = None
+    ) -> None:
         if not bootstrap:
             raise ValueError("a ring needs at least one broker")
+        self.reporter = reporter or Reporter(_LOG, None, list(bootstrap))
+        self.log = self.reporter.log
         self.ring = list(dict.fromkeys(bootstrap))
         self.current = self.ring[0]
         self.ids: dict[int, str] = {}
@@ -79,7 +89,7 @@ class Ring:
         if failed != self.current or len(self.ring) < 2:
             return
         self.current = self.ring[(self.ring.index(failed) + 1) % len(self.ring)]
-        log.debug("broker %s failed; moving on to %s", failed, self.current)
+        self.log.debug("broker %s failed; moving on to %s", failed, self.current)
 
 
 class Schedule:
@@ -92,9 +102,15 @@ class Schedule:
         self.deadline = clock() + timeout
         self.per_attempt = per_attempt
         self._backoff = _FIRST_BACKOFF
+        self.attempts = 0
 
     def attempt_timeout(self) -> float:
+        self.attempts += 1
         return max(0.0, min(self.per_attempt, self.deadline - self._clock()))
+
+    def left(self) -> float:
+        """Seconds until the deadline."""
+        return max(0.0, self.deadline - self._clock())
 
     def retry_after(self, err: TidelogError) -> float:
         """The delay before the next attempt; raises ``err`` when it is fatal or when no
@@ -107,14 +123,34 @@ class Schedule:
 
 
 def _failed(ring: Ring, addr: str, e: Exception) -> TidelogError:
-    """The error of a failed attempt at ``addr``; a retriable one moves the ring on (also
-    when the call gives up: the next call then starts elsewhere)."""
+    """The error of a failed attempt at ``addr``; a retriable one is reported and moves the
+    ring on (also when the call gives up: the next call then starts elsewhere)."""
     err = from_rpc_error(e) if isinstance(e, grpc.RpcError) else e
     assert isinstance(err, TidelogError)
     if err.retriable:
-        log.debug("request at %s failed (%s)", addr, err)
+        ring.reporter.failed(addr, err)
         ring.move_on(addr)
     return err
+
+
+def _retry_after(ring: Ring, schedule: Schedule, addr: str, err: TidelogError) -> float:
+    """The backoff before the next attempt, logged; raises ``err`` when the call gives up."""
+    try:
+        delay = schedule.retry_after(err)
+    except TidelogError:
+        if err.retriable:
+            ring.log.warning("giving up after %d attempts: %s", schedule.attempts, err)
+        raise
+    ring.log.info(
+        "attempt %d at %s failed (%s); retrying at %s in %.2f s (giving up in %.1f s)",
+        schedule.attempts,
+        addr,
+        err,
+        ring.current,
+        delay,
+        schedule.left(),
+    )
+    return delay
 
 
 def call_sync(
@@ -134,10 +170,13 @@ def call_sync(
     while True:
         addr = ring.current
         try:
-            return attempt(addr, schedule.attempt_timeout())
+            got = attempt(addr, schedule.attempt_timeout())
         except (grpc.RpcError, TidelogError) as e:
             err = _failed(ring, addr, e)
-        sleep(schedule.retry_after(err))
+        else:
+            ring.reporter.answered(addr)
+            return got
+        sleep(_retry_after(ring, schedule, addr, err))
 
 
 async def call_async(
@@ -154,7 +193,10 @@ async def call_async(
     while True:
         addr = ring.current
         try:
-            return await attempt(addr, schedule.attempt_timeout())
+            got = await attempt(addr, schedule.attempt_timeout())
         except (grpc.RpcError, TidelogError) as e:
             err = _failed(ring, addr, e)
-        await sleep(schedule.retry_after(err))
+        else:
+            ring.reporter.answered(addr)
+            return got
+        await sleep(_retry_after(ring, schedule, addr, err))

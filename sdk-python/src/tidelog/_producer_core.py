@@ -44,25 +44,38 @@ lock.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 
 from . import _wire
 from ._channel import aio_channel
 from ._config import target
+from ._events import ErrorSink, Reporter, broker_stats, client_logger
+from ._routes import _Routes
+from ._staging import (
+    RECORD_OVERHEAD,
+    Entry,
+    HeadersArg,
+    Payload,
+    Staged,
+    check_partition,
+    delivered,
+    idempotence_config,
+    stage,
+)
 from ._wire import Compression
 from .errors import (
     ClosedError,
     DeliveryTimeoutError,
     ErrorCode,
     FatalError,
+    QueueFullError,
     RetriableError,
     TidelogError,
     from_code,
@@ -70,20 +83,13 @@ from .errors import (
     is_retriable_code,
 )
 from .partitioner import partition_for_key
-from .types import Message
 from .v1 import admin_service_pb2, admin_service_pb2_grpc, records_service_pb2, records_service_pb2_grpc
-
-log = logging.getLogger("tidelog.producer")
 
 _MAX_BACKOFF = 1.0
 _SEQ_MODULUS = 1 << 31  # sequences wrap past i32::MAX (tidelog_proto::sequence)
-#: The broker's hard limit for one batch (server MAX_BATCH_BYTES_LIMIT).
-MAX_RECORD_BYTES = 1 << 20
 _ACKS = {"all": 3, "leader": 2, "none": 1}
 _WAKE = ("wake",)
 
-# One queued record: (key, value, headers, timestamp_ms, sink); sink receives the delivery.
-Entry = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int, Any]
 # One request to send: (broker, (topic, partition), request id, serialized ProduceRequest).
 Request = tuple[str, tuple[str, int], int, bytes]
 # Called once per completed batch: (topic, partition, entries, base_offset, timestamp_ms, error).
@@ -166,50 +172,6 @@ class _Queue:
         self.next_seq = (self.next_seq - dropped.count) % _SEQ_MODULUS
 
 
-class _Routes:
-    """Where each partition's batches go: its leader when known (from a NOT_LEADER hint), else
-    the fallback broker, which answers NOT_LEADER with the leader if it is not the leader itself.
-
-    ``brokers`` is the producer's list of known brokers (``host:port``, the bootstrap first),
-    shared with the metadata fetches; hints naming a broker not in it are added.
-    """
-
-    __slots__ = ("brokers", "fallback", "leaders")
-
-    def __init__(self, brokers: list[str]) -> None:
-        self.brokers = brokers
-        self.fallback = 0
-        self.leaders: dict[tuple[str, int], str] = {}
-
-    @property
-    def clustered(self) -> bool:
-        return len(self.brokers) > 1
-
-    def fallback_broker(self) -> str:
-        return self.brokers[self.fallback % len(self.brokers)]
-
-    def target(self, tp: tuple[str, int]) -> str:
-        return self.leaders.get(tp) or self.fallback_broker()
-
-    def not_leader(self, tp: tuple[str, int], hint: str) -> None:
-        """A broker said it does not lead ``tp``; ``hint`` is the leader's address ("" if it
-        knows none: an election is under way, so try the next broker)."""
-        if not hint:
-            self.leaders.pop(tp, None)
-            self.fallback += 1
-            return
-        addr = target(hint)
-        if addr not in self.brokers:
-            self.brokers.append(addr)
-        self.leaders[tp] = addr
-
-    def broker_lost(self, addr: str) -> None:
-        """``addr``'s stream failed: the partitions it led look for their leader again."""
-        self.leaders = {tp: a for tp, a in self.leaders.items() if a != addr}
-        if self.fallback_broker() == addr:
-            self.fallback += 1
-
-
 class _Conn:
     """One Produce stream to one broker; a reader task posts its responses as events."""
 
@@ -224,10 +186,18 @@ class _Conn:
 
 
 class ProducerCore:
-    """See the module docs. ``deliver`` is called on the engine loop for every completed batch."""
+    """See the module docs. ``deliver`` is called on the engine loop for every completed batch;
+    ``errors`` receives what ``error_cb`` should see (:class:`~tidelog._events.Reporter`)."""
 
-    def __init__(self, cfg: dict[str, Any], deliver: DeliverHook, on_idle: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        deliver: DeliverHook,
+        on_idle: Callable[[], None],
+        errors: ErrorSink | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.log = client_logger(cfg, "producer")
         self._deliver = deliver
         self._on_idle = on_idle
         self.acks = _ACKS[cfg["acks"]]
@@ -257,6 +227,11 @@ class ProducerCore:
         self.max_block = cfg["max.block.ms"] / 1000
         #: Known brokers (host:port), the bootstrap first; the sender adds the cluster's.
         self.brokers: list[str] = [target(cfg["bootstrap.servers"])]
+        self.reporter = Reporter(self.log, errors, list(self.brokers))
+        #: Broker id → address, once learnt (for statistics).
+        self.broker_ids: dict[int, str] = {}
+        #: Statistics: requests sent, responses, records and bytes acknowledged, records failed.
+        self.counters = dict.fromkeys(("tx", "rx", "txmsgs", "txmsg_bytes", "txerrs"), 0)
         self._discovered = False
         self._channels: dict[str, grpc.aio.Channel] = {}
         # Set by start(), on the engine loop.
@@ -326,18 +301,45 @@ class ProducerCore:
             admin = admin_service_pb2_grpc.AdminServiceStub(self._channel_to(addr))
             try:
                 resp = await admin.DescribeTopic(req, timeout=self.request_timeout)
+                self.reporter.answered(addr)
                 break
             except grpc.aio.AioRpcError as e:
                 err = from_rpc_error(e)
+            if err.retriable:
+                self.reporter.failed(addr, err, f"reading the metadata of {topic}")
             if not err.retriable or time.monotonic() + backoff >= deadline:
                 raise err
-            log.debug("metadata of %s from %s failed (%s); retrying", topic, addr, err)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
             attempt += 1
         n = int(resp.topic.partition_count)
         self._partitions[topic] = (n, time.monotonic())
         return n
+
+    # ---- statistics -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """librdkafka-style producer statistics (the figures under the envelope)."""
+        topics: dict[str, Any] = {}
+        with self.lock:
+            for (t, p), q in sorted(self._queues.items()):
+                queued = len(q.entries) + sum(b.count for b in q.ready)
+                parts = topics.setdefault(t, {"topic": t, "partitions": {}})["partitions"]
+                parts[str(p)] = {
+                    "partition": p,
+                    "msgq_cnt": queued,
+                    "xmit_msgq_cnt": sum(b.count for b in q.in_flight),
+                    "next_seq": q.next_seq,
+                }
+            pending, memory = self.pending, self.memory_used
+        return {
+            "msg_cnt": pending,
+            "msg_size": memory,
+            "msg_size_max": self.buffer_memory,
+            **self.counters,
+            "brokers": broker_stats(self.reporter, self.broker_ids),
+            "topics": topics,
+        }
 
     # ---- accumulator (any thread) -------------------------------------------------------
 
@@ -371,8 +373,8 @@ class ProducerCore:
         self._append(rec.topic, p, rec.encoded, rec.entry, rec.size)
         return True
 
-    def buffer_full(self) -> RetriableError:
-        return RetriableError(
+    def buffer_full(self) -> QueueFullError:
+        return QueueFullError(
             f"producer buffer full ({self.buffer_memory} bytes of unacknowledged records) for "
             "max.block.ms; is the broker reachable? (poll() or flush() to drain callbacks)"
         )
@@ -438,13 +440,15 @@ class ProducerCore:
                     if self.closed and self.pending == 0:
                         return
                 if not self._discovered or (self.idempotent and self.producer_id == 0):
+                    addr = routes.fallback_broker()
                     try:
                         await self._connect(routes)
+                        self.reporter.answered(addr)
                     except TidelogError as e:
                         if not e.retriable:
                             self._fail_fatal(e)
                             return
-                        log.debug("broker %s not available (%s); retrying", routes.fallback_broker(), e)
+                        self.reporter.failed(addr, e, "connecting")
                         routes.fallback += 1
                         self._complete_all(self._expire(time.monotonic()))
                         # No stream is open yet, so the only events are wake-ups (new
@@ -457,7 +461,11 @@ class ProducerCore:
                 now = time.monotonic()
                 if request_deadline is not None and now >= request_deadline:
                     for addr in self._overdue(now):
-                        log.debug("produce request to %s timed out; resending its in-flight batches", addr)
+                        overdue = RetriableError(
+                            "no answer to a produce request within request.timeout.ms; resending",
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                        )
+                        self.reporter.failed(addr, overdue, "producing")
                         self._lose(conns, routes, addr, backoff)
                         backoff = min(backoff * 2, _MAX_BACKOFF)
                 requests, deadline, request_deadline, done = self._collect(routes, now, next_id)
@@ -476,8 +484,12 @@ class ProducerCore:
                         # The first write waits for the stream to open; a broker that accepts
                         # connections but never answers must not hold up the other brokers.
                         await asyncio.wait_for(conn.call.write(req), self.request_timeout)
+                        self.counters["tx"] += 1
                     except Exception as e:  # the call ended under us, or the broker stalled
-                        log.debug("produce stream to %s lost (%r); resending its batches", addr, e)
+                        lost = RetriableError(
+                            f"produce stream lost ({e!r}); resending its batches", grpc.StatusCode.UNAVAILABLE
+                        )
+                        self.reporter.failed(addr, lost, "producing")
                         self._lose(conns, routes, addr, backoff)
                         failed.add(addr)
                         backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -503,8 +515,13 @@ class ProducerCore:
         if conns.get(conn.addr) is not conn:
             return backoff  # from a stream already replaced
         if kind == "resp":
+            self.counters["rx"] += 1
+            self.reporter.answered(conn.addr)
             return self._handle_response(conn, event[2], routes, backoff)
-        log.debug("produce stream to %s lost (%s); resending its batches", conn.addr, event[2])
+        lost = RetriableError(
+            f"produce stream lost ({event[2]}); resending its batches", grpc.StatusCode.UNAVAILABLE
+        )
+        self.reporter.failed(conn.addr, lost, "producing")
         self._lose(conns, routes, conn.addr, backoff)
         return min(backoff * 2, _MAX_BACKOFF)
 
@@ -522,6 +539,7 @@ class ProducerCore:
                 resp = admin_service_pb2.DescribeClusterResponse()  # older than clusters: one node
             # A single node keeps the bootstrap address: the one it advertises may not be
             # reachable from here (a proxy, NAT).
+            self.broker_ids = {b.id: target(b.address) for b in resp.brokers}
             if len(resp.brokers) > 1:
                 for b in resp.brokers:
                     addr = target(b.address)
@@ -689,7 +707,7 @@ class ProducerCore:
         with self.lock:
             q = self._queues[tp]
             if not q.in_flight or q.in_flight[0].request_id != r.request_id:
-                log.warning("response %d out of order; ignoring", r.request_id)
+                self.log.warning("response %d out of order; ignoring", r.request_id)
                 return backoff
             if code == ErrorCode.NONE:
                 done.append((tp, q.in_flight.popleft(), r.base_offset, r.append_time_ms, None))
@@ -722,7 +740,12 @@ class ProducerCore:
         try:
             self._deliver(tp[0], tp[1], b.entries, base, ts, err)
         except Exception:  # a broken hook must not stop the sender
-            log.exception("delivery hook failed")
+            self.log.exception("delivery hook failed")
+        if err is None:
+            self.counters["txmsgs"] += b.count
+            self.counters["txmsg_bytes"] += b.memory - b.count * RECORD_OVERHEAD
+        else:
+            self.counters["txerrs"] += b.count
         with self.lock:
             self.memory_used -= b.memory
             self.pending -= b.count
@@ -778,88 +801,13 @@ class ProducerCore:
         self._complete_all([(tp, b, -1, -1, err) for tp, b in drained])
 
 
-# ---- shared by the sync and asyncio producers ----------------------------------------------
-
-Payload = bytes | bytearray | memoryview | str
-HeadersArg = dict[str, Payload | None] | list[tuple[str, Payload | None]] | None
-
-
-def to_bytes(v: Payload | None, what: str) -> bytes | None:
-    if v is None:
-        return None
-    if isinstance(v, bytes):
-        return v
-    if isinstance(v, str):
-        return v.encode()
-    if isinstance(v, bytearray | memoryview):
-        return bytes(v)
-    raise TypeError(f"{what} must be bytes or str, got {type(v).__name__}")
-
-
-#: Buffer memory charged per record beyond its encoded bytes (bookkeeping), so that many tiny
-#: records still count against ``buffer.memory``.
-RECORD_OVERHEAD = 64
-
-
-class Staged(NamedTuple):
-    """A record encoded once and ready to queue (:meth:`ProducerCore.try_append`)."""
-
-    topic: str
-    #: None: chosen at queueing time (by key, else sticky).
-    partition: int | None
-    encoded: bytes
-    entry: Entry
-    #: Buffer memory it holds until delivered.
-    size: int
-
-
-def stage(
-    topic: str,
-    value: Payload | None,
-    key: Payload | None,
-    headers: HeadersArg,
-    partition: int | None,
-    timestamp: int | None,
-    sink: Any,
-) -> Staged:
-    """Normalizes a record's parts and encodes it once (the only encoding it gets)."""
-    if partition is not None and partition < 0:
-        partition = None  # confluent-kafka's -1: any partition (by key, else sticky)
-    k = to_bytes(key, "key")
-    v = to_bytes(value, "value") or b""
-    hs: list[tuple[str, bytes]] | None = None
-    if headers:
-        items = headers.items() if isinstance(headers, dict) else headers
-        hs = [(str(hk), to_bytes(hv, "header value") or b"") for hk, hv in items]
-    ts = int(timestamp) if timestamp else time.time_ns() // 1_000_000
-    encoded = _wire.encode_record(k, v, hs, ts)
-    if len(encoded) > MAX_RECORD_BYTES:
-        raise FatalError(
-            f"record of {len(encoded)} encoded bytes exceeds the broker's "
-            f"{MAX_RECORD_BYTES}-byte batch limit",
-            ErrorCode.BATCH_TOO_LARGE,
-        )
-    return Staged(topic, partition, encoded, (k, v, hs, ts, sink), len(encoded) + RECORD_OVERHEAD)
-
-
-def delivered(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:
-    """The :class:`Message` for record ``i`` of a batch acknowledged at ``base`` (-1: unknown)."""
-    return Message(topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2] or [], e[3])
-
-
-def check_partition(topic: str, partition: int, count: int) -> None:
-    if not 0 <= partition < count:
-        raise FatalError(
-            f"partition {partition} does not exist: topic {topic!r} has {count} partitions",
-            ErrorCode.UNKNOWN_PARTITION,
-        )
-
-
-def idempotence_config(cfg: dict[str, Any], explicit: bool) -> None:
-    """Idempotence needs acks=all (as in Kafka): off by default otherwise, an error if asked for."""
-    if cfg["acks"] != "all" and cfg["enable.idempotence"]:
-        if explicit:
-            from .errors import ConfigError
-
-            raise ConfigError("enable.idempotence=true requires acks=all")
-        cfg["enable.idempotence"] = False
+__all__ = [
+    "DeliverHook",
+    "Entry",
+    "HeadersArg",
+    "Payload",
+    "ProducerCore",
+    "delivered",
+    "idempotence_config",
+    "stage",
+]

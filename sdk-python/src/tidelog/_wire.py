@@ -36,6 +36,7 @@ _TAG_KEY = b"\x0a"  # Record.key = 1
 _TAG_VALUE = b"\x12"  # Record.value = 2
 _TAG_HEADER = b"\x1a"  # Record.headers = 3
 _TAG_TIMESTAMP = b"\x20"  # Record.timestamp_ms = 4 (varint)
+_NULL_VALUE = b"\x28\x01"  # Record.null_value = 5 (varint), true: a tombstone
 _TAG_HEADER_KEY = b"\x0a"  # Header.key = 1
 _TAG_HEADER_VALUE = b"\x12"  # Header.value = 2
 _TAG_PRODUCE_RECORDS = b"\x2a"  # ProduceRequest.records = 5
@@ -73,8 +74,11 @@ def varint(n: int) -> bytes:
 Headers = list[tuple[str, bytes]]
 
 
-def encode_record(key: bytes | None, value: bytes, headers: Headers | None, timestamp_ms: int) -> bytes:
-    """One record, framed as a ``RecordBatch.records`` element (ready to concatenate)."""
+def encode_record(
+    key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int
+) -> bytes:
+    """One record, framed as a ``RecordBatch.records`` element (ready to concatenate). A None
+    ``value`` is a tombstone: no value bytes and ``null_value`` set."""
     parts: list[bytes] = []
     if key is not None:
         parts += (_TAG_KEY, varint(len(key)), key)
@@ -92,6 +96,8 @@ def encode_record(key: bytes | None, value: bytes, headers: Headers | None, time
             parts += (_TAG_HEADER, varint(len(h)), h)
     if timestamp_ms > 0:
         parts += (_TAG_TIMESTAMP, varint(timestamp_ms))
+    if value is None:
+        parts.append(_NULL_VALUE)
     body = b"".join(parts)
     return _TAG_BATCH_RECORD + varint(len(body)) + body
 

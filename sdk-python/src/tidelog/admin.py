@@ -6,12 +6,28 @@
     admin.create_topic("orders", num_partitions=6, config={"retention.ms": 86_400_000})
     admin.describe_group("billing").lag   # {TopicPartition: records behind}
 
+    # confluent-kafka's shapes: a dict of concurrent.futures.Future, the calls run at once
+    for topic, f in admin.create_topics([NewTopic("a", 3), NewTopic("b", 1)]).items():
+        f.result()   # None, or raises (TopicExistsError: a KafkaException, TOPIC_ALREADY_EXISTS)
+
+Two families of calls: Tidelog's own, which return what they did (``create_topic``,
+``describe_topic``, ``delete_group``, ``reset_offsets``, ...), and confluent-kafka's
+(``create_topics``, ``delete_topics``, ``create_partitions``, ``delete_records``,
+``alter_configs``, ``incremental_alter_configs``, ``describe_configs``,
+``delete_consumer_groups``, which return futures, and ``list_topics`` / ``list_groups``),
+whose types are in :mod:`tidelog.admin_types`. The futures' calls run on a small thread pool of
+the client, several at once; ``close()`` waits for them.
+
 Failover: the client knows the ``bootstrap.servers`` brokers and, once learnt from the first
 one that answers DescribeCluster, the rest of the cluster. A call goes to one of them; when it
 is unreachable, stalled or otherwise failing retriably the call moves on to the next one and
 retries with backoff until ``default.api.timeout.ms``, each attempt waiting up to
 ``request.timeout.ms`` (the policy the consumer shares, :mod:`tidelog._failover`). A broker's
 real answer (the topic exists, an unknown topic, an invalid argument) is raised at once.
+
+Retries are logged (the client's ``logger``; see :mod:`tidelog._failover`), and a broker that
+fails goes to ``error_cb`` once per outage; ``stats_cb`` runs on a thread of the client every
+``statistics.interval.ms``.
 
 Errors are raised as :mod:`tidelog.errors` types (``TopicExistsError``, ``UnknownTopicError``,
 ``FatalError`` for invalid arguments, ``RetriableError`` when no broker answered in time). A
@@ -21,31 +37,83 @@ is unknown) if the first attempt went through, as in Kafka.
 
 from __future__ import annotations
 
-import logging
+import concurrent.futures
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
 
 from ._brokers import Stubs
 from ._channel import sync_channel
 from ._config import ADMIN_KEYS, parse, target, targets
+from ._events import Reporter, StatsEnvelope, broker_stats, client_logger, safe_call
 from ._failover import Ring, call_sync
+from .admin_types import (
+    RESOURCE_TOPIC,
+    AlterConfigOpType,
+    BrokerMetadata,
+    ClusterDescription,
+    ClusterMetadata,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    DeletedRecords,
+    GroupDescription,
+    GroupListing,
+    GroupMember,
+    NewPartitions,
+    NewTopic,
+    PartitionInfo,
+    PartitionMetadata,
+    PartitionReset,
+    ResourceType,
+    TopicDescription,
+    TopicMetadata,
+)
 from .errors import (
     ConfigError,
     ErrorCode,
     FatalError,
     GroupNotEmptyError,
+    KafkaError,
+    TopicExistsError,
     UnknownGroupError,
     UnknownTopicError,
     from_rpc_error,
 )
-from .types import TopicPartition
+from .types import OFFSET_END, TopicPartition
 from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2
 
-log = logging.getLogger("tidelog.admin")
+__all__ = [
+    "RESOURCE_TOPIC",
+    "AdminClient",
+    "AlterConfigOpType",
+    "BrokerMetadata",
+    "ClusterDescription",
+    "ClusterMetadata",
+    "ConfigEntry",
+    "ConfigResource",
+    "ConfigSource",
+    "DeletedRecords",
+    "GroupDescription",
+    "GroupListing",
+    "GroupMember",
+    "NewPartitions",
+    "NewTopic",
+    "PartitionInfo",
+    "PartitionMetadata",
+    "PartitionReset",
+    "ResourceType",
+    "TopicDescription",
+    "TopicMetadata",
+    "internal_admin",
+    "topic_config_proto",
+]
+
+T = TypeVar("T")
+_POOL_WORKERS = 8
 
 _FSYNC = {"always": 1, "interval": 2, "never": 3}
 _INT_TOPIC_KEYS = {
@@ -56,89 +124,22 @@ _INT_TOPIC_KEYS = {
     "fsync.interval.ms": "fsync_interval_ms",
     "max.batch.bytes": "max_batch_bytes",
 }
-
+#: Kafka's names for Tidelog's topic settings.
+_KEY_ALIASES = {"max.message.bytes": "max.batch.bytes"}
 
 # The proto's TopicConfig field name of each config key, and back.
 _FIELD_OF_KEY = {**_INT_TOPIC_KEYS, "fsync": "fsync_policy"}
 _KEY_OF_FIELD = {v: k for k, v in _FIELD_OF_KEY.items()}
 
 
-@dataclass(frozen=True)
-class PartitionInfo:
-    partition: int
-    log_start_offset: int
-    high_watermark: int
-    log_end_offset: int
-    size_bytes: int
-    leader: int
-    replicas: list[int]
-
-
-@dataclass(frozen=True)
-class TopicDescription:
-    name: str
-    num_partitions: int
-    replication_factor: int
-    config: dict[str, Any]
-    partitions: list[PartitionInfo]
-    created_at_ms: int
-    #: Per config key: ``"topic"`` if set on the topic, ``"default"`` if the broker's default.
-    config_sources: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ClusterDescription:
-    cluster_id: str
-    #: The broker leading the cluster metadata (it coordinates every group); 0 if none now.
-    controller_id: int
-    #: Broker id → address (``host:port``); a single node lists itself.
-    brokers: dict[int, str]
-
-
-@dataclass(frozen=True)
-class GroupListing:
-    group: str
-    #: ``"empty"``, ``"rebalancing"``, ``"awaiting_sync"`` or ``"stable"``.
-    state: str
-    members: int
-    #: The assignor of the current generation ("" when the group has none).
-    protocol: str
-
-
-@dataclass(frozen=True)
-class PartitionReset:
-    partition: int
-    #: The committed offset before the reset (``None``: the group had none).
-    before: int | None
-    after: int
-
-
-@dataclass(frozen=True)
-class GroupMember:
-    member_id: str
-    client_id: str
-    topics: list[str]
-
-
-@dataclass(frozen=True)
-class GroupDescription:
-    group: str
-    state: str
-    generation: int
-    leader_id: str
-    members: list[GroupMember]
-    #: Committed offset per partition (absent: nothing committed).
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
-    #: Records between the committed offset and the high watermark, per partition.
-    lag: dict[TopicPartition, int] = field(default_factory=dict)
-    #: The member currently assigned each committed partition ("" if none).
-    owners: dict[TopicPartition, str] = field(default_factory=dict)
-
-
 def topic_config_proto(config: Mapping[str, Any] | None) -> admin_service_pb2.TopicConfig:
-    """Kafka-style topic config keys → the proto's TopicConfig (unknown keys are an error)."""
+    """Kafka-style topic config keys → the proto's TopicConfig (unknown keys are an error):
+    retention.ms, retention.bytes, segment.bytes, segment.ms, max.message.bytes (Kafka's name
+    for max.batch.bytes), and Tidelog's fsync (always | interval | never), fsync.interval.ms,
+    max.batch.bytes. Values may be strings, as confluent-kafka passes them."""
     tc = admin_service_pb2.TopicConfig()
-    for k, v in (config or {}).items():
+    for key, v in (config or {}).items():
+        k = _KEY_ALIASES.get(key, key)
         if k in _INT_TOPIC_KEYS:
             try:
                 setattr(tc, _INT_TOPIC_KEYS[k], int(v))
@@ -149,7 +150,7 @@ def topic_config_proto(config: Mapping[str, Any] | None) -> admin_service_pb2.To
                 raise ConfigError(f"topic config fsync={v!r}: expected always, interval or never")
             tc.fsync_policy = _FSYNC[str(v)]  # type: ignore[assignment]
         else:
-            known = ", ".join(sorted([*_INT_TOPIC_KEYS, "fsync"]))
+            known = ", ".join(sorted([*_INT_TOPIC_KEYS, *_KEY_ALIASES, "fsync"]))
             raise ConfigError(f"unknown topic config key {k!r}; known keys: {known}")
     return tc
 
@@ -181,16 +182,36 @@ def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
 
 
 class AdminClient:
-    """Creates, deletes and describes topics; describes groups and their lag."""
+    """Creates, deletes and describes topics; describes groups and their lag. Thread-safe."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         cfg = parse(config, ADMIN_KEYS, "admin")
         self._timeout = cfg["request.timeout.ms"] / 1000
         self._api_timeout = cfg["default.api.timeout.ms"] / 1000
-        self._ring = Ring(targets(cfg["bootstrap.servers"]))
+        self._log = client_logger(cfg, "admin")
+        error_cb = cfg["error_cb"]
+        sink = (lambda e: safe_call(self._log, "error_cb", error_cb, e)) if error_cb else None
+        self._reporter = Reporter(self._log, sink, targets(cfg["bootstrap.servers"]))
+        self._ring = Ring(targets(cfg["bootstrap.servers"]), reporter=self._reporter)
         self._lock = threading.Lock()  # the client may be shared by threads
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Stubs] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._calls = 0
+        self._closed = threading.Event()
+        if cfg["stats_cb"] is not None and cfg["statistics.interval.ms"] > 0:
+            envelope = StatsEnvelope("admin", cfg["client.id"])
+            threading.Thread(
+                target=self._report_stats,
+                args=(cfg["stats_cb"], cfg["statistics.interval.ms"] / 1000, envelope),
+                name="tidelog-admin-stats",
+                daemon=True,
+            ).start()
+
+    def _report_stats(self, cb: Callable[[str], None], interval: float, envelope: StatsEnvelope) -> None:
+        while not self._closed.wait(interval):
+            stats = {"tx": self._calls, "brokers": broker_stats(self._reporter, self._ring.ids)}
+            safe_call(self._log, "stats_cb", cb, envelope.json(stats))
 
     def _stubs_of(self, addr: str) -> Stubs:
         """The stubs of ``addr``; its channel opens on first use and stays until close."""
@@ -214,20 +235,32 @@ class AdminClient:
             )
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-                log.debug("cannot learn the cluster from %s: %s", addr, from_rpc_error(e))
+                err = from_rpc_error(e)
+                if err.retriable:
+                    self._reporter.failed(addr, err, "learning the cluster")
+                self._log.debug("cannot learn the cluster from %s: %s", addr, err)
                 return
             resp = admin_service_pb2.DescribeClusterResponse()
+        self._reporter.answered(addr)
         with self._lock:
             if not self._ring.learnt:
                 self._ring.adopt(resp)
 
-    def _call(self, method: Callable[[Stubs], Any], request: Any) -> Any:
-        """A unary call, failing over and retrying as the module docs say."""
+    def _call(self, method: Callable[[Stubs], Any], request: Any, timeout: float | None = None) -> Any:
+        """A unary call, failing over and retrying as the module docs say, for ``timeout``
+        seconds (default ``default.api.timeout.ms``)."""
+        return self._call_at(method, request, timeout)[1]
+
+    def _call_at(
+        self, method: Callable[[Stubs], Any], request: Any, timeout: float | None = None
+    ) -> tuple[str, Any]:
+        """:meth:`_call`, also returning the broker that answered."""
         self._learn()
+        self._calls += 1
         return call_sync(
             self._ring,
-            lambda addr, t: method(self._stubs_of(addr))(request, timeout=t),
-            self._api_timeout,
+            lambda addr, t: (addr, method(self._stubs_of(addr))(request, timeout=t)),
+            self._api_timeout if timeout is None else timeout,
             self._timeout,
         )
 
@@ -268,7 +301,8 @@ class AdminClient:
     def delete_topic(self, name: str) -> None:
         self._call(lambda s: s.admin.DeleteTopic, admin_service_pb2.DeleteTopicRequest(name=name))
 
-    def list_topics(self) -> list[TopicDescription]:
+    def list_topic_descriptions(self) -> list[TopicDescription]:
+        """Every topic, described (:meth:`list_topics` is confluent-kafka's metadata view)."""
         resp = self._call(lambda s: s.admin.ListTopics, admin_service_pb2.ListTopicsRequest())
         return [_describe(t) for t in resp.topics]
 
@@ -304,10 +338,17 @@ class AdminClient:
         req = offsets_service_pb2.FetchCommittedRequest(group=group, topic=topic)
         return {o.partition: o.offset for o in self._call(lambda s: s.offsets.FetchCommitted, req).offsets}
 
-    def list_groups(self) -> list[GroupListing]:
-        """Every consumer group: those with members and those with committed offsets."""
-        r = self._call(lambda s: s.groups.ListGroups, group_service_pb2.ListGroupsRequest())
-        return [GroupListing(g.group, g.state, g.members, g.protocol) for g in r.groups]
+    def list_groups(self, group: str | None = None, timeout: float = -1) -> list[GroupListing]:
+        """Every consumer group (or only ``group``): those with members and those with
+        committed offsets."""
+        r = self._call(
+            lambda s: s.groups.ListGroups, group_service_pb2.ListGroupsRequest(), _seconds(timeout)
+        )
+        return [
+            GroupListing(g.group, g.state, g.members, g.protocol)
+            for g in r.groups
+            if group is None or g.group == group
+        ]
 
     def delete_group(self, group: str) -> int:
         """Deletes a group's committed offsets; returns how many. Raises
@@ -360,14 +401,16 @@ class AdminClient:
             for p in r.partitions
         ]
 
-    def _group_call(self, method: Callable[[Stubs], Any], request: Any, group: str) -> Any:
+    def _group_call(
+        self, method: Callable[[Stubs], Any], request: Any, group: str, timeout: float | None = None
+    ) -> Any:
         """A group administration call. The broker answers an unknown group with NOT_FOUND and
         a group with members with FAILED_PRECONDITION, each with a message that starts by
         naming the group; those become :class:`UnknownGroupError` / :class:`GroupNotEmptyError`
         (an unknown topic stays :class:`UnknownTopicError`)."""
         named = f"group '{group}' "
         try:
-            return self._call(method, request)
+            return self._call(method, request, timeout)
         except UnknownTopicError as e:
             if e.message.startswith(named):
                 raise UnknownGroupError(e.message, ErrorCode.UNKNOWN_GROUP) from e
@@ -389,7 +432,322 @@ class AdminClient:
         owners = {TopicPartition(p.topic, p.partition): p.member_id for p in r.partitions}
         return GroupDescription(r.group, r.state, r.generation, r.leader_id, members, committed, lag, owners)
 
+    # ---- confluent-kafka's calls (futures; types in tidelog.admin_types) ----------------------
+
+    def _submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Runs ``fn`` on the client's pool (several calls at once); its future."""
+        with self._lock:
+            if self._closed.is_set():
+                raise FatalError("the admin client is closed")
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(_POOL_WORKERS, "tidelog-admin")
+            return self._pool.submit(fn)
+
+    def create_topics(
+        self,
+        new_topics: list[NewTopic],
+        operation_timeout: float | None = None,
+        request_timeout: float | None = None,
+        validate_only: bool = False,
+    ) -> dict[str, concurrent.futures.Future[None]]:
+        """Creates topics, all at once: topic name → future whose ``result()`` is None or
+        raises (:class:`~tidelog.errors.TopicExistsError`, a ConfigError for a bad config key,
+        ...). ``validate_only`` checks the request and that the topic does not exist yet,
+        creating nothing. ``request_timeout`` (seconds) bounds each call, retries included;
+        ``operation_timeout`` is accepted for confluent-kafka's signature (a creation is
+        complete when answered)."""
+        _check_list(new_topics, NewTopic, "new_topics")
+        _check_unique([t.topic for t in new_topics], "topic")
+        for t in new_topics:
+            if t.replica_assignment is not None:
+                raise ValueError(
+                    f"{t.topic}: replica_assignment is not supported (placement is the broker's)"
+                )
+        timeout = _seconds(request_timeout)
+        return {
+            t.topic: self._submit(partial(self._create_one, t, timeout, validate_only)) for t in new_topics
+        }
+
+    def _create_one(self, t: NewTopic, timeout: float | None, validate_only: bool) -> None:
+        config = topic_config_proto(t.config)
+        if t.num_partitions == 0 or t.num_partitions < -1:
+            raise ConfigError(f"{t.topic}: num_partitions must be at least 1 (or -1: the broker's default)")
+        if validate_only:
+            try:
+                self._call(
+                    lambda s: s.admin.DescribeTopic,
+                    admin_service_pb2.DescribeTopicRequest(name=t.topic),
+                    timeout,
+                )
+            except UnknownTopicError:
+                return None
+            raise TopicExistsError(f"topic '{t.topic}' already exists", grpc.StatusCode.ALREADY_EXISTS)
+        req = admin_service_pb2.CreateTopicRequest(
+            name=t.topic,
+            partitions=max(t.num_partitions, 0),
+            replication_factor=max(t.replication_factor, 0),
+            config=config,
+        )
+        self._call(lambda s: s.admin.CreateTopic, req, timeout)
+        return None
+
+    def delete_topics(
+        self, topics: list[str], operation_timeout: float | None = None, request_timeout: float | None = None
+    ) -> dict[str, concurrent.futures.Future[None]]:
+        """Deletes topics, all at once: topic name → future (None, or raises
+        :class:`~tidelog.errors.UnknownTopicError`)."""
+        _check_list(topics, str, "topics")
+        timeout = _seconds(request_timeout)
+
+        def delete(name: str) -> None:
+            req = admin_service_pb2.DeleteTopicRequest(name=name)
+            self._call(lambda s: s.admin.DeleteTopic, req, timeout)
+
+        return {name: self._submit(partial(delete, name)) for name in dict.fromkeys(topics)}
+
+    def create_partitions(
+        self,
+        new_partitions: list[NewPartitions],
+        operation_timeout: float | None = None,
+        request_timeout: float | None = None,
+        validate_only: bool = False,
+    ) -> dict[str, concurrent.futures.Future[None]]:
+        """Raises topics' partition counts: topic name → future (None, or raises: an unknown
+        topic, a count not above the current one). The new partitions start empty; keyed
+        producers route by the new count once they read it again (``metadata.max.age.ms``)."""
+        _check_list(new_partitions, NewPartitions, "new_partitions")
+        _check_unique([n.topic for n in new_partitions], "topic")
+        timeout = _seconds(request_timeout)
+
+        def grow(n: NewPartitions) -> None:
+            if n.replica_assignment is not None:
+                raise ConfigError(
+                    f"{n.topic}: replica_assignment is not supported (placement is the broker's)"
+                )
+            if validate_only:
+                current = self._call(
+                    lambda s: s.admin.DescribeTopic,
+                    admin_service_pb2.DescribeTopicRequest(name=n.topic),
+                    timeout,
+                ).topic.partition_count
+                if n.new_total_count <= current:
+                    raise FatalError(
+                        f"topic '{n.topic}' has {current} partitions; the new count must be higher",
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                    )
+                return
+            req = admin_service_pb2.CreatePartitionsRequest(topic=n.topic, total_count=n.new_total_count)
+            self._call(lambda s: s.admin.CreatePartitions, req, timeout)
+
+        return {n.topic: self._submit(partial(grow, n)) for n in new_partitions}
+
+    def delete_records(
+        self,
+        topic_partition_offsets: list[TopicPartition],
+        request_timeout: float | None = None,
+        operation_timeout: float | None = None,
+    ) -> dict[TopicPartition, concurrent.futures.Future[DeletedRecords]]:
+        """Deletes the records below each ``TopicPartition(topic, partition, offset)``'s offset
+        (``OFFSET_END``, -1: below the high watermark, i.e. everything consumers can read):
+        the given TopicPartition → future of :class:`~tidelog.admin_types.DeletedRecords`
+        (the partition's new first offset). Consumers positioned below it get
+        ``auto.offset.reset``. One request per topic, the topics at once."""
+        _check_list(topic_partition_offsets, TopicPartition, "topic_partition_offsets")
+        _check_unique([(tp.topic, tp.partition) for tp in topic_partition_offsets], "partition")
+        for tp in topic_partition_offsets:
+            if tp.offset is None or tp.offset < OFFSET_END:
+                raise ValueError(f"{tp.topic}/{tp.partition}: an offset (or OFFSET_END) is needed")
+        timeout = _seconds(request_timeout)
+        futures: dict[TopicPartition, concurrent.futures.Future[DeletedRecords]] = {
+            tp: concurrent.futures.Future() for tp in topic_partition_offsets
+        }
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for tp in topic_partition_offsets:
+            by_topic.setdefault(tp.topic, []).append(tp)
+
+        def delete(topic: str, tps: list[TopicPartition]) -> None:
+            for tp in tps:
+                futures[tp].set_running_or_notify_cancel()
+            req = admin_service_pb2.DeleteRecordsRequest(
+                topic=topic,
+                partitions=[
+                    admin_service_pb2.DeleteRecordsPartition(partition=tp.partition, before_offset=tp.offset)
+                    for tp in tps
+                ],
+            )
+            try:
+                resp = self._call(lambda s: s.admin.DeleteRecords, req, timeout)
+            except Exception as e:
+                for tp in tps:
+                    futures[tp].set_exception(e)
+                return
+            low = {p.partition: int(p.low_watermark) for p in resp.partitions}
+            for tp in tps:
+                if tp.partition in low:
+                    futures[tp].set_result(DeletedRecords(low[tp.partition]))
+                else:
+                    futures[tp].set_exception(FatalError(f"no answer for {tp.topic}/{tp.partition}"))
+
+        for topic, tps in by_topic.items():
+            self._submit(partial(delete, topic, tps))
+        return futures
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> ClusterMetadata:
+        """confluent-kafka's metadata: the cluster id, its controller, its brokers by id and
+        its topics by name (only ``topic`` if given: a topic that does not exist is listed
+        with ``error`` ``UNKNOWN_TOPIC_OR_PART``), as the answering broker sees them.
+        ``timeout`` in seconds (-1: ``default.api.timeout.ms``)."""
+        seconds = _seconds(timeout)
+        cluster = self._call(
+            lambda s: s.admin.DescribeCluster, admin_service_pb2.DescribeClusterRequest(), seconds
+        )
+        md = ClusterMetadata(cluster.cluster_id or None, cluster.controller_id or -1)
+        for b in cluster.brokers:
+            host, _, port = target(b.address).rpartition(":")
+            md.brokers[b.id] = BrokerMetadata(b.id, host, int(port) if port.isdigit() else -1)
+        if topic is None:
+            at, resp = self._call_at(
+                lambda s: s.admin.ListTopics, admin_service_pb2.ListTopicsRequest(), seconds
+            )
+            described = list(resp.topics)
+        else:
+            try:
+                req = admin_service_pb2.DescribeTopicRequest(name=topic)
+                at, one = self._call_at(lambda s: s.admin.DescribeTopic, req, seconds)
+                described = [one.topic]
+            except UnknownTopicError as e:
+                at, described = self._ring.current, []
+                err = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, e.message)
+                md.topics[topic] = TopicMetadata(topic, {}, err)
+        for t in described:
+            parts = {
+                p.partition: PartitionMetadata(
+                    p.partition, p.leader_id or -1, list(p.replica_ids), list(p.in_sync_replica_ids)
+                )
+                for p in t.partitions
+            }
+            md.topics[t.name] = TopicMetadata(t.name, parts)
+        ids = {target(b.address): b.id for b in cluster.brokers}
+        md.orig_broker_id = ids.get(at, cluster.brokers[0].id if len(cluster.brokers) == 1 else -1)
+        md.orig_broker_name = at
+        return md
+
+    def delete_consumer_groups(
+        self, group_ids: list[str], request_timeout: float | None = None
+    ) -> dict[str, concurrent.futures.Future[None]]:
+        """Deletes groups (their committed offsets), all at once: group → future (None, or
+        raises :class:`~tidelog.errors.UnknownGroupError`, or
+        :class:`~tidelog.errors.GroupNotEmptyError` while it has members)."""
+        _check_list(group_ids, str, "group_ids")
+        if not group_ids:
+            raise ValueError("Expected at least one group to be deleted")
+        timeout = _seconds(request_timeout)
+
+        def delete(group: str) -> None:
+            req = group_service_pb2.DeleteGroupRequest(group=group)
+            self._group_call(lambda s: s.groups.DeleteGroup, req, group, timeout)
+
+        return {g: self._submit(partial(delete, g)) for g in dict.fromkeys(group_ids)}
+
+    delete_groups = delete_consumer_groups
+
+    def alter_configs(
+        self,
+        resources: list[ConfigResource],
+        request_timeout: float | None = None,
+        validate_only: bool = False,
+    ) -> dict[ConfigResource, concurrent.futures.Future[None]]:
+        """Sets topics' configurations, as Kafka's AlterConfigs does: the keys in each
+        resource's ``set_config`` become the topic's own and **every other key goes back to
+        the broker's default** (use :meth:`incremental_alter_configs` to change some keys
+        only). Resource → future (None, or raises). Keys are Kafka's (``retention.ms``,
+        ``retention.bytes``, ``segment.bytes``, ``segment.ms``, ``max.message.bytes``) and
+        Tidelog's (``fsync``, ``fsync.interval.ms``, ``max.batch.bytes``)."""
+        _check_list(resources, ConfigResource, "resources")
+        timeout = _seconds(request_timeout)
+
+        def alter(r: ConfigResource) -> None:
+            _check_topic_resource(r)
+            config = _with_aliases(r.set_config_dict)
+            reset = [k for k in _FIELD_OF_KEY if k not in config]
+            self._alter_one(r.name, config, reset, validate_only, timeout)
+
+        return {r: self._submit(partial(alter, r)) for r in resources}
+
+    def incremental_alter_configs(
+        self,
+        resources: list[ConfigResource],
+        request_timeout: float | None = None,
+        validate_only: bool = False,
+    ) -> dict[ConfigResource, concurrent.futures.Future[None]]:
+        """Changes only the named keys of topics' configurations: each resource's
+        ``incremental_configs`` are ``ConfigEntry(name, value,
+        incremental_operation=AlterConfigOpType.SET)`` or ``.DELETE`` (back to the default).
+        Resource → future (None, or raises)."""
+        _check_list(resources, ConfigResource, "resources")
+        timeout = _seconds(request_timeout)
+
+        def alter(r: ConfigResource) -> None:
+            _check_topic_resource(r)
+            config: dict[str, Any] = {}
+            reset: list[str] = []
+            for e in r.incremental_configs:
+                if e.incremental_operation == AlterConfigOpType.SET:
+                    config[e.name] = e.value
+                elif e.incremental_operation == AlterConfigOpType.DELETE:
+                    reset.append(e.name)
+                else:
+                    raise ConfigError(f"{e.name}: {e.incremental_operation} is not supported (SET or DELETE)")
+            self._alter_one(
+                r.name, _with_aliases(config), [_KEY_ALIASES.get(k, k) for k in reset], validate_only, timeout
+            )
+
+        return {r: self._submit(partial(alter, r)) for r in resources}
+
+    def _alter_one(
+        self, topic: str, config: dict[str, Any], reset: list[str], validate_only: bool, timeout: float | None
+    ) -> None:
+        unknown = [k for k in reset if k not in _FIELD_OF_KEY]
+        if unknown:
+            raise ConfigError(f"cannot reset {unknown}: known keys are {sorted(_FIELD_OF_KEY)}")
+        req = admin_service_pb2.AlterTopicConfigRequest(
+            name=topic, config=topic_config_proto(config), reset=[_FIELD_OF_KEY[k] for k in reset]
+        )
+        if validate_only:
+            self._call(
+                lambda s: s.admin.DescribeTopic, admin_service_pb2.DescribeTopicRequest(name=topic), timeout
+            )
+            return
+        self._call(lambda s: s.admin.AlterTopicConfig, req, timeout)
+
+    def describe_configs(
+        self, resources: list[ConfigResource], request_timeout: float | None = None
+    ) -> dict[ConfigResource, concurrent.futures.Future[dict[str, ConfigEntry]]]:
+        """Topics' configurations: resource → future of ``{key: ConfigEntry}``, each entry's
+        ``source`` ``DYNAMIC_TOPIC_CONFIG`` (set on the topic) or ``DEFAULT_CONFIG``."""
+        _check_list(resources, ConfigResource, "resources")
+        timeout = _seconds(request_timeout)
+
+        def describe(r: ConfigResource) -> dict[str, ConfigEntry]:
+            _check_topic_resource(r)
+            req = admin_service_pb2.DescribeTopicRequest(name=r.name)
+            t = _describe(self._call(lambda s: s.admin.DescribeTopic, req, timeout).topic)
+            out = {}
+            for k, v in sorted(t.config.items()):
+                own = t.config_sources.get(k) == "topic"
+                source = ConfigSource.DYNAMIC_TOPIC_CONFIG if own else ConfigSource.DEFAULT_CONFIG
+                out[k] = ConfigEntry(k, str(v), source, is_default=not own)
+            return out
+
+        return {r: self._submit(partial(describe, r)) for r in resources}
+
     def close(self) -> None:
+        """Waits for the calls of pending futures, then disconnects."""
+        self._closed.set()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         with self._lock:
             channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
         for ch in channels:
@@ -400,3 +758,43 @@ class AdminClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- helpers of the confluent-kafka-shaped calls ----------------------------------------------
+
+
+def _with_aliases(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {_KEY_ALIASES.get(k, k): v for k, v in config.items()}
+
+
+def _seconds(timeout: float | None) -> float | None:
+    """A confluent-kafka timeout in seconds: None or negative means the client's default."""
+    return None if timeout is None or timeout < 0 else float(timeout)
+
+
+def _check_list(items: Any, kind: type, what: str) -> None:
+    if not isinstance(items, list):
+        raise TypeError(f"{what} must be a list of {kind.__name__}")
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(f"{what} must be a list of {kind.__name__}, got a {type(item).__name__}")
+
+
+def _check_unique(keys: list[Any], what: str) -> None:
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate {what} in the request")
+
+
+def _check_topic_resource(r: ConfigResource) -> None:
+    if r.restype != ResourceType.TOPIC:
+        raise ConfigError(f"{r}: only topic configurations (RESOURCE_TOPIC) are supported")
+
+
+def internal_admin(cfg: Mapping[str, Any]) -> AdminClient:
+    """The admin client a producer or consumer uses for its metadata calls (``list_topics``):
+    the same brokers, client id, logger and timeouts."""
+    conf: dict[str, Any] = {k: cfg[k] for k in ("bootstrap.servers", "client.id", "logger") if cfg.get(k)}
+    conf["request.timeout.ms"] = cfg["request.timeout.ms"]
+    if "default.api.timeout.ms" in cfg:
+        conf["default.api.timeout.ms"] = cfg["default.api.timeout.ms"]
+    return AdminClient(conf)

@@ -12,8 +12,10 @@ The same engines as the synchronous clients, run on *your* event loop (no extra 
             ...
 
 ``send`` returns once the record is queued (it awaits only while ``buffer.memory`` is full);
-the future resolves when the broker acknowledged it. Rebalance callbacks may be plain
-functions or coroutine functions; they run on the loop after the change took effect.
+the future resolves when the broker acknowledged it; ``value=None`` is a tombstone. Rebalance
+callbacks may be plain functions or coroutine functions; they run on the loop after the change
+took effect. ``error_cb`` and ``stats_cb`` (config keys, as for the synchronous clients) run on
+the loop too (an exception they raise is logged).
 """
 
 from __future__ import annotations
@@ -28,13 +30,41 @@ from typing import Any
 
 from ._config import CONSUMER_KEYS, PRODUCER_KEYS, parse
 from ._consumer_core import TP, ConsumerCore
+from ._events import ErrorSink, StatsEnvelope, client_logger, safe_call
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
-from .errors import ClosedError, TidelogError
+from .errors import ClosedError, KafkaError, TidelogError
 from .types import Message, TopicPartition
 
 __all__ = ["AIOConsumer", "AIOProducer"]
 
-log = logging.getLogger("tidelog.aio")
+
+def _error_sink(cfg: dict[str, Any], log: logging.Logger) -> ErrorSink | None:
+    """``error_cb``, called on the loop (the engines report from it)."""
+    cb = cfg["error_cb"]
+    if cb is None:
+        return None
+
+    def sink(err: KafkaError) -> None:
+        safe_call(log, "error_cb", cb, err)
+
+    return sink
+
+
+def _start_stats(
+    cfg: dict[str, Any], kind: str, stats: Callable[[], dict[str, Any]], log: logging.Logger
+) -> asyncio.Task[None] | None:
+    """A loop task calling ``stats_cb`` every ``statistics.interval.ms`` (None when off)."""
+    cb, interval = cfg["stats_cb"], cfg["statistics.interval.ms"] / 1000
+    if cb is None or interval <= 0:
+        return None
+    envelope = StatsEnvelope(kind, cfg["client.id"])
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            safe_call(log, "stats_cb", cb, envelope.json(stats()))
+
+    return asyncio.get_running_loop().create_task(run())
 
 
 class AIOProducer:
@@ -44,8 +74,10 @@ class AIOProducer:
         cfg = parse(config, PRODUCER_KEYS, "producer")
         idempotence_config(cfg, explicit="enable.idempotence" in config)
         self._cfg = cfg
-        self._core = ProducerCore(cfg, self._on_batch_done, self._on_idle)
+        log = client_logger(cfg, "producer")
+        self._core = ProducerCore(cfg, self._on_batch_done, self._on_idle, _error_sink(cfg, log))
         self._idle: asyncio.Event | None = None
+        self._stats_task: asyncio.Task[None] | None = None
         self._started = False
 
     async def start(self) -> None:
@@ -55,6 +87,7 @@ class AIOProducer:
         self._started = True
         self._idle = asyncio.Event()
         await self._core.start()
+        self._stats_task = _start_stats(self._cfg, "producer", self._core.stats, self._core.log)
 
     async def send(
         self,
@@ -142,6 +175,8 @@ class AIOProducer:
             return
         await self.flush(timeout)
         await self._core.close(timeout=0)
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         self._started = False
 
     async def __aenter__(self) -> AIOProducer:
@@ -161,7 +196,9 @@ class AIOConsumer:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._cfg = parse(config, CONSUMER_KEYS, "consumer")
-        self._core = ConsumerCore(self._cfg, self._on_change)
+        log = client_logger(self._cfg, "consumer")
+        self._core = ConsumerCore(self._cfg, self._on_change, _error_sink(self._cfg, log))
+        self._stats_task: asyncio.Task[None] | None = None
         self._on_assign: Callback | None = None
         self._on_revoke: Callback | None = None
         self._started = False
@@ -173,6 +210,7 @@ class AIOConsumer:
             return
         self._started = True
         await self._core.start()
+        self._stats_task = _start_stats(self._cfg, "consumer", self._core.stats, self._core.log)
 
     def _on_change(self, kind: str, partitions: list[TopicPartition]) -> None:
         cb = self._on_assign if kind == "assign" else self._on_revoke
@@ -181,7 +219,7 @@ class AIOConsumer:
         try:
             result = cb(self, partitions)
         except Exception:  # the application's bug must not stop the group session
-            log.exception("on_%s callback failed", kind)
+            self._core.log.exception("on_%s callback failed", kind)
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
@@ -191,7 +229,7 @@ class AIOConsumer:
     def _callback_done(self, task: asyncio.Task[Any]) -> None:
         self._callbacks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("rebalance callback failed: %r", task.exception())
+            self._core.log.error("rebalance callback failed: %r", task.exception())
 
     async def subscribe(
         self, topics: list[str], on_assign: Callback | None = None, on_revoke: Callback | None = None
@@ -200,9 +238,40 @@ class AIOConsumer:
         self._on_assign, self._on_revoke = on_assign, on_revoke
         await self._core.subscribe(list(topics))
 
+    async def unsubscribe(self) -> None:
+        """Leaves the group (revoking, with the commit of what was processed) and forgets the
+        subscription."""
+        self._core.mark_processed()
+        await self._core.unsubscribe()
+
     async def assign(self, partitions: list[TopicPartition]) -> None:
         await self.start()
         await self._core.assign_manual(list(partitions))
+
+    def store_offsets(
+        self, message: Message | None = None, offsets: list[TopicPartition] | None = None
+    ) -> None:
+        """See :meth:`tidelog.Consumer.store_offsets` (needs ``enable.auto.offset.store=false``)."""
+        if message is not None:
+            self._core.store_offsets({(message.topic(), message.partition()): message.offset() + 1})
+        elif offsets is not None:
+            self._core.store_offsets(
+                {(tp.topic, tp.partition): tp.offset for tp in offsets if tp.offset is not None}
+            )
+
+    async def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float | None = None
+    ) -> list[TopicPartition]:
+        """See :meth:`tidelog.Consumer.offsets_for_times`."""
+        await self.start()
+        return await self._core.offsets_for_times(list(partitions), timeout)
+
+    async def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float | None = None
+    ) -> tuple[int, int]:
+        """``(low, high)`` of a partition; see :meth:`tidelog.Consumer.get_watermark_offsets`."""
+        await self.start()
+        return await self._core.watermarks((partition.topic, partition.partition), timeout)
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in sorted(self._core.assigned)]
@@ -278,6 +347,8 @@ class AIOConsumer:
         self._closed = True
         self._core.mark_processed()
         await self._core.close()
+        if self._stats_task is not None:
+            self._stats_task.cancel()
 
     async def __aenter__(self) -> AIOConsumer:
         await self.start()

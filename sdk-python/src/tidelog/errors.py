@@ -10,11 +10,20 @@ Every error carries the broker's human message and says whether retrying can hel
 - :class:`ConfigError`: a bad configuration key or value, raised at construction.
 
 Error codes are the proto's stable ``ErrorCode`` numbers (:class:`ErrorCode`).
+
+confluent-kafka's shapes, for code written against it: :class:`KafkaError` (``code()``,
+``name()``, ``str()``, ``retriable()``, ``fatal()``, and librdkafka's numbers as constants:
+``KafkaError._PARTITION_EOF``, ``KafkaError.UNKNOWN_TOPIC_OR_PART``, ...) and
+:class:`KafkaException`, whose ``args[0]`` is a :class:`KafkaError`. Every SDK error is a
+:class:`KafkaException`: ``except KafkaException as e: e.args[0].code()`` works for all of
+them, and :func:`kafka_error` gives the :class:`KafkaError` of any SDK error.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
+from typing import Any
 
 import grpc
 
@@ -64,19 +73,161 @@ _RETRIABLE_STATUS = frozenset(
 )
 
 
-class TidelogError(Exception):
+class KafkaError:
+    """An error as confluent-kafka reports it: a librdkafka error number with its name and a
+    reason. ``msg.error()`` returns one (e.g. ``_PARTITION_EOF``), ``error_cb`` receives one,
+    and every SDK error carries one as ``args[0]`` (see :func:`kafka_error`).
+
+    Compares equal to its code (``err == KafkaError._PARTITION_EOF``) and to another
+    :class:`KafkaError` with the same code. ``exception`` is the SDK error it stands for, if any.
+    """
+
+    # librdkafka's local errors (negative) and Kafka's broker errors, as confluent-kafka names them.
+    _BAD_MSG = -199
+    _BAD_COMPRESSION = -198
+    _DESTROY = -197
+    _FAIL = -196
+    _TRANSPORT = -195
+    _RESOLVE = -193
+    _MSG_TIMED_OUT = -192
+    _PARTITION_EOF = -191
+    _UNKNOWN_PARTITION = -190
+    _UNKNOWN_TOPIC = -188
+    _ALL_BROKERS_DOWN = -187
+    _INVALID_ARG = -186
+    _TIMED_OUT = -185
+    _QUEUE_FULL = -184
+    _SSL = -181
+    _UNKNOWN_GROUP = -179
+    _STATE = -172
+    _NOT_IMPLEMENTED = -170
+    _NO_OFFSET = -168
+    _FATAL = -150
+    UNKNOWN = -1
+    NO_ERROR = 0
+    OFFSET_OUT_OF_RANGE = 1
+    INVALID_MSG = 2
+    UNKNOWN_TOPIC_OR_PART = 3
+    LEADER_NOT_AVAILABLE = 5
+    NOT_LEADER_FOR_PARTITION = 6
+    REQUEST_TIMED_OUT = 7
+    BROKER_NOT_AVAILABLE = 8
+    MSG_SIZE_TOO_LARGE = 10
+    ILLEGAL_GENERATION = 22
+    INCONSISTENT_GROUP_PROTOCOL = 23
+    TOPIC_ALREADY_EXISTS = 36
+    INVALID_PARTITIONS = 37
+    INVALID_REPLICATION_FACTOR = 38
+    INVALID_CONFIG = 40
+    INVALID_REQUEST = 42
+    POLICY_VIOLATION = 44
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+    KAFKA_STORAGE_ERROR = 56
+    UNKNOWN_PRODUCER_ID = 59
+    NON_EMPTY_GROUP = 68
+    GROUP_ID_NOT_FOUND = 69
+    PRODUCER_FENCED = 90
+
+    __slots__ = ("_code", "_fatal", "_reason", "_retriable", "_txn_requires_abort", "exception")
+
+    def __init__(
+        self,
+        error: int,
+        reason: str | None = None,
+        fatal: bool = False,
+        retriable: bool = False,
+        txn_requires_abort: bool = False,
+    ) -> None:
+        self._code = int(error)
+        self._reason = reason
+        self._fatal = fatal
+        self._retriable = retriable
+        self._txn_requires_abort = txn_requires_abort
+        self.exception: TidelogError | None = None
+
+    def code(self) -> int:
+        """The error number (a class constant, e.g. ``KafkaError._PARTITION_EOF``)."""
+        return self._code
+
+    def name(self) -> builtins.str:
+        """The constant's name, e.g. ``"_PARTITION_EOF"``."""
+        return _KAFKA_NAMES.get(self._code, f"ERR_{self._code}")
+
+    def str(self) -> builtins.str:
+        """The reason: what happened, for people."""
+        return self._reason or _KAFKA_DESCRIPTIONS.get(self._code, self.name())
+
+    def fatal(self) -> bool:
+        """True if the client that reported it can no longer be used (create a new one)."""
+        return self._fatal
+
+    def retriable(self) -> bool:
+        """True if the operation may succeed when retried."""
+        return self._retriable
+
+    def txn_requires_abort(self) -> bool:
+        """Always False: Tidelog has no transactions."""
+        return self._txn_requires_abort
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, KafkaError):
+            return self._code == other._code
+        if isinstance(other, int):
+            return self._code == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._code)
+
+    def __str__(self) -> builtins.str:
+        return f'KafkaError{{code={self.name()},val={self._code},str="{self.str()}"}}'
+
+    __repr__ = __str__
+
+
+_KAFKA_NAMES: dict[int, str] = {
+    v: k for k, v in vars(KafkaError).items() if isinstance(v, int) and k.lstrip("_").isupper()
+}
+_KAFKA_DESCRIPTIONS: dict[int, str] = {
+    KafkaError._DESTROY: "Local: Broker handle destroyed",
+    KafkaError._FAIL: "Local: Communication failure with broker",
+    KafkaError._TRANSPORT: "Local: Broker transport failure",
+    KafkaError._MSG_TIMED_OUT: "Local: Message timed out",
+    KafkaError._PARTITION_EOF: "Broker: No more messages",
+    KafkaError._ALL_BROKERS_DOWN: "Local: All broker connections are down",
+    KafkaError._INVALID_ARG: "Local: Invalid argument or configuration",
+    KafkaError._TIMED_OUT: "Local: Timed out",
+    KafkaError._QUEUE_FULL: "Local: Queue full",
+    KafkaError._STATE: "Local: Erroneous state",
+    KafkaError._NOT_IMPLEMENTED: "Local: Not implemented",
+    KafkaError.UNKNOWN_TOPIC_OR_PART: "Broker: Unknown topic or partition",
+    KafkaError.TOPIC_ALREADY_EXISTS: "Broker: Topic already exists",
+    KafkaError.OFFSET_OUT_OF_RANGE: "Broker: Offset out of range",
+}
+
+
+class KafkaException(Exception):
+    """confluent-kafka's exception: ``args[0]`` is a :class:`KafkaError` (``raise
+    KafkaException(msg.error())`` works as with confluent-kafka). Base of every SDK error."""
+
+
+class TidelogError(KafkaException):
     """Base of every SDK error.
 
     ``code`` is an :class:`ErrorCode` for broker errors, a :class:`grpc.StatusCode` for transport
-    or RPC-level failures, or ``None`` for client-side errors.
+    or RPC-level failures, or ``None`` for client-side errors. As a :class:`KafkaException`, its
+    ``args[0]`` is the equivalent :class:`KafkaError` (``e.args[0].code()``).
     """
 
     retriable: bool = False
 
     def __init__(self, message: str, code: ErrorCode | grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
         self.message = message
         self.code = code
+        super().__init__(_to_kafka_error(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.code))
 
     def __str__(self) -> str:
         if self.code is None:
@@ -127,6 +278,11 @@ class IllegalGenerationError(FatalError):
     """A group commit or sync carried a stale generation: a rebalance happened, rejoin first."""
 
 
+class QueueFullError(RetriableError, BufferError):
+    """``produce`` waited ``max.block.ms`` for room in ``buffer.memory``. Also a
+    :class:`BufferError`, as confluent-kafka raises when its queue is full."""
+
+
 class DeliveryTimeoutError(RetriableError):
     """A record was not acknowledged within ``delivery.timeout.ms``."""
 
@@ -169,3 +325,78 @@ def from_rpc_error(err: grpc.RpcError) -> TidelogError:
     if code in _RETRIABLE_STATUS:
         return RetriableError(details, code)
     return FatalError(details, code)
+
+
+# ---- confluent-kafka's error numbers for SDK errors -----------------------------------------
+
+_KAFKA_CODE_OF_ERROR_CODE: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_TOPIC: KafkaError.UNKNOWN_TOPIC_OR_PART,
+    ErrorCode.UNKNOWN_PARTITION: KafkaError.UNKNOWN_TOPIC_OR_PART,
+    ErrorCode.BATCH_TOO_LARGE: KafkaError.MSG_SIZE_TOO_LARGE,
+    ErrorCode.CORRUPT_BATCH: KafkaError.INVALID_MSG,
+    ErrorCode.INVALID_REQUEST: KafkaError.INVALID_REQUEST,
+    ErrorCode.STORAGE_ERROR: KafkaError.KAFKA_STORAGE_ERROR,
+    ErrorCode.OFFSET_OUT_OF_RANGE: KafkaError.OFFSET_OUT_OF_RANGE,
+    ErrorCode.NOT_LEADER: KafkaError.NOT_LEADER_FOR_PARTITION,
+    ErrorCode.SHUTTING_DOWN: KafkaError.BROKER_NOT_AVAILABLE,
+    ErrorCode.OUT_OF_ORDER_SEQUENCE: KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    ErrorCode.PRODUCER_FENCED: KafkaError.PRODUCER_FENCED,
+    ErrorCode.UNKNOWN_PRODUCER: KafkaError.UNKNOWN_PRODUCER_ID,
+    ErrorCode.ILLEGAL_GENERATION: KafkaError.ILLEGAL_GENERATION,
+    ErrorCode.INCONSISTENT_GROUP: KafkaError.INCONSISTENT_GROUP_PROTOCOL,
+    ErrorCode.UNKNOWN_GROUP: KafkaError.GROUP_ID_NOT_FOUND,
+    ErrorCode.NON_EMPTY_GROUP: KafkaError.NON_EMPTY_GROUP,
+}
+
+_KAFKA_CODE_OF_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.NOT_FOUND: KafkaError.UNKNOWN_TOPIC_OR_PART,
+    grpc.StatusCode.ALREADY_EXISTS: KafkaError.TOPIC_ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE: KafkaError.OFFSET_OUT_OF_RANGE,
+    grpc.StatusCode.UNAVAILABLE: KafkaError._TRANSPORT,
+    grpc.StatusCode.CANCELLED: KafkaError._TRANSPORT,
+    grpc.StatusCode.ABORTED: KafkaError._TRANSPORT,
+    grpc.StatusCode.DEADLINE_EXCEEDED: KafkaError._TIMED_OUT,
+    grpc.StatusCode.INVALID_ARGUMENT: KafkaError.INVALID_REQUEST,
+    grpc.StatusCode.FAILED_PRECONDITION: KafkaError._STATE,
+    grpc.StatusCode.UNIMPLEMENTED: KafkaError._NOT_IMPLEMENTED,
+}
+
+#: SDK error classes whose number does not depend on ``code`` (checked in this order).
+_KAFKA_CODE_OF_CLASS: list[tuple[type[TidelogError], int]] = [
+    (ConfigError, KafkaError._INVALID_ARG),
+    (DeliveryTimeoutError, KafkaError._MSG_TIMED_OUT),
+    (QueueFullError, KafkaError._QUEUE_FULL),
+    (ClosedError, KafkaError._DESTROY),
+    (TopicExistsError, KafkaError.TOPIC_ALREADY_EXISTS),
+    (UnknownGroupError, KafkaError.GROUP_ID_NOT_FOUND),
+    (GroupNotEmptyError, KafkaError.NON_EMPTY_GROUP),
+]
+
+
+def _kafka_code(e: TidelogError) -> int:
+    for cls, number in _KAFKA_CODE_OF_CLASS:
+        if isinstance(e, cls):
+            return number
+    if isinstance(e.code, ErrorCode):
+        return _KAFKA_CODE_OF_ERROR_CODE.get(e.code, KafkaError.UNKNOWN)
+    if isinstance(e.code, grpc.StatusCode):
+        return _KAFKA_CODE_OF_STATUS.get(e.code, KafkaError._FAIL)
+    if isinstance(e, UnknownTopicError):
+        return KafkaError.UNKNOWN_TOPIC_OR_PART
+    if isinstance(e, OffsetOutOfRangeError):
+        return KafkaError.OFFSET_OUT_OF_RANGE
+    return KafkaError._TRANSPORT if e.retriable else KafkaError._FAIL
+
+
+def _to_kafka_error(e: TidelogError) -> KafkaError:
+    k = KafkaError(_kafka_code(e), str(e), fatal=isinstance(e, ProducerFencedError), retriable=e.retriable)
+    k.exception = e
+    return k
+
+
+def kafka_error(e: BaseException) -> KafkaError:
+    """The :class:`KafkaError` of an error: an SDK error's own (``args[0]``); ``_FAIL`` for
+    anything else."""
+    if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
+        return e.args[0]
+    return KafkaError(KafkaError._FAIL, str(e) or type(e).__name__)

@@ -11,11 +11,13 @@
 ``produce`` never waits for the broker: it encodes the record, appends it to its partition's
 batch and returns (it blocks only while ``buffer.memory`` is full, up to ``max.block.ms``).
 A background thread batches (``linger.ms``, ``batch.size``), compresses, sends and retries.
-Delivery callbacks ``on_delivery(err, msg)`` run in *your* thread, from :meth:`poll` and
-:meth:`flush`, as in confluent-kafka. :meth:`produce_future` returns a
-``concurrent.futures.Future`` instead. Its done-callbacks run on the SDK's background thread:
-keep them short and never call back into the producer from them (``flush`` there would wait
-for the thread it blocks).
+Delivery callbacks ``on_delivery(err, msg)`` (``callback=`` also works) run in *your* thread,
+from :meth:`poll` and :meth:`flush`, as in confluent-kafka; so do ``error_cb(KafkaError)``
+(a broker failed, all brokers are down) and ``stats_cb(json_str)`` (every
+``statistics.interval.ms``). ``value=None`` produces a tombstone (a null value).
+:meth:`produce_future` returns a ``concurrent.futures.Future`` instead. Its done-callbacks
+run on the SDK's background thread: keep them short and never call back into the producer
+from them (``flush`` there would wait for the thread it blocks).
 
 Guarantees with the defaults (acks=all, idempotence on): each record is appended exactly once
 and in order per partition, across retries and reconnects.
@@ -27,15 +29,20 @@ import concurrent.futures
 import queue
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import PRODUCER_KEYS, parse
+from ._events import StatsEnvelope, StatsTimer
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from ._runtime import LoopThread
-from .errors import TidelogError
+from .errors import KafkaError, TidelogError
 from .types import Message
 
+if TYPE_CHECKING:
+    from .admin import ClusterMetadata
+
 DeliveryCallback = Callable[[TidelogError | None, Message], None]
+_Delivery = tuple[str, int, list[Entry], int, TidelogError | None]
 
 
 class Producer:
@@ -45,8 +52,15 @@ class Producer:
         cfg = parse(config, PRODUCER_KEYS, "producer")
         idempotence_config(cfg, explicit="enable.idempotence" in config)
         self._cfg = cfg
-        self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._core = ProducerCore(cfg, self._on_batch_done, lambda: None)
+        #: ("delivery", batch) and ("error", KafkaError) items, served by poll().
+        self._callbacks: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._error_cb: Callable[[KafkaError], None] | None = cfg["error_cb"]
+        self._stats_cb: Callable[[str], None] | None = cfg["stats_cb"]
+        self._stats = StatsTimer(cfg["statistics.interval.ms"] if self._stats_cb else 0)
+        self._envelope = StatsEnvelope("producer", cfg["client.id"])
+        errors = (lambda e: self._callbacks.put(("error", e))) if self._error_cb else None
+        self._core = ProducerCore(cfg, self._on_batch_done, lambda: None, errors)
+        self._admin: Any = None
         self._closed = False
         self._rt = LoopThread("tidelog-producer")
         self._rt.call(self._core.start())
@@ -62,15 +76,19 @@ class Producer:
         partition: int | None = None,
         on_delivery: DeliveryCallback | None = None,
         timestamp: int | None = None,
+        callback: DeliveryCallback | None = None,
     ) -> None:
-        """Queues a record. ``on_delivery(err, msg)`` is called from a later :meth:`poll` or
-        :meth:`flush` with ``err`` None and ``msg.offset`` set, or with the error.
+        """Queues a record (``value=None``: a tombstone). ``on_delivery(err, msg)`` (or
+        ``callback``, confluent-kafka's other name for it) is called from a later :meth:`poll`
+        or :meth:`flush` with ``err`` None and ``msg.offset()`` set, or with the error (a
+        :class:`~tidelog.errors.TidelogError`, whose ``args[0]`` is its ``KafkaError``).
 
         Raises :class:`~tidelog.errors.UnknownTopicError` for a topic or partition that does not
-        exist, :class:`~tidelog.errors.RetriableError` if the buffer stayed full for
-        ``max.block.ms``, :class:`~tidelog.errors.ClosedError` after :meth:`close`.
+        exist, :class:`~tidelog.errors.QueueFullError` (a ``BufferError``, as confluent-kafka's)
+        if the buffer stayed full for ``max.block.ms``, :class:`~tidelog.errors.ClosedError`
+        after :meth:`close`.
         """
-        self._enqueue(topic, value, key, headers, partition, timestamp, on_delivery)
+        self._enqueue(topic, value, key, headers, partition, timestamp, on_delivery or callback)
 
     def produce_future(
         self,
@@ -130,26 +148,41 @@ class Producer:
             elif sink is not None:
                 wants_callback = True
         if wants_callback:
-            self._callbacks.put((topic, partition, entries, base, err))
+            self._callbacks.put(("delivery", (topic, partition, entries, base, err)))
 
     def poll(self, timeout: float | None = 0) -> int:
-        """Serves delivery callbacks, waiting up to ``timeout`` seconds (None: forever) for the
-        first; returns how many were called."""
+        """Serves delivery callbacks, ``error_cb`` and ``stats_cb``, waiting up to ``timeout``
+        seconds (None or negative: forever) for the first; returns how many were called."""
         served = 0
+        if timeout is not None and timeout < 0:
+            timeout = None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._stats.due():
+                assert self._stats_cb is not None
+                self._stats_cb(self._envelope.json(self._core.stats()))
+                served += 1
             try:
                 if served:
                     item = self._callbacks.get_nowait()
                 else:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    left = self._stats.cap(left)
                     item = self._callbacks.get(timeout=left) if left != 0 else self._callbacks.get_nowait()
             except queue.Empty:
-                return served
+                if served or self._stats.next_at is None or (deadline and time.monotonic() >= deadline):
+                    return served
+                continue  # woke up for statistics
             served += self._serve(item)
 
-    def _serve(self, item: tuple[str, int, list[Entry], int, TidelogError | None]) -> int:
-        topic, partition, entries, base, err = item
+    def _serve(self, item: tuple[str, Any]) -> int:
+        kind, payload = item
+        if kind == "error":
+            if self._error_cb is not None:
+                self._error_cb(payload)
+            return 1
+        delivery: _Delivery = payload
+        topic, partition, entries, base, err = delivery
         n = 0
         for i, e in enumerate(entries):
             cb = e[4]
@@ -161,10 +194,13 @@ class Producer:
 
     def flush(self, timeout: float | None = None) -> int:
         """Sends every queued record now (ignoring linger) and waits until all are acknowledged
-        or failed, serving their callbacks. Returns how many are still pending (0 = all done).
+        or failed, serving their callbacks. ``timeout`` None or negative: forever. Returns how
+        many are still pending (0 = all done).
 
         Safe alongside a thread calling :meth:`poll`: it waits for the pending count, not for
         a signal another caller could take."""
+        if timeout is not None and timeout < 0:
+            timeout = None
         self._core.request_flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -182,6 +218,16 @@ class Producer:
         """Records produced and not yet acknowledged or failed."""
         return self._core.pending
 
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> ClusterMetadata:
+        """The cluster's brokers and topics (or one topic), as
+        :meth:`tidelog.AdminClient.list_topics` returns them."""
+        from .admin import AdminClient, internal_admin
+
+        if self._admin is None:
+            self._admin = internal_admin(self._cfg)
+        admin: AdminClient = self._admin
+        return admin.list_topics(topic, timeout)
+
     def close(self, timeout: float | None = None) -> None:
         """Flushes (up to ``timeout``), fails what is left with ClosedError, and stops."""
         if self._closed:
@@ -193,6 +239,8 @@ class Producer:
             self.poll(0)  # callbacks of records failed by the close
         finally:
             self._rt.stop()
+            if self._admin is not None:
+                self._admin.close()
 
     def __enter__(self) -> Producer:
         return self

@@ -1,0 +1,108 @@
+"""A record's way into the producer, shared by :class:`tidelog.Producer` and
+:class:`tidelog.aio.AIOProducer`: its parts normalized and encoded once (:func:`stage`), and
+the :class:`~tidelog.Message` a delivery reports (:func:`delivered`).
+
+A ``value`` of None is a tombstone (``Record.null_value``), distinct from ``b""``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+from . import _wire
+from .errors import ErrorCode, FatalError
+from .types import TIMESTAMP_CREATE_TIME, Message
+
+#: The broker's hard limit for one batch (server MAX_BATCH_BYTES_LIMIT).
+MAX_RECORD_BYTES = 1 << 20
+
+# One queued record: (key, value, headers, timestamp_ms, sink); sink receives the delivery.
+# A None value is a tombstone.
+Entry = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None, int, Any]
+
+Payload = bytes | bytearray | memoryview | str
+HeadersArg = dict[str, Payload | None] | list[tuple[str, Payload | None]] | None
+
+
+def to_bytes(v: Payload | None, what: str) -> bytes | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode()
+    if isinstance(v, bytearray | memoryview):
+        return bytes(v)
+    raise TypeError(f"{what} must be bytes or str, got {type(v).__name__}")
+
+
+#: Buffer memory charged per record beyond its encoded bytes (bookkeeping), so that many tiny
+#: records still count against ``buffer.memory``.
+RECORD_OVERHEAD = 64
+
+
+class Staged(NamedTuple):
+    """A record encoded once and ready to queue (:meth:`ProducerCore.try_append`)."""
+
+    topic: str
+    #: None: chosen at queueing time (by key, else sticky).
+    partition: int | None
+    encoded: bytes
+    entry: Entry
+    #: Buffer memory it holds until delivered.
+    size: int
+
+
+def stage(
+    topic: str,
+    value: Payload | None,
+    key: Payload | None,
+    headers: HeadersArg,
+    partition: int | None,
+    timestamp: int | None,
+    sink: Any,
+) -> Staged:
+    """Normalizes a record's parts and encodes it once (the only encoding it gets)."""
+    if partition is not None and partition < 0:
+        partition = None  # confluent-kafka's -1: any partition (by key, else sticky)
+    k = to_bytes(key, "key")
+    v = to_bytes(value, "value")  # None: a tombstone (null value), distinct from b""
+    hs: list[tuple[str, bytes]] | None = None
+    if headers:
+        items = headers.items() if isinstance(headers, dict) else headers
+        hs = [(str(hk), to_bytes(hv, "header value") or b"") for hk, hv in items]
+    ts = int(timestamp) if timestamp else time.time_ns() // 1_000_000
+    encoded = _wire.encode_record(k, v, hs, ts)
+    if len(encoded) > MAX_RECORD_BYTES:
+        raise FatalError(
+            f"record of {len(encoded)} encoded bytes exceeds the broker's "
+            f"{MAX_RECORD_BYTES}-byte batch limit",
+            ErrorCode.BATCH_TOO_LARGE,
+        )
+    return Staged(topic, partition, encoded, (k, v, hs, ts, sink), len(encoded) + RECORD_OVERHEAD)
+
+
+def delivered(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:
+    """The :class:`Message` for record ``i`` of a batch acknowledged at ``base`` (-1: unknown)."""
+    return Message(
+        topic, partition, base + i if base >= 0 else -1, e[0], e[1], e[2], e[3], TIMESTAMP_CREATE_TIME
+    )
+
+
+def check_partition(topic: str, partition: int, count: int) -> None:
+    if not 0 <= partition < count:
+        raise FatalError(
+            f"partition {partition} does not exist: topic {topic!r} has {count} partitions",
+            ErrorCode.UNKNOWN_PARTITION,
+        )
+
+
+def idempotence_config(cfg: dict[str, Any], explicit: bool) -> None:
+    """Idempotence needs acks=all (as in Kafka): off by default otherwise, an error if asked for."""
+    if cfg["acks"] != "all" and cfg["enable.idempotence"]:
+        if explicit:
+            from .errors import ConfigError
+
+            raise ConfigError("enable.idempotence=true requires acks=all")
+        cfg["enable.idempotence"] = False
