@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// Listen address (default 127.0.0.1:9690; port 0 = any free port).
     #[arg(long, env = "TIDELOG_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics (`/metrics`) here: `auto` (default: the listen port + 1),
+    /// `off`, or host:port.
+    #[arg(long, env = "TIDELOG_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Data directory (default ./tidelog-data).
     #[arg(long, env = "TIDELOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -50,6 +54,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     };
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let Some(v) = &args.metrics_listen {
+        config.metrics_listen.clone_from(v);
     }
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
@@ -94,8 +101,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
     let bound = node.local_addr()?;
-    // The one line scripts and tests wait for.
-    println!("tidelog listening on {bound} (data dir {})", data_dir.display());
+    let metrics = node.metrics_addr().map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+    // The one line scripts and tests wait for (the broker's address is its fourth word).
+    println!("tidelog listening on {bound} (data dir {}) metrics {metrics}", data_dir.display());
     tracing::info!(%bound, data_dir = %data_dir.display(), topics = node.broker().topics().len(), "broker started");
     node.serve(shutdown_signal()).await
 }

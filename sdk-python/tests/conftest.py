@@ -84,6 +84,9 @@ class Broker:
             pytest.fail(f"broker did not start (last output {line!r})")
         self.addr = line.split()[3].removeprefix("http://")
         self.port = int(self.addr.rsplit(":", 1)[1])
+        # "... metrics http://127.0.0.1:PORT/metrics" (or "metrics off").
+        metrics = line.rsplit(" metrics ", 1)[-1].strip()
+        self.metrics_url: str | None = metrics if metrics.startswith("http") else None
         # Keep draining stdout so the broker never blocks on a full pipe.
         out = self.proc.stdout
         threading.Thread(target=lambda: [None for _ in out], daemon=True).start()

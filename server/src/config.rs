@@ -29,6 +29,10 @@ pub struct Config {
     pub retention_check_interval_ms: u64,
     /// How long shutdown waits for open streams to finish. Default 5000.
     pub shutdown_grace_ms: u64,
+    /// Where Prometheus scrapes `/metrics`: `auto` (the default: the listen address's IP and
+    /// port + 100, e.g. 9790 beside 9690, or any free port if that one is taken or the listen
+    /// port is 0), `off`, or `host:port`.
+    pub metrics_listen: String,
     /// Settings for topics created without their own.
     pub topic_defaults: TopicSettings,
     /// Cluster membership; empty `peers` (the default) = a single node.
@@ -93,6 +97,10 @@ impl ClusterSettings {
     }
 }
 
+/// `metrics_listen = "auto"` serves metrics this many ports above the listen port (not the
+/// next port: cluster members often listen on consecutive ones).
+pub const METRICS_PORT_OFFSET: u16 = 100;
+
 /// Node ids are below this: producer ids embed the node id in their low bits.
 pub const MAX_NODE_ID: u64 = 1024;
 
@@ -105,6 +113,7 @@ impl Default for Config {
             advertised_address: None,
             retention_check_interval_ms: 300_000,
             shutdown_grace_ms: 5_000,
+            metrics_listen: "auto".into(),
             topic_defaults: TopicSettings::default(),
             cluster: ClusterSettings::default(),
         }
@@ -149,10 +158,28 @@ impl Config {
                 ));
             }
         }
+        self.metrics_address()?;
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be at least 1".into()));
         }
         self.topic_defaults.validate().map_err(|e| ConfigError::Invalid(format!("topic_defaults: {e}")))
+    }
+
+    /// Where to serve `/metrics` (see `metrics_listen`); `None` when off.
+    pub fn metrics_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics_listen.as_str() {
+            "off" | "" => Ok(None),
+            "auto" => {
+                let port = self.listen.port().checked_add(METRICS_PORT_OFFSET).filter(|_| self.listen.port() != 0);
+                let port = port.unwrap_or(0);
+                Ok(Some(SocketAddr::new(self.listen.ip(), port)))
+            }
+            a => a.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "metrics_listen {a:?} is not auto, off or host:port (e.g. 127.0.0.1:9691)"
+                ))
+            }),
+        }
     }
 
     pub fn broker_options(&self, bound: SocketAddr) -> BrokerOptions {

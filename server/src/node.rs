@@ -36,6 +36,8 @@ const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 pub struct Node {
     config: Config,
     listener: TcpListener,
+    /// Where `/metrics` is served, if on.
+    metrics: Option<TcpListener>,
     broker: Arc<Broker>,
     /// Cluster mode: the Raft transport must be served beside the client services.
     cluster: Option<Arc<Cluster>>,
@@ -49,6 +51,18 @@ impl Node {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let bound = listener.local_addr()?;
+        let metrics = match config.metrics_address()? {
+            None => None,
+            Some(a) => match TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                // `auto` chose the port: another one will do (it is printed and logged).
+                Err(e) if config.metrics_listen == "auto" => {
+                    tracing::warn!(address = %a, error = %e, "metrics port taken; serving metrics on a free port");
+                    Some(TcpListener::bind((a.ip(), 0)).await.context("cannot serve metrics")?)
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot serve metrics on {a}")),
+            },
+        };
         let broker = Broker::open(config.broker_options(bound))
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
         let (control, cluster): (Arc<dyn ControlPlane>, _) = if config.cluster.peers.is_empty() {
@@ -61,7 +75,12 @@ impl Node {
         };
         broker.set_control(control)?;
         tasks::spawn(&broker);
-        Ok(Self { config, listener, broker, cluster })
+        Ok(Self { config, listener, metrics, broker, cluster })
+    }
+
+    /// Where `/metrics` is served (`None` when off).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually listened on (the configured port may be 0).
@@ -75,7 +94,11 @@ impl Node {
 
     /// Serves until `signal` resolves, then shuts down gracefully (see the module docs).
     pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { config, listener, broker, cluster } = self;
+        let Self { config, listener, metrics, broker, cluster } = self;
+        if let Some(listener) = metrics {
+            let registry = Arc::new(metrics_registry(&broker));
+            tokio::spawn(crate::telemetry::http::serve(listener, registry, broker.shutdown_signal()));
+        }
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let b = Arc::clone(&broker);
         let shutdown = async move {
@@ -111,4 +134,14 @@ impl Node {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Everything `/metrics` shows: the hot-path instruments, the broker's state at scrape time,
+/// the process.
+fn metrics_registry(broker: &Arc<Broker>) -> prometheus_client::registry::Registry {
+    let mut registry = prometheus_client::registry::Registry::default();
+    crate::telemetry::metrics::register(&mut registry);
+    registry.register_collector(Box::new(crate::broker::stats::BrokerCollector::new(Arc::downgrade(broker))));
+    registry.register_collector(Box::new(crate::telemetry::process::ProcessCollector));
+    registry
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tidelog_proto::v1::Acks;
+use tidelog_proto::v1::{Acks, ErrorCode};
 use tidelog_proto::wire::{self, produce_request, record_service_server::RecordService, start_position};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,6 +39,7 @@ use crate::error::{error_code, status, BrokerError};
 use crate::log::{AppendBatch, StoredBatch};
 use crate::partition::batch::{self, Declared, CODEC_NONE};
 use crate::partition::Partition;
+use crate::telemetry::metrics::{self, AcksLabel, CodeLabel, StreamGuard};
 
 /// Produce requests whose durability wait may overlap on one stream.
 const MAX_IN_FLIGHT: usize = 256;
@@ -71,12 +72,23 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
         ..Default::default()
     };
     let silent = req.acks == Acks::None as i32;
+    let arrived = std::time::Instant::now();
+    let acks = match Acks::try_from(req.acks) {
+        Ok(Acks::All) => "all",
+        Ok(Acks::Leader) => "leader",
+        Ok(Acks::None) => "none",
+        _ => "unknown",
+    };
+    let size = (u64::from(req.record_count), req.payload.as_ref().map_or(0, payload_len));
     let started = start(broker, &req).await;
     Box::pin(async move {
         let result = match started {
             Ok((partition, answer)) => {
                 let result = answer.await;
                 resp.log_start_offset = partition.offsets().log_start.0;
+                if matches!(result, Ok(Ok(_))) {
+                    partition.traffic.produced(size.0, size.1);
+                }
                 result
             }
             Err(e) => Err(e),
@@ -100,8 +112,18 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
                 resp.error_message = e.to_string();
             }
         }
+        let m = metrics::instruments();
+        let code = ErrorCode::try_from(resp.error_code).map_or("UNKNOWN", |c| c.as_str_name());
+        m.produce_batches.get_or_create(&CodeLabel { code }).inc();
+        m.produce_latency.get_or_create(&AcksLabel { acks }).observe(arrived.elapsed().as_secs_f64());
         (!silent).then_some(resp)
     })
+}
+
+fn payload_len(p: &produce_request::Payload) -> u64 {
+    match p {
+        produce_request::Payload::Records(b) | produce_request::Payload::CompressedRecords(b) => b.len() as u64,
+    }
 }
 
 async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, WriteAnswer), BrokerError> {
@@ -208,6 +230,7 @@ async fn tail_partition(
     max_bytes: usize,
     decompress: bool,
     tx: mpsc::Sender<Result<wire::SubscribeResponse, Status>>,
+    _open: Arc<StreamGuard>,
 ) {
     let mut hw = partition.watch_hw();
     loop {
@@ -216,6 +239,8 @@ async fn tail_partition(
         let high_watermark = *hw.borrow_and_update();
         match partition.read(next, max_bytes) {
             Err(e) => {
+                let code = error_code(&e).as_str_name();
+                metrics::instruments().subscribe_errors.get_or_create(&CodeLabel { code }).inc();
                 let _ = tx.send(Err(status(&e))).await;
                 return;
             }
@@ -228,6 +253,10 @@ async fn tail_partition(
             Ok(batches) => {
                 let read_from = next;
                 next = batches.last().map_or(next, |b| b.header.next_offset());
+                let records = batches.iter().map(|b| u64::from(b.header.record_count)).sum();
+                let bytes = batches.iter().map(|b| b.payload.len() as u64).sum();
+                partition.traffic.served(records, bytes);
+                metrics::instruments().subscribe_responses.inc();
                 let resp = wire::SubscribeResponse {
                     partition: partition.index(),
                     batches: batches.into_iter().map(|b| to_wire_batch(b, decompress)).collect(),
@@ -255,6 +284,7 @@ impl RecordService for RecordApi {
         let (tx, rx) = mpsc::channel(64);
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
+            let _open = StreamGuard::open("produce");
             let mut pending: FuturesOrdered<PendingResponse> = FuturesOrdered::new();
             let mut shutdown = broker.shutdown_signal();
             let mut inbound_open = true;
@@ -335,9 +365,11 @@ impl RecordService for RecordApi {
             }
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
+        // Counted open until its last partition's task ends.
+        let open = Arc::new(StreamGuard::open("subscribe"));
         for (p, offset) in starts {
             tracing::debug!(topic = %req.topic, partition = p.index(), offset, "subscription started");
-            tokio::spawn(tail_partition(p, offset, max_bytes, req.decompress, tx.clone()));
+            tokio::spawn(tail_partition(p, offset, max_bytes, req.decompress, tx.clone(), Arc::clone(&open)));
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -23,6 +23,7 @@ pub mod local;
 mod records_admin;
 pub mod route;
 pub mod seam;
+pub mod stats;
 pub mod tasks;
 pub mod topic;
 

@@ -93,6 +93,15 @@ pub enum Acks {
     All,
 }
 
+/// A replicated partition's state, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// The partition's Raft term.
+    pub term: Option<u64>,
+    /// On the leader: each follower and how many entries it is behind the leader's log.
+    pub follower_lag: Vec<(u64, u64)>,
+}
+
 /// The answer to a write, once it is durable per its acks and policy.
 pub type WriteAnswer = BoxFuture<'static, Result<ProduceOutcome, BrokerError>>;
 
@@ -219,6 +228,11 @@ pub trait PartitionWriter: Send + Sync + std::fmt::Debug {
     /// The replicas holding every committed batch, as far as this broker knows (only a leader
     /// knows; elsewhere empty).
     fn in_sync(&self) -> Vec<u64>;
+
+    /// Replication state for metrics (a single node has none).
+    fn replication(&self) -> Replication {
+        Replication::default()
+    }
 
     /// One retention pass: deletes what the topic's retention lets go, never what a replica
     /// may still need. A failure says why, for the caller's log; the next pass retries.

@@ -224,6 +224,21 @@ impl RaftReplica {
             .collect()
     }
 
+    /// The group's term and, on its leader, each follower's lag in entries.
+    pub fn replication(&self) -> crate::broker::seam::Replication {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let follower_lag = match m.replication.as_ref() {
+            Some(r) => r
+                .iter()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                .collect(),
+            None => Vec::new(),
+        };
+        crate::broker::seam::Replication { term: Some(m.current_term), follower_lag }
+    }
+
     /// Queues a batch in the group, in the caller's order (await this before proposing the
     /// next), and returns the future of its answer: at the leader's append when
     /// `at_leader_append` (acks=leader), else at commit (acks=all). `hint` turns a leader id

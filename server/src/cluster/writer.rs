@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::replica::RaftReplica;
-use crate::broker::seam::{Acks, PartitionWriter, WriteAnswer};
+use crate::broker::seam::{Acks, PartitionWriter, Replication, WriteAnswer};
 use crate::error::BrokerError;
 use crate::log::{AppendBatch, RetentionOutcome};
 use crate::partition::Partition;
@@ -57,6 +57,10 @@ impl PartitionWriter for RaftWriter {
 
     fn in_sync(&self) -> Vec<u64> {
         self.replica.in_sync()
+    }
+
+    fn replication(&self) -> Replication {
+        self.replica.replication()
     }
 
     async fn retain(&self, now_ms: i64) -> Result<RetentionOutcome, String> {

@@ -114,6 +114,30 @@ pub struct Partition {
     hw: watch::Sender<u64>,
     closed: AtomicBool,
     closed_reason: Mutex<Option<Closed>>,
+    /// Traffic since open, for metrics.
+    pub traffic: Traffic,
+}
+
+/// Records and bytes produced to (acknowledged by this broker as leader) and served from a
+/// partition since it was opened. Relaxed atomics: counters, read at scrape time.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub records_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    pub fn produced(&self, records: u64, bytes: u64) {
+        self.records_in.fetch_add(records, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn served(&self, records: u64, bytes: u64) {
+        self.records_out.fetch_add(records, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Partition {
@@ -146,6 +170,7 @@ impl Partition {
                 hw,
                 closed: AtomicBool::new(false),
                 closed_reason: Mutex::new(None),
+                traffic: Traffic::default(),
             },
             report,
         ))
@@ -288,10 +313,12 @@ impl Partition {
             let state = self.state();
             (state.log.active_file(), self.written_bytes.load(Ordering::Relaxed))
         };
+        let started = Instant::now();
         let synced = match tokio::task::spawn_blocking(move || file.sync_data()).await {
             Ok(r) => r,
             Err(join) => Err(std::io::Error::other(join)),
         };
+        crate::telemetry::metrics::instruments().fsync_latency.observe(started.elapsed().as_secs_f64());
         if let Err(e) = synced {
             tracing::error!(topic = %self.topic, partition = self.index, error = %e, "fsync failed; partition stops serving until restart");
             self.close(Closed::StorageFailed);

@@ -4,6 +4,9 @@
 //! stderr are rate-limited per place in the code (`rate_limit.rs`), so a fault cannot fill a
 //! disk with one repeated line.
 
+pub mod http;
+pub mod metrics;
+pub mod process;
 mod rate_limit;
 
 use opentelemetry::trace::TracerProvider as _;

@@ -1,0 +1,108 @@
+//! The broker's hot-path instruments (Prometheus, through `prometheus-client`): counters and
+//! histograms that requests and fsyncs update as they happen. Everything that is a state
+//! rather than an event (offsets, sizes, leaders, lag) is read at scrape time instead, by the
+//! broker's collector (`broker/stats.rs`), so it costs nothing between scrapes.
+//!
+//! The instruments are process-wide (one broker per process in production; in-process test
+//! clusters share them). Each update is an atomic add or a histogram bucket increment on a
+//! pre-built label set: no allocation, no lock beyond a read lock on a small family map.
+//!
+//! Never: a label whose values grow without bound (record keys, client ids, offsets). Labels
+//! here are an error-code name, an acks level, an RPC name.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Produce answers by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The `ErrorCode` name (`ERROR_CODE_UNSPECIFIED` for success), as clients see it.
+    pub code: &'static str,
+}
+
+/// Produce latencies by acknowledgement level.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcksLabel {
+    pub acks: &'static str,
+}
+
+/// Open streams by RPC.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabel {
+    pub rpc: &'static str,
+}
+
+/// The process-wide instruments.
+#[derive(Debug)]
+pub struct Instruments {
+    /// Produce batches answered, by error code.
+    pub produce_batches: Family<CodeLabel, Counter>,
+    /// From a produce request's arrival to its answer (durable per acks and fsync policy).
+    pub produce_latency: Family<AcksLabel, Histogram>,
+    /// One fsync of a partition's log.
+    pub fsync_latency: Histogram,
+    /// Subscribe responses sent.
+    pub subscribe_responses: Counter,
+    /// Subscribe streams ended with an error status.
+    pub subscribe_errors: Family<CodeLabel, Counter>,
+    /// Produce and Subscribe streams open now.
+    pub open_streams: Family<RpcLabel, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
+    produce_batches: Family::default(),
+    produce_latency: Family::new_with_constructor(latency_histogram),
+    fsync_latency: latency_histogram(),
+    subscribe_responses: Counter::default(),
+    subscribe_errors: Family::default(),
+    open_streams: Family::default(),
+});
+
+/// The instruments (created on first use).
+pub fn instruments() -> &'static Instruments {
+    &INSTRUMENTS
+}
+
+/// Registers the instruments in `registry` (names as Prometheus shows them, `_total` added to
+/// counters by the encoder).
+pub fn register(registry: &mut Registry) {
+    let i = instruments();
+    registry.register("tidelog_produce_batches", "Produce batches answered, by error code", i.produce_batches.clone());
+    registry.register(
+        "tidelog_produce_latency_seconds",
+        "Produce request arrival to answer (durable per acks and fsync policy)",
+        i.produce_latency.clone(),
+    );
+    registry.register("tidelog_fsync_latency_seconds", "One fsync of a partition log", i.fsync_latency.clone());
+    registry.register("tidelog_subscribe_responses", "Subscribe responses sent", i.subscribe_responses.clone());
+    registry.register("tidelog_subscribe_errors", "Subscribe streams ended by an error", i.subscribe_errors.clone());
+    registry.register("tidelog_open_streams", "Produce and Subscribe streams open now", i.open_streams.clone());
+}
+
+/// Counts an open stream while alive.
+#[derive(Debug)]
+pub struct StreamGuard(&'static str);
+
+impl StreamGuard {
+    pub fn open(rpc: &'static str) -> Self {
+        instruments().open_streams.get_or_create(&RpcLabel { rpc }).inc();
+        Self(rpc)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        instruments().open_streams.get_or_create(&RpcLabel { rpc: self.0 }).dec();
+    }
+}
