@@ -246,6 +246,7 @@ async fn run_plain(client: Client, args: &ConsumeArgs, printer: &Printer, start:
                 _ => continue, // beyond the end at start
             }
         }
+        let _span = tidelog::trace::process_span(&r, None).entered();
         out.clear();
         printer.print(&r, args.key_encoding, args.value_encoding, &mut out);
         write_out(&out)?;
@@ -279,6 +280,7 @@ async fn run_group(
         ),
     };
     anyhow::ensure!(args.partition.is_none(), "--group takes its partitions from the group; drop --partition");
+    let consumer_group = group.clone();
     let mut config = GroupConfig::new(group, &[args.topic.as_str()]);
     config.client_id = "tidelog-cli".into();
     config.offset_reset = reset;
@@ -297,6 +299,7 @@ async fn run_group(
         let Some(record) = next else { break };
         match record {
             Ok(r) => {
+                let _span = tidelog::trace::process_span(&r, Some(consumer_group.as_str())).entered();
                 out.clear();
                 printer.print(&r, args.key_encoding, args.value_encoding, &mut out);
                 write_out(&out)?;

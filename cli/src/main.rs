@@ -109,9 +109,19 @@ impl std::error::Error for Reported {}
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    // Client subcommands trace like any service: with an OTLP endpoint their records' spans
+    // (`send`, `process`) are exported and carried in record headers.
+    let _telemetry = if matches!(cli.command, Command::Serve(_)) {
+        None
+    } else {
         die_on_closed_pipe();
-    }
+        match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Ok(e) if !e.is_empty() => {
+                tidelog_server::telemetry::init_with("tidelog-cli", None, "warn,tidelog=info").ok()
+            }
+            _ => None,
+        }
+    };
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Reported>().is_some() => std::process::ExitCode::from(2),

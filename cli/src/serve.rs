@@ -97,7 +97,7 @@ async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let _telemetry = tidelog_server::telemetry::init("tidelog")?;
+    let _telemetry = tidelog_server::telemetry::init("tidelog", Some(config.node_id.to_string()))?;
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
     let bound = node.local_addr()?;

@@ -30,6 +30,7 @@ pub mod consumer;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
+pub mod trace;
 
 pub use batch::{ConsumedRecord, Record};
 pub use client::{Client, OffsetSpecKind, ResetTo};

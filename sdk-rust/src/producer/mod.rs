@@ -39,6 +39,7 @@ use crate::batch::Record;
 use crate::compression::Compression;
 use crate::partitioner::partition_for_key;
 use crate::{Client, Error};
+use tracing::Instrument;
 
 /// Producer settings. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -250,7 +251,8 @@ impl Producer {
     pub async fn send(&self, topic: &str, record: Record) -> Result<DeliveryFuture, Error> {
         let info = self.topic_info(topic).await?;
         let partition = record.key.as_ref().map(|k| self.shared.partitioner.partition(topic, k, info.0));
-        self.enqueue(topic, info, partition, record).await
+        let (record, span) = crate::trace::send_span(topic, partition, record);
+        self.enqueue(topic, info, partition, record).instrument(span).await
     }
 
     /// Queues `record` for an explicit partition.
@@ -262,7 +264,8 @@ impl Producer {
                 "partition {partition} does not exist: {topic} has {partitions}"
             )));
         }
-        self.enqueue(topic, info, Some(partition), record).await
+        let (record, span) = crate::trace::send_span(topic, Some(partition), record);
+        self.enqueue(topic, info, Some(partition), record).instrument(span).await
     }
 
     /// `info` is the topic's (partition count, batch size), already looked up by the caller.

@@ -7,6 +7,7 @@
 //! another broker must serve is passed on where the broker's routing says (`broker/route.rs`).
 
 pub mod admin;
+mod batch_trace;
 pub mod group;
 pub mod group_admin;
 pub mod offsets;
@@ -22,7 +23,11 @@ use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
+use crate::telemetry::grpc_trace::GrpcTraceLayer;
 use crate::topic_config::MAX_BATCH_BYTES_LIMIT;
+
+/// The server's layers: a span per call (`telemetry/grpc_trace.rs`).
+pub type Traced = tower::layer::util::Stack<GrpcTraceLayer, tower::layer::util::Identity>;
 
 /// HTTP/2 flow-control windows and frame size (see `serve`). The stream window also bounds
 /// what one stalled subscriber can have in flight in the transport.
@@ -35,7 +40,7 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
 
 /// Every client-facing service, with the transport settings they need; `node.rs` adds the
 /// brokers' internal services (Raft) and serves it.
-pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router> {
+pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router<Traced>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RecordServiceServer<records::RecordApi>>().await;
     health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
@@ -64,7 +69,7 @@ pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router> {
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(GrpcTraceLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -32,7 +32,9 @@ use tidelog_proto::wire::{self, produce_request, record_service_server::RecordSe
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
+use super::batch_trace;
 use crate::broker::seam::{Acks as WriteAcks, PartitionWriter, WriteAnswer};
 use crate::broker::Broker;
 use crate::error::{error_code, status, BrokerError};
@@ -80,8 +82,16 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
         _ => "unknown",
     };
     let size = (u64::from(req.record_count), req.payload.as_ref().map_or(0, payload_len));
-    let started = start(broker, &req).await;
-    Box::pin(async move {
+    let payload = match &req.payload {
+        Some(produce_request::Payload::Records(b)) => Some((b, CODEC_NONE)),
+        Some(produce_request::Payload::CompressedRecords(b)) => Some((b, u8::try_from(req.compression).unwrap_or(0))),
+        None => None,
+    };
+    // Disabled (free) unless spans are exported.
+    let span = batch_trace::append_span(&req.topic, req.partition, req.record_count, payload);
+    let started = start(broker, &req).instrument(span.clone()).await;
+    let span_of_answer = span.clone();
+    let answered = async move {
         let result = match started {
             Ok((partition, answer)) => {
                 let result = answer.await;
@@ -114,10 +124,17 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
         }
         let m = metrics::instruments();
         let code = ErrorCode::try_from(resp.error_code).map_or("UNKNOWN", |c| c.as_str_name());
+        if resp.error_code == 0 {
+            span.record("messaging.tidelog.batch.base_offset", resp.base_offset as i64);
+        } else {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", code);
+        }
         m.produce_batches.get_or_create(&CodeLabel { code }).inc();
         m.produce_latency.get_or_create(&AcksLabel { acks }).observe(arrived.elapsed().as_secs_f64());
         (!silent).then_some(resp)
-    })
+    };
+    Box::pin(answered.instrument(span_of_answer))
 }
 
 fn payload_len(p: &produce_request::Payload) -> u64 {
@@ -253,17 +270,40 @@ async fn tail_partition(
             Ok(batches) => {
                 let read_from = next;
                 next = batches.last().map_or(next, |b| b.header.next_offset());
-                let records = batches.iter().map(|b| u64::from(b.header.record_count)).sum();
-                let bytes = batches.iter().map(|b| b.payload.len() as u64).sum();
+                let records = batches.iter().map(|b| u64::from(b.header.record_count)).sum::<u64>();
+                let bytes = batches.iter().map(|b| b.payload.len() as u64).sum::<u64>();
                 partition.traffic.served(records, bytes);
                 metrics::instruments().subscribe_responses.inc();
+                // A span per response (while spans are exported): what one delivery carried
+                // and how long the client's flow control held it.
+                let delivery = crate::telemetry::exporting().then(|| {
+                    tracing::info_span!(
+                        "deliver",
+                        otel.name = %format!("deliver {}", partition.topic()),
+                        otel.kind = "server",
+                        rpc.system = "grpc",
+                        rpc.service = "tidelog.v1.RecordService",
+                        rpc.method = "Subscribe",
+                        messaging.system = "tidelog",
+                        messaging.operation.name = "deliver",
+                        messaging.destination.name = %partition.topic(),
+                        messaging.destination.partition.id = %partition.index(),
+                        messaging.batch.message_count = records as i64,
+                        messaging.message.body.size = bytes as i64,
+                        messaging.tidelog.batch.base_offset = read_from as i64,
+                    )
+                });
                 let resp = wire::SubscribeResponse {
                     partition: partition.index(),
                     batches: batches.into_iter().map(|b| to_wire_batch(b, decompress)).collect(),
                     high_watermark,
                     read_from,
                 };
-                if tx.send(Ok(resp)).await.is_err() {
+                let sent = match delivery {
+                    Some(span) => tx.send(Ok(resp)).instrument(span).await,
+                    None => tx.send(Ok(resp)).await,
+                };
+                if sent.is_err() {
                     return; // the client went away
                 }
             }

@@ -48,7 +48,21 @@ impl PartitionWriter for RaftWriter {
         let hint = move |leader: Option<u64>| super::leader_hint_in(&brokers, leader);
         let what = format!("partition {} of topic '{}'", self.log.index(), self.log.topic());
         let answer = self.replica.propose(proposed, acks == Acks::Leader, hint, what).await?;
-        Ok(Box::pin(answer))
+        if !crate::telemetry::exporting() {
+            return Ok(Box::pin(answer));
+        }
+        // A child of the batch's append span: the wait for the leader's append (acks=leader)
+        // or for a majority's (acks=all).
+        let span = tracing::info_span!(
+            "replicate",
+            otel.name = %format!("replicate {}", self.log.topic()),
+            otel.kind = "internal",
+            messaging.destination.name = %self.log.topic(),
+            messaging.destination.partition.id = %self.log.index(),
+            tidelog.acks = if acks == Acks::All { "all" } else { "leader" },
+            tidelog.raft.term = self.replica.replication().term.unwrap_or(0) as i64,
+        );
+        Ok(Box::pin(tracing::Instrument::instrument(answer, span)))
     }
 
     fn leader(&self) -> Option<u64> {

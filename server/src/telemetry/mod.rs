@@ -1,13 +1,25 @@
-//! Logging and tracing: `tracing` spans to stderr (filtered by `RUST_LOG`, default `info`), and
-//! — when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — the same spans exported over OTLP/gRPC via
-//! tracing-opentelemetry (Jaeger accepts OTLP on port 4317). Warnings and errors written to
-//! stderr are rate-limited per place in the code (`rate_limit.rs`), so a fault cannot fill a
-//! disk with one repeated line.
+//! Logging, tracing and metrics: `tracing` spans to stderr (filtered by `RUST_LOG`, default
+//! `info`), and — when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — the same spans exported over
+//! OTLP/gRPC via tracing-opentelemetry (Jaeger accepts OTLP on port 4317), with W3C trace
+//! context propagation (`grpc_trace.rs` for RPCs, `record_trace.rs` for record headers).
+//! Warnings and errors written to stderr are rate-limited per place in the code
+//! (`rate_limit.rs`), so a fault cannot fill a disk with one repeated line. Prometheus
+//! instruments and the `/metrics` endpoint: `metrics.rs`, `process.rs`, `http.rs`.
+//!
+//! The standard variables apply: `OTEL_SERVICE_NAME` (default `tidelog`),
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*`.
+//! The resource also names the broker (`service.instance.id` = its node id).
+//!
+//! Invariant: with no exporter configured, nothing on the record path builds a span or decodes
+//! a record for tracing ([`exporting`] is false); the cost is one relaxed atomic load.
 
+pub mod grpc_trace;
 pub mod http;
 pub mod metrics;
 pub mod process;
 mod rate_limit;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -31,9 +43,29 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Whether spans are exported (an OTLP endpoint is configured).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: per-batch spans and record-header trace contexts are only built
+/// then.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. Must run inside a tokio runtime (the exporter needs one).
-pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `service_name` applies unless `OTEL_SERVICE_NAME` says otherwise; `instance` (a broker's
+/// node id) becomes `service.instance.id`.
+pub fn init(service_name: &'static str, instance: Option<String>) -> anyhow::Result<TelemetryGuard> {
+    init_with(service_name, instance, "info")
+}
+
+/// As [`init`], with `default_filter` where `RUST_LOG` is unset (a client says less).
+pub fn init_with(
+    service_name: &'static str,
+    instance: Option<String>,
+    default_filter: &str,
+) -> anyhow::Result<TelemetryGuard> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colour only for a person at a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
@@ -44,12 +76,21 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
             let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
-            Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+            // The builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+            let mut resource = opentelemetry_sdk::Resource::builder();
+            if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.is_empty()) {
+                resource = resource.with_service_name(service_name);
+            }
+            if let Some(id) = instance {
+                resource = resource.with_attribute(opentelemetry::KeyValue::new("service.instance.id", id));
+            }
+            Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
         }
         _ => None,
     };
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(TelemetryGuard { provider })
 }

@@ -40,6 +40,7 @@ impl RebalanceListener for PrintAssignments {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _tracing = tidelog_examples::init_tracing("group_consumer")?;
     let client = Client::connect(&args.broker).await?;
     let mut config = GroupConfig::new(&args.group, &[args.topic.as_str()]);
     config.offset_reset = OffsetReset::Earliest;
@@ -59,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Handled inside the record's `process` span: a child of its producer's span, so this
+        // service's work shows in the producer's trace.
+        let _span = tidelog::trace::process_span(&r, Some(&args.group)).entered();
+        tracing::info!(partition = r.partition, offset = r.offset, "processing");
         println!(
             "{}/{} key={} value={}",
             r.partition,

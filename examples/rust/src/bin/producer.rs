@@ -1,5 +1,7 @@
 //! Produces `--count` keyed records to a topic (created with 3 partitions if missing) with the
-//! SDK's idempotent, batching producer, and waits for every delivery.
+//! SDK's idempotent, batching producer, and waits for every delivery. Each record's `send`
+//! span is exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (its context travels in the
+//! record's `traceparent` header).
 //!
 //! ```sh
 //! cargo run -p tidelog-examples --bin producer -- --topic orders --count 1000
@@ -21,6 +23,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _tracing = tidelog_examples::init_tracing("producer")?;
     let client = Client::connect(&args.broker).await?;
     if client.describe_topic(&args.topic).await.is_err() {
         client.create_topic(&args.topic, 3).await?;
