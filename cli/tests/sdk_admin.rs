@@ -1,4 +1,5 @@
-//! The Rust SDK's admin operations and null values against a real broker process: a
+//! The Rust SDK's admin operations, null values and producer metrics against a real broker
+//! process: a
 //! tombstone (null value) stays distinct from an empty value end to end; topics listed,
 //! deleted, grown; offsets by position and time; records deleted below an offset, after which
 //! a subscription from the earliest offset starts exactly there.
@@ -23,6 +24,11 @@ async fn admin_operations_and_null_values() {
     for r in [Record::new("v"), Record::new(""), Record::tombstone("gone"), Record::new("w")] {
         producer.send_to("nulls", 0, r.with_key("k")).await.unwrap().await.unwrap();
     }
+    let stats = producer.stats();
+    assert_eq!((stats.records_delivered, stats.records_failed, stats.queued_records, stats.queued_bytes), (4, 0, 0, 0));
+    assert!(stats.batches_sent >= 4 && stats.bytes_sent > 0, "{stats:?}");
+    assert!(stats.avg_batch_records >= 1.0 && stats.max_delivery_latency >= stats.avg_delivery_latency, "{stats:?}");
+    assert!(!stats.max_delivery_latency.is_zero(), "{stats:?}");
     producer.close().await;
     let mut sub = Subscription::new("nulls").start_at(StartAt::Earliest).open(&client).await.unwrap();
     let mut values = Vec::new();

@@ -39,5 +39,5 @@ pub use consumer::assignor::Assignor;
 pub use consumer::group::{GroupConfig, GroupConsumer, OffsetReset, RebalanceListener, TopicPartition};
 pub use consumer::{StartAt, Subscription};
 pub use error::Error;
-pub use producer::{DeliveryFuture, Partitioner, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{DeliveryFuture, Partitioner, Producer, ProducerConfig, ProducerStats, RecordMetadata};
 pub use tidelog_proto as proto;

@@ -19,6 +19,9 @@
 
 mod accumulator;
 mod sender;
+mod stats;
+
+pub use stats::ProducerStats;
 
 #[doc(hidden)]
 pub use accumulator::bench_accumulate;
@@ -144,6 +147,7 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Per topic: partition count, batch size, when they were read.
     metadata: Mutex<HashMap<String, (u32, usize, tokio::time::Instant)>>,
+    stats: stats::Counters,
 }
 
 impl Shared {
@@ -204,6 +208,7 @@ impl Producer {
             pending: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             metadata: Mutex::new(HashMap::new()),
+            stats: stats::Counters::default(),
         });
         let task = tokio::spawn(sender::run(Arc::clone(&shared)));
         Ok(Self { shared, task: Arc::new(Mutex::new(Some(task))) })
@@ -240,6 +245,14 @@ impl Producer {
         let entry = (info.0, info.1, tokio::time::Instant::now());
         self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).insert(topic.to_string(), entry);
         Ok(info)
+    }
+
+    /// The producer's metrics since it started: queue depth, batches and their size, bytes,
+    /// retries, deliveries and their latency.
+    pub fn stats(&self) -> ProducerStats {
+        let s = &self.shared;
+        let free = s.memory.available_permits();
+        s.stats.snapshot(s.pending.load(Ordering::Acquire), s.config.buffer_memory.saturating_sub(free))
     }
 
     /// Number of partitions of `topic`.

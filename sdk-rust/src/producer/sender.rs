@@ -265,6 +265,7 @@ fn notify_if_idle(shared: &Shared) {
 /// Completes a batch's records and returns their buffer memory.
 fn complete(shared: &Shared, tp: &TopicPartition, b: Batch, result: Result<(u64, i64), Error>) {
     let n = b.deliveries.len();
+    shared.stats.completed(n, result.is_ok().then(|| b.created.elapsed()));
     match result {
         Ok((base, time)) => {
             for (i, d) in b.deliveries.into_iter().enumerate() {
@@ -362,6 +363,7 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
 
 fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequest {
     let compressed = b.compression != crate::compression::Compression::None;
+    shared.stats.sent(b.record_count, b.payload.len(), b.attempts);
     wire::ProduceRequest {
         request_id: b.request_id,
         topic: tp.topic.clone(),
