@@ -16,13 +16,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 from tidelog import AdminClient, Consumer, Message, TidelogError, TopicExistsError, TopicPartition
+
+if TYPE_CHECKING:
+    from otlp_receiver import OtlpReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -54,15 +57,22 @@ def eventually(check: Callable[[], T | None], timeout: float = 20.0, what: str =
 
 class Broker:
     """A real broker process. ``port=0`` picks a free port; restart keeps port and data.
-    ``args`` are extra ``serve`` arguments; ``log`` gets its stderr (else it is dropped)."""
+    ``args`` are extra ``serve`` arguments; ``log`` gets its stderr (else it is dropped);
+    ``env`` is added to the environment it inherits."""
 
     def __init__(
-        self, data_dir: Path, port: int = 0, args: Sequence[str] = (), log: Path | None = None
+        self,
+        data_dir: Path,
+        port: int = 0,
+        args: Sequence[str] = (),
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.args = list(args)
         self.log = log
+        self.env = {**os.environ, **env} if env else None
         self.proc: subprocess.Popen[str] | None = None
         self.paused = False
         self.start()
@@ -71,10 +81,12 @@ class Broker:
         cmd = [str(binary("tidelog")), "serve", "--listen", f"127.0.0.1:{self.port}"]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         if self.log is None:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env
+            )
         else:
             with self.log.open("a") as err:
-                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=self.env)
         assert self.proc.stdout is not None
         line = ""
         for line in self.proc.stdout:
@@ -134,9 +146,9 @@ def free_ports(n: int) -> list[int]:
 class Cluster:
     """A cluster of broker processes with ids 1..size on fixed free loopback ports. Topics
     have the cluster's default replication factor (3, at most the size) unless created with
-    another. Logs go to ``root/node-N.log``."""
+    another. Logs go to ``root/node-N.log``; ``env`` is added to every broker's environment."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.ports = dict(enumerate(free_ports(size), start=1))
         peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.ports.items())
@@ -144,7 +156,7 @@ class Cluster:
         try:
             for n, port in self.ports.items():
                 args = ["--node-id", str(n), "--peers", peers]
-                self.brokers[n] = Broker(root / f"node-{n}", port, args, root / f"node-{n}.log")
+                self.brokers[n] = Broker(root / f"node-{n}", port, args, root / f"node-{n}.log", env)
         except BaseException:
             self.stop()
             raise
@@ -291,3 +303,14 @@ def topic(admin: AdminClient) -> str:
     name = unique("t")
     admin.create_topic(name, num_partitions=3)
     return name
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    """An OTLP/gRPC trace receiver on a free loopback port (``otlp.endpoint``) collecting the
+    spans exported to it (tests/otlp_receiver.py; imported here only when a test uses it)."""
+    from otlp_receiver import OtlpReceiver
+
+    r = OtlpReceiver()
+    yield r
+    r.stop()

@@ -5,6 +5,8 @@
   callbacks, consumer groups with ``subscribe(on_assign=, on_revoke=)``).
 - :mod:`tidelog.aio`: :class:`~tidelog.aio.AIOProducer` and :class:`~tidelog.aio.AIOConsumer`
   for asyncio, on ``grpc.aio``.
+- :mod:`tidelog.tracing`: OpenTelemetry spans and W3C trace context in record headers (a
+  no-op without ``opentelemetry``; ``pip install tidelog[otel]``).
 
 Keys are partitioned exactly as Kafka and the Rust SDK do (murmur2), so Python and Rust
 producers agree, and Python and Rust consumers can share one consumer group.
@@ -15,7 +17,7 @@ confluent-kafka's names are here too (``Message`` accessors, ``KafkaError``,
 confluent-kafka program runs with ``import tidelog as confluent_kafka``.
 """
 
-from . import admin
+from . import admin, tracing
 from .admin import AdminClient
 from .admin_types import (
     RESOURCE_BROKER,
@@ -128,5 +130,6 @@ __all__ = [
     "kafka_error",
     "murmur2",
     "partition_for_key",
+    "tracing",
 ]
 __version__ = "0.1.0"

@@ -358,20 +358,21 @@ class ProducerCore:
             return True
         return False
 
-    def try_append(self, rec: Staged, count: int) -> bool:
-        """Queues a staged record if buffer memory allows; False means the buffer is full (wait
-        for ``space`` / ``space_event`` and call again). The caller holds ``lock``. Raises for a
-        partition the topic does not have and for a closed producer."""
+    def try_append(self, rec: Staged, count: int) -> int | None:
+        """Queues a staged record if buffer memory allows and returns its partition; None means
+        the buffer is full (wait for ``space`` / ``space_event`` and call again). The caller
+        holds ``lock``. Raises for a partition the topic does not have and for a closed
+        producer."""
         if self.closed:
             raise self.fatal or ClosedError("the producer is closed")
         if rec.partition is not None:
             check_partition(rec.topic, rec.partition, count)
         if not self.try_reserve(rec.size):
-            return False
+            return None
         key = rec.entry[0]
         p = rec.partition if rec.partition is not None else self.choose_partition(rec.topic, key, count)
         self._append(rec.topic, p, rec.encoded, rec.entry, rec.size)
-        return True
+        return p
 
     def buffer_full(self) -> QueueFullError:
         return QueueFullError(

@@ -33,6 +33,7 @@ from ._consumer_core import TP, ConsumerCore
 from ._events import ErrorSink, StatsEnvelope, client_logger, safe_call
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from .errors import ClosedError, KafkaError, TidelogError
+from .tracing import end_send, start_send
 from .types import Message, TopicPartition
 
 __all__ = ["AIOConsumer", "AIOProducer"]
@@ -98,7 +99,28 @@ class AIOProducer:
         partition: int | None = None,
         timestamp: int | None = None,
     ) -> asyncio.Future[Message]:
-        """Queues a record; returns a future of the delivered :class:`Message`."""
+        """Queues a record; returns a future of the delivered :class:`Message`. When tracing
+        is active (:mod:`tidelog.tracing`), a ``send {topic}`` span covers this call."""
+        span, headers = start_send(topic, value, headers, partition)
+        if span is None:
+            return (await self._send(topic, value, key, headers, partition, timestamp))[0]
+        try:
+            fut, p = await self._send(topic, value, key, headers, partition, timestamp)
+        except BaseException as e:
+            end_send(span, None, e)
+            raise
+        end_send(span, p)
+        return fut
+
+    async def _send(
+        self,
+        topic: str,
+        value: Payload | None,
+        key: Payload | None,
+        headers: HeadersArg,
+        partition: int | None,
+        timestamp: int | None,
+    ) -> tuple[asyncio.Future[Message], int]:
         await self.start()
         core = self._core
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -110,7 +132,7 @@ class AIOProducer:
         assert core.space_event is not None
         while True:
             with core.lock:
-                if core.try_append(rec, count):
+                if (p := core.try_append(rec, count)) is not None:
                     break
                 core.space_event.clear()
             left = deadline - time.monotonic()
@@ -120,7 +142,7 @@ class AIOProducer:
                 await asyncio.wait_for(core.space_event.wait(), left)
         if self._idle is not None:
             self._idle.clear()
-        return fut
+        return fut, p
 
     produce = send
 

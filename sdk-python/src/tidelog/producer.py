@@ -36,6 +36,7 @@ from ._events import StatsEnvelope, StatsTimer
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from ._runtime import LoopThread
 from .errors import KafkaError, TidelogError
+from .tracing import end_send, start_send
 from .types import Message
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Producer:
         if the buffer stayed full for ``max.block.ms``, :class:`~tidelog.errors.ClosedError`
         after :meth:`close`.
         """
-        self._enqueue(topic, value, key, headers, partition, timestamp, on_delivery or callback)
+        self._traced(topic, value, key, headers, partition, timestamp, on_delivery or callback)
 
     def produce_future(
         self,
@@ -101,8 +102,31 @@ class Producer:
     ) -> concurrent.futures.Future[Message]:
         """Like :meth:`produce`, but returns a future of the delivered :class:`Message`."""
         fut: concurrent.futures.Future[Message] = concurrent.futures.Future()
-        self._enqueue(topic, value, key, headers, partition, timestamp, fut)
+        self._traced(topic, value, key, headers, partition, timestamp, fut)
         return fut
+
+    def _traced(
+        self,
+        topic: str,
+        value: Payload | None,
+        key: Payload | None,
+        headers: HeadersArg,
+        partition: int | None,
+        timestamp: int | None,
+        sink: Any,
+    ) -> None:
+        """Queues the record inside its ``send {topic}`` span when tracing is active
+        (:mod:`tidelog.tracing`)."""
+        span, headers = start_send(topic, value, headers, partition)
+        if span is None:
+            self._enqueue(topic, value, key, headers, partition, timestamp, sink)
+            return
+        try:
+            p = self._enqueue(topic, value, key, headers, partition, timestamp, sink)
+        except BaseException as e:
+            end_send(span, None, e)
+            raise
+        end_send(span, p)
 
     def _enqueue(
         self,
@@ -113,7 +137,8 @@ class Producer:
         partition: int | None,
         timestamp: int | None,
         sink: Any,
-    ) -> None:
+    ) -> int:
+        """Queues the record; returns its partition."""
         core = self._core
         rec = stage(topic, value, key, headers, partition, timestamp, sink)
         count = core.cached_partitions(topic)
@@ -123,11 +148,12 @@ class Producer:
             count = self._rt.call(core.fetch_partitions(topic), bound)
         deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
         with core.space:
-            while not core.try_append(rec, count):
+            while (p := core.try_append(rec, count)) is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise core.buffer_full()
                 core.space.wait(left)
+        return p
 
     # ---- deliveries ---------------------------------------------------------------------
 
