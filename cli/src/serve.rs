@@ -97,6 +97,13 @@ async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    if let Ok(peers) = config.cluster.parse_peers() {
+        if !peers.is_empty() {
+            // As DescribeCluster names it.
+            let ids: Vec<String> = peers.keys().map(u64::to_string).collect();
+            tidelog_server::telemetry::set_cluster_id(format!("tidelog-{}", ids.join("-")));
+        }
+    }
     let _telemetry = tidelog_server::telemetry::init("tidelog", Some(config.node_id.to_string()))?;
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;

@@ -301,6 +301,9 @@ def test_traces_across_a_three_broker_cluster(tmp_path: Path, otlp: OtlpReceiver
         check_flow(otlp, topic, records, "orders-api", "billing", group, leaders)
         [root] = otlp.spans("checkout")
         assert {s.trace_id for s in otlp.spans(f"process {topic}")} == {root.trace_id}
+        # Every broker names its cluster as DescribeCluster does.
+        appends = otlp.spans(f"append {topic}")
+        assert appends and {s.resource.get("tidelog.cluster.id") for s in appends} == {"tidelog-1-2-3"}
         # (check_flow: each append span came from its partition's leader, by node id.) No Raft
         # or other internal RPC is exported by default.
         broker_spans = otlp.spans(service=BROKER_SERVICE)

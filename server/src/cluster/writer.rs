@@ -47,7 +47,16 @@ impl PartitionWriter for RaftWriter {
         let brokers = Arc::clone(&self.brokers);
         let hint = move |leader: Option<u64>| super::leader_hint_in(&brokers, leader);
         let what = format!("partition {} of topic '{}'", self.log.index(), self.log.topic());
+        let proposed_at = std::time::Instant::now();
         let answer = self.replica.propose(proposed, acks == Acks::Leader, hint, what).await?;
+        let answer = async move {
+            let result = answer.await;
+            if acks == Acks::All && matches!(result, Ok(Ok(_))) {
+                let m = crate::telemetry::metrics::instruments();
+                m.replication_commit_latency.observe(proposed_at.elapsed().as_secs_f64());
+            }
+            result
+        };
         if !crate::telemetry::exporting() {
             return Ok(Box::pin(answer));
         }

@@ -47,6 +47,8 @@ pub struct Instruments {
     pub produce_latency: Family<AcksLabel, Histogram>,
     /// One fsync of a partition's log.
     pub fsync_latency: Histogram,
+    /// Cluster mode: from a batch's proposal to its commit by a majority (acks=all).
+    pub replication_commit_latency: Histogram,
     /// Subscribe responses sent.
     pub subscribe_responses: Counter,
     /// Subscribe streams ended with an error status.
@@ -64,6 +66,7 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     produce_batches: Family::default(),
     produce_latency: Family::new_with_constructor(latency_histogram),
     fsync_latency: latency_histogram(),
+    replication_commit_latency: latency_histogram(),
     subscribe_responses: Counter::default(),
     subscribe_errors: Family::default(),
     open_streams: Family::default(),
@@ -85,6 +88,11 @@ pub fn register(registry: &mut Registry) {
         i.produce_latency.clone(),
     );
     registry.register("tidelog_fsync_latency_seconds", "One fsync of a partition log", i.fsync_latency.clone());
+    registry.register(
+        "tidelog_replication_commit_latency_seconds",
+        "Cluster: a batch's proposal to its commit by a majority (acks=all)",
+        i.replication_commit_latency.clone(),
+    );
     registry.register("tidelog_subscribe_responses", "Subscribe responses sent", i.subscribe_responses.clone());
     registry.register("tidelog_subscribe_errors", "Subscribe streams ended by an error", i.subscribe_errors.clone());
     registry.register("tidelog_open_streams", "Produce and Subscribe streams open now", i.open_streams.clone());

@@ -59,6 +59,14 @@ pub fn init(service_name: &'static str, instance: Option<String>) -> anyhow::Res
     init_with(service_name, instance, "info")
 }
 
+/// Resource attributes naming this broker and its cluster, beside `service.instance.id`.
+static CLUSTER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the `tidelog.cluster.id` resource attribute; call before [`init`].
+pub fn set_cluster_id(id: String) {
+    let _ = CLUSTER_ID.set(id);
+}
+
 /// As [`init`], with `default_filter` where `RUST_LOG` is unset (a client says less).
 pub fn init_with(
     service_name: &'static str,
@@ -83,6 +91,9 @@ pub fn init_with(
             }
             if let Some(id) = instance {
                 resource = resource.with_attribute(opentelemetry::KeyValue::new("service.instance.id", id));
+            }
+            if let Some(id) = CLUSTER_ID.get() {
+                resource = resource.with_attribute(opentelemetry::KeyValue::new("tidelog.cluster.id", id.clone()));
             }
             Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
         }
