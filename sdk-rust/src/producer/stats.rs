@@ -61,7 +61,9 @@ impl Counters {
             records_delivered: load(&self.records_delivered),
             records_failed: load(&self.records_failed),
             avg_batch_records: if batches == 0 { 0.0 } else { load(&self.batch_records_sent) as f64 / batches as f64 },
-            avg_delivery_latency: Duration::from_micros(load(&self.delivery_us_sum).checked_div(delivered).unwrap_or(0)),
+            avg_delivery_latency: Duration::from_micros(
+                load(&self.delivery_us_sum).checked_div(delivered).unwrap_or(0),
+            ),
             max_delivery_latency: Duration::from_micros(load(&self.delivery_us_max)),
         }
     }
