@@ -231,7 +231,7 @@ impl ControlPlane for LocalControl {
         for (p, offset) in before {
             // Durable per partition (the floor file is fsynced): a crash midway keeps the
             // partitions done so far, and the request can be repeated.
-            let start = topic.partition(*p)?.raise_log_start(*offset)?;
+            let start = topic.partition(*p)?.raise_log_start(*offset).await?;
             tracing::info!(topic = %topic.record.name, partition = p, log_start = start, "records deleted");
             out.push((*p, start));
         }

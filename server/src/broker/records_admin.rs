@@ -6,9 +6,10 @@
 //! - a partition count only grows, up to `MAX_PARTITIONS`;
 //! - a deletion's offset is checked against the partition's high watermark before anything
 //!   changes, for every partition of the request, so a request with one bad offset changes
-//!   nothing. The check asks a broker that holds the partition: a follower's high watermark is
-//!   never above the leader's, so checking there is safe (a follower that lags waits briefly
-//!   for its high watermark to catch up rather than refuse).
+//!   nothing. Every replica's high watermark is a committed offset (one a majority holds), so
+//!   checking against any replica's is safe; a replica here that lags the offset waits briefly
+//!   for its high watermark to catch up, and for a partition held elsewhere the highest answer
+//!   of its replicas counts.
 //!
 //! Never: delete records above the high watermark (records not yet produced would vanish as
 //! they arrive).
@@ -111,6 +112,7 @@ impl Broker {
         p: u32,
         replicas: &[(u64, String)],
     ) -> Result<u64, BrokerError> {
+        let mut best: Option<u64> = None;
         let mut failure = None;
         for (id, _) in replicas {
             let req = ListOffsetsRequest {
@@ -118,15 +120,18 @@ impl Broker {
                 partitions: vec![p],
                 spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
             };
-            let mut client = AdminServiceClient::new(self.channel_to(*id)?);
-            match client.list_offsets(forwarded_request(req, Some(APPLY_WAIT))).await {
+            let Ok(channel) = self.channel_to(*id) else { continue };
+            match AdminServiceClient::new(channel).list_offsets(forwarded_request(req, Some(APPLY_WAIT))).await {
                 Ok(resp) => {
                     if let Some(o) = resp.into_inner().offsets.into_iter().find(|o| o.partition == p) {
-                        return Ok(o.offset);
+                        best = Some(best.map_or(o.offset, |b| b.max(o.offset)));
                     }
                 }
                 Err(s) => failure = Some(s),
             }
+        }
+        if let Some(hw) = best {
+            return Ok(hw);
         }
         let what =
             format!("partition {p} of topic '{}' (none of its replicas told its high watermark)", topic.record.name);

@@ -161,12 +161,20 @@ impl ControlPlane for Cluster {
             let rf = topic.record.replicas.first().map_or(1, Vec::len) as u32;
             placement::assign(&brokers, partitions, rf, name).split_off(old)
         };
-        let cmd = MetaCommand::AddPartitions { name: name.clone(), topic_id: topic.topic_id, partitions, replicas };
+        let from = topic.record.partitions;
+        let cmd =
+            MetaCommand::AddPartitions { name: name.clone(), topic_id: topic.topic_id, from, partitions, replicas };
         let grown = match metadata::propose(self, &cmd).await {
             Ok(offset) => {
                 self.wait_applied(offset + 1, APPLY_WAIT).await?;
                 match broker.topic(name) {
-                    Ok(t) if t.topic_id == topic.topic_id => t,
+                    Ok(t) if t.topic_id == topic.topic_id && t.record.partitions >= partitions => t,
+                    Ok(t) if t.topic_id == topic.topic_id => {
+                        return Err(BrokerError::InvalidArgument(format!(
+                            "topic '{name}' could not grow to {partitions} partitions (it has {}); see the broker log",
+                            t.record.partitions
+                        )))
+                    }
                     _ => return Err(BrokerError::TopicDeleted(name.clone())),
                 }
             }
@@ -198,11 +206,13 @@ impl ControlPlane for Cluster {
         match metadata::propose(self, &cmd).await {
             Ok(offset) => {
                 self.wait_applied(offset + 1, APPLY_WAIT).await?;
-                // As this broker knows it: its own log start where it holds the partition
-                // (the offset or, on a replica whose log lags, its log end), else the offset.
+                // At least the offset asked for; more where this broker holds the partition
+                // and an earlier deletion went further.
                 Ok(before
                     .iter()
-                    .map(|(p, offset)| (*p, topic.partition(*p).map_or(*offset, |l| l.offsets().log_start.0)))
+                    .map(|(p, offset)| {
+                        (*p, topic.partition(*p).map_or(*offset, |l| l.offsets().log_start.0.max(*offset)))
+                    })
                     .collect())
             }
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {

@@ -82,11 +82,15 @@ pub enum MetaCommand {
         group: String,
     },
     /// Incarnation `topic_id` of topic `name` grows to `partitions` partitions; `replicas`
-    /// places the new ones (empty for a topic placed before placement existed: every broker).
-    /// Ignored if the topic has that many already (a concurrent add went further).
+    /// places partitions `from..partitions` (empty for a topic placed before placement
+    /// existed: every broker). Applied from the topic's count at its turn, so an add proposed
+    /// from a stale count, or racing another, still grows the topic to `partitions`; ignored
+    /// if the topic has that many already.
     AddPartitions {
         name: String,
         topic_id: u64,
+        /// The partition count the proposer saw: `replicas[i]` places partition `from + i`.
+        from: u32,
         partitions: u32,
         replicas: Vec<Vec<u64>>,
     },
@@ -256,15 +260,23 @@ fn altered(record: &TopicRecord, cmd: &MetaCommand) -> Option<TopicRecord> {
                 }
             }
         }
-        MetaCommand::AddPartitions { partitions, replicas, .. } => {
-            let added = partitions.checked_sub(record.partitions).filter(|n| *n > 0)? as usize;
+        MetaCommand::AddPartitions { from, partitions, replicas, .. } => {
+            if *partitions <= record.partitions {
+                return None; // grown this far already
+            }
             let mut grown = TopicRecord { partitions: *partitions, ..record.clone() };
             if !grown.replicas.is_empty() {
-                if replicas.len() != added {
-                    tracing::warn!(topic = %record.name, "skipping a partition add whose placement does not fit");
-                    return None;
+                // The placements of the partitions the topic does not have yet.
+                let skip = record.partitions.checked_sub(*from).map(|n| n as usize);
+                match skip.and_then(|n| replicas.get(n..)) {
+                    Some(rest) if rest.len() == (*partitions - record.partitions) as usize => {
+                        grown.replicas.extend(rest.iter().cloned());
+                    }
+                    _ => {
+                        tracing::warn!(topic = %record.name, from, "skipping a partition add whose placement does not fit");
+                        return None;
+                    }
                 }
-                grown.replicas.extend(replicas.iter().cloned());
             }
             Some(grown)
         }
@@ -303,7 +315,7 @@ async fn apply_add(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCommand) -
 }
 
 /// Applies a `DeleteRecords` to the partitions of the named incarnation held here.
-fn apply_delete_records(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
+async fn apply_delete_records(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
     let MetaCommand::DeleteRecords { name, topic_id, before } = cmd else { return Ok(()) };
     let Ok(topic) = broker.topic(name) else { return Ok(()) };
     if topic.topic_id != *topic_id {
@@ -311,7 +323,7 @@ fn apply_delete_records(broker: &Broker, cmd: &MetaCommand) -> Result<(), Broker
     }
     for (p, offset) in before {
         if let Ok(log) = topic.partition(*p) {
-            let start = log.raise_log_start(*offset)?;
+            let start = log.raise_log_start(*offset).await?;
             tracing::debug!(topic = %name, partition = p, log_start = start, "records deleted");
         }
     }
@@ -339,7 +351,7 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
             broker.store().remove_group_offsets(&group).map(|_| ()).map_err(BrokerError::from)
         }
         add @ MetaCommand::AddPartitions { .. } => apply_add(broker, cluster, &add).await,
-        delete @ MetaCommand::DeleteRecords { .. } => apply_delete_records(broker, &delete),
+        delete @ MetaCommand::DeleteRecords { .. } => apply_delete_records(broker, &delete).await,
     };
     if let Err(e) = result {
         // The broker cannot host what the cluster decided (disk, corrupt state): it keeps
@@ -474,6 +486,7 @@ mod tests {
             MetaCommand::AddPartitions {
                 name: "t".into(),
                 topic_id: 5,
+                from: 3,
                 partitions: 5,
                 replicas: vec![vec![1], vec![2]],
             },
@@ -493,5 +506,36 @@ mod tests {
         let old = br#"{"op":"commit_offsets","group":"g","topic":"t","offsets":[]}"#;
         let decoded: MetaCommand = serde_json::from_slice(old).unwrap();
         assert!(matches!(decoded, MetaCommand::CommitOffsets { topic_id: 0, .. }));
+    }
+
+    #[test]
+    fn partition_adds_apply_from_the_count_at_their_turn() {
+        let record = |partitions: u32| TopicRecord {
+            name: "t".into(),
+            partitions,
+            created_at_ms: 7,
+            settings: TopicSettings::default(),
+            replicas: (0..partitions).map(|p| vec![u64::from(p % 3) + 1]).collect(),
+            overrides: None,
+        };
+        let add = |from: u32, to: u32| MetaCommand::AddPartitions {
+            name: "t".into(),
+            topic_id: 1,
+            from,
+            partitions: to,
+            replicas: (from..to).map(|p| vec![u64::from(p) + 10]).collect(),
+        };
+        // Proposed from the current count.
+        let grown = altered(&record(3), &add(3, 5)).unwrap();
+        assert_eq!((grown.partitions, &grown.replicas[3..]), (5, &[vec![13], vec![14]][..]));
+        // Proposed from a stale count (another add to 4 applied first): the rest of its
+        // placement applies, and the topic still reaches 6.
+        let raced = altered(&record(4), &add(3, 6)).unwrap();
+        assert_eq!((raced.partitions, &raced.replicas[4..]), (6, &[vec![14], vec![15]][..]));
+        // Grown this far already: nothing to do.
+        assert!(altered(&record(6), &add(3, 5)).is_none());
+        assert!(altered(&record(5), &add(3, 5)).is_none());
+        // A count below the proposer's `from` (cannot happen in order): refused.
+        assert!(altered(&record(2), &add(3, 5)).is_none());
     }
 }

@@ -378,7 +378,11 @@ impl Partition {
     pub fn offsets(&self) -> PartitionOffsets {
         let state = self.state();
         let log = &state.log;
-        PartitionOffsets::new(log.log_start(), HighWatermark(*self.hw.borrow()), LogEndOffset(log.log_end().0))
+        let hw = *self.hw.borrow();
+        // A replica may hold records up to a DeleteRecords floor before it learns they are
+        // committed: the start it reports never passes its high watermark.
+        let start = crate::log::LogStartOffset(log.log_start().0.min(hw));
+        PartitionOffsets::new(start, HighWatermark(hw), LogEndOffset(log.log_end().0))
     }
 
     pub fn size_bytes(&self) -> (u64, usize) {
@@ -423,8 +427,13 @@ impl Partition {
     /// Deletes the records below `offset` (DeleteRecords): moves the log start up to it, never
     /// down, durably. `offset` must be at most the high watermark of the partition's leader
     /// (the control plane checked; below it everywhere once committed). Returns the log start.
-    pub fn raise_log_start(&self, offset: u64) -> Result<u64, BrokerError> {
+    ///
+    /// Everything written so far is fsynced first, whatever the fsync policy: a floor must
+    /// never be durable while the records below it are not, or a power loss could leave the
+    /// log end below the floor and hide the records appended after the restart.
+    pub async fn raise_log_start(&self, offset: u64) -> Result<u64, BrokerError> {
         self.check_open()?;
+        self.sync_through(self.written()).await?;
         Ok(self.state().log.raise_start(offset)?.0)
     }
 
