@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use clap::Subcommand;
 use serde_json::json;
 use tidelog::proto::v1::{DescribeClusterRequest, DescribeClusterResponse, ListTopicsRequest, PartitionDescription};
-use tidelog::Client;
 
 use crate::output::{partition_json, print_json, OutputFormat};
 
@@ -33,8 +32,8 @@ struct Survey {
     partitions: BTreeMap<(String, u32), PartitionDescription>,
 }
 
-async fn survey(broker: &str) -> anyhow::Result<Survey> {
-    let client = Client::connect(broker).await?;
+async fn survey(broker: &crate::BrokerArg) -> anyhow::Result<Survey> {
+    let client = broker.connect().await?;
     let cluster = client.admin().describe_cluster(DescribeClusterRequest {}).await?.into_inner();
     let mut up = BTreeMap::new();
     let mut partitions: BTreeMap<(String, u32), (bool, PartitionDescription)> = BTreeMap::new();
@@ -58,7 +57,7 @@ async fn survey(broker: &str) -> anyhow::Result<Survey> {
     Ok(Survey { cluster, up, partitions })
 }
 
-pub async fn run(broker: &str, command: ClusterCommand, format: OutputFormat) -> anyhow::Result<()> {
+pub async fn run(broker: &crate::BrokerArg, command: ClusterCommand, format: OutputFormat) -> anyhow::Result<()> {
     let s = survey(broker).await?;
     match command {
         ClusterCommand::Describe => describe(&s, format),

@@ -147,7 +147,7 @@ fn parse_start(args: &ConsumeArgs) -> anyhow::Result<Start> {
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let printer = Printer::new(&args)?;
     let start = parse_start(&args)?;
     match args.group.clone() {

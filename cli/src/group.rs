@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use tidelog::{Client, ResetTo};
+use tidelog::ResetTo;
 
 use crate::output::{print_json, OutputFormat};
 
@@ -65,8 +65,8 @@ impl ResetArgs {
     }
 }
 
-pub async fn run(broker: &str, command: GroupCommand, format: OutputFormat) -> anyhow::Result<()> {
-    let client = Client::connect(broker).await?;
+pub async fn run(broker: &crate::BrokerArg, command: GroupCommand, format: OutputFormat) -> anyhow::Result<()> {
+    let client = broker.connect().await?;
     let json = format == OutputFormat::Json;
     match command {
         GroupCommand::List => {

@@ -37,6 +37,34 @@ pub struct BrokerArg {
     /// Broker address.
     #[arg(long, short = 'b', env = "TIDELOG_BROKER", default_value = DEFAULT_BROKER, global = true)]
     pub broker: String,
+    /// Connect over TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, env = "TIDELOG_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: this client's certificate (PEM), for brokers that require one (mTLS).
+    #[arg(long, env = "TIDELOG_TLS_CERT", global = true, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// With --tls-cert: its private key (PEM).
+    #[arg(long, env = "TIDELOG_TLS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// With --tls-ca: the name the broker's certificate must carry (default: the address's host).
+    #[arg(long, env = "TIDELOG_TLS_SERVER_NAME", global = true)]
+    pub tls_server_name: Option<String>,
+}
+
+impl BrokerArg {
+    /// A client of the broker, over TLS when `--tls-ca` is given.
+    pub async fn connect(&self) -> anyhow::Result<tidelog::Client> {
+        let Some(ca) = &self.tls_ca else {
+            anyhow::ensure!(
+                self.tls_cert.is_none(),
+                "--tls-cert needs --tls-ca (the CA that signed the broker's certificate)"
+            );
+            return Ok(tidelog::Client::connect(&self.broker).await?);
+        };
+        let mut tls = tidelog::TlsOptions::from_files(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        tls.server_name.clone_from(&self.tls_server_name);
+        Ok(tidelog::Client::connect_tls(&self.broker, tls).await?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,9 +111,9 @@ pub enum Command {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Topic { broker, output, command } => topic::run(&broker.broker, command, output.format).await,
-        Command::Cluster { broker, output, command } => cluster::run(&broker.broker, command, output.format).await,
-        Command::Group { broker, output, command } => group::run(&broker.broker, command, output.format).await,
+        Command::Topic { broker, output, command } => topic::run(&broker, command, output.format).await,
+        Command::Cluster { broker, output, command } => cluster::run(&broker, command, output.format).await,
+        Command::Group { broker, output, command } => group::run(&broker, command, output.format).await,
         Command::Offsets(args) => offsets::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,

@@ -33,7 +33,7 @@ async fn list(
 }
 
 pub async fn run(args: OffsetsArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let topic = &args.topic;
     if let Some(t) = args.time {
         let found = list(&client, &args, OffsetSpecKind::TimestampMs(t)).await?;

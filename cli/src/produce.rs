@@ -15,12 +15,15 @@
 use std::time::Duration;
 
 use tidelog::proto::v1::Acks;
-use tidelog::{Client, Compression, DeliveryFuture, Producer, ProducerConfig, Record};
+use tidelog::{Compression, DeliveryFuture, Producer, ProducerConfig, Record};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::BrokerArg;
 use crate::render::Encoding;
+
+/// Largest key or value a length-prefixed frame may declare (a batch is at most 64 MiB).
+const MAX_FRAME_PART: u32 = 64 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct ProduceArgs {
@@ -167,6 +170,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if len == u32::MAX {
             return Ok(Some(None));
         }
+        if len > MAX_FRAME_PART {
+            anyhow::bail!("record {n}: a length of {len} bytes is more than a record can hold ({MAX_FRAME_PART}); is the input length-prefixed?");
+        }
         let mut bytes = vec![0u8; len as usize];
         self.input.read_exact(&mut bytes).await.map_err(|_| truncated(n))?;
         Ok(Some(Some(bytes)))
@@ -227,7 +233,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             checked.push(r);
         }
     }
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let config = ProducerConfig {
         linger: Duration::from_millis(args.linger_ms),
         acks: args.acks.into(),

@@ -21,6 +21,18 @@ pub struct ServeArgs {
     /// `off`, or host:port.
     #[arg(long, env = "TIDELOG_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// TLS: this broker's certificate chain (PEM); with --tls-key the listener speaks only TLS.
+    #[arg(long, env = "TIDELOG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, env = "TIDELOG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA (PEM) client certificates and peers' certificates must chain to.
+    #[arg(long, env = "TIDELOG_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: refuse clients without a certificate signed by --tls-ca (mTLS).
+    #[arg(long, env = "TIDELOG_TLS_REQUIRE_CLIENT_CERT")]
+    pub tls_require_client_cert: bool,
     /// Data directory (default ./tidelog-data).
     #[arg(long, env = "TIDELOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -54,6 +66,16 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     };
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if args.tls_cert.is_some() {
+        config.tls.cert.clone_from(&args.tls_cert);
+        config.tls.key.clone_from(&args.tls_key);
+    }
+    if args.tls_ca.is_some() {
+        config.tls.ca.clone_from(&args.tls_ca);
+    }
+    if args.tls_require_client_cert {
+        config.tls.require_client_cert = true;
     }
     if let Some(v) = &args.metrics_listen {
         config.metrics_listen.clone_from(v);

@@ -6,7 +6,6 @@
 use clap::Subcommand;
 use serde_json::json;
 use tidelog::proto::v1::{FsyncPolicy, TopicConfig};
-use tidelog::Client;
 use tidelog_server::broker::MAX_PARTITIONS;
 
 use crate::output::{print_json, print_topic, topic_json, OutputFormat};
@@ -118,8 +117,8 @@ fn parse_before(s: &str) -> anyhow::Result<Option<u64>> {
     }
 }
 
-pub async fn run(broker: &str, command: TopicCommand, format: OutputFormat) -> anyhow::Result<()> {
-    let client = Client::connect(broker).await?;
+pub async fn run(broker: &crate::BrokerArg, command: TopicCommand, format: OutputFormat) -> anyhow::Result<()> {
+    let client = broker.connect().await?;
     match command {
         TopicCommand::Create { names, partitions, replication_factor, settings } => {
             let config = settings.config();

@@ -13,7 +13,7 @@ use tidelog_proto::v1::{
     ResetOffsetsRequest, TopicConfig, TopicDescription,
 };
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::Error;
 
@@ -27,13 +27,64 @@ pub const METADATA_SETTLE: std::time::Duration = std::time::Duration::from_secs(
 pub struct Client {
     channel: Channel,
     addr: String,
+    /// TLS for this broker and every other one this client reaches (`to_broker`).
+    tls: Option<TlsOptions>,
 }
 
-/// `http://host:port` for `host:port` (or an address that already has a scheme).
-pub(crate) fn normalize(addr: impl Into<String>) -> String {
+/// TLS to the brokers: the CA their certificates chain to, and for mTLS this client's
+/// certificate and key (PEM).
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    pub ca_pem: Vec<u8>,
+    /// (certificate chain, private key), PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the broker's certificate must carry; default: the address's host.
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// From PEM files: the CA, and optionally a client certificate and its key (both or
+    /// neither).
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Self, Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", p.display())))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        };
+        Ok(Self { ca_pem: read(ca)?, identity, server_name: None })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            c = c.domain_name(name.clone());
+        }
+        c
+    }
+}
+
+/// `http://host:port` (or `https://` with TLS) for `host:port`; an address with a scheme as
+/// it is.
+pub(crate) fn normalize(addr: impl Into<String>, tls: bool) -> String {
     let addr = addr.into();
     if addr.contains("://") {
         addr
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
@@ -42,18 +93,34 @@ pub(crate) fn normalize(addr: impl Into<String>) -> String {
 impl Client {
     /// Connects to `addr` (`http://host:port`; `host:port` is accepted too).
     pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
-        let addr = normalize(addr);
-        Ok(Self { channel: endpoint(&addr)?.connect().await?, addr })
+        let addr = normalize(addr, false);
+        Ok(Self { channel: endpoint(&addr, None)?.connect().await?, addr, tls: None })
+    }
+
+    /// Connects to `addr` over TLS (`host:port` or `https://host:port`).
+    pub async fn connect_tls(addr: impl Into<String>, tls: TlsOptions) -> Result<Self, Error> {
+        let addr = normalize(addr, true);
+        Ok(Self { channel: endpoint(&addr, Some(&tls))?.connect().await?, addr, tls: Some(tls) })
     }
 
     /// A client of another broker, connected on first use (never fails on an unreachable
-    /// broker: its calls do).
+    /// broker: its calls do), with this client's TLS.
     pub fn to_broker(&self, addr: &str) -> Result<Self, Error> {
-        let addr = normalize(addr);
+        let addr = self.broker_url(addr);
         if addr == self.addr {
             return Ok(self.clone());
         }
-        Ok(Self { channel: endpoint(&addr)?.connect_lazy(), addr })
+        Ok(Self { channel: endpoint(&addr, self.tls.as_ref())?.connect_lazy(), addr, tls: self.tls.clone() })
+    }
+
+    /// The URL this client reaches broker `addr` at: `host:port` (as brokers advertise
+    /// themselves) with this client's scheme; over TLS every broker is reached by https.
+    pub(crate) fn broker_url(&self, addr: &str) -> String {
+        let url = normalize(addr, self.tls.is_some());
+        match (self.tls.is_some(), url.strip_prefix("http://")) {
+            (true, Some(rest)) => format!("https://{rest}"),
+            _ => url,
+        }
     }
 
     /// The broker this client talks to (`http://host:port`).
@@ -83,14 +150,17 @@ impl Client {
         if resp.brokers.len() <= 1 {
             return Ok(Default::default());
         }
-        Ok(resp.brokers.into_iter().map(|b| (b.id, normalize(b.address))).collect())
+        Ok(resp.brokers.into_iter().map(|b| (b.id, self.broker_url(&b.address))).collect())
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, Error> {
-    Ok(Endpoint::from_shared(addr.to_string())
-        .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?
-        .tcp_nodelay(true)
+fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, Error> {
+    let mut e = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?;
+    if let Some(t) = tls {
+        e = e.tls_config(t.config()).map_err(|e| Error::InvalidArgument(format!("TLS to {addr}: {e}")))?;
+    }
+    Ok(e.tcp_nodelay(true)
         // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
@@ -244,13 +314,15 @@ impl Client {
     /// returns each partition's new log start. Refused as a whole (OUT_OF_RANGE) if an offset
     /// is above its partition's high watermark.
     pub async fn delete_records(&self, topic: &str, before: &[(u32, Option<u64>)]) -> Result<Vec<(u32, u64)>, Error> {
-        let partitions = before
-            .iter()
-            .map(|(partition, offset)| DeleteRecordsPartition {
-                partition: *partition,
-                before_offset: offset.map_or(-1, |o| o as i64),
-            })
-            .collect();
+        let mut partitions = Vec::with_capacity(before.len());
+        for (partition, offset) in before {
+            let before_offset = match offset {
+                None => -1,
+                Some(o) => i64::try_from(*o)
+                    .map_err(|_| Error::InvalidArgument(format!("offset {o} of partition {partition} is too large")))?,
+            };
+            partitions.push(DeleteRecordsPartition { partition: *partition, before_offset });
+        }
         let req = DeleteRecordsRequest { topic: topic.into(), partitions };
         let resp = self.admin().delete_records(req).await?.into_inner();
         Ok(resp.partitions.into_iter().map(|p| (p.partition, p.low_watermark)).collect())

@@ -1,7 +1,10 @@
 //! Tracing records across services (OpenTelemetry messaging conventions, W3C trace context),
 //! on `tracing` + `tracing-opentelemetry`: what the application installs decides whether and
-//! where spans go; without an OpenTelemetry layer this costs a disabled-span check per record
-//! and adds no header.
+//! where spans go. Producers make their per-record span only while a trace-context propagator
+//! is installed (`opentelemetry::global::set_text_map_propagator`, which every application that
+//! traces sets: without one no context could travel in a record); otherwise a send costs one
+//! read of the global propagator, whatever `tracing` subscriber is installed, and adds no
+//! header.
 //!
 //! - Producing: every `send` runs in a `send {topic}` span (kind PRODUCER) whose context is
 //!   put on the record as `traceparent` (and `tracestate`) headers, unless the record carries a
@@ -46,6 +49,9 @@ impl Injector for HeaderWriter<'_> {
 /// The `send {topic}` span of one record, and the record with its trace headers added (when
 /// the span is recorded by an OpenTelemetry layer and the record has none).
 pub(crate) fn send_span(topic: &str, partition: Option<u32>, mut record: Record) -> (Record, tracing::Span) {
+    if !propagating() {
+        return (record, tracing::Span::none());
+    }
     let span = tracing::info_span!(
         "send",
         otel.name = %format_args!("send {topic}"),
@@ -70,6 +76,12 @@ pub(crate) fn send_span(topic: &str, partition: Option<u32>, mut record: Record)
         });
     }
     (record, span)
+}
+
+/// Whether a propagator that carries trace context is installed (the no-op default has no
+/// fields).
+fn propagating() -> bool {
+    opentelemetry::global::get_text_map_propagator(|p| p.fields().next().is_some())
 }
 
 /// The producer's trace context carried by a consumed record (empty if it carries none).

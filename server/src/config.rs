@@ -37,6 +37,48 @@ pub struct Config {
     pub topic_defaults: TopicSettings,
     /// Cluster membership; empty `peers` (the default) = a single node.
     pub cluster: ClusterSettings,
+    /// TLS for the listener and for calls to peers; off unless `cert` and `key` are set.
+    pub tls: TlsSettings,
+}
+
+/// `[tls]`: certificates and keys as PEM files, reloaded on SIGHUP and when the files change
+/// (docs/SECURITY.md). With `cert` and `key` the listener speaks only TLS, and a cluster's
+/// brokers call each other over TLS (presenting `cert` as their client certificate, trusting
+/// `ca`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// This broker's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates (mTLS) and peers' certificates must
+    /// chain to.
+    pub ca: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `ca` (mTLS). Default false: a client
+    /// certificate is verified if presented.
+    pub require_client_cert: bool,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ConfigError::Invalid("tls.cert and tls.key go together: set both, or neither".into()));
+        }
+        if self.require_client_cert && self.ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls.require_client_cert needs tls.ca (the CA client certificates must chain to)".into(),
+            ));
+        }
+        if !self.enabled() && (self.ca.is_some() || self.require_client_cert) {
+            return Err(ConfigError::Invalid("tls.ca and tls.require_client_cert need tls.cert and tls.key".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `[cluster]`: the brokers of a static cluster. Every broker is a voter of the metadata group;
@@ -116,6 +158,7 @@ impl Default for Config {
             metrics_listen: "auto".into(),
             topic_defaults: TopicSettings::default(),
             cluster: ClusterSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -159,6 +202,12 @@ impl Config {
             }
         }
         self.metrics_address()?;
+        self.tls.validate()?;
+        if !peers.is_empty() && self.tls.enabled() && self.tls.ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "a cluster with TLS needs tls.ca: the CA the brokers' certificates chain to".into(),
+            ));
+        }
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be at least 1".into()));
         }

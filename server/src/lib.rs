@@ -41,4 +41,5 @@ pub mod node;
 pub mod partition;
 pub mod raft;
 pub mod telemetry;
+pub mod tls;
 pub mod topic_config;

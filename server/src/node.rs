@@ -27,6 +27,7 @@ use crate::broker::seam::ControlPlane;
 use crate::broker::{tasks, Broker};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::tls::ServerTls;
 
 /// Cluster mode: how long a stopping broker waits for the groups it leads to take a new leader.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
@@ -38,6 +39,8 @@ pub struct Node {
     listener: TcpListener,
     /// Where `/metrics` is served, if on.
     metrics: Option<TcpListener>,
+    /// The listener's TLS, if configured.
+    tls: Option<Arc<ServerTls>>,
     broker: Arc<Broker>,
     /// Cluster mode: the Raft transport must be served beside the client services.
     cluster: Option<Arc<Cluster>>,
@@ -63,6 +66,18 @@ impl Node {
                 Err(e) => return Err(e).with_context(|| format!("cannot serve metrics on {a}")),
             },
         };
+        let tls = if config.tls.enabled() {
+            Some(ServerTls::load(&config.tls).context("cannot load the TLS certificates")?)
+        } else {
+            if !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "listening beyond loopback without TLS: anyone who reaches this port can read, write and delete every topic (docs/SECURITY.md)");
+            }
+            None
+        };
+        let peer_tls = match config.tls.enabled() && !config.cluster.peers.is_empty() {
+            true => Some(crate::tls::peer_client_config(&config.tls).context("cannot load the TLS certificates")?),
+            false => None,
+        };
         let broker = Broker::open(config.broker_options(bound))
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
         let (control, cluster): (Arc<dyn ControlPlane>, _) = if config.cluster.peers.is_empty() {
@@ -70,12 +85,13 @@ impl Node {
                 .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
             (local, None)
         } else {
-            let cluster = Cluster::start(&broker, &config.cluster).await.context("cannot join the cluster")?;
+            let cluster =
+                Cluster::start(&broker, &config.cluster, peer_tls).await.context("cannot join the cluster")?;
             (Arc::clone(&cluster) as Arc<dyn ControlPlane>, Some(cluster))
         };
         broker.set_control(control)?;
         tasks::spawn(&broker);
-        Ok(Self { config, listener, metrics, broker, cluster })
+        Ok(Self { config, listener, metrics, tls, broker, cluster })
     }
 
     /// Where `/metrics` is served (`None` when off).
@@ -94,7 +110,7 @@ impl Node {
 
     /// Serves until `signal` resolves, then shuts down gracefully (see the module docs).
     pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { config, listener, metrics, broker, cluster } = self;
+        let Self { config, listener, metrics, tls, broker, cluster } = self;
         if let Some(listener) = metrics {
             let registry = Arc::new(metrics_registry(&broker));
             tokio::spawn(crate::telemetry::http::serve(listener, registry, broker.shutdown_signal()));
@@ -121,8 +137,15 @@ impl Node {
         // TCP_NODELAY on every accepted socket (`Server::tcp_nodelay` is ignored for a custom
         // incoming stream): without it, Nagle holds back small responses — a live tail's
         // single-record batches waited for the peer's delayed ACK, up to 40 ms.
-        let server =
-            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+        let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+            Some(tls) => {
+                Arc::clone(&tls).watch(broker.shutdown_signal());
+                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+            }
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown),
+            ),
+        };
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         tokio::select! {
             res = server => res?,

@@ -52,7 +52,7 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
     let mut tasks = Vec::new();
     let mut consumers = Vec::new();
     for r in ranges.into_iter().filter(|r| !r.is_empty()) {
-        consumers.push((Client::connect(&args.broker.broker).await?, r));
+        consumers.push((args.broker.connect().await?, r));
     }
     // Timing starts once every consumer is connected.
     let start = Instant::now();

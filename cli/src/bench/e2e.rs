@@ -36,7 +36,7 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
         for p in &mine {
             sub = sub.partition(*p, None);
         }
-        let stream = sub.open_raw(&Client::connect(&args.broker.broker).await?).await?;
+        let stream = sub.open_raw(&args.broker.connect().await?).await?;
         let job = Consumer {
             topic: args.topic.clone(),
             stream,
@@ -54,7 +54,7 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
     let progress = Progress::start("deliver", Arc::clone(&delivered), args.quiet);
     let mut producers = Vec::new();
     for (p, quota) in shares(args.records, args.producers).enumerate() {
-        let client = Client::connect(&args.broker.broker).await?;
+        let client = args.broker.connect().await?;
         let rate = args.rate as f64 / args.producers as f64;
         let template = values(args.record_size, 64, p as u64);
         if args.sdk {

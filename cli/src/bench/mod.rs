@@ -139,7 +139,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.batch_records >= 1 && args.in_flight >= 1,
         "--batch-records and --in-flight must be at least 1"
     );
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let created = ensure_topic(&client, &args).await?;
     let summary = match args.mode {
         Mode::Produce => produce::run(&args).await,

@@ -172,7 +172,7 @@ pub(super) async fn produce_raw(
     let progress = Progress::start("produce", Arc::clone(&counters), quiet);
     let mut tasks = Vec::new();
     for (p, quota) in shares(records, args.producers).enumerate() {
-        let client = Client::connect(&args.broker.broker).await?;
+        let client = args.broker.connect().await?;
         // Exactly `quota` records: full batches, then one with the rest.
         let all = values(args.record_size, args.batch_records, p as u64);
         let full = encode_batch(all.iter().cloned().map(Record::new).collect(), args.compression())?;
@@ -228,7 +228,7 @@ async fn run_sdk(args: &BenchArgs) -> anyhow::Result<Summary> {
     let progress = Progress::start("produce", Arc::clone(&counters), args.quiet);
     let mut tasks = Vec::new();
     for (p, quota) in shares(args.records, args.producers).enumerate() {
-        let producer = Producer::new(Client::connect(&args.broker.broker).await?, config.clone()).await?;
+        let producer = Producer::new(args.broker.connect().await?, config.clone()).await?;
         let schedule = (args.rate > 0).then(|| Schedule::new(start, args.rate as f64 / args.producers as f64));
         let job = SdkJob {
             producer,

@@ -3,6 +3,7 @@
 //! for state.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
 pub mod cluster;
 pub mod proxy;
 
@@ -244,7 +245,27 @@ pub fn run_cli_output(broker: &str, args: &[&str], stdin: &[u8]) -> std::process
     let feeder = std::thread::spawn(move || {
         let _ = input.write_all(&stdin);
     });
-    let out = child.wait_with_output().unwrap();
+    // Bounded: a CLI that does not exit (a regressed --end, say) fails the test, not hangs it.
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut b).map(|_| b)
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut b).map(|_| b)
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tidelog {args:?} did not exit within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let _ = feeder.join();
-    out
+    std::process::Output { status, stdout: out.join().unwrap().unwrap(), stderr: err.join().unwrap().unwrap() }
 }

@@ -60,12 +60,12 @@ impl Routes {
         }
     }
 
-    fn not_leader(&mut self, tp: &TopicPartition, hint: &str) {
+    fn not_leader(&mut self, client: &crate::Client, tp: &TopicPartition, hint: &str) {
         if hint.is_empty() {
             self.leaders.remove(tp);
             self.fallback += 1;
         } else {
-            let hint = crate::client::normalize(hint);
+            let hint = client.broker_url(hint);
             if !self.brokers.contains(&hint) {
                 self.brokers.push(hint.clone());
             }
@@ -210,7 +210,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 (Some(c), Event::Response(resp)) => {
                     if resp.error_code == ErrorCode::NotLeader as i32 {
                         if let Some(tp) = c.in_flight.get(&resp.request_id) {
-                            routes.not_leader(tp, &resp.leader_address);
+                            routes.not_leader(&shared.client, tp, &resp.leader_address);
                         }
                     }
                     let clustered = routes.brokers.len() > 1;

@@ -100,10 +100,16 @@ impl Cluster {
     /// Joins the cluster: opens the metadata group (on a new cluster's first start the lowest
     /// broker id initialises it, the others only if it did not: `replica::Start`) and starts
     /// applying its log to the broker's topic table. Peers need not be up yet.
-    pub async fn start(broker: &Arc<Broker>, settings: &ClusterSettings) -> Result<Arc<Self>, BrokerError> {
+    /// With `tls`, peers are called over TLS (`https://`).
+    pub async fn start(
+        broker: &Arc<Broker>,
+        settings: &ClusterSettings,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Arc<Self>, BrokerError> {
         let brokers = settings.parse_peers().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
         let node_id = broker.node_id();
-        let peers = Peers::new(brokers.iter().map(|(id, a)| (*id, format!("http://{a}"))).collect());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let peers = Peers::with_tls(brokers.iter().map(|(id, a)| (*id, format!("{scheme}://{a}"))).collect(), tls);
         let config = openraft::Config {
             cluster_name: "tidelog".into(),
             heartbeat_interval: settings.heartbeat_ms,

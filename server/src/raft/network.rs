@@ -46,11 +46,18 @@ pub struct Peers {
 struct PeersInner {
     addresses: BTreeMap<u64, String>,
     channels: BTreeMap<u64, Channel>,
+    /// TLS for every channel (addresses are then `https://`).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Peers {
     pub fn new(addresses: BTreeMap<u64, String>) -> Self {
-        Self { inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new() })) }
+        Self::with_tls(addresses, None)
+    }
+
+    /// Peers reached over TLS when `tls` is given (their addresses must be `https://`).
+    pub fn with_tls(addresses: BTreeMap<u64, String>, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        Self { inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new(), tls })) }
     }
 
     /// The channel to `node`, created (unconnected) on first use.
@@ -63,8 +70,11 @@ impl Peers {
             .addresses
             .get(&node)
             .ok_or_else(|| Unreachable::from_string(format!("no address known for node {node}")))?;
-        let channel = Endpoint::from_shared(addr.clone())
-            .map_err(|e| Unreachable::new(&e))?
+        let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| Unreachable::new(&e))?;
+        if let Some(tls) = inner.tls.clone() {
+            endpoint = endpoint.tls_config(tls).map_err(|e| Unreachable::new(&e))?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             // A frozen peer (SIGSTOP) keeps the TCP connection open: HTTP/2 pings notice it,

@@ -26,7 +26,9 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, mut shutdown:
         let (stream, _) = match accepted {
             Ok(a) => a,
             Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
                 tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

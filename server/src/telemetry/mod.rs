@@ -1,7 +1,7 @@
 //! Logging, tracing and metrics: `tracing` spans to stderr (filtered by `RUST_LOG`, default
 //! `info`), and — when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — the same spans exported over
 //! OTLP/gRPC via tracing-opentelemetry (Jaeger accepts OTLP on port 4317), with W3C trace
-//! context propagation (`grpc_trace.rs` for RPCs, `record_trace.rs` for record headers).
+//! context propagation (`grpc_trace.rs` for RPCs, `api/batch_trace.rs` for record headers).
 //! Warnings and errors written to stderr are rate-limited per place in the code
 //! (`rate_limit.rs`), so a fault cannot fill a disk with one repeated line. Prometheus
 //! instruments and the `/metrics` endpoint: `metrics.rs`, `process.rs`, `http.rs`.
