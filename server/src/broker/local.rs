@@ -88,6 +88,15 @@ impl LocalControl {
     }
 }
 
+/// The topic as it is now, if it is still the incarnation `topic` (else `TopicDeleted`).
+fn still_current(broker: &Broker, topic: &Topic) -> Result<Arc<Topic>, BrokerError> {
+    let current = broker.topic(&topic.record.name)?;
+    if current.topic_id != topic.topic_id {
+        return Err(BrokerError::TopicDeleted(topic.record.name.clone()));
+    }
+    Ok(current)
+}
+
 /// Removes partition directories at or above `partitions` (an add that crashed before its
 /// commit point left them).
 fn remove_stale_partitions(topic_dir: &std::path::Path, partitions: u32) {
@@ -170,11 +179,7 @@ impl ControlPlane for LocalControl {
         _origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError> {
         let _admin = self.admin.lock().await;
-        let name = &topic.record.name;
-        let current = broker.topic(name)?;
-        if current.topic_id != topic.topic_id {
-            return Err(BrokerError::TopicDeleted(name.clone()));
-        }
+        let current = still_current(broker, topic)?;
         // From the topic as it is now, under the lock: concurrent alterations compose.
         let (settings, overrides) = broker
             .options()
@@ -195,10 +200,7 @@ impl ControlPlane for LocalControl {
     ) -> Result<Arc<Topic>, BrokerError> {
         let _admin = self.admin.lock().await;
         let name = &topic.record.name;
-        let current = broker.topic(name)?;
-        if current.topic_id != topic.topic_id {
-            return Err(BrokerError::TopicDeleted(name.clone()));
-        }
+        let current = still_current(broker, topic)?;
         if current.record.partitions >= partitions {
             return Ok(current); // raised as far already, meanwhile
         }
