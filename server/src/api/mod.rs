@@ -37,6 +37,11 @@ const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Largest gRPC message either way: the largest batch plus room for the envelope.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
+/// Most concurrent streams (calls) one connection may have open: a client that opens more
+/// gets them refused (HTTP/2 REFUSED_STREAM, a retryable UNAVAILABLE) instead of making the
+/// broker hold unbounded per-stream state. Produce streams also bound their in-flight batches
+/// (`records::MAX_IN_FLIGHT`) and Subscribe its buffered responses.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Every client-facing service, with the transport settings they need; `node.rs` adds the
 /// brokers' internal services (Raft) and serves it.
@@ -69,6 +74,7 @@ pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router<Traced>> {
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .layer(GrpcTraceLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
