@@ -216,13 +216,35 @@ impl Producer {
 
     /// Partition count of `topic` and the batch size to use for it (cached).
     async fn topic_info(&self, topic: &str) -> Result<(u32, usize), Error> {
-        if let Some((partitions, batch, read)) =
-            self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner).get(topic)
-        {
-            if read.elapsed() < self.shared.config.metadata_max_age {
-                return Ok((*partitions, *batch));
+        let stale = {
+            let mut cache = self.shared.metadata.lock().unwrap_or_else(PoisonError::into_inner);
+            match cache.get_mut(topic) {
+                Some((partitions, batch, read)) if read.elapsed() < self.shared.config.metadata_max_age => {
+                    return Ok((*partitions, *batch));
+                }
+                // Stale: this send refreshes it; the others meanwhile use what is cached
+                // (one DescribeTopic per topic per max age, not one per concurrent send).
+                Some((partitions, batch, read)) => {
+                    *read = tokio::time::Instant::now();
+                    Some((*partitions, *batch))
+                }
+                None => None,
             }
+        };
+        match self.fetch_topic_info(topic).await {
+            Ok(info) => Ok(info),
+            Err(e) => match stale {
+                Some(info) => {
+                    tracing::warn!(topic, error = %e, "refreshing topic metadata failed; using what is cached");
+                    Ok(info)
+                }
+                None => Err(e),
+            },
         }
+    }
+
+    /// Reads `topic`'s partition count and batch limit from the broker, and caches them.
+    async fn fetch_topic_info(&self, topic: &str) -> Result<(u32, usize), Error> {
         // Retryable failures (a dropped connection, an unavailable broker) are retried with
         // backoff for up to `max_block`, as Kafka's producer does for metadata.
         let deadline = tokio::time::Instant::now() + self.shared.config.max_block;

@@ -1,7 +1,7 @@
 //! The `/metrics` endpoint: a small HTTP/1 server (hyper, on the broker's runtime) that
 //! encodes a registry in the Prometheus text format on every GET. Anything but `GET /metrics`
-//! gets 404. One task per connection; a scrape holds no broker lock longer than its
-//! collector's reads.
+//! gets 404. One task per connection; the encoding (which runs the collectors' reads) runs on
+//! a blocking thread, so a scrape never stalls the runtime's workers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,9 +51,15 @@ async fn answer(
         *r.status_mut() = StatusCode::NOT_FOUND;
         return Ok(r);
     }
-    let mut body = String::new();
-    let (status, body) = match prometheus_client::encoding::prometheus_text::encode(&mut body, &registry) {
-        Ok(()) => (StatusCode::OK, body),
+    // Off the runtime's workers: collectors read the metadata store (sled) synchronously.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut body, &registry).map(|()| body)
+    })
+    .await;
+    let (status, body) = match encoded {
+        Ok(Ok(body)) => (StatusCode::OK, body),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
