@@ -13,6 +13,7 @@ const PUBLIC: &[&str] = &[
     "tidelog/v1/offsets_service.proto",
     "tidelog/v1/admin_service.proto",
     "tidelog/v1/group_service.proto",
+    "tidelog/v1/security_service.proto",
 ];
 
 /// Generates Rust for `fds` into `OUT_DIR/<dir>` (`bytes` fields as `Bytes`).

@@ -32,6 +32,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INCONSISTENT_GROUP: _ClassVar[ErrorCode]
     ERROR_CODE_UNKNOWN_GROUP: _ClassVar[ErrorCode]
     ERROR_CODE_NON_EMPTY_GROUP: _ClassVar[ErrorCode]
+    ERROR_CODE_AUTHORIZATION_FAILED: _ClassVar[ErrorCode]
 COMPRESSION_UNSPECIFIED: Compression
 COMPRESSION_LZ4: Compression
 COMPRESSION_ZSTD: Compression
@@ -52,6 +53,7 @@ ERROR_CODE_ILLEGAL_GENERATION: ErrorCode
 ERROR_CODE_INCONSISTENT_GROUP: ErrorCode
 ERROR_CODE_UNKNOWN_GROUP: ErrorCode
 ERROR_CODE_NON_EMPTY_GROUP: ErrorCode
+ERROR_CODE_AUTHORIZATION_FAILED: ErrorCode
 
 class Header(_message.Message):
     __slots__ = ("key", "value")

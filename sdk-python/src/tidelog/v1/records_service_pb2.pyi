@@ -60,7 +60,7 @@ class ProduceRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., acks: _Optional[_Union[Acks, str]] = ..., records: _Optional[_Union[_record_pb2.RecordBatch, _Mapping]] = ..., compressed_records: _Optional[bytes] = ..., compression: _Optional[_Union[_record_pb2.Compression, str]] = ..., record_count: _Optional[int] = ..., crc32c: _Optional[int] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., base_sequence: _Optional[int] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
-    __slots__ = ("request_id", "topic", "partition", "error_code", "error_message", "base_offset", "append_time_ms", "log_start_offset", "leader_id", "leader_address")
+    __slots__ = ("request_id", "topic", "partition", "error_code", "error_message", "base_offset", "append_time_ms", "log_start_offset", "leader_id", "leader_address", "throttle_time_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class ProduceResponse(_message.Message):
     LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     topic: str
     partition: int
@@ -81,7 +82,8 @@ class ProduceResponse(_message.Message):
     log_start_offset: int
     leader_id: int
     leader_address: str
-    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., error_code: _Optional[_Union[_record_pb2.ErrorCode, str]] = ..., error_message: _Optional[str] = ..., base_offset: _Optional[int] = ..., append_time_ms: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
+    throttle_time_ms: int
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., error_code: _Optional[_Union[_record_pb2.ErrorCode, str]] = ..., error_message: _Optional[str] = ..., base_offset: _Optional[int] = ..., append_time_ms: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
 
 class StartPosition(_message.Message):
     __slots__ = ("offset", "earliest", "latest", "timestamp_ms")
@@ -136,13 +138,15 @@ class Batch(_message.Message):
     def __init__(self, base_offset: _Optional[int] = ..., record_count: _Optional[int] = ..., append_time_ms: _Optional[int] = ..., compression: _Optional[_Union[_record_pb2.Compression, str]] = ..., records: _Optional[_Union[_record_pb2.RecordBatch, _Mapping]] = ..., compressed_records: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("partition", "batches", "high_watermark", "read_from")
+    __slots__ = ("partition", "batches", "high_watermark", "read_from", "throttle_time_ms")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     READ_FROM_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     partition: int
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     high_watermark: int
     read_from: int
-    def __init__(self, partition: _Optional[int] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., high_watermark: _Optional[int] = ..., read_from: _Optional[int] = ...) -> None: ...
+    throttle_time_ms: int
+    def __init__(self, partition: _Optional[int] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., high_watermark: _Optional[int] = ..., read_from: _Optional[int] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
