@@ -26,6 +26,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "partition": {"broker", "raft", "cluster", "api", "group", "node"},
     "raft": {"broker", "cluster", "api", "group", "node"},
     "log": {"*crate", "tonic", "openraft", "sled"},
+    "auth": {"broker", "cluster", "raft", "api", "group", "node", "config", "partition", "log", "meta"},
 }
 
 CRATE_PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Auth, AuthSettings};
 use crate::broker::BrokerOptions;
 use crate::topic_config::TopicSettings;
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// TLS for the listener and for calls to peers; off unless `cert` and `key` are set.
     pub tls: TlsSettings,
+    /// Authentication, authorization (ACLs) and who the brokers are (docs/SECURITY.md).
+    pub auth: AuthSettings,
 }
 
 /// `[tls]`: certificates and keys as PEM files, reloaded on SIGHUP and when the files change
@@ -159,6 +162,7 @@ impl Default for Config {
             topic_defaults: TopicSettings::default(),
             cluster: ClusterSettings::default(),
             tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -208,6 +212,8 @@ impl Config {
                 "a cluster with TLS needs tls.ca: the CA the brokers' certificates chain to".into(),
             ));
         }
+        let cluster_mtls = self.tls.enabled() && self.tls.ca.is_some();
+        self.auth.validate(!peers.is_empty(), cluster_mtls).map_err(ConfigError::Invalid)?;
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be at least 1".into()));
         }
@@ -231,7 +237,8 @@ impl Config {
         }
     }
 
-    pub fn broker_options(&self, bound: SocketAddr) -> BrokerOptions {
+    /// The broker's options; `auth` is built from `self.auth` by the caller (it reads files).
+    pub fn broker_options(&self, bound: SocketAddr, auth: std::sync::Arc<Auth>) -> BrokerOptions {
         let own = self.cluster.parse_peers().ok().and_then(|mut p| p.remove(&u64::from(self.node_id)));
         BrokerOptions {
             data_dir: self.data_dir.clone(),
@@ -239,6 +246,7 @@ impl Config {
             advertised_address: self.advertised_address.clone().or(own).unwrap_or_else(|| bound.to_string()),
             topic_defaults: self.topic_defaults.clone(),
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
+            auth,
         }
     }
 }

@@ -28,6 +28,7 @@
 //! | UnknownGroup                 | UNKNOWN_GROUP        | NOT_FOUND           | no     |
 //! | GroupNotEmpty                | NON_EMPTY_GROUP      | FAILED_PRECONDITION | after its members stop |
 //! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
+//! | Unauthorized (ACLs)          | AUTHORIZATION_FAILED | PERMISSION_DENIED   | no (ask for an ACL) |
 //! | Forwarded (another broker's) | by its gRPC status   | as it came          | as it says |
 
 use tidelog_proto::v1::ErrorCode;
@@ -85,6 +86,10 @@ pub enum BrokerError {
     /// `leader` is the leader's broker id and client address, when known.
     #[error("this broker does not lead {what}; {}", leader_hint(.leader))]
     NotLeader { what: String, leader: Option<(u64, String)> },
+    /// The caller's principal may not do this (`auth`): its message names the principal, the
+    /// operation and the resource.
+    #[error(transparent)]
+    Unauthorized(#[from] crate::auth::Denied),
 }
 
 fn leader_hint(leader: &Option<(u64, String)>) -> String {
@@ -124,6 +129,7 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::UnknownGroup(_) => (ErrorCode::UnknownGroup, Code::NotFound),
         B::GroupNotEmpty { .. } => (ErrorCode::NonEmptyGroup, Code::FailedPrecondition),
         B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),
+        B::Unauthorized(_) => (ErrorCode::AuthorizationFailed, Code::PermissionDenied),
         B::Forwarded(s) => (forwarded_code(s.code()), s.code()),
     }
 }
@@ -136,6 +142,7 @@ fn forwarded_code(code: Code) -> ErrorCode {
         Code::OutOfRange => ErrorCode::OffsetOutOfRange,
         Code::FailedPrecondition => ErrorCode::IllegalGeneration,
         Code::Unavailable => ErrorCode::NotLeader,
+        Code::PermissionDenied => ErrorCode::AuthorizationFailed,
         _ => ErrorCode::StorageError,
     }
 }

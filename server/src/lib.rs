@@ -21,6 +21,8 @@
 //! error         BrokerError and the one error-code table (ErrorCode, gRPC status)
 //! config        the process's config (→ broker options); topic_config: per-topic settings
 //! log           segments, indexes, recovery, retention       never: tonic, openraft, sled
+//! auth          principals (tokens, mTLS), ACLs, quotas; the auth layer
+//!                                          never: broker, cluster, raft, api, group, config
 //! layout, clock, telemetry   leaves: on-disk names, wall clock, tracing/OTLP setup
 //! ```
 //!
@@ -28,6 +30,7 @@
 //! through the files.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod cluster;

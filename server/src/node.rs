@@ -78,7 +78,8 @@ impl Node {
             true => Some(crate::tls::peer_client_config(&config.tls).context("cannot load the TLS certificates")?),
             false => None,
         };
-        let broker = Broker::open(config.broker_options(bound))
+        let auth = Arc::new(crate::auth::Auth::new(config.auth.clone()).context("cannot load [auth.jwt] keys")?);
+        let broker = Broker::open(config.broker_options(bound, auth))
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
         let (control, cluster): (Arc<dyn ControlPlane>, _) = if config.cluster.peers.is_empty() {
             let local = LocalControl::start(&broker)

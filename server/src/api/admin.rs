@@ -16,6 +16,9 @@ use tidelog_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::authorize;
+use crate::auth::layer::caller;
+use crate::auth::{Operation, ResourceType, CLUSTER_NAME};
 use crate::broker::route::{forwarded_request, Origin, APPLY_WAIT};
 use crate::broker::seam::{AlterTopic, NewTopic};
 use crate::broker::{Broker, Topic};
@@ -147,6 +150,12 @@ impl AdminService for AdminApi {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let origin = Origin::of(&request);
+        let caller = caller(&request);
+        let auth = self.broker.auth();
+        if !auth.allowed(&caller, Operation::Create, ResourceType::Cluster, CLUSTER_NAME) {
+            auth.authorize(&caller, Operation::Create, ResourceType::Topic, &request.get_ref().name)
+                .map_err(BrokerError::from)?;
+        }
         let req = request.into_inner();
         let new = NewTopic {
             name: req.name,
@@ -164,12 +173,22 @@ impl AdminService for AdminApi {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Delete, ResourceType::Topic, &request.get_ref().name)?;
         self.broker.delete_topic(&request.into_inner().name, origin).await?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
-    async fn list_topics(&self, _request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
-        let topics = describe_all(&self.broker, &self.broker.topics());
+    async fn list_topics(&self, request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+        // Only the topics the caller may describe (the others are not mentioned at all).
+        let caller = caller(&request);
+        let auth = self.broker.auth();
+        let visible: Vec<Arc<Topic>> = self
+            .broker
+            .topics()
+            .into_iter()
+            .filter(|t| auth.allowed(&caller, Operation::Describe, ResourceType::Topic, &t.record.name))
+            .collect();
+        let topics = describe_all(&self.broker, &visible);
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -177,6 +196,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
+        authorize(&self.broker, &request, Operation::Describe, ResourceType::Topic, &request.get_ref().name)?;
         let topic = self.broker.topic(&request.into_inner().name)?;
         Ok(Response::new(DescribeTopicResponse { topic: describe_all(&self.broker, &[topic]).pop() }))
     }
@@ -186,6 +206,7 @@ impl AdminService for AdminApi {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Describe, ResourceType::Topic, &request.get_ref().topic)?;
         list_offsets(&self.broker, request.into_inner(), origin).await.map(Response::new)
     }
 
@@ -194,6 +215,7 @@ impl AdminService for AdminApi {
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
         let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::AlterConfigs, ResourceType::Topic, &request.get_ref().name)?;
         let req = request.into_inner();
         let alter = AlterTopic { name: req.name, config: req.config, reset: req.reset };
         let topic = self.broker.alter_topic(alter, origin).await?;
@@ -205,6 +227,7 @@ impl AdminService for AdminApi {
         request: Request<CreatePartitionsRequest>,
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Alter, ResourceType::Topic, &request.get_ref().topic)?;
         let req = request.into_inner();
         let topic = self.broker.add_partitions(&req.topic, req.total_count, origin).await?;
         Ok(Response::new(CreatePartitionsResponse { topic: describe_all(&self.broker, &[topic]).pop() }))
@@ -215,6 +238,7 @@ impl AdminService for AdminApi {
         request: Request<DeleteRecordsRequest>,
     ) -> Result<Response<DeleteRecordsResponse>, Status> {
         let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Delete, ResourceType::Topic, &request.get_ref().topic)?;
         let req = request.into_inner();
         let mut before = Vec::with_capacity(req.partitions.len());
         for p in &req.partitions {

@@ -27,7 +27,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::list_offsets;
+use super::authorize;
 use super::group_admin;
+use crate::auth::layer::caller;
+use crate::auth::{Auth, Caller, Operation, ResourceType};
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
 use crate::broker::Broker;
 use crate::error::{error_code, BrokerError};
@@ -68,9 +71,28 @@ impl GroupApi {
         &self,
         channel: tonic::transport::Channel,
         id: u64,
+        caller: Caller,
         inbound: Streaming<SessionRequest>,
     ) -> Result<Response<<Self as GroupService>::SessionStream>, Status> {
-        let up = inbound.take_while(|m| std::future::ready(m.is_ok())).filter_map(|m| std::future::ready(m.ok()));
+        // A join the caller may not make ends the forwarding, and the session with its status.
+        let (denied_tx, mut denied_rx) = tokio::sync::oneshot::channel::<Status>();
+        let mut denied_tx = Some(denied_tx);
+        let auth = Arc::clone(self.broker.auth());
+        let up = inbound
+            .take_while(|m| std::future::ready(m.is_ok()))
+            .filter_map(|m| std::future::ready(m.ok()))
+            .take_while(move |m| {
+                let allowed = match join_allowed(&auth, &caller, m) {
+                    Ok(()) => true,
+                    Err(status) => {
+                        if let Some(t) = denied_tx.take() {
+                            let _ = t.send(status);
+                        }
+                        false
+                    }
+                };
+                std::future::ready(allowed)
+            });
         let mut client = GroupServiceClient::new(channel);
         let opening = client.session(forwarded_request(up, None));
         let mut down = match tokio::time::timeout(CONTROLLER_WAIT, opening).await {
@@ -85,6 +107,7 @@ impl GroupApi {
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
+                    Ok(status) = &mut denied_rx => Some(Err(status)),
                     m = down.next() => m,
                     () = &mut moved => Some(Err(Status::unavailable("the group coordinator moved; rejoin"))),
                     _ = shutdown.changed() => Some(Err(Status::unavailable("this broker is shutting down; rejoin"))),
@@ -100,6 +123,16 @@ impl GroupApi {
     }
 }
 
+/// Whether a session message may go on: a join needs READ on its group.
+fn join_allowed(auth: &Auth, caller: &Caller, m: &SessionRequest) -> Result<(), Status> {
+    match &m.kind {
+        Some(session_request::Kind::Join(j)) => auth
+            .authorize(caller, Operation::Read, ResourceType::Group, &j.group)
+            .map_err(|d| BrokerError::from(d).into()),
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl GroupService for GroupApi {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
@@ -108,9 +141,11 @@ impl GroupService for GroupApi {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = caller(&request);
         if let Route::To(channel, id) = self.broker.coordinator_route(Origin::of(&request)).await? {
-            return self.proxy(channel, id, request.into_inner()).await;
+            return self.proxy(channel, id, caller, request.into_inner()).await;
         }
+        let auth = Arc::clone(self.broker.auth());
         let mut inbound = request.into_inner();
         // Unbounded, but a member gets at most a few messages per rebalance, and a member that
         // stops reading stops heartbeating too and is removed after its session timeout.
@@ -131,7 +166,12 @@ impl GroupService for GroupApi {
                         None
                     }
                 };
-                let Some(Ok(SessionRequest { kind: Some(kind) })) = msg else { break };
+                let Some(Ok(request @ SessionRequest { kind: Some(_) })) = msg else { break };
+                if let Err(status) = join_allowed(&auth, &caller, &request) {
+                    let _ = tx.send(Err(status));
+                    break;
+                }
+                let Some(kind) = request.kind else { break };
                 let result = match kind {
                     session_request::Kind::Join(join) => {
                         let group = join.group.clone();
@@ -171,17 +211,24 @@ impl GroupService for GroupApi {
     }
 
     async fn list_groups(&self, request: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
-        if let Some(mut client) = self.at_coordinator(&request).await? {
+        // Only the groups the caller may describe.
+        let caller = caller(&request);
+        let auth = self.broker.auth();
+        let mut resp = if let Some(mut client) = self.at_coordinator(&request).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
-            return client.list_groups(req).await.map_err(upstream_status);
-        }
-        Ok(Response::new(group_admin::list_groups(&self.broker, &self.coordinator)?))
+            client.list_groups(req).await.map_err(upstream_status)?.into_inner()
+        } else {
+            group_admin::list_groups(&self.broker, &self.coordinator)?
+        };
+        resp.groups.retain(|g| auth.allowed(&caller, Operation::Describe, ResourceType::Group, &g.group));
+        Ok(Response::new(resp))
     }
 
     async fn delete_group(
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        authorize(&self.broker, &request, Operation::Delete, ResourceType::Group, &request.get_ref().group)?;
         if let Some(mut client) = self.at_coordinator(&request).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
             return client.delete_group(req).await.map_err(upstream_status);
@@ -194,6 +241,8 @@ impl GroupService for GroupApi {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        authorize(&self.broker, &request, Operation::Read, ResourceType::Group, &request.get_ref().group)?;
+        authorize(&self.broker, &request, Operation::Read, ResourceType::Topic, &request.get_ref().topic)?;
         if let Some(mut client) = self.at_coordinator(&request).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
             return client.reset_offsets(req).await.map_err(upstream_status);
@@ -205,6 +254,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
+        authorize(&self.broker, &request, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
         if let Some(mut client) = self.at_coordinator(&request).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
             return client.describe_group(req).await.map_err(upstream_status);

@@ -12,22 +12,41 @@ pub mod group;
 pub mod group_admin;
 pub mod offsets;
 pub mod records;
+pub mod security;
 
 use std::sync::Arc;
 
 use tidelog_proto::v1::admin_service_server::AdminServiceServer;
 use tidelog_proto::v1::group_service_server::GroupServiceServer;
 use tidelog_proto::v1::offset_service_server::OffsetServiceServer;
+use tidelog_proto::v1::security_service_server::SecurityServiceServer;
 use tidelog_proto::wire::record_service_server::RecordServiceServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
+use crate::auth::layer::{caller, AuthLayer};
+use crate::auth::{Operation, ResourceType};
 use crate::broker::Broker;
+use crate::error::BrokerError;
 use crate::telemetry::grpc_trace::GrpcTraceLayer;
 use crate::topic_config::MAX_BATCH_BYTES_LIMIT;
 
-/// The server's layers: a span per call (`telemetry/grpc_trace.rs`).
-pub type Traced = tower::layer::util::Stack<GrpcTraceLayer, tower::layer::util::Identity>;
+/// The server's layers, outermost first: a span per call (`telemetry/grpc_trace.rs`), then
+/// authentication (`auth/layer.rs`), so a refused call is traced too.
+pub type Traced =
+    tower::layer::util::Stack<AuthLayer, tower::layer::util::Stack<GrpcTraceLayer, tower::layer::util::Identity>>;
+
+/// Checks the request's caller may do `op` on the resource (`auth`): PERMISSION_DENIED, with
+/// an audit line, if not. The per-resource half of authorization; the auth layer did the rest.
+pub fn authorize<T>(
+    broker: &Broker,
+    request: &tonic::Request<T>,
+    op: Operation,
+    rt: ResourceType,
+    name: &str,
+) -> Result<(), tonic::Status> {
+    broker.auth().authorize(&caller(request), op, rt, name).map_err(|d| BrokerError::from(d).into())
+}
 
 /// HTTP/2 flow-control windows and frame size (see `serve`). The stream window also bounds
 /// what one stalled subscriber can have in flight in the transport.
@@ -51,6 +70,7 @@ pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router<Traced>> {
     health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
     health.set_serving::<OffsetServiceServer<offsets::OffsetApi>>().await;
     health.set_serving::<GroupServiceServer<group::GroupApi>>().await;
+    health.set_serving::<SecurityServiceServer<security::SecurityApi>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -68,6 +88,7 @@ pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router<Traced>> {
     let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
     let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
     let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
+    let security = SecurityServiceServer::new(security::SecurityApi::new(Arc::clone(&broker)));
     let router = Server::builder()
         // h2's default 64 KiB windows cap one stream at a window per round trip; batches are
         // up to MiBs, so give each stream and connection room for several in flight.
@@ -76,12 +97,14 @@ pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router<Traced>> {
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .layer(GrpcTraceLayer)
+        .layer(AuthLayer::new(Arc::clone(broker.auth())))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(records)
         .add_service(offsets)
         .add_service(groups)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(security);
     Ok(router)
 }

@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authorize;
+use crate::auth::layer::caller;
+use crate::auth::{Caller, Operation, ResourceType};
 use crate::broker::route::{forwarded_request, upstream_error, upstream_status, Origin, Route, APPLY_WAIT};
 use crate::broker::Broker;
 use crate::clock::now_ms;
@@ -82,9 +85,15 @@ async fn commit_one(broker: &Broker, coordinator: &Coordinator, req: &CommitRequ
 async fn commit_routed(
     broker: &Broker,
     coordinator: &Coordinator,
+    caller: &Caller,
     req: CommitRequest,
     origin: Origin,
 ) -> Result<CommitResponse, BrokerError> {
+    // Checked where the commit enters the cluster, before it is passed on (Kafka: READ on the
+    // group and on the topic).
+    let auth = broker.auth();
+    auth.authorize(caller, Operation::Read, ResourceType::Group, &req.group)?;
+    auth.authorize(caller, Operation::Read, ResourceType::Topic, &req.topic)?;
     match broker.coordinator_route(origin).await? {
         Route::Here => {
             commit_one(broker, coordinator, &req).await?;
@@ -128,6 +137,7 @@ impl OffsetService for OffsetApi {
 
     async fn commit(&self, request: Request<Streaming<CommitRequest>>) -> Result<Response<Self::CommitStream>, Status> {
         let origin = Origin::of(&request);
+        let caller = caller(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let broker = Arc::clone(&self.broker);
@@ -136,10 +146,8 @@ impl OffsetService for OffsetApi {
             while let Some(msg) = inbound.next().await {
                 let Ok(req) = msg else { return };
                 let request_id = req.request_id;
-                let resp = commit_routed(&broker, &coordinator, req, origin).await.unwrap_or_else(|e| CommitResponse {
-                    request_id,
-                    error_code: error_code(&e) as i32,
-                    error_message: e.to_string(),
+                let resp = commit_routed(&broker, &coordinator, &caller, req, origin).await.unwrap_or_else(|e| {
+                    CommitResponse { request_id, error_code: error_code(&e) as i32, error_message: e.to_string() }
                 });
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
@@ -154,6 +162,8 @@ impl OffsetService for OffsetApi {
         request: Request<FetchCommittedRequest>,
     ) -> Result<Response<FetchCommittedResponse>, Status> {
         let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
+        authorize(&self.broker, &request, Operation::Describe, ResourceType::Topic, &request.get_ref().topic)?;
         let req = request.into_inner();
         validate_group(&req.group)?;
         if let Route::To(channel, _) = self.broker.coordinator_route(origin).await? {

@@ -24,6 +24,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
@@ -35,6 +36,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::batch_trace;
+use crate::auth::layer::caller;
+use crate::auth::{Auth, Caller, Kind, Operation, ResourceType};
 use crate::broker::seam::{Acks as WriteAcks, PartitionWriter, WriteAnswer};
 use crate::broker::Broker;
 use crate::error::{error_code, status, BrokerError};
@@ -66,7 +69,7 @@ type PendingResponse = Pin<Box<dyn Future<Output = Option<wire::ProduceResponse>
 
 /// Writes the batch now, in stream order, and returns the future that waits for durability and
 /// builds the response (`None` for acks=none).
-async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingResponse {
+async fn start_produce(broker: &Broker, caller: &Caller, req: wire::ProduceRequest) -> PendingResponse {
     let mut resp = wire::ProduceResponse {
         request_id: req.request_id,
         topic: req.topic.clone(),
@@ -89,7 +92,7 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
     };
     // Disabled (free) unless spans are exported.
     let span = batch_trace::append_span(&req.topic, req.partition, req.record_count, payload);
-    let started = start(broker, &req).instrument(span.clone()).await;
+    let started = start(broker, caller, &req).instrument(span.clone()).await;
     let span_of_answer = span.clone();
     let answered = async move {
         let result = match started {
@@ -137,13 +140,45 @@ async fn start_produce(broker: &Broker, req: wire::ProduceRequest) -> PendingRes
     Box::pin(answered.instrument(span_of_answer))
 }
 
+/// How long a producer must wait after this batch: the longer of its produce byte-rate and
+/// request-rate quotas' delays (zero without quotas).
+fn produce_throttle(broker: &Broker, caller: &Caller, bytes: u64) -> Duration {
+    let auth = broker.auth();
+    auth.throttle(caller, Kind::Produce, bytes).max(auth.throttle(caller, Kind::Request, 1))
+}
+
+/// The answer, telling the client how long it was throttled.
+fn with_throttle(answer: PendingResponse, delay: Duration) -> PendingResponse {
+    let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+    Box::pin(async move {
+        answer.await.map(|mut r| {
+            r.throttle_time_ms = ms;
+            r
+        })
+    })
+}
+
+/// Resolves at `until` (never when `None`; the select branch is off then).
+async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn payload_len(p: &produce_request::Payload) -> u64 {
     match p {
         produce_request::Payload::Records(b) | produce_request::Payload::CompressedRecords(b) => b.len() as u64,
     }
 }
 
-async fn start(broker: &Broker, req: &wire::ProduceRequest) -> Result<(Arc<Partition>, WriteAnswer), BrokerError> {
+async fn start(
+    broker: &Broker,
+    caller: &Caller,
+    req: &wire::ProduceRequest,
+) -> Result<(Arc<Partition>, WriteAnswer), BrokerError> {
+    // Before the topic is looked up: a caller without the right learns nothing about it.
+    broker.auth().authorize(caller, Operation::Write, ResourceType::Topic, &req.topic)?;
     let Validated { partition, writer, batch, payload } = validate(broker, req)?;
     let acks = if req.acks == Acks::All as i32 { WriteAcks::All } else { WriteAcks::Leader };
     let answer = writer.write(batch, payload, acks).await?;
@@ -241,14 +276,23 @@ fn resolve_start(p: &Partition, start: Option<&wire::StartPosition>) -> Result<u
     }
 }
 
+/// What a subscription's partition tasks share.
+struct Reader {
+    max_bytes: usize,
+    decompress: bool,
+    /// For the consume quota.
+    caller: Caller,
+    auth: Arc<Auth>,
+}
+
 async fn tail_partition(
     partition: Arc<Partition>,
     mut next: u64,
-    max_bytes: usize,
-    decompress: bool,
+    reader: Reader,
     tx: mpsc::Sender<Result<wire::SubscribeResponse, Status>>,
     _open: Arc<StreamGuard>,
 ) {
+    let Reader { max_bytes, decompress, caller, auth } = reader;
     let mut hw = partition.watch_hw();
     loop {
         // Mark the current value seen before reading, so an append racing with the read
@@ -293,11 +337,21 @@ async fn tail_partition(
                         messaging.tidelog.batch.base_offset = read_from as i64,
                     )
                 });
+                // Quotas: a subscriber over its consume rate gets this response late (and says
+                // how late), and nothing is read meanwhile.
+                let delay = auth.throttle(&caller, Kind::Consume, bytes);
+                if !delay.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = tx.closed() => return,
+                    }
+                }
                 let resp = wire::SubscribeResponse {
                     partition: partition.index(),
                     batches: batches.into_iter().map(|b| to_wire_batch(b, decompress)).collect(),
                     high_watermark,
                     read_from,
+                    throttle_time_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
                 };
                 let sent = match delivery {
                     Some(span) => tx.send(Ok(resp)).instrument(span).await,
@@ -320,6 +374,7 @@ impl RecordService for RecordApi {
         &self,
         request: Request<Streaming<wire::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStream>, Status> {
+        let caller = caller(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let broker = Arc::clone(&self.broker);
@@ -327,6 +382,8 @@ impl RecordService for RecordApi {
             let _open = StreamGuard::open("produce");
             let mut pending: FuturesOrdered<PendingResponse> = FuturesOrdered::new();
             let mut shutdown = broker.shutdown_signal();
+            // Quotas: the stream is not read again before this (Kafka mutes the channel).
+            let mut throttled_until: Option<tokio::time::Instant> = None;
             let mut inbound_open = true;
             let mut client_gone = false;
             let mut shutting_down = false;
@@ -343,8 +400,19 @@ impl RecordService for RecordApi {
                             }
                         }
                     }
-                    msg = inbound.next(), if inbound_open && pending.len() < MAX_IN_FLIGHT => match msg {
-                        Some(Ok(req)) => pending.push_back(start_produce(&broker, req).await),
+                    () = sleep_until(throttled_until), if throttled_until.is_some() => throttled_until = None,
+                    msg = inbound.next(), if inbound_open && throttled_until.is_none() && pending.len() < MAX_IN_FLIGHT => match msg {
+                        Some(Ok(req)) => {
+                            let bytes = req.payload.as_ref().map_or(0, payload_len);
+                            let answer = start_produce(&broker, &caller, req).await;
+                            let delay = produce_throttle(&broker, &caller, bytes);
+                            if delay.is_zero() {
+                                pending.push_back(answer);
+                            } else {
+                                throttled_until = Some(tokio::time::Instant::now() + delay);
+                                pending.push_back(with_throttle(answer, delay));
+                            }
+                        }
                         Some(Err(e)) => {
                             // The client broke the stream (disconnect, bad frame). Appended batches
                             // stay; there is nobody left to answer.
@@ -370,8 +438,9 @@ impl RecordService for RecordApi {
 
     async fn init_producer(
         &self,
-        _request: Request<wire::InitProducerRequest>,
+        request: Request<wire::InitProducerRequest>,
     ) -> Result<Response<wire::InitProducerResponse>, Status> {
+        self.broker.auth().authorize_idempotent(&caller(&request)).map_err(BrokerError::from)?;
         let producer_id = self.broker.next_producer_id().await?;
         tracing::debug!(producer_id, "producer id issued");
         Ok(Response::new(wire::InitProducerResponse { producer_id, producer_epoch: 0 }))
@@ -381,7 +450,12 @@ impl RecordService for RecordApi {
         &self,
         request: Request<wire::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&request);
         let req = request.into_inner();
+        self.broker
+            .auth()
+            .authorize(&caller, Operation::Read, ResourceType::Topic, &req.topic)
+            .map_err(BrokerError::from)?;
         self.broker.check_running()?;
         let topic = self.broker.topic(&req.topic)?;
         let max_bytes = match req.max_bytes as usize {
@@ -409,7 +483,13 @@ impl RecordService for RecordApi {
         let open = Arc::new(StreamGuard::open("subscribe"));
         for (p, offset) in starts {
             tracing::debug!(topic = %req.topic, partition = p.index(), offset, "subscription started");
-            tokio::spawn(tail_partition(p, offset, max_bytes, req.decompress, tx.clone(), Arc::clone(&open)));
+            let reader = Reader {
+                max_bytes,
+                decompress: req.decompress,
+                caller: caller.clone(),
+                auth: Arc::clone(self.broker.auth()),
+            };
+            tokio::spawn(tail_partition(p, offset, reader, tx.clone(), Arc::clone(&open)));
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }

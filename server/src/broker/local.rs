@@ -12,6 +12,7 @@
 //! - a topic's partition count is raised (`add_partitions`) by opening the new partitions, then
 //!   storing the record (the commit point), then publishing; partition directories the record
 //!   does not count are removed at start and before an add reuses their numbers;
+//! - ACLs and quotas are stored (fsynced) before the broker enforces them, under `admin`;
 //! - committed offsets of topics that do not exist (left by a deletion before deletions took
 //!   them, or by a crash) are removed at start;
 //! - every batch [`LocalWriter::write`] appended is completed by its answer future (fsynced
@@ -29,6 +30,7 @@ use futures::future::BoxFuture;
 use super::route::{Origin, Route};
 use super::seam::{Acks, AlterTopic, ClusterView, ControlPlane, NewTopic, PartitionWriter, WriteAnswer};
 use super::{Broker, PartitionSlot, Topic};
+use crate::auth::{ChangeOutcome, SecurityChange, SecurityState};
 use crate::clock::now_ms;
 use crate::error::BrokerError;
 use crate::layout;
@@ -77,6 +79,11 @@ impl LocalControl {
         }
         if !orphans.is_empty() {
             store.flush()?;
+        }
+        if let Some(json) = store.security_state()? {
+            let state: SecurityState = serde_json::from_slice(&json)
+                .map_err(|e| crate::meta::MetaError::Corrupt(format!("stored ACLs and quotas: {e}")))?;
+            broker.auth().replace_state(state);
         }
         Ok(Arc::new(control))
     }
@@ -277,6 +284,23 @@ impl ControlPlane for LocalControl {
         Ok(broker.store().delete_group(group).await?)
     }
 
+    async fn alter_security(
+        &self,
+        broker: &Broker,
+        change: SecurityChange,
+        _origin: Origin,
+    ) -> Result<ChangeOutcome, BrokerError> {
+        // Serialized with every other admin change; stored (fsynced) before it is enforced.
+        let _admin = self.admin.lock().await;
+        let mut state = (*broker.auth().state()).clone();
+        let outcome = state.apply(&change);
+        let json = serde_json::to_vec(&state)
+            .map_err(|e| BrokerError::InvalidArgument(format!("encoding ACLs and quotas: {e}")))?;
+        broker.store().put_security_state(&json).await?;
+        broker.auth().replace_state(state);
+        Ok(outcome)
+    }
+
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError> {
         Ok(broker.store().next_producer_id().await?)
     }
@@ -365,6 +389,7 @@ mod tests {
             node_id: 1,
             advertised_address: "127.0.0.1:0".into(),
             topic_defaults: TopicSettings::default(),
+            auth: Default::default(),
             retention_check_interval: Duration::from_secs(60),
         };
         let broker = Broker::open(options).unwrap();

@@ -57,6 +57,8 @@ pub struct BrokerOptions {
     pub advertised_address: String,
     pub topic_defaults: TopicSettings,
     pub retention_check_interval: Duration,
+    /// Authentication, ACLs and quotas (the control plane installs the stored ACLs/quotas).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 #[derive(Debug)]
@@ -110,6 +112,20 @@ impl Broker {
 
     pub fn options(&self) -> &BrokerOptions {
         &self.options
+    }
+
+    /// Authentication, ACLs and quotas.
+    pub fn auth(&self) -> &Arc<crate::auth::Auth> {
+        &self.options.auth
+    }
+
+    /// Changes the ACLs or quotas on every broker (the caller checked the caller's right).
+    pub async fn alter_security(
+        &self,
+        change: crate::auth::SecurityChange,
+        origin: Origin,
+    ) -> Result<crate::auth::ChangeOutcome, BrokerError> {
+        self.control()?.alter_security(self, change, origin).await
     }
 
     /// The sled metadata store (only control planes and the raft storage open it directly).

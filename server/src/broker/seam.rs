@@ -46,6 +46,7 @@ use futures::future::BoxFuture;
 
 use super::route::{Origin, Route};
 use super::{Broker, Topic};
+use crate::auth::{ChangeOutcome, SecurityChange};
 use crate::error::BrokerError;
 use crate::log::{AppendBatch, RetentionOutcome};
 use crate::meta::StoredOffset;
@@ -172,6 +173,17 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     /// Deletes every committed offset of a group (the coordinator checked it has no members);
     /// returns how many partitions' offsets went.
     async fn delete_group(&self, broker: &Broker, group: &str) -> Result<usize, BrokerError>;
+
+    /// Applies a change to the ACLs and quotas on every broker, in one order everywhere;
+    /// returns what it did once this broker enforces it (and it is durable: sled fsynced, or
+    /// committed by the metadata group). The caller checked the change and the caller's right
+    /// to make it.
+    async fn alter_security(
+        &self,
+        broker: &Broker,
+        change: SecurityChange,
+        origin: Origin,
+    ) -> Result<ChangeOutcome, BrokerError>;
 
     /// A producer id no other producer of this cluster was given.
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError>;

@@ -21,8 +21,13 @@ use tidelog_proto::v1::{
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Instant as _;
 
+use tidelog_proto::v1::security_service_client::SecurityServiceClient;
+use tidelog_proto::v1::{AlterClientQuotasRequest, CreateAclsRequest, DeleteAclsRequest};
+
 use super::metadata::{self, MetaCommand};
 use super::{placement, Cluster, RaftReplica};
+use crate::auth::proto as auth_proto;
+use crate::auth::{ChangeOutcome, SecurityChange};
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
 use crate::broker::seam::{AlterTopic, ClusterView, ControlPlane, NewTopic};
 use crate::broker::{Broker, Topic};
@@ -288,6 +293,59 @@ impl ControlPlane for Cluster {
         let offset = metadata::propose(self, &MetaCommand::DeleteGroup { group: group.to_string() }).await?;
         self.wait_applied(offset + 1, APPLY_WAIT).await?;
         Ok(before)
+    }
+
+    /// Proposed to the metadata group, so every broker applies it in the same order. The
+    /// outcome (ACLs added or removed) is as this broker's view had it just before the change.
+    async fn alter_security(
+        &self,
+        broker: &Broker,
+        change: SecurityChange,
+        origin: Origin,
+    ) -> Result<ChangeOutcome, BrokerError> {
+        let before = broker.auth().state();
+        let cmd = MetaCommand::Security { change: change.clone() };
+        match metadata::propose(self, &cmd).await {
+            Ok(offset) => {
+                self.wait_applied(offset + 1, APPLY_WAIT).await?;
+                let mut outcome = (*before).clone().apply(&change);
+                if let SecurityChange::AlterQuota { entity, .. } = &change {
+                    outcome.limits = broker.auth().state().quotas.get(entity).copied().unwrap_or_default();
+                }
+                Ok(outcome)
+            }
+            Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {
+                let mut client = SecurityServiceClient::new(self.channel_to_broker(id)?);
+                let up = |s| BrokerError::Forwarded(upstream_status(s));
+                let mut outcome = ChangeOutcome::default();
+                match change {
+                    SecurityChange::AddAcls { acls } => {
+                        let req = CreateAclsRequest { acls: acls.iter().map(auth_proto::acl_to_proto).collect() };
+                        let resp = client.create_acls(forwarded_request(req, Some(APPLY_WAIT))).await.map_err(up)?;
+                        outcome.acls_added = resp.into_inner().created as usize;
+                    }
+                    SecurityChange::RemoveAcls { filters } => {
+                        let filters = filters.iter().map(auth_proto::filter_to_proto).collect();
+                        let req = DeleteAclsRequest { filters };
+                        let resp = client.delete_acls(forwarded_request(req, Some(APPLY_WAIT))).await.map_err(up)?;
+                        outcome.acls_removed =
+                            resp.into_inner().acls.iter().filter_map(|a| auth_proto::acl_from_proto(a).ok()).collect();
+                    }
+                    SecurityChange::AlterQuota { entity, set, remove } => {
+                        let req = AlterClientQuotasRequest {
+                            entity: Some(auth_proto::entity_to_proto(&entity)),
+                            set: Some(auth_proto::limits_to_proto(&set)),
+                            remove,
+                        };
+                        let resp =
+                            client.alter_client_quotas(forwarded_request(req, Some(APPLY_WAIT))).await.map_err(up)?;
+                        outcome.limits = auth_proto::limits_from_proto(resp.into_inner().limits.as_ref());
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Unique across the cluster without a round trip: the low bits name the broker that

@@ -2,7 +2,7 @@
 //! [`MetaCommand`]s, one per batch, JSON-encoded. KRaft's idea: metadata is itself a
 //! replicated log, and every broker builds its view by applying it in order. The log holds
 //! topics and consumer groups' committed offsets (Kafka's `__consumer_offsets`, folded into the
-//! same quorum).
+//! same quorum), and the ACLs and quotas.
 //!
 //! Writing: [`propose`] on the metadata leader (the controller); any other broker passes the
 //! admin request on to it (`control.rs`). Reading: every broker applies the committed log to
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::replica::{self, GroupSpec};
 use super::writer::RaftWriter;
 use super::{group_id, Cluster, Hosted};
+use crate::auth::SecurityChange;
 use crate::broker::route::APPLY_WAIT;
 use crate::broker::{Broker, PartitionSlot, Topic};
 use crate::error::BrokerError;
@@ -38,7 +39,7 @@ use crate::topic_config::TopicSettings;
 /// Bytes of metadata log read per step of the applier.
 const READ_BYTES: usize = 1 << 20;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum MetaCommand {
     CreateTopic {
@@ -101,6 +102,12 @@ pub enum MetaCommand {
         name: String,
         topic_id: u64,
         before: Vec<(u32, u64)>,
+    },
+    /// A change to the ACLs or quotas (the proposer checked it); applied in log order on
+    /// every broker, so every broker enforces the same set. A restarting broker rebuilds them
+    /// by re-applying the log.
+    Security {
+        change: SecurityChange,
     },
 }
 
@@ -196,7 +203,8 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
                 MetaCommand::CreateTopic { .. }
                 | MetaCommand::CommitOffsets { .. }
                 | MetaCommand::DeleteGroup { .. }
-                | MetaCommand::DeleteRecords { .. } => {}
+                | MetaCommand::DeleteRecords { .. }
+                | MetaCommand::Security { .. } => {}
             }
         }
     }
@@ -352,6 +360,12 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
         }
         add @ MetaCommand::AddPartitions { .. } => apply_add(broker, cluster, &add).await,
         delete @ MetaCommand::DeleteRecords { .. } => apply_delete_records(broker, &delete).await,
+        MetaCommand::Security { change } => {
+            let mut state = (*broker.auth().state()).clone();
+            state.apply(&change);
+            broker.auth().replace_state(state);
+            Ok(())
+        }
     };
     if let Err(e) = result {
         // The broker cannot host what the cluster decided (disk, corrupt state): it keeps

@@ -529,6 +529,7 @@ mod tests {
             node_id: 1,
             advertised_address: "127.0.0.1:0".into(),
             topic_defaults: TopicSettings::default(),
+            auth: Default::default(),
             retention_check_interval: Duration::from_secs(60),
         })
         .unwrap();

@@ -9,6 +9,8 @@
 //!   scan of `group 0x00 topic 0x00` yields partitions in order); value = offset u64 LE |
 //!   commit time ms i64 LE | metadata (UTF-8).
 //! - tree `raft`: each Raft group's vote, purge point and checkpoints ([`raft_state`]).
+//! - default tree, key `security`: a single node's ACLs and quotas, JSON (`auth::SecurityState`;
+//!   a cluster keeps them in its metadata log instead).
 //!
 //! Durability: every mutating method flushes (fsyncs) sled before it returns, so a topic that
 //! was created or an offset that was committed survives a crash once the call returned. The
@@ -32,6 +34,8 @@ const TOPICS_TREE: &str = "topics";
 const OFFSETS_TREE: &str = "offsets";
 /// Default tree, key `cluster_id`: the id generated when the data directory was first used.
 const CLUSTER_ID_KEY: &str = "cluster_id";
+/// Default tree, key `security`: a single node's ACLs and quotas (JSON).
+const SECURITY_KEY: &str = "security";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -329,6 +333,18 @@ impl MetaStore {
         let _ = self.db.compare_and_swap(CLUSTER_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
         self.db.flush()?;
         Ok(self.db.get(CLUSTER_ID_KEY)?.map_or(id, |v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// A single node's stored ACLs and quotas (JSON), if any were ever set.
+    pub fn security_state(&self) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(self.db.get(SECURITY_KEY)?.map(|v| v.to_vec()))
+    }
+
+    /// Stores a single node's ACLs and quotas, durably (fsynced) before it returns.
+    pub async fn put_security_state(&self, json: &[u8]) -> Result<(), MetaError> {
+        self.db.insert(SECURITY_KEY, json)?;
+        self.db.flush_async().await?;
+        Ok(())
     }
 
     /// Durability: flushes everything to disk (used at shutdown).

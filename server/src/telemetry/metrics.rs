@@ -55,6 +55,18 @@ pub struct Instruments {
     pub subscribe_errors: Family<CodeLabel, Counter>,
     /// Produce and Subscribe streams open now.
     pub open_streams: Family<RpcLabel, Gauge>,
+    /// Calls (or produce batches) refused by the ACLs.
+    pub authorization_denied: Counter,
+    /// Calls refused for bad credentials.
+    pub authentication_failed: Counter,
+    /// Time responses were held back by quotas, by kind (produce, consume, request).
+    pub throttle_seconds: Family<QuotaLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Throttle time by quota kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabel {
+    pub quota: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +82,9 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     subscribe_responses: Counter::default(),
     subscribe_errors: Family::default(),
     open_streams: Family::default(),
+    authorization_denied: Counter::default(),
+    authentication_failed: Counter::default(),
+    throttle_seconds: Family::default(),
 });
 
 /// The instruments (created on first use).
@@ -96,6 +111,21 @@ pub fn register(registry: &mut Registry) {
     registry.register("tidelog_subscribe_responses", "Subscribe responses sent", i.subscribe_responses.clone());
     registry.register("tidelog_subscribe_errors", "Subscribe streams ended by an error", i.subscribe_errors.clone());
     registry.register("tidelog_open_streams", "Produce and Subscribe streams open now", i.open_streams.clone());
+    registry.register(
+        "tidelog_authorization_denied",
+        "Calls and produce batches refused by the ACLs",
+        i.authorization_denied.clone(),
+    );
+    registry.register(
+        "tidelog_authentication_failed",
+        "Calls refused for bad credentials",
+        i.authentication_failed.clone(),
+    );
+    registry.register(
+        "tidelog_throttle_seconds",
+        "Time responses were held back by client quotas, by quota",
+        i.throttle_seconds.clone(),
+    );
 }
 
 /// Counts an open stream while alive.
