@@ -14,6 +14,7 @@ mod offsets;
 mod output;
 mod produce;
 mod render;
+mod security;
 mod serve;
 mod topic;
 
@@ -49,6 +50,12 @@ pub struct BrokerArg {
     /// With --tls-ca: the name the broker's certificate must carry (default: the address's host).
     #[arg(long, env = "TIDELOG_TLS_SERVER_NAME", global = true)]
     pub tls_server_name: Option<String>,
+    /// A bearer token (JWT) to authenticate with (brokers with `[auth.jwt]`).
+    #[arg(long, env = "TIDELOG_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The client id to send (quotas can be set per client id).
+    #[arg(long, env = "TIDELOG_CLIENT_ID", global = true, default_value = "tidelog-cli")]
+    pub client_id: String,
 }
 
 impl BrokerArg {
@@ -59,11 +66,19 @@ impl BrokerArg {
                 self.tls_cert.is_none(),
                 "--tls-cert needs --tls-ca (the CA that signed the broker's certificate)"
             );
-            return Ok(tidelog::Client::connect(&self.broker).await?);
+            return self.credentials(tidelog::Client::connect(&self.broker).await?);
         };
         let mut tls = tidelog::TlsOptions::from_files(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         tls.server_name.clone_from(&self.tls_server_name);
-        Ok(tidelog::Client::connect_tls(&self.broker, tls).await?)
+        self.credentials(tidelog::Client::connect_tls(&self.broker, tls).await?)
+    }
+
+    fn credentials(&self, client: tidelog::Client) -> anyhow::Result<tidelog::Client> {
+        let client = client.with_client_id(&self.client_id)?;
+        Ok(match &self.token {
+            Some(t) => client.with_token(t.trim())?,
+            None => client,
+        })
     }
 }
 
@@ -98,6 +113,31 @@ pub enum Command {
         #[command(subcommand)]
         command: group::GroupCommand,
     },
+    /// Add, list and remove ACLs (brokers with `[auth] authorization = true`).
+    Acl {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
+        #[command(subcommand)]
+        command: security::AclCommand,
+    },
+    /// Set, remove and describe client quotas (bytes/s, requests/s per user or client id).
+    Quota {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
+        #[command(subcommand)]
+        command: security::QuotaCommand,
+    },
+    /// The principal the broker sees for these credentials.
+    Whoami {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
+    },
     /// Offsets of a topic's partitions: earliest, latest, or the first at or after a time.
     Offsets(offsets::OffsetsArgs),
     /// Produce lines from stdin as records.
@@ -114,6 +154,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic { broker, output, command } => topic::run(&broker, command, output.format).await,
         Command::Cluster { broker, output, command } => cluster::run(&broker, command, output.format).await,
         Command::Group { broker, output, command } => group::run(&broker, command, output.format).await,
+        Command::Acl { broker, output, command } => security::acl(&broker, command, output.format).await,
+        Command::Quota { broker, output, command } => security::quota(&broker, command, output.format).await,
+        Command::Whoami { broker, output } => security::whoami(&broker, output.format).await,
         Command::Offsets(args) => offsets::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,

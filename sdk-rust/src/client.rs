@@ -6,6 +6,7 @@
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::offset_service_client::OffsetServiceClient;
+use tidelog_proto::v1::security_service_client::SecurityServiceClient;
 use tidelog_proto::v1::{
     AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteGroupRequest, DeleteRecordsPartition,
     DeleteRecordsRequest, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest,
@@ -13,9 +14,41 @@ use tidelog_proto::v1::{
     ResetOffsetsRequest, TopicConfig, TopicDescription,
 };
 use tidelog_proto::wire::record_service_client::RecordServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::Error;
+
+/// The channel every service client of a [`Client`] uses: one HTTP/2 connection, with the
+/// client's [`Credentials`] added to each call.
+pub type Channel = InterceptedService<tonic::transport::Channel, Credentials>;
+
+/// What every call carries: a bearer token (`authorization: Bearer <JWT>`), if set, and the
+/// client id (`x-tidelog-client-id`, for quotas), if set. Shared by every clone of a client
+/// and every client it derives ([`Client::to_broker`]), so [`Client::set_token`] renews the
+/// token everywhere at once.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    token: std::sync::Arc<std::sync::RwLock<Option<MetadataValue<Ascii>>>>,
+    client_id: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = self.token.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        if let Some(id) = &self.client_id {
+            req.metadata_mut().insert("x-tidelog-client-id", id.clone());
+        }
+        Ok(req)
+    }
+}
+
+fn ascii(what: &str, v: &str) -> Result<MetadataValue<Ascii>, Error> {
+    v.parse().map_err(|_| Error::InvalidArgument(format!("the {what} must be printable ASCII")))
+}
 
 /// Largest gRPC message the client sends or accepts (matches the broker's limit).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -25,10 +58,11 @@ pub const METADATA_SETTLE: std::time::Duration = std::time::Duration::from_secs(
 
 #[derive(Clone, Debug)]
 pub struct Client {
-    channel: Channel,
+    channel: tonic::transport::Channel,
     addr: String,
     /// TLS for this broker and every other one this client reaches (`to_broker`).
     tls: Option<TlsOptions>,
+    credentials: Credentials,
 }
 
 /// TLS to the brokers: the CA their certificates chain to, and for mTLS this client's
@@ -94,13 +128,41 @@ impl Client {
     /// Connects to `addr` (`http://host:port`; `host:port` is accepted too).
     pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
         let addr = normalize(addr, false);
-        Ok(Self { channel: endpoint(&addr, None)?.connect().await?, addr, tls: None })
+        Ok(Self {
+            channel: endpoint(&addr, None)?.connect().await?,
+            addr,
+            tls: None,
+            credentials: Credentials::default(),
+        })
     }
 
     /// Connects to `addr` over TLS (`host:port` or `https://host:port`).
     pub async fn connect_tls(addr: impl Into<String>, tls: TlsOptions) -> Result<Self, Error> {
         let addr = normalize(addr, true);
-        Ok(Self { channel: endpoint(&addr, Some(&tls))?.connect().await?, addr, tls: Some(tls) })
+        let channel = endpoint(&addr, Some(&tls))?.connect().await?;
+        Ok(Self { channel, addr, tls: Some(tls), credentials: Credentials::default() })
+    }
+
+    /// This client (and every clone made after) sends `token` as its bearer token: a JWT
+    /// from the identity provider the brokers trust (`[auth.jwt]`, docs/SECURITY.md).
+    pub fn with_token(self, token: &str) -> Result<Self, Error> {
+        self.set_token(Some(token))?;
+        Ok(self)
+    }
+
+    /// Replaces the bearer token of this client, its clones and the clients derived from it
+    /// (a renewed token before the old one expires); `None` sends none.
+    pub fn set_token(&self, token: Option<&str>) -> Result<(), Error> {
+        let value = token.map(|t| ascii("token", &format!("Bearer {t}"))).transpose()?;
+        *self.credentials.token.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        Ok(())
+    }
+
+    /// Names this client to the brokers (`x-tidelog-client-id`): quotas can be set per client
+    /// id (`tidelog quota set --client-id`), and brokers log it.
+    pub fn with_client_id(mut self, id: &str) -> Result<Self, Error> {
+        self.credentials.client_id = Some(ascii("client id", id)?);
+        Ok(self)
     }
 
     /// A client of another broker, connected on first use (never fails on an unreachable
@@ -110,7 +172,12 @@ impl Client {
         if addr == self.addr {
             return Ok(self.clone());
         }
-        Ok(Self { channel: endpoint(&addr, self.tls.as_ref())?.connect_lazy(), addr, tls: self.tls.clone() })
+        Ok(Self {
+            channel: endpoint(&addr, self.tls.as_ref())?.connect_lazy(),
+            addr,
+            tls: self.tls.clone(),
+            credentials: self.credentials.clone(),
+        })
     }
 
     /// The URL this client reaches broker `addr` at: `host:port` (as brokers advertise
@@ -175,24 +242,29 @@ fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, Error> {
 impl Client {
     /// The underlying HTTP/2 channel, for any generated client.
     pub fn channel(&self) -> Channel {
-        self.channel.clone()
+        InterceptedService::new(self.channel.clone(), self.credentials.clone())
     }
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+        AdminServiceClient::new(self.channel())
     }
 
     pub fn offsets(&self) -> OffsetServiceClient<Channel> {
-        OffsetServiceClient::new(self.channel.clone())
+        OffsetServiceClient::new(self.channel())
     }
 
     pub fn groups(&self) -> GroupServiceClient<Channel> {
-        GroupServiceClient::new(self.channel.clone())
+        GroupServiceClient::new(self.channel())
+    }
+
+    /// ACLs, quotas and "who am I".
+    pub fn security(&self) -> SecurityServiceClient<Channel> {
+        SecurityServiceClient::new(self.channel())
     }
 
     /// The byte-level record client (batches as bytes; see `tidelog_proto::wire`).
     pub fn records(&self) -> RecordServiceClient<Channel> {
-        RecordServiceClient::new(self.channel.clone())
+        RecordServiceClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

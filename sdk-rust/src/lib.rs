@@ -33,7 +33,7 @@ pub mod producer;
 pub mod trace;
 
 pub use batch::{ConsumedRecord, Record};
-pub use client::{Client, OffsetSpecKind, ResetTo, TlsOptions};
+pub use client::{Channel, Client, Credentials, OffsetSpecKind, ResetTo, TlsOptions};
 pub use compression::Compression;
 pub use consumer::assignor::Assignor;
 pub use consumer::group::{GroupConfig, GroupConsumer, OffsetReset, RebalanceListener, TopicPartition};

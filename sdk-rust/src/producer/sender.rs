@@ -87,6 +87,8 @@ struct Conn {
     generation: u64,
     /// Request id → partition, for requests whose response is still wanted.
     in_flight: HashMap<u64, TopicPartition>,
+    /// A quota: the broker said it reads nothing from this stream before then.
+    throttled_until: Option<tokio::time::Instant>,
 }
 
 enum Event {
@@ -131,7 +133,7 @@ impl Conn {
                 }
             }
         });
-        Ok(Self { tx, generation, in_flight: HashMap::new() })
+        Ok(Self { tx, generation, in_flight: HashMap::new(), throttled_until: None })
     }
 }
 
@@ -174,6 +176,13 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
             let Some(c) = conns.get_mut(&addr) else { continue };
+            // Honour the broker's throttle (Kafka's clients do likewise): nothing is sent to
+            // it before the time it gave has passed. The sender waits for it, so a producer
+            // throttled by one broker is slowed for all: quotas are per broker but a
+            // producer over one is usually over them all.
+            if let Some(until) = c.throttled_until.take() {
+                tokio::time::sleep_until(until).await;
+            }
             if shared.config.acks != Acks::None {
                 c.in_flight.insert(req.request_id, tp);
             }
@@ -208,6 +217,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             match (conns.get_mut(&addr), event) {
                 (Some(c), _) if c.generation != generation => {} // from a stream already replaced
                 (Some(c), Event::Response(resp)) => {
+                    if resp.throttle_time_ms > 0 {
+                        shared.stats.throttled(resp.throttle_time_ms);
+                        let until = tokio::time::Instant::now() + Duration::from_millis(resp.throttle_time_ms.into());
+                        c.throttled_until = Some(c.throttled_until.map_or(until, |t| t.max(until)));
+                    }
                     if resp.error_code == ErrorCode::NotLeader as i32 {
                         if let Some(tp) = c.in_flight.get(&resp.request_id) {
                             routes.not_leader(&shared.client, tp, &resp.leader_address);

@@ -19,9 +19,18 @@ pub(crate) struct Counters {
     delivery_us_sum: AtomicU64,
     delivery_us_max: AtomicU64,
     batches_delivered: AtomicU64,
+    /// Quota throttling the brokers reported (`throttle_time_ms`).
+    throttled_ms: AtomicU64,
+    throttled_responses: AtomicU64,
 }
 
 impl Counters {
+    /// A broker held a response back this long (a quota).
+    pub fn throttled(&self, ms: u32) {
+        self.throttled_ms.fetch_add(u64::from(ms), Ordering::Relaxed);
+        self.throttled_responses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A batch sent (`attempt` counts from 1).
     pub fn sent(&self, records: u32, bytes: usize, attempt: u32) {
         self.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -65,6 +74,8 @@ impl Counters {
                 load(&self.delivery_us_sum).checked_div(delivered).unwrap_or(0),
             ),
             max_delivery_latency: Duration::from_micros(load(&self.delivery_us_max)),
+            throttle_time: Duration::from_millis(load(&self.throttled_ms)),
+            throttled_responses: load(&self.throttled_responses),
         }
     }
 }
@@ -89,4 +100,8 @@ pub struct ProducerStats {
     /// From a batch's first record queued to its acknowledgement, over delivered batches.
     pub avg_delivery_latency: Duration,
     pub max_delivery_latency: Duration,
+    /// Total time brokers throttled this producer for going over a quota (the producer sent
+    /// nothing to such a broker meanwhile), and how many responses said so.
+    pub throttle_time: Duration,
+    pub throttled_responses: u64,
 }

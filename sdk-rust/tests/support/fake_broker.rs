@@ -568,6 +568,7 @@ impl RecordService for Service {
                             batches,
                             high_watermark: end,
                             read_from,
+                            throttle_time_ms: 0,
                         });
                     }
                 }
