@@ -43,6 +43,8 @@ from .admin_types import (
 )
 from .consumer import Consumer
 from .errors import (
+    AuthenticationError,
+    AuthorizationError,
     ClosedError,
     ConfigError,
     DeliveryTimeoutError,
@@ -89,6 +91,8 @@ __all__ = [
     "TIMESTAMP_NOT_AVAILABLE",
     "AdminClient",
     "AlterConfigOpType",
+    "AuthenticationError",
+    "AuthorizationError",
     "BrokerMetadata",
     "ClosedError",
     "ClusterDescription",

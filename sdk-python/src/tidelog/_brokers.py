@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
-from ._channel import aio_channel
+from ._channel import Transport, aio_channel
 from ._events import Reporter
 from ._failover import Ring, call_async
 from .errors import from_rpc_error
@@ -53,12 +53,19 @@ class Stubs(NamedTuple):
 class Brokers(Ring):
     """See the module docs. Used on one asyncio loop (channels belong to it). ``timeout`` is
     one attempt's (``request.timeout.ms``), ``api_timeout`` a whole call's default
-    (``default.api.timeout.ms``), in seconds."""
+    (``default.api.timeout.ms``), in seconds; every channel, to any broker, uses
+    ``transport`` (plaintext or TLS)."""
 
     def __init__(
-        self, bootstrap: list[str], timeout: float, api_timeout: float, reporter: Reporter | None = None
+        self,
+        bootstrap: list[str],
+        timeout: float,
+        api_timeout: float,
+        transport: Transport,
+        reporter: Reporter | None = None,
     ) -> None:
         super().__init__(bootstrap, reporter=reporter)
+        self.transport = transport
         self.timeout = timeout
         self.api_timeout = api_timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -69,7 +76,7 @@ class Brokers(Ring):
         addr = addr or self.current
         s = self._stubs.get(addr)
         if s is None:
-            ch = self._channels[addr] = aio_channel(addr)
+            ch = self._channels[addr] = aio_channel(addr, self.transport)
             s = self._stubs[addr] = Stubs.of(ch)
         return s
 

@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
+from ._channel import TokenSource, Transport
 from .errors import ConfigError
 
 
@@ -83,32 +86,79 @@ def _logger(v: Any) -> Any:
     return v
 
 
-#: ``bootstrap.servers`` entry prefixes: plaintext (Kafka's and gRPC's spellings), and the
-#: security protocols this SDK cannot speak yet.
+#: ``bootstrap.servers`` entry prefixes: plaintext and TLS (Kafka's and gRPC's spellings), and
+#: Kafka's SASL ones (TLS or plaintext, with a bearer token).
 _PLAIN_PREFIXES = ("plaintext://", "http://", "grpc://")
-_SECURE_PREFIXES = ("ssl://", "sasl_ssl://", "sasl_plaintext://", "https://", "grpcs://")
+_TLS_PREFIXES = ("ssl://", "https://", "grpcs://")
+_SASL_SSL_PREFIXES = ("sasl_ssl://",)
+_SASL_PLAIN_PREFIXES = ("sasl_plaintext://",)
+_ALL_PREFIXES = _PLAIN_PREFIXES + _TLS_PREFIXES + _SASL_SSL_PREFIXES + _SASL_PLAIN_PREFIXES
+
+#: The security protocols (``security.protocol``, lower case).
+_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+#: Those reached with TLS, and those whose calls carry a bearer token.
+_TLS_PROTOCOLS = ("ssl", "sasl_ssl")
+_SASL_PROTOCOLS = ("sasl_plaintext", "sasl_ssl")
+
+
+def _entry_protocol(entry: str) -> str | None:
+    """``plaintext``, ``ssl``, ``sasl_plaintext`` or ``sasl_ssl`` for an entry with a protocol
+    prefix, None for a bare host:port."""
+    low = entry.strip().lower()
+    if low.startswith(_PLAIN_PREFIXES):
+        return "plaintext"
+    if low.startswith(_TLS_PREFIXES):
+        return "ssl"
+    if low.startswith(_SASL_SSL_PREFIXES):
+        return "sasl_ssl"
+    if low.startswith(_SASL_PLAIN_PREFIXES):
+        return "sasl_plaintext"
+    return None
 
 
 def _bootstrap(v: Any) -> str:
-    """Checks every entry of a ``bootstrap.servers`` list: ``host:port`` or
-    ``PLAINTEXT://host:port``; TLS and SASL entries are refused with a clear message."""
+    """Checks every entry of a ``bootstrap.servers`` list: ``host:port``,
+    ``PLAINTEXT://host:port``, ``SSL://host:port``, ``SASL_SSL://host:port`` or
+    ``SASL_PLAINTEXT://host:port``. (Whether the entries agree with each other and with
+    ``security.protocol`` is checked once every key is known, by :func:`parse`.)"""
     s = _str(v)
     for entry in (e.strip() for e in s.split(",")):
         low = entry.lower()
-        if low.startswith(_SECURE_PREFIXES):
+        if "://" in low and _entry_protocol(low) is None:
             raise ValueError(
-                f"{entry!r}: TLS and SASL are not supported yet; use a PLAINTEXT://host:port "
-                "(or host:port) listener"
+                f"{entry!r}: unknown protocol (expected host:port, PLAINTEXT://host:port,"
+                " SSL://host:port, SASL_SSL://host:port or SASL_PLAINTEXT://host:port)"
             )
-        if "://" in low and not low.startswith(_PLAIN_PREFIXES):
-            raise ValueError(f"{entry!r}: unknown protocol (expected host:port or PLAINTEXT://host:port)")
     return s
 
 
 def _security_protocol(v: Any) -> str:
     s = str(v).strip().lower()
-    if s != "plaintext":
-        raise ValueError(f"{v!r} is not supported yet (TLS and SASL are not): only plaintext")
+    if s not in _PROTOCOLS:
+        raise ValueError("expected PLAINTEXT, SSL, SASL_SSL or SASL_PLAINTEXT")
+    return s
+
+
+_SASL_UNSUPPORTED = "not supported: Tidelog brokers accept OAUTHBEARER (JWT) tokens"
+
+
+def _sasl_mechanism(v: Any) -> str:
+    s = str(v).strip().upper()
+    if s != "OAUTHBEARER":
+        raise ValueError(f"{s or 'an empty mechanism'} is {_SASL_UNSUPPORTED}")
+    return s
+
+
+def _endpoint_identification(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s in ("none", ""):
+        raise ValueError(
+            "'none' is not supported: gRPC always checks that the broker's certificate names the"
+            " host or IP the client connects to; give each broker a certificate whose"
+            " subjectAltName holds its advertised address, and keep 'https'"
+        )
+    if s != "https":
+        raise ValueError("expected https")
     return s
 
 
@@ -141,12 +191,43 @@ _COMMON: dict[str, Key] = {
     "bootstrap.servers": Key(
         None,
         _bootstrap,
-        "host:port (or PLAINTEXT://host:port) of a broker, or a comma list of them: the producer"
+        "host:port (or PLAINTEXT://host:port, SSL://host:port) of a broker, or a comma list of"
+        " them: the producer"
         " uses the first, the consumer and admin client fail over to the others; clients learn"
         " the rest of the cluster from it",
     ),
     "client.id": Key("tidelog-python", _str, "free-form name shown by the broker"),
-    "security.protocol": Key("plaintext", _security_protocol, "plaintext (TLS and SASL: not yet)"),
+    "security.protocol": Key(
+        None,
+        _security_protocol,
+        "PLAINTEXT, SSL (TLS), SASL_SSL (TLS and a bearer token) or SASL_PLAINTEXT (a bearer"
+        " token without TLS); default: the protocol of the bootstrap.servers entries, else"
+        " PLAINTEXT",
+    ),
+    "sasl.mechanism": Key(None, _sasl_mechanism, "OAUTHBEARER (JWT bearer tokens): the only one"),
+    "sasl.mechanisms": Key(None, _sasl_mechanism, "librdkafka's name of sasl.mechanism"),
+    "oauth_cb": Key(
+        None,
+        _callable,
+        "oauth_cb(sasl.oauthbearer.config) -> (token, expiry_seconds_since_epoch): called at"
+        " construction and again before the token expires (SASL_*)",
+    ),
+    "sasl.oauthbearer.config": Key(None, _str, "the string oauth_cb is called with"),
+    "sasl.oauthbearer.token": Key(None, _str, "a static bearer token (JWT), instead of oauth_cb (SASL_*)"),
+    "ssl.ca.location": Key(
+        None, _str, "PEM file of the CA(s) the brokers' certificates must chain to (required for SSL)"
+    ),
+    "ssl.certificate.location": Key(
+        None, _str, "PEM file of this client's certificate (chain), for brokers requiring mTLS"
+    ),
+    "ssl.key.location": Key(
+        None, _str, "PEM file of the unencrypted private key of ssl.certificate.location"
+    ),
+    "ssl.endpoint.identification.algorithm": Key(
+        "https",
+        _endpoint_identification,
+        "https: the broker's certificate must name its host (none: not supported)",
+    ),
     "error_cb": Key(None, _callable, "error_cb(KafkaError): a broker failed, all are down, ..."),
     "stats_cb": Key(None, _callable, "stats_cb(json_str) every statistics.interval.ms"),
     "statistics.interval.ms": Key(0, _int(0, 86_400_000), "how often stats_cb is called (0: never)"),
@@ -208,8 +289,13 @@ ADMIN_KEYS: dict[str, Key] = {
 }
 
 
-def parse(config: Mapping[str, Any], keys: Mapping[str, Key], kind: str) -> dict[str, Any]:
-    """Validates ``config`` against ``keys``; returns every key with its (parsed) value."""
+def parse(
+    config: Mapping[str, Any], keys: Mapping[str, Key], kind: str, transport: Transport | None = None
+) -> dict[str, Any]:
+    """Validates ``config`` against ``keys``; returns every key with its (parsed) value, and
+    the client's transport under :data:`TRANSPORT`: ``transport`` if given (a client sharing
+    another's), else the one the security keys describe (:func:`make_transport`; TLS files
+    are read here)."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"{kind} config must be a dict of Kafka-style keys, got {type(config).__name__}")
     out: dict[str, Any] = {}
@@ -226,13 +312,141 @@ def parse(config: Mapping[str, Any], keys: Mapping[str, Key], kind: str) -> dict
         out.setdefault(name, key.default)
     if not out["bootstrap.servers"] or not targets(out["bootstrap.servers"]):
         raise ConfigError(f"{kind} config needs 'bootstrap.servers' (host:port of a broker)")
+    out["security.protocol"] = _protocol(out, kind)
+    out[TRANSPORT] = transport if transport is not None else make_transport(out, kind)
     return out
 
 
+#: The key of a parsed configuration holding the client's :class:`~tidelog._channel.Transport`
+#: (not a configuration key: it is derived from ``security.protocol`` and the ``ssl.*`` keys).
+TRANSPORT = "_transport"
+
+_SSL_FILES = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
+
+
+def _protocol(cfg: dict[str, Any], kind: str) -> str:
+    """The security protocol: ``security.protocol`` if given, else the one the
+    ``bootstrap.servers`` entries name (plaintext if none does). Entries naming another
+    protocol than ``security.protocol``, or each other's, are a :class:`ConfigError`: every
+    broker is reached the same way."""
+    named = {p for e in cfg["bootstrap.servers"].split(",") if (p := _entry_protocol(e)) is not None}
+    given: str | None = cfg["security.protocol"]
+    if len(named) > 1:
+        mixed = " and ".join(f"{p.upper()}://" for p in sorted(named))
+        raise ConfigError(
+            f"{kind} config bootstrap.servers mixes {mixed} entries: every broker"
+            " is reached with the same security.protocol"
+        )
+    if given is not None and named and named != {given}:
+        raise ConfigError(
+            f"{kind} config security.protocol={given.upper()} but bootstrap.servers has"
+            f" {named.pop().upper()}:// entries"
+        )
+    protocol = given or (named.pop() if named else "plaintext")
+    if protocol not in _TLS_PROTOCOLS:
+        ssl_set = [k for k in _SSL_FILES if cfg[k] is not None]
+        if ssl_set:
+            raise ConfigError(
+                f"{kind} config sets {', '.join(ssl_set)} but security.protocol is"
+                f" {protocol.upper()}; set security.protocol=SSL or SASL_SSL (or use SSL:// or"
+                " SASL_SSL:// servers) to connect with TLS"
+            )
+    if protocol not in _SASL_PROTOCOLS:
+        token_set = [k for k in ("oauth_cb", "sasl.oauthbearer.token") if cfg.get(k) is not None]
+        if token_set:
+            raise ConfigError(
+                f"{kind} config sets {', '.join(token_set)} but security.protocol is"
+                f" {protocol.upper()}: bearer tokens are sent only with SASL; set"
+                " security.protocol=SASL_SSL (TLS) or SASL_PLAINTEXT, with sasl.mechanism=OAUTHBEARER"
+            )
+    return protocol
+
+
+def _read_pem(cfg: dict[str, Any], key: str, kind: str, marker: bytes, what: str) -> bytes:
+    """The contents of the PEM file ``cfg[key]`` names; a missing, unreadable or non-PEM file
+    is a :class:`ConfigError` naming the key and the path."""
+    path = cfg[key]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{kind} config {key}={path!r}: cannot read it: {e.strerror or e}") from None
+    if marker not in data:
+        raise ConfigError(f"{kind} config {key}={path!r}: not a PEM file with {what}")
+    return data
+
+
+def _tokens(cfg: dict[str, Any], kind: str) -> TokenSource | None:
+    """The bearer tokens of a SASL client: ``sasl.oauthbearer.token`` or ``oauth_cb`` (called
+    here a first time: a failing callback is a :class:`ConfigError`); None without SASL."""
+    protocol = cfg["security.protocol"]
+    if protocol not in _SASL_PROTOCOLS:
+        return None
+    cb, token = cfg["oauth_cb"], cfg["sasl.oauthbearer.token"]
+    if cb is not None and token is not None:
+        raise ConfigError(f"{kind} config sets both oauth_cb and sasl.oauthbearer.token: set one")
+    if cb is None and token is None:
+        raise ConfigError(
+            f"{kind} config security.protocol={protocol.upper()} needs a bearer token: set oauth_cb"
+            " (a function returning (token, expiry)) or sasl.oauthbearer.token (a JWT)"
+        )
+    if token is not None:
+        if not token.strip():
+            raise ConfigError(f"{kind} config sasl.oauthbearer.token is empty")
+        return TokenSource(token=token.strip())
+    try:
+        return TokenSource(callback=cb, config=cfg["sasl.oauthbearer.config"])
+    except Exception as e:
+        raise ConfigError(f"{kind} config oauth_cb failed: {e!r}") from None
+
+
+def make_transport(cfg: dict[str, Any], kind: str) -> Transport:
+    """The client's transport (see :mod:`tidelog._channel`): plaintext, or TLS with the CA of
+    ``ssl.ca.location`` and, for mTLS, the client certificate and key of
+    ``ssl.certificate.location`` and ``ssl.key.location``. The files are read here, once.
+    Its calls carry ``client.id`` and, with SASL, the bearer token (:func:`_tokens`)."""
+    client_id, tokens = cfg.get("client.id"), _tokens(cfg, kind)
+    if cfg["security.protocol"] not in _TLS_PROTOCOLS:
+        return Transport(None, client_id, tokens)
+    if cfg["ssl.ca.location"] is None:
+        raise ConfigError(
+            f"{kind} config security.protocol={cfg['security.protocol'].upper()} needs"
+            " ssl.ca.location: the PEM file of the CA that signed the brokers' certificates"
+        )
+    cert, key = cfg["ssl.certificate.location"], cfg["ssl.key.location"]
+    if (cert is None) != (key is None):
+        given, missing = (
+            ("ssl.certificate.location", "ssl.key.location")
+            if key is None
+            else ("ssl.key.location", "ssl.certificate.location")
+        )
+        raise ConfigError(
+            f"{kind} config sets {given} but not {missing}: a client certificate needs both"
+            " (or neither, without mTLS)"
+        )
+    ca = _read_pem(cfg, "ssl.ca.location", kind, b"-----BEGIN CERTIFICATE-----", "a CA certificate")
+    chain = private_key = None
+    if cert is not None:
+        chain = _read_pem(
+            cfg, "ssl.certificate.location", kind, b"-----BEGIN CERTIFICATE-----", "a certificate"
+        )
+        private_key = _read_pem(cfg, "ssl.key.location", kind, b"PRIVATE KEY-----", "a private key")
+        if b"ENCRYPTED" in private_key:
+            raise ConfigError(
+                f"{kind} config ssl.key.location={key!r}: the private key is encrypted, which is"
+                " not supported (no ssl.key.password); give an unencrypted key"
+            )
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=private_key, certificate_chain=chain
+    )
+    return Transport(creds, client_id, tokens)
+
+
 def target(bootstrap: str) -> str:
-    """The gRPC target for a ``bootstrap.servers`` value (its first entry)."""
+    """The gRPC target for a ``bootstrap.servers`` value (its first entry), without a
+    protocol prefix."""
     first = bootstrap.split(",")[0].strip()
-    for prefix in _PLAIN_PREFIXES:
+    for prefix in _ALL_PREFIXES:
         if first.lower().startswith(prefix):
             first = first[len(prefix) :]
     return first.rstrip("/")

@@ -44,7 +44,7 @@ from typing import Any
 import grpc
 
 from ._brokers import Brokers
-from ._config import targets
+from ._config import TRANSPORT, targets
 from ._events import ErrorSink, Reporter, broker_stats, client_logger
 from ._fetch import Fetcher, route_for
 from ._group_session import GroupSession
@@ -88,7 +88,7 @@ class ConsumerCore:
         self._missing: set[str] = set()
         self._checks: set[asyncio.Task[None]] = set()
         #: Statistics: fetch responses, records and their value bytes fetched, rebalances.
-        self.counters = dict.fromkeys(("rx", "rxmsgs", "rxmsg_bytes", "rebalance_cnt"), 0)
+        self.counters = dict.fromkeys(("rx", "rxmsgs", "rxmsg_bytes", "rebalance_cnt", "throttle_ms"), 0)
         self.group: str | None = cfg["group.id"]
         self.reset: str = cfg["auto.offset.reset"]
         self.lock = threading.Lock()
@@ -117,7 +117,11 @@ class ConsumerCore:
         self.space_waiters = 0
         api_timeout = cfg["default.api.timeout.ms"] / 1000
         self.brokers = Brokers(
-            targets(cfg["bootstrap.servers"]), cfg["request.timeout.ms"] / 1000, api_timeout, self.reporter
+            targets(cfg["bootstrap.servers"]),
+            cfg["request.timeout.ms"] / 1000,
+            api_timeout,
+            cfg[TRANSPORT],
+            self.reporter,
         )
         #: The deadline of the calls the group session makes itself (it sends no heartbeat
         #: meanwhile, so they must end within the session timeout), and of the final commit

@@ -269,6 +269,7 @@ class Fetcher:
         c["rx"] += 1
         c["rxmsgs"] += len(msgs)
         c["rxmsg_bytes"] += sum(len(m) for m in msgs if isinstance(m, Message))
+        c["throttle_ms"] += resp.throttle_time_ms  # the broker's quota paced this stream
 
     def _start_position(self, offset: int | None) -> records_service_pb2.StartPosition:
         if offset is not None:

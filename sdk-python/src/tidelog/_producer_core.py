@@ -55,7 +55,7 @@ import grpc
 
 from . import _wire
 from ._channel import aio_channel
-from ._config import target
+from ._config import TRANSPORT, target
 from ._events import ErrorSink, Reporter, broker_stats, client_logger
 from ._routes import _Routes
 from ._staging import (
@@ -231,7 +231,11 @@ class ProducerCore:
         #: Broker id → address, once learnt (for statistics).
         self.broker_ids: dict[int, str] = {}
         #: Statistics: requests sent, responses, records and bytes acknowledged, records failed.
-        self.counters = dict.fromkeys(("tx", "rx", "txmsgs", "txmsg_bytes", "txerrs"), 0)
+        self.counters = dict.fromkeys(("tx", "rx", "txmsgs", "txmsg_bytes", "txerrs", "throttle_ms"), 0)
+        #: Quotas: broker → when (monotonic) its last throttle_time_ms ends (nothing is sent
+        #: to it before), and its throttle times so far (count, sum, min, max; statistics).
+        self._throttled_until: dict[str, float] = {}
+        self._throttles: dict[str, list[int]] = {}
         self._discovered = False
         self._channels: dict[str, grpc.aio.Channel] = {}
         # Set by start(), on the engine loop.
@@ -272,7 +276,7 @@ class ProducerCore:
         """The channel to one broker (opened on first use, kept until close)."""
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = aio_channel(addr)
+            ch = self._channels[addr] = aio_channel(addr, self.cfg[TRANSPORT])
         return ch
 
     # ---- metadata -----------------------------------------------------------------------
@@ -332,12 +336,23 @@ class ProducerCore:
                     "next_seq": q.next_seq,
                 }
             pending, memory = self.pending, self.memory_used
+        brokers = broker_stats(self.reporter, self.broker_ids)
+        for addr, b in brokers.items():
+            cnt, total, lo, hi = self._throttles.get(addr, (0, 0, 0, 0))
+            # librdkafka's per-broker throttle window (ms), over the client's lifetime here.
+            b["throttle"] = {
+                "cnt": cnt,
+                "sum": total,
+                "min": lo,
+                "max": hi,
+                "avg": total // cnt if cnt else 0,
+            }
         return {
             "msg_cnt": pending,
             "msg_size": memory,
             "msg_size_max": self.buffer_memory,
             **self.counters,
-            "brokers": broker_stats(self.reporter, self.broker_ids),
+            "brokers": brokers,
             "topics": topics,
         }
 
@@ -657,6 +672,11 @@ class ProducerCore:
                 to = routes.target(tp)
                 if q.in_flight and q.sent_to != to:
                     continue  # a new broker only once nothing is in flight to the old one
+                throttled = self._throttled_until.get(to, 0.0)
+                if throttled > now:
+                    if q.ready:  # the broker's quota: nothing more to it before then
+                        deadline = throttled if deadline is None else min(deadline, throttled)
+                    continue
                 while q.ready and len(q.in_flight) < self.max_in_flight:
                     b = q.ready.popleft()
                     b.request_id = next_id + len(out)
@@ -692,6 +712,8 @@ class ProducerCore:
         """Handles one response; returns the backoff for the next retry: doubled after a
         retriable error, reset by an answer, unchanged by a response no longer wanted (a
         stale refusal must not reset the backoff of a failover in progress)."""
+        if r.throttle_time_ms > 0:
+            self._throttle(conn.addr, int(r.throttle_time_ms))
         tp = conn.in_flight.pop(r.request_id, None)
         if tp is None:
             return backoff  # a response to a batch already rewound: it will be resent
@@ -732,6 +754,21 @@ class ProducerCore:
                 done.append((tp, b, -1, -1, err))
         self._complete_all(done)
         return next_backoff
+
+    def _throttle(self, addr: str, ms: int) -> None:
+        """A broker's quota delayed this client by ``ms``: nothing more is sent to it until
+        that time has passed (as Kafka's clients do), and the time counts in statistics."""
+        until = time.monotonic() + ms / 1000
+        self._throttled_until[addr] = max(self._throttled_until.get(addr, 0.0), until)
+        self.counters["throttle_ms"] += ms
+        t = self._throttles.get(addr)
+        if t is None:
+            self._throttles[addr] = [1, ms, ms, ms]
+        else:
+            t[0] += 1
+            t[1] += ms
+            t[2] = min(t[2], ms)
+            t[3] = max(t[3], ms)
 
     def _complete_all(self, done: list[Any]) -> None:
         for tp, b, base, ts, err in done:

@@ -46,8 +46,8 @@ from typing import Any, TypeVar
 import grpc
 
 from ._brokers import Stubs
-from ._channel import sync_channel
-from ._config import ADMIN_KEYS, parse, target, targets
+from ._channel import Transport, sync_channel
+from ._config import ADMIN_KEYS, TRANSPORT, parse, target, targets
 from ._events import Reporter, StatsEnvelope, broker_stats, client_logger, safe_call
 from ._failover import Ring, call_sync
 from .admin_types import (
@@ -184,8 +184,11 @@ def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
 class AdminClient:
     """Creates, deletes and describes topics; describes groups and their lag. Thread-safe."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        cfg = parse(config, ADMIN_KEYS, "admin")
+    def __init__(self, config: Mapping[str, Any], *, _transport: Transport | None = None) -> None:
+        cfg = parse(config, ADMIN_KEYS, "admin", _transport)
+        #: Every channel's transport (plaintext or TLS); a producer's or consumer's internal
+        #: admin client shares its owner's (:func:`internal_admin`): files are read once.
+        self._transport: Transport = cfg[TRANSPORT]
         self._timeout = cfg["request.timeout.ms"] / 1000
         self._api_timeout = cfg["default.api.timeout.ms"] / 1000
         self._log = client_logger(cfg, "admin")
@@ -218,7 +221,7 @@ class AdminClient:
         with self._lock:
             s = self._stubs.get(addr)
             if s is None:
-                ch = self._channels[addr] = sync_channel(addr)
+                ch = self._channels[addr] = sync_channel(addr, self._transport)
                 s = self._stubs[addr] = Stubs.of(ch)
             return s
 
@@ -792,9 +795,10 @@ def _check_topic_resource(r: ConfigResource) -> None:
 
 def internal_admin(cfg: Mapping[str, Any]) -> AdminClient:
     """The admin client a producer or consumer uses for its metadata calls (``list_topics``):
-    the same brokers, client id, logger and timeouts."""
+    the same brokers, client id, logger, timeouts and transport (TLS credentials included)."""
     conf: dict[str, Any] = {k: cfg[k] for k in ("bootstrap.servers", "client.id", "logger") if cfg.get(k)}
     conf["request.timeout.ms"] = cfg["request.timeout.ms"]
     if "default.api.timeout.ms" in cfg:
         conf["default.api.timeout.ms"] = cfg["default.api.timeout.ms"]
-    return AdminClient(conf)
+    conf["security.protocol"] = cfg["security.protocol"]
+    return AdminClient(conf, _transport=cfg[TRANSPORT])

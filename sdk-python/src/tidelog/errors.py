@@ -48,6 +48,7 @@ class ErrorCode(enum.IntEnum):
     INCONSISTENT_GROUP = 14
     UNKNOWN_GROUP = 15
     NON_EMPTY_GROUP = 16
+    AUTHORIZATION_FAILED = 17
 
     @property
     def retriable(self) -> bool:
@@ -101,6 +102,7 @@ class KafkaError:
     _UNKNOWN_GROUP = -179
     _STATE = -172
     _NOT_IMPLEMENTED = -170
+    _AUTHENTICATION = -169
     _NO_OFFSET = -168
     _FATAL = -150
     UNKNOWN = -1
@@ -114,6 +116,9 @@ class KafkaError:
     BROKER_NOT_AVAILABLE = 8
     MSG_SIZE_TOO_LARGE = 10
     ILLEGAL_GENERATION = 22
+    TOPIC_AUTHORIZATION_FAILED = 29
+    GROUP_AUTHORIZATION_FAILED = 30
+    CLUSTER_AUTHORIZATION_FAILED = 31
     INCONSISTENT_GROUP_PROTOCOL = 23
     TOPIC_ALREADY_EXISTS = 36
     INVALID_PARTITIONS = 37
@@ -200,6 +205,11 @@ _KAFKA_DESCRIPTIONS: dict[int, str] = {
     KafkaError._QUEUE_FULL: "Local: Queue full",
     KafkaError._STATE: "Local: Erroneous state",
     KafkaError._NOT_IMPLEMENTED: "Local: Not implemented",
+    KafkaError._SSL: "Local: SSL error",
+    KafkaError._AUTHENTICATION: "Local: Authentication failure",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "Broker: Topic authorization failed",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "Broker: Group authorization failed",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "Broker: Cluster authorization failed",
     KafkaError.UNKNOWN_TOPIC_OR_PART: "Broker: Unknown topic or partition",
     KafkaError.TOPIC_ALREADY_EXISTS: "Broker: Topic already exists",
     KafkaError.OFFSET_OUT_OF_RANGE: "Broker: Offset out of range",
@@ -278,6 +288,17 @@ class IllegalGenerationError(FatalError):
     """A group commit or sync carried a stale generation: a rebalance happened, rejoin first."""
 
 
+class AuthenticationError(FatalError):
+    """The broker refused the client's credentials (gRPC ``UNAUTHENTICATED``): no bearer token
+    where one is required, or an expired, unsigned or wrongly issued one. ``_AUTHENTICATION``."""
+
+
+class AuthorizationError(FatalError):
+    """The broker's ACLs do not allow the operation (``PERMISSION_DENIED``, or a produce
+    answered ``AUTHORIZATION_FAILED``): ``TOPIC_AUTHORIZATION_FAILED`` (or the group's or the
+    cluster's, when the broker's message names them)."""
+
+
 class QueueFullError(RetriableError, BufferError):
     """``produce`` waited ``max.block.ms`` for room in ``buffer.memory``. Also a
     :class:`BufferError`, as confluent-kafka raises when its queue is full."""
@@ -299,6 +320,7 @@ _BY_CODE: dict[ErrorCode, type[TidelogError]] = {
     ErrorCode.ILLEGAL_GENERATION: IllegalGenerationError,
     ErrorCode.UNKNOWN_GROUP: UnknownGroupError,
     ErrorCode.NON_EMPTY_GROUP: GroupNotEmptyError,
+    ErrorCode.AUTHORIZATION_FAILED: AuthorizationError,
 }
 
 
@@ -322,6 +344,10 @@ def from_rpc_error(err: grpc.RpcError) -> TidelogError:
         return TopicExistsError(details, code)
     if code == grpc.StatusCode.OUT_OF_RANGE:
         return OffsetOutOfRangeError(details, code)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(details, code)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return AuthorizationError(details, code)
     if code in _RETRIABLE_STATUS:
         return RetriableError(details, code)
     return FatalError(details, code)
@@ -346,6 +372,7 @@ _KAFKA_CODE_OF_ERROR_CODE: dict[ErrorCode, int] = {
     ErrorCode.INCONSISTENT_GROUP: KafkaError.INCONSISTENT_GROUP_PROTOCOL,
     ErrorCode.UNKNOWN_GROUP: KafkaError.GROUP_ID_NOT_FOUND,
     ErrorCode.NON_EMPTY_GROUP: KafkaError.NON_EMPTY_GROUP,
+    ErrorCode.AUTHORIZATION_FAILED: KafkaError.TOPIC_AUTHORIZATION_FAILED,
 }
 
 _KAFKA_CODE_OF_STATUS: dict[grpc.StatusCode, int] = {
@@ -359,7 +386,30 @@ _KAFKA_CODE_OF_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: KafkaError.INVALID_REQUEST,
     grpc.StatusCode.FAILED_PRECONDITION: KafkaError._STATE,
     grpc.StatusCode.UNIMPLEMENTED: KafkaError._NOT_IMPLEMENTED,
+    grpc.StatusCode.UNAUTHENTICATED: KafkaError._AUTHENTICATION,
+    grpc.StatusCode.PERMISSION_DENIED: KafkaError.TOPIC_AUTHORIZATION_FAILED,
 }
+
+
+def _authorization_code(message: str) -> int:
+    """The authorization error number for a refusal: the group's or the cluster's when the
+    broker's message names that resource (and no topic), else the topic's."""
+    low = message.lower()
+    if "topic" not in low:
+        if "group" in low:
+            return KafkaError.GROUP_AUTHORIZATION_FAILED
+        if "cluster" in low:
+            return KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    return KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+#: gRPC's words for a TLS failure, in the details of the UNAVAILABLE status it fails calls
+#: with: a broker certificate not signed by the configured CA ("Tls handshake failed
+#: (TSI_PROTOCOL_FAILURE): ... CERTIFICATE_VERIFY_FAILED"), one not naming the address the
+#: client connects to ("Custom verification check failed with error: UNAUTHENTICATED:
+#: Hostname Verification Check failed."), or a client certificate the broker refused ("Unwrap
+#: failed (TSI_DATA_CORRUPTED)": TLS 1.3 refuses it after the client's side of the handshake).
+_TLS_FAILURE = ("handshake failed", "(tsi_", "verification check failed")
 
 #: SDK error classes whose number does not depend on ``code`` (checked in this order).
 _KAFKA_CODE_OF_CLASS: list[tuple[type[TidelogError], int]] = [
@@ -377,9 +427,13 @@ def _kafka_code(e: TidelogError) -> int:
     for cls, number in _KAFKA_CODE_OF_CLASS:
         if isinstance(e, cls):
             return number
+    if isinstance(e, AuthorizationError):
+        return _authorization_code(e.message)
     if isinstance(e.code, ErrorCode):
         return _KAFKA_CODE_OF_ERROR_CODE.get(e.code, KafkaError.UNKNOWN)
     if isinstance(e.code, grpc.StatusCode):
+        if e.code == grpc.StatusCode.UNAVAILABLE and any(w in e.message.lower() for w in _TLS_FAILURE):
+            return KafkaError._SSL  # as librdkafka reports a failed TLS handshake
         return _KAFKA_CODE_OF_STATUS.get(e.code, KafkaError._FAIL)
     if isinstance(e, UnknownTopicError):
         return KafkaError.UNKNOWN_TOPIC_OR_PART
