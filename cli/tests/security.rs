@@ -256,8 +256,8 @@ async fn tokens_authenticate_and_acls_decide_every_call() {
     assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
     assert!(broker.log().contains("tidelog::audit") && broker.log().contains("User:alice"));
 
-    // ACLs are stored: a restarted broker enforces them.
-    broker.terminate().await;
+    // ACLs are durable once acknowledged: a broker killed (-9) and restarted enforces them.
+    broker.kill9();
     let broker = BrokerProcess::start(&dir.path().join("d"), &["--config", config.to_str().unwrap()]);
     let alice = as_user(&broker.addr, &issuer.token("alice")).await;
     assert_eq!(produce_one(&alice, "orders", "o2").await, pb::ErrorCode::Unspecified);
@@ -294,6 +294,12 @@ fn tls_args<'a>(server: &'a Signed, ca: &'a Ca, config: &'a Path) -> Vec<&'a str
     ]
 }
 
+/// A client of broker `n` with `who`'s certificate.
+async fn connect(ca: &Ca, c: &TestCluster, n: u64, who: &Signed) -> Client {
+    let opts = TlsOptions::from_files(&ca.pem, Some(&who.cert), Some(&who.key)).unwrap();
+    Client::connect_tls(c.addr(n).trim_start_matches("http://").to_string(), opts).await.unwrap()
+}
+
 /// A cluster whose brokers prove who they are by certificate: ACLs replicate to every broker,
 /// a client certificate maps to its principal, and a non-broker certificate cannot speak Raft.
 #[tokio::test]
@@ -308,15 +314,10 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
         "[auth]\nauthorization = true\nsuperusers = [\"User:admin\"]\nbroker_principals = [\"User:broker\"]\n",
     )
     .unwrap();
-    let c = TestCluster::start_with(&tls_args(&server, &ca, &config)).await;
+    let mut c = TestCluster::start_with(&tls_args(&server, &ca, &config)).await;
     let admin_cert = ca.sign(dir.path(), "admin", "admin");
     let alice_cert = ca.sign(dir.path(), "alice", "alice");
-    let connect = |n: u64, who: &Signed| {
-        let opts = TlsOptions::from_files(&ca.pem, Some(&who.cert), Some(&who.key)).unwrap();
-        let addr = c.addr(n).trim_start_matches("http://").to_string();
-        async move { Client::connect_tls(addr, opts).await.unwrap() }
-    };
-    let admin = connect(1, &admin_cert).await;
+    let admin = connect(&ca, &c, 1, &admin_cert).await;
     eventually(Duration::from_secs(60), "a replicated topic (brokers reach each other)", || async {
         admin.create_topic_replicated("shared", 1, 3, Default::default()).await.ok()
     })
@@ -327,14 +328,25 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
     let grant = acl(Res::Topic, "shared", Pat::Literal, "User:alice", Op::Read, Perm::Allow);
     admin.security().create_acls(pb::CreateAclsRequest { acls: vec![grant] }).await.unwrap();
     for n in 1..=3 {
-        let alice = connect(n, &alice_cert).await;
+        let alice = connect(&ca, &c, n, &alice_cert).await;
         eventually(WAIT, "the ACL on every broker", || async { alice.describe_topic_settled("shared").await.ok() })
             .await;
         assert_eq!(code(alice.create_topic("mine", 1).await), Code::PermissionDenied, "broker {n}");
     }
 
+    // Replicated state: a broker killed (-9) and restarted rebuilds the ACLs from the
+    // metadata log.
+    c.kill9(3);
+    c.start_node(3);
+    let alice = connect(&ca, &c, 3, &alice_cert).await;
+    eventually(Duration::from_secs(60), "broker 3 back, with the ACL", || async {
+        alice.describe_topic_settled("shared").await.ok()
+    })
+    .await;
+    assert_eq!(code(alice.describe_topic("other").await), Code::PermissionDenied);
+
     // A valid client certificate is not a broker's: Raft traffic is refused.
-    let intruder = connect(2, &alice_cert).await;
+    let intruder = connect(&ca, &c, 2, &alice_cert).await;
     let mut raft = tidelog::proto::internal::raft_transport_client::RaftTransportClient::new(intruder.channel());
     let vote = raft.vote(tidelog::proto::internal::RaftMessage::default()).await.unwrap_err();
     assert_eq!(vote.code(), Code::PermissionDenied, "{vote:?}");

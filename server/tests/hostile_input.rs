@@ -1,6 +1,7 @@
 //! Hostile input for every decoder a client or a peer can reach, as seeded mutation fuzzing
 //! (no nightly toolchain needed): produced batches (framing, CRC, declared counts and codecs),
-//! LZ4 and Zstd frames including decompression bombs, the Raft RPC and log codecs. Each
+//! LZ4 and Zstd frames including decompression bombs, the Raft RPC and log codecs, segment
+//! files as a snapshot transfer delivers them, and bearer tokens. Each
 //! target starts from real encodings, mutates them (bit flips, truncations, splices, random
 //! lengths) and checks that the decoder returns a result or an error: never a panic, and never
 //! more output than the configured limits.
@@ -173,5 +174,90 @@ fn raft_codecs_never_panic() {
         let _ = codec::decode_vote(input);
         let _ = codec::decode_log_id(input);
         let _ = codec::decode_applied(input);
+        let _ = codec::decode_snapshot_meta(input);
+    });
+}
+
+/// What a snapshot transfer delivers is segment files, which the follower's log opens as its
+/// own (`log/snapshot.rs`): a corrupt or truncated file from a peer must be truncated or
+/// refused at open, never panic it or a later read.
+#[test]
+fn segment_files_from_a_peer_never_panic_the_log() {
+    use tidelog_server::log::{AppendBatch, Log, LogConfig};
+    let src = tempfile::tempdir().unwrap();
+    let config = LogConfig { index_interval_bytes: 128, ..LogConfig::default() };
+    let (mut log, _) = Log::open(src.path(), config).unwrap();
+    for (i, payload) in record_batches().iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        for _ in 0..8 {
+            let batch = AppendBatch {
+                payload,
+                record_count: if i == 0 { 1 } else { 20 },
+                compression: 0,
+                payload_crc: crc32c::crc32c(payload),
+                raft: None,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+            };
+            log.append(batch, 1_000).unwrap();
+        }
+    }
+    log.sync().unwrap();
+    drop(log);
+    let name = std::fs::read_dir(src.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .find(|n| n.to_string_lossy().ends_with(".log"))
+        .unwrap();
+    let segment = std::fs::read(src.path().join(&name)).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    fuzz("segment files", &[segment], |input| {
+        let dir = dst.path().join("p");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(&name), input).unwrap();
+        if let Ok((log, _)) = Log::open(&dir, config) {
+            let (mut next, end) = (log.log_start().0, log.log_end().0);
+            while next < end {
+                match log.read(next, end, 1 << 16) {
+                    Ok(batches) if !batches.is_empty() => next = batches.last().unwrap().header.next_offset(),
+                    _ => break,
+                }
+            }
+        }
+    });
+}
+
+/// Bearer tokens are the first thing an untrusted client sends: a mutated token never panics
+/// the verifier and never verifies.
+#[test]
+fn bearer_tokens_never_panic_and_never_verify_when_mutated() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use tidelog_server::auth::token::JwtVerifier;
+    use tidelog_server::auth::JwtSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("k.pem"), pair.public_key_pem()).unwrap();
+    let settings =
+        JwtSettings { keys: dir.path().join("k.pem"), issuer: "https://issuer.test".into(), ..JwtSettings::default() };
+    let verifier = JwtVerifier::new(&settings).unwrap();
+    let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let claims = serde_json::json!({"sub": "alice", "iss": "https://issuer.test", "exp": exp});
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+    assert_eq!(verifier.verify(&token).unwrap(), "alice");
+    // The same claims, unsigned ("none") or signed with HMAC keyed by the public key
+    // (algorithm confusion), are refused.
+    let unsigned = format!("{}.", token.rsplit_once('.').unwrap().0.replacen("ES256", "none", 1));
+    assert!(verifier.verify(&unsigned).is_err());
+    let hmac = EncodingKey::from_secret(pair.public_key_pem().as_bytes());
+    let confused = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hmac).unwrap();
+    assert!(verifier.verify(&confused).is_err(), "HS256 with the public key as secret");
+    fuzz("bearer tokens", &[token.clone().into_bytes()], |input| {
+        let Ok(candidate) = std::str::from_utf8(input) else { return };
+        if candidate != token {
+            assert!(verifier.verify(candidate).is_err(), "a mutated token verified: {candidate}");
+        }
     });
 }
