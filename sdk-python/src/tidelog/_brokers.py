@@ -27,6 +27,7 @@ from .v1 import (
     group_service_pb2_grpc,
     offsets_service_pb2_grpc,
     records_service_pb2_grpc,
+    security_service_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class Stubs(NamedTuple):
     admin: admin_service_pb2_grpc.AdminServiceStub
     offsets: offsets_service_pb2_grpc.OffsetServiceStub
     groups: group_service_pb2_grpc.GroupServiceStub
+    security: security_service_pb2_grpc.SecurityServiceStub
 
     @classmethod
     def of(cls, channel: grpc.Channel | grpc.aio.Channel) -> Stubs:
@@ -47,6 +49,7 @@ class Stubs(NamedTuple):
             admin_service_pb2_grpc.AdminServiceStub(channel),
             offsets_service_pb2_grpc.OffsetServiceStub(channel),
             group_service_pb2_grpc.GroupServiceStub(channel),
+            security_service_pb2_grpc.SecurityServiceStub(channel),
         )
 
 

@@ -18,6 +18,17 @@ Two families of calls: Tidelog's own, which return what they did (``create_topic
 whose types are in :mod:`tidelog.admin_types`. The futures' calls run on a small thread pool of
 the client, several at once; ``close()`` waits for them.
 
+ACLs, as confluent-kafka's ``create_acls`` / ``describe_acls`` / ``delete_acls`` with its
+``AclBinding`` / ``AclBindingFilter``, and Tidelog's extensions ``alter_client_quotas`` /
+``describe_client_quotas`` (futures) and ``whoami``, go to the broker's SecurityService::
+
+    acl = AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, "User:alice", "*",
+                     AclOperation.WRITE, AclPermissionType.ALLOW)
+    admin.create_acls([acl])[acl].result()
+    admin.describe_acls(AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,
+                                         "User:alice", None, AclOperation.ANY,
+                                         AclPermissionType.ANY)).result()   # [AclBinding]
+
 Failover: the client knows the ``bootstrap.servers`` brokers and, once learnt from the first
 one that answers DescribeCluster, the rest of the cluster. A call goes to one of them; when it
 is unreachable, stalled or otherwise failing retriably the call moves on to the next one and
@@ -38,8 +49,9 @@ is unknown) if the first attempt went through, as in Kafka.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -51,9 +63,15 @@ from ._config import ADMIN_KEYS, TRANSPORT, parse, target, targets
 from ._events import Reporter, StatsEnvelope, broker_stats, client_logger, safe_call
 from ._failover import Ring, call_sync
 from .admin_types import (
+    CLUSTER_RESOURCE_NAME,
     RESOURCE_TOPIC,
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
     AlterConfigOpType,
     BrokerMetadata,
+    ClientQuotas,
     ClusterDescription,
     ClusterMetadata,
     ConfigEntry,
@@ -68,6 +86,7 @@ from .admin_types import (
     PartitionInfo,
     PartitionMetadata,
     PartitionReset,
+    ResourcePatternType,
     ResourceType,
     TopicDescription,
     TopicMetadata,
@@ -84,13 +103,19 @@ from .errors import (
     from_rpc_error,
 )
 from .types import OFFSET_END, TopicPartition
-from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2
+from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2, security_service_pb2
 
 __all__ = [
+    "CLUSTER_RESOURCE_NAME",
     "RESOURCE_TOPIC",
+    "AclBinding",
+    "AclBindingFilter",
+    "AclOperation",
+    "AclPermissionType",
     "AdminClient",
     "AlterConfigOpType",
     "BrokerMetadata",
+    "ClientQuotas",
     "ClusterDescription",
     "ClusterMetadata",
     "ConfigEntry",
@@ -105,6 +130,7 @@ __all__ = [
     "PartitionInfo",
     "PartitionMetadata",
     "PartitionReset",
+    "ResourcePatternType",
     "ResourceType",
     "TopicDescription",
     "TopicMetadata",
@@ -744,6 +770,174 @@ class AdminClient:
 
         return {r: self._submit(partial(describe, r)) for r in resources}
 
+    # ---- ACLs (confluent-kafka's), quotas and whoami (Tidelog's) ------------------------------
+
+    def create_acls(
+        self, acls: list[AclBinding], request_timeout: float | None = None
+    ) -> dict[AclBinding, concurrent.futures.Future[None]]:
+        """Adds ACLs (ALTER on the cluster): binding → future (None, or raises: an
+        :class:`~tidelog.errors.AuthorizationError` (``CLUSTER_AUTHORIZATION_FAILED``) for a
+        caller that may not, a :class:`~tidelog.errors.FatalError` (``INVALID_REQUEST``) for
+        an ACL the broker refuses). Adding an ACL that exists is not an error. One request for
+        all; an ACL the broker refuses fails its own future and the others are sent again."""
+        _check_list(acls, AclBinding, "acls")
+        if not acls:
+            raise ValueError("Expected non-empty list of AclBinding objects")
+        if any(isinstance(a, AclBindingFilter) for a in acls):
+            raise TypeError("acls must be a list of AclBinding, not AclBindingFilter")
+        _check_unique(acls, "ACL binding")
+        timeout = _seconds(request_timeout)
+        futures: dict[AclBinding, concurrent.futures.Future[None]] = {
+            a: concurrent.futures.Future() for a in acls
+        }
+
+        def create() -> None:
+            pending = [a for a in acls if futures[a].set_running_or_notify_cancel()]
+            while pending:
+                req = security_service_pb2.CreateAclsRequest(acls=[_acl_proto(a) for a in pending])
+                try:
+                    self._call(lambda s: s.security.CreateAcls, req, timeout)
+                except Exception as e:
+                    bad = _refused_acl(e, len(pending))
+                    if bad is None:
+                        for a in pending:
+                            futures[a].set_exception(e)
+                        return
+                    futures[pending.pop(bad)].set_exception(e)
+                    continue
+                for a in pending:
+                    futures[a].set_result(None)
+                return
+
+        self._submit(create)
+        return futures
+
+    def describe_acls(
+        self, acl_binding_filter: AclBindingFilter, request_timeout: float | None = None
+    ) -> concurrent.futures.Future[list[AclBinding]]:
+        """The ACLs a filter selects (DESCRIBE on the cluster): a future of a list of
+        :class:`~tidelog.admin_types.AclBinding`."""
+        if not isinstance(acl_binding_filter, AclBindingFilter):
+            raise TypeError("Expected acl_binding_filter to be an AclBindingFilter")
+        timeout = _seconds(request_timeout)
+        req = security_service_pb2.DescribeAclsRequest(filter=_filter_proto(acl_binding_filter))
+
+        def describe() -> list[AclBinding]:
+            resp = self._call(lambda s: s.security.DescribeAcls, req, timeout)
+            return [_acl_of(a) for a in resp.acls]
+
+        return self._submit(describe)
+
+    def delete_acls(
+        self, acl_binding_filters: list[AclBindingFilter], request_timeout: float | None = None
+    ) -> dict[AclBindingFilter, concurrent.futures.Future[list[AclBinding]]]:
+        """Removes the ACLs the filters select (ALTER on the cluster): filter → future of the
+        removed bindings it selected (an ACL several filters select is in each one's list, as
+        in Kafka). One request for all. A retried request whose first attempt went through
+        reports nothing removed."""
+        _check_list(acl_binding_filters, AclBindingFilter, "acl_binding_filters")
+        if not acl_binding_filters:
+            raise ValueError("Expected non-empty list of AclBindingFilter objects")
+        _check_unique(acl_binding_filters, "ACL binding filter")
+        timeout = _seconds(request_timeout)
+        futures: dict[AclBindingFilter, concurrent.futures.Future[list[AclBinding]]] = {
+            f: concurrent.futures.Future() for f in acl_binding_filters
+        }
+        req = security_service_pb2.DeleteAclsRequest(filters=[_filter_proto(f) for f in acl_binding_filters])
+
+        def delete() -> None:
+            pending = [f for f in acl_binding_filters if futures[f].set_running_or_notify_cancel()]
+            try:
+                resp = self._call(lambda s: s.security.DeleteAcls, req, timeout)
+            except Exception as e:
+                for f in pending:
+                    futures[f].set_exception(e)
+                return
+            removed = [_acl_of(a) for a in resp.acls]
+            for f in pending:
+                futures[f].set_result([a for a in removed if f.matches(a)])
+
+        self._submit(delete)
+        return futures
+
+    def alter_client_quotas(
+        self,
+        entity: Mapping[str, str | None],
+        set: Mapping[str, float | None] | None = None,
+        remove: Iterable[str] = (),
+        request_timeout: float | None = None,
+    ) -> concurrent.futures.Future[dict[str, float]]:
+        """Sets or removes an entity's quotas (ALTER_CONFIGS on the cluster; a Tidelog
+        extension named after Kafka's). ``entity``: ``{"user": "alice"}``, ``{"client-id":
+        "etl"}`` or both; a value None is the default (every user / client id without its
+        own entry). ``set``: ``producer_byte_rate`` / ``consumer_byte_rate`` (bytes per second
+        per broker), ``request_rate`` (requests per second); a None value removes that limit,
+        as naming it in ``remove`` does. Limits not named stay. A future of the entity's
+        limits afterwards (``{}``: it has no quota any more)."""
+        req = security_service_pb2.AlterClientQuotasRequest(entity=_entity_proto(entity))
+        removed = list(remove) if not isinstance(remove, str) else [remove]
+        for key, value in (set or {}).items():
+            if key not in _QUOTA_KEYS:
+                raise ValueError(f"unknown quota {key!r}: expected one of {', '.join(_QUOTA_KEYS)}")
+            if value is None:
+                removed.append(key)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"quota {key}: expected a number, got {type(value).__name__}")
+            elif key == "request_rate":
+                req.set.request_rate = float(value)
+            else:
+                if value < 0 or value != int(value):
+                    raise ValueError(f"quota {key}: expected a whole number of bytes per second, got {value}")
+                setattr(req.set, key, int(value))
+        for key in removed:
+            if key not in _QUOTA_KEYS:
+                raise ValueError(f"unknown quota {key!r}: expected one of {', '.join(_QUOTA_KEYS)}")
+        req.remove.extend(dict.fromkeys(removed))
+        timeout = _seconds(request_timeout)
+
+        def alter() -> dict[str, float]:
+            return _limits_of(self._call(lambda s: s.security.AlterClientQuotas, req, timeout).limits)
+
+        return self._submit(alter)
+
+    def describe_client_quotas(
+        self, user: str | None = None, client_id: str | None = None, request_timeout: float | None = None
+    ) -> concurrent.futures.Future[ClientQuotas]:
+        """Every quota entity and its limits (DESCRIBE_CONFIGS on the cluster; a Tidelog
+        extension): a future of :class:`~tidelog.admin_types.ClientQuotas` ``(quotas,
+        effective)``, ``quotas`` a list of ``(entity, limits)`` dicts as
+        :meth:`alter_client_quotas` takes and returns them; with ``user`` (a name, or
+        ``"User:<name>"``) and/or ``client_id``, ``effective`` is the limits a caller with
+        those gets (Kafka's resolution: the most specific entity setting each limit wins)."""
+        req = security_service_pb2.DescribeClientQuotasRequest(
+            effective_for_user=_user_name(user or ""), effective_for_client_id=client_id or ""
+        )
+        asked = bool(user or client_id)
+        timeout = _seconds(request_timeout)
+
+        def describe() -> ClientQuotas:
+            resp = self._call(lambda s: s.security.DescribeClientQuotas, req, timeout)
+            quotas = [(_entity_of(q.entity), _limits_of(q.limits)) for q in resp.quotas]
+            return ClientQuotas(quotas, _limits_of(resp.effective) if asked else None)
+
+        return self._submit(describe)
+
+    def whoami(self, request_timeout: float | None = None) -> dict[str, Any]:
+        """Who the broker takes this client for (a Tidelog extension): ``principal``
+        (``"User:<name>"``, ``"User:ANONYMOUS"`` without credentials), ``authenticated_by``
+        (``"token"``, ``"mtls"`` or ``"anonymous"``), ``authorization_enabled`` (whether the
+        broker checks ACLs), ``superuser`` and ``client_id`` (the ``client.id`` it received)."""
+        r = self._call(
+            lambda s: s.security.WhoAmI, security_service_pb2.WhoAmIRequest(), _seconds(request_timeout)
+        )
+        return {
+            "principal": r.principal,
+            "authenticated_by": r.authenticated_by,
+            "authorization_enabled": r.authorization_enabled,
+            "superuser": r.superuser,
+            "client_id": r.client_id,
+        }
+
     def close(self) -> None:
         """Waits for the calls of pending futures, then disconnects."""
         self._closed.set()
@@ -791,6 +985,125 @@ def _check_unique(keys: list[Any], what: str) -> None:
 def _check_topic_resource(r: ConfigResource) -> None:
     if r.restype != ResourceType.TOPIC:
         raise ConfigError(f"{r}: only topic configurations (RESOURCE_TOPIC) are supported")
+
+
+# ---- ACL and quota conversions ----------------------------------------------------------------
+
+_PATTERN_TO_PROTO = {
+    ResourcePatternType.ANY: security_service_pb2.ACL_PATTERN_TYPE_ANY,
+    ResourcePatternType.MATCH: security_service_pb2.ACL_PATTERN_TYPE_MATCH,
+    ResourcePatternType.LITERAL: security_service_pb2.ACL_PATTERN_TYPE_LITERAL,
+    ResourcePatternType.PREFIXED: security_service_pb2.ACL_PATTERN_TYPE_PREFIXED,
+}
+_PATTERN_OF_PROTO = {v: k for k, v in _PATTERN_TO_PROTO.items()}
+_PERMISSION_TO_PROTO = {
+    AclPermissionType.ANY: security_service_pb2.ACL_PERMISSION_ANY,
+    AclPermissionType.ALLOW: security_service_pb2.ACL_PERMISSION_ALLOW,
+    AclPermissionType.DENY: security_service_pb2.ACL_PERMISSION_DENY,
+}
+_PERMISSION_OF_PROTO = {v: k for k, v in _PERMISSION_TO_PROTO.items()}
+# ResourceType and AclOperation have the proto's numbers (both follow Kafka's).
+_RESOURCE_TO_PROTO = {
+    ResourceType.ANY: security_service_pb2.ACL_RESOURCE_TYPE_ANY,
+    ResourceType.TOPIC: security_service_pb2.ACL_RESOURCE_TYPE_TOPIC,
+    ResourceType.GROUP: security_service_pb2.ACL_RESOURCE_TYPE_GROUP,
+    ResourceType.BROKER: security_service_pb2.ACL_RESOURCE_TYPE_CLUSTER,
+    ResourceType.TRANSACTIONAL_ID: security_service_pb2.ACL_RESOURCE_TYPE_TRANSACTIONAL_ID,
+}
+_RESOURCE_OF_PROTO = {v: k for k, v in _RESOURCE_TO_PROTO.items()}
+_OPERATION_TO_PROTO: dict[AclOperation, int] = {
+    op: op.value for op in AclOperation if op != AclOperation.UNKNOWN
+}
+_OPERATION_OF_PROTO = {v: k for k, v in _OPERATION_TO_PROTO.items()}
+
+#: The limits a quota sets.
+_QUOTA_KEYS = ("producer_byte_rate", "consumer_byte_rate", "request_rate")
+#: An entity's parts: Kafka's names (and client_id).
+_ENTITY_KEYS = {"user": "user", "client-id": "client_id", "client_id": "client_id"}
+
+
+def _acl_fields(a: AclBinding) -> dict[str, Any]:
+    return {
+        "resource_type": _RESOURCE_TO_PROTO[a.restype],
+        "resource_name": a.name or "",
+        "pattern_type": _PATTERN_TO_PROTO[a.resource_pattern_type],
+        "principal": a.principal or "",
+        "host": a.host or "",
+        "operation": _OPERATION_TO_PROTO[a.operation],
+        "permission": _PERMISSION_TO_PROTO[a.permission_type],
+    }
+
+
+def _acl_proto(a: AclBinding) -> security_service_pb2.AclBinding:
+    return security_service_pb2.AclBinding(**_acl_fields(a))
+
+
+def _filter_proto(f: AclBindingFilter) -> security_service_pb2.AclBindingFilter:
+    return security_service_pb2.AclBindingFilter(**_acl_fields(f))
+
+
+def _acl_of(b: security_service_pb2.AclBinding) -> AclBinding:
+    return AclBinding(
+        _RESOURCE_OF_PROTO.get(b.resource_type, ResourceType.UNKNOWN),
+        b.resource_name,
+        _PATTERN_OF_PROTO.get(b.pattern_type, ResourcePatternType.UNKNOWN),
+        b.principal,
+        b.host,
+        _OPERATION_OF_PROTO.get(b.operation, AclOperation.UNKNOWN),
+        _PERMISSION_OF_PROTO.get(b.permission, AclPermissionType.UNKNOWN),
+    )
+
+
+#: The broker's INVALID_ARGUMENT for one ACL of a CreateAcls request: "ACL <index>: <why>".
+_REFUSED_ACL = re.compile(r"ACL (\d+): ")
+
+
+def _refused_acl(e: Exception, n: int) -> int | None:
+    """The index of the ACL a failed CreateAcls refused, if the broker named one."""
+    if not isinstance(e, FatalError) or e.code != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    m = _REFUSED_ACL.match(e.message)
+    return int(m.group(1)) if m and int(m.group(1)) < n else None
+
+
+def _user_name(user: str) -> str:
+    """A quota's user: the principal's name, without ``User:``."""
+    return user.removeprefix("User:")
+
+
+def _entity_proto(entity: Mapping[str, str | None]) -> security_service_pb2.QuotaEntity:
+    if not isinstance(entity, Mapping) or not entity:
+        raise ValueError('a quota entity is a dict: {"user": name}, {"client-id": id} or both')
+    e = security_service_pb2.QuotaEntity()
+    for key, value in entity.items():
+        field = _ENTITY_KEYS.get(key)
+        if field is None:
+            raise ValueError(f"unknown quota entity key {key!r}: expected user and/or client-id")
+        part = getattr(e, field)
+        if part.WhichOneof("part") is not None:
+            raise ValueError(f"quota entity: {field} given twice")
+        if value is None:
+            part.default = True
+        elif isinstance(value, str) and value:
+            part.name = _user_name(value) if field == "user" else value
+        else:
+            raise ValueError(f"quota entity {key}: expected a non-empty name or None (the default)")
+    return e
+
+
+def _entity_of(e: security_service_pb2.QuotaEntity) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for key, part in (("user", e.user), ("client-id", e.client_id)):
+        kind = part.WhichOneof("part") if e.HasField(key.replace("-", "_")) else None
+        if kind == "name":
+            out[key] = part.name
+        elif kind == "default" and part.default:
+            out[key] = None
+    return out
+
+
+def _limits_of(limits: security_service_pb2.QuotaLimits) -> dict[str, float]:
+    return {k: getattr(limits, k) for k in _QUOTA_KEYS if limits.HasField(k)}
 
 
 def internal_admin(cfg: Mapping[str, Any]) -> AdminClient:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from .errors import KafkaError
 from .types import TopicPartition
@@ -139,7 +139,9 @@ class DeletedRecords:
 
 
 class ResourceType(enum.Enum):
-    """Kinds of configurable resources, as confluent-kafka numbers them (only TOPIC here)."""
+    """Kinds of resources, as confluent-kafka numbers them: configurable ones (only TOPIC
+    here) and those ACLs protect. ``BROKER`` is librdkafka's name for Kafka's (and Tidelog's)
+    cluster resource, named ``"kafka-cluster"``; ``CLUSTER`` is an alias of it."""
 
     UNKNOWN = 0
     ANY = 1
@@ -147,6 +149,7 @@ class ResourceType(enum.Enum):
     GROUP = 3
     BROKER = 4
     TRANSACTIONAL_ID = 5
+    CLUSTER = 4  # an alias: ResourceType.CLUSTER is ResourceType.BROKER
 
 
 RESOURCE_UNKNOWN = ResourceType.UNKNOWN.value
@@ -314,3 +317,228 @@ class ClusterMetadata:
 
     def __str__(self) -> str:
         return str(self.cluster_id)
+
+
+# ---- ACLs (create_acls, describe_acls, delete_acls) -----------------------------------------
+
+#: The name of the one cluster resource (``ResourceType.BROKER`` / ``CLUSTER``), as Kafka's.
+CLUSTER_RESOURCE_NAME = "kafka-cluster"
+
+
+class ResourcePatternType(enum.Enum):
+    """How an ACL's resource name selects resources, as confluent-kafka numbers them: LITERAL
+    (the name exactly; ``"*"``: every one), PREFIXED (every name starting with it); in filters
+    also ANY and MATCH (the ACLs that apply to the filter's name: literal, ``"*"`` and
+    prefixes of it)."""
+
+    UNKNOWN = 0
+    ANY = 1
+    MATCH = 2
+    LITERAL = 3
+    PREFIXED = 4
+
+
+class AclOperation(enum.Enum):
+    """What an ACL allows or denies, as confluent-kafka numbers them. ALL is every operation;
+    an ALLOW of READ, WRITE, DELETE or ALTER also allows DESCRIBE, of ALTER_CONFIGS also
+    DESCRIBE_CONFIGS (as in Kafka). ANY is for filters."""
+
+    UNKNOWN = 0
+    ANY = 1
+    ALL = 2
+    READ = 3
+    WRITE = 4
+    CREATE = 5
+    DELETE = 6
+    ALTER = 7
+    DESCRIBE = 8
+    CLUSTER_ACTION = 9
+    DESCRIBE_CONFIGS = 10
+    ALTER_CONFIGS = 11
+    IDEMPOTENT_WRITE = 12
+
+
+class AclPermissionType(enum.Enum):
+    """ALLOW or DENY (a matching DENY wins over every ALLOW); ANY is for filters."""
+
+    UNKNOWN = 0
+    ANY = 1
+    DENY = 2
+    ALLOW = 3
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _to_enum(value: Any, cls: type[_E], what: str) -> _E:
+    """confluent-kafka's conversion: an enum member, or its name (any case); a number too."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        try:
+            return cls[value.upper()]
+        except KeyError:
+            raise ValueError(f"Unknown value {value!r} for {what}: expected a {cls.__name__}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"Unknown value {value!r} for {what}: expected a {cls.__name__}") from None
+    raise TypeError(f"Expected {what} to be a {cls.__name__}, got {type(value).__name__}")
+
+
+class AclBinding:
+    """An ACL, confluent-kafka's ``AclBinding``: ``principal`` (``"User:<name>"``, or
+    ``"User:*"``) from ``host`` (an IP address, or ``"*"``) is allowed (or denied)
+    ``operation`` on the resources of type ``restype`` that ``name`` and
+    ``resource_pattern_type`` (LITERAL or PREFIXED) select::
+
+        AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, "User:alice", "*",
+                   AclOperation.WRITE, AclPermissionType.ALLOW)
+
+    Enum arguments may also be given by name (``"topic"``, ``"literal"``, ``"write"``, ...).
+    The cluster resource is ``ResourceType.BROKER`` (alias ``CLUSTER``) named
+    ``"kafka-cluster"``. Equal, hashable and ordered by value, so bindings work as dict keys
+    (:meth:`~tidelog.admin.AdminClient.create_acls`' futures) and in sets."""
+
+    #: Values an ACL may not have (a filter allows more, see :class:`AclBindingFilter`).
+    _forbidden: ClassVar[dict[str, frozenset[enum.Enum]]] = {
+        "restype": frozenset({ResourceType.UNKNOWN, ResourceType.ANY}),
+        "resource_pattern_type": frozenset(
+            {ResourcePatternType.UNKNOWN, ResourcePatternType.ANY, ResourcePatternType.MATCH}
+        ),
+        "operation": frozenset({AclOperation.UNKNOWN, AclOperation.ANY}),
+        "permission_type": frozenset({AclPermissionType.UNKNOWN, AclPermissionType.ANY}),
+    }
+    #: Whether ``name``, ``principal`` and ``host`` may be None (any).
+    _nullable_strings: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        restype: ResourceType | str | int,
+        name: str | None,
+        resource_pattern_type: ResourcePatternType | str | int,
+        principal: str | None,
+        host: str | None,
+        operation: AclOperation | str | int,
+        permission_type: AclPermissionType | str | int,
+    ) -> None:
+        self.restype: ResourceType = _to_enum(restype, ResourceType, "restype")
+        self.resource_pattern_type: ResourcePatternType = _to_enum(
+            resource_pattern_type, ResourcePatternType, "resource_pattern_type"
+        )
+        self.operation: AclOperation = _to_enum(operation, AclOperation, "operation")
+        self.permission_type: AclPermissionType = _to_enum(
+            permission_type, AclPermissionType, "permission_type"
+        )
+        for what, value in (("name", name), ("principal", principal), ("host", host)):
+            if value is None:
+                if not self._nullable_strings:
+                    raise ValueError(f"Expected {what} to be not None")
+            elif not isinstance(value, str):
+                raise TypeError(f"Expected {what} to be a string")
+        self.name = name
+        self.principal = principal
+        self.host = host
+        for what, forbidden in self._forbidden.items():
+            value = getattr(self, what)
+            if value in forbidden:
+                raise ValueError(f"Cannot use {what} {value.name} in a {type(self).__name__}")
+
+    def _to_tuple(self) -> tuple[Any, ...]:
+        return (
+            self.restype,
+            self.name,
+            self.resource_pattern_type,
+            self.principal,
+            self.host,
+            self.operation,
+            self.permission_type,
+        )
+
+    def _sort_key(self) -> tuple[Any, ...]:
+        return tuple(
+            (v.value, "") if isinstance(v, enum.Enum) else (0, "" if v is None else v)
+            for v in self._to_tuple()
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self._to_tuple()))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, AclBinding)
+        return self._to_tuple() == other._to_tuple()
+
+    def __lt__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, AclBinding)
+        return self._sort_key() < other._sort_key()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(restype={self.restype.name},name={self.name},"
+            f"resource_pattern_type={self.resource_pattern_type.name},principal={self.principal},"
+            f"host={self.host},operation={self.operation.name},"
+            f"permission_type={self.permission_type.name})"
+        )
+
+    __str__ = __repr__
+
+
+class AclBindingFilter(AclBinding):
+    """Selects ACLs (confluent-kafka's ``AclBindingFilter``), for ``describe_acls`` and
+    ``delete_acls``: each field narrows the selection; ``None`` (``name``, ``principal``,
+    ``host``) and ANY match every value. With ``ResourcePatternType.MATCH`` and a name it
+    selects the ACLs that apply to that resource (literal, ``"*"`` and matching prefixes)."""
+
+    _forbidden: ClassVar[dict[str, frozenset[enum.Enum]]] = {
+        "restype": frozenset({ResourceType.UNKNOWN}),
+        "resource_pattern_type": frozenset({ResourcePatternType.UNKNOWN}),
+        "operation": frozenset({AclOperation.UNKNOWN}),
+        "permission_type": frozenset({AclPermissionType.UNKNOWN}),
+    }
+    _nullable_strings: ClassVar[bool] = True
+
+    def matches(self, acl: AclBinding) -> bool:
+        """Whether this filter selects ``acl``, as the broker decides it."""
+        if self.name is not None:
+            if self.resource_pattern_type == ResourcePatternType.MATCH:
+                if acl.resource_pattern_type == ResourcePatternType.PREFIXED:
+                    if not self.name.startswith(acl.name or ""):
+                        return False
+                elif acl.name not in (self.name, "*"):
+                    return False
+            elif acl.name != self.name:
+                return False
+        pattern = self.resource_pattern_type
+        return (
+            pattern in (ResourcePatternType.ANY, ResourcePatternType.MATCH)
+            or pattern == acl.resource_pattern_type
+        ) and all(
+            mine is None
+            or mine == theirs
+            or mine in (ResourceType.ANY, AclOperation.ANY, AclPermissionType.ANY)
+            for mine, theirs in (
+                (self.restype, acl.restype),
+                (self.principal, acl.principal),
+                (self.host, acl.host),
+                (self.operation, acl.operation),
+                (self.permission_type, acl.permission_type),
+            )
+        )
+
+
+# ---- client quotas (alter_client_quotas, describe_client_quotas) ----------------------------
+
+
+class ClientQuotas(NamedTuple):
+    """What ``describe_client_quotas`` returns: every quota entity with its limits, e.g.
+    ``({"user": "alice"}, {"producer_byte_rate": 1048576})`` (an entity's keys are ``user``
+    and ``client-id``; a value None is the default entity), and, when asked for a user and/or
+    client id, the limits that apply to them (``effective``; else None)."""
+
+    quotas: list[tuple[dict[str, str | None], dict[str, float]]]
+    effective: dict[str, float] | None
