@@ -102,8 +102,10 @@ fn operation(s: &str) -> anyhow::Result<AclOperation> {
     })
 }
 
-fn name(prefix: &str, v: i32, full: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase().replace('_', "-") + if v < 0 { "?" } else { "" }
+/// A proto enum value's name as the flags spell it: `ACL_OPERATION_DESCRIBE_CONFIGS` →
+/// `describe-configs`.
+fn name(prefix: &str, full: &str) -> String {
+    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase().replace('_', "-")
 }
 
 fn acl_json(a: &AclBinding) -> Value {
@@ -113,11 +115,11 @@ fn acl_json(a: &AclBinding) -> Value {
     let perm = AclPermission::try_from(a.permission).map_or("?", |p| p.as_str_name());
     json!({
         "principal": a.principal,
-        "permission": name("ACL_PERMISSION_", 0, perm),
-        "operation": name("ACL_OPERATION_", 0, op),
-        "resource_type": name("ACL_RESOURCE_TYPE_", 0, rt),
+        "permission": name("ACL_PERMISSION_", perm),
+        "operation": name("ACL_OPERATION_", op),
+        "resource_type": name("ACL_RESOURCE_TYPE_", rt),
         "resource_name": a.resource_name,
-        "pattern_type": name("ACL_PATTERN_TYPE_", 0, pt),
+        "pattern_type": name("ACL_PATTERN_TYPE_", pt),
         "host": a.host,
     })
 }
@@ -208,21 +210,21 @@ pub async fn acl(broker: &crate::BrokerArg, command: AclCommand, format: OutputF
     Ok(())
 }
 
-/// The entity a quota command is about.
+/// The entity a quota command is about (`kafka-configs`' flags).
 #[derive(Debug, clap::Args)]
 pub struct EntityArg {
     /// A principal's name (without `User:`).
-    #[arg(long, conflicts_with = "default_user")]
+    #[arg(long, conflicts_with = "user_defaults")]
     user: Option<String>,
     /// Every user without a quota of its own.
     #[arg(long)]
-    default_user: bool,
+    user_defaults: bool,
     /// A client id.
-    #[arg(long, conflicts_with = "default_client_id")]
-    client_id: Option<String>,
+    #[arg(long, conflicts_with = "client_defaults")]
+    client: Option<String>,
     /// Every client id without a quota of its own.
     #[arg(long)]
-    default_client_id: bool,
+    client_defaults: bool,
 }
 
 fn part(name: &Option<String>, default: bool) -> Option<QuotaEntityPart> {
@@ -236,12 +238,12 @@ fn part(name: &Option<String>, default: bool) -> Option<QuotaEntityPart> {
 impl EntityArg {
     fn entity(&self) -> anyhow::Result<QuotaEntity> {
         let e = QuotaEntity {
-            user: part(&self.user, self.default_user),
-            client_id: part(&self.client_id, self.default_client_id),
+            user: part(&self.user, self.user_defaults),
+            client_id: part(&self.client, self.client_defaults),
         };
         anyhow::ensure!(
             e.user.is_some() || e.client_id.is_some(),
-            "name the entity: --user/--default-user and/or --client-id/--default-client-id"
+            "name the entity: --user/--user-defaults and/or --client/--client-defaults"
         );
         Ok(e)
     }
@@ -270,12 +272,12 @@ pub enum QuotaCommand {
         #[arg(long, required = true, value_delimiter = ',')]
         quota: Vec<String>,
     },
-    /// Every quota; with --user and --client-id also the limits such a client gets.
+    /// Every quota; with --user and/or --client also the limits such a client gets.
     Describe {
         #[arg(long)]
         user: Option<String>,
         #[arg(long)]
-        client_id: Option<String>,
+        client: Option<String>,
     },
 }
 
@@ -327,10 +329,10 @@ pub async fn quota(broker: &crate::BrokerArg, command: QuotaCommand, format: Out
             (entity.entity()?, Some(set), Vec::new())
         }
         QuotaCommand::Remove { entity, quota } => (entity.entity()?, None, quota),
-        QuotaCommand::Describe { user, client_id } => {
+        QuotaCommand::Describe { user, client } => {
             let req = DescribeClientQuotasRequest {
                 effective_for_user: user.unwrap_or_default(),
-                effective_for_client_id: client_id.unwrap_or_default(),
+                effective_for_client_id: client.unwrap_or_default(),
             };
             let resp = security.describe_client_quotas(req).await?.into_inner();
             if json_out {

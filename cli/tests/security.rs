@@ -410,9 +410,9 @@ async fn quotas_throttle_one_client_and_not_the_others() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    cli(&["quota", "set", "--client-id", "etl", "--producer-byte-rate", &LIMIT.to_string()]);
-    cli(&["quota", "set", "--client-id", "etl", "--consumer-byte-rate", &LIMIT.to_string()]);
-    let described = cli(&["quota", "describe", "--client-id", "etl", "--user", "ANONYMOUS"]);
+    cli(&["quota", "set", "--client", "etl", "--producer-byte-rate", &LIMIT.to_string()]);
+    cli(&["quota", "set", "--client", "etl", "--consumer-byte-rate", &LIMIT.to_string()]);
+    let described = cli(&["quota", "describe", "--client", "etl", "--user", "ANONYMOUS"]);
     assert!(described.contains("effective producer_byte_rate=10000000 consumer_byte_rate=10000000"), "{described}");
 
     let slow = Client::connect(broker.addr.clone()).await.unwrap().with_client_id("etl").unwrap();

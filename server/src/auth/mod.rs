@@ -87,7 +87,7 @@ impl SecurityState {
 
 /// Why a call was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{principal} is not allowed {operation:?} on {resource_type:?} {name:?}; an administrator can grant it with `tidelog acl add`")]
+#[error("{principal} is not allowed {operation} on {resource_type} {name:?}; an administrator can grant it with `tidelog acl add`")]
 pub struct Denied {
     pub principal: String,
     pub operation: Operation,
