@@ -77,6 +77,9 @@ step "Python SDK tests (pytest against the broker and Rust example binaries just
 step "grpcurl smoke test (reflection, produce and subscribe by hand)"
 scripts/grpcurl-smoke.sh target/debug/tidelog
 
+step "README's Securing a cluster example (openssl certificates and token, ACLs, quotas)"
+scripts/security-example.sh target/debug
+
 step "examples smoke test (producer + two group consumers, as examples/README.md shows)"
 scripts/examples-smoke.sh target/debug
 
