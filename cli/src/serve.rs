@@ -56,6 +56,25 @@ pub struct ServeArgs {
     /// (default 2000; 0 = never).
     #[arg(long, env = "TIDELOG_QUIESCE_MS")]
     pub quiesce_ms: Option<u64>,
+    /// Cluster mode: a second listener for the brokers' own traffic (Raft, passed-on calls),
+    /// with its own TLS (--internal-tls-*); --listen then serves clients only.
+    #[arg(long, env = "TIDELOG_INTERNAL_LISTEN", requires = "internal_peers")]
+    pub internal_listen: Option<std::net::SocketAddr>,
+    /// With --internal-listen: every broker's internal address, `1=10.0.1.1:9790,...`.
+    #[arg(long, env = "TIDELOG_INTERNAL_PEERS", value_delimiter = ',')]
+    pub internal_peers: Vec<String>,
+    /// Internal listener TLS: certificate chain (PEM), also presented to peers.
+    #[arg(long, env = "TIDELOG_INTERNAL_TLS_CERT", requires = "internal_tls_key")]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// Internal listener TLS: its private key (PEM).
+    #[arg(long, env = "TIDELOG_INTERNAL_TLS_KEY", requires = "internal_tls_cert")]
+    pub internal_tls_key: Option<PathBuf>,
+    /// Internal listener TLS: the CA peers' certificates must chain to.
+    #[arg(long, env = "TIDELOG_INTERNAL_TLS_CA")]
+    pub internal_tls_ca: Option<PathBuf>,
+    /// Internal listener TLS: refuse callers without a certificate from --internal-tls-ca.
+    #[arg(long, env = "TIDELOG_INTERNAL_TLS_REQUIRE_CLIENT_CERT")]
+    pub internal_tls_require_client_cert: bool,
 }
 
 /// Defaults < file < environment < flags (clap already merged the last two).
@@ -91,6 +110,22 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.retention_check_interval_ms {
         config.retention_check_interval_ms = v;
+    }
+    if args.internal_listen.is_some() {
+        config.internal_listen = args.internal_listen;
+    }
+    if !args.internal_peers.is_empty() {
+        config.cluster.internal_peers = args.internal_peers.clone();
+    }
+    if args.internal_tls_cert.is_some() {
+        config.internal_tls.cert.clone_from(&args.internal_tls_cert);
+        config.internal_tls.key.clone_from(&args.internal_tls_key);
+    }
+    if args.internal_tls_ca.is_some() {
+        config.internal_tls.ca.clone_from(&args.internal_tls_ca);
+    }
+    if args.internal_tls_require_client_cert {
+        config.internal_tls.require_client_cert = true;
     }
     if !args.peers.is_empty() {
         config.cluster.peers = args.peers.clone();

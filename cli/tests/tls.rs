@@ -153,3 +153,81 @@ async fn a_cluster_replicates_over_tls() {
         .await;
     }
 }
+
+/// Separate listeners: clients on one (TLS, no client certificates), brokers on another
+/// (mTLS with their own CA). The cluster replicates and passes calls on over the internal
+/// one; the client listener serves no Raft; a client cannot get past the internal one's
+/// handshake.
+#[tokio::test]
+async fn separate_listeners_keep_broker_traffic_on_the_internal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_ca, internal_ca) = (Ca::new(dir.path(), "clients"), Ca::new(dir.path(), "internal"));
+    let front = client_ca.sign(dir.path(), "front", "tidelog");
+    let broker_cert = internal_ca.sign(dir.path(), "broker", "broker");
+    let held: Vec<std::net::TcpListener> =
+        (0..6).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(held);
+    let list = |offset: usize| (1..=3).map(|n| format!("{n}=127.0.0.1:{}", ports[offset + n - 1])).collect::<Vec<_>>();
+    let (peers, internal) = (list(0).join(","), list(3).join(","));
+    let mut brokers = Vec::new();
+    for n in 1..=3usize {
+        let node = n.to_string();
+        let internal_listen = format!("127.0.0.1:{}", ports[2 + n]);
+        let args = [
+            "--node-id",
+            &node,
+            "--peers",
+            &peers,
+            "--internal-listen",
+            &internal_listen,
+            "--internal-peers",
+            &internal,
+            "--tls-cert",
+            front.cert.to_str().unwrap(),
+            "--tls-key",
+            front.key.to_str().unwrap(),
+            "--internal-tls-cert",
+            broker_cert.cert.to_str().unwrap(),
+            "--internal-tls-key",
+            broker_cert.key.to_str().unwrap(),
+            "--internal-tls-ca",
+            internal_ca.pem.to_str().unwrap(),
+            "--internal-tls-require-client-cert",
+        ];
+        let data = dir.path().join(format!("node-{n}"));
+        let log = dir.path().join(format!("node-{n}.log"));
+        brokers.push(BrokerProcess::start_listening(&data, &log, &format!("127.0.0.1:{}", ports[n - 1]), &args));
+    }
+    let opts = TlsOptions::from_files(&client_ca.pem, None, None).unwrap();
+    let client = Client::connect_tls(format!("127.0.0.1:{}", ports[0]), opts.clone()).await.unwrap();
+    let topic = eventually(Duration::from_secs(60), "a topic with three replicas", || async {
+        client.create_topic_replicated("split", 1, 3, Default::default()).await.ok()
+    })
+    .await;
+    assert_eq!(topic.partitions[0].replica_ids.len(), 3);
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let stored = producer.send("split", Record::new("over the internal listener")).await.unwrap().await.unwrap();
+    producer.close().await;
+    for port in &ports[..3] {
+        let at = Client::connect_tls(format!("127.0.0.1:{port}"), opts.clone()).await.unwrap();
+        eventually(WAIT, "the record committed on every replica", || async {
+            let t = at.describe_topic("split").await.ok()?;
+            (t.partitions[0].high_watermark > stored.offset).then_some(())
+        })
+        .await;
+    }
+    let mut raft = tidelog::proto::internal::raft_transport_client::RaftTransportClient::new(client.channel());
+    let refused = raft.vote(tidelog::proto::internal::RaftMessage::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "no Raft on the client listener: {refused:?}");
+    // The internal listener: a client trusting only the client CA, or the internal CA without
+    // a broker certificate, does not get through.
+    for ca in [&client_ca, &internal_ca] {
+        let opts = TlsOptions::from_files(&ca.pem, None, None).unwrap();
+        let through = match Client::connect_tls(format!("127.0.0.1:{}", ports[3]), opts).await {
+            Ok(c) => c.list_topics().await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!through, "a client reached the internal listener");
+    }
+}

@@ -42,6 +42,14 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Authentication, authorization (ACLs) and who the brokers are (docs/SECURITY.md).
     pub auth: AuthSettings,
+    /// Cluster mode: a second listener for the brokers' own traffic (Raft, and calls one
+    /// broker passes on to another), with its own TLS settings (`internal_tls`); peers are
+    /// reached at `cluster.internal_peers`. Default: none, `listen` serves both, and the
+    /// client listener then serves no Raft at all when this is set.
+    pub internal_listen: Option<SocketAddr>,
+    /// TLS of the internal listener and of calls to peers when `internal_listen` is set
+    /// (`[tls]` then covers clients only). Same keys as `[tls]`.
+    pub internal_tls: TlsSettings,
 }
 
 /// `[tls]`: certificates and keys as PEM files, reloaded on SIGHUP and when the files change
@@ -105,6 +113,9 @@ pub struct ClusterSettings {
     /// 2000 ms; 0 = never (every group ticks, about half a core per broker per 1,000 idle
     /// partitions).
     pub quiesce_ms: u64,
+    /// With `internal_listen`: every broker's internal listener, `id=host:port`, this one
+    /// included (peers call each other there); `peers` are then the addresses clients are told.
+    pub internal_peers: Vec<String>,
 }
 
 impl Default for ClusterSettings {
@@ -115,31 +126,46 @@ impl Default for ClusterSettings {
             election_timeout_ms: 1000,
             leader_rebalance_ms: 10_000,
             quiesce_ms: 2000,
+            internal_peers: Vec::new(),
         }
     }
 }
 
 impl ClusterSettings {
-    /// The peers as id → address; errors name the bad entry.
+    /// The peers as id → the address clients are told; errors name the bad entry.
     pub fn parse_peers(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
-        let mut out = std::collections::BTreeMap::new();
-        for entry in &self.peers {
-            let bad = |why: &str| ConfigError::Invalid(format!("cluster peer {entry:?}: {why} (use id=host:port)"));
-            let (id, addr) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
-            let id: u64 = id.trim().parse().map_err(|_| bad("the id is not a number"))?;
-            if id == 0 || id >= MAX_NODE_ID {
-                return Err(bad(&format!("ids must be 1..{MAX_NODE_ID}")));
-            }
-            let addr = addr.trim();
-            if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-                return Err(bad("the address has no port"));
-            }
-            if out.insert(id, addr.to_string()).is_some() {
-                return Err(bad("the id is listed twice"));
-            }
-        }
-        Ok(out)
+        parse_addresses(&self.peers, "cluster peer")
     }
+
+    /// Where brokers call each other: `internal_peers` if set, else `peers`.
+    pub fn peer_endpoints(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+        if self.internal_peers.is_empty() {
+            self.parse_peers()
+        } else {
+            parse_addresses(&self.internal_peers, "cluster internal peer")
+        }
+    }
+}
+
+/// `id=host:port` entries as id → address; errors name the bad entry.
+fn parse_addresses(entries: &[String], what: &str) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in entries {
+        let bad = |why: &str| ConfigError::Invalid(format!("{what} {entry:?}: {why} (use id=host:port)"));
+        let (id, addr) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let id: u64 = id.trim().parse().map_err(|_| bad("the id is not a number"))?;
+        if id == 0 || id >= MAX_NODE_ID {
+            return Err(bad(&format!("ids must be 1..{MAX_NODE_ID}")));
+        }
+        let addr = addr.trim();
+        if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+            return Err(bad("the address has no port"));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(bad("the id is listed twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// `metrics_listen = "auto"` serves metrics this many ports above the listen port (not the
@@ -163,6 +189,8 @@ impl Default for Config {
             cluster: ClusterSettings::default(),
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
+            internal_listen: None,
+            internal_tls: TlsSettings::default(),
         }
     }
 }
@@ -207,17 +235,60 @@ impl Config {
         }
         self.metrics_address()?;
         self.tls.validate()?;
-        if !peers.is_empty() && self.tls.enabled() && self.tls.ca.is_none() {
+        self.internal_tls.validate().map_err(|e| ConfigError::Invalid(format!("internal_tls: {e}")))?;
+        self.validate_internal(&peers)?;
+        let peer_tls = self.peer_tls();
+        if !peers.is_empty() && peer_tls.enabled() && peer_tls.ca.is_none() {
             return Err(ConfigError::Invalid(
-                "a cluster with TLS needs tls.ca: the CA the brokers' certificates chain to".into(),
+                "a cluster with TLS between brokers needs its ca (tls.ca, or internal_tls.ca with an internal \
+                 listener): the CA the brokers' certificates chain to"
+                    .into(),
             ));
         }
-        let cluster_mtls = self.tls.enabled() && self.tls.ca.is_some();
+        let cluster_mtls = peer_tls.enabled() && peer_tls.ca.is_some();
         self.auth.validate(!peers.is_empty(), cluster_mtls).map_err(ConfigError::Invalid)?;
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be at least 1".into()));
         }
         self.topic_defaults.validate().map_err(|e| ConfigError::Invalid(format!("topic_defaults: {e}")))
+    }
+
+    /// The TLS brokers use between themselves: `internal_tls` with an internal listener, else
+    /// `tls`.
+    pub fn peer_tls(&self) -> &TlsSettings {
+        if self.internal_listen.is_some() {
+            &self.internal_tls
+        } else {
+            &self.tls
+        }
+    }
+
+    fn validate_internal(&self, peers: &std::collections::BTreeMap<u64, String>) -> Result<(), ConfigError> {
+        let Some(internal) = self.internal_listen else {
+            if !self.cluster.internal_peers.is_empty() || self.internal_tls != TlsSettings::default() {
+                return Err(ConfigError::Invalid(
+                    "cluster.internal_peers and internal_tls need internal_listen (the brokers' own listener)".into(),
+                ));
+            }
+            return Ok(());
+        };
+        if peers.is_empty() {
+            return Err(ConfigError::Invalid("internal_listen is for cluster members (set cluster.peers)".into()));
+        }
+        if internal.port() == 0 || internal == self.listen {
+            return Err(ConfigError::Invalid(
+                "internal_listen needs its own fixed port, not 0 and not the client listener's".into(),
+            ));
+        }
+        let internal_peers = parse_addresses(&self.cluster.internal_peers, "cluster internal peer")?;
+        if internal_peers.keys().ne(peers.keys()) {
+            return Err(ConfigError::Invalid(
+                "cluster.internal_peers must list the same broker ids as cluster.peers (each broker's internal \
+                 address)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Where to serve `/metrics` (see `metrics_listen`); `None` when off.
@@ -295,5 +366,38 @@ mod tests {
         c.cluster.peers = vec!["1=127.0.0.1:7001".into()];
         c.listen = "127.0.0.1:0".parse().unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("fixed listen port"));
+    }
+
+    #[test]
+    fn internal_listener_and_auth_are_checked() {
+        let mut c = Config { listen: "127.0.0.1:7001".parse().unwrap(), ..Config::default() };
+        c.cluster.peers = vec!["1=127.0.0.1:7001".into(), "2=127.0.0.1:7002".into()];
+        c.internal_listen = Some("127.0.0.1:7101".parse().unwrap());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("same broker ids"), "{err}");
+        c.cluster.internal_peers = vec!["1=127.0.0.1:7101".into(), "2=127.0.0.1:7102".into()];
+        c.validate().unwrap();
+        assert_eq!(c.cluster.peer_endpoints().unwrap()[&2], "127.0.0.1:7102");
+        assert_eq!(c.cluster.parse_peers().unwrap()[&2], "127.0.0.1:7002", "clients are told the client address");
+        c.internal_listen = Some("127.0.0.1:7001".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("its own fixed port"));
+        c.internal_listen = None;
+        assert!(c.validate().unwrap_err().to_string().contains("need internal_listen"));
+        c.cluster.internal_peers.clear();
+
+        // Authorization in a cluster needs brokers to prove who they are.
+        c.auth.authorization = true;
+        assert!(c.validate().unwrap_err().to_string().contains("mutual TLS between brokers"));
+        c.tls = TlsSettings {
+            cert: Some("b.pem".into()),
+            key: Some("b.key".into()),
+            ca: Some("ca.pem".into()),
+            require_client_cert: false,
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("broker_principals"));
+        c.auth.broker_principals = vec!["User:broker".into()];
+        c.validate().unwrap();
+        c.auth.superusers = vec!["admin".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("User:<name>"));
     }
 }

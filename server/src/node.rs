@@ -41,6 +41,8 @@ pub struct Node {
     metrics: Option<TcpListener>,
     /// The listener's TLS, if configured.
     tls: Option<Arc<ServerTls>>,
+    /// Cluster mode with `internal_listen`: the brokers' own listener and its TLS.
+    internal: Option<(TcpListener, Option<Arc<ServerTls>>)>,
     broker: Arc<Broker>,
     /// Cluster mode: the Raft transport must be served beside the client services.
     cluster: Option<Arc<Cluster>>,
@@ -74,8 +76,28 @@ impl Node {
             }
             None
         };
-        let peer_tls = match config.tls.enabled() && !config.cluster.peers.is_empty() {
-            true => Some(crate::tls::peer_client_config(&config.tls).context("cannot load the TLS certificates")?),
+        let internal = match config.internal_listen {
+            None => None,
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (internal)"))?;
+                let tls = match config.internal_tls.enabled() {
+                    true => Some(
+                        ServerTls::load(&config.internal_tls).context("cannot load the internal TLS certificates")?,
+                    ),
+                    false => {
+                        if !addr.ip().is_loopback() {
+                            tracing::warn!(%addr, "internal listener beyond loopback without TLS: anyone who reaches it can send Raft traffic (docs/SECURITY.md)");
+                        }
+                        None
+                    }
+                };
+                Some((l, tls))
+            }
+        };
+        let peer_tls = match config.peer_tls().enabled() && !config.cluster.peers.is_empty() {
+            true => {
+                Some(crate::tls::peer_client_config(config.peer_tls()).context("cannot load the TLS certificates")?)
+            }
             false => None,
         };
         let auth = Arc::new(crate::auth::Auth::new(config.auth.clone()).context("cannot load [auth.jwt] keys")?);
@@ -92,7 +114,7 @@ impl Node {
         };
         broker.set_control(control)?;
         tasks::spawn(&broker);
-        Ok(Self { config, listener, metrics, tls, broker, cluster })
+        Ok(Self { config, listener, metrics, tls, internal, broker, cluster })
     }
 
     /// Where `/metrics` is served (`None` when off).
@@ -111,12 +133,15 @@ impl Node {
 
     /// Serves until `signal` resolves, then shuts down gracefully (see the module docs).
     pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { config, listener, metrics, tls, broker, cluster } = self;
+        let Self { config, listener, metrics, tls, internal, broker, cluster } = self;
         if let Some(listener) = metrics {
             let registry = Arc::new(metrics_registry(&broker));
             tokio::spawn(crate::telemetry::http::serve(listener, registry, broker.shutdown_signal()));
         }
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        // The internal listener stops after the client one's shutdown sequence: the hand-over
+        // needs Raft traffic.
+        let (internal_stop_tx, mut internal_stop_rx) = tokio::sync::watch::channel(false);
         let b = Arc::clone(&broker);
         let shutdown = async move {
             signal.await;
@@ -125,6 +150,7 @@ impl Node {
             b.hand_over(HAND_OVER_WAIT).await;
             b.stop_control().await;
             b.shutdown(); // ends subscriptions and produce streams, fsyncs everything
+            let _ = internal_stop_tx.send(true);
             let _ = stopped_tx.send(());
         };
         let raft = cluster.as_ref().map(|c| {
@@ -134,18 +160,25 @@ impl Node {
             .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
             .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
         });
-        let router = crate::api::router(Arc::clone(&broker)).await?.add_optional_service(raft);
-        // TCP_NODELAY on every accepted socket (`Server::tcp_nodelay` is ignored for a custom
-        // incoming stream): without it, Nagle holds back small responses — a live tail's
-        // single-record batches waited for the peer's delayed ACK, up to 40 ms.
-        let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
-            Some(tls) => {
-                Arc::clone(&tls).watch(broker.shutdown_signal());
-                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+        let services = crate::api::Services::new(Arc::clone(&broker)).await;
+        let server: Serving = match internal {
+            // One listener: clients and peers alike.
+            None => serve_on(services.router()?.add_optional_service(raft), listener, tls, &broker, shutdown),
+            // Two: clients here (no Raft), peers (Raft and passed-on calls) on the internal one.
+            Some((internal, internal_tls)) => {
+                let internal_done = async move {
+                    let _ = internal_stop_rx.wait_for(|stop| *stop).await;
+                };
+                let peers = serve_on(
+                    services.router()?.add_optional_service(raft),
+                    internal,
+                    internal_tls,
+                    &broker,
+                    internal_done,
+                );
+                let clients = serve_on(services.router()?, listener, tls, &broker, shutdown);
+                Box::pin(async move { tokio::try_join!(clients, peers).map(|_| ()) })
             }
-            None => Box::pin(
-                router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown),
-            ),
         };
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         tokio::select! {
@@ -157,6 +190,31 @@ impl Node {
         broker.shutdown();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Serves `router` on `listener` (TLS if given, reloaded live) until `shutdown`.
+///
+/// TCP_NODELAY on every accepted socket (`Server::tcp_nodelay` is ignored for a custom
+/// incoming stream): without it, Nagle holds back small responses — a live tail's
+/// single-record batches waited for the peer's delayed ACK, up to 40 ms.
+fn serve_on(
+    router: tonic::transport::server::Router<crate::api::Traced>,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    broker: &Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Serving {
+    match tls {
+        Some(tls) => {
+            Arc::clone(&tls).watch(broker.shutdown_signal());
+            Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+        }
+        None => Box::pin(
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown),
+        ),
     }
 }
 

@@ -62,49 +62,73 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
 /// (`records::MAX_IN_FLIGHT`) and Subscribe its buffered responses.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Every client-facing service, with the transport settings they need; `node.rs` adds the
-/// brokers' internal services (Raft) and serves it.
-pub async fn router(broker: Arc<Broker>) -> anyhow::Result<Router<Traced>> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RecordServiceServer<records::RecordApi>>().await;
-    health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
-    health.set_serving::<OffsetServiceServer<offsets::OffsetApi>>().await;
-    health.set_serving::<GroupServiceServer<group::GroupApi>>().await;
-    health.set_serving::<SecurityServiceServer<security::SecurityApi>>().await;
+/// Every client-facing service, built once: a broker with an internal listener serves them
+/// on both listeners (the same coordinator, the same state).
+#[derive(Clone)]
+pub struct Services {
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    records: RecordServiceServer<records::RecordApi>,
+    offsets: OffsetServiceServer<offsets::OffsetApi>,
+    groups: GroupServiceServer<group::GroupApi>,
+    admin: AdminServiceServer<admin::AdminApi>,
+    security: SecurityServiceServer<security::SecurityApi>,
+    auth: Arc<crate::auth::Auth>,
+}
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tidelog_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+impl Services {
+    pub async fn new(broker: Arc<Broker>) -> Self {
+        let health = tonic_health::server::HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        health.set_serving::<RecordServiceServer<records::RecordApi>>().await;
+        health.set_serving::<AdminServiceServer<admin::AdminApi>>().await;
+        health.set_serving::<OffsetServiceServer<offsets::OffsetApi>>().await;
+        health.set_serving::<GroupServiceServer<group::GroupApi>>().await;
+        health.set_serving::<SecurityServiceServer<security::SecurityApi>>().await;
+        let records = RecordServiceServer::new(records::RecordApi::new(Arc::clone(&broker)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let coordinator = crate::group::Coordinator::new(Arc::clone(&broker));
+        crate::group::coordinator::spawn_reaper(Arc::clone(&coordinator), &broker);
+        let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
+        let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
+        let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
+        let security = SecurityServiceServer::new(security::SecurityApi::new(Arc::clone(&broker)));
+        Self { health: health_service, records, offsets, groups, admin, security, auth: Arc::clone(broker.auth()) }
+    }
 
-    let records = RecordServiceServer::new(records::RecordApi::new(Arc::clone(&broker)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let coordinator = crate::group::Coordinator::new(Arc::clone(&broker));
-    crate::group::coordinator::spawn_reaper(Arc::clone(&coordinator), &broker);
-    let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
-    let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
-    let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
-    let security = SecurityServiceServer::new(security::SecurityApi::new(Arc::clone(&broker)));
-    let router = Server::builder()
-        // h2's default 64 KiB windows cap one stream at a window per round trip; batches are
-        // up to MiBs, so give each stream and connection room for several in flight.
-        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .layer(GrpcTraceLayer)
-        .layer(AuthLayer::new(Arc::clone(broker.auth())))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(records)
-        .add_service(offsets)
-        .add_service(groups)
-        .add_service(admin)
-        .add_service(security);
-    Ok(router)
+    /// A router serving them, with the transport settings they need; `node.rs` adds the
+    /// brokers' internal services (Raft) where they are served and serves it.
+    pub fn router(&self) -> anyhow::Result<Router<Traced>> {
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tidelog_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let router = Server::builder()
+            // h2's default 64 KiB windows cap one stream at a window per round trip; batches
+            // are up to MiBs, so give each stream and connection room for several in flight.
+            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .layer(GrpcTraceLayer)
+            .layer(AuthLayer::new(Arc::clone(&self.auth)))
+            .add_service(self.health.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(self.records.clone())
+            .add_service(self.offsets.clone())
+            .add_service(self.groups.clone())
+            .add_service(self.admin.clone())
+            .add_service(self.security.clone());
+        Ok(router)
+    }
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Services")
+    }
 }

@@ -100,16 +100,18 @@ impl Cluster {
     /// Joins the cluster: opens the metadata group (on a new cluster's first start the lowest
     /// broker id initialises it, the others only if it did not: `replica::Start`) and starts
     /// applying its log to the broker's topic table. Peers need not be up yet.
-    /// With `tls`, peers are called over TLS (`https://`).
+    /// With `tls`, peers are called over TLS (`https://`), at `cluster.internal_peers` if set.
     pub async fn start(
         broker: &Arc<Broker>,
         settings: &ClusterSettings,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Arc<Self>, BrokerError> {
         let brokers = settings.parse_peers().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+        let endpoints = settings.peer_endpoints().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
         let node_id = broker.node_id();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let peers = Peers::with_tls(brokers.iter().map(|(id, a)| (*id, format!("{scheme}://{a}"))).collect(), tls);
+        // Brokers call each other at their internal listeners when they have them.
+        let peers = Peers::with_tls(endpoints.iter().map(|(id, a)| (*id, format!("{scheme}://{a}"))).collect(), tls);
         let config = openraft::Config {
             cluster_name: "tidelog".into(),
             heartbeat_interval: settings.heartbeat_ms,
