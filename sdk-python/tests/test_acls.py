@@ -6,17 +6,14 @@ and ``whoami`` against a real broker started with ``[auth] authorization = true`
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Broker, unique
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_auth import AUDIENCE, ISSUER, mint
+from test_auth import issuer_broker, mint
 
 from tidelog import (
     AuthorizationError,
@@ -72,25 +69,9 @@ class SecuredBroker:
 
 @pytest.fixture(scope="module")
 def secured() -> Iterator[SecuredBroker]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    with tempfile.TemporaryDirectory(prefix="tidelog-acls-") as d:
-        root = Path(d)
-        pem = root / "issuer.pem"
-        pem.write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        config = root / "broker.toml"
-        config.write_text(
-            '[auth]\nauthorization = true\nsuperusers = ["User:admin"]\n[auth.jwt]\n'
-            f'keys = "{pem}"\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
-        )
-        b = Broker(root / "data", args=["--config", str(config)], log=root / "broker.log")
-        try:
-            yield SecuredBroker(b, key)
-        finally:
-            b.stop()
+    section = 'authorization = true\nsuperusers = ["User:admin"]'
+    with issuer_broker(section, "tidelog-acls-") as (b, key):
+        yield SecuredBroker(b, key)
 
 
 def _produce(conf: dict[str, Any], topic: str, value: bytes) -> KafkaError | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import tempfile
 import time
@@ -85,10 +86,13 @@ class AuthBroker:
         }
 
 
-@pytest.fixture(scope="module")
-def auth() -> Iterator[AuthBroker]:
+@contextlib.contextmanager
+def issuer_broker(auth_section: str, prefix: str) -> Iterator[tuple[Broker, Any]]:
+    """A broker trusting a fresh EC P-256 issuer key (``[auth.jwt]`` with ``ISSUER`` and
+    ``AUDIENCE``) under the given ``[auth]`` settings; yields the broker and the private key
+    to mint tokens with."""
     key = ec.generate_private_key(ec.SECP256R1())
-    with tempfile.TemporaryDirectory(prefix="tidelog-auth-") as d:
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
         root = Path(d)
         pem = root / "issuer.pem"
         pem.write_bytes(
@@ -98,14 +102,20 @@ def auth() -> Iterator[AuthBroker]:
         )
         config = root / "broker.toml"
         config.write_text(
-            "[auth]\nrequire_authentication = true\n[auth.jwt]\n"
+            f"[auth]\n{auth_section}\n[auth.jwt]\n"
             f'keys = "{pem}"\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
         )
         b = Broker(root / "data", args=["--config", str(config)], log=root / "broker.log")
         try:
-            yield AuthBroker(b, key)
+            yield b, key
         finally:
             b.stop()
+
+
+@pytest.fixture(scope="module")
+def auth() -> Iterator[AuthBroker]:
+    with issuer_broker("require_authentication = true", "tidelog-auth-") as (b, key):
+        yield AuthBroker(b, key)
 
 
 def _produce_one(conf: dict[str, Any], topic: str, value: bytes) -> None:
