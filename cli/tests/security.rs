@@ -219,16 +219,8 @@ async fn tokens_authenticate_and_acls_decide_every_call() {
     let delete = pb::DeleteGroupRequest { group: "billing".into() };
     assert_eq!(alice.groups().delete_group(delete).await.unwrap_err().code(), Code::PermissionDenied);
     // A group session's join needs READ on the group.
-    let join = pb::SessionRequest {
-        kind: Some(pb::session_request::Kind::Join(pb::JoinGroup {
-            group: "other-group".into(),
-            topics: vec!["pay.in".into()],
-            assignors: vec!["range".into()],
-            ..Default::default()
-        })),
-    };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(join).await.unwrap();
+    tx.send(join("other-group", "pay.in")).await.unwrap();
     let mut session =
         alice.groups().session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let first = tokio::time::timeout(WAIT, session.next()).await.unwrap().unwrap();
@@ -334,6 +326,32 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
         assert_eq!(code(alice.create_topic("mine", 1).await), Code::PermissionDenied, "broker {n}");
     }
 
+    // Group sessions, served by the coordinator or passed on to it: a join alice may not make
+    // ends the session with PERMISSION_DENIED; one she may is answered, and closing it is clean.
+    let team = acl(Res::Group, "team", Pat::Literal, "User:alice", Op::Read, Perm::Allow);
+    admin.security().create_acls(pb::CreateAclsRequest { acls: vec![team] }).await.unwrap();
+    for n in 1..=3 {
+        let alice = connect(&ca, &c, n, &alice_cert).await;
+        for (group, allowed) in [("not-hers", false), ("team", true)] {
+            let first = eventually(WAIT, "a session answer", || async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(join(group, "shared")).await.ok()?;
+                let mut s = alice.groups().session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.ok()?;
+                let first = tokio::time::timeout(WAIT, s.get_mut().next()).await.ok()??;
+                drop(tx); // the member closes its side
+                match &first {
+                    Err(e) if e.code() == Code::Unavailable => None, // no coordinator yet: retry
+                    _ => Some(first),
+                }
+            })
+            .await;
+            match first {
+                Err(e) => assert!(!allowed && e.code() == Code::PermissionDenied, "broker {n}, {group}: {e:?}"),
+                Ok(_) => assert!(allowed, "broker {n}: joined {group}"),
+            }
+        }
+    }
+
     // Replicated state: a broker killed (-9) and restarted rebuilds the ACLs from the
     // metadata log.
     c.kill9(3);
@@ -350,6 +368,21 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
     let mut raft = tidelog::proto::internal::raft_transport_client::RaftTransportClient::new(intruder.channel());
     let vote = raft.vote(tidelog::proto::internal::RaftMessage::default()).await.unwrap_err();
     assert_eq!(vote.code(), Code::PermissionDenied, "{vote:?}");
+    for n in 1..=3 {
+        assert!(!c.log(n).contains("panicked"), "broker {n} panicked:\n{}", c.log(n));
+    }
+}
+
+/// A session's opening message: join `group` for `topic`.
+fn join(group: &str, topic: &str) -> pb::SessionRequest {
+    pb::SessionRequest {
+        kind: Some(pb::session_request::Kind::Join(pb::JoinGroup {
+            group: group.into(),
+            topics: vec![topic.into()],
+            assignors: vec!["range".into()],
+            ..Default::default()
+        })),
+    }
 }
 
 /// Sends 64 KiB batches on one produce stream for `secs`; returns each acknowledgement's time

@@ -113,6 +113,11 @@ impl TestCluster {
         }
     }
 
+    /// Broker `n`'s whole log.
+    pub fn log(&self, n: u64) -> String {
+        std::fs::read_to_string(self.root.path().join(format!("node-{n}.log"))).unwrap_or_default()
+    }
+
     /// The end of every broker's log, for a failure message.
     pub fn dump_logs(&self) {
         for n in NODES {

@@ -75,7 +75,8 @@ impl GroupApi {
         inbound: Streaming<SessionRequest>,
     ) -> Result<Response<<Self as GroupService>::SessionStream>, Status> {
         // A join the caller may not make ends the forwarding, and the session with its status.
-        let (denied_tx, mut denied_rx) = tokio::sync::oneshot::channel::<Status>();
+        // (An mpsc, not a oneshot: the loop below polls it again after the sender is gone.)
+        let (denied_tx, mut denied_rx) = mpsc::channel::<Status>(1);
         let mut denied_tx = Some(denied_tx);
         let auth = Arc::clone(self.broker.auth());
         let up = inbound
@@ -86,7 +87,7 @@ impl GroupApi {
                     Ok(()) => true,
                     Err(status) => {
                         if let Some(t) = denied_tx.take() {
-                            let _ = t.send(status);
+                            let _ = t.try_send(status);
                         }
                         false
                     }
@@ -107,7 +108,7 @@ impl GroupApi {
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
-                    Ok(status) = &mut denied_rx => Some(Err(status)),
+                    Some(status) = denied_rx.recv() => Some(Err(status)),
                     m = down.next() => m,
                     () = &mut moved => Some(Err(Status::unavailable("the group coordinator moved; rejoin"))),
                     _ = shutdown.changed() => Some(Err(Status::unavailable("this broker is shutting down; rejoin"))),
