@@ -139,6 +139,16 @@ async fn tokens_authenticate_and_acls_decide_every_call() {
         assert!(!s.message().is_empty() && !s.message().contains(&token), "{why}: a reason, never the token");
     }
 
+    // Oversized credentials: a token past 16 KiB is refused with a reason; metadata past
+    // 64 KiB does not reach the broker's handlers; the broker serves on either way.
+    let huge = as_user(&addr, &"a".repeat(20 << 10)).await;
+    let err = huge.list_topics().await.unwrap_err();
+    assert!(err.to_string().contains("longer than"), "{err}");
+    let mut request = tonic::Request::new(pb::WhoAmIRequest {});
+    request.metadata_mut().insert("x-padding", "p".repeat(100 << 10).parse().unwrap());
+    assert!(anonymous.security().who_am_i(request).await.is_err(), "100 KiB of metadata refused");
+    assert!(admin.list_topics().await.is_ok());
+
     // With authorization on and no ACL, only superusers may act.
     assert_eq!(code(alice.create_topic("orders", 1).await), Code::PermissionDenied);
     assert!(admin.list_topics().await.unwrap().is_empty(), "the denied create created nothing");

@@ -111,6 +111,8 @@ async fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
 
     assert!(tls_client(&broker, &ca, None).await.is_err(), "no client certificate");
     assert!(tls_client(&broker, &ca, Some(&mallory)).await.is_err(), "a certificate from another CA");
+    let expired = ca.sign_expired(dir.path(), "old", "old");
+    assert!(tls_client(&broker, &ca, Some(&expired)).await.is_err(), "an expired certificate");
     let client = tls_client(&broker, &ca, Some(&alice)).await.unwrap();
     client.create_topic("mutual", 1).await.unwrap();
     let cli = ["--tls-ca", ca.pem.to_str().unwrap()];

@@ -261,3 +261,111 @@ fn bearer_tokens_never_panic_and_never_verify_when_mutated() {
         }
     });
 }
+
+/// Group session messages: what a member sends (joins, syncs, heartbeats, leaves), in any
+/// order, with any names, generations and assignments, from many sessions at once, never
+/// panics the coordinator, and every member it describes is one that joined.
+#[test]
+fn group_session_messages_never_panic_the_coordinator() {
+    use tidelog_proto::v1::{JoinGroup, MemberAssignment, TopicPartitions};
+    use tidelog_server::broker::{Broker, BrokerOptions};
+    use tidelog_server::group::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerOptions {
+        data_dir: dir.path().to_path_buf(),
+        node_id: 1,
+        advertised_address: "127.0.0.1:0".into(),
+        topic_defaults: Default::default(),
+        retention_check_interval: Duration::from_secs(60),
+        auth: Default::default(),
+    })
+    .unwrap();
+    let coordinator = Coordinator::new(broker);
+    let mut rng = rng("group sessions");
+    let word = |rng: &mut StdRng| -> String {
+        match rng.gen_range(0..5) {
+            0 => String::new(),
+            1 => "x".repeat(rng.gen_range(200..400)),
+            2 => (0..rng.gen_range(1..8)).map(|_| char::from(rng.gen_range(0u8..128))).collect(),
+            _ => format!("g{}", rng.gen_range(0..3)),
+        }
+    };
+    let deadline = Instant::now() + budget();
+    let (mut n, mut members): (u64, Vec<(String, String, u64)>) = (0, Vec::new());
+    let mut receivers = Vec::new();
+    while Instant::now() < deadline && n < 200_000 {
+        n += 1;
+        let session = rng.gen_range(1..16u64);
+        let known = (!members.is_empty()).then(|| members[rng.gen_range(0..members.len())].clone());
+        let step = catch_unwind(AssertUnwindSafe(|| match rng.gen_range(0..5) {
+            0 | 1 => {
+                let join = JoinGroup {
+                    group: word(&mut rng),
+                    topics: (0..rng.gen_range(0..3))
+                        .map(|_| if rng.gen_bool(0.8) { format!("t{}", rng.gen_range(0..3)) } else { word(&mut rng) })
+                        .collect(),
+                    assignors: (0..rng.gen_range(0..3))
+                        .map(|_| match rng.gen_range(0..5) {
+                            0 => word(&mut rng),
+                            1 => "roundrobin".into(),
+                            2 => "sticky".into(),
+                            _ => "range".into(),
+                        })
+                        .collect(),
+                    session_timeout_ms: match rng.gen_range(0..4) {
+                        0 => rng.gen(),
+                        1 => 0,
+                        _ => rng.gen_range(1000..300_000),
+                    },
+                    ..Default::default()
+                };
+                let group = join.group.clone();
+                let id = known.as_ref().filter(|_| rng.gen_bool(0.3)).map(|(_, m, _)| m.clone());
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                receivers.push(rx);
+                if let Ok(member) = coordinator.join(session, id.as_deref(), join, tx) {
+                    members.push((group, member, session));
+                }
+            }
+            2 => {
+                let (g, m, _) = known.clone().unwrap_or_else(|| (word(&mut rng), word(&mut rng), 0));
+                let assignments = (0..rng.gen_range(0..4))
+                    .map(|_| MemberAssignment {
+                        member_id: if rng.gen_bool(0.7) { m.clone() } else { word(&mut rng) },
+                        partitions: vec![TopicPartitions {
+                            topic: word(&mut rng),
+                            partitions: (0..rng.gen_range(0..5)).map(|_| rng.gen()).collect(),
+                        }],
+                    })
+                    .collect();
+                let _ = coordinator.sync(&g, &m, rng.gen_range(0..4), assignments);
+            }
+            3 => {
+                if let Some((g, m, _)) = &known {
+                    let _ = coordinator.heartbeat(g, m);
+                    let _ = coordinator.check_commit(g, rng.gen_range(0..4), m);
+                }
+            }
+            _ => {
+                if let Some((g, m, s)) = &known {
+                    coordinator.remove(g, m, Some(*s), "fuzz");
+                }
+            }
+        }));
+        if step.is_err() {
+            panic!("group sessions: panicked at step {n} (replay with the seed above)");
+        }
+        if receivers.len() > 256 {
+            receivers.drain(..128);
+        }
+        if let Some((g, _, _)) = &known {
+            if let Some(view) = coordinator.describe(g) {
+                for m in &view.members {
+                    assert!(members.iter().any(|(_, id, _)| *id == m.member_id), "unknown member {}", m.member_id);
+                }
+            }
+        }
+    }
+    eprintln!("group sessions: {n} messages ({} joins accepted), no panic", members.len());
+    assert!(members.len() > 100, "the fuzz must reach the coordinator past validation");
+}

@@ -33,9 +33,22 @@ impl Ca {
     /// A certificate for `cn`, valid for 127.0.0.1 and localhost, written as `{file}.pem` and
     /// `{file}-key.pem` (overwriting: a reload test rewrites them).
     pub fn sign(&self, dir: &Path, file: &str, cn: &str) -> Signed {
+        self.sign_params(dir, file, cn, |_| {})
+    }
+
+    /// As [`Ca::sign`], for a certificate that expired in 2020.
+    pub fn sign_expired(&self, dir: &Path, file: &str, cn: &str) -> Signed {
+        self.sign_params(dir, file, cn, |p| {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        })
+    }
+
+    fn sign_params(&self, dir: &Path, file: &str, cn: &str, adjust: impl FnOnce(&mut CertificateParams)) -> Signed {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.distinguished_name.push(DnType::CommonName, cn);
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let signed = Signed { cert: dir.join(format!("{file}.pem")), key: dir.join(format!("{file}-key.pem")) };

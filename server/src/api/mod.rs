@@ -61,6 +61,10 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_BYTES_LIMIT as usize * 2;
 /// broker hold unbounded per-stream state. Produce streams also bound their in-flight batches
 /// (`records::MAX_IN_FLIGHT`) and Subscribe its buffered responses.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Largest header block (gRPC metadata) of one call: tokens are at most 16 KiB
+/// (`auth::token`), and nothing else a client sends is large. A call with more is refused by
+/// HTTP/2 before any handler sees it.
+pub const MAX_METADATA_BYTES: u32 = 64 << 10;
 
 /// Every client-facing service, built once: a broker with an internal listener serves them
 /// on both listeners (the same coordinator, the same state).
@@ -113,6 +117,7 @@ impl Services {
             .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES))
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_max_header_list_size(Some(MAX_METADATA_BYTES))
             .layer(GrpcTraceLayer)
             .layer(AuthLayer::new(Arc::clone(&self.auth)))
             .add_service(self.health.clone())

@@ -78,3 +78,33 @@ pub fn certificate_name(der: &[u8], rule: MtlsRule) -> Option<String> {
     };
     name.filter(|n| !n.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: Option<&str>, dns: &[&str], uri: Option<&str>) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
+        if let Some(u) = uri {
+            p.subject_alt_names.push(rcgen::SanType::URI(u.try_into().unwrap()));
+        }
+        p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn mapping_rules() {
+        let full = cert(Some("alice"), &["alice.apps.internal"], Some("spiffe://corp/alice"));
+        assert_eq!(certificate_name(&full, MtlsRule::Cn).as_deref(), Some("alice"));
+        assert_eq!(certificate_name(&full, MtlsRule::San).as_deref(), Some("alice.apps.internal"));
+        let no_cn = cert(None, &["svc.internal"], None);
+        assert_eq!(certificate_name(&no_cn, MtlsRule::Cn).as_deref(), Some("svc.internal"));
+        let uri_only = cert(Some("bob"), &[], Some("spiffe://corp/bob"));
+        assert_eq!(certificate_name(&uri_only, MtlsRule::San).as_deref(), Some("spiffe://corp/bob"));
+        assert_eq!(certificate_name(&cert(None, &[], None), MtlsRule::Cn), None);
+        assert_eq!(certificate_name(b"not a certificate", MtlsRule::Cn), None);
+    }
+}
