@@ -180,6 +180,27 @@ async fn tokens_authenticate_and_acls_decide_every_call() {
     assert_eq!(first_record(&alice, "pay.in").await.unwrap().as_deref(), Some("p1"));
     assert_eq!(code(first_record(&alice, "orders").await), Code::PermissionDenied);
     assert_eq!(code(first_record(&alice, "pay.secret").await), Code::PermissionDenied);
+    // ACLs apply to open subscriptions: a DENY added ends alice's stream before it serves more.
+    let mut live = Subscription::new("pay.in").start_at(StartAt::Earliest).open(&alice).await.unwrap();
+    let first = tokio::time::timeout(WAIT, live.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.value.as_deref(), Some(&b"p1"[..]));
+    let deny = acl(Res::Topic, "pay.in", Pat::Literal, "User:alice", Op::Read, Perm::Deny);
+    admin.security().create_acls(pb::CreateAclsRequest { acls: vec![deny.clone()] }).await.unwrap();
+    assert_eq!(produce_one(&admin, "pay.in", "p2").await, pb::ErrorCode::Unspecified);
+    let ended = tokio::time::timeout(WAIT, live.next()).await.unwrap().unwrap();
+    assert_eq!(code(ended), Code::PermissionDenied, "the open subscription ends");
+    let undo = pb::AclBindingFilter {
+        resource_type: Res::Topic as i32,
+        resource_name: "pay.in".into(),
+        pattern_type: Pat::Literal as i32,
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation: Op::Read as i32,
+        permission: Perm::Deny as i32,
+    };
+    let removed = admin.security().delete_acls(pb::DeleteAclsRequest { filters: vec![undo] }).await.unwrap();
+    assert_eq!(removed.into_inner().acls, vec![deny]);
+
     // Metadata: only what alice may describe (implied by READ and WRITE), denied topics hidden.
     let mut seen: Vec<String> = alice.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
     seen.sort();
@@ -351,6 +372,8 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
                 drop(tx); // the member closes its side
                 match &first {
                     Err(e) if e.code() == Code::Unavailable => None, // no coordinator yet: retry
+                    // The ACL reaches each broker a moment after the controller (as Kafka's).
+                    Err(e) if allowed && e.code() == Code::PermissionDenied => None,
                     _ => Some(first),
                 }
             })
@@ -361,6 +384,18 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
             }
         }
     }
+
+    // A grant added and then revoked stays revoked through the restart below (the replay
+    // installs the ACLs as the whole log leaves them, never an earlier state).
+    let brief = acl(Res::Topic, "other", Pat::Literal, "User:alice", Op::Describe, Perm::Allow);
+    admin.security().create_acls(pb::CreateAclsRequest { acls: vec![brief] }).await.unwrap();
+    let revoke = pb::AclBindingFilter {
+        resource_type: Res::Topic as i32,
+        resource_name: "other".into(),
+        principal: "User:alice".into(),
+        ..Default::default()
+    };
+    admin.security().delete_acls(pb::DeleteAclsRequest { filters: vec![revoke] }).await.unwrap();
 
     // Replicated state: a broker killed (-9) and restarted rebuilds the ACLs from the
     // metadata log.

@@ -60,7 +60,7 @@ async fn single_node_a_recreated_topic_is_consumed_from_its_start() {
 #[tokio::test]
 async fn cluster_a_recreated_topic_is_consumed_from_its_start() {
     let c = TestCluster::start().await;
-    c.controller().await; // elected (the CLI does not retry a create)
+    c.controller().await; // elected (the CLI retries NOT_LEADER for a while, not forever)
                           // Each step at another broker: creates, deletes and group calls are passed on to the
                           // controller, and every broker must have dropped the offsets.
     tokio::task::spawn_blocking(move || consume_delete_recreate_consume(3, |step| c.addr(step as u64 % 3 + 1)))

@@ -221,6 +221,35 @@ impl Client {
     }
 }
 
+/// How long the controller's admin calls (create, delete, add partitions) are retried while
+/// the answer is NOT_LEADER: a cluster that is electing its controller (Kafka's admin client
+/// retries such answers likewise). Nothing was done by a NOT_LEADER answer.
+pub const ADMIN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a broker's answer is NOT_LEADER (its `x-tidelog-error-code` metadata).
+pub fn is_not_leader(status: &tonic::Status) -> bool {
+    status.metadata().get("x-tidelog-error-code").is_some_and(|v| v == "ERROR_CODE_NOT_LEADER")
+}
+
+/// `call` again while it answers NOT_LEADER, for up to [`ADMIN_RETRY`].
+async fn retry_not_leader<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + ADMIN_RETRY;
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(s) if is_not_leader(&s) && tokio::time::Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, Error> {
     let mut e = Endpoint::from_shared(addr.to_string())
         .map_err(|e| Error::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?;
@@ -295,7 +324,12 @@ impl Client {
         config: TopicConfig,
     ) -> Result<TopicDescription, Error> {
         let req = CreateTopicRequest { name: name.into(), partitions, replication_factor, config: Some(config) };
-        let resp = self.admin().create_topic(req).await?.into_inner();
+        let resp = retry_not_leader(|| {
+            let (mut admin, req) = (self.admin(), req.clone());
+            async move { admin.create_topic(req).await }
+        })
+        .await?
+        .into_inner();
         resp.topic.ok_or_else(|| Error::Decode("CreateTopic returned no topic".into()))
     }
 
@@ -334,7 +368,12 @@ impl Client {
 
     /// Deletes a topic and its data (and every group's committed offsets for it).
     pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
-        self.admin().delete_topic(DeleteTopicRequest { name: name.into() }).await?;
+        let req = DeleteTopicRequest { name: name.into() };
+        retry_not_leader(|| {
+            let (mut admin, req) = (self.admin(), req.clone());
+            async move { admin.delete_topic(req).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -377,7 +416,12 @@ impl Client {
     /// the new count once they read it again (`ProducerConfig::metadata_max_age`).
     pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<TopicDescription, Error> {
         let req = CreatePartitionsRequest { topic: topic.into(), total_count: total };
-        let resp = self.admin().create_partitions(req).await?.into_inner();
+        let resp = retry_not_leader(|| {
+            let (mut admin, req) = (self.admin(), req.clone());
+            async move { admin.create_partitions(req).await }
+        })
+        .await?
+        .into_inner();
         resp.topic.ok_or_else(|| Error::Decode("CreatePartitions returned no topic".into()))
     }
 

@@ -30,6 +30,8 @@
 //! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
 //! | Unauthorized (ACLs)          | AUTHORIZATION_FAILED | PERMISSION_DENIED   | no (ask for an ACL) |
 //! | Forwarded (another broker's) | by its gRPC status   | as it came          | as it says |
+//!
+//! A failed call also carries its `ErrorCode` name in the `x-tidelog-error-code` metadata.
 
 use tidelog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
@@ -160,8 +162,17 @@ pub fn status(e: &BrokerError) -> Status {
     if error_code == ErrorCode::StorageError {
         tracing::error!(error = %e, "request failed on the broker side");
     }
-    Status::new(code, e.to_string())
+    let mut status = Status::new(code, e.to_string());
+    // The precise code beside the gRPC one, so clients can tell NOT_LEADER (retry) from other
+    // UNAVAILABLE answers without reading the message.
+    status
+        .metadata_mut()
+        .insert(ERROR_CODE_METADATA, tonic::metadata::MetadataValue::from_static(error_code.as_str_name()));
+    status
 }
+
+/// The metadata key of a failed call's `ErrorCode` name (e.g. `ERROR_CODE_NOT_LEADER`).
+pub const ERROR_CODE_METADATA: &str = "x-tidelog-error-code";
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {

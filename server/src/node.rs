@@ -163,26 +163,29 @@ impl Node {
         let services = crate::api::Services::new(Arc::clone(&broker)).await;
         let server: Serving = match internal {
             // One listener: clients and peers alike.
-            None => serve_on(services.router()?.add_optional_service(raft), listener, tls, &broker, shutdown),
+            None => serve_on(services.router(true)?.add_optional_service(raft), listener, tls, &broker, shutdown),
             // Two: clients here (no Raft), peers (Raft and passed-on calls) on the internal one.
             Some((internal, internal_tls)) => {
                 let internal_done = async move {
                     let _ = internal_stop_rx.wait_for(|stop| *stop).await;
                 };
                 let peers = serve_on(
-                    services.router()?.add_optional_service(raft),
+                    services.router(true)?.add_optional_service(raft),
                     internal,
                     internal_tls,
                     &broker,
                     internal_done,
                 );
-                let clients = serve_on(services.router()?, listener, tls, &broker, shutdown);
+                let clients = serve_on(services.router(false)?, listener, tls, &broker, shutdown);
                 Box::pin(async move { tokio::try_join!(clients, peers).map(|_| ()) })
             }
         };
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         tokio::select! {
-            res = server => res?,
+            res = server => if let Err(e) = res {
+                broker.shutdown(); // everything acknowledged is fsynced, whatever stopped the server
+                return Err(e.into());
+            },
             _ = async { let _ = stopped_rx.await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("streams still open after the grace period; exiting anyway");
             }

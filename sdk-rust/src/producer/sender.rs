@@ -46,11 +46,15 @@ struct Routes {
     fallback: usize,
     leaders: HashMap<TopicPartition, String>,
     sent_to: HashMap<TopicPartition, String>,
+    /// Quotas: brokers that said (`throttle_time_ms`) they read nothing from this producer
+    /// before then. Batches for them stay queued until it has passed (Kafka's clients
+    /// likewise); other brokers' batches go on.
+    throttled: HashMap<String, Instant>,
 }
 
 impl Routes {
     fn new(brokers: Vec<String>) -> Self {
-        Self { brokers, fallback: 0, leaders: HashMap::new(), sent_to: HashMap::new() }
+        Self { brokers, fallback: 0, leaders: HashMap::new(), sent_to: HashMap::new(), throttled: HashMap::new() }
     }
 
     fn target(&self, tp: &TopicPartition) -> String {
@@ -87,8 +91,6 @@ struct Conn {
     generation: u64,
     /// Request id → partition, for requests whose response is still wanted.
     in_flight: HashMap<u64, TopicPartition>,
-    /// A quota: the broker said it reads nothing from this stream before then.
-    throttled_until: Option<tokio::time::Instant>,
 }
 
 enum Event {
@@ -133,7 +135,7 @@ impl Conn {
                 }
             }
         });
-        Ok(Self { tx, generation, in_flight: HashMap::new(), throttled_until: None })
+        Ok(Self { tx, generation, in_flight: HashMap::new() })
     }
 }
 
@@ -176,13 +178,6 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
             let Some(c) = conns.get_mut(&addr) else { continue };
-            // Honour the broker's throttle (Kafka's clients do likewise): nothing is sent to
-            // it before the time it gave has passed. The sender waits for it, so a producer
-            // throttled by one broker is slowed for all: quotas are per broker but a
-            // producer over one is usually over them all.
-            if let Some(until) = c.throttled_until.take() {
-                tokio::time::sleep_until(until).await;
-            }
             if shared.config.acks != Acks::None {
                 c.in_flight.insert(req.request_id, tp);
             }
@@ -219,8 +214,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 (Some(c), Event::Response(resp)) => {
                     if resp.throttle_time_ms > 0 {
                         shared.stats.throttled(resp.throttle_time_ms);
-                        let until = tokio::time::Instant::now() + Duration::from_millis(resp.throttle_time_ms.into());
-                        c.throttled_until = Some(c.throttled_until.map_or(until, |t| t.max(until)));
+                        let until = Instant::now() + Duration::from_millis(resp.throttle_time_ms.into());
+                        let t = routes.throttled.entry(addr.clone()).or_insert(until);
+                        *t = (*t).max(until);
                     }
                     if resp.error_code == ErrorCode::NotLeader as i32 {
                         if let Some(tp) = c.in_flight.get(&resp.request_id) {
@@ -348,7 +344,14 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
         let target = routes.target(tp);
         // A new target only once nothing is in flight to the old one (see `Routes`).
         let switching = !q.in_flight.is_empty() && routes.sent_to.get(tp) != Some(&target);
-        while !waiting && !switching && q.in_flight.len() < cfg.max_in_flight {
+        let throttled = match routes.throttled.get(&target) {
+            Some(t) if *t > now => {
+                due(*t);
+                true
+            }
+            _ => false,
+        };
+        while !waiting && !switching && !throttled && q.in_flight.len() < cfg.max_in_flight {
             let Some(mut b) = q.ready.pop_front() else { break };
             b.request_id = *next_id;
             *next_id += 1;

@@ -124,14 +124,18 @@ impl GroupApi {
     }
 }
 
-/// Whether a session message may go on: a join needs READ on its group.
+/// Whether a session message may go on: a join needs READ on its group and DESCRIBE on its
+/// topics.
 fn join_allowed(auth: &Auth, caller: &Caller, m: &SessionRequest) -> Result<(), Status> {
-    match &m.kind {
-        Some(session_request::Kind::Join(j)) => auth
-            .authorize(caller, Operation::Read, ResourceType::Group, &j.group)
-            .map_err(|d| BrokerError::from(d).into()),
-        _ => Ok(()),
+    let denied = |d| Status::from(BrokerError::from(d));
+    if let Some(session_request::Kind::Join(j)) = &m.kind {
+        auth.authorize(caller, Operation::Read, ResourceType::Group, &j.group).map_err(denied)?;
+        // The coordinator tells the group's leader each topic's partitions.
+        for t in &j.topics {
+            auth.authorize(caller, Operation::Describe, ResourceType::Topic, t).map_err(denied)?;
+        }
     }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -256,11 +260,23 @@ impl GroupService for GroupApi {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         authorize(&self.broker, &request, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
-        if let Some(mut client) = self.at_coordinator(&request).await? {
+        // Lag and offsets only for the topics the caller may describe.
+        let caller = caller(&request);
+        let mut resp = if let Some(mut client) = self.at_coordinator(&request).await? {
             let req = forwarded_request(request.into_inner(), Some(APPLY_WAIT));
-            return client.describe_group(req).await.map_err(upstream_status);
-        }
-        let group = request.into_inner().group;
+            client.describe_group(req).await.map_err(upstream_status)?.into_inner()
+        } else {
+            self.describe_here(request.into_inner().group).await?
+        };
+        let auth = self.broker.auth();
+        resp.partitions.retain(|p| auth.allowed(&caller, Operation::Describe, ResourceType::Topic, &p.topic));
+        Ok(Response::new(resp))
+    }
+}
+
+impl GroupApi {
+    /// DescribeGroup on the coordinator.
+    async fn describe_here(&self, group: String) -> Result<DescribeGroupResponse, Status> {
         group_admin::check_exists(&self.broker, &self.coordinator, &group)?;
         let view = self.coordinator.describe(&group);
         let mut resp = DescribeGroupResponse { group: group.clone(), state: "empty".into(), ..Default::default() };
@@ -311,6 +327,6 @@ impl GroupService for GroupApi {
                 });
             }
         }
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 }

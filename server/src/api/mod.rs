@@ -103,8 +103,9 @@ impl Services {
     }
 
     /// A router serving them, with the transport settings they need; `node.rs` adds the
-    /// brokers' internal services (Raft) where they are served and serves it.
-    pub fn router(&self) -> anyhow::Result<Router<Traced>> {
+    /// brokers' internal services (Raft) where they are served and serves it. `brokers_here`:
+    /// brokers call this listener (see `auth::layer::AuthLayer::new`).
+    pub fn router(&self, brokers_here: bool) -> anyhow::Result<Router<Traced>> {
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(tidelog_proto::FILE_DESCRIPTOR_SET)
@@ -119,7 +120,7 @@ impl Services {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_max_header_list_size(Some(MAX_METADATA_BYTES))
             .layer(GrpcTraceLayer)
-            .layer(AuthLayer::new(Arc::clone(&self.auth)))
+            .layer(AuthLayer::new(Arc::clone(&self.auth), brokers_here))
             .add_service(self.health.clone())
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

@@ -337,6 +337,12 @@ async fn tail_partition(
                         messaging.tidelog.batch.base_offset = read_from as i64,
                     )
                 });
+                // ACLs apply to open subscriptions too (Kafka checks every fetch): a READ
+                // revoked, or a DENY added, ends the stream before anything more is served.
+                if let Err(denied) = auth.authorize(&caller, Operation::Read, ResourceType::Topic, partition.topic()) {
+                    let _ = tx.send(Err(status(&BrokerError::from(denied)))).await;
+                    return;
+                }
                 // Quotas: a subscriber over its consume rate gets this response late (and says
                 // how late), and nothing is read meanwhile.
                 let delay = auth.throttle(&caller, Kind::Consume, bytes);

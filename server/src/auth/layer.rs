@@ -68,22 +68,25 @@ const PUBLIC_PREFIXES: &[&str] = &["/grpc.reflection."];
 /// The brokers' internal services (Raft): brokers only, once broker principals are configured.
 const INTERNAL_PREFIX: &str = "/tidelog.internal.";
 
-/// The layer (`api::router`).
+/// The layer (`api::Services::router`).
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     auth: Arc<Auth>,
+    brokers_here: bool,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Auth>) -> Self {
-        Self { auth }
+    /// `brokers_here`: whether brokers call this listener (the only one, or the internal one);
+    /// on a client-only listener no certificate makes its holder a broker.
+    pub fn new(auth: Arc<Auth>, brokers_here: bool) -> Self {
+        Self { auth, brokers_here }
     }
 }
 
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, auth: Arc::clone(&self.auth) }
+        AuthService { inner, auth: Arc::clone(&self.auth), brokers_here: self.brokers_here }
     }
 }
 
@@ -91,6 +94,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Auth>,
+    brokers_here: bool,
 }
 
 /// The caller a request was authenticated as; anonymous for requests that did not pass the
@@ -99,12 +103,14 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
     req.extensions().get::<Caller>().cloned().unwrap_or_else(|| Caller::anonymous(None, Arc::from("")))
 }
 
-fn authenticate<B>(auth: &Auth, req: &http::Request<B>) -> Result<Caller, Status> {
+fn authenticate<B>(auth: &Auth, req: &http::Request<B>, brokers_here: bool) -> Result<Caller, Status> {
     let ext = req.extensions();
     let (host, certs) = match ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
         Some(tls) => (tls.get_ref().remote_addr().map(|a| a.ip()), tls.peer_certs()),
         None => (ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip()), None),
     };
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d; ACL hosts name a.b.c.d.
+    let host = host.map(|h| h.to_canonical());
     let client_id: Arc<str> = match req.headers().get(CLIENT_ID).and_then(|v| v.to_str().ok()) {
         Some(id) => Arc::from(&id[..id.len().min(MAX_CLIENT_ID)]),
         None => Arc::from(""),
@@ -130,7 +136,7 @@ fn authenticate<B>(auth: &Auth, req: &http::Request<B>) -> Result<Caller, Status
             Status::unauthenticated("the client certificate names no principal (no subject CN or DNS name)")
         })?;
         let principal = format!("User:{name}");
-        let broker = auth.is_broker_principal(&principal);
+        let broker = brokers_here && auth.is_broker_principal(&principal);
         return Ok(Caller { principal: Arc::from(principal), source: Source::Mtls, host, client_id, broker });
     }
     Ok(Caller::anonymous(host, client_id))
@@ -160,7 +166,9 @@ where
         let path = req.uri().path();
         let open = OPEN_PREFIXES.iter().any(|p| path.starts_with(p));
         let settings = self.auth.settings();
-        let checked = match authenticate(&self.auth, &req) {
+        let checked = match authenticate(&self.auth, &req, self.brokers_here) {
+            // Health checks are answered whatever credentials they carry.
+            Err(_) if open => Ok(Caller::anonymous(None, Arc::from(""))),
             Err(status) => Err(status),
             Ok(c) if open => Ok(c),
             Ok(c) if c.source == Source::Anonymous && settings.require_authentication => {

@@ -24,9 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// How far ahead of now a bucket may run before calls are delayed.
 pub const BURST: Duration = Duration::from_millis(500);
-/// Buckets idle this long are forgotten (swept when the map grows).
-const IDLE: Duration = Duration::from_secs(60);
-/// The map is swept when it holds this many buckets.
+/// The map is swept when it holds this many buckets (and again at twice what a sweep kept).
 const SWEEP_AT: usize = 4096;
 /// The longest delay one call gets (Kafka caps its throttle time too).
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -197,10 +195,17 @@ impl QuotaSet {
     }
 }
 
-/// The per-broker buckets.
+/// The per-broker buckets. A bucket whose time is past is the same as no bucket, so a sweep
+/// drops those: the map holds only clients with debt, whatever client ids callers invent.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    buckets: Mutex<HashMap<(Kind, QuotaEntity), Instant>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    map: HashMap<(Kind, QuotaEntity), Instant>,
+    sweep_at: usize,
 }
 
 impl Limiter {
@@ -210,10 +215,11 @@ impl Limiter {
         let now = Instant::now();
         let cost = Duration::from_secs_f64((amount as f64 / rate).min(MAX_DELAY.as_secs_f64() * 4.0));
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= SWEEP_AT {
-            buckets.retain(|_, tat| now.saturating_duration_since(*tat) < IDLE);
+        if buckets.map.len() >= buckets.sweep_at.max(SWEEP_AT) {
+            buckets.map.retain(|_, tat| *tat > now);
+            buckets.sweep_at = buckets.map.len() * 2;
         }
-        let tat = buckets.entry((kind, bucket)).or_insert(now);
+        let tat = buckets.map.entry((kind, bucket)).or_insert(now);
         *tat = (*tat).max(now) + cost;
         tat.saturating_duration_since(now).saturating_sub(BURST).min(MAX_DELAY)
     }

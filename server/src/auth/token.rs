@@ -67,9 +67,27 @@ fn load(path: &Path) -> Result<Keys, TokenError> {
         let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| err(format!("not a JWKS: {e}")))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {:?}: {e}", jwk.common.key_id)))?;
+            // Encryption keys and keys this broker cannot use are skipped (identity providers
+            // publish such keys beside their signing keys), with a warning.
+            let kid = jwk.common.key_id.clone();
+            if matches!(jwk.common.public_key_use, Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let key = match DecodingKey::from_jwk(jwk) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), ?kid, error = %e, "skipping a JWKS key this broker cannot use");
+                    continue;
+                }
+            };
             let algs = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-                (Some(a), _) => vec![Algorithm::from_str_lossy(&a.to_string())],
+                (Some(a), _) => match a.to_string().parse::<Algorithm>() {
+                    Ok(alg) => vec![alg],
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), ?kid, alg = %a, "skipping a JWKS key with an algorithm tokens cannot use");
+                        continue;
+                    }
+                },
                 (None, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) => rsa_algs(),
                 (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p)) => match p.curve {
                     jsonwebtoken::jwk::EllipticCurve::P384 => vec![Algorithm::ES384],
@@ -77,13 +95,18 @@ fn load(path: &Path) -> Result<Keys, TokenError> {
                 },
                 (None, jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_)) => vec![Algorithm::EdDSA],
                 (None, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) => {
-                    return Err(err("symmetric (oct) keys are not accepted: use the issuer's public keys".into()))
+                    tracing::warn!(path = %path.display(), ?kid, "skipping a symmetric (oct) key: only the issuer's public keys are used");
+                    continue;
                 }
             };
-            keys.push((jwk.common.key_id.clone(), key, algs));
+            // HMAC algorithms are never accepted, whatever a key claims.
+            if algs.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) {
+                continue;
+            }
+            keys.push((kid, key, algs));
         }
         if keys.is_empty() {
-            return Err(err("the JWKS holds no key".into()));
+            return Err(err("the JWKS holds no signing key this broker can use".into()));
         }
         return Ok(Keys::Set(keys));
     }
@@ -97,17 +120,6 @@ fn load(path: &Path) -> Result<Keys, TokenError> {
         return Ok(Keys::Single(k, vec![Algorithm::EdDSA]));
     }
     Err(err("neither a JWKS nor a PEM public key (RSA, EC or Ed25519)".into()))
-}
-
-/// Small extension: `Algorithm` from the name a JWK's `alg` field carries.
-trait FromStrLossy {
-    fn from_str_lossy(s: &str) -> Algorithm;
-}
-
-impl FromStrLossy for Algorithm {
-    fn from_str_lossy(s: &str) -> Algorithm {
-        s.parse().unwrap_or(Algorithm::RS256)
-    }
 }
 
 #[derive(Debug)]
@@ -184,12 +196,12 @@ impl JwtVerifier {
         let loaded = self.loaded.read().unwrap_or_else(PoisonError::into_inner);
         let (key, algs) = match &loaded.keys {
             Keys::Single(k, a) => (k, a),
-            Keys::Set(keys) => keys
-                .iter()
-                .find(|(kid, _, _)| *kid == header.kid)
-                .or_else(|| keys.iter().find(|(kid, _, _)| kid.is_none()))
-                .map(|(_, k, a)| (k, a))
-                .ok_or_else(|| TokenError::Invalid(format!("no key with kid {:?} in the issuer's JWKS", header.kid)))?,
+            // A token naming a kid gets that key; one without a kid, a key without one.
+            Keys::Set(keys) => {
+                keys.iter().find(|(kid, _, _)| *kid == header.kid).map(|(_, k, a)| (k, a)).ok_or_else(|| {
+                    TokenError::Invalid(format!("no key with kid {:?} in the issuer's JWKS", header.kid))
+                })?
+            }
         };
         if !algs.contains(&header.alg) {
             return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted for this key", header.alg)));
@@ -212,12 +224,80 @@ impl JwtVerifier {
             _ => return Err(TokenError::Invalid(format!("the token has no {claim:?} claim naming its principal"))),
         };
         let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
-        drop(loaded);
+        // Cached while the keys it verified with are still held (a reload, which clears the
+        // cache, waits for this read lock): a token of a removed key is never cached.
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(token.to_string(), (name.clone(), exp));
+        drop(cache);
+        drop(loaded);
         Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64url(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    /// An EC P-256 key pair as a JWK (public half) and an encoding key.
+    fn ec_jwk(kid: &str, use_: &str) -> (serde_json::Value, jsonwebtoken::EncodingKey) {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let raw = pair.public_key_raw(); // 0x04 || X || Y
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": use_,
+            "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65]),
+        });
+        (jwk, jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap())
+    }
+
+    fn token(key: &jsonwebtoken::EncodingKey, kid: Option<&str>, sub: &str) -> String {
+        let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
+        h.kid = kid.map(str::to_string);
+        let claims = serde_json::json!({"sub": sub, "iss": "https://i.test", "exp": now_s() + 600});
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    }
+
+    #[test]
+    fn jwks_keys_by_kid_skipping_what_cannot_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sig, sig_key) = ec_jwk("k1", "sig");
+        let (enc, enc_key) = ec_jwk("k2", "enc");
+        let oct = serde_json::json!({"kty": "oct", "kid": "k3", "k": "c2VjcmV0"});
+        let set = serde_json::json!({"keys": [sig, enc, oct]});
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, set.to_string()).unwrap();
+        let v = JwtVerifier::new(&JwtSettings {
+            keys: path.clone(),
+            issuer: "https://i.test".into(),
+            ..JwtSettings::default()
+        })
+        .unwrap();
+        assert_eq!(v.verify(&token(&sig_key, Some("k1"), "alice")).unwrap(), "alice");
+        let err = v.verify(&token(&enc_key, Some("k2"), "mallory")).unwrap_err().to_string();
+        assert!(err.contains("no key with kid"), "an encryption key never verifies: {err}");
+        let err = v.verify(&token(&sig_key, None, "alice")).unwrap_err().to_string();
+        assert!(err.contains("no key with kid"), "no kid, no key without one: {err}");
+        // Only unusable keys: the file is refused.
+        std::fs::write(&path, serde_json::json!({"keys": [oct_only()]}).to_string()).unwrap();
+        let settings = JwtSettings { keys: path, issuer: "x".into(), ..JwtSettings::default() };
+        assert!(JwtVerifier::new(&settings).is_err());
+    }
+
+    fn oct_only() -> serde_json::Value {
+        serde_json::json!({"kty": "oct", "kid": "k3", "k": "c2VjcmV0"})
     }
 }

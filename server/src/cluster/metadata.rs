@@ -11,8 +11,10 @@
 //! Applying is deterministic and idempotent over the log prefix: a `CreateTopic` for a name
 //! that exists is ignored (the proposer sees another id and reports "exists"), a `DeleteTopic`
 //! names the incarnation (topic id) it deletes. A broker restarting re-applies the log from the
-//! start; creates that a later delete undoes are skipped, so their groups never start, and a
-//! topic's alterations are folded into its create, so it opens with its current settings.
+//! start; creates that a later delete undoes are skipped, so their groups never start, a
+//! topic's alterations are folded into its create, so it opens with its current settings, and
+//! the ACLs and quotas are folded into one state installed before anything else, so a revoked
+//! ACL is never enforced again while the backlog replays.
 //!
 //! Never: apply a command above the metadata group's high watermark (uncommitted).
 
@@ -190,6 +192,9 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
     // below: a topic opens with the settings and partitions it has now, never briefly with
     // those it was created with.
     let mut alterations: HashMap<u64, Vec<MetaCommand>> = HashMap::new();
+    // The ACLs and quotas as the whole backlog leaves them, installed once before anything is
+    // served from it: replaying them one by one would briefly enforce revoked ACLs again.
+    let mut security = (*broker.auth().state()).clone();
     let mut end = 0u64;
     while let Some(cmds) = read_chunk(log, &mut end)? {
         for (_, cmd) in cmds {
@@ -200,14 +205,17 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
                 MetaCommand::AlterTopic { topic_id, .. } | MetaCommand::AddPartitions { topic_id, .. } => {
                     alterations.entry(topic_id).or_default().push(cmd);
                 }
+                MetaCommand::Security { change } => {
+                    security.apply(&change);
+                }
                 MetaCommand::CreateTopic { .. }
                 | MetaCommand::CommitOffsets { .. }
                 | MetaCommand::DeleteGroup { .. }
-                | MetaCommand::DeleteRecords { .. }
-                | MetaCommand::Security { .. } => {}
+                | MetaCommand::DeleteRecords { .. } => {}
             }
         }
     }
+    broker.auth().replace_state(security);
     let mut next = 0u64;
     while next < end {
         let Some(cmds) = read_chunk(log, &mut next)? else { break };
@@ -223,6 +231,7 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
                     apply(broker, cluster, offset, MetaCommand::CreateTopic { record }).await;
                 }
                 MetaCommand::AlterTopic { .. } | MetaCommand::AddPartitions { .. } => {} // folded into its create
+                MetaCommand::Security { .. } => {}                                       // installed whole above
                 cmd => apply(broker, cluster, offset, cmd).await,
             }
         }
