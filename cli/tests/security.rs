@@ -389,6 +389,11 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
     // installs the ACLs as the whole log leaves them, never an earlier state).
     let brief = acl(Res::Topic, "other", Pat::Literal, "User:alice", Op::Describe, Perm::Allow);
     admin.security().create_acls(pb::CreateAclsRequest { acls: vec![brief] }).await.unwrap();
+    let alice3 = connect(&ca, &c, 3, &alice_cert).await;
+    eventually(WAIT, "broker 3 enforcing the grant", || async {
+        (alice3.describe_topic("other").await.err().map(|e| code::<()>(Err(e)))? == Code::NotFound).then_some(())
+    })
+    .await;
     let revoke = pb::AclBindingFilter {
         resource_type: Res::Topic as i32,
         resource_name: "other".into(),
@@ -396,6 +401,12 @@ async fn a_cluster_authenticates_its_brokers_and_enforces_acls_everywhere() {
         ..Default::default()
     };
     admin.security().delete_acls(pb::DeleteAclsRequest { filters: vec![revoke] }).await.unwrap();
+    // Broker 3 has both in its log (it enforces the revocation) before it is killed.
+    eventually(WAIT, "broker 3 enforcing the revocation", || async {
+        (alice3.describe_topic("other").await.err().map(|e| code::<()>(Err(e)))? == Code::PermissionDenied)
+            .then_some(())
+    })
+    .await;
 
     // Replicated state: a broker killed (-9) and restarted rebuilds the ACLs from the
     // metadata log.

@@ -29,6 +29,7 @@
 //! | GroupNotEmpty                | NON_EMPTY_GROUP      | FAILED_PRECONDITION | after its members stop |
 //! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
 //! | Unauthorized (ACLs)          | AUTHORIZATION_FAILED | PERMISSION_DENIED   | no (ask for an ACL) |
+//! | Unauthorized (ACLs not current yet) | NOT_LEADER    | UNAVAILABLE         | yes    |
 //! | Forwarded (another broker's) | by its gRPC status   | as it came          | as it says |
 //!
 //! A failed call also carries its `ErrorCode` name in the `x-tidelog-error-code` metadata.
@@ -131,7 +132,8 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::UnknownGroup(_) => (ErrorCode::UnknownGroup, Code::NotFound),
         B::GroupNotEmpty { .. } => (ErrorCode::NonEmptyGroup, Code::FailedPrecondition),
         B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),
-        B::Unauthorized(_) => (ErrorCode::AuthorizationFailed, Code::PermissionDenied),
+        B::Unauthorized(crate::auth::Denied::Acl { .. }) => (ErrorCode::AuthorizationFailed, Code::PermissionDenied),
+        B::Unauthorized(crate::auth::Denied::NotCurrent) => (ErrorCode::NotLeader, Code::Unavailable),
         B::Forwarded(s) => (forwarded_code(s.code()), s.code()),
     }
 }

@@ -112,6 +112,9 @@ impl Node {
                 Cluster::start(&broker, &config.cluster, peer_tls).await.context("cannot join the cluster")?;
             (Arc::clone(&cluster) as Arc<dyn ControlPlane>, Some(cluster))
         };
+        // ACL decisions wait until this broker's copy is the cluster's (fail closed).
+        let check = Arc::clone(&control);
+        broker.auth().set_current_check(Box::new(move || check.metadata_ready()));
         broker.set_control(control)?;
         tasks::spawn(&broker);
         Ok(Self { config, listener, metrics, tls, internal, broker, cluster })

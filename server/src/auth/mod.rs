@@ -87,21 +87,34 @@ impl SecurityState {
 
 /// Why a call was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{principal} is not allowed {operation} on {resource_type} {name:?}; an administrator can grant it with `tidelog acl add`")]
-pub struct Denied {
-    pub principal: String,
-    pub operation: Operation,
-    pub resource_type: ResourceType,
-    pub name: String,
+pub enum Denied {
+    /// No ACL allows it, or one denies it (PERMISSION_DENIED).
+    #[error("{principal} is not allowed {operation} on {resource_type} {name:?}; an administrator can grant it with `tidelog acl add`")]
+    Acl { principal: String, operation: Operation, resource_type: ResourceType, name: String },
+    /// This broker's copy of the ACLs may be behind the cluster's (it is catching up on the
+    /// metadata log after a restart or a partition): decided nowhere, retryable.
+    #[error("this broker's ACLs are not current yet (it is catching up on the cluster's metadata); retry shortly")]
+    NotCurrent,
 }
 
+/// Whether the ACLs this broker holds are the cluster's current ones.
+pub type CurrentCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// The broker's security: settings, token verifier, current ACLs and quotas, quota buckets.
-#[derive(Debug)]
 pub struct Auth {
     settings: AuthSettings,
     jwt: Option<token::JwtVerifier>,
     state: RwLock<Arc<SecurityState>>,
     limiter: quota::Limiter,
+    /// Set by the composition root from the control plane (a cluster member is current once
+    /// it applied the metadata log up to the controller's commit point); unset: current.
+    current: std::sync::OnceLock<CurrentCheck>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("settings", &self.settings).finish_non_exhaustive()
+    }
 }
 
 impl Default for Auth {
@@ -114,7 +127,24 @@ impl Auth {
     /// From the settings; fails if the JWT key file cannot be read.
     pub fn new(settings: AuthSettings) -> Result<Self, token::TokenError> {
         let jwt = settings.jwt.as_ref().map(token::JwtVerifier::new).transpose()?;
-        Ok(Self { settings, jwt, state: RwLock::new(Arc::default()), limiter: quota::Limiter::default() })
+        Ok(Self {
+            settings,
+            jwt,
+            state: RwLock::new(Arc::default()),
+            limiter: quota::Limiter::default(),
+            current: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Installs the check of whether this broker's ACLs are current (once; `node.rs`). While
+    /// they are not, a call that needs an ACL is refused as retryable instead of decided on a
+    /// stale copy: fail closed, never open.
+    pub fn set_current_check(&self, check: CurrentCheck) {
+        let _ = self.current.set(check);
+    }
+
+    fn is_current(&self) -> bool {
+        self.current.get().is_none_or(|c| c())
     }
 
     pub fn settings(&self) -> &AuthSettings {
@@ -155,6 +185,9 @@ impl Auth {
         if !self.settings.authorization || self.is_superuser(caller) {
             return Ok(());
         }
+        if !self.is_current() {
+            return Err(Denied::NotCurrent);
+        }
         if self.state().acls.authorize(&caller.principal, caller.host, op, rt, name) {
             return Ok(());
         }
@@ -166,11 +199,14 @@ impl Auth {
     pub fn allowed(&self, caller: &Caller, op: Operation, rt: ResourceType, name: &str) -> bool {
         !self.settings.authorization
             || self.is_superuser(caller)
-            || self.state().acls.authorize(&caller.principal, caller.host, op, rt, name)
+            || (self.is_current() && self.state().acls.authorize(&caller.principal, caller.host, op, rt, name))
     }
 
     /// InitProducer: IDEMPOTENT_WRITE on the cluster, or WRITE on any topic (Kafka's rule).
     pub fn authorize_idempotent(&self, caller: &Caller) -> Result<(), Denied> {
+        if self.settings.authorization && !self.is_superuser(caller) && !self.is_current() {
+            return Err(Denied::NotCurrent);
+        }
         if self.allowed(caller, Operation::IdempotentWrite, ResourceType::Cluster, CLUSTER_NAME)
             || self.state().acls.authorize_any(&caller.principal, caller.host, Operation::Write, ResourceType::Topic)
         {
@@ -191,7 +227,12 @@ impl Auth {
             "denied"
         );
         instruments().authorization_denied.inc();
-        Denied { principal: caller.principal.to_string(), operation: op, resource_type: rt, name: name.to_string() }
+        Denied::Acl {
+            principal: caller.principal.to_string(),
+            operation: op,
+            resource_type: rt,
+            name: name.to_string(),
+        }
     }
 
     /// Counts `amount` of `kind` against the caller's quota and returns how long it must

@@ -92,6 +92,9 @@ pub struct Cluster {
     metadata_log: Arc<crate::partition::Partition>,
     /// The metadata-log offset up to which commands are applied to the topic table.
     applied: watch::Sender<u64>,
+    /// The metadata log's end when this broker started: it is not current before it applied
+    /// at least that far (what it held at start may be committed without it knowing yet).
+    start_log_end: u64,
     /// Partition groups held here, by group id.
     hosted: RwLock<BTreeMap<u64, Hosted>>,
 }
@@ -158,6 +161,7 @@ impl Cluster {
         )
         .await?;
         let (applied, _) = watch::channel(0);
+        let start_log_end = meta.partition.offsets().log_end.0;
         let cluster = Arc::new(Self {
             node_id,
             brokers: Arc::new(brokers),
@@ -168,6 +172,7 @@ impl Cluster {
             metadata_group: meta.replica,
             metadata_log: Arc::clone(&meta.partition),
             applied,
+            start_log_end,
             hosted: RwLock::default(),
         });
         tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), meta.partition));
@@ -290,7 +295,12 @@ impl Cluster {
     /// then (a restart, a partition) an unknown topic may just not be applied yet, and is
     /// answered as retryable instead of "does not exist".
     pub fn metadata_ready(&self) -> bool {
-        self.controller().is_some() && *self.applied.borrow() >= self.metadata_log.offsets().high_watermark.0
+        let o = self.metadata_log.offsets();
+        let applied = *self.applied.borrow();
+        // After a restart the local high watermark can lag what the local log holds (and the
+        // controller committed): wait for everything held at start (or what a new leader left
+        // of it), so no decision is made on an older state than the one this broker had.
+        self.controller().is_some() && applied >= o.high_watermark.0 && applied >= self.start_log_end.min(o.log_end.0)
     }
 
     /// The metadata group's current Raft term (it grows with every controller election).
