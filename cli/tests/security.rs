@@ -515,6 +515,21 @@ async fn quotas_throttle_one_client_and_not_the_others() {
     assert!((slow_rate - LIMIT as f64).abs() <= LIMIT as f64 * 0.15, "limited producer at {slow_rate:.0} B/s");
     assert!(fast_rate > LIMIT as f64 * 3.0, "the unlimited producer keeps going: {fast_rate:.0} B/s");
 
+    // A default client-id quota gives each client id its own budget: two competing producers
+    // under it each get the limit, not half of it.
+    const EACH: u64 = 5_000_000;
+    cli(&["quota", "set", "--client-defaults", "--producer-byte-rate", &EACH.to_string()]);
+    let (a, b) = (
+        Client::connect(broker.addr.clone()).await.unwrap().with_client_id("job-a").unwrap(),
+        Client::connect(broker.addr.clone()).await.unwrap().with_client_id("job-b").unwrap(),
+    );
+    let ((a_acks, _), (b_acks, _)) = tokio::join!(pump(&a, "slow", 3.5), pump(&b, "slow", 3.5));
+    for (who, acks) in [("job-a", &a_acks), ("job-b", &b_acks)] {
+        let r = rate(acks, 1.0, 3.5);
+        eprintln!("produce under the default client quota: {who} {r:.0} B/s (limit {EACH})");
+        assert!((r - EACH as f64).abs() <= EACH as f64 * 0.15, "{who} at {r:.0} B/s");
+    }
+
     // Consumers: the limited one reads at its rate, the other as fast as it can.
     let read = |client: Client, topic: &'static str| async move {
         let mut s = Subscription::new(topic).start_at(StartAt::Earliest).open(&client).await.unwrap();
