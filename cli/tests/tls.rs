@@ -166,8 +166,16 @@ async fn separate_listeners_keep_broker_traffic_on_the_internal_one() {
     let (client_ca, internal_ca) = (Ca::new(dir.path(), "clients"), Ca::new(dir.path(), "internal"));
     let front = client_ca.sign(dir.path(), "front", "tidelog");
     let broker_cert = internal_ca.sign(dir.path(), "broker", "broker");
-    let held: Vec<std::net::TcpListener> =
-        (0..6).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    // Fixed ports below Linux's ephemeral range (32768+), where the other tests' port-0
+    // listeners and connections cannot take them between this choice and the brokers' binds.
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    let mut candidate = 20_000 + (std::process::id() % 10_000) as u16;
+    while held.len() < 6 {
+        candidate = if candidate >= 32_000 { 20_000 } else { candidate + 1 };
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", candidate)) {
+            held.push(l);
+        }
+    }
     let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
     drop(held);
     let list = |offset: usize| (1..=3).map(|n| format!("{n}=127.0.0.1:{}", ports[offset + n - 1])).collect::<Vec<_>>();
