@@ -14,6 +14,7 @@ const PUBLIC: &[&str] = &[
     "tidelog/v1/admin_service.proto",
     "tidelog/v1/group_service.proto",
     "tidelog/v1/security_service.proto",
+    "tidelog/v1/transaction_service.proto",
 ];
 
 /// Generates Rust for `fds` into `OUT_DIR/<dir>` (`bytes` fields as `Bytes`).

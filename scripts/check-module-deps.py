@@ -21,9 +21,10 @@ from pathlib import Path
 # Module -> modules (or external crates) it must never import. Mirrors server/src/lib.rs.
 FORBIDDEN: dict[str, set[str]] = {
     "api": {"cluster", "raft", "node"},
-    "broker": {"cluster", "raft", "api", "node"},
+    "broker": {"cluster", "raft", "api", "node", "txn"},
     "group": {"cluster", "raft", "api", "node"},
-    "partition": {"broker", "raft", "cluster", "api", "group", "node"},
+    "txn": {"cluster", "raft", "api", "node"},
+    "partition": {"broker", "raft", "cluster", "api", "group", "node", "txn"},
     "raft": {"broker", "cluster", "api", "group", "node"},
     "log": {"*crate", "tonic", "openraft", "sled"},
     "auth": {"broker", "cluster", "raft", "api", "group", "node", "config", "partition", "log", "meta"},

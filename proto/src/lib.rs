@@ -126,6 +126,7 @@ mod tests {
             producer_id: 3,
             producer_epoch: 1,
             base_sequence: 40,
+            transactional: true,
         };
         let bytes = public.encode_to_vec();
         let w = wire::ProduceRequest::decode(bytes.as_slice()).unwrap();

@@ -34,7 +34,14 @@ impl From<tonic::Status> for Error {
 /// Whether a broker error code is retryable (the proto marks these): the same request may
 /// succeed later.
 pub fn retryable_code(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::StorageError | ErrorCode::NotLeader | ErrorCode::ShuttingDown)
+    matches!(
+        code,
+        ErrorCode::StorageError
+            | ErrorCode::NotLeader
+            | ErrorCode::ShuttingDown
+            | ErrorCode::ConcurrentTransactions
+            | ErrorCode::UnstableOffsetCommit
+    )
 }
 
 /// A broker error code as received (unknown numbers read as `InvalidRequest`).

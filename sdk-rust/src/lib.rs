@@ -37,7 +37,9 @@ pub use client::{Channel, Client, Credentials, OffsetSpecKind, ResetTo, TlsOptio
 pub use compression::Compression;
 pub use consumer::assignor::Assignor;
 pub use consumer::group::{GroupConfig, GroupConsumer, OffsetReset, RebalanceListener, TopicPartition};
-pub use consumer::{StartAt, Subscription};
+pub use consumer::{IsolationLevel, StartAt, Subscription};
 pub use error::Error;
-pub use producer::{DeliveryFuture, Partitioner, Producer, ProducerConfig, ProducerStats, RecordMetadata};
+pub use producer::{
+    ConsumerGroupMetadata, DeliveryFuture, Partitioner, Producer, ProducerConfig, ProducerStats, RecordMetadata,
+};
 pub use tidelog_proto as proto;

@@ -16,6 +16,7 @@ fn batch(payload: &[u8]) -> AppendBatch<'_> {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        flags: 0,
     }
 }
 

@@ -30,6 +30,10 @@
 //! | NotLeader                    | NOT_LEADER           | UNAVAILABLE         | yes, at the leader |
 //! | Unauthorized (ACLs)          | AUTHORIZATION_FAILED | PERMISSION_DENIED   | no (ask for an ACL) |
 //! | Unauthorized (ACLs not current yet) | NOT_LEADER    | UNAVAILABLE         | yes    |
+//! | InvalidTxnState              | INVALID_TXN_STATE    | FAILED_PRECONDITION | abort, or init again |
+//! | UnknownTransactionalId       | INVALID_TXN_STATE    | NOT_FOUND           | init first |
+//! | ConcurrentTransactions       | CONCURRENT_TRANSACTIONS | UNAVAILABLE      | yes    |
+//! | UnstableOffsetCommit         | UNSTABLE_OFFSET_COMMIT | UNAVAILABLE       | yes    |
 //! | Forwarded (another broker's) | by its gRPC status   | as it came          | as it says |
 //!
 //! A failed call also carries its `ErrorCode` name in the `x-tidelog-error-code` metadata.
@@ -81,6 +85,17 @@ pub enum BrokerError {
     AboveHighWatermark { topic: String, partition: u32, offset: u64, high_watermark: u64 },
     #[error("partition {partition} of topic '{topic}' stopped after an fsync failed; check the disk, then restart the broker")]
     PartitionFailed { topic: String, partition: u32 },
+    /// Transactions: the call does not fit the transactional id's state.
+    #[error("{0}")]
+    InvalidTxnState(String),
+    #[error("transactional id {0:?} is unknown to the coordinator: call InitTransactions first")]
+    UnknownTransactionalId(String),
+    /// Retryable: the transactional id's previous transaction is still completing.
+    #[error("{0}")]
+    ConcurrentTransactions(String),
+    /// Retryable: an open transaction holds offsets of the group not yet committed.
+    #[error("group '{0}' has offsets pending in an open transaction; fetch again once it ends")]
+    UnstableOffsetCommit(String),
     /// Another broker's answer to a call this broker passed on to it (`broker/route.rs`),
     /// returned to the client as it came.
     #[error("{}", .0.message())]
@@ -132,6 +147,10 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::UnknownGroup(_) => (ErrorCode::UnknownGroup, Code::NotFound),
         B::GroupNotEmpty { .. } => (ErrorCode::NonEmptyGroup, Code::FailedPrecondition),
         B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),
+        B::InvalidTxnState(_) => (ErrorCode::InvalidTxnState, Code::FailedPrecondition),
+        B::UnknownTransactionalId(_) => (ErrorCode::InvalidTxnState, Code::NotFound),
+        B::ConcurrentTransactions(_) => (ErrorCode::ConcurrentTransactions, Code::Unavailable),
+        B::UnstableOffsetCommit(_) => (ErrorCode::UnstableOffsetCommit, Code::Unavailable),
         B::Unauthorized(crate::auth::Denied::Acl { .. }) => (ErrorCode::AuthorizationFailed, Code::PermissionDenied),
         B::Unauthorized(crate::auth::Denied::NotCurrent) => (ErrorCode::NotLeader, Code::Unavailable),
         B::Forwarded(s) => (forwarded_code(s.code()), s.code()),

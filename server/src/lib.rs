@@ -11,6 +11,8 @@
 //! cluster       the Raft implementation of the broker's seam: metadata group, partition
 //!               groups, placement, forwarding to the controller, quiescing
 //! group         consumer-group coordinator: membership, generations, fencing   never: cluster
+//! txn           transaction coordinator: transactional ids, epochs, markers, timeouts
+//!                                                                       never: cluster, raft
 //! broker        topic table and THE SEAM (`broker::seam`): `ControlPlane` and
 //!               `PartitionWriter`, with the single-node implementation (`broker::local`);
 //!               retention and fsync tasks                               never: cluster, raft, api
@@ -46,3 +48,4 @@ pub mod raft;
 pub mod telemetry;
 pub mod tls;
 pub mod topic_config;
+pub mod txn;

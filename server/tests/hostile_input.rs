@@ -198,6 +198,7 @@ fn segment_files_from_a_peer_never_panic_the_log() {
                 producer_id: -1,
                 producer_epoch: -1,
                 base_sequence: -1,
+                flags: 0,
             };
             log.append(batch, 1_000).unwrap();
         }

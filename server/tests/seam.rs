@@ -40,6 +40,7 @@ every_seam!(
     topic_settings_change_everywhere_and_stay_changed,
     partitions_are_added_everywhere_and_stay_added,
     records_are_deleted_below_an_offset_everywhere_and_for_good,
+    transactions_commit_everywhere_and_survive_a_restart,
 );
 
 async fn topics_are_created_written_read_and_deleted(mode: Mode) {
@@ -493,4 +494,74 @@ async fn records_are_deleted_below_an_offset_everywhere_and_for_good(mode: Mode)
             .await;
     }
     assert_eq!(c.write("trim", 0, b"after", Acks::All).await.base_offset, 5);
+}
+
+/// A record batch as a transactional producer's: its encoded records.
+fn txn_payload(value: &str) -> Vec<u8> {
+    use prost::Message;
+    let record = tidelog_proto::v1::Record { value: value.as_bytes().to_vec().into(), ..Default::default() };
+    tidelog_proto::v1::RecordBatch { records: vec![record] }.encode_to_vec()
+}
+
+async fn transactions_commit_everywhere_and_survive_a_restart(mode: Mode) {
+    use tidelog_server::log::format::FLAG_TRANSACTIONAL;
+    use tidelog_server::meta::txn::TxnStatus;
+    use tidelog_server::txn::TxnCoordinator;
+    let mut c = Brokers::start(mode).await;
+    let coordinator = c.coordinator().await;
+    coordinator.create_topic(new_topic("tx", 2), Origin::Client).await.unwrap();
+    let txns = TxnCoordinator::new(std::sync::Arc::clone(&coordinator));
+    let (pid, first) = txns.init("app", 0).await.unwrap();
+    let (same, epoch) = txns.init("app", 0).await.unwrap();
+    assert_eq!((same, epoch), (pid, first + 1), "a second init bumps the epoch of the same producer id");
+    txns.add_partitions("app", pid, epoch, &[("tx".into(), vec![0, 1])]).await.unwrap();
+    for p in 0..2 {
+        c.write_as("tx", p, &txn_payload("in-txn"), Acks::All, (pid, epoch, 0), FLAG_TRANSACTIONAL).await;
+    }
+    // Every replica holds the last stable offset at the open transaction's first offset.
+    for b in c.brokers() {
+        let t = eventually("the topic everywhere", WAIT, || async { b.topic("tx").ok() }).await;
+        for (log, _) in t.local() {
+            eventually("the batch replicated", WAIT, || async { (log.offsets().high_watermark.0 == 1).then_some(()) })
+                .await;
+            assert_eq!(log.last_stable_offset(), 0, "broker {}: LSO passed an open transaction", b.node_id());
+        }
+    }
+    let offset = StoredOffset { partition: 0, offset: 5, commit_time_ms: now_ms(), metadata: String::new() };
+    txns.add_offsets("app", pid, epoch, "g", vec![("tx".into(), vec![offset])]).await.unwrap();
+    assert!(coordinator.committed_offsets("g", "tx").unwrap().is_empty(), "offsets before the commit");
+    // The zombie of the first epoch is fenced.
+    let fenced = txns.end("app", pid, first, true).await;
+    assert!(matches!(fenced, Err(BrokerError::ProducerFenced { .. })), "{fenced:?}");
+    assert_eq!(txns.end("app", pid, epoch, true).await.unwrap(), 0, "every marker written");
+    assert_eq!(coordinator.committed_offsets("g", "tx").unwrap()[0].offset, 5, "offsets committed with it");
+    for b in c.brokers() {
+        let t = b.topic("tx").unwrap();
+        for (log, _) in t.local() {
+            eventually("the commit marker everywhere", WAIT, || async {
+                let hw = log.offsets().high_watermark.0;
+                (hw == 2 && log.last_stable_offset() == 2).then_some(())
+            })
+            .await;
+        }
+        eventually("the coordinator's state everywhere", WAIT, || async {
+            let e = b.transactions().get("app")?;
+            (e.status == TxnStatus::CompleteCommit).then_some(())
+        })
+        .await;
+    }
+    // A change computed from a stale version is refused, everywhere alike.
+    let stale = coordinator.transactions().get("app").unwrap();
+    let stale = tidelog_server::meta::txn::TxnEntry { version: stale.version - 1, ..stale };
+    assert!(!coordinator.store_transaction("app", stale).await.unwrap());
+
+    drop((coordinator, txns));
+    c.restart_all().await;
+    for b in c.brokers() {
+        let e = eventually("the coordinator's state after a restart", WAIT, || async {
+            b.transactions().get("app").filter(|e| e.status == TxnStatus::CompleteCommit)
+        })
+        .await;
+        assert_eq!((e.producer_id, e.epoch), (pid, epoch));
+    }
 }

@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tidelog_proto::v1::{
-    offset_spec, session_request, session_response, CommitRequest, ErrorCode, FetchCommittedRequest, Heartbeat,
-    JoinGroup, LeaveGroup, ListOffsetsRequest, OffsetSpec, PartitionOffset, SessionRequest, SyncGroup, TopicPartitions,
+    offset_spec, session_request, session_response, CommitRequest, CommittedOffset, ErrorCode, FetchCommittedRequest,
+    Heartbeat, JoinGroup, LeaveGroup, ListOffsetsRequest, OffsetSpec, PartitionOffset, SessionRequest, SyncGroup,
+    TopicPartitions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::assignor::Assignor;
-use super::{StartAt, Subscription};
+use super::{IsolationLevel, StartAt, Subscription};
 use crate::batch::ConsumedRecord;
 use crate::{Client, Error};
 
@@ -60,6 +61,14 @@ pub struct GroupConfig {
     pub offset_reset: OffsetReset,
     pub client_id: String,
     pub listener: Option<Arc<dyn RebalanceListener>>,
+    /// Which records to read (Kafka's `isolation.level`). Default read_uncommitted; a
+    /// consume-transform-produce application reads `ReadCommitted`.
+    pub isolation: IsolationLevel,
+    /// Commit the positions handed to the application when partitions are revoked and on
+    /// close. Default on; off for an application that commits its offsets in its producer's
+    /// transactions (`Producer::send_offsets_to_transaction`): a commit outside the
+    /// transaction would count records whose output may yet be aborted.
+    pub commit_on_revoke: bool,
 }
 
 impl std::fmt::Debug for GroupConfig {
@@ -80,6 +89,8 @@ impl GroupConfig {
             offset_reset: OffsetReset::Latest,
             client_id: "tidelog-rust".into(),
             listener: None,
+            isolation: IsolationLevel::ReadUncommitted,
+            commit_on_revoke: true,
         }
     }
 }
@@ -109,12 +120,14 @@ struct Fetched {
 
 enum Control {
     Commit(oneshot::Sender<Result<(), Error>>),
+    Rewind(oneshot::Sender<Result<(), Error>>),
     Refetch,
     Close(oneshot::Sender<()>),
 }
 
 /// A member of a consumer group. Records come from [`GroupConsumer::next`].
 pub struct GroupConsumer {
+    group: String,
     records: mpsc::Receiver<Fetched>,
     state: Arc<Mutex<MemberState>>,
     control: mpsc::UnboundedSender<Control>,
@@ -137,6 +150,7 @@ impl GroupConsumer {
         if config.topics.is_empty() || config.assignors.is_empty() {
             return Err(Error::InvalidArgument("a group consumer needs topics and assignors".into()));
         }
+        let group = config.group.clone();
         let (records_tx, records) = mpsc::channel(1024);
         let (control, control_rx) = mpsc::unbounded_channel();
         let state = Arc::new(Mutex::new(MemberState::default()));
@@ -151,7 +165,7 @@ impl GroupConsumer {
             joining: false,
         };
         let task = tokio::spawn(member.run(control_rx));
-        Ok(Self { records, state, control, task })
+        Ok(Self { group, records, state, control, task })
     }
 
     /// The next record of the current generation's partitions (records of revoked partitions
@@ -194,6 +208,14 @@ impl GroupConsumer {
     pub async fn commit(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.control.send(Control::Commit(tx)).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Moves every assigned partition back to its committed offset (or where the reset policy
+    /// says, without one): after an aborted transaction, its records are read again.
+    pub async fn rewind_to_committed(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::Rewind(tx)).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -291,6 +313,24 @@ impl GroupConsumer {
         Ok(out)
     }
 
+    /// The member's group, generation and member id, for offsets sent in a transaction
+    /// (`Producer::send_offsets_to_transaction`; KIP-447's fencing of zombie members).
+    pub fn group_metadata(&self) -> crate::ConsumerGroupMetadata {
+        let s = lock(&self.state);
+        crate::ConsumerGroupMetadata {
+            group: self.group.clone(),
+            generation: s.generation,
+            member_id: s.member_id.clone(),
+        }
+    }
+
+    /// The next offset to hand to the application of every assigned partition: what to
+    /// commit (or send in a transaction) once the records before it are processed.
+    pub fn positions(&self) -> Vec<(String, u32, u64)> {
+        let s = lock(&self.state);
+        s.assigned.iter().filter_map(|tp| s.positions.get(tp).map(|o| (tp.0.clone(), tp.1, *o))).collect()
+    }
+
     /// The partitions assigned in the current generation, and the generation.
     pub fn assignment(&self) -> (u32, Vec<TopicPartition>) {
         let s = lock(&self.state);
@@ -322,6 +362,7 @@ impl futures::Stream for GroupConsumer {
 /// errors: from where it got to, or by the reset policy if the position fell out of the log
 /// (retention deleted it).
 struct Fetcher {
+    isolation: IsolationLevel,
     client: Client,
     records: mpsc::Sender<Fetched>,
     topic: String,
@@ -334,7 +375,7 @@ impl Fetcher {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut sub = Subscription::new(&self.topic);
+            let mut sub = Subscription::new(&self.topic).isolation(self.isolation);
             for (p, start) in &self.starts {
                 sub = sub.partition(*p, Some(*start));
             }
@@ -481,7 +522,7 @@ impl Member {
                         session_response::Kind::Assignment(a) => self.assign(a.generation, a.partitions).await?,
                         session_response::Kind::Rebalance(r) if !self.joining => {
                             tracing::debug!(reason = %r.reason, "rebalance: revoking");
-                            self.revoke(true).await;
+                            self.revoke(self.config.commit_on_revoke).await;
                             let join = self.join_request();
                             tx.send(join).await.map_err(|_| Error::Closed)?;
                         }
@@ -519,6 +560,10 @@ impl Member {
                         }
                     }
                     Some(Control::Refetch) => self.start_fetchers().await?,
+                    Some(Control::Rewind(reply)) => {
+                        let result = self.rewind().await;
+                        let _ = reply.send(result);
+                    }
                     Some(Control::Close(reply)) => {
                         self.leave(&tx).await;
                         let _ = reply.send(());
@@ -534,21 +579,24 @@ impl Member {
         }
     }
 
-    /// Revokes (committing), then tells the coordinator this member leaves.
+    /// Revokes (committing, unless configured not to), then tells the coordinator this
+    /// member leaves.
     async fn leave(&mut self, tx: &mpsc::Sender<SessionRequest>) {
-        self.revoke(true).await;
+        self.revoke(self.config.commit_on_revoke).await;
         let _ = tx.send(SessionRequest { kind: Some(session_request::Kind::Leave(LeaveGroup {})) }).await;
     }
 
     /// A new generation's partitions: start from committed offsets (or the reset policy).
-    async fn assign(&mut self, generation: u32, partitions: Vec<TopicPartitions>) -> Result<(), Error> {
-        let assigned: BTreeSet<TopicPartition> =
-            partitions.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p))).collect();
+    /// Where assigned partitions start: their committed offsets, else the reset policy's.
+    async fn starting_positions(
+        &self,
+        assigned: &BTreeSet<TopicPartition>,
+    ) -> Result<(HashMap<TopicPartition, u64>, HashMap<TopicPartition, u64>), Error> {
         let mut committed = HashMap::new();
         for topic in assigned.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>() {
             let req =
                 FetchCommittedRequest { group: self.config.group.clone(), topic: topic.clone(), partitions: vec![] };
-            for o in self.client.offsets().fetch_committed(req).await?.into_inner().offsets {
+            for o in self.fetch_committed(req).await? {
                 committed.insert((topic.clone(), o.partition), o.offset);
             }
         }
@@ -575,6 +623,30 @@ impl Member {
                 }
             }
         }
+        Ok((positions, committed))
+    }
+
+    /// Every assigned partition back to its starting position (`rewind_to_committed`).
+    async fn rewind(&mut self) -> Result<(), Error> {
+        let assigned = lock(&self.state).assigned.clone();
+        let (positions, committed) = self.starting_positions(&assigned).await?;
+        {
+            let mut s = lock(&self.state);
+            if s.assigned != assigned {
+                return Ok(()); // a rebalance meanwhile started the partitions afresh
+            }
+            s.positions = positions;
+            s.committed = committed;
+            s.rewound.clear();
+            s.fetch_epoch += 1;
+        }
+        self.start_fetchers().await
+    }
+
+    async fn assign(&mut self, generation: u32, partitions: Vec<TopicPartitions>) -> Result<(), Error> {
+        let assigned: BTreeSet<TopicPartition> =
+            partitions.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p))).collect();
+        let (positions, committed) = self.starting_positions(&assigned).await?;
         {
             let mut s = lock(&self.state);
             s.generation = generation;
@@ -589,6 +661,25 @@ impl Member {
             l.on_assigned(generation, &assigned.iter().cloned().collect::<Vec<_>>());
         }
         self.start_fetchers().await
+    }
+
+    /// A group's committed offsets, waiting (with back-off, up to a minute: Kafka's default
+    /// transaction timeout) while an open transaction holds offsets of the group
+    /// (UNSTABLE_OFFSET_COMMIT): the previous owner's transaction may still commit them.
+    async fn fetch_committed(&self, req: FetchCommittedRequest) -> Result<Vec<CommittedOffset>, Error> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.client.offsets().fetch_committed(req.clone()).await {
+                Ok(r) => return Ok(r.into_inner().offsets),
+                Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(group = %req.group, error = %s.message(), "committed offsets not stable yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
     }
 
     /// (Re)starts one subscription per topic over the assigned partitions from their positions.
@@ -612,6 +703,7 @@ impl Member {
                 .map(|(_, p)| (*p, positions.get(&(topic.clone(), *p)).map_or(reset, |o| StartAt::Offset(*o))))
                 .collect();
             let fetcher = Fetcher {
+                isolation: self.config.isolation,
                 client: self.client.clone(),
                 records: self.records.clone(),
                 topic,

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+pub use tidelog_proto::v1::IsolationLevel;
 use tidelog_proto::wire::{self, start_position::Position};
 
 use crate::batch::{decode_batch, ConsumedRecord};
@@ -50,6 +51,7 @@ pub struct Subscription {
     start: StartAt,
     partitions: Vec<(u32, Option<StartAt>)>,
     max_bytes: u32,
+    isolation: IsolationLevel,
 }
 
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<ConsumedRecord, Error>> + Send>>;
@@ -57,7 +59,13 @@ pub type RecordStream = Pin<Box<dyn Stream<Item = Result<ConsumedRecord, Error>>
 impl Subscription {
     /// Every partition of `topic`, from the latest offset (change with [`Subscription::start_at`]).
     pub fn new(topic: impl Into<String>) -> Self {
-        Self { topic: topic.into(), start: StartAt::Latest, partitions: Vec::new(), max_bytes: 0 }
+        Self {
+            topic: topic.into(),
+            start: StartAt::Latest,
+            partitions: Vec::new(),
+            max_bytes: 0,
+            isolation: IsolationLevel::ReadUncommitted,
+        }
     }
 
     pub fn start_at(mut self, start: StartAt) -> Self {
@@ -77,6 +85,14 @@ impl Subscription {
         self
     }
 
+    /// Which records to read (Kafka's `isolation.level`); default read_uncommitted.
+    /// `ReadCommitted` reads only up to the last stable offset and leaves out the records of
+    /// aborted transactions (offsets then have gaps).
+    pub fn isolation(mut self, isolation: IsolationLevel) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
     /// Opens the stream of raw responses (batches as bytes).
     pub async fn open_raw(&self, client: &Client) -> Result<tonic::Streaming<wire::SubscribeResponse>, Error> {
         let req = wire::SubscribeRequest {
@@ -90,6 +106,7 @@ impl Subscription {
             max_bytes: self.max_bytes,
             // The SDK decompresses itself: the broker serves the stored bytes.
             decompress: false,
+            isolation_level: self.isolation as i32,
         };
         Ok(client.records().subscribe(req).await?.into_inner())
     }

@@ -20,8 +20,10 @@
 mod accumulator;
 mod sender;
 mod stats;
+mod txn;
 
 pub use stats::ProducerStats;
+pub use txn::ConsumerGroupMetadata;
 
 #[doc(hidden)]
 pub use accumulator::bench_accumulate;
@@ -29,7 +31,7 @@ pub use accumulator::bench_accumulate;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -72,6 +74,13 @@ pub struct ProducerConfig {
     /// A topic's partition count is read again after this long, so partitions added to a
     /// topic get records (keys then route by the new count, as in Kafka). Default 5 min.
     pub metadata_max_age: Duration,
+    /// Kafka's `transactional.id`: makes the producer transactional (exactly once across
+    /// partitions, with consumed offsets): call [`Producer::init_transactions`] once, then
+    /// `begin_transaction` / `send` / `send_offsets_to_transaction` / `commit_transaction` or
+    /// `abort_transaction`. Needs idempotence. Default none.
+    pub transactional_id: Option<String>,
+    /// How long a transaction may stay open before the coordinator aborts it. Default 60 s.
+    pub transaction_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -89,6 +98,8 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(50),
             metadata_max_age: Duration::from_secs(300),
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -134,8 +145,11 @@ pub(crate) struct Shared {
     client: Client,
     config: ProducerConfig,
     partitioner: Box<dyn Partitioner>,
-    producer_id: i64,
-    producer_epoch: i32,
+    /// Set once at start (idempotence) or by `init_transactions`.
+    producer_id: AtomicI64,
+    producer_epoch: AtomicI32,
+    /// Transactional producers only.
+    txn: Option<txn::TxnState>,
     acc: Mutex<Accumulator>,
     memory: Semaphore,
     /// Wakes the sender task (a batch sealed, a flush, a new open batch).
@@ -189,7 +203,12 @@ impl Producer {
         if config.idempotence && config.acks != Acks::All {
             return Err(Error::InvalidArgument("idempotence needs acks = All".into()));
         }
-        let (producer_id, producer_epoch) = if config.idempotence {
+        if config.transactional_id.is_some() && !config.idempotence {
+            return Err(Error::InvalidArgument("a transactional producer needs idempotence".into()));
+        }
+        let txn = config.transactional_id.clone().map(txn::TxnState::new);
+        // A transactional producer gets its id from `init_transactions`.
+        let (producer_id, producer_epoch) = if config.idempotence && txn.is_none() {
             let r = client.records().init_producer(tidelog_proto::wire::InitProducerRequest {}).await?.into_inner();
             (r.producer_id, r.producer_epoch)
         } else {
@@ -200,8 +219,9 @@ impl Producer {
             memory: Semaphore::new(config.buffer_memory),
             config,
             partitioner,
-            producer_id,
-            producer_epoch,
+            producer_id: AtomicI64::new(producer_id),
+            producer_epoch: AtomicI32::new(producer_epoch),
+            txn,
             acc: Mutex::new(Accumulator::default()),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -315,6 +335,11 @@ impl Producer {
         if s.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        // A transactional producer sends to a partition only once it joined the transaction.
+        let partition = match &s.txn {
+            Some(txn) => Some(txn.join(self, topic, partitions, partition).await?),
+            None => partition,
+        };
         let size = record.encoded_len();
         if size > max_batch {
             return Err(Error::InvalidArgument(format!("record of {size} bytes exceeds the batch size {max_batch}")));
@@ -377,8 +402,9 @@ impl Producer {
         }
     }
 
-    /// The producer id the broker issued (0 without idempotence).
+    /// The producer id the broker issued (0 without idempotence, or before
+    /// `init_transactions`).
     pub fn producer_id(&self) -> i64 {
-        self.shared.producer_id
+        self.shared.producer_id.load(Ordering::Acquire)
     }
 }

@@ -288,6 +288,10 @@ fn complete(shared: &Shared, tp: &TopicPartition, b: Batch, result: Result<(u64,
             }
         }
         Err(e) => {
+            if let Some(txn) = &shared.txn {
+                // A transaction with a lost batch must not commit (Kafka's abortable error).
+                txn.failed.store(true, Ordering::Release);
+            }
             let msg = e.to_string();
             for d in b.deliveries {
                 let _ = d.send(Err(Error::Delivery(msg.clone())));
@@ -381,6 +385,7 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
 fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequest {
     let compressed = b.compression != crate::compression::Compression::None;
     shared.stats.sent(b.record_count, b.payload.len(), b.attempts);
+    let producer_id = shared.producer_id.load(Ordering::Acquire);
     wire::ProduceRequest {
         request_id: b.request_id,
         topic: tp.topic.clone(),
@@ -394,9 +399,10 @@ fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequ
         compression: b.compression.codec(),
         record_count: b.record_count,
         crc32c: Some(b.crc),
-        producer_id: shared.producer_id,
-        producer_epoch: shared.producer_epoch,
-        base_sequence: if shared.producer_id > 0 { b.base_sequence } else { 0 },
+        producer_id,
+        producer_epoch: shared.producer_epoch.load(Ordering::Acquire),
+        base_sequence: if producer_id > 0 { b.base_sequence } else { 0 },
+        transactional: shared.txn.is_some(),
     }
 }
 
@@ -462,7 +468,7 @@ fn expire(shared: &Shared, now: Instant) {
     for (tp, q) in acc.queues.iter_mut() {
         while q.ready.front().is_some_and(|b| now.duration_since(b.created) > timeout) {
             let Some(b) = q.ready.pop_front() else { break };
-            if b.attempts > 0 && shared.producer_id > 0 {
+            if b.attempts > 0 && shared.producer_id.load(Ordering::Acquire) > 0 {
                 poisoned = true;
             } else {
                 q.renumber_after_drop(&b);

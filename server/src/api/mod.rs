@@ -13,6 +13,7 @@ pub mod group_admin;
 pub mod offsets;
 pub mod records;
 pub mod security;
+pub mod txn;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use tidelog_proto::v1::admin_service_server::AdminServiceServer;
 use tidelog_proto::v1::group_service_server::GroupServiceServer;
 use tidelog_proto::v1::offset_service_server::OffsetServiceServer;
 use tidelog_proto::v1::security_service_server::SecurityServiceServer;
+use tidelog_proto::v1::transaction_service_server::TransactionServiceServer;
 use tidelog_proto::wire::record_service_server::RecordServiceServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
@@ -76,6 +78,7 @@ pub struct Services {
     groups: GroupServiceServer<group::GroupApi>,
     admin: AdminServiceServer<admin::AdminApi>,
     security: SecurityServiceServer<security::SecurityApi>,
+    txns: TransactionServiceServer<txn::TxnApi>,
     auth: Arc<crate::auth::Auth>,
 }
 
@@ -90,16 +93,29 @@ impl Services {
         health.set_serving::<OffsetServiceServer<offsets::OffsetApi>>().await;
         health.set_serving::<GroupServiceServer<group::GroupApi>>().await;
         health.set_serving::<SecurityServiceServer<security::SecurityApi>>().await;
+        health.set_serving::<TransactionServiceServer<txn::TxnApi>>().await;
         let records = RecordServiceServer::new(records::RecordApi::new(Arc::clone(&broker)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let coordinator = crate::group::Coordinator::new(Arc::clone(&broker));
         crate::group::coordinator::spawn_reaper(Arc::clone(&coordinator), &broker);
         let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
+        let txn_coordinator = crate::txn::TxnCoordinator::new(Arc::clone(&broker));
+        crate::txn::coordinator::spawn_sweeper(Arc::clone(&txn_coordinator));
+        let txns = TransactionServiceServer::new(txn::TxnApi::new(txn_coordinator, Arc::clone(&coordinator)));
         let groups = GroupServiceServer::new(group::GroupApi::new(Arc::clone(&broker), coordinator));
         let admin = AdminServiceServer::new(admin::AdminApi::new(Arc::clone(&broker)));
         let security = SecurityServiceServer::new(security::SecurityApi::new(Arc::clone(&broker)));
-        Self { health: health_service, records, offsets, groups, admin, security, auth: Arc::clone(broker.auth()) }
+        Self {
+            health: health_service,
+            records,
+            offsets,
+            groups,
+            admin,
+            security,
+            txns,
+            auth: Arc::clone(broker.auth()),
+        }
     }
 
     /// A router serving them, with the transport settings they need; `node.rs` adds the
@@ -128,7 +144,8 @@ impl Services {
             .add_service(self.offsets.clone())
             .add_service(self.groups.clone())
             .add_service(self.admin.clone())
-            .add_service(self.security.clone());
+            .add_service(self.security.clone())
+            .add_service(self.txns.clone());
         Ok(router)
     }
 }

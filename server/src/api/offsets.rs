@@ -176,6 +176,11 @@ impl OffsetService for OffsetApi {
         for p in &req.partitions {
             topic.check_partition(*p)?;
         }
+        // Offsets an open transaction will commit would be stale now (Kafka's
+        // UNSTABLE_OFFSET_COMMIT): a consumer taking over must wait for it to end.
+        if self.broker.transactions().holds_offsets_of(&req.group) {
+            return Err(BrokerError::UnstableOffsetCommit(req.group).into());
+        }
         let offsets = self
             .broker
             .committed_offsets(&req.group, &req.topic)?

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tidelog_proto::v1::{Acks, ErrorCode};
+use tidelog_proto::v1::{Acks, ErrorCode, IsolationLevel};
 use tidelog_proto::wire::{self, produce_request, record_service_server::RecordService, start_position};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,9 +41,10 @@ use crate::auth::{Auth, Caller, Kind, Operation, ResourceType};
 use crate::broker::seam::{Acks as WriteAcks, PartitionWriter, WriteAnswer};
 use crate::broker::Broker;
 use crate::error::{error_code, status, BrokerError};
+use crate::log::format::FLAG_TRANSACTIONAL;
 use crate::log::{AppendBatch, StoredBatch};
 use crate::partition::batch::{self, Declared, CODEC_NONE};
-use crate::partition::Partition;
+use crate::partition::{Isolation, Partition};
 use crate::telemetry::metrics::{self, AcksLabel, CodeLabel, StreamGuard};
 
 /// Produce requests whose durability wait may overlap on one stream.
@@ -180,9 +181,41 @@ async fn start(
     // Before the topic is looked up: a caller without the right learns nothing about it.
     broker.auth().authorize(caller, Operation::Write, ResourceType::Topic, &req.topic)?;
     let Validated { partition, writer, batch, payload } = validate(broker, req)?;
+    if req.transactional {
+        admit_transactional(broker, req).await?;
+    }
     let acks = if req.acks == Acks::All as i32 { WriteAcks::All } else { WriteAcks::Leader };
     let answer = writer.write(batch, payload, acks).await?;
     Ok((partition, answer))
+}
+
+/// How long a transactional batch waits for this broker to learn that its partition was added
+/// to the transaction (a cluster applies the coordinator's change a moment after it commits).
+const TXN_ADMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Checks that a transactional batch belongs to its producer's open transaction and that the
+/// partition was added to it (KIP-890's verification): a zombie's or a late batch would
+/// otherwise open a transaction no coordinator knows, holding the last stable offset back
+/// forever. Waits briefly for this broker's copy of the coordinator's state to catch up.
+async fn admit_transactional(broker: &Broker, req: &wire::ProduceRequest) -> Result<(), BrokerError> {
+    let txns = broker.transactions();
+    let epoch = req.producer_epoch as i16;
+    let admitted = || txns.admits(req.producer_id, epoch, &req.topic, req.partition);
+    let mut changes = txns.watch();
+    let deadline = tokio::time::Instant::now() + TXN_ADMIT_WAIT;
+    while !admitted() {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(BrokerError::InvalidTxnState(format!(
+                    "producer {}/{} has no open transaction that includes partition {} of topic '{}': \
+                     call AddPartitionsToTransaction first (or the transaction was aborted: abort and begin again)",
+                    req.producer_id, req.producer_epoch, req.partition, req.topic
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A produce request checked against its topic.
@@ -214,6 +247,11 @@ fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Valida
             req.producer_id, req.producer_epoch
         )));
     }
+    if req.transactional && req.producer_id <= 0 {
+        return Err(BrokerError::InvalidArgument(
+            "a transactional batch needs the producer id and epoch from InitTransactions".into(),
+        ));
+    }
     let declared = Declared { compressed, codec: req.compression, record_count: req.record_count, crc: req.crc32c };
     let valid = batch::validate(payload, declared, topic.record.settings.max_batch_bytes)?;
     let batch = AppendBatch {
@@ -225,6 +263,7 @@ fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Valida
         producer_id: if req.producer_id > 0 { req.producer_id } else { -1 },
         producer_epoch: if req.producer_id > 0 { req.producer_epoch as i16 } else { -1 },
         base_sequence: if req.producer_id > 0 { req.base_sequence } else { -1 },
+        flags: if req.transactional { FLAG_TRANSACTIONAL } else { 0 },
     };
     Ok(Validated { partition, writer, batch, payload })
 }
@@ -260,10 +299,14 @@ fn to_wire_batch(b: StoredBatch, decompress: bool) -> wire::Batch {
     served
 }
 
-/// Resolves a start position to an offset; absent = latest (the high watermark).
-fn resolve_start(p: &Partition, start: Option<&wire::StartPosition>) -> Result<u64, BrokerError> {
+/// Resolves a start position to an offset; absent = latest (the high watermark, or for
+/// read_committed the last stable offset).
+fn resolve_start(p: &Partition, start: Option<&wire::StartPosition>, isolation: Isolation) -> Result<u64, BrokerError> {
     let offsets = p.offsets();
     match start.and_then(|s| s.position.as_ref()) {
+        None | Some(start_position::Position::Latest(_)) if isolation == Isolation::ReadCommitted => {
+            Ok(p.last_stable_offset())
+        }
         None | Some(start_position::Position::Latest(_)) => Ok(offsets.high_watermark.0),
         Some(start_position::Position::Earliest(_)) => Ok(offsets.log_start.0),
         Some(start_position::Position::Offset(o)) => {
@@ -280,6 +323,7 @@ fn resolve_start(p: &Partition, start: Option<&wire::StartPosition>) -> Result<u
 struct Reader {
     max_bytes: usize,
     decompress: bool,
+    isolation: Isolation,
     /// For the consume quota.
     caller: Caller,
     auth: Arc<Auth>,
@@ -292,28 +336,32 @@ async fn tail_partition(
     tx: mpsc::Sender<Result<wire::SubscribeResponse, Status>>,
     _open: Arc<StreamGuard>,
 ) {
-    let Reader { max_bytes, decompress, caller, auth } = reader;
+    let Reader { max_bytes, decompress, isolation, caller, auth } = reader;
     let mut hw = partition.watch_hw();
     loop {
         // Mark the current value seen before reading, so an append racing with the read
-        // still wakes us.
-        let high_watermark = *hw.borrow_and_update();
-        match partition.read(next, max_bytes) {
+        // still wakes us. The last stable offset moves only when the high watermark does (a
+        // transaction ends with a marker, appended and then committed), so the same watch
+        // wakes read_committed subscriptions.
+        hw.borrow_and_update();
+        match partition.read_for_consumer(next, max_bytes, isolation) {
             Err(e) => {
                 let code = error_code(&e).as_str_name();
                 metrics::instruments().subscribe_errors.get_or_create(&CodeLabel { code }).inc();
                 let _ = tx.send(Err(status(&e))).await;
                 return;
             }
-            Ok(batches) if batches.is_empty() => {
+            Ok(read) if read.batches.is_empty() && read.next > next => next = read.next, // markers, aborted
+            Ok(read) if read.batches.is_empty() => {
                 tokio::select! {
                     changed = hw.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
                 }
             }
-            Ok(batches) => {
+            Ok(read) => {
+                let (batches, high_watermark) = (read.batches, read.bound);
                 let read_from = next;
-                next = batches.last().map_or(next, |b| b.header.next_offset());
+                next = read.next;
                 let records = batches.iter().map(|b| u64::from(b.header.record_count)).sum::<u64>();
                 let bytes = batches.iter().map(|b| b.payload.len() as u64).sum::<u64>();
                 partition.traffic.served(records, bytes);
@@ -468,12 +516,17 @@ impl RecordService for RecordApi {
             0 => DEFAULT_MAX_BYTES,
             n => n.min(MAX_MAX_BYTES),
         };
+        let isolation = match IsolationLevel::try_from(req.isolation_level) {
+            Ok(IsolationLevel::ReadCommitted) => Isolation::ReadCommitted,
+            Ok(IsolationLevel::Unspecified | IsolationLevel::ReadUncommitted) => Isolation::ReadUncommitted,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown isolation_level {}", req.isolation_level))),
+        };
         let mut starts: Vec<(Arc<Partition>, u64)> = Vec::new();
         if req.partitions.is_empty() {
             // Every partition, so each must be here (a cluster may hold some elsewhere).
             for i in 0..topic.record.partitions {
                 let p = topic.partition(i)?;
-                starts.push((Arc::clone(p), resolve_start(p, req.start.as_ref())?));
+                starts.push((Arc::clone(p), resolve_start(p, req.start.as_ref(), isolation)?));
             }
         } else {
             for ps in &req.partitions {
@@ -481,7 +534,7 @@ impl RecordService for RecordApi {
                 if starts.iter().any(|(q, _)| q.index() == ps.partition) {
                     return Err(Status::invalid_argument(format!("partition {} is listed twice", ps.partition)));
                 }
-                starts.push((Arc::clone(p), resolve_start(p, ps.start.as_ref().or(req.start.as_ref()))?));
+                starts.push((Arc::clone(p), resolve_start(p, ps.start.as_ref().or(req.start.as_ref()), isolation)?));
             }
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
@@ -492,6 +545,7 @@ impl RecordService for RecordApi {
             let reader = Reader {
                 max_bytes,
                 decompress: req.decompress,
+                isolation,
                 caller: caller.clone(),
                 auth: Arc::clone(self.broker.auth()),
             };

@@ -59,6 +59,15 @@ pub const METHODS: &[(&str, &str)] = &[
     ("/tidelog.v1.SecurityService/DeleteAcls", "ALTER cluster"),
     ("/tidelog.v1.SecurityService/AlterClientQuotas", "ALTER_CONFIGS cluster"),
     ("/tidelog.v1.SecurityService/DescribeClientQuotas", "DESCRIBE_CONFIGS cluster"),
+    ("/tidelog.v1.TransactionService/InitTransactions", "WRITE transactional id"),
+    ("/tidelog.v1.TransactionService/AddPartitionsToTransaction", "WRITE transactional id, WRITE topic"),
+    ("/tidelog.v1.TransactionService/AddOffsetsToTransaction", "WRITE transactional id, READ group"),
+    ("/tidelog.v1.TransactionService/EndTransaction", "WRITE transactional id"),
+    ("/tidelog.v1.TransactionService/ListTransactions", "lists the ids the caller may DESCRIBE"),
+    ("/tidelog.v1.TransactionService/DescribeTransactions", "DESCRIBE transactional id"),
+    ("/tidelog.v1.TransactionService/AbortTransaction", "ALTER cluster"),
+    ("/tidelog.v1.TransactionService/DescribeOpenTransactions", "DESCRIBE topic"),
+    ("/tidelog.v1.TransactionService/WriteTransactionMarkers", "CLUSTER_ACTION cluster"),
 ];
 
 /// Services anyone may call, credentials or not: health checks (load balancers carry none).

@@ -13,6 +13,8 @@
 //!   storing the record (the commit point), then publishing; partition directories the record
 //!   does not count are removed at start and before an add reuses their numbers;
 //! - ACLs and quotas are stored (fsynced) before the broker enforces them, under `admin`;
+//! - a transactional id's state is stored (fsynced) before it enters the broker's table, one
+//!   change at a time, each only over the version it was computed from;
 //! - committed offsets of topics that do not exist (left by a deletion before deletions took
 //!   them, or by a crash) are removed at start;
 //! - every batch [`LocalWriter::write`] appended is completed by its answer future (fsynced
@@ -44,6 +46,8 @@ use crate::topic_config::TopicSettings;
 pub struct LocalControl {
     admin: tokio::sync::Mutex<()>,
     offsets_gate: tokio::sync::RwLock<()>,
+    /// Serializes transaction state changes (compare, store, publish).
+    txns: tokio::sync::Mutex<()>,
     /// The next topic incarnation id.
     next_topic_id: AtomicU64,
 }
@@ -85,6 +89,7 @@ impl LocalControl {
                 .map_err(|e| crate::meta::MetaError::Corrupt(format!("stored ACLs and quotas: {e}")))?;
             broker.auth().replace_state(state);
         }
+        broker.transactions().replace_all(store.transactions()?);
         Ok(Arc::new(control))
     }
 
@@ -299,6 +304,21 @@ impl ControlPlane for LocalControl {
         broker.store().put_security_state(&json).await?;
         broker.auth().replace_state(state);
         Ok(outcome)
+    }
+
+    async fn store_transaction(
+        &self,
+        broker: &Broker,
+        id: &str,
+        entry: crate::meta::txn::TxnEntry,
+    ) -> Result<bool, BrokerError> {
+        let _one_at_a_time = self.txns.lock().await;
+        let current = broker.transactions().get(id).map_or(0, |e| e.version);
+        if entry.version != current + 1 {
+            return Ok(false);
+        }
+        broker.store().put_transaction(id, &entry).await?; // durable before it is visible
+        Ok(broker.transactions().compare_and_set(id, entry))
     }
 
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError> {

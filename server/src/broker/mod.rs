@@ -26,6 +26,7 @@ pub mod seam;
 pub mod stats;
 pub mod tasks;
 pub mod topic;
+pub mod txn_table;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub struct Broker {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     shutdown: watch::Sender<bool>,
     control: OnceLock<Arc<dyn ControlPlane>>,
+    /// Transactional ids' coordinator state, as the control plane stored it.
+    txns: txn_table::TxnTable,
 }
 
 /// Checks a topic name: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -95,7 +98,14 @@ impl Broker {
             .map_err(|e| crate::log::LogError::io(format!("creating {}", options.data_dir.display()), e))?;
         let store = MetaStore::open(&crate::layout::meta_dir(&options.data_dir))?;
         let (shutdown, _) = watch::channel(false);
-        Ok(Arc::new(Self { options, store, topics: RwLock::new(BTreeMap::new()), shutdown, control: OnceLock::new() }))
+        Ok(Arc::new(Self {
+            options,
+            store,
+            topics: RwLock::new(BTreeMap::new()),
+            shutdown,
+            control: OnceLock::new(),
+            txns: txn_table::TxnTable::default(),
+        }))
     }
 
     /// Installs the control plane, once (`node.rs`, right after it is started).
@@ -264,6 +274,19 @@ impl Broker {
     /// A group's committed offsets for one topic, as this broker's store has them.
     pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<StoredOffset>, BrokerError> {
         Ok(self.store.committed_offsets(group, topic)?)
+    }
+
+    /// Transactional ids' coordinator state as this broker knows it (control planes write it).
+    pub fn transactions(&self) -> &txn_table::TxnTable {
+        &self.txns
+    }
+
+    /// Stores a transactional id's new state, on every broker, if the stored one is still the
+    /// one it was computed from (version `entry.version - 1`). Returns whether it was stored
+    /// (durable, and in this broker's table). Only the transaction coordinator calls this.
+    pub async fn store_transaction(&self, id: &str, entry: crate::meta::txn::TxnEntry) -> Result<bool, BrokerError> {
+        self.check_running()?;
+        self.control()?.store_transaction(self, id, entry).await
     }
 
     /// A producer id unique in the cluster.

@@ -185,6 +185,18 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
         origin: Origin,
     ) -> Result<ChangeOutcome, BrokerError>;
 
+    /// Stores a transactional id's state on every broker, as a compare-and-set over version
+    /// `entry.version - 1` applied in one order everywhere; returns whether it was stored,
+    /// once it is durable (sled fsynced, or committed by the metadata group) and in this
+    /// broker's `Broker::transactions` table. Called by the transaction coordinator only, on
+    /// the broker `coordinator` routes to.
+    async fn store_transaction(
+        &self,
+        broker: &Broker,
+        id: &str,
+        entry: crate::meta::txn::TxnEntry,
+    ) -> Result<bool, BrokerError>;
+
     /// A producer id no other producer of this cluster was given.
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError>;
 

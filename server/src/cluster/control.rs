@@ -350,6 +350,21 @@ impl ControlPlane for Cluster {
 
     /// Unique across the cluster without a round trip: the low bits name the broker that
     /// issued it (node ids are below `MAX_NODE_ID`).
+    async fn store_transaction(
+        &self,
+        broker: &Broker,
+        id: &str,
+        entry: crate::meta::txn::TxnEntry,
+    ) -> Result<bool, BrokerError> {
+        let cmd = MetaCommand::Txn { id: id.to_string(), entry };
+        let offset = metadata::propose(self, &cmd).await?;
+        self.wait_applied(offset + 1, APPLY_WAIT).await?;
+        broker.transactions().outcome_at(offset).ok_or_else(|| BrokerError::NotLeader {
+            what: "the transaction coordinator (its change was applied too long ago to tell; retry)".into(),
+            leader: None,
+        })
+    }
+
     async fn next_producer_id(&self, broker: &Broker) -> Result<i64, BrokerError> {
         let local = broker.store().next_producer_id().await?;
         Ok(local * MAX_NODE_ID as i64 + self.node_id() as i64)

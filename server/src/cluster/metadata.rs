@@ -111,6 +111,14 @@ pub enum MetaCommand {
     Security {
         change: SecurityChange,
     },
+    /// A transactional id's new coordinator state, stored over version `entry.version - 1`
+    /// (compare-and-set, `broker::txn_table`): applied in log order on every broker, so every
+    /// broker holds the same table and a failed-over coordinator recovers in-flight
+    /// transactions from it.
+    Txn {
+        id: String,
+        entry: crate::meta::txn::TxnEntry,
+    },
 }
 
 /// Proposes a command to the metadata group (on its leader) and returns the metadata-log
@@ -127,6 +135,7 @@ pub async fn propose(cluster: &Cluster, cmd: &MetaCommand) -> Result<u64, Broker
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        flags: 0,
         on_append: AppendHook::default(),
     };
     // Bounded: a controller cut off from its quorum accepts the entry but never commits it.
@@ -209,6 +218,7 @@ async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition)
                     security.apply(&change);
                 }
                 MetaCommand::CreateTopic { .. }
+                | MetaCommand::Txn { .. }
                 | MetaCommand::CommitOffsets { .. }
                 | MetaCommand::DeleteGroup { .. }
                 | MetaCommand::DeleteRecords { .. } => {}
@@ -373,6 +383,10 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
             let mut state = (*broker.auth().state()).clone();
             state.apply(&change);
             broker.auth().replace_state(state);
+            Ok(())
+        }
+        MetaCommand::Txn { id, entry } => {
+            broker.transactions().compare_and_set_at(offset, &id, entry);
             Ok(())
         }
     };

@@ -42,6 +42,7 @@ impl PartitionWriter for RaftWriter {
             producer_id: batch.producer_id,
             producer_epoch: batch.producer_epoch,
             base_sequence: batch.base_sequence,
+            flags: batch.flags,
             on_append: AppendHook::default(),
         };
         let brokers = Arc::clone(&self.brokers);

@@ -99,8 +99,22 @@ pub struct BatchHeader {
 /// the log end, which the next data batch shares), is never indexed and never served to
 /// consumers; only the Raft layer reads it. Its payload is the Raft layer's encoding.
 pub const FLAG_CONTROL: u16 = 0x0001;
+/// Flag bit: a record batch written inside a transaction (Kafka's `isTransactional`). Its
+/// producer id and epoch name the transaction; its records are committed or aborted by the
+/// next transaction marker of that producer on this partition. Until then the partition's last
+/// stable offset stays at or below the first such batch (docs/TRANSACTIONS.md).
+pub const FLAG_TRANSACTIONAL: u16 = 0x0002;
+/// Flag bit: a **transaction marker** (Kafka's control record COMMIT/ABORT), written by the
+/// transaction coordinator. It ends the open transaction of its producer id on this partition.
+/// It takes one offset (`record_count == 1`, so offsets of a transactional partition increase
+/// but have gaps where markers are), is indexed like a data batch, and is never served to
+/// consumers. Its payload is the coordinator's short note (`b"commit"`/`b"abort"`), never read
+/// back: the outcome is in the flags, so a header scan rebuilds the transaction state.
+pub const FLAG_TXN_MARKER: u16 = 0x0004;
+/// With [`FLAG_TXN_MARKER`]: the transaction aborted (without: it committed).
+pub const FLAG_TXN_ABORT: u16 = 0x0008;
 /// Every flag bit this version understands.
-const KNOWN_FLAGS: u16 = FLAG_CONTROL;
+const KNOWN_FLAGS: u16 = FLAG_CONTROL | FLAG_TRANSACTIONAL | FLAG_TXN_MARKER | FLAG_TXN_ABORT;
 
 /// Why a byte range is not a valid batch header.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,6 +138,16 @@ impl BatchHeader {
     /// Whether this is a control batch ([`FLAG_CONTROL`]).
     pub fn is_control(&self) -> bool {
         self.flags & FLAG_CONTROL != 0
+    }
+
+    /// Whether this is a transaction marker ([`FLAG_TXN_MARKER`]).
+    pub fn is_txn_marker(&self) -> bool {
+        self.flags & FLAG_TXN_MARKER != 0
+    }
+
+    /// Whether this record batch belongs to a transaction ([`FLAG_TRANSACTIONAL`]).
+    pub fn is_transactional(&self) -> bool {
+        self.flags & FLAG_TRANSACTIONAL != 0
     }
 
     /// Offset one past the batch's last record.

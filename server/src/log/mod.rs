@@ -66,6 +66,9 @@ pub struct AppendBatch<'a> {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+    /// Header flags of a record batch: 0, or the transaction bits (`format::FLAG_TRANSACTIONAL`,
+    /// `FLAG_TXN_MARKER`, `FLAG_TXN_ABORT`). Never `FLAG_CONTROL` (see [`Log::append_control`]).
+    pub flags: u16,
 }
 
 /// Where an appended batch landed.
@@ -261,7 +264,8 @@ impl Log {
     /// new segment first if the batch would overflow the active one or it is too old; the
     /// sealed segment is fsynced then.
     pub fn append(&mut self, batch: AppendBatch<'_>, now_ms: i64) -> Result<Appended, LogError> {
-        self.append_with_flags(batch, 0, now_ms)
+        let flags = batch.flags & !format::FLAG_CONTROL;
+        self.append_with_flags(batch, flags, now_ms)
     }
 
     /// Appends a control batch (a Raft entry that is not a record batch: see
@@ -281,6 +285,7 @@ impl Log {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            flags: format::FLAG_CONTROL,
         };
         self.append_with_flags(batch, format::FLAG_CONTROL, now_ms)
     }
@@ -314,6 +319,7 @@ impl Log {
             producer_id: header.producer_id,
             producer_epoch: header.producer_epoch,
             base_sequence: header.base_sequence,
+            flags: header.flags,
         };
         self.append_with_flags(batch, header.flags, header.append_time_ms)
     }

@@ -23,6 +23,7 @@ fn data(log: &mut Log, term: u64, index: u64, count: u32) -> Appended {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        flags: 0,
     };
     log.append(b, 1000 + index as i64).unwrap()
 }

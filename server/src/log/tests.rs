@@ -22,6 +22,7 @@ fn batch(p: &[u8], count: u32) -> AppendBatch<'_> {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        flags: 0,
     }
 }
 

@@ -9,6 +9,8 @@
 //!   scan of `group 0x00 topic 0x00` yields partitions in order); value = offset u64 LE |
 //!   commit time ms i64 LE | metadata (UTF-8).
 //! - tree `raft`: each Raft group's vote, purge point and checkpoints ([`raft_state`]).
+//! - tree `transactions`: key = transactional id (UTF-8); value = JSON [`txn::TxnEntry`] (a
+//!   single node's; a cluster keeps them in its metadata log).
 //! - default tree, key `security`: a single node's ACLs and quotas, JSON (`auth::SecurityState`;
 //!   a cluster keeps them in its metadata log instead).
 //!
@@ -19,6 +21,7 @@
 //! Group and topic names never contain `0x00` (validated by the API layer).
 
 mod raft_state;
+pub mod txn;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use crate::topic_config::TopicSettings;
 
 const TOPICS_TREE: &str = "topics";
 const OFFSETS_TREE: &str = "offsets";
+const TXNS_TREE: &str = "transactions";
 /// Default tree, key `cluster_id`: the id generated when the data directory was first used.
 const CLUSTER_ID_KEY: &str = "cluster_id";
 /// Default tree, key `security`: a single node's ACLs and quotas (JSON).
@@ -101,6 +105,7 @@ pub struct MetaStore {
     db: sled::Db,
     topics: sled::Tree,
     offsets: sled::Tree,
+    txns: sled::Tree,
     flusher: Arc<raft_state::GroupFlush>,
 }
 
@@ -133,7 +138,8 @@ impl MetaStore {
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
         let topics = db.open_tree(TOPICS_TREE)?;
         let offsets = db.open_tree(OFFSETS_TREE)?;
-        Ok(Self { db, topics, offsets, flusher: Arc::default() })
+        let txns = db.open_tree(TXNS_TREE)?;
+        Ok(Self { db, topics, offsets, txns, flusher: Arc::default() })
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {

@@ -202,6 +202,7 @@ impl Partition {
                 batch.producer_epoch,
                 batch.base_sequence,
                 batch.record_count,
+                batch.flags,
             )?;
             if let SequenceCheck::Duplicate(b) = check {
                 // The original may not be durable yet: wait for everything written so far.
@@ -254,17 +255,21 @@ impl Partition {
         };
         match write {
             LogWrite::Batch(b) if b.producer_id > 0 => {
-                state.producers.record_batch(b.producer_id, b.producer_epoch, recent(b.base_sequence, b.record_count));
+                let batch = recent(b.base_sequence, b.record_count);
+                state.producers.record_batch(b.producer_id, b.producer_epoch, batch, b.flags);
             }
-            LogWrite::Replicated(h, _) if h.producer_id > 0 => {
+            LogWrite::Replicated(h, _) if h.producer_id > 0 && !h.is_control() => {
                 // The leader's time may have been clamped here (see `Log::append_replicated`).
-                state.producers.record_batch(h.producer_id, h.producer_epoch, recent(h.base_sequence, h.record_count));
+                let batch = recent(h.base_sequence, h.record_count);
+                state.producers.record_batch(h.producer_id, h.producer_epoch, batch, h.flags);
             }
             _ => {}
         }
         if state.log.segment_count() != segments {
             // The log rolled: snapshot the producer state so a restart replays only the new
             // active segment.
+            let log_start = state.log.log_start().0;
+            state.producers.prune_aborted(log_start);
             if let Err(e) = state.producers.save(&self.dir, appended.next_offset) {
                 tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "producer snapshot not written");
             }
@@ -415,6 +420,60 @@ impl Partition {
         Ok(batches)
     }
 
+    /// Reads for a consumer from `offset`, about `max_bytes`: whole batches below the high
+    /// watermark (read_uncommitted) or below the last stable offset (read_committed). Markers
+    /// are never served; read_committed also leaves out the batches of aborted transactions.
+    /// `next` is where the next read goes on (past what was left out, too), `bound` the high
+    /// watermark or last stable offset the read stopped at.
+    pub fn read_for_consumer(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ConsumerRead, BrokerError> {
+        self.check_open()?;
+        let hw = *self.hw.borrow();
+        let (located, bound, aborted) = {
+            let state = self.state();
+            let located = state.log.locate(offset)?;
+            match isolation {
+                Isolation::ReadUncommitted => (located, hw, Vec::new()),
+                Isolation::ReadCommitted => {
+                    let lso = state.producers.last_stable(hw);
+                    (located, lso, state.producers.aborted_between(offset, lso))
+                }
+            }
+        };
+        let empty = ConsumerRead { batches: Vec::new(), next: offset, bound };
+        let Some((reader, pos)) = located else { return Ok(empty) };
+        if offset >= bound {
+            return Ok(empty);
+        }
+        let mut batches = reader
+            .read_records(pos, bound, max_bytes)
+            .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
+        let next = batches.last().map_or(offset, |b| b.header.next_offset());
+        // Free for a partition without transactions: one flag test per batch.
+        batches.retain(|b| {
+            let h = &b.header;
+            let aborted = || h.is_transactional() && aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset));
+            !h.is_txn_marker() && !aborted()
+        });
+        Ok(ConsumerRead { batches, next, bound })
+    }
+
+    /// The last stable offset: below every open transaction's first offset, at most the high
+    /// watermark (equal to it on a partition without open transactions).
+    pub fn last_stable_offset(&self) -> u64 {
+        let hw = *self.hw.borrow();
+        self.state().producers.last_stable(hw)
+    }
+
+    /// The open transactions on this partition: (producer id, epoch, first offset).
+    pub fn open_transactions(&self) -> Vec<(i64, i16, u64)> {
+        self.state().producers.open_transactions()
+    }
+
     /// Checks that `offset` is a valid start position: within [log start, log end].
     pub fn check_offset(&self, offset: u64) -> Result<(), BrokerError> {
         Ok(self.state().log.check_offset(offset)?)
@@ -495,8 +554,9 @@ impl Partition {
         epoch: i16,
         base_sequence: i32,
         record_count: u32,
+        flags: u16,
     ) -> Result<SequenceCheck, BrokerError> {
-        self.state().producers.check(producer_id, epoch, base_sequence, record_count)
+        self.state().producers.check(producer_id, epoch, base_sequence, record_count, flags)
     }
 
     /// Stored batches (control batches included) from the first whose Raft index is
@@ -596,6 +656,26 @@ pub enum LogWrite<'a> {
     Batch(AppendBatch<'a>),
     Replicated(&'a BatchHeader, &'a [u8]),
     Control { payload: &'a [u8], term: u64, index: u64 },
+}
+
+/// Which records a consumer is served (Kafka's `isolation.level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything below the high watermark, aborted transactions included (the default).
+    #[default]
+    ReadUncommitted,
+    /// Only below the last stable offset, without aborted transactions' records.
+    ReadCommitted,
+}
+
+/// What [`Partition::read_for_consumer`] read.
+#[derive(Debug)]
+pub struct ConsumerRead {
+    pub batches: Vec<StoredBatch>,
+    /// Where the next read goes on.
+    pub next: u64,
+    /// The high watermark (read_uncommitted) or last stable offset (read_committed).
+    pub bound: u64,
 }
 
 /// What the partition's lock protects.

@@ -288,7 +288,7 @@ fn write_entry(p: &Partition, entry: &Entry) -> Result<Written, BrokerError> {
     let write = match &entry.payload {
         EntryPayload::Normal(BatchData::Proposed(b)) => {
             let verdict = if b.producer_id > 0 {
-                match p.check_producer(b.producer_id, b.producer_epoch, b.base_sequence, b.record_count) {
+                match p.check_producer(b.producer_id, b.producer_epoch, b.base_sequence, b.record_count, b.flags) {
                     Ok(SequenceCheck::Append) => None,
                     Ok(SequenceCheck::Duplicate(d)) => Some(ProduceVerdict::Duplicate {
                         base_offset: d.base_offset,
@@ -314,6 +314,7 @@ fn write_entry(p: &Partition, entry: &Entry) -> Result<Written, BrokerError> {
                 producer_id: b.producer_id,
                 producer_epoch: b.producer_epoch,
                 base_sequence: b.base_sequence,
+                flags: b.flags,
             })
         }
         EntryPayload::Normal(BatchData::Stored(b)) => {

@@ -369,6 +369,7 @@ fn batch(payload: &Bytes) -> BatchData {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        flags: 0,
         on_append: types::AppendHook::default(),
     })
 }

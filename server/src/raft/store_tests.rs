@@ -57,6 +57,7 @@ fn proposed(term: u64, index: u64, records: u32) -> Entry {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        flags: 0,
         on_append: crate::raft::types::AppendHook::default(),
     };
     Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(BatchData::Proposed(batch)) }

@@ -94,6 +94,9 @@ pub struct ProposedBatch {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+    /// Transaction bits of the batch's header (`log::format::FLAG_TRANSACTIONAL`, ...); 0 for
+    /// a plain batch.
+    pub flags: u16,
     /// acks=leader: answered at the leader's append.
     pub on_append: AppendHook,
 }

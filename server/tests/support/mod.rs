@@ -188,6 +188,19 @@ impl Brokers {
     /// Writes one batch of `payload` to partition `p` at its leader (waiting for one) and
     /// returns where it landed once acknowledged with `acks`.
     pub async fn write(&self, topic: &str, p: u32, payload: &[u8], acks: Acks) -> Appended {
+        self.write_as(topic, p, payload, acks, (-1, -1, -1), 0).await
+    }
+
+    /// As [`Brokers::write`], as producer `(id, epoch, base sequence)` with header `flags`.
+    pub async fn write_as(
+        &self,
+        topic: &str,
+        p: u32,
+        payload: &[u8],
+        acks: Acks,
+        producer: (i64, i16, i32),
+        flags: u16,
+    ) -> Appended {
         let payload = Bytes::copy_from_slice(payload);
         eventually("an acknowledged write", WAIT, || async {
             for b in self.brokers() {
@@ -202,9 +215,10 @@ impl Brokers {
                     compression: 0,
                     payload_crc: crc32c::crc32c(&payload),
                     raft: None,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    base_sequence: -1,
+                    producer_id: producer.0,
+                    producer_epoch: producer.1,
+                    base_sequence: producer.2,
+                    flags,
                 };
                 match writer.write(batch, &payload, acks).await {
                     Ok(answer) => match answer.await {

@@ -33,6 +33,9 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_UNKNOWN_GROUP: _ClassVar[ErrorCode]
     ERROR_CODE_NON_EMPTY_GROUP: _ClassVar[ErrorCode]
     ERROR_CODE_AUTHORIZATION_FAILED: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_TXN_STATE: _ClassVar[ErrorCode]
+    ERROR_CODE_CONCURRENT_TRANSACTIONS: _ClassVar[ErrorCode]
+    ERROR_CODE_UNSTABLE_OFFSET_COMMIT: _ClassVar[ErrorCode]
 COMPRESSION_UNSPECIFIED: Compression
 COMPRESSION_LZ4: Compression
 COMPRESSION_ZSTD: Compression
@@ -54,6 +57,9 @@ ERROR_CODE_INCONSISTENT_GROUP: ErrorCode
 ERROR_CODE_UNKNOWN_GROUP: ErrorCode
 ERROR_CODE_NON_EMPTY_GROUP: ErrorCode
 ERROR_CODE_AUTHORIZATION_FAILED: ErrorCode
+ERROR_CODE_INVALID_TXN_STATE: ErrorCode
+ERROR_CODE_CONCURRENT_TRANSACTIONS: ErrorCode
+ERROR_CODE_UNSTABLE_OFFSET_COMMIT: ErrorCode
 
 class Header(_message.Message):
     __slots__ = ("key", "value")

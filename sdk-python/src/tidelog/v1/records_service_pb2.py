@@ -25,33 +25,35 @@ _sym_db = _symbol_database.Default()
 from tidelog.v1 import record_pb2 as tidelog_dot_v1_dot_record__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tidelog/v1/records_service.proto\x12\ntidelog.v1\x1a\x17tidelog/v1/record.proto\"\x15\n\x13InitProducerRequest\"C\n\x14InitProducerResponse\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x02 \x01(\x05\"\xe3\x02\n\x0eProduceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x1e\n\x04\x61\x63ks\x18\x04 \x01(\x0e\x32\x10.tidelog.v1.Acks\x12*\n\x07records\x18\x05 \x01(\x0b\x32\x17.tidelog.v1.RecordBatchH\x00\x12\x1c\n\x12\x63ompressed_records\x18\x06 \x01(\x0cH\x00\x12,\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x17.tidelog.v1.Compression\x12\x14\n\x0crecord_count\x18\x08 \x01(\r\x12\x13\n\x06\x63rc32c\x18\t \x01(\rH\x01\x88\x01\x01\x12\x13\n\x0bproducer_id\x18\n \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x0b \x01(\x05\x12\x15\n\rbase_sequence\x18\x0c \x01(\x05\x42\t\n\x07payloadB\t\n\x07_crc32c\"\x95\x02\n\x0fProduceResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12)\n\nerror_code\x18\x04 \x01(\x0e\x32\x15.tidelog.v1.ErrorCode\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x13\n\x0b\x62\x61se_offset\x18\x06 \x01(\x04\x12\x16\n\x0e\x61ppend_time_ms\x18\x07 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x08 \x01(\x04\x12\x11\n\tleader_id\x18\t \x01(\r\x12\x16\n\x0eleader_address\x18\n \x01(\t\x12\x18\n\x10throttle_time_ms\x18\x0b \x01(\r\"k\n\rStartPosition\x12\x10\n\x06offset\x18\x01 \x01(\x04H\x00\x12\x12\n\x08\x65\x61rliest\x18\x02 \x01(\x08H\x00\x12\x10\n\x06latest\x18\x03 \x01(\x08H\x00\x12\x16\n\x0ctimestamp_ms\x18\x04 \x01(\x03H\x00\x42\n\n\x08position\"M\n\x0ePartitionStart\x12\x11\n\tpartition\x18\x01 \x01(\r\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x19.tidelog.v1.StartPosition\"\xa2\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12.\n\npartitions\x18\x02 \x03(\x0b\x32\x1a.tidelog.v1.PartitionStart\x12(\n\x05start\x18\x03 \x01(\x0b\x32\x19.tidelog.v1.StartPosition\x12\x11\n\tmax_bytes\x18\x04 \x01(\r\x12\x12\n\ndecompress\x18\x05 \x01(\x08\"\xdd\x01\n\x05\x42\x61tch\x12\x13\n\x0b\x62\x61se_offset\x18\x01 \x01(\x04\x12\x14\n\x0crecord_count\x18\x02 \x01(\r\x12\x16\n\x0e\x61ppend_time_ms\x18\x03 \x01(\x03\x12,\n\x0b\x63ompression\x18\x04 \x01(\x0e\x32\x17.tidelog.v1.Compression\x12*\n\x07records\x18\x05 \x01(\x0b\x32\x17.tidelog.v1.RecordBatchH\x00\x12\x1c\n\x12\x63ompressed_records\x18\x06 \x01(\x0cH\x00\x12\x0e\n\x06\x63rc32c\x18\x07 \x01(\rB\t\n\x07payload\"\x8f\x01\n\x11SubscribeResponse\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\"\n\x07\x62\x61tches\x18\x02 \x03(\x0b\x32\x11.tidelog.v1.Batch\x12\x16\n\x0ehigh_watermark\x18\x03 \x01(\x04\x12\x11\n\tread_from\x18\x04 \x01(\x04\x12\x18\n\x10throttle_time_ms\x18\x05 \x01(\r*J\n\x04\x41\x63ks\x12\x14\n\x10\x41\x43KS_UNSPECIFIED\x10\x00\x12\r\n\tACKS_NONE\x10\x01\x12\x0f\n\x0b\x41\x43KS_LEADER\x10\x02\x12\x0c\n\x08\x41\x43KS_ALL\x10\x03\x32\xf6\x01\n\rRecordService\x12\x46\n\x07Produce\x12\x1a.tidelog.v1.ProduceRequest\x1a\x1b.tidelog.v1.ProduceResponse(\x01\x30\x01\x12J\n\tSubscribe\x12\x1c.tidelog.v1.SubscribeRequest\x1a\x1d.tidelog.v1.SubscribeResponse0\x01\x12Q\n\x0cInitProducer\x12\x1f.tidelog.v1.InitProducerRequest\x1a .tidelog.v1.InitProducerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tidelog/v1/records_service.proto\x12\ntidelog.v1\x1a\x17tidelog/v1/record.proto\"\x15\n\x13InitProducerRequest\"C\n\x14InitProducerResponse\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x02 \x01(\x05\"\xfa\x02\n\x0eProduceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x1e\n\x04\x61\x63ks\x18\x04 \x01(\x0e\x32\x10.tidelog.v1.Acks\x12*\n\x07records\x18\x05 \x01(\x0b\x32\x17.tidelog.v1.RecordBatchH\x00\x12\x1c\n\x12\x63ompressed_records\x18\x06 \x01(\x0cH\x00\x12,\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x17.tidelog.v1.Compression\x12\x14\n\x0crecord_count\x18\x08 \x01(\r\x12\x13\n\x06\x63rc32c\x18\t \x01(\rH\x01\x88\x01\x01\x12\x13\n\x0bproducer_id\x18\n \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x0b \x01(\x05\x12\x15\n\rbase_sequence\x18\x0c \x01(\x05\x12\x15\n\rtransactional\x18\r \x01(\x08\x42\t\n\x07payloadB\t\n\x07_crc32c\"\x95\x02\n\x0fProduceResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12)\n\nerror_code\x18\x04 \x01(\x0e\x32\x15.tidelog.v1.ErrorCode\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x13\n\x0b\x62\x61se_offset\x18\x06 \x01(\x04\x12\x16\n\x0e\x61ppend_time_ms\x18\x07 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x08 \x01(\x04\x12\x11\n\tleader_id\x18\t \x01(\r\x12\x16\n\x0eleader_address\x18\n \x01(\t\x12\x18\n\x10throttle_time_ms\x18\x0b \x01(\r\"k\n\rStartPosition\x12\x10\n\x06offset\x18\x01 \x01(\x04H\x00\x12\x12\n\x08\x65\x61rliest\x18\x02 \x01(\x08H\x00\x12\x10\n\x06latest\x18\x03 \x01(\x08H\x00\x12\x16\n\x0ctimestamp_ms\x18\x04 \x01(\x03H\x00\x42\n\n\x08position\"M\n\x0ePartitionStart\x12\x11\n\tpartition\x18\x01 \x01(\r\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x19.tidelog.v1.StartPosition\"\xd7\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12.\n\npartitions\x18\x02 \x03(\x0b\x32\x1a.tidelog.v1.PartitionStart\x12(\n\x05start\x18\x03 \x01(\x0b\x32\x19.tidelog.v1.StartPosition\x12\x11\n\tmax_bytes\x18\x04 \x01(\r\x12\x12\n\ndecompress\x18\x05 \x01(\x08\x12\x33\n\x0fisolation_level\x18\x06 \x01(\x0e\x32\x1a.tidelog.v1.IsolationLevel\"\xdd\x01\n\x05\x42\x61tch\x12\x13\n\x0b\x62\x61se_offset\x18\x01 \x01(\x04\x12\x14\n\x0crecord_count\x18\x02 \x01(\r\x12\x16\n\x0e\x61ppend_time_ms\x18\x03 \x01(\x03\x12,\n\x0b\x63ompression\x18\x04 \x01(\x0e\x32\x17.tidelog.v1.Compression\x12*\n\x07records\x18\x05 \x01(\x0b\x32\x17.tidelog.v1.RecordBatchH\x00\x12\x1c\n\x12\x63ompressed_records\x18\x06 \x01(\x0cH\x00\x12\x0e\n\x06\x63rc32c\x18\x07 \x01(\rB\t\n\x07payload\"\x8f\x01\n\x11SubscribeResponse\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\"\n\x07\x62\x61tches\x18\x02 \x03(\x0b\x32\x11.tidelog.v1.Batch\x12\x16\n\x0ehigh_watermark\x18\x03 \x01(\x04\x12\x11\n\tread_from\x18\x04 \x01(\x04\x12\x18\n\x10throttle_time_ms\x18\x05 \x01(\r*J\n\x04\x41\x63ks\x12\x14\n\x10\x41\x43KS_UNSPECIFIED\x10\x00\x12\r\n\tACKS_NONE\x10\x01\x12\x0f\n\x0b\x41\x43KS_LEADER\x10\x02\x12\x0c\n\x08\x41\x43KS_ALL\x10\x03*{\n\x0eIsolationLevel\x12\x1f\n\x1bISOLATION_LEVEL_UNSPECIFIED\x10\x00\x12$\n ISOLATION_LEVEL_READ_UNCOMMITTED\x10\x01\x12\"\n\x1eISOLATION_LEVEL_READ_COMMITTED\x10\x02\x32\xf6\x01\n\rRecordService\x12\x46\n\x07Produce\x12\x1a.tidelog.v1.ProduceRequest\x1a\x1b.tidelog.v1.ProduceResponse(\x01\x30\x01\x12J\n\tSubscribe\x12\x1c.tidelog.v1.SubscribeRequest\x1a\x1d.tidelog.v1.SubscribeResponse0\x01\x12Q\n\x0cInitProducer\x12\x1f.tidelog.v1.InitProducerRequest\x1a .tidelog.v1.InitProducerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidelog.v1.records_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACKS']._serialized_start=1526
-  _globals['_ACKS']._serialized_end=1600
+  _globals['_ACKS']._serialized_start=1602
+  _globals['_ACKS']._serialized_end=1676
+  _globals['_ISOLATIONLEVEL']._serialized_start=1678
+  _globals['_ISOLATIONLEVEL']._serialized_end=1801
   _globals['_INITPRODUCERREQUEST']._serialized_start=73
   _globals['_INITPRODUCERREQUEST']._serialized_end=94
   _globals['_INITPRODUCERRESPONSE']._serialized_start=96
   _globals['_INITPRODUCERRESPONSE']._serialized_end=163
   _globals['_PRODUCEREQUEST']._serialized_start=166
-  _globals['_PRODUCEREQUEST']._serialized_end=521
-  _globals['_PRODUCERESPONSE']._serialized_start=524
-  _globals['_PRODUCERESPONSE']._serialized_end=801
-  _globals['_STARTPOSITION']._serialized_start=803
-  _globals['_STARTPOSITION']._serialized_end=910
-  _globals['_PARTITIONSTART']._serialized_start=912
-  _globals['_PARTITIONSTART']._serialized_end=989
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=992
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1154
-  _globals['_BATCH']._serialized_start=1157
-  _globals['_BATCH']._serialized_end=1378
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1381
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1524
-  _globals['_RECORDSERVICE']._serialized_start=1603
-  _globals['_RECORDSERVICE']._serialized_end=1849
+  _globals['_PRODUCEREQUEST']._serialized_end=544
+  _globals['_PRODUCERESPONSE']._serialized_start=547
+  _globals['_PRODUCERESPONSE']._serialized_end=824
+  _globals['_STARTPOSITION']._serialized_start=826
+  _globals['_STARTPOSITION']._serialized_end=933
+  _globals['_PARTITIONSTART']._serialized_start=935
+  _globals['_PARTITIONSTART']._serialized_end=1012
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1015
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1230
+  _globals['_BATCH']._serialized_start=1233
+  _globals['_BATCH']._serialized_end=1454
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1457
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1600
+  _globals['_RECORDSERVICE']._serialized_start=1804
+  _globals['_RECORDSERVICE']._serialized_end=2050
 # @@protoc_insertion_point(module_scope)

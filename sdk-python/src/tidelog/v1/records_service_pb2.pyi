@@ -14,10 +14,19 @@ class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACKS_NONE: _ClassVar[Acks]
     ACKS_LEADER: _ClassVar[Acks]
     ACKS_ALL: _ClassVar[Acks]
+
+class IsolationLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ISOLATION_LEVEL_UNSPECIFIED: _ClassVar[IsolationLevel]
+    ISOLATION_LEVEL_READ_UNCOMMITTED: _ClassVar[IsolationLevel]
+    ISOLATION_LEVEL_READ_COMMITTED: _ClassVar[IsolationLevel]
 ACKS_UNSPECIFIED: Acks
 ACKS_NONE: Acks
 ACKS_LEADER: Acks
 ACKS_ALL: Acks
+ISOLATION_LEVEL_UNSPECIFIED: IsolationLevel
+ISOLATION_LEVEL_READ_UNCOMMITTED: IsolationLevel
+ISOLATION_LEVEL_READ_COMMITTED: IsolationLevel
 
 class InitProducerRequest(_message.Message):
     __slots__ = ()
@@ -32,7 +41,7 @@ class InitProducerResponse(_message.Message):
     def __init__(self, producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ...) -> None: ...
 
 class ProduceRequest(_message.Message):
-    __slots__ = ("request_id", "topic", "partition", "acks", "records", "compressed_records", "compression", "record_count", "crc32c", "producer_id", "producer_epoch", "base_sequence")
+    __slots__ = ("request_id", "topic", "partition", "acks", "records", "compressed_records", "compression", "record_count", "crc32c", "producer_id", "producer_epoch", "base_sequence", "transactional")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +54,7 @@ class ProduceRequest(_message.Message):
     PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     BASE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONAL_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     topic: str
     partition: int
@@ -57,7 +67,8 @@ class ProduceRequest(_message.Message):
     producer_id: int
     producer_epoch: int
     base_sequence: int
-    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., acks: _Optional[_Union[Acks, str]] = ..., records: _Optional[_Union[_record_pb2.RecordBatch, _Mapping]] = ..., compressed_records: _Optional[bytes] = ..., compression: _Optional[_Union[_record_pb2.Compression, str]] = ..., record_count: _Optional[int] = ..., crc32c: _Optional[int] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., base_sequence: _Optional[int] = ...) -> None: ...
+    transactional: bool
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., acks: _Optional[_Union[Acks, str]] = ..., records: _Optional[_Union[_record_pb2.RecordBatch, _Mapping]] = ..., compressed_records: _Optional[bytes] = ..., compression: _Optional[_Union[_record_pb2.Compression, str]] = ..., record_count: _Optional[int] = ..., crc32c: _Optional[int] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., base_sequence: _Optional[int] = ..., transactional: _Optional[bool] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
     __slots__ = ("request_id", "topic", "partition", "error_code", "error_message", "base_offset", "append_time_ms", "log_start_offset", "leader_id", "leader_address", "throttle_time_ms")
@@ -106,18 +117,20 @@ class PartitionStart(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("topic", "partitions", "start", "max_bytes", "decompress")
+    __slots__ = ("topic", "partitions", "start", "max_bytes", "decompress", "isolation_level")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECOMPRESS_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionStart]
     start: StartPosition
     max_bytes: int
     decompress: bool
-    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[PartitionStart, _Mapping]]] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., max_bytes: _Optional[int] = ..., decompress: _Optional[bool] = ...) -> None: ...
+    isolation_level: IsolationLevel
+    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[PartitionStart, _Mapping]]] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., max_bytes: _Optional[int] = ..., decompress: _Optional[bool] = ..., isolation_level: _Optional[_Union[IsolationLevel, str]] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("base_offset", "record_count", "append_time_ms", "compression", "records", "compressed_records", "crc32c")
