@@ -7,14 +7,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use support::txn::*;
 use support::*;
 use tidelog::proto::v1::TransactionState;
-use tidelog::{Client, Error, IsolationLevel, Producer, ProducerConfig, Record};
+use tidelog::{Client, Error, IsolationLevel, Producer, Record};
 
 const RC: IsolationLevel = IsolationLevel::ReadCommitted;
 const RU: IsolationLevel = IsolationLevel::ReadUncommitted;
@@ -275,30 +274,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The example application (examples/rust/src/bin/exactly_once.rs), built beside `tidelog`.
-pub fn start_app(broker: &str, per_txn: usize, idle_ms: Option<u64>, log: &std::path::Path) -> Child {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tidelog")).with_file_name("exactly_once");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--broker", broker, "--input", "in", "--output", "out", "--group", "eos"])
-        .args(["--transactional-id", "eos-1", "--per-transaction", &per_txn.to_string(), "--process-ms", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log));
-    if let Some(ms) = idle_ms {
-        cmd.args(["--idle-ms", &ms.to_string()]);
-    }
-    cmd.spawn().expect("spawn exactly_once (built by `cargo build --workspace`)")
-}
-
-/// Waits (bounded) for the application to exit on its own.
-async fn wait_exit(app: &mut Child, timeout: Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while app.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the application did not finish within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn consume_transform_produce_survives_sigkill_of_app_and_broker() {
     init_sdk_log();
@@ -313,13 +288,8 @@ async fn consume_transform_produce_survives_sigkill_of_app_and_broker() {
     let client = broker.client().await;
     client.create_topic("in", 2).await.unwrap();
     client.create_topic("out", 2).await.unwrap();
-    let input_producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
     const N: usize = 2000;
-    for i in 0..N {
-        let r = Record::new(format!("v{i}")).with_key(format!("k{}", i % 13));
-        input_producer.send("in", r).await.unwrap();
-    }
-    input_producer.flush().await;
+    fill_input(&client, N).await;
 
     for round in 0..5 {
         let mut app = start_app(&broker.addr, 50, None, &app_log);

@@ -147,3 +147,40 @@ pub fn check_exactly_once(input: &[ConsumedRecord], output: &[ConsumedRecord]) -
     assert!(missing.is_empty(), "{} input records never came out, e.g. {:?}", missing.len(), missing.first());
     output.len()
 }
+
+/// The example application (examples/rust/src/bin/exactly_once.rs, built beside `tidelog` by
+/// `cargo build --workspace`): reads topic `in` as group `eos`, writes `out` with transactional
+/// id `eos-1`, `per_txn` records per transaction, 1 ms of pretend work per record; exits after
+/// `idle_ms` without input if given. Its stderr is appended to `log`.
+pub fn start_app(broker: &str, per_txn: usize, idle_ms: Option<u64>, log: &std::path::Path) -> std::process::Child {
+    let bin = std::path::Path::new(super::BIN).with_file_name("exactly_once");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["--broker", broker, "--input", "in", "--output", "out", "--group", "eos"])
+        .args(["--transactional-id", "eos-1", "--per-transaction", &per_txn.to_string(), "--process-ms", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log));
+    if let Some(ms) = idle_ms {
+        cmd.args(["--idle-ms", &ms.to_string()]);
+    }
+    cmd.spawn().expect("spawn exactly_once (built by `cargo build --workspace`)")
+}
+
+/// Waits (bounded) for the application to exit on its own.
+pub async fn wait_exit(app: &mut std::process::Child, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while app.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the application did not finish within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Produces `n` records `v<i>` keyed `k<i % 13>` to topic `in`.
+pub async fn fill_input(client: &Client, n: usize) {
+    let p = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    for i in 0..n {
+        p.send("in", tidelog::Record::new(format!("v{i}")).with_key(format!("k{}", i % 13))).await.unwrap();
+    }
+    p.flush().await;
+    p.close().await;
+}

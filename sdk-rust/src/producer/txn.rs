@@ -49,17 +49,29 @@ struct Local {
     joined: HashSet<(String, u32)>,
 }
 
+/// Where coordinator calls go: every broker's address, the one in use, and its client.
+#[derive(Debug, Default)]
+struct Coordinators {
+    addrs: Vec<String>,
+    at: usize,
+    client: Option<crate::Client>,
+}
+
 #[derive(Debug)]
 pub(crate) struct TxnState {
     id: String,
     local: tokio::sync::Mutex<Local>,
+    /// Every broker's address (learnt at init) and the one coordinator calls go to now: any
+    /// broker passes them on to the coordinator, and a broker that cannot be reached is
+    /// skipped for the next.
+    brokers: std::sync::Mutex<Coordinators>,
     /// A batch of the open transaction failed: it can only be aborted.
     pub(crate) failed: AtomicBool,
 }
 
 impl TxnState {
     pub(crate) fn new(id: String) -> Self {
-        Self { id, local: Default::default(), failed: AtomicBool::new(false) }
+        Self { id, local: Default::default(), failed: AtomicBool::new(false), brokers: Default::default() }
     }
 
     /// The partition a record goes to (`partition`, or the topic's sticky one), added to the
@@ -89,36 +101,15 @@ impl TxnState {
                 producer_epoch: producer.shared.producer_epoch.load(Ordering::Acquire),
                 partitions: vec![TopicPartitions { topic: topic.to_string(), partitions: vec![p] }],
             };
-            let client = producer.coordinator();
-            retry(|| {
-                let mut c = client.clone();
-                let req = req.clone();
-                async move { c.add_partitions_to_transaction(req).await.map(|_| ()) }
-            })
-            .await?;
+            producer
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.add_partitions_to_transaction(req).await.map(|_| ()) }
+                })
+                .await?;
             local.joined.insert((topic.to_string(), p));
         }
         Ok(p)
-    }
-}
-
-/// `call` again while its answer is retryable, for up to [`COORDINATOR_RETRY`].
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = tokio::time::Instant::now() + COORDINATOR_RETRY;
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        match call().await.map_err(Error::Status) {
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::debug!(error = %e, "transaction coordinator call failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-            other => return other,
-        }
     }
 }
 
@@ -127,8 +118,48 @@ impl Producer {
         self.shared.txn.as_ref().ok_or_else(|| Error::InvalidArgument("the producer has no transactional_id".into()))
     }
 
+    /// The coordinator's client through the broker calls go to now.
     fn coordinator(&self) -> TransactionServiceClient<crate::client::Channel> {
-        TransactionServiceClient::new(self.shared.client.channel())
+        let client = self.txn().ok().and_then(|t| {
+            let mut to = t.brokers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if to.client.is_none() {
+                let addr = to.addrs.get(to.at % to.addrs.len().max(1))?;
+                to.client = self.shared.client.to_broker(addr).ok();
+            }
+            to.client.clone()
+        });
+        TransactionServiceClient::new(client.unwrap_or_else(|| self.shared.client.clone()).channel())
+    }
+
+    /// Calls the coordinator again while its answer is retryable, for up to
+    /// [`COORDINATOR_RETRY`]; a broker that cannot be reached (no answer of its own) is left
+    /// for the next one.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(TransactionServiceClient<crate::client::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + COORDINATOR_RETRY;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match call(self.coordinator()).await {
+                Err(s)
+                    if Error::Status(s.clone()).is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::debug!(error = %s.message(), "transaction coordinator call failed; retrying");
+                    if s.metadata().get("x-tidelog-error-code").is_none() {
+                        if let Ok(txn) = self.txn() {
+                            let mut to = txn.brokers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            to.at += 1;
+                            to.client = None;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                other => return other.map_err(Error::Status),
+            }
+        }
     }
 
     fn ids(&self) -> (i64, i32) {
@@ -143,14 +174,16 @@ impl Producer {
         let mut local = txn.local.lock().await;
         let timeout_ms = u32::try_from(self.shared.config.transaction_timeout.as_millis()).unwrap_or(u32::MAX);
         let req = InitTransactionsRequest { transactional_id: txn.id.clone(), transaction_timeout_ms: timeout_ms };
-        let client = self.coordinator();
-        let resp = retry(|| {
-            let mut c = client.clone();
-            let req = req.clone();
-            async move { c.init_transactions(req).await }
-        })
-        .await?
-        .into_inner();
+        let brokers = self.shared.client.brokers().await.unwrap_or_else(|_| vec![self.shared.client.address().into()]);
+        *txn.brokers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Coordinators { addrs: brokers, at: 0, client: None };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.init_transactions(req).await }
+            })
+            .await?
+            .into_inner();
         self.shared.producer_id.store(resp.producer_id, Ordering::Release);
         self.shared.producer_epoch.store(resp.producer_epoch, Ordering::Release);
         local.initialised = true;
@@ -204,9 +237,7 @@ impl Producer {
             generation: group.generation,
             member_id: group.member_id.clone(),
         };
-        let client = self.coordinator();
-        retry(|| {
-            let mut c = client.clone();
+        self.call(|mut c| {
             let req = req.clone();
             async move { c.add_offsets_to_transaction(req).await.map(|_| ()) }
         })
@@ -238,13 +269,12 @@ impl Producer {
         }
         let (producer_id, producer_epoch) = self.ids();
         let req = EndTransactionRequest { transactional_id: txn.id.clone(), producer_id, producer_epoch, commit };
-        let client = self.coordinator();
-        let ended = retry(|| {
-            let mut c = client.clone();
-            let req = req.clone();
-            async move { c.end_transaction(req).await.map(|_| ()) }
-        })
-        .await;
+        let ended = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.end_transaction(req).await.map(|_| ()) }
+            })
+            .await;
         if ended.is_ok() || !commit {
             // After an abort (even a failed one: the coordinator's timeout ends it) a new
             // transaction may begin.
