@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tidelog::proto::v1::{offset_spec, ListOffsetsRequest, OffsetSpec};
-use tidelog::{Client, ConsumedRecord, GroupConfig, GroupConsumer, OffsetReset, StartAt, Subscription};
+use tidelog::{Client, ConsumedRecord, GroupConfig, GroupConsumer, IsolationLevel, OffsetReset, StartAt, Subscription};
 
 use super::BrokerArg;
 use crate::render::{Encoding, Template};
@@ -63,6 +63,26 @@ pub struct ConsumeArgs {
     pub key_encoding: Encoding,
     #[arg(long, value_enum, default_value = "text")]
     pub value_encoding: Encoding,
+    /// Which records to read (Kafka's isolation.level): `read_uncommitted` (everything below
+    /// the high watermark) or `read_committed` (only committed transactions' records, up to
+    /// the last stable offset).
+    #[arg(long, value_enum, default_value = "read-uncommitted", conflicts_with = "end")]
+    pub isolation_level: Isolation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    ReadUncommitted,
+    ReadCommitted,
+}
+
+impl Isolation {
+    fn level(self) -> IsolationLevel {
+        match self {
+            Self::ReadUncommitted => IsolationLevel::ReadUncommitted,
+            Self::ReadCommitted => IsolationLevel::ReadCommitted,
+        }
+    }
 }
 
 /// How records are printed.
@@ -197,7 +217,7 @@ async fn run_plain(client: Client, args: &ConsumeArgs, printer: &Printer, start:
     } else {
         BTreeMap::new()
     };
-    let mut sub = Subscription::new(&args.topic);
+    let mut sub = Subscription::new(&args.topic).isolation(args.isolation_level.level());
     for p in &partitions {
         let at = match start {
             Start::At(at) => at,
@@ -284,6 +304,7 @@ async fn run_group(
     let mut config = GroupConfig::new(group, &[args.topic.as_str()]);
     config.client_id = "tidelog-cli".into();
     config.offset_reset = reset;
+    config.isolation = args.isolation_level.level();
     config.auto_commit_interval = Some(Duration::from_millis(args.auto_commit_ms));
     config.session_timeout = Duration::from_millis(args.session_timeout_ms);
     config.heartbeat_interval = Duration::from_millis((args.session_timeout_ms / 5).max(100));

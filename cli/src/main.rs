@@ -17,6 +17,7 @@ mod render;
 mod security;
 mod serve;
 mod topic;
+mod txn;
 
 use clap::{Parser, Subcommand};
 
@@ -131,6 +132,15 @@ pub enum Command {
         #[command(subcommand)]
         command: security::QuotaCommand,
     },
+    /// List and describe transactions, find hanging ones, abort one.
+    Txn {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
+        #[command(subcommand)]
+        command: txn::TxnCommand,
+    },
     /// The principal the broker sees for these credentials.
     Whoami {
         #[command(flatten)]
@@ -156,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { broker, output, command } => group::run(&broker, command, output.format).await,
         Command::Acl { broker, output, command } => security::acl(&broker, command, output.format).await,
         Command::Quota { broker, output, command } => security::quota(&broker, command, output.format).await,
+        Command::Txn { broker, output, command } => txn::run(&broker, command, output.format).await,
         Command::Whoami { broker, output } => security::whoami(&broker, output.format).await,
         Command::Offsets(args) => offsets::run(args).await,
         Command::Produce(args) => produce::run(args).await,

@@ -316,3 +316,47 @@ async fn consume_transform_produce_survives_sigkill_of_app_and_broker() {
     eprintln!("read_committed: {n} records; read_uncommitted: {} (aborted ones included)", all.len());
     assert!(all.len() > n, "no kill landed inside a transaction: the test did not test (seed {seed})");
 }
+
+#[tokio::test]
+async fn the_cli_lists_describes_finds_and_aborts_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
+    let client = broker.client().await;
+    client.create_topic("t", 2).await.unwrap();
+    let p = txn_producer(&client, "cli-app", Duration::from_secs(60)).await;
+    p.begin_transaction().await.unwrap();
+    send_n(&p, "t", 1, "open", 2).await;
+    let (pid, epoch) = (p.producer_id(), transactions(&client).await["cli-app"].producer_epoch);
+
+    let list = run_cli(&broker.addr, &["txn", "list"], "");
+    assert!(list.contains("cli-app") && list.contains("state=Ongoing") && list.contains("t[1]"), "{list}");
+    let json: serde_json::Value =
+        serde_json::from_str(&run_cli(&broker.addr, &["txn", "describe", "cli-app", "--format", "json"], "")).unwrap();
+    assert_eq!(json[0]["state"], "Ongoing");
+    assert_eq!(json[0]["producer_id"], pid);
+    let unknown = run_cli_output(&broker.addr, &["txn", "describe", "nobody"], b"");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("InitTransactions"), "an actionable message");
+
+    let found = run_cli(&broker.addr, &["txn", "find-hanging", "--topic", "t"], "");
+    assert!(found.contains(&format!("t/1 open transaction: producer={pid}/{epoch} first_offset=0")), "{found}");
+    assert!(!found.contains("HANGING"), "the coordinator knows it: not hanging\n{found}");
+    assert!(found.contains("t/1 last_stable_offset=0 high_watermark=2"), "{found}");
+
+    // An abort marker written straight to the partition ends it there (a hanging
+    // transaction's remedy); the coordinator's abort ends it everywhere and fences the producer.
+    let args = ["txn", "abort", "--topic", "t", "--partition", "1", "--producer-id", &pid.to_string()];
+    run_cli(&broker.addr, &[&args[..], &["--producer-epoch", &epoch.to_string()]].concat(), "");
+    assert_eq!(stability(&client, "t").await[&1], (3, 3, vec![]));
+    let out = run_cli(&broker.addr, &["txn", "abort", "cli-app"], "");
+    assert!(out.contains("aborted the open transaction of cli-app"), "{out}");
+    assert_eq!(state(&transactions(&client).await["cli-app"]), TransactionState::CompleteAbort);
+    assert!(p.commit_transaction().await.is_err(), "the aborted producer was not fenced");
+    // Consumed with the CLI, read_committed: nothing.
+    let consumed = run_cli(
+        &broker.addr,
+        &["consume", "t", "--from-beginning", "--isolation-level", "read-committed", "--idle-timeout-ms", "500"],
+        "",
+    );
+    assert!(consumed.is_empty(), "{consumed}");
+}
