@@ -105,6 +105,13 @@ async fn a_newer_instance_fences_the_zombie() {
     assert!(commit.is_err(), "a fenced producer committed");
     assert!(format!("{:?}", commit.unwrap_err()).contains("fenced"), "the error says it was fenced");
     assert!(zombie.abort_transaction().await.is_err(), "a fenced producer aborted");
+    // Its batches are refused as fenced at once (not after the wait for a lagging copy).
+    let mut raw = produce_request(1, "t", 0, vec![Record::new("zombie-raw")]);
+    (raw.producer_id, raw.producer_epoch, raw.base_sequence, raw.transactional) = (zombie.producer_id(), 0, 4, true);
+    let started = std::time::Instant::now();
+    let resp = produce_all(&client, vec![raw]).await.remove(0);
+    assert_eq!(resp.error_code, tidelog::proto::v1::ErrorCode::ProducerFenced as i32, "{}", resp.error_message);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
     assert!(zombie.send_to("t", 0, Record::new("late")).await.is_err(), "a fenced producer joined a partition");
 
     fresh.begin_transaction().await.unwrap();

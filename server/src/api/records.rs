@@ -198,12 +198,19 @@ const TXN_ADMIT_WAIT: Duration = Duration::from_secs(5);
 /// otherwise open a transaction no coordinator knows, holding the last stable offset back
 /// forever. Waits briefly for this broker's copy of the coordinator's state to catch up.
 async fn admit_transactional(broker: &Broker, req: &wire::ProduceRequest) -> Result<(), BrokerError> {
+    use crate::broker::txn_table::Admission;
     let txns = broker.transactions();
     let epoch = req.producer_epoch as i16;
-    let admitted = || txns.admits(req.producer_id, epoch, &req.topic, req.partition);
     let mut changes = txns.watch();
     let deadline = tokio::time::Instant::now() + TXN_ADMIT_WAIT;
-    while !admitted() {
+    loop {
+        match txns.admission(req.producer_id, epoch, &req.topic, req.partition) {
+            Admission::Admitted => return Ok(()),
+            Admission::Fenced(current) => {
+                return Err(BrokerError::ProducerFenced { producer_id: req.producer_id, epoch, current })
+            }
+            Admission::NotYet => {}
+        }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
             _ => {
@@ -215,7 +222,6 @@ async fn admit_transactional(broker: &Broker, req: &wire::ProduceRequest) -> Res
             }
         }
     }
-    Ok(())
 }
 
 /// A produce request checked against its topic.

@@ -32,6 +32,16 @@ impl Entries {
     }
 }
 
+/// What [`TxnTable::admission`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// A newer epoch (this one) holds the producer id.
+    Fenced(i16),
+    /// No open transaction of this epoch includes the partition, as far as this copy knows.
+    NotYet,
+}
+
 #[derive(Debug)]
 pub struct TxnTable {
     entries: RwLock<Entries>,
@@ -106,17 +116,19 @@ impl TxnTable {
         entries.by_id.values().any(|e| e.holds_offsets_of(group))
     }
 
-    /// Whether producer `producer_id` at `epoch` has an open transaction that includes
-    /// partition `p` of `topic`: what a transactional batch needs to be appended.
-    pub fn admits(&self, producer_id: i64, epoch: i16, topic: &str, p: u32) -> bool {
+    /// Whether a transactional batch of producer `producer_id` at `epoch` for partition `p`
+    /// of `topic` may be appended: its open transaction includes the partition.
+    pub fn admission(&self, producer_id: i64, epoch: i16, topic: &str, p: u32) -> Admission {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let entry = entries.by_producer.get(&producer_id).and_then(|id| entries.by_id.get(id));
-        entry.is_some_and(|e| {
-            e.producer_id == producer_id
-                && e.epoch == epoch
-                && e.status == crate::meta::txn::TxnStatus::Ongoing
-                && e.includes(topic, p)
-        })
+        match entry {
+            Some(e) if e.epoch > epoch => Admission::Fenced(e.epoch),
+            Some(e) if e.epoch == epoch && e.status == crate::meta::txn::TxnStatus::Ongoing && e.includes(topic, p) => {
+                Admission::Admitted
+            }
+            // Not (yet) here: this broker's copy may lag the coordinator's.
+            _ => Admission::NotYet,
+        }
     }
 
     /// A receiver that changes with every stored change.
