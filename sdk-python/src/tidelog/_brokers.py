@@ -28,6 +28,7 @@ from .v1 import (
     offsets_service_pb2_grpc,
     records_service_pb2_grpc,
     security_service_pb2_grpc,
+    transaction_service_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -41,6 +42,7 @@ class Stubs(NamedTuple):
     offsets: offsets_service_pb2_grpc.OffsetServiceStub
     groups: group_service_pb2_grpc.GroupServiceStub
     security: security_service_pb2_grpc.SecurityServiceStub
+    transactions: transaction_service_pb2_grpc.TransactionServiceStub
 
     @classmethod
     def of(cls, channel: grpc.Channel | grpc.aio.Channel) -> Stubs:
@@ -50,6 +52,7 @@ class Stubs(NamedTuple):
             offsets_service_pb2_grpc.OffsetServiceStub(channel),
             group_service_pb2_grpc.GroupServiceStub(channel),
             security_service_pb2_grpc.SecurityServiceStub(channel),
+            transaction_service_pb2_grpc.TransactionServiceStub(channel),
         )
 
 

@@ -47,6 +47,13 @@ def _str(v: Any) -> str:
     return v
 
 
+def _transactional_id(v: Any) -> str:
+    s = _str(v)
+    if not s or len(s) > 255 or any(not c.isprintable() for c in s):
+        raise ValueError("expected 1-255 printable characters")
+    return s
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         s = str(v).strip().lower()
@@ -257,6 +264,18 @@ PRODUCER_KEYS: dict[str, Key] = {
     "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "time to wait for one batch's response"),
     "retry.backoff.ms": Key(50, _int(1, 60_000), "first backoff before a retry (doubles, up to 1 s)"),
     "metadata.max.age.ms": Key(300_000, _int(0, 86_400_000), "re-read a topic's partition count this often"),
+    "transactional.id": Key(
+        None,
+        _transactional_id,
+        "makes the producer transactional (exactly once: init_transactions, begin_transaction,"
+        " commit_transaction, ...); implies enable.idempotence; one id per producer instance"
+        " role: a new instance with the same id fences the older one",
+    ),
+    "transaction.timeout.ms": Key(
+        60_000,
+        _int(1_000, 900_000),
+        "how long a transaction may stay open before the coordinator aborts it (and fences this producer)",
+    ),
 }
 
 CONSUMER_KEYS: dict[str, Key] = {
@@ -278,6 +297,12 @@ CONSUMER_KEYS: dict[str, Key] = {
     ),
     "fetch.max.bytes": Key(1 << 20, _int(1024, 64 << 20), "max batch bytes per subscribe response"),
     "queued.max.messages": Key(10_000, _int(1, 10_000_000), "records buffered ahead of poll()"),
+    "isolation.level": Key(
+        "read_uncommitted",
+        _choice("read_uncommitted", "read_committed"),
+        "read_committed: only records of committed transactions (and non-transactional ones),"
+        " up to the last stable offset; read_uncommitted: everything",
+    ),
     "request.timeout.ms": _REQUEST_TIMEOUT,
     "default.api.timeout.ms": _API_TIMEOUT,
 }

@@ -31,14 +31,24 @@ Positions and commits (at-least-once):
   and revoke bump the epoch, so records fetched before them are dropped, never handed out;
 - without ``enable.auto.offset.store``, commits use the offsets the application stored
   (:meth:`store_offsets`) instead of ``processed`` / ``position``.
+- without ``enable.auto.commit`` nothing is committed but by the application (``commit()``,
+  or a transactional producer's ``send_offsets_to_transaction``): not periodically, not on a
+  revoke, not on close. Exactly-once consume-transform-produce relies on it.
+
+Transactions (``isolation.level``, see :mod:`tidelog._fetch`): while an open transaction holds
+offsets of the group (sent with ``send_offsets_to_transaction``), the coordinator answers
+FetchCommitted with UNSTABLE_OFFSET_COMMIT; the offsets an assignment starts from are then
+fetched again, with backoff, until the transaction ends or ``default.api.timeout.ms`` passes,
+the group session heartbeating meanwhile (:meth:`ConsumerCore.fetch_committed_stable`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -56,12 +66,15 @@ from .errors import (
     OffsetOutOfRangeError,
     RetriableError,
     TidelogError,
+    UnstableOffsetCommitError,
     from_code,
 )
 from .types import OFFSET_BEGINNING, OFFSET_END, Message, TopicPartition
 from .v1 import admin_service_pb2, offsets_service_pb2
 
 TP = tuple[str, int]
+#: Called between retries of a long wait inside the group session (it heartbeats).
+KeepAlive = Callable[[], Awaitable[None]]
 #: Called on the engine loop with ("assign" | "revoke", partitions) after each change.
 Notify = Callable[[str, list[TopicPartition]], None]
 
@@ -80,6 +93,7 @@ class ConsumerCore:
         self.reporter = Reporter(self.log, errors, targets(cfg["bootstrap.servers"]))
         self.auto_store: bool = cfg["enable.auto.offset.store"]
         self.partition_eof: bool = cfg["enable.partition.eof"]
+        self.read_committed: bool = cfg["isolation.level"] == "read_committed"
         #: Offsets stored by store_offsets() (what commits use without enable.auto.offset.store).
         self.stored: dict[TP, int] = {}
         #: Each partition's high watermark as of its latest fetch response.
@@ -269,11 +283,13 @@ class ConsumerCore:
         explicit: dict[TP, int] | None = None,
         timeout: float | None = None,
         keep: set[TP] | None = None,
+        keepalive: KeepAlive | None = None,
     ) -> None:
         """Starts a new assignment from committed offsets (or explicit ones, logical ones such
         as OFFSET_BEGINNING included, or the reset policy), read within ``timeout`` (default:
         ``default.api.timeout.ms``). The partitions in ``keep`` (already assigned) keep their
-        state: position, processed and stored offsets, pause."""
+        state: position, processed and stored offsets, pause. ``keepalive`` is called while
+        the committed offsets are unstable (an open transaction holds some)."""
         keep = keep or set()
         assigned = set(tps)
         fresh = assigned - keep
@@ -281,7 +297,7 @@ class ConsumerCore:
         if self.group:
             for topic in sorted({t for t, _ in fresh}):
                 req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic)
-                _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req, timeout)
+                resp = await self.fetch_committed_stable(req, timeout, keepalive)
                 committed.update({(topic, o.partition): o.offset for o in resp.offsets})
         positions = {tp: o for tp, o in committed.items() if tp in fresh}
         positions.update(await self._resolve_offsets(explicit or {}, timeout))
@@ -304,6 +320,33 @@ class ConsumerCore:
         if not keep:
             self._notify("assign", [TopicPartition(t, p) for t, p in sorted(assigned)])
         self.restart_fetchers()
+
+    async def fetch_committed_stable(
+        self,
+        req: offsets_service_pb2.FetchCommittedRequest,
+        timeout: float | None = None,
+        keepalive: KeepAlive | None = None,
+    ) -> offsets_service_pb2.FetchCommittedResponse:
+        """FetchCommitted (each attempt retried across brokers for ``timeout``), asked again
+        with backoff while the coordinator answers UNSTABLE_OFFSET_COMMIT (an open transaction
+        will commit offsets of the group), for up to ``default.api.timeout.ms`` in all;
+        ``keepalive`` runs between those attempts."""
+        deadline = time.monotonic() + self.brokers.api_timeout
+        backoff = 0.05
+        while True:
+            try:
+                _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req, timeout)
+                return resp  # type: ignore[no-any-return]
+            except UnstableOffsetCommitError as e:
+                if time.monotonic() + backoff >= deadline:
+                    raise
+                self.log.debug(
+                    "offsets of group %s unstable (%s); asking again in %.2f s", req.group, e, backoff
+                )
+            if keepalive is not None:
+                await keepalive()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
 
     async def _resolve_offsets(self, offsets: dict[TP, int], timeout: float | None = None) -> dict[TP, int]:
         """Offsets with the logical ones resolved: OFFSET_BEGINNING and OFFSET_END become the
@@ -370,6 +413,10 @@ class ConsumerCore:
                 f"no committed offset for {topic} partitions {partitions} and auto.offset.reset=error"
             )
             self.push(self.fetch_epoch, [err])
+            return {}
+        if self.read_committed and self.reset == "latest":
+            # The broker starts them at the last stable offset (ListOffsets' latest is the high
+            # watermark, which may be inside an open transaction).
             return {}
         spec = admin_service_pb2.OffsetSpec(earliest=True) if self.reset == "earliest" else None
         spec = spec or admin_service_pb2.OffsetSpec(latest=True)
@@ -536,7 +583,7 @@ class ConsumerCore:
         for topic in sorted({t for t, _ in tps}):
             parts = [p for t, p in tps if t == topic]
             req = offsets_service_pb2.FetchCommittedRequest(group=self.group, topic=topic, partitions=parts)
-            _, resp = await self.brokers.call(lambda b: b.offsets.FetchCommitted, req)
+            resp = await self.fetch_committed_stable(req)
             out.update({(topic, o.partition): o.offset for o in resp.offsets})
         return out
 

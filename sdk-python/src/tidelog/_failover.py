@@ -14,6 +14,12 @@ retry policy of the consumer (commits, committed offsets, metadata) and the admi
   Each attempt waits at most ``per_attempt`` (``request.timeout.ms``) and never past the
   deadline (``default.api.timeout.ms``), so a stalled broker costs one attempt, not the call.
 
+Two retriable answers are about a transaction's or a group's state, not about the broker:
+CONCURRENT_TRANSACTIONS (retried here like the others, but without moving on or reporting the
+broker) and UNSTABLE_OFFSET_COMMIT (raised at once: the consumer waits for the transaction
+holding the group's offsets while it keeps its group session alive, see
+:mod:`tidelog._consumer_core`).
+
 Every retry is logged (the client's logger, at info level; the first failure of a broker is a
 warning and goes to ``error_cb``, through the client's :class:`~tidelog._events.Reporter`), so
 a call that retries for a minute never does so silently.
@@ -46,7 +52,7 @@ import grpc
 
 from ._config import target
 from ._events import Reporter
-from .errors import TidelogError, from_rpc_error
+from .errors import ErrorCode, TidelogError, UnstableOffsetCommitError, from_rpc_error
 from .v1 import admin_service_pb2
 
 T = TypeVar("T")
@@ -115,11 +121,21 @@ class Schedule:
     def retry_after(self, err: TidelogError) -> float:
         """The delay before the next attempt; raises ``err`` when it is fatal or when no
         attempt would start before the deadline."""
-        if not err.retriable or self._clock() + self._backoff >= self.deadline:
+        if (
+            not err.retriable
+            or isinstance(err, UnstableOffsetCommitError)
+            or self._clock() + self._backoff >= self.deadline
+        ):
             raise err
         delay = self._backoff
         self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
         return delay
+
+
+def state_answer(err: TidelogError) -> bool:
+    """Whether a retriable error is the broker's answer about a transaction's or a group's
+    state (the broker is fine: no failover, no report)."""
+    return err.code in (ErrorCode.CONCURRENT_TRANSACTIONS, ErrorCode.UNSTABLE_OFFSET_COMMIT)
 
 
 def _failed(ring: Ring, addr: str, e: Exception) -> TidelogError:
@@ -127,7 +143,7 @@ def _failed(ring: Ring, addr: str, e: Exception) -> TidelogError:
     ring on (also when the call gives up: the next call then starts elsewhere)."""
     err = from_rpc_error(e) if isinstance(e, grpc.RpcError) else e
     assert isinstance(err, TidelogError)
-    if err.retriable:
+    if err.retriable and not state_answer(err):
         ring.reporter.failed(addr, err)
         ring.move_on(addr)
     return err
@@ -138,7 +154,7 @@ def _retry_after(ring: Ring, schedule: Schedule, addr: str, err: TidelogError) -
     try:
         delay = schedule.retry_after(err)
     except TidelogError:
-        if err.retriable:
+        if err.retriable and not isinstance(err, UnstableOffsetCommitError):
             ring.log.warning("giving up after %d attempts: %s", schedule.attempts, err)
         raise
     ring.log.info(

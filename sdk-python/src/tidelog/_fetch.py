@@ -15,6 +15,14 @@ while another replica is left), one ``Subscribe`` stream per broker. Order per p
 holds: each partition comes from exactly one stream. On a single node, or when the current
 broker holds every partition, that is one stream.
 
+**Isolation** (``isolation.level``): a read_committed fetch asks the broker for committed
+records only: it serves each partition up to its last stable offset (the first offset of the
+oldest open transaction) and leaves out aborted transactions' records and the transaction
+markers, so offsets have gaps; a record's position is still its offset + 1. The high
+watermark of its responses (lag, partition EOF) is the last stable offset. A read_committed
+partition started at "latest" starts where the broker's last stable offset is (the high
+watermark may be inside an open transaction whose records would be skipped).
+
 **Partition EOF** (``enable.partition.eof``): when a response leaves a partition at the high
 watermark it reports, the fetch appends a ``_PARTITION_EOF`` event after its records, once per
 offset reached; a partition that starts at its end gets its event at the start (no response
@@ -46,6 +54,11 @@ if TYPE_CHECKING:
     from ._consumer_core import ConsumerCore
 
 _RNG = random.Random()
+#: SubscribeRequest.isolation_level by read_committed.
+_ISOLATION = {
+    False: records_service_pb2.ISOLATION_LEVEL_READ_UNCOMMITTED,
+    True: records_service_pb2.ISOLATION_LEVEL_READ_COMMITTED,
+}
 
 
 class _FetchState:
@@ -153,6 +166,8 @@ class Fetcher:
         the log) start at the offset it names now: the first one may be inside a batch (after
         DeleteRecords), whose records below it must be skipped, so the fetch needs the number."""
         unknown = sorted(p for p, o in st.starts.items() if o is None)
+        if self.core.read_committed and self.core.reset == "latest":
+            return  # the broker starts them at the last stable offset (see the module docs)
         if unknown and self.core.reset in ("earliest", "latest"):
             got = await self.core.list_offsets(topic, unknown, self.core.reset)
             st.starts.update({p: o for (_, p), o in got.items()})
@@ -234,7 +249,11 @@ class Fetcher:
     async def _read(self, addr: str, topic: str, partitions: list[int], st: _FetchState, epoch: int) -> None:
         """One ``Subscribe`` stream at ``addr`` for ``partitions``, until it fails (raised)."""
         limit = self.core.cfg["queued.max.messages"]
-        req = records_service_pb2.SubscribeRequest(topic=topic, max_bytes=self.core.cfg["fetch.max.bytes"])
+        req = records_service_pb2.SubscribeRequest(
+            topic=topic,
+            max_bytes=self.core.cfg["fetch.max.bytes"],
+            isolation_level=_ISOLATION[self.core.read_committed],  # type: ignore[arg-type]
+        )
         for p in partitions:
             start = self._start_position(st.starts[p])
             req.partitions.append(records_service_pb2.PartitionStart(partition=p, start=start))

@@ -237,7 +237,19 @@ class GroupSession:
         elif kind == "assignment":
             a = resp.assignment
             tps = [(tp.topic, p) for tp in a.partitions for p in tp.partitions]
-            await self.core.assign(a.generation, tps, timeout=self.core.inline_timeout)
+            every = self.core.cfg["heartbeat.interval.ms"] / 1000
+            last = time.monotonic()
+
+            async def heartbeat() -> None:
+                """While the committed offsets are unstable (a transaction holds some), which
+                may take up to default.api.timeout.ms: the session must stay alive."""
+                nonlocal last
+                if time.monotonic() - last >= every:
+                    last = time.monotonic()
+                    hb = group_service_pb2.Heartbeat(generation=a.generation)
+                    await call.write(group_service_pb2.SessionRequest(heartbeat=hb))
+
+            await self.core.assign(a.generation, tps, timeout=self.core.inline_timeout, keepalive=heartbeat)
             self.core.counters["rebalance_cnt"] += 1
             self.core.check_topics({t for t, _ in tps})
             if self._rejoin_pending:  # subscribe() changed the topics during this round

@@ -35,6 +35,11 @@ same rules as the Rust SDK's sender:
 - a sealed batch never acknowledged within ``delivery.timeout.ms`` fails. If it was sent and
   may be stored, the sequence is ambiguous: the producer fails everything and closes.
 
+Transactions (``transactional.id``; :mod:`tidelog._txn`): every batch is sent with
+``transactional`` set, and only once the coordinator added its partition to the open
+transaction (``txn.sendable``); the sender starts those calls (``txn.start_adding``) before
+each pass. The producer id and epoch come from ``init_transactions``, not ``InitProducer``.
+
 Invariants: within a partition, ``in_flight`` then ``ready`` are in sequence order with no
 gaps, and every batch in ``in_flight`` went to one broker (``sent_to``); every queued record
 holds its bytes of ``buffer.memory`` until it completes; deliveries are completed outside the
@@ -69,6 +74,7 @@ from ._staging import (
     idempotence_config,
     stage,
 )
+from ._txn import Transactions
 from ._wire import Compression
 from .errors import (
     ClosedError,
@@ -224,6 +230,12 @@ class ProducerCore:
         self.producer_id = 0
         self.producer_epoch = 0
         self.fatal: TidelogError | None = None
+        #: The transactional state (None without ``transactional.id``).
+        self.txn: Transactions | None = (
+            Transactions(self, cfg["transactional.id"], cfg["transaction.timeout.ms"])
+            if cfg.get("transactional.id")
+            else None
+        )
         self.max_block = cfg["max.block.ms"] / 1000
         #: Known brokers (host:port), the bootstrap first; the sender adds the cluster's.
         self.brokers: list[str] = [target(cfg["bootstrap.servers"])]
@@ -271,6 +283,10 @@ class ProducerCore:
         self._fail_all(ClosedError("the producer was closed before the record was acknowledged"))
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    def channel_to(self, addr: str) -> grpc.aio.Channel:
+        """The channel to one broker (opened on first use, kept until close)."""
+        return self._channel_to(addr)
 
     def _channel_to(self, addr: str) -> grpc.aio.Channel:
         """The channel to one broker (opened on first use, kept until close)."""
@@ -380,6 +396,8 @@ class ProducerCore:
         producer."""
         if self.closed:
             raise self.fatal or ClosedError("the producer is closed")
+        if self.txn is not None:
+            self.txn.check_produce()
         if rec.partition is not None:
             check_partition(rec.topic, rec.partition, count)
         if not self.try_reserve(rec.size):
@@ -387,7 +405,18 @@ class ProducerCore:
         key = rec.entry[0]
         p = rec.partition if rec.partition is not None else self.choose_partition(rec.topic, key, count)
         self._append(rec.topic, p, rec.encoded, rec.entry, rec.size)
+        if self.txn is not None and self.txn.want((rec.topic, p)):
+            self.wake()  # the sender adds the partition to the transaction
         return p
+
+    def check_produce(self) -> None:
+        """Raises if a record could not be queued now (closed; for a transactional producer,
+        no transaction open): checked before a topic's metadata is read (any thread)."""
+        with self.lock:
+            if self.closed:
+                raise self.fatal or ClosedError("the producer is closed")
+            if self.txn is not None:
+                self.txn.check_produce()
 
     def buffer_full(self) -> QueueFullError:
         return QueueFullError(
@@ -433,6 +462,31 @@ class ProducerCore:
         else:
             self.loop.call_soon_threadsafe(self._events.put_nowait, _WAKE)
 
+    def reset_sequences(self) -> None:
+        """A new producer epoch numbers every partition from 0 (caller holds ``lock``; the
+        queues are empty: nothing is produced before ``init_transactions``)."""
+        for q in self._queues.values():
+            if not q.in_flight and not q.ready and not q.parts:
+                q.next_seq = 0
+
+    def fail_queued(self, tps: set[tuple[str, int]] | None, err: TidelogError) -> None:
+        """Fails the records of ``tps`` (None: every partition) that were never sent: the open
+        batches and the sealed batches not sent yet (on the engine loop). Batches in flight,
+        or sent and waiting for a retry, stay: the broker may have stored them. The dropped
+        batches' sequence numbers are given back."""
+        dropped: list[tuple[tuple[str, int], _Batch]] = []
+        with self.lock:
+            for tp, q in self._queues.items():
+                if tps is not None and tp not in tps:
+                    continue
+                if q.parts:
+                    self._seal(q)
+                while q.ready and q.ready[-1].attempts == 0:
+                    b = q.ready.pop()
+                    q.next_seq = b.base_seq
+                    dropped.append((tp, b))
+        self._complete_all([(tp, b, -1, -1, err) for tp, b in reversed(dropped)])
+
     def _seal(self, q: _Queue) -> None:
         raw = b"".join(q.parts)
         payload = _wire.compress(self.codec, raw) if self.codec != Compression.NONE else raw
@@ -455,7 +509,9 @@ class ProducerCore:
                 with self.lock:
                     if self.closed and self.pending == 0:
                         return
-                if not self._discovered or (self.idempotent and self.producer_id == 0):
+                if self.txn is not None:
+                    self.txn.start_adding()
+                if not self._discovered or self._needs_producer_id():
                     addr = routes.fallback_broker()
                     try:
                         await self._connect(routes)
@@ -541,6 +597,11 @@ class ProducerCore:
         self._lose(conns, routes, conn.addr, backoff)
         return min(backoff * 2, _MAX_BACKOFF)
 
+    def _needs_producer_id(self) -> bool:
+        """An idempotent producer gets its id from InitProducer (a transactional one from
+        init_transactions)."""
+        return self.idempotent and self.txn is None and self.producer_id == 0
+
     async def _connect(self, routes: _Routes) -> None:
         """Learns the cluster's brokers (once), then gets a producer id if idempotent."""
         if not self._discovered:
@@ -562,7 +623,7 @@ class ProducerCore:
                     if addr not in self.brokers:
                         self.brokers.append(addr)
             self._discovered = True
-        if self.idempotent and self.producer_id == 0:
+        if self._needs_producer_id():
             records = records_service_pb2_grpc.RecordServiceStub(self._channel_to(routes.fallback_broker()))
             try:
                 r = await records.InitProducer(
@@ -651,6 +712,7 @@ class ProducerCore:
         out: list[Request] = []
         deadline: float | None = None
         request_deadline: float | None = None
+        txn = self.txn
         with self.lock:
             flush = self._flush_requested or self.closed
             self._flush_requested = False
@@ -664,6 +726,8 @@ class ProducerCore:
                 if q.in_flight:
                     due = q.in_flight[0].sent_at + self.request_timeout
                     request_deadline = due if request_deadline is None else min(request_deadline, due)
+                if txn is not None and not txn.sendable(tp):
+                    continue  # not in the transaction yet: the sender is woken once it is
                 if q.retry_at:
                     if q.retry_at > now:
                         deadline = q.retry_at if deadline is None else min(deadline, q.retry_at)
@@ -703,6 +767,7 @@ class ProducerCore:
             producer_id=self.producer_id if self.idempotent else 0,
             producer_epoch=self.producer_epoch if self.idempotent else 0,
             base_sequence=b.base_seq if self.idempotent else 0,
+            transactional=self.txn is not None,
         )
         return _wire.produce_request_bytes(header, b.payload, self.codec)
 
@@ -775,6 +840,8 @@ class ProducerCore:
             self._complete(tp, b, base, ts, err)
 
     def _complete(self, tp: tuple[str, int], b: _Batch, base: int, ts: int, err: TidelogError | None) -> None:
+        if err is not None and self.txn is not None:
+            self.txn.on_record_failed(err)  # before the application hears of it
         try:
             self._deliver(tp[0], tp[1], b.entries, base, ts, err)
         except Exception:  # a broken hook must not stop the sender
@@ -826,6 +893,11 @@ class ProducerCore:
             q.in_flight.clear()
             q.ready.clear()
         return out
+
+    def fail_fatal(self, err: TidelogError) -> None:
+        """Closes the producer for good: every queued record fails with ``err``, and so does
+        every later call (on the engine loop)."""
+        self._fail_fatal(err)
 
     def _fail_fatal(self, err: TidelogError) -> None:
         with self.lock:

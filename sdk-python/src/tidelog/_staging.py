@@ -99,7 +99,18 @@ def check_partition(topic: str, partition: int, count: int) -> None:
 
 
 def idempotence_config(cfg: dict[str, Any], explicit: bool) -> None:
-    """Idempotence needs acks=all (as in Kafka): off by default otherwise, an error if asked for."""
+    """Idempotence needs acks=all (as in Kafka): off by default otherwise, an error if asked for.
+    A ``transactional.id`` needs idempotence (hence acks=all): turned on as confluent-kafka
+    does, an error if ``enable.idempotence`` is explicitly false or acks is not all."""
+    if cfg.get("transactional.id"):
+        from .errors import ConfigError
+
+        if explicit and not cfg["enable.idempotence"]:
+            raise ConfigError("transactional.id requires enable.idempotence=true (or leave it unset)")
+        if cfg["acks"] != "all":
+            raise ConfigError("transactional.id requires acks=all")
+        cfg["enable.idempotence"] = True
+        return
     if cfg["acks"] != "all" and cfg["enable.idempotence"]:
         if explicit:
             from .errors import ConfigError

@@ -29,6 +29,14 @@ ACLs, as confluent-kafka's ``create_acls`` / ``describe_acls`` / ``delete_acls``
                                          "User:alice", None, AclOperation.ANY,
                                          AclPermissionType.ANY)).result()   # [AclBinding]
 
+Transactions, as Kafka's ``Admin`` has them (futures): ``list_transactions`` (every
+transactional id the coordinator knows, with its state), ``describe_transactions`` (partitions,
+pending offsets' groups, start time, timeout) and ``abort_transaction`` (aborts a hanging
+transaction now, as its timeout would; its producer is fenced)::
+
+    for t in admin.list_transactions(states=[TransactionState.ONGOING]).result():
+        d = admin.describe_transactions([t.transactional_id])[t.transactional_id].result()
+
 Failover: the client knows the ``bootstrap.servers`` brokers and, once learnt from the first
 one that answers DescribeCluster, the rest of the cluster. A call goes to one of them; when it
 is unreachable, stalled or otherwise failing retriably the call moves on to the next one and
@@ -90,6 +98,9 @@ from .admin_types import (
     ResourceType,
     TopicDescription,
     TopicMetadata,
+    TransactionDescription,
+    TransactionListing,
+    TransactionState,
 )
 from .errors import (
     ConfigError,
@@ -103,7 +114,13 @@ from .errors import (
     from_rpc_error,
 )
 from .types import OFFSET_END, TopicPartition
-from .v1 import admin_service_pb2, group_service_pb2, offsets_service_pb2, security_service_pb2
+from .v1 import (
+    admin_service_pb2,
+    group_service_pb2,
+    offsets_service_pb2,
+    security_service_pb2,
+    transaction_service_pb2,
+)
 
 __all__ = [
     "CLUSTER_RESOURCE_NAME",
@@ -134,6 +151,9 @@ __all__ = [
     "ResourceType",
     "TopicDescription",
     "TopicMetadata",
+    "TransactionDescription",
+    "TransactionListing",
+    "TransactionState",
     "internal_admin",
     "topic_config_proto",
 ]
@@ -922,6 +942,79 @@ class AdminClient:
 
         return self._submit(describe)
 
+    # ---- transactions -----------------------------------------------------------------------
+
+    def list_transactions(
+        self,
+        states: Iterable[TransactionState] | None = None,
+        producer_ids: Iterable[int] | None = None,
+        request_timeout: float | None = None,
+    ) -> concurrent.futures.Future[list[TransactionListing]]:
+        """Every transactional id the transaction coordinator knows (those the caller may
+        DESCRIBE), as a future of :class:`~tidelog.admin_types.TransactionListing` sorted by
+        id; ``states`` and ``producer_ids`` keep only those in one of them (Kafka's
+        ``ListTransactionsOptions``)."""
+        want_states = set(states) if states is not None else None
+        want_ids = set(producer_ids) if producer_ids is not None else None
+        timeout = _seconds(request_timeout)
+
+        def list_all() -> list[TransactionListing]:
+            resp = self._call(
+                lambda s: s.transactions.ListTransactions,
+                transaction_service_pb2.ListTransactionsRequest(),
+                timeout,
+            )
+            out = [
+                TransactionListing(t.transactional_id, t.producer_id, TransactionState.of(t.state))
+                for t in resp.transactions
+            ]
+            return sorted(
+                (
+                    t
+                    for t in out
+                    if (want_states is None or t.state in want_states)
+                    and (want_ids is None or t.producer_id in want_ids)
+                ),
+                key=lambda t: t.transactional_id,
+            )
+
+        return self._submit(list_all)
+
+    def describe_transactions(
+        self, transactional_ids: list[str], request_timeout: float | None = None
+    ) -> dict[str, concurrent.futures.Future[TransactionDescription]]:
+        """Transactional ids in detail, all at once: id → future of
+        :class:`~tidelog.admin_types.TransactionDescription` (an id the coordinator does not
+        know raises a :class:`~tidelog.errors.FatalError` with code ``INVALID_TXN_STATE``)."""
+        _check_list(transactional_ids, str, "transactional_ids")
+        timeout = _seconds(request_timeout)
+
+        def describe(tid: str) -> TransactionDescription:
+            req = transaction_service_pb2.DescribeTransactionsRequest(transactional_ids=[tid])
+            resp = self._call(lambda s: s.transactions.DescribeTransactions, req, timeout)
+            for t in resp.transactions:
+                if t.transactional_id == tid:
+                    return _transaction_of(t)
+            raise FatalError(f"the coordinator did not describe transactional id {tid!r}")
+
+        return {tid: self._submit(partial(describe, tid)) for tid in dict.fromkeys(transactional_ids)}
+
+    def abort_transaction(
+        self, transactional_id: str, request_timeout: float | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Aborts the open transaction of ``transactional_id`` now, as its timeout would (a
+        hanging transaction holding back read_committed consumers; Kafka's
+        ``kafka-transactions.sh abort``): its records are never seen by read_committed
+        consumers, its offsets are not committed, and its producer is fenced. Needs ALTER on
+        the cluster. A future of None; raises ``INVALID_TXN_STATE`` if no transaction is open."""
+        req = transaction_service_pb2.AbortTransactionRequest(transactional_id=transactional_id)
+        timeout = _seconds(request_timeout)
+
+        def abort() -> None:
+            self._call(lambda s: s.transactions.AbortTransaction, req, timeout)
+
+        return self._submit(abort)
+
     def whoami(self, request_timeout: float | None = None) -> dict[str, Any]:
         """Who the broker takes this client for (a Tidelog extension): ``principal``
         (``"User:<name>"``, ``"User:ANONYMOUS"`` without credentials), ``authenticated_by``
@@ -1104,6 +1197,20 @@ def _entity_of(e: security_service_pb2.QuotaEntity) -> dict[str, str | None]:
 
 def _limits_of(limits: security_service_pb2.QuotaLimits) -> dict[str, float]:
     return {k: getattr(limits, k) for k in _QUOTA_KEYS if limits.HasField(k)}
+
+
+def _transaction_of(t: transaction_service_pb2.TransactionDescription) -> TransactionDescription:
+    return TransactionDescription(
+        t.transactional_id,
+        t.producer_id,
+        t.producer_epoch,
+        TransactionState.of(t.state),
+        t.transaction_timeout_ms,
+        t.started_at_ms or None,
+        [TopicPartition(tp.topic, p) for tp in t.partitions for p in tp.partitions],
+        list(t.groups),
+        t.last_update_ms,
+    )
 
 
 def internal_admin(cfg: Mapping[str, Any]) -> AdminClient:

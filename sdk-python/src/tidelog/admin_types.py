@@ -542,3 +542,57 @@ class ClientQuotas(NamedTuple):
 
     quotas: list[tuple[dict[str, str | None], dict[str, float]]]
     effective: dict[str, float] | None
+
+
+# ---- transactions (list_transactions, describe_transactions) ----------------------------------
+
+
+class TransactionState(enum.Enum):
+    """Where a transactional id is in its life (Kafka's ``TransactionState``): ``EMPTY``
+    (initialised, no transaction open), ``ONGOING``, ``PREPARE_COMMIT`` / ``PREPARE_ABORT``
+    (decided, markers being written), ``COMPLETE_COMMIT`` / ``COMPLETE_ABORT`` (the last
+    transaction's outcome). Values are the proto's ``TransactionState`` numbers."""
+
+    UNKNOWN = 0
+    EMPTY = 1
+    ONGOING = 2
+    PREPARE_COMMIT = 3
+    PREPARE_ABORT = 4
+    COMPLETE_COMMIT = 5
+    COMPLETE_ABORT = 6
+
+    @classmethod
+    def of(cls, value: int) -> TransactionState:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+@dataclass(frozen=True)
+class TransactionListing:
+    """A transactional id as ``list_transactions`` lists it (Kafka's ``TransactionListing``)."""
+
+    transactional_id: str
+    producer_id: int
+    state: TransactionState
+
+
+@dataclass(frozen=True)
+class TransactionDescription:
+    """A transactional id in detail, as ``describe_transactions`` gives it (Kafka's
+    ``TransactionDescription``)."""
+
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    state: TransactionState
+    transaction_timeout_ms: int
+    #: When the open transaction began, ms since the epoch; None if none is open.
+    transaction_start_time_ms: int | None
+    #: The partitions in the open transaction.
+    topic_partitions: list[TopicPartition]
+    #: The groups whose offsets are pending in the open transaction.
+    groups: list[str]
+    #: When the coordinator last changed this id, ms since the epoch.
+    last_update_ms: int

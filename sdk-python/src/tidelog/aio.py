@@ -16,6 +16,15 @@ the future resolves when the broker acknowledged it; ``value=None`` is a tombsto
 callbacks may be plain functions or coroutine functions; they run on the loop after the change
 took effect. ``error_cb`` and ``stats_cb`` (config keys, as for the synchronous clients) run on
 the loop too (an exception they raise is logged).
+
+Transactions (``transactional.id``), as :class:`tidelog.Producer`'s, awaited::
+
+    async with AIOProducer({"bootstrap.servers": "...", "transactional.id": "app-0"}) as p:
+        await p.init_transactions()
+        await p.begin_transaction()
+        await p.send("out", b"v")
+        await p.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
+        await p.commit_transaction()     # or abort_transaction()
 """
 
 from __future__ import annotations
@@ -32,9 +41,11 @@ from ._config import CONSUMER_KEYS, PRODUCER_KEYS, parse
 from ._consumer_core import TP, ConsumerCore
 from ._events import ErrorSink, StatsEnvelope, client_logger, safe_call
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
+from ._txn import Transactions, left, not_transactional
+from .consumer import _group_metadata
 from .errors import ClosedError, KafkaError, TidelogError
 from .tracing import end_send, start_send
-from .types import Message, TopicPartition
+from .types import ConsumerGroupMetadata, Message, TopicPartition
 
 __all__ = ["AIOConsumer", "AIOProducer"]
 
@@ -125,6 +136,7 @@ class AIOProducer:
         core = self._core
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         rec = stage(topic, value, key, headers, partition, timestamp, fut)
+        core.check_produce()  # before reading metadata: closed, or outside a transaction
         count = core.cached_partitions(topic)
         if count is None:
             count = await core.fetch_partitions(topic)
@@ -190,6 +202,73 @@ class AIOProducer:
             except (asyncio.TimeoutError, TimeoutError):
                 break
         return self._core.pending
+
+    # ---- transactions (see tidelog.Producer) ----------------------------------------------
+
+    def _transactions(self) -> Transactions:
+        txn = self._core.txn
+        if txn is None:
+            raise not_transactional()
+        return txn
+
+    async def init_transactions(self, timeout: float | None = None) -> None:
+        """See :meth:`tidelog.Producer.init_transactions`."""
+        txn = self._transactions()
+        await self.start()
+        await txn.init(timeout)
+
+    async def begin_transaction(self) -> None:
+        """See :meth:`tidelog.Producer.begin_transaction`."""
+        self._transactions().begin()
+
+    async def send_offsets_to_transaction(
+        self,
+        positions: list[TopicPartition],
+        group_metadata: ConsumerGroupMetadata | str,
+        timeout: float | None = None,
+    ) -> None:
+        """See :meth:`tidelog.Producer.send_offsets_to_transaction`."""
+        await self._transactions().send_offsets(list(positions), group_metadata, timeout)
+
+    async def commit_transaction(self, timeout: float | None = None) -> None:
+        """See :meth:`tidelog.Producer.commit_transaction` (the records' futures resolve
+        before it returns)."""
+        txn = self._transactions()
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        txn.start_end(commit=True)
+        await self._await_transaction(txn, True, deadline, timeout)
+        await txn.finish(True, left(deadline))
+
+    async def abort_transaction(self, timeout: float | None = None) -> None:
+        """See :meth:`tidelog.Producer.abort_transaction` (records not sent yet fail with
+        ``_PURGE_QUEUE``)."""
+        txn = self._transactions()
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        txn.start_end(commit=False)
+        await txn.purge()
+        await self._await_transaction(txn, False, deadline, timeout)
+        await txn.finish(False, left(deadline))
+
+    async def _await_transaction(
+        self, txn: Transactions, commit: bool, deadline: float | None, timeout: float | None
+    ) -> None:
+        """Waits until no record is pending, the transaction fails (for a commit), or
+        ``deadline``."""
+        core = self._core
+        core.request_flush()
+        assert self._idle is not None
+        while core.pending:
+            err = txn.must_stop_waiting(commit)
+            if err is not None:
+                raise err
+            remaining = left(deadline)
+            if remaining is not None and remaining <= 0:
+                raise txn.undelivered("commit_transaction" if commit else "abort_transaction", timeout)
+            self._idle.clear()
+            if not core.pending:
+                break
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 0.05 if remaining is None else min(remaining, 0.05))
 
     async def close(self, timeout: float | None = None) -> None:
         """Flushes (up to ``timeout``), fails what is left with ClosedError, and disconnects."""
@@ -297,6 +376,10 @@ class AIOConsumer:
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in sorted(self._core.assigned)]
+
+    def consumer_group_metadata(self) -> ConsumerGroupMetadata:
+        """See :meth:`tidelog.Consumer.consumer_group_metadata`."""
+        return _group_metadata(self._core)
 
     async def getmany(self, max_records: int = 500, timeout: float | None = None) -> list[Message]:
         """Up to ``max_records`` records, waiting up to ``timeout`` s for the first ([] if none)."""

@@ -27,7 +27,16 @@ positions of records returned by *earlier* polls: calling ``poll`` again says yo
 what the previous one returned. A crash therefore redelivers at most the records in progress,
 never skips one. ``commit()`` commits everything returned so far, at once. With
 ``enable.auto.offset.store=false``, both commit only the offsets stored with
-:meth:`Consumer.store_offsets`.
+:meth:`Consumer.store_offsets`. With ``enable.auto.commit=false`` the consumer commits nothing
+by itself: not periodically, not when partitions are revoked, not on close.
+
+**Exactly once** (consume-transform-produce): ``enable.auto.commit=false`` and
+``isolation.level=read_committed`` (only records of committed transactions are returned;
+offsets then have gaps where aborted records and transaction markers are), with the positions
+committed through a transactional producer::
+
+    producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                         consumer.consumer_group_metadata())
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from ._consumer_core import TP, ConsumerCore
 from ._events import StatsEnvelope, StatsTimer
 from ._runtime import LoopThread
 from .errors import ClosedError, ConfigError, KafkaError, RetriableError
-from .types import OFFSET_INVALID, Message, TopicPartition
+from .types import OFFSET_INVALID, ConsumerGroupMetadata, Message, TopicPartition
 
 if TYPE_CHECKING:
     from .admin import ClusterMetadata
@@ -141,6 +150,12 @@ class Consumer:
     def memberid(self) -> str | None:
         """This member's id in its group (None before it joined)."""
         return self._core.member_id or None
+
+    def consumer_group_metadata(self) -> ConsumerGroupMetadata:
+        """The group id, generation and member id of this consumer now, for a transactional
+        producer's ``send_offsets_to_transaction`` (KIP-447: the coordinator refuses offsets
+        from a member of an older generation). Needs ``group.id``."""
+        return _group_metadata(self._core)
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -334,6 +349,13 @@ class Consumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _group_metadata(core: ConsumerCore) -> ConsumerGroupMetadata:
+    if not core.group:
+        raise ConfigError("consumer_group_metadata() needs a group.id in the consumer config")
+    with core.lock:
+        return ConsumerGroupMetadata(core.group, core.generation, core.member_id)
 
 
 def _check_record(message: Message) -> None:

@@ -9,6 +9,23 @@ Every error carries the broker's human message and says whether retrying can hel
   large, a fenced producer, a stale group generation).
 - :class:`ConfigError`: a bad configuration key or value, raised at construction.
 
+Transactions (a producer with ``transactional.id``) add three kinds, as confluent-kafka tells
+them apart with ``KafkaError.fatal()``, ``txn_requires_abort()`` and ``retriable()``:
+
+- fatal: :class:`ProducerFencedError` (another instance with the same transactional id
+  initialised, or the coordinator aborted this one's transaction after its timeout) and
+  :class:`FatalTransactionError`: the producer can do nothing more; close it and create a new
+  one (``kafka_error(e).fatal()`` is True);
+- abortable: :class:`TransactionAbortableError` (a record of the transaction failed, a group
+  rebalance fenced the offsets sent, the coordinator refused the transaction's state): abort
+  the transaction, then begin a new one (``txn_requires_abort()`` is True, as is
+  ``e.txn_requires_abort``);
+- retriable: a transactional call that timed out (:class:`TransactionTimeoutError`) or found
+  the coordinator unavailable for its whole timeout: call it again (``retriable()``).
+
+Misuse (committing without a transaction, producing outside one) is a
+:class:`TransactionStateError` (``_STATE``), neither fatal nor abortable.
+
 Error codes are the proto's stable ``ErrorCode`` numbers (:class:`ErrorCode`).
 
 confluent-kafka's shapes, for code written against it: :class:`KafkaError` (``code()``,
@@ -49,13 +66,24 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_GROUP = 15
     NON_EMPTY_GROUP = 16
     AUTHORIZATION_FAILED = 17
+    INVALID_TXN_STATE = 18
+    CONCURRENT_TRANSACTIONS = 19
+    UNSTABLE_OFFSET_COMMIT = 20
 
     @property
     def retriable(self) -> bool:
         return self in _RETRIABLE_CODES
 
 
-_RETRIABLE_CODES = frozenset({ErrorCode.STORAGE_ERROR, ErrorCode.NOT_LEADER, ErrorCode.SHUTTING_DOWN})
+_RETRIABLE_CODES = frozenset(
+    {
+        ErrorCode.STORAGE_ERROR,
+        ErrorCode.NOT_LEADER,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.CONCURRENT_TRANSACTIONS,
+        ErrorCode.UNSTABLE_OFFSET_COMMIT,
+    }
+)
 
 
 def is_retriable_code(code: int) -> bool:
@@ -104,7 +132,9 @@ class KafkaError:
     _NOT_IMPLEMENTED = -170
     _AUTHENTICATION = -169
     _NO_OFFSET = -168
+    _PURGE_QUEUE = -152
     _FATAL = -150
+    _FENCED = -144
     UNKNOWN = -1
     NO_ERROR = 0
     OFFSET_OUT_OF_RANGE = 1
@@ -127,10 +157,15 @@ class KafkaError:
     INVALID_REQUEST = 42
     POLICY_VIOLATION = 44
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+    INVALID_PRODUCER_EPOCH = 47
+    INVALID_TXN_STATE = 48
+    CONCURRENT_TRANSACTIONS = 51
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
     KAFKA_STORAGE_ERROR = 56
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
+    UNSTABLE_OFFSET_COMMIT = 88
     PRODUCER_FENCED = 90
 
     __slots__ = ("_code", "_fatal", "_reason", "_retriable", "_txn_requires_abort", "exception")
@@ -171,7 +206,8 @@ class KafkaError:
         return self._retriable
 
     def txn_requires_abort(self) -> bool:
-        """Always False: Tidelog has no transactions."""
+        """True if the producer's current transaction failed and must be aborted
+        (``abort_transaction()``) before a new one begins; the producer itself is fine."""
         return self._txn_requires_abort
 
     def __eq__(self, other: object) -> bool:
@@ -204,6 +240,12 @@ _KAFKA_DESCRIPTIONS: dict[int, str] = {
     KafkaError._TIMED_OUT: "Local: Timed out",
     KafkaError._QUEUE_FULL: "Local: Queue full",
     KafkaError._STATE: "Local: Erroneous state",
+    KafkaError._PURGE_QUEUE: "Local: Purged in queue",
+    KafkaError._FENCED: "Local: This instance has been fenced by a newer instance",
+    KafkaError.INVALID_TXN_STATE: "Broker: Producer attempted a transactional operation in an invalid state",
+    KafkaError.CONCURRENT_TRANSACTIONS: "Broker: Producer attempted to update a transaction while another"
+    " concurrent operation on the same transaction was ongoing",
+    KafkaError.UNSTABLE_OFFSET_COMMIT: "Broker: There are unstable offsets that need to be cleared",
     KafkaError._NOT_IMPLEMENTED: "Local: Not implemented",
     KafkaError._SSL: "Local: SSL error",
     KafkaError._AUTHENTICATION: "Local: Authentication failure",
@@ -230,6 +272,8 @@ class TidelogError(KafkaException):
     """
 
     retriable: bool = False
+    #: The producer's transaction failed and must be aborted (``abort_transaction()``).
+    txn_requires_abort: bool = False
 
     def __init__(self, message: str, code: ErrorCode | grpc.StatusCode | None = None) -> None:
         self.message = message
@@ -273,7 +317,61 @@ class OffsetOutOfRangeError(FatalError):
 
 
 class ProducerFencedError(FatalError):
-    """A newer instance of this idempotent producer exists; this one must be closed."""
+    """A newer instance of this producer exists (for a transactional producer: another one
+    called ``init_transactions`` with the same ``transactional.id``, or the coordinator aborted
+    this one's transaction after ``transaction.timeout.ms``); this one must be closed.
+    ``kafka_error(e).fatal()`` is True."""
+
+
+class FatalTransactionError(FatalError):
+    """The transactional producer can do nothing more (an abort the coordinator refused, or
+    the producer failed fatally before): close it and create a new one, which
+    ``init_transactions`` then recovers. ``kafka_error(e).fatal()`` is True."""
+
+
+class TransactionAbortableError(FatalError):
+    """The current transaction cannot commit (a record of it failed, the offsets sent were
+    fenced by a group rebalance, the coordinator refused a call in the transaction's state):
+    call ``abort_transaction()``, then begin a new transaction. ``txn_requires_abort`` (and
+    ``kafka_error(e).txn_requires_abort()``) is True; ``cause`` is the error behind it."""
+
+    txn_requires_abort = True
+
+    def __init__(
+        self,
+        message: str,
+        code: ErrorCode | grpc.StatusCode | None = None,
+        cause: TidelogError | None = None,
+    ) -> None:
+        self.cause = cause
+        super().__init__(message, code)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.code, self.cause))
+
+
+class TransactionStateError(FatalError):
+    """A transactional call that does not fit the producer's state: ``begin_transaction``
+    before ``init_transactions``, ``commit_transaction`` without an open transaction,
+    ``produce`` outside a transaction on a transactional producer, a transactional call on a
+    producer without ``transactional.id``. ``_STATE``; neither fatal nor abortable."""
+
+
+class TransactionTimeoutError(RetriableError):
+    """A transactional call did not finish within its timeout (the records of the
+    transaction were not all delivered yet, or the coordinator stayed unavailable): it may
+    go on in the background; call it again. ``_TIMED_OUT``, retriable."""
+
+
+class PurgedError(FatalError):
+    """A record produced in a transaction that was aborted before the record was sent:
+    it was never written. ``_PURGE_QUEUE``."""
+
+
+class UnstableOffsetCommitError(RetriableError):
+    """The group's committed offsets are not stable: an open transaction will commit offsets
+    of the group (``UNSTABLE_OFFSET_COMMIT``). Retried by the consumer until the transaction
+    ends or ``default.api.timeout.ms`` passes."""
 
 
 class UnknownGroupError(FatalError):
@@ -321,7 +419,43 @@ _BY_CODE: dict[ErrorCode, type[TidelogError]] = {
     ErrorCode.UNKNOWN_GROUP: UnknownGroupError,
     ErrorCode.NON_EMPTY_GROUP: GroupNotEmptyError,
     ErrorCode.AUTHORIZATION_FAILED: AuthorizationError,
+    ErrorCode.UNSTABLE_OFFSET_COMMIT: UnstableOffsetCommitError,
 }
+
+#: The metadata key of a failed call's ``ErrorCode`` name (``ERROR_CODE_NOT_LEADER``, ...).
+ERROR_CODE_METADATA = "x-tidelog-error-code"
+
+#: Error codes a failed unary call's metadata is trusted for (the gRPC status alone does not
+#: tell them apart: FAILED_PRECONDITION, UNAVAILABLE). Others keep the status's meaning.
+_METADATA_CODES = frozenset(
+    {
+        ErrorCode.PRODUCER_FENCED,
+        ErrorCode.ILLEGAL_GENERATION,
+        ErrorCode.INVALID_TXN_STATE,
+        ErrorCode.CONCURRENT_TRANSACTIONS,
+        ErrorCode.UNSTABLE_OFFSET_COMMIT,
+    }
+)
+
+
+def metadata_code(err: grpc.RpcError) -> ErrorCode | None:
+    """The ``ErrorCode`` a failed call names in its ``x-tidelog-error-code`` metadata, if any."""
+    for getter in ("trailing_metadata", "initial_metadata"):
+        fn = getattr(err, getter, None)
+        if fn is None:
+            continue
+        try:
+            md = fn() or ()
+        except Exception:  # a call object that has no metadata to give
+            continue
+        for item in md:
+            key, value = item[0], item[1]
+            if key == ERROR_CODE_METADATA:
+                name = (value.decode() if isinstance(value, bytes) else str(value)).removeprefix(
+                    "ERROR_CODE_"
+                )
+                return ErrorCode.__members__.get(name)
+    return None
 
 
 def from_code(code: int, message: str) -> TidelogError:
@@ -338,6 +472,9 @@ def from_rpc_error(err: grpc.RpcError) -> TidelogError:
     """The error for a failed RPC (a ``grpc.RpcError`` or ``grpc.aio.AioRpcError``)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(err)
+    ec = metadata_code(err)
+    if ec is not None and ec in _METADATA_CODES:
+        return from_code(ec, details)
     if code == grpc.StatusCode.NOT_FOUND:
         return UnknownTopicError(details, code)
     if code == grpc.StatusCode.ALREADY_EXISTS:
@@ -373,6 +510,9 @@ _KAFKA_CODE_OF_ERROR_CODE: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_GROUP: KafkaError.GROUP_ID_NOT_FOUND,
     ErrorCode.NON_EMPTY_GROUP: KafkaError.NON_EMPTY_GROUP,
     ErrorCode.AUTHORIZATION_FAILED: KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    ErrorCode.INVALID_TXN_STATE: KafkaError.INVALID_TXN_STATE,
+    ErrorCode.CONCURRENT_TRANSACTIONS: KafkaError.CONCURRENT_TRANSACTIONS,
+    ErrorCode.UNSTABLE_OFFSET_COMMIT: KafkaError.UNSTABLE_OFFSET_COMMIT,
 }
 
 _KAFKA_CODE_OF_STATUS: dict[grpc.StatusCode, int] = {
@@ -415,6 +555,9 @@ _TLS_FAILURE = ("handshake failed", "(tsi_", "verification check failed")
 _KAFKA_CODE_OF_CLASS: list[tuple[type[TidelogError], int]] = [
     (ConfigError, KafkaError._INVALID_ARG),
     (DeliveryTimeoutError, KafkaError._MSG_TIMED_OUT),
+    (TransactionStateError, KafkaError._STATE),
+    (TransactionTimeoutError, KafkaError._TIMED_OUT),
+    (PurgedError, KafkaError._PURGE_QUEUE),
     (QueueFullError, KafkaError._QUEUE_FULL),
     (ClosedError, KafkaError._DESTROY),
     (TopicExistsError, KafkaError.TOPIC_ALREADY_EXISTS),
@@ -424,6 +567,8 @@ _KAFKA_CODE_OF_CLASS: list[tuple[type[TidelogError], int]] = [
 
 
 def _kafka_code(e: TidelogError) -> int:
+    if isinstance(e, TransactionAbortableError) and e.cause is not None:
+        return _kafka_code(e.cause)
     for cls, number in _KAFKA_CODE_OF_CLASS:
         if isinstance(e, cls):
             return number
@@ -443,7 +588,13 @@ def _kafka_code(e: TidelogError) -> int:
 
 
 def _to_kafka_error(e: TidelogError) -> KafkaError:
-    k = KafkaError(_kafka_code(e), str(e), fatal=isinstance(e, ProducerFencedError), retriable=e.retriable)
+    k = KafkaError(
+        _kafka_code(e),
+        str(e),
+        fatal=isinstance(e, ProducerFencedError | FatalTransactionError),
+        retriable=e.retriable,
+        txn_requires_abort=e.txn_requires_abort,
+    )
     k.exception = e
     return k
 

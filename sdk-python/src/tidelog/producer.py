@@ -21,6 +21,24 @@ from them (``flush`` there would wait for the thread it blocks).
 
 Guarantees with the defaults (acks=all, idempotence on): each record is appended exactly once
 and in order per partition, across retries and reconnects.
+
+**Transactions** (``transactional.id``; exactly once across partitions, and for
+consume-transform-produce with the consumer's offsets), confluent-kafka's API::
+
+    p = Producer({"bootstrap.servers": "...", "transactional.id": "orders-enricher-0"})
+    p.init_transactions()              # once: fences older instances with the same id
+    p.begin_transaction()
+    p.produce("out", value, key=key)   # any topics and partitions
+    p.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                  consumer.consumer_group_metadata())
+    p.commit_transaction()             # or abort_transaction()
+
+``commit_transaction`` sends everything first and fails if a record of the transaction could
+not be delivered. On an error, ``kafka_error(e)`` (or ``e.args[0]``) tells what to do:
+``txn_requires_abort()``: call ``abort_transaction()`` and begin again; ``retriable()``: call
+the same method again; ``fatal()`` (fenced by a newer instance, or the transaction outlived
+``transaction.timeout.ms``): close the producer and create a new one. ``produce`` outside a
+transaction raises :class:`~tidelog.errors.TransactionStateError`.
 """
 
 from __future__ import annotations
@@ -35,9 +53,10 @@ from ._config import PRODUCER_KEYS, parse
 from ._events import StatsEnvelope, StatsTimer
 from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered, idempotence_config, stage
 from ._runtime import LoopThread
-from .errors import KafkaError, TidelogError
+from ._txn import Transactions, bound, left, not_transactional
+from .errors import KafkaError, TidelogError, TransactionTimeoutError
 from .tracing import end_send, start_send
-from .types import Message
+from .types import ConsumerGroupMetadata, Message, TopicPartition
 
 if TYPE_CHECKING:
     from .admin import ClusterMetadata
@@ -141,6 +160,7 @@ class Producer:
         """Queues the record; returns its partition."""
         core = self._core
         rec = stage(topic, value, key, headers, partition, timestamp, sink)
+        core.check_produce()  # before reading metadata: closed, or outside a transaction
         count = core.cached_partitions(topic)
         if count is None:
             # fetch_partitions bounds itself (max.block.ms of retries, each request.timeout.ms).
@@ -243,6 +263,98 @@ class Producer:
     def __len__(self) -> int:
         """Records produced and not yet acknowledged or failed."""
         return self._core.pending
+
+    # ---- transactions -------------------------------------------------------------------
+
+    def _transactions(self) -> Transactions:
+        txn = self._core.txn
+        if txn is None:
+            raise not_transactional()
+        return txn
+
+    def _txn_call(self, coro: Any, timeout: float | None) -> None:
+        try:
+            self._rt.call(coro, bound(timeout, self._core.request_timeout))
+        except TimeoutError as e:  # the safety net of LoopThread.call
+            raise TransactionTimeoutError(f"no answer from the producer's engine: {e}") from None
+
+    def init_transactions(self, timeout: float | None = None) -> None:
+        """Registers ``transactional.id`` with the transaction coordinator and gets this
+        instance's producer epoch: every older instance with the same id is fenced (its next
+        call fails fatally) and a transaction it left open is aborted first. Call once,
+        before the first transaction. ``timeout`` (seconds; None or negative: 30 s) bounds
+        the retries while the coordinator is unavailable; a
+        :class:`~tidelog.errors.TransactionTimeoutError` (retriable) may be followed by
+        another call."""
+        self._txn_call(self._transactions().init(timeout), timeout)
+
+    def begin_transaction(self) -> None:
+        """Begins a transaction: the records produced from now on, and the offsets sent, are
+        committed or aborted together."""
+        self._transactions().begin()
+
+    def send_offsets_to_transaction(
+        self,
+        positions: list[TopicPartition],
+        group_metadata: ConsumerGroupMetadata | str,
+        timeout: float | None = None,
+    ) -> None:
+        """Adds a consumer group's positions (the next offset to read per partition, as
+        ``Consumer.position()`` gives them) to the open transaction: they become the group's
+        committed offsets if, and only if, the transaction commits. ``group_metadata`` is
+        ``Consumer.consumer_group_metadata()``; the coordinator checks its generation, so a
+        consumer that lost the partitions in a rebalance cannot commit them (the transaction
+        then must be aborted). Offsets None or negative are left out."""
+        txn = self._transactions()
+        self._txn_call(txn.send_offsets(list(positions), group_metadata, timeout), timeout)
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        """Sends every record of the transaction and waits for them (serving delivery
+        callbacks, as :meth:`flush`), then commits: read_committed consumers see the records,
+        the offsets sent are committed. Raises
+        :class:`~tidelog.errors.TransactionAbortableError` if a record of the transaction
+        failed (abort it), :class:`~tidelog.errors.TransactionTimeoutError` if ``timeout``
+        (seconds; None or negative: until the records are delivered or fail, then 30 s for
+        the coordinator) ran out (call it again, or abort)."""
+        txn = self._transactions()
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        txn.start_end(commit=True)
+        self._await_transaction(txn, True, deadline, timeout)
+        remaining = left(deadline)
+        self._txn_call(txn.finish(True, remaining), remaining)
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        """Aborts the transaction: its records not sent yet fail at once (``_PURGE_QUEUE``),
+        those in flight are waited for, then the coordinator aborts it: read_committed
+        consumers never see its records, its offsets are not committed. A new transaction
+        may then begin."""
+        txn = self._transactions()
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        txn.start_end(commit=False)
+        self._txn_call(txn.purge(), None)
+        self._await_transaction(txn, False, deadline, timeout)
+        remaining = left(deadline)
+        self._txn_call(txn.finish(False, remaining), remaining)
+
+    def _await_transaction(
+        self, txn: Transactions, commit: bool, deadline: float | None, timeout: float | None
+    ) -> None:
+        """Waits until no record is pending (serving callbacks), the transaction fails (for
+        a commit), or ``deadline``."""
+        core = self._core
+        core.request_flush()
+        while True:
+            self.poll(0)
+            if core.pending == 0:
+                self.poll(0)  # callbacks of the last batches
+                return
+            err = txn.must_stop_waiting(commit)
+            if err is not None:
+                raise err
+            remaining = left(deadline)
+            if remaining is not None and remaining <= 0:
+                raise txn.undelivered("commit_transaction" if commit else "abort_transaction", timeout)
+            self.poll(0.02 if remaining is None else min(remaining, 0.02))
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> ClusterMetadata:
         """The cluster's brokers and topics (or one topic), as

@@ -39,6 +39,22 @@ class TopicPartition:
     error: KafkaError | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerGroupMetadata:
+    """A consumer's group membership, as ``Consumer.consumer_group_metadata()`` gives it, for
+    ``Producer.send_offsets_to_transaction`` (confluent-kafka's opaque object; here its fields
+    are readable). The coordinator checks ``generation_id`` and ``member_id`` against the
+    group's current ones (KIP-447): a member that lost its partitions in a rebalance cannot
+    commit their offsets. Generation 0 with an empty member id (a consumer that assigned its
+    partitions itself) is not checked."""
+
+    group_id: str
+    generation_id: int = 0
+    member_id: str = ""
+    #: Static membership is not supported: always None.
+    group_instance_id: str | None = None
+
+
 class Message:
     """A record: as consumed (``Consumer.poll``) or as delivered (``on_delivery``), with
     confluent-kafka's accessors.
