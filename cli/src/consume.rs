@@ -77,7 +77,7 @@ pub enum Isolation {
 }
 
 impl Isolation {
-    fn level(self) -> IsolationLevel {
+    pub fn level(self) -> IsolationLevel {
         match self {
             Self::ReadUncommitted => IsolationLevel::ReadUncommitted,
             Self::ReadCommitted => IsolationLevel::ReadCommitted,

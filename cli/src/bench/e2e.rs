@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tidelog::batch::decode_batch;
-use tidelog::{Client, Producer, Record, StartAt, Subscription};
+use tidelog::{Client, Record, StartAt, Subscription};
 use tokio::sync::watch;
 
 use super::produce::{encode_batch, run_raw, sdk_producer, shares, stamp, summary, RawProducer, SdkJob};
@@ -32,7 +32,10 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
     let mut consumers = Vec::new();
     for c in 0..args.consumers.min(partitions as usize).max(1) {
         let mine: Vec<u32> = (0..partitions).filter(|p| *p as usize % args.consumers == c).collect();
-        let mut sub = Subscription::new(&args.topic).start_at(StartAt::Latest).max_bytes(args.max_bytes);
+        let mut sub = Subscription::new(&args.topic)
+            .start_at(StartAt::Latest)
+            .max_bytes(args.max_bytes)
+            .isolation(args.isolation_level.level());
         for p in &mine {
             sub = sub.partition(*p, None);
         }
@@ -58,9 +61,9 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
         let rate = args.rate as f64 / args.producers as f64;
         let template = values(args.record_size, 64, p as u64);
         if args.sdk {
-            let config = args.producer_config();
+            drop(client);
             let job = SdkJob {
-                producer: Producer::new(client, config).await?,
+                producer: super::produce::new_producer(args, p).await?,
                 topic: args.topic.clone(),
                 partitions,
                 first_partition: p as u32,
@@ -70,6 +73,7 @@ pub(super) async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<Sum
                 deadline,
                 counters: Arc::clone(&produced),
                 stamp_base: Some(base),
+                transaction_records: args.transaction_records,
             };
             producers.push(tokio::spawn(sdk_producer(job)));
             continue;

@@ -100,6 +100,13 @@ pub struct BenchArgs {
     /// e2e: seconds at the start whose records are not in the latency histogram.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// With --sdk: a transactional producer, committing every this many records (0: none).
+    /// Needs --acks all.
+    #[arg(long, default_value_t = 0)]
+    pub transaction_records: u64,
+    /// e2e: which records the subscriptions read (read-committed: only committed transactions).
+    #[arg(long, value_enum, default_value = "read-uncommitted")]
+    pub isolation_level: crate::consume::Isolation,
     /// Print the final result as one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -119,9 +126,12 @@ impl BenchArgs {
 
     /// The SDK producer's settings for `--sdk` runs (idempotence goes with acks=all, as in
     /// the SDK's defaults; batches sized from `--batch-records`).
-    fn producer_config(&self) -> tidelog::ProducerConfig {
+    fn producer_config(&self, producer: usize) -> tidelog::ProducerConfig {
         let acks = self.acks();
+        let transactional_id =
+            (self.transaction_records > 0).then(|| format!("bench-{}-{producer}", std::process::id()));
         tidelog::ProducerConfig {
+            transactional_id,
             acks,
             idempotence: acks == Acks::All,
             compression: self.compression(),
@@ -138,6 +148,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.batch_records >= 1 && args.in_flight >= 1,
         "--batch-records and --in-flight must be at least 1"
+    );
+    anyhow::ensure!(
+        args.transaction_records == 0 || (args.sdk && args.acks == AcksArg::All),
+        "--transaction-records needs --sdk and --acks all"
     );
     let client = args.broker.connect().await?;
     let created = ensure_topic(&client, &args).await?;

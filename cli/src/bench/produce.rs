@@ -221,14 +221,13 @@ pub(super) async fn produce_raw(
 
 /// `--sdk`: every producer has its own connection and SDK `Producer`.
 async fn run_sdk(args: &BenchArgs) -> anyhow::Result<Summary> {
-    let config = args.producer_config();
     let counters = Arc::new(Counters::default());
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let start = Instant::now();
     let progress = Progress::start("produce", Arc::clone(&counters), args.quiet);
     let mut tasks = Vec::new();
     for (p, quota) in shares(args.records, args.producers).enumerate() {
-        let producer = Producer::new(args.broker.connect().await?, config.clone()).await?;
+        let producer = new_producer(args, p).await?;
         let schedule = (args.rate > 0).then(|| Schedule::new(start, args.rate as f64 / args.producers as f64));
         let job = SdkJob {
             producer,
@@ -241,6 +240,7 @@ async fn run_sdk(args: &BenchArgs) -> anyhow::Result<Summary> {
             deadline,
             counters: Arc::clone(&counters),
             stamp_base: None,
+            transaction_records: args.transaction_records,
         };
         tasks.push(tokio::spawn(sdk_producer(job)));
     }
@@ -256,7 +256,10 @@ async fn run_sdk(args: &BenchArgs) -> anyhow::Result<Summary> {
     let mut s = summary(args, "produce", "record send→delivery");
     s.set_throughput(records, records * args.record_size as u64, elapsed);
     s.latency = latency.summary();
-    s.notes.push(format!("linger {} ms, idempotence {}", args.linger_ms, config.idempotence));
+    s.notes.push(format!("linger {} ms, idempotence {}", args.linger_ms, args.producer_config(0).idempotence));
+    if args.transaction_records > 0 {
+        s.notes.push(format!("transactions of {} records", args.transaction_records));
+    }
     Ok(s)
 }
 
@@ -274,6 +277,33 @@ pub(super) struct SdkJob {
     /// e2e: write the record's due time (ns since this instant, little-endian) into the
     /// value's first 8 bytes.
     pub stamp_base: Option<Instant>,
+    /// Records per transaction (0: not transactional).
+    pub transaction_records: u64,
+}
+
+/// An SDK producer for `--sdk` runs (transactional, initialised, with
+/// `--transaction-records`).
+pub(super) async fn new_producer(args: &BenchArgs, p: usize) -> anyhow::Result<Producer> {
+    let producer = Producer::new(args.broker.connect().await?, args.producer_config(p)).await?;
+    if args.transaction_records > 0 {
+        producer.init_transactions().await?;
+    }
+    Ok(producer)
+}
+
+/// Transactions of `every` records around sends: begins one before record `i` when due,
+/// commits after record `i` when due (or at the end).
+async fn transaction_step(producer: &Producer, every: u64, i: u64, last: bool, before: bool) -> anyhow::Result<()> {
+    if every == 0 {
+        return Ok(());
+    }
+    if before && i.is_multiple_of(every) {
+        producer.begin_transaction().await?;
+    }
+    if !before && ((i + 1).is_multiple_of(every) || last) {
+        producer.commit_transaction().await?;
+    }
+    Ok(())
 }
 
 /// Sends a producer's share; deliveries are awaited in order by a second task, so sending
@@ -305,14 +335,18 @@ pub(super) async fn sdk_producer(job: SdkJob) -> anyhow::Result<(u64, Latency)> 
     match job.schedule {
         None => {
             let mut i = 0;
+            let every = job.transaction_records;
             while i < job.quota && Instant::now() < job.deadline {
                 let base = Instant::now();
+                transaction_step(&producer, every, i, false, true).await?;
                 let (partition, value) = send(i, base);
                 let len = value.len() as u64;
                 let d = producer.send_to(&job.topic, partition, Record::new(value)).await?;
                 if tx.send((d, base, len)).is_err() {
                     break;
                 }
+                let last = i + 1 == job.quota || Instant::now() >= job.deadline;
+                transaction_step(&producer, every, i, last, false).await?;
                 i += 1;
             }
             drop(tx);
@@ -321,6 +355,7 @@ pub(super) async fn sdk_producer(job: SdkJob) -> anyhow::Result<(u64, Latency)> 
             // Paced on a thread of its own (see `sleep_until_blocking`).
             let handle = tokio::runtime::Handle::current();
             let (topic, quota, deadline, producer) = (job.topic.clone(), job.quota, job.deadline, producer.clone());
+            let every = job.transaction_records;
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 for i in 0..quota {
                     if Instant::now() >= deadline {
@@ -328,12 +363,15 @@ pub(super) async fn sdk_producer(job: SdkJob) -> anyhow::Result<(u64, Latency)> 
                     }
                     let due = schedule.at(i);
                     sleep_until_blocking(due);
+                    handle.block_on(transaction_step(&producer, every, i, false, true))?;
                     let (partition, value) = send(i, due);
                     let len = value.len() as u64;
                     let d = handle.block_on(producer.send_to(&topic, partition, Record::new(value)))?;
                     if tx.send((d, due, len)).is_err() {
                         break;
                     }
+                    let last = i + 1 == quota || Instant::now() >= deadline;
+                    handle.block_on(transaction_step(&producer, every, i, last, false))?;
                 }
                 Ok(())
             })
