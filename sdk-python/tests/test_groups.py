@@ -107,6 +107,34 @@ def test_seek_pause_resume_position_and_stale_commits(broker: Broker, admin: Adm
     c.close()
 
 
+def test_partitions_without_commits_do_not_reset_the_committed_ones(broker: Broker, admin: AdminClient):
+    """A topic with committed offsets for some partitions only: those start from their
+    commits, and only the others by auto.offset.reset (all of them used to be reset)."""
+    topic, group = unique("partly"), unique("grp")
+    admin.create_topic(topic, num_partitions=3)
+    with Producer({"bootstrap.servers": broker.addr, "linger.ms": 1}) as p:
+        for part in range(3):
+            for i in range(10):
+                p.produce(topic, f"{part}-{i}", partition=part)
+        assert p.flush(30) == 0
+    with consumer(broker.addr, group, **{"enable.auto.commit": False}) as c:
+        c.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        c.commit(offsets=[TopicPartition(topic, 0, 7), TopicPartition(topic, 1, 9)], asynchronous=False)
+    c = consumer(broker.addr, group, **{"enable.auto.commit": False})
+    c.subscribe([topic])
+    got: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def all_read() -> bool:
+        for m in c.consume(30, timeout=0.2):
+            if m.error() is None:
+                got[m.partition()].append(m.offset())
+        return len(got[0]) >= 3 and len(got[1]) >= 1 and len(got[2]) >= 10
+
+    eventually(all_read, what="the records after the commits, and all of partition 2")
+    assert (got[0], got[1], got[2]) == ([7, 8, 9], [9], list(range(10)))
+    c.close()
+
+
 def test_auto_commit_is_at_least_once(broker: Broker, admin: AdminClient):
     """Records returned by the last poll before close count as unprocessed: a new member of the
     group gets them again; records of earlier polls are never redelivered."""

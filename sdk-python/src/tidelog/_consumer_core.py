@@ -263,6 +263,12 @@ class ConsumerCore:
         with self.lock:
             self.generation, self.member_id = 0, ""
 
+    def forget_membership(self) -> None:
+        """The group session ended: generation 0 and no member id until the next join, so
+        ``consumer_group_metadata()`` no longer names the lost membership."""
+        with self.lock:
+            self.generation, self.member_id = 0, ""
+
     def _start_manual_auto_commit(self) -> None:
         if self.group and self.cfg["enable.auto.commit"] and self._commit_timer is None:
             self._commit_timer = asyncio.get_running_loop().create_task(self._auto_commit_manual())
@@ -303,7 +309,8 @@ class ConsumerCore:
         positions.update(await self._resolve_offsets(explicit or {}, timeout))
         missing = sorted({t for tp in fresh if tp not in positions for t in [tp[0]]})
         for topic in missing:
-            parts = [p for t, p in fresh if t == topic]
+            # Only the partitions without a position: the others start where they were.
+            parts = [p for t, p in fresh if t == topic and (t, p) not in positions]
             positions.update(await self._reset_positions(topic, parts, timeout))
         with self.lock:
             kept = {tp: self.positions[tp] for tp in keep if tp in self.positions}
