@@ -18,11 +18,29 @@ import argparse
 import sys
 import time
 
-from tidelog import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition, kafka_error
+from tidelog import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+    kafka_error,
+)
 
 
 def transform(m: Message) -> bytes:
     return (m.value() or b"").upper() + f"|{m.partition()}:{m.offset()}".encode()
+
+
+def next_offsets(records: list[Message]) -> list[TopicPartition]:
+    """Per partition the records came from: the offset after the last of them."""
+    last: dict[tuple[str, int], int] = {}
+    for m in records:
+        tp = (m.topic() or "", m.partition() or 0)
+        last[tp] = max(last.get(tp, -1), m.offset() or 0)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
 
 
 def rewind(consumer: Consumer) -> None:
@@ -69,10 +87,15 @@ def main() -> int:
             try:
                 for m in records:
                     producer.produce(args.output, transform(m), key=m.key())
-                # A rebalance meanwhile: these records may be another member's now.
+                # A rebalance (or a lost group session) meanwhile: these records may be
+                # another member's now.
                 if consumer.consumer_group_metadata() != metadata:
-                    raise KafkaException("the group rebalanced during the transaction")
-                producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), metadata)
+                    raise KafkaException(
+                        KafkaError(KafkaError._STATE, "the group rebalanced", txn_requires_abort=True)
+                    )
+                # The offsets of exactly these records, not the consumer's positions now
+                # (which a rebalance may have moved): the next offset of each partition.
+                producer.send_offsets_to_transaction(next_offsets(records), metadata)
                 producer.commit_transaction()
                 print(f"committed {len(records)} records", file=sys.stderr)
             except KafkaException as e:

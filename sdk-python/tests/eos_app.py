@@ -24,6 +24,7 @@ import time
 from tidelog import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -35,6 +36,15 @@ from tidelog import (
 def transform(m: Message) -> bytes:
     value = m.value() or b""
     return value.upper() + f"|{m.partition()}:{m.offset()}".encode()
+
+
+def next_offsets(records: list[Message]) -> list[TopicPartition]:
+    """Per partition the records came from: the offset after the last of them."""
+    last: dict[tuple[str, int], int] = {}
+    for m in records:
+        tp = (m.topic() or "", m.partition() or 0)
+        last[tp] = max(last.get(tp, -1), m.offset() or 0)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
 
 
 def rewind(consumer: Consumer) -> None:
@@ -79,15 +89,23 @@ def main(argv: list[str]) -> int:
             records = [m for m in consumer.consume(per_txn, timeout=0.2) if m.error() is None]
             if not records:
                 continue
+            metadata = consumer.consumer_group_metadata()
             producer.begin_transaction()
             try:
                 for m in records:
                     producer.produce(output_topic, transform(m), key=m.key())
                 if pause:
                     time.sleep(pause)  # the application's work, inside the transaction
-                producer.send_offsets_to_transaction(
-                    consumer.position(consumer.assignment()), consumer.consumer_group_metadata()
-                )
+                # A rebalance or a lost group session meanwhile: the records may be another
+                # member's now (the SDK resets the metadata when the membership goes).
+                if consumer.consumer_group_metadata() != metadata:
+                    rebalanced = KafkaError(
+                        KafkaError._STATE, "the group rebalanced", txn_requires_abort=True
+                    )
+                    raise KafkaException(rebalanced)
+                # The offsets of exactly these records, not the positions now (which a
+                # rebalance may have moved).
+                producer.send_offsets_to_transaction(next_offsets(records), metadata)
                 producer.commit_transaction()
             except KafkaException as e:
                 err = kafka_error(e)

@@ -91,6 +91,10 @@ class GroupSession:
             # coordinator (a single node just retries).
             self.core.brokers.move_on(addr)
             await self.core.revoke(commit=False)
+            # The membership is gone with the session: a transactional producer's
+            # send_offsets_to_transaction with this consumer's metadata must not pass for the
+            # member it was (its partitions may go to another member meanwhile).
+            self.core.forget_membership()
             if await self._close_requested_within(backoff):
                 return
             backoff = min(backoff * 2, 2.0)

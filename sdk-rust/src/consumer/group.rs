@@ -450,6 +450,14 @@ impl Member {
                 }
             }
             self.revoke(false).await;
+            // The membership is gone with the session: `group_metadata` must no longer name it
+            // (a transaction sending offsets with it would pass for a member whose partitions
+            // may go to another member meanwhile).
+            {
+                let mut s = lock(&self.state);
+                s.generation = 0;
+                s.member_id.clear();
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }

@@ -13,6 +13,7 @@
 //!     --group upper --transactional-id upper-1
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Parser;
@@ -98,12 +99,20 @@ async fn main() -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(args.process_ms)).await;
                 }
             }
-            // A rebalance meanwhile: these records may be someone else's now; abort and let
-            // the new generation's owner process them from the committed offsets.
+            // A rebalance (or a lost group session) meanwhile: these records may be someone
+            // else's now; abort and let their owner process them from the committed offsets.
             if consumer.group_metadata() != metadata {
                 return Err(Error::InvalidArgument("the group rebalanced during the transaction".into()));
             }
-            producer.send_offsets_to_transaction(&consumer.positions(), &metadata).await?;
+            // The offsets of exactly these records (not the consumer's positions now, which a
+            // rebalance may have moved): the next offset of each partition they came from.
+            let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
+            for r in &records {
+                let at = next.entry((r.topic.clone(), r.partition)).or_default();
+                *at = (*at).max(r.offset + 1);
+            }
+            let offsets: Vec<(String, u32, u64)> = next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+            producer.send_offsets_to_transaction(&offsets, &metadata).await?;
             producer.commit_transaction().await
         }
         .await;
