@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
 
-use crate::meta::txn::TxnEntry;
+use crate::meta::txn::{TxnEntry, TxnStatus};
 
 /// Compare-and-set outcomes remembered by log position, for a proposer waiting on its own.
 const OUTCOMES_KEPT: usize = 1024;
@@ -110,6 +110,18 @@ impl TxnTable {
         self.changes.send_modify(|v| *v += 1);
     }
 
+    /// The ids the coordinator must act on at `now_ms`: open longer than their timeout, or
+    /// prepared and not completed. Filtered under the lock (most ids need nothing).
+    pub fn needing_attention(&self, now_ms: i64) -> Vec<(String, TxnEntry)> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.status.is_prepared() || (e.status == TxnStatus::Ongoing && e.expired(now_ms)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Whether any open transaction holds uncommitted offsets of `group`.
     pub fn holds_offsets_of(&self, group: &str) -> bool {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
@@ -123,7 +135,7 @@ impl TxnTable {
         let entry = entries.by_producer.get(&producer_id).and_then(|id| entries.by_id.get(id));
         match entry {
             Some(e) if e.epoch > epoch => Admission::Fenced(e.epoch),
-            Some(e) if e.epoch == epoch && e.status == crate::meta::txn::TxnStatus::Ongoing && e.includes(topic, p) => {
+            Some(e) if e.epoch == epoch && e.status == TxnStatus::Ongoing && e.includes(topic, p) => {
                 Admission::Admitted
             }
             // Not (yet) here: this broker's copy may lag the coordinator's.

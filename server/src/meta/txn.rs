@@ -68,6 +68,11 @@ impl TxnEntry {
         !self.status.is_idle() && self.offsets.contains_key(group)
     }
 
+    /// Whether the open transaction has outlived its timeout at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.status == TxnStatus::Ongoing && now_ms >= self.started_at_ms + i64::from(self.timeout_ms)
+    }
+
     /// Whether the open transaction includes partition `p` of `topic`.
     pub fn includes(&self, topic: &str, p: u32) -> bool {
         self.partitions.get(topic).is_some_and(|ps| ps.contains(&p))

@@ -365,16 +365,12 @@ impl TxnCoordinator {
         }
         let now = now_ms();
         let mut acted = 0;
-        for (id, e) in self.broker.transactions().all() {
-            let expired = e.status == TxnStatus::Ongoing && now >= e.started_at_ms + i64::from(e.timeout_ms);
-            if !expired && !e.status.is_prepared() {
-                continue;
-            }
+        for (id, _) in self.broker.transactions().needing_attention(now) {
             let _turn = self.lock(&id).await;
             // As it is now, under the lock (a call may have changed it meanwhile).
             let Some(e) = self.broker.transactions().get(&id) else { continue };
             let result = match e.status {
-                TxnStatus::Ongoing if now >= e.started_at_ms + i64::from(e.timeout_ms) => {
+                TxnStatus::Ongoing if e.expired(now) => {
                     tracing::warn!(transactional_id = %id, producer_id = e.producer_id, timeout_ms = e.timeout_ms, "transaction timed out; aborting it");
                     match self.prepare(&id, &e, false, true).await {
                         Ok(prepared) => self.complete(&id, prepared).await,
