@@ -23,14 +23,18 @@ pub struct ResourceArg {
     /// The cluster (topic creation, ACL and quota administration, idempotent producers).
     #[arg(long)]
     cluster: bool,
+    /// A transactional id (with --prefixed: every id starting with it; "*": every id).
+    #[arg(long)]
+    transactional_id: Option<String>,
 }
 
 impl ResourceArg {
     fn resolve(&self) -> Option<(AclResourceType, String)> {
-        match (&self.topic, &self.group, self.cluster) {
-            (Some(t), _, _) => Some((AclResourceType::Topic, t.clone())),
-            (_, Some(g), _) => Some((AclResourceType::Group, g.clone())),
-            (_, _, true) => Some((AclResourceType::Cluster, "kafka-cluster".into())),
+        match (&self.topic, &self.group, self.cluster, &self.transactional_id) {
+            (Some(t), _, _, _) => Some((AclResourceType::Topic, t.clone())),
+            (_, Some(g), _, _) => Some((AclResourceType::Group, g.clone())),
+            (_, _, true, _) => Some((AclResourceType::Cluster, "kafka-cluster".into())),
+            (_, _, _, Some(id)) => Some((AclResourceType::TransactionalId, id.clone())),
             _ => None,
         }
     }
@@ -163,8 +167,9 @@ pub async fn acl(broker: &crate::BrokerArg, command: AclCommand, format: OutputF
     let json_out = format == OutputFormat::Json;
     match command {
         AclCommand::Add { principal, operation: ops, resource, prefixed, deny, host } => {
-            let (rt, resource_name) =
-                resource.resolve().ok_or_else(|| anyhow::anyhow!("name a resource: --topic, --group or --cluster"))?;
+            let (rt, resource_name) = resource
+                .resolve()
+                .ok_or_else(|| anyhow::anyhow!("name a resource: --topic, --group, --cluster or --transactional-id"))?;
             let mut acls = Vec::new();
             for op in &ops {
                 acls.push(AclBinding {
@@ -192,7 +197,7 @@ pub async fn acl(broker: &crate::BrokerArg, command: AclCommand, format: OutputF
         AclCommand::Remove { principal, resource, operation: op } => {
             anyhow::ensure!(
                 principal.is_some() || resource.resolve().is_some(),
-                "name what to remove: --principal and/or --topic, --group, --cluster"
+                "name what to remove: --principal and/or --topic, --group, --cluster, --transactional-id"
             );
             let mut f = filter(principal, &resource, false);
             if let Some(op) = op {

@@ -548,3 +548,62 @@ async fn quotas_throttle_one_client_and_not_the_others() {
     assert!(slow_read <= LIMIT as f64 * 1.25 && slow_read >= LIMIT as f64 * 0.7, "limited consumer at {slow_read:.0}");
     assert!(fast_read > slow_read * 2.0, "the unlimited consumer is not slowed: {fast_read:.0}");
 }
+
+/// Transactions under ACLs (Kafka's): WRITE on the transactional id for the producer's calls,
+/// WRITE on the topics, READ on the group whose offsets go into a transaction, DESCRIBE on the
+/// id to see it; aborting another's transaction is ALTER on the cluster.
+#[tokio::test]
+async fn transactions_need_acls_on_the_transactional_id_topic_and_group() {
+    use tidelog::proto::v1::transaction_service_client::TransactionServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(dir.path(), "jwt.pem");
+    let config = auth_config(dir.path(), "");
+    let broker = BrokerProcess::start(&dir.path().join("d"), &["--config", config.to_str().unwrap()]);
+    let addr = broker.addr.clone();
+    let admin = as_user(&addr, &issuer.token("admin")).await;
+    let app = as_user(&addr, &issuer.token("app")).await;
+    admin.create_topic("t", 1).await.unwrap();
+    let grant = |rt: Res, name: &str, op: Op| acl(rt, name, Pat::Literal, "User:app", op, Perm::Allow);
+    let add = |acls: Vec<pb::AclBinding>| {
+        let admin = admin.clone();
+        async move { admin.security().create_acls(pb::CreateAclsRequest { acls }).await.unwrap() }
+    };
+    add(vec![grant(Res::Topic, "t", Op::Write)]).await;
+    let config = || tidelog::ProducerConfig { transactional_id: Some("app-tx".into()), ..Default::default() };
+    let producer = tidelog::Producer::new(app.clone(), config()).await.unwrap();
+    // Without WRITE on the transactional id: refused, and nothing is registered.
+    assert_eq!(code(producer.init_transactions().await), Code::PermissionDenied);
+    let coordinator = |c: &Client| TransactionServiceClient::new(c.channel());
+    let listed = coordinator(&admin).list_transactions(pb::ListTransactionsRequest {}).await.unwrap();
+    assert!(listed.into_inner().transactions.is_empty());
+
+    // With the CLI, as an administrator would.
+    let token = issuer.token("admin");
+    let args = ["acl", "add", "--principal", "User:app", "--operation", "write", "--transactional-id", "app-tx"];
+    let out = run_cli_output(&addr, &[&args[..], &["--token", &token]].concat(), b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(WAIT, "the grant", || async { producer.init_transactions().await.ok() }).await;
+    producer.begin_transaction().await.unwrap();
+    producer.send_to("t", 0, Record::new("in a transaction")).await.unwrap();
+    // Offsets of a group the caller may not READ: refused (the transaction must be aborted).
+    let group = tidelog::ConsumerGroupMetadata { group: "g".into(), ..Default::default() };
+    let offsets = [("t".to_string(), 0, 1)];
+    assert_eq!(code(producer.send_offsets_to_transaction(&offsets, &group).await), Code::PermissionDenied);
+    add(vec![grant(Res::Group, "g", Op::Read)]).await;
+    eventually(WAIT, "the group grant", || async { producer.send_offsets_to_transaction(&offsets, &group).await.ok() })
+        .await;
+    producer.commit_transaction().await.unwrap();
+    // WRITE implies DESCRIBE: the producer's principal sees its id, and only that.
+    let seen = coordinator(&app).list_transactions(pb::ListTransactionsRequest {}).await.unwrap().into_inner();
+    assert_eq!(seen.transactions.iter().map(|t| t.transactional_id.as_str()).collect::<Vec<_>>(), ["app-tx"]);
+    let other = tidelog::ProducerConfig { transactional_id: Some("other-tx".into()), ..Default::default() };
+    let other = tidelog::Producer::new(admin.clone(), other).await.unwrap();
+    other.init_transactions().await.unwrap();
+    let seen = coordinator(&app).list_transactions(pb::ListTransactionsRequest {}).await.unwrap().into_inner();
+    assert_eq!(seen.transactions.len(), 1, "an id the caller may not DESCRIBE is not listed");
+    // Aborting a transaction is administration: ALTER on the cluster.
+    let mut as_app = coordinator(&app);
+    let abort = as_app.abort_transaction(pb::AbortTransactionRequest { transactional_id: "app-tx".into() }).await;
+    assert_eq!(abort.unwrap_err().code(), Code::PermissionDenied);
+    drop(broker);
+}

@@ -538,9 +538,11 @@ async fn transactions_commit_everywhere_and_survive_a_restart(mode: Mode) {
     for b in c.brokers() {
         let t = b.topic("tx").unwrap();
         for (log, _) in t.local() {
+            // At least one marker (the broker's own sweeper, a second coordinator here, may
+            // complete the prepared transaction too: a second marker is harmless).
             eventually("the commit marker everywhere", WAIT, || async {
                 let hw = log.offsets().high_watermark.0;
-                (hw == 2 && log.last_stable_offset() == 2).then_some(())
+                (hw >= 2 && log.last_stable_offset() == hw && log.open_transactions().is_empty()).then_some(())
             })
             .await;
         }
