@@ -195,6 +195,7 @@ async fn bounds(client: &Client, topic: &str, partitions: &[u32]) -> anyhow::Res
         topic: topic.to_string(),
         partitions: partitions.to_vec(),
         spec: Some(OffsetSpec { spec: Some(spec) }),
+        isolation_level: 0,
     };
     let earliest = client.admin().list_offsets(ask(offset_spec::Spec::Earliest(true))).await?.into_inner();
     let latest = client.admin().list_offsets(ask(offset_spec::Spec::Latest(true))).await?.into_inner();

@@ -101,6 +101,7 @@ pub async fn run(broker: &crate::BrokerArg, command: GroupCommand, format: Outpu
                     .map(|p| {
                         json!({"topic": p.topic, "partition": p.partition, "committed": p.committed_offset,
                                "high_watermark": p.high_watermark, "lag": p.lag,
+                               "last_stable_offset": p.last_stable_offset,
                                "member_id": (!p.member_id.is_empty()).then_some(&p.member_id)})
                     })
                     .collect();
@@ -121,8 +122,14 @@ pub async fn run(broker: &crate::BrokerArg, command: GroupCommand, format: Outpu
             }
             for p in &d.partitions {
                 let owner = if p.member_id.is_empty() { "-" } else { p.member_id.as_str() };
+                // The last stable offset only where a transaction holds it below the HW.
+                let stable = if p.last_stable_offset < p.high_watermark {
+                    format!(" last_stable_offset={}", p.last_stable_offset)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  {}/{} committed={} high_watermark={} lag={} member={owner}",
+                    "  {}/{} committed={} high_watermark={} lag={}{stable} member={owner}",
                     p.topic, p.partition, p.committed_offset, p.high_watermark, p.lag
                 );
             }

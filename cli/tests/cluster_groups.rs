@@ -108,6 +108,7 @@ async fn high_watermarks(addr: &str, topic: &str, total: u64) -> BTreeMap<u32, u
                 topic: topic.into(),
                 partitions: vec![],
                 spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
+                isolation_level: 0,
             };
             let offsets = client.admin().list_offsets(req).await.ok()?.into_inner().offsets;
             let hw: BTreeMap<u32, u64> = offsets.iter().map(|o| (o.partition, o.offset)).collect();

@@ -171,6 +171,7 @@ async fn positions_by_time_and_list_offsets() {
                     topic: "timed".into(),
                     partitions: vec![],
                     spec: Some(OffsetSpec { spec: Some(spec) }),
+                    isolation_level: 0,
                 })
                 .await
                 .unwrap()

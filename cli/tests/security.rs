@@ -211,6 +211,7 @@ async fn tokens_authenticate_and_acls_decide_every_call() {
         topic: "other".into(),
         partitions: vec![],
         spec: Some(pb::OffsetSpec { spec: Some(pb::offset_spec::Spec::Latest(true)) }),
+        isolation_level: 0,
     };
     assert_eq!(alice.admin().list_offsets(offsets).await.unwrap_err().code(), Code::PermissionDenied);
     // Admin calls alice has no right to change nothing.

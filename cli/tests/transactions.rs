@@ -345,6 +345,12 @@ async fn the_cli_lists_describes_finds_and_aborts_transactions() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("InitTransactions"), "an actionable message");
 
+    // A group's lag shows where a read_committed member's ends: the last stable offset.
+    run_cli(&broker.addr, &["group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--execute"], "");
+    let described: serde_json::Value =
+        serde_json::from_str(&run_cli(&broker.addr, &["group", "describe", "g", "--format", "json"], "")).unwrap();
+    let p1 = described["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == 1).unwrap();
+    assert_eq!((p1["high_watermark"].as_u64(), p1["last_stable_offset"].as_u64()), (Some(2), Some(0)), "{p1}");
     let found = run_cli(&broker.addr, &["txn", "find-hanging", "--topic", "t"], "");
     assert!(found.contains(&format!("t/1 open transaction: producer={pid}/{epoch} first_offset=0")), "{found}");
     assert!(!found.contains("HANGING"), "the coordinator knows it: not hanging\n{found}");

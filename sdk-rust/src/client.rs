@@ -391,6 +391,7 @@ impl Client {
             topic: topic.into(),
             partitions: partitions.to_vec(),
             spec: Some(OffsetSpec { spec: Some(spec) }),
+            isolation_level: 0,
         };
         let offsets = self.admin().list_offsets(req).await?.into_inner().offsets;
         Ok(offsets

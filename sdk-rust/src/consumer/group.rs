@@ -128,6 +128,7 @@ enum Control {
 /// A member of a consumer group. Records come from [`GroupConsumer::next`].
 pub struct GroupConsumer {
     group: String,
+    isolation: IsolationLevel,
     records: mpsc::Receiver<Fetched>,
     state: Arc<Mutex<MemberState>>,
     control: mpsc::UnboundedSender<Control>,
@@ -150,7 +151,7 @@ impl GroupConsumer {
         if config.topics.is_empty() || config.assignors.is_empty() {
             return Err(Error::InvalidArgument("a group consumer needs topics and assignors".into()));
         }
-        let group = config.group.clone();
+        let (group, isolation) = (config.group.clone(), config.isolation);
         let (records_tx, records) = mpsc::channel(1024);
         let (control, control_rx) = mpsc::unbounded_channel();
         let state = Arc::new(Mutex::new(MemberState::default()));
@@ -165,7 +166,7 @@ impl GroupConsumer {
             joining: false,
         };
         let task = tokio::spawn(member.run(control_rx));
-        Ok(Self { group, records, state, control, task })
+        Ok(Self { group, isolation, records, state, control, task })
     }
 
     /// The next record of the current generation's partitions (records of revoked partitions
@@ -247,6 +248,7 @@ impl GroupConsumer {
             topic: topic.into(),
             partitions: vec![partition],
             spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::TimestampMs(timestamp_ms)) }),
+            isolation_level: 0,
         };
         let offsets = client.admin().list_offsets(req).await?.into_inner().offsets;
         let offset =
@@ -286,10 +288,12 @@ impl GroupConsumer {
         }
         let mut out = Vec::new();
         // ListOffsets, not DescribeTopic: a broker answers it for partitions held elsewhere.
+        // A read_committed member's lag ends at the last stable offset.
         let ask = |topic: &str, partitions: Vec<u32>, spec| ListOffsetsRequest {
             topic: topic.to_string(),
             partitions,
             spec: Some(OffsetSpec { spec: Some(spec) }),
+            isolation_level: self.isolation as i32,
         };
         for (topic, partitions) in by_topic {
             let latest = ask(&topic, partitions.clone(), offset_spec::Spec::Latest(true));
@@ -623,7 +627,13 @@ impl Member {
         // are down.
         for (topic, partitions) in unset {
             let req =
-                ListOffsetsRequest { topic: topic.clone(), partitions, spec: Some(OffsetSpec { spec: Some(spec) }) };
+                // A read_committed member starting at "latest" starts at the last stable offset.
+                ListOffsetsRequest {
+                    topic: topic.clone(),
+                    partitions,
+                    spec: Some(OffsetSpec { spec: Some(spec) }),
+                    isolation_level: self.config.isolation as i32,
+                };
             for o in self.client.admin().list_offsets(req).await?.into_inner().offsets {
                 let tp = (topic.clone(), o.partition);
                 if assigned.contains(&tp) && !committed.contains_key(&tp) {

@@ -11,8 +11,8 @@ use tidelog_proto::v1::{
     offset_spec, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest, DeleteRecordsResponse,
     DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
-    DescribeTopicResponse, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse,
-    PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime, TopicDescription,
+    DescribeTopicResponse, IsolationLevel, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
+    ListTopicsResponse, PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime, TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
@@ -106,6 +106,9 @@ pub async fn list_offsets(
         let o = p.offsets();
         let (offset, timestamp_ms) = match spec {
             offset_spec::Spec::Earliest(_) => (o.log_start.0, -1),
+            offset_spec::Spec::Latest(_) if req.isolation_level == IsolationLevel::ReadCommitted as i32 => {
+                (p.last_stable_offset(), -1)
+            }
             offset_spec::Spec::Latest(_) => (o.high_watermark.0, -1),
             offset_spec::Spec::TimestampMs(t) => p.offset_for_time(t)?.unwrap_or((o.high_watermark.0, -1)),
         };
@@ -119,6 +122,7 @@ pub async fn list_offsets(
                 topic: req.topic.clone(),
                 partitions: partitions.clone(),
                 spec: Some(tidelog_proto::v1::OffsetSpec { spec: Some(spec) }),
+                isolation_level: req.isolation_level,
             };
             let mut client = AdminServiceClient::new(broker.channel_to(id)?);
             match client.list_offsets(forwarded_request(sub, Some(APPLY_WAIT))).await {

@@ -19,8 +19,9 @@ use tidelog_proto::v1::group_service_client::GroupServiceClient;
 use tidelog_proto::v1::group_service_server::GroupService;
 use tidelog_proto::v1::{
     offset_spec, session_request, session_response, DeleteGroupRequest, DeleteGroupResponse, DescribeGroupRequest,
-    DescribeGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, OffsetSpec, PartitionLag,
-    Rebalance, ResetOffsetsRequest, ResetOffsetsResponse, SessionError, SessionRequest, SessionResponse,
+    DescribeGroupResponse, IsolationLevel, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, OffsetSpec, PartitionLag, Rebalance, ResetOffsetsRequest, ResetOffsetsResponse, SessionError,
+    SessionRequest, SessionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -302,19 +303,24 @@ impl GroupApi {
             if committed.is_empty() {
                 continue;
             }
-            let latest = ListOffsetsRequest {
+            let latest = |isolation: IsolationLevel| ListOffsetsRequest {
                 topic: name.clone(),
                 partitions: committed.iter().map(|c| c.partition).filter(|p| *p < topic.record.partitions).collect(),
                 spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
+                isolation_level: isolation as i32,
             };
             // Best effort: lag is left out for partitions whose replicas do not answer.
-            let hws: HashMap<u32, u64> = match list_offsets(&self.broker, latest, Origin::Client).await {
-                Ok(r) => r.offsets.iter().map(|o| (o.partition, o.offset)).collect(),
-                Err(e) => {
-                    tracing::debug!(topic = %name, error = %e, "no high watermarks for the group's lag");
-                    HashMap::new()
+            let ends = |r: Result<_, Status>| -> HashMap<u32, u64> {
+                match r {
+                    Ok(ListOffsetsResponse { offsets }) => offsets.iter().map(|o| (o.partition, o.offset)).collect(),
+                    Err(e) => {
+                        tracing::debug!(topic = %name, error = %e, "no high watermarks for the group's lag");
+                        HashMap::new()
+                    }
                 }
             };
+            let hws = ends(list_offsets(&self.broker, latest(IsolationLevel::ReadUncommitted), Origin::Client).await);
+            let lsos = ends(list_offsets(&self.broker, latest(IsolationLevel::ReadCommitted), Origin::Client).await);
             for c in committed {
                 let Some(&hw) = hws.get(&c.partition) else { continue };
                 resp.partitions.push(PartitionLag {
@@ -324,6 +330,7 @@ impl GroupApi {
                     committed_offset: c.offset,
                     high_watermark: hw,
                     lag: hw.saturating_sub(c.offset),
+                    last_stable_offset: lsos.get(&c.partition).copied().unwrap_or(hw),
                 });
             }
         }

@@ -100,6 +100,7 @@ pub async fn reset_offsets(
             topic: req.topic.clone(),
             partitions: partitions.clone(),
             spec: Some(OffsetSpec { spec: Some(spec) }),
+            isolation_level: 0,
         };
         async move {
             let resp = list_offsets(broker, req, Origin::Client).await?;

@@ -119,6 +119,7 @@ impl Broker {
                 topic: topic.record.name.clone(),
                 partitions: vec![p],
                 spec: Some(OffsetSpec { spec: Some(offset_spec::Spec::Latest(true)) }),
+                isolation_level: 0,
             };
             let Ok(channel) = self.channel_to(*id) else { continue };
             match AdminServiceClient::new(channel).list_offsets(forwarded_request(req, Some(APPLY_WAIT))).await {

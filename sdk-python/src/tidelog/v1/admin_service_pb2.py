@@ -22,69 +22,70 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from tidelog.v1 import records_service_pb2 as tidelog_dot_v1_dot_records__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etidelog/v1/admin_service.proto\x12\ntidelog.v1\"\xd8\x02\n\x0bTopicConfig\x12\x19\n\x0cretention_ms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1c\n\x0fretention_bytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rsegment_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x17\n\nsegment_ms\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12-\n\x0c\x66sync_policy\x18\x05 \x01(\x0e\x32\x17.tidelog.v1.FsyncPolicy\x12\x1e\n\x11\x66sync_interval_ms\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x1c\n\x0fmax_batch_bytes\x18\x07 \x01(\rH\x05\x88\x01\x01\x42\x0f\n\r_retention_msB\x12\n\x10_retention_bytesB\x10\n\x0e_segment_bytesB\r\n\x0b_segment_msB\x14\n\x12_fsync_interval_msB\x12\n\x10_max_batch_bytes\"\xe3\x01\n\x14PartitionDescription\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x18\n\x10log_start_offset\x18\x02 \x01(\x04\x12\x16\n\x0ehigh_watermark\x18\x03 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x04 \x01(\x04\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x15\n\rsegment_count\x18\x06 \x01(\r\x12\x11\n\tleader_id\x18\x07 \x01(\r\x12\x13\n\x0breplica_ids\x18\x08 \x03(\r\x12\x1b\n\x13in_sync_replica_ids\x18\t \x03(\r\"\xe5\x01\n\x10TopicDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.tidelog.v1.TopicConfig\x12\x34\n\npartitions\x18\x05 \x03(\x0b\x32 .tidelog.v1.PartitionDescription\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x18\n\x10\x63onfig_overrides\x18\x07 \x03(\t\"{\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.tidelog.v1.TopicConfig\"B\n\x13\x43reateTopicResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"\"\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTopicResponse\"\x13\n\x11ListTopicsRequest\"B\n\x12ListTopicsResponse\x12,\n\x06topics\x18\x01 \x03(\x0b\x32\x1c.tidelog.v1.TopicDescription\"$\n\x14\x44\x65scribeTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15\x44\x65scribeTopicResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"R\n\nOffsetSpec\x12\x12\n\x08\x65\x61rliest\x18\x01 \x01(\x08H\x00\x12\x10\n\x06latest\x18\x02 \x01(\x08H\x00\x12\x16\n\x0ctimestamp_ms\x18\x03 \x01(\x03H\x00\x42\x06\n\x04spec\"]\n\x12ListOffsetsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x03(\r\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.tidelog.v1.OffsetSpec\"P\n\x15PartitionOffsetAtTime\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"I\n\x13ListOffsetsResponse\x12\x32\n\x07offsets\x18\x01 \x03(\x0b\x32!.tidelog.v1.PartitionOffsetAtTime\")\n\nBrokerInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x18\n\x16\x44\x65scribeClusterRequest\"m\n\x17\x44\x65scribeClusterResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\r\x12\'\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x16.tidelog.v1.BrokerInfo\"_\n\x17\x41lterTopicConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.tidelog.v1.TopicConfig\x12\r\n\x05reset\x18\x03 \x03(\t\"G\n\x18\x41lterTopicConfigResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"=\n\x17\x43reatePartitionsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\r\"G\n\x18\x43reatePartitionsResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"B\n\x16\x44\x65leteRecordsPartition\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rbefore_offset\x18\x02 \x01(\x03\"]\n\x14\x44\x65leteRecordsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x36\n\npartitions\x18\x02 \x03(\x0b\x32\".tidelog.v1.DeleteRecordsPartition\"A\n\x15PartitionLowWatermark\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rlow_watermark\x18\x02 \x01(\x04\"N\n\x15\x44\x65leteRecordsResponse\x12\x35\n\npartitions\x18\x01 \x03(\x0b\x32!.tidelog.v1.PartitionLowWatermark*w\n\x0b\x46syncPolicy\x12\x1c\n\x18\x46SYNC_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46SYNC_POLICY_ALWAYS\x10\x01\x12\x19\n\x15\x46SYNC_POLICY_INTERVAL\x10\x02\x12\x16\n\x12\x46SYNC_POLICY_NEVER\x10\x03\x32\x91\x06\n\x0c\x41\x64minService\x12N\n\x0b\x43reateTopic\x12\x1e.tidelog.v1.CreateTopicRequest\x1a\x1f.tidelog.v1.CreateTopicResponse\x12N\n\x0b\x44\x65leteTopic\x12\x1e.tidelog.v1.DeleteTopicRequest\x1a\x1f.tidelog.v1.DeleteTopicResponse\x12K\n\nListTopics\x12\x1d.tidelog.v1.ListTopicsRequest\x1a\x1e.tidelog.v1.ListTopicsResponse\x12T\n\rDescribeTopic\x12 .tidelog.v1.DescribeTopicRequest\x1a!.tidelog.v1.DescribeTopicResponse\x12N\n\x0bListOffsets\x12\x1e.tidelog.v1.ListOffsetsRequest\x1a\x1f.tidelog.v1.ListOffsetsResponse\x12Z\n\x0f\x44\x65scribeCluster\x12\".tidelog.v1.DescribeClusterRequest\x1a#.tidelog.v1.DescribeClusterResponse\x12]\n\x10\x41lterTopicConfig\x12#.tidelog.v1.AlterTopicConfigRequest\x1a$.tidelog.v1.AlterTopicConfigResponse\x12]\n\x10\x43reatePartitions\x12#.tidelog.v1.CreatePartitionsRequest\x1a$.tidelog.v1.CreatePartitionsResponse\x12T\n\rDeleteRecords\x12 .tidelog.v1.DeleteRecordsRequest\x1a!.tidelog.v1.DeleteRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etidelog/v1/admin_service.proto\x12\ntidelog.v1\x1a tidelog/v1/records_service.proto\"\xd8\x02\n\x0bTopicConfig\x12\x19\n\x0cretention_ms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1c\n\x0fretention_bytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rsegment_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x17\n\nsegment_ms\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12-\n\x0c\x66sync_policy\x18\x05 \x01(\x0e\x32\x17.tidelog.v1.FsyncPolicy\x12\x1e\n\x11\x66sync_interval_ms\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x1c\n\x0fmax_batch_bytes\x18\x07 \x01(\rH\x05\x88\x01\x01\x42\x0f\n\r_retention_msB\x12\n\x10_retention_bytesB\x10\n\x0e_segment_bytesB\r\n\x0b_segment_msB\x14\n\x12_fsync_interval_msB\x12\n\x10_max_batch_bytes\"\xe3\x01\n\x14PartitionDescription\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x18\n\x10log_start_offset\x18\x02 \x01(\x04\x12\x16\n\x0ehigh_watermark\x18\x03 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x04 \x01(\x04\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x15\n\rsegment_count\x18\x06 \x01(\r\x12\x11\n\tleader_id\x18\x07 \x01(\r\x12\x13\n\x0breplica_ids\x18\x08 \x03(\r\x12\x1b\n\x13in_sync_replica_ids\x18\t \x03(\r\"\xe5\x01\n\x10TopicDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.tidelog.v1.TopicConfig\x12\x34\n\npartitions\x18\x05 \x03(\x0b\x32 .tidelog.v1.PartitionDescription\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x18\n\x10\x63onfig_overrides\x18\x07 \x03(\t\"{\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.tidelog.v1.TopicConfig\"B\n\x13\x43reateTopicResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"\"\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTopicResponse\"\x13\n\x11ListTopicsRequest\"B\n\x12ListTopicsResponse\x12,\n\x06topics\x18\x01 \x03(\x0b\x32\x1c.tidelog.v1.TopicDescription\"$\n\x14\x44\x65scribeTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15\x44\x65scribeTopicResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"R\n\nOffsetSpec\x12\x12\n\x08\x65\x61rliest\x18\x01 \x01(\x08H\x00\x12\x10\n\x06latest\x18\x02 \x01(\x08H\x00\x12\x16\n\x0ctimestamp_ms\x18\x03 \x01(\x03H\x00\x42\x06\n\x04spec\"\x92\x01\n\x12ListOffsetsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x03(\r\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.tidelog.v1.OffsetSpec\x12\x33\n\x0fisolation_level\x18\x04 \x01(\x0e\x32\x1a.tidelog.v1.IsolationLevel\"P\n\x15PartitionOffsetAtTime\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"I\n\x13ListOffsetsResponse\x12\x32\n\x07offsets\x18\x01 \x03(\x0b\x32!.tidelog.v1.PartitionOffsetAtTime\")\n\nBrokerInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x18\n\x16\x44\x65scribeClusterRequest\"m\n\x17\x44\x65scribeClusterResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\r\x12\'\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x16.tidelog.v1.BrokerInfo\"_\n\x17\x41lterTopicConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.tidelog.v1.TopicConfig\x12\r\n\x05reset\x18\x03 \x03(\t\"G\n\x18\x41lterTopicConfigResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"=\n\x17\x43reatePartitionsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\r\"G\n\x18\x43reatePartitionsResponse\x12+\n\x05topic\x18\x01 \x01(\x0b\x32\x1c.tidelog.v1.TopicDescription\"B\n\x16\x44\x65leteRecordsPartition\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rbefore_offset\x18\x02 \x01(\x03\"]\n\x14\x44\x65leteRecordsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x36\n\npartitions\x18\x02 \x03(\x0b\x32\".tidelog.v1.DeleteRecordsPartition\"A\n\x15PartitionLowWatermark\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rlow_watermark\x18\x02 \x01(\x04\"N\n\x15\x44\x65leteRecordsResponse\x12\x35\n\npartitions\x18\x01 \x03(\x0b\x32!.tidelog.v1.PartitionLowWatermark*w\n\x0b\x46syncPolicy\x12\x1c\n\x18\x46SYNC_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46SYNC_POLICY_ALWAYS\x10\x01\x12\x19\n\x15\x46SYNC_POLICY_INTERVAL\x10\x02\x12\x16\n\x12\x46SYNC_POLICY_NEVER\x10\x03\x32\x91\x06\n\x0c\x41\x64minService\x12N\n\x0b\x43reateTopic\x12\x1e.tidelog.v1.CreateTopicRequest\x1a\x1f.tidelog.v1.CreateTopicResponse\x12N\n\x0b\x44\x65leteTopic\x12\x1e.tidelog.v1.DeleteTopicRequest\x1a\x1f.tidelog.v1.DeleteTopicResponse\x12K\n\nListTopics\x12\x1d.tidelog.v1.ListTopicsRequest\x1a\x1e.tidelog.v1.ListTopicsResponse\x12T\n\rDescribeTopic\x12 .tidelog.v1.DescribeTopicRequest\x1a!.tidelog.v1.DescribeTopicResponse\x12N\n\x0bListOffsets\x12\x1e.tidelog.v1.ListOffsetsRequest\x1a\x1f.tidelog.v1.ListOffsetsResponse\x12Z\n\x0f\x44\x65scribeCluster\x12\".tidelog.v1.DescribeClusterRequest\x1a#.tidelog.v1.DescribeClusterResponse\x12]\n\x10\x41lterTopicConfig\x12#.tidelog.v1.AlterTopicConfigRequest\x1a$.tidelog.v1.AlterTopicConfigResponse\x12]\n\x10\x43reatePartitions\x12#.tidelog.v1.CreatePartitionsRequest\x1a$.tidelog.v1.CreatePartitionsResponse\x12T\n\rDeleteRecords\x12 .tidelog.v1.DeleteRecordsRequest\x1a!.tidelog.v1.DeleteRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidelog.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FSYNCPOLICY']._serialized_start=2436
-  _globals['_FSYNCPOLICY']._serialized_end=2555
-  _globals['_TOPICCONFIG']._serialized_start=47
-  _globals['_TOPICCONFIG']._serialized_end=391
-  _globals['_PARTITIONDESCRIPTION']._serialized_start=394
-  _globals['_PARTITIONDESCRIPTION']._serialized_end=621
-  _globals['_TOPICDESCRIPTION']._serialized_start=624
-  _globals['_TOPICDESCRIPTION']._serialized_end=853
-  _globals['_CREATETOPICREQUEST']._serialized_start=855
-  _globals['_CREATETOPICREQUEST']._serialized_end=978
-  _globals['_CREATETOPICRESPONSE']._serialized_start=980
-  _globals['_CREATETOPICRESPONSE']._serialized_end=1046
-  _globals['_DELETETOPICREQUEST']._serialized_start=1048
-  _globals['_DELETETOPICREQUEST']._serialized_end=1082
-  _globals['_DELETETOPICRESPONSE']._serialized_start=1084
-  _globals['_DELETETOPICRESPONSE']._serialized_end=1105
-  _globals['_LISTTOPICSREQUEST']._serialized_start=1107
-  _globals['_LISTTOPICSREQUEST']._serialized_end=1126
-  _globals['_LISTTOPICSRESPONSE']._serialized_start=1128
-  _globals['_LISTTOPICSRESPONSE']._serialized_end=1194
-  _globals['_DESCRIBETOPICREQUEST']._serialized_start=1196
-  _globals['_DESCRIBETOPICREQUEST']._serialized_end=1232
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=1234
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=1302
-  _globals['_OFFSETSPEC']._serialized_start=1304
-  _globals['_OFFSETSPEC']._serialized_end=1386
-  _globals['_LISTOFFSETSREQUEST']._serialized_start=1388
-  _globals['_LISTOFFSETSREQUEST']._serialized_end=1481
-  _globals['_PARTITIONOFFSETATTIME']._serialized_start=1483
-  _globals['_PARTITIONOFFSETATTIME']._serialized_end=1563
-  _globals['_LISTOFFSETSRESPONSE']._serialized_start=1565
-  _globals['_LISTOFFSETSRESPONSE']._serialized_end=1638
-  _globals['_BROKERINFO']._serialized_start=1640
-  _globals['_BROKERINFO']._serialized_end=1681
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1683
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1707
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=1709
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=1818
-  _globals['_ALTERTOPICCONFIGREQUEST']._serialized_start=1820
-  _globals['_ALTERTOPICCONFIGREQUEST']._serialized_end=1915
-  _globals['_ALTERTOPICCONFIGRESPONSE']._serialized_start=1917
-  _globals['_ALTERTOPICCONFIGRESPONSE']._serialized_end=1988
-  _globals['_CREATEPARTITIONSREQUEST']._serialized_start=1990
-  _globals['_CREATEPARTITIONSREQUEST']._serialized_end=2051
-  _globals['_CREATEPARTITIONSRESPONSE']._serialized_start=2053
-  _globals['_CREATEPARTITIONSRESPONSE']._serialized_end=2124
-  _globals['_DELETERECORDSPARTITION']._serialized_start=2126
-  _globals['_DELETERECORDSPARTITION']._serialized_end=2192
-  _globals['_DELETERECORDSREQUEST']._serialized_start=2194
-  _globals['_DELETERECORDSREQUEST']._serialized_end=2287
-  _globals['_PARTITIONLOWWATERMARK']._serialized_start=2289
-  _globals['_PARTITIONLOWWATERMARK']._serialized_end=2354
-  _globals['_DELETERECORDSRESPONSE']._serialized_start=2356
-  _globals['_DELETERECORDSRESPONSE']._serialized_end=2434
-  _globals['_ADMINSERVICE']._serialized_start=2558
-  _globals['_ADMINSERVICE']._serialized_end=3343
+  _globals['_FSYNCPOLICY']._serialized_start=2524
+  _globals['_FSYNCPOLICY']._serialized_end=2643
+  _globals['_TOPICCONFIG']._serialized_start=81
+  _globals['_TOPICCONFIG']._serialized_end=425
+  _globals['_PARTITIONDESCRIPTION']._serialized_start=428
+  _globals['_PARTITIONDESCRIPTION']._serialized_end=655
+  _globals['_TOPICDESCRIPTION']._serialized_start=658
+  _globals['_TOPICDESCRIPTION']._serialized_end=887
+  _globals['_CREATETOPICREQUEST']._serialized_start=889
+  _globals['_CREATETOPICREQUEST']._serialized_end=1012
+  _globals['_CREATETOPICRESPONSE']._serialized_start=1014
+  _globals['_CREATETOPICRESPONSE']._serialized_end=1080
+  _globals['_DELETETOPICREQUEST']._serialized_start=1082
+  _globals['_DELETETOPICREQUEST']._serialized_end=1116
+  _globals['_DELETETOPICRESPONSE']._serialized_start=1118
+  _globals['_DELETETOPICRESPONSE']._serialized_end=1139
+  _globals['_LISTTOPICSREQUEST']._serialized_start=1141
+  _globals['_LISTTOPICSREQUEST']._serialized_end=1160
+  _globals['_LISTTOPICSRESPONSE']._serialized_start=1162
+  _globals['_LISTTOPICSRESPONSE']._serialized_end=1228
+  _globals['_DESCRIBETOPICREQUEST']._serialized_start=1230
+  _globals['_DESCRIBETOPICREQUEST']._serialized_end=1266
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=1268
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=1336
+  _globals['_OFFSETSPEC']._serialized_start=1338
+  _globals['_OFFSETSPEC']._serialized_end=1420
+  _globals['_LISTOFFSETSREQUEST']._serialized_start=1423
+  _globals['_LISTOFFSETSREQUEST']._serialized_end=1569
+  _globals['_PARTITIONOFFSETATTIME']._serialized_start=1571
+  _globals['_PARTITIONOFFSETATTIME']._serialized_end=1651
+  _globals['_LISTOFFSETSRESPONSE']._serialized_start=1653
+  _globals['_LISTOFFSETSRESPONSE']._serialized_end=1726
+  _globals['_BROKERINFO']._serialized_start=1728
+  _globals['_BROKERINFO']._serialized_end=1769
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1771
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1795
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=1797
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=1906
+  _globals['_ALTERTOPICCONFIGREQUEST']._serialized_start=1908
+  _globals['_ALTERTOPICCONFIGREQUEST']._serialized_end=2003
+  _globals['_ALTERTOPICCONFIGRESPONSE']._serialized_start=2005
+  _globals['_ALTERTOPICCONFIGRESPONSE']._serialized_end=2076
+  _globals['_CREATEPARTITIONSREQUEST']._serialized_start=2078
+  _globals['_CREATEPARTITIONSREQUEST']._serialized_end=2139
+  _globals['_CREATEPARTITIONSRESPONSE']._serialized_start=2141
+  _globals['_CREATEPARTITIONSRESPONSE']._serialized_end=2212
+  _globals['_DELETERECORDSPARTITION']._serialized_start=2214
+  _globals['_DELETERECORDSPARTITION']._serialized_end=2280
+  _globals['_DELETERECORDSREQUEST']._serialized_start=2282
+  _globals['_DELETERECORDSREQUEST']._serialized_end=2375
+  _globals['_PARTITIONLOWWATERMARK']._serialized_start=2377
+  _globals['_PARTITIONLOWWATERMARK']._serialized_end=2442
+  _globals['_DELETERECORDSRESPONSE']._serialized_start=2444
+  _globals['_DELETERECORDSRESPONSE']._serialized_end=2522
+  _globals['_ADMINSERVICE']._serialized_start=2646
+  _globals['_ADMINSERVICE']._serialized_end=3431
 # @@protoc_insertion_point(module_scope)

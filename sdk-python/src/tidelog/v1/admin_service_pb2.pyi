@@ -1,3 +1,4 @@
+from tidelog.v1 import records_service_pb2 as _records_service_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -137,14 +138,16 @@ class OffsetSpec(_message.Message):
     def __init__(self, earliest: _Optional[bool] = ..., latest: _Optional[bool] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class ListOffsetsRequest(_message.Message):
-    __slots__ = ("topic", "partitions", "spec")
+    __slots__ = ("topic", "partitions", "spec", "isolation_level")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partitions: _containers.RepeatedScalarFieldContainer[int]
     spec: OffsetSpec
-    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[int]] = ..., spec: _Optional[_Union[OffsetSpec, _Mapping]] = ...) -> None: ...
+    isolation_level: _records_service_pb2.IsolationLevel
+    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[int]] = ..., spec: _Optional[_Union[OffsetSpec, _Mapping]] = ..., isolation_level: _Optional[_Union[_records_service_pb2.IsolationLevel, str]] = ...) -> None: ...
 
 class PartitionOffsetAtTime(_message.Message):
     __slots__ = ("partition", "offset", "timestamp_ms")
