@@ -112,13 +112,13 @@ impl TxnTable {
 
     /// The ids the coordinator must act on at `now_ms`: open longer than their timeout, or
     /// prepared and not completed. Filtered under the lock (most ids need nothing).
-    pub fn needing_attention(&self, now_ms: i64) -> Vec<(String, TxnEntry)> {
+    pub fn needing_attention(&self, now_ms: i64) -> Vec<String> {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         entries
             .by_id
             .iter()
-            .filter(|(_, e)| e.status.is_prepared() || (e.status == TxnStatus::Ongoing && e.expired(now_ms)))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(_, e)| e.status.is_prepared() || e.expired(now_ms))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 

@@ -408,14 +408,24 @@ impl Partition {
         self.check_open()?;
         let hw = *self.hw.borrow();
         let located = self.state().log.locate(offset)?;
-        let Some((reader, pos)) = located else {
-            return Ok(Vec::new());
-        };
-        if offset >= hw {
+        self.read_located(located, offset, hw, max_bytes)
+    }
+
+    /// Whole batches from `located` (the log's answer for `offset`) below `bound`, about
+    /// `max_bytes`; the `pread` happens here, outside the log lock.
+    fn read_located(
+        &self,
+        located: Option<(crate::log::SegmentReader, u64)>,
+        offset: u64,
+        bound: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>, BrokerError> {
+        let Some((reader, pos)) = located else { return Ok(Vec::new()) };
+        if offset >= bound {
             return Ok(Vec::new());
         }
         let batches = reader
-            .read_records(pos, hw, max_bytes)
+            .read_records(pos, bound, max_bytes)
             .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
         Ok(batches)
     }
@@ -444,14 +454,7 @@ impl Partition {
                 }
             }
         };
-        let empty = ConsumerRead { batches: Vec::new(), next: offset, bound };
-        let Some((reader, pos)) = located else { return Ok(empty) };
-        if offset >= bound {
-            return Ok(empty);
-        }
-        let mut batches = reader
-            .read_records(pos, bound, max_bytes)
-            .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
+        let mut batches = self.read_located(located, offset, bound, max_bytes)?;
         let next = batches.last().map_or(offset, |b| b.header.next_offset());
         // Free for a partition without transactions: one flag test per batch.
         batches.retain(|b| {

@@ -365,7 +365,7 @@ impl TxnCoordinator {
         }
         let now = now_ms();
         let mut acted = 0;
-        for (id, _) in self.broker.transactions().needing_attention(now) {
+        for id in self.broker.transactions().needing_attention(now) {
             let _turn = self.lock(&id).await;
             // As it is now, under the lock (a call may have changed it meanwhile).
             let Some(e) = self.broker.transactions().get(&id) else { continue };
