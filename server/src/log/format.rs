@@ -40,6 +40,13 @@ pub const SNAPSHOT_COMPLETE_FILE: &str = "complete";
 /// The log start offset set by DeleteRecords when it lies above the first segment's base
 /// (`log/start_floor.rs`): 8 bytes little-endian and their CRC32C. Replaced atomically.
 pub const LOG_START_FILE: &str = "log-start";
+/// Directory of a cleaning's rewritten segments until they replace the old ones (`swap.rs`).
+pub const CLEAN_STAGING_DIR: &str = ".clean-staging";
+/// In [`CLEAN_STAGING_DIR`]: the replaced segments' base offsets; written last, it marks the
+/// staged segments complete.
+pub const CLEAN_MANIFEST_FILE: &str = "replaces";
+/// The cleaner's checkpoint: the offset below which the log was compacted.
+pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-checkpoint";
 /// Width of the zero-padded base offset in segment file names (fits any u64).
 pub const BASE_OFFSET_DIGITS: usize = 20;
 
@@ -71,7 +78,7 @@ pub type CompressionCodec = u8;
 /// `0 batch_len u32 | 4 header_crc u32 | 8 magic u8 | 9 compression u8 | 10 flags u16 |
 ///  12 record_count u32 | 16 base_offset u64 | 24 raft_term u64 | 32 raft_index u64 |
 ///  40 append_time_ms i64 | 48 producer_id i64 | 56 producer_epoch i16 | 58 reserved u16 |
-///  60 base_sequence i32 | 64 payload_crc u32 | 68 reserved u32`
+///  60 base_sequence i32 | 64 payload_crc u32 | 68 delete_horizon_s u32`
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchHeader {
     /// Header plus payload, in bytes.
@@ -92,6 +99,10 @@ pub struct BatchHeader {
     pub base_sequence: i32,
     /// CRC32C of the payload bytes.
     pub payload_crc: u32,
+    /// Compacted topics: when the cleaner may drop this batch's tombstones (or this
+    /// transaction marker), in seconds since the Unix epoch; 0 = not yet reached by the
+    /// cleaner. Set once, when a cleaning pass first keeps the batch (`compaction`).
+    pub delete_horizon_s: u32,
 }
 
 /// Flag bit: a **control batch** — a Raft entry that is not a record batch (a leader's blank
@@ -175,7 +186,7 @@ impl BatchHeader {
             b.put_u16_le(0);
             b.put_i32_le(self.base_sequence);
             b.put_u32_le(self.payload_crc);
-            b.put_u32_le(0);
+            b.put_u32_le(self.delete_horizon_s);
         }
         let crc = header_crc(&out);
         out[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
@@ -218,6 +229,7 @@ impl BatchHeader {
         let _reserved = b.get_u16_le();
         let base_sequence = b.get_i32_le();
         let payload_crc = b.get_u32_le();
+        let delete_horizon_s = b.get_u32_le();
         Ok(Self {
             batch_len,
             compression,
@@ -231,6 +243,7 @@ impl BatchHeader {
             producer_epoch,
             base_sequence,
             payload_crc,
+            delete_horizon_s,
         })
     }
 }
@@ -267,6 +280,7 @@ mod tests {
             producer_epoch: -1,
             base_sequence: -1,
             payload_crc: 0xdead_beef,
+            delete_horizon_s: 0,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The partition log: an ordered, append-only sequence of record batches with gap-free
+//! The partition log: an ordered, append-only sequence of record batches with increasing
 //! offsets, stored as segments on disk. It is a library: it knows nothing of gRPC, Raft or the
 //! metadata store, so it can be tested, benchmarked and fuzzed alone.
 //!
@@ -8,15 +8,17 @@
 //! ```
 //!
 //! Invariants (checked by the tests in `log/tests.rs`):
-//! - offsets are gap-free: a batch's base offset is the previous batch's next offset, across
-//!   segments too;
+//! - offsets increase: a batch's base offset is at least the previous batch's next offset,
+//!   across segments too, and equal to it except in compacted segments (`clean.rs`), whose
+//!   cleaner removed records;
 //! - `log start <= high watermark <= log end` (see [`offset`]);
 //! - append times never go backwards (a clock step back reuses the previous time), so the time
 //!   index is monotonic;
 //! - only the active segment is written or truncated; sealed segments were fsynced when the log
 //!   rolled past them, so crash recovery ([`recovery`]) only scans the active segment's tail;
 //! - every batch records the Raft term and index it was appended with; Raft indexes strictly
-//!   increase through the log, so an entry is found by index ([`Log::read_raft`]) and an
+//!   increase through the log (in a compacted segment, below the Raft purge point, they only
+//!   never decrease: the runs cut from one batch share its index), so an entry is found by index ([`Log::read_raft`]) and an
 //!   uncommitted suffix is dropped by index ([`Log::truncate_after_raft`]): the same log serves
 //!   as the Raft log (docs/RAFT_PLAN.md);
 //! - Raft entries that are not record batches are stored as control batches
@@ -25,6 +27,7 @@
 //!
 //! The log must never decode or re-encode the producer's payload: it stores and serves bytes.
 
+mod clean;
 pub mod config;
 pub mod error;
 pub mod format;
@@ -36,6 +39,7 @@ pub mod recovery;
 pub mod segment;
 pub mod snapshot;
 pub mod start_floor;
+mod swap;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +48,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use clean::SealedSegment;
 pub use config::{FsyncPolicy, LogConfig, Retention};
 pub use error::LogError;
 use error::{FatalContext, IoContext};
@@ -88,7 +93,7 @@ pub struct RecoveryReport {
     pub batches_checked: u64,
     pub truncated_bytes: u64,
     pub indexes_rebuilt: usize,
-    /// Sealed segments dropped because an earlier segment was damaged (offsets stay gap-free).
+    /// Sealed segments dropped because an earlier segment was damaged (no gap from lost data).
     pub segments_dropped: usize,
 }
 
@@ -110,6 +115,11 @@ pub struct Log {
     last_raft: Option<(u64, u64)>,
     /// Records below this were deleted on request (`start_floor.rs`); 0 = none.
     start_floor: u64,
+    /// Records below this were compacted (`clean.rs`); 0 = never.
+    cleaner_checkpoint: u64,
+    /// Bumped whenever segments are replaced wholesale (a snapshot install, a truncation), so
+    /// a cleaning started before cannot swap its result in (`clean.rs`).
+    generation: u64,
 }
 
 impl Log {
@@ -122,6 +132,8 @@ impl Log {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         // A snapshot install interrupted by a crash is finished (or discarded) first.
         snapshot::finish_staged(dir).fatal(|| format!("finishing a staged snapshot in {}", dir.display()))?;
+        // So is a compaction swap (`swap.rs`): it completes if committed, else is discarded.
+        swap::finish_staged(dir).fatal(|| format!("finishing a compaction swap in {}", dir.display()))?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
@@ -137,9 +149,13 @@ impl Log {
         let mut report = RecoveryReport::default();
         let mut segments = BTreeMap::new();
         let mut expected_base: Option<u64> = None;
+        let mut tail_lost = false;
         let mut iter = bases.into_iter();
         for base in iter.by_ref() {
-            if expected_base.is_some_and(|e| e != base) {
+            // A compacted segment may end below the next one's base (its last records were
+            // compacted away), so a gap alone is no damage; a segment whose tail recovery cut
+            // off is.
+            if expected_base.is_some_and(|e| base < e || (base > e && tail_lost)) {
                 // An earlier segment lost its tail: later data would leave a gap. Keep the log
                 // contiguous (Kafka does the same); this only happens on real disk damage,
                 // since sealed segments are fsynced.
@@ -155,6 +171,7 @@ impl Log {
             report.batches_checked += r.batches_checked;
             report.truncated_bytes += r.truncated_bytes;
             report.indexes_rebuilt += usize::from(r.index_rebuilt);
+            tail_lost = r.truncated_bytes > 0;
             expected_base = Some(seg.next_offset());
             segments.insert(base, seg);
         }
@@ -179,6 +196,8 @@ impl Log {
             last_append_time_ms: last.map_or(i64::MIN, |h| h.append_time_ms),
             last_raft: last.map(|h| (h.raft_term, h.raft_index)),
             start_floor: start_floor::load(dir),
+            cleaner_checkpoint: start_floor::load_u64(dir, format::CLEANER_CHECKPOINT_FILE),
+            generation: 0,
         };
         Ok((log, report))
     }
@@ -365,6 +384,7 @@ impl Log {
             producer_epoch: batch.producer_epoch,
             base_sequence: batch.base_sequence,
             payload_crc: batch.payload_crc,
+            delete_horizon_s: 0,
         };
         let dir = &self.dir;
         let seg = self.segments.values_mut().next_back().unwrap_or_else(|| unreachable!("log has no segment"));
@@ -545,16 +565,20 @@ impl Log {
     /// file is removed with the old segments, since it describes them.
     pub fn install_snapshot(&mut self, slices: &[SegmentSlice]) -> Result<(), LogError> {
         let dir = self.dir.clone();
+        // A cleaning of the old log must never finish over the new one.
+        swap::discard(&dir).ctx(|| format!("discarding a compaction in {}", dir.display()))?;
+        let generation = self.generation + 1;
         snapshot::stage(&dir, slices).ctx(|| format!("staging a snapshot in {}", dir.display()))?;
         snapshot::finish_staged(&dir).fatal(|| format!("installing a snapshot in {}", dir.display()))?;
         let (log, _) = Self::open(&dir, self.config)?;
-        *self = log;
+        *self = Self { generation, ..log };
         Ok(())
     }
 
     /// Cuts the log at byte `pos` of segment `base`: later segments are deleted, that one is
     /// truncated (and fsynced) and becomes the active segment.
     fn truncate_at(&mut self, base: u64, pos: u64) -> Result<(), LogError> {
+        self.generation += 1;
         let doomed: Vec<u64> = self.segments.range(base + 1..).map(|(b, _)| *b).collect();
         for b in doomed.into_iter().rev() {
             if let Some(seg) = self.segments.remove(&b) {
@@ -606,8 +630,11 @@ impl Log {
         let mut out = Vec::new();
         let mut total = self.size_bytes();
         let sealed = self.segments.len().saturating_sub(1);
-        for (&base, seg) in self.segments.iter().take(sealed) {
-            if seg.next_offset() > high_watermark {
+        let ends: Vec<u64> = self.segments.keys().skip(1).copied().collect();
+        for ((&base, seg), &end) in self.segments.iter().take(sealed).zip(&ends) {
+            // A sealed segment covers offsets up to the next one's base (a compacted one may
+            // hold none of its last offsets, or none at all).
+            if end > high_watermark {
                 break;
             }
             let expired = self.config.retention.max_age.is_some_and(|age| {
@@ -615,7 +642,7 @@ impl Log {
                 seg.max_append_time_ms().is_none_or(|t| now_ms.saturating_sub(t) > age)
             });
             let oversize = self.config.retention.max_bytes.is_some_and(|max| total - seg.size() >= max);
-            let deleted = seg.next_offset() <= self.start_floor;
+            let deleted = end <= self.start_floor;
             if !(expired || oversize || deleted) {
                 break;
             }

@@ -4,7 +4,7 @@
 //! header without all its payload) or bytes that never became a valid batch. Recovery scans
 //! forward from the last index entry that points at a valid batch — normally at most
 //! `index_interval_bytes` plus one batch — checking every batch's header CRC, payload CRC and
-//! offset continuity, and reports the position after the last valid batch. The caller truncates
+//! that offsets increase, and reports the position after the last valid batch. The caller truncates
 //! the file there.
 //!
 //! So recovery time is bounded by the index interval (or, when an index is missing and must be
@@ -89,9 +89,10 @@ pub fn scan_tail(path: &Path, start: ScanStart, index_interval_bytes: u64) -> io
                 break;
             }
         };
-        if header.base_offset != scan.next_offset {
+        // Offsets increase; a compacted segment (`compaction`) has gaps between batches.
+        if header.base_offset < scan.next_offset {
             scan.stopped_by = Some(format!(
-                "batch at position {pos} has offset {}, expected {}",
+                "batch at position {pos} has offset {}, expected at least {}",
                 header.base_offset, scan.next_offset
             ));
             break;

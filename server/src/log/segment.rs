@@ -326,7 +326,9 @@ impl Segment {
     }
 
     /// The first batch whose Raft index is `index` or more, with its position; `None` if every
-    /// batch here is below `index`. Raft indexes increase with position, so the sparse offset
+    /// batch here is below `index`. Raft indexes increase with position (in a compacted segment
+    /// they never decrease, and the runs cut from one batch share its index: the answer may then
+    /// be any of them, which no caller minds, as none looks below the purge point), so the sparse offset
     /// index is binary-searched by the Raft index of the batch each entry points at (a header
     /// read per probe, page-cached), then the headers after the floor entry are scanned (at
     /// most one index interval).
@@ -471,10 +473,11 @@ impl SegmentReader {
     }
 
     /// [`SegmentReader::read`] for consumers: control batches (Raft entries that are not
-    /// records) are left out, so no consumer path can serve one.
+    /// records) and empty batches (a compacted producer's last header) are left out, so no
+    /// consumer path can serve one.
     pub fn read_records(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<Vec<StoredBatch>> {
         let (mut batches, _) = self.read(position, max_offset, max_bytes)?;
-        batches.retain(|b| !b.header.is_control());
+        batches.retain(|b| !b.header.is_control() && b.header.record_count > 0);
         Ok(batches)
     }
 

@@ -7,7 +7,8 @@
 //! Install protocol, crash-safe at every step:
 //! 1. copy every slice into `SNAPSHOT_STAGING_DIR/<segment>.log` and fsync each file;
 //! 2. write and fsync `SNAPSHOT_COMPLETE_FILE`, then fsync the staging directory;
-//! 3. delete every live segment file (and the producer snapshot, which describes the old log),
+//! 3. delete every live segment file (and the producer snapshot and cleaner checkpoint, which
+//!    describe the old log),
 //!    move the staged files in, fsync the partition directory;
 //! 4. remove the staging directory.
 //!
@@ -26,8 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::format::{
-    parse_log_file_name, segment_file_name, INDEX_EXT, LOG_EXT, PRODUCER_SNAPSHOT_FILE, SNAPSHOT_COMPLETE_FILE,
-    SNAPSHOT_STAGING_DIR, TIME_INDEX_EXT,
+    parse_log_file_name, segment_file_name, CLEANER_CHECKPOINT_FILE, INDEX_EXT, LOG_EXT, PRODUCER_SNAPSHOT_FILE,
+    SNAPSHOT_COMPLETE_FILE, SNAPSHOT_STAGING_DIR, TIME_INDEX_EXT,
 };
 
 /// The first `len` bytes of a segment's log file, whose first batch has `base_offset`. A
@@ -86,7 +87,8 @@ pub(super) fn finish_staged(dir: &Path) -> io::Result<bool> {
                 .and_then(|stem| stem.strip_suffix('.'))
                 .is_some_and(|stem| parse_log_file_name(&format!("{stem}.{LOG_EXT}")).is_some())
         });
-        if is_segment_file || name == PRODUCER_SNAPSHOT_FILE {
+        // The cleaner's checkpoint describes the old log too.
+        if is_segment_file || name == PRODUCER_SNAPSHOT_FILE || name == CLEANER_CHECKPOINT_FILE {
             std::fs::remove_file(entry.path())?;
         }
     }

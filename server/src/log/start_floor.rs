@@ -24,30 +24,41 @@ const LEN: usize = 12;
 
 /// Reads the floor stored in `dir`; 0 when there is none (or it is damaged: logged).
 pub fn load(dir: &Path) -> u64 {
-    let path = dir.join(LOG_START_FILE);
+    load_u64(dir, LOG_START_FILE)
+}
+
+/// Stores `floor` in `dir` durably (see the module invariants).
+pub fn store(dir: &Path, floor: u64) -> std::io::Result<()> {
+    store_u64(dir, LOG_START_FILE, floor)
+}
+
+/// Reads the offset kept in file `name` of `dir` in this module's format (the cleaner's
+/// checkpoint uses it too); 0 when there is none or it is damaged (logged).
+pub fn load_u64(dir: &Path, name: &str) -> u64 {
+    let path = dir.join(name);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot read the log start floor; ignoring it");
+            tracing::error!(path = %path.display(), error = %e, "cannot read the file; ignoring it");
             return 0;
         }
     };
     match decode(&bytes) {
         Some(floor) => floor,
         None => {
-            tracing::error!(path = %path.display(), "damaged log start floor; ignoring it");
+            tracing::error!(path = %path.display(), "damaged file; ignoring it");
             0
         }
     }
 }
 
-/// Stores `floor` in `dir` durably (see the module invariants).
-pub fn store(dir: &Path, floor: u64) -> std::io::Result<()> {
-    let path = dir.join(LOG_START_FILE);
-    let tmp = dir.join(format!("{LOG_START_FILE}.tmp"));
+/// Replaces file `name` of `dir` with `value`, atomically and durably.
+pub fn store_u64(dir: &Path, name: &str, value: u64) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp)?;
-    f.write_all(&encode(floor))?;
+    f.write_all(&encode(value))?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()

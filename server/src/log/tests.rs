@@ -124,6 +124,7 @@ fn torn_tail_is_truncated_and_log_stays_appendable() {
         producer_epoch: -1,
         base_sequence: -1,
         payload_crc: crc32c::crc32c(&p),
+        delete_horizon_s: 0,
     };
     let mut torn = h.encode().to_vec();
     torn.extend_from_slice(&p[..p.len() / 2]);

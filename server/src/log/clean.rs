@@ -1,0 +1,146 @@
+//! The log's side of compaction: the sealed segments a cleaner may read without the log's lock,
+//! the staging directory it writes into, and the swap of its result ([`swap`](super::swap)).
+//! What to keep is decided above the log (`compaction`), which reads payloads; the log only
+//! stores bytes.
+//!
+//! Invariants:
+//! - only sealed segments are ever replaced, never the active one;
+//! - a swap happens only if every replaced segment is still there, unchanged, and the log was
+//!   not replaced wholesale since the cleaner looked ([`Log::generation`](super::Log)): a
+//!   cleaning that raced with retention, a truncation or a snapshot install is abandoned;
+//! - offsets in a compacted segment increase but may have gaps, and a segment may end below the
+//!   next one's base; the log start stays the first segment's base (compaction never moves it).
+
+use std::path::{Path, PathBuf};
+
+use super::error::{FatalContext, IoContext};
+use super::format::{parse_log_file_name, segment_file_name, CLEANER_CHECKPOINT_FILE, LOG_EXT};
+use super::segment::{Segment, SegmentReader};
+use super::{start_floor, swap, Log, LogError};
+
+/// A sealed segment as the cleaner sees it, read without the log's lock (sealed files never
+/// change; a swap replaces them by rename, so an open reader keeps the old bytes).
+#[derive(Clone, Debug)]
+pub struct SealedSegment {
+    pub base_offset: u64,
+    /// The base of the next segment: this segment covers offsets `[base_offset, end_offset)`.
+    pub end_offset: u64,
+    pub size: u64,
+    /// Raft index of its last batch (`None` when empty).
+    pub last_raft_index: Option<u64>,
+    /// Append time of its newest batch.
+    pub max_append_time_ms: Option<i64>,
+    pub reader: SegmentReader,
+}
+
+impl Log {
+    /// The sealed segments in offset order, with the log's generation (pass it back to
+    /// [`Log::swap_cleaned`]).
+    pub fn sealed_segments(&self) -> (u64, Vec<SealedSegment>) {
+        let segs: Vec<&Segment> = self.segments.values().collect();
+        let out = segs
+            .windows(2)
+            .map(|w| SealedSegment {
+                base_offset: w[0].base_offset(),
+                end_offset: w[1].base_offset(),
+                size: w[0].size(),
+                last_raft_index: w[0].last_header().map(|h| h.raft_index),
+                max_append_time_ms: w[0].max_append_time_ms(),
+                reader: w[0].reader(),
+            })
+            .collect();
+        (self.generation, out)
+    }
+
+    /// The offset below which the log was compacted (the first dirty offset); 0 = never.
+    pub fn cleaner_checkpoint(&self) -> u64 {
+        self.cleaner_checkpoint
+    }
+
+    /// A fresh, empty directory for a cleaning's new segments (any leftover is removed).
+    pub fn clean_staging(&self) -> Result<PathBuf, LogError> {
+        swap::create_staging(&self.dir).ctx(|| format!("creating the compaction staging in {}", self.dir.display()))
+    }
+
+    /// Builds the indexes of the segments staged in `staging` (a full scan of each, checking
+    /// every batch), so the swap under the log's lock has nothing left to scan.
+    pub fn index_staged(staging: &Path, index_interval_bytes: u64) -> Result<(), LogError> {
+        for entry in std::fs::read_dir(staging).ctx(|| format!("listing {}", staging.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", staging.display()))?;
+            if let Some(base) = parse_log_file_name(&entry.file_name().to_string_lossy()) {
+                let (seg, report) = Segment::open(staging, base, index_interval_bytes)
+                    .ctx(|| format!("indexing staged segment {base} in {}", staging.display()))?;
+                if report.truncated_bytes > 0 {
+                    return Err(LogError::Config(format!(
+                        "staged segment {base} in {} is not valid: {:?}",
+                        staging.display(),
+                        report.stopped_by
+                    )));
+                }
+                seg.sync().ctx(|| format!("fsync of staged segment {base}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a cleaning's staging directory (an abandoned cleaning).
+    pub fn abandon_clean(&self) -> Result<(), LogError> {
+        swap::discard(&self.dir).ctx(|| format!("discarding the compaction staging in {}", self.dir.display()))
+    }
+
+    /// Replaces the sealed segments `replaced` (base offset and size, as
+    /// [`Log::sealed_segments`] reported them in `generation`) by the segments staged in
+    /// [`Log::clean_staging`], crash-safely (see [`swap`]), and moves the cleaner checkpoint to
+    /// `checkpoint`. Returns false (and discards the staging) if the log changed meanwhile.
+    /// Durability: durable on return.
+    pub fn swap_cleaned(
+        &mut self,
+        generation: u64,
+        replaced: &[(u64, u64)],
+        checkpoint: u64,
+    ) -> Result<bool, LogError> {
+        let active = self.active().base_offset();
+        let unchanged = generation == self.generation
+            && replaced
+                .iter()
+                .all(|(base, size)| *base != active && self.segments.get(base).is_some_and(|s| s.size() == *size));
+        if !unchanged || replaced.is_empty() {
+            self.abandon_clean()?;
+            return Ok(false);
+        }
+        let dir = self.dir.clone();
+        let bases: Vec<u64> = replaced.iter().map(|(b, _)| *b).collect();
+        let staging = dir.join(super::format::CLEAN_STAGING_DIR);
+        let staged: Vec<u64> =
+            bases.iter().copied().filter(|b| staging.join(segment_file_name(*b, LOG_EXT)).exists()).collect();
+        // A cleaning names its output after replaced segments; anything else is not its own.
+        swap::crash_point("staged");
+        swap::commit(&dir, &bases, &staged).ctx(|| format!("committing a compaction in {}", dir.display()))?;
+        swap::crash_point("committed");
+        // From here the swap is decided: a failure must stop the partition, and a restart
+        // finishes it (`Log::open`).
+        swap::finish_staged(&dir).fatal(|| format!("swapping compacted segments in {}", dir.display()))?;
+        for base in &bases {
+            self.segments.remove(base);
+        }
+        for base in staged {
+            {
+                let (seg, _) = Segment::open(&dir, base, self.config.index_interval_bytes)
+                    .fatal(|| format!("opening compacted segment {base} in {}", dir.display()))?;
+                self.segments.insert(base, seg);
+            }
+        }
+        self.set_cleaner_checkpoint(checkpoint)?;
+        Ok(true)
+    }
+
+    /// Stores the cleaner checkpoint (a stale one only makes the next cleaning redo work).
+    fn set_cleaner_checkpoint(&mut self, offset: u64) -> Result<(), LogError> {
+        if offset != self.cleaner_checkpoint {
+            start_floor::store_u64(&self.dir, CLEANER_CHECKPOINT_FILE, offset)
+                .ctx(|| format!("storing the cleaner checkpoint in {}", self.dir.display()))?;
+            self.cleaner_checkpoint = offset;
+        }
+        Ok(())
+    }
+}
