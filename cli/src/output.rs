@@ -4,7 +4,7 @@
 //! fields.
 
 use serde_json::{json, Value};
-use tidelog::proto::v1::{FsyncPolicy, PartitionDescription, TopicDescription};
+use tidelog::proto::v1::{CleanupPolicy, FsyncPolicy, PartitionDescription, TopicDescription};
 
 /// `--format` of the admin subcommands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +34,22 @@ pub fn fsync_name(policy: i32) -> &'static str {
     }
 }
 
+fn cleanup_name(c: i32) -> &'static str {
+    match CleanupPolicy::try_from(c) {
+        Ok(CleanupPolicy::Delete) => "delete",
+        Ok(CleanupPolicy::Compact) => "compact",
+        Ok(CleanupPolicy::CompactDelete) => "compact,delete",
+        _ => "unspecified",
+    }
+}
+
+/// Whether the topic is compacted (its partitions then show the cleaner's state).
+fn compacted(t: &TopicDescription) -> bool {
+    t.config.as_ref().is_some_and(|c| {
+        matches!(CleanupPolicy::try_from(c.cleanup_policy), Ok(CleanupPolicy::Compact | CleanupPolicy::CompactDelete))
+    })
+}
+
 /// A topic's settings as `(name, value, source)`, named as the flags spell them.
 pub fn topic_settings(t: &TopicDescription) -> Vec<(&'static str, Value, &'static str)> {
     let Some(c) = &t.config else { return Vec::new() };
@@ -45,6 +61,10 @@ pub fn topic_settings(t: &TopicDescription) -> Vec<(&'static str, Value, &'stati
         ("fsync_policy", json!(fsync_name(c.fsync_policy))),
         ("fsync_interval_ms", json!(c.fsync_interval_ms.unwrap_or_default())),
         ("max_batch_bytes", json!(c.max_batch_bytes.unwrap_or_default())),
+        ("cleanup_policy", json!(cleanup_name(c.cleanup_policy))),
+        ("delete_retention_ms", json!(c.delete_retention_ms.unwrap_or_default())),
+        ("min_cleanable_dirty_ratio", json!(c.min_cleanable_dirty_ratio.unwrap_or_default())),
+        ("min_compaction_lag_ms", json!(c.min_compaction_lag_ms.unwrap_or_default())),
     ];
     values
         .into_iter()
@@ -56,7 +76,7 @@ pub fn topic_settings(t: &TopicDescription) -> Vec<(&'static str, Value, &'stati
 }
 
 pub fn partition_json(p: &PartitionDescription) -> Value {
-    json!({
+    let mut v = json!({
         "partition": p.partition,
         "leader": p.leader_id,
         "replicas": p.replica_ids,
@@ -66,7 +86,13 @@ pub fn partition_json(p: &PartitionDescription) -> Value {
         "log_end_offset": p.log_end_offset,
         "size_bytes": p.size_bytes,
         "segments": p.segment_count,
-    })
+    });
+    if p.last_cleaned_ms != 0 || p.dirty_ratio != 0.0 || p.cleaned_offset != 0 {
+        v["dirty_ratio"] = json!(p.dirty_ratio);
+        v["cleaned_offset"] = json!(p.cleaned_offset);
+        v["last_cleaned_ms"] = json!(p.last_cleaned_ms);
+    }
+    v
 }
 
 pub fn topic_json(t: &TopicDescription) -> Value {
@@ -102,5 +128,12 @@ pub fn print_topic(t: &TopicDescription, format: OutputFormat) {
             "  partition {} log_start={} high_watermark={} log_end={} size_bytes={} segments={} leader={leader} replicas={:?}",
             p.partition, p.log_start_offset, p.high_watermark, p.log_end_offset, p.size_bytes, p.segment_count, p.replica_ids
         );
+        if compacted(t) {
+            let last = if p.last_cleaned_ms == 0 { "never".to_string() } else { format!("{}ms", p.last_cleaned_ms) };
+            println!(
+                "    cleaner dirty_ratio={:.3} cleaned_offset={} last_cleaned={last}",
+                p.dirty_ratio, p.cleaned_offset
+            );
+        }
     }
 }

@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// How often retention runs, in ms.
     #[arg(long, env = "TIDELOG_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// How often the log cleaner looks for compacted partitions to clean, in ms
+    /// (`[cleaner] interval_ms`).
+    #[arg(long, env = "TIDELOG_CLEANER_INTERVAL_MS")]
+    pub cleaner_interval_ms: Option<u64>,
+    /// Read rate limit of the log cleaner in bytes/s; 0 = unlimited (`[cleaner] io_bytes_per_sec`).
+    #[arg(long, env = "TIDELOG_CLEANER_IO_BYTES_PER_SEC")]
+    pub cleaner_io_bytes_per_sec: Option<u64>,
     /// Cluster members, this broker included: `1=127.0.0.1:9701,2=127.0.0.1:9702,...`.
     /// Without it the broker runs as a single node.
     #[arg(long, env = "TIDELOG_PEERS", value_delimiter = ',')]
@@ -110,6 +117,12 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.retention_check_interval_ms {
         config.retention_check_interval_ms = v;
+    }
+    if let Some(v) = args.cleaner_interval_ms {
+        config.cleaner.interval_ms = v;
+    }
+    if let Some(v) = args.cleaner_io_bytes_per_sec {
+        config.cleaner.io_bytes_per_sec = v;
     }
     if args.internal_listen.is_some() {
         config.internal_listen = args.internal_listen;

@@ -5,7 +5,7 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use tidelog::proto::v1::{FsyncPolicy, TopicConfig};
+use tidelog::proto::v1::{CleanupPolicy, FsyncPolicy, TopicConfig};
 use tidelog_server::broker::MAX_PARTITIONS;
 
 use crate::output::{print_json, print_topic, topic_json, OutputFormat};
@@ -91,6 +91,31 @@ pub struct SettingsArgs {
     fsync_interval_ms: Option<u64>,
     #[arg(long)]
     max_batch_bytes: Option<u32>,
+    /// `delete` (by age and size), `compact` (latest value per key, forever), or
+    /// `compact,delete` (both).
+    #[arg(long, value_parser = parse_cleanup_policy)]
+    cleanup_policy: Option<CleanupPolicy>,
+    /// Compacted topics: keep a tombstone this long (ms) after the cleaner first reaches it.
+    #[arg(long)]
+    delete_retention_ms: Option<i64>,
+    /// Compacted topics: clean once this fraction of a partition is dirty (0 < r <= 1).
+    #[arg(long)]
+    min_cleanable_dirty_ratio: Option<f64>,
+    /// Compacted topics: never compact records younger than this (ms).
+    #[arg(long)]
+    min_compaction_lag_ms: Option<i64>,
+}
+
+/// `delete`, `compact`, `compact,delete` (either order), as Kafka spells `cleanup.policy`.
+fn parse_cleanup_policy(s: &str) -> Result<CleanupPolicy, String> {
+    let mut parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    parts.sort_unstable();
+    match parts.as_slice() {
+        ["delete"] => Ok(CleanupPolicy::Delete),
+        ["compact"] => Ok(CleanupPolicy::Compact),
+        ["compact", "delete"] => Ok(CleanupPolicy::CompactDelete),
+        _ => Err(format!("{s:?}: use delete, compact, or compact,delete")),
+    }
 }
 
 impl SettingsArgs {
@@ -103,6 +128,10 @@ impl SettingsArgs {
             fsync_policy: self.fsync.map_or(FsyncPolicy::Unspecified, FsyncPolicy::from) as i32,
             fsync_interval_ms: self.fsync_interval_ms,
             max_batch_bytes: self.max_batch_bytes,
+            cleanup_policy: self.cleanup_policy.unwrap_or(CleanupPolicy::Unspecified) as i32,
+            delete_retention_ms: self.delete_retention_ms,
+            min_cleanable_dirty_ratio: self.min_cleanable_dirty_ratio,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
         }
     }
 }

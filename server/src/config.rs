@@ -50,6 +50,37 @@ pub struct Config {
     /// TLS of the internal listener and of calls to peers when `internal_listen` is set
     /// (`[tls]` then covers clients only). Same keys as `[tls]`.
     pub internal_tls: TlsSettings,
+    /// The log cleaner of compacted topics (docs/COMPACTION.md).
+    pub cleaner: CleanerSettings,
+}
+
+/// `[cleaner]`: the background compaction of topics with `cleanup_policy` compact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CleanerSettings {
+    /// How often the cleaner looks for a partition dirty enough to clean. Default 15000.
+    pub interval_ms: u64,
+    /// Memory of one cleaning's key map (24 bytes per distinct key of the dirty part; when it
+    /// is full a cleaning covers less and the rest waits for the next). Default 64 MiB.
+    pub map_bytes: u64,
+    /// Read rate limit of a cleaning in bytes per second; 0 (the default) = unlimited.
+    pub io_bytes_per_sec: u64,
+}
+
+impl Default for CleanerSettings {
+    fn default() -> Self {
+        Self { interval_ms: 15_000, map_bytes: 64 << 20, io_bytes_per_sec: 0 }
+    }
+}
+
+impl CleanerSettings {
+    pub fn options(&self) -> crate::partition::compaction::CleanerOptions {
+        crate::partition::compaction::CleanerOptions {
+            map_bytes: usize::try_from(self.map_bytes).unwrap_or(usize::MAX),
+            io_bytes_per_sec: (self.io_bytes_per_sec > 0).then_some(self.io_bytes_per_sec),
+            interval: Duration::from_millis(self.interval_ms),
+        }
+    }
 }
 
 /// `[tls]`: certificates and keys as PEM files, reloaded on SIGHUP and when the files change
@@ -191,6 +222,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             internal_listen: None,
             internal_tls: TlsSettings::default(),
+            cleaner: CleanerSettings::default(),
         }
     }
 }
@@ -249,6 +281,16 @@ impl Config {
         self.auth.validate(!peers.is_empty(), cluster_mtls).map_err(ConfigError::Invalid)?;
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be at least 1".into()));
+        }
+        if self.cleaner.interval_ms == 0 {
+            return Err(ConfigError::Invalid("cleaner.interval_ms must be at least 1".into()));
+        }
+        let min_map = (crate::partition::compaction::SLOT_BYTES * 1024) as u64;
+        if self.cleaner.map_bytes < min_map {
+            return Err(ConfigError::Invalid(format!(
+                "cleaner.map_bytes must be at least {min_map} (1024 slots of 24 bytes), got {}",
+                self.cleaner.map_bytes
+            )));
         }
         self.topic_defaults.validate().map_err(|e| ConfigError::Invalid(format!("topic_defaults: {e}")))
     }
@@ -317,6 +359,7 @@ impl Config {
             advertised_address: self.advertised_address.clone().or(own).unwrap_or_else(|| bound.to_string()),
             topic_defaults: self.topic_defaults.clone(),
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
+            cleaner: self.cleaner.options(),
             auth,
         }
     }

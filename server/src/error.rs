@@ -10,6 +10,7 @@
 //! | InvalidArgument              | INVALID_REQUEST      | INVALID_ARGUMENT    | no     |
 //! | BatchTooLarge                | BATCH_TOO_LARGE      | INVALID_ARGUMENT    | no     |
 //! | CorruptBatch                 | CORRUPT_BATCH        | INVALID_ARGUMENT    | no     |
+//! | InvalidRecord (no key, compacted) | INVALID_RECORD  | INVALID_ARGUMENT    | no     |
 //! | Log(OffsetOutOfRange)        | OFFSET_OUT_OF_RANGE  | OUT_OF_RANGE        | no     |
 //! | AboveHighWatermark           | OFFSET_OUT_OF_RANGE  | OUT_OF_RANGE        | no     |
 //! | Log(Io), disk full           | STORAGE_ERROR        | RESOURCE_EXHAUSTED  | yes    |
@@ -58,6 +59,9 @@ pub enum BrokerError {
     BatchTooLarge { size: usize, max: u32 },
     #[error("corrupt batch: {0}")]
     CorruptBatch(String),
+    /// A record the topic does not accept (a keyless record on a compacted topic).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -126,6 +130,7 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::InvalidArgument(_) => (ErrorCode::InvalidRequest, Code::InvalidArgument),
         B::BatchTooLarge { .. } => (ErrorCode::BatchTooLarge, Code::InvalidArgument),
         B::CorruptBatch(_) => (ErrorCode::CorruptBatch, Code::InvalidArgument),
+        B::InvalidRecord(_) => (ErrorCode::InvalidRecord, Code::InvalidArgument),
         B::Log(LogError::OffsetOutOfRange { .. }) | B::AboveHighWatermark { .. } => {
             (ErrorCode::OffsetOutOfRange, Code::OutOfRange)
         }

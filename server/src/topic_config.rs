@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tidelog_proto::v1::{FsyncPolicy as ProtoFsync, TopicConfig};
+use tidelog_proto::v1::{CleanupPolicy as ProtoCleanup, FsyncPolicy as ProtoFsync, TopicConfig};
 
 use crate::log::format::BATCH_HEADER_LEN;
 use crate::log::{FsyncPolicy, LogConfig, Retention};
@@ -32,8 +32,52 @@ impl From<FsyncSetting> for ProtoFsync {
     }
 }
 
+/// What happens to a topic's old records (Kafka's `cleanup.policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupSetting {
+    /// Delete whole old segments by age and size.
+    Delete,
+    /// Keep the latest record per key (log compaction, `compaction`).
+    Compact,
+    /// Compact, and delete whole old segments by age and size too (`compact_delete`, or
+    /// `compact,delete` as the CLI and Kafka spell it).
+    #[serde(alias = "compact,delete", alias = "delete,compact")]
+    CompactDelete,
+}
+
+impl CleanupSetting {
+    /// Whether the cleaner compacts the topic (and produce requires keys).
+    pub fn compacts(self) -> bool {
+        matches!(self, Self::Compact | Self::CompactDelete)
+    }
+
+    /// Whether retention deletes old segments by age and size.
+    pub fn deletes(self) -> bool {
+        matches!(self, Self::Delete | Self::CompactDelete)
+    }
+}
+
+impl From<CleanupSetting> for ProtoCleanup {
+    fn from(c: CleanupSetting) -> Self {
+        match c {
+            CleanupSetting::Delete => Self::Delete,
+            CleanupSetting::Compact => Self::Compact,
+            CleanupSetting::CompactDelete => Self::CompactDelete,
+        }
+    }
+}
+
+/// A compacted topic's settings, as the cleaner (`partition::compaction`) uses them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactionPolicy {
+    pub delete_retention_ms: i64,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+}
+
 /// Settings of one topic. Every field has a documented default (see `Default`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicSettings {
     /// Delete segments whose newest batch is older than this; -1 = forever. Default 7 days.
@@ -50,7 +94,20 @@ pub struct TopicSettings {
     pub fsync_interval_ms: u64,
     /// Largest batch payload accepted. Default 1 MiB, at most 8 MiB.
     pub max_batch_bytes: u32,
+    /// Delete (default), compact, or both.
+    pub cleanup_policy: CleanupSetting,
+    /// Compacted topics: a tombstone is kept this long after the cleaner first reaches it.
+    /// Default 1 day.
+    pub delete_retention_ms: i64,
+    /// Compacted topics: clean once this fraction of the log is dirty. Default 0.5.
+    pub min_cleanable_dirty_ratio: f64,
+    /// Compacted topics: records younger than this are not compacted. Default 0.
+    pub min_compaction_lag_ms: i64,
 }
+
+// `min_cleanable_dirty_ratio` is validated to a number in (0, 1], never NaN, so equality is an
+// equivalence relation.
+impl Eq for TopicSettings {}
 
 /// Upper bound for `fsync_interval_ms` (one day); `segment_ms` may be up to ten years.
 pub const MAX_INTERVAL_MS: u64 = 24 * 3600 * 1000;
@@ -68,12 +125,16 @@ impl Default for TopicSettings {
             fsync: FsyncSetting::Interval,
             fsync_interval_ms: 1000,
             max_batch_bytes: 1 << 20,
+            cleanup_policy: CleanupSetting::Delete,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
         }
     }
 }
 
 /// The names of the settings a topic may set, as the proto's `TopicConfig` fields.
-pub const KEYS: [&str; 7] = [
+pub const KEYS: [&str; 11] = [
     "retention_ms",
     "retention_bytes",
     "segment_bytes",
@@ -81,6 +142,10 @@ pub const KEYS: [&str; 7] = [
     "fsync_policy",
     "fsync_interval_ms",
     "max_batch_bytes",
+    "cleanup_policy",
+    "delete_retention_ms",
+    "min_cleanable_dirty_ratio",
+    "min_compaction_lag_ms",
 ];
 
 /// The settings `config` gives (by [`KEYS`] name).
@@ -94,6 +159,10 @@ pub fn keys_in(config: Option<&TopicConfig>) -> Vec<String> {
         c.fsync_policy != ProtoFsync::Unspecified as i32,
         c.fsync_interval_ms.is_some(),
         c.max_batch_bytes.is_some(),
+        c.cleanup_policy != ProtoCleanup::Unspecified as i32,
+        c.delete_retention_ms.is_some(),
+        c.min_cleanable_dirty_ratio.is_some(),
+        c.min_compaction_lag_ms.is_some(),
     ];
     KEYS.iter().zip(given).filter(|(_, g)| *g).map(|(k, _)| (*k).to_string()).collect()
 }
@@ -109,6 +178,10 @@ impl TopicSettings {
             "fsync_policy" => self.fsync = from.fsync,
             "fsync_interval_ms" => self.fsync_interval_ms = from.fsync_interval_ms,
             "max_batch_bytes" => self.max_batch_bytes = from.max_batch_bytes,
+            "cleanup_policy" => self.cleanup_policy = from.cleanup_policy,
+            "delete_retention_ms" => self.delete_retention_ms = from.delete_retention_ms,
+            "min_cleanable_dirty_ratio" => self.min_cleanable_dirty_ratio = from.min_cleanable_dirty_ratio,
+            "min_compaction_lag_ms" => self.min_compaction_lag_ms = from.min_compaction_lag_ms,
             _ => {}
         }
     }
@@ -182,6 +255,22 @@ impl TopicSettings {
         if let Some(v) = c.max_batch_bytes {
             s.max_batch_bytes = v;
         }
+        if let Some(v) = c.delete_retention_ms {
+            s.delete_retention_ms = v;
+        }
+        if let Some(v) = c.min_cleanable_dirty_ratio {
+            s.min_cleanable_dirty_ratio = v;
+        }
+        if let Some(v) = c.min_compaction_lag_ms {
+            s.min_compaction_lag_ms = v;
+        }
+        s.cleanup_policy = match ProtoCleanup::try_from(c.cleanup_policy) {
+            Ok(ProtoCleanup::Unspecified) => s.cleanup_policy,
+            Ok(ProtoCleanup::Delete) => CleanupSetting::Delete,
+            Ok(ProtoCleanup::Compact) => CleanupSetting::Compact,
+            Ok(ProtoCleanup::CompactDelete) => CleanupSetting::CompactDelete,
+            Err(_) => return Err(format!("unknown cleanup_policy {}", c.cleanup_policy)),
+        };
         s.fsync = match ProtoFsync::try_from(c.fsync_policy) {
             Ok(ProtoFsync::Unspecified) => s.fsync,
             Ok(ProtoFsync::Always) => FsyncSetting::Always,
@@ -202,6 +291,10 @@ impl TopicSettings {
             fsync_policy: ProtoFsync::from(self.fsync) as i32,
             fsync_interval_ms: Some(self.fsync_interval_ms),
             max_batch_bytes: Some(self.max_batch_bytes),
+            cleanup_policy: ProtoCleanup::from(self.cleanup_policy) as i32,
+            delete_retention_ms: Some(self.delete_retention_ms),
+            min_cleanable_dirty_ratio: Some(self.min_cleanable_dirty_ratio),
+            min_compaction_lag_ms: Some(self.min_compaction_lag_ms),
         }
     }
 
@@ -213,16 +306,28 @@ impl TopicSettings {
         }
     }
 
+    /// The log's settings. A `compact`-only topic has no age or size retention: compaction
+    /// keeps its latest records forever.
     pub fn log_config(&self) -> LogConfig {
+        let deletes = self.cleanup_policy.deletes();
         LogConfig {
             segment_bytes: self.segment_bytes,
             segment_max_age: Duration::from_millis(self.segment_ms),
             retention: Retention {
-                max_age: u64::try_from(self.retention_ms).ok().map(Duration::from_millis),
-                max_bytes: u64::try_from(self.retention_bytes).ok(),
+                max_age: u64::try_from(self.retention_ms).ok().filter(|_| deletes).map(Duration::from_millis),
+                max_bytes: u64::try_from(self.retention_bytes).ok().filter(|_| deletes),
             },
             ..LogConfig::default()
         }
+    }
+
+    /// The cleaner's settings for this topic; `None` when it is not compacted.
+    pub fn compaction(&self) -> Option<CompactionPolicy> {
+        self.cleanup_policy.compacts().then_some(CompactionPolicy {
+            delete_retention_ms: self.delete_retention_ms,
+            min_cleanable_dirty_ratio: self.min_cleanable_dirty_ratio,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
+        })
     }
 
     /// Checks every field; the message names the field and the accepted range.
@@ -241,6 +346,16 @@ impl TopicSettings {
         }
         if self.max_batch_bytes == 0 || self.max_batch_bytes > MAX_BATCH_BYTES_LIMIT {
             return Err(format!("max_batch_bytes must be 1..={MAX_BATCH_BYTES_LIMIT}, got {}", self.max_batch_bytes));
+        }
+        if self.delete_retention_ms < 0 {
+            return Err(format!("delete_retention_ms must be 0 or more, got {}", self.delete_retention_ms));
+        }
+        if self.min_compaction_lag_ms < 0 {
+            return Err(format!("min_compaction_lag_ms must be 0 or more, got {}", self.min_compaction_lag_ms));
+        }
+        let ratio = self.min_cleanable_dirty_ratio;
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(format!("min_cleanable_dirty_ratio must be above 0 and at most 1, got {ratio}"));
         }
         if u64::from(self.max_batch_bytes) + BATCH_HEADER_LEN as u64 > self.segment_bytes {
             return Err(format!(

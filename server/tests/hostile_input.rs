@@ -273,6 +273,7 @@ fn group_session_messages_never_panic_the_coordinator() {
     use tidelog_server::group::Coordinator;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::open(BrokerOptions {
+        cleaner: Default::default(),
         data_dir: dir.path().to_path_buf(),
         node_id: 1,
         advertised_address: "127.0.0.1:0".into(),

@@ -42,6 +42,17 @@ impl BrokerProcess {
     /// As [`BrokerProcess::start_logging_to`], listening on `listen` (a cluster member needs a
     /// fixed port).
     pub fn start_listening(data_dir: &Path, log_path: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, log_path, listen, extra, &[])
+    }
+
+    /// As [`BrokerProcess::start_listening`], with extra environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        log_path: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log_path = log_path.to_path_buf();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new(BIN)
@@ -52,6 +63,7 @@ impl BrokerProcess {
             // post-mortem, e.g. `info,tidelog_server::cluster=debug`.
             .env("RUST_LOG", std::env::var("TIDELOG_TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -103,6 +115,21 @@ impl BrokerProcess {
                 return status;
             }
             assert!(Instant::now() < deadline, "broker ignored SIGTERM for 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to `timeout` for the broker to exit by itself; its status, or `None`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -52,6 +52,11 @@ fn describe(brokers: &[u64], t: &Topic) -> TopicDescription {
                 d.segment_count = segments as u32;
                 d.leader_id = writer.leader().map_or(0, |l| l as u32);
                 d.in_sync_replica_ids = writer.in_sync().into_iter().map(|v| v as u32).collect();
+                if t.record.settings.cleanup_policy.compacts() {
+                    let c = p.cleaner_status();
+                    (d.dirty_ratio, d.last_cleaned_ms, d.cleaned_offset) =
+                        (c.dirty_ratio, c.last_cleaned_ms, c.cleaned_offset);
+                }
             }
             d
         })

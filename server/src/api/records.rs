@@ -44,6 +44,7 @@ use crate::error::{error_code, status, BrokerError};
 use crate::log::format::FLAG_TRANSACTIONAL;
 use crate::log::{AppendBatch, StoredBatch};
 use crate::partition::batch::{self, Declared, CODEC_NONE};
+use crate::partition::compaction;
 use crate::partition::{Isolation, Partition};
 use crate::telemetry::metrics::{self, AcksLabel, CodeLabel, StreamGuard};
 
@@ -260,6 +261,9 @@ fn validate<'r>(broker: &Broker, req: &'r wire::ProduceRequest) -> Result<Valida
     }
     let declared = Declared { compressed, codec: req.compression, record_count: req.record_count, crc: req.crc32c };
     let valid = batch::validate(payload, declared, topic.record.settings.max_batch_bytes)?;
+    if topic.record.settings.cleanup_policy.compacts() {
+        compaction::require_keys(valid.codec, payload, valid.record_count)?;
+    }
     let batch = AppendBatch {
         payload,
         record_count: valid.record_count,

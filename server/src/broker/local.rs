@@ -38,6 +38,7 @@ use crate::error::BrokerError;
 use crate::layout;
 use crate::log::{AppendBatch, LogError, RetentionOutcome};
 use crate::meta::{StoredOffset, TopicRecord};
+use crate::partition::compaction::{CleanStats, CleanerOptions, CompactionPolicy};
 use crate::partition::Partition;
 use crate::topic_config::TopicSettings;
 
@@ -393,6 +394,16 @@ impl PartitionWriter for LocalWriter {
         self.log.apply_retention(now_ms, None).map_err(|e| e.to_string())
     }
 
+    async fn compact(
+        &self,
+        now_ms: i64,
+        policy: CompactionPolicy,
+        options: &CleanerOptions,
+        force: bool,
+    ) -> Result<Option<CleanStats>, String> {
+        self.log.compact(now_ms, policy, options, None, force).await.map_err(|e| e.to_string())
+    }
+
     async fn stop(&self) {}
 }
 
@@ -411,6 +422,7 @@ mod tests {
             topic_defaults: TopicSettings::default(),
             auth: Default::default(),
             retention_check_interval: Duration::from_secs(60),
+            cleaner: crate::partition::compaction::CleanerOptions::default(),
         };
         let broker = Broker::open(options).unwrap();
         let control = LocalControl::start(&broker).unwrap();

@@ -58,6 +58,8 @@ pub struct BrokerOptions {
     pub advertised_address: String,
     pub topic_defaults: TopicSettings,
     pub retention_check_interval: Duration,
+    /// The log cleaner of compacted topics.
+    pub cleaner: crate::partition::compaction::CleanerOptions,
     /// Authentication, ACLs and quotas (the control plane installs the stored ACLs/quotas).
     pub auth: Arc<crate::auth::Auth>,
 }

@@ -50,6 +50,7 @@ use crate::auth::{ChangeOutcome, SecurityChange};
 use crate::error::BrokerError;
 use crate::log::{AppendBatch, RetentionOutcome};
 use crate::meta::StoredOffset;
+use crate::partition::compaction::{CleanStats, CleanerOptions, CompactionPolicy};
 use crate::partition::ProduceOutcome;
 use crate::topic_config::TopicSettings;
 use tidelog_proto::v1::TopicConfig;
@@ -261,6 +262,17 @@ pub trait PartitionWriter: Send + Sync + std::fmt::Debug {
     /// One retention pass: deletes what the topic's retention lets go, never what a replica
     /// may still need. A failure says why, for the caller's log; the next pass retries.
     async fn retain(&self, now_ms: i64) -> Result<RetentionOutcome, String>;
+
+    /// One cleaning of a compacted topic's partition, if it is dirty enough for `policy` (or
+    /// `force`): never compacts what a replica may still need (a replicated partition purges
+    /// its Raft log up to the cleaned segments first). `None` when nothing was due.
+    async fn compact(
+        &self,
+        now_ms: i64,
+        policy: CompactionPolicy,
+        options: &CleanerOptions,
+        force: bool,
+    ) -> Result<Option<CleanStats>, String>;
 
     /// Stops the partition's replication (its topic was deleted, or the broker stops).
     async fn stop(&self);

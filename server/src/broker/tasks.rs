@@ -1,4 +1,4 @@
-//! Background work of the broker: retention and interval fsync. Each loop ends when the
+//! Background work of the broker: retention, the log cleaner and interval fsync. Each loop ends when the
 //! broker shuts down. A failure is logged and retried at the next tick; it never stops the
 //! loop.
 
@@ -17,6 +17,50 @@ const FLUSH_TICK: Duration = Duration::from_millis(20);
 pub fn spawn(broker: &Arc<Broker>) {
     tokio::spawn(retention_loop(Arc::clone(broker)));
     tokio::spawn(flush_loop(Arc::clone(broker)));
+    tokio::spawn(cleaner_loop(Arc::clone(broker)));
+}
+
+/// The log cleaner: each tick, one cleaning per partition of a compacted topic that is dirty
+/// enough (`partition::compaction`), one partition at a time, so the cleaner's memory (one
+/// key map) and I/O stay bounded.
+async fn cleaner_loop(broker: Arc<Broker>) {
+    let mut shutdown = broker.shutdown_signal();
+    let options = broker.options().cleaner.clone();
+    let mut tick = tokio::time::interval(options.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for topic in broker.topics() {
+            let Some(policy) = topic.record.settings.compaction() else { continue };
+            for (p, writer) in topic.local() {
+                match writer.compact(now_ms(), policy, &options, false).await {
+                    Ok(Some(s)) => {
+                        tracing::info!(
+                            topic = p.topic(),
+                            partition = p.index(),
+                            segments = s.segments,
+                            bytes_read = s.bytes_read,
+                            bytes_written = s.bytes_written,
+                            records_removed = s.records_removed,
+                            cleaned_offset = s.cleaned_offset,
+                            ms = s.elapsed_ms,
+                            "compacted"
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = p.topic(), partition = p.index(), error = %e, "compaction failed; retried next pass")
+                    }
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn retention_loop(broker: Arc<Broker>) {

@@ -14,6 +14,7 @@ use super::replica::RaftReplica;
 use crate::broker::seam::{Acks, PartitionWriter, Replication, WriteAnswer};
 use crate::error::BrokerError;
 use crate::log::{AppendBatch, RetentionOutcome};
+use crate::partition::compaction::{CleanStats, CleanerOptions, CompactionPolicy};
 use crate::partition::Partition;
 use crate::raft::transport::RaftGroups;
 use crate::raft::types::AppendHook;
@@ -92,6 +93,23 @@ impl PartitionWriter for RaftWriter {
         crate::raft::retention::apply_retention(&r.raft, &r.store, &self.log, now_ms, RETENTION_WAIT)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn compact(
+        &self,
+        now_ms: i64,
+        policy: CompactionPolicy,
+        options: &CleanerOptions,
+        force: bool,
+    ) -> Result<Option<CleanStats>, String> {
+        let Some(upto) = self.log.clean_point(now_ms, &policy, force) else { return Ok(None) };
+        let r = &self.replica;
+        crate::raft::retention::purge_through(&r.raft, &r.store, upto, RETENTION_WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Only below the durable purge point, as our log store recorded it (none: nothing).
+        let Some(purged) = r.store.purged_index() else { return Ok(None) };
+        self.log.compact(now_ms, policy, options, Some(purged), force).await.map_err(|e| e.to_string())
     }
 
     async fn stop(&self) {

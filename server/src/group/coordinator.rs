@@ -531,6 +531,7 @@ mod tests {
             topic_defaults: TopicSettings::default(),
             auth: Default::default(),
             retention_check_interval: Duration::from_secs(60),
+            cleaner: crate::partition::compaction::CleanerOptions::default(),
         })
         .unwrap();
         Coordinator::new(broker)

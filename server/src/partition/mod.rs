@@ -34,6 +34,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 pub mod batch;
+pub mod compaction;
 pub mod producer_state;
 
 use producer_state::{ProducerState, RecentBatch, SequenceCheck};
@@ -116,6 +117,14 @@ pub struct Partition {
     closed_reason: Mutex<Option<Closed>>,
     /// Traffic since open, for metrics.
     pub traffic: Traffic,
+    /// Held by a cleaning for its whole run (`compaction`): one at a time per partition.
+    cleaning: Mutex<()>,
+    /// When a cleaning last finished here (ms since the epoch; 0 = not since open).
+    last_cleaned_ms: AtomicI64,
+    /// The earliest delete horizon (s since the epoch) the last cleaning kept: a cleaning is
+    /// due then even without new writes. Unknown after a restart (`u32::MAX`): the next
+    /// cleaning that new writes start finds them.
+    next_horizon_s: std::sync::atomic::AtomicU32,
 }
 
 /// Records and bytes produced to (acknowledged by this broker as leader) and served from a
@@ -171,6 +180,9 @@ impl Partition {
                 closed: AtomicBool::new(false),
                 closed_reason: Mutex::new(None),
                 traffic: Traffic::default(),
+                cleaning: Mutex::new(()),
+                last_cleaned_ms: AtomicI64::new(0),
+                next_horizon_s: std::sync::atomic::AtomicU32::new(u32::MAX),
             },
             report,
         ))
@@ -408,7 +420,9 @@ impl Partition {
         self.check_open()?;
         let hw = *self.hw.borrow();
         let located = self.state().log.locate(offset)?;
-        self.read_located(located, offset, hw, max_bytes)
+        let mut batches = self.read_located(located, offset, hw, max_bytes)?;
+        batches.retain(is_served);
+        Ok(batches)
     }
 
     /// Whole batches from `located` (the log's answer for `offset`) below `bound`, about
@@ -424,8 +438,10 @@ impl Partition {
         if offset >= bound {
             return Ok(Vec::new());
         }
-        let batches = reader
-            .read_records(pos, bound, max_bytes)
+        // Every stored batch, control and empty ones included, so the caller can tell where
+        // the read ended even when nothing in it is served.
+        let (batches, _) = reader
+            .read(pos, bound, max_bytes)
             .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
         Ok(batches)
     }
@@ -460,7 +476,7 @@ impl Partition {
         batches.retain(|b| {
             let h = &b.header;
             let aborted = || h.is_transactional() && aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset));
-            !h.is_txn_marker() && !aborted()
+            is_served(b) && !h.is_txn_marker() && !aborted()
         });
         Ok(ConsumerRead { batches, next, bound })
     }
@@ -626,6 +642,12 @@ impl Partition {
         }
         Ok(())
     }
+}
+
+/// Whether a stored batch is ever served to a consumer: not a Raft control batch, not an empty
+/// batch (a compacted producer's last header, `compaction`).
+fn is_served(b: &StoredBatch) -> bool {
+    !b.header.is_control() && b.header.record_count > 0
 }
 
 /// Producer state: the snapshot, then the batch headers after it (normally the active segment;

@@ -22,7 +22,8 @@
 //! - the last stable offset ([`ProducerState::last_stable`]) is never above the first offset of
 //!   an open transaction, nor above the high watermark it is given;
 //! - `aborted` is ordered by marker offset and holds every aborted range whose marker is at or
-//!   above the log start (older ones are pruned when the snapshot is written).
+//!   above the log start (older ones are pruned when the snapshot is written) and, on a
+//!   compacted topic, at or above the cleaner checkpoint (the cleaner dropped their batches).
 //!
 //! Persistence: the producer id, epoch, base sequence and transaction flags of every batch are
 //! in its stored header, so the state is rebuilt from the log: a snapshot (written when the log
@@ -187,6 +188,11 @@ impl ProducerState {
         entry.recent.push_back(batch);
     }
 
+    /// The base offset of every producer's latest data batch, by producer id.
+    pub fn last_batches(&self) -> HashMap<i64, u64> {
+        self.producers.iter().filter_map(|(pid, e)| Some((*pid, e.recent.back()?.base_offset))).collect()
+    }
+
     /// Records a stored batch by its header (replaying the log at startup).
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id > 0 && !h.is_control() {
@@ -269,6 +275,7 @@ mod tests {
             producer_epoch: epoch,
             base_sequence: seq,
             payload_crc: 0,
+            delete_horizon_s: 0,
         }
     }
 

@@ -43,6 +43,20 @@ pub async fn apply_retention(
     wait: Duration,
 ) -> Result<RetentionOutcome, RetentionError> {
     let Some(upto) = partition.retention_point(now_ms) else { return Ok(RetentionOutcome::default()) };
+    purge_through(raft, log_store, upto, wait).await?;
+    // The durable purge point, as our log store recorded it (not openraft's view of it).
+    Ok(partition.apply_retention(now_ms, log_store.purged_index())?)
+}
+
+/// Steps 2-3: a snapshot covers Raft index `upto` and the Raft log is purged up to it (also
+/// the first step of compacting a replicated partition: `partition::compaction`). `wait`
+/// bounds each of the snapshot and the purge.
+pub async fn purge_through(
+    raft: &PartitionRaft,
+    log_store: &PartitionLogStore,
+    upto: u64,
+    wait: Duration,
+) -> Result<(), RetentionError> {
     let covered = |m: &openraft::RaftMetrics<_>| m.snapshot.is_some_and(|s| s.index >= upto);
     if !covered(&raft.metrics().borrow_watched()) {
         raft.trigger().snapshot().await.map_err(raft_err)?;
@@ -55,6 +69,5 @@ pub async fn apply_retention(
             .await
             .map_err(raft_err)?;
     }
-    // The durable purge point, as our log store recorded it (not openraft's view of it).
-    Ok(partition.apply_retention(now_ms, log_store.purged_index())?)
+    Ok(())
 }

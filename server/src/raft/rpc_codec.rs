@@ -293,6 +293,7 @@ mod tests {
             producer_epoch: 1,
             base_sequence: 12,
             payload_crc: crc32c::crc32c(&payload),
+            delete_horizon_s: 0,
         };
         let req = AppendEntriesRequest::<PartitionTc> {
             vote: Vote::new_committed(2, 1),

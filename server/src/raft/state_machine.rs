@@ -164,9 +164,17 @@ impl RaftStateMachine<PartitionTc> for PartitionStateMachine {
         let high_watermark = match (meta.last_log_id, held) {
             (None, _) => self.applied.high_watermark,
             (Some(_), Some(b)) => b.header.next_offset(),
-            (Some(_), None) => {
+            (Some(last), None) => {
                 self.partition.install_snapshot(&snapshot.slices).map_err(io::Error::other)?;
-                self.partition.offsets().log_end.0
+                let end = self.partition.offsets().log_end.0;
+                tracing::info!(
+                    topic = self.partition.topic(),
+                    partition = self.partition.index(),
+                    last_index = last.index,
+                    log_end = end,
+                    "installed a snapshot of the leader's segments"
+                );
+                end
             }
         };
         self.applied =
