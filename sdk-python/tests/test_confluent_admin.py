@@ -69,7 +69,7 @@ def test_create_and_delete_topics_return_futures(broker: Broker, admin: AdminCli
             NewTopic(a, num_partitions=3, replication_factor=1, config={"retention.ms": "60000"}),
             NewTopic(b),  # -1: the broker's defaults
             NewTopic(existing, 1),
-            NewTopic(unique("bad"), 1, config={"cleanup.policy": "compact"}),
+            NewTopic(unique("bad"), 1, config={"unclean.leader.election.enable": "true"}),
         ]
     )
     assert all(isinstance(f, concurrent.futures.Future) for f in fs.values())
@@ -78,7 +78,7 @@ def test_create_and_delete_topics_return_futures(broker: Broker, admin: AdminCli
     assert isinstance(got[existing], TopicExistsError)
     assert got[existing].args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
     bad = next(v for k, v in got.items() if k.startswith("bad"))
-    assert isinstance(bad, ConfigError) and "cleanup.policy" in str(bad)
+    assert isinstance(bad, ConfigError) and "unclean.leader.election.enable" in str(bad)
     described = admin.describe_topic(a)
     assert described.num_partitions == 3 and described.config["retention.ms"] == 60000
     assert admin.describe_topic(b).num_partitions == 1

@@ -23,6 +23,13 @@ watermark of its responses (lag, partition EOF) is the last stable offset. A rea
 partition started at "latest" starts where the broker's last stable offset is (the high
 watermark may be inside an open transaction whose records would be skipped).
 
+**Compacted topics** (``cleanup.policy`` compact) have gaps too: the cleaner keeps only the
+latest record per key, preserving offsets, so offsets increase but skip the records compacted
+away, between batches. Nothing here counts offsets: a position is the last delivered record's
+offset + 1, and a start offset that was compacted away (a committed offset inside a removed
+range) is valid: the broker serves from the next batch that holds a record at or above it,
+and the records below it are skipped, so nothing is delivered twice.
+
 **Partition EOF** (``enable.partition.eof``): when a response leaves a partition at the high
 watermark it reports, the fetch appends a ``_PARTITION_EOF`` event after its records, once per
 offset reached; a partition that starts at its end gets its event at the start (no response
@@ -308,6 +315,11 @@ class Fetcher:
         if resp.read_from and (want is None or resp.read_from > want):
             want = resp.read_from
         out: list[Message] = []
+        # Offsets only increase, but need not be contiguous: between batches of a compacted
+        # topic (records compacted away) and around aborted transactions and markers
+        # (read_committed). Within a batch, record i is at base_offset + i. A partition resumes
+        # after the last batch read, never before where it was asked to start (the batch the
+        # broker starts from may end below it when that offset was compacted away).
         for batch in resp.batches:
             base = batch.base_offset
             append_ts = batch.append_time_ms
@@ -323,5 +335,8 @@ class Fetcher:
                 else:
                     ts, ts_type = append_ts, TIMESTAMP_LOG_APPEND_TIME
                 out.append(Message(topic, p, off, key, value, headers, ts, ts_type))
-            starts[p] = want = base + batch.record_count
+            end = base + batch.record_count
+            if want is None or end > want:
+                want = end
+            starts[p] = want
         return out

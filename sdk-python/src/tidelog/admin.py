@@ -162,6 +162,18 @@ T = TypeVar("T")
 _POOL_WORKERS = 8
 
 _FSYNC = {"always": 1, "interval": 2, "never": 3}
+#: cleanup.policy values (Kafka's: a comma-separated list of delete / compact) → the proto's
+#: CleanupPolicy, by the set of policies named.
+_CLEANUP = {
+    frozenset({"delete"}): admin_service_pb2.CLEANUP_POLICY_DELETE,
+    frozenset({"compact"}): admin_service_pb2.CLEANUP_POLICY_COMPACT,
+    frozenset({"compact", "delete"}): admin_service_pb2.CLEANUP_POLICY_COMPACT_DELETE,
+}
+_CLEANUP_NAME = {
+    admin_service_pb2.CLEANUP_POLICY_DELETE: "delete",
+    admin_service_pb2.CLEANUP_POLICY_COMPACT: "compact",
+    admin_service_pb2.CLEANUP_POLICY_COMPACT_DELETE: "compact,delete",
+}
 _INT_TOPIC_KEYS = {
     "retention.ms": "retention_ms",
     "retention.bytes": "retention_bytes",
@@ -169,20 +181,40 @@ _INT_TOPIC_KEYS = {
     "segment.ms": "segment_ms",
     "fsync.interval.ms": "fsync_interval_ms",
     "max.batch.bytes": "max_batch_bytes",
+    "delete.retention.ms": "delete_retention_ms",
+    "min.compaction.lag.ms": "min_compaction_lag_ms",
 }
+_FLOAT_TOPIC_KEYS = {"min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio"}
 #: Kafka's names for Tidelog's topic settings.
 _KEY_ALIASES = {"max.message.bytes": "max.batch.bytes"}
 
 # The proto's TopicConfig field name of each config key, and back.
-_FIELD_OF_KEY = {**_INT_TOPIC_KEYS, "fsync": "fsync_policy"}
+_FIELD_OF_KEY = {
+    **_INT_TOPIC_KEYS,
+    **_FLOAT_TOPIC_KEYS,
+    "fsync": "fsync_policy",
+    "cleanup.policy": "cleanup_policy",
+}
 _KEY_OF_FIELD = {v: k for k, v in _FIELD_OF_KEY.items()}
+
+
+def _cleanup_policy(v: Any) -> int:
+    """A cleanup.policy value: ``"delete"``, ``"compact"``, ``"compact,delete"`` (either order,
+    spaces allowed) or a list of those words, as Kafka takes it."""
+    words = v.split(",") if isinstance(v, str) else list(v) if isinstance(v, list | tuple | set) else [v]
+    policy = _CLEANUP.get(frozenset(str(w).strip().lower() for w in words))
+    if policy is None:
+        raise ConfigError(f"topic config cleanup.policy={v!r}: expected delete, compact or compact,delete")
+    return policy
 
 
 def topic_config_proto(config: Mapping[str, Any] | None) -> admin_service_pb2.TopicConfig:
     """Kafka-style topic config keys → the proto's TopicConfig (unknown keys are an error):
     retention.ms, retention.bytes, segment.bytes, segment.ms, max.message.bytes (Kafka's name
-    for max.batch.bytes), and Tidelog's fsync (always | interval | never), fsync.interval.ms,
-    max.batch.bytes. Values may be strings, as confluent-kafka passes them."""
+    for max.batch.bytes), cleanup.policy (delete | compact | compact,delete),
+    delete.retention.ms, min.cleanable.dirty.ratio, min.compaction.lag.ms, and Tidelog's fsync
+    (always | interval | never), fsync.interval.ms, max.batch.bytes. Values may be strings, as
+    confluent-kafka passes them."""
     tc = admin_service_pb2.TopicConfig()
     for key, v in (config or {}).items():
         k = _KEY_ALIASES.get(key, key)
@@ -191,12 +223,19 @@ def topic_config_proto(config: Mapping[str, Any] | None) -> admin_service_pb2.To
                 setattr(tc, _INT_TOPIC_KEYS[k], int(v))
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"topic config {k}={v!r}: {e}") from None
+        elif k in _FLOAT_TOPIC_KEYS:
+            try:
+                setattr(tc, _FLOAT_TOPIC_KEYS[k], float(v))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"topic config {k}={v!r}: {e}") from None
         elif k == "fsync":
             if str(v) not in _FSYNC:
                 raise ConfigError(f"topic config fsync={v!r}: expected always, interval or never")
             tc.fsync_policy = _FSYNC[str(v)]  # type: ignore[assignment]
+        elif k == "cleanup.policy":
+            tc.cleanup_policy = _cleanup_policy(v)  # type: ignore[assignment]
         else:
-            known = ", ".join(sorted([*_INT_TOPIC_KEYS, *_KEY_ALIASES, "fsync"]))
+            known = ", ".join(sorted([*_FIELD_OF_KEY, *_KEY_ALIASES]))
             raise ConfigError(f"unknown topic config key {k!r}; known keys: {known}")
     return tc
 
@@ -205,9 +244,13 @@ def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
     config: dict[str, Any] = {
         k: getattr(t.config, f) for k, f in _INT_TOPIC_KEYS.items() if t.config.HasField(f)
     }
+    config.update({k: getattr(t.config, f) for k, f in _FLOAT_TOPIC_KEYS.items() if t.config.HasField(f)})
     fsync = {v: k for k, v in _FSYNC.items()}.get(t.config.fsync_policy)
     if fsync:
         config["fsync"] = fsync
+    cleanup = _CLEANUP_NAME.get(t.config.cleanup_policy)
+    if cleanup:
+        config["cleanup.policy"] = cleanup
     parts = [
         PartitionInfo(
             p.partition,
@@ -217,6 +260,9 @@ def _describe(t: admin_service_pb2.TopicDescription) -> TopicDescription:
             p.size_bytes,
             p.leader_id,
             list(p.replica_ids),
+            p.dirty_ratio,
+            p.last_cleaned_ms,
+            p.cleaned_offset,
         )
         for p in t.partitions
     ]
@@ -321,7 +367,10 @@ class AdminClient:
         config: Mapping[str, Any] | None = None,
     ) -> TopicDescription:
         """Creates a topic; ``config`` takes retention.ms, retention.bytes, segment.bytes,
-        segment.ms, fsync (always|interval|never), fsync.interval.ms, max.batch.bytes.
+        segment.ms, fsync (always|interval|never), fsync.interval.ms, max.batch.bytes, and for
+        log compaction cleanup.policy (delete|compact|compact,delete), delete.retention.ms,
+        min.cleanable.dirty.ratio, min.compaction.lag.ms (a compacted topic needs a key on
+        every record: a keyless one fails with :class:`~tidelog.errors.InvalidRecordError`).
 
         ``replication_factor`` 0 is the broker's default: 1 on a single node, the cluster's
         default in a cluster (docs/CLUSTER.md says which values a cluster accepts)."""
@@ -710,8 +759,10 @@ class AdminClient:
         resource's ``set_config`` become the topic's own and **every other key goes back to
         the broker's default** (use :meth:`incremental_alter_configs` to change some keys
         only). Resource → future (None, or raises). Keys are Kafka's (``retention.ms``,
-        ``retention.bytes``, ``segment.bytes``, ``segment.ms``, ``max.message.bytes``) and
-        Tidelog's (``fsync``, ``fsync.interval.ms``, ``max.batch.bytes``)."""
+        ``retention.bytes``, ``segment.bytes``, ``segment.ms``, ``max.message.bytes``,
+        ``cleanup.policy``, ``delete.retention.ms``, ``min.cleanable.dirty.ratio``,
+        ``min.compaction.lag.ms``) and Tidelog's (``fsync``, ``fsync.interval.ms``,
+        ``max.batch.bytes``)."""
         _check_list(resources, ConfigResource, "resources")
         timeout = _seconds(request_timeout)
 

@@ -26,6 +26,15 @@ class PartitionInfo:
     size_bytes: int
     leader: int
     replicas: list[int]
+    #: Compacted topics (``cleanup.policy`` compact), as the broker that answered knows them:
+    #: the fraction of the log (by bytes) written since its last cleaning;
+    dirty_ratio: float = 0.0
+    #: when the cleaner last finished a pass of the partition (ms since the epoch, 0 = not
+    #: since the broker started);
+    last_cleaned_ms: int = 0
+    #: and the offset below which records were compacted (0 = none yet). Offsets below it have
+    #: gaps where records were compacted away.
+    cleaned_offset: int = 0
 
 
 @dataclass(frozen=True)

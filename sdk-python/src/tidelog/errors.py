@@ -69,6 +69,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_TXN_STATE = 18
     CONCURRENT_TRANSACTIONS = 19
     UNSTABLE_OFFSET_COMMIT = 20
+    INVALID_RECORD = 21
 
     @property
     def retriable(self) -> bool:
@@ -165,6 +166,7 @@ class KafkaError:
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
+    INVALID_RECORD = 87
     UNSTABLE_OFFSET_COMMIT = 88
     PRODUCER_FENCED = 90
 
@@ -255,6 +257,7 @@ _KAFKA_DESCRIPTIONS: dict[int, str] = {
     KafkaError.UNKNOWN_TOPIC_OR_PART: "Broker: Unknown topic or partition",
     KafkaError.TOPIC_ALREADY_EXISTS: "Broker: Topic already exists",
     KafkaError.OFFSET_OUT_OF_RANGE: "Broker: Offset out of range",
+    KafkaError.INVALID_RECORD: "Broker: Broker failed to validate record",
 }
 
 
@@ -374,6 +377,13 @@ class UnstableOffsetCommitError(RetriableError):
     ends or ``default.api.timeout.ms`` passes."""
 
 
+class InvalidRecordError(FatalError):
+    """The broker refused a batch for what one of its records holds: a record without a key
+    on a compacted topic (``cleanup.policy`` compact), where every record needs a key
+    (``INVALID_RECORD``). Not retriable: the batch's records were not written; set a key on
+    every record."""
+
+
 class UnknownGroupError(FatalError):
     """The consumer group does not exist (no members and no committed offsets)."""
 
@@ -420,6 +430,7 @@ _BY_CODE: dict[ErrorCode, type[TidelogError]] = {
     ErrorCode.NON_EMPTY_GROUP: GroupNotEmptyError,
     ErrorCode.AUTHORIZATION_FAILED: AuthorizationError,
     ErrorCode.UNSTABLE_OFFSET_COMMIT: UnstableOffsetCommitError,
+    ErrorCode.INVALID_RECORD: InvalidRecordError,
 }
 
 #: The metadata key of a failed call's ``ErrorCode`` name (``ERROR_CODE_NOT_LEADER``, ...).
@@ -513,6 +524,7 @@ _KAFKA_CODE_OF_ERROR_CODE: dict[ErrorCode, int] = {
     ErrorCode.INVALID_TXN_STATE: KafkaError.INVALID_TXN_STATE,
     ErrorCode.CONCURRENT_TRANSACTIONS: KafkaError.CONCURRENT_TRANSACTIONS,
     ErrorCode.UNSTABLE_OFFSET_COMMIT: KafkaError.UNSTABLE_OFFSET_COMMIT,
+    ErrorCode.INVALID_RECORD: KafkaError.INVALID_RECORD,
 }
 
 _KAFKA_CODE_OF_STATUS: dict[grpc.StatusCode, int] = {

@@ -14,13 +14,24 @@ class FsyncPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FSYNC_POLICY_ALWAYS: _ClassVar[FsyncPolicy]
     FSYNC_POLICY_INTERVAL: _ClassVar[FsyncPolicy]
     FSYNC_POLICY_NEVER: _ClassVar[FsyncPolicy]
+
+class CleanupPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLEANUP_POLICY_UNSPECIFIED: _ClassVar[CleanupPolicy]
+    CLEANUP_POLICY_DELETE: _ClassVar[CleanupPolicy]
+    CLEANUP_POLICY_COMPACT: _ClassVar[CleanupPolicy]
+    CLEANUP_POLICY_COMPACT_DELETE: _ClassVar[CleanupPolicy]
 FSYNC_POLICY_UNSPECIFIED: FsyncPolicy
 FSYNC_POLICY_ALWAYS: FsyncPolicy
 FSYNC_POLICY_INTERVAL: FsyncPolicy
 FSYNC_POLICY_NEVER: FsyncPolicy
+CLEANUP_POLICY_UNSPECIFIED: CleanupPolicy
+CLEANUP_POLICY_DELETE: CleanupPolicy
+CLEANUP_POLICY_COMPACT: CleanupPolicy
+CLEANUP_POLICY_COMPACT_DELETE: CleanupPolicy
 
 class TopicConfig(_message.Message):
-    __slots__ = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "fsync_policy", "fsync_interval_ms", "max_batch_bytes")
+    __slots__ = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "fsync_policy", "fsync_interval_ms", "max_batch_bytes", "cleanup_policy", "delete_retention_ms", "min_cleanable_dirty_ratio", "min_compaction_lag_ms")
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +39,10 @@ class TopicConfig(_message.Message):
     FSYNC_POLICY_FIELD_NUMBER: _ClassVar[int]
     FSYNC_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLEANUP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLEANABLE_DIRTY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_COMPACTION_LAG_MS_FIELD_NUMBER: _ClassVar[int]
     retention_ms: int
     retention_bytes: int
     segment_bytes: int
@@ -35,10 +50,14 @@ class TopicConfig(_message.Message):
     fsync_policy: FsyncPolicy
     fsync_interval_ms: int
     max_batch_bytes: int
-    def __init__(self, retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., fsync_policy: _Optional[_Union[FsyncPolicy, str]] = ..., fsync_interval_ms: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
+    cleanup_policy: CleanupPolicy
+    delete_retention_ms: int
+    min_cleanable_dirty_ratio: float
+    min_compaction_lag_ms: int
+    def __init__(self, retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., fsync_policy: _Optional[_Union[FsyncPolicy, str]] = ..., fsync_interval_ms: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., cleanup_policy: _Optional[_Union[CleanupPolicy, str]] = ..., delete_retention_ms: _Optional[int] = ..., min_cleanable_dirty_ratio: _Optional[float] = ..., min_compaction_lag_ms: _Optional[int] = ...) -> None: ...
 
 class PartitionDescription(_message.Message):
-    __slots__ = ("partition", "log_start_offset", "high_watermark", "log_end_offset", "size_bytes", "segment_count", "leader_id", "replica_ids", "in_sync_replica_ids")
+    __slots__ = ("partition", "log_start_offset", "high_watermark", "log_end_offset", "size_bytes", "segment_count", "leader_id", "replica_ids", "in_sync_replica_ids", "dirty_ratio", "last_cleaned_ms", "cleaned_offset")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +67,9 @@ class PartitionDescription(_message.Message):
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    LAST_CLEANED_MS_FIELD_NUMBER: _ClassVar[int]
+    CLEANED_OFFSET_FIELD_NUMBER: _ClassVar[int]
     partition: int
     log_start_offset: int
     high_watermark: int
@@ -57,7 +79,10 @@ class PartitionDescription(_message.Message):
     leader_id: int
     replica_ids: _containers.RepeatedScalarFieldContainer[int]
     in_sync_replica_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., in_sync_replica_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    dirty_ratio: float
+    last_cleaned_ms: int
+    cleaned_offset: int
+    def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., in_sync_replica_ids: _Optional[_Iterable[int]] = ..., dirty_ratio: _Optional[float] = ..., last_cleaned_ms: _Optional[int] = ..., cleaned_offset: _Optional[int] = ...) -> None: ...
 
 class TopicDescription(_message.Message):
     __slots__ = ("name", "partition_count", "replication_factor", "config", "partitions", "created_at_ms", "config_overrides")

@@ -36,6 +36,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INVALID_TXN_STATE: _ClassVar[ErrorCode]
     ERROR_CODE_CONCURRENT_TRANSACTIONS: _ClassVar[ErrorCode]
     ERROR_CODE_UNSTABLE_OFFSET_COMMIT: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_RECORD: _ClassVar[ErrorCode]
 COMPRESSION_UNSPECIFIED: Compression
 COMPRESSION_LZ4: Compression
 COMPRESSION_ZSTD: Compression
@@ -60,6 +61,7 @@ ERROR_CODE_AUTHORIZATION_FAILED: ErrorCode
 ERROR_CODE_INVALID_TXN_STATE: ErrorCode
 ERROR_CODE_CONCURRENT_TRANSACTIONS: ErrorCode
 ERROR_CODE_UNSTABLE_OFFSET_COMMIT: ErrorCode
+ERROR_CODE_INVALID_RECORD: ErrorCode
 
 class Header(_message.Message):
     __slots__ = ("key", "value")
