@@ -8,8 +8,9 @@
 //! - a swap happens only if every replaced segment is still there, unchanged, and the log was
 //!   not replaced wholesale since the cleaner looked ([`Log::generation`](super::Log)): a
 //!   cleaning that raced with retention, a truncation or a snapshot install is abandoned;
-//! - offsets in a compacted segment increase but may have gaps, and a segment may end below the
-//!   next one's base; the log start stays the first segment's base (compaction never moves it).
+//! - offsets in a compacted segment increase but may have gaps; the cleaner ends a segment whose
+//!   last records went with an empty end batch, so segments stay contiguous; the log start stays
+//!   the first segment's base (compaction never moves it).
 
 use std::path::{Path, PathBuf};
 

@@ -152,9 +152,9 @@ impl Log {
         let mut tail_lost = false;
         let mut iter = bases.into_iter();
         for base in iter.by_ref() {
-            // A compacted segment may end below the next one's base (its last records were
-            // compacted away), so a gap alone is no damage; a segment whose tail recovery cut
-            // off is.
+            // Damage is a segment whose tail recovery cut off, with later segments after a gap.
+            // (A gap alone loses nothing; the cleaner keeps compacted segments contiguous with
+            // end batches, but a gap is not treated as damage by itself.)
             if expected_base.is_some_and(|e| base < e || (base > e && tail_lost)) {
                 // An earlier segment lost its tail: later data would leave a gap. Keep the log
                 // contiguous (Kafka does the same); this only happens on real disk damage,

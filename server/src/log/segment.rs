@@ -298,7 +298,8 @@ impl Segment {
         // Start at the last indexed batch older than the target; scan forward.
         let from = self.time_index.floor_by(|e| e.timestamp_ms < timestamp_ms).map_or(self.base_offset, |e| e.offset);
         let pos = self.position_for(from)?.unwrap_or(self.size);
-        let found = self.find_from(pos, |h| h.append_time_ms >= timestamp_ms && !h.is_control())?;
+        // Only batches with records: not control batches, not a compacted log's empty ones.
+        let found = self.find_from(pos, |h| h.append_time_ms >= timestamp_ms && h.record_count > 0)?;
         Ok(found.map(|(_, h)| (h.base_offset, h.append_time_ms)))
     }
 

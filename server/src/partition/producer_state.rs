@@ -188,9 +188,15 @@ impl ProducerState {
         entry.recent.push_back(batch);
     }
 
-    /// The base offset of every producer's latest data batch, by producer id.
-    pub fn last_batches(&self) -> HashMap<i64, u64> {
-        self.producers.iter().filter_map(|(pid, e)| Some((*pid, e.recent.back()?.base_offset))).collect()
+    /// The offsets `[base, next)` of every producer's latest data batch, by producer id.
+    pub fn last_batches(&self) -> HashMap<i64, (u64, u64)> {
+        self.producers
+            .iter()
+            .filter_map(|(pid, e)| {
+                let b = e.recent.back()?;
+                Some((*pid, (b.base_offset, b.base_offset + u64::from(b.record_count))))
+            })
+            .collect()
     }
 
     /// Records a stored batch by its header (replaying the log at startup).

@@ -183,7 +183,14 @@ impl Partition {
         let is_aborted = |h: &BatchHeader| aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset));
         // A producer's last batch keeps its header even when every record goes, so a replay
         // of the headers still knows the producer's next sequence.
-        let is_producer_tail = |h: &BatchHeader| h.producer_id > 0 && tails.get(&h.producer_id) == Some(&h.base_offset);
+        // The batch (or what an earlier pass left of it: runs, an empty batch at its last
+        // offset) lies within the producer's latest batch's offsets.
+        let is_producer_tail = |h: &BatchHeader| {
+            h.producer_id > 0
+                && tails
+                    .get(&h.producer_id)
+                    .is_some_and(|(base, next)| (*base..(*next).max(base + 1)).contains(&h.base_offset))
+        };
         let mut throttle = throttle::Throttle::new(options.io_bytes_per_sec);
         let result = pass::run(pass::PassInput {
             segments: &segments,

@@ -277,3 +277,57 @@ async fn nothing_above_the_last_stable_offset_or_in_the_active_segment_is_cleane
     assert!(p.compact(T0, policy(0), &CleanerOptions::default(), Some(0), true).await.unwrap().is_none());
     assert_eq!(p.size_bytes(), before);
 }
+
+#[tokio::test]
+async fn records_younger_than_the_compaction_lag_and_clean_enough_logs_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path());
+    for i in 0..100 {
+        append(&p, &[("a".into(), Some(format!("v{i}-{}", "z".repeat(100))))], CODEC_NONE, 0, 0, T0).await;
+    }
+    let lagged = CompactionPolicy { min_compaction_lag_ms: 60_000, ..policy(0) };
+    assert!(p.compact(T0 + 1_000, lagged, &CleanerOptions::default(), None, true).await.unwrap().is_none());
+    assert!(p.compact(T0 + 61_000, lagged, &CleanerOptions::default(), None, true).await.unwrap().is_some());
+    // Cleaned; new dirt below a ratio of 1.0 is left alone unless forced.
+    for i in 0..30 {
+        append(&p, &[("b".into(), Some(format!("w{i}-{}", "y".repeat(100))))], CODEC_NONE, 0, 0, T0 + 62_000).await;
+    }
+    let status = p.cleaner_status();
+    assert!(status.dirty_ratio > 0.0 && status.dirty_ratio < 1.0, "{status:?}");
+    let picky = CompactionPolicy { min_cleanable_dirty_ratio: 1.0, ..policy(0) };
+    assert!(p.compact(T0 + 62_000, picky, &CleanerOptions::default(), None, false).await.unwrap().is_none());
+    assert!(p.compact(T0 + 62_000, picky, &CleanerOptions::default(), None, true).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_compacted_producers_next_sequence_survives_passes_and_a_header_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path());
+    // Producer 9 writes x, y, z once (sequences 0-2); everyone else overwrites them after.
+    let recs: Vec<(String, Option<String>)> =
+        ["x", "y", "z"].iter().map(|k| (k.to_string(), Some("old".into()))).collect();
+    append(&p, &recs, CODEC_NONE, 0, 9, T0).await;
+    let mut model = BTreeMap::new();
+    for round in 0..3 {
+        for i in 0..60 {
+            let k = ["x", "y", "z", "w"][i % 4].to_string();
+            let v = Some(format!("r{round}-{i}-{}", "q".repeat(80)));
+            append(&p, &[(k.clone(), v.clone())], CODEC_NONE, 0, 0, T0 + 1).await;
+            model.insert(k, v);
+        }
+        // Several passes: the producer's emptied batch must stay while it is its latest.
+        p.compact(T0 + 2, policy(0), &CleanerOptions::default(), None, true).await.unwrap();
+        check(&p, &model, 0, false);
+    }
+    let mut headers = Vec::new();
+    p.state().log.scan_headers(0, |h| headers.push(*h)).unwrap();
+    let tail: Vec<_> = headers.iter().filter(|h| h.producer_id == 9).collect();
+    assert_eq!(tail.len(), 1, "{tail:?}");
+    assert_eq!((tail[0].record_count, tail[0].base_sequence, tail[0].base_offset), (0, 3, 2));
+    drop(p);
+    std::fs::remove_file(dir.path().join(crate::log::format::PRODUCER_SNAPSHOT_FILE)).ok();
+    let p = open(dir.path());
+    let state = p.state();
+    assert_eq!(state.producers.check(9, 0, 3, 1, 0).unwrap(), crate::partition::producer_state::SequenceCheck::Append);
+    assert!(state.producers.check(9, 0, 2, 1, 0).is_err(), "an old sequence is not new");
+}
