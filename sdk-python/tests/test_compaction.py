@@ -174,6 +174,22 @@ def check_model(got: list[Message], c: Compacted) -> None:
     assert latest_per_key(got) == c.model
 
 
+def test_cleaner_metrics_are_scraped_with_prometheus_parser(cbroker: Broker, compacted: Compacted) -> None:
+    from test_broker_metrics import scrape, value
+
+    samples = scrape(cbroker)
+    tp = {"topic": compacted.topic, "partition": "0"}
+    assert (value(samples, "tidelog_cleaner_passes_total") or 0) >= 1
+    assert (value(samples, "tidelog_cleaner_removed_records_total") or 0) > 0
+    read = value(samples, "tidelog_cleaner_read_bytes_total") or 0
+    written = value(samples, "tidelog_cleaner_written_bytes_total") or 0
+    assert 0 < written < read, (written, read)
+    checkpoint = value(samples, "tidelog_topic_partition_cleaner_checkpoint", **tp) or 0
+    assert checkpoint >= compacted.cleaned_offset
+    dirty = value(samples, "tidelog_topic_partition_cleaner_dirty_percent", **tp)
+    assert dirty is not None and 0 <= dirty <= 100
+
+
 def test_consumer_from_offset_zero_sees_latest_value_per_key(compacted: Compacted) -> None:
     c = compacted
     check_model(c.records, c)

@@ -132,6 +132,14 @@ impl Collector for BrokerCollector {
             "tidelog_consumergroup_lag",
             "High watermark minus the group's committed offset (on the partition's leader)",
         );
+        let mut dirty = Family::gauge(
+            "tidelog_topic_partition_cleaner_dirty_percent",
+            "Compacted topics: percent of the sealed log written since its last cleaning",
+        );
+        let mut cleaned = Family::gauge(
+            "tidelog_topic_partition_cleaner_checkpoint",
+            "Compacted topics: records below this offset were compacted",
+        );
         let mut under_total = 0i64;
 
         let groups = broker.groups_with_offsets().unwrap_or_default();
@@ -167,6 +175,11 @@ impl Collector for BrokerCollector {
                 bin.push(labels.clone(), load(&t.bytes_in));
                 rout.push(labels.clone(), load(&t.records_out));
                 bout.push(labels.clone(), load(&t.bytes_out));
+                if topic.record.settings.cleanup_policy.compacts() {
+                    let c = log.cleaner_status();
+                    dirty.push(labels.clone(), (c.dirty_ratio * 100.0).round() as i64);
+                    cleaned.push(labels.clone(), c.cleaned_offset as i64);
+                }
                 let replication = writer.replication();
                 if let Some(t) = replication.term {
                     term.push(labels.clone(), t as i64);
@@ -193,7 +206,7 @@ impl Collector for BrokerCollector {
         }
         for f in [
             &hw, &start, &end, &size, &segments, &leader, &leads, &replicas, &isr, &under, &term, &follower, &rin,
-            &bin, &rout, &bout, &committed, &lag,
+            &bin, &rout, &bout, &committed, &lag, &dirty, &cleaned,
         ] {
             f.encode(&mut encoder)?;
         }

@@ -38,6 +38,12 @@ async fn cleaner_loop(broker: Arc<Broker>) {
             for (p, writer) in topic.local() {
                 match writer.compact(now_ms(), policy, &options, false).await {
                     Ok(Some(s)) => {
+                        let m = crate::telemetry::metrics::instruments();
+                        m.cleaner_passes.inc();
+                        m.cleaner_bytes_read.inc_by(s.bytes_read);
+                        m.cleaner_bytes_written.inc_by(s.bytes_written);
+                        m.cleaner_records_removed.inc_by(s.records_removed);
+                        m.cleaner_pass_seconds.observe(s.elapsed_ms as f64 / 1000.0);
                         tracing::info!(
                             topic = p.topic(),
                             partition = p.index(),

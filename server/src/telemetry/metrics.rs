@@ -61,6 +61,12 @@ pub struct Instruments {
     pub authentication_failed: Counter,
     /// Time responses were held back by quotas, by kind (produce, consume, request).
     pub throttle_seconds: Family<QuotaLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// The log cleaner: passes finished, bytes read and written, records removed, pass time.
+    pub cleaner_passes: Counter,
+    pub cleaner_bytes_read: Counter,
+    pub cleaner_bytes_written: Counter,
+    pub cleaner_records_removed: Counter,
+    pub cleaner_pass_seconds: Histogram,
 }
 
 /// Throttle time by quota kind.
@@ -85,6 +91,11 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     authorization_denied: Counter::default(),
     authentication_failed: Counter::default(),
     throttle_seconds: Family::default(),
+    cleaner_passes: Counter::default(),
+    cleaner_bytes_read: Counter::default(),
+    cleaner_bytes_written: Counter::default(),
+    cleaner_records_removed: Counter::default(),
+    cleaner_pass_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
 });
 
 /// The instruments (created on first use).
@@ -126,6 +137,15 @@ pub fn register(registry: &mut Registry) {
         "Time responses were held back by client quotas, by quota",
         i.throttle_seconds.clone(),
     );
+    registry.register("tidelog_cleaner_passes", "Log cleaner passes finished", i.cleaner_passes.clone());
+    registry.register("tidelog_cleaner_read_bytes", "Bytes the log cleaner read", i.cleaner_bytes_read.clone());
+    registry.register("tidelog_cleaner_written_bytes", "Bytes the log cleaner wrote", i.cleaner_bytes_written.clone());
+    registry.register(
+        "tidelog_cleaner_removed_records",
+        "Records the log cleaner removed (superseded, expired tombstones, aborted)",
+        i.cleaner_records_removed.clone(),
+    );
+    registry.register("tidelog_cleaner_pass_seconds", "One log cleaner pass", i.cleaner_pass_seconds.clone());
 }
 
 /// Counts an open stream while alive.
