@@ -41,6 +41,7 @@ every_seam!(
     partitions_are_added_everywhere_and_stay_added,
     records_are_deleted_below_an_offset_everywhere_and_for_good,
     transactions_commit_everywhere_and_survive_a_restart,
+    compacted_topics_keep_the_latest_value_per_key_everywhere,
 );
 
 async fn topics_are_created_written_read_and_deleted(mode: Mode) {
@@ -566,4 +567,100 @@ async fn transactions_commit_everywhere_and_survive_a_restart(mode: Mode) {
         .await;
         assert_eq!((e.producer_id, e.epoch), (pid, epoch));
     }
+}
+
+/// A keyed record batch of one record (`None` = a tombstone).
+fn keyed_payload(key: &str, value: Option<&str>) -> Vec<u8> {
+    use prost::Message;
+    let record = tidelog_proto::v1::Record {
+        key: Some(key.as_bytes().to_vec().into()),
+        value: value.unwrap_or_default().as_bytes().to_vec().into(),
+        null_value: value.is_none(),
+        ..Default::default()
+    };
+    tidelog_proto::v1::RecordBatch { records: vec![record] }.encode_to_vec()
+}
+
+/// Every (key, value) a consumer reads from the log start, in offset order.
+fn table_rows(log: &tidelog_server::partition::Partition) -> Vec<(u64, String, Option<String>)> {
+    use prost::Message;
+    use tidelog_server::partition::Isolation;
+    let mut out = Vec::new();
+    let mut at = log.offsets().log_start.0;
+    for _ in 0..10_000 {
+        let read = log.read_for_consumer(at, 1 << 20, Isolation::ReadUncommitted).unwrap();
+        for b in &read.batches {
+            let batch = tidelog_proto::v1::RecordBatch::decode(b.payload.as_ref()).unwrap();
+            for (i, r) in batch.records.into_iter().enumerate() {
+                let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
+                let value = (!r.null_value).then(|| String::from_utf8(r.value.to_vec()).unwrap());
+                out.push((b.header.base_offset + i as u64, key, value));
+            }
+        }
+        if read.next == at || read.next >= read.bound {
+            return out;
+        }
+        at = read.next;
+    }
+    panic!("read did not finish");
+}
+
+async fn compacted_topics_keep_the_latest_value_per_key_everywhere(mode: Mode) {
+    use tidelog_proto::v1::CleanupPolicy;
+    use tidelog_server::partition::compaction::{CleanerOptions, CompactionPolicy};
+    let mut c = Brokers::start(mode).await;
+    let config = TopicConfig {
+        cleanup_policy: CleanupPolicy::Compact as i32,
+        segment_bytes: Some(1024),
+        max_batch_bytes: Some(512),
+        ..TopicConfig::default()
+    };
+    let coordinator = c.coordinator().await;
+    coordinator.create_topic(NewTopic { config: Some(config), ..new_topic("table", 1) }, Origin::Client).await.unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    for i in 0..120 {
+        let key = format!("k{}", i % 10);
+        let value = (i % 9 != 8).then(|| format!("v{i}-{}", "x".repeat(40)));
+        c.write("table", 0, &keyed_payload(&key, value.as_deref()), Acks::All).await;
+        model.insert(key, value);
+    }
+    let policy =
+        CompactionPolicy { delete_retention_ms: 3_600_000, min_cleanable_dirty_ratio: 0.5, min_compaction_lag_ms: 0 };
+    let check = |rows: &[(u64, String, Option<String>)], what: &str| {
+        assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "{what}: offsets increase");
+        let mut last = std::collections::BTreeMap::new();
+        for (_, k, v) in rows {
+            last.insert(k.clone(), v.clone());
+        }
+        assert_eq!(last, model, "{what}: the latest value per key");
+    };
+    // Each replica cleans through its own writer (a replicated one purges its Raft log first).
+    for b in c.brokers() {
+        let t = eventually("the topic everywhere", WAIT, || async { b.topic("table").ok() }).await;
+        for (log, writer) in t.local() {
+            eventually("every record replicated", WAIT, || async {
+                (log.offsets().high_watermark.0 == 120).then_some(())
+            })
+            .await;
+            let stats = eventually("a cleaning", WAIT, || async {
+                writer.compact(now_ms(), policy, &CleanerOptions::default(), true).await.ok().flatten()
+            })
+            .await;
+            assert!(stats.records_removed > 0, "broker {}: {stats:?}", b.node_id());
+            let rows = table_rows(log);
+            check(&rows, &format!("broker {}", b.node_id()));
+            assert!(rows.len() < 60, "broker {}: compacted to {} rows", b.node_id(), rows.len());
+            assert_eq!(log.offsets().log_start.0, 0, "compaction never moves the log start");
+        }
+    }
+    drop(coordinator);
+    c.restart_all().await;
+    for b in c.brokers() {
+        let t = eventually("the topic after a restart", WAIT, || async { b.topic("table").ok() }).await;
+        for (log, _) in t.local() {
+            eventually("recovered", WAIT, || async { (log.offsets().high_watermark.0 == 120).then_some(()) }).await;
+            check(&table_rows(log), &format!("broker {} after a restart", b.node_id()));
+        }
+    }
+    assert_eq!(c.write("table", 0, &keyed_payload("k0", Some("after")), Acks::All).await.base_offset, 120);
 }
