@@ -80,6 +80,9 @@ scripts/grpcurl-smoke.sh target/debug/tidelog
 step "README's Securing a cluster example (openssl certificates and token, ACLs, quotas)"
 scripts/security-example.sh target/debug
 
+step "README's Compacted topics example (a profile table rebuilt from offset 0)"
+scripts/compaction-example.sh target/debug
+
 step "examples smoke test (producer + two group consumers, as examples/README.md shows)"
 scripts/examples-smoke.sh target/debug
 

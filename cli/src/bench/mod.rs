@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// Records per batch (raw mode; with --sdk the batch size limit is derived from it).
     #[arg(long, default_value_t = 256)]
     pub batch_records: usize,
+    /// Raw produce: give records keys `key-00000000`.. cycling over this many (0 = no keys), for
+    /// compacted topics. Each key's value is rewritten once per cycle.
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
     /// Batches in flight per producer stream (raw mode).
     #[arg(long, default_value_t = 32)]
     pub in_flight: usize,

@@ -175,14 +175,35 @@ pub(super) async fn produce_raw(
         let client = args.broker.connect().await?;
         // Exactly `quota` records: full batches, then one with the rest.
         let all = values(args.record_size, args.batch_records, p as u64);
-        let full = encode_batch(all.iter().cloned().map(Record::new).collect(), args.compression())?;
+        // With --keys, one pre-encoded batch per slice of the key space, used in turn.
+        let cycle = if args.keys == 0 { 1 } else { args.keys.div_ceil(per_batch) };
+        let keyed = |t: u64, n: usize| -> Vec<Record> {
+            let keys = args.keys;
+            all.iter()
+                .take(n)
+                .enumerate()
+                .map(|(j, v)| {
+                    let r = Record::new(v.clone());
+                    if keys == 0 {
+                        r
+                    } else {
+                        r.with_key(format!("key-{:08}", (t * per_batch + j as u64) % keys))
+                    }
+                })
+                .collect()
+        };
+        let full: Vec<_> =
+            (0..cycle).map(|t| encode_batch(keyed(t, all.len()), args.compression())).collect::<Result<_, _>>()?;
         let rest = quota % per_batch;
-        let last = encode_batch(all.into_iter().take(rest as usize).map(Record::new).collect(), args.compression())?;
+        let last = encode_batch(keyed(0, rest as usize), args.compression())?;
         let (topic, partitions) = (args.topic.clone(), args.partitions);
         let full_batches = quota / per_batch;
         let make = move |i: u64, _due: Instant| {
-            let ((payload, compression, crc), count) =
-                if i < full_batches { (full.clone(), per_batch) } else { (last.clone(), rest) };
+            let ((payload, compression, crc), count) = if i < full_batches {
+                (full[(i % full.len() as u64) as usize].clone(), per_batch)
+            } else {
+                (last.clone(), rest)
+            };
             wire::ProduceRequest {
                 request_id: i,
                 topic: topic.clone(),
