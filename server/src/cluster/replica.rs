@@ -224,6 +224,25 @@ impl RaftReplica {
             .collect()
     }
 
+    /// On the leader: the lowest Raft index every live follower (heard from within three
+    /// heartbeats) holds, `u64::MAX` with none; `None` elsewhere. Compaction purges no further
+    /// on the leader, so a live follower is never sent a snapshot because of it; a follower
+    /// that is down catches up through one when it returns.
+    pub fn live_followers_hold(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let fresh = Duration::from_millis(self.raft.config().heartbeat_interval * 3);
+        let heartbeats = m.heartbeat.as_ref()?;
+        let held = m
+            .replication
+            .as_ref()?
+            .iter()
+            .filter(|(id, _)| **id != m.id)
+            .filter(|(id, _)| heartbeats.get(id).and_then(|t| t.as_ref()).is_some_and(|t| t.elapsed() < fresh))
+            .map(|(_, matched)| matched.map_or(0, |l| l.index))
+            .min();
+        Some(held.unwrap_or(u64::MAX))
+    }
+
     /// The group's term and, on its leader, each follower's lag in entries.
     pub fn replication(&self) -> crate::broker::seam::Replication {
         let m = self.raft.metrics().borrow_watched().clone();

@@ -104,6 +104,11 @@ impl PartitionWriter for RaftWriter {
     ) -> Result<Option<CleanStats>, String> {
         let Some(upto) = self.log.clean_point(now_ms, &policy, force) else { return Ok(None) };
         let r = &self.replica;
+        // Not past what a live follower holds (the leader only; see `live_followers_hold`).
+        let upto = upto.min(r.live_followers_hold().unwrap_or(u64::MAX));
+        if upto == 0 {
+            return Ok(None);
+        }
         crate::raft::retention::purge_through(&r.raft, &r.store, upto, RETENTION_WAIT)
             .await
             .map_err(|e| e.to_string())?;

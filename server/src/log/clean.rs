@@ -78,7 +78,7 @@ impl Log {
                         report.stopped_by
                     )));
                 }
-                seg.sync().ctx(|| format!("fsync of staged segment {base}"))?;
+                seg.seal().ctx(|| format!("fsync of staged segment {base} and its indexes"))?;
             }
         }
         Ok(())
@@ -116,7 +116,12 @@ impl Log {
             bases.iter().copied().filter(|b| staging.join(segment_file_name(*b, LOG_EXT)).exists()).collect();
         // A cleaning names its output after replaced segments; anything else is not its own.
         swap::crash_point("staged");
-        swap::commit(&dir, &bases, &staged).ctx(|| format!("committing a compaction in {}", dir.display()))?;
+        if let Err(e) = swap::commit(&dir, &bases, &staged) {
+            // The manifest may be on disk: if it stayed, a restart would finish this swap over
+            // whatever the log did meanwhile. Remove it with the staging, or stop the partition.
+            swap::discard(&dir).fatal(|| format!("discarding a failed compaction commit in {}", dir.display()))?;
+            return Err(LogError::io(format!("committing a compaction in {}", dir.display()), e));
+        }
         swap::crash_point("committed");
         // From here the swap is decided: a failure must stop the partition, and a restart
         // finishes it (`Log::open`).

@@ -149,13 +149,11 @@ impl Log {
         let mut report = RecoveryReport::default();
         let mut segments = BTreeMap::new();
         let mut expected_base: Option<u64> = None;
-        let mut tail_lost = false;
         let mut iter = bases.into_iter();
         for base in iter.by_ref() {
-            // Damage is a segment whose tail recovery cut off, with later segments after a gap.
-            // (A gap alone loses nothing; the cleaner keeps compacted segments contiguous with
-            // end batches, but a gap is not treated as damage by itself.)
-            if expected_base.is_some_and(|e| base < e || (base > e && tail_lost)) {
+            // Segments are contiguous, compacted ones too (the cleaner ends a segment whose last
+            // records went with an end batch at the next one's base).
+            if expected_base.is_some_and(|e| e != base) {
                 // An earlier segment lost its tail: later data would leave a gap. Keep the log
                 // contiguous (Kafka does the same); this only happens on real disk damage,
                 // since sealed segments are fsynced.
@@ -171,7 +169,6 @@ impl Log {
             report.batches_checked += r.batches_checked;
             report.truncated_bytes += r.truncated_bytes;
             report.indexes_rebuilt += usize::from(r.index_rebuilt);
-            tail_lost = r.truncated_bytes > 0;
             expected_base = Some(seg.next_offset());
             segments.insert(base, seg);
         }

@@ -2,8 +2,9 @@
 //! range of offsets starting at `base_offset`.
 //!
 //! Invariants:
-//! - batches are contiguous: each starts at the offset where the previous one ended, and the
-//!   file holds nothing after the last valid batch (`size` is the file length);
+//! - offsets increase: each batch starts at or after the offset where the previous one ended
+//!   (after it exactly, except in a compacted segment, `log/clean.rs`), and the file holds
+//!   nothing after the last valid batch (`size` is the file length);
 //! - only the active (last) segment of a log is ever appended to or truncated;
 //! - a sealed segment (the log rolled past it) has been fsynced with its indexes, so crash
 //!   recovery only has to look at the active segment;
@@ -303,9 +304,14 @@ impl Segment {
         Ok(found.map(|(_, h)| (h.base_offset, h.append_time_ms)))
     }
 
-    /// Calls `f` with the header of every batch that ends after `from_offset`, in order.
+    /// Calls `f` with the header of every batch that ends after `from_offset` or starts at or
+    /// after it, in order.
     pub fn for_each_header(&self, from_offset: u64, f: &mut impl FnMut(&BatchHeader)) -> io::Result<()> {
-        let Some(pos) = self.position_for(from_offset)? else { return Ok(()) };
+        // Also a batch that starts at `from_offset` and holds no records (a compacted log's
+        // empty batch: a replay of the headers must see it).
+        let floor = self.index.floor_by(|e| e.offset <= from_offset).map_or(0, |e| u64::from(e.position));
+        let first = self.find_from(floor, |h| h.next_offset() > from_offset || h.base_offset >= from_offset)?;
+        let Some((pos, _)) = first else { return Ok(()) };
         self.find_from(pos, |h| {
             f(h);
             false

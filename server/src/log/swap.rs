@@ -67,7 +67,9 @@ pub(super) fn commit(dir: &Path, replaced: &[u64], staged: &[u64]) -> io::Result
     let mut f = File::create(staging.join(CLEAN_MANIFEST_FILE))?;
     f.write_all(&body)?;
     f.sync_all()?;
-    File::open(&staging)?.sync_all()
+    File::open(&staging)?.sync_all()?;
+    // The staging directory's own entry, for a power loss.
+    File::open(dir)?.sync_all()
 }
 
 /// The manifest's (replaced, staged) base offsets; `None` if missing or damaged.

@@ -45,7 +45,9 @@ use super::offset_map::{digest, OffsetMap};
 use super::records::{decompressed, parse, reframe, RawRecord};
 use super::throttle::Throttle;
 use crate::error::BrokerError;
-use crate::log::format::{segment_file_name, BatchHeader, BATCH_HEADER_LEN, FLAG_TRANSACTIONAL, LOG_EXT};
+use crate::log::format::{
+    segment_file_name, BatchHeader, BATCH_HEADER_LEN, FLAG_TRANSACTIONAL, LOG_EXT, MAX_SEGMENT_BYTES,
+};
 use crate::log::{LogError, SealedSegment, StoredBatch};
 
 /// Bytes read from a segment per `pread` while cleaning.
@@ -140,7 +142,7 @@ fn build_map(input: &mut PassInput<'_>, parsed: &mut Vec<RawRecord>) -> Result<(
             // A payload that does not decode (only a compressed one can reach the log so) is
             // not mapped, and kept as it is below.
             let Ok(raw) = decompressed(h.compression, &b.payload) else { return Ok(true) };
-            if parse(&raw, parsed).is_err() {
+            if parse(&raw, parsed).is_err() || parsed.len() != h.record_count as usize {
                 return Ok(true);
             }
             for (i, r) in parsed.iter().enumerate() {
@@ -187,6 +189,22 @@ impl Output {
     }
 }
 
+/// The empty batch that stands for a producer's latest batch `h` once its last record is gone:
+/// at its last offset, no records, its producer's next sequence (see the module docs). `None`
+/// for a batch without sequences.
+fn tail_header(h: &BatchHeader) -> Option<BatchHeader> {
+    (h.base_sequence >= 0 && h.record_count > 0).then(|| BatchHeader {
+        compression: 0,
+        flags: 0,
+        record_count: 0,
+        base_offset: h.next_offset() - 1,
+        base_sequence: h.base_sequence.wrapping_add(h.record_count as i32),
+        payload_crc: crc32c::crc32c(&[]),
+        delete_horizon_s: 0,
+        ..*h
+    })
+}
+
 /// The kept part of one data batch below `map_end`, written to `out`. Returns records dropped.
 fn rewrite_batch(
     b: &StoredBatch,
@@ -209,8 +227,10 @@ fn rewrite_batch(
     let raw = match decoded {
         Ok(raw) if parsed.len() == h.record_count as usize => raw,
         _ => {
+            // Kept as it is (its outcome is settled: not an aborted transaction's), so no
+            // header replay mistakes it for an open transaction once its marker is gone.
             tracing::warn!(offset = h.base_offset, "compaction keeps a batch whose records do not decode");
-            out.put(&h, &b.payload)?;
+            out.put(&BatchHeader { flags: h.flags & !FLAG_TRANSACTIONAL, ..h }, &b.payload)?;
             return Ok(0);
         }
     };
@@ -224,14 +244,20 @@ fn rewrite_batch(
             latest && !(r.tombstone && expired)
         })
         .collect();
-    let kept_tombstone = parsed.iter().zip(&keep).any(|(r, k)| *k && r.tombstone);
-    let mut header = BatchHeader { flags: h.flags & !FLAG_TRANSACTIONAL, ..h };
-    if kept_tombstone && h.delete_horizon_s == 0 {
-        header.delete_horizon_s = new_horizon;
-    }
+    // A batch keeps a delete horizon only while it holds a kept tombstone (stamped the first
+    // time one is kept), so a horizon in the log always lies ahead of the pass that set it.
+    let tombstone_in =
+        |range: std::ops::Range<usize>| parsed[range.clone()].iter().zip(&keep[range]).any(|(r, k)| *k && r.tombstone);
+    let horizon_for = |has_tombstone: bool| match (has_tombstone, h.delete_horizon_s) {
+        (false, _) => 0,
+        (true, 0) => new_horizon,
+        (true, set) => set,
+    };
+    let header = BatchHeader { flags: h.flags & !FLAG_TRANSACTIONAL, delete_horizon_s: 0, ..h };
     let dropped = keep.iter().filter(|k| !**k).count() as u64;
     if dropped == 0 {
-        out.put(&header, &b.payload)?;
+        let whole = BatchHeader { delete_horizon_s: horizon_for(tombstone_in(0..keep.len())), ..header };
+        out.put(&whole, &b.payload)?;
         return Ok(0);
     }
     // Runs of consecutive kept records, each a batch of its own.
@@ -251,27 +277,23 @@ fn rewrite_batch(
             base_offset: h.base_offset + start as u64,
             base_sequence: if h.base_sequence >= 0 { h.base_sequence.wrapping_add(start as i32) } else { -1 },
             payload_crc: crc32c::crc32c(&payload),
+            delete_horizon_s: horizon_for(tombstone_in(start..i)),
             ..header
         };
         out.put(&run, &payload)?;
     }
-    if producer_tail && h.base_sequence >= 0 && keep.last() == Some(&false) {
-        let payload = reframe(&raw, std::iter::empty(), h.compression)?;
-        let empty = BatchHeader {
-            record_count: 0,
-            base_offset: h.next_offset() - 1,
-            base_sequence: h.base_sequence.wrapping_add(h.record_count as i32),
-            payload_crc: crc32c::crc32c(&payload),
-            ..header
-        };
-        out.put(&empty, &payload)?;
+    if producer_tail && keep.last() == Some(&false) {
+        if let Some(empty) = tail_header(&h) {
+            out.put(&empty, &[])?;
+        }
     }
     Ok(dropped)
 }
 
 /// Runs one pass (see the module docs). Writes the new segments into `input.staging`, one
-/// file per output group named by its first input segment (an empty file when nothing in the
-/// group is kept, so the log start never moves), each fsynced.
+/// file per output group named by its first input segment (so the log start never moves) and
+/// ending where the group's input ended (an end batch if its last records went), each
+/// fsynced.
 pub fn run(mut input: PassInput<'_>) -> Result<PassOutcome, BrokerError> {
     let mut parsed = Vec::new();
     let (map, map_end) = build_map(&mut input, &mut parsed)?;
@@ -288,23 +310,23 @@ pub fn run(mut input: PassInput<'_>) -> Result<PassOutcome, BrokerError> {
     let todo: Vec<&SealedSegment> = input.segments.iter().filter(|s| s.base_offset < map_end).collect();
     let mut i = 0;
     while i < todo.len() {
-        // A group: consecutive segments up to `segment_bytes` of input (output is no larger),
-        // with offsets relative to its base within u32 (the index stores them so).
+        // A group: consecutive segments into one output segment, named by the first, while
+        // the input stays within `segment_bytes`, the output has not reached it (runs cut
+        // from batches can make output larger than input), and offsets relative to the base
+        // fit a u32 (the index stores them so).
         let base = todo[i].base_offset;
-        let mut size = 0;
-        let mut j = i;
-        while j < todo.len()
-            && (j == i
-                || (size + todo[j].size <= input.segment_bytes && todo[j].end_offset - base <= u64::from(u32::MAX)))
-        {
-            size += todo[j].size;
-            j += 1;
-        }
         let path = input.staging.join(segment_file_name(base, LOG_EXT));
         let file = File::create(&path).map_err(|e| io_err("creating a compacted segment", e))?;
         let mut out = Output { file: BufWriter::with_capacity(1 << 20, file), written: 0, horizon: None, end: base };
         let mut last_in: Option<BatchHeader> = None;
-        for seg in &todo[i..j] {
+        let (mut j, mut size) = (i, 0);
+        while j < todo.len()
+            && (j == i
+                || (size + todo[j].size <= input.segment_bytes
+                    && out.written < input.segment_bytes
+                    && todo[j].end_offset - base <= u64::from(u32::MAX)))
+        {
+            let seg = todo[j];
             outcome.bytes_read += seg.size;
             for_each_batch(seg, input.throttle, |b| {
                 let h = b.header;
@@ -319,6 +341,11 @@ pub fn run(mut input: PassInput<'_>) -> Result<PassOutcome, BrokerError> {
                     }
                 } else if h.is_transactional() && (input.is_aborted)(&h) {
                     outcome.records_removed += u64::from(h.record_count);
+                    if (input.is_producer_tail)(&h) {
+                        if let Some(empty) = tail_header(&h) {
+                            out.put(&empty, &[])?;
+                        }
+                    }
                 } else {
                     let tail = (input.is_producer_tail)(&h);
                     outcome.records_removed +=
@@ -327,6 +354,17 @@ pub fn run(mut input: PassInput<'_>) -> Result<PassOutcome, BrokerError> {
                 Ok(true)
             })?;
             outcome.replaced.push((seg.base_offset, seg.size));
+            size += seg.size;
+            j += 1;
+        }
+        if out.written > MAX_SEGMENT_BYTES / 2 {
+            return Err(BrokerError::InvalidArgument(format!(
+                "compacting segment {base} would write {} bytes, more than a segment may hold; lower segment_bytes",
+                out.written
+            )));
+        }
+        if last_in.is_none() {
+            return Err(BrokerError::InvalidArgument(format!("segment {base} holds no batch; not compacting it")));
         }
         let group_end = todo[j - 1].end_offset;
         if let Some(last) = last_in.filter(|_| out.end < group_end) {

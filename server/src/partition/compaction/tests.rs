@@ -259,6 +259,10 @@ async fn aborted_transactions_go_committed_ones_stay_and_markers_expire() {
     let p = open(dir.path());
     assert_eq!(p.last_stable_offset(), p.offsets().high_watermark.0, "no transaction looks open after replay");
     check(&p, &model, 0, false);
+    // Producer 100's only batch was aborted and dropped; its empty last header keeps its
+    // next sequence (1) for the replay.
+    let next = p.state().producers.check(100, 0, 1, 1, 0).unwrap();
+    assert_eq!(next, crate::partition::producer_state::SequenceCheck::Append);
 }
 
 #[tokio::test]
