@@ -49,6 +49,12 @@ use crate::log::{
 /// Unsynced bytes after which the interval flusher fsyncs before the interval is up.
 const EARLY_SYNC_BYTES: u64 = 1 << 20;
 
+/// Bytes appended after which the producer state is snapshotted even if the log did not roll,
+/// so a restart after a crash replays at most this much of batch headers per partition (not
+/// the whole active segment): restart time stays bounded by the partition count
+/// (docs/PERFORMANCE.md, "Restart after kill -9").
+const PRODUCER_SNAPSHOT_BYTES: u64 = 64 << 20;
+
 /// [`FsyncPolicy`] as one u64: 0 = per batch, `u64::MAX` = never, else the interval in ms
 /// (at least 1).
 fn encode_fsync(f: FsyncPolicy) -> u64 {
@@ -167,7 +173,7 @@ impl Partition {
             Self {
                 topic: topic.to_string(),
                 index,
-                state: Mutex::new(PartitionState { log, producers }),
+                state: Mutex::new(PartitionState { log, producers, since_snapshot: 0 }),
                 dir: dir.to_path_buf(),
                 fsync: AtomicU64::new(encode_fsync(fsync)),
                 catch_up_sync: AtomicBool::new(false),
@@ -277,9 +283,11 @@ impl Partition {
             }
             _ => {}
         }
-        if state.log.segment_count() != segments {
-            // The log rolled: snapshot the producer state so a restart replays only the new
-            // active segment.
+        state.since_snapshot += total;
+        if state.log.segment_count() != segments || state.since_snapshot >= PRODUCER_SNAPSHOT_BYTES {
+            // The log rolled, or much was appended since the last snapshot: snapshot the
+            // producer state so a restart replays only the headers after it.
+            state.since_snapshot = 0;
             let log_start = state.log.log_start().0;
             state.producers.prune_aborted(log_start);
             if let Err(e) = state.producers.save(&self.dir, appended.next_offset) {
@@ -708,6 +716,8 @@ pub struct ConsumerRead {
 struct PartitionState {
     log: Log,
     producers: ProducerState,
+    /// Bytes appended since the producer state was last snapshotted.
+    since_snapshot: u64,
 }
 
 #[cfg(test)]
@@ -731,5 +741,39 @@ mod fsync_encoding_tests {
             decode_fsync(encode_fsync(FsyncPolicy::Interval(Duration::ZERO))),
             FsyncPolicy::Interval(Duration::from_millis(1))
         );
+    }
+}
+
+#[cfg(test)]
+mod producer_snapshot_tests {
+    use super::*;
+    use crate::log::format::PRODUCER_SNAPSHOT_FILE;
+
+    #[test]
+    fn the_producer_state_is_snapshotted_every_so_many_bytes_without_a_roll() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = Partition::open(dir.path(), "t", 0, LogConfig::default(), FsyncPolicy::Never).unwrap();
+        let payload = vec![7u8; 1 << 20];
+        let batches = (PRODUCER_SNAPSHOT_BYTES >> 20) as i32 + 2;
+        for seq in 0..batches {
+            let b = AppendBatch {
+                payload: &payload,
+                record_count: 1,
+                compression: 0,
+                payload_crc: crc32c::crc32c(&payload),
+                raft: None,
+                producer_id: 5,
+                producer_epoch: 0,
+                base_sequence: seq,
+                flags: 0,
+            };
+            p.append(b, 1).unwrap();
+        }
+        assert_eq!(p.size_bytes().1, 1, "no roll: one 1 GiB segment");
+        assert!(dir.path().join(PRODUCER_SNAPSHOT_FILE).exists(), "snapshotted without a roll");
+        drop(p);
+        let (p, _) = Partition::open(dir.path(), "t", 0, LogConfig::default(), FsyncPolicy::Never).unwrap();
+        let next = p.state().producers.check(5, 0, batches, 1, 0).unwrap();
+        assert_eq!(next, producer_state::SequenceCheck::Append, "the state after the snapshot and the replay");
     }
 }

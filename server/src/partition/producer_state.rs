@@ -27,8 +27,8 @@
 //!
 //! Persistence: the producer id, epoch, base sequence and transaction flags of every batch are
 //! in its stored header, so the state is rebuilt from the log: a snapshot (written when the log
-//! rolls and at shutdown) plus a replay of the batch headers after it — at most the active
-//! segment.
+//! rolls, every `PRODUCER_SNAPSHOT_BYTES` appended, and at shutdown) plus a replay of the batch
+//! headers after it — at most that many bytes of the active segment.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
