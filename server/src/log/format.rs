@@ -161,6 +161,12 @@ impl BatchHeader {
         self.flags & FLAG_TRANSACTIONAL != 0
     }
 
+    /// Whether consumers are ever served this batch: it holds records (not a Raft control
+    /// batch, not a compacted log's empty batch).
+    pub fn is_served(&self) -> bool {
+        self.record_count > 0 && !self.is_control()
+    }
+
     /// Offset one past the batch's last record.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)

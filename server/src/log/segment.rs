@@ -300,7 +300,7 @@ impl Segment {
         let from = self.time_index.floor_by(|e| e.timestamp_ms < timestamp_ms).map_or(self.base_offset, |e| e.offset);
         let pos = self.position_for(from)?.unwrap_or(self.size);
         // Only batches with records: not control batches, not a compacted log's empty ones.
-        let found = self.find_from(pos, |h| h.append_time_ms >= timestamp_ms && h.record_count > 0)?;
+        let found = self.find_from(pos, |h| h.append_time_ms >= timestamp_ms && h.is_served())?;
         Ok(found.map(|(_, h)| (h.base_offset, h.append_time_ms)))
     }
 
@@ -484,7 +484,7 @@ impl SegmentReader {
     /// consumer path can serve one.
     pub fn read_records(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<Vec<StoredBatch>> {
         let (mut batches, _) = self.read(position, max_offset, max_bytes)?;
-        batches.retain(|b| !b.header.is_control() && b.header.record_count > 0);
+        batches.retain(|b| b.header.is_served());
         Ok(batches)
     }
 

@@ -429,7 +429,7 @@ impl Partition {
         let hw = *self.hw.borrow();
         let located = self.state().log.locate(offset)?;
         let mut batches = self.read_located(located, offset, hw, max_bytes)?;
-        batches.retain(is_served);
+        batches.retain(|b| b.header.is_served());
         Ok(batches)
     }
 
@@ -484,7 +484,7 @@ impl Partition {
         batches.retain(|b| {
             let h = &b.header;
             let aborted = || h.is_transactional() && aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset));
-            is_served(b) && !h.is_txn_marker() && !aborted()
+            h.is_served() && !h.is_txn_marker() && !aborted()
         });
         Ok(ConsumerRead { batches, next, bound })
     }
@@ -650,12 +650,6 @@ impl Partition {
         }
         Ok(())
     }
-}
-
-/// Whether a stored batch is ever served to a consumer: not a Raft control batch, not an empty
-/// batch (a compacted producer's last header, `compaction`).
-fn is_served(b: &StoredBatch) -> bool {
-    !b.header.is_control() && b.header.record_count > 0
 }
 
 /// Producer state: the snapshot, then the batch headers after it (normally the active segment;

@@ -98,10 +98,12 @@ fn cleanable(
         .collect()
 }
 
-/// Dirty bytes (segments ending above `checkpoint`) and all bytes of `segments`.
-fn dirty_bytes(segments: &[SealedSegment], checkpoint: u64) -> (u64, u64) {
-    let dirty = segments.iter().filter(|s| s.end_offset > checkpoint).map(|s| s.size).sum();
-    (dirty, segments.iter().map(|s| s.size).sum())
+/// The fraction of `segments`' bytes in segments ending above `checkpoint` (0 for none), and
+/// whether any are.
+fn dirty_ratio(segments: &[SealedSegment], checkpoint: u64) -> (f64, bool) {
+    let dirty: u64 = segments.iter().filter(|s| s.end_offset > checkpoint).map(|s| s.size).sum();
+    let total: u64 = segments.iter().map(|s| s.size).sum();
+    (if total == 0 { 0.0 } else { dirty as f64 / total as f64 }, dirty > 0)
 }
 
 impl Partition {
@@ -121,12 +123,11 @@ impl Partition {
         let checkpoint = state.log.cleaner_checkpoint();
         drop(state);
         let segments = cleanable(sealed, bound, now_ms, policy.min_compaction_lag_ms, raft_limit);
-        let (dirty, total) = dirty_bytes(&segments, checkpoint);
-        let ratio = if total == 0 { 0.0 } else { dirty as f64 / total as f64 };
+        let (ratio, dirty) = dirty_ratio(&segments, checkpoint);
         // Due: dirty enough, or a kept tombstone's or marker's horizon passed (a pass removes
         // it even without new writes).
         let horizon_due = now_ms / 1000 >= self.next_horizon_s.load(Ordering::Relaxed) as i64;
-        let due = (dirty > 0 && (force || ratio >= policy.min_cleanable_dirty_ratio)) || horizon_due;
+        let due = (dirty && (force || ratio >= policy.min_cleanable_dirty_ratio)) || horizon_due;
         (due && !segments.is_empty()).then_some((generation, segments, checkpoint))
     }
 
@@ -248,9 +249,8 @@ impl Partition {
         let checkpoint = state.log.cleaner_checkpoint();
         let (_, sealed) = state.log.sealed_segments();
         drop(state);
-        let (dirty, total) = dirty_bytes(&sealed, checkpoint);
         CleanerStatus {
-            dirty_ratio: if total == 0 { 0.0 } else { dirty as f64 / total as f64 },
+            dirty_ratio: dirty_ratio(&sealed, checkpoint).0,
             last_cleaned_ms: self.last_cleaned_ms.load(Ordering::Relaxed),
             cleaned_offset: checkpoint,
         }
