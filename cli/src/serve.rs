@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// (default 2000; 0 = never).
     #[arg(long, env = "TIDELOG_QUIESCE_MS")]
     pub quiesce_ms: Option<u64>,
+    /// Cluster mode: snapshot the metadata log after this many bytes of it (default 16 MiB).
+    #[arg(long, env = "TIDELOG_METADATA_SNAPSHOT_BYTES")]
+    pub metadata_snapshot_bytes: Option<u64>,
     /// Cluster mode: a second listener for the brokers' own traffic (Raft, passed-on calls),
     /// with its own TLS (--internal-tls-*); --listen then serves clients only.
     #[arg(long, env = "TIDELOG_INTERNAL_LISTEN", requires = "internal_peers")]
@@ -148,6 +151,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.quiesce_ms {
         config.cluster.quiesce_ms = v;
+    }
+    if let Some(v) = args.metadata_snapshot_bytes {
+        config.cluster.metadata_snapshot_bytes = v;
     }
     config.validate()?;
     Ok(config)

@@ -144,6 +144,11 @@ pub struct ClusterSettings {
     /// 2000 ms; 0 = never (every group ticks, about half a core per broker per 1,000 idle
     /// partitions).
     pub quiesce_ms: u64,
+    /// The metadata log is snapshotted (its sealed prefix replaced by the state it leaves:
+    /// `cluster/meta_snapshot.rs`) once this many bytes of it were written since the last
+    /// snapshot; its segments roll at a quarter of it. A broker starting replays at most about
+    /// this much history. Default 16 MiB.
+    pub metadata_snapshot_bytes: u64,
     /// With `internal_listen`: every broker's internal listener, `id=host:port`, this one
     /// included (peers call each other there); `peers` are then the addresses clients are told.
     pub internal_peers: Vec<String>,
@@ -157,6 +162,7 @@ impl Default for ClusterSettings {
             election_timeout_ms: 1000,
             leader_rebalance_ms: 10_000,
             quiesce_ms: 2000,
+            metadata_snapshot_bytes: 16 << 20,
             internal_peers: Vec::new(),
         }
     }
@@ -262,6 +268,11 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "cluster.election_timeout_ms must be at least 3 x cluster.heartbeat_ms (and the heartbeat positive)"
                         .into(),
+                ));
+            }
+            if c.metadata_snapshot_bytes < 64 << 10 {
+                return Err(ConfigError::Invalid(
+                    "cluster.metadata_snapshot_bytes must be at least 65536 (64 KiB)".into(),
                 ));
             }
         }

@@ -57,7 +57,8 @@ impl TestCluster {
         c
     }
 
-    fn dir(&self, n: u64) -> PathBuf {
+    /// Broker `n`'s data directory.
+    pub fn dir(&self, n: u64) -> PathBuf {
         self.root.path().join(format!("node-{n}"))
     }
 

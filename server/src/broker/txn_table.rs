@@ -100,7 +100,14 @@ impl TxnTable {
         outcomes.iter().rev().find(|(o, _)| *o == offset).map(|(_, applied)| *applied)
     }
 
-    /// Replaces every entry (a single node loading its store).
+    /// Stores `entry` for `id` whatever the stored version (a metadata snapshot's state).
+    pub fn put(&self, id: &str, entry: TxnEntry) {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner).insert(id.to_string(), entry);
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Replaces every entry (a single node loading its store, a cluster broker rebuilding
+    /// from the metadata log).
     pub fn replace_all(&self, all: impl IntoIterator<Item = (String, TxnEntry)>) {
         let mut entries = Entries::default();
         for (id, entry) in all {

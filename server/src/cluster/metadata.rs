@@ -18,12 +18,12 @@
 //!
 //! Never: apply a command above the metadata group's high watermark (uncommitted).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::meta_image::MetaImage;
 use super::replica::{self, GroupSpec};
 use super::writer::RaftWriter;
 use super::{group_id, Cluster, Hosted};
@@ -31,6 +31,7 @@ use crate::auth::SecurityChange;
 use crate::broker::route::APPLY_WAIT;
 use crate::broker::{Broker, PartitionSlot, Topic};
 use crate::error::BrokerError;
+use crate::log::format::BatchHeader;
 use crate::log::StoredBatch;
 use crate::meta::{StoredOffset, TopicRecord};
 use crate::partition::Partition;
@@ -119,6 +120,17 @@ pub enum MetaCommand {
         id: String,
         entry: crate::meta::txn::TxnEntry,
     },
+    /// The whole ACL and quota state (written only by a metadata snapshot, `meta_image.rs`,
+    /// in place of the `Security` changes it folds).
+    SecurityState {
+        state: crate::auth::SecurityState,
+    },
+    /// A transactional id's state, stored whatever the current version (written only by a
+    /// metadata snapshot in place of the `Txn` changes it folds).
+    TxnState {
+        id: String,
+        entry: crate::meta::txn::TxnEntry,
+    },
 }
 
 /// Proposes a command to the metadata group (on its leader) and returns the metadata-log
@@ -161,10 +173,14 @@ pub fn topic_id_at(offset: u64) -> u64 {
 }
 
 /// Applies the committed metadata log to the broker's topic table, forever (until shutdown).
+/// It starts by rebuilding from the whole committed log ([`rebuild`]), and rebuilds again
+/// whenever a Raft snapshot replaced the log under it (this broker was behind the leader's
+/// metadata snapshot).
 pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Partition>) {
     let mut hw = log.watch_hw();
     let mut shutdown = broker.shutdown_signal();
-    let mut next = match apply_backlog(&broker, &cluster, &log).await {
+    let mut installs = log.snapshots_installed();
+    let mut next = match rebuild(&broker, &cluster, &log).await {
         Ok(next) => next,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
@@ -173,10 +189,21 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
     };
     cluster.applied.send_replace(next);
     loop {
+        if log.snapshots_installed() != installs {
+            installs = log.snapshots_installed();
+            match rebuild(&broker, &cluster, &log).await {
+                Ok(end) => {
+                    tracing::info!(from = next, to = end, "rebuilt the cluster metadata from the leader's snapshot");
+                    next = end;
+                    cluster.applied.send_replace(next);
+                }
+                Err(e) => tracing::error!(error = %e, "rebuilding from a metadata snapshot failed; retrying"),
+            }
+        }
         match read_chunk(&log, &mut next) {
             Ok(Some(cmds)) => {
-                for (offset, cmd) in cmds {
-                    apply(&broker, &cluster, offset, cmd).await;
+                for (h, cmd) in cmds {
+                    apply(&broker, &cluster, h.base_offset, cmd).await;
                 }
                 cluster.applied.send_replace(next);
                 continue;
@@ -191,67 +218,110 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
     }
 }
 
-/// Startup: applies what is committed already, in a second pass that skips creates a later
-/// delete undid (their groups never start); the first pass only collects those deletes. Both
-/// read chunk by chunk, so memory does not grow with the log (every group commit is an entry
-/// of it). Returns the offset to go on from.
-async fn apply_backlog(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition) -> Result<u64, BrokerError> {
-    let mut deleted: HashSet<u64> = HashSet::new();
-    // Each topic's alterations and added partitions, in log order, folded into its create
-    // below: a topic opens with the settings and partitions it has now, never briefly with
-    // those it was created with.
-    let mut alterations: HashMap<u64, Vec<MetaCommand>> = HashMap::new();
-    // The ACLs and quotas as the whole backlog leaves them, installed once before anything is
-    // served from it: replaying them one by one would briefly enforce revoked ACLs again.
-    let mut security = (*broker.auth().state()).clone();
+/// Builds this broker's view from the whole committed log: folds it into a [`MetaImage`]
+/// (chunk by chunk; memory follows the live state, not the length of the log) and reconciles
+/// the topic table, the offset store, the ACLs and quotas and the transactions with it. Used
+/// at start (topics open with their current settings and partitions, never briefly with those
+/// they were created with; deleted topics never start; revoked ACLs are never enforced
+/// again) and after a snapshot replaced the log (topics deleted meanwhile go). Returns the
+/// offset to go on from.
+async fn rebuild(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition) -> Result<u64, BrokerError> {
+    let mut image = MetaImage::default();
     let mut end = 0u64;
     while let Some(cmds) = read_chunk(log, &mut end)? {
-        for (_, cmd) in cmds {
-            match cmd {
-                MetaCommand::DeleteTopic { topic_id, .. } => {
-                    deleted.insert(topic_id);
-                }
-                MetaCommand::AlterTopic { topic_id, .. } | MetaCommand::AddPartitions { topic_id, .. } => {
-                    alterations.entry(topic_id).or_default().push(cmd);
-                }
-                MetaCommand::Security { change } => {
-                    security.apply(&change);
-                }
-                MetaCommand::CreateTopic { .. }
-                | MetaCommand::Txn { .. }
-                | MetaCommand::CommitOffsets { .. }
-                | MetaCommand::DeleteGroup { .. }
-                | MetaCommand::DeleteRecords { .. } => {}
+        for (h, cmd) in cmds {
+            image.fold(&h, cmd);
+        }
+    }
+    broker.auth().replace_state(image.security_state());
+    broker.transactions().replace_all(image.txns.iter().map(|(id, (_, e))| (id.clone(), e.clone())));
+    for t in broker.topics() {
+        if image.topic_id(&t.record.name) != Some(t.topic_id) {
+            if let Err(e) = delete(broker, cluster, &t.record.name, t.topic_id, t.record.partitions).await {
+                tracing::error!(topic = %t.record.name, error = %e, "removing a deleted topic failed on this broker");
             }
         }
     }
-    broker.auth().replace_state(security);
-    let mut next = 0u64;
-    while next < end {
-        let Some(cmds) = read_chunk(log, &mut next)? else { break };
-        for (offset, cmd) in cmds {
-            match cmd {
-                MetaCommand::CreateTopic { .. } if deleted.contains(&topic_id_at(offset)) => {}
-                MetaCommand::CreateTopic { mut record } => {
-                    for alter in alterations.get(&topic_id_at(offset)).into_iter().flatten() {
-                        if let Some(altered) = altered(&record, alter) {
-                            record = altered;
-                        }
-                    }
-                    apply(broker, cluster, offset, MetaCommand::CreateTopic { record }).await;
-                }
-                MetaCommand::AlterTopic { .. } | MetaCommand::AddPartitions { .. } => {} // folded into its create
-                MetaCommand::Security { .. } => {}                                       // installed whole above
-                cmd => apply(broker, cluster, offset, cmd).await,
+    // The store is only the log's applied view: exactly the image's offsets, no more (a
+    // group deleted in a part of the log a snapshot replaced must not come back).
+    let store = broker.store();
+    for group in store.offset_groups()? {
+        store.remove_group_offsets(&group)?;
+    }
+    for ((group, topic), g) in &image.offsets {
+        store.apply_offsets(group, topic, &g.offsets.values().cloned().collect::<Vec<_>>())?;
+    }
+    for (id, t) in &image.topics {
+        let result = match broker.topic(&t.record.name) {
+            Ok(current) if current.topic_id == *id => reconcile(broker, cluster, &current, t.record.clone()).await,
+            _ => create(broker, cluster, *id, t.record.clone()).await,
+        };
+        if let Err(e) = result {
+            tracing::error!(topic = %t.record.name, topic_id = id, error = %e, "opening a topic failed on this broker");
+        }
+        if let Some((_, floors)) = &t.deleted_below {
+            let before = floors.iter().map(|(p, o)| (*p, *o)).collect();
+            let cmd = MetaCommand::DeleteRecords { name: t.record.name.clone(), topic_id: *id, before };
+            if let Err(e) = apply_delete_records(broker, &cmd).await {
+                tracing::error!(topic = %t.record.name, error = %e, "deleting records failed on this broker");
             }
         }
     }
-    Ok(next)
+    sweep_deleted(broker, cluster, &image).await;
+    Ok(end)
+}
+
+/// Removes the files and Raft state of replicas of topics that are gone: deleted in a part of
+/// the log this broker never applied (a snapshot replaced it), or while it was down.
+async fn sweep_deleted(broker: &Broker, cluster: &Cluster, image: &MetaImage) {
+    let root = cluster.data_dir.join(crate::layout::REPLICAS_DIR);
+    let Ok(dirs) = std::fs::read_dir(&root) else { return };
+    for entry in dirs.flatten() {
+        let Some(topic_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        if image.topics.contains_key(&topic_id) {
+            continue;
+        }
+        let partitions: Vec<u32> = std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|p| p.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        for p in partitions {
+            cluster.unhost(group_id(topic_id, p));
+            if let Ok(state) = broker.store().raft_state(group_id(topic_id, p)) {
+                if let Err(e) = state.clear().await {
+                    tracing::warn!(topic_id, partition = p, error = %e, "could not clear a deleted replica's Raft state");
+                }
+            }
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(topic_id, "removed the replicas of a topic deleted meanwhile"),
+            Err(e) => tracing::warn!(topic_id, error = %e, "could not remove a deleted topic's files"),
+        }
+    }
+}
+
+/// Brings topic `current` (the same incarnation) to `record`: new partitions opened, settings
+/// republished.
+async fn reconcile(
+    broker: &Arc<Broker>,
+    cluster: &Cluster,
+    current: &Topic,
+    record: TopicRecord,
+) -> Result<(), BrokerError> {
+    if record == current.record {
+        return Ok(());
+    }
+    if record.partitions > current.record.partitions {
+        return grow(broker, cluster, current, record).await;
+    }
+    broker.republish(current, record).map(|_| ())
 }
 
 /// The committed commands from `next` in one read of up to [`READ_BYTES`], advancing it;
 /// `None` at the high watermark (a chunk of only undecodable commands is `Some` and empty).
-fn read_chunk(log: &Partition, next: &mut u64) -> Result<Option<Vec<(u64, MetaCommand)>>, BrokerError> {
+fn read_chunk(log: &Partition, next: &mut u64) -> Result<Option<Vec<(BatchHeader, MetaCommand)>>, BrokerError> {
     let batches = log.read(*next, READ_BYTES)?;
     if batches.is_empty() {
         return Ok(None);
@@ -260,7 +330,7 @@ fn read_chunk(log: &Partition, next: &mut u64) -> Result<Option<Vec<(u64, MetaCo
     for b in batches {
         *next = b.header.next_offset();
         match decode(&b) {
-            Ok(cmd) => out.push((b.header.base_offset, cmd)),
+            Ok(cmd) => out.push((b.header, cmd)),
             // A command this version does not know: skip it rather than stop applying.
             Err(e) => tracing::error!(offset = b.header.base_offset, error = %e, "skipping undecodable metadata"),
         }
@@ -274,7 +344,7 @@ fn decode(b: &StoredBatch) -> Result<MetaCommand, serde_json::Error> {
 
 /// `record` as an `AlterTopic` or `AddPartitions` command leaves it; `None` (logged) for an
 /// alteration that would leave invalid settings, an add that adds nothing, or another command.
-fn altered(record: &TopicRecord, cmd: &MetaCommand) -> Option<TopicRecord> {
+pub(super) fn altered(record: &TopicRecord, cmd: &MetaCommand) -> Option<TopicRecord> {
     match cmd {
         MetaCommand::AlterTopic { set, values, reset, defaults, .. } => {
             match defaults.altered_with(&record.settings, &record.own_settings(), values, set, reset) {
@@ -323,8 +393,7 @@ fn apply_alter(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
     }
 }
 
-/// Applies an `AddPartitions` to the incarnation it names: opens the new partitions held here
-/// and republishes the topic with them.
+/// Applies an `AddPartitions` to the incarnation it names.
 async fn apply_add(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCommand) -> Result<(), BrokerError> {
     let MetaCommand::AddPartitions { name, topic_id, .. } = cmd else { return Ok(()) };
     let Ok(topic) = broker.topic(name) else { return Ok(()) };
@@ -332,12 +401,19 @@ async fn apply_add(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCommand) -
         return Ok(()); // another incarnation
     }
     let Some(record) = altered(&topic.record, cmd) else { return Ok(()) };
+    grow(broker, cluster, &topic, record).await
+}
+
+/// Opens the partitions `topic` gains in `record` that are held here, and republishes the
+/// topic with them.
+async fn grow(broker: &Arc<Broker>, cluster: &Cluster, topic: &Topic, record: TopicRecord) -> Result<(), BrokerError> {
     let mut slots = topic.slots.clone();
     for p in topic.record.partitions..record.partitions {
-        slots.push(open_slot(broker, cluster, *topic_id, &record, p).await?);
+        slots.push(open_slot(broker, cluster, topic.topic_id, &record, p).await?);
     }
-    tracing::info!(topic = %name, topic_id, from = topic.record.partitions, to = record.partitions, "partitions added");
-    broker.publish_topic(Arc::new(Topic { record, slots, topic_id: *topic_id }));
+    let (name, from, to) = (record.name.clone(), topic.record.partitions, record.partitions);
+    tracing::info!(topic = %name, topic_id = topic.topic_id, from, to, "partitions added");
+    broker.publish_topic(Arc::new(Topic { record, slots, topic_id: topic.topic_id }));
     Ok(())
 }
 
@@ -387,6 +463,14 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
         }
         MetaCommand::Txn { id, entry } => {
             broker.transactions().compare_and_set_at(offset, &id, entry);
+            Ok(())
+        }
+        MetaCommand::SecurityState { state } => {
+            broker.auth().replace_state(state);
+            Ok(())
+        }
+        MetaCommand::TxnState { id, entry } => {
+            broker.transactions().put(&id, entry);
             Ok(())
         }
     };

@@ -35,6 +35,8 @@
 //!   before the failure, until the topic is deleted).
 
 pub mod control;
+pub mod meta_image;
+pub mod meta_snapshot;
 pub mod metadata;
 pub mod placement;
 pub mod quiesce;
@@ -155,7 +157,7 @@ impl Cluster {
                 data_dir: &data_dir,
             },
             broker.store(),
-            replica::GroupSpec::metadata(&data_dir),
+            replica::GroupSpec::metadata(&data_dir, meta_snapshot::segment_bytes(settings.metadata_snapshot_bytes)),
             brokers.keys().copied().collect(),
             start,
         )
@@ -175,7 +177,13 @@ impl Cluster {
             start_log_end,
             hosted: RwLock::default(),
         });
-        tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), meta.partition));
+        tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), Arc::clone(&meta.partition)));
+        tokio::spawn(meta_snapshot::run(
+            Arc::clone(broker),
+            Arc::clone(&cluster),
+            meta.partition,
+            settings.metadata_snapshot_bytes,
+        ));
         if settings.quiesce_ms > 0 {
             let every = Duration::from_millis(settings.heartbeat_ms);
             let idle_after = Duration::from_millis(settings.quiesce_ms);

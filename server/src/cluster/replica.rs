@@ -53,14 +53,16 @@ pub struct GroupSpec {
 }
 
 impl GroupSpec {
-    /// The metadata group: fsync per batch (metadata must not be lost), kept forever.
-    pub fn metadata(data_dir: &Path) -> Self {
+    /// The metadata group: fsync per batch (metadata must not be lost), no retention (its
+    /// sealed prefix is replaced by snapshots instead: `meta_snapshot.rs`), segments of
+    /// `segment_bytes`.
+    pub fn metadata(data_dir: &Path, segment_bytes: u64) -> Self {
         Self {
             group_id: super::META_GROUP,
             dir: crate::layout::cluster_meta_dir(data_dir),
             topic: "__cluster_metadata".into(),
             partition: 0,
-            log_config: LogConfig { segment_bytes: 64 << 20, ..LogConfig::default() },
+            log_config: LogConfig { segment_bytes, ..LogConfig::default() },
             fsync: FsyncPolicy::PerBatch,
         }
     }

@@ -12,12 +12,19 @@
 //!   last records went with an empty end batch, so segments stay contiguous; the log start stays
 //!   the first segment's base (compaction never moves it).
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{FatalContext, IoContext};
-use super::format::{parse_log_file_name, segment_file_name, CLEANER_CHECKPOINT_FILE, LOG_EXT};
+use super::format::{
+    parse_log_file_name, segment_file_name, BatchHeader, BATCH_HEADER_LEN, CLEANER_CHECKPOINT_FILE, LOG_EXT,
+};
 use super::segment::{Segment, SegmentReader};
-use super::{start_floor, swap, Log, LogError};
+use super::{start_floor, swap, Log, LogError, StoredBatch};
+
+/// Bytes a rewrite reads from a sealed segment at a time.
+const READ_CHUNK: usize = 1 << 20;
 
 /// A sealed segment as the cleaner sees it, read without the log's lock (sealed files never
 /// change; a swap replaces them by rename, so an open reader keeps the old bytes).
@@ -32,6 +39,103 @@ pub struct SealedSegment {
     /// Append time of its newest batch.
     pub max_append_time_ms: Option<i64>,
     pub reader: SegmentReader,
+}
+
+impl SealedSegment {
+    /// Calls `f` with every batch in order (`f` returns false to stop), reading [`READ_CHUNK`]
+    /// at a time and calling `on_read` with the bytes of each read (a throttle's hook).
+    pub fn for_each_batch<E: From<LogError>>(
+        &self,
+        mut on_read: impl FnMut(u64),
+        mut f: impl FnMut(StoredBatch) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let mut pos = 0;
+        while pos < self.size {
+            let (batches, next) = self
+                .reader
+                .read(pos, u64::MAX, READ_CHUNK)
+                .ctx(|| format!("reading sealed segment {}", self.base_offset))?;
+            on_read(next - pos);
+            if batches.is_empty() {
+                break;
+            }
+            pos = next;
+            for b in batches {
+                if !f(b)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One new segment being written into a staging directory by a rewrite of sealed segments
+/// (compaction, the metadata snapshot), named by its base offset. Batches go in as given;
+/// the writer only frames them (sets `batch_len`). Durability: [`StagedSegment::finish`]
+/// fsyncs the file.
+pub struct StagedSegment {
+    file: BufWriter<File>,
+    base: u64,
+    written: u64,
+    /// The next offset after the last batch written.
+    end: u64,
+}
+
+impl StagedSegment {
+    pub fn create(staging: &Path, base: u64) -> Result<Self, LogError> {
+        let path = staging.join(segment_file_name(base, LOG_EXT));
+        let file = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
+        Ok(Self { file: BufWriter::with_capacity(1 << 20, file), base, written: 0, end: base })
+    }
+
+    pub fn put(&mut self, header: &BatchHeader, payload: &[u8]) -> Result<(), LogError> {
+        let h = BatchHeader { batch_len: (BATCH_HEADER_LEN + payload.len()) as u32, ..*header };
+        let base = self.base;
+        self.file.write_all(&h.encode()).ctx(|| format!("writing staged segment {base}"))?;
+        self.file.write_all(payload).ctx(|| format!("writing staged segment {base}"))?;
+        self.written += u64::from(h.batch_len);
+        self.end = self.end.max(h.next_offset());
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Ends the segment at `end` (the next segment's base): if its last records went, an
+    /// empty end batch there carries `last`'s Raft term and index, so segments stay
+    /// contiguous and a replica installing them as a Raft snapshot ends its log at the right
+    /// offset with the last entry's id. Then flushes and fsyncs; returns the bytes written.
+    pub fn finish(mut self, end: u64, last: &BatchHeader) -> Result<u64, LogError> {
+        if self.end < end {
+            let marker = BatchHeader {
+                batch_len: 0,
+                compression: 0,
+                flags: 0,
+                record_count: 0,
+                base_offset: end,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                payload_crc: crc32c::crc32c(&[]),
+                delete_horizon_s: 0,
+                ..*last
+            };
+            self.put(&marker, &[])?;
+        }
+        let base = self.base;
+        let file =
+            self.file.into_inner().map_err(|e| e.into_error()).ctx(|| format!("writing staged segment {base}"))?;
+        file.sync_all().ctx(|| format!("fsync of staged segment {base}"))?;
+        Ok(self.written)
+    }
+}
+
+/// Fsyncs a staging directory once its segments are written.
+pub fn sync_staging(staging: &Path) -> Result<(), LogError> {
+    File::open(staging).and_then(|d| d.sync_all()).ctx(|| format!("fsync of {}", staging.display()))
 }
 
 impl Log {

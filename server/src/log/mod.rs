@@ -48,7 +48,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use clean::SealedSegment;
+pub use clean::{sync_staging, SealedSegment, StagedSegment};
 pub use config::{FsyncPolicy, LogConfig, Retention};
 pub use error::LogError;
 use error::{FatalContext, IoContext};

@@ -131,6 +131,9 @@ pub struct Partition {
     /// due then even without new writes. Unknown after a restart (`u32::MAX`): the next
     /// cleaning that new writes start finds them.
     next_horizon_s: std::sync::atomic::AtomicU32,
+    /// Raft snapshots installed since open: a reader that follows the log by offset (the
+    /// metadata applier) rebuilds its state when this changes under it.
+    snapshots_installed: AtomicU64,
 }
 
 /// Records and bytes produced to (acknowledged by this broker as leader) and served from a
@@ -189,6 +192,7 @@ impl Partition {
                 cleaning: Mutex::new(()),
                 last_cleaned_ms: AtomicI64::new(0),
                 next_horizon_s: std::sync::atomic::AtomicU32::new(u32::MAX),
+                snapshots_installed: AtomicU64::new(0),
             },
             report,
         ))
@@ -628,8 +632,14 @@ impl Partition {
         state.producers = load_producers(&self.dir, &state.log)?;
         let end = state.log.log_end().0;
         self.synced_bytes.fetch_max(self.written_bytes.load(Ordering::Relaxed), Ordering::AcqRel);
+        self.snapshots_installed.fetch_add(1, Ordering::AcqRel);
         self.hw.send_modify(|hw| *hw = end);
         Ok(())
+    }
+
+    /// How many Raft snapshots replaced this log since it was opened.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed.load(Ordering::Acquire)
     }
 
     /// Sets the high watermark after a restart, when Raft (not the log end) knows what is

@@ -67,6 +67,9 @@ pub struct Instruments {
     pub cleaner_bytes_written: Counter,
     pub cleaner_records_removed: Counter,
     pub cleaner_pass_seconds: Histogram,
+    /// Metadata snapshots taken here, and the size of the last one's image segment.
+    pub metadata_snapshots: Counter,
+    pub metadata_image_bytes: Gauge,
 }
 
 /// Throttle time by quota kind.
@@ -96,6 +99,8 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     cleaner_bytes_written: Counter::default(),
     cleaner_records_removed: Counter::default(),
     cleaner_pass_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
+    metadata_snapshots: Counter::default(),
+    metadata_image_bytes: Gauge::default(),
 });
 
 /// The instruments (created on first use).
@@ -146,6 +151,16 @@ pub fn register(registry: &mut Registry) {
         i.cleaner_records_removed.clone(),
     );
     registry.register("tidelog_cleaner_pass_seconds", "One log cleaner pass", i.cleaner_pass_seconds.clone());
+    registry.register(
+        "tidelog_metadata_snapshots",
+        "Snapshots of the cluster metadata log taken by this broker",
+        i.metadata_snapshots.clone(),
+    );
+    registry.register(
+        "tidelog_metadata_image_bytes",
+        "Size of the metadata log's image segment after this broker's last snapshot",
+        i.metadata_image_bytes.clone(),
+    );
 }
 
 /// Counts an open stream while alive.

@@ -242,6 +242,88 @@ impl Partition {
         }))
     }
 
+    /// The sealed prefix a rewrite of the whole prefix ([`Partition::rewrite_prefix`]) would
+    /// replace now, if the bytes of its segments ending above the cleaner checkpoint reach
+    /// `min_dirty_bytes`: the Raft index of its last batch (a replicated log purges its Raft
+    /// log up to it first).
+    pub fn rewrite_point(&self, bound: u64, min_dirty_bytes: u64) -> Option<u64> {
+        let (_, segments, _) = self.rewritable(bound, None, min_dirty_bytes)?;
+        segments.iter().rev().find_map(|s| s.last_raft_index)
+    }
+
+    fn rewritable(
+        &self,
+        bound: u64,
+        raft_limit: Option<u64>,
+        min_dirty_bytes: u64,
+    ) -> Option<(u64, Vec<SealedSegment>, u64)> {
+        let state = self.state();
+        let (generation, sealed) = state.log.sealed_segments();
+        let checkpoint = state.log.cleaner_checkpoint();
+        drop(state);
+        let segments = cleanable(sealed, bound, i64::MAX, 0, raft_limit);
+        let dirty: u64 = segments.iter().filter(|s| s.end_offset > checkpoint).map(|s| s.size).sum();
+        (dirty > 0 && dirty >= min_dirty_bytes).then_some((generation, segments, checkpoint))
+    }
+
+    /// Replaces the sealed prefix (as [`Partition::rewrite_point`] chooses it, at or below
+    /// `raft_limit` when replicated) by what `rewrite` writes into the staging directory it is
+    /// given (one segment named by the prefix's base, ending at the prefix's end: see
+    /// `log::StagedSegment`), crash-safely, and moves the cleaner checkpoint to the prefix's
+    /// end. This is how another kind of cleaner (the cluster's metadata snapshot) compacts a
+    /// log whose payloads only it understands. Blocking; the partition's lock is held only to
+    /// choose and to swap. Durability: the swap is durable on return.
+    pub fn rewrite_prefix(
+        &self,
+        bound: u64,
+        raft_limit: Option<u64>,
+        min_dirty_bytes: u64,
+        rewrite: impl FnOnce(&[SealedSegment], &std::path::Path) -> Result<u64, BrokerError>,
+    ) -> Result<Option<CleanStats>, BrokerError> {
+        let _one_at_a_time = self.cleaning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let started = std::time::Instant::now();
+        let Some((generation, segments, _)) = self.rewritable(bound, raft_limit, min_dirty_bytes) else {
+            return Ok(None);
+        };
+        let (staging, config) = {
+            let state = self.state();
+            (state.log.clean_staging()?, *state.log.config())
+        };
+        let written = rewrite(&segments, &staging)
+            .and_then(|w| Ok(Log::index_staged(&staging, config.index_interval_bytes).map(|()| w)?));
+        let mut state = self.state();
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                state.log.abandon_clean()?;
+                return Err(e);
+            }
+        };
+        let replaced: Vec<(u64, u64)> = segments.iter().map(|s| (s.base_offset, s.size)).collect();
+        let end = segments.last().map_or(0, |s| s.end_offset);
+        match state.log.swap_cleaned(generation, &replaced, end) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                if e.is_unrecoverable() {
+                    drop(state);
+                    self.close(super::Closed::StorageFailed);
+                }
+                return Err(e.into());
+            }
+        }
+        drop(state);
+        self.last_cleaned_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+        Ok(Some(CleanStats {
+            segments: segments.len(),
+            bytes_read: segments.iter().map(|s| s.size).sum(),
+            bytes_written: written,
+            records_removed: 0,
+            cleaned_offset: end,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+
     /// The compaction state for `topic describe`. The dirty ratio is the cleaner's: over the
     /// sealed segments (the active one is never cleanable).
     pub fn cleaner_status(&self) -> CleanerStatus {

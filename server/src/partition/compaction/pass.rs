@@ -37,21 +37,14 @@
 //!
 //! Never: write outside the staging directory, or decide on records at or above `map_end`.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use super::offset_map::{digest, OffsetMap};
 use super::records::{decompressed, parse, reframe, RawRecord};
 use super::throttle::Throttle;
 use crate::error::BrokerError;
-use crate::log::format::{
-    segment_file_name, BatchHeader, BATCH_HEADER_LEN, FLAG_TRANSACTIONAL, LOG_EXT, MAX_SEGMENT_BYTES,
-};
-use crate::log::{LogError, SealedSegment, StoredBatch};
-
-/// Bytes read from a segment per `pread` while cleaning.
-const READ_CHUNK: usize = 1 << 20;
+use crate::log::format::{BatchHeader, FLAG_TRANSACTIONAL, MAX_SEGMENT_BYTES};
+use crate::log::{sync_staging, SealedSegment, StagedSegment, StoredBatch};
 
 /// What one pass is given.
 pub struct PassInput<'a> {
@@ -88,34 +81,13 @@ pub struct PassOutcome {
     pub next_horizon_s: Option<u32>,
 }
 
-fn io_err(context: &str, e: std::io::Error) -> BrokerError {
-    LogError::io(context.to_string(), e).into()
-}
-
-/// Calls `f` with every batch of `seg` in order, reading `READ_CHUNK` at a time.
+/// Calls `f` with every batch of `seg` in order, throttled.
 fn for_each_batch(
     seg: &SealedSegment,
     throttle: &mut Throttle,
-    mut f: impl FnMut(StoredBatch) -> Result<bool, BrokerError>,
+    f: impl FnMut(StoredBatch) -> Result<bool, BrokerError>,
 ) -> Result<(), BrokerError> {
-    let mut pos = 0;
-    while pos < seg.size {
-        let (batches, next) = seg
-            .reader
-            .read(pos, u64::MAX, READ_CHUNK)
-            .map_err(|e| io_err(&format!("reading segment {}", seg.base_offset), e))?;
-        throttle.consume(next - pos);
-        if batches.is_empty() {
-            break;
-        }
-        pos = next;
-        for b in batches {
-            if !f(b)? {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
+    seg.for_each_batch(|n| throttle.consume(n), f)
 }
 
 /// Whether the cleaner looks at a batch's records (not a Raft control batch, not a marker).
@@ -165,27 +137,19 @@ fn horizon_s(now_ms: i64, delete_retention_ms: i64) -> u32 {
     u32::try_from(ms.saturating_add(999) / 1000).unwrap_or(u32::MAX).max(1)
 }
 
-/// Appends batches to one output segment.
+/// One output segment, with the earliest delete horizon written to it.
 struct Output {
-    file: BufWriter<File>,
-    written: u64,
-    /// The earliest delete horizon written.
+    seg: StagedSegment,
     horizon: Option<u32>,
-    /// The next offset after the last batch written.
-    end: u64,
 }
 
 impl Output {
     fn put(&mut self, header: &BatchHeader, payload: &[u8]) -> Result<(), BrokerError> {
-        let h = BatchHeader { batch_len: (BATCH_HEADER_LEN + payload.len()) as u32, ..*header };
-        if h.delete_horizon_s != 0 {
-            self.horizon = Some(self.horizon.map_or(h.delete_horizon_s, |x| x.min(h.delete_horizon_s)));
+        if header.delete_horizon_s != 0 {
+            let h = header.delete_horizon_s;
+            self.horizon = Some(self.horizon.map_or(h, |x| x.min(h)));
         }
-        self.file.write_all(&h.encode()).map_err(|e| io_err("writing a compacted segment", e))?;
-        self.file.write_all(payload).map_err(|e| io_err("writing a compacted segment", e))?;
-        self.written += u64::from(h.batch_len);
-        self.end = self.end.max(h.next_offset());
-        Ok(())
+        Ok(self.seg.put(header, payload)?)
     }
 }
 
@@ -315,15 +279,13 @@ pub fn run(mut input: PassInput<'_>) -> Result<PassOutcome, BrokerError> {
         // from batches can make output larger than input), and offsets relative to the base
         // fit a u32 (the index stores them so).
         let base = todo[i].base_offset;
-        let path = input.staging.join(segment_file_name(base, LOG_EXT));
-        let file = File::create(&path).map_err(|e| io_err("creating a compacted segment", e))?;
-        let mut out = Output { file: BufWriter::with_capacity(1 << 20, file), written: 0, horizon: None, end: base };
+        let mut out = Output { seg: StagedSegment::create(input.staging, base)?, horizon: None };
         let mut last_in: Option<BatchHeader> = None;
         let (mut j, mut size) = (i, 0);
         while j < todo.len()
             && (j == i
                 || (size + todo[j].size <= input.segment_bytes
-                    && out.written < input.segment_bytes
+                    && out.seg.written() < input.segment_bytes
                     && todo[j].end_offset - base <= u64::from(u32::MAX)))
         {
             let seg = todo[j];
@@ -357,47 +319,25 @@ pub fn run(mut input: PassInput<'_>) -> Result<PassOutcome, BrokerError> {
             size += seg.size;
             j += 1;
         }
-        if out.written > MAX_SEGMENT_BYTES / 2 {
+        if out.seg.written() > MAX_SEGMENT_BYTES / 2 {
             return Err(BrokerError::InvalidArgument(format!(
                 "compacting segment {base} would write {} bytes, more than a segment may hold; lower segment_bytes",
-                out.written
+                out.seg.written()
             )));
         }
-        if last_in.is_none() {
+        let Some(last) = last_in else {
             return Err(BrokerError::InvalidArgument(format!("segment {base} holds no batch; not compacting it")));
-        }
-        let group_end = todo[j - 1].end_offset;
-        if let Some(last) = last_in.filter(|_| out.end < group_end) {
-            // The group's last records went: an end batch keeps the segment ending where the
-            // next one starts, so a replica installing these segments as a Raft snapshot ends
-            // its log at the right offset, with the last entry's Raft index and term.
-            let end = BatchHeader {
-                batch_len: 0,
-                compression: 0,
-                flags: 0,
-                record_count: 0,
-                base_offset: group_end,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-                payload_crc: crc32c::crc32c(&[]),
-                delete_horizon_s: 0,
-                ..last
-            };
-            out.put(&end, &[])?;
-        }
-        let file = out.file.into_inner().map_err(|e| io_err("writing a compacted segment", e.into_error()))?;
-        file.sync_all().map_err(|e| io_err("fsync of a compacted segment", e))?;
-        outcome.bytes_written += out.written;
+        };
+        // The group's last records went: an end batch keeps the segment ending where the next
+        // one starts (see `StagedSegment::finish`).
+        outcome.bytes_written += out.seg.finish(todo[j - 1].end_offset, &last)?;
         outcome.next_horizon_s = match (outcome.next_horizon_s, out.horizon) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         i = j;
     }
-    File::open(input.staging)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("fsync of the compaction staging directory", e))?;
+    sync_staging(input.staging)?;
     Ok(outcome)
 }
 
