@@ -14,12 +14,17 @@ import time
 import grpc
 
 sys.path.insert(0, "sdk-python/src")
-from tidelog.v1 import offsets_service_pb2 as pb  # noqa: E402
-from tidelog.v1 import offsets_service_pb2_grpc as pb_grpc  # noqa: E402
+from tidelog.v1 import offsets_service_pb2 as pb
+from tidelog.v1 import offsets_service_pb2_grpc as pb_grpc
 
 PARTITIONS = 12
 WINDOW = 32
-addr, topic, count, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+addr, topic, count, streams = (
+    sys.argv[1],
+    sys.argv[2],
+    int(sys.argv[3]),
+    int(sys.argv[4]),
+)
 last: dict[str, list[int]] = {}
 errors: list[str] = []
 
@@ -34,7 +39,10 @@ def run(thread: int) -> None:
         for i in range(n):
             window.acquire()
             yield pb.CommitRequest(
-                request_id=i, group=group, topic=topic, offsets=[pb.PartitionOffset(partition=i % PARTITIONS, offset=i)]
+                request_id=i,
+                group=group,
+                topic=topic,
+                offsets=[pb.PartitionOffset(partition=i % PARTITIONS, offset=i)],
             )
 
     answered = 0
@@ -51,7 +59,9 @@ def run(thread: int) -> None:
     if answered != n:
         errors.append(f"{group}: {answered} of {n} commits answered")
         return
-    last[group] = [max(i for i in range(n) if i % PARTITIONS == p) for p in range(PARTITIONS)]
+    last[group] = [
+        max(i for i in range(n) if i % PARTITIONS == p) for p in range(PARTITIONS)
+    ]
 
 
 start = time.time()
@@ -64,4 +74,13 @@ secs = time.time() - start
 if errors:
     sys.exit("commit refused: " + errors[0])
 done = (count // streams) * streams
-print(json.dumps({"commits": done, "seconds": round(secs, 1), "commits_per_s": round(done / secs), "last": last}))
+print(
+    json.dumps(
+        {
+            "commits": done,
+            "seconds": round(secs, 1),
+            "commits_per_s": round(done / secs),
+            "last": last,
+        }
+    )
+)

@@ -1,4 +1,5 @@
-//! `tidelog cluster describe|health`: the brokers, the controller, and per partition its
+//! `tidelog cluster describe|health|add-broker|remove-broker`: the brokers (with their place
+//! in the metadata group: voter or observer), the controller, and per partition its
 //! leader, replicas, in-sync replicas and high watermark. Each partition is described by its
 //! leader (only the leader knows who is in sync), so every reachable broker is asked.
 //!
@@ -10,7 +11,10 @@ use std::collections::BTreeMap;
 
 use clap::Subcommand;
 use serde_json::json;
-use tidelog::proto::v1::{DescribeClusterRequest, DescribeClusterResponse, ListTopicsRequest, PartitionDescription};
+use tidelog::proto::v1::{
+    AddBrokerRequest, DescribeClusterRequest, DescribeClusterResponse, ListTopicsRequest, PartitionDescription,
+    RemoveBrokerRequest,
+};
 
 use crate::output::{partition_json, print_json, OutputFormat};
 
@@ -21,6 +25,20 @@ pub enum ClusterCommand {
     /// Check the cluster: brokers down, leaderless and under-replicated partitions. Exits
     /// with status 2 when unhealthy.
     Health,
+    /// Add a broker started with `--join`: ID=HOST:PORT (its client address). It catches up
+    /// on the metadata, votes while the metadata group has fewer than three voters (else it
+    /// observes), and new topics are placed on it.
+    AddBroker {
+        /// `id=host:port`.
+        #[arg(value_name = "ID=HOST:PORT")]
+        new_broker: String,
+        /// Its internal listener's host:port, if the brokers call each other there.
+        #[arg(long)]
+        internal: Option<String>,
+    },
+    /// Remove a broker that holds no partition replica: it leaves the metadata group and
+    /// stops; it cannot return under its id unless added again.
+    RemoveBroker { id: u32 },
 }
 
 /// What every reachable broker says about the cluster.
@@ -58,10 +76,25 @@ async fn survey(broker: &crate::BrokerArg) -> anyhow::Result<Survey> {
 }
 
 pub async fn run(broker: &crate::BrokerArg, command: ClusterCommand, format: OutputFormat) -> anyhow::Result<()> {
-    let s = survey(broker).await?;
     match command {
-        ClusterCommand::Describe => describe(&s, format),
-        ClusterCommand::Health => health(&s, format),
+        ClusterCommand::Describe => describe(&survey(broker).await?, format),
+        ClusterCommand::Health => health(&survey(broker).await?, format),
+        ClusterCommand::AddBroker { new_broker: spec, internal } => {
+            let (id, address) = spec
+                .split_once('=')
+                .and_then(|(id, a)| Some((id.trim().parse::<u32>().ok()?, a.trim().to_string())))
+                .ok_or_else(|| anyhow::anyhow!("{spec:?}: use ID=HOST:PORT, e.g. 4=10.0.0.4:9092"))?;
+            let req = AddBrokerRequest { id, address, internal_address: internal.unwrap_or_default() };
+            let added = broker.connect().await?.admin().add_broker(req).await?.into_inner();
+            let b = added.broker.unwrap_or_default();
+            println!("broker {} {} added ({})", b.id, b.address, if b.role.is_empty() { "joining" } else { &b.role });
+            Ok(())
+        }
+        ClusterCommand::RemoveBroker { id } => {
+            broker.connect().await?.admin().remove_broker(RemoveBrokerRequest { id }).await?;
+            println!("broker {id} removed");
+            Ok(())
+        }
     }
 }
 
@@ -71,7 +104,10 @@ fn describe(s: &Survey, format: OutputFormat) -> anyhow::Result<()> {
         let brokers: Vec<_> = c
             .brokers
             .iter()
-            .map(|b| json!({"id": b.id, "address": b.address, "up": s.up.get(&b.id).copied().unwrap_or(false)}))
+            .map(|b| {
+                let up = s.up.get(&b.id).copied().unwrap_or(false);
+                json!({"id": b.id, "address": b.address, "up": up, "role": b.role})
+            })
             .collect();
         let partitions: Vec<_> = s
             .partitions
@@ -90,7 +126,8 @@ fn describe(s: &Survey, format: OutputFormat) -> anyhow::Result<()> {
     println!("cluster {} controller: {}", c.cluster_id, c.controller_id);
     for b in &c.brokers {
         let state = if s.up.get(&b.id).copied().unwrap_or(false) { "up" } else { "unreachable" };
-        println!("  broker {} {} {state}", b.id, b.address);
+        let role = if b.role.is_empty() { String::new() } else { format!(" {}", b.role) };
+        println!("  broker {} {} {state}{role}", b.id, b.address);
     }
     for ((topic, index), p) in &s.partitions {
         let leader = if p.leader_id == 0 { "none".to_string() } else { p.leader_id.to_string() };

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// (default 2000; 0 = never).
     #[arg(long, env = "TIDELOG_QUIESCE_MS")]
     pub quiesce_ms: Option<u64>,
+    /// A new broker joining a running cluster: `host:port` of any member (instead of --peers).
+    /// It waits to be added with `tidelog cluster add-broker ID=ADDR`.
+    #[arg(long, env = "TIDELOG_JOIN", conflicts_with = "peers")]
+    pub join: Option<String>,
     /// Cluster mode: snapshot the metadata log after this many bytes of it (default 16 MiB).
     #[arg(long, env = "TIDELOG_METADATA_SNAPSHOT_BYTES")]
     pub metadata_snapshot_bytes: Option<u64>,
@@ -151,6 +155,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.quiesce_ms {
         config.cluster.quiesce_ms = v;
+    }
+    if let Some(v) = &args.join {
+        config.cluster.join = Some(v.trim_start_matches("http://").to_string());
     }
     if let Some(v) = args.metadata_snapshot_bytes {
         config.cluster.metadata_snapshot_bytes = v;

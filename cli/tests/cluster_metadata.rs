@@ -8,47 +8,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use support::cluster::{TestCluster, NODES, WAIT};
+use support::cluster::{commit_many, committed, TestCluster, NODES, WAIT};
 use support::eventually;
-use tidelog::proto::v1::{CommitRequest, ErrorCode, FetchCommittedRequest, PartitionOffset, TopicConfig};
+use tidelog::proto::v1::TopicConfig;
 use tidelog::Client;
 
 /// Small enough that a few thousand commits take several snapshots (segments of 64 KiB).
 const SNAPSHOT_BYTES: &str = "65536";
-
-/// Commits `count` positions of `group` on `topic`'s partitions `0..partitions` through
-/// `addr`, pipelined on one stream; every one must be accepted. Returns the last position
-/// committed per partition.
-async fn commit_many(addr: &str, group: &str, topic: &str, partitions: u32, count: u64) -> Vec<u64> {
-    let client = Client::connect(addr.to_string()).await.unwrap();
-    let requests: Vec<CommitRequest> = (0..count)
-        .map(|i| CommitRequest {
-            request_id: i,
-            group: group.into(),
-            topic: topic.into(),
-            offsets: vec![PartitionOffset {
-                partition: (i % u64::from(partitions)) as u32,
-                offset: i,
-                metadata: String::new(),
-            }],
-            generation: 0,
-            member_id: String::new(),
-        })
-        .collect();
-    let mut answers = client.offsets().commit(futures::stream::iter(requests)).await.unwrap().into_inner();
-    for _ in 0..count {
-        let a = tokio::time::timeout(WAIT, answers.message()).await.expect("commit answered").unwrap().unwrap();
-        assert_eq!(a.error_code, ErrorCode::Unspecified as i32, "commit {}: {}", a.request_id, a.error_message);
-    }
-    (0..u64::from(partitions)).map(|p| (0..count).filter(|i| i % u64::from(partitions) == p).max().unwrap()).collect()
-}
-
-async fn committed(addr: &str, group: &str, topic: &str, partitions: u32) -> Option<Vec<u64>> {
-    let client = Client::connect(addr.to_string()).await.ok()?;
-    let req = FetchCommittedRequest { group: group.into(), topic: topic.into(), partitions: (0..partitions).collect() };
-    let offsets = client.offsets().fetch_committed(req).await.ok()?.into_inner().offsets;
-    Some(offsets.iter().map(|o| o.offset).collect())
-}
 
 async fn topic_names(addr: &str) -> Option<BTreeSet<String>> {
     let client = Client::connect(addr.to_string()).await.ok()?;

@@ -149,6 +149,10 @@ pub struct ClusterSettings {
     /// snapshot; its segments roll at a quarter of it. A broker starting replays at most about
     /// this much history. Default 16 MiB.
     pub metadata_snapshot_bytes: u64,
+    /// A new broker joining a running cluster: the address (`host:port`) of any member. It
+    /// learns the brokers from it, and waits to be added (`tidelog cluster add-broker`);
+    /// `peers` is then not needed. Default none.
+    pub join: Option<String>,
     /// With `internal_listen`: every broker's internal listener, `id=host:port`, this one
     /// included (peers call each other there); `peers` are then the addresses clients are told.
     pub internal_peers: Vec<String>,
@@ -163,12 +167,18 @@ impl Default for ClusterSettings {
             leader_rebalance_ms: 10_000,
             quiesce_ms: 2000,
             metadata_snapshot_bytes: 16 << 20,
+            join: None,
             internal_peers: Vec::new(),
         }
     }
 }
 
 impl ClusterSettings {
+    /// Whether this broker is a cluster member (peers given, or joining one).
+    pub fn is_member(&self) -> bool {
+        !self.peers.is_empty() || self.join.is_some()
+    }
+
     /// The peers as id → the address clients are told; errors name the bad entry.
     pub fn parse_peers(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
         parse_addresses(&self.peers, "cluster peer")
@@ -253,6 +263,28 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let peers = self.cluster.parse_peers()?;
+        if let Some(join) = &self.cluster.join {
+            if !peers.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "cluster.join is for a new broker: it learns the brokers from the member it joins; drop \
+                     cluster.peers"
+                        .into(),
+                ));
+            }
+            if join.parse::<std::net::SocketAddr>().is_err() && !join.contains(':') {
+                return Err(ConfigError::Invalid(format!("cluster.join {join:?}: use host:port of a member")));
+            }
+            if self.listen.port() == 0 || self.node_id == 0 || u64::from(self.node_id) >= MAX_NODE_ID {
+                return Err(ConfigError::Invalid(format!(
+                    "a joining broker needs a fixed listen port and a node_id in 1..{MAX_NODE_ID}"
+                )));
+            }
+            if self.internal_listen.is_some() {
+                return Err(ConfigError::Invalid(
+                    "cluster.join with internal_listen is not supported yet: start it with cluster.peers".into(),
+                ));
+            }
+        }
         if !peers.is_empty() {
             if !peers.contains_key(&u64::from(self.node_id)) {
                 return Err(ConfigError::Invalid(format!(

@@ -80,6 +80,10 @@ pub enum BrokerError {
     IllegalGeneration(String),
     #[error("{0}")]
     InconsistentGroup(String),
+    /// A membership change the cluster's state does not allow now (a broker still holding
+    /// replicas, the last voter).
+    #[error("{0}")]
+    MembershipRefused(String),
     #[error("group '{0}' does not exist (it has no members and no committed offsets)")]
     UnknownGroup(String),
     #[error("group '{group}' has {members} member(s); stop its consumers first")]
@@ -149,6 +153,7 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::UnknownProducer { .. } => (ErrorCode::UnknownProducer, Code::FailedPrecondition),
         B::IllegalGeneration(_) => (ErrorCode::IllegalGeneration, Code::FailedPrecondition),
         B::InconsistentGroup(_) => (ErrorCode::InconsistentGroup, Code::FailedPrecondition),
+        B::MembershipRefused(_) => (ErrorCode::InvalidRequest, Code::FailedPrecondition),
         B::UnknownGroup(_) => (ErrorCode::UnknownGroup, Code::NotFound),
         B::GroupNotEmpty { .. } => (ErrorCode::NonEmptyGroup, Code::FailedPrecondition),
         B::NotLeader { .. } => (ErrorCode::NotLeader, Code::Unavailable),

@@ -94,7 +94,7 @@ impl Node {
                 Some((l, tls))
             }
         };
-        let peer_tls = match config.peer_tls().enabled() && !config.cluster.peers.is_empty() {
+        let peer_tls = match config.peer_tls().enabled() && config.cluster.is_member() {
             true => {
                 Some(crate::tls::peer_client_config(config.peer_tls()).context("cannot load the TLS certificates")?)
             }
@@ -103,7 +103,7 @@ impl Node {
         let auth = Arc::new(crate::auth::Auth::new(config.auth.clone()).context("cannot load [auth.jwt] keys")?);
         let broker = Broker::open(config.broker_options(bound, auth))
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
-        let (control, cluster): (Arc<dyn ControlPlane>, _) = if config.cluster.peers.is_empty() {
+        let (control, cluster): (Arc<dyn ControlPlane>, _) = if !config.cluster.is_member() {
             let local = LocalControl::start(&broker)
                 .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
             (local, None)
@@ -146,8 +146,17 @@ impl Node {
         // needs Raft traffic.
         let (internal_stop_tx, mut internal_stop_rx) = tokio::sync::watch::channel(false);
         let b = Arc::clone(&broker);
+        // A broker removed from its cluster stops as if signalled (`cluster/members.rs`).
+        let member = cluster.clone();
+        let removed = cluster.clone();
         let shutdown = async move {
-            signal.await;
+            match member {
+                Some(c) => tokio::select! {
+                    () = signal => {}
+                    () = c.wait_removed() => {}
+                },
+                None => signal.await,
+            }
             tracing::info!("shutting down");
             // Before the server stops: a transfer needs this broker's Raft traffic.
             b.hand_over(HAND_OVER_WAIT).await;
@@ -195,6 +204,12 @@ impl Node {
         }
         broker.shutdown();
         tracing::info!("stopped");
+        if removed.is_some_and(|c| c.is_removed()) {
+            anyhow::bail!(
+                "broker {} was removed from the cluster; add it again (tidelog cluster add-broker) to bring it back",
+                broker.node_id()
+            );
+        }
         Ok(())
     }
 }

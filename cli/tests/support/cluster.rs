@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tidelog::proto::v1::{CreateTopicRequest, TopicConfig, TopicDescription};
+use tidelog::proto::v1::{
+    CommitRequest, CreateTopicRequest, ErrorCode, FetchCommittedRequest, PartitionOffset, TopicConfig, TopicDescription,
+};
 use tidelog::{Client, Producer, ProducerConfig, Record, RecordMetadata};
 
 use super::proxy::Proxy;
@@ -227,4 +229,38 @@ async fn describe_controller(addr: &str) -> Option<u64> {
     let req = tidelog::proto::v1::DescribeClusterRequest {};
     let resp = tokio::time::timeout(Duration::from_secs(2), client.admin().describe_cluster(req)).await.ok()?.ok()?;
     Some(u64::from(resp.into_inner().controller_id)).filter(|c| *c != 0)
+}
+
+/// Commits `count` positions of `group` on `topic`'s partitions `0..partitions` through
+/// `addr`, pipelined on one stream; every one must be accepted. Returns the last position
+/// committed per partition.
+pub async fn commit_many(addr: &str, group: &str, topic: &str, partitions: u32, count: u64) -> Vec<u64> {
+    let client = Client::connect(addr.to_string()).await.unwrap();
+    let requests: Vec<CommitRequest> = (0..count)
+        .map(|i| CommitRequest {
+            request_id: i,
+            group: group.into(),
+            topic: topic.into(),
+            offsets: vec![PartitionOffset {
+                partition: (i % u64::from(partitions)) as u32,
+                offset: i,
+                metadata: String::new(),
+            }],
+            generation: 0,
+            member_id: String::new(),
+        })
+        .collect();
+    let mut answers = client.offsets().commit(futures::stream::iter(requests)).await.unwrap().into_inner();
+    for _ in 0..count {
+        let a = tokio::time::timeout(WAIT, answers.message()).await.expect("commit answered").unwrap().unwrap();
+        assert_eq!(a.error_code, ErrorCode::Unspecified as i32, "commit {}: {}", a.request_id, a.error_message);
+    }
+    (0..u64::from(partitions)).map(|p| (0..count).filter(|i| i % u64::from(partitions) == p).max().unwrap()).collect()
+}
+
+pub async fn committed(addr: &str, group: &str, topic: &str, partitions: u32) -> Option<Vec<u64>> {
+    let client = Client::connect(addr.to_string()).await.ok()?;
+    let req = FetchCommittedRequest { group: group.into(), topic: topic.into(), partitions: (0..partitions).collect() };
+    let offsets = client.offsets().fetch_committed(req).await.ok()?.into_inner().offsets;
+    Some(offsets.iter().map(|o| o.offset).collect())
 }

@@ -602,6 +602,20 @@ impl AdminService for Service {
         Err(Status::unimplemented("fake broker: add topics with FakeBroker::add_topic"))
     }
 
+    async fn add_broker(
+        &self,
+        _: Request<tidelog::proto::v1::AddBrokerRequest>,
+    ) -> Result<Response<tidelog::proto::v1::AddBrokerResponse>, Status> {
+        Err(Status::unimplemented("fake broker: no membership"))
+    }
+
+    async fn remove_broker(
+        &self,
+        _: Request<tidelog::proto::v1::RemoveBrokerRequest>,
+    ) -> Result<Response<tidelog::proto::v1::RemoveBrokerResponse>, Status> {
+        Err(Status::unimplemented("fake broker: no membership"))
+    }
+
     async fn alter_topic_config(
         &self,
         _: Request<tidelog::proto::v1::AlterTopicConfigRequest>,
@@ -668,7 +682,11 @@ impl AdminService for Service {
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         let inner = self.0.lock();
         let addrs = if inner.cluster.is_empty() { vec![self.0.addr.clone()] } else { inner.cluster.clone() };
-        let brokers = addrs.into_iter().zip(1..).map(|(address, id)| BrokerInfo { id, address }).collect::<Vec<_>>();
+        let brokers = addrs
+            .into_iter()
+            .zip(1..)
+            .map(|(address, id)| BrokerInfo { id, address, role: String::new() })
+            .collect::<Vec<_>>();
         Ok(Response::new(DescribeClusterResponse { cluster_id: "fake".into(), controller_id: 1, brokers }))
     }
 }

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::admin_service_server::AdminService;
 use tidelog_proto::v1::{
-    offset_spec, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo, CreatePartitionsRequest,
-    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
-    DescribeTopicResponse, IsolationLevel, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
-    ListTopicsResponse, PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime, TopicDescription,
+    offset_spec, AddBrokerRequest, AddBrokerResponse, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicRequest, DescribeTopicResponse, IsolationLevel, ListOffsetsRequest, ListOffsetsResponse,
+    ListTopicsRequest, ListTopicsResponse, PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime,
+    RemoveBrokerRequest, RemoveBrokerResponse, TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
@@ -275,10 +276,41 @@ impl AdminService for AdminApi {
         _request: Request<DescribeClusterRequest>,
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         let view = self.broker.describe_cluster()?;
+        let role = |id: u64| view.roles.get(&id).copied().unwrap_or_default().to_string();
         Ok(Response::new(DescribeClusterResponse {
-            cluster_id: view.cluster_id,
+            cluster_id: view.cluster_id.clone(),
             controller_id: view.controller.map_or(0, |l| l as u32),
-            brokers: view.brokers.into_iter().map(|(id, address)| BrokerInfo { id: id as u32, address }).collect(),
+            brokers: view
+                .brokers
+                .iter()
+                .map(|(id, address)| BrokerInfo { id: *id as u32, address: address.clone(), role: role(*id) })
+                .collect(),
         }))
+    }
+
+    /// Kafka's rule for membership changes: ALTER on the cluster.
+    async fn add_broker(&self, request: Request<AddBrokerRequest>) -> Result<Response<AddBrokerResponse>, Status> {
+        let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)?;
+        let req = request.into_inner();
+        let internal = Some(req.internal_address.as_str()).filter(|a| !a.is_empty());
+        self.broker.add_broker(u64::from(req.id), &req.address, internal, origin).await?;
+        let view = self.broker.describe_cluster()?;
+        let broker = BrokerInfo {
+            id: req.id,
+            address: view.brokers.get(&u64::from(req.id)).cloned().unwrap_or(req.address),
+            role: view.roles.get(&u64::from(req.id)).copied().unwrap_or_default().to_string(),
+        };
+        Ok(Response::new(AddBrokerResponse { broker: Some(broker) }))
+    }
+
+    async fn remove_broker(
+        &self,
+        request: Request<RemoveBrokerRequest>,
+    ) -> Result<Response<RemoveBrokerResponse>, Status> {
+        let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)?;
+        self.broker.remove_broker(u64::from(request.get_ref().id), origin).await?;
+        Ok(Response::new(RemoveBrokerResponse {}))
     }
 }

@@ -48,6 +48,8 @@ pub const METHODS: &[(&str, &str)] = &[
     ("/tidelog.v1.AdminService/AlterTopicConfig", "ALTER_CONFIGS topic"),
     ("/tidelog.v1.AdminService/CreatePartitions", "ALTER topic"),
     ("/tidelog.v1.AdminService/DeleteRecords", "DELETE topic"),
+    ("/tidelog.v1.AdminService/AddBroker", "ALTER cluster"),
+    ("/tidelog.v1.AdminService/RemoveBroker", "ALTER cluster"),
     ("/tidelog.v1.GroupService/Session", "READ group (at join)"),
     ("/tidelog.v1.GroupService/DescribeGroup", "DESCRIBE group"),
     ("/tidelog.v1.GroupService/ListGroups", "lists the groups the caller may DESCRIBE"),

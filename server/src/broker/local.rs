@@ -351,7 +351,23 @@ impl ControlPlane for LocalControl {
             cluster_id: broker.store().cluster_id()?,
             controller: Some(broker.node_id()),
             brokers: self.brokers(broker),
+            roles: BTreeMap::new(),
         })
+    }
+
+    async fn add_broker(
+        &self,
+        _broker: &Broker,
+        _id: u64,
+        _address: &str,
+        _internal: Option<&str>,
+        _origin: Origin,
+    ) -> Result<(), BrokerError> {
+        Err(single_node_membership())
+    }
+
+    async fn remove_broker(&self, _broker: &Broker, _id: u64, _origin: Origin) -> Result<(), BrokerError> {
+        Err(single_node_membership())
     }
 
     fn metadata_ready(&self) -> bool {
@@ -405,6 +421,13 @@ impl PartitionWriter for LocalWriter {
     }
 
     async fn stop(&self) {}
+}
+
+/// Membership changes need a cluster.
+fn single_node_membership() -> BrokerError {
+    BrokerError::MembershipRefused(
+        "this broker runs as a single node: start brokers with --peers (or --join) to change membership".into(),
+    )
 }
 
 #[cfg(test)]

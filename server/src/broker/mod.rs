@@ -336,6 +336,22 @@ impl Broker {
         self.control()?.describe_cluster(self)
     }
 
+    /// Adds a broker to the cluster (passed on to the controller).
+    pub async fn add_broker(
+        &self,
+        id: u64,
+        address: &str,
+        internal: Option<&str>,
+        origin: Origin,
+    ) -> Result<(), BrokerError> {
+        self.control()?.add_broker(self, id, address, internal, origin).await
+    }
+
+    /// Removes a broker that holds no replica (passed on to the controller).
+    pub async fn remove_broker(&self, id: u64, origin: Origin) -> Result<(), BrokerError> {
+        self.control()?.remove_broker(self, id, origin).await
+    }
+
     /// Where a new consumer group's generations start.
     pub fn generation_base(&self) -> u32 {
         self.control().map_or(0, |c| c.generation_base())

@@ -84,6 +84,8 @@ pub struct ClusterView {
     pub controller: Option<u64>,
     /// Every broker's id and client address, this one included.
     pub brokers: BTreeMap<u64, String>,
+    /// Each broker's place in the metadata group ("voter", "observer"); empty on a single node.
+    pub roles: BTreeMap<u64, &'static str>,
 }
 
 /// When a write is answered.
@@ -220,6 +222,19 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
 
     /// Brokers, controller, cluster id.
     fn describe_cluster(&self, broker: &Broker) -> Result<ClusterView, BrokerError>;
+
+    /// Adds broker `id` (started with `--join`) to the cluster; a single node refuses.
+    async fn add_broker(
+        &self,
+        broker: &Broker,
+        id: u64,
+        address: &str,
+        internal: Option<&str>,
+        origin: Origin,
+    ) -> Result<(), BrokerError>;
+
+    /// Removes broker `id`, which must hold no replica; a single node refuses.
+    async fn remove_broker(&self, broker: &Broker, id: u64, origin: Origin) -> Result<(), BrokerError>;
 
     /// Whether this broker's topic table is current. While it is not (a cluster member
     /// catching up on metadata) an unknown topic is a retryable `NotLeader`, not `UnknownTopic`.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::{
-    AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteRecordsPartition, DeleteRecordsRequest,
-    DeleteTopicRequest,
+    AddBrokerRequest, AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteRecordsPartition,
+    DeleteRecordsRequest, DeleteTopicRequest, RemoveBrokerRequest,
 };
 
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -25,7 +25,7 @@ use tidelog_proto::v1::security_service_client::SecurityServiceClient;
 use tidelog_proto::v1::{AlterClientQuotasRequest, CreateAclsRequest, DeleteAclsRequest};
 
 use super::metadata::{self, MetaCommand};
-use super::{placement, Cluster, RaftReplica};
+use super::{members, placement, Cluster, RaftReplica};
 use crate::auth::proto as auth_proto;
 use crate::auth::{ChangeOutcome, SecurityChange};
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
@@ -421,17 +421,69 @@ impl ControlPlane for Cluster {
     }
 
     fn brokers(&self, _broker: &Broker) -> BTreeMap<u64, String> {
-        Cluster::brokers(self).clone()
+        Cluster::brokers(self)
     }
 
     fn describe_cluster(&self, _broker: &Broker) -> Result<ClusterView, BrokerError> {
+        let m = self.metadata_group.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let mut roles: BTreeMap<u64, &'static str> = membership.learner_ids().map(|id| (id, "observer")).collect();
+        roles.extend(membership.voter_ids().map(|id| (id, "voter")));
         Ok(ClusterView {
-            // The metadata group's first entry is the same everywhere; name the cluster by its
-            // members instead of this broker's local id.
-            cluster_id: format!("tidelog-{}", self.brokers().keys().map(u64::to_string).collect::<Vec<_>>().join("-")),
+            // Named by the brokers it was started with (a joining broker learns it).
+            cluster_id: self.cluster_id().to_string(),
             controller: self.controller(),
-            brokers: self.brokers().clone(),
+            brokers: self.brokers(),
+            roles,
         })
+    }
+
+    /// On the controller (any other broker passes the request on): the `AddBroker` entry, then
+    /// the metadata group's learner, promoted to voter once caught up while the group has
+    /// fewer than three voters (`members.rs`).
+    async fn add_broker(
+        &self,
+        _broker: &Broker,
+        id: u64,
+        address: &str,
+        internal: Option<&str>,
+        origin: Origin,
+    ) -> Result<(), BrokerError> {
+        match self.controller() {
+            Some(c) if c == self.node_id() => {
+                members::add_broker(self, id, address.to_string(), internal.map(str::to_string)).await?;
+                members::settle_voters(self).await?;
+                Ok(())
+            }
+            Some(c) if origin == Origin::Client => {
+                let req = AddBrokerRequest {
+                    id: id as u32,
+                    address: address.to_string(),
+                    internal_address: internal.unwrap_or_default().to_string(),
+                };
+                self.admin_client(c)?
+                    .add_broker(forwarded_request(req, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
+                Ok(())
+            }
+            c => Err(BrokerError::NotLeader { what: "the cluster metadata".into(), leader: self.leader_hint(c) }),
+        }
+    }
+
+    /// On the controller (any other broker passes the request on).
+    async fn remove_broker(&self, broker: &Broker, id: u64, origin: Origin) -> Result<(), BrokerError> {
+        match self.controller() {
+            Some(c) if c == self.node_id() => members::remove_broker(broker, self, id).await,
+            Some(c) if origin == Origin::Client => {
+                self.admin_client(c)?
+                    .remove_broker(forwarded_request(RemoveBrokerRequest { id: id as u32 }, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
+                Ok(())
+            }
+            c => Err(BrokerError::NotLeader { what: "the cluster metadata".into(), leader: self.leader_hint(c) }),
+        }
     }
 
     fn metadata_ready(&self) -> bool {

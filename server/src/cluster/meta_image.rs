@@ -48,8 +48,20 @@ pub struct ImageTopic {
     pub deleted_below: Option<(BatchHeader, BTreeMap<u32, u64>)>,
 }
 
+/// A broker added to the cluster, with the header of its `AddBroker`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageBroker {
+    pub at: BatchHeader,
+    pub address: String,
+    pub internal: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetaImage {
+    /// Brokers added through the metadata (those of `--peers` are not in it).
+    pub brokers: BTreeMap<u64, ImageBroker>,
+    /// Brokers removed (kept for good, so a removed id stays removed until added again).
+    pub removed: BTreeMap<u64, BatchHeader>,
     /// Live topics by id.
     pub topics: BTreeMap<u64, ImageTopic>,
     /// Topic name -> id of the live incarnation.
@@ -151,6 +163,14 @@ impl MetaImage {
             MetaCommand::TxnState { id, entry } => {
                 self.txns.insert(id, (*h, entry));
             }
+            MetaCommand::AddBroker { id, address, internal } => {
+                self.removed.remove(&id);
+                self.brokers.insert(id, ImageBroker { at: *h, address, internal });
+            }
+            MetaCommand::RemoveBroker { id } => {
+                self.brokers.remove(&id);
+                self.removed.insert(id, *h);
+            }
         }
     }
 
@@ -158,6 +178,15 @@ impl MetaImage {
     /// order (by Raft index, which orders them as their offsets do).
     pub fn commands(&self) -> Vec<(BatchHeader, MetaCommand)> {
         let mut out = Vec::new();
+        for (id, b) in &self.brokers {
+            out.push((
+                b.at,
+                MetaCommand::AddBroker { id: *id, address: b.address.clone(), internal: b.internal.clone() },
+            ));
+        }
+        for (id, at) in &self.removed {
+            out.push((*at, MetaCommand::RemoveBroker { id: *id }));
+        }
         for (id, t) in &self.topics {
             out.push((t.at, MetaCommand::CreateTopic { record: t.record.clone() }));
             if let Some((at, floors)) = &t.deleted_below {
@@ -284,6 +313,9 @@ mod tests {
             MetaCommand::Txn { id: "t".into(), entry: txn1 }, // 17: stale version: refused
             MetaCommand::Txn { id: "t".into(), entry: txn }, // 18
             topic("a", 9),              // 19: the name is taken: ignored
+            MetaCommand::AddBroker { id: 4, address: "h:4".into(), internal: None }, // 20
+            MetaCommand::AddBroker { id: 5, address: "h:5".into(), internal: Some("i:5".into()) }, // 21
+            MetaCommand::RemoveBroker { id: 4 }, // 22
         ]
     }
 
@@ -305,6 +337,8 @@ mod tests {
         assert_eq!(image.txns["t"].1.epoch, 1);
         assert_eq!(image.txns["t"].0.base_offset, 18);
         assert!(image.security.is_some());
+        assert_eq!(image.brokers.keys().copied().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(image.removed.keys().copied().collect::<Vec<_>>(), vec![4]);
     }
 
     #[test]

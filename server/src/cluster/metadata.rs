@@ -120,6 +120,18 @@ pub enum MetaCommand {
         id: String,
         entry: crate::meta::txn::TxnEntry,
     },
+    /// Broker `id` joins the cluster at `address` (clients) and `internal` (peers, if it has
+    /// an internal listener), proposed by the controller (`members.rs`).
+    AddBroker {
+        id: u64,
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        internal: Option<String>,
+    },
+    /// Broker `id` left the cluster: every broker forgets it, and it stops serving.
+    RemoveBroker {
+        id: u64,
+    },
     /// The whole ACL and quota state (written only by a metadata snapshot, `meta_image.rs`,
     /// in place of the `Security` changes it folds).
     SecurityState {
@@ -180,8 +192,13 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
     let mut hw = log.watch_hw();
     let mut shutdown = broker.shutdown_signal();
     let mut installs = log.snapshots_installed();
+    let started = std::time::Instant::now();
     let mut next = match rebuild(&broker, &cluster, &log).await {
-        Ok(next) => next,
+        Ok(next) => {
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(offset = next, elapsed_ms = ms, "cluster metadata applied from the log");
+            next
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the metadata log; this broker serves no topics");
             return;
@@ -225,13 +242,19 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
 /// they were created with; deleted topics never start; revoked ACLs are never enforced
 /// again) and after a snapshot replaced the log (topics deleted meanwhile go). Returns the
 /// offset to go on from.
-async fn rebuild(broker: &Arc<Broker>, cluster: &Cluster, log: &Partition) -> Result<u64, BrokerError> {
+async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) -> Result<u64, BrokerError> {
     let mut image = MetaImage::default();
     let mut end = 0u64;
     while let Some(cmds) = read_chunk(log, &mut end)? {
         for (h, cmd) in cmds {
             image.fold(&h, cmd);
         }
+    }
+    for (id, b) in &image.brokers {
+        cluster.learn_broker(*id, &b.address, b.internal.as_deref());
+    }
+    for id in image.removed.keys() {
+        cluster.forget_broker(*id, false);
     }
     broker.auth().replace_state(image.security_state());
     broker.transactions().replace_all(image.txns.iter().map(|(id, (_, e))| (id.clone(), e.clone())));
@@ -433,7 +456,7 @@ async fn apply_delete_records(broker: &Broker, cmd: &MetaCommand) -> Result<(), 
     Ok(())
 }
 
-async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCommand) {
+async fn apply(broker: &Arc<Broker>, cluster: &Arc<Cluster>, offset: u64, cmd: MetaCommand) {
     let result = match cmd {
         MetaCommand::CreateTopic { record } => create(broker, cluster, topic_id_at(offset), record).await,
         MetaCommand::DeleteTopic { name, topic_id, partitions } => {
@@ -471,6 +494,16 @@ async fn apply(broker: &Arc<Broker>, cluster: &Cluster, offset: u64, cmd: MetaCo
         }
         MetaCommand::TxnState { id, entry } => {
             broker.transactions().put(&id, entry);
+            Ok(())
+        }
+        MetaCommand::AddBroker { id, address, internal } => {
+            cluster.learn_broker(id, &address, internal.as_deref());
+            tracing::info!(broker = id, %address, "broker joined the cluster");
+            Ok(())
+        }
+        MetaCommand::RemoveBroker { id } => {
+            cluster.forget_broker(id, true);
+            tracing::info!(broker = id, "broker left the cluster");
             Ok(())
         }
     };

@@ -35,6 +35,7 @@
 //!   before the failure, until the topic is deleted).
 
 pub mod control;
+pub mod members;
 pub mod meta_image;
 pub mod meta_snapshot;
 pub mod metadata;
@@ -59,14 +60,13 @@ use crate::error::BrokerError;
 use crate::raft::network::Peers;
 use crate::raft::transport::{QuiesceContext, RaftGroups};
 
+/// How long a broker whose own log says it was removed waits, at start, for a leader that
+/// added it again.
+const REMOVED_GRACE: Duration = Duration::from_secs(10);
+
 /// The metadata group's Raft group id. Partition groups are `topic_id << 16 | partition`
 /// with `topic_id >= 1`, so they never collide with it.
 pub const META_GROUP: u64 = 0;
-
-/// Broker `leader`'s id and client address in `brokers`, for NOT_LEADER hints.
-pub fn leader_hint_in(brokers: &BTreeMap<u64, String>, leader: Option<u64>) -> Option<(u64, String)> {
-    leader.and_then(|id| brokers.get(&id).map(|a| (id, a.clone())))
-}
 
 /// The Raft group of partition `partition` of topic incarnation `topic_id`.
 pub fn group_id(topic_id: u64, partition: u32) -> u64 {
@@ -83,8 +83,14 @@ pub struct Hosted {
 #[derive(Debug)]
 pub struct Cluster {
     node_id: u64,
-    /// Every broker's client address (`host:port`), this one included.
-    brokers: Arc<BTreeMap<u64, String>>,
+    /// The cluster's name: `tidelog-` and the ids of the brokers it was started with.
+    cluster_id: String,
+    /// Every broker's client address (`host:port`), this one included (`members.rs`).
+    brokers: Arc<members::Directory>,
+    /// Whether the metadata applied here says this broker was removed (and not added again).
+    self_removed: std::sync::atomic::AtomicBool,
+    /// Set once this broker is removed from the cluster for good: it stops serving.
+    removed: watch::Sender<bool>,
     peers: Peers,
     groups: RaftGroups,
     raft_config: Arc<openraft::Config>,
@@ -111,10 +117,26 @@ impl Cluster {
         settings: &ClusterSettings,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Arc<Self>, BrokerError> {
-        let brokers = settings.parse_peers().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
-        let endpoints = settings.peer_endpoints().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
         let node_id = broker.node_id();
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let (brokers, endpoints, cluster_id) = match &settings.join {
+            None => {
+                let brokers = settings.parse_peers().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+                let endpoints = settings.peer_endpoints().map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+                let ids: Vec<String> = brokers.keys().map(u64::to_string).collect();
+                (brokers, endpoints, format!("tidelog-{}", ids.join("-")))
+            }
+            Some(member) => {
+                let (mut brokers, cluster_id) = discover(member, scheme, tls.clone()).await?;
+                if brokers.contains_key(&node_id) {
+                    return Err(BrokerError::InvalidArgument(format!(
+                        "broker id {node_id} is in use in the cluster at {member}; pick another --node-id"
+                    )));
+                }
+                brokers.insert(node_id, broker.options().advertised_address.trim_start_matches("http://").to_string());
+                (brokers.clone(), brokers, cluster_id)
+            }
+        };
         // Brokers call each other at their internal listeners when they have them.
         let peers = Peers::with_tls(endpoints.iter().map(|(id, a)| (*id, format!("{scheme}://{a}"))).collect(), tls);
         let config = openraft::Config {
@@ -145,9 +167,13 @@ impl Cluster {
         } else {
             RaftGroups::default()
         };
-        // A new cluster's metadata group is started by its lowest broker id (replica::Start).
+        // A new cluster's metadata group is started by its lowest broker id (replica::Start);
+        // a joining broker is added by the controller.
         let rank = brokers.keys().position(|b| *b == node_id).unwrap_or(0);
-        let start = replica::Start::by_rank(&raft_config, rank);
+        let start = match settings.join {
+            Some(_) => replica::Start::Never,
+            None => replica::Start::by_rank(&raft_config, rank),
+        };
         let meta = replica::open(
             &replica::GroupContext {
                 node_id,
@@ -166,7 +192,10 @@ impl Cluster {
         let start_log_end = meta.partition.offsets().log_end.0;
         let cluster = Arc::new(Self {
             node_id,
-            brokers: Arc::new(brokers),
+            cluster_id,
+            brokers: Arc::new(members::Directory::new(brokers)),
+            self_removed: std::sync::atomic::AtomicBool::new(false),
+            removed: watch::channel(false).0,
             peers,
             groups,
             raft_config,
@@ -198,7 +227,10 @@ impl Cluster {
                 tick.tick().await; // the first tick is immediate: give elections time first
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => { c.rebalance_leaders().await; }
+                        _ = tick.tick() => {
+                            c.rebalance_leaders().await;
+                            c.settle_metadata_voters().await;
+                        }
                         _ = shutdown.changed() => return,
                     }
                 }
@@ -211,9 +243,63 @@ impl Cluster {
         self.node_id
     }
 
-    /// Every broker's id and client address.
-    pub fn brokers(&self) -> &BTreeMap<u64, String> {
-        &self.brokers
+    /// Every broker's id and client address, as this broker applied them.
+    pub fn brokers(&self) -> BTreeMap<u64, String> {
+        self.brokers.all()
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Broker `id` is at `address` (client) and `internal` (peers), learnt from the metadata.
+    pub(crate) fn learn_broker(&self, id: u64, address: &str, internal: Option<&str>) {
+        if id == self.node_id {
+            self.self_removed.store(false, std::sync::atomic::Ordering::Release);
+        }
+        self.brokers.insert(id, address.to_string());
+        if id != self.node_id {
+            let scheme = self.peers.scheme();
+            self.peers.set_address(id, format!("{scheme}://{}", internal.unwrap_or(address)));
+        }
+    }
+
+    /// Broker `id` left the cluster. This broker itself: it stops serving, at once when the
+    /// removal is `live` (applied as it was committed); when it comes from this broker's own log
+    /// at start, only if no leader re-added it within [`REMOVED_GRACE`] (it may have been
+    /// added again while it was down: the leader then brings its log up to date).
+    pub(crate) fn forget_broker(self: &Arc<Self>, id: u64, live: bool) {
+        if id == self.node_id {
+            self.self_removed.store(true, std::sync::atomic::Ordering::Release);
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                if !live {
+                    tokio::time::sleep(REMOVED_GRACE).await;
+                }
+                if me.self_removed.load(std::sync::atomic::Ordering::Acquire) {
+                    tracing::error!(
+                        broker = me.node_id,
+                        "this broker was removed from the cluster: it stops; add it again (tidelog cluster \
+                         add-broker) to bring it back"
+                    );
+                    me.removed.send_replace(true);
+                }
+            });
+            return;
+        }
+        // Its Raft address stays until it leaves the metadata group's membership (it must
+        // still receive its own removal); nothing else calls it once it is not a broker.
+        self.brokers.remove(id);
+    }
+
+    /// Resolves once this broker was removed from the cluster.
+    pub async fn wait_removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    pub fn is_removed(&self) -> bool {
+        *self.removed.borrow()
     }
 
     pub fn groups(&self) -> &RaftGroups {
@@ -255,7 +341,7 @@ impl Cluster {
 
     /// A leader's id and client address, for NOT_LEADER hints.
     pub fn leader_hint(&self, leader: Option<u64>) -> Option<(u64, String)> {
-        leader_hint_in(&self.brokers, leader)
+        self.brokers.hint(leader)
     }
 
     /// Waits until the metadata log is applied up to `offset`, for at most `wait`.
@@ -298,6 +384,19 @@ impl Cluster {
         n
     }
 
+    /// On the controller: observers that caught up become voters while the metadata group has
+    /// fewer than `members::MAX_METADATA_VOTERS` (an add whose broker was slow to catch up).
+    async fn settle_metadata_voters(&self) {
+        let m = self.metadata_group.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let short = membership.voter_ids().count() < members::MAX_METADATA_VOTERS;
+        if m.current_leader == Some(self.node_id) && short && membership.learner_ids().next().is_some() {
+            if let Err(e) = members::settle_voters(self).await {
+                tracing::warn!(error = %e, "promoting metadata observers failed; retrying");
+            }
+        }
+    }
+
     /// Whether this broker's topic table is current: a controller is known (so this replica
     /// has heard the leader's commit point) and everything committed here is applied. Until
     /// then (a restart, a partition) an unknown topic may just not be applied yet, and is
@@ -319,5 +418,46 @@ impl Cluster {
     /// The controller (metadata leader), if one is known.
     pub fn controller(&self) -> Option<u64> {
         self.metadata_group.raft.metrics().borrow_watched().current_leader
+    }
+}
+
+/// A joining broker asks `member` for the cluster's brokers and name, for up to a minute (the
+/// member may be starting too).
+async fn discover(
+    member: &str,
+    scheme: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<(BTreeMap<u64, String>, String), BrokerError> {
+    use tidelog_proto::v1::admin_service_client::AdminServiceClient;
+    let url = format!("{scheme}://{}", member.trim_start_matches("http://").trim_start_matches("https://"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| e.to_string())?;
+            if let Some(tls) = tls.clone() {
+                endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+            }
+            let channel =
+                endpoint.connect_timeout(Duration::from_secs(2)).connect().await.map_err(|e| e.to_string())?;
+            let req = tidelog_proto::v1::DescribeClusterRequest {};
+            let view =
+                AdminServiceClient::new(channel).describe_cluster(req).await.map_err(|s| s.message().to_string())?;
+            Ok::<_, String>(view.into_inner())
+        };
+        match attempt.await {
+            Ok(view) if !view.brokers.is_empty() => {
+                let brokers = view.brokers.into_iter().map(|b| (u64::from(b.id), b.address)).collect();
+                tracing::info!(member, cluster = %view.cluster_id, "joining: learnt the brokers from a member");
+                return Ok((brokers, view.cluster_id));
+            }
+            Ok(_) => tracing::warn!(member, "joining: the member is not in a cluster; retrying"),
+            Err(e) => tracing::warn!(member, error = %e, "joining: the member does not answer yet; retrying"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BrokerError::InvalidArgument(format!(
+                "cannot join the cluster through {member}: it did not describe a cluster within 60 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -102,6 +102,8 @@ pub struct Opened {
 pub enum Start {
     Now,
     IfNoLeaderWithin(Duration),
+    /// Never by this replica: a broker joining a running cluster is added by its leader.
+    Never,
 }
 
 impl Start {
@@ -152,6 +154,7 @@ pub async fn open(
             Start::IfNoLeaderWithin(wait) => {
                 drop(tokio::spawn(start_unless_led(raft.clone(), cx.groups.clone(), spec.group_id, voters, wait)))
             }
+            Start::Never => {}
         }
     }
     Ok(Opened { partition, replica: RaftReplica { group_id: spec.group_id, raft, store, quiescence } })

@@ -4,7 +4,6 @@
 //!
 //! Never: write the partition's log directly. Only the group's log store does.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ pub struct RaftWriter {
     pub(super) replica: RaftReplica,
     pub(super) log: Arc<Partition>,
     /// Every broker's client address, for NOT_LEADER hints.
-    pub(super) brokers: Arc<BTreeMap<u64, String>>,
+    pub(super) brokers: Arc<super::members::Directory>,
     pub(super) groups: RaftGroups,
 }
 
@@ -47,7 +46,7 @@ impl PartitionWriter for RaftWriter {
             on_append: AppendHook::default(),
         };
         let brokers = Arc::clone(&self.brokers);
-        let hint = move |leader: Option<u64>| super::leader_hint_in(&brokers, leader);
+        let hint = move |leader: Option<u64>| brokers.hint(leader);
         let what = format!("partition {} of topic '{}'", self.log.index(), self.log.topic());
         let proposed_at = std::time::Instant::now();
         let answer = self.replica.propose(proposed, acks == Acks::Leader, hint, what).await?;

@@ -60,6 +60,25 @@ impl Peers {
         Self { inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new(), tls })) }
     }
 
+    /// Where to call `node` from now on (`scheme://host:port`): a broker learnt from the
+    /// metadata. A changed address drops the old channel.
+    pub fn set_address(&self, node: u64, address: String) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.addresses.get(&node) != Some(&address) {
+            inner.channels.remove(&node);
+            inner.addresses.insert(node, address);
+        }
+    }
+
+    /// Whether calls go over TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.inner.lock().unwrap_or_else(PoisonError::into_inner).tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The channel to `node`, created (unconnected) on first use.
     pub fn channel(&self, node: u64) -> Result<Channel, Unreachable<PartitionTc>> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

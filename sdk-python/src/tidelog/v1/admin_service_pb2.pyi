@@ -191,12 +191,40 @@ class ListOffsetsResponse(_message.Message):
     def __init__(self, offsets: _Optional[_Iterable[_Union[PartitionOffsetAtTime, _Mapping]]] = ...) -> None: ...
 
 class BrokerInfo(_message.Message):
-    __slots__ = ("id", "address")
+    __slots__ = ("id", "address", "role")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     id: int
     address: str
-    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class AddBrokerRequest(_message.Message):
+    __slots__ = ("id", "address", "internal_address")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    address: str
+    internal_address: str
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., internal_address: _Optional[str] = ...) -> None: ...
+
+class AddBrokerResponse(_message.Message):
+    __slots__ = ("broker",)
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    broker: BrokerInfo
+    def __init__(self, broker: _Optional[_Union[BrokerInfo, _Mapping]] = ...) -> None: ...
+
+class RemoveBrokerRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class RemoveBrokerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class DescribeClusterRequest(_message.Message):
     __slots__ = ()

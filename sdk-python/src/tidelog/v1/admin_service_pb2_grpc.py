@@ -80,6 +80,16 @@ class AdminServiceStub:
                 request_serializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsRequest.SerializeToString,
                 response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsResponse.FromString,
                 _registered_method=True)
+        self.AddBroker = channel.unary_unary(
+                '/tidelog.v1.AdminService/AddBroker',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.AddBrokerRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AddBrokerResponse.FromString,
+                _registered_method=True)
+        self.RemoveBroker = channel.unary_unary(
+                '/tidelog.v1.AdminService/RemoveBroker',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -151,6 +161,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddBroker(self, request, context):
+        """Adds a broker to a cluster (it was started with `--join`). It follows the metadata group,
+        catching up from its snapshot, as a voter while the group has fewer than three voters and
+        as an observer after that (KRaft's controller quorum); new topics are placed on it. Sent to
+        any broker (passed on to the controller). Refused on a single node (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveBroker(self, request, context):
+        """Removes a broker that holds no partition replica (FAILED_PRECONDITION otherwise, naming
+        them): it leaves the metadata group (an observer takes its vote), stops serving, and
+        cannot return under its id unless it is added again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +227,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteRecords,
                     request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsRequest.FromString,
                     response_serializer=tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsResponse.SerializeToString,
+            ),
+            'AddBroker': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddBroker,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AddBrokerRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.AddBrokerResponse.SerializeToString,
+            ),
+            'RemoveBroker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveBroker,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +483,60 @@ class AdminService:
             '/tidelog.v1.AdminService/DeleteRecords',
             tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsRequest.SerializeToString,
             tidelog_dot_v1_dot_admin__service__pb2.DeleteRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddBroker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/AddBroker',
+            tidelog_dot_v1_dot_admin__service__pb2.AddBrokerRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.AddBrokerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveBroker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/RemoveBroker',
+            tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerResponse.FromString,
             options,
             channel_credentials,
             insecure,

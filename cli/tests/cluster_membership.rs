@@ -1,0 +1,123 @@
+//! Brokers join and leave a running three-broker cluster (`server/src/cluster/members.rs`): a
+//! fourth broker started with `--join` is added with `tidelog cluster add-broker`, catches up
+//! through the metadata snapshot, observes the metadata group, and takes replicas of new
+//! topics; it cannot be removed while it holds replicas; once removed it stops, and restarted
+//! under its old id it refuses to serve until it is added again.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::cluster::{commit_many, committed, TestCluster, WAIT};
+use support::{eventually, read_range, run_cli_output, BrokerProcess};
+use tidelog::proto::v1::{DescribeClusterRequest, DescribeClusterResponse, TopicConfig};
+use tidelog::Client;
+
+async fn describe(addr: &str) -> Option<DescribeClusterResponse> {
+    let client = Client::connect(addr.to_string()).await.ok()?;
+    Some(client.admin().describe_cluster(DescribeClusterRequest {}).await.ok()?.into_inner())
+}
+
+fn role(view: &DescribeClusterResponse, id: u32) -> Option<String> {
+    view.brokers.iter().find(|b| b.id == id).map(|b| b.role.clone())
+}
+
+/// `tidelog cluster ...` through `addr` on a blocking thread: (success, stdout + stderr).
+async fn cluster_cli(addr: &str, args: &[&str]) -> (bool, String) {
+    let (addr, args): (String, Vec<String>) = (addr.to_string(), args.iter().map(|a| a.to_string()).collect());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = std::iter::once("cluster").chain(args.iter().map(String::as_str)).collect();
+        let out = run_cli_output(&addr, &args, b"");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good() {
+    let c = TestCluster::start_with(&["--metadata-snapshot-bytes", "65536"]).await;
+    let controller = c.controller().await;
+    let ctl = c.addr(controller);
+    c.create_topic("before", 1, 3, TopicConfig::default()).await;
+    // History the new broker can only get as a snapshot: the brokers purge it.
+    let last = commit_many(&ctl, "readers", "before", 1, 2_000).await;
+    eventually(WAIT, "a metadata snapshot on the controller", || async {
+        c.log(controller).contains("metadata snapshot taken").then_some(())
+    })
+    .await;
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = c.root.path().join("node-4");
+    let log = c.root.path().join("node-4.log");
+    let join = ["--node-id", "4", "--join", ctl.trim_start_matches("http://"), "--metadata-snapshot-bytes", "65536"];
+    let mut b4 = BrokerProcess::start_listening(&dir, &log, &listen, &join);
+    let (ok, out) = cluster_cli(&c.addr(1), &["add-broker", &format!("4={listen}")]).await;
+    assert!(ok && out.contains("broker 4") && out.contains("added"), "{out}");
+
+    // It caught up through the snapshot, knows every broker, and observes (three voters).
+    eventually(WAIT, "broker 4 rebuilt from the snapshot", || async {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("rebuilt the cluster metadata from the leader's snapshot")
+            .then_some(())
+    })
+    .await;
+    for addr in [b4.addr.clone(), c.addr(1), c.addr(2), c.addr(3)] {
+        eventually(WAIT, "every broker lists broker 4 as an observer", || async {
+            let view = describe(&addr).await?;
+            (view.brokers.len() == 4 && role(&view, 4)? == "observer" && role(&view, 1)? == "voter").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(committed(&b4.addr, "readers", "before", 1).await.unwrap(), last);
+    let (_, out) = cluster_cli(&b4.addr, &["describe"]).await;
+    assert!(out.contains(&format!("broker 4 {listen} up observer")), "{out}");
+
+    // New topics are placed over four brokers; broker 4 serves its replicas.
+    c.create_topic("after", 4, 3, TopicConfig::default()).await;
+    let client4 = Client::connect(b4.addr.clone()).await.unwrap();
+    let topic =
+        eventually(WAIT, "the topic at broker 4", || async { client4.describe_topic("after").await.ok() }).await;
+    let held: Vec<u32> = topic.partitions.iter().filter(|p| p.replica_ids.contains(&4)).map(|p| p.partition).collect();
+    assert_eq!(held.len(), 3, "{:?}", topic.partitions);
+    let written = c.write_each(controller, "after", 4, "grown").await;
+    for p in &held {
+        let offset = written[*p as usize].offset;
+        let got = eventually(WAIT, "broker 4 serves its replica", || async {
+            let r = read_range(&client4, "after", *p, offset, offset + 1).await;
+            (!r.is_empty()).then_some(r)
+        })
+        .await;
+        assert_eq!(got[0].value.as_deref(), Some(format!("grown-{p}").as_bytes()));
+    }
+
+    // Not while it holds replicas; then removed, it stops.
+    let (ok, out) = cluster_cli(&c.addr(2), &["remove-broker", "4"]).await;
+    assert!(!ok && out.contains("still holds 3 partition replicas"), "{out}");
+    Client::connect(ctl.clone()).await.unwrap().delete_topic("after").await.unwrap();
+    let (ok, out) = cluster_cli(&c.addr(2), &["remove-broker", "4"]).await;
+    assert!(ok && out.contains("broker 4 removed"), "{out}");
+    let status = b4.wait_exit(Duration::from_secs(30)).await.expect("the removed broker stops");
+    assert!(!status.success());
+    for n in [1, 2, 3] {
+        eventually(WAIT, "broker 4 gone from every broker", || async {
+            (describe(&c.addr(n)).await?.brokers.len() == 3).then_some(())
+        })
+        .await;
+    }
+
+    // Restarted under its old id, it refuses to serve.
+    std::fs::write(&log, "").unwrap();
+    let mut again = BrokerProcess::start_listening(&dir, &log, &listen, &join);
+    let status = again.wait_exit(Duration::from_secs(40)).await.expect("a removed broker does not serve");
+    assert!(!status.success());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("was removed from the cluster"));
+}

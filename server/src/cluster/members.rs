@@ -1,0 +1,220 @@
+//! Cluster membership: which brokers there are, where they are, and who votes in the
+//! metadata group.
+//!
+//! The broker set starts as `--peers` (every one a metadata voter) and changes through the
+//! metadata log: `AddBroker` and `RemoveBroker` commands, applied by every broker to its
+//! [`Directory`] (and to the addresses its Raft transport calls), folded into metadata
+//! snapshots like everything else. So a broker learns its peers' addresses from the metadata,
+//! not only from its flags, and a new broker started with `--join` learns them from the member
+//! it joins, then from the log.
+//!
+//! The metadata group, as KRaft's controller quorum: at most [`MAX_METADATA_VOTERS`] voters;
+//! a broker added beyond that follows the log as an *observer* (an openraft learner): it
+//! applies everything and serves clients, but neither votes nor counts for commits. Adding a
+//! broker (on the controller): the `AddBroker` entry first (so every broker can reach it), then
+//! it joins as a learner and catches up from the leader's log or metadata snapshot, then, while
+//! the group has fewer voters than the maximum, it is promoted. Removing one: it must hold no
+//! partition replica; a voter is first replaced by the most caught-up observer (if any), then
+//! it leaves the membership, then the `RemoveBroker` entry makes every broker forget it. A
+//! removed broker that applies its own removal stops serving; restarted with the same id and
+//! data, it refuses to serve until it is added again.
+//!
+//! Never: remove the last voter, or add a broker id that is in use at another address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::ChangeMembers;
+
+use super::metadata::{self, MetaCommand};
+use super::Cluster;
+use crate::broker::route::APPLY_WAIT;
+use crate::broker::Broker;
+use crate::config::MAX_NODE_ID;
+use crate::error::BrokerError;
+
+/// Voters of the metadata group at most; further brokers are observers.
+pub const MAX_METADATA_VOTERS: usize = 3;
+
+/// How long a removal waits for the removed broker to receive it before it leaves the group.
+const REMOVAL_REACH_WAIT: Duration = Duration::from_secs(5);
+
+/// How long an added broker may take to catch up before it is left an observer (a later
+/// add or remove promotes again).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+
+/// Every broker's id and client address, this one included, as this broker applied them.
+#[derive(Debug, Default)]
+pub struct Directory {
+    brokers: RwLock<BTreeMap<u64, String>>,
+}
+
+impl Directory {
+    pub fn new(brokers: BTreeMap<u64, String>) -> Self {
+        Self { brokers: RwLock::new(brokers) }
+    }
+
+    pub fn all(&self) -> BTreeMap<u64, String> {
+        self.brokers.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.brokers.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
+    }
+
+    pub fn address(&self, id: u64) -> Option<String> {
+        self.brokers.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    pub fn insert(&self, id: u64, address: String) {
+        self.brokers.write().unwrap_or_else(PoisonError::into_inner).insert(id, address);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.brokers.write().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    /// Broker `leader`'s id and client address, for NOT_LEADER hints.
+    pub fn hint(&self, leader: Option<u64>) -> Option<(u64, String)> {
+        leader.and_then(|id| self.address(id).map(|a| (id, a)))
+    }
+}
+
+fn membership_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::NotLeader { what: format!("the metadata group's membership ({e}; retry)"), leader: None }
+}
+
+/// Checks an `id=host:port` broker before it is added.
+fn check_new(cluster: &Cluster, id: u64, address: &str) -> Result<bool, BrokerError> {
+    if id == 0 || id >= MAX_NODE_ID {
+        return Err(BrokerError::InvalidArgument(format!("broker ids are 1..{MAX_NODE_ID}, not {id}")));
+    }
+    if address.parse::<std::net::SocketAddr>().is_err()
+        && address.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(BrokerError::InvalidArgument(format!("broker address {address:?}: use host:port")));
+    }
+    match cluster.brokers.address(id) {
+        Some(a) if a == address => Ok(true), // added already: a retry
+        Some(a) => Err(BrokerError::InvalidArgument(format!("broker id {id} is in use at {a}"))),
+        None => Ok(false),
+    }
+}
+
+/// On the controller: adds broker `id` (see the module docs). Answers once every broker can
+/// reach it and it follows the metadata log (as a learner; the promotion to voter, if any,
+/// follows once it caught up).
+pub async fn add_broker(
+    cluster: &Cluster,
+    id: u64,
+    address: String,
+    internal: Option<String>,
+) -> Result<(), BrokerError> {
+    let address = address.trim_start_matches("http://").to_string();
+    if !check_new(cluster, id, &address)? {
+        let cmd = MetaCommand::AddBroker { id, address: address.clone(), internal: internal.clone() };
+        let offset = metadata::propose(cluster, &cmd).await?;
+        cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
+    }
+    let raft = &cluster.metadata_group().raft;
+    let members = raft.metrics().borrow_watched().membership_config.membership().clone();
+    if !members.nodes().any(|(n, _)| *n == id) {
+        raft.add_learner(id, openraft::EmptyNode {}, false).await.map_err(membership_error)?;
+    }
+    tracing::info!(broker = id, %address, "broker added; it follows the metadata log");
+    Ok(())
+}
+
+/// On the controller: promotes observers that hold every committed entry while the metadata
+/// group has fewer than [`MAX_METADATA_VOTERS`] voters. Returns the voters after.
+pub async fn settle_voters(cluster: &Cluster) -> Result<BTreeSet<u64>, BrokerError> {
+    let raft = &cluster.metadata_group().raft;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        let m = raft.metrics().borrow_watched().clone();
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let observers: Vec<u64> = m.membership_config.membership().learner_ids().collect();
+        if voters.len() >= MAX_METADATA_VOTERS || observers.is_empty() {
+            return Ok(voters);
+        }
+        let committed = m.cluster_committed.map_or(0, |l| l.index);
+        let matched =
+            |id: &u64| m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index);
+        let ready: BTreeSet<u64> = observers
+            .iter()
+            .filter(|o| matched(o) >= committed)
+            .take(MAX_METADATA_VOTERS - voters.len())
+            .copied()
+            .collect();
+        if !ready.is_empty() {
+            raft.change_membership(ChangeMembers::AddVoterIds(ready.clone()), true).await.map_err(membership_error)?;
+            tracing::info!(voters = ?ready, "observers promoted to metadata voters");
+            continue;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(voters);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// On the controller: removes broker `id` (see the module docs).
+pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Result<(), BrokerError> {
+    if cluster.brokers.address(id).is_none() {
+        return Err(BrokerError::InvalidArgument(format!("broker {id} is not a member of this cluster")));
+    }
+    let held: Vec<String> = broker
+        .topics()
+        .iter()
+        .flat_map(|t| {
+            (0..t.record.partitions)
+                .filter(|p| t.record.replicas_in(*p, cluster.brokers.ids().into_iter()).contains(&id))
+                .map(|p| format!("{}/{p}", t.record.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !held.is_empty() {
+        return Err(BrokerError::MembershipRefused(format!(
+            "broker {id} still holds {} partition replicas ({}); move them to other brokers first",
+            held.len(),
+            held.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let raft = &cluster.metadata_group().raft;
+    let m = raft.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    if voters.contains(&id) {
+        if voters.len() == 1 {
+            return Err(BrokerError::MembershipRefused(format!("broker {id} is the metadata group's last voter")));
+        }
+        // An observer takes its vote first, so the quorum does not shrink.
+        let committed = m.cluster_committed.map_or(0, |l| l.index);
+        let replacement = membership.learner_ids().find(|o| {
+            m.replication.as_ref().and_then(|r| r.get(o)).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= committed)
+        });
+        let mut next = voters.clone();
+        next.remove(&id);
+        next.extend(replacement);
+        raft.change_membership(ChangeMembers::ReplaceAllVoters(next), true).await.map_err(membership_error)?;
+    }
+    // The entry first, while the broker still follows the log: it applies its own removal and
+    // stops. A broker that is down learns it when it returns (it is not re-added meanwhile).
+    let offset = metadata::propose(cluster, &MetaCommand::RemoveBroker { id }).await?;
+    cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
+    if membership.nodes().any(|(n, _)| *n == id) {
+        let entry = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        let reached = |m: &openraft::RaftMetrics<_>| {
+            m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= entry)
+        };
+        // Bounded: a broker that is down does not hold the removal up.
+        let _ = raft.wait(Some(REMOVAL_REACH_WAIT)).metrics(reached, "the removed broker has its removal").await;
+        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+    }
+    tracing::info!(broker = id, "broker removed");
+    Ok(())
+}
