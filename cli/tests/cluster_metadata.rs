@@ -2,7 +2,8 @@
 //! thousands of group commits are replaced by the state they leave, on every broker; a broker
 //! that was down while topics and groups were deleted, created and altered comes back through
 //! the leader's snapshot with exactly the cluster's state (deleted topics gone from its disk);
-//! a broker restarted after snapshots has every committed offset.
+//! a broker restarted after snapshots has every committed offset; a broker killed at each step
+//! of its snapshot's swap comes back with the whole metadata.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -111,16 +112,7 @@ async fn metadata_snapshots_replace_history_and_bring_a_lagging_broker_back() {
         .await;
     }
     for target in NODES {
-        let mut controller = c.controller().await;
-        for _ in 0..12 {
-            if controller == target {
-                break;
-            }
-            c.kill9(controller);
-            c.start_node(controller);
-            controller = c.controller().await;
-        }
-        if controller != target {
+        if !make_controller(&mut c, target).await {
             eprintln!("broker {target} never became the controller in 12 elections; not checked as one");
             continue;
         }
@@ -131,4 +123,69 @@ async fn metadata_snapshots_replace_history_and_bring_a_lagging_broker_back() {
         .await;
         assert_eq!(committed(&addr, "dead", "keep", 2).await.unwrap(), Vec::<u64>::new(), "broker {target}");
     }
+}
+
+/// Makes broker `target` the controller by killing (and restarting) whoever else is, up to 12
+/// elections; false if it never won one.
+async fn make_controller(c: &mut TestCluster, target: u64) -> bool {
+    let mut controller = c.controller().await;
+    for _ in 0..12 {
+        if controller == target {
+            return true;
+        }
+        c.kill9(controller);
+        c.start_node(controller);
+        controller = c.controller().await;
+    }
+    controller == target
+}
+
+#[tokio::test]
+async fn a_kill_at_each_step_of_a_metadata_snapshot_loses_nothing() {
+    let mut c = TestCluster::start_with(&["--metadata-snapshot-bytes", SNAPSHOT_BYTES]).await;
+    let controller = c.controller().await;
+    let victim = NODES.into_iter().find(|n| *n != controller).unwrap();
+    c.create_topic("t", 1, 3, TopicConfig::default()).await;
+    let ctl = c.addr(controller);
+    let mut groups = Vec::new();
+    for point in ["staged", "committed", "renamed"] {
+        // The victim aborts at `point` of its next metadata snapshot's swap, which the commits
+        // below make due (more than SNAPSHOT_BYTES of them).
+        c.kill9(victim);
+        c.start_node_with_env(victim, &[("TIDELOG_CRASH_AT", point)]);
+        let topic = format!("t-{point}");
+        c.create_topic(&topic, 1, 3, TopicConfig::default()).await;
+        let group = format!("crash-{point}");
+        groups.push((group.clone(), commit_many(&ctl, &group, "t", 1, 700).await));
+        let aborted = format!("TIDELOG_CRASH_AT={point}: aborting");
+        eventually(WAIT, "the victim aborts in its snapshot", || async {
+            c.log(victim).contains(&aborted).then_some(())
+        })
+        .await;
+        c.kill9(victim);
+        c.start_node(victim);
+        let addr = c.addr(victim);
+        eventually(WAIT, "the victim's topics after the crash", || async {
+            topic_names(&addr).await?.contains(&topic).then_some(())
+        })
+        .await;
+    }
+    eventually(WAIT, "the victim snapshots again", || async {
+        (count_in_log(&c, victim, "metadata snapshot taken") >= 1).then_some(())
+    })
+    .await;
+    // Its own state (as the controller, whose coordinator answers from it): every group.
+    if !make_controller(&mut c, victim).await {
+        eprintln!("broker {victim} never became the controller in 12 elections; its offsets are not checked");
+        return;
+    }
+    let addr = c.addr(victim);
+    for (group, last) in &groups {
+        eventually(WAIT, "the victim's own offsets", || async {
+            (committed(&addr, group, "t", 1).await? == *last).then_some(())
+        })
+        .await;
+    }
+    let names = topic_names(&addr).await.unwrap();
+    assert!(["t", "t-staged", "t-committed", "t-renamed"].iter().all(|t| names.contains(*t)), "{names:?}");
 }

@@ -65,6 +65,11 @@ impl TestCluster {
     }
 
     pub fn start_node(&mut self, n: u64) {
+        self.start_node_with_env(n, &[]);
+    }
+
+    /// As [`TestCluster::start_node`], with extra environment variables (`TIDELOG_CRASH_AT`).
+    pub fn start_node_with_env(&mut self, n: u64, env: &[(&str, &str)]) {
         let peers: Vec<String> = NODES
             .iter()
             .map(|m| match self.proxies.get(&(n, *m)) {
@@ -76,7 +81,7 @@ impl TestCluster {
         let log = self.root.path().join(format!("node-{n}.log"));
         let args = ["--node-id", &n.to_string(), "--peers", &peers.join(",")].map(String::from);
         let args: Vec<&str> = args.iter().chain(&self.extra).map(String::as_str).collect();
-        let p = BrokerProcess::start_listening(&self.dir(n), &log, &listen, &args);
+        let p = BrokerProcess::start_with_env(&self.dir(n), &log, &listen, &args, env);
         self.procs.insert(n, p);
     }
 
