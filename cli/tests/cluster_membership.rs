@@ -99,13 +99,29 @@ async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good(
         assert_eq!(got[0].value.as_deref(), Some(format!("grown-{p}").as_bytes()));
     }
 
+    // Restarted with the same command line (kill -9), it is a member again at once.
+    b4.kill9();
+    b4 = BrokerProcess::start_listening(&dir, &log, &listen, &join);
+    eventually(WAIT, "broker 4 back after a restart", || async {
+        let view = describe(&b4.addr).await?;
+        (view.brokers.len() == 4 && role(&view, 4)? == "observer").then_some(())
+    })
+    .await;
+
     // Not while it holds replicas; then removed, it stops.
     let (ok, out) = cluster_cli(&c.addr(2), &["remove-broker", "4"]).await;
     assert!(!ok && out.contains("still holds 3 partition replicas"), "{out}");
     Client::connect(ctl.clone()).await.unwrap().delete_topic("after").await.unwrap();
     let (ok, out) = cluster_cli(&c.addr(2), &["remove-broker", "4"]).await;
     assert!(ok && out.contains("broker 4 removed"), "{out}");
-    let status = b4.wait_exit(Duration::from_secs(30)).await.expect("the removed broker stops");
+    let Some(status) = b4.wait_exit(WAIT).await else {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "the removed broker did not stop; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
     assert!(!status.success());
     for n in [1, 2, 3] {
         eventually(WAIT, "broker 4 gone from every broker", || async {
@@ -120,4 +136,26 @@ async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good(
     let status = again.wait_exit(Duration::from_secs(40)).await.expect("a removed broker does not serve");
     assert!(!status.success());
     assert!(std::fs::read_to_string(&log).unwrap().contains("was removed from the cluster"));
+
+    // Added again, it returns with its data and serves.
+    let (ok, out) = cluster_cli(&c.addr(3), &["add-broker", &format!("4={listen}")]).await;
+    assert!(ok, "{out}");
+    let back = BrokerProcess::start_listening(&dir, &log, &listen, &join);
+    eventually(WAIT, "broker 4 serves again once added again", || async {
+        let view = describe(&back.addr).await?;
+        let names: Vec<String> = Client::connect(back.addr.clone())
+            .await
+            .ok()?
+            .list_topics()
+            .await
+            .ok()?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        (view.brokers.len() == 4 && names == ["before"]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await; // past the removal grace: it still runs
+    let (_, out) = cluster_cli(&back.addr, &["describe"]).await;
+    assert!(out.contains(&format!("broker 4 {listen} up observer")), "{out}");
 }

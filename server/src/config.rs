@@ -285,13 +285,13 @@ impl Config {
                 ));
             }
         }
-        if !peers.is_empty() {
-            if !peers.contains_key(&u64::from(self.node_id)) {
-                return Err(ConfigError::Invalid(format!(
-                    "node_id {} is not among cluster.peers; list every broker, this one included",
-                    self.node_id
-                )));
-            }
+        if !peers.is_empty() && !peers.contains_key(&u64::from(self.node_id)) {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {} is not among cluster.peers; list every broker, this one included",
+                self.node_id
+            )));
+        }
+        if self.cluster.is_member() {
             if self.listen.port() == 0 {
                 return Err(ConfigError::Invalid("a cluster member needs a fixed listen port, not 0".into()));
             }
@@ -313,7 +313,7 @@ impl Config {
         self.internal_tls.validate().map_err(|e| ConfigError::Invalid(format!("internal_tls: {e}")))?;
         self.validate_internal(&peers)?;
         let peer_tls = self.peer_tls();
-        if !peers.is_empty() && peer_tls.enabled() && peer_tls.ca.is_none() {
+        if self.cluster.is_member() && peer_tls.enabled() && peer_tls.ca.is_none() {
             return Err(ConfigError::Invalid(
                 "a cluster with TLS between brokers needs its ca (tls.ca, or internal_tls.ca with an internal \
                  listener): the CA the brokers' certificates chain to"

@@ -62,7 +62,7 @@ impl ControlPlane for Cluster {
         rf: u32,
         origin: Origin,
     ) -> Result<Arc<Topic>, BrokerError> {
-        let brokers: Vec<u64> = self.brokers().keys().copied().collect();
+        let brokers: Vec<u64> = self.brokers.placeable();
         let replicas = placement::assign(&brokers, new.partitions, rf, &new.name);
         let record = TopicRecord {
             name: new.name.clone(),
@@ -162,7 +162,7 @@ impl ControlPlane for Cluster {
         let replicas = if topic.record.replicas.is_empty() {
             Vec::new() // placed before placement existed: every broker holds every partition
         } else {
-            let brokers: Vec<u64> = self.brokers().keys().copied().collect();
+            let brokers: Vec<u64> = self.brokers.placeable();
             let rf = topic.record.replicas.first().map_or(1, Vec::len) as u32;
             placement::assign(&brokers, partitions, rf, name).split_off(old)
         };
@@ -452,7 +452,7 @@ impl ControlPlane for Cluster {
         match self.controller() {
             Some(c) if c == self.node_id() => {
                 members::add_broker(self, id, address.to_string(), internal.map(str::to_string)).await?;
-                members::settle_voters(self).await?;
+                members::settle_voters(self, members::ADD_PROMOTE_WAIT).await?;
                 Ok(())
             }
             Some(c) if origin == Origin::Client => {
@@ -574,7 +574,7 @@ impl Cluster {
     }
 
     /// The admin service of broker `id` (the controller).
-    fn admin_client(&self, id: u64) -> Result<AdminServiceClient<tonic::transport::Channel>, BrokerError> {
+    pub(super) fn admin_client(&self, id: u64) -> Result<AdminServiceClient<tonic::transport::Channel>, BrokerError> {
         Ok(AdminServiceClient::new(self.channel_to_broker(id)?))
     }
 

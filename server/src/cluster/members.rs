@@ -14,10 +14,14 @@
 //! broker (on the controller): the `AddBroker` entry first (so every broker can reach it), then
 //! it joins as a learner and catches up from the leader's log or metadata snapshot, then, while
 //! the group has fewer voters than the maximum, it is promoted. Removing one: it must hold no
-//! partition replica; a voter is first replaced by the most caught-up observer (if any), then
-//! it leaves the membership, then the `RemoveBroker` entry makes every broker forget it. A
-//! removed broker that applies its own removal stops serving; restarted with the same id and
-//! data, it refuses to serve until it is added again.
+//! partition replica (it is marked leaving meanwhile, so placement skips it); the
+//! `RemoveBroker` entry is written while it still follows the log, so it applies its own
+//! removal; then a voter's vote goes to an observer that holds every committed entry (if there
+//! is one), and it leaves the membership. Every broker forgets it. A broker that applies its
+//! own removal, or finds at start that the controller no longer lists it (removed while it was
+//! down), stops once the controller confirms it; restarted with the same id and data, it
+//! refuses to serve until it is added again. Membership changes run one at a time on the
+//! controller; a removal cut off part-way is finished by a retry.
 //!
 //! Never: remove the last voter, or add a broker id that is in use at another address.
 
@@ -39,21 +43,39 @@ use crate::error::BrokerError;
 pub const MAX_METADATA_VOTERS: usize = 3;
 
 /// How long a removal waits for the removed broker to receive it before it leaves the group.
-const REMOVAL_REACH_WAIT: Duration = Duration::from_secs(5);
+const REMOVAL_REACH_WAIT: Duration = Duration::from_secs(10);
 
-/// How long an added broker may take to catch up before it is left an observer (a later
-/// add or remove promotes again).
-const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// How long an add waits for the new broker to catch up and be promoted (when the group is
+/// short of voters) before it answers; the controller's periodic check promotes it later.
+pub const ADD_PROMOTE_WAIT: Duration = Duration::from_secs(5);
 
 /// Every broker's id and client address, this one included, as this broker applied them.
 #[derive(Debug, Default)]
 pub struct Directory {
     brokers: RwLock<BTreeMap<u64, String>>,
+    /// Brokers being removed by this broker (the controller): placement skips them, so no
+    /// replica lands on one between its removal's check and its `RemoveBroker` entry.
+    leaving: RwLock<BTreeSet<u64>>,
 }
 
 impl Directory {
     pub fn new(brokers: BTreeMap<u64, String>) -> Self {
-        Self { brokers: RwLock::new(brokers) }
+        Self { brokers: RwLock::new(brokers), leaving: RwLock::default() }
+    }
+
+    /// The brokers new replicas may be placed on.
+    pub fn placeable(&self) -> Vec<u64> {
+        let leaving = self.leaving.read().unwrap_or_else(PoisonError::into_inner).clone();
+        self.ids().into_iter().filter(|id| !leaving.contains(id)).collect()
+    }
+
+    fn set_leaving(&self, id: u64, leaving: bool) {
+        let mut set = self.leaving.write().unwrap_or_else(PoisonError::into_inner);
+        if leaving {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
     }
 
     pub fn all(&self) -> BTreeMap<u64, String> {
@@ -112,6 +134,7 @@ pub async fn add_broker(
     address: String,
     internal: Option<String>,
 ) -> Result<(), BrokerError> {
+    let _one_at_a_time = cluster.membership_change.lock().await;
     let address = address.trim_start_matches("http://").to_string();
     if !check_new(cluster, id, &address)? {
         let cmd = MetaCommand::AddBroker { id, address: address.clone(), internal: internal.clone() };
@@ -127,11 +150,15 @@ pub async fn add_broker(
     Ok(())
 }
 
-/// On the controller: promotes observers that hold every committed entry while the metadata
-/// group has fewer than [`MAX_METADATA_VOTERS`] voters. Returns the voters after.
-pub async fn settle_voters(cluster: &Cluster) -> Result<BTreeSet<u64>, BrokerError> {
+/// On the controller: promotes observers that hold every committed entry (and are brokers
+/// of the cluster, not being removed) while the metadata group has fewer than
+/// [`MAX_METADATA_VOTERS`] voters, waiting up to `wait` for them to catch up. Returns the
+/// voters after.
+pub async fn settle_voters(cluster: &Cluster, wait: Duration) -> Result<BTreeSet<u64>, BrokerError> {
+    let _one_at_a_time = cluster.membership_change.lock().await;
     let raft = &cluster.metadata_group().raft;
-    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
+    let placeable = cluster.brokers.placeable();
     loop {
         let m = raft.metrics().borrow_watched().clone();
         let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
@@ -144,7 +171,7 @@ pub async fn settle_voters(cluster: &Cluster) -> Result<BTreeSet<u64>, BrokerErr
             |id: &u64| m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index);
         let ready: BTreeSet<u64> = observers
             .iter()
-            .filter(|o| matched(o) >= committed)
+            .filter(|o| placeable.contains(o) && matched(o) >= committed)
             .take(MAX_METADATA_VOTERS - voters.len())
             .copied()
             .collect();
@@ -160,11 +187,69 @@ pub async fn settle_voters(cluster: &Cluster) -> Result<BTreeSet<u64>, BrokerErr
     }
 }
 
-/// On the controller: removes broker `id` (see the module docs).
+/// On the controller: removes broker `id` (see the module docs). A retry after a partial
+/// removal (the entry applied, the broker still in the group) finishes it.
 pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Result<(), BrokerError> {
-    if cluster.brokers.address(id).is_none() {
+    let _one_at_a_time = cluster.membership_change.lock().await;
+    let raft = &cluster.metadata_group().raft;
+    let in_group = || raft.metrics().borrow_watched().membership_config.membership().nodes().any(|(n, _)| *n == id);
+    let known = cluster.brokers.address(id).is_some();
+    if !known && !in_group() {
         return Err(BrokerError::InvalidArgument(format!("broker {id} is not a member of this cluster")));
     }
+    if known {
+        cluster.brokers.set_leaving(id, true);
+        let removed = remove_entry(broker, cluster, id).await;
+        cluster.brokers.set_leaving(id, false);
+        removed?;
+    }
+    if in_group() {
+        let m = raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(BrokerError::MembershipRefused(format!("broker {id} is the metadata group's last voter")));
+            }
+            // An observer that holds every committed entry takes its vote, so the quorum
+            // keeps its size (without one, it shrinks by one).
+            let committed = m.cluster_committed.map_or(0, |l| l.index);
+            let placeable = cluster.brokers.placeable();
+            let replacement = membership.learner_ids().find(|o| {
+                placeable.contains(o)
+                    && m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(o))
+                        .and_then(|l| l.as_ref())
+                        .is_some_and(|l| l.index >= committed)
+            });
+            let mut next = voters.clone();
+            next.remove(&id);
+            next.extend(replacement);
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(next), true).await.map_err(membership_error)?;
+        }
+        // Bounded: a broker that is down does not hold the removal up (when it returns, it
+        // finds its removal in its log, or stops after the grace of `Cluster::forget_broker`).
+        let entry = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        let reached = |m: &openraft::RaftMetrics<_>| {
+            m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= entry)
+        };
+        if let Err(e) = raft.wait(Some(REMOVAL_REACH_WAIT)).metrics(reached, "the removed broker has its removal").await
+        {
+            tracing::warn!(broker = id, error = %e, "the removed broker did not get its removal in time (down?)");
+        }
+        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+    }
+    tracing::info!(broker = id, "broker removed");
+    Ok(())
+}
+
+/// The `RemoveBroker` entry, once no replica is placed on `id` (it is marked leaving, so
+/// placement skips it meanwhile). Written while the broker still follows the log, so it
+/// applies its own removal and stops.
+async fn remove_entry(broker: &Broker, cluster: &Cluster, id: u64) -> Result<(), BrokerError> {
     let held: Vec<String> = broker
         .topics()
         .iter()
@@ -182,39 +267,6 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
             held.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    let raft = &cluster.metadata_group().raft;
-    let m = raft.metrics().borrow_watched().clone();
-    let membership = m.membership_config.membership().clone();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    if voters.contains(&id) {
-        if voters.len() == 1 {
-            return Err(BrokerError::MembershipRefused(format!("broker {id} is the metadata group's last voter")));
-        }
-        // An observer takes its vote first, so the quorum does not shrink.
-        let committed = m.cluster_committed.map_or(0, |l| l.index);
-        let replacement = membership.learner_ids().find(|o| {
-            m.replication.as_ref().and_then(|r| r.get(o)).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= committed)
-        });
-        let mut next = voters.clone();
-        next.remove(&id);
-        next.extend(replacement);
-        raft.change_membership(ChangeMembers::ReplaceAllVoters(next), true).await.map_err(membership_error)?;
-    }
-    // The entry first, while the broker still follows the log: it applies its own removal and
-    // stops. A broker that is down learns it when it returns (it is not re-added meanwhile).
     let offset = metadata::propose(cluster, &MetaCommand::RemoveBroker { id }).await?;
-    cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
-    if membership.nodes().any(|(n, _)| *n == id) {
-        let entry = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
-        let reached = |m: &openraft::RaftMetrics<_>| {
-            m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= entry)
-        };
-        // Bounded: a broker that is down does not hold the removal up.
-        let _ = raft.wait(Some(REMOVAL_REACH_WAIT)).metrics(reached, "the removed broker has its removal").await;
-        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-            .await
-            .map_err(membership_error)?;
-    }
-    tracing::info!(broker = id, "broker removed");
-    Ok(())
+    cluster.wait_applied(offset + 1, APPLY_WAIT).await
 }

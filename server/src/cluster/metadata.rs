@@ -1,4 +1,5 @@
-//! The cluster's metadata: a Raft group (id 0, every broker a voter) whose log holds
+//! The cluster's metadata: a Raft group (id 0; up to three voters, the other brokers observe:
+//! `members.rs`) whose log holds
 //! [`MetaCommand`]s, one per batch, JSON-encoded. KRaft's idea: metadata is itself a
 //! replicated log, and every broker builds its view by applying it in order. The log holds
 //! topics and consumer groups' committed offsets (Kafka's `__consumer_offsets`, folded into the
@@ -194,9 +195,10 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
     let mut installs = log.snapshots_installed();
     let started = std::time::Instant::now();
     let mut next = match rebuild(&broker, &cluster, &log).await {
-        Ok(next) => {
+        Ok((next, listed_here)) => {
             let ms = started.elapsed().as_millis() as u64;
             tracing::info!(offset = next, elapsed_ms = ms, "cluster metadata applied from the log");
+            cluster.verify_membership_at_start(listed_here);
             next
         }
         Err(e) => {
@@ -209,7 +211,7 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
         if log.snapshots_installed() != installs {
             installs = log.snapshots_installed();
             match rebuild(&broker, &cluster, &log).await {
-                Ok(end) => {
+                Ok((end, _)) => {
                     tracing::info!(from = next, to = end, "rebuilt the cluster metadata from the leader's snapshot");
                     next = end;
                     cluster.applied.send_replace(next);
@@ -241,8 +243,8 @@ pub async fn run_applier(broker: Arc<Broker>, cluster: Arc<Cluster>, log: Arc<Pa
 /// at start (topics open with their current settings and partitions, never briefly with those
 /// they were created with; deleted topics never start; revoked ACLs are never enforced
 /// again) and after a snapshot replaced the log (topics deleted meanwhile go). Returns the
-/// offset to go on from.
-async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) -> Result<u64, BrokerError> {
+/// offset to go on from, and whether the log names this broker (added or removed).
+async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) -> Result<(u64, bool), BrokerError> {
     let mut image = MetaImage::default();
     let mut end = 0u64;
     while let Some(cmds) = read_chunk(log, &mut end)? {
@@ -254,7 +256,7 @@ async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) 
         cluster.learn_broker(*id, &b.address, b.internal.as_deref());
     }
     for id in image.removed.keys() {
-        cluster.forget_broker(*id, false);
+        cluster.forget_broker(*id);
     }
     broker.auth().replace_state(image.security_state());
     broker.transactions().replace_all(image.txns.iter().map(|(id, (_, e))| (id.clone(), e.clone())));
@@ -290,18 +292,21 @@ async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) 
             }
         }
     }
-    sweep_deleted(broker, cluster, &image).await;
-    Ok(end)
+    sweep_deleted(broker, cluster, &image, end).await;
+    let me = cluster.node_id();
+    Ok((end, image.brokers.contains_key(&me) || image.removed.contains_key(&me)))
 }
 
 /// Removes the files and Raft state of replicas of topics that are gone: deleted in a part of
-/// the log this broker never applied (a snapshot replaced it), or while it was down.
-async fn sweep_deleted(broker: &Broker, cluster: &Cluster, image: &MetaImage) {
+/// the log this broker never applied (a snapshot replaced it), or while it was down. Only ids
+/// up to `end` (the log folded into `image`): a topic's id is its create's offset plus one, so
+/// a replica of a topic created beyond what was folded is never taken for a deleted one.
+async fn sweep_deleted(broker: &Broker, cluster: &Cluster, image: &MetaImage, end: u64) {
     let root = cluster.data_dir.join(crate::layout::REPLICAS_DIR);
     let Ok(dirs) = std::fs::read_dir(&root) else { return };
     for entry in dirs.flatten() {
         let Some(topic_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
-        if image.topics.contains_key(&topic_id) {
+        if image.topics.contains_key(&topic_id) || topic_id > end {
             continue;
         }
         let partitions: Vec<u32> = std::fs::read_dir(entry.path())
@@ -345,13 +350,15 @@ async fn reconcile(
 /// The committed commands from `next` in one read of up to [`READ_BYTES`], advancing it;
 /// `None` at the high watermark (a chunk of only undecodable commands is `Some` and empty).
 fn read_chunk(log: &Partition, next: &mut u64) -> Result<Option<Vec<(BatchHeader, MetaCommand)>>, BrokerError> {
-    let batches = log.read(*next, READ_BYTES)?;
-    if batches.is_empty() {
+    // Past Raft control batches and empty ones too (a snapshot image ends with an empty end
+    // batch when its last commands went): a read of only those still moves `next` on.
+    let read = log.read_for_consumer(*next, READ_BYTES, crate::partition::Isolation::ReadUncommitted)?;
+    if read.next <= *next && read.batches.is_empty() {
         return Ok(None);
     }
+    *next = read.next.max(*next);
     let mut out = Vec::new();
-    for b in batches {
-        *next = b.header.next_offset();
+    for b in read.batches {
         match decode(&b) {
             Ok(cmd) => out.push((b.header, cmd)),
             // A command this version does not know: skip it rather than stop applying.
@@ -502,7 +509,7 @@ async fn apply(broker: &Arc<Broker>, cluster: &Arc<Cluster>, offset: u64, cmd: M
             Ok(())
         }
         MetaCommand::RemoveBroker { id } => {
-            cluster.forget_broker(id, true);
+            cluster.forget_broker(id);
             tracing::info!(broker = id, "broker left the cluster");
             Ok(())
         }

@@ -1,11 +1,12 @@
-//! Cluster mode: a static set of brokers that replicate every partition with Raft. This module
+//! Cluster mode: brokers (those of `--peers`, and those added since: `members.rs`) that
+//! replicate every partition with Raft. This module
 //! is the Raft implementation of the broker's seam (`broker/seam.rs`): [`Cluster`] is its
 //! `ControlPlane` (`control.rs`), each partition group's [`RaftReplica`] its `PartitionWriter`
 //! (`writer.rs`). Nothing above the broker sees this module; `node.rs` starts it.
 //!
 //! ```text
 //! Cluster
-//!   ├─ metadata group (Raft group 0, every broker a voter)   cluster/metadata.rs
+//!   ├─ metadata group (Raft group 0, up to 3 voters)        cluster/metadata.rs, members.rs
 //!   │     its log holds MetaCommands (create/delete topic); every broker applies them, in log
 //!   │     order, to its own topic table: topics, their ids and their partitions' groups
 //!   ├─ one Raft group per partition (its replicas the voters) cluster/replica.rs
@@ -87,6 +88,10 @@ pub struct Cluster {
     cluster_id: String,
     /// Every broker's client address (`host:port`), this one included (`members.rs`).
     brokers: Arc<members::Directory>,
+    /// Held by a membership change on the controller (one at a time).
+    membership_change: tokio::sync::Mutex<()>,
+    /// Started with `--join` (it is a member only once added).
+    joined: bool,
     /// Whether the metadata applied here says this broker was removed (and not added again).
     self_removed: std::sync::atomic::AtomicBool,
     /// Set once this broker is removed from the cluster for good: it stops serving.
@@ -128,12 +133,16 @@ impl Cluster {
             }
             Some(member) => {
                 let (mut brokers, cluster_id) = discover(member, scheme, tls.clone()).await?;
-                if brokers.contains_key(&node_id) {
+                let own = broker.options().advertised_address.clone();
+                let own = own.trim_start_matches("http://").trim_start_matches("https://").to_string();
+                // Listed at this address: this broker, restarting after it was added.
+                if brokers.get(&node_id).is_some_and(|a| *a != own) {
                     return Err(BrokerError::InvalidArgument(format!(
-                        "broker id {node_id} is in use in the cluster at {member}; pick another --node-id"
+                        "broker id {node_id} is in use in the cluster at {}; pick another --node-id",
+                        brokers[&node_id]
                     )));
                 }
-                brokers.insert(node_id, broker.options().advertised_address.trim_start_matches("http://").to_string());
+                brokers.insert(node_id, own);
                 (brokers.clone(), brokers, cluster_id)
             }
         };
@@ -194,6 +203,8 @@ impl Cluster {
             node_id,
             cluster_id,
             brokers: Arc::new(members::Directory::new(brokers)),
+            membership_change: tokio::sync::Mutex::new(()),
+            joined: settings.join.is_some(),
             self_removed: std::sync::atomic::AtomicBool::new(false),
             removed: watch::channel(false).0,
             peers,
@@ -264,19 +275,28 @@ impl Cluster {
         }
     }
 
-    /// Broker `id` left the cluster. This broker itself: it stops serving, at once when the
-    /// removal is `live` (applied as it was committed); when it comes from this broker's own log
-    /// at start, only if no leader re-added it within [`REMOVED_GRACE`] (it may have been
-    /// added again while it was down: the leader then brings its log up to date).
-    pub(crate) fn forget_broker(self: &Arc<Self>, id: u64, live: bool) {
+    /// Broker `id` left the cluster. This broker itself: it stops serving once it applied
+    /// everything committed and is still removed (a later `AddBroker` in the log, for a broker
+    /// removed and added again while it was down, keeps it), or after [`REMOVED_GRACE`] if
+    /// it cannot tell (no leader replicates to a removed broker).
+    pub(crate) fn forget_broker(self: &Arc<Self>, id: u64) {
         if id == self.node_id {
-            self.self_removed.store(true, std::sync::atomic::Ordering::Release);
+            use std::sync::atomic::Ordering;
+            if self.self_removed.swap(true, Ordering::AcqRel) {
+                return; // a check is running
+            }
             let me = Arc::clone(self);
             tokio::spawn(async move {
-                if !live {
-                    tokio::time::sleep(REMOVED_GRACE).await;
+                let deadline = tokio::time::Instant::now() + REMOVED_GRACE;
+                let mut confirmed = false;
+                while me.self_removed.load(Ordering::Acquire) && !confirmed && tokio::time::Instant::now() < deadline {
+                    match me.controller_lists_me().await {
+                        Some(true) => return, // added again: the log will say so when it catches up
+                        Some(false) => confirmed = true,
+                        None => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
                 }
-                if me.self_removed.load(std::sync::atomic::Ordering::Acquire) {
+                if me.self_removed.load(Ordering::Acquire) {
                     tracing::error!(
                         broker = me.node_id,
                         "this broker was removed from the cluster: it stops; add it again (tidelog cluster \
@@ -290,6 +310,47 @@ impl Cluster {
         // Its Raft address stays until it leaves the metadata group's membership (it must
         // still receive its own removal); nothing else calls it once it is not a broker.
         self.brokers.remove(id);
+    }
+
+    /// At start: a broker that was a member (of `--peers`, or added) asks the controller
+    /// whether it still is, for up to a minute; a broker removed while it was down (so its own
+    /// log never got the removal) then stops instead of serving a stale view.
+    pub(crate) fn verify_membership_at_start(self: &Arc<Self>, listed_here: bool) {
+        if self.joined && !listed_here {
+            return; // a new broker waiting to be added
+        }
+        // Weak: a broker that stops meanwhile must not be kept open by this check.
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let Some(me) = weak.upgrade() else { return };
+                if me.groups.is_stopping() {
+                    return;
+                }
+                match me.controller_lists_me().await {
+                    Some(true) => return,
+                    Some(false) => return me.forget_broker(me.node_id),
+                    None => {}
+                }
+                drop(me);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Whether the controller (asked through any other broker that says it is the controller)
+    /// lists this broker; `None` if none answered.
+    async fn controller_lists_me(&self) -> Option<bool> {
+        for id in self.brokers.ids().into_iter().filter(|id| *id != self.node_id) {
+            let Ok(mut admin) = self.admin_client(id) else { continue };
+            let ask = admin.describe_cluster(tidelog_proto::v1::DescribeClusterRequest {});
+            let Ok(Ok(view)) = tokio::time::timeout(Duration::from_secs(1), ask).await else { continue };
+            let view = view.into_inner();
+            if u64::from(view.controller_id) == id {
+                return Some(view.brokers.iter().any(|b| u64::from(b.id) == self.node_id));
+            }
+        }
+        None
     }
 
     /// Resolves once this broker was removed from the cluster.
@@ -391,7 +452,7 @@ impl Cluster {
         let membership = m.membership_config.membership();
         let short = membership.voter_ids().count() < members::MAX_METADATA_VOTERS;
         if m.current_leader == Some(self.node_id) && short && membership.learner_ids().next().is_some() {
-            if let Err(e) = members::settle_voters(self).await {
+            if let Err(e) = members::settle_voters(self, Duration::ZERO).await {
                 tracing::warn!(error = %e, "promoting metadata observers failed; retrying");
             }
         }
@@ -445,12 +506,13 @@ async fn discover(
             Ok::<_, String>(view.into_inner())
         };
         match attempt.await {
-            Ok(view) if !view.brokers.is_empty() => {
+            // A cluster member knows the metadata group's roles; a single node has none.
+            Ok(view) if view.brokers.iter().any(|b| !b.role.is_empty()) => {
                 let brokers = view.brokers.into_iter().map(|b| (u64::from(b.id), b.address)).collect();
                 tracing::info!(member, cluster = %view.cluster_id, "joining: learnt the brokers from a member");
                 return Ok((brokers, view.cluster_id));
             }
-            Ok(_) => tracing::warn!(member, "joining: the member is not in a cluster; retrying"),
+            Ok(_) => tracing::warn!(member, "joining: the member is a single node or not current yet; retrying"),
             Err(e) => tracing::warn!(member, error = %e, "joining: the member does not answer yet; retrying"),
         }
         if tokio::time::Instant::now() >= deadline {
