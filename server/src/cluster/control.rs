@@ -443,7 +443,7 @@ impl ControlPlane for Cluster {
     /// fewer than three voters (`members.rs`).
     async fn add_broker(
         &self,
-        _broker: &Broker,
+        broker: &Broker,
         id: u64,
         address: &str,
         internal: Option<&str>,
@@ -451,7 +451,7 @@ impl ControlPlane for Cluster {
     ) -> Result<(), BrokerError> {
         match self.controller() {
             Some(c) if c == self.node_id() => {
-                members::add_broker(self, id, address.to_string(), internal.map(str::to_string)).await?;
+                members::add_broker(broker, self, id, address.to_string(), internal.map(str::to_string)).await?;
                 members::settle_voters(self, members::ADD_PROMOTE_WAIT).await?;
                 Ok(())
             }

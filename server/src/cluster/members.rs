@@ -127,14 +127,22 @@ fn check_new(cluster: &Cluster, id: u64, address: &str) -> Result<bool, BrokerEr
 
 /// On the controller: adds broker `id` (see the module docs). Answers once every broker can
 /// reach it and it follows the metadata log (as a learner; the promotion to voter, if any,
-/// follows once it caught up).
+/// follows once it caught up). Refused while a topic placed before placement existed (on
+/// every broker, by no list) exists: it would count the new broker among its replicas.
 pub async fn add_broker(
+    broker: &Broker,
     cluster: &Cluster,
     id: u64,
     address: String,
     internal: Option<String>,
 ) -> Result<(), BrokerError> {
     let _one_at_a_time = cluster.membership_change.lock().await;
+    if let Some(t) = broker.topics().iter().find(|t| t.record.replicas.is_empty() && t.record.partitions > 0) {
+        return Err(BrokerError::MembershipRefused(format!(
+            "topic {} predates replica placement (every broker holds it); recreate it before adding brokers",
+            t.record.name
+        )));
+    }
     let address = address.trim_start_matches("http://").to_string();
     if !check_new(cluster, id, &address)? {
         let cmd = MetaCommand::AddBroker { id, address: address.clone(), internal: internal.clone() };

@@ -168,3 +168,71 @@ fn write_image(segments: &[SealedSegment], staging: &Path) -> Result<u64, Broker
     sync_staging(staging)?;
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{AppendBatch, FsyncPolicy, LogConfig};
+    use crate::meta::StoredOffset;
+
+    fn command(cmd: &MetaCommand) -> Vec<u8> {
+        serde_json::to_vec(cmd).unwrap()
+    }
+
+    async fn append(p: &Partition, cmd: &MetaCommand) {
+        let payload = command(cmd);
+        let b = AppendBatch {
+            payload: &payload,
+            record_count: 1,
+            compression: 0,
+            payload_crc: crc32c::crc32c(&payload),
+            raft: None,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            flags: 0,
+        };
+        let pending = p.append(b, 1_000).unwrap();
+        p.complete(&pending).await.unwrap();
+    }
+
+    fn commit(group: &str, offset: u64) -> MetaCommand {
+        MetaCommand::CommitOffsets {
+            group: group.into(),
+            topic: "t".into(),
+            // Padded past a segment, so each command rolls a segment of its own.
+            offsets: vec![StoredOffset { partition: 0, offset, commit_time_ms: 1, metadata: "m".repeat(1100) }],
+            topic_id: 0,
+        }
+    }
+
+    /// The sealed prefix ends with a command the image drops (a group deletion), so the
+    /// image ends with an empty end batch; a broker reading the log from 0 (as at start) must
+    /// read past it to the commands after, not stop there.
+    #[tokio::test]
+    async fn an_image_ending_in_an_end_batch_is_read_past() {
+        let dir = tempfile::tempdir().unwrap();
+        // The smallest segments; every command below is larger, so all but the last are sealed.
+        let config = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
+        let gone = format!("gone-{}", "x".repeat(1100));
+        let p = Arc::new(Partition::open(dir.path(), "__cluster_metadata", 0, config, FsyncPolicy::Never).unwrap().0);
+        append(&p, &commit("kept", 7)).await; // 0
+        append(&p, &commit(&gone, 8)).await; // 1
+        append(&p, &MetaCommand::DeleteGroup { group: gone.clone() }).await; // 2: the image drops it
+        append(&p, &commit("after", 9)).await; // 3: the active segment
+        let stats = p.rewrite_prefix(4, None, 0, write_image).unwrap().expect("the prefix is rewritten");
+        assert_eq!((stats.segments, stats.cleaned_offset), (3, 3));
+
+        let mut image = MetaImage::default();
+        let mut next = 0;
+        for _ in 0..10 {
+            let Some(cmds) = super::super::metadata::read_chunk(&p, &mut next).unwrap() else { break };
+            for (h, cmd) in cmds {
+                image.fold(&h, cmd);
+            }
+        }
+        assert_eq!(next, 4, "read to the log end, past the image's end batch");
+        let groups: Vec<&str> = image.offsets.keys().map(|(g, _)| g.as_str()).collect();
+        assert_eq!(groups, ["after", "kept"]);
+    }
+}

@@ -349,7 +349,10 @@ async fn reconcile(
 
 /// The committed commands from `next` in one read of up to [`READ_BYTES`], advancing it;
 /// `None` at the high watermark (a chunk of only undecodable commands is `Some` and empty).
-fn read_chunk(log: &Partition, next: &mut u64) -> Result<Option<Vec<(BatchHeader, MetaCommand)>>, BrokerError> {
+pub(super) fn read_chunk(
+    log: &Partition,
+    next: &mut u64,
+) -> Result<Option<Vec<(BatchHeader, MetaCommand)>>, BrokerError> {
     // Past Raft control batches and empty ones too (a snapshot image ends with an empty end
     // batch when its last commands went): a read of only those still moves `next` on.
     let read = log.read_for_consumer(*next, READ_BYTES, crate::partition::Isolation::ReadUncommitted)?;
