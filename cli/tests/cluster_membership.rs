@@ -42,7 +42,7 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good() {
-    let c = TestCluster::start_with(&["--metadata-snapshot-bytes", "65536"]).await;
+    let c = TestCluster::start_fast(&["--metadata-snapshot-bytes", "65536"]).await;
     let controller = c.controller().await;
     let ctl = c.addr(controller);
     c.create_topic("before", 1, 3, TopicConfig::default()).await;

@@ -29,7 +29,7 @@ fn count_in_log(c: &TestCluster, n: u64, what: &str) -> usize {
 
 #[tokio::test]
 async fn metadata_snapshots_replace_history_and_bring_a_lagging_broker_back() {
-    let mut c = TestCluster::start_with(&["--metadata-snapshot-bytes", SNAPSHOT_BYTES]).await;
+    let mut c = TestCluster::start_fast(&["--metadata-snapshot-bytes", SNAPSHOT_BYTES]).await;
     let controller = c.controller().await;
     let down = NODES.into_iter().find(|n| *n != controller).unwrap();
     let live: Vec<u64> = NODES.into_iter().filter(|n| *n != down).collect();
@@ -142,7 +142,7 @@ async fn make_controller(c: &mut TestCluster, target: u64) -> bool {
 
 #[tokio::test]
 async fn a_kill_at_each_step_of_a_metadata_snapshot_loses_nothing() {
-    let mut c = TestCluster::start_with(&["--metadata-snapshot-bytes", SNAPSHOT_BYTES]).await;
+    let mut c = TestCluster::start_fast(&["--metadata-snapshot-bytes", SNAPSHOT_BYTES]).await;
     let controller = c.controller().await;
     let victim = NODES.into_iter().find(|n| *n != controller).unwrap();
     c.create_topic("t", 1, 3, TopicConfig::default()).await;
