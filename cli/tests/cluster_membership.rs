@@ -159,3 +159,41 @@ async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good(
     let (_, out) = cluster_cli(&back.addr, &["describe"]).await;
     assert!(out.contains(&format!("broker 4 {listen} up observer")), "{out}");
 }
+
+/// A one-broker cluster grows: the added broker catches up and is promoted to a metadata voter
+/// (fewer than three voted), then topics placed on both brokers are served by both.
+#[tokio::test]
+async fn a_broker_added_to_a_small_cluster_becomes_a_metadata_voter() {
+    let root = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let (l1, l2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let peers = format!("1={l1}");
+    let b1 = BrokerProcess::start_listening(
+        &root.path().join("n1"),
+        &root.path().join("n1.log"),
+        &l1,
+        &["--node-id", "1", "--peers", &peers],
+    );
+    eventually(WAIT, "broker 1 leads its metadata group", || async {
+        (describe(&b1.addr).await?.controller_id == 1).then_some(())
+    })
+    .await;
+    let b2 = BrokerProcess::start_listening(
+        &root.path().join("n2"),
+        &root.path().join("n2.log"),
+        &l2,
+        &["--node-id", "2", "--join", &l1],
+    );
+    let (ok, out) = cluster_cli(&b1.addr, &["add-broker", &format!("2={l2}")]).await;
+    assert!(ok, "{out}");
+    for addr in [&b1.addr, &b2.addr] {
+        eventually(WAIT, "broker 2 votes", || async {
+            let view = describe(addr).await?;
+            (role(&view, 1)? == "voter" && role(&view, 2)? == "voter").then_some(())
+        })
+        .await;
+    }
+    let client = Client::connect(b2.addr.clone()).await.unwrap();
+    let topic = client.create_topic_replicated("both", 2, 2, TopicConfig::default()).await.unwrap();
+    assert!(topic.partitions.iter().all(|p| p.replica_ids.len() == 2), "{:?}", topic.partitions);
+}

@@ -184,9 +184,11 @@ pub async fn settle_voters(cluster: &Cluster, wait: Duration) -> Result<BTreeSet
             .copied()
             .collect();
         if !ready.is_empty() {
+            // One change per call (the metrics lag the change just made); the controller's
+            // periodic check promotes any further observer.
             raft.change_membership(ChangeMembers::AddVoterIds(ready.clone()), true).await.map_err(membership_error)?;
             tracing::info!(voters = ?ready, "observers promoted to metadata voters");
-            continue;
+            return Ok(voters.union(&ready).copied().collect());
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(voters);
