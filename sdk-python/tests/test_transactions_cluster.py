@@ -164,6 +164,9 @@ def test_consume_transform_produce_is_exactly_once_through_broker_failures(clust
 
         eventually(drained, 40, f"the input to be drained (offsets at {end})")
         print(f"  last instance: {app.lines[-1:]} (earlier instances committed the rest)")
+        # The input may have been drained by earlier instances before this one finished
+        # starting: a SIGTERM before its handler is installed (during imports) kills it.
+        eventually(lambda: "ready" in app.lines, 60, "the last instance to be ready")
         assert app.stop() == 0, app.errors[-20:]
 
         inputs = read(every, "in", 2, "read_uncommitted", at_least(TOTAL), settle=0.3)
