@@ -260,12 +260,13 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
 /// placement skips it meanwhile). Written while the broker still follows the log, so it
 /// applies its own removal and stops.
 async fn remove_entry(broker: &Broker, cluster: &Cluster, id: u64) -> Result<(), BrokerError> {
+    let brokers = cluster.brokers.ids();
     let held: Vec<String> = broker
         .topics()
         .iter()
         .flat_map(|t| {
             (0..t.record.partitions)
-                .filter(|p| t.record.replicas_in(*p, cluster.brokers.ids().into_iter()).contains(&id))
+                .filter(|p| t.record.replicas_in(*p, brokers.iter().copied()).contains(&id))
                 .map(|p| format!("{}/{p}", t.record.name))
                 .collect::<Vec<_>>()
         })

@@ -11,11 +11,10 @@
 //!
 //! Applying is deterministic and idempotent over the log prefix: a `CreateTopic` for a name
 //! that exists is ignored (the proposer sees another id and reports "exists"), a `DeleteTopic`
-//! names the incarnation (topic id) it deletes. A broker restarting re-applies the log from the
-//! start; creates that a later delete undoes are skipped, so their groups never start, a
-//! topic's alterations are folded into its create, so it opens with its current settings, and
-//! the ACLs and quotas are folded into one state installed before anything else, so a revoked
-//! ACL is never enforced again while the backlog replays.
+//! names the incarnation (topic id) it deletes. A broker starting (or installing a metadata
+//! snapshot) folds the whole committed log into a [`MetaImage`] first and builds its view from
+//! that ([`rebuild`]): deleted topics never start, a topic opens with its current settings, and
+//! a revoked ACL is never enforced again while the log is read.
 //!
 //! Never: apply a command above the metadata group's high watermark (uncommitted).
 
@@ -285,9 +284,8 @@ async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) 
             tracing::error!(topic = %t.record.name, topic_id = id, error = %e, "opening a topic failed on this broker");
         }
         if let Some((_, floors)) = &t.deleted_below {
-            let before = floors.iter().map(|(p, o)| (*p, *o)).collect();
-            let cmd = MetaCommand::DeleteRecords { name: t.record.name.clone(), topic_id: *id, before };
-            if let Err(e) = apply_delete_records(broker, &cmd).await {
+            let before: Vec<(u32, u64)> = floors.iter().map(|(p, o)| (*p, *o)).collect();
+            if let Err(e) = apply_delete_records(broker, &t.record.name, *id, before).await {
                 tracing::error!(topic = %t.record.name, error = %e, "deleting records failed on this broker");
             }
         }
@@ -315,19 +313,32 @@ async fn sweep_deleted(broker: &Broker, cluster: &Cluster, image: &MetaImage, en
             .flatten()
             .filter_map(|p| p.file_name().to_str().and_then(|n| n.parse().ok()))
             .collect();
-        for p in partitions {
-            cluster.unhost(group_id(topic_id, p));
-            if let Ok(state) = broker.store().raft_state(group_id(topic_id, p)) {
-                if let Err(e) = state.clear().await {
-                    tracing::warn!(topic_id, partition = p, error = %e, "could not clear a deleted replica's Raft state");
-                }
-            }
-        }
-        match std::fs::remove_dir_all(entry.path()) {
+        match drop_replicas(broker, cluster, topic_id, partitions).await {
             Ok(()) => tracing::info!(topic_id, "removed the replicas of a topic deleted meanwhile"),
-            Err(e) => tracing::warn!(topic_id, error = %e, "could not remove a deleted topic's files"),
+            Err(e) => tracing::warn!(topic_id, error = %e, "could not clear a deleted topic's Raft state"),
         }
     }
+}
+
+/// Forgets the replicas of topic incarnation `topic_id` held here: unhosts their groups,
+/// clears their Raft state, removes their files (a failure to remove is logged).
+async fn drop_replicas(
+    broker: &Broker,
+    cluster: &Cluster,
+    topic_id: u64,
+    partitions: impl IntoIterator<Item = u32>,
+) -> Result<(), BrokerError> {
+    for p in partitions {
+        cluster.unhost(group_id(topic_id, p));
+        broker.store().raft_state(group_id(topic_id, p))?.clear().await?;
+    }
+    let dir = crate::layout::replicas_dir(&cluster.data_dir, topic_id);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files");
+        }
+    }
+    Ok(())
 }
 
 /// Brings topic `current` (the same incarnation) to `record`: new partitions opened, settings
@@ -451,15 +462,19 @@ async fn grow(broker: &Arc<Broker>, cluster: &Cluster, topic: &Topic, record: To
 }
 
 /// Applies a `DeleteRecords` to the partitions of the named incarnation held here.
-async fn apply_delete_records(broker: &Broker, cmd: &MetaCommand) -> Result<(), BrokerError> {
-    let MetaCommand::DeleteRecords { name, topic_id, before } = cmd else { return Ok(()) };
+async fn apply_delete_records(
+    broker: &Broker,
+    name: &str,
+    topic_id: u64,
+    before: impl IntoIterator<Item = (u32, u64)>,
+) -> Result<(), BrokerError> {
     let Ok(topic) = broker.topic(name) else { return Ok(()) };
-    if topic.topic_id != *topic_id {
+    if topic.topic_id != topic_id {
         return Ok(());
     }
     for (p, offset) in before {
-        if let Ok(log) = topic.partition(*p) {
-            let start = log.raise_log_start(*offset).await?;
+        if let Ok(log) = topic.partition(p) {
+            let start = log.raise_log_start(offset).await?;
             tracing::debug!(topic = %name, partition = p, log_start = start, "records deleted");
         }
     }
@@ -487,7 +502,9 @@ async fn apply(broker: &Arc<Broker>, cluster: &Arc<Cluster>, offset: u64, cmd: M
             broker.store().remove_group_offsets(&group).map(|_| ()).map_err(BrokerError::from)
         }
         add @ MetaCommand::AddPartitions { .. } => apply_add(broker, cluster, &add).await,
-        delete @ MetaCommand::DeleteRecords { .. } => apply_delete_records(broker, &delete).await,
+        MetaCommand::DeleteRecords { name, topic_id, before } => {
+            apply_delete_records(broker, &name, topic_id, before).await
+        }
         MetaCommand::Security { change } => {
             let mut state = (*broker.auth().state()).clone();
             state.apply(&change);
@@ -601,22 +618,12 @@ async fn delete(
             writer.stop().await;
         }
     }
-    // Every group's offsets for it go with it (a recreated topic starts without them). By
-    // name: at a restart's re-apply this may take a later incarnation's offsets too, and the
-    // later commits in the log put them back.
+    // Every group's offsets for it go with it (a recreated topic starts without them), by
+    // name, as the fold does (`MetaImage::fold`).
     if let Err(e) = broker.store().remove_offsets_of(name) {
         tracing::error!(topic = name, error = %e, "could not remove a deleted topic's committed offsets");
     }
-    for p in 0..partitions {
-        cluster.unhost(group_id(topic_id, p));
-        broker.store().raft_state(group_id(topic_id, p))?.clear().await?;
-    }
-    let dir = crate::layout::replicas_dir(&cluster.data_dir, topic_id);
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files");
-        }
-    }
+    drop_replicas(broker, cluster, topic_id, 0..partitions).await?;
     tracing::info!(topic = name, topic_id, "topic deleted");
     Ok(())
 }
