@@ -1,13 +1,17 @@
-//! `tidelog cluster describe|health|add-broker|remove-broker`: the brokers (with their place
+//! `tidelog cluster describe|health|add-broker|remove-broker|rebalance`: the brokers (with their place
 //! in the metadata group: voter or observer), the controller, and per partition its
 //! leader, replicas, in-sync replicas and high watermark. Each partition is described by its
 //! leader (only the leader knows who is in sync), so every reachable broker is asked.
+//!
+//! `rebalance` plans with `partition::plan_balance` and moves through partition reassignment;
+//! `remove-broker` waits while the broker's replicas move away.
 //!
 //! `health` is `rpk cluster health`: healthy when every broker answers, a controller is
 //! known, every partition has a leader and every partition's replicas are all in sync; the
 //! exit status is 0 only then (2 otherwise), so scripts and probes can wait on it.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use serde_json::json;
@@ -17,6 +21,7 @@ use tidelog::proto::v1::{
 };
 
 use crate::output::{partition_json, print_json, OutputFormat};
+use crate::partition;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -36,9 +41,31 @@ pub enum ClusterCommand {
         #[arg(long)]
         internal: Option<String>,
     },
-    /// Remove a broker that holds no partition replica: it leaves the metadata group and
-    /// stops; it cannot return under its id unless added again.
-    RemoveBroker { id: u32 },
+    /// Remove a broker: its partition replicas move to the other brokers first (this waits
+    /// for them), then it leaves the metadata group and stops; it cannot return under its id
+    /// unless added again.
+    RemoveBroker {
+        id: u32,
+        /// Give up waiting for its replicas to move after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Even out replicas and preferred leaders over the brokers (after adding or removing
+    /// some): the fewest replica moves that leave every broker within one replica of every
+    /// other, then preferred-leader swaps; the plan goes through partition reassignment.
+    Rebalance {
+        /// Print the plan (Kafka's reassignment JSON) without moving anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Bytes/s each leader sends to replicas catching up (0: the brokers' default).
+        #[arg(long, default_value_t = 0)]
+        throttle: u64,
+        /// Wait until the moves are done, showing progress.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
 }
 
 /// What every reachable broker says about the cluster.
@@ -90,11 +117,55 @@ pub async fn run(broker: &crate::BrokerArg, command: ClusterCommand, format: Out
             println!("broker {} {} added ({})", b.id, b.address, if b.role.is_empty() { "joining" } else { &b.role });
             Ok(())
         }
-        ClusterCommand::RemoveBroker { id } => {
-            broker.connect().await?.admin().remove_broker(RemoveBrokerRequest { id }).await?;
-            println!("broker {id} removed");
+        ClusterCommand::RemoveBroker { id, timeout } => remove_broker(broker, id, Duration::from_secs(timeout)).await,
+        ClusterCommand::Rebalance { dry_run, throttle, wait, timeout } => {
+            let client = broker.connect().await?;
+            let cluster = client.admin().describe_cluster(DescribeClusterRequest {}).await?.into_inner();
+            let brokers: Vec<u32> = cluster.brokers.iter().map(|b| b.id).collect();
+            let moving =
+                partition::in_progress(broker, None).await?.into_iter().map(|m| (m.topic, m.partition)).collect();
+            let plan = partition::plan_balance(&brokers, &partition::assignment(broker).await?, &moving);
+            if dry_run || plan.partitions.is_empty() {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+                if plan.partitions.is_empty() {
+                    println!("balanced: nothing to move");
+                }
+                return Ok(());
+            }
+            partition::submit(broker, &plan, throttle).await?;
+            println!("{} partition moves started", plan.partitions.len());
+            if wait {
+                partition::wait_done(broker, None, Duration::from_secs(timeout), format).await?;
+            }
             Ok(())
         }
+    }
+}
+
+/// Asks for the removal until the broker's replicas have moved away (the broker starts
+/// those moves and refuses until they are done), within `timeout`.
+async fn remove_broker(broker: &crate::BrokerArg, id: u32, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut told = false;
+    loop {
+        let status = match broker.connect().await?.admin().remove_broker(RemoveBrokerRequest { id }).await {
+            Ok(_) => {
+                println!("broker {id} removed");
+                return Ok(());
+            }
+            Err(s) => s,
+        };
+        let moving = status.code() == tonic::Code::FailedPrecondition && status.message().contains("moving them");
+        // A controller change or a busy broker mid-move: retried too.
+        let retry = moving || status.code() == tonic::Code::Unavailable;
+        if !retry || Instant::now() >= deadline {
+            return Err(status.into());
+        }
+        if moving && !told {
+            println!("{}", status.message());
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -131,8 +202,13 @@ fn describe(s: &Survey, format: OutputFormat) -> anyhow::Result<()> {
     }
     for ((topic, index), p) in &s.partitions {
         let leader = if p.leader_id == 0 { "none".to_string() } else { p.leader_id.to_string() };
+        let moving = if p.adding_replica_ids.is_empty() && p.removing_replica_ids.is_empty() {
+            String::new()
+        } else {
+            format!(" moving: adding={:?} removing={:?}", p.adding_replica_ids, p.removing_replica_ids)
+        };
         println!(
-            "  {topic}/{index} leader={leader} replicas={:?} in_sync={:?} high_watermark={} log_end={}",
+            "  {topic}/{index} leader={leader} replicas={:?} in_sync={:?} high_watermark={} log_end={}{moving}",
             p.replica_ids, p.in_sync_replica_ids, p.high_watermark, p.log_end_offset
         );
     }

@@ -12,6 +12,7 @@ mod consume;
 mod group;
 mod offsets;
 mod output;
+mod partition;
 mod produce;
 mod render;
 mod security;
@@ -105,6 +106,15 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Move partition replicas between brokers, and follow the moves.
+    Partition {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        output: output::OutputArg,
+        #[command(subcommand)]
+        command: partition::PartitionCommand,
+    },
     /// List, describe, delete consumer groups and reset their offsets.
     Group {
         #[command(flatten)]
@@ -163,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic { broker, output, command } => topic::run(&broker, command, output.format).await,
         Command::Cluster { broker, output, command } => cluster::run(&broker, command, output.format).await,
+        Command::Partition { broker, output, command } => partition::run(&broker, command, output.format).await,
         Command::Group { broker, output, command } => group::run(&broker, command, output.format).await,
         Command::Acl { broker, output, command } => security::acl(&broker, command, output.format).await,
         Command::Quota { broker, output, command } => security::quota(&broker, command, output.format).await,

@@ -92,6 +92,10 @@ pub fn partition_json(p: &PartitionDescription) -> Value {
         v["cleaned_offset"] = json!(p.cleaned_offset);
         v["last_cleaned_ms"] = json!(p.last_cleaned_ms);
     }
+    if !p.adding_replica_ids.is_empty() || !p.removing_replica_ids.is_empty() {
+        v["adding_replicas"] = json!(p.adding_replica_ids);
+        v["removing_replicas"] = json!(p.removing_replica_ids);
+    }
     v
 }
 

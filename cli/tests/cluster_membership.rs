@@ -1,8 +1,8 @@
 //! Brokers join and leave a running three-broker cluster (`server/src/cluster/members.rs`): a
 //! fourth broker started with `--join` is added with `tidelog cluster add-broker`, catches up
 //! through the metadata snapshot, observes the metadata group, and takes replicas of new
-//! topics; it cannot be removed while it holds replicas; once removed it stops, and restarted
-//! under its old id it refuses to serve until it is added again.
+//! topics; removing it moves its replicas to the other brokers first; once removed it stops,
+//! and restarted under its old id it refuses to serve until it is added again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -108,12 +108,18 @@ async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good(
     })
     .await;
 
-    // Not while it holds replicas; then removed, it stops.
+    // Its replicas move to the other brokers first (the CLI waits for them); then removed,
+    // it stops.
     let (ok, out) = cluster_cli(&c.addr(2), &["remove-broker", "4"]).await;
-    assert!(!ok && out.contains("still holds 3 partition replicas"), "{out}");
-    Client::connect(ctl.clone()).await.unwrap().delete_topic("after").await.unwrap();
-    let (ok, out) = cluster_cli(&c.addr(2), &["remove-broker", "4"]).await;
-    assert!(ok && out.contains("broker 4 removed"), "{out}");
+    assert!(ok && out.contains("moving them to other brokers") && out.contains("broker 4 removed"), "{out}");
+    let client1 = Client::connect(c.addr(1)).await.unwrap();
+    let moved = client1.describe_topic("after").await.unwrap();
+    for p in &moved.partitions {
+        assert!(!p.replica_ids.contains(&4) && p.replica_ids.len() == 3, "{:?}", moved.partitions);
+        let offset = written[p.partition as usize].offset;
+        let got = read_range(&client1, "after", p.partition, offset, offset + 1).await;
+        assert_eq!(got[0].value.as_deref(), Some(format!("grown-{}", p.partition).as_bytes()));
+    }
     let Some(status) = b4.wait_exit(WAIT).await else {
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -152,7 +158,7 @@ async fn a_broker_joins_through_the_snapshot_takes_replicas_and_leaves_for_good(
             .into_iter()
             .map(|t| t.name)
             .collect();
-        (view.brokers.len() == 4 && names == ["before"]).then_some(())
+        (view.brokers.len() == 4 && names == ["after", "before"]).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(12)).await; // past the removal grace: it still runs

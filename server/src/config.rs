@@ -149,6 +149,10 @@ pub struct ClusterSettings {
     /// snapshot; its segments roll at a quarter of it. A broker starting replays at most about
     /// this much history. Default 16 MiB.
     pub metadata_snapshot_bytes: u64,
+    /// What a partition's leader sends per second, at most, to replicas catching up for a move
+    /// (`tidelog partition reassign`), over all the moves it leads; a move may name its own.
+    /// Default 64 MiB/s; 0 = unthrottled.
+    pub reassignment_throttle_bytes_per_sec: u64,
     /// A new broker joining a running cluster: the address (`host:port`) of any member. It
     /// learns the brokers from it, and waits to be added (`tidelog cluster add-broker`);
     /// `peers` is then not needed. Default none.
@@ -167,6 +171,7 @@ impl Default for ClusterSettings {
             leader_rebalance_ms: 10_000,
             quiesce_ms: 2000,
             metadata_snapshot_bytes: 16 << 20,
+            reassignment_throttle_bytes_per_sec: 64 << 20,
             join: None,
             internal_peers: Vec::new(),
         }

@@ -172,17 +172,28 @@ impl Node {
             .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
             .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
         });
+        let control = cluster.as_ref().map(|c| {
+            tidelog_proto::internal::cluster_control_server::ClusterControlServer::new(
+                crate::cluster::reassign::ControlService::new(Arc::clone(&broker), Arc::clone(c)),
+            )
+        });
         let services = crate::api::Services::new(Arc::clone(&broker)).await;
         let server: Serving = match internal {
             // One listener: clients and peers alike.
-            None => serve_on(services.router(true)?.add_optional_service(raft), listener, tls, &broker, shutdown),
+            None => serve_on(
+                services.router(true)?.add_optional_service(raft).add_optional_service(control),
+                listener,
+                tls,
+                &broker,
+                shutdown,
+            ),
             // Two: clients here (no Raft), peers (Raft and passed-on calls) on the internal one.
             Some((internal, internal_tls)) => {
                 let internal_done = async move {
                     let _ = internal_stop_rx.wait_for(|stop| *stop).await;
                 };
                 let peers = serve_on(
-                    services.router(true)?.add_optional_service(raft),
+                    services.router(true)?.add_optional_service(raft).add_optional_service(control),
                     internal,
                     internal_tls,
                     &broker,

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tidelog::proto::v1::{
-    CommitRequest, CreateTopicRequest, ErrorCode, FetchCommittedRequest, PartitionOffset, TopicConfig, TopicDescription,
+    AddBrokerRequest, CommitRequest, CreateTopicRequest, DescribeClusterRequest, ErrorCode, FetchCommittedRequest,
+    PartitionOffset, TopicConfig, TopicDescription,
 };
 use tidelog::{Client, Producer, ProducerConfig, Record, RecordMetadata};
 
@@ -150,6 +151,16 @@ impl TestCluster {
     }
 
     /// The brokers that run and are not paused.
+    /// Waits up to `timeout` for broker `n` to exit by itself (a removed broker); its status.
+    /// It is no longer one of the cluster's brokers after.
+    pub async fn wait_exit(&mut self, n: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.procs.get_mut(&n)?.wait_exit(timeout).await;
+        if status.is_some() {
+            self.procs.remove(&n);
+        }
+        status
+    }
+
     pub fn serving(&self) -> Vec<u64> {
         self.procs.keys().copied().filter(|n| !self.stopped.contains(n)).collect()
     }
@@ -214,6 +225,56 @@ impl TestCluster {
             assert!(Instant::now() < deadline, "no controller within {WAIT:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A broker started with `--join` and added to a [`TestCluster`] (not behind a proxy).
+pub struct Joined {
+    pub id: u64,
+    pub process: BrokerProcess,
+    pub listen: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// Its `tidelog serve` arguments, to restart it with.
+    pub args: Vec<String>,
+}
+
+impl Joined {
+    pub fn restart(&mut self) {
+        self.process.kill9();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.process = BrokerProcess::start_listening(&self.dir, &self.log, &self.listen, &args);
+    }
+}
+
+impl TestCluster {
+    /// Starts broker `id` with `--join` (and the cluster's extra arguments), adds it, and
+    /// waits until every broker lists it.
+    pub async fn join(&self, id: u64) -> Joined {
+        let listen =
+            format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let (dir, log) = (self.dir(id), self.root.path().join(format!("node-{id}.log")));
+        let member = self.addr(self.controller().await).trim_start_matches("http://").to_string();
+        let mut args: Vec<String> = ["--node-id", &id.to_string(), "--join", &member].map(String::from).to_vec();
+        args.extend(self.extra.iter().cloned());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = BrokerProcess::start_listening(&dir, &log, &listen, &argv);
+        let req = AddBrokerRequest { id: id as u32, address: listen.clone(), internal_address: String::new() };
+        super::eventually(WAIT, "the joining broker added", || async {
+            let client = Client::connect(self.addr(1)).await.ok()?;
+            client.admin().add_broker(req.clone()).await.ok().map(|_| ())
+        })
+        .await;
+        for n in self.serving().into_iter().chain([id]) {
+            let addr = if n == id { process.addr.clone() } else { self.addr(n) };
+            super::eventually(WAIT, "every broker lists the joined one", || async {
+                let client = Client::connect(addr.clone()).await.ok()?;
+                let view = client.admin().describe_cluster(DescribeClusterRequest {}).await.ok()?.into_inner();
+                view.brokers.iter().any(|b| u64::from(b.id) == id).then_some(())
+            })
+            .await;
+        }
+        Joined { id, process, listen, dir, log, args }
     }
 }
 

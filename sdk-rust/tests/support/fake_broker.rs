@@ -609,6 +609,20 @@ impl AdminService for Service {
         Err(Status::unimplemented("fake broker: no membership"))
     }
 
+    async fn alter_partition_reassignments(
+        &self,
+        _: Request<tidelog::proto::v1::AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<tidelog::proto::v1::AlterPartitionReassignmentsResponse>, Status> {
+        Err(Status::unimplemented("fake broker: no reassignment"))
+    }
+
+    async fn list_partition_reassignments(
+        &self,
+        _: Request<tidelog::proto::v1::ListPartitionReassignmentsRequest>,
+    ) -> Result<Response<tidelog::proto::v1::ListPartitionReassignmentsResponse>, Status> {
+        Err(Status::unimplemented("fake broker: no reassignment"))
+    }
+
     async fn remove_broker(
         &self,
         _: Request<tidelog::proto::v1::RemoveBrokerRequest>,

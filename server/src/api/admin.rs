@@ -8,12 +8,14 @@ use std::sync::Arc;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::admin_service_server::AdminService;
 use tidelog_proto::v1::{
-    offset_spec, AddBrokerRequest, AddBrokerResponse, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo,
+    offset_spec, AddBrokerRequest, AddBrokerResponse, AlterPartitionReassignmentsRequest,
+    AlterPartitionReassignmentsResponse, AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerInfo,
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest,
     DeleteRecordsResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
     DescribeTopicRequest, DescribeTopicResponse, IsolationLevel, ListOffsetsRequest, ListOffsetsResponse,
-    ListTopicsRequest, ListTopicsResponse, PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime,
-    RemoveBrokerRequest, RemoveBrokerResponse, TopicDescription,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, ListTopicsRequest, ListTopicsResponse,
+    OngoingReassignment, PartitionDescription, PartitionLowWatermark, PartitionOffsetAtTime, RemoveBrokerRequest,
+    RemoveBrokerResponse, ReplicaProgress, TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
@@ -21,7 +23,7 @@ use super::authorize;
 use crate::auth::layer::caller;
 use crate::auth::{Operation, ResourceType, CLUSTER_NAME};
 use crate::broker::route::{forwarded_request, Origin, APPLY_WAIT};
-use crate::broker::seam::{AlterTopic, NewTopic};
+use crate::broker::seam::{AlterTopic, NewTopic, PartitionMove};
 use crate::broker::{Broker, Topic};
 use crate::error::BrokerError;
 
@@ -43,6 +45,11 @@ fn describe(brokers: &[u64], t: &Topic) -> TopicDescription {
             // Replicas from the placement; leader and in-sync replicas as this broker's writer
             // sees them (a broker that holds no replica knows neither, nor the offsets).
             d.replica_ids = t.record.replicas_in(i, brokers.iter().copied()).into_iter().map(|v| v as u32).collect();
+            if let Some(m) = t.record.reassigning.get(&i) {
+                let before = t.record.replicas_of(i);
+                d.adding_replica_ids = m.target.iter().filter(|b| !before.contains(b)).map(|b| *b as u32).collect();
+                d.removing_replica_ids = before.iter().filter(|b| !m.target.contains(b)).map(|b| *b as u32).collect();
+            }
             if let Ok((p, writer)) = t.held(i) {
                 let o = p.offsets();
                 let (size, segments) = p.size_bytes();
@@ -312,5 +319,70 @@ impl AdminService for AdminApi {
         authorize(&self.broker, &request, Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)?;
         self.broker.remove_broker(u64::from(request.get_ref().id), origin).await?;
         Ok(Response::new(RemoveBrokerResponse {}))
+    }
+
+    /// Kafka's rule: ALTER on the cluster.
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<AlterPartitionReassignmentsResponse>, Status> {
+        let origin = Origin::of(&request);
+        authorize(&self.broker, &request, Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)?;
+        let req = request.into_inner();
+        let moves = req
+            .reassignments
+            .into_iter()
+            .map(|r| PartitionMove {
+                topic: r.topic,
+                partition: r.partition,
+                replicas: r.replicas.into_iter().map(u64::from).collect(),
+            })
+            .collect();
+        self.broker.reassign_partitions(moves, req.throttle_bytes_per_sec, origin).await?;
+        Ok(Response::new(AlterPartitionReassignmentsResponse {}))
+    }
+
+    /// Kafka's rule: DESCRIBE on the cluster.
+    async fn list_partition_reassignments(
+        &self,
+        request: Request<ListPartitionReassignmentsRequest>,
+    ) -> Result<Response<ListPartitionReassignmentsResponse>, Status> {
+        authorize(&self.broker, &request, Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)?;
+        let topic = Some(request.get_ref().topic.as_str()).filter(|t| !t.is_empty());
+        let ids = |v: &[u64]| v.iter().map(|b| *b as u32).collect::<Vec<u32>>();
+        let reassignments = self
+            .broker
+            .reassignments(topic)?
+            .into_iter()
+            .map(|m| OngoingReassignment {
+                adding_replica_ids: ids(&m
+                    .target
+                    .iter()
+                    .filter(|b| !m.replicas.contains(b))
+                    .copied()
+                    .collect::<Vec<_>>()),
+                removing_replica_ids: ids(&m
+                    .replicas
+                    .iter()
+                    .filter(|b| !m.target.contains(b))
+                    .copied()
+                    .collect::<Vec<_>>()),
+                replicas: ids(&m.replicas),
+                target_replicas: ids(&m.target),
+                leader_id: m.leader.map_or(0, |l| l as u32),
+                adding: m
+                    .progress
+                    .iter()
+                    .map(|(b, lag, role)| ReplicaProgress {
+                        broker_id: *b as u32,
+                        lag_entries: *lag,
+                        role: (*role).to_string(),
+                    })
+                    .collect(),
+                topic: m.topic,
+                partition: m.partition,
+            })
+            .collect();
+        Ok(Response::new(ListPartitionReassignmentsResponse { reassignments }))
     }
 }

@@ -50,6 +50,8 @@ pub const METHODS: &[(&str, &str)] = &[
     ("/tidelog.v1.AdminService/DeleteRecords", "DELETE topic"),
     ("/tidelog.v1.AdminService/AddBroker", "ALTER cluster"),
     ("/tidelog.v1.AdminService/RemoveBroker", "ALTER cluster"),
+    ("/tidelog.v1.AdminService/AlterPartitionReassignments", "ALTER cluster"),
+    ("/tidelog.v1.AdminService/ListPartitionReassignments", "DESCRIBE cluster"),
     ("/tidelog.v1.GroupService/Session", "READ group (at join)"),
     ("/tidelog.v1.GroupService/DescribeGroup", "DESCRIBE group"),
     ("/tidelog.v1.GroupService/ListGroups", "lists the groups the caller may DESCRIBE"),

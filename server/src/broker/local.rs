@@ -30,7 +30,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::route::{Origin, Route};
-use super::seam::{Acks, AlterTopic, ClusterView, ControlPlane, NewTopic, PartitionWriter, WriteAnswer};
+use super::seam::{
+    Acks, AlterTopic, ClusterView, ControlPlane, MoveView, NewTopic, PartitionMove, PartitionWriter, WriteAnswer,
+};
 use super::{Broker, PartitionSlot, Topic};
 use crate::auth::{ChangeOutcome, SecurityChange, SecurityState};
 use crate::clock::now_ms;
@@ -171,6 +173,7 @@ impl ControlPlane for LocalControl {
             settings,
             replicas: Vec::new(),
             overrides: Some(crate::topic_config::keys_in(new.config.as_ref())),
+            reassigning: Default::default(),
         };
         // Leftovers of a crashed create/delete of the same name would be recovered as data.
         let dir = layout::topics_dir(&broker.options().data_dir).join(&record.name);
@@ -368,6 +371,22 @@ impl ControlPlane for LocalControl {
 
     async fn remove_broker(&self, _broker: &Broker, _id: u64, _origin: Origin) -> Result<(), BrokerError> {
         Err(single_node_membership())
+    }
+
+    async fn reassign_partitions(
+        &self,
+        _broker: &Broker,
+        _moves: Vec<PartitionMove>,
+        _throttle: u64,
+        _origin: Origin,
+    ) -> Result<(), BrokerError> {
+        Err(BrokerError::MembershipRefused(
+            "a single node has no other broker to move partitions to; reassignment needs a cluster".into(),
+        ))
+    }
+
+    fn reassignments(&self, _broker: &Broker, _topic: Option<&str>) -> Vec<MoveView> {
+        Vec::new()
     }
 
     fn metadata_ready(&self) -> bool {

@@ -347,9 +347,25 @@ impl Broker {
         self.control()?.add_broker(self, id, address, internal, origin).await
     }
 
-    /// Removes a broker that holds no replica (passed on to the controller).
+    /// Removes a broker once it holds no replica, moving them away first (passed on to the
+    /// controller).
     pub async fn remove_broker(&self, id: u64, origin: Origin) -> Result<(), BrokerError> {
         self.control()?.remove_broker(self, id, origin).await
+    }
+
+    /// Starts or cancels partition moves (passed on to the controller).
+    pub async fn reassign_partitions(
+        &self,
+        moves: Vec<seam::PartitionMove>,
+        throttle: u64,
+        origin: Origin,
+    ) -> Result<(), BrokerError> {
+        self.control()?.reassign_partitions(self, moves, throttle, origin).await
+    }
+
+    /// The partition moves in progress.
+    pub fn reassignments(&self, topic: Option<&str>) -> Result<Vec<seam::MoveView>, BrokerError> {
+        Ok(self.control()?.reassignments(self, topic))
     }
 
     /// Where a new consumer group's generations start.

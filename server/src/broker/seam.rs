@@ -88,6 +88,28 @@ pub struct ClusterView {
     pub roles: BTreeMap<u64, &'static str>,
 }
 
+/// One partition's new replicas (preferred leader first); empty cancels its move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMove {
+    pub topic: String,
+    pub partition: u32,
+    pub replicas: Vec<u64>,
+}
+
+/// A partition move in progress, for ListPartitionReassignments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MoveView {
+    pub topic: String,
+    pub partition: u32,
+    /// The replicas before the move, and the target.
+    pub replicas: Vec<u64>,
+    pub target: Vec<u64>,
+    /// Set when this broker leads the partition: it then knows each new replica's progress,
+    /// `(broker, entries behind, "LEARNER" | "VOTER")`.
+    pub leader: Option<u64>,
+    pub progress: Vec<(u64, u64, &'static str)>,
+}
+
 /// When a write is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acks {
@@ -233,8 +255,23 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
         origin: Origin,
     ) -> Result<(), BrokerError>;
 
-    /// Removes broker `id`, which must hold no replica; a single node refuses.
+    /// Removes broker `id`: once it holds no replica (until then, moves its replicas to other
+    /// brokers and refuses, saying so); a single node refuses.
     async fn remove_broker(&self, broker: &Broker, id: u64, origin: Origin) -> Result<(), BrokerError>;
+
+    /// Starts (or cancels) partition moves, throttled to `throttle` bytes/s (0: the default);
+    /// a single node refuses.
+    async fn reassign_partitions(
+        &self,
+        broker: &Broker,
+        moves: Vec<PartitionMove>,
+        throttle: u64,
+        origin: Origin,
+    ) -> Result<(), BrokerError>;
+
+    /// The partition moves in progress (of `topic`, or all), with progress for the partitions
+    /// this broker leads.
+    fn reassignments(&self, broker: &Broker, topic: Option<&str>) -> Vec<MoveView>;
 
     /// Whether this broker's topic table is current. While it is not (a cluster member
     /// catching up on metadata) an unknown topic is a retryable `NotLeader`, not `UnknownTopic`.

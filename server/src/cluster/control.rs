@@ -14,8 +14,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tidelog_proto::v1::admin_service_client::AdminServiceClient;
 use tidelog_proto::v1::{
-    AddBrokerRequest, AlterTopicConfigRequest, CreatePartitionsRequest, CreateTopicRequest, DeleteRecordsPartition,
-    DeleteRecordsRequest, DeleteTopicRequest, RemoveBrokerRequest,
+    AddBrokerRequest, AlterPartitionReassignmentsRequest, AlterTopicConfigRequest, CreatePartitionsRequest,
+    CreateTopicRequest, DeleteRecordsPartition, DeleteRecordsRequest, DeleteTopicRequest, PartitionReassignment,
+    RemoveBrokerRequest,
 };
 
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -25,11 +26,11 @@ use tidelog_proto::v1::security_service_client::SecurityServiceClient;
 use tidelog_proto::v1::{AlterClientQuotasRequest, CreateAclsRequest, DeleteAclsRequest};
 
 use super::metadata::{self, MetaCommand};
-use super::{members, placement, Cluster, RaftReplica};
+use super::{members, placement, reassign, Cluster, RaftReplica};
 use crate::auth::proto as auth_proto;
 use crate::auth::{ChangeOutcome, SecurityChange};
 use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
-use crate::broker::seam::{AlterTopic, ClusterView, ControlPlane, NewTopic};
+use crate::broker::seam::{AlterTopic, ClusterView, ControlPlane, MoveView, NewTopic, PartitionMove};
 use crate::broker::{Broker, Topic};
 use crate::clock::now_ms;
 use crate::config::MAX_NODE_ID;
@@ -71,6 +72,7 @@ impl ControlPlane for Cluster {
             settings,
             replicas,
             overrides: Some(crate::topic_config::keys_in(new.config.as_ref())),
+            reassigning: Default::default(),
         };
         let topic = match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
             Ok(offset) => {
@@ -469,6 +471,42 @@ impl ControlPlane for Cluster {
             }
             c => Err(BrokerError::NotLeader { what: "the cluster metadata".into(), leader: self.leader_hint(c) }),
         }
+    }
+
+    /// On the controller (any other broker passes the request on), validated there.
+    async fn reassign_partitions(
+        &self,
+        broker: &Broker,
+        moves: Vec<PartitionMove>,
+        throttle: u64,
+        origin: Origin,
+    ) -> Result<(), BrokerError> {
+        match self.controller() {
+            Some(c) if c == self.node_id() => reassign::propose_moves(broker, self, moves, throttle).await,
+            Some(c) if origin == Origin::Client => {
+                let req = AlterPartitionReassignmentsRequest {
+                    reassignments: moves
+                        .into_iter()
+                        .map(|m| PartitionReassignment {
+                            topic: m.topic,
+                            partition: m.partition,
+                            replicas: m.replicas.into_iter().map(|r| r as u32).collect(),
+                        })
+                        .collect(),
+                    throttle_bytes_per_sec: throttle,
+                };
+                self.admin_client(c)?
+                    .alter_partition_reassignments(forwarded_request(req, Some(APPLY_WAIT)))
+                    .await
+                    .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
+                Ok(())
+            }
+            c => Err(BrokerError::NotLeader { what: "the cluster metadata".into(), leader: self.leader_hint(c) }),
+        }
+    }
+
+    fn reassignments(&self, broker: &Broker, topic: Option<&str>) -> Vec<MoveView> {
+        reassign::views(broker, self, topic)
     }
 
     /// On the controller (any other broker passes the request on).

@@ -14,7 +14,9 @@
 //! broker (on the controller): the `AddBroker` entry first (so every broker can reach it), then
 //! it joins as a learner and catches up from the leader's log or metadata snapshot, then, while
 //! the group has fewer voters than the maximum, it is promoted. Removing one: it must hold no
-//! partition replica (it is marked leaving meanwhile, so placement skips it); the
+//! partition replica (a removal that finds some starts moving them to the other brokers,
+//! `reassign.rs`, and refuses until they are gone; it is marked leaving meanwhile, so placement
+//! skips it); the
 //! `RemoveBroker` entry is written while it still follows the log, so it applies its own
 //! removal; then a voter's vote goes to an observer that holds every committed entry (if there
 //! is one), and it leaves the membership. Every broker forgets it. A broker that applies its
@@ -209,9 +211,15 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
     }
     if known {
         cluster.brokers.set_leaving(id, true);
-        let removed = remove_entry(broker, cluster, id).await;
-        cluster.brokers.set_leaving(id, false);
-        removed?;
+        match remove_entry(broker, cluster, id).await {
+            Ok(None) => cluster.brokers.set_leaving(id, false),
+            // Stays leaving while its replicas move off it (on this controller).
+            Ok(Some(moving)) => return Err(BrokerError::MembershipRefused(moving)),
+            Err(e) => {
+                cluster.brokers.set_leaving(id, false);
+                return Err(e);
+            }
+        }
     }
     if in_group() {
         let m = raft.metrics().borrow_watched().clone();
@@ -258,26 +266,44 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
 
 /// The `RemoveBroker` entry, once no replica is placed on `id` (it is marked leaving, so
 /// placement skips it meanwhile). Written while the broker still follows the log, so it
-/// applies its own removal and stops.
-async fn remove_entry(broker: &Broker, cluster: &Cluster, id: u64) -> Result<(), BrokerError> {
+/// applies its own removal and stops. Until then: moves its replicas to the other brokers
+/// (`reassign::moves_off`) and answers why it cannot remove it yet.
+async fn remove_entry(broker: &Broker, cluster: &Cluster, id: u64) -> Result<Option<String>, BrokerError> {
     let brokers = cluster.brokers.ids();
     let held: Vec<String> = broker
         .topics()
         .iter()
         .flat_map(|t| {
             (0..t.record.partitions)
-                .filter(|p| t.record.replicas_in(*p, brokers.iter().copied()).contains(&id))
+                .filter(|p| t.record.hosts_in(*p, brokers.iter().copied()).contains(&id))
                 .map(|p| format!("{}/{p}", t.record.name))
                 .collect::<Vec<_>>()
         })
         .collect();
     if !held.is_empty() {
-        return Err(BrokerError::MembershipRefused(format!(
-            "broker {id} still holds {} partition replicas ({}); move them to other brokers first",
+        let moves = super::reassign::moves_off(broker, cluster, id);
+        let started = moves.len();
+        if started > 0 {
+            super::reassign::propose_moves(broker, cluster, moves, 0).await?;
+        }
+        let moving = started > 0 || broker.topics().iter().any(|t| !t.record.reassigning.is_empty());
+        let what = format!(
+            "broker {id} still holds {} partition replicas ({})",
             held.len(),
             held.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+        if !moving {
+            return Err(BrokerError::MembershipRefused(format!(
+                "{what}; no other broker can take them (each of those partitions has a replica on every \
+                 other broker): add a broker, or move them by hand (`tidelog partition reassign`)"
+            )));
+        }
+        return Ok(Some(format!(
+            "{what}; moving them to other brokers ({started} moves started now): retry once `tidelog partition \
+             reassignments` lists none (`tidelog cluster remove-broker` waits by itself)"
         )));
     }
     let offset = metadata::propose(cluster, &MetaCommand::RemoveBroker { id }).await?;
-    cluster.wait_applied(offset + 1, APPLY_WAIT).await
+    cluster.wait_applied(offset + 1, APPLY_WAIT).await?;
+    Ok(None)
 }

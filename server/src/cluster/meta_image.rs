@@ -124,7 +124,9 @@ impl MetaImage {
                 }
             }
             ref alter @ (MetaCommand::AlterTopic { ref name, topic_id, .. }
-            | MetaCommand::AddPartitions { ref name, topic_id, .. }) => {
+            | MetaCommand::AddPartitions { ref name, topic_id, .. }
+            | MetaCommand::ReassignPartitions { ref name, topic_id, .. }
+            | MetaCommand::ReassignmentDone { ref name, topic_id, .. }) => {
                 if self.names.get(name) == Some(&topic_id) {
                     if let Some(t) = self.topics.get_mut(&topic_id) {
                         if let Some(record) = altered(&t.record, alter) {
@@ -249,6 +251,7 @@ mod tests {
                 settings: TopicSettings::default(),
                 replicas: (0..partitions).map(|p| vec![u64::from(p % 3) + 1]).collect(),
                 overrides: None,
+                reassigning: Default::default(),
             },
         }
     }

@@ -143,6 +143,26 @@ pub enum MetaCommand {
         id: String,
         entry: crate::meta::txn::TxnEntry,
     },
+    /// Partitions of incarnation `topic_id` of topic `name` move: each `(partition, target)`
+    /// becomes the partition's move (`reassign.rs`), replacing one in progress; a target that
+    /// is the partition's replicas before its move cancels it, and one with the same brokers
+    /// as a partition not moving only reorders them (its preferred leader). `throttle` caps
+    /// the catch-up traffic (bytes/s; 0: each leader's default).
+    ReassignPartitions {
+        name: String,
+        topic_id: u64,
+        targets: Vec<(u32, Vec<u64>)>,
+        #[serde(default)]
+        throttle: u64,
+    },
+    /// Partition `partition`'s Raft voters are now `voters`, as its leader reported: its move
+    /// is done if they are the move's target (ignored otherwise: a later move replaced it).
+    ReassignmentDone {
+        name: String,
+        topic_id: u64,
+        partition: u32,
+        voters: Vec<u64>,
+    },
 }
 
 /// Proposes a command to the metadata group (on its leader) and returns the metadata-log
@@ -342,7 +362,7 @@ async fn drop_replicas(
 }
 
 /// Brings topic `current` (the same incarnation) to `record`: new partitions opened, settings
-/// republished.
+/// republished, replicas opened and closed as moves say (`reassign.rs`).
 async fn reconcile(
     broker: &Arc<Broker>,
     cluster: &Cluster,
@@ -352,10 +372,15 @@ async fn reconcile(
     if record == current.record {
         return Ok(());
     }
+    let moves = record.replicas != current.record.replicas || record.reassigning != current.record.reassigning;
     if record.partitions > current.record.partitions {
-        return grow(broker, cluster, current, record).await;
+        grow(broker, cluster, current, record.clone()).await?;
     }
-    broker.republish(current, record).map(|_| ())
+    if moves {
+        super::reassign::resettle(broker, cluster, &*broker.topic(&record.name)?, record.clone()).await?;
+    }
+    let current = broker.topic(&record.name)?;
+    broker.republish(&current, record).map(|_| ())
 }
 
 /// The committed commands from `next` in one read of up to [`READ_BYTES`], advancing it;
@@ -421,6 +446,8 @@ pub(super) fn altered(record: &TopicRecord, cmd: &MetaCommand) -> Option<TopicRe
             }
             Some(grown)
         }
+        MetaCommand::ReassignPartitions { targets, throttle, .. } => super::reassign::moved(record, targets, *throttle),
+        MetaCommand::ReassignmentDone { partition, voters, .. } => super::reassign::done(record, *partition, voters),
         _ => None,
     }
 }
@@ -533,6 +560,9 @@ async fn apply(broker: &Arc<Broker>, cluster: &Arc<Cluster>, offset: u64, cmd: M
             tracing::info!(broker = id, "broker left the cluster");
             Ok(())
         }
+        cmd @ (MetaCommand::ReassignPartitions { .. } | MetaCommand::ReassignmentDone { .. }) => {
+            super::reassign::apply(broker, cluster, &cmd).await
+        }
     };
     if let Err(e) = result {
         // The broker cannot host what the cluster decided (disk, corrupt state): it keeps
@@ -561,8 +591,9 @@ async fn create(
 }
 
 /// Partition `p` of a topic as this broker holds it: its Raft replica, started, if this
-/// broker is among its replicas; else where it lives.
-async fn open_slot(
+/// broker is among its hosts (its replicas, and during a move the brokers it may add:
+/// `reassign.rs`); else where it lives.
+pub(super) async fn open_slot(
     broker: &Broker,
     cluster: &Cluster,
     topic_id: u64,
@@ -570,9 +601,8 @@ async fn open_slot(
     p: u32,
 ) -> Result<PartitionSlot, BrokerError> {
     let replicas = record.replicas_in(p, cluster.brokers().keys().copied());
-    if !replicas.contains(&cluster.node_id()) {
-        let replica_addrs = replicas.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect();
-        return Ok(PartitionSlot::Elsewhere { replica_addrs });
+    if !record.hosts_in(p, replicas.iter().copied()).contains(&cluster.node_id()) {
+        return Ok(super::reassign::elsewhere(cluster, record, p));
     }
     let cx = cluster.context();
     let spec = GroupSpec {
@@ -586,8 +616,12 @@ async fn open_slot(
     // Leaders spread as placement decided: a new group's preferred leader starts it and wins
     // unopposed (replica::Start). Topics placed before placement existed have no preferred
     // leader: every replica starts them.
-    let rank = replicas.iter().position(|r| *r == cluster.node_id()).unwrap_or(0);
-    let start = if record.replicas.is_empty() { replica::Start::Now } else { replica::Start::by_rank(cx.config, rank) };
+    // A broker a move adds starts empty and waits for the partition's leader to add it.
+    let start = match replicas.iter().position(|r| *r == cluster.node_id()) {
+        _ if record.replicas.is_empty() => replica::Start::Now,
+        Some(rank) => replica::Start::by_rank(cx.config, rank),
+        None => replica::Start::Never,
+    };
     let opened = replica::open(&cx, broker.store(), spec, replicas.iter().copied().collect(), start).await?;
     cluster.host(Hosted { replica: opened.replica.clone(), preferred: record.replicas_of(p).first().copied() });
     let writer = RaftWriter {
@@ -641,6 +675,7 @@ mod tests {
             settings: TopicSettings::default(),
             replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]],
             overrides: Some(vec!["retention_ms".into()]),
+            reassigning: Default::default(),
         };
         for cmd in [
             MetaCommand::AlterTopic {
@@ -688,6 +723,7 @@ mod tests {
             settings: TopicSettings::default(),
             replicas: (0..partitions).map(|p| vec![u64::from(p % 3) + 1]).collect(),
             overrides: None,
+            reassigning: Default::default(),
         };
         let add = |from: u32, to: u32| MetaCommand::AddPartitions {
             name: "t".into(),

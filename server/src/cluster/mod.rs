@@ -10,7 +10,8 @@
 //!   │     its log holds MetaCommands (create/delete topic); every broker applies them, in log
 //!   │     order, to its own topic table: topics, their ids and their partitions' groups
 //!   ├─ one Raft group per partition (its replicas the voters) cluster/replica.rs
-//!   │     the partition log IS the Raft log (raft/); produce = propose; commit = high watermark
+//!   │     the partition log IS the Raft log (raft/); produce = propose; commit = high watermark;
+//!   │     moved to other brokers by membership changes its leader drives (cluster/reassign.rs)
 //!   ├─ Peers + RaftGroups: Raft traffic on the broker's own gRPC port (raft/network.rs,
 //!   │     raft/transport.rs)
 //!   └─ quiescing: idle partition groups stop ticking; one ping per peer keeps the brokers'
@@ -42,6 +43,7 @@ pub mod meta_snapshot;
 pub mod metadata;
 pub mod placement;
 pub mod quiesce;
+pub mod reassign;
 pub mod replica;
 pub mod writer;
 
@@ -218,6 +220,8 @@ impl Cluster {
             hosted: RwLock::default(),
         });
         tokio::spawn(metadata::run_applier(Arc::clone(broker), Arc::clone(&cluster), Arc::clone(&meta.partition)));
+        cluster.peers.throttle().set_default_rate(settings.reassignment_throttle_bytes_per_sec);
+        tokio::spawn(reassign::run(Arc::clone(broker), Arc::clone(&cluster)));
         tokio::spawn(meta_snapshot::run(
             Arc::clone(broker),
             Arc::clone(&cluster),
@@ -390,6 +394,11 @@ impl Cluster {
     /// Every partition group held here, without their preferred leaders.
     pub fn partition_replicas(&self) -> Vec<RaftReplica> {
         self.hosted().into_iter().map(|h| h.replica).collect()
+    }
+
+    /// The partition group `group_id`, if held here.
+    pub fn hosted_group(&self, group_id: u64) -> Option<Hosted> {
+        self.hosted.read().unwrap_or_else(PoisonError::into_inner).get(&group_id).cloned()
     }
 
     pub(crate) fn host(&self, hosted: Hosted) {

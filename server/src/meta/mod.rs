@@ -23,6 +23,7 @@
 mod raft_state;
 pub mod txn;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,6 +67,24 @@ pub struct TopicRecord {
     /// counts as the topic's own (nothing a topic was created with is lost to a default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<Vec<String>>,
+    /// Cluster mode: the partitions being moved to other brokers (`cluster/reassign.rs`).
+    /// `replicas` keeps each one's replicas from before the move until the move is done.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassigning: BTreeMap<u32, Reassignment>,
+}
+
+/// A partition move in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    /// The replicas it moves to, preferred leader first.
+    pub target: Vec<u64>,
+    /// Every broker that may be in the partition's Raft group until the move is done: the
+    /// replicas before it and every target set since (a move redirected or cancelled midway
+    /// may have made any of them a voter). They all keep their replica open until then.
+    pub members: Vec<u64>,
+    /// Bytes per second the leader sends to replicas catching up (0: its broker's default).
+    #[serde(default)]
+    pub throttle: u64,
 }
 
 impl TopicRecord {
@@ -83,6 +102,20 @@ impl TopicRecord {
             Some(r) => r.clone(),
             None => brokers.collect(),
         }
+    }
+
+    /// The brokers that hold a replica of partition `p` in a cluster of `brokers`: its
+    /// replicas, and during a move every broker that may be in its Raft group.
+    pub fn hosts_in(&self, p: u32, brokers: impl Iterator<Item = u64>) -> Vec<u64> {
+        let mut hosts = self.replicas_in(p, brokers);
+        if let Some(r) = self.reassigning.get(&p) {
+            for b in &r.members {
+                if !hosts.contains(b) {
+                    hosts.push(*b);
+                }
+            }
+        }
+        hosts
     }
 
     /// Partition `p`'s replicas as recorded (empty: every broker).
@@ -396,6 +429,7 @@ mod tests {
                 settings: TopicSettings::default(),
                 replicas: Vec::new(),
                 overrides: None,
+                reassigning: Default::default(),
             };
             m.put_topic(&t).await.unwrap();
             let offs: Vec<_> = (0..3)
@@ -440,6 +474,7 @@ mod tests {
             settings: TopicSettings::default(),
             replicas: Vec::new(),
             overrides: None,
+            reassigning: Default::default(),
         };
         // Partition 256 has a 0x00 byte in its key (the parser must not split there).
         let offs =

@@ -94,6 +94,8 @@ pub enum Closed {
     /// can differ from the disk: the partition stops serving until a restart, whose recovery
     /// reads what is really on disk.
     StorageFailed,
+    /// Cluster mode: this broker's replica moved to another broker (a partition reassignment).
+    Moved,
 }
 
 #[derive(Debug)]
@@ -557,6 +559,13 @@ impl Partition {
             Some(Closed::StorageFailed) => {
                 Err(BrokerError::PartitionFailed { topic: self.topic.clone(), partition: self.index })
             }
+            Some(Closed::Moved) => Err(BrokerError::NotLeader {
+                what: format!(
+                    "{}/{} any more (its replica moved off this broker; ask another)",
+                    self.topic, self.index
+                ),
+                leader: None,
+            }),
             _ => Err(BrokerError::ShuttingDown),
         }
     }

@@ -12,7 +12,8 @@
 //! header stores), `codec` the byte formats of Raft state and `rpc_codec` those of the RPCs.
 //! Between brokers: `network` (openraft's client side over gRPC) and `transport` (the
 //! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups); `quiesce`
-//! lets idle groups stop ticking; `retention` deletes segments through snapshot and purge.
+//! lets idle groups stop ticking; `retention` deletes segments through snapshot and purge;
+//! `throttle` paces what leaders send to replicas catching up for a partition move.
 //! The groups themselves — one per partition plus the metadata group — are opened and driven
 //! by `cluster/` (docs/CLUSTER.md; the design is docs/RAFT_PLAN.md).
 //!
@@ -30,6 +31,7 @@ mod sim_tests;
 pub mod state_machine;
 #[cfg(test)]
 mod store_tests;
+pub mod throttle;
 pub mod transport;
 pub mod types;
 

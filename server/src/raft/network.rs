@@ -31,6 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::codec::{encode_snapshot_meta, CodecError};
 use super::rpc_codec;
 use super::state_machine::PartitionSnapshotOf;
+use super::throttle::Throttle;
 use super::types::{LogId, PartitionTc, Vote};
 
 /// Bytes of segment data per snapshot chunk.
@@ -40,6 +41,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     inner: Arc<Mutex<PeersInner>>,
+    /// Paces what is sent to replicas catching up for a move (`throttle.rs`).
+    throttle: Arc<Throttle>,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +60,15 @@ impl Peers {
 
     /// Peers reached over TLS when `tls` is given (their addresses must be `https://`).
     pub fn with_tls(addresses: BTreeMap<u64, String>, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
-        Self { inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new(), tls })) }
+        Self {
+            inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new(), tls })),
+            throttle: Arc::default(),
+        }
+    }
+
+    /// The catch-up throttle every group's replication to this broker's peers goes through.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// Where to call `node` from now on (`scheme://host:port`): a broker learnt from the
@@ -211,9 +222,35 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
         rpc: AppendEntriesRequest<PartitionTc>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<PartitionTc>, RPCError<PartitionTc>> {
-        let body = rpc_codec::encode_append_request(&rpc).map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let mut rpc = rpc;
+        let encode = |rpc: &AppendEntriesRequest<PartitionTc>| {
+            rpc_codec::encode_append_request(rpc).map_err(|e| RPCError::Unreachable(unreachable(e)))
+        };
+        let mut body = encode(&rpc)?;
+        // A replica catching up for a move gets its entries in slices the throttle can pace
+        // (openraft sends up to `max_payload_entries` at once): the first entries that fit
+        // the throttle's request budget, answered as a partial success so the leader goes on
+        // from there. Its commit point goes no further than what it was sent.
+        let mut sent_to = None;
+        if let Some(budget) = self.peers.throttle.request_budget(self.group_id, self.target) {
+            if body.len() > budget && rpc.entries.len() > 1 {
+                let keep = (rpc.entries.len() as u128 * budget as u128 / body.len() as u128).max(1) as usize;
+                rpc.entries.truncate(keep);
+                let last = rpc.entries.last().map(|e| e.log_id);
+                if last.is_some() && rpc.leader_commit > last {
+                    rpc.leader_commit = last;
+                }
+                sent_to = Some(last);
+                body = encode(&rpc)?;
+            }
+        }
+        self.peers.throttle.pace(self.group_id, self.target, body.len()).await;
         let reply = self.call(&option, body, |mut c, m| async move { c.append_entries(m).await }).await?;
-        rpc_codec::decode_append_response(&reply).map_err(bad_reply)
+        let resp = rpc_codec::decode_append_response(&reply).map_err(bad_reply)?;
+        Ok(match (resp, sent_to) {
+            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(last),
+            (resp, _) => resp,
+        })
     }
 
     async fn vote(
@@ -268,6 +305,7 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
             data: Bytes::new(),
         };
         let slices = snapshot.snapshot.slices;
+        let (throttle, group, target) = (Arc::clone(&self.peers.throttle), self.group_id, self.target);
         let reader = tokio::spawn(async move {
             if tx.send(first).await.is_err() {
                 return;
@@ -283,6 +321,7 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
                     })
                     .await;
                     let Ok(Ok(data)) = read else { return }; // the receiver sees a short stream
+                    throttle.pace(group, target, data.len()).await;
                     pos += n as u64;
                     let chunk =
                         SnapshotChunk { base_offset: slice.base_offset, data: data.into(), ..SnapshotChunk::default() };

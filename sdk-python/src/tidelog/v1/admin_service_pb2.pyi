@@ -57,7 +57,7 @@ class TopicConfig(_message.Message):
     def __init__(self, retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., fsync_policy: _Optional[_Union[FsyncPolicy, str]] = ..., fsync_interval_ms: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., cleanup_policy: _Optional[_Union[CleanupPolicy, str]] = ..., delete_retention_ms: _Optional[int] = ..., min_cleanable_dirty_ratio: _Optional[float] = ..., min_compaction_lag_ms: _Optional[int] = ...) -> None: ...
 
 class PartitionDescription(_message.Message):
-    __slots__ = ("partition", "log_start_offset", "high_watermark", "log_end_offset", "size_bytes", "segment_count", "leader_id", "replica_ids", "in_sync_replica_ids", "dirty_ratio", "last_cleaned_ms", "cleaned_offset")
+    __slots__ = ("partition", "log_start_offset", "high_watermark", "log_end_offset", "size_bytes", "segment_count", "leader_id", "replica_ids", "in_sync_replica_ids", "dirty_ratio", "last_cleaned_ms", "cleaned_offset", "adding_replica_ids", "removing_replica_ids")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class PartitionDescription(_message.Message):
     DIRTY_RATIO_FIELD_NUMBER: _ClassVar[int]
     LAST_CLEANED_MS_FIELD_NUMBER: _ClassVar[int]
     CLEANED_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ADDING_REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVING_REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
     partition: int
     log_start_offset: int
     high_watermark: int
@@ -82,7 +84,9 @@ class PartitionDescription(_message.Message):
     dirty_ratio: float
     last_cleaned_ms: int
     cleaned_offset: int
-    def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., in_sync_replica_ids: _Optional[_Iterable[int]] = ..., dirty_ratio: _Optional[float] = ..., last_cleaned_ms: _Optional[int] = ..., cleaned_offset: _Optional[int] = ...) -> None: ...
+    adding_replica_ids: _containers.RepeatedScalarFieldContainer[int]
+    removing_replica_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partition: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., segment_count: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., in_sync_replica_ids: _Optional[_Iterable[int]] = ..., dirty_ratio: _Optional[float] = ..., last_cleaned_ms: _Optional[int] = ..., cleaned_offset: _Optional[int] = ..., adding_replica_ids: _Optional[_Iterable[int]] = ..., removing_replica_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TopicDescription(_message.Message):
     __slots__ = ("name", "partition_count", "replication_factor", "config", "partitions", "created_at_ms", "config_overrides")
@@ -225,6 +229,70 @@ class RemoveBrokerRequest(_message.Message):
 class RemoveBrokerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PartitionReassignment(_message.Message):
+    __slots__ = ("topic", "partition", "replicas")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    replicas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AlterPartitionReassignmentsRequest(_message.Message):
+    __slots__ = ("reassignments", "throttle_bytes_per_sec")
+    REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_BYTES_PER_SEC_FIELD_NUMBER: _ClassVar[int]
+    reassignments: _containers.RepeatedCompositeFieldContainer[PartitionReassignment]
+    throttle_bytes_per_sec: int
+    def __init__(self, reassignments: _Optional[_Iterable[_Union[PartitionReassignment, _Mapping]]] = ..., throttle_bytes_per_sec: _Optional[int] = ...) -> None: ...
+
+class AlterPartitionReassignmentsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPartitionReassignmentsRequest(_message.Message):
+    __slots__ = ("topic",)
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    def __init__(self, topic: _Optional[str] = ...) -> None: ...
+
+class ReplicaProgress(_message.Message):
+    __slots__ = ("broker_id", "lag_entries", "role")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    lag_entries: int
+    role: str
+    def __init__(self, broker_id: _Optional[int] = ..., lag_entries: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
+
+class OngoingReassignment(_message.Message):
+    __slots__ = ("topic", "partition", "replicas", "target_replicas", "adding_replica_ids", "removing_replica_ids", "leader_id", "adding")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ADDING_REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVING_REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDING_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    replicas: _containers.RepeatedScalarFieldContainer[int]
+    target_replicas: _containers.RepeatedScalarFieldContainer[int]
+    adding_replica_ids: _containers.RepeatedScalarFieldContainer[int]
+    removing_replica_ids: _containers.RepeatedScalarFieldContainer[int]
+    leader_id: int
+    adding: _containers.RepeatedCompositeFieldContainer[ReplicaProgress]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., target_replicas: _Optional[_Iterable[int]] = ..., adding_replica_ids: _Optional[_Iterable[int]] = ..., removing_replica_ids: _Optional[_Iterable[int]] = ..., leader_id: _Optional[int] = ..., adding: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ...) -> None: ...
+
+class ListPartitionReassignmentsResponse(_message.Message):
+    __slots__ = ("reassignments",)
+    REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    reassignments: _containers.RepeatedCompositeFieldContainer[OngoingReassignment]
+    def __init__(self, reassignments: _Optional[_Iterable[_Union[OngoingReassignment, _Mapping]]] = ...) -> None: ...
 
 class DescribeClusterRequest(_message.Message):
     __slots__ = ()

@@ -90,6 +90,16 @@ class AdminServiceStub:
                 request_serializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerRequest.SerializeToString,
                 response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerResponse.FromString,
                 _registered_method=True)
+        self.AlterPartitionReassignments = channel.unary_unary(
+                '/tidelog.v1.AdminService/AlterPartitionReassignments',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.AlterPartitionReassignmentsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AlterPartitionReassignmentsResponse.FromString,
+                _registered_method=True)
+        self.ListPartitionReassignments = channel.unary_unary(
+                '/tidelog.v1.AdminService/ListPartitionReassignments',
+                request_serializer=tidelog_dot_v1_dot_admin__service__pb2.ListPartitionReassignmentsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_v1_dot_admin__service__pb2.ListPartitionReassignmentsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -180,6 +190,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AlterPartitionReassignments(self, request, context):
+        """Moves partition replicas to other brokers (Kafka's AlterPartitionReassignments): each
+        partition's leader adds the new replicas as Raft learners, lets them catch up (throttled),
+        then makes the target its voters in one joint-consensus change and drops the old ones. A
+        partition stays writable throughout, but for a leader hand-over. An empty replica list
+        cancels the partition's move (back to the replicas it had before). Sent to any broker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartitionReassignments(self, request, context):
+        """The moves in progress. Progress (each new replica's lag) comes from a partition's leader:
+        a broker that does not lead a partition answers it without (ask every broker; the CLI does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +266,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RemoveBroker,
                     request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerRequest.FromString,
                     response_serializer=tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerResponse.SerializeToString,
+            ),
+            'AlterPartitionReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterPartitionReassignments,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.AlterPartitionReassignmentsRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.AlterPartitionReassignmentsResponse.SerializeToString,
+            ),
+            'ListPartitionReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartitionReassignments,
+                    request_deserializer=tidelog_dot_v1_dot_admin__service__pb2.ListPartitionReassignmentsRequest.FromString,
+                    response_serializer=tidelog_dot_v1_dot_admin__service__pb2.ListPartitionReassignmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +576,60 @@ class AdminService:
             '/tidelog.v1.AdminService/RemoveBroker',
             tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerRequest.SerializeToString,
             tidelog_dot_v1_dot_admin__service__pb2.RemoveBrokerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterPartitionReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/AlterPartitionReassignments',
+            tidelog_dot_v1_dot_admin__service__pb2.AlterPartitionReassignmentsRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.AlterPartitionReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartitionReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.AdminService/ListPartitionReassignments',
+            tidelog_dot_v1_dot_admin__service__pb2.ListPartitionReassignmentsRequest.SerializeToString,
+            tidelog_dot_v1_dot_admin__service__pb2.ListPartitionReassignmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
