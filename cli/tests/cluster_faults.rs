@@ -22,8 +22,12 @@
 //!   a rotating broker so most are forwarded to the controller).
 //!
 //! Each round also reports the longest stall of the producer (no acknowledgement) and of the
-//! reader (no record) from the fault until the round's progress, against the failover bound
-//! of issue 20 (two election timeouts + 1 s); reported, not yet asserted.
+//! reader (no record) from the fault until the round's progress. The producer runs with the
+//! SDK's default timeouts, and its stall is asserted within the failover bound (two election
+//! timeouts + 1 s) for every fault but the whole cluster's restart; the reader's is reported.
+//! The broker links have TCP_NODELAY, as between real brokers, and carry only broker-to-broker
+//! traffic (internal listeners): clients reach every broker directly, so a cut-off leader is
+//! cut off from its peers, not from its clients.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,6 +48,9 @@ const TOPIC: &str = "faults";
 /// Records acknowledged after each round's fault, before its checks: the cluster must make
 /// progress again, not only keep what it had.
 const PROGRESS: u64 = 100;
+/// How long the producer may go without an acknowledgement after a leader is killed, frozen
+/// or cut off: two of the brokers' longest election timeouts (2 x 1000 ms) and 1 s.
+const FAILOVER_BOUND: Duration = Duration::from_secs(5);
 /// Most records the producer sends in the whole test (every loop here is bounded).
 const MAX_RECORDS: u64 = 200_000;
 /// The group whose commits the suite checks (outside group membership: generation 0).
@@ -92,11 +99,11 @@ impl Observed {
 /// their acknowledgement.
 async fn produce(bootstrap: String, seen: Arc<Observed>) {
     let client = Client::connect(bootstrap).await.unwrap();
+    // The SDK's defaults for failover (request timeout, leader probe, keepalive): the bound
+    // below holds for them.
     let config = ProducerConfig {
         linger: Duration::from_millis(2),
         delivery_timeout: Duration::from_secs(90),
-        request_timeout: Duration::from_secs(3),
-        retry_backoff: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config).await.unwrap();
@@ -294,7 +301,8 @@ async fn check(c: &TestCluster, seen: &Observed, round: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     let started = Instant::now();
-    let mut c = TestCluster::start().await;
+    support::init_sdk_log();
+    let mut c = TestCluster::start_split(&[]).await;
     let config = TopicConfig { fsync_policy: FsyncPolicy::Always as i32, ..TopicConfig::default() };
     c.create_topic(TOPIC, 1, 0, config).await;
     let seen = Arc::new(Observed::default());
@@ -368,10 +376,16 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
         assert!(!e.is_panic(), "the consumer saw offsets out of order: {e}");
     }
     let last = check(&c, &seen, "final").await;
-    // Two election timeouts (the longest, 2 x 1000 ms by default) + 1 s: issue 20's bound.
-    eprintln!("longest stalls per fault (bound to reach: 5 s; not asserted yet):");
+    // Two election timeouts (the longest, 2 x 1000 ms by default) + 1 s: the producer (SDK
+    // defaults) reaches the new leader within it. The whole cluster's restart is bounded by
+    // its start-up instead; the reader here switches brokers after 3 s of silence by itself
+    // (the SDK's readers do not yet), so its stall is reported, not asserted.
+    eprintln!("longest stalls per fault (producer bound: {FAILOVER_BOUND:?}):");
     for (round, producer, reader) in &stalls {
         eprintln!("  {round:<20} producer {producer:>8.1?}  reader {reader:>8.1?}");
+    }
+    for (round, producer, _) in stalls.iter().filter(|(r, _, _)| r != "cluster restarted") {
+        assert!(*producer <= FAILOVER_BOUND, "{round}: the producer stalled {producer:?}, over {FAILOVER_BOUND:?}");
     }
     let commits = seen.commits.load(Ordering::Relaxed);
     assert!(commits > 0, "no commit was acknowledged in the whole run");

@@ -263,8 +263,10 @@ fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, Error> {
         .connect_timeout(std::time::Duration::from_secs(5))
         // A frozen broker (SIGSTOP) keeps the connection open: HTTP/2 pings notice it, so
         // long-lived streams (group sessions, subscriptions) fail over instead of hanging.
-        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        // Tuned to the brokers' election timeout (1-2 s): a broker silent for 4 s is given up,
+        // about when its peers have elected new leaders.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+        .keep_alive_timeout(std::time::Duration::from_secs(3))
         .keep_alive_while_idle(true))
 }
 

@@ -29,6 +29,9 @@ pub struct TestCluster {
     stopped: HashSet<u64>,
     /// Extra `tidelog serve` arguments for every broker.
     extra: Vec<String>,
+    /// With split listeners: each broker's internal (peer) port; the proxies lead there, and
+    /// clients are told the brokers' own client ports (so cutting links never cuts clients).
+    internal: Option<BTreeMap<u64, u16>>,
 }
 
 impl TestCluster {
@@ -39,32 +42,44 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], with extra `tidelog serve` arguments for every broker.
     pub async fn start_with(extra: &[&str]) -> Self {
-        Self::start_links(extra, false).await
+        Self::start_links(extra, false, false).await
     }
 
     /// As [`TestCluster::start_with`], with TCP_NODELAY on the links (`Proxy::start_with`):
     /// Raft round trips as fast as between the brokers directly.
     pub async fn start_fast(extra: &[&str]) -> Self {
-        Self::start_links(extra, true).await
+        Self::start_links(extra, true, false).await
     }
 
-    async fn start_links(extra: &[&str], nodelay: bool) -> Self {
+    /// As [`TestCluster::start_fast`], with each broker's peer traffic on its own internal
+    /// listener (`--internal-listen`), the only traffic through the proxies: clients reach
+    /// every broker directly, as they would real brokers whose links are cut. (Brokers that
+    /// join with `--join` cannot use internal listeners yet: not for [`TestCluster::join`].)
+    pub async fn start_split(extra: &[&str]) -> Self {
+        Self::start_links(extra, true, true).await
+    }
+
+    async fn start_links(extra: &[&str], nodelay: bool, split: bool) -> Self {
         let root = tempfile::tempdir().unwrap();
         // Held until the proxies have their ports, so no proxy can take a broker's port.
-        let held: Vec<std::net::TcpListener> =
-            NODES.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held: Vec<std::net::TcpListener> = NODES.iter().map(|_| bind()).collect();
+        let held_internal: Vec<std::net::TcpListener> = NODES.iter().filter(|_| split).map(|_| bind()).collect();
         let ports: BTreeMap<u64, u16> =
             NODES.iter().zip(&held).map(|(n, l)| (*n, l.local_addr().unwrap().port())).collect();
+        let internal: Option<BTreeMap<u64, u16>> = split
+            .then(|| NODES.iter().zip(&held_internal).map(|(n, l)| (*n, l.local_addr().unwrap().port())).collect());
         let mut proxies = BTreeMap::new();
         for from in NODES {
             for to in NODES.iter().filter(|t| **t != from) {
-                proxies
-                    .insert((from, *to), Proxy::start_with(&format!("http://127.0.0.1:{}", ports[to]), nodelay).await);
+                let port = internal.as_ref().map_or(ports[to], |i| i[to]);
+                proxies.insert((from, *to), Proxy::start_with(&format!("http://127.0.0.1:{port}"), nodelay).await);
             }
         }
         drop(held);
+        drop(held_internal);
         let extra = extra.iter().map(|a| a.to_string()).collect();
-        let mut c = Self { root, ports, proxies, procs: BTreeMap::new(), stopped: HashSet::new(), extra };
+        let mut c = Self { root, ports, proxies, procs: BTreeMap::new(), stopped: HashSet::new(), extra, internal };
         for n in NODES {
             c.start_node(n);
         }
@@ -91,7 +106,26 @@ impl TestCluster {
             .collect();
         let listen = format!("127.0.0.1:{}", self.ports[&n]);
         let log = self.root.path().join(format!("node-{n}.log"));
-        let args = ["--node-id", &n.to_string(), "--peers", &peers.join(",")].map(String::from);
+        let mut args: Vec<String> = ["--node-id", &n.to_string()].map(String::from).to_vec();
+        match &self.internal {
+            None => args.extend(["--peers".to_string(), peers.join(",")]),
+            Some(internal) => {
+                // Clients are told the brokers' own ports; peers call each other through the
+                // proxies, at their internal listeners.
+                let clients: Vec<String> = NODES.iter().map(|m| format!("{m}=127.0.0.1:{}", self.ports[m])).collect();
+                let peers = peers.iter().map(|p| {
+                    let own = format!("{n}=127.0.0.1:{}", self.ports[&n]);
+                    if *p == own {
+                        format!("{n}=127.0.0.1:{}", internal[&n])
+                    } else {
+                        p.clone()
+                    }
+                });
+                args.extend(["--peers".to_string(), clients.join(",")]);
+                args.extend(["--internal-listen".to_string(), format!("127.0.0.1:{}", internal[&n])]);
+                args.extend(["--internal-peers".to_string(), peers.collect::<Vec<_>>().join(",")]);
+            }
+        }
         let args: Vec<&str> = args.iter().chain(&self.extra).map(String::as_str).collect();
         let p = BrokerProcess::start_with_env(&self.dir(n), &log, &listen, &args, env);
         self.procs.insert(n, p);

@@ -69,6 +69,12 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// No response this long: the connection is dropped and batches are resent. Default 30 s.
     pub request_timeout: Duration,
+    /// In a cluster: a request unanswered this long makes the producer ask the other brokers
+    /// who leads its partition (again every quarter of this while it stays unanswered); if one
+    /// names another leader (the old one is frozen or cut off, and the others elected a new
+    /// one), the batches are resent there at once instead of after `request_timeout`. Set it
+    /// near the brokers' election timeout. Zero: never ask. Default 1 s.
+    pub leader_probe_after: Duration,
     /// First retry delay, doubled per attempt up to 1 s; must be positive. Default 50 ms.
     pub retry_backoff: Duration,
     /// A topic's partition count is read again after this long, so partitions added to a
@@ -96,6 +102,7 @@ impl Default for ProducerConfig {
             max_in_flight: 5,
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
+            leader_probe_after: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(50),
             metadata_max_age: Duration::from_secs(300),
             transactional_id: None,

@@ -10,6 +10,11 @@
 //! - connection lost / broker stalled past `request_timeout`: the in-flight batches of that
 //!   broker go back to the front of their queues; they are resent, to the new leader if it
 //!   moved (the broker answers those it already stored with their original offsets);
+//! - a request unanswered for `leader_probe_after` (a leader frozen by SIGSTOP, or cut off
+//!   from its peers, keeps the connection open and answers nothing): the other brokers are
+//!   asked who leads the partition ([`probe`]); once one names another leader, the broker is
+//!   treated as lost (above) and the partition goes to the new leader. So failover takes the
+//!   cluster's election plus a probe interval, not the request timeout;
 //! - retryable error on a batch (storage error, shutting down, not leader): that batch and the
 //!   ones after it are rewound and resent after a backoff (the later ones were refused as out
 //!   of order, and their stale responses are ignored);
@@ -19,7 +24,7 @@
 //!   and may be stored cannot be dropped without leaving the sequence ambiguous: then the
 //!   producer fails everything and must be recreated (as a Kafka producer without epoch bump).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +40,9 @@ use super::{RecordMetadata, Shared};
 use crate::Error;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The backoff's cap while a partition looks for its leader (connection lost, NOT_LEADER, a
+/// probe's move): a new leader is found within this of its election.
+const LEADER_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Where each partition's batches go: its leader when known (from a NOT_LEADER hint), else a
 /// fallback broker, which answers NOT_LEADER with the leader if it is not the leader itself.
@@ -96,6 +104,8 @@ struct Conn {
 enum Event {
     Response(wire::ProduceResponse),
     Lost(String),
+    /// Another broker says `leader` leads this partition, not the broker it was sent to.
+    Moved(TopicPartition, String),
 }
 
 struct Incoming {
@@ -144,12 +154,15 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         Ok(b) => b,
         Err(_) => vec![shared.client.address().to_string()],
     };
+    // Every broker by id, as the bootstrap broker names them (for the leader probe).
+    let known = shared.client.broker_ids().await.unwrap_or_default();
     let mut routes = Routes::new(brokers);
     let mut conns: HashMap<String, Conn> = HashMap::new();
     let (events_tx, mut events) = mpsc::unbounded_channel::<Incoming>();
     let mut generation = 0u64;
     let mut backoff = shared.config.retry_backoff;
     let mut next_id: u64 = 1;
+    let mut last_probe = Instant::now();
     loop {
         if shared.closed.load(Ordering::Acquire) && shared.pending.load(Ordering::Acquire) == 0 {
             return;
@@ -171,7 +184,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                         tracing::debug!(broker = %addr, error = %e, "produce stream not available; trying another broker");
                         lose(&shared, &mut conns, &mut routes, &addr, backoff);
                         failed.insert(addr);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff = (backoff * 2).min(LEADER_BACKOFF);
                         expire(&shared, Instant::now());
                         continue;
                     }
@@ -194,8 +207,16 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         let request_deadline = oldest_sent.map(|t| t + shared.config.request_timeout);
         let far = now + Duration::from_secs(3600);
+        let probe_at = next_probe(&shared, &routes, oldest_sent, last_probe);
         let incoming = tokio::select! {
             i = events.recv() => i,
+            () = tokio::time::sleep_until(probe_at.unwrap_or(far).into()) => {
+                last_probe = Instant::now();
+                let stalled = stalled(&shared, &routes, last_probe);
+                let gens = stalled.iter().filter_map(|(a, _)| conns.get(a).map(|c| (a.clone(), c.generation))).collect();
+                tokio::spawn(probe(Arc::clone(&shared), known.clone(), stalled, gens, events_tx.clone()));
+                None
+            }
             () = shared.wake.notified() => None,
             () = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => None,
             () = tokio::time::sleep_until(request_deadline.unwrap_or(far).into()) => {
@@ -218,14 +239,16 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                         let t = routes.throttled.entry(addr.clone()).or_insert(until);
                         *t = (*t).max(until);
                     }
-                    if resp.error_code == ErrorCode::NotLeader as i32 {
+                    let leadership = resp.error_code == ErrorCode::NotLeader as i32;
+                    if leadership {
                         if let Some(tp) = c.in_flight.get(&resp.request_id) {
                             routes.not_leader(&shared.client, tp, &resp.leader_address);
                         }
                     }
                     let clustered = routes.brokers.len() > 1;
+                    let cap = if leadership { LEADER_BACKOFF } else { MAX_BACKOFF };
                     match handle_response(&shared, &mut c.in_flight, resp, backoff, clustered) {
-                        Some(true) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                        Some(true) => backoff = (backoff * 2).min(cap),
                         Some(false) => backoff = shared.config.retry_backoff,
                         None => {} // stale: says nothing about the broker's health now
                     }
@@ -233,12 +256,99 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 (Some(_), Event::Lost(why)) => {
                     tracing::debug!(broker = %addr, why, "produce stream lost; resending its in-flight batches");
                     lose(&shared, &mut conns, &mut routes, &addr, backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(LEADER_BACKOFF);
+                }
+                (Some(_), Event::Moved(tp, leader)) => {
+                    if routes.sent_to.get(&tp) == Some(&addr) {
+                        tracing::info!(broker = %addr, %leader, topic = %tp.topic, partition = tp.partition,
+                            "the partition's leader moved while this broker was silent; resending there");
+                        lose(&shared, &mut conns, &mut routes, &addr, Duration::ZERO);
+                        routes.not_leader(&shared.client, &tp, &leader);
+                    }
                 }
                 (None, _) => {}
             }
         }
         notify_if_idle(&shared);
+    }
+}
+
+/// When to ask the other brokers who leads the partitions waiting longest: once the oldest
+/// request has waited `leader_probe_after`, then every quarter of it. `None`: no need (nothing in
+/// flight, probing off, or a single broker).
+fn next_probe(shared: &Shared, routes: &Routes, oldest_sent: Option<Instant>, last: Instant) -> Option<Instant> {
+    let after = shared.config.leader_probe_after;
+    if after.is_zero() || routes.brokers.len() < 2 {
+        return None;
+    }
+    Some((oldest_sent? + after).max(last + after / 4))
+}
+
+/// The partitions whose oldest request has waited `leader_probe_after` by `now`, with the
+/// broker they wait on.
+fn stalled(shared: &Shared, routes: &Routes, now: Instant) -> Vec<(String, TopicPartition)> {
+    let after = shared.config.leader_probe_after;
+    let acc = shared.lock();
+    acc.queues
+        .iter()
+        .filter(|(_, q)| q.in_flight.front().and_then(|b| b.sent_at).is_some_and(|t| now.duration_since(t) >= after))
+        .filter_map(|(tp, _)| Some((routes.sent_to.get(tp)?.clone(), tp.clone())))
+        .collect()
+}
+
+/// Asks the other brokers (each within half a second) who leads each stalled partition, and
+/// reports a partition whose leader is not the broker it waits on as [`Event::Moved`]. A
+/// broker that holds no replica of a partition, or knows no leader, says nothing. Brokers are
+/// compared by id (`known`: this producer's view of their addresses), since two brokers may
+/// name a third by different addresses.
+async fn probe(
+    shared: Arc<Shared>,
+    known: BTreeMap<u32, String>,
+    stalled: Vec<(String, TopicPartition)>,
+    generations: HashMap<String, u64>,
+    events: mpsc::UnboundedSender<Incoming>,
+) {
+    const ASK: Duration = Duration::from_millis(500);
+    let mut left = stalled;
+    for b in known.values() {
+        let mine: Vec<&(String, TopicPartition)> = left.iter().filter(|(a, _)| a != b).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let Ok(client) = shared.client.to_broker(b) else { continue };
+        let topics: HashSet<&str> = mine.iter().map(|(_, tp)| tp.topic.as_str()).collect();
+        let mut found: Vec<(String, TopicPartition, String)> = Vec::new();
+        for topic in topics {
+            let asked = async {
+                let desc = client.describe_topic(topic).await.ok()?;
+                let ids = client.broker_ids().await.ok()?;
+                Some((desc, ids))
+            };
+            let Ok(Some((desc, theirs))) = tokio::time::timeout(ASK, asked).await else { break };
+            for (waits_on, tp) in mine.iter().filter(|(_, tp)| tp.topic == topic) {
+                let leader = desc.partitions.iter().find(|p| p.partition == tp.partition).map(|p| p.leader_id);
+                tracing::debug!(asked = %b, %waits_on, topic, partition = tp.partition, ?leader, "leader probe");
+                let Some(leader) = leader.filter(|l| *l != 0) else { continue };
+                let named = [known.get(&leader), theirs.get(&leader)];
+                if named.iter().flatten().any(|a| *a == waits_on) {
+                    continue; // the broker it waits on still leads, as far as this one knows
+                }
+                if let Some(addr) = named.into_iter().flatten().next() {
+                    found.push((waits_on.clone(), tp.clone(), addr.clone()));
+                }
+            }
+        }
+        for (waits_on, tp, leader) in found {
+            left.retain(|(a, t)| !(a == &waits_on && t == &tp));
+            let Some(generation) = generations.get(&waits_on).copied() else { continue };
+            let event = Event::Moved(tp, leader);
+            if events.send(Incoming { addr: waits_on, generation, event }).is_err() {
+                return;
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
     }
 }
 
