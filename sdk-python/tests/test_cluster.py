@@ -105,6 +105,53 @@ def test_idempotent_producer_follows_a_new_leader_when_the_leader_fails(cluster:
     check_log(got, {0: [f"r-{i}" for i in range(n)]}, delivered)
 
 
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+def test_producer_with_defaults_reaches_the_new_leader_within_the_failover_bound(
+    cluster: Cluster, fault: str
+):
+    """With the default timeouts (a 30 s request timeout), the producer's deliveries stall at
+    most two election timeouts + 1 s (5 s) after the leader is SIGKILLed or SIGSTOPped: a
+    silent leader is given up once another broker names its successor (``leader.probe.ms``),
+    not after the request timeout. Nothing is lost or stored twice."""
+    topic = unique("bound")
+    cluster.create_topic(topic)
+    leader = cluster.leader(topic)
+    follower = next(n for n in cluster.serving() if n != leader)
+    cfg = {
+        "bootstrap.servers": cluster.addr(follower),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 2,
+    }
+    done_at: list[float] = []
+    futs: list[Future[Message]] = []
+    n, window, fault_at_record = 2000, 100, 500
+    fault_at = 0.0
+    with Producer(cfg) as p:
+        for i in range(n):
+            f = p.produce_future(topic, f"r-{i}", partition=0)
+            f.add_done_callback(lambda _: done_at.append(time.monotonic()))
+            futs.append(f)
+            if i >= window:
+                futs[i - window].result(40)
+            time.sleep(0.001)  # a steady pace, so a stall shows as a gap
+            if i == fault_at_record:
+                fault_at = time.monotonic()
+                if fault == "sigkill":
+                    cluster.brokers[leader].kill9()
+                else:
+                    cluster.brokers[leader].pause(True)
+        assert p.flush(40) == 0
+    delivered = [f.result() for f in futs]
+    times = sorted(t for t in done_at if t >= fault_at)
+    stall = max(b - a for a, b in zip([fault_at, *times], times, strict=False))
+    print(f"{fault}: longest delivery stall after the fault {stall:.2f} s")
+    assert stall <= 5.0, f"{fault}: deliveries stalled {stall:.1f} s, over the 5 s failover bound"
+    survivor = cluster.leader(topic)
+    got = read_all(cluster.addr(survivor), topic, 1, n)
+    check_log(got, {0: [f"r-{i}" for i in range(n)]}, delivered)
+
+
 def produce_keyed(addr: str, topic: str, n: int, tag: str) -> dict[tuple[int, int], bytes]:
     """``n`` keyed records through ``addr``; what was stored where: (partition, offset) → value."""
     cfg = {"bootstrap.servers": addr, "acks": "all", "enable.idempotence": True, **FAST}

@@ -25,7 +25,12 @@ import grpc
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
+    # A frozen broker (SIGSTOP) keeps the connection open: pings every second, given up after
+    # 3 s more, notice it about when its peers have elected new leaders (the Rust SDK's rule).
+    ("grpc.keepalive_time_ms", 1_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
     # A restarted broker is reachable again within a second, not after gRPC's default
     # reconnect backoff of up to 2 minutes: in a cluster it may be the partition's leader again.

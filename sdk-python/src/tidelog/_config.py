@@ -263,6 +263,12 @@ PRODUCER_KEYS: dict[str, Key] = {
     ),
     "request.timeout.ms": Key(30_000, _int(100, 3_600_000), "time to wait for one batch's response"),
     "retry.backoff.ms": Key(50, _int(1, 60_000), "first backoff before a retry (doubles, up to 1 s)"),
+    "leader.probe.ms": Key(
+        1_000,
+        _int(0, 3_600_000),
+        "in a cluster, a request unanswered this long makes the producer ask the other brokers who"
+        " leads its partition, and resend there if another broker leads it (0: never)",
+    ),
     "metadata.max.age.ms": Key(300_000, _int(0, 86_400_000), "re-read a topic's partition count this often"),
     "transactional.id": Key(
         None,

@@ -26,6 +26,9 @@ same rules as the Rust SDK's sender:
   in-flight batches sent there go back to the front of their queues and are resent, to the new
   leader if it moved; the broker answers a batch it already stored with its original offset
   (no duplicates);
+- a response overdue past ``leader.probe.ms``: the other brokers are asked who leads the
+  partition (:mod:`tidelog._leader_probe`); once one names another broker, the silent one is
+  treated as lost (above) and the partition goes to the new leader;
 - retriable error on a batch (not leader, shutting down, storage error; in a cluster also an
   unknown topic or partition, which a broker's metadata may not show *yet*, as in Kafka): it
   and the batches behind it are resent after a backoff (the later ones were refused as out of
@@ -62,6 +65,7 @@ from . import _wire
 from ._channel import aio_channel
 from ._config import TRANSPORT, target
 from ._events import ErrorSink, Reporter, broker_stats, client_logger
+from ._leader_probe import probe
 from ._routes import _Routes
 from ._staging import (
     RECORD_OVERHEAD,
@@ -92,6 +96,9 @@ from .partitioner import partition_for_key
 from .v1 import admin_service_pb2, admin_service_pb2_grpc, records_service_pb2, records_service_pb2_grpc
 
 _MAX_BACKOFF = 1.0
+#: The backoff's cap while a partition looks for its leader (stream lost, NOT_LEADER, a probe's
+#: move): a new leader is found within this of its election.
+_LEADER_BACKOFF = 0.25
 _SEQ_MODULUS = 1 << 31  # sequences wrap past i32::MAX (tidelog_proto::sequence)
 _ACKS = {"all": 3, "leader": 2, "none": 1}
 _WAKE = ("wake",)
@@ -214,6 +221,7 @@ class ProducerCore:
         self.max_in_flight: int = cfg["max.in.flight.requests.per.connection"]
         self.delivery_timeout = cfg["delivery.timeout.ms"] / 1000
         self.request_timeout = cfg["request.timeout.ms"] / 1000
+        self.leader_probe = cfg["leader.probe.ms"] / 1000
         self.retry_backoff: float = cfg["retry.backoff.ms"] / 1000
         self.buffer_memory: int = cfg["buffer.memory"]
         self.lock = threading.Lock()
@@ -504,6 +512,8 @@ class ProducerCore:
         next_id = 1
         # The earliest response deadline as of the last pass (responses since only move it later).
         request_deadline: float | None = None
+        last_probe = 0.0
+        probing: asyncio.Task[None] | None = None
         try:
             while True:
                 with self.lock:
@@ -564,28 +574,77 @@ class ProducerCore:
                         self.reporter.failed(addr, lost, "producing")
                         self._lose(conns, routes, addr, backoff)
                         failed.add(addr)
-                        backoff = min(backoff * 2, _MAX_BACKOFF)
+                        backoff = min(backoff * 2, _LEADER_BACKOFF)
                 if failed:
                     continue  # the rewound batches' backoff is not among this pass's deadlines
-                wait = min(d for d in (deadline, request_deadline, now + 3600) if d is not None)
+                probe_at = self._probe_at(routes, last_probe)
+                if probe_at is not None and probe_at <= now and (probing is None or probing.done()):
+                    last_probe = now
+                    probing = asyncio.get_running_loop().create_task(self._probe(conns, now))
+                    probe_at = now + self.leader_probe / 4
+                wait = min(d for d in (deadline, request_deadline, probe_at, now + 3600) if d is not None)
                 event = await self._wait_event(max(wait - time.monotonic(), 0))
                 while event is not None:
                     backoff = self._on_event(event, conns, routes, backoff)
                     event = self._next_ready_event()
         finally:
+            if probing is not None:
+                probing.cancel()
             for conn in conns.values():
                 self._drop_conn(conn)
+
+    def _probe_at(self, routes: _Routes, last: float) -> float | None:
+        """When to ask the other brokers who leads the partitions waiting longest: once the
+        oldest request has waited ``leader.probe.ms``, then every quarter of it; ``None`` when
+        there is no need (nothing in flight, probing off, a single broker)."""
+        if self.leader_probe <= 0 or not routes.clustered or len(self.broker_ids) < 2:
+            return None
+        with self.lock:
+            sent: list[float] = [q.in_flight[0].sent_at for q in self._queues.values() if q.in_flight]
+        if not sent:
+            return None
+        return float(max(min(sent) + self.leader_probe, last + self.leader_probe / 4))
+
+    async def _probe(self, conns: dict[str, _Conn], now: float) -> None:
+        """Asks the other brokers who leads each partition waiting ``leader.probe.ms`` by
+        ``now``; a partition led elsewhere becomes a ``moved`` event."""
+        with self.lock:
+            stalled = [
+                (q.sent_to, tp)
+                for tp, q in self._queues.items()
+                if q.in_flight and now - q.in_flight[0].sent_at >= self.leader_probe
+            ]
+        streams = {addr: conns[addr] for addr, _ in stalled if addr in conns}
+        assert self._events is not None
+        for waits_on, tp, leader in await probe(self._channel_to, dict(self.broker_ids), stalled):
+            if waits_on in streams:
+                self._events.put_nowait(("moved", streams[waits_on], tp, leader))
 
     def _on_event(
         self, event: tuple[Any, ...], conns: dict[str, _Conn], routes: _Routes, backoff: float
     ) -> float:
         """Handles a response or a lost stream; returns the backoff for the next retry."""
         kind = event[0]
-        if kind not in ("resp", "lost"):
+        if kind not in ("resp", "lost", "moved"):
             return backoff  # a wake-up: the next pass over the queues does the work
         conn: _Conn = event[1]
         if conns.get(conn.addr) is not conn:
             return backoff  # from a stream already replaced
+        if kind == "moved":
+            tp, leader = event[2], event[3]
+            with self.lock:
+                still_there = self._queues[tp].sent_to == conn.addr
+            if still_there:
+                self.log.info(
+                    "%s/%d: its leader moved while %s was silent; resending to %s",
+                    tp[0],
+                    tp[1],
+                    conn.addr,
+                    leader,
+                )
+                self._lose(conns, routes, conn.addr, 0.0)
+                routes.not_leader(tp, leader)
+            return backoff
         if kind == "resp":
             self.counters["rx"] += 1
             self.reporter.answered(conn.addr)
@@ -595,7 +654,7 @@ class ProducerCore:
         )
         self.reporter.failed(conn.addr, lost, "producing")
         self._lose(conns, routes, conn.addr, backoff)
-        return min(backoff * 2, _MAX_BACKOFF)
+        return min(backoff * 2, _LEADER_BACKOFF)
 
     def _needs_producer_id(self) -> bool:
         """An idempotent producer gets its id from InitProducer (a transactional one from
@@ -803,7 +862,9 @@ class ProducerCore:
                 for rid in q.rewind():
                     conn.in_flight.pop(rid, None)
                 q.retry_at = time.monotonic() + backoff
-                next_backoff = min(backoff * 2, _MAX_BACKOFF)
+                next_backoff = min(
+                    backoff * 2, _LEADER_BACKOFF if code == ErrorCode.NOT_LEADER else _MAX_BACKOFF
+                )
             else:
                 if unknown:
                     self._partitions.pop(tp[0], None)  # the next produce reads fresh metadata
