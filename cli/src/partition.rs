@@ -249,10 +249,10 @@ pub async fn wait_done(
 /// The balancer's plan: the fewest single-replica moves that leave every broker's replica
 /// count within one of every other's, then replica reorderings (no data moves) that leave
 /// every broker's preferred-leader count within one of every other's where a partition
-/// allows it. Rule for replicas: repeatedly move one replica from the broker with the most
-/// to the one with the fewest (the first partition, in topic and partition order, that the
-/// latter does not hold), in the replica's place in the list. Partitions already moving are
-/// left as they are.
+/// allows it. Rule for replicas: repeatedly move one replica across the widest gap between
+/// two brokers whose counts differ by more than one and where some partition allows it (the
+/// first, in topic and partition order, that the receiving broker does not hold), in the
+/// replica's place in the list. Partitions already moving are left as they are.
 pub fn plan_balance(
     brokers: &[u32],
     assignment: &BTreeMap<(String, u32), Vec<u32>>,
@@ -272,34 +272,30 @@ pub fn plan_balance(
         }
         c
     };
-    // Bounded: each move lowers the spread's sum of squares.
+    // Bounded: each move lowers the sum of squares of the counts.
     for _ in 0..assignment.len() * brokers.len() + 1 {
         let c = count(&placed, false);
-        let (Some((&most, &hi)), Some((&fewest, &lo))) =
-            (c.iter().max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b))), c.iter().min_by_key(|(b, n)| (**n, **b)))
+        let Some((from, to)) =
+            pairs(&c).into_iter().find(|(from, to)| placed.values().any(|r| r.contains(from) && !r.contains(to)))
         else {
             break;
         };
-        if hi <= lo + 1 {
-            break;
+        if let Some(r) = placed.values_mut().find(|r| r.contains(&from) && !r.contains(&to)) {
+            let pos = r.iter().position(|b| *b == from).unwrap_or(0);
+            r[pos] = to;
         }
-        let Some(r) = placed.values_mut().find(|r| r.contains(&most) && !r.contains(&fewest)) else { break };
-        let pos = r.iter().position(|b| *b == most).unwrap_or(0);
-        r[pos] = fewest;
     }
     for _ in 0..assignment.len() * brokers.len() + 1 {
         let c = count(&placed, true);
-        let (Some((&most, &hi)), Some((&fewest, &lo))) =
-            (c.iter().max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b))), c.iter().min_by_key(|(b, n)| (**n, **b)))
+        let Some((from, to)) =
+            pairs(&c).into_iter().find(|(from, to)| placed.values().any(|r| r.first() == Some(from) && r.contains(to)))
         else {
             break;
         };
-        if hi <= lo + 1 {
-            break;
+        if let Some(r) = placed.values_mut().find(|r| r.first() == Some(&from) && r.contains(&to)) {
+            let pos = r.iter().position(|b| *b == to).unwrap_or(0);
+            r.swap(0, pos);
         }
-        let Some(r) = placed.values_mut().find(|r| r.first() == Some(&most) && r.contains(&fewest)) else { break };
-        let pos = r.iter().position(|b| *b == fewest).unwrap_or(0);
-        r.swap(0, pos);
     }
     let partitions = placed
         .into_iter()
@@ -307,6 +303,21 @@ pub fn plan_balance(
         .map(|((topic, partition), replicas)| PlannedPartition { topic, partition, replicas })
         .collect();
     Plan { version: 1, partitions }
+}
+
+/// The broker pairs `(from, to)` whose counts differ by more than one, the widest gaps first
+/// (ties: lower ids), for the balancer to move one replica or leadership between.
+fn pairs(counts: &BTreeMap<u32, usize>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(usize, u32, u32)> = Vec::new();
+    for (from, hi) in counts {
+        for (to, lo) in counts {
+            if *hi > lo + 1 {
+                out.push((hi - lo, *from, *to));
+            }
+        }
+    }
+    out.sort_by_key(|(gap, from, to)| (std::cmp::Reverse(*gap), *from, *to));
+    out.into_iter().map(|(_, from, to)| (from, to)).collect()
 }
 
 #[cfg(test)]

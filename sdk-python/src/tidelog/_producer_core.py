@@ -578,9 +578,11 @@ class ProducerCore:
                 if failed:
                     continue  # the rewound batches' backoff is not among this pass's deadlines
                 probe_at = self._probe_at(routes, last_probe)
-                if probe_at is not None and probe_at <= now and (probing is None or probing.done()):
+                if probe_at is not None and probe_at <= now:
+                    # One probe at a time; either way the next look is a quarter interval on.
                     last_probe = now
-                    probing = asyncio.get_running_loop().create_task(self._probe(conns, now))
+                    if probing is None or probing.done():
+                        probing = asyncio.get_running_loop().create_task(self._probe(conns, now))
                     probe_at = now + self.leader_probe / 4
                 wait = min(d for d in (deadline, request_deadline, probe_at, now + 3600) if d is not None)
                 event = await self._wait_event(max(wait - time.monotonic(), 0))

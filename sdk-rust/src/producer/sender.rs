@@ -163,6 +163,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut backoff = shared.config.retry_backoff;
     let mut next_id: u64 = 1;
     let mut last_probe = Instant::now();
+    let mut probing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if shared.closed.load(Ordering::Acquire) && shared.pending.load(Ordering::Acquire) == 0 {
             return;
@@ -212,9 +213,14 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             i = events.recv() => i,
             () = tokio::time::sleep_until(probe_at.unwrap_or(far).into()) => {
                 last_probe = Instant::now();
-                let stalled = stalled(&shared, &routes, last_probe);
-                let gens = stalled.iter().filter_map(|(a, _)| conns.get(a).map(|c| (a.clone(), c.generation))).collect();
-                tokio::spawn(probe(Arc::clone(&shared), known.clone(), stalled, gens, events_tx.clone()));
+                // One probe at a time: a slow one is not stacked upon.
+                if probing.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    let stalled = stalled(&shared, &routes, last_probe);
+                    let gens =
+                        stalled.iter().filter_map(|(a, _)| conns.get(a).map(|c| (a.clone(), c.generation))).collect();
+                    let task = probe(Arc::clone(&shared), known.clone(), stalled, gens, events_tx.clone());
+                    probing = Some(tokio::spawn(task));
+                }
                 None
             }
             () = shared.wake.notified() => None,

@@ -6,11 +6,14 @@
 //!   every broker applies it: the partition's record gets a move {target, members}; a broker
 //!   in the target that held no replica opens one, empty, that waits to be added (Start::Never)
 //! partition leader (run, every DRIVE_EVERY):
-//!   1. adds the target's new brokers as Raft learners; their catch-up (from its log, or a
-//!      snapshot of its segments) is paced by the throttle (raft/throttle.rs)
+//!   1. adds the target's new brokers as Raft learners, each once it applied all the metadata
+//!      the leader did (internal ClusterControl.MetadataApplied: an old replica of the
+//!      partition on it is gone by then); their catch-up (from its log, or a snapshot of its
+//!      segments) is paced by the throttle (raft/throttle.rs)
 //!   2. once each holds what the group had committed one round before: one joint-consensus
-//!      change to the target's voters (openraft ReplaceAllVoters; an old leader not in the
-//!      target hands its leadership to a new voter once the change commits)
+//!      change to the target's voters (openraft ReplaceAllVoters, in its own task; an old
+//!      leader not in the target hands its leadership to a new voter once the change commits;
+//!      a joint config left by a change cut off midway is finished the next round)
 //!   3. voters == target: reports to the controller (internal ClusterControl.ReassignmentDone)
 //! controller: ReassignmentDone entry; every broker applies it: replicas = target, and a broker
 //!   not in it closes its replica and deletes its files
@@ -30,6 +33,9 @@
 //! - a membership change is proposed only by the group's leader, only to the move's target,
 //!   and only when every new voter holds what was committed a round before, so the new
 //!   majority can commit at once: producers see at most a leader hand-over;
+//! - a broker is added to a group only once it applied every metadata entry its leader had,
+//!   so the replica that joins is the one the current move opened, never an old one a later
+//!   `ReassignmentDone` is about to delete;
 //! - the record's `replicas` are the group's voters as of the last completed move.
 //!
 //! Never: close or delete a replica on a `ReassignPartitions`; report a move done while the
@@ -42,7 +48,9 @@ use std::time::Duration;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use tidelog_proto::internal::cluster_control_client::ClusterControlClient;
-use tidelog_proto::internal::{ReassignmentDoneRequest, ReassignmentDoneResponse};
+use tidelog_proto::internal::{
+    MetadataAppliedRequest, MetadataAppliedResponse, ReassignmentDoneRequest, ReassignmentDoneResponse,
+};
 
 use super::metadata::{self, MetaCommand};
 use super::{group_id, Cluster, Hosted, RaftReplica};
@@ -55,8 +63,6 @@ use crate::partition::Closed;
 
 /// How often each broker drives the moves of the partitions it leads.
 const DRIVE_EVERY: Duration = Duration::from_millis(300);
-/// The longest one membership change may take before the next round retries it.
-const CHANGE_WAIT: Duration = Duration::from_secs(10);
 
 /// `record` after a `ReassignPartitions` of `targets` (see `MetaCommand`); `None` if it
 /// changes nothing.
@@ -131,7 +137,9 @@ pub(super) async fn apply(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCom
 /// Brings the replicas held here of `topic` (same incarnation, same partition count) in line
 /// with `record`: opens the replicas it now places here (empty, waiting to be added), closes
 /// and deletes those it no longer does (see the module invariants), updates the preferred
-/// leaders and where clients are sent, and republishes the topic.
+/// leaders and where clients are sent, and republishes the topic. Each partition's step is
+/// logged if it fails, and the topic is always republished with the slots as they are, so a
+/// later resettle never opens a replica twice.
 pub(super) async fn resettle(
     broker: &Arc<Broker>,
     cluster: &Cluster,
@@ -154,13 +162,26 @@ pub(super) async fn resettle(
             (PartitionSlot::Here { log, writer }, false) => {
                 writer.stop().await;
                 log.close(Closed::Moved);
-                drop_partition(broker, cluster, topic.topic_id, p).await?;
-                tracing::info!(topic = %record.name, partition = p, "replica moved off this broker: closed and deleted");
+                match drop_partition(broker, cluster, topic.topic_id, p).await {
+                    Ok(()) => {
+                        tracing::info!(topic = %record.name, partition = p, "replica moved off this broker: closed and deleted")
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %record.name, partition = p, error = %e, "replica moved off this broker: closed, but its Raft state could not be cleared")
+                    }
+                }
                 elsewhere(cluster, &record, p)
             }
             (PartitionSlot::Elsewhere { .. }, true) => {
                 tracing::info!(topic = %record.name, partition = p, "opening a replica for a partition move");
-                metadata::open_slot(broker, cluster, topic.topic_id, &record, p).await?
+                match metadata::open_slot(broker, cluster, topic.topic_id, &record, p).await {
+                    Ok(slot) => slot,
+                    // The move's leader keeps trying to add it; the next resettle tries again.
+                    Err(e) => {
+                        tracing::error!(topic = %record.name, partition = p, error = %e, "cannot open a replica for a partition move");
+                        elsewhere(cluster, &record, p)
+                    }
+                }
             }
             (PartitionSlot::Elsewhere { .. }, false) => elsewhere(cluster, &record, p),
         };
@@ -177,8 +198,9 @@ pub(super) fn elsewhere(cluster: &Cluster, record: &TopicRecord, p: u32) -> Part
     PartitionSlot::Elsewhere { replica_addrs: hosts.iter().filter_map(|r| cluster.leader_hint(Some(*r))).collect() }
 }
 
-/// Forgets this broker's replica of partition `p` of incarnation `topic_id`: unhosts its
-/// group, clears its Raft state, removes its files (a failure to remove is logged).
+/// Forgets this broker's replica of partition `p` of incarnation `topic_id`, whose group the
+/// caller stopped: unhosts it, clears its Raft state, removes its files (a failure to remove
+/// is logged).
 pub(super) async fn drop_partition(
     broker: &Broker,
     cluster: &Cluster,
@@ -186,9 +208,6 @@ pub(super) async fn drop_partition(
     p: u32,
 ) -> Result<(), BrokerError> {
     let group = group_id(topic_id, p);
-    if let Some(h) = cluster.hosted_group(group) {
-        h.replica.stop(cluster.groups()).await;
-    }
     cluster.unhost(group);
     broker.store().raft_state(group)?.clear().await?;
     let dir = crate::layout::replicas_dir(&cluster.data_dir, topic_id).join(p.to_string());
@@ -208,6 +227,9 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>) {
     // Each moving group's committed index at the previous round: a learner holding it is
     // caught up (it follows within a round of the leader).
     let mut committed_before: HashMap<u64, u64> = HashMap::new();
+    // Groups with a membership change running (in its own task: a change cut off between its
+    // joint and final steps would leave the group joint).
+    let changing: Changing = Arc::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -224,9 +246,11 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>) {
         }
         let leading: HashSet<u64> = moving.iter().map(|m| m.3.group_id).collect();
         committed_before.retain(|g, _| leading.contains(g));
+        // A broker that lost a group's leadership mid-move paces nobody of it any more.
+        cluster.peers.throttle().keep_only(&leading);
         let rounds = moving.iter().map(|(topic, p, r, replica)| {
             let before = committed_before.get(&replica.group_id).copied().unwrap_or(u64::MAX);
-            drive(&broker, &cluster, topic, *p, r, replica, before)
+            Step { broker: &broker, cluster: &cluster, topic, p: *p, r, changing: &changing }.drive(replica, before)
         });
         for (group, committed) in futures::future::join_all(rounds).await {
             committed_before.insert(group, committed);
@@ -234,82 +258,118 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>) {
     }
 }
 
-/// One round of partition `p`'s move on its leader (see the module docs). Returns the group
-/// and its committed index now.
-async fn drive(
-    broker: &Broker,
-    cluster: &Cluster,
-    topic: &Topic,
+/// Groups with a membership change in flight on this broker.
+type Changing = Arc<std::sync::Mutex<HashSet<u64>>>;
+
+/// One round of one partition's move on its leader.
+struct Step<'a> {
+    broker: &'a Broker,
+    cluster: &'a Cluster,
+    topic: &'a Topic,
     p: u32,
-    r: &Reassignment,
-    replica: &RaftReplica,
-    committed_before: u64,
-) -> (u64, u64) {
-    let group = replica.group_id;
-    let m = replica.raft.metrics().borrow_watched().clone();
-    let committed = m.cluster_committed.map_or(0, |l| l.index);
-    let membership = m.membership_config.membership().clone();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let nodes: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
-    // Joint, or a change not committed yet: the change in flight finishes first.
-    let joint = membership.get_joint_config().len() > 1
-        || m.membership_config.log_id() != m.committed_membership_config.log_id();
-    let target: BTreeSet<u64> = r.target.iter().copied().collect();
-    let throttle = cluster.peers.throttle();
-    let name = &topic.record.name;
+    r: &'a Reassignment,
+    changing: &'a Changing,
+}
 
-    if !joint && voters == target {
+impl Step<'_> {
+    /// One round of the move (see the module docs). Returns the group and its committed index
+    /// now.
+    async fn drive(self, replica: &RaftReplica, committed_before: u64) -> (u64, u64) {
+        let (cluster, p, r) = (self.cluster, self.p, self.r);
+        let group = replica.group_id;
+        let m = replica.raft.metrics().borrow_watched().clone();
+        let committed = m.cluster_committed.map_or(0, |l| l.index);
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let nodes: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+        let target: BTreeSet<u64> = r.target.iter().copied().collect();
+        let throttle = cluster.peers.throttle();
+        let name = &self.topic.record.name;
+        // A change not committed yet, or running here: it finishes (or fails) first.
+        let uncommitted = m.membership_config.log_id() != m.committed_membership_config.log_id();
+        if uncommitted || self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&group) {
+            return (group, committed);
+        }
+        if membership.get_joint_config().len() > 1 {
+            // A committed joint config whose final step was cut off (a leader change, a
+            // crash): finish it, toward the target (openraft applies a change to the joint
+            // config's last half).
+            tracing::info!(topic = %name, partition = p, voters = ?target, "move: finishing a joint configuration");
+            self.change(replica, ChangeMembers::ReplaceAllVoters(target));
+            return (group, committed);
+        }
+
+        if voters == target {
+            throttle.unmark(group);
+            let stale: BTreeSet<u64> = nodes.difference(&target).copied().collect();
+            if !stale.is_empty() {
+                // Learners of a move that was replaced before they were promoted.
+                self.change(replica, ChangeMembers::RemoveNodes(stale));
+                return (group, committed);
+            }
+            if voters.contains(&cluster.node_id()) {
+                let voters: Vec<u64> = voters.into_iter().collect();
+                if let Err(e) = report_done(self.broker, cluster, name, self.topic.topic_id, p, voters).await {
+                    tracing::debug!(group, error = %e, "reporting a finished move failed; retrying");
+                }
+            }
+            // Else this leader is not in the target: openraft hands its leadership to a new
+            // voter (`removed_leader_step_down`), and the new leader reports.
+            return (group, committed);
+        }
+
+        let new: HashSet<u64> = target.difference(&voters).copied().collect();
+        // Throttled from their first byte: marked before they are added.
+        throttle.mark(group, &new, r.throttle);
+        let mine = *cluster.applied.borrow();
+        for t in target.difference(&nodes) {
+            // Only once it applied all the metadata this leader did: an old replica of this
+            // partition on it (from before an earlier move took it away) is gone by then, so
+            // the one added is the new, empty one.
+            if applied_at(cluster, *t).await.is_none_or(|theirs| theirs < mine) {
+                return (group, committed);
+            }
+            if let Err(e) = replica.raft.add_learner(*t, openraft::EmptyNode {}, false).await {
+                tracing::debug!(group, learner = t, error = %e, "adding a learner failed; retrying");
+                return (group, committed);
+            }
+            tracing::info!(topic = %name, partition = p, broker = t, "move: catching up a new replica");
+        }
+        let matched =
+            |id: &u64| m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index);
+        if !new.iter().all(|t| nodes.contains(t) && matched(t) >= committed_before) {
+            return (group, committed);
+        }
+        // Voters are never throttled: the new majority must commit at the leader's pace.
         throttle.unmark(group);
-        let stale: BTreeSet<u64> = nodes.difference(&target).copied().collect();
-        if !stale.is_empty() {
-            // Learners of a move that was replaced before they were promoted.
-            let change = replica.raft.change_membership(ChangeMembers::RemoveNodes(stale), false);
-            if let Err(e) = tokio::time::timeout(CHANGE_WAIT, change).await {
-                tracing::debug!(group, error = %e, "removing a replaced move's learners timed out");
-            }
-            return (group, committed);
-        }
-        if voters.contains(&cluster.node_id()) {
-            let voters: Vec<u64> = voters.into_iter().collect();
-            if let Err(e) = report_done(broker, cluster, name, topic.topic_id, p, voters).await {
-                tracing::debug!(group, error = %e, "reporting a finished move failed; retrying");
-            }
-        }
-        // Else this leader is not in the target: openraft hands its leadership to a new voter
-        // (`removed_leader_step_down`), and the new leader reports.
-        return (group, committed);
+        tracing::info!(topic = %name, partition = p, voters = ?target, "move: new replicas caught up; changing voters");
+        self.change(replica, ChangeMembers::ReplaceAllVoters(target));
+        (group, committed)
     }
 
-    let new: HashSet<u64> = target.difference(&voters).copied().collect();
-    // Throttled from their first byte: marked before they are added.
-    throttle.mark(group, &new, r.throttle);
-    for t in target.difference(&nodes) {
-        if let Err(e) = replica.raft.add_learner(*t, openraft::EmptyNode {}, false).await {
-            tracing::debug!(group, learner = t, error = %e, "adding a learner failed; retrying");
-            return (group, committed);
-        }
-        tracing::info!(topic = %name, partition = p, broker = t, "move: catching up a new replica");
+    /// Runs a membership change of the group in its own task (never dropped midway), one at
+    /// a time per group.
+    fn change(&self, replica: &RaftReplica, change: ChangeMembers<u64, openraft::EmptyNode>) {
+        let group = replica.group_id;
+        self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(group);
+        let (raft, changing) = (replica.raft.clone(), Arc::clone(self.changing));
+        tokio::spawn(async move {
+            if let Err(e) = raft.change_membership(change, false).await {
+                tracing::warn!(group, error = %e, "move: a membership change failed; retrying");
+            }
+            changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&group);
+        });
     }
-    let matched =
-        |id: &u64| m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index);
-    let caught_up = !joint && new.iter().all(|t| nodes.contains(t) && matched(t) >= committed_before);
-    if !caught_up {
-        return (group, committed);
+}
+
+/// How far broker `id` applied the metadata log (this broker's own, or asked within a second).
+async fn applied_at(cluster: &Cluster, id: u64) -> Option<u64> {
+    if id == cluster.node_id() {
+        return Some(*cluster.applied.borrow());
     }
-    // Voters are never throttled: the new majority must commit at the leader's pace.
-    throttle.unmark(group);
-    tracing::info!(topic = %name, partition = p, voters = ?target, "move: new replicas caught up; changing voters");
-    match tokio::time::timeout(
-        CHANGE_WAIT,
-        replica.raft.change_membership(ChangeMembers::ReplaceAllVoters(target), false),
-    )
-    .await
-    {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(group, error = %e, "move: changing voters failed; retrying"),
-        Err(_) => tracing::warn!(group, "move: changing voters took over {CHANGE_WAIT:?}; retrying"),
-    }
-    (group, committed)
+    let mut client = ClusterControlClient::new(cluster.peers.channel(id).ok()?);
+    let ask = client.metadata_applied(MetadataAppliedRequest {});
+    Some(tokio::time::timeout(Duration::from_secs(1), ask).await.ok()?.ok()?.into_inner().offset)
 }
 
 /// Tells the controller that partition `p`'s voters are `voters`.
@@ -533,6 +593,13 @@ impl tidelog_proto::internal::cluster_control_server::ClusterControl for Control
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         Ok(tonic::Response::new(ReassignmentDoneResponse {}))
+    }
+
+    async fn metadata_applied(
+        &self,
+        _request: tonic::Request<MetadataAppliedRequest>,
+    ) -> Result<tonic::Response<MetadataAppliedResponse>, tonic::Status> {
+        Ok(tonic::Response::new(MetadataAppliedResponse { offset: *self.cluster.applied.borrow() }))
     }
 }
 

@@ -60,6 +60,11 @@ impl Throttle {
         self.marked.lock().unwrap_or_else(PoisonError::into_inner).retain(|(g, _), _| *g != group);
     }
 
+    /// Unmarks every group but those of `groups` (the ones whose moves this broker leads).
+    pub fn keep_only(&self, groups: &HashSet<u64>) {
+        self.marked.lock().unwrap_or_else(PoisonError::into_inner).retain(|(g, _), _| groups.contains(g));
+    }
+
     /// Whether any pair is marked (for tests and metrics).
     pub fn marked(&self, group: u64, node: u64) -> bool {
         self.marked.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&(group, node))
@@ -126,6 +131,9 @@ mod tests {
         t.mark(1, &HashSet::from([2]), 1);
         assert_eq!(t.request_budget(1, 2), Some(64 << 10));
         assert_eq!(t.charge(1, 2, 1 << 30), MAX_WAIT);
+        // Groups this broker no longer leads moves for are unmarked.
+        t.keep_only(&HashSet::from([9]));
+        assert!(!t.marked(1, 2));
     }
 
     #[tokio::test]
