@@ -23,8 +23,10 @@
 //!
 //! Each round also reports the longest stall of the producer (no acknowledgement) and of the
 //! reader (no record) from the fault until the round's progress. The producer runs with the
-//! SDK's default timeouts, and its stall is asserted within the failover bound (two election
-//! timeouts + 1 s) for every fault but the whole cluster's restart; the reader's is reported.
+//! SDK's default timeouts and the reader relies on the SDK's stall watchdog (a stream silent
+//! while another broker holds newer records ends with `Error::Stalled`, and is reopened
+//! avoiding that broker); both stalls are asserted within the failover bound (two election
+//! timeouts + 1 s) for every fault but the whole cluster's restart.
 //! The broker links have TCP_NODELAY, as between real brokers, and carry only broker-to-broker
 //! traffic (internal listeners): clients reach every broker directly, so a cut-off leader is
 //! cut off from its peers, not from its clients.
@@ -76,6 +78,8 @@ struct Observed {
     /// When each acknowledgement, and each record the consumer received, arrived.
     ack_times: Mutex<Vec<Instant>>,
     read_times: Mutex<Vec<Instant>>,
+    /// Streams the SDK ended as stalled (the reader then reopened elsewhere).
+    stalled_streams: AtomicU64,
 }
 
 /// The longest time in `[from, to]` without an event of `times` (sorted).
@@ -142,33 +146,53 @@ fn record(seen: &Observed, done: Option<(String, Result<tidelog::RecordMetadata,
     }
 }
 
-/// Tails partition 0 from offset 0, moving to the next broker whenever a stream fails.
+/// Tails partition 0 from offset 0 as an application would with the SDK: a stream that the
+/// SDK finds stalled (`Error::Stalled`: its broker went silent while another holds newer
+/// records) is reopened avoiding that broker; any other failure moves to the next broker.
 async fn consume(addrs: Vec<String>, seen: Arc<Observed>) {
     let mut next = 0u64;
-    for attempt in 0.. {
-        if seen.stop.load(Ordering::Acquire) {
-            return;
+    let mut avoid: Option<String> = None;
+    let mut attempt = 0usize;
+    while !seen.stop.load(Ordering::Acquire) {
+        // The metadata from a broker that is not the stalled one.
+        let addr = addrs.iter().cycle().skip(attempt).take(addrs.len()).find(|a| Some(*a) != avoid.as_ref());
+        let addr = addr.unwrap_or(&addrs[0]).clone();
+        let mut sub = Subscription::new(TOPIC).partition(0, Some(StartAt::Offset(next)));
+        if let Some(a) = &avoid {
+            sub = sub.avoid(a.clone());
         }
-        let addr = &addrs[attempt % addrs.len()];
         let opened = async {
             let client = Client::connect(addr.clone()).await.ok()?;
-            Subscription::new(TOPIC).partition(0, Some(StartAt::Offset(next))).open(&client).await.ok()
+            sub.open(&client).await.ok()
         };
         let Ok(Some(mut stream)) = tokio::time::timeout(Duration::from_secs(2), opened).await else {
+            attempt += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        // A paused broker never answers: give up on a silent stream after a while.
-        while let Ok(Some(Ok(r))) = tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
-            assert_eq!(r.offset, next, "consumer got offset {} after {}", r.offset, next.wrapping_sub(1));
-            seen.read_times.lock().unwrap().push(Instant::now());
-            seen.consumed
-                .lock()
-                .unwrap()
-                .insert(r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned());
-            next = r.offset + 1;
-            if seen.stop.load(Ordering::Acquire) {
-                return;
+        // A backstop only: the SDK's watchdog ends a stalled stream within seconds.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                Ok(Some(Ok(r))) => {
+                    assert_eq!(r.offset, next, "consumer got offset {} after {}", r.offset, next.wrapping_sub(1));
+                    seen.read_times.lock().unwrap().push(Instant::now());
+                    let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+                    seen.consumed.lock().unwrap().insert(r.offset, value);
+                    next = r.offset + 1;
+                    if seen.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Ok(Some(Err(tidelog::Error::Stalled { broker, message }))) => {
+                    eprintln!("reader: {message}; reopening elsewhere");
+                    seen.stalled_streams.fetch_add(1, Ordering::Relaxed);
+                    avoid = Some(broker);
+                    break;
+                }
+                _ => {
+                    attempt += 1;
+                    break;
+                }
             }
         }
     }
@@ -377,15 +401,16 @@ async fn acknowledged_records_survive_kills_pauses_and_partitions() {
     }
     let last = check(&c, &seen, "final").await;
     // Two election timeouts (the longest, 2 x 1000 ms by default) + 1 s: the producer (SDK
-    // defaults) reaches the new leader within it. The whole cluster's restart is bounded by
-    // its start-up instead; the reader here switches brokers after 3 s of silence by itself
-    // (the SDK's readers do not yet), so its stall is reported, not asserted.
+    // defaults) reaches the new leader within it, and the reader (the SDK's stall watchdog)
+    // a live replica. The whole cluster's restart is bounded by its start-up instead.
     eprintln!("longest stalls per fault (producer bound: {FAILOVER_BOUND:?}):");
     for (round, producer, reader) in &stalls {
         eprintln!("  {round:<20} producer {producer:>8.1?}  reader {reader:>8.1?}");
     }
-    for (round, producer, _) in stalls.iter().filter(|(r, _, _)| r != "cluster restarted") {
+    eprintln!("reader streams the SDK found stalled: {}", seen.stalled_streams.load(Ordering::Relaxed));
+    for (round, producer, reader) in stalls.iter().filter(|(r, _, _)| r != "cluster restarted") {
         assert!(*producer <= FAILOVER_BOUND, "{round}: the producer stalled {producer:?}, over {FAILOVER_BOUND:?}");
+        assert!(*reader <= FAILOVER_BOUND, "{round}: the reader stalled {reader:?}, over {FAILOVER_BOUND:?}");
     }
     let commits = seen.commits.load(Ordering::Relaxed);
     assert!(commits > 0, "no commit was acknowledged in the whole run");

@@ -23,6 +23,11 @@ pub enum Error {
     Closed,
     #[error("delivery failed: {0}")]
     Delivery(String),
+    /// A subscription's broker went silent while another broker holds records it did not
+    /// deliver (frozen, or cut off from its peers): reopen avoiding `broker`
+    /// (`Subscription::avoid`). Retryable.
+    #[error("subscription stalled at {broker}: {message}")]
+    Stalled { broker: String, message: String },
 }
 
 impl From<tonic::Status> for Error {
@@ -63,7 +68,7 @@ impl Error {
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
             ),
             Error::Broker { code, .. } => retryable_code(*code),
-            Error::BufferFull(_) => true,
+            Error::BufferFull(_) | Error::Stalled { .. } => true,
             Error::Decode(_) | Error::InvalidArgument(_) | Error::Closed | Error::Delivery(_) => false,
         }
     }

@@ -15,6 +15,16 @@ while another replica is left), one ``Subscribe`` stream per broker. Order per p
 holds: each partition comes from exactly one stream. On a single node, or when the current
 broker holds every partition, that is one stream.
 
+**Stalls**: a stream whose broker is frozen (SIGSTOP) or cut off from its peers goes silent
+like an idle partition's. So after ``_STALL_AFTER`` without a response, the fetch asks the
+cluster's other brokers (each within half a second, every quarter second while it stays
+silent) for the partitions' high watermarks; if one beyond a partition's position keeps
+growing while the stream stays silent, the stream has stalled: it fails as retriable, and the
+fetch reroutes away from that broker (the Rust SDK's watchdog). A high watermark merely ahead
+and still (replicas' commit points differ by a few records during an election) is no stall.
+Only read_uncommitted fetches in a cluster: a read_committed position may rightly stay below
+the high watermark of an open transaction.
+
 **Isolation** (``isolation.level``): a read_committed fetch asks the broker for committed
 records only: it serves each partition up to its last stable offset (the first offset of the
 oldest open transaction) and leaves out aborted transactions' records and the transaction
@@ -61,6 +71,11 @@ if TYPE_CHECKING:
     from ._consumer_core import ConsumerCore
 
 _RNG = random.Random()
+#: Silence after which a stream's partitions are compared with the other brokers'.
+_STALL_AFTER = 1.0
+#: How often they are compared while it stays silent, and how long one broker may take.
+_STALL_POLL = 0.25
+_STALL_ASK = 0.5
 #: SubscribeRequest.isolation_level by read_committed.
 _ISOLATION = {
     False: records_service_pb2.ISOLATION_LEVEL_READ_UNCOMMITTED,
@@ -72,7 +87,7 @@ class _FetchState:
     """One topic's fetch, shared by its streams: where each partition resumes (``None``: per
     ``auto.offset.reset``), the brokers to pass over, and the backoff before the next retry."""
 
-    __slots__ = ("avoid", "backoff", "eof_at", "failures", "starts")
+    __slots__ = ("avoid", "backoff", "eof_at", "failures", "last_seen", "stalled", "starts")
 
     def __init__(self, starts: dict[int, int | None]) -> None:
         self.starts = starts
@@ -83,6 +98,10 @@ class _FetchState:
         self.avoid: dict[str, int] = {}
         self.failures = 0
         self.backoff = 0.1
+        #: Per broker streaming now, when it last delivered a response (the loop's clock).
+        self.last_seen: dict[str, float] = {}
+        #: The last failure was a stall (rerouted at once, without a backoff).
+        self.stalled = False
 
     def failed(self, addr: str) -> None:
         self.failures += 1
@@ -153,10 +172,9 @@ class Fetcher:
                 if failed_at is not None:
                     self.core.reporter.failed(failed_at, err, f"fetching {topic}")
                     st.failed(failed_at)  # down, stalled, or no longer holding a partition
-                    if not self.core.brokers.ids:
-                        # Not routed by replicas (a single node, or the cluster not learnt
-                        # yet): the next bootstrap broker, if there is another one.
-                        self.core.brokers.move_on(failed_at)
+                    # Metadata (the next routing) from another broker too, if it was this
+                    # one: a frozen broker would hold the describe for a whole request timeout.
+                    self.core.brokers.move_on(failed_at)
             else:
                 self.core.push(epoch, [err])
                 if err.code in (
@@ -165,6 +183,9 @@ class Fetcher:
                     ErrorCode.UNKNOWN_PARTITION,
                 ):
                     return  # the topic is gone; a rebalance or reassignment will follow
+            if st.stalled:
+                st.stalled = False  # the other replicas are live: reroute now
+                continue
             await asyncio.sleep(st.backoff)
             st.backoff = min(st.backoff * 2, 2.0)
 
@@ -238,6 +259,10 @@ class Fetcher:
         tasks = {
             loop.create_task(self._read(addr, topic, ps, st, epoch)): addr for addr, ps in routes.items()
         }
+        if self.core.brokers.ids and not self.core.read_committed:
+            tasks.update(
+                {loop.create_task(self._watch(addr, topic, ps, st)): addr for addr, ps in routes.items()}
+            )
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -266,6 +291,7 @@ class Fetcher:
             req.partitions.append(records_service_pb2.PartitionStart(partition=p, start=start))
         try:
             async for resp in self.core.brokers.stubs(addr).records.Subscribe(req):
+                st.last_seen[addr] = asyncio.get_running_loop().time()
                 st.backoff = 0.1
                 st.avoid.pop(addr, None)
                 self.core.reporter.answered(addr)
@@ -289,6 +315,46 @@ class Fetcher:
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         raise RetriableError(f"{addr} ended the subscription", grpc.StatusCode.UNAVAILABLE)
+
+    async def _watch(self, addr: str, topic: str, partitions: list[int], st: _FetchState) -> None:
+        """Fails (raises) once the stream at ``addr`` has stalled: silent for ``_STALL_AFTER``
+        while another broker's high watermark of one of ``partitions`` is beyond its position
+        and still growing (see the module docs). Runs until cancelled otherwise."""
+        loop = asyncio.get_running_loop()
+        st.last_seen[addr] = loop.time()
+        brokers = self.core.brokers
+        req = admin_service_pb2.DescribeTopicRequest(name=topic)
+        # The highest high watermark seen elsewhere in this silence (since ``silence_of``).
+        seen: dict[int, int] = {}
+        silence_of = st.last_seen[addr]
+        while True:
+            await asyncio.sleep(_STALL_POLL)
+            if len(self.core.buffer) >= self.core.cfg["queued.max.messages"]:
+                st.last_seen[addr] = loop.time()  # paused by a full buffer, not stalled
+            if st.last_seen.get(addr) != silence_of:
+                silence_of, seen = st.last_seen.get(addr, loop.time()), {}
+            silent = loop.time() - silence_of
+            if silent < _STALL_AFTER:
+                continue
+            for other in [a for a in brokers.ids.values() if a != addr]:
+                try:
+                    resp = await brokers.stubs(other).admin.DescribeTopic(req, timeout=_STALL_ASK)
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+                    continue
+                for d in resp.topic.partitions:
+                    at = st.starts.get(d.partition)
+                    if d.partition not in partitions or at is None:
+                        continue
+                    before = seen.get(d.partition)
+                    if d.high_watermark > at and before is not None and d.high_watermark > before:
+                        st.stalled = True
+                        raise RetriableError(
+                            f"{addr} delivered nothing for {silent:.1f} s while {other} holds"
+                            f" {topic}/{d.partition} up to offset {d.high_watermark} and growing (this"
+                            f" stream is at {at}); reading from another replica",
+                            grpc.StatusCode.UNAVAILABLE,
+                        )
+                    seen[d.partition] = max(before or 0, d.high_watermark)
 
     def _count(self, resp: records_service_pb2.SubscribeResponse, msgs: list[Message | TidelogError]) -> None:
         c = self.core.counters

@@ -378,12 +378,26 @@ struct Fetcher {
 impl Fetcher {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
+        // A broker a stream stalled at (frozen, cut off): read elsewhere, and ask another
+        // broker for the metadata if it is this member's own.
+        let mut avoid: Option<String> = None;
+        // Learnt now, while the member's broker answers (it may be the one that stalls).
+        let brokers: Vec<String> = self.client.brokers().await.unwrap_or_default();
         loop {
             let mut sub = Subscription::new(&self.topic).isolation(self.isolation);
             for (p, start) in &self.starts {
                 sub = sub.partition(*p, Some(*start));
             }
-            let error = match sub.open(&self.client).await {
+            let mut client = self.client.clone();
+            if let Some(a) = &avoid {
+                sub = sub.avoid(a.clone());
+                if client.address() == a {
+                    if let Some(other) = brokers.iter().find(|b| *b != a) {
+                        client = client.to_broker(other).unwrap_or(client);
+                    }
+                }
+            }
+            let error = match sub.open(&client).await {
                 Ok(mut stream) => loop {
                     match stream.next().await {
                         Some(Ok(record)) => {
@@ -400,6 +414,11 @@ impl Fetcher {
                 },
                 Err(e) => e,
             };
+            if let Error::Stalled { broker, message } = &error {
+                tracing::info!(topic = %self.topic, %broker, message, "fetch stalled; reading from another replica");
+                avoid = Some(broker.clone());
+                continue;
+            }
             if matches!(&error, Error::Status(s) if s.code() == tonic::Code::OutOfRange) {
                 tracing::warn!(topic = %self.topic, error = %error, "position out of range; applying the offset reset policy");
                 for start in self.starts.values_mut() {

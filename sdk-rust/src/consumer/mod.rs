@@ -7,9 +7,15 @@
 //! it (the client's own broker when it can, else the partition's leader, else any replica),
 //! one stream per broker, merged. Order per partition is kept, since each partition comes from
 //! exactly one stream.
+//!
+//! In a cluster each stream is watched (`watchdog.rs`): one that goes silent while another
+//! broker holds records it has not delivered (its broker is frozen or cut off) ends with
+//! [`Error::Stalled`]; reopened with [`Subscription::avoid`], the reader goes to another
+//! replica.
 
 pub mod assignor;
 pub mod group;
+pub mod watchdog;
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -52,6 +58,8 @@ pub struct Subscription {
     partitions: Vec<(u32, Option<StartAt>)>,
     max_bytes: u32,
     isolation: IsolationLevel,
+    /// Brokers not to read from while another replica can serve (a stalled one).
+    avoid: Vec<String>,
 }
 
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<ConsumedRecord, Error>> + Send>>;
@@ -65,7 +73,15 @@ impl Subscription {
             partitions: Vec::new(),
             max_bytes: 0,
             isolation: IsolationLevel::ReadUncommitted,
+            avoid: Vec::new(),
         }
+    }
+
+    /// Reads from another replica than the broker at `addr` where one holds the partition
+    /// (after [`Error::Stalled`] named it), and asks another broker for the metadata.
+    pub fn avoid(mut self, addr: impl Into<String>) -> Self {
+        self.avoid.push(addr.into());
+        self
     }
 
     pub fn start_at(mut self, start: StartAt) -> Self {
@@ -111,17 +127,17 @@ impl Subscription {
         Ok(client.records().subscribe(req).await?.into_inner())
     }
 
-    /// Where each partition is read: `(broker, the part of this subscription it serves)`.
-    /// One route (this subscription, this client) unless the cluster holds some of the
-    /// partitions only on other brokers.
-    async fn routes(&self, client: &Client) -> Result<Vec<(Client, Subscription)>, Error> {
-        let single = || Ok(vec![(client.clone(), self.clone())]);
+    /// Where each partition is read: `(broker, the part of this subscription it serves)`, and
+    /// every broker of the cluster (empty on a single node). One route (this subscription,
+    /// this client) unless the cluster holds some of the partitions only on other brokers.
+    async fn routes(&self, client: &Client) -> Result<(Vec<(Client, Subscription)>, BTreeMap<u32, String>), Error> {
         let brokers = client.broker_ids().await?;
         if brokers.is_empty() {
-            return single();
+            return Ok((vec![(client.clone(), self.clone())], brokers));
         }
         let desc = client.describe_topic_settled(&self.topic).await?;
         let own = brokers.iter().find(|(_, a)| a.as_str() == client.address()).map(|(id, _)| *id);
+        let avoided = |id: u32| brokers.get(&id).is_some_and(|a| self.avoid.contains(a));
         let wanted: Vec<(u32, Option<StartAt>)> = if self.partitions.is_empty() {
             (0..desc.partition_count).map(|p| (p, None)).collect()
         } else {
@@ -136,43 +152,63 @@ impl Subscription {
             let held = |id: u32| d.replica_ids.contains(&id);
             // Without a known leader any replica serves what is committed; a random one, so
             // a retry after a failed open can reach a live replica when one is down.
-            let any = || d.replica_ids.get(rand::random::<u32>() as usize % d.replica_ids.len().max(1)).copied();
+            let fine: Vec<u32> = d.replica_ids.iter().copied().filter(|id| !avoided(*id)).collect();
+            let any = || {
+                let pool = if fine.is_empty() { &d.replica_ids } else { &fine };
+                pool.get(rand::random::<u32>() as usize % pool.len().max(1)).copied()
+            };
             let at = match own {
-                Some(id) if held(id) => id,
-                _ if d.leader_id != 0 && held(d.leader_id) => d.leader_id,
+                Some(id) if held(id) && !avoided(id) => id,
+                _ if d.leader_id != 0 && held(d.leader_id) && !avoided(d.leader_id) => d.leader_id,
                 _ => any().or(own).unwrap_or_default(),
             };
             by_broker.entry(at).or_default().push((p, start));
         }
         if by_broker.len() == 1 && by_broker.keys().next().copied() == own {
-            return single();
+            return Ok((vec![(client.clone(), self.clone())], brokers));
         }
-        by_broker
+        let routes = by_broker
             .into_iter()
             .map(|(id, partitions)| {
                 let addr =
                     brokers.get(&id).ok_or_else(|| Error::InvalidArgument(format!("no address for broker {id}")))?;
                 Ok((client.to_broker(addr)?, Subscription { partitions, ..self.clone() }))
             })
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok((routes, brokers))
     }
 
     /// Opens the subscription as a stream of records (from every broker it needs, see the
     /// module docs). Records below a requested start offset (a batch may begin before it)
     /// are skipped.
     pub async fn open(&self, client: &Client) -> Result<RecordStream, Error> {
-        let routes = self.routes(client).await?;
+        let (routes, brokers) = self.routes(client).await?;
+        let watched = |client: &Client, sub: &Subscription, stream: RecordStream| -> Result<RecordStream, Error> {
+            if brokers.len() < 2 || sub.isolation != IsolationLevel::ReadUncommitted {
+                return Ok(stream);
+            }
+            let others = brokers
+                .values()
+                .filter(|a| a.as_str() != client.address())
+                .map(|a| client.to_broker(a))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let next = sub.partitions.iter().filter_map(|(p, s)| match s.unwrap_or(sub.start) {
+                StartAt::Offset(o) => Some((*p, o)),
+                _ => None,
+            });
+            Ok(watchdog::watch(stream, client.address().to_string(), others, sub.topic.clone(), next.collect()))
+        };
         if routes.len() == 1 {
             let (client, sub) = &routes[0];
-            return sub.open_one(client).await;
+            return watched(client, sub, sub.open_one(client).await?);
         }
         let mut streams = Vec::with_capacity(routes.len());
         for (client, sub) in &routes {
             // One broker's stream ending is an error for the whole: its partitions would
             // otherwise stop silently while the others go on.
             let ended = Error::Decode(format!("the subscription at {} ended", client.address()));
-            streams.push(Box::pin(sub.open_one(client).await?.chain(futures::stream::once(async { Err(ended) })))
-                as RecordStream);
+            let stream = watched(client, sub, sub.open_one(client).await?)?;
+            streams.push(Box::pin(stream.chain(futures::stream::once(async { Err(ended) }))) as RecordStream);
         }
         Ok(Box::pin(futures::stream::select_all(streams)))
     }
