@@ -10,15 +10,15 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use support::cluster::{committed, TestCluster, WAIT};
+use support::steady::{self, Acked};
 use support::{eventually, read_range, run_cli_output};
 use tidelog::proto::v1::TopicConfig;
-use tidelog::{Client, GroupConfig, GroupConsumer, OffsetReset, Producer, ProducerConfig, Record};
+use tidelog::{Client, GroupConfig, GroupConsumer, OffsetReset};
 
 const TOPIC: &str = "elastic";
 const GROUP: &str = "elastic-readers";
@@ -26,61 +26,11 @@ const PARTITIONS: u32 = 4;
 
 #[derive(Default)]
 struct Seen {
-    /// (partition, offset) → value of every acknowledged record.
-    acked: Mutex<BTreeMap<(u32, u64), String>>,
     /// Values the group consumer received.
     consumed: Mutex<HashSet<String>>,
-    failed: AtomicU64,
     stop: AtomicBool,
     /// Set when the group's committed offsets went back.
     regressed: Mutex<Option<String>>,
-}
-
-/// `v-0`, `v-1`, … round-robin over the partitions, idempotent and acks=all.
-async fn produce(addr: String, seen: Arc<Seen>) {
-    let client = Client::connect(addr).await.unwrap();
-    let config = ProducerConfig {
-        linger: Duration::from_millis(2),
-        delivery_timeout: Duration::from_secs(120),
-        request_timeout: Duration::from_secs(3),
-        retry_backoff: Duration::from_millis(20),
-        metadata_max_age: Duration::from_millis(500),
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::new(client, config).await.unwrap();
-    let mut pending = futures::stream::FuturesOrdered::new();
-    for i in 0..1_000_000u64 {
-        if seen.stop.load(Ordering::Acquire) {
-            break;
-        }
-        let value = format!("v-{i}");
-        let delivery = producer.send_to(TOPIC, (i % u64::from(PARTITIONS)) as u32, Record::new(value.clone())).await;
-        pending.push_back(async move { (value, delivery.unwrap().await) });
-        while pending.len() >= 32 {
-            note(&seen, pending.next().await);
-        }
-        if i % 8 == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    while let Some(done) = pending.next().await {
-        note(&seen, Some(done));
-    }
-    producer.close().await;
-}
-
-fn note(seen: &Seen, done: Option<(String, Result<tidelog::RecordMetadata, tidelog::Error>)>) {
-    match done {
-        Some((value, Ok(m))) => {
-            let previous = seen.acked.lock().unwrap().insert((m.partition, m.offset), value.clone());
-            assert!(previous.is_none(), "{}/{} acknowledged twice ({previous:?}, {value})", m.partition, m.offset);
-        }
-        Some((value, Err(e))) => {
-            seen.failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("delivery of {value} failed: {e}");
-        }
-        None => {}
-    }
 }
 
 /// A group member reading everything, committing every second.
@@ -150,7 +100,8 @@ async fn a_cluster_grows_to_five_rebalances_and_shrinks_to_three_under_load() {
     let mut c = TestCluster::start_fast(&["--leader-rebalance-ms", "1000"]).await;
     c.create_topic(TOPIC, PARTITIONS, 3, TopicConfig::default()).await;
     let seen = Arc::new(Seen::default());
-    let writer = tokio::spawn(produce(c.addr(3), Arc::clone(&seen)));
+    let acks = Arc::new(Acked::default());
+    let writer = tokio::spawn(steady::produce(c.addr(3), TOPIC, PARTITIONS, "v", Arc::clone(&acks)));
     let reader = tokio::spawn(consume(c.addr(3), Arc::clone(&seen)));
     let watcher = tokio::spawn(watch_commits(c.addr(3), Arc::clone(&seen)));
 
@@ -164,38 +115,36 @@ async fn a_cluster_grows_to_five_rebalances_and_shrinks_to_three_under_load() {
     assert!(spread.values().max().unwrap() - spread.values().min().unwrap() <= 1, "{spread:?}");
     let (ok, out) = cli(&c.addr(3), &["cluster", "rebalance", "--dry-run"]).await;
     assert!(ok && out.contains("balanced: nothing to move"), "{out}");
-    eprintln!("grown and rebalanced: {spread:?}; {} acked", seen.acked.lock().unwrap().len());
+    eprintln!("grown and rebalanced: {spread:?}; {} acked", acks.count());
 
     // Shrink: brokers 1 and 2 go (their replicas move to 3, 4 and 5 first).
     for gone in [1u64, 2] {
         let (ok, out) = cli(&c.addr(3), &["cluster", "remove-broker", &gone.to_string(), "--timeout", "120"]).await;
         assert!(ok && out.contains(&format!("broker {gone} removed")), "{out}");
         assert!(c.wait_exit(gone, WAIT).await.is_some(), "broker {gone} still runs after its removal");
-        eprintln!("broker {gone} removed; {} acked", seen.acked.lock().unwrap().len());
+        eprintln!("broker {gone} removed; {} acked", acks.count());
     }
     let spread = load(&c.addr(3)).await;
     assert_eq!(spread, BTreeMap::from([(3, 4), (4, 4), (5, 4)]), "every partition on the three left");
 
     // A little more load on the shrunk cluster, then stop and check.
-    let before = seen.acked.lock().unwrap().len();
-    eventually(WAIT, "the producer goes on", || async {
-        (seen.acked.lock().unwrap().len() > before + 200).then_some(())
-    })
-    .await;
+    let before = acks.count();
+    eventually(WAIT, "the producer goes on", || async { (acks.count() > before + 200).then_some(()) }).await;
     let acked_values: HashSet<String> = {
+        acks.stop.store(true, Ordering::Release);
         seen.stop.store(true, Ordering::Release);
         writer.await.unwrap();
-        seen.acked.lock().unwrap().values().cloned().collect()
+        acks.acked.lock().unwrap().values().cloned().collect()
     };
     reader.await.unwrap();
     watcher.await.unwrap();
-    assert_eq!(seen.failed.load(Ordering::Relaxed), 0, "the producer saw errors beyond retries");
+    assert_eq!(acks.failed.load(Ordering::Relaxed), 0, "the producer saw errors beyond retries");
     assert_eq!(*seen.regressed.lock().unwrap(), None, "the group's committed offsets went back");
     assert!(acked_values.len() > 1_000, "only {} acknowledged", acked_values.len());
     let consumed = seen.consumed.lock().unwrap().len();
     assert!(consumed > acked_values.len() / 2, "the group read {consumed} of {}", acked_values.len());
 
-    let acked = seen.acked.lock().unwrap().clone();
+    let acked = acks.acked.lock().unwrap().clone();
     for (n, addr) in [(3, c.addr(3)), (4, b4.process.addr.clone()), (5, b5.process.addr.clone())] {
         let client = Client::connect(addr).await.unwrap();
         for p in 0..PARTITIONS {

@@ -9,14 +9,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use support::cluster::{TestCluster, WAIT};
+use support::steady::{self, Acked};
 use support::{eventually, read_range, run_cli_output};
 use tidelog::proto::v1::{
     AlterPartitionReassignmentsRequest, ListPartitionReassignmentsRequest, OngoingReassignment, PartitionReassignment,
@@ -27,61 +27,6 @@ use tidelog::{Client, Producer, ProducerConfig, Record};
 const TOPIC: &str = "moving";
 /// Catch-up pace for the moves: slow enough that each kill lands mid-move.
 const THROTTLE: u64 = 512 << 10;
-
-#[derive(Default)]
-struct Seen {
-    acked: Mutex<BTreeMap<u64, String>>,
-    failed: AtomicU64,
-    stop: AtomicBool,
-}
-
-/// Streams `r-0`, `r-1`, … to partition 0, idempotent and acks=all, until told to stop.
-async fn produce(addr: String, seen: Arc<Seen>) {
-    let client = Client::connect(addr).await.unwrap();
-    let config = ProducerConfig {
-        // Idempotent, acks=all: the defaults.
-        idempotence: true,
-        linger: Duration::from_millis(2),
-        delivery_timeout: Duration::from_secs(120),
-        request_timeout: Duration::from_secs(3),
-        retry_backoff: Duration::from_millis(20),
-        metadata_max_age: Duration::from_millis(500),
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::new(client, config).await.unwrap();
-    let mut pending = futures::stream::FuturesOrdered::new();
-    for i in 0..2_000_000u64 {
-        if seen.stop.load(Ordering::Acquire) {
-            break;
-        }
-        let value = format!("r-{i}");
-        let delivery = producer.send_to(TOPIC, 0, Record::new(value.clone())).await.unwrap();
-        pending.push_back(async move { (value, delivery.await) });
-        while pending.len() >= 32 {
-            note(&seen, pending.next().await);
-        }
-        if i % 8 == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await; // a steady, bounded pace
-        }
-    }
-    while let Some(done) = pending.next().await {
-        note(&seen, Some(done));
-    }
-}
-
-fn note(seen: &Seen, done: Option<(String, Result<tidelog::RecordMetadata, tidelog::Error>)>) {
-    match done {
-        Some((value, Ok(meta))) => {
-            let previous = seen.acked.lock().unwrap().insert(meta.offset, value.clone());
-            assert!(previous.is_none(), "offset {} acknowledged twice ({previous:?}, {value})", meta.offset);
-        }
-        Some((value, Err(e))) => {
-            seen.failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("delivery of {value} failed: {e}");
-        }
-        None => {}
-    }
-}
 
 async fn moves(addr: &str) -> Option<Vec<OngoingReassignment>> {
     let client = Client::connect(addr.to_string()).await.ok()?;
@@ -170,18 +115,15 @@ async fn a_partition_moves_under_load_through_kills_of_source_target_and_control
         f.await.unwrap();
     }
     producer.close().await;
-    let seen = Arc::new(Seen::default());
-    let writer = tokio::spawn(produce(c.addr(1), Arc::clone(&seen)));
+    let seen = Arc::new(Acked::default());
+    let writer = tokio::spawn(steady::produce(c.addr(1), TOPIC, 1, "r", Arc::clone(&seen)));
 
     // 1. The leader is the source: replaced by broker 4, and SIGKILLed mid-move.
     let source = c.leader(TOPIC).await as u32;
     let target: Vec<u32> = first.iter().map(|b| if *b == source { 4 } else { *b }).collect();
     reassign(&c.addr(1), &target).await;
     mid_move(&all(&c), 4).await;
-    eprintln!(
-        "round 1: killing the source (leader) {source} mid-move to {target:?}; {} acked",
-        seen.acked.lock().unwrap().len()
-    );
+    eprintln!("round 1: killing the source (leader) {source} mid-move to {target:?}; {} acked", seen.count());
     c.kill9(u64::from(source));
     done(&all(&c), &target).await;
     c.start_node(u64::from(source));
@@ -197,7 +139,7 @@ async fn a_partition_moves_under_load_through_kills_of_source_target_and_control
     let target2: Vec<u32> = target.iter().map(|b| if *b == out { back } else { *b }).collect();
     reassign(&c.addr(2), &target2).await;
     mid_move(&all(&c), back).await;
-    eprintln!("round 2: killing the target {back} mid-move to {target2:?}; {} acked", seen.acked.lock().unwrap().len());
+    eprintln!("round 2: killing the target {back} mid-move to {target2:?}; {} acked", seen.count());
     c.kill9(u64::from(back));
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.start_node(u64::from(back));
@@ -212,10 +154,7 @@ async fn a_partition_moves_under_load_through_kills_of_source_target_and_control
         mid_move(&all(&c), spare).await;
     }
     let controller = c.controller().await;
-    eprintln!(
-        "round 3: killing the controller {controller} mid-move to {target3:?}; {} acked",
-        seen.acked.lock().unwrap().len()
-    );
+    eprintln!("round 3: killing the controller {controller} mid-move to {target3:?}; {} acked", seen.count());
     c.kill9(controller);
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.start_node(controller);
@@ -228,7 +167,8 @@ async fn a_partition_moves_under_load_through_kills_of_source_target_and_control
     seen.stop.store(true, Ordering::Release);
     writer.await.unwrap();
     assert_eq!(seen.failed.load(Ordering::Relaxed), 0, "the producer saw errors beyond retries");
-    let acked = seen.acked.lock().unwrap().clone();
+    let acked: std::collections::BTreeMap<u64, String> =
+        seen.acked.lock().unwrap().iter().map(|((_, o), v)| (*o, v.clone())).collect();
     assert!(acked.len() > 500, "only {} records acknowledged", acked.len());
     let need = acked.keys().next_back().unwrap() + 1;
     for b in &target3 {
