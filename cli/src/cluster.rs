@@ -57,14 +57,8 @@ pub enum ClusterCommand {
         /// Print the plan (Kafka's reassignment JSON) without moving anything.
         #[arg(long)]
         dry_run: bool,
-        /// Bytes/s each leader sends to replicas catching up (0: the brokers' default).
-        #[arg(long, default_value_t = 0)]
-        throttle: u64,
-        /// Wait until the moves are done, showing progress.
-        #[arg(long)]
-        wait: bool,
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
+        #[command(flatten)]
+        moves: partition::MoveArgs,
     },
 }
 
@@ -118,7 +112,7 @@ pub async fn run(broker: &crate::BrokerArg, command: ClusterCommand, format: Out
             Ok(())
         }
         ClusterCommand::RemoveBroker { id, timeout } => remove_broker(broker, id, Duration::from_secs(timeout)).await,
-        ClusterCommand::Rebalance { dry_run, throttle, wait, timeout } => {
+        ClusterCommand::Rebalance { dry_run, moves: partition::MoveArgs { throttle, wait, timeout } } => {
             let client = broker.connect().await?;
             let cluster = client.admin().describe_cluster(DescribeClusterRequest {}).await?.into_inner();
             let brokers: Vec<u32> = cluster.brokers.iter().map(|b| b.id).collect();

@@ -32,15 +32,8 @@ pub enum PartitionCommand {
         /// Cancel the moves of the plan's partitions instead (back to their replicas before).
         #[arg(long)]
         cancel: bool,
-        /// Bytes/s each leader sends to replicas catching up (0: the brokers' default).
-        #[arg(long, default_value_t = 0)]
-        throttle: u64,
-        /// Wait until the moves are done (or `--timeout` passes), showing progress.
-        #[arg(long)]
-        wait: bool,
-        /// With --wait: give up after this many seconds.
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
+        #[command(flatten)]
+        moves: MoveArgs,
     },
     /// The moves in progress, with each new replica's progress.
     Reassignments {
@@ -53,6 +46,20 @@ pub enum PartitionCommand {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+}
+
+/// How moves are started and followed (`partition reassign`, `cluster rebalance`).
+#[derive(Debug, clap::Args)]
+pub struct MoveArgs {
+    /// Bytes/s each leader sends to replicas catching up (0: the brokers' default).
+    #[arg(long, default_value_t = 0)]
+    pub throttle: u64,
+    /// Wait until the moves are done (or `--timeout` passes), showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
 }
 
 /// Kafka's reassignment JSON.
@@ -76,7 +83,7 @@ pub struct PlannedPartition {
 
 pub async fn run(broker: &crate::BrokerArg, command: PartitionCommand, format: OutputFormat) -> anyhow::Result<()> {
     match command {
-        PartitionCommand::Reassign { plan, cancel, throttle, wait, timeout } => {
+        PartitionCommand::Reassign { plan, cancel, moves: MoveArgs { throttle, wait, timeout } } => {
             let text = std::fs::read_to_string(&plan)
                 .map_err(|e| anyhow::anyhow!("cannot read the plan {}: {e}", plan.display()))?;
             let mut plan: Plan = serde_json::from_str(&text)

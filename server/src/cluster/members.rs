@@ -35,6 +35,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 
 use super::metadata::{self, MetaCommand};
+use super::replica::matched;
 use super::Cluster;
 use crate::broker::route::APPLY_WAIT;
 use crate::broker::Broker;
@@ -177,11 +178,9 @@ pub async fn settle_voters(cluster: &Cluster, wait: Duration) -> Result<BTreeSet
             return Ok(voters);
         }
         let committed = m.cluster_committed.map_or(0, |l| l.index);
-        let matched =
-            |id: &u64| m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index);
         let ready: BTreeSet<u64> = observers
             .iter()
-            .filter(|o| placeable.contains(o) && matched(o) >= committed)
+            .filter(|o| placeable.contains(o) && matched(&m, **o) >= committed)
             .take(MAX_METADATA_VOTERS - voters.len())
             .copied()
             .collect();
@@ -233,14 +232,7 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
             // keeps its size (without one, it shrinks by one).
             let committed = m.cluster_committed.map_or(0, |l| l.index);
             let placeable = cluster.brokers.placeable();
-            let replacement = membership.learner_ids().find(|o| {
-                placeable.contains(o)
-                    && m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(o))
-                        .and_then(|l| l.as_ref())
-                        .is_some_and(|l| l.index >= committed)
-            });
+            let replacement = membership.learner_ids().find(|o| placeable.contains(o) && matched(&m, *o) >= committed);
             let mut next = voters.clone();
             next.remove(&id);
             next.extend(replacement);
@@ -249,9 +241,7 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
         // Bounded: a broker that is down does not hold the removal up (when it returns, it
         // finds its removal in its log, or stops after the grace of `Cluster::forget_broker`).
         let entry = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
-        let reached = |m: &openraft::RaftMetrics<_>| {
-            m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= entry)
-        };
+        let reached = |m: &openraft::RaftMetrics<_>| matched(m, id) >= entry;
         if let Err(e) = raft.wait(Some(REMOVAL_REACH_WAIT)).metrics(reached, "the removed broker has its removal").await
         {
             tracing::warn!(broker = id, error = %e, "the removed broker did not get its removal in time (down?)");

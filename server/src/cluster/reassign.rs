@@ -53,6 +53,7 @@ use tidelog_proto::internal::{
 };
 
 use super::metadata::{self, MetaCommand};
+use super::replica::matched;
 use super::{group_id, Cluster, Hosted, RaftReplica};
 use crate::broker::route::APPLY_WAIT;
 use crate::broker::seam::{MoveView, PartitionMove};
@@ -335,9 +336,7 @@ impl Step<'_> {
             }
             tracing::info!(topic = %name, partition = p, broker = t, "move: catching up a new replica");
         }
-        let matched =
-            |id: &u64| m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index);
-        if !new.iter().all(|t| nodes.contains(t) && matched(t) >= committed_before) {
+        if !new.iter().all(|t| nodes.contains(t) && matched(&m, *t) >= committed_before) {
             return (group, committed);
         }
         // Voters are never throttled: the new majority must commit at the leader's pace.
@@ -547,9 +546,6 @@ pub(super) fn views(broker: &Broker, cluster: &Cluster, topic: Option<&str>) -> 
                 let m = h.replica.raft.metrics().borrow_watched().clone();
                 let last = m.last_log_index.unwrap_or(0);
                 let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-                let matched = |id: &u64| {
-                    m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index)
-                };
                 view.leader = Some(me);
                 view.progress = r
                     .target
@@ -557,7 +553,7 @@ pub(super) fn views(broker: &Broker, cluster: &Cluster, topic: Option<&str>) -> 
                     .filter(|b| !view.replicas.contains(b))
                     .map(|b| {
                         let role = if voters.contains(b) { "VOTER" } else { "LEARNER" };
-                        (*b, last.saturating_sub(matched(b)), role)
+                        (*b, last.saturating_sub(matched(&m, *b)), role)
                     })
                     .collect();
             }

@@ -200,6 +200,12 @@ async fn start_unless_led(raft: PartitionRaft, groups: RaftGroups, group: u64, v
     }
 }
 
+/// On a leader's metrics `m`: the last Raft index replica `id` is known to hold (0 when none
+/// or not known, e.g. not the leader).
+pub fn matched(m: &openraft::RaftMetrics<PartitionTc>, id: u64) -> u64 {
+    m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref()).map_or(0, |l| l.index)
+}
+
 fn storage(e: std::io::Error) -> BrokerError {
     BrokerError::Log(crate::log::LogError::io("opening raft storage", e))
 }
