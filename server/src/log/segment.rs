@@ -1,5 +1,6 @@
 //! A segment: one `.log` file of batches and its two sparse indexes, covering a contiguous
-//! range of offsets starting at `base_offset`.
+//! range of offsets starting at `base_offset`. It holds one file descriptor, its log's (the
+//! indexes open their files only to write a run of entries: `index.rs`).
 //!
 //! Invariants:
 //! - offsets increase: each batch starts at or after the offset where the previous one ended
@@ -153,6 +154,9 @@ impl Segment {
         for e in &scan.time_entries {
             time_index.append(*e)?;
         }
+        // Recovery leaves both files whole: nothing of an opened segment waits in memory.
+        index.write_pending()?;
+        time_index.write_pending()?;
         let mut file = file;
         file.seek(SeekFrom::Start(scan.valid_end))?;
         let report = OpenReport {

@@ -89,6 +89,48 @@ fn reopen_keeps_everything_and_checks_only_the_tail() {
     assert_eq!(read_all(&log).len(), 3000);
 }
 
+/// A process kill keeps no in-memory index entries (they are written in runs of
+/// `index::WRITE_EVERY`): the reopened log has every batch, and recovery scans at most a
+/// run's worth of index intervals past the last entry on disk.
+#[test]
+fn a_kill_loses_only_unwritten_index_entries_and_recovery_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), cfg(64 << 20)).unwrap();
+    fill(&mut log, 0, 3000);
+    std::mem::forget(log); // no Drop: as after kill -9
+    let (log, report) = Log::open(dir.path(), cfg(64 << 20)).unwrap();
+    assert_eq!(log.log_end().0, 6000);
+    assert_eq!(report.truncated_bytes, 0);
+    // One segment; ~4 batches per 256-byte index interval; at most WRITE_EVERY intervals.
+    let bound = (index::WRITE_EVERY as u64 + 1) * 8;
+    assert!(report.batches_checked <= bound, "recovery checked {} batches (bound {bound})", report.batches_checked);
+    assert!(report.batches_checked > 8, "the unwritten entries were written anyway");
+    assert_eq!(read_all(&log).len(), 3000);
+}
+
+/// Descriptors this process holds (nextest runs each test in its own process).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// A partition's log holds one descriptor per segment, not three: at 10,000 partitions the
+/// indexes would otherwise hold 20,000.
+#[test]
+fn a_segment_holds_one_file_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = open_fds();
+    let logs: Vec<Log> = (0..50)
+        .map(|i| {
+            let (mut log, _) = Log::open(&dir.path().join(i.to_string()), cfg(64 << 20)).unwrap();
+            fill(&mut log, 0, 100);
+            log
+        })
+        .collect();
+    let held = open_fds().saturating_sub(before);
+    assert!(held <= 50 + 5, "50 one-segment logs hold {held} descriptors");
+    drop(logs);
+}
+
 /// The active (highest-named) `.log` file in a partition directory.
 pub(super) fn active_log_file(dir: &Path) -> PathBuf {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
