@@ -106,7 +106,7 @@ async fn flush_loop(broker: Arc<Broker>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for p in broker.all_partitions() {
+        for p in broker.partitions_where(Partition::may_need_sync) {
             if let Err(e) = p.sync_if_due().await {
                 tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "interval fsync failed");
             }

@@ -52,6 +52,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
@@ -70,6 +71,10 @@ const REMOVED_GRACE: Duration = Duration::from_secs(10);
 /// The metadata group's Raft group id. Partition groups are `topic_id << 16 | partition`
 /// with `topic_id >= 1`, so they never collide with it.
 pub const META_GROUP: u64 = 0;
+
+/// Leaderships handed back to preferred replicas per rebalance round, and at once.
+const HANDOVERS_PER_ROUND: usize = 256;
+const CONCURRENT_HANDOVERS: usize = 32;
 
 /// The Raft group of partition `partition` of topic incarnation `topic_id`.
 pub fn group_id(topic_id: u64, partition: u32) -> u64 {
@@ -396,6 +401,15 @@ impl Cluster {
         self.hosted().into_iter().map(|h| h.replica).collect()
     }
 
+    /// Calls `f` on every partition group held here, under the registry's read lock and
+    /// without cloning them (the quiescing loop's pass over every group each heartbeat).
+    /// `f` must not block or take the registry's lock.
+    pub fn for_each_replica(&self, mut f: impl FnMut(&RaftReplica)) {
+        for h in self.hosted.read().unwrap_or_else(PoisonError::into_inner).values() {
+            f(&h.replica);
+        }
+    }
+
     /// The partition group `group_id`, if held here.
     pub fn hosted_group(&self, group_id: u64) -> Option<Hosted> {
         self.hosted.read().unwrap_or_else(PoisonError::into_inner).get(&group_id).cloned()
@@ -445,9 +459,17 @@ impl Cluster {
             }
         }
         // An asleep group is woken and gets a few heartbeats to hear its preferred replica.
+        // At most HANDOVERS_PER_ROUND per round, some at a time: after a broker with
+        // thousands of preferred leaderships returns, handing them all back at once would wake
+        // them all at once (the next rounds hand over the rest).
+        moves.truncate(HANDOVERS_PER_ROUND);
         let wait = Duration::from_millis(self.raft_config.heartbeat_interval * 4);
-        let moved = futures::future::join_all(moves.iter().map(|(r, p)| r.hand_to(Some(*p), wait))).await;
-        let n = moved.iter().filter(|m| **m).count();
+        let n = futures::stream::iter(moves)
+            .map(|(r, p)| async move { r.hand_to(Some(p), wait).await })
+            .buffer_unordered(CONCURRENT_HANDOVERS)
+            .filter(|moved| std::future::ready(*moved))
+            .count()
+            .await;
         if n > 0 {
             tracing::info!(transfers = n, "handed partitions back to their preferred leaders");
         }

@@ -49,10 +49,13 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             }
         }))
         .await;
-        let replicas = cluster.partition_replicas();
         let mut candidates = Vec::new();
+        let (mut groups, mut asleep) = (0, 0);
+        let mut live = HashSet::new();
         let now = Instant::now();
-        for r in &replicas {
+        cluster.for_each_replica(|r| {
+            groups += 1;
+            live.insert(r.group_id);
             // Read in place, not cloned: this runs for every group every heartbeat, and asleep
             // groups (most of them, at idle) need one field.
             let (leader, last_log_index) = {
@@ -64,11 +67,13 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                 let leader_alive = leader.is_some_and(|l| l == me || cx.liveness.alive(l, cx.alive_within));
                 if !leader_alive && r.quiescence.wake(&r.raft) {
                     tracing::info!(group = r.group_id, leader = ?leader, "leader's broker silent: woke to elect");
+                } else {
+                    asleep += 1;
                 }
-                continue;
+                return;
             }
             if leader != Some(me) {
-                continue;
+                return;
             }
             let state = (r.quiescence.activity(), last_log_index);
             let entry = quiet.entry(r.group_id).or_insert((state.0, state.1, now));
@@ -77,8 +82,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             } else if now.duration_since(entry.2) >= idle_after {
                 candidates.push((r.clone(), state.0));
             }
-        }
-        let live: HashSet<u64> = replicas.iter().map(|r| r.group_id).collect();
+        });
         quiet.retain(|g, _| live.contains(g));
         futures::stream::iter(candidates)
             .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity)| {
@@ -105,10 +109,10 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                 }
             })
             .await;
-        let asleep = replicas.iter().filter(|r| r.quiescence.is_asleep()).count();
-        if (asleep, replicas.len()) != reported {
-            reported = (asleep, replicas.len());
-            tracing::info!(asleep, groups = replicas.len(), "partition groups asleep");
+        // Counted before this pass's new sleepers: they show in the next report.
+        if (asleep, groups) != reported {
+            reported = (asleep, groups);
+            tracing::info!(asleep, groups, "partition groups asleep");
         }
     }
 }
