@@ -188,6 +188,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let _telemetry = tidelog_server::telemetry::init("tidelog", Some(config.node_id.to_string()))?;
+    match raise_open_files_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit (one per log segment, plus connections)"),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open files limit"),
+    }
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
     let bound = node.local_addr()?;
@@ -196,4 +200,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("tidelog listening on {bound} (data dir {}) metrics {metrics}", data_dir.display());
     tracing::info!(%bound, data_dir = %data_dir.display(), topics = node.broker().topics().len(), "broker started");
     node.serve(shutdown_signal()).await
+}
+
+/// Raises the soft limit on open files to the hard one, as a broker that holds one file per
+/// log segment (and one per connection) needs: at 10,000 partitions the usual soft limit of
+/// 1,024 is far too low, and the hard limit is what the administrator allowed. Returns the
+/// limits now in force.
+#[allow(unsafe_code)]
+fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `getrlimit` writes the current limits into the struct we own and pass by
+    // pointer; `setrlimit` only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
 }

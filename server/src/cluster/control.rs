@@ -29,7 +29,9 @@ use super::metadata::{self, MetaCommand};
 use super::{members, placement, reassign, Cluster, RaftReplica};
 use crate::auth::proto as auth_proto;
 use crate::auth::{ChangeOutcome, SecurityChange};
-use crate::broker::route::{forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT};
+use crate::broker::route::{
+    apply_wait_for, forwarded_request, upstream_status, Origin, Route, APPLY_WAIT, CONTROLLER_WAIT,
+};
 use crate::broker::seam::{AlterTopic, ClusterView, ControlPlane, MoveView, NewTopic, PartitionMove};
 use crate::broker::{Broker, Topic};
 use crate::clock::now_ms;
@@ -74,9 +76,10 @@ impl ControlPlane for Cluster {
             overrides: Some(crate::topic_config::keys_in(new.config.as_ref())),
             reassigning: Default::default(),
         };
+        let wait = apply_wait_for(new.partitions);
         let topic = match metadata::propose(self, &MetaCommand::CreateTopic { record }).await {
             Ok(offset) => {
-                self.wait_applied(offset + 1, APPLY_WAIT).await?;
+                self.wait_applied(offset + 1, wait).await?;
                 let topic = broker.topic(&new.name)?;
                 if topic.topic_id != metadata::topic_id_at(offset) {
                     return Err(BrokerError::TopicExists(new.name.clone()));
@@ -91,10 +94,10 @@ impl ControlPlane for Cluster {
                     config: new.config,
                 };
                 self.admin_client(id)?
-                    .create_topic(forwarded_request(req, Some(APPLY_WAIT)))
+                    .create_topic(forwarded_request(req, Some(wait)))
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
-                self.wait_topic(broker, &new.name, true).await?
+                self.wait_topic_where(broker, &new.name, wait, |_| true).await?
             }
             Err(e) => return Err(e),
         };
@@ -143,7 +146,7 @@ impl ControlPlane for Cluster {
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?
                     .into_inner();
                 let want = resp.topic.and_then(|t| t.config);
-                self.wait_topic_where(broker, name, |t| Some(t.record.settings.to_proto()) == want).await
+                self.wait_topic_where(broker, name, APPLY_WAIT, |t| Some(t.record.settings.to_proto()) == want).await
             }
             Err(e) => Err(e),
         }
@@ -171,9 +174,10 @@ impl ControlPlane for Cluster {
         let from = topic.record.partitions;
         let cmd =
             MetaCommand::AddPartitions { name: name.clone(), topic_id: topic.topic_id, from, partitions, replicas };
+        let wait = apply_wait_for(partitions - from);
         let grown = match metadata::propose(self, &cmd).await {
             Ok(offset) => {
-                self.wait_applied(offset + 1, APPLY_WAIT).await?;
+                self.wait_applied(offset + 1, wait).await?;
                 match broker.topic(name) {
                     Ok(t) if t.topic_id == topic.topic_id && t.record.partitions >= partitions => t,
                     Ok(t) if t.topic_id == topic.topic_id => {
@@ -188,10 +192,10 @@ impl ControlPlane for Cluster {
             Err(BrokerError::NotLeader { leader: Some((id, _)), .. }) if origin == Origin::Client => {
                 let req = CreatePartitionsRequest { topic: name.clone(), total_count: partitions };
                 self.admin_client(id)?
-                    .create_partitions(forwarded_request(req, Some(APPLY_WAIT)))
+                    .create_partitions(forwarded_request(req, Some(wait)))
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
-                self.wait_topic_where(broker, name, |t| t.record.partitions >= partitions).await?
+                self.wait_topic_where(broker, name, wait, |t| t.record.partitions >= partitions).await?
             }
             Err(e) => return Err(e),
         };
@@ -255,7 +259,7 @@ impl ControlPlane for Cluster {
                     .delete_topic(forwarded_request(req, Some(APPLY_WAIT)))
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
-                match self.wait_topic(broker, name, false).await {
+                match self.wait_topic_gone(broker, name).await {
                     Ok(_) | Err(BrokerError::UnknownTopic(_)) => Ok(()),
                     Err(e) => Err(e),
                 }
@@ -638,12 +642,8 @@ impl Cluster {
         }
     }
 
-    /// Waits until this broker's topic table shows topic `name` (`present`) or no longer
-    /// shows it.
-    async fn wait_topic(&self, broker: &Broker, name: &str, present: bool) -> Result<Arc<Topic>, BrokerError> {
-        if present {
-            return self.wait_topic_where(broker, name, |_| true).await;
-        }
+    /// Waits until this broker's topic table no longer shows topic `name`.
+    async fn wait_topic_gone(&self, broker: &Broker, name: &str) -> Result<Arc<Topic>, BrokerError> {
         let deadline = tokio::time::Instant::now() + APPLY_WAIT;
         let mut applied = self.watch_applied();
         loop {
@@ -659,14 +659,15 @@ impl Cluster {
         }
     }
 
-    /// Waits until this broker's topic table shows topic `name` as `ready` says.
+    /// Waits up to `wait` until this broker's topic table shows topic `name` as `ready` says.
     async fn wait_topic_where(
         &self,
         broker: &Broker,
         name: &str,
+        wait: Duration,
         ready: impl Fn(&Topic) -> bool,
     ) -> Result<Arc<Topic>, BrokerError> {
-        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut applied = self.watch_applied();
         loop {
             if let Ok(t) = broker.topic(name) {

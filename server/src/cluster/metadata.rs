@@ -479,9 +479,7 @@ async fn apply_add(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCommand) -
 /// topic with them.
 async fn grow(broker: &Arc<Broker>, cluster: &Cluster, topic: &Topic, record: TopicRecord) -> Result<(), BrokerError> {
     let mut slots = topic.slots.clone();
-    for p in topic.record.partitions..record.partitions {
-        slots.push(open_slot(broker, cluster, topic.topic_id, &record, p).await?);
-    }
+    slots.extend(open_slots(broker, cluster, topic.topic_id, &record, topic.record.partitions).await);
     let (name, from, to) = (record.name.clone(), topic.record.partitions, record.partitions);
     tracing::info!(topic = %name, topic_id = topic.topic_id, from, to, "partitions added");
     broker.publish_topic(Arc::new(Topic { record, slots, topic_id: topic.topic_id }));
@@ -580,10 +578,7 @@ async fn create(
     if broker.topic(&record.name).is_ok() {
         return Ok(()); // an earlier incarnation holds the name: this create lost the race
     }
-    let mut slots = Vec::with_capacity(record.partitions as usize);
-    for p in 0..record.partitions {
-        slots.push(open_slot(broker, cluster, topic_id, &record, p).await?);
-    }
+    let slots = open_slots(broker, cluster, topic_id, &record, 0).await;
     let hosted = slots.iter().filter(|s| matches!(s, PartitionSlot::Here { .. })).count();
     tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
     broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
@@ -593,6 +588,50 @@ async fn create(
 /// Partition `p` of a topic as this broker holds it: its Raft replica, started, if this
 /// broker is among its hosts (its replicas, and during a move the brokers it may add:
 /// `reassign.rs`); else where it lives.
+/// Replicas opened at once while applying a create: opening is mostly file and Raft-state
+/// I/O with short waits between, so a few in flight overlap them; more would only queue.
+const CONCURRENT_OPENS: usize = 8;
+
+/// The slots of partitions `from..` of `record`, opened here where this broker holds them, in
+/// partition order. A replica that cannot be opened (out of file descriptors, a bad disk) is
+/// left to the other replicas: its slot sends clients to them, the failure is logged once for
+/// the whole topic, and the topic is still published, so one broker's trouble does not hide
+/// a committed topic from everyone it asks.
+async fn open_slots(
+    broker: &Broker,
+    cluster: &Cluster,
+    topic_id: u64,
+    record: &TopicRecord,
+    from: u32,
+) -> Vec<PartitionSlot> {
+    use futures::StreamExt;
+    let opened: Vec<(u32, Result<PartitionSlot, BrokerError>)> = futures::stream::iter(from..record.partitions)
+        .map(|p| async move { (p, open_slot(broker, cluster, topic_id, record, p).await) })
+        .buffered(CONCURRENT_OPENS)
+        .collect()
+        .await;
+    let mut failed = Vec::new();
+    let slots = opened
+        .into_iter()
+        .map(|(p, slot)| {
+            slot.unwrap_or_else(|e| {
+                failed.push((p, e));
+                super::reassign::elsewhere(cluster, record, p)
+            })
+        })
+        .collect();
+    if let Some((first, error)) = failed.first() {
+        tracing::error!(
+            topic = %record.name,
+            failed = failed.len(),
+            first_partition = first,
+            %error,
+            "replicas could not be opened on this broker; the other replicas serve those partitions"
+        );
+    }
+    slots
+}
+
 pub(super) async fn open_slot(
     broker: &Broker,
     cluster: &Cluster,
