@@ -585,9 +585,6 @@ async fn create(
     Ok(())
 }
 
-/// Partition `p` of a topic as this broker holds it: its Raft replica, started, if this
-/// broker is among its hosts (its replicas, and during a move the brokers it may add:
-/// `reassign.rs`); else where it lives.
 /// Replicas opened at once while applying a create: opening is mostly file and Raft-state
 /// I/O with short waits between, so a few in flight overlap them; more would only queue.
 const CONCURRENT_OPENS: usize = 8;
@@ -610,20 +607,21 @@ async fn open_slots(
         .buffered(CONCURRENT_OPENS)
         .collect()
         .await;
-    let mut failed = Vec::new();
+    let (mut failed, mut first_failure) = (0, None);
     let slots = opened
         .into_iter()
         .map(|(p, slot)| {
             slot.unwrap_or_else(|e| {
-                failed.push((p, e));
+                failed += 1;
+                first_failure.get_or_insert((p, e));
                 super::reassign::elsewhere(cluster, record, p)
             })
         })
         .collect();
-    if let Some((first, error)) = failed.first() {
+    if let Some((first, error)) = first_failure {
         tracing::error!(
             topic = %record.name,
-            failed = failed.len(),
+            failed,
             first_partition = first,
             %error,
             "replicas could not be opened on this broker; the other replicas serve those partitions"
@@ -632,6 +630,9 @@ async fn open_slots(
     slots
 }
 
+/// Partition `p` of a topic as this broker holds it: its Raft replica, started, if this
+/// broker is among its hosts (its replicas, and during a move the brokers it may add:
+/// `reassign.rs`); else where it lives.
 pub(super) async fn open_slot(
     broker: &Broker,
     cluster: &Cluster,
