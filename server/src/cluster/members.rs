@@ -97,8 +97,9 @@ impl Directory {
         self.brokers.write().unwrap_or_else(PoisonError::into_inner).insert(id, address);
     }
 
-    pub fn remove(&self, id: u64) {
-        self.brokers.write().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    /// Forgets broker `id`; whether it was known.
+    pub fn remove(&self, id: u64) -> bool {
+        self.brokers.write().unwrap_or_else(PoisonError::into_inner).remove(&id).is_some()
     }
 
     /// Broker `leader`'s id and client address, for NOT_LEADER hints.
@@ -238,6 +239,12 @@ pub async fn remove_broker(broker: &Broker, cluster: &Cluster, id: u64) -> Resul
             next.extend(replacement);
             raft.change_membership(ChangeMembers::ReplaceAllVoters(next), true).await.map_err(membership_error)?;
         }
+        // A follower applies an entry only once a later message from the leader says it is
+        // committed, and the leader stops sending to `id` the moment it leaves the membership.
+        // So having the `RemoveBroker` entry is not enough: `id` must hold an entry written
+        // after it was committed, whose message carried that commit. The barrier is the same
+        // command again (applying it twice changes nothing).
+        metadata::propose(cluster, &MetaCommand::RemoveBroker { id }).await?;
         // Bounded: a broker that is down does not hold the removal up (when it returns, it
         // finds its removal in its log, or stops after the grace of `Cluster::forget_broker`).
         let entry = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);

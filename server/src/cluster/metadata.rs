@@ -554,8 +554,9 @@ async fn apply(broker: &Arc<Broker>, cluster: &Arc<Cluster>, offset: u64, cmd: M
             Ok(())
         }
         MetaCommand::RemoveBroker { id } => {
-            cluster.forget_broker(id);
-            tracing::info!(broker = id, "broker left the cluster");
+            if cluster.forget_broker(id) {
+                tracing::info!(broker = id, "broker left the cluster");
+            }
             Ok(())
         }
         cmd @ (MetaCommand::ReassignPartitions { .. } | MetaCommand::ReassignmentDone { .. }) => {

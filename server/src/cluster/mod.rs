@@ -287,38 +287,51 @@ impl Cluster {
     /// Broker `id` left the cluster. This broker itself: it stops serving once it applied
     /// everything committed and is still removed (a later `AddBroker` in the log, for a broker
     /// removed and added again while it was down, keeps it), or after [`REMOVED_GRACE`] if
-    /// it cannot tell (no leader replicates to a removed broker).
-    pub(crate) fn forget_broker(self: &Arc<Self>, id: u64) {
+    /// it cannot tell (no leader replicates to a removed broker). Returns whether this was
+    /// news (the controller writes a removal twice, `members::remove_broker`).
+    pub(crate) fn forget_broker(self: &Arc<Self>, id: u64) -> bool {
         if id == self.node_id {
             use std::sync::atomic::Ordering;
             if self.self_removed.swap(true, Ordering::AcqRel) {
-                return; // a check is running
+                return false; // a check is running, or ran
             }
             let me = Arc::clone(self);
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + REMOVED_GRACE;
-                let mut confirmed = false;
-                while me.self_removed.load(Ordering::Acquire) && !confirmed && tokio::time::Instant::now() < deadline {
-                    match me.controller_lists_me().await {
-                        Some(true) => return, // added again: the log will say so when it catches up
-                        Some(false) => confirmed = true,
-                        None => tokio::time::sleep(Duration::from_millis(200)).await,
+                // The controller applies an entry concurrently with the others: it may still
+                // list this broker for a moment, so "listed" is asked again until the grace ends.
+                let mut listed = None;
+                while me.self_removed.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+                    listed = me.controller_lists_me().await;
+                    if listed == Some(false) {
+                        break;
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                if me.self_removed.load(Ordering::Acquire) {
-                    tracing::error!(
+                if !me.self_removed.load(Ordering::Acquire) {
+                    return; // added again, and applied here
+                }
+                if listed == Some(true) {
+                    // Added again: the log says so when it catches up.
+                    me.self_removed.store(false, Ordering::Release);
+                    tracing::warn!(
                         broker = me.node_id,
-                        "this broker was removed from the cluster: it stops; add it again (tidelog cluster \
-                         add-broker) to bring it back"
+                        "applied this broker's removal, but the controller still lists it: it keeps serving"
                     );
-                    me.removed.send_replace(true);
+                    return;
                 }
+                tracing::error!(
+                    broker = me.node_id,
+                    "this broker was removed from the cluster: it stops; add it again (tidelog cluster \
+                     add-broker) to bring it back"
+                );
+                me.removed.send_replace(true);
             });
-            return;
+            return true;
         }
         // Its Raft address stays until it leaves the metadata group's membership (it must
         // still receive its own removal); nothing else calls it once it is not a broker.
-        self.brokers.remove(id);
+        self.brokers.remove(id)
     }
 
     /// At start: a broker that was a member (of `--peers`, or added) asks the controller
@@ -338,7 +351,10 @@ impl Cluster {
                 }
                 match me.controller_lists_me().await {
                     Some(true) => return,
-                    Some(false) => return me.forget_broker(me.node_id),
+                    Some(false) => {
+                        me.forget_broker(me.node_id);
+                        return;
+                    }
                     None => {}
                 }
                 drop(me);
