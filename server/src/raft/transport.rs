@@ -212,7 +212,9 @@ impl RaftTransport for RaftTransportService {
 
     /// An asleep replica whose leader's broker answers pings refuses: the candidate has not
     /// heard the leader only because the leader sleeps. It wakes the leader instead, whose
-    /// heartbeats then reach the candidate.
+    /// heartbeats then reach the candidate. Unless the candidate *is* that leader: restarted,
+    /// its broker answers pings but it leads nothing, so refusing would leave the group
+    /// leaderless (the wake would reach a broker that no longer leads it).
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let _admitted = self.groups.enter()?;
         let m = request.into_inner();
@@ -220,7 +222,8 @@ impl RaftTransport for RaftTransportService {
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
         if let (true, Some(cx)) = (handle.quiescence.is_asleep(), self.groups.quiesce_context()) {
             let metrics = handle.raft.metrics().borrow_watched().clone();
-            if let Some(leader) = metrics.current_leader {
+            let candidate = rpc.vote.leader_id.voted_for;
+            if let Some(leader) = metrics.current_leader.filter(|l| *l != candidate) {
                 // The asleep leader itself wakes: its heartbeats tell the candidate.
                 if leader == metrics.id || cx.liveness.alive(leader, cx.alive_within) {
                     tracing::debug!(group = m.group_id, leader, "asleep: pre-vote refused, waking the leader");
