@@ -118,14 +118,21 @@ bench() {
   record "$name" "$json"
 }
 
-if [ "$QUICK" = 1 ]; then n=200000 e2e_n=30000 fs_n=20000; else n=2000000 e2e_n=150000 fs_n=150000; fi
+if [ "$QUICK" = 1 ]; then n=200000 e2e_n=30000 fs_n=20000 py_n=50000; else n=2000000 e2e_n=150000 fs_n=150000 py_n=200000; fi
 common=(--record-size 1024 --acks leader --fsync interval --duration 30)
 bench produce produce --topic p1 --records "$n" --batch-records 256 "${common[@]}"
 bench produce_2x2 produce --topic p2 --partitions 2 --producers 2 --records "$n" --batch-records 256 "${common[@]}"
+# Through the SDK producer as an application sends: record by record, idempotent, acks=all.
+bench produce_sdk produce --sdk --topic s1 --records "$n" --batch-records 1000 --record-size 1024 --acks all \
+  --fsync interval --duration 30
 # Reads what `produce` wrote (no pre-fill needed; it is in the page cache). 1 MiB responses
 # (the broker's default): 8 MiB ones are slower here (fresh pages per buffer; PERFORMANCE.md).
 bench consume consume --topic p1 --records "$n" --max-bytes 1048576 "${common[@]}"
 bench consume_decode consume --topic p1 --records "$n" --max-bytes 1048576 --decode "${common[@]}"
+# As an application reads: record by record from the SDK's Subscription stream.
+bench consume_sdk consume --sdk --topic p1 --records "$n" --max-bytes 1048576 "${common[@]}"
+bench consume_sdk_4x4 consume --sdk --topic c4 --partitions 4 --consumers 4 --records "$n" --max-bytes 1048576 \
+  "${common[@]}"
 bench e2e e2e --topic e1 --rate 10000 --records "$e2e_n" --batch-records 1 --warmup 2 "${common[@]}"
 bench e2e_sdk e2e --topic e2 --rate 10000 --records "$e2e_n" --sdk --linger-ms 0 --warmup 2 "${common[@]}"
 # fsync=always: small batches from 4 concurrent producers on one partition share fsyncs.
@@ -133,55 +140,34 @@ bench fsync_always_16 produce --topic f1 --producers 4 --records "$fs_n" --batch
   --record-size 1024 --acks all --fsync always --duration 30
 bench fsync_always_256 produce --topic f2 --producers 4 --records "$((fs_n * 4))" --batch-records 256 \
   --in-flight 8 --record-size 1024 --acks all --fsync always --duration 30
+bench fsync_always_sdk produce --sdk --topic f3 --producers 4 --records "$((fs_n * 4))" --batch-records 1000 \
+  --record-size 1024 --acks all --fsync always --duration 30
+
+# The Python SDK's client CPU per record (its process's user + system time), 1 KiB and 100 B.
+py=.venv/bin/python
+[ -x "$py" ] || py=python3
+for size in 1024 100; do
+  say "python SDK, $size B records: sdk-python/bench/bench.py"
+  if json=$(PYTHONPATH=sdk-python/src "$py" sdk-python/bench/bench.py --broker "$addr" --records "$py_n" \
+    --record-size "$size" --json); then
+    record "python_$size" "$json"
+  else
+    echo "the Python bench did not run (scripts/tools.sh sets up .venv)" >&2
+  fi
+done
+kill "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
+broker_pid=
+
+# Restart after kill -9 under load: GB over 100 partitions (10 by default; QUICK: 1).
+restart_gb=${RESTART_GB:-$([ "$QUICK" = 1 ] && echo 1 || echo 10)}
+say "restart: $restart_gb GB over 100 partitions, kill -9 under load (scripts/bench-restart.sh)"
+GB=$restart_gb PARTITIONS=100 scripts/bench-restart.sh | tee "$work/restart.txt" >&2
+record restart "$(python3 -c '
+import json, re, sys
+t = open(sys.argv[1]).read()
+listen = [int(x) for x in re.findall(r"listening after (\d+) ms", t)]
+answer = [int(x) for x in re.findall(r"a produce answered after (\d+) ms", t)]
+print(json.dumps({"gb": float(sys.argv[2]), "listen_ms": listen, "produce_ms": answer}))' "$work/restart.txt" "$restart_gb")"
 
 # --- summary -------------------------------------------------------------------------------
-python3 - "$results" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-def get(*keys):
-    d = r
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-loop = get("loopback", "mb_per_s")
-disk = get("disk_write", "mb_per_s")
-dsync = get("disk_write_fsync", "mb_per_s")
-fsyncs = get("fsync_rate", "iops")
-m = r["machine"]
-print(f"\nmachine: {m['cpus']} CPUs, {m['mem_gib']} GiB, load average at start {m['loadavg_at_start'][0]:.2f}")
-def f(x, unit=""): return "-" if x is None else f"{x:,.0f}{unit}"
-print(f"limits: loopback {f(loop,' MB/s')} | disk write {f(disk,' MB/s')} | disk write, fdatasync per 256 KiB {f(dsync,' MB/s')} | fsyncs/s (4 KiB) {f(fsyncs)}")
-rows = []
-def row(name, figure, unit, limit_name, limit, target=None, ok=None):
-    ratio = None if figure is None or not limit else figure / limit
-    verdict = "" if ok is None else ("met" if ok else "MISSED")
-    if target is not None and ratio is not None and ok is None:
-        verdict = "met" if ratio >= target else "MISSED"
-    rows.append((name, figure, unit, limit_name, ratio, "" if target is None else f">= {target:.0%}", verdict))
-prod_limit = min(x for x in (loop, disk) if x) if (loop or disk) else None
-for k, label in (("produce", "produce 1 KiB, 1x1, acks=leader"), ("produce_2x2", "produce 1 KiB, 2 producers x 2 partitions")):
-    row(label, get(k, "mb_per_s"), "MB/s", "min(loopback, disk)", prod_limit, 0.5 if k == "produce" else None)
-row("consume (count from headers)", get("consume", "mb_per_s"), "MB/s", "loopback", loop, 0.6)
-row("consume (decode every record)", get("consume_decode", "mb_per_s"), "MB/s", "loopback", loop)
-for k in ("fsync_always_16", "fsync_always_256"):
-    rec = get(k, "records_per_s")
-    bpb = get(k, "batch_records")
-    row(f"fsync=always, {bpb}/batch, 4 producers", get(k, "mb_per_s"), "MB/s", "disk write w/ fdatasync", dsync)
-    if rec and fsyncs:
-        rows.append((f"  = batches/s vs fsyncs/s (>1: group commit)", rec / bpb, "batches/s", "fsyncs/s", rec / bpb / fsyncs, "", ""))
-print(f"\n{'run':<44} {'figure':>14} {'limit':<24} {'fraction':>9} {'target':>8} {'':>6}")
-for name, fig, unit, lname, ratio, target, verdict in rows:
-    fig_s = "-" if fig is None else f"{fig:,.0f} {unit}"
-    print(f"{name:<44} {fig_s:>14} {lname:<24} {'-' if ratio is None else f'{ratio:.1%}':>9} {target:>8} {verdict:>6}")
-print(f"\n{'e2e at 10,000 records/s (µs)':<44} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}  target p99 <= 2000, p99.9 <= 5000")
-for k, label in (("e2e", "raw, 1 record/batch"), ("e2e_sdk", "SDK producer, linger 0")):
-    l = get(k, "latency")
-    if l:
-        ok = l["p99_us"] <= 2000 and l["p999_us"] <= 5000
-        print(f"{label:<44} {l['p50_us']:>7} {l['p90_us']:>7} {l['p99_us']:>7} {l['p999_us']:>7} {l['max_us']:>7}  {'met' if ok else 'MISSED'}")
-for k in ("produce", "fsync_always_16", "fsync_always_256"):
-    l = get(k, "latency")
-    if l:
-        print(f"{k + ' batch ack (µs)':<44} {l['p50_us']:>7} {l['p90_us']:>7} {l['p99_us']:>7} {l['p999_us']:>7} {l['max_us']:>7}")
-print(f"\nall results: {sys.argv[1]}")
-EOF
+python3 scripts/bench_summary.py "$results"

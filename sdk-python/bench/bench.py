@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Python SDK throughput: produce then consume ``--records`` records of ``--record-size``
-bytes against a running broker, and print records/s and MB/s for each (``--json`` for
+bytes against a running broker, and print records/s, MB/s and this process's CPU time per
+record (user + system, all its threads: the client's cost) for each (``--json`` for
 machines). Bounded by count and ``--max-seconds``. Compare with the Rust SDK on the same
 broker: ``tidelog bench produce --sdk`` and ``tidelog bench consume`` (docs/PERFORMANCE.md).
 
@@ -46,7 +47,7 @@ def main() -> int:
         }
     )
     deadline = time.monotonic() + args.max_seconds
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     sent = 0
     while sent < args.records and time.monotonic() < deadline:
         for _ in range(1000):
@@ -54,16 +55,18 @@ def main() -> int:
         sent += 1000
     left = producer.flush(max(1.0, deadline - time.monotonic()))
     produce_s = time.monotonic() - start
+    produce_cpu = time.process_time() - cpu
     producer.close()
     acked = sent - left
 
     consumer = Consumer({"bootstrap.servers": args.broker, "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     got = 0
     while got < acked and time.monotonic() < deadline + args.max_seconds:
         got += len(consumer.consume(10_000, 1.0))
     consume_s = time.monotonic() - start
+    consume_cpu = time.process_time() - cpu
     consumer.close()
 
     mb = args.record_size / 1e6
@@ -74,6 +77,8 @@ def main() -> int:
         "produce_mb_per_s": round(acked * mb / produce_s, 1),
         "consume_records_per_s": round(got / consume_s),
         "consume_mb_per_s": round(got * mb / consume_s, 1),
+        "produce_cpu_us_per_record": round(produce_cpu / max(acked, 1) * 1e6, 2),
+        "consume_cpu_us_per_record": round(consume_cpu / max(got, 1) * 1e6, 2),
     }
     if args.json:
         print(json.dumps(result))

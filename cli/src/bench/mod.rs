@@ -88,7 +88,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
     /// Produce through the SDK producer (per-record `send`, accumulator, idempotence) instead
-    /// of pre-encoded batches on raw streams.
+    /// of pre-encoded batches on raw streams; consume record by record through the SDK's
+    /// `Subscription::open` stream instead of counting raw batches.
     #[arg(long)]
     pub sdk: bool,
     /// With --sdk: linger in ms.

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""The table `scripts/bench-cluster.sh` ends with: the raw replication figures, then every
+replication and scale target of docs/PERFORMANCE.md with its figure, fraction and met /
+MISSED. Missing runs print "-" (the script reports; it never fails).
+
+    python3 scripts/bench_cluster_summary.py target/bench/cluster.json FSYNC RATE
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def load(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def main() -> None:
+    data: dict[str, Any] = load(sys.argv[1])
+    fsync, rate = sys.argv[2], sys.argv[3]
+
+    def get(*keys: str) -> Any:
+        d: Any = data
+        for k in keys:
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+
+    base = get("single node, acks=leader max", "mb_per_s")
+    print(
+        f"\n1 KiB records, fsync={fsync}; raw pre-encoded batches to one partition's leader, "
+        f"paced at {rate} records/s"
+    )
+    print(
+        f"{'setup':<32} {'MB/s':>8} {'vs single':>9} {'records/s':>10} {'paced p50 ms':>12} "
+        f"{'p99 ms':>8} {'p99.9 ms':>8}"
+    )
+    for setup in ["single node, acks=leader", "3 brokers RF=3, acks=leader", "3 brokers RF=3, acks=all"]:
+        m, p = get(f"{setup} max"), get(f"{setup} paced")
+        if not m or not p or not base:
+            continue
+        lat = p["latency"]
+        print(
+            f"{setup:<32} {m['mb_per_s']:>8.1f} {m['mb_per_s'] / base:>8.0%} {m['records_per_s']:>10.0f} "
+            f"{lat['p50_us'] / 1000:>12.2f} {lat['p99_us'] / 1000:>8.2f} {lat['p999_us'] / 1000:>8.2f}"
+        )
+
+    rows: list[tuple[str, str, str, str]] = []
+
+    def ratio(name: str, figure: float | None, limit: float | None, target: float) -> None:
+        r = None if figure is None or not limit else figure / limit
+        fig = "-" if figure is None else f"{figure:,.1f} MB/s"
+        rows.append(
+            (
+                name,
+                fig + ("" if r is None else f" ({r:.0%})"),
+                f">= {target:.0%}",
+                "-" if r is None else ("met" if r >= target else "MISSED"),
+            )
+        )
+
+    def bound(name: str, figure: float | None, unit: str, target: float) -> None:
+        fig = "-" if figure is None else f"{figure:,.2f} {unit}"
+        rows.append(
+            (
+                name,
+                fig,
+                f"<= {target:g} {unit}",
+                "-" if figure is None else ("met" if figure <= target else "MISSED"),
+            )
+        )
+
+    for p in ("1p", "8p"):
+        target = 0.6 if p == "1p" else 0.7
+        ratio(
+            f"SDK acks=all RF=3, {p[:-1]} partition(s), vs single",
+            get(f"cluster sdk {p}", "mb_per_s"),
+            get(f"single node sdk {p}", "mb_per_s"),
+            target,
+        )
+    paced = get("cluster sdk 1p paced")
+    if paced:
+        bound(
+            f"SDK acks=all RF=3 paced at {paced['rate']:,} rec/s, p99",
+            paced["latency"]["p99_us"] / 1000,
+            "ms",
+            5,
+        )
+    else:
+        bound("SDK acks=all RF=3 paced at half, p99", None, "ms", 5)
+    s = get("scale") or {}
+    n = s.get("partitions", "?")
+    bound(f"scale: {n} partitions created and led", s.get("create_s"), "s", 60)
+    cpu = s.get("idle_cpu_pct") or []
+    bound("scale: idle CPU, worst broker", max(cpu) if cpu else None, "% core", 5)
+    listen, produce = s.get("restart_listen_s"), s.get("restart_produce_s")
+    bound("scale: SIGKILLed broker back (produces answered)", produce, "s", 10)
+    bound(
+        "scale: produce answered after it listens",
+        None if produce is None or listen is None else produce - listen,
+        "s",
+        2,
+    )
+
+    print(f"\n{'target':<52} {'figure':>24} {'target':>12} {'':>6}")
+    for name, fig, goal, verdict in rows:
+        print(f"{name:<52} {fig:>24} {goal:>12} {verdict:>6}")
+    if s:
+        rss = s.get("rss_mb") or []
+        print(
+            f"\nscale: create answered ok={s.get('create_ok')} after {s.get('create_answered_s')} s; "
+            f"RSS MB per broker {rss}; {s.get('warn_lines')} WARN lines, "
+            f"{s.get('leader_lines')} 'becomes leader' lines"
+        )
+    print(f"\nall results: {sys.argv[1]}")
+
+
+if __name__ == "__main__":
+    main()
