@@ -97,19 +97,108 @@ async fn retain(p: &Partition, writer: &dyn PartitionWriter) {
     }
 }
 
+/// The interval flusher. Invariant: every partition with unsynced bytes is in `pending`, or
+/// was written after `seen` was read (the write counter moved, so the next tick looks at every
+/// partition again). A partition leaves `pending` once synced, or closed.
 async fn flush_loop(broker: Arc<Broker>) {
     let mut shutdown = broker.shutdown_signal();
     let mut tick = tokio::time::interval(FLUSH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = None;
+    let mut pending: Vec<Arc<Partition>> = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for p in broker.partitions_where(Partition::may_need_sync) {
+        // Read before the pass: a write after this moves it again.
+        let writes = crate::partition::writes_so_far();
+        if seen != Some(writes) {
+            seen = Some(writes);
+            pending = broker.partitions_where(Partition::may_need_sync);
+        }
+        for p in &pending {
             if let Err(e) = p.sync_if_due().await {
                 tracing::error!(topic = p.topic(), partition = p.index(), error = %e, "interval fsync failed");
             }
         }
+        pending.retain(|p| p.check_open().is_ok() && p.may_need_sync());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tidelog_proto::v1::{FsyncPolicy, TopicConfig};
+
+    use super::*;
+    use crate::broker::local::LocalControl;
+    use crate::broker::route::Origin;
+    use crate::broker::seam::NewTopic;
+    use crate::broker::BrokerOptions;
+    use crate::log::AppendBatch;
+
+    fn one_record(p: &Partition, value: &[u8]) {
+        let batch = AppendBatch {
+            payload: value,
+            record_count: 1,
+            compression: 0,
+            payload_crc: crc32c::crc32c(value),
+            raft: None,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            flags: 0,
+        };
+        p.append(batch, now_ms()).unwrap();
+    }
+
+    /// Polls `synced` until it holds, for at most 5 s.
+    async fn eventually_synced(what: &str, synced: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !synced() {
+            assert!(Instant::now() < deadline, "{what}: not fsynced within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The flusher looks at partitions again only after a write: each write below comes after
+    /// the flusher found nothing left to sync (so it holds no pending partition), and must still
+    /// be fsynced within the interval, with no further write to prompt it.
+    #[tokio::test]
+    async fn the_interval_flusher_finds_every_write_without_scanning_idle_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = BrokerOptions {
+            data_dir: dir.path().to_path_buf(),
+            node_id: 1,
+            advertised_address: "127.0.0.1:0".into(),
+            topic_defaults: crate::topic_config::TopicSettings::default(),
+            auth: Default::default(),
+            retention_check_interval: Duration::from_secs(60),
+            cleaner: crate::partition::compaction::CleanerOptions::default(),
+        };
+        let broker = Arc::new(Broker::open(options).unwrap());
+        broker.set_control(LocalControl::start(&broker).unwrap()).unwrap();
+        let config = TopicConfig {
+            fsync_policy: FsyncPolicy::Interval as i32,
+            fsync_interval_ms: Some(30),
+            ..TopicConfig::default()
+        };
+        let new = NewTopic { name: "t".into(), partitions: 8, config: Some(config), ..NewTopic::default() };
+        broker.create_topic(new, Origin::Client).await.unwrap();
+        tokio::spawn(flush_loop(Arc::clone(&broker)));
+        let partitions = broker.all_partitions();
+        assert_eq!(partitions.len(), 8);
+        for (round, p) in partitions.iter().enumerate() {
+            one_record(p, format!("round-{round}").as_bytes());
+            eventually_synced(&format!("partition {}", p.index()), || !p.may_need_sync()).await;
+            // Idle for several flusher ticks (its pending list empty) before the next write.
+            tokio::time::sleep(FLUSH_TICK * 3).await;
+        }
+        // Two partitions at once, one written after the other's sync was picked up.
+        one_record(&partitions[0], b"a");
+        one_record(&partitions[7], b"b");
+        eventually_synced("both", || partitions.iter().all(|q| !q.may_need_sync())).await;
     }
 }

@@ -160,6 +160,17 @@ impl Traffic {
     }
 }
 
+/// Bumped after every write to any partition's log in this process, and when a partition
+/// needs a catch-up fsync: whatever [`Partition::may_need_sync`] says of a partition can only
+/// turn true with a bump. The interval flusher looks for unsynced partitions again only when
+/// it moved, so idle partitions cost it nothing (a spurious bump costs one pass).
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// The current value of the process-wide write counter ([`WRITES`]).
+pub fn writes_so_far() -> u64 {
+    WRITES.load(Ordering::Acquire)
+}
+
 impl Partition {
     /// Opens (and recovers) the partition's log in `dir`. Everything recovered counts as
     /// durable and visible.
@@ -271,6 +282,7 @@ impl Partition {
         // Under the log lock, so a fsync that reads the count covers exactly these bytes.
         let total = (BATCH_HEADER_LEN + bytes) as u64;
         let mark = WriteMark(self.written_bytes.fetch_add(total, Ordering::Relaxed) + total);
+        WRITES.fetch_add(1, Ordering::Release);
         let recent = |base_sequence, record_count| RecentBatch {
             base_sequence,
             record_count,
@@ -377,16 +389,14 @@ impl Partition {
         let before = self.fsync.swap(encode_fsync(fsync), Ordering::Relaxed);
         if fsync == FsyncPolicy::PerBatch && decode_fsync(before) != FsyncPolicy::PerBatch {
             self.catch_up_sync.store(true, Ordering::Relaxed);
+            WRITES.fetch_add(1, Ordering::Release);
         }
         Ok(())
     }
 
-    /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data, or
-    /// early once `EARLY_SYNC_BYTES` are unsynced.
     /// Whether [`Partition::sync_if_due`] could have work: bytes written and not yet fsynced
     /// under an interval policy, or a catch-up after a switch to `PerBatch`. A few atomic
-    /// loads, no clock: the flusher asks every partition this 50 times a second, and at
-    /// thousands of idle partitions a fuller check was most of an idle broker's CPU.
+    /// loads, no clock (the flusher asks it of every partition after any write).
     pub fn may_need_sync(&self) -> bool {
         match self.fsync_policy() {
             FsyncPolicy::Never => false,
@@ -395,6 +405,8 @@ impl Partition {
         }
     }
 
+    /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data, or
+    /// early once `EARLY_SYNC_BYTES` are unsynced.
     pub async fn sync_if_due(&self) -> Result<(), BrokerError> {
         let every = match self.fsync_policy() {
             FsyncPolicy::Interval(every) => every,
