@@ -67,6 +67,13 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// (`auth::token`), and nothing else a client sends is large. A call with more is refused by
 /// HTTP/2 before any handler sees it.
 pub const MAX_METADATA_BYTES: u32 = 64 << 10;
+/// On a listener brokers call: how many streams a peer may reset before the broker has
+/// accepted them, before HTTP/2 drops the whole connection (h2's default is 20, a guard
+/// against "rapid reset" floods). All of a peer's Raft groups share one connection; when a
+/// saturated broker is slow to accept, thousands of heartbeats and votes time out and are
+/// reset at once, and at 20 every group on the connection then lost its peer together, which
+/// made elections cascade. Bounded still, by the streams a connection may have open.
+const PEER_PENDING_RESETS: usize = MAX_STREAMS_PER_CONNECTION as usize;
 
 /// Every client-facing service, built once: a broker with an internal listener serves them
 /// on both listeners (the same coordinator, the same state).
@@ -135,6 +142,7 @@ impl Services {
             .max_frame_size(Some(MAX_FRAME_BYTES))
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_max_header_list_size(Some(MAX_METADATA_BYTES))
+            .http2_max_pending_accept_reset_streams(brokers_here.then_some(PEER_PENDING_RESETS))
             .layer(GrpcTraceLayer)
             .layer(AuthLayer::new(Arc::clone(&self.auth), brokers_here))
             .add_service(self.health.clone())
