@@ -2,8 +2,9 @@
 //! Every heartbeat interval it:
 //! 1. pings every peer broker once (one call per peer for all groups: the liveness asleep
 //!    followers rely on);
-//! 2. wakes every asleep follower replica whose leader's broker has not answered a ping for
-//!    an election timeout, so it elects as an awake one would;
+//! 2. wakes every asleep follower replica whose leader's broker is silent (`Liveness`: it
+//!    refused a ping and answered none for an election timeout, or answered none for
+//!    several), so it elects as an awake one would;
 //! 3. for every partition group it leads that has had no proposal and no new entry for
 //!    `idle_after`, with every entry committed and on every live follower (a majority of the
 //!    group alive), asks those followers to sleep and sleeps itself once all agreed.
@@ -28,7 +29,6 @@ const CONCURRENT_REQUESTS: usize = 32;
 pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, idle_after: Duration) {
     let Some(cx) = cluster.groups().quiesce_context().cloned() else { return };
     let me = cluster.node_id();
-    let peers: Vec<u64> = cluster.brokers().keys().copied().filter(|p| *p != me).collect();
     let mut shutdown = broker.shutdown_signal();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -40,41 +40,46 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        // Read each pass: brokers join and leave.
+        let peers: Vec<u64> = cluster.brokers().keys().copied().filter(|p| *p != me).collect();
         futures::future::join_all(peers.iter().map(|p| {
             let (cx, p) = (&cx, *p);
             async move {
-                if cx.peers.ping(p, me, every * 2).await {
-                    cx.liveness.heard(p);
-                }
+                cx.liveness.record(p, cx.peers.ping(p, me, every * 2).await);
             }
         }))
         .await;
+        // Which leaders count as alive, decided once per pass (a clock read per peer, not per
+        // group): an asleep group then costs an atomic load and a read of its leader.
+        let silent: Vec<u64> = peers.iter().copied().filter(|p| !cx.liveness.alive(*p, cx.alive_within)).collect();
+        let leader_alive = |l: u64| l == me || (peers.contains(&l) && !silent.contains(&l));
         let mut candidates = Vec::new();
         let (mut groups, mut asleep) = (0, 0);
-        let mut live = HashSet::new();
+        // The awake groups led here: the only ones `quiet` tracks (an asleep one starts its
+        // idle time again once woken).
+        let mut led_awake = HashSet::new();
         let now = Instant::now();
         cluster.for_each_replica(|r| {
             groups += 1;
-            live.insert(r.group_id);
-            // Read in place, not cloned: this runs for every group every heartbeat, and asleep
-            // groups (most of them, at idle) need one field.
-            let (leader, last_log_index) = {
-                let m = r.raft.metrics();
-                let m = m.borrow_watched();
-                (m.current_leader, m.last_log_index)
-            };
             if r.quiescence.is_asleep() {
-                let leader_alive = leader.is_some_and(|l| l == me || cx.liveness.alive(l, cx.alive_within));
-                if !leader_alive && r.quiescence.wake(&r.raft) {
+                let leader = r.raft.metrics().borrow_watched().current_leader;
+                if !leader.is_some_and(leader_alive) && r.quiescence.wake(&r.raft) {
                     tracing::info!(group = r.group_id, leader = ?leader, "leader's broker silent: woke to elect");
                 } else {
                     asleep += 1;
                 }
                 return;
             }
+            // Read in place, not cloned: this runs for every awake group every heartbeat.
+            let (leader, last_log_index) = {
+                let m = r.raft.metrics();
+                let m = m.borrow_watched();
+                (m.current_leader, m.last_log_index)
+            };
             if leader != Some(me) {
                 return;
             }
+            led_awake.insert(r.group_id);
             let state = (r.quiescence.activity(), last_log_index);
             let entry = quiet.entry(r.group_id).or_insert((state.0, state.1, now));
             if (entry.0, entry.1) != state {
@@ -83,7 +88,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                 candidates.push((r.clone(), state.0));
             }
         });
-        quiet.retain(|g, _| live.contains(g));
+        quiet.retain(|g, _| led_awake.contains(g));
         futures::stream::iter(candidates)
             .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity)| {
                 let cx = &cx;

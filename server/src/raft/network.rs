@@ -37,6 +37,14 @@ use super::types::{LogId, PartitionTc, Vote};
 /// Bytes of segment data per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
+/// What one ping found (see [`Peers::ping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ping {
+    Answered,
+    Refused,
+    NoAnswer,
+}
+
 /// The peers' Raft endpoints (`http://host:port`) by node id, and one channel per peer.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
@@ -151,10 +159,18 @@ impl Peers {
         let _ = self.unary(node, msg, timeout, |mut c, m| async move { c.wake(m).await }).await;
     }
 
-    /// Whether `node` answers a ping from `from` within `timeout`.
-    pub async fn ping(&self, node: u64, from: u64, timeout: Duration) -> bool {
+    /// Pings `node` from `from`: answered, refused (an error within `timeout`: no process
+    /// listens, the connection broke), or no answer within `timeout` (a frozen peer, or one of
+    /// the two brokers too busy to answer in time).
+    pub async fn ping(&self, node: u64, from: u64, timeout: Duration) -> Ping {
         let msg = RaftMessage { group_id: from, body: Bytes::new() };
-        self.unary(node, msg, timeout, |mut c, m| async move { c.ping(m).await }).await.is_some()
+        let Ok(channel) = self.channel(node) else { return Ping::Refused };
+        let mut client = RaftTransportClient::new(channel);
+        match tokio::time::timeout(timeout, client.ping(msg)).await {
+            Ok(Ok(_)) => Ping::Answered,
+            Ok(Err(_)) => Ping::Refused,
+            Err(_) => Ping::NoAnswer,
+        }
     }
 
     /// The network of one Raft group, for `Raft::new`.

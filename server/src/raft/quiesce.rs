@@ -27,7 +27,8 @@
 //! - sleeping and waking a group are serialised by one lock, so the ticker's state always
 //!   matches `asleep`;
 //! - an asleep replica never stands for election, so failover while asleep depends on the
-//!   broker-level pings: a follower whose leader's broker stopped answering wakes and elects.
+//!   broker-level pings: a follower whose leader's broker is silent ([`Liveness`]) wakes and
+//!   elects.
 //!   An asleep replica refuses a pre-vote while its leader's broker answers pings (it has not
 //!   heard the leader only because the leader is asleep), and wakes the leader instead, so a
 //!   restarted broker does not steal the leadership of every idle group.
@@ -148,19 +149,76 @@ pub fn carries_nothing_new(raft: &PartitionRaft, rpc: &AppendEntriesRequest<Part
         && rpc.leader_commit == m.last_applied
 }
 
-/// When each peer broker last answered a ping (cluster/quiesce.rs sends them).
+/// When each peer broker last answered a ping (cluster/quiesce.rs sends them), and whether a
+/// ping since was refused.
+///
+/// A peer counts as alive while it answered within `within` (an election timeout); past
+/// that, only if no ping since was refused, for up to [`STALLED_FACTOR`] times as long. A
+/// killed broker refuses at once (nothing listens), so asleep groups it led elect within an
+/// election timeout. A ping that merely goes unanswered is as likely a saturated machine (this
+/// broker's own loop late, or the peer slow to answer) as a frozen peer; counting it dead at
+/// once woke every asleep group the peer led, and their elections saturated the machine
+/// further. A frozen peer is still found, later.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    heard: Mutex<BTreeMap<u64, Instant>>,
+    heard: Mutex<BTreeMap<u64, (Instant, bool)>>,
 }
 
+/// How many times `within` an unanswered (not refused) peer still counts as alive.
+pub const STALLED_FACTOR: u32 = 4;
+
 impl Liveness {
-    pub fn heard(&self, node: u64) {
-        self.heard.lock().unwrap_or_else(PoisonError::into_inner).insert(node, Instant::now());
+    /// Records what a ping of `node` found.
+    pub fn record(&self, node: u64, ping: super::network::Ping) {
+        use super::network::Ping;
+        let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+        match ping {
+            Ping::Answered => {
+                heard.insert(node, (Instant::now(), false));
+            }
+            Ping::Refused => {
+                if let Some(h) = heard.get_mut(&node) {
+                    h.1 = true;
+                }
+            }
+            Ping::NoAnswer => {}
+        }
     }
 
-    /// Whether `node` answered a ping within `within`.
+    pub fn heard(&self, node: u64) {
+        self.record(node, super::network::Ping::Answered);
+    }
+
+    /// Whether `node` counts as alive (see the type's docs).
     pub fn alive(&self, node: u64, within: Duration) -> bool {
-        self.heard.lock().unwrap_or_else(PoisonError::into_inner).get(&node).is_some_and(|t| t.elapsed() < within)
+        self.heard.lock().unwrap_or_else(PoisonError::into_inner).get(&node).is_some_and(|(at, refused)| {
+            let since = at.elapsed();
+            since < within || (!refused && since < within * STALLED_FACTOR)
+        })
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::super::network::Ping;
+    use super::*;
+
+    #[test]
+    fn a_refusing_peer_is_dead_after_the_window_and_an_unanswering_one_later() {
+        let within = Duration::from_millis(40);
+        let l = Liveness::default();
+        assert!(!l.alive(1, within), "never heard");
+        l.record(1, Ping::Answered);
+        l.record(2, Ping::Answered);
+        l.record(1, Ping::Refused);
+        l.record(2, Ping::NoAnswer);
+        assert!(l.alive(1, within) && l.alive(2, within), "both answered within the window");
+        std::thread::sleep(within * 2);
+        assert!(!l.alive(1, within), "refused since its last answer: dead past the window");
+        assert!(l.alive(2, within), "only unanswered: still alive");
+        std::thread::sleep(within * STALLED_FACTOR);
+        assert!(!l.alive(2, within), "unanswered past the stalled window: dead");
+        l.record(2, Ping::Answered);
+        assert!(l.alive(2, within), "answering again: alive");
     }
 }
