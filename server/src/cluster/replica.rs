@@ -148,16 +148,34 @@ pub async fn open(
     let handle = GroupHandle::new(raft.clone(), incoming_dir);
     let quiescence = Arc::clone(&handle.quiescence);
     cx.groups.insert(spec.group_id, handle);
-    if !raft.is_initialized().await.unwrap_or(true) {
-        match start {
-            Start::Now => initialize(&raft, spec.group_id, voters).await,
-            Start::IfNoLeaderWithin(wait) => {
-                drop(tokio::spawn(start_unless_led(raft.clone(), cx.groups.clone(), spec.group_id, voters, wait)))
-            }
-            Start::Never => {}
+    match (raft.is_initialized().await, start) {
+        (Ok(true), _) => open_asleep_if_followed(cx, spec.group_id, &raft, &quiescence),
+        (Ok(false), Start::Now) => initialize(&raft, spec.group_id, voters).await,
+        (Ok(false), Start::IfNoLeaderWithin(wait)) => {
+            drop(tokio::spawn(start_unless_led(raft.clone(), cx.groups.clone(), spec.group_id, voters, wait)))
         }
+        (Ok(false), Start::Never) | (Err(_), _) => {} // stopped already: nothing to start
     }
     Ok(Opened { partition, replica: RaftReplica { group_id: spec.group_id, raft, store, quiescence } })
+}
+
+/// A reopened partition group (a restart) whose committed vote names another broker's
+/// replica as its leader starts asleep, as it most likely was: it does not tick, so it fires
+/// no election timeout whose pre-votes would wake the whole group. Before, a broker restarted
+/// with thousands of replicas woke thousands of idle groups within two seconds this way, and
+/// the load made elections cascade. Whatever the group needs wakes it: any message from its
+/// leader (an append, with entries it lacks), a client's proposal, or the quiescing loop once
+/// that leader's broker is silent (its first pass pings every peer before it looks). The
+/// metadata group never sleeps; nor does a group this replica led (openraft restores it as
+/// leader, and its heartbeats wake the followers).
+fn open_asleep_if_followed(cx: &GroupContext<'_>, group: u64, raft: &PartitionRaft, quiescence: &Quiescence) {
+    if group == super::META_GROUP || cx.groups.quiesce_context().is_none() {
+        return;
+    }
+    let leader = raft.metrics().borrow_watched().current_leader;
+    if leader.is_some_and(|l| l != cx.node_id) {
+        quiescence.sleep(raft);
+    }
 }
 
 async fn initialize(raft: &PartitionRaft, group: u64, voters: BTreeSet<u64>) {

@@ -2,7 +2,8 @@
 //! (`tidelog.internal.v1.RaftTransport`, served by `raft/transport.rs`).
 //!
 //! One lazily connected HTTP/2 channel per peer broker, shared by every group that replicates
-//! to it (HTTP/2 multiplexes their calls on one connection). Every call carries its group id.
+//! to it (HTTP/2 multiplexes their calls on one connection), and a second one for pings only.
+//! Every call carries its group id.
 //! Each call is bounded by openraft's soft TTL; any failure is reported as `Unreachable`, so
 //! openraft backs off instead of hammering a dead peer.
 //!
@@ -37,6 +38,17 @@ use super::types::{LogId, PartitionTc, Vote};
 /// Bytes of segment data per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
+/// The connections to one peer. Pings have their own: on the shared one, a saturated peer
+/// refuses streams past its limit and resets timed-out ones, which a ping would read as a
+/// dead broker (`raft/quiesce.rs` `Liveness` counts a refused ping as one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Lane {
+    /// Every group's Raft calls and the broker-level quiesce and wake calls.
+    Calls,
+    /// Pings.
+    Liveness,
+}
+
 /// What one ping found (see [`Peers::ping`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ping {
@@ -45,7 +57,8 @@ pub enum Ping {
     NoAnswer,
 }
 
-/// The peers' Raft endpoints (`http://host:port`) by node id, and one channel per peer.
+/// The peers' Raft endpoints (`http://host:port`) by node id, and two channels per peer
+/// ([`Lane`]).
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     inner: Arc<Mutex<PeersInner>>,
@@ -56,7 +69,7 @@ pub struct Peers {
 #[derive(Debug, Default)]
 struct PeersInner {
     addresses: BTreeMap<u64, String>,
-    channels: BTreeMap<u64, Channel>,
+    channels: BTreeMap<(u64, Lane), Channel>,
     /// TLS for every channel (addresses are then `https://`).
     tls: Option<tonic::transport::ClientTlsConfig>,
 }
@@ -84,7 +97,7 @@ impl Peers {
     pub fn set_address(&self, node: u64, address: String) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if inner.addresses.get(&node) != Some(&address) {
-            inner.channels.remove(&node);
+            inner.channels.retain(|(n, _), _| *n != node);
             inner.addresses.insert(node, address);
         }
     }
@@ -98,10 +111,14 @@ impl Peers {
         }
     }
 
-    /// The channel to `node`, created (unconnected) on first use.
+    /// The channel to `node` for Raft and broker calls, created (unconnected) on first use.
     pub fn channel(&self, node: u64) -> Result<Channel, Unreachable<PartitionTc>> {
+        self.channel_on(node, Lane::Calls)
+    }
+
+    fn channel_on(&self, node: u64, lane: Lane) -> Result<Channel, Unreachable<PartitionTc>> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = inner.channels.get(&node) {
+        if let Some(c) = inner.channels.get(&(node, lane)) {
             return Ok(c.clone());
         }
         let addr = inner
@@ -121,7 +138,7 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(4))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        inner.channels.insert(node, channel.clone());
+        inner.channels.insert((node, lane), channel.clone());
         Ok(channel)
     }
 
@@ -164,7 +181,7 @@ impl Peers {
     /// the two brokers too busy to answer in time).
     pub async fn ping(&self, node: u64, from: u64, timeout: Duration) -> Ping {
         let msg = RaftMessage { group_id: from, body: Bytes::new() };
-        let Ok(channel) = self.channel(node) else { return Ping::Refused };
+        let Ok(channel) = self.channel_on(node, Lane::Liveness) else { return Ping::Refused };
         let mut client = RaftTransportClient::new(channel);
         match tokio::time::timeout(timeout, client.ping(msg)).await {
             Ok(Ok(_)) => Ping::Answered,

@@ -19,7 +19,11 @@
 //! Invariants:
 //! - a group asleep on a follower has every committed entry of its leader applied (the
 //!   follower checks the leader's committed log id before it sleeps), so its consumers see
-//!   everything acknowledged;
+//!   everything acknowledged. The exception is a replica reopened by a restart, which starts
+//!   asleep under the leader of its committed vote (`cluster/replica.rs`,
+//!   `open_asleep_if_followed`) without asking: like any restarted replica until its
+//!   leader's next message, it may lack entries, and that message (which wakes it) brings
+//!   them;
 //! - a leader sleeps only after every follower agreed, and never with a proposal it has not
 //!   seen: a proposal bumps `activity` *before* it checks `asleep`, and the leader sets `asleep`
 //!   *before* it checks `activity` (both sequentially consistent), so one of the two always
