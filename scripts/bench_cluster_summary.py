@@ -8,26 +8,16 @@ MISSED. Missing runs print "-" (the script reports; it never fails).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-
-def load(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        data: dict[str, Any] = json.load(f)
-    return data
+from bench_results import getter, load
 
 
 def main() -> None:
     data: dict[str, Any] = load(sys.argv[1])
     fsync, rate = sys.argv[2], sys.argv[3]
-
-    def get(*keys: str) -> Any:
-        d: Any = data
-        for k in keys:
-            d = d.get(k) if isinstance(d, dict) else None
-        return d
+    get = getter(data)
 
     base = get("single node, acks=leader max", "mb_per_s")
     print(

@@ -8,25 +8,15 @@ and met / MISSED. Missing runs or limits print "-" (the script reports; it never
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-
-def load(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        data: dict[str, Any] = json.load(f)
-    return data
+from bench_results import getter, load
 
 
 def main() -> None:
     r: dict[str, Any] = load(sys.argv[1])
-
-    def get(*keys: str) -> Any:
-        d: Any = r
-        for k in keys:
-            d = d.get(k) if isinstance(d, dict) else None
-        return d
+    get = getter(r)
 
     loop = get("loopback", "mb_per_s")
     disk = get("disk_write", "mb_per_s")

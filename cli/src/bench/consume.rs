@@ -112,13 +112,18 @@ struct Job {
     deadline: tokio::time::Instant,
 }
 
-/// Reads the job's partitions up to their end offsets: (records, payload bytes).
-async fn consume(job: Job) -> anyhow::Result<(u64, u64)> {
+/// The job's partitions, each from its first offset.
+fn subscription(job: &Job) -> Subscription {
     let mut sub = Subscription::new(&job.topic).max_bytes(job.max_bytes);
     for (p, from, _) in &job.ranges {
         sub = sub.partition(*p, Some(StartAt::Offset(*from)));
     }
-    let mut stream = sub.open_raw(&job.client).await?;
+    sub
+}
+
+/// Reads the job's partitions up to their end offsets: (records, payload bytes).
+async fn consume(job: Job) -> anyhow::Result<(u64, u64)> {
+    let mut stream = subscription(&job).open_raw(&job.client).await?;
     let mut ends: HashMap<u32, u64> = job.ranges.iter().map(|(p, _, end)| (*p, *end)).collect();
     let (mut records, mut bytes, mut touched) = (0u64, 0u64, 0u64);
     while !ends.is_empty() {
@@ -160,11 +165,7 @@ async fn consume(job: Job) -> anyhow::Result<(u64, u64)> {
 /// `--sdk`: reads the job's partitions up to their end offsets as an application does, record
 /// by record from `Subscription::open` (decoded, CRC-checked): (records, value bytes).
 async fn consume_sdk(job: Job) -> anyhow::Result<(u64, u64)> {
-    let mut sub = Subscription::new(&job.topic).max_bytes(job.max_bytes);
-    for (p, from, _) in &job.ranges {
-        sub = sub.partition(*p, Some(StartAt::Offset(*from)));
-    }
-    let mut stream = sub.open(&job.client).await?;
+    let mut stream = subscription(&job).open(&job.client).await?;
     let mut ends: HashMap<u32, u64> = job.ranges.iter().map(|(p, _, end)| (*p, *end)).collect();
     let (mut records, mut bytes, mut pending) = (0u64, 0u64, 0u64);
     while !ends.is_empty() {

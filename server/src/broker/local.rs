@@ -457,16 +457,7 @@ mod tests {
     #[tokio::test]
     async fn offsets_of_topics_that_do_not_exist_are_removed_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let options = BrokerOptions {
-            data_dir: dir.path().to_path_buf(),
-            node_id: 1,
-            advertised_address: "127.0.0.1:0".into(),
-            topic_defaults: TopicSettings::default(),
-            auth: Default::default(),
-            retention_check_interval: Duration::from_secs(60),
-            cleaner: crate::partition::compaction::CleanerOptions::default(),
-        };
-        let broker = Broker::open(options).unwrap();
+        let broker = Broker::open(BrokerOptions::for_test(dir.path())).unwrap();
         let control = LocalControl::start(&broker).unwrap();
         broker.set_control(control).unwrap();
         let new = NewTopic { name: "live".into(), partitions: 1, ..NewTopic::default() };

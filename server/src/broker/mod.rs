@@ -64,6 +64,22 @@ pub struct BrokerOptions {
     pub auth: Arc<crate::auth::Auth>,
 }
 
+#[cfg(test)]
+impl BrokerOptions {
+    /// A single node in `dir` with every default (unit tests).
+    pub fn for_test(dir: &std::path::Path) -> Self {
+        Self {
+            data_dir: dir.to_path_buf(),
+            node_id: 1,
+            advertised_address: "127.0.0.1:0".into(),
+            topic_defaults: TopicSettings::default(),
+            auth: Default::default(),
+            retention_check_interval: Duration::from_secs(60),
+            cleaner: crate::partition::compaction::CleanerOptions::default(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     options: BrokerOptions,

@@ -169,16 +169,7 @@ mod tests {
     #[tokio::test]
     async fn the_interval_flusher_finds_every_write_without_scanning_idle_partitions() {
         let dir = tempfile::tempdir().unwrap();
-        let options = BrokerOptions {
-            data_dir: dir.path().to_path_buf(),
-            node_id: 1,
-            advertised_address: "127.0.0.1:0".into(),
-            topic_defaults: crate::topic_config::TopicSettings::default(),
-            auth: Default::default(),
-            retention_check_interval: Duration::from_secs(60),
-            cleaner: crate::partition::compaction::CleanerOptions::default(),
-        };
-        let broker = Arc::new(Broker::open(options).unwrap());
+        let broker = Arc::new(Broker::open(BrokerOptions::for_test(dir.path())).unwrap());
         broker.set_control(LocalControl::start(&broker).unwrap()).unwrap();
         let config = TopicConfig {
             fsync_policy: FsyncPolicy::Interval as i32,

@@ -519,21 +519,11 @@ mod tests {
 
     use super::*;
     use crate::broker::BrokerOptions;
-    use crate::topic_config::TopicSettings;
 
     type Rx = mpsc::UnboundedReceiver<Result<SessionResponse, tonic::Status>>;
 
     fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {
-        let broker = Broker::open(BrokerOptions {
-            data_dir: dir.to_path_buf(),
-            node_id: 1,
-            advertised_address: "127.0.0.1:0".into(),
-            topic_defaults: TopicSettings::default(),
-            auth: Default::default(),
-            retention_check_interval: Duration::from_secs(60),
-            cleaner: crate::partition::compaction::CleanerOptions::default(),
-        })
-        .unwrap();
+        let broker = Broker::open(BrokerOptions::for_test(dir)).unwrap();
         Coordinator::new(broker)
     }
 
