@@ -33,9 +33,9 @@
 //! - an asleep replica never stands for election, so failover while asleep depends on the
 //!   broker-level pings: a follower whose leader's broker is silent ([`Liveness`]) wakes and
 //!   elects.
-//!   An asleep replica refuses a pre-vote while its leader's broker answers pings (it has not
-//!   heard the leader only because the leader is asleep), and wakes the leader instead, so a
-//!   restarted broker does not steal the leadership of every idle group.
+//!   An asleep (or just woken) replica refuses a pre-vote while its leader's broker answers
+//!   pings (it has not heard the leader only because the leader is asleep), and wakes the
+//!   leader instead, so a restarted broker does not steal the leadership of every idle group.
 //!
 //! Never: sleep the metadata group (the controller's liveness is what group sessions follow).
 
@@ -55,7 +55,8 @@ use super::types::{LogId, PartitionTc, Vote};
 pub struct Quiescence {
     asleep: AtomicBool,
     activity: AtomicU64,
-    lock: Mutex<()>,
+    /// Serialises sleeping and waking; holds when the group last woke.
+    lock: Mutex<Option<Instant>>,
 }
 
 impl Quiescence {
@@ -80,12 +81,23 @@ impl Quiescence {
         if !self.is_asleep() {
             return false; // the fast path of every message and proposal
         }
-        let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut woke = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.asleep.swap(false, Ordering::SeqCst) {
             return false;
         }
+        *woke = Some(Instant::now());
         raft.runtime_config().tick(true);
         true
+    }
+
+    /// Asleep, or woken less than `within` ago. A replica that just woke still carries the
+    /// sleep in its Raft timers: a leader's quorum-ack lease dates from its last heartbeat
+    /// round before it slept, so openraft would grant a pre-vote to anyone until its first
+    /// round after the wake is acknowledged. The transport treats such a replica as asleep
+    /// for pre-votes (raft/transport.rs).
+    pub fn drowsy(&self, within: Duration) -> bool {
+        self.is_asleep()
+            || self.lock.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|at| at.elapsed() < within)
     }
 
     /// A follower's sleep (its leader asked, and it checked it is caught up).

@@ -215,18 +215,29 @@ impl RaftTransport for RaftTransportService {
     /// heartbeats then reach the candidate. Unless the candidate *is* that leader: restarted,
     /// its broker answers pings but it leads nothing, so refusing would leave the group
     /// leaderless (the wake would reach a broker that no longer leads it).
+    ///
+    /// A replica woken less than an election timeout ago counts as asleep here: a candidate's
+    /// pre-votes reach every replica at once, and an asleep follower's wake of the leader can
+    /// arrive just before the leader's own pre-vote, whose lease still dates from before it
+    /// slept (`Quiescence::drowsy`); granting it moved the leadership of an idle group to a
+    /// broker that had merely restarted.
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let _admitted = self.groups.enter()?;
         let m = request.into_inner();
         let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_vote_request(&m.body).map_err(invalid)?;
-        if let (true, Some(cx)) = (handle.quiescence.is_asleep(), self.groups.quiesce_context()) {
+        let cx = self.groups.quiesce_context().filter(|cx| handle.quiescence.drowsy(cx.alive_within));
+        if let Some(cx) = cx {
             let metrics = handle.raft.metrics().borrow_watched().clone();
             let candidate = rpc.vote.leader_id.voted_for;
             if let Some(leader) = metrics.current_leader.filter(|l| *l != candidate) {
                 // The asleep leader itself wakes: its heartbeats tell the candidate.
                 if leader == metrics.id || cx.liveness.alive(leader, cx.alive_within) {
-                    tracing::debug!(group = m.group_id, leader, "asleep: pre-vote refused, waking the leader");
+                    tracing::debug!(
+                        group = m.group_id,
+                        leader,
+                        "asleep or just woken: pre-vote refused, waking the leader"
+                    );
                     if leader == metrics.id {
                         handle.quiescence.wake(&handle.raft);
                     } else {
@@ -234,7 +245,8 @@ impl RaftTransport for RaftTransportService {
                         tokio::spawn(async move { peers.wake(leader, group, wait).await });
                     }
                     // Asleep, its last entry is its last applied one (it slept caught up, and
-                    // any new entry would have woken it).
+                    // any new entry would have woken it); just woken, possibly a little more
+                    // (a refusal's log id only delays the candidate's next try).
                     let refused =
                         VoteResponse { vote: metrics.vote, vote_granted: false, last_log_id: metrics.last_applied };
                     return Ok(reply(m.group_id, rpc_codec::encode_vote_response(&refused)));
