@@ -492,9 +492,49 @@ impl SegmentReader {
         Ok(batches)
     }
 
+    /// `len` bytes at `position` into a new buffer, read straight into its capacity: zeroing
+    /// it first (as `read_exact_at` on a `&mut [u8]` needs) cost consumers 6 % of the broker's
+    /// CPU on 1 MiB reads, a pass over every byte that the read overwrites anyway.
+    #[allow(unsafe_code)]
     fn pread(&self, position: u64, len: usize) -> io::Result<BytesMut> {
-        let mut buf = BytesMut::zeroed(len);
-        self.file.read_exact_at(&mut buf, position)?;
+        use std::os::fd::AsRawFd;
+        let mut buf = BytesMut::with_capacity(len);
+        let mut filled = 0usize;
+        while filled < len {
+            let offset = libc::off_t::try_from(position + filled as u64)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read position past off_t"))?;
+            // SAFETY: the destination is the buffer's spare capacity from `filled` on, at
+            // least `len - filled` bytes (capacity >= len); the kernel writes at most that
+            // many. `set_len` below covers only bytes a pread returned, so no uninitialised
+            // byte is ever exposed.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.spare_capacity_mut().as_mut_ptr().cast::<libc::c_void>(),
+                    len - filled,
+                    offset,
+                )
+            };
+            match n {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{}: {} bytes short at {position}", self.path.display(), len - filled),
+                    ))
+                }
+                n if n < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                n => {
+                    filled += n as usize;
+                    // SAFETY: the kernel initialised bytes [0, filled) of the buffer.
+                    unsafe { buf.set_len(filled) };
+                }
+            }
+        }
         Ok(buf)
     }
 
