@@ -13,6 +13,7 @@ pub mod group_admin;
 pub mod offsets;
 pub mod records;
 pub mod security;
+mod subscribe_body;
 pub mod txn;
 
 use std::sync::Arc;
@@ -80,7 +81,7 @@ const PEER_PENDING_RESETS: usize = MAX_STREAMS_PER_CONNECTION as usize;
 #[derive(Clone)]
 pub struct Services {
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
-    records: RecordServiceServer<records::RecordApi>,
+    records: subscribe_body::RecordRoutes,
     offsets: OffsetServiceServer<offsets::OffsetApi>,
     groups: GroupServiceServer<group::GroupApi>,
     admin: AdminServiceServer<admin::AdminApi>,
@@ -101,9 +102,7 @@ impl Services {
         health.set_serving::<GroupServiceServer<group::GroupApi>>().await;
         health.set_serving::<SecurityServiceServer<security::SecurityApi>>().await;
         health.set_serving::<TransactionServiceServer<txn::TxnApi>>().await;
-        let records = RecordServiceServer::new(records::RecordApi::new(Arc::clone(&broker)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let records = subscribe_body::RecordRoutes::new(records::RecordApi::new(Arc::clone(&broker)));
         let coordinator = crate::group::Coordinator::new(Arc::clone(&broker));
         crate::group::coordinator::spawn_reaper(Arc::clone(&coordinator), &broker);
         let offsets = OffsetServiceServer::new(offsets::OffsetApi::new(Arc::clone(&broker), Arc::clone(&coordinator)));
