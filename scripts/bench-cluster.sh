@@ -127,7 +127,7 @@ measure "3 brokers RF=3, acks=all" "$leader_addr" bench all
 sdk "cluster sdk 1p" "http://$first" sdk1 1 --records "$records"
 sdk "cluster sdk 8p" "http://$first" sdk8 8 --records "$records"
 half=$(python3 -c 'import json,sys; print(max(1000, int(json.load(open(sys.argv[1]))["cluster sdk 1p"]["records_per_s"] / 2)))' "$results")
-sdk "cluster sdk 1p paced" "http://$first" sdk1 1 --records "$((half * 10))" --rate "$half" --linger-ms 0
+sdk "cluster sdk 1p paced" "http://$first" sdk1 1 --records "$((half * 10))" --rate "$half" --linger-ms 1
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
 pids=()
 

@@ -16,8 +16,9 @@
 //!
 //! Subscribe: one task per partition reads batches below the high watermark and, when caught up,
 //! sleeps on the partition's high-watermark watch (no polling). All tasks feed one bounded
-//! channel; when the client stops reading, HTTP/2 flow control stops tonic from draining it,
-//! `send` waits, and the tasks stop reading the log. Memory per subscription is bounded by
+//! channel; when the client stops reading, HTTP/2 flow control stops the response body
+//! (`subscribe_body.rs`, which frames each response around the stored payloads instead of
+//! tonic's encoder) from draining it, `send` waits, and the tasks stop reading the log. Memory per subscription is bounded by
 //! (channel capacity + partitions) x `max_bytes` (x the decompression ratio, at most 64 MiB a
 //! batch, for a subscriber that asked for decompressed batches).
 
