@@ -197,19 +197,23 @@ fn trailers(status: &Status) -> http::HeaderMap {
 fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<VecDeque<Bytes>, Status> {
     let batches = std::mem::take(&mut response.batches);
     // Each batch: its scalar fields, then its payload field's key and length (the payload
-    // itself goes alone).
+    // itself goes alone). `framing`: every byte but the payloads, all in one buffer.
     let mut heads = Vec::with_capacity(batches.len());
+    let mut framing = GRPC_PREFIX_LEN + response.encoded_len();
     let mut total = response.encoded_len();
     for mut batch in batches {
-        let (field, payload) = match batch.payload.take() {
-            Some(wire::batch::Payload::Records(b)) => (Some(BATCH_RECORDS), b),
-            Some(wire::batch::Payload::CompressedRecords(b)) => (Some(BATCH_COMPRESSED_RECORDS), b),
-            None => (None, Bytes::new()),
+        let payload = match batch.payload.take() {
+            Some(wire::batch::Payload::Records(b)) => Some((BATCH_RECORDS, b)),
+            Some(wire::batch::Payload::CompressedRecords(b)) => Some((BATCH_COMPRESSED_RECORDS, b)),
+            None => None,
         };
-        let payload_field = field.map_or(0, |f| key_len(f) + encoded_len_varint(payload.len() as u64) + payload.len());
-        let batch_len = batch.encoded_len() + payload_field;
-        total += key_len(RESPONSE_BATCHES) + encoded_len_varint(batch_len as u64) + batch_len;
-        heads.push((batch, field, payload, batch_len));
+        let payload_key = payload.as_ref().map_or(0, |(f, b)| key_len(*f) + encoded_len_varint(b.len() as u64));
+        let payload_len = payload.as_ref().map_or(0, |(_, b)| b.len());
+        let batch_len = batch.encoded_len() + payload_key + payload_len;
+        let batch_key = key_len(RESPONSE_BATCHES) + encoded_len_varint(batch_len as u64);
+        total += batch_key + batch_len;
+        framing += batch_key + batch_len - payload_len;
+        heads.push((batch, payload, batch_len));
     }
     if total > max_message {
         return Err(Status::out_of_range(format!(
@@ -218,15 +222,15 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
     }
     let message_len = u32::try_from(total).map_err(|_| Status::out_of_range("message over 4 GiB"))?;
     let mut chunks = VecDeque::with_capacity(2 * heads.len() + 1);
-    let mut head = BytesMut::with_capacity(GRPC_PREFIX_LEN + response.encoded_len() + 48);
+    let mut head = BytesMut::with_capacity(framing);
     head.put_u8(0); // not compressed
     head.put_u32(message_len);
     response.encode(&mut head).map_err(encode_error)?;
-    for (batch, field, payload, batch_len) in heads {
+    for (batch, payload, batch_len) in heads {
         encode_key(RESPONSE_BATCHES, WireType::LengthDelimited, &mut head);
         encode_varint(batch_len as u64, &mut head);
         batch.encode(&mut head).map_err(encode_error)?;
-        if let Some(field) = field {
+        if let Some((field, payload)) = payload {
             encode_key(field, WireType::LengthDelimited, &mut head);
             encode_varint(payload.len() as u64, &mut head);
             chunks.push_back(head.split().freeze());
