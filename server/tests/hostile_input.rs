@@ -162,6 +162,7 @@ fn raft_codecs_never_panic() {
         let body = Bytes::copy_from_slice(input);
         let _ = rpc_codec::decode_append_request(&body);
         let _ = rpc_codec::decode_append_response(input);
+        let _ = rpc_codec::decode_stream_result(input);
         let _ = rpc_codec::decode_vote_request(input);
         let _ = rpc_codec::decode_vote_response(input);
         let _ = rpc_codec::decode_quiesce_request(input);

@@ -7,20 +7,28 @@
 //! Each call is bounded by openraft's soft TTL; any failure is reported as `Unreachable`, so
 //! openraft backs off instead of hammering a dead peer.
 //!
-//! Each active group's heartbeat is its own call; idle groups go quiet instead
-//! (raft/quiesce.rs), and the brokers' liveness is one ping per peer ([`Peers::ping`]).
+//! Replication is pipelined: while a group's leader has entries to send to a peer, they go on
+//! one `StreamAppend` call per (group, peer), each request sent without waiting for the answers
+//! to the earlier ones ([`PeerClient::stream_append`]); HTTP/2 keeps them in order and the
+//! follower answers in order. Heartbeats, probes and a replica paced by the catch-up throttle
+//! go one unary AppendEntries at a time. Each active group's heartbeat is its own call; idle
+//! groups go quiet instead (raft/quiesce.rs), and the brokers' liveness is one ping per peer
+//! ([`Peers::ping`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{FutureExt, Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
 use tidelog_proto::internal::raft_transport_client::RaftTransportClient;
@@ -28,6 +36,7 @@ use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
 
 use super::codec::{encode_snapshot_meta, CodecError};
 use super::rpc_codec;
@@ -72,6 +81,9 @@ struct PeersInner {
     channels: BTreeMap<(u64, Lane), Channel>,
     /// TLS for every channel (addresses are then `https://`).
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Peers that answered `StreamAppend` with UNIMPLEMENTED (an older broker during a
+    /// rolling upgrade): replication to them goes one call at a time.
+    unary_only: BTreeSet<u64>,
 }
 
 impl Peers {
@@ -82,7 +94,12 @@ impl Peers {
     /// Peers reached over TLS when `tls` is given (their addresses must be `https://`).
     pub fn with_tls(addresses: BTreeMap<u64, String>, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(PeersInner { addresses, channels: BTreeMap::new(), tls })),
+            inner: Arc::new(Mutex::new(PeersInner {
+                addresses,
+                channels: BTreeMap::new(),
+                tls,
+                unary_only: BTreeSet::new(),
+            })),
             throttle: Arc::default(),
         }
     }
@@ -98,6 +115,7 @@ impl Peers {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if inner.addresses.get(&node) != Some(&address) {
             inner.channels.retain(|(n, _), _| *n != node);
+            inner.unary_only.remove(&node);
             inner.addresses.insert(node, address);
         }
     }
@@ -140,6 +158,14 @@ impl Peers {
             .connect_lazy();
         inner.channels.insert((node, lane), channel.clone());
         Ok(channel)
+    }
+
+    fn streams_to(&self, node: u64) -> bool {
+        !self.inner.lock().unwrap_or_else(PoisonError::into_inner).unary_only.contains(&node)
+    }
+
+    fn set_unary_only(&self, node: u64) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).unary_only.insert(node);
     }
 
     /// Broker-level calls (quiescing, liveness): one short unary call to `node`, `None` on
@@ -243,6 +269,94 @@ impl PeerClient {
     }
 }
 
+/// The answers of one `StreamAppend` call, and how many requests the call has sent.
+struct AppendStream {
+    answers: Streaming<RaftMessage>,
+    sent: Arc<AtomicU64>,
+    answered: u64,
+    target: u64,
+    ttl: Duration,
+}
+
+impl AppendStream {
+    /// The next answer; `None` when the call ended. An error ends it too.
+    async fn next(&mut self) -> Option<Result<StreamAppendResult<PartitionTc>, RPCError<PartitionTc>>> {
+        loop {
+            match tokio::time::timeout(self.ttl, self.answers.message()).await {
+                Ok(Ok(Some(m))) => {
+                    self.answered += 1;
+                    return Some(rpc_codec::decode_stream_result(&m.body).map_err(bad_reply));
+                }
+                Ok(Ok(None)) => return None,
+                Ok(Err(status)) => return Some(Err(RPCError::Unreachable(unreachable(status)))),
+                // Idle: every request answered, nothing new sent; the stream stays open.
+                Err(_) if self.sent.load(Ordering::Acquire) <= self.answered => {}
+                Err(_) => {
+                    let msg = format!("no answer from node {} within {:?}", self.target, self.ttl);
+                    return Some(Err(RPCError::Unreachable(unreachable(msg))));
+                }
+            }
+        }
+    }
+}
+
+impl PeerClient {
+    /// One `StreamAppend` call carrying `requests`; its answers as openraft's stream results.
+    async fn open_append_stream<'s, S>(
+        &'s mut self,
+        requests: S,
+        option: RPCOption,
+    ) -> Result<BoxStream<'s, Result<StreamAppendResult<PartitionTc>, RPCError<PartitionTc>>>, RPCError<PartitionTc>>
+    where
+        S: Stream<Item = AppendEntriesRequest<PartitionTc>> + Send + Unpin + 'static,
+    {
+        let (group_id, target, ttl) = (self.group_id, self.target, option.soft_ttl());
+        let sent = Arc::new(AtomicU64::new(0));
+        // The requests end (openraft sees the answers end and starts a new session) when the
+        // pair gets marked for the catch-up throttle, whose pacing is one call at a time, or at
+        // an entry that cannot be encoded (only a proposal not yet stored could not be).
+        let messages = {
+            let (sent, throttle) = (Arc::clone(&sent), Arc::clone(&self.peers.throttle));
+            tokio_stream::StreamExt::map_while(requests, move |rpc| {
+                if throttle.request_budget(group_id, target).is_some() {
+                    return None;
+                }
+                match rpc_codec::encode_append_request(&rpc) {
+                    Ok(body) => {
+                        sent.fetch_add(1, Ordering::Release);
+                        Some(RaftMessage { group_id, body: body.into() })
+                    }
+                    Err(e) => {
+                        tracing::warn!(group_id, target, error = %e, "append request not encodable; stream ended");
+                        None
+                    }
+                }
+            })
+        };
+        let mut client = RaftTransportClient::new(self.peers.channel(target)?);
+        let answers = match tokio::time::timeout(ttl, client.stream_append(messages)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(target, "peer has no StreamAppend: replicating to it one call at a time");
+                self.peers.set_unary_only(target);
+                return Err(RPCError::Unreachable(unreachable(status)));
+            }
+            Ok(Err(status)) => return Err(RPCError::Unreachable(unreachable(status))),
+            Err(_) => {
+                let msg = format!("no answer from node {target} within {ttl:?}");
+                return Err(RPCError::Unreachable(unreachable(msg)));
+            }
+        };
+        let state = AppendStream { answers, sent, answered: 0, target, ttl };
+        Ok(Box::pin(futures::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            let answer = state.next().await?;
+            let failed = answer.is_err();
+            Some((answer, (!failed).then_some(state)))
+        })))
+    }
+}
+
 fn bad_reply(e: CodecError) -> RPCError<PartitionTc> {
     RPCError::Unreachable(unreachable(format!("undecodable reply: {e}")))
 }
@@ -283,6 +397,46 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
         Ok(match (resp, sent_to) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(last),
             (resp, _) => resp,
+        })
+    }
+
+    /// Replication as openraft streams it: every request after the first is sent without
+    /// waiting for the answers to the earlier ones, on one `StreamAppend` call (HTTP/2 keeps
+    /// them in order; the follower answers in order). A stream of one request (a heartbeat, a
+    /// probe), a replica paced by the catch-up throttle, and a peer without `StreamAppend` go
+    /// one unary call at a time instead.
+    ///
+    /// Timeouts: openraft's soft TTL bounds the call's setup and every wait for an answer
+    /// while requests are unanswered; an idle stream (nothing new to replicate) stays open.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<PartitionTc>, RPCError<PartitionTc>>>, RPCError<PartitionTc>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<PartitionTc>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            // Fused: polled once more below after it may have ended.
+            let mut input = input.fuse();
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            // The request stream of a heartbeat or a probe ends after its one request.
+            let (more, second) = match input.next().now_or_never() {
+                Some(None) => (false, None),
+                Some(second) => (true, second),
+                None => (true, None),
+            };
+            let throttled = self.peers.throttle.request_budget(self.group_id, self.target).is_some();
+            let requests = futures::stream::iter([first]).chain(futures::stream::iter(second)).chain(input);
+            if !more || throttled || !self.peers.streams_to(self.target) {
+                return stream_append_sequential(self, requests, option).await;
+            }
+            self.open_append_stream(requests, option).await
         })
     }
 

@@ -8,6 +8,7 @@
 //! append request  = 1 u8 | vote | option<log id> prev | option<log id> commit | u32 n | n × entry
 //! entry           = term u64 | index u64 | kind u8 (1 batch | 2 control) | u32 len | bytes
 //! append response = 1 u8 | tag u8 (1 success | 2 partial + option<log id> | 3 conflict | 4 higher + vote)
+//! stream result   = 1 u8 | tag u8 (1 matched + option<log id> | 3 conflict + log id | 4 higher + vote)
 //! vote request    = 1 u8 | vote | option<log id> last | transfer u8
 //! vote response   = 1 u8 | vote | granted u8 | option<log id> last
 //! vote            = term u64 | voted-for u64 | committed u8
@@ -20,8 +21,8 @@
 
 use bytes::{BufMut, Bytes};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, TransferLeaderError,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
 use super::codec::{decode_control, encode_control, put_log_id, take_log_id, take_u32, take_u64, take_u8, CodecError};
@@ -160,6 +161,37 @@ pub fn decode_append_response(mut b: &[u8]) -> Result<AppendEntriesResponse<Part
         3 => AppendEntriesResponse::Conflict,
         4 => AppendEntriesResponse::HigherVote(take_vote(&mut b)?),
         _ => return Err(CodecError("unknown append response")),
+    })
+}
+
+/// One answer of a pipelined `StreamAppend`: the follower's log matches the leader's up to the
+/// log id, or it conflicts at one, or it has seen a higher vote.
+pub fn encode_stream_result(r: &StreamAppendResult<PartitionTc>) -> Vec<u8> {
+    let mut out = vec![V1];
+    match r {
+        Ok(matched) => {
+            out.put_u8(1);
+            put_log_id(&mut out, matched.as_ref());
+        }
+        Err(StreamAppendError::Conflict(id)) => {
+            out.put_u8(3);
+            put_log_id(&mut out, Some(id));
+        }
+        Err(StreamAppendError::HigherVote(v)) => {
+            out.put_u8(4);
+            put_vote(&mut out, v);
+        }
+    }
+    out
+}
+
+pub fn decode_stream_result(mut b: &[u8]) -> Result<StreamAppendResult<PartitionTc>, CodecError> {
+    version(&mut b)?;
+    Ok(match take_u8(&mut b)? {
+        1 => Ok(take_log_id(&mut b)?),
+        3 => Err(StreamAppendError::Conflict(take_log_id(&mut b)?.ok_or(CodecError("conflict without a log id"))?)),
+        4 => Err(StreamAppendError::HigherVote(take_vote(&mut b)?)),
+        _ => return Err(CodecError("unknown stream append result")),
     })
 }
 
@@ -327,6 +359,18 @@ mod tests {
             AppendEntriesResponse::HigherVote(Vote::new(5, 3)),
         ] {
             assert_eq!(decode_append_response(&encode_append_response(&r)).unwrap(), r);
+        }
+        for r in [
+            Ok(None),
+            Ok(Some(log_id(2, 9))),
+            Err(StreamAppendError::Conflict(log_id(1, 4))),
+            Err(StreamAppendError::HigherVote(Vote::new_committed(6, 2))),
+        ] {
+            let body = encode_stream_result(&r);
+            assert_eq!(decode_stream_result(&body).unwrap(), r);
+            for cut in 0..body.len() {
+                assert!(decode_stream_result(&body[..cut]).is_err(), "prefix of {cut} bytes decoded");
+            }
         }
         let v = VoteRequest::<PartitionTc> { vote: Vote::new(3, 2), last_log_id: None, leadership_transfer: true };
         assert_eq!(decode_vote_request(&encode_vote_request(&v)).unwrap(), v);

@@ -509,3 +509,36 @@ async fn retention_goes_through_raft_and_a_returning_follower_gets_what_is_retai
         "the returning follower starts where retention left the leader"
     );
 }
+
+/// Replication over gRPC goes on pipelined `StreamAppend` calls (transport.rs), not one call
+/// per request, and a stream that carries garbage or names a group not hosted is refused with
+/// a status a leader can act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_replication_streams_and_bad_streams_are_refused() {
+    use crate::telemetry::metrics::{instruments, ModeLabel};
+    use tidelog_proto::internal::raft_transport_client::RaftTransportClient;
+    use tidelog_proto::internal::RaftMessage;
+
+    let streamed = || instruments().raft_append_requests.get_or_create(&ModeLabel { mode: "stream" }).get();
+    let mut c = Cluster::over_grpc().await;
+    let before = streamed();
+    c.write(40).await;
+    c.check().await;
+    // Each of the 40 entries was acknowledged by a follower before the next was proposed.
+    let carried = streamed() - before;
+    assert!(carried >= 20, "only {carried} AppendEntries came on streams for 40 entries");
+
+    let leader = c.leader().await;
+    let channel = c.grpc.as_ref().unwrap().peers.channel(leader).unwrap();
+    let mut client = RaftTransportClient::new(channel);
+    let send = |group_id: u64, body: &'static [u8]| {
+        futures::stream::iter([RaftMessage { group_id, body: Bytes::from_static(body) }])
+    };
+    let mut answers = client.stream_append(send(1, b"\x01garbage")).await.unwrap().into_inner();
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = client.stream_append(send(77, b"")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    c.write(5).await;
+    c.check().await;
+}

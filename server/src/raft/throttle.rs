@@ -8,7 +8,8 @@
 //! through [`Throttle::pace`] before sending it. The rate is one budget for the whole broker,
 //! shared by every move it leads.
 //!
-//! A marked pair's AppendEntries are also cut to [`Throttle::request_budget`] (the network
+//! A marked pair replicates one unary AppendEntries at a time (a pipelined stream to it ends
+//! once it is marked), each cut to [`Throttle::request_budget`] (the network
 //! answers the rest as a partial success), so pacing is smooth instead of one long wait per
 //! `max_payload_entries` entries.
 //!

@@ -11,22 +11,31 @@
 //! an asleep replica whose leader's broker is alive, a heartbeat that carries nothing new,
 //! and Quiesce itself.
 //!
+//! Replication arrives either as unary AppendEntries (heartbeats, probes, a throttled catch-up)
+//! or as one pipelined `StreamAppend` per group and leader: the leader sends the next entries
+//! without waiting for the answers to the earlier ones, which come back in order.
+//!
 //! Status codes: `NOT_FOUND` for a group this broker does not host (the caller backs off),
 //! `INVALID_ARGUMENT` for an undecodable message, `UNAVAILABLE` when the group's Raft has
 //! stopped.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 
 use openraft::raft::VoteResponse;
 use openraft::storage::Snapshot;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Raft;
+use prometheus_client::metrics::counter::Counter;
 use tidelog_proto::internal::raft_transport_server::RaftTransport;
 use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
 use tonic::{Request, Response, Status, Streaming};
@@ -39,6 +48,7 @@ use super::types::PartitionTc;
 use super::{PartitionSnapshot, PartitionStateMachine};
 use crate::log::format::{segment_file_name, LOG_EXT};
 use crate::log::SegmentSlice;
+use crate::telemetry::metrics::{self, ModeLabel};
 
 pub type PartitionRaft = Raft<PartitionTc, PartitionStateMachine>;
 
@@ -79,6 +89,9 @@ pub struct RaftGroups {
     /// Held for reading by every Raft message being handled; [`RaftGroups::close`] takes it
     /// for writing, so the groups stop only after the messages in flight are answered.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Woken when the groups close: ends the pipelined replication streams, which would
+    /// otherwise hold the gate until their leaders stop sending.
+    closing: Arc<tokio::sync::Notify>,
 }
 
 /// Cluster mode: the peers (to wake an asleep leader) and their liveness.
@@ -113,6 +126,7 @@ impl RaftGroups {
     /// while it stopped would make openraft log errors for a clean stop.
     pub async fn close(&self, wait: Duration) {
         self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
         if tokio::time::timeout(wait, self.gate.write()).await.is_err() {
             tracing::debug!("raft messages still in flight at shutdown");
         }
@@ -125,6 +139,21 @@ impl RaftGroups {
             return Err(closed());
         }
         Arc::clone(&self.gate).try_read_owned().map_err(|_| closed())
+    }
+
+    /// Resolves once the groups close.
+    fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (closed, closing) = (Arc::clone(&self.closed), Arc::clone(&self.closing));
+        async move {
+            loop {
+                // Registered before the check: a close between the two still wakes it.
+                let notified = closing.notified();
+                if closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        }
     }
 
     /// Whether this broker began its graceful shutdown.
@@ -182,6 +211,10 @@ fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft group stopped: {e}"))
 }
 
+fn append_requests(mode: &'static str) -> Counter {
+    metrics::instruments().raft_append_requests.get_or_create(&ModeLabel { mode }).clone()
+}
+
 fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
     Response::new(RaftMessage { group_id, body: body.into() })
 }
@@ -193,12 +226,74 @@ impl RaftTransport for RaftTransportService {
         let m = request.into_inner();
         let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
+        append_requests("unary").inc();
         // Processed either way (it renews the follower's view of its leader); it only does
         // not restart the ticker when it brings nothing (raft/quiesce.rs).
         let asleep_heartbeat = handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc);
         let raft = if asleep_heartbeat { handle.raft } else { handle.woken(m.group_id).raft };
         let resp = raft.append_entries(rpc).await.map_err(stopped)?;
         Ok(reply(m.group_id, rpc_codec::encode_append_response(&resp)))
+    }
+
+    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+    /// Pipelined replication of one group (`raft/network.rs` `stream_append`): the requests go
+    /// to openraft's `stream_append` as they arrive, its answers come back in order. Each
+    /// request wakes the group like a unary AppendEntries does. The stream ends at the first
+    /// undecodable message or one for another group (answered `INVALID_ARGUMENT` after the
+    /// answers before it), when the group's Raft stops (`UNAVAILABLE`), and when this broker
+    /// closes its groups.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let admitted = self.groups.enter()?;
+        let mut incoming = request.into_inner();
+        let first = incoming.message().await?.ok_or_else(|| Status::invalid_argument("empty append stream"))?;
+        let group_id = first.group_id;
+        let handle = self.groups.get(group_id)?;
+        let failure: Arc<Mutex<Option<Status>>> = Arc::default();
+        let requests = {
+            let (handle, failure, streamed) = (handle.clone(), Arc::clone(&failure), append_requests("stream"));
+            let fail = move |status: Status| {
+                *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+                None
+            };
+            let incoming = futures::stream::iter([Ok(first)]).chain(incoming).take_until(self.groups.closed());
+            tokio_stream::StreamExt::map_while(incoming, move |m: Result<RaftMessage, Status>| {
+                let m = match m {
+                    Ok(m) if m.group_id == group_id => m,
+                    Ok(m) => {
+                        return fail(Status::invalid_argument(format!(
+                            "append stream for group {group_id} carried a message for group {}",
+                            m.group_id
+                        )))
+                    }
+                    Err(status) => return fail(status),
+                };
+                let rpc = match rpc_codec::decode_append_request(&m.body) {
+                    Ok(rpc) => rpc,
+                    Err(e) => return fail(invalid(e)),
+                };
+                streamed.inc();
+                if !(handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc)) {
+                    handle.clone().woken(group_id);
+                }
+                Some(rpc)
+            })
+        };
+        let answers = handle.raft.stream_append(requests).map(move |r| match r {
+            Ok(result) => Ok(RaftMessage { group_id, body: rpc_codec::encode_stream_result(&result).into() }),
+            Err(fatal) => Err(stopped(fatal)),
+        });
+        // The last answer: why the requests stopped, if they stopped on a bad one. The gate is
+        // held until then.
+        let last = futures::stream::once(async move {
+            drop(admitted);
+            failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+        })
+        .filter_map(|f| async move { f.map(Err) });
+        Ok(Response::new(Box::pin(answers.chain(last))))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

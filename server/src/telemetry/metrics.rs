@@ -49,6 +49,9 @@ pub struct Instruments {
     pub fsync_latency: Histogram,
     /// Cluster mode: from a batch's proposal to its commit by a majority (acks=all).
     pub replication_commit_latency: Histogram,
+    /// Cluster mode: AppendEntries requests a follower received, by how they came (`unary`:
+    /// one call each, heartbeats included; `stream`: pipelined on a StreamAppend call).
+    pub raft_append_requests: Family<ModeLabel, Counter>,
     /// Subscribe responses sent.
     pub subscribe_responses: Counter,
     /// Subscribe streams ended with an error status.
@@ -72,6 +75,12 @@ pub struct Instruments {
     pub metadata_image_bytes: Gauge,
 }
 
+/// How Raft requests arrived.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
 /// Throttle time by quota kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuotaLabel {
@@ -88,6 +97,7 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     produce_latency: Family::new_with_constructor(latency_histogram),
     fsync_latency: latency_histogram(),
     replication_commit_latency: latency_histogram(),
+    raft_append_requests: Family::default(),
     subscribe_responses: Counter::default(),
     subscribe_errors: Family::default(),
     open_streams: Family::default(),
@@ -123,6 +133,11 @@ pub fn register(registry: &mut Registry) {
         "tidelog_replication_commit_latency_seconds",
         "Cluster: a batch's proposal to its commit by a majority (acks=all)",
         i.replication_commit_latency.clone(),
+    );
+    registry.register(
+        "tidelog_raft_append_requests",
+        "Cluster: AppendEntries requests received from leaders, by mode (unary or pipelined stream)",
+        i.raft_append_requests.clone(),
     );
     registry.register("tidelog_subscribe_responses", "Subscribe responses sent", i.subscribe_responses.clone());
     registry.register("tidelog_subscribe_errors", "Subscribe streams ended by an error", i.subscribe_errors.clone());
