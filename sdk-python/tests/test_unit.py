@@ -334,6 +334,46 @@ def test_consumer_unary_calls_use_request_timeout_ms():
         parse({"bootstrap.servers": "h:1", "request.timeout.ms": 0}, CONSUMER_KEYS, "consumer")
 
 
+def test_consumer_buffer_hands_out_chunks_in_order_and_drops_what_it_must() -> None:
+    """Records are buffered one response at a time and handed out in order across polls of any
+    size: a seek's earlier offsets, a stale fetch epoch, a paused or unassigned partition are
+    dropped; an error comes out alone, after the records before it."""
+    from tidelog import Message
+    from tidelog._fetch import eof_event
+
+    core = ConsumerCore(parse({"bootstrap.servers": "h:1"}, CONSUMER_KEYS, "consumer"), lambda k, t: None)
+    a, b = ("t", 0), ("t", 1)
+    core.assigned = {a, b}
+    core.positions = {a: 3, b: 0}
+
+    def recs(tp: tuple[str, int], offsets: range) -> list[Message]:
+        return [Message(tp[0], tp[1], o, None, b"v%d" % o) for o in offsets]
+
+    core.push(0, recs(a, range(0, 6)), a)  # 0..2 lie before the position (a seek to 3)
+    core.push(0, recs(b, range(0, 4)), b)
+    core.push(0, [eof_event("t", 1, 4)])
+    core.push(0, [RetriableError("boom")])
+    core.push(0, recs(a, range(6, 8)), a)
+    assert core.buffered == 14
+    taken = [(m.partition(), m.offset()) for m in core.take(2)]
+    assert taken == [(0, 3), (0, 4)] and core.positions[a] == 5
+    taken = [(m.partition(), m.offset(), m.error() is not None) for m in core.take(100)]
+    assert taken == [(0, 5, False), (1, 0, False), (1, 1, False), (1, 2, False), (1, 3, False), (1, 4, True)]
+    assert core.positions == {a: 6, b: 4}
+    with pytest.raises(RetriableError, match="boom"):
+        core.take(100)
+    assert [m.offset() for m in core.take(100)] == [6, 7] and core.buffered == 0
+
+    core.push(0, recs(a, range(8, 10)), a)  # fetched before the seek that bumped the epoch
+    core.paused = {b}
+    core.push(1, recs(b, range(4, 6)), b)  # paused
+    core.fetch_epoch = 1
+    core.push(1, recs(("u", 0), range(0, 2)), ("u", 0))  # not assigned
+    core.push(1, recs(a, range(8, 9)), a)
+    assert [(m.topic(), m.offset()) for m in core.take(100)] == [("t", 8)]
+    assert core.buffered == 0 and not core.buffer and core.positions == {a: 9, b: 4}
+
+
 class FakeCommits:
     """``Brokers.stubs(addr)`` for a commit: answers per broker from a script."""
 

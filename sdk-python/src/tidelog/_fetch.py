@@ -295,17 +295,16 @@ class Fetcher:
                 st.backoff = 0.1
                 st.avoid.pop(addr, None)
                 self.core.reporter.answered(addr)
-                msgs: list[Message | TidelogError] = list(self._decode(topic, resp, st.starts))
+                msgs = self._decode(topic, resp, st.starts)
                 self._count(resp, msgs)
                 p, hw = resp.partition, resp.high_watermark
                 self.core.high_watermarks[(topic, p)] = hw
+                self.core.push(epoch, msgs, (topic, p))
                 at = st.starts.get(p)
                 if self.core.partition_eof and at is not None and at >= hw and st.eof_at.get(p) != at:
                     st.eof_at[p] = at
-                    msgs.append(eof_event(topic, p, at))
-                if msgs:
-                    self.core.push(epoch, msgs)
-                while len(self.core.buffer) >= limit:
+                    self.core.push(epoch, [eof_event(topic, p, at)])
+                while self.core.buffered >= limit:
                     self.core.space.clear()
                     self.core.space_waiters += 1
                     try:
@@ -329,7 +328,7 @@ class Fetcher:
         silence_of = st.last_seen[addr]
         while True:
             await asyncio.sleep(_STALL_POLL)
-            if len(self.core.buffer) >= self.core.cfg["queued.max.messages"]:
+            if self.core.buffered >= self.core.cfg["queued.max.messages"]:
                 st.last_seen[addr] = loop.time()  # paused by a full buffer, not stalled
             if st.last_seen.get(addr) != silence_of:
                 silence_of, seen = st.last_seen.get(addr, loop.time()), {}
@@ -356,11 +355,11 @@ class Fetcher:
                         )
                     seen[d.partition] = max(before or 0, d.high_watermark)
 
-    def _count(self, resp: records_service_pb2.SubscribeResponse, msgs: list[Message | TidelogError]) -> None:
+    def _count(self, resp: records_service_pb2.SubscribeResponse, msgs: list[Message]) -> None:
         c = self.core.counters
         c["rx"] += 1
         c["rxmsgs"] += len(msgs)
-        c["rxmsg_bytes"] += sum(len(m) for m in msgs if isinstance(m, Message))
+        c["rxmsg_bytes"] += sum(map(len, msgs))
         c["throttle_ms"] += resp.throttle_time_ms  # the broker's quota paced this stream
 
     def _start_position(self, offset: int | None) -> records_service_pb2.StartPosition:
