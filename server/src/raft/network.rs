@@ -274,6 +274,8 @@ struct AppendStream {
     answers: Streaming<RaftMessage>,
     sent: Arc<AtomicU64>,
     answered: u64,
+    /// How many requests were sent when the last TTL expired without an answer.
+    sent_at_last_tick: u64,
     target: u64,
     ttl: Duration,
 }
@@ -289,8 +291,12 @@ impl AppendStream {
                 }
                 Ok(Ok(None)) => return None,
                 Ok(Err(status)) => return Some(Err(RPCError::Unreachable(unreachable(status)))),
-                // Idle: every request answered, nothing new sent; the stream stays open.
-                Err(_) if self.sent.load(Ordering::Acquire) <= self.answered => {}
+                // Idle, or only requests younger than a whole TTL unanswered: the stream stays
+                // open. A request already sent at the previous expiry and still unanswered has
+                // waited at least a TTL: the peer is too slow or gone.
+                Err(_) if self.answered >= self.sent_at_last_tick => {
+                    self.sent_at_last_tick = self.sent.load(Ordering::Acquire);
+                }
                 Err(_) => {
                     let msg = format!("no answer from node {} within {:?}", self.target, self.ttl);
                     return Some(Err(RPCError::Unreachable(unreachable(msg))));
@@ -347,7 +353,7 @@ impl PeerClient {
                 return Err(RPCError::Unreachable(unreachable(msg)));
             }
         };
-        let state = AppendStream { answers, sent, answered: 0, target, ttl };
+        let state = AppendStream { answers, sent, answered: 0, sent_at_last_tick: 0, target, ttl };
         Ok(Box::pin(futures::stream::unfold(Some(state), |state| async move {
             let mut state = state?;
             let answer = state.next().await?;
@@ -406,8 +412,9 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
     /// probe), a replica paced by the catch-up throttle, and a peer without `StreamAppend` go
     /// one unary call at a time instead.
     ///
-    /// Timeouts: openraft's soft TTL bounds the call's setup and every wait for an answer
-    /// while requests are unanswered; an idle stream (nothing new to replicate) stays open.
+    /// Timeouts: openraft's soft TTL bounds the call's setup; a request unanswered for between
+    /// one and two TTLs ends the stream with an error; an idle stream (nothing new to
+    /// replicate) stays open.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
