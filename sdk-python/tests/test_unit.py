@@ -59,6 +59,9 @@ def test_partitions_match_the_shared_vectors():
         (b"", b"", None, 0),
         (b"k" * 300, b"x" * 20000, [("a", b"1"), ("", b""), ("trace", b"\x00\xff")], 1_700_000_000_123),
         (b"key", b"", [("h", b"")], 1),
+        (None, b"x" * 1024, None, 1_700_000_000_123),
+        (b"k", b"v", None, 1_700_000_000_123),  # the same timestamp again: its cached encoding
+        (b"k", b"v", None, 1_700_000_000_124),
     ],
 )
 def test_encode_record_is_what_protobuf_encodes(key, value, headers, ts):

@@ -394,7 +394,9 @@ class Fetcher:
                     continue  # a batch may begin before the requested offset
                 key = r.key if r.HasField("key") else None
                 value = None if r.null_value else r.value
-                headers = [(h.key, h.value) for h in r.headers]
+                hs = r.headers
+                # Most records have none: iterating an empty repeated field costs more than a test.
+                headers = [(h.key, h.value) for h in hs] if hs else None
                 if r.timestamp_ms > 0:
                     ts, ts_type = r.timestamp_ms, TIMESTAMP_CREATE_TIME
                 else:

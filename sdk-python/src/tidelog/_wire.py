@@ -74,11 +74,31 @@ def varint(n: int) -> bytes:
 Headers = list[tuple[str, bytes]]
 
 
+# The last timestamp's encoding: records produced within the same millisecond share it.
+_last_ts: tuple[int, bytes] = (0, _TAG_TIMESTAMP + b"\x00")
+
+
+def _timestamp_field(ts: int) -> bytes:
+    global _last_ts
+    last = _last_ts  # one read: another thread may replace it meanwhile
+    if last[0] != ts:
+        last = _last_ts = (ts, _TAG_TIMESTAMP + varint(ts))
+    return last[1]
+
+
 def encode_record(
     key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int
 ) -> bytes:
     """One record, framed as a ``RecordBatch.records`` element (ready to concatenate). A None
     ``value`` is a tombstone: no value bytes and ``null_value`` set."""
+    ts = _timestamp_field(timestamp_ms) if timestamp_ms > 0 else b""
+    if not headers and value:
+        # The common record: key (or none), value, timestamp.
+        if key is None:
+            body = b"".join((_TAG_VALUE, varint(len(value)), value, ts))
+        else:
+            body = b"".join((_TAG_KEY, varint(len(key)), key, _TAG_VALUE, varint(len(value)), value, ts))
+        return b"".join((_TAG_BATCH_RECORD, varint(len(body)), body))
     parts: list[bytes] = []
     if key is not None:
         parts += (_TAG_KEY, varint(len(key)), key)
@@ -94,8 +114,7 @@ def encode_record(
                 )
             )
             parts += (_TAG_HEADER, varint(len(h)), h)
-    if timestamp_ms > 0:
-        parts += (_TAG_TIMESTAMP, varint(timestamp_ms))
+    parts.append(ts)
     if value is None:
         parts.append(_NULL_VALUE)
     body = b"".join(parts)

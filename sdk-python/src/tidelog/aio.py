@@ -136,10 +136,11 @@ class AIOProducer:
         core = self._core
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         rec = stage(topic, value, key, headers, partition, timestamp, fut)
-        core.check_produce()  # before reading metadata: closed, or outside a transaction
         count = core.cached_partitions(topic)
         if count is None:
+            core.check_produce()  # before reading metadata: closed, or outside a transaction
             count = await core.fetch_partitions(topic)
+        # try_append checks again, under the lock, what check_produce checks.
         deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
         assert core.space_event is not None
         while True:

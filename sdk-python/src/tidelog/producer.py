@@ -160,15 +160,18 @@ class Producer:
         """Queues the record; returns its partition."""
         core = self._core
         rec = stage(topic, value, key, headers, partition, timestamp, sink)
-        core.check_produce()  # before reading metadata: closed, or outside a transaction
         count = core.cached_partitions(topic)
         if count is None:
+            core.check_produce()  # before reading metadata: closed, or outside a transaction
             # fetch_partitions bounds itself (max.block.ms of retries, each request.timeout.ms).
             bound = (self._cfg["max.block.ms"] + 2 * self._cfg["request.timeout.ms"]) / 1000
             count = self._rt.call(core.fetch_partitions(topic), bound)
-        deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
+        deadline = None
         with core.space:
+            # try_append checks again, under the lock, what check_produce checks.
             while (p := core.try_append(rec, count)) is None:
+                if deadline is None:
+                    deadline = time.monotonic() + self._cfg["max.block.ms"] / 1000
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise core.buffer_full()
