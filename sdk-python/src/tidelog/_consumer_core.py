@@ -49,7 +49,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -175,7 +175,7 @@ class ConsumerCore:
         while self.buffer and len(out) < max_records:
             chunk = self.buffer[0]
             if chunk.tp is not None:
-                self._take_records(chunk, out, max_records - len(out))
+                self._take_records(chunk, chunk.tp, out, max_records - len(out))
                 continue
             item = chunk.items[chunk.pos]
             if isinstance(item, TidelogError):
@@ -198,21 +198,21 @@ class ConsumerCore:
             self.loop.call_soon_threadsafe(self.space.set)
         return out
 
-    def _take_records(self, chunk: _Chunk, out: list[Message], room: int) -> None:
+    def _take_records(self, chunk: _Chunk, tp: TP, out: list[Message], room: int) -> None:
         """Up to ``room`` records of one partition's chunk: the checks of :meth:`take` once per
         chunk instead of once per record (its offsets only increase)."""
-        tp, items, i = chunk.tp, chunk.items, chunk.pos
-        n = len(items)
+        items = cast("Sequence[Message]", chunk.items)  # a chunk with a tp holds records only
+        i, n = chunk.pos, len(items)
         if chunk.epoch != self.fetch_epoch or tp not in self.assigned or tp in self.paused:
             self._advance(chunk, n - i)  # fetched before a rebalance, seek or pause
             return
-        position = self.positions.get(tp, 0)  # type: ignore[arg-type]
-        while i < n and items[i].offset() < position:  # type: ignore[union-attr]
+        position = self.positions.get(tp, 0)
+        while i < n and items[i].offset() < position:
             i += 1  # before a seek target
         end = min(n, i + room)
         if end > i:
-            out += items[i:end]  # type: ignore[arg-type]
-            self.positions[tp] = items[end - 1].offset() + 1  # type: ignore[index, union-attr]
+            out += items[i:end]
+            self.positions[tp] = items[end - 1].offset() + 1
         self._advance(chunk, end - chunk.pos)
 
     def _advance(self, chunk: _Chunk, n: int) -> None:
@@ -718,6 +718,9 @@ class ConsumerCore:
         with self.lock:
             buffered: dict[TP, int] = {}
             for chunk in self.buffer:
+                if chunk.tp is not None:
+                    buffered[chunk.tp] = buffered.get(chunk.tp, 0) + len(chunk.items) - chunk.pos
+                    continue
                 for m in chunk.items[chunk.pos :]:
                     if isinstance(m, Message):
                         tp = (m.topic(), m.partition())

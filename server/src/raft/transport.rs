@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-
 use openraft::raft::VoteResponse;
 use openraft::storage::Snapshot;
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -68,10 +67,14 @@ impl GroupHandle {
     /// A Raft message wakes the group: someone needs it to run. (Not called for Quiesce, for a
     /// pre-vote an asleep replica refuses, or for a heartbeat that carries nothing new.)
     fn woken(self, group: u64) -> Self {
+        self.wake(group);
+        self
+    }
+
+    fn wake(&self, group: u64) {
         if self.quiescence.wake(&self.raft) {
             tracing::debug!(group, "woken by a raft message");
         }
-        self
     }
 }
 
@@ -195,11 +198,16 @@ impl RaftGroups {
 #[derive(Clone)]
 pub struct RaftTransportService {
     groups: RaftGroups,
+    /// `tidelog_raft_append_requests_total` by mode: AppendEntries received one per call, and
+    /// on streams.
+    unary_appends: Counter,
+    streamed_appends: Counter,
 }
 
 impl RaftTransportService {
     pub fn new(groups: RaftGroups) -> Self {
-        Self { groups }
+        let appends = |mode| metrics::instruments().raft_append_requests.get_or_create(&ModeLabel { mode }).clone();
+        Self { groups, unary_appends: appends("unary"), streamed_appends: appends("stream") }
     }
 }
 
@@ -209,10 +217,6 @@ fn invalid(e: CodecError) -> Status {
 
 fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft group stopped: {e}"))
-}
-
-fn append_requests(mode: &'static str) -> Counter {
-    metrics::instruments().raft_append_requests.get_or_create(&ModeLabel { mode }).clone()
 }
 
 fn reply(group_id: u64, body: Vec<u8>) -> Response<RaftMessage> {
@@ -226,7 +230,7 @@ impl RaftTransport for RaftTransportService {
         let m = request.into_inner();
         let handle = self.groups.get(m.group_id)?;
         let rpc = rpc_codec::decode_append_request(&m.body).map_err(invalid)?;
-        append_requests("unary").inc();
+        self.unary_appends.inc();
         // Processed either way (it renews the follower's view of its leader); it only does
         // not restart the ticker when it brings nothing (raft/quiesce.rs).
         let asleep_heartbeat = handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc);
@@ -254,7 +258,7 @@ impl RaftTransport for RaftTransportService {
         let handle = self.groups.get(group_id)?;
         let failure: Arc<Mutex<Option<Status>>> = Arc::default();
         let requests = {
-            let (handle, failure, streamed) = (handle.clone(), Arc::clone(&failure), append_requests("stream"));
+            let (handle, failure, streamed) = (handle.clone(), Arc::clone(&failure), self.streamed_appends.clone());
             let fail = move |status: Status| {
                 *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
                 None
@@ -277,7 +281,7 @@ impl RaftTransport for RaftTransportService {
                 };
                 streamed.inc();
                 if !(handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc)) {
-                    handle.clone().woken(group_id);
+                    handle.wake(group_id);
                 }
                 Some(rpc)
             })
