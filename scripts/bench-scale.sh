@@ -38,6 +38,7 @@ rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 secs_since() { awk -v a="$1" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }
 
 ports=("$(free_port)" "$(free_port)" "$(free_port)")
+metrics_ports=("$(free_port)" "$(free_port)" "$(free_port)")
 peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
 addr() { echo "127.0.0.1:${ports[$(($1 - 1))]}"; }
 # serve N: starts broker N (its log appended to, so a restart keeps the first run's lines).
@@ -45,6 +46,7 @@ serve() {
   local n=$1
   : >"$work/node-$n.out"
   "$bin" serve --node-id "$n" --listen "$(addr "$n")" --data-dir "$work/node-$n" --peers "$peers" \
+    --metrics-listen "127.0.0.1:${metrics_ports[$((n - 1))]}" \
     >"$work/node-$n.out" 2>>"$work/node-$n.log" &
   pids[$((n - 1))]=$!
 }
@@ -77,7 +79,13 @@ while [ $SECONDS -lt $deadline ]; do
 done
 say "create answered ok=$create_ok after ${create_answer_s} s; every partition led after ${create_s} s"
 
-cpu=() rss=()
+# awake_groups N: broker N's partition groups not asleep (tidelog_raft_groups), or null.
+awake_groups() {
+  curl -s -m 5 "http://127.0.0.1:${metrics_ports[$(($1 - 1))]}/metrics" |
+    awk '/^tidelog_raft_groups\{state="awake"\}/ { print $2; found = 1 } END { if (!found) print "null" }'
+}
+
+cpu=() rss=() awake=()
 if [ "$create_s" != null ]; then
   sleep 10 # the groups go quiet (quiesce after 2 s idle)
   before=()
@@ -86,8 +94,9 @@ if [ "$create_s" != null ]; then
   for i in 0 1 2; do
     cpu+=("$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "${pids[$i]}")" -v s="$idle_secs" 'BEGIN { printf "%.2f", (b - a) / s }')")
     rss+=("$(rss_mb "${pids[$i]}")")
+    awake+=("$(awake_groups $((i + 1)))")
   done
-  say "idle: CPU % of a core per broker ${cpu[*]}; RSS MB ${rss[*]}"
+  say "idle: CPU % of a core per broker ${cpu[*]}; RSS MB ${rss[*]}; awake groups ${awake[*]}"
 fi
 
 say "kill -9 broker 2, restart"
@@ -114,16 +123,16 @@ fi
 say "restart: listening after ${listen_s} s, produces answered after ${produce_s} s"
 
 warns=$(cat "$work"/node-*.log | grep -c ' WARN ' || true)
-elections=$(cat "$work"/node-*.log | grep -c 'becomes leader' || true)
-python3 - "$partitions" "$create_ok" "$create_answer_s" "$create_s" "$listen_s" "$produce_s" "$warns" "$elections" \
-  "${cpu[*]:-}" "${rss[*]:-}" <<'PY'
+python3 - "$partitions" "$create_ok" "$create_answer_s" "$create_s" "$listen_s" "$produce_s" "$warns" \
+  "${cpu[*]:-}" "${rss[*]:-}" "${awake[*]:-}" <<'PY'
 import json, sys
 a = sys.argv[1:]
 num = lambda s: None if s == "null" else float(s)
 print(json.dumps({
     "partitions": int(a[0]), "create_ok": a[1] == "true", "create_answered_s": num(a[2]),
     "create_s": num(a[3]), "restart_listen_s": num(a[4]), "restart_produce_s": num(a[5]),
-    "warn_lines": int(a[6]), "leader_lines": int(a[7]),
-    "idle_cpu_pct": [float(x) for x in a[8].split()], "rss_mb": [float(x) for x in a[9].split()],
+    "warn_lines": int(a[6]),
+    "idle_cpu_pct": [float(x) for x in a[7].split()], "rss_mb": [float(x) for x in a[8].split()],
+    "awake_groups": [num(x) for x in a[9].split()],
 }))
 PY

@@ -103,7 +103,7 @@ def main() -> None:
         print(
             f"\nscale: create answered ok={s.get('create_ok')} after {s.get('create_answered_s')} s; "
             f"RSS MB per broker {rss}; {s.get('warn_lines')} WARN lines, "
-            f"{s.get('leader_lines')} 'becomes leader' lines"
+            f"groups awake at idle per broker {s.get('awake_groups')}"
         )
     print(f"\nall results: {sys.argv[1]}")
 

@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// (default 2000; 0 = never).
     #[arg(long, env = "TIDELOG_QUIESCE_MS")]
     pub quiesce_ms: Option<u64>,
+    /// Cluster mode: new partition groups this broker starts (elects) at once (default 128).
+    #[arg(long, env = "TIDELOG_GROUP_STARTS")]
+    pub group_starts: Option<u32>,
     /// A new broker joining a running cluster: `host:port` of any member (instead of --peers).
     /// It waits to be added with `tidelog cluster add-broker ID=ADDR`.
     #[arg(long, env = "TIDELOG_JOIN", conflicts_with = "peers")]
@@ -155,6 +158,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.quiesce_ms {
         config.cluster.quiesce_ms = v;
+    }
+    if let Some(v) = args.group_starts {
+        config.cluster.group_starts = v;
     }
     if let Some(v) = &args.join {
         config.cluster.join = Some(v.trim_start_matches("http://").to_string());

@@ -144,6 +144,11 @@ pub struct ClusterSettings {
     /// 2000 ms; 0 = never (every group ticks, about half a core per broker per 1,000 idle
     /// partitions).
     pub quiesce_ms: u64,
+    /// With quiescing on: how many new partition groups this broker starts (elects) at once;
+    /// a started group holds its place until it sleeps or is written to, so a large topic is
+    /// created at the pace the machine allows instead of thousands of groups electing and
+    /// heartbeating together (`cluster/replica.rs`). Default 128.
+    pub group_starts: u32,
     /// The metadata log is snapshotted (its sealed prefix replaced by the state it leaves:
     /// `cluster/meta_snapshot.rs`) once this many bytes of it were written since the last
     /// snapshot; its segments roll at a quarter of it. A broker starting replays at most about
@@ -170,6 +175,7 @@ impl Default for ClusterSettings {
             election_timeout_ms: 1000,
             leader_rebalance_ms: 10_000,
             quiesce_ms: 2000,
+            group_starts: 128,
             metadata_snapshot_bytes: 16 << 20,
             reassignment_throttle_bytes_per_sec: 64 << 20,
             join: None,
@@ -306,6 +312,9 @@ impl Config {
                     "cluster.election_timeout_ms must be at least 3 x cluster.heartbeat_ms (and the heartbeat positive)"
                         .into(),
                 ));
+            }
+            if c.group_starts == 0 {
+                return Err(ConfigError::Invalid("cluster.group_starts must be at least 1".into()));
             }
             if c.metadata_snapshot_bytes < 64 << 10 {
                 return Err(ConfigError::Invalid(

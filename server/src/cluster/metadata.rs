@@ -660,7 +660,7 @@ pub(super) async fn open_slot(
     // A broker a move adds starts empty and waits for the partition's leader to add it.
     let start = match replicas.iter().position(|r| *r == cluster.node_id()) {
         _ if record.replicas.is_empty() => replica::Start::Now,
-        Some(rank) => replica::Start::by_rank(cx.config, rank),
+        Some(rank) => replica::Start::by_rank(cx.config, &replicas, rank),
         None => replica::Start::Never,
     };
     let opened = replica::open(&cx, broker.store(), spec, replicas.iter().copied().collect(), start).await?;

@@ -179,16 +179,18 @@ impl Cluster {
                 peers: peers.clone(),
                 liveness: Arc::default(),
                 alive_within: Duration::from_millis(settings.election_timeout_ms),
+                starts: Arc::new(tokio::sync::Semaphore::new(settings.group_starts as usize)),
             })
         } else {
             RaftGroups::default()
         };
         // A new cluster's metadata group is started by its lowest broker id (replica::Start);
         // a joining broker is added by the controller.
-        let rank = brokers.keys().position(|b| *b == node_id).unwrap_or(0);
+        let ranked: Vec<u64> = brokers.keys().copied().collect();
+        let rank = ranked.iter().position(|b| *b == node_id).unwrap_or(0);
         let start = match settings.join {
             Some(_) => replica::Start::Never,
-            None => replica::Start::by_rank(&raft_config, rank),
+            None => replica::Start::by_rank(&raft_config, &ranked, rank),
         };
         let meta = replica::open(
             &replica::GroupContext {

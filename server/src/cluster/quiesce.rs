@@ -1,13 +1,17 @@
 //! The broker's quiescing loop (the protocol and its invariants are in `raft/quiesce.rs`).
 //! Every heartbeat interval it:
 //! 1. pings every peer broker once (one call per peer for all groups: the liveness asleep
-//!    followers rely on);
+//!    followers rely on), on a task of its own ([`ping_peers`]);
 //! 2. wakes every asleep follower replica whose leader's broker is silent (`Liveness`: it
 //!    refused a ping and answered none for an election timeout, or answered none for
-//!    several), so it elects as an awake one would;
+//!    several), so it elects as an awake one would; not a replica that is no voter yet (a
+//!    new group's, asleep until its first leader's append: `cluster/replica.rs`);
 //! 3. for every partition group it leads that has had no proposal and no new entry for
-//!    `idle_after`, with every entry committed and on every live follower (a majority of the
-//!    group alive), asks those followers to sleep and sleeps itself once all agreed.
+//!    `idle_after` (a group never written to since it opened here — a new one, or one this
+//!    broker led before it restarted — for one pass: it holds a start permit,
+//!    `cluster/replica.rs`), with every entry committed and on every live follower (a
+//!    majority of the group alive), asks those followers to sleep and sleeps itself once all
+//!    agreed (at most [`CANDIDATES_PER_PASS`] groups a pass).
 //!
 //! Never: touches the metadata group (group sessions follow the controller's liveness).
 
@@ -21,14 +25,52 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use super::Cluster;
 use crate::broker::Broker;
 use crate::raft::quiesce::leader_idle_state;
+use crate::raft::transport::QuiesceContext;
 
 /// Quiesce requests in flight at once (a first pass over a thousand idle groups).
 const CONCURRENT_REQUESTS: usize = 32;
+
+/// Idle groups a pass asks to sleep, at most.
+const CANDIDATES_PER_PASS: usize = 512;
+
+/// Pings every peer broker every `every`, on its own task: the liveness asleep followers
+/// rely on must not wait for a quiescing pass, which on a saturated broker (thousands of new
+/// groups turning idle) took seconds — long enough for every peer to look silent and for
+/// their asleep groups to be woken to elect, saturating it further.
+async fn ping_peers(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration) {
+    let Some(cx) = cluster.groups().quiesce_context().cloned() else { return };
+    let mut shutdown = broker.shutdown_signal();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // immediate; `run` pinged once already
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        ping_round(&cluster, &cx, every).await;
+    }
+}
+
+/// One ping of every peer broker, recorded in the liveness.
+async fn ping_round(cluster: &Cluster, cx: &QuiesceContext, every: Duration) {
+    let me = cluster.node_id();
+    // Read each round: brokers join and leave.
+    let peers: Vec<u64> = cluster.brokers().keys().copied().filter(|p| *p != me).collect();
+    futures::future::join_all(peers.iter().map(|p| async move {
+        cx.liveness.record(*p, cx.peers.ping(*p, me, every * 2).await);
+    }))
+    .await;
+}
 
 /// Runs until the broker shuts down.
 pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, idle_after: Duration) {
     let Some(cx) = cluster.groups().quiesce_context().cloned() else { return };
     let me = cluster.node_id();
+    // Before the first pass looks at who is silent: a restarted broker's asleep replicas
+    // must not be woken for want of a ping yet (`cluster/replica.rs` open_asleep_if_followed).
+    ping_round(&cluster, &cx, every).await;
+    tokio::spawn(ping_peers(Arc::clone(&broker), Arc::clone(&cluster), every));
     let mut shutdown = broker.shutdown_signal();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -42,13 +84,6 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
         }
         // Read each pass: brokers join and leave.
         let peers: Vec<u64> = cluster.brokers().keys().copied().filter(|p| *p != me).collect();
-        futures::future::join_all(peers.iter().map(|p| {
-            let (cx, p) = (&cx, *p);
-            async move {
-                cx.liveness.record(p, cx.peers.ping(p, me, every * 2).await);
-            }
-        }))
-        .await;
         // Which leaders count as alive, decided once per pass (a clock read per peer, not per
         // group): an asleep group then costs an atomic load and a read of its leader.
         let silent: Vec<u64> = peers.iter().copied().filter(|p| !cx.liveness.alive(*p, cx.alive_within)).collect();
@@ -62,8 +97,16 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
         cluster.for_each_replica(|r| {
             groups += 1;
             if r.quiescence.is_asleep() {
-                let leader = r.raft.metrics().borrow_watched().current_leader;
-                if !leader.is_some_and(leader_alive) && r.quiescence.wake(&r.raft) {
+                // A replica that is no voter (a new group's, waiting for its first leader's
+                // append) cannot elect: waking it would only start its ticks. (Looked at only
+                // without a live leader: this runs for every asleep group every pass.)
+                let (leader, should_elect) = {
+                    let m = r.raft.metrics();
+                    let m = m.borrow_watched();
+                    let voter = || m.membership_config.membership().voter_ids().any(|v| v == me);
+                    (m.current_leader, !m.current_leader.is_some_and(leader_alive) && voter())
+                };
+                if should_elect && r.quiescence.wake(&r.raft) {
                     tracing::info!(group = r.group_id, leader = ?leader, "leader's broker silent: woke to elect");
                 } else {
                     asleep += 1;
@@ -84,11 +127,14 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             let entry = quiet.entry(r.group_id).or_insert((state.0, state.1, now));
             if (entry.0, entry.1) != state {
                 *entry = (state.0, state.1, now);
-            } else if now.duration_since(entry.2) >= idle_after {
+            } else if now.duration_since(entry.2) >= if state.0 == 0 { every } else { idle_after } {
                 candidates.push((r.clone(), state.0));
             }
         });
         quiet.retain(|g, _| led_awake.contains(g));
+        // Bounded per pass, so a pass stays about a heartbeat long when thousands of new
+        // groups turn idle together; the rest are candidates again next pass.
+        candidates.truncate(CANDIDATES_PER_PASS);
         futures::stream::iter(candidates)
             .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity)| {
                 let cx = &cx;
@@ -115,6 +161,10 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             })
             .await;
         // Counted before this pass's new sleepers: they show in the next report.
+        let gauges = &crate::telemetry::metrics::instruments().raft_groups;
+        let state = |state| crate::telemetry::metrics::StateLabel { state };
+        gauges.get_or_create(&state("asleep")).set(asleep as i64);
+        gauges.get_or_create(&state("awake")).set((groups - asleep) as i64);
         if (asleep, groups) != reported {
             reported = (asleep, groups);
             tracing::info!(asleep, groups, "partition groups asleep");

@@ -95,26 +95,39 @@ pub struct Opened {
 /// the vote (all three stood at once, and leaders did not land where placement put them).
 /// One replica (the preferred leader) starts it and wins unopposed; the others learn the
 /// membership from its first append, and initialise it themselves only if none arrived
-/// within their delay (the first one is down). The delays are staggered by rank
-/// ([`Start::by_rank`]), so the fallbacks do not split the vote either. Same voters everywhere, so a
-/// late initialise is harmless (openraft: one leader per term).
-#[derive(Clone, Copy, Debug)]
+/// within their delay and no replica ranked before them is on a broker that answers pings
+/// (it starts the group when it opens it: on a busy cluster the brokers open a large
+/// topic's groups at different paces). The delays are staggered by rank
+/// ([`Start::by_rank`]), so the fallbacks do not split the vote either. Same voters
+/// everywhere, so a late initialise is harmless (openraft: one leader per term).
+#[derive(Clone, Debug)]
 pub enum Start {
     Now,
-    IfNoLeaderWithin(Duration),
+    /// After `wait` with no leader's message, unless a broker of `earlier` (the replicas
+    /// ranked before this one) is alive; then again, at most [`MAX_DEFERRALS`] times.
+    IfNoLeaderWithin {
+        wait: Duration,
+        earlier: Vec<u64>,
+    },
     /// Never by this replica: a broker joining a running cluster is added by its leader.
     Never,
 }
 
+/// How many times a replica waits again for an earlier-ranked one whose broker is alive
+/// before it starts the group itself (that broker may have failed to open its replica).
+pub const MAX_DEFERRALS: u32 = 30;
+
 impl Start {
-    /// The replica of `rank` in a new group's replica list: the first starts it at once; the
-    /// one of rank `r` waits `r` times two of the longest election timeouts for one before it.
-    pub fn by_rank(config: &openraft::Config, rank: usize) -> Self {
+    /// The replica of `rank` in a new group's replica list `replicas`: the first starts it
+    /// at once; the one of rank `r` waits `r` times two of the longest election timeouts for
+    /// one before it.
+    pub fn by_rank(config: &openraft::Config, replicas: &[u64], rank: usize) -> Self {
         match rank {
             0 => Self::Now,
             r => {
                 let wait = Duration::from_millis(config.election_timeout_max * 2);
-                Self::IfNoLeaderWithin(wait.saturating_mul(u32::try_from(r).unwrap_or(u32::MAX)))
+                let wait = wait.saturating_mul(u32::try_from(r).unwrap_or(u32::MAX));
+                Self::IfNoLeaderWithin { wait, earlier: replicas.iter().take(r).copied().collect() }
             }
         }
     }
@@ -150,11 +163,24 @@ pub async fn open(
     cx.groups.insert(spec.group_id, handle);
     match (raft.is_initialized().await, start) {
         (Ok(true), _) => open_asleep_if_followed(cx, spec.group_id, &raft, &quiescence),
-        (Ok(false), Start::Now) => initialize(&raft, spec.group_id, voters).await,
-        (Ok(false), Start::IfNoLeaderWithin(wait)) => {
-            drop(tokio::spawn(start_unless_led(raft.clone(), cx.groups.clone(), spec.group_id, voters, wait)))
+        (Ok(false), Start::Now) if !wait_asleep_if_partition(cx, spec.group_id, &raft, &quiescence) => {
+            initialize(&raft, spec.group_id, voters).await
         }
-        (Ok(false), Start::Never) | (Err(_), _) => {} // stopped already: nothing to start
+        (Ok(false), Start::Now) => {
+            let waiting =
+                Waiting { raft: raft.clone(), quiescence: Arc::clone(&quiescence), groups: cx.groups.clone() };
+            drop(tokio::spawn(async move { waiting.start_in_turn(spec.group_id, voters).await }))
+        }
+        (Ok(false), Start::IfNoLeaderWithin { wait, earlier }) => {
+            wait_asleep_if_partition(cx, spec.group_id, &raft, &quiescence);
+            let waiting =
+                Waiting { raft: raft.clone(), quiescence: Arc::clone(&quiescence), groups: cx.groups.clone() };
+            drop(tokio::spawn(start_unless_led(waiting, spec.group_id, voters, wait, earlier)))
+        }
+        (Ok(false), Start::Never) => {
+            wait_asleep_if_partition(cx, spec.group_id, &raft, &quiescence);
+        }
+        (Err(_), _) => {} // stopped already: nothing to start
     }
     Ok(Opened { partition, replica: RaftReplica { group_id: spec.group_id, raft, store, quiescence } })
 }
@@ -178,6 +204,26 @@ fn open_asleep_if_followed(cx: &GroupContext<'_>, group: u64, raft: &PartitionRa
     }
 }
 
+/// A partition replica with an empty log waits asleep: for another replica to start its
+/// group (or, for a move, to add it), or for its own turn to start it (see `start_in_turn`).
+/// With no membership it cannot stand for election, so its ticks would do nothing but cost a
+/// timer and a core wake-up twenty times a second — for every replica of a large topic being
+/// created at once. Any message of the group wakes it (the first leader's vote request or
+/// append); so does its own start. The quiescing loop never wakes a replica that is not a
+/// voter (`cluster/quiesce.rs`). Returns whether it sleeps (cluster mode with quiescing on).
+fn wait_asleep_if_partition(cx: &GroupContext<'_>, group: u64, raft: &PartitionRaft, quiescence: &Quiescence) -> bool {
+    let sleeps = group != super::META_GROUP && cx.groups.quiesce_context().is_some();
+    if sleeps {
+        quiescence.sleep(raft);
+    }
+    sleeps
+}
+
+/// The longest a started group holds its permit: one that neither sleeps nor is written to
+/// (it cannot elect: a majority of its brokers is down) gives the permit back after this, so
+/// the budget cannot be held for good.
+const START_HOLD: Duration = Duration::from_secs(60);
+
 async fn initialize(raft: &PartitionRaft, group: u64, voters: BTreeSet<u64>) {
     // Another replica's first entry may have arrived first: that is the same group.
     if let Err(e) = raft.initialize(voters).await {
@@ -185,24 +231,89 @@ async fn initialize(raft: &PartitionRaft, group: u64, voters: BTreeSet<u64>) {
     }
 }
 
-/// [`Start::IfNoLeaderWithin`]: after `wait`, a replica with a log was started by another
-/// (done); one with neither log nor vote starts the group itself. One that granted a vote but
-/// has no log saw the first replica win and then go silent before its first append: openraft
-/// refuses to initialise over a vote, and without the membership this replica cannot stand
-/// for election, so the group waits for that replica to return (its log holds the
-/// membership) — a window of milliseconds, said in a warning. Ends when the broker stops or
-/// the group does.
-async fn start_unless_led(raft: PartitionRaft, groups: RaftGroups, group: u64, voters: BTreeSet<u64>, wait: Duration) {
-    let mut warned = false;
-    loop {
-        tokio::time::sleep(wait).await;
-        if groups.is_stopping() || raft.metrics().borrow_watched().last_log_index.is_some() {
+/// A new group's replica waiting for another to start it.
+struct Waiting {
+    raft: PartitionRaft,
+    quiescence: Arc<Quiescence>,
+    groups: RaftGroups,
+}
+
+impl Waiting {
+    /// Starts the group once a permit of the broker's start budget is free, and holds the
+    /// permit until the group sleeps or is written to. Without quiescing (no budget) it
+    /// starts at once.
+    ///
+    /// Why a budget (`cluster.group_starts`, 128 by default: how many groups a broker starts
+    /// at once): a group just started is awake on every replica (ticking twenty times a
+    /// second, heartbeating four) until it sleeps; a topic of 10,000 partitions started all
+    /// at once kept ~7,000 groups awake per broker on two cores, their timers and heartbeats
+    /// came late, elections failed and repeated, and the cluster did not converge. With a
+    /// budget, creation goes at the pace the machine allows: a group holds its permit from
+    /// its start until it sleeps (a new group with no write sleeps after one quiescing pass:
+    /// `cluster/quiesce.rs`) or is led and written to, or [`START_HOLD`] at most. A group
+    /// that fails to elect keeps its permit, so elections that fail for want of CPU slow the
+    /// starts down instead of adding to the load.
+    async fn start_in_turn(&self, group: u64, voters: BTreeSet<u64>) {
+        let Some(starts) = self.groups.quiesce_context().map(|cx| Arc::clone(&cx.starts)) else {
+            self.quiescence.wake(&self.raft);
+            return initialize(&self.raft, group, voters).await;
+        };
+        let Ok(_permit) = starts.acquire_owned().await else { return };
+        // Another replica's first append (or vote request) woke and started it meanwhile.
+        if self.groups.is_stopping() || self.raft.metrics().borrow_watched().last_log_index.is_some() {
             return;
         }
-        match raft.is_initialized().await {
+        let starting = &crate::telemetry::metrics::instruments().raft_group_starts;
+        starting.inc();
+        self.quiescence.wake(&self.raft);
+        initialize(&self.raft, group, voters).await;
+        let deadline = tokio::time::Instant::now() + START_HOLD;
+        let mut metrics = self.raft.metrics();
+        while !self.started() && tokio::time::Instant::now() < deadline && !self.groups.is_stopping() {
+            // Metrics change at every step of the election and replication; sleeping is
+            // not one of them, so look again at least every 100 ms.
+            let changed = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+            if matches!(changed, Ok(Err(_))) {
+                break; // the group stopped
+            }
+        }
+        starting.dec();
+    }
+
+    /// Whether a started group no longer needs its permit: it sleeps, or it has a leader and
+    /// is written to (it stays awake for its writes, not for its start).
+    fn started(&self) -> bool {
+        self.quiescence.is_asleep()
+            || (self.quiescence.activity() > 0 && self.raft.metrics().borrow_watched().current_leader.is_some())
+    }
+
+    /// Whether a broker holding one of `earlier` answers pings (none known in a broker that
+    /// runs no quiescing loop, which is what feeds the liveness).
+    fn earlier_alive(&self, earlier: &[u64]) -> bool {
+        self.groups.quiesce_context().is_some_and(|cx| earlier.iter().any(|b| cx.liveness.alive(*b, cx.alive_within)))
+    }
+}
+
+/// [`Start::IfNoLeaderWithin`]: after `wait`, a replica with a log was started by another
+/// (done); one with neither log nor vote starts the group itself, unless a broker ranked
+/// before it is alive (it waits again, up to [`MAX_DEFERRALS`] times). One that granted a
+/// vote but has no log saw the first replica win and then go silent before its first append:
+/// openraft refuses to initialise over a vote, and without the membership this replica cannot
+/// stand for election, so the group waits for that replica to return (its log holds the
+/// membership) — a window of milliseconds, said in a warning. Ends when the broker stops or
+/// the group does.
+async fn start_unless_led(w: Waiting, group: u64, voters: BTreeSet<u64>, wait: Duration, earlier: Vec<u64>) {
+    let (mut warned, mut deferred) = (false, 0);
+    loop {
+        tokio::time::sleep(wait).await;
+        if w.groups.is_stopping() || w.raft.metrics().borrow_watched().last_log_index.is_some() {
+            return;
+        }
+        match w.raft.is_initialized().await {
+            Ok(false) if deferred < MAX_DEFERRALS && w.earlier_alive(&earlier) => deferred += 1,
             Ok(false) => {
                 tracing::info!(group, "no replica started this new group within {wait:?}: starting it here");
-                return initialize(&raft, group, voters).await;
+                return w.start_in_turn(group, voters).await;
             }
             Ok(true) if !warned => {
                 warned = true;

@@ -44,6 +44,9 @@ use super::state_machine::PartitionSnapshotOf;
 use super::throttle::Throttle;
 use super::types::{LogId, PartitionTc, Vote};
 
+/// A `StreamAppend` call with no new request for this long ends ([`PeerClient::stream_append`]).
+const STREAM_IDLE: Duration = Duration::from_secs(1);
+
 /// Bytes of segment data per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -339,6 +342,18 @@ impl PeerClient {
                 }
             })
         };
+        // An idle stream ends: it would hold one of the connection's HTTP/2 stream slots
+        // (`api::MAX_STREAMS_PER_CONNECTION`, shared by every group replicating to this peer)
+        // for as long as its group lives. With thousands of groups per peer, streams of
+        // groups that once replicated, most of them asleep since, took every slot, and
+        // heartbeats and votes queued behind them until they timed out. The next entry
+        // starts a new session (openraft resumes from the last acknowledged entry).
+        let messages = futures::stream::unfold(Box::pin(messages), |mut messages| async move {
+            match tokio::time::timeout(STREAM_IDLE, messages.next()).await {
+                Ok(Some(m)) => Some((m, messages)),
+                Ok(None) | Err(_) => None,
+            }
+        });
         let mut client = RaftTransportClient::new(self.peers.channel(target)?);
         let answers = match tokio::time::timeout(ttl, client.stream_append(messages)).await {
             Ok(Ok(response)) => response.into_inner(),
@@ -413,8 +428,8 @@ impl RaftNetworkV2<PartitionTc> for PeerClient {
     /// one unary call at a time instead.
     ///
     /// Timeouts: openraft's soft TTL bounds the call's setup; a request unanswered for between
-    /// one and two TTLs ends the stream with an error; an idle stream (nothing new to
-    /// replicate) stays open.
+    /// one and two TTLs ends the stream with an error; a stream with nothing new to replicate
+    /// for [`STREAM_IDLE`] ends (openraft starts a new one for the next entries).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,

@@ -23,7 +23,8 @@
 //!   asleep under the leader of its committed vote (`cluster/replica.rs`,
 //!   `open_asleep_if_followed`) without asking: like any restarted replica until its
 //!   leader's next message, it may lack entries, and that message (which wakes it) brings
-//!   them;
+//!   them. Nor does a new group's replica that waits, asleep and with an empty log, for the
+//!   first leader's append (`wait_asleep_if_partition`): it has no entry to lack yet;
 //! - a leader sleeps only after every follower agreed, and never with a proposal it has not
 //!   seen: a proposal bumps `activity` *before* it checks `asleep`, and the leader sets `asleep`
 //!   *before* it checks `activity` (both sequentially consistent), so one of the two always

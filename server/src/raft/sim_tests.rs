@@ -541,4 +541,16 @@ async fn over_grpc_replication_streams_and_bad_streams_are_refused() {
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     c.write(5).await;
     c.check().await;
+
+    // Streams end once idle (network.rs STREAM_IDLE): each holds an HTTP/2 stream slot of the
+    // connection every group to that peer shares, and thousands of groups' streams, open for
+    // their groups' lifetimes, took them all.
+    let open = || instruments().raft_append_streams.get();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} append streams still open after 10 s idle", open());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.write(5).await;
+    c.check().await;
 }

@@ -35,6 +35,7 @@ use openraft::storage::Snapshot;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Raft;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tidelog_proto::internal::raft_transport_server::RaftTransport;
 use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
 use tonic::{Request, Response, Status, Streaming};
@@ -104,6 +105,9 @@ pub struct QuiesceContext {
     pub liveness: Arc<Liveness>,
     /// A peer that answered a ping within this counts as alive.
     pub alive_within: Duration,
+    /// How many new partition groups this broker starts at once (`cluster/replica.rs`
+    /// `start_in_turn`): a group holds a permit from its first election until it sleeps.
+    pub starts: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for RaftGroups {
@@ -202,12 +206,35 @@ pub struct RaftTransportService {
     /// on streams.
     unary_appends: Counter,
     streamed_appends: Counter,
+    /// `tidelog_raft_append_streams`.
+    open_streams: Gauge,
+}
+
+/// One open `StreamAppend` call in `tidelog_raft_append_streams`, until dropped.
+struct OpenStream(Gauge);
+
+impl OpenStream {
+    fn count(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl RaftTransportService {
     pub fn new(groups: RaftGroups) -> Self {
         let appends = |mode| metrics::instruments().raft_append_requests.get_or_create(&ModeLabel { mode }).clone();
-        Self { groups, unary_appends: appends("unary"), streamed_appends: appends("stream") }
+        Self {
+            groups,
+            unary_appends: appends("unary"),
+            streamed_appends: appends("stream"),
+            open_streams: metrics::instruments().raft_append_streams.clone(),
+        }
     }
 }
 
@@ -291,9 +318,10 @@ impl RaftTransport for RaftTransportService {
             Err(fatal) => Err(stopped(fatal)),
         });
         // The last answer: why the requests stopped, if they stopped on a bad one. The gate is
-        // held until then.
+        // held until then, and the stream counted open (or until the call is dropped).
+        let open = OpenStream::count(&self.open_streams);
         let last = futures::stream::once(async move {
-            drop(admitted);
+            drop((admitted, open));
             failure.lock().unwrap_or_else(PoisonError::into_inner).take()
         })
         .filter_map(|f| async move { f.map(Err) });

@@ -52,6 +52,15 @@ pub struct Instruments {
     /// Cluster mode: AppendEntries requests a follower received, by how they came (`unary`:
     /// one call each, heartbeats included; `stream`: pipelined on a StreamAppend call).
     pub raft_append_requests: Family<ModeLabel, Counter>,
+    /// Cluster mode: pipelined replication streams (StreamAppend calls) open here as a
+    /// follower. Each holds one of its connection's HTTP/2 stream slots.
+    pub raft_append_streams: Gauge,
+    /// Cluster mode: partition groups hosted here by whether they sleep (`asleep`, `awake`),
+    /// as the quiescing loop last counted them.
+    pub raft_groups: Family<StateLabel, Gauge>,
+    /// Cluster mode: new partition groups started here and not asleep yet (holding a permit
+    /// of the start budget).
+    pub raft_group_starts: Gauge,
     /// Subscribe responses sent.
     pub subscribe_responses: Counter,
     /// Subscribe streams ended with an error status.
@@ -81,6 +90,12 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+/// A Raft group's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
 /// Throttle time by quota kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuotaLabel {
@@ -98,6 +113,9 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     fsync_latency: latency_histogram(),
     replication_commit_latency: latency_histogram(),
     raft_append_requests: Family::default(),
+    raft_append_streams: Gauge::default(),
+    raft_groups: Family::default(),
+    raft_group_starts: Gauge::default(),
     subscribe_responses: Counter::default(),
     subscribe_errors: Family::default(),
     open_streams: Family::default(),
@@ -138,6 +156,21 @@ pub fn register(registry: &mut Registry) {
         "tidelog_raft_append_requests",
         "Cluster: AppendEntries requests received from leaders, by mode (unary or pipelined stream)",
         i.raft_append_requests.clone(),
+    );
+    registry.register(
+        "tidelog_raft_append_streams",
+        "Cluster: pipelined replication streams (StreamAppend calls) open here as a follower",
+        i.raft_append_streams.clone(),
+    );
+    registry.register(
+        "tidelog_raft_groups",
+        "Cluster: partition groups hosted here, by state (asleep or awake)",
+        i.raft_groups.clone(),
+    );
+    registry.register(
+        "tidelog_raft_group_starts",
+        "Cluster: new partition groups started here and not asleep yet (the start budget in use)",
+        i.raft_group_starts.clone(),
     );
     registry.register("tidelog_subscribe_responses", "Subscribe responses sent", i.subscribe_responses.clone());
     registry.register("tidelog_subscribe_errors", "Subscribe streams ended by an error", i.subscribe_errors.clone());
