@@ -428,6 +428,11 @@ impl Cluster {
         }
     }
 
+    /// How many partition groups are held here.
+    pub fn hosted_count(&self) -> usize {
+        self.hosted.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// The partition group `group_id`, if held here.
     pub fn hosted_group(&self, group_id: u64) -> Option<Hosted> {
         self.hosted.read().unwrap_or_else(PoisonError::into_inner).get(&group_id).cloned()

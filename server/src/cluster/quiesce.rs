@@ -1,5 +1,7 @@
 //! The broker's quiescing loop (the protocol and its invariants are in `raft/quiesce.rs`).
-//! Every heartbeat interval it:
+//! Every heartbeat interval it (looking at every group only when a group woke, a peer turned
+//! silent or groups came or went since, and every 20 passes; otherwise at the groups it saw
+//! awake: asleep ones cost nothing):
 //! 1. pings every peer broker once (one call per peer for all groups: the liveness asleep
 //!    followers rely on), on a task of its own ([`ping_peers`]);
 //! 2. wakes every asleep follower replica whose leader's broker is silent (`Liveness`: it
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 
+use super::replica::RaftReplica;
 use super::Cluster;
 use crate::broker::Broker;
 use crate::raft::quiesce::leader_idle_state;
@@ -32,6 +35,26 @@ const CONCURRENT_REQUESTS: usize = 32;
 
 /// Idle groups a pass asks to sleep, at most.
 const CANDIDATES_PER_PASS: usize = 512;
+
+/// A pass looks at every group at least once in this many passes, whatever changed.
+const FULL_SCAN_EVERY: u32 = 20;
+
+/// What the last pass over every group saw: wakes counted, groups hosted, silent peers; and
+/// the passes since.
+#[derive(Clone, Debug, Default)]
+struct Scanned {
+    wakes: u64,
+    hosted: usize,
+    silent: Vec<u64>,
+    passes: u32,
+}
+
+impl PartialEq for Scanned {
+    /// Whether nothing a full pass depends on changed (`passes` aside).
+    fn eq(&self, other: &Self) -> bool {
+        (self.wakes, self.hosted, &self.silent) == (other.wakes, other.hosted, &other.silent)
+    }
+}
 
 /// Pings every peer broker every `every`, on its own task: the liveness asleep followers
 /// rely on must not wait for a quiescing pass, which on a saturated broker (thousands of new
@@ -77,6 +100,9 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
     // Per group this broker leads: (proposals seen, last log index, since when both are so).
     let mut quiet: HashMap<u64, (u64, Option<u64>, Instant)> = HashMap::new();
     let mut reported = (usize::MAX, usize::MAX);
+    // The groups found awake by the last pass, and what a pass must look at every group for.
+    let mut awake: Vec<RaftReplica> = Vec::new();
+    let mut scanned = Scanned::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -88,18 +114,32 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
         // group): an asleep group then costs an atomic load and a read of its leader.
         let silent: Vec<u64> = peers.iter().copied().filter(|p| !cx.liveness.alive(*p, cx.alive_within)).collect();
         let leader_alive = |l: u64| l == me || (peers.contains(&l) && !silent.contains(&l));
-        let mut candidates = Vec::new();
+        // Every group, or only those awake at the last pass: an asleep group changes only by
+        // waking (counted), and matters to this loop only when its leader's broker turns
+        // silent. Read before the scan: a wake during it makes the next pass scan again.
+        let now_scan = Scanned {
+            wakes: crate::raft::quiesce::wakes(),
+            hosted: cluster.hosted_count(),
+            silent: silent.clone(),
+            passes: 0,
+        };
+        let full = now_scan != scanned || scanned.passes >= FULL_SCAN_EVERY;
         let (mut groups, mut asleep) = (0, 0);
-        // The awake groups led here: the only ones `quiet` tracks (an asleep one starts its
-        // idle time again once woken).
-        let mut led_awake = HashSet::new();
-        let now = Instant::now();
-        cluster.for_each_replica(|r| {
-            groups += 1;
-            if r.quiescence.is_asleep() {
+        if full {
+            awake.clear();
+            cluster.for_each_replica(|r| {
+                groups += 1;
+                if !r.quiescence.is_asleep() {
+                    awake.push(r.clone());
+                    return;
+                }
+                if silent.is_empty() {
+                    // Asleep, a replica has a leader (alive: no peer is silent) or is no voter.
+                    asleep += 1;
+                    return;
+                }
                 // A replica that is no voter (a new group's, waiting for its first leader's
-                // append) cannot elect: waking it would only start its ticks. (Looked at only
-                // without a live leader: this runs for every asleep group every pass.)
+                // append) cannot elect: waking it would only start its ticks.
                 let (leader, should_elect) = {
                     let m = r.raft.metrics();
                     let m = m.borrow_watched();
@@ -108,11 +148,24 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                 };
                 if should_elect && r.quiescence.wake(&r.raft) {
                     tracing::info!(group = r.group_id, leader = ?leader, "leader's broker silent: woke to elect");
+                    awake.push(r.clone());
                 } else {
                     asleep += 1;
                 }
-                return;
-            }
+            });
+            scanned = now_scan.clone();
+        } else {
+            awake.retain(|r| !r.quiescence.is_asleep());
+            groups = now_scan.hosted;
+            asleep = groups.saturating_sub(awake.len());
+            scanned.passes += 1;
+        }
+        let mut candidates = Vec::new();
+        // The awake groups led here: the only ones `quiet` tracks (an asleep one starts its
+        // idle time again once woken).
+        let mut led_awake = HashSet::new();
+        let now = Instant::now();
+        for r in &awake {
             // Read in place, not cloned: this runs for every awake group every heartbeat.
             let (leader, last_log_index) = {
                 let m = r.raft.metrics();
@@ -120,7 +173,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                 (m.current_leader, m.last_log_index)
             };
             if leader != Some(me) {
-                return;
+                continue;
             }
             led_awake.insert(r.group_id);
             let state = (r.quiescence.activity(), last_log_index);
@@ -130,7 +183,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             } else if now.duration_since(entry.2) >= if state.0 == 0 { every } else { idle_after } {
                 candidates.push((r.clone(), state.0));
             }
-        });
+        }
         quiet.retain(|g, _| led_awake.contains(g));
         // Bounded per pass, so a pass stays about a heartbeat long when thousands of new
         // groups turn idle together; the rest are candidates again next pass.
