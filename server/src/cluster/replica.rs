@@ -2,9 +2,10 @@
 //! registered with the transport so peers reach it.
 //!
 //! Opening a group over an empty log starts it (openraft `initialize` with the full voter
-//! set) on one replica only, the one [`Start`] names; the others learn the membership from its
-//! first append, and start it themselves, staggered, only if none arrived. A replica with a
-//! log never initialises.
+//! set) on one replica only, the one [`Start`] names, when the broker's start budget has room
+//! (`Waiting::start_in_turn`); the others learn the membership from its first append, and
+//! start it themselves, staggered, only if none arrived. Until then every replica of a new
+//! group waits asleep (no ticks). A replica with a log never initialises.
 //!
 //! Proposing ([`RaftReplica::propose`]) is where produce enters Raft: the entry is queued to the
 //! group's core in the caller's order, and the answer comes at commit (acks=all) or at the

@@ -10,8 +10,9 @@
 //! Replication is pipelined: while a group's leader has entries to send to a peer, they go on
 //! one `StreamAppend` call per (group, peer), each request sent without waiting for the answers
 //! to the earlier ones ([`PeerClient::stream_append`]); HTTP/2 keeps them in order and the
-//! follower answers in order. Heartbeats, probes and a replica paced by the catch-up throttle
-//! go one unary AppendEntries at a time. Each active group's heartbeat is its own call; idle
+//! follower answers in order; a stream with nothing new for a second ends, so idle groups
+//! hold none of the connection's HTTP/2 stream slots. Heartbeats, probes and a replica paced
+//! by the catch-up throttle go one unary AppendEntries at a time. Each active group's heartbeat is its own call; idle
 //! groups go quiet instead (raft/quiesce.rs), and the brokers' liveness is one ping per peer
 //! ([`Peers::ping`]).
 
