@@ -28,8 +28,10 @@ run() {
   work=$(mktemp -d -p "${BENCH_DIR:-/tmp}" tidelog-idle.XXXXXX)
   ports=("$(free_port)" "$(free_port)" "$(free_port)")
   local peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
+  # openraft's own INFO lines (off by default) for the "becomes leader" count below; an idle
+  # group logs nothing.
   for n in 1 2 3; do
-    "$bin" serve --node-id "$n" --listen "127.0.0.1:${ports[$((n - 1))]}" --data-dir "$work/node-$n" \
+    RUST_LOG=info,openraft=info "$bin" serve --node-id "$n" --listen "127.0.0.1:${ports[$((n - 1))]}" --data-dir "$work/node-$n" \
       --peers "$peers" "$@" >"$work/node-$n.out" 2>"$work/node-$n.log" &
     pids+=($!)
   done

@@ -145,9 +145,9 @@ pub struct ClusterSettings {
     /// partitions).
     pub quiesce_ms: u64,
     /// With quiescing on: how many new partition groups this broker starts (elects) at once;
-    /// a started group holds its place until it sleeps or is written to, so a large topic is
-    /// created at the pace the machine allows instead of thousands of groups electing and
-    /// heartbeating together (`cluster/replica.rs`). Default 128.
+    /// a started group holds its place until it sleeps or is written to (60 s at most), so a
+    /// large topic is created at the pace the machine allows instead of thousands of groups
+    /// electing and heartbeating together (`cluster/replica.rs`). Default 128.
     pub group_starts: u32,
     /// The metadata log is snapshotted (its sealed prefix replaced by the state it leaves:
     /// `cluster/meta_snapshot.rs`) once this many bytes of it were written since the last
@@ -464,6 +464,10 @@ mod tests {
             assert!(err.contains(want), "{err}");
         }
         c.cluster.peers = vec!["1=127.0.0.1:7001".into()];
+        c.cluster.group_starts = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("group_starts must be at least 1"));
+        c.cluster.group_starts = 1;
+        c.validate().unwrap();
         c.listen = "127.0.0.1:0".parse().unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("fixed listen port"));
     }

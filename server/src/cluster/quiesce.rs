@@ -1,7 +1,7 @@
 //! The broker's quiescing loop (the protocol and its invariants are in `raft/quiesce.rs`).
 //! Every heartbeat interval it (looking at every group only when a group woke, a peer turned
-//! silent or groups came or went since, and every 20 passes; otherwise at the groups it saw
-//! awake: asleep ones cost nothing):
+//! silent or the number of groups changed since, and every 20 passes; otherwise at the groups
+//! it saw awake: asleep ones cost nothing):
 //! 1. pings every peer broker once (one call per peer for all groups: the liveness asleep
 //!    followers rely on), on a task of its own ([`ping_peers`]);
 //! 2. wakes every asleep follower replica whose leader's broker is silent (`Liveness`: it
@@ -9,11 +9,12 @@
 //!    several), so it elects as an awake one would; not a replica that is no voter yet (a
 //!    new group's, asleep until its first leader's append: `cluster/replica.rs`);
 //! 3. for every partition group it leads that has had no proposal and no new entry for
-//!    `idle_after` (a group never written to since it opened here — a new one, or one this
-//!    broker led before it restarted — for one pass: it holds a start permit,
-//!    `cluster/replica.rs`), with every entry committed and on every live follower (a
-//!    majority of the group alive), asks those followers to sleep and sleeps itself once all
-//!    agreed (at most [`CANDIDATES_PER_PASS`] groups a pass).
+//!    `idle_after` (a group with no proposal through this replica since it opened here — a
+//!    new one, holding a start permit (`cluster/replica.rs`), or one led here after a
+//!    restart or a change of leader — for one heartbeat interval), with every entry committed
+//!    and on every live follower (a majority of the group alive), asks those followers to
+//!    sleep and sleeps itself once all agreed (at most [`CANDIDATES_PER_PASS`] groups a pass,
+//!    of those that may sleep).
 //!
 //! Never: touches the metadata group (group sessions follow the controller's liveness).
 
@@ -133,11 +134,6 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                     awake.push(r.clone());
                     return;
                 }
-                if silent.is_empty() {
-                    // Asleep, a replica has a leader (alive: no peer is silent) or is no voter.
-                    asleep += 1;
-                    return;
-                }
                 // A replica that is no voter (a new group's, waiting for its first leader's
                 // append) cannot elect: waking it would only start its ticks.
                 let (leader, should_elect) = {
@@ -185,22 +181,27 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
             }
         }
         quiet.retain(|g, _| led_awake.contains(g));
+        // Those that may sleep now: every entry committed and on every live follower, and a
+        // majority alive (a follower whose broker is down cannot agree; the group may sleep
+        // without it, and it wakes the group when it returns). Filtered before the bound, so
+        // groups that cannot sleep (a majority down) never keep the others from it.
+        let ready = candidates.into_iter().filter_map(|(r, activity)| {
+            let voters = r.voters();
+            let followers: Vec<u64> =
+                voters.iter().copied().filter(|v| *v != me && cx.liveness.alive(*v, cx.alive_within)).collect();
+            if (followers.len() + 1) * 2 <= voters.len() {
+                return None;
+            }
+            let (vote, committed) = leader_idle_state(&r.raft, &followers)?;
+            Some((r, activity, followers, vote, committed))
+        });
         // Bounded per pass, so a pass stays about a heartbeat long when thousands of new
-        // groups turn idle together; the rest are candidates again next pass.
-        candidates.truncate(CANDIDATES_PER_PASS);
-        futures::stream::iter(candidates)
-            .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity)| {
+        // groups turn idle together; the rest are asked next pass.
+        let ready: Vec<_> = ready.take(CANDIDATES_PER_PASS).collect();
+        futures::stream::iter(ready)
+            .for_each_concurrent(CONCURRENT_REQUESTS, |(r, activity, followers, vote, committed)| {
                 let cx = &cx;
                 async move {
-                    // A follower whose broker is down cannot agree; the group may sleep without
-                    // it while a majority lives (it wakes the group when it returns).
-                    let voters = r.voters();
-                    let followers: Vec<u64> =
-                        voters.iter().copied().filter(|v| *v != me && cx.liveness.alive(*v, cx.alive_within)).collect();
-                    if (followers.len() + 1) * 2 <= voters.len() {
-                        return;
-                    }
-                    let Some((vote, committed)) = leader_idle_state(&r.raft, &followers) else { return };
                     let answers = futures::future::join_all(
                         followers
                             .iter()

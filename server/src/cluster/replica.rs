@@ -5,7 +5,8 @@
 //! set) on one replica only, the one [`Start`] names, when the broker's start budget has room
 //! (`Waiting::start_in_turn`); the others learn the membership from its first append, and
 //! start it themselves, staggered, only if none arrived. Until then every replica of a new
-//! group waits asleep (no ticks). A replica with a log never initialises.
+//! partition group waits asleep (no ticks; with quiescing on). A replica with a log never
+//! initialises.
 //!
 //! Proposing ([`RaftReplica::propose`]) is where produce enters Raft: the entry is queued to the
 //! group's core in the caller's order, and the answer comes at commit (acks=all) or at the
@@ -255,7 +256,9 @@ impl Waiting {
     /// that fails to elect keeps its permit, so elections that fail for want of CPU slow the
     /// starts down instead of adding to the load.
     async fn start_in_turn(&self, group: u64, voters: BTreeSet<u64>) {
-        let Some(starts) = self.groups.quiesce_context().map(|cx| Arc::clone(&cx.starts)) else {
+        // The metadata group never sleeps: it would hold a permit for the whole START_HOLD.
+        let budget = self.groups.quiesce_context().filter(|_| group != super::META_GROUP);
+        let Some(starts) = budget.map(|cx| Arc::clone(&cx.starts)) else {
             self.quiescence.wake(&self.raft);
             return initialize(&self.raft, group, voters).await;
         };

@@ -544,7 +544,8 @@ async fn over_grpc_replication_streams_and_bad_streams_are_refused() {
 
     // Streams end once idle (network.rs STREAM_IDLE): each holds an HTTP/2 stream slot of the
     // connection every group to that peer shares, and thousands of groups' streams, open for
-    // their groups' lifetimes, took them all.
+    // their groups' lifetimes, took them all. (The gauge is process-wide: nextest runs each
+    // test in a process of its own.)
     let open = || instruments().raft_append_streams.get();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while open() > 0 {
