@@ -47,7 +47,7 @@ use crate::log::{AppendBatch, StoredBatch};
 use crate::partition::batch::{self, Declared, CODEC_NONE};
 use crate::partition::compaction;
 use crate::partition::{Isolation, Partition};
-use crate::telemetry::metrics::{self, AcksLabel, CodeLabel, StreamGuard};
+use crate::telemetry::metrics::{self, AcksLabel, CodeLabel, GaugeGuard};
 
 /// Produce requests whose durability wait may overlap on one stream.
 const MAX_IN_FLIGHT: usize = 256;
@@ -345,7 +345,7 @@ async fn tail_partition(
     mut next: u64,
     reader: Reader,
     tx: mpsc::Sender<Result<wire::SubscribeResponse, Status>>,
-    _open: Arc<StreamGuard>,
+    _open: Arc<GaugeGuard>,
 ) {
     let Reader { max_bytes, decompress, isolation, caller, auth } = reader;
     let mut hw = partition.watch_hw();
@@ -444,7 +444,7 @@ impl RecordService for RecordApi {
         let (tx, rx) = mpsc::channel(64);
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
-            let _open = StreamGuard::open("produce");
+            let _open = GaugeGuard::stream("produce");
             let mut pending: FuturesOrdered<PendingResponse> = FuturesOrdered::new();
             let mut shutdown = broker.shutdown_signal();
             // Quotas: the stream is not read again before this (Kafka mutes the channel).
@@ -550,7 +550,7 @@ impl RecordService for RecordApi {
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         // Counted open until its last partition's task ends.
-        let open = Arc::new(StreamGuard::open("subscribe"));
+        let open = Arc::new(GaugeGuard::stream("subscribe"));
         for (p, offset) in starts {
             tracing::debug!(topic = %req.topic, partition = p.index(), offset, "subscription started");
             let reader = Reader {

@@ -40,21 +40,12 @@ const CANDIDATES_PER_PASS: usize = 512;
 /// A pass looks at every group at least once in this many passes, whatever changed.
 const FULL_SCAN_EVERY: u32 = 20;
 
-/// What the last pass over every group saw: wakes counted, groups hosted, silent peers; and
-/// the passes since.
-#[derive(Clone, Debug, Default)]
+/// What a pass over every group depends on: wakes counted, groups hosted, silent peers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Scanned {
     wakes: u64,
     hosted: usize,
     silent: Vec<u64>,
-    passes: u32,
-}
-
-impl PartialEq for Scanned {
-    /// Whether nothing a full pass depends on changed (`passes` aside).
-    fn eq(&self, other: &Self) -> bool {
-        (self.wakes, self.hosted, &self.silent) == (other.wakes, other.hosted, &other.silent)
-    }
 }
 
 /// Pings every peer broker every `every`, on its own task: the liveness asleep followers
@@ -103,7 +94,7 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
     let mut reported = (usize::MAX, usize::MAX);
     // The groups found awake by the last pass, and what a pass must look at every group for.
     let mut awake: Vec<RaftReplica> = Vec::new();
-    let mut scanned = Scanned::default();
+    let (mut scanned, mut since_full) = (Scanned::default(), 0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -118,13 +109,9 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
         // Every group, or only those awake at the last pass: an asleep group changes only by
         // waking (counted), and matters to this loop only when its leader's broker turns
         // silent. Read before the scan: a wake during it makes the next pass scan again.
-        let now_scan = Scanned {
-            wakes: crate::raft::quiesce::wakes(),
-            hosted: cluster.hosted_count(),
-            silent: silent.clone(),
-            passes: 0,
-        };
-        let full = now_scan != scanned || scanned.passes >= FULL_SCAN_EVERY;
+        let now_scan =
+            Scanned { wakes: crate::raft::quiesce::wakes(), hosted: cluster.hosted_count(), silent: silent.clone() };
+        let full = now_scan != scanned || since_full >= FULL_SCAN_EVERY;
         let (mut groups, mut asleep) = (0, 0);
         if full {
             awake.clear();
@@ -149,12 +136,12 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                     asleep += 1;
                 }
             });
-            scanned = now_scan.clone();
+            (scanned, since_full) = (now_scan, 0);
         } else {
             awake.retain(|r| !r.quiescence.is_asleep());
             groups = now_scan.hosted;
             asleep = groups.saturating_sub(awake.len());
-            scanned.passes += 1;
+            since_full += 1;
         }
         let mut candidates = Vec::new();
         // The awake groups led here: the only ones `quiet` tracks (an asleep one starts its

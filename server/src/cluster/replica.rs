@@ -32,6 +32,7 @@ use crate::raft::quiesce::Quiescence;
 use crate::raft::transport::{GroupHandle, PartitionRaft, RaftGroups};
 use crate::raft::types::{AppendHook, ProduceOutcome};
 use crate::raft::{open_storage, BatchData, PartitionLogStore, PartitionTc, ProposedBatch};
+use crate::telemetry::metrics::GaugeGuard;
 
 /// What every group on this broker shares.
 #[derive(Clone, Copy)]
@@ -267,8 +268,7 @@ impl Waiting {
         if self.groups.is_stopping() || self.raft.metrics().borrow_watched().last_log_index.is_some() {
             return;
         }
-        let starting = &crate::telemetry::metrics::instruments().raft_group_starts;
-        starting.inc();
+        let _starting = GaugeGuard::hold(&crate::telemetry::metrics::instruments().raft_group_starts);
         self.quiescence.wake(&self.raft);
         initialize(&self.raft, group, voters).await;
         let deadline = tokio::time::Instant::now() + START_HOLD;
@@ -278,10 +278,9 @@ impl Waiting {
             // not one of them, so look again at least every 100 ms.
             let changed = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
             if matches!(changed, Ok(Err(_))) {
-                break; // the group stopped
+                return; // the group stopped
             }
         }
-        starting.dec();
     }
 
     /// Whether a started group no longer needs its permit: it sleeps, or it has a leader and

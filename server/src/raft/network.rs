@@ -12,9 +12,9 @@
 //! to the earlier ones ([`PeerClient::stream_append`]); HTTP/2 keeps them in order and the
 //! follower answers in order; a stream with nothing new for a second ends, so idle groups
 //! hold none of the connection's HTTP/2 stream slots. Heartbeats, probes and a replica paced
-//! by the catch-up throttle go one unary AppendEntries at a time. Each active group's heartbeat is its own call; idle
-//! groups go quiet instead (raft/quiesce.rs), and the brokers' liveness is one ping per peer
-//! ([`Peers::ping`]).
+//! by the catch-up throttle go one unary AppendEntries at a time. Each active group's
+//! heartbeat is its own call; idle groups go quiet instead (raft/quiesce.rs), and the
+//! brokers' liveness is one ping per peer ([`Peers::ping`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -48,7 +48,7 @@ use super::types::PartitionTc;
 use super::{PartitionSnapshot, PartitionStateMachine};
 use crate::log::format::{segment_file_name, LOG_EXT};
 use crate::log::SegmentSlice;
-use crate::telemetry::metrics::{self, ModeLabel};
+use crate::telemetry::metrics::{self, GaugeGuard, ModeLabel};
 
 pub type PartitionRaft = Raft<PartitionTc, PartitionStateMachine>;
 
@@ -210,22 +210,6 @@ pub struct RaftTransportService {
     open_streams: Gauge,
 }
 
-/// One open `StreamAppend` call in `tidelog_raft_append_streams`, until dropped.
-struct OpenStream(Gauge);
-
-impl OpenStream {
-    fn count(gauge: &Gauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 impl RaftTransportService {
     pub fn new(groups: RaftGroups) -> Self {
         let appends = |mode| metrics::instruments().raft_append_requests.get_or_create(&ModeLabel { mode }).clone();
@@ -319,7 +303,7 @@ impl RaftTransport for RaftTransportService {
         });
         // The last answer: why the requests stopped, if they stopped on a bad one. The gate is
         // held until then, and the stream counted open (or until the call is dropped).
-        let open = OpenStream::count(&self.open_streams);
+        let open = GaugeGuard::hold(&self.open_streams);
         let last = futures::stream::once(async move {
             drop((admitted, open));
             failure.lock().unwrap_or_else(PoisonError::into_inner).take()

@@ -211,19 +211,24 @@ pub fn register(registry: &mut Registry) {
     );
 }
 
-/// Counts an open stream while alive.
+/// Counts one in a gauge while alive: an open stream, a group starting.
 #[derive(Debug)]
-pub struct StreamGuard(&'static str);
+pub struct GaugeGuard(Gauge);
 
-impl StreamGuard {
-    pub fn open(rpc: &'static str) -> Self {
-        instruments().open_streams.get_or_create(&RpcLabel { rpc }).inc();
-        Self(rpc)
+impl GaugeGuard {
+    pub fn hold(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+
+    /// A Produce or Subscribe stream in `tidelog_open_streams`.
+    pub fn stream(rpc: &'static str) -> Self {
+        Self::hold(&instruments().open_streams.get_or_create(&RpcLabel { rpc }))
     }
 }
 
-impl Drop for StreamGuard {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        instruments().open_streams.get_or_create(&RpcLabel { rpc: self.0 }).dec();
+        self.0.dec();
     }
 }
