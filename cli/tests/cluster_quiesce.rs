@@ -3,7 +3,8 @@
 //! groups is SIGKILLed, the survivors notice through their broker pings, wake and elect, so
 //! every partition takes writes again; and the killed broker, restarted, reopens the groups it
 //! follows asleep and takes no leadership, while a leader killed and restarted at once is let
-//! stand again. A large topic's groups start within each broker's start budget.
+//! stand again. A large topic's groups start within each broker's start budget. A group with
+//! one replica, asleep, takes a write at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -213,4 +214,26 @@ async fn idle_groups_sleep_wake_on_writes_and_fail_over_while_asleep() {
     let survivor = NODES.into_iter().find(|n| *n != quick).unwrap();
     let took = write_each(&c, survivor, "after-quick-restart").await;
     eprintln!("quiesce: broker {quick} led {led} asleep partitions; killed and restarted, writes to all took {took:?}");
+}
+
+/// A partition with one replica is its own quorum: asleep, its leader takes a write without
+/// renewing a lease first. It used to wait for a heartbeat round no follower could answer,
+/// two election timeouts (4 s) per write, in turn on each produce stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asleep_single_replica_group_takes_writes_at_once() {
+    const SOLO: u32 = 6;
+    let c = TestCluster::start_fast(&[]).await;
+    c.create_topic("solo", SOLO, 1, TopicConfig::default()).await;
+    for n in c.serving() {
+        eventually(WAIT, "every single-replica group asleep", || {
+            let state = asleep(&c, n, 0);
+            async move { state.filter(|(asleep, groups)| asleep == groups && *groups > 0).map(|_| ()) }
+        })
+        .await;
+    }
+    let started = Instant::now();
+    c.write_each(1, "solo", SOLO, "solo").await;
+    let took = started.elapsed();
+    // One election timeout at most (1-2 s); the lease wait alone took 4 s per write.
+    assert!(took < Duration::from_secs(2), "{SOLO} writes to asleep single-replica groups took {took:?}");
 }

@@ -512,12 +512,16 @@ impl RaftReplica {
     /// openraft refuses writes on a leader whose lease ran out (no quorum acknowledged it for
     /// a while), and that is what a leader that slept looks like (`raft/quiesce.rs`): renew
     /// it with a heartbeat round before proposing, bounded by two election timeouts (a leader
-    /// that cannot reach a quorum then gets openraft's refusal, as it should).
+    /// that cannot reach a quorum then gets openraft's refusal, as it should). A leader that
+    /// is its group's only voter (replication factor 1) is its own quorum: no heartbeat is
+    /// answered to renew anything, and it needs none.
     async fn renew_lease_if_stale(&self) {
         let config = self.raft.config();
         let lease = Duration::from_millis(config.election_timeout_min);
         let stale = |m: &openraft::RaftMetrics<PartitionTc>| {
-            m.current_leader == Some(m.id) && m.last_quorum_acked.is_none_or(|t| t.elapsed() >= lease)
+            m.current_leader == Some(m.id)
+                && m.last_quorum_acked.is_none_or(|t| t.elapsed() >= lease)
+                && m.membership_config.membership().voter_ids().any(|v| v != m.id)
         };
         let mut metrics = self.raft.metrics();
         if !stale(&metrics.borrow_watched()) {
