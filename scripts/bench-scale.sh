@@ -4,8 +4,10 @@
 #   - create: seconds from `topic create` until every partition has a leader;
 #   - idle: each broker's CPU over IDLE_SECS (default 10) as a share of one core, from
 #     /proc/<pid>/stat, and its resident memory (VmRSS);
-#   - restart: broker 2 SIGKILLed and started again: seconds until it listens, and until a
-#     produce through it to each of three partitions (first, middle, last) is answered.
+#   - restart: broker 2 SIGKILLed and started again: seconds until it listens, until a
+#     produce through it to each of three partitions (first, middle, last) is answered, and
+#     until it has reopened all its replicas (its second "topic replicas started" line;
+#     produces are served before that: cluster/opening.rs).
 # Every wait is bounded by SCALE_WAIT seconds (default 180); a step that does not finish is
 # reported as null. Prints one JSON object on stdout (progress on stderr); used by
 # scripts/bench-cluster.sh, which prints the targets.
@@ -120,11 +122,20 @@ if listening 2; then
   done
   [ "$answered" = 3 ] && produce_s=$(secs_since "$t0")
 fi
-say "restart: listening after ${listen_s} s, produces answered after ${produce_s} s"
+reopened_s=null
+deadline=$((SECONDS + wait_s))
+while [ $SECONDS -lt $deadline ]; do
+  if [ "$(grep -c 'topic replicas started topic=idle' "$work/node-2.log")" -ge 2 ]; then
+    reopened_s=$(secs_since "$t0")
+    break
+  fi
+  sleep 0.05
+done
+say "restart: listening after ${listen_s} s, produces answered after ${produce_s} s, replicas reopened after ${reopened_s} s"
 
 warns=$(cat "$work"/node-*.log | grep -c ' WARN ' || true)
 python3 - "$partitions" "$create_ok" "$create_answer_s" "$create_s" "$listen_s" "$produce_s" "$warns" \
-  "${cpu[*]:-}" "${rss[*]:-}" "${awake[*]:-}" <<'PY'
+  "${cpu[*]:-}" "${rss[*]:-}" "${awake[*]:-}" "$reopened_s" <<'PY'
 import json, sys
 a = sys.argv[1:]
 num = lambda s: None if s == "null" else float(s)
@@ -133,6 +144,6 @@ print(json.dumps({
     "create_s": num(a[3]), "restart_listen_s": num(a[4]), "restart_produce_s": num(a[5]),
     "warn_lines": int(a[6]),
     "idle_cpu_pct": [float(x) for x in a[7].split()], "rss_mb": [float(x) for x in a[8].split()],
-    "awake_groups": [num(x) for x in a[9].split()],
+    "awake_groups": [num(x) for x in a[9].split()], "restart_reopened_s": num(a[10]),
 }))
 PY

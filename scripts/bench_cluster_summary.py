@@ -103,7 +103,8 @@ def main() -> None:
         print(
             f"\nscale: create answered ok={s.get('create_ok')} after {s.get('create_answered_s')} s; "
             f"RSS MB per broker {rss}; {s.get('warn_lines')} WARN lines, "
-            f"groups awake at idle per broker {s.get('awake_groups')}"
+            f"groups awake at idle per broker {s.get('awake_groups')}; "
+            f"the restarted broker reopened all its replicas after {s.get('restart_reopened_s')} s"
         )
     print(f"\nall results: {sys.argv[1]}")
 

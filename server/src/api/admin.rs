@@ -50,7 +50,7 @@ fn describe(brokers: &[u64], t: &Topic) -> TopicDescription {
                 d.adding_replica_ids = m.target.iter().filter(|b| !before.contains(b)).map(|b| *b as u32).collect();
                 d.removing_replica_ids = before.iter().filter(|b| !m.target.contains(b)).map(|b| *b as u32).collect();
             }
-            if let Ok((p, writer)) = t.held(i) {
+            if let Some((p, writer)) = t.here(i) {
                 let o = p.offsets();
                 let (size, segments) = p.size_bytes();
                 d.log_start_offset = o.log_start.0;

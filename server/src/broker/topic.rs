@@ -6,11 +6,14 @@
 //! - `slots` has exactly `record.partitions` entries, indexed by partition;
 //! - a single node holds every partition;
 //! - in cluster mode a slot is `Here` iff this broker is among the partition's replicas
-//!   (`TopicRecord::replicas_of`);
+//!   (`TopicRecord::replicas_of`), or `Opening` while that replica is being opened;
+//! - an `Opening` slot is set once, to `Here` or (the replica could not open) `Elsewhere`, and
+//!   then behaves as that slot; the topic is republished without it once every replica is
+//!   open (`cluster/opening.rs`), so no `Opening` slot outlives its topic's opening;
 //! - nothing writes a partition's log except its writer (single node: appends; cluster: its
 //!   Raft group).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::seam::PartitionWriter;
 use crate::error::BrokerError;
@@ -25,6 +28,55 @@ pub enum PartitionSlot {
     /// Cluster mode: only other brokers hold the partition: its replicas (preferred leader
     /// first) with their addresses, where clients are sent.
     Elsewhere { replica_addrs: Vec<(u64, String)> },
+    /// Cluster mode: this broker holds a replica whose group is still being opened (a broker
+    /// reopening its replicas at start, a topic being created). Until it is open clients are
+    /// answered as for `Elsewhere`, and asking for it moves it to the front of the opening.
+    Opening(Arc<PendingSlot>),
+}
+
+impl PartitionSlot {
+    /// The slot as it stands: an opening replica's, once open, is the slot it opened as.
+    pub fn current(&self) -> &PartitionSlot {
+        match self {
+            PartitionSlot::Opening(pending) => pending.opened.get().unwrap_or(self),
+            slot => slot,
+        }
+    }
+}
+
+/// Who opens pending replicas: asked to open one sooner because a client wants it.
+pub trait OpenQueue: Send + Sync + std::fmt::Debug {
+    /// Opens partition `partition`'s replica next, if it is not open or opening already.
+    fn hurry(&self, partition: u32);
+}
+
+/// A replica held here that is being opened (see [`PartitionSlot::Opening`]).
+#[derive(Debug)]
+pub struct PendingSlot {
+    partition: u32,
+    /// The partition's other replicas, where clients are sent meanwhile.
+    others: Vec<(u64, String)>,
+    /// Set once, when the replica opened (`Here`) or could not (`Elsewhere`).
+    opened: OnceLock<PartitionSlot>,
+    queue: Arc<dyn OpenQueue>,
+}
+
+impl PendingSlot {
+    pub fn new(partition: u32, others: Vec<(u64, String)>, queue: Arc<dyn OpenQueue>) -> Self {
+        Self { partition, others, opened: OnceLock::new(), queue }
+    }
+
+    /// Settles the slot (once; a second call, or an `Opening` slot, is ignored).
+    pub fn settle(&self, slot: PartitionSlot) {
+        if !matches!(slot, PartitionSlot::Opening(_)) {
+            let _ = self.opened.set(slot);
+        }
+    }
+
+    /// The slot it settled to, if it did.
+    pub fn settled(&self) -> Option<&PartitionSlot> {
+        self.opened.get()
+    }
 }
 
 #[derive(Debug)]
@@ -58,8 +110,9 @@ impl Topic {
     }
 
     /// Partition `p`'s log and writer on this broker; held elsewhere: as [`Topic::partition`].
+    /// A replica still opening here is asked to open next, and answered as held elsewhere.
     pub fn held(&self, p: u32) -> Result<(&Arc<Partition>, &Arc<dyn PartitionWriter>), BrokerError> {
-        match self.slot(p)? {
+        match self.slot(p)?.current() {
             PartitionSlot::Here { log, writer } => Ok((log, writer)),
             PartitionSlot::Elsewhere { replica_addrs } => Err(BrokerError::NotLeader {
                 what: format!(
@@ -72,23 +125,50 @@ impl Topic {
                 // replica, which knows the leader.
                 leader: pick_replica(replica_addrs),
             }),
+            PartitionSlot::Opening(pending) => {
+                pending.queue.hurry(pending.partition);
+                Err(BrokerError::NotLeader {
+                    what: format!(
+                        "partition {p} of topic '{}' here yet: this broker is still opening its replica (retry shortly)",
+                        self.record.name
+                    ),
+                    // It may have led before it restarted; another replica knows who leads now.
+                    leader: pick_replica(&pending.others),
+                })
+            }
         }
     }
 
-    /// Cluster mode: the replicas of partition `p` if only other brokers hold it.
+    /// Partition `p`'s log and writer if its replica here is open; unlike [`Topic::held`] it
+    /// never hurries an opening one (for describing, not serving).
+    pub fn here(&self, p: u32) -> Option<(&Arc<Partition>, &Arc<dyn PartitionWriter>)> {
+        match self.slots.get(p as usize)?.current() {
+            PartitionSlot::Here { log, writer } => Some((log, writer)),
+            PartitionSlot::Elsewhere { .. } | PartitionSlot::Opening(_) => None,
+        }
+    }
+
+    /// Cluster mode: the replicas of partition `p` if only other brokers hold it, or the
+    /// other replicas while the one here is opening.
     pub fn elsewhere(&self, p: u32) -> Option<&[(u64, String)]> {
-        match self.slots.get(p as usize)? {
+        match self.slots.get(p as usize)?.current() {
             PartitionSlot::Elsewhere { replica_addrs } => Some(replica_addrs),
+            PartitionSlot::Opening(pending) => Some(&pending.others),
             PartitionSlot::Here { .. } => None,
         }
     }
 
-    /// Every partition held here, with its writer.
+    /// Every partition held here and open, with its writer.
     pub fn local(&self) -> impl Iterator<Item = (&Arc<Partition>, &Arc<dyn PartitionWriter>)> {
-        self.slots.iter().filter_map(|s| match s {
+        self.slots.iter().filter_map(|s| match s.current() {
             PartitionSlot::Here { log, writer } => Some((log, writer)),
-            PartitionSlot::Elsewhere { .. } => None,
+            PartitionSlot::Elsewhere { .. } | PartitionSlot::Opening(_) => None,
         })
+    }
+
+    /// Whether every replica held here is open (no slot is still `Opening`).
+    pub fn settled(&self) -> bool {
+        !self.slots.iter().any(|s| matches!(s.current(), PartitionSlot::Opening(_)))
     }
 }
 

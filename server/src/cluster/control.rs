@@ -97,7 +97,7 @@ impl ControlPlane for Cluster {
                     .create_topic(forwarded_request(req, Some(wait)))
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
-                self.wait_topic_where(broker, &new.name, wait, |_| true).await?
+                self.wait_topic_where(broker, &new.name, wait, |t| t.settled()).await?
             }
             Err(e) => return Err(e),
         };
@@ -195,7 +195,7 @@ impl ControlPlane for Cluster {
                     .create_partitions(forwarded_request(req, Some(wait)))
                     .await
                     .map_err(|s| BrokerError::Forwarded(upstream_status(s)))?;
-                self.wait_topic_where(broker, name, wait, |t| t.record.partitions >= partitions).await?
+                self.wait_topic_where(broker, name, wait, |t| t.record.partitions >= partitions && t.settled()).await?
             }
             Err(e) => return Err(e),
         };

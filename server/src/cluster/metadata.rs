@@ -14,7 +14,9 @@
 //! names the incarnation (topic id) it deletes. A broker starting (or installing a metadata
 //! snapshot) folds the whole committed log into a [`MetaImage`] first and builds its view from
 //! that ([`rebuild`]): deleted topics never start, a topic opens with its current settings, and
-//! a revoked ACL is never enforced again while the log is read.
+//! a revoked ACL is never enforced again while the log is read. A topic is published before
+//! this broker's replicas of it are open, and they open while the applier waits
+//! (`opening.rs`): the next command is applied only once they are.
 //!
 //! Never: apply a command above the metadata group's high watermark (uncommitted).
 
@@ -24,9 +26,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::meta_image::MetaImage;
-use super::replica::{self, GroupSpec};
-use super::writer::RaftWriter;
-use super::{group_id, Cluster, Hosted};
+use super::opening::Pending;
+use super::replica;
+use super::{group_id, Cluster};
 use crate::auth::SecurityChange;
 use crate::broker::route::APPLY_WAIT;
 use crate::broker::{Broker, PartitionSlot, Topic};
@@ -295,14 +297,23 @@ async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) 
     for ((group, topic), g) in &image.offsets {
         store.apply_offsets(group, topic, &g.offsets.values().cloned().collect::<Vec<_>>())?;
     }
+    // Every new topic is published before any of its replicas opens, so a restarting broker
+    // answers for all of them at once and opens first what clients ask for (`opening.rs`).
+    let mut announced = Vec::new();
     for (id, t) in &image.topics {
-        let result = match broker.topic(&t.record.name) {
-            Ok(current) if current.topic_id == *id => reconcile(broker, cluster, &current, t.record.clone()).await,
-            _ => create(broker, cluster, *id, t.record.clone()).await,
-        };
-        if let Err(e) = result {
-            tracing::error!(topic = %t.record.name, topic_id = id, error = %e, "opening a topic failed on this broker");
+        match broker.topic(&t.record.name) {
+            Ok(current) if current.topic_id == *id => {
+                if let Err(e) = reconcile(broker, cluster, &current, t.record.clone()).await {
+                    tracing::error!(topic = %t.record.name, topic_id = id, error = %e, "opening a topic failed on this broker");
+                }
+            }
+            _ => announced.extend(announce(broker, cluster, *id, &t.record)),
         }
+    }
+    for pending in announced {
+        open_announced(broker, cluster, pending).await;
+    }
+    for (id, t) in &image.topics {
         if let Some((_, floors)) = &t.deleted_below {
             let before: Vec<(u32, u64)> = floors.iter().map(|(p, o)| (*p, *o)).collect();
             if let Err(e) = apply_delete_records(broker, &t.record.name, *id, before).await {
@@ -478,9 +489,12 @@ async fn apply_add(broker: &Arc<Broker>, cluster: &Cluster, cmd: &MetaCommand) -
 /// Opens the partitions `topic` gains in `record` that are held here, and republishes the
 /// topic with them.
 async fn grow(broker: &Arc<Broker>, cluster: &Cluster, topic: &Topic, record: TopicRecord) -> Result<(), BrokerError> {
-    let mut slots = topic.slots.clone();
-    slots.extend(open_slots(broker, cluster, topic.topic_id, &record, topic.record.partitions).await);
     let (name, from, to) = (record.name.clone(), topic.record.partitions, record.partitions);
+    let pending = Pending::new(cluster, topic.topic_id, &record, from);
+    let mut slots = topic.slots.clone();
+    let announced = slots.iter().cloned().chain(pending.slots()).collect();
+    broker.publish_topic(Arc::new(Topic { record: record.clone(), slots: announced, topic_id: topic.topic_id }));
+    slots.extend(pending.open(broker, cluster).await);
     tracing::info!(topic = %name, topic_id = topic.topic_id, from, to, "partitions added");
     broker.publish_topic(Arc::new(Topic { record, slots, topic_id: topic.topic_id }));
     Ok(())
@@ -576,102 +590,31 @@ async fn create(
     topic_id: u64,
     record: TopicRecord,
 ) -> Result<(), BrokerError> {
-    if broker.topic(&record.name).is_ok() {
-        return Ok(()); // an earlier incarnation holds the name: this create lost the race
+    if let Some(pending) = announce(broker, cluster, topic_id, &record) {
+        open_announced(broker, cluster, pending).await;
     }
-    let slots = open_slots(broker, cluster, topic_id, &record, 0).await;
-    let hosted = slots.iter().filter(|s| matches!(s, PartitionSlot::Here { .. })).count();
-    tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
-    broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
     Ok(())
 }
 
-/// Replicas opened at once while applying a create: opening is mostly file and Raft-state
-/// I/O with short waits between, so a few in flight overlap them; more would only queue.
-const CONCURRENT_OPENS: usize = 8;
-
-/// The slots of partitions `from..` of `record`, opened here where this broker holds them, in
-/// partition order. A replica that cannot be opened (out of file descriptors, a bad disk) is
-/// left to the other replicas: its slot sends clients to them, the failure is logged once for
-/// the whole topic, and the topic is still published, so one broker's trouble does not hide
-/// a committed topic from everyone it asks.
-async fn open_slots(
-    broker: &Broker,
-    cluster: &Cluster,
-    topic_id: u64,
-    record: &TopicRecord,
-    from: u32,
-) -> Vec<PartitionSlot> {
-    use futures::StreamExt;
-    let opened: Vec<(u32, Result<PartitionSlot, BrokerError>)> = futures::stream::iter(from..record.partitions)
-        .map(|p| async move { (p, open_slot(broker, cluster, topic_id, record, p).await) })
-        .buffered(CONCURRENT_OPENS)
-        .collect()
-        .await;
-    let (mut failed, mut first_failure) = (0, None);
-    let slots = opened
-        .into_iter()
-        .map(|(p, slot)| {
-            slot.unwrap_or_else(|e| {
-                failed += 1;
-                first_failure.get_or_insert((p, e));
-                super::reassign::elsewhere(cluster, record, p)
-            })
-        })
-        .collect();
-    if let Some((first, error)) = first_failure {
-        tracing::error!(
-            topic = %record.name,
-            failed,
-            first_partition = first,
-            %error,
-            "replicas could not be opened on this broker; the other replicas serve those partitions"
-        );
+/// Publishes a new topic with its replicas here still to open (`opening.rs`), so clients
+/// see it at once; `None` if an earlier incarnation holds the name (this create lost the
+/// race).
+fn announce(broker: &Broker, cluster: &Cluster, topic_id: u64, record: &TopicRecord) -> Option<Pending> {
+    if broker.topic(&record.name).is_ok() {
+        return None;
     }
-    slots
+    let pending = Pending::new(cluster, topic_id, record, 0);
+    broker.publish_topic(Arc::new(Topic { record: record.clone(), slots: pending.slots(), topic_id }));
+    Some(pending)
 }
 
-/// Partition `p` of a topic as this broker holds it: its Raft replica, started, if this
-/// broker is among its hosts (its replicas, and during a move the brokers it may add:
-/// `reassign.rs`); else where it lives.
-pub(super) async fn open_slot(
-    broker: &Broker,
-    cluster: &Cluster,
-    topic_id: u64,
-    record: &TopicRecord,
-    p: u32,
-) -> Result<PartitionSlot, BrokerError> {
-    let replicas = record.replicas_in(p, cluster.brokers().keys().copied());
-    if !record.hosts_in(p, replicas.iter().copied()).contains(&cluster.node_id()) {
-        return Ok(super::reassign::elsewhere(cluster, record, p));
-    }
-    let cx = cluster.context();
-    let spec = GroupSpec {
-        group_id: group_id(topic_id, p),
-        dir: crate::layout::replicas_dir(&cluster.data_dir, topic_id).join(p.to_string()),
-        topic: record.name.clone(),
-        partition: p,
-        log_config: record.settings.log_config(),
-        fsync: record.settings.fsync_policy(),
-    };
-    // Leaders spread as placement decided: a new group's preferred leader starts it and wins
-    // unopposed (replica::Start). Topics placed before placement existed have no preferred
-    // leader: every replica starts them.
-    // A broker a move adds starts empty and waits for the partition's leader to add it.
-    let start = match replicas.iter().position(|r| *r == cluster.node_id()) {
-        _ if record.replicas.is_empty() => replica::Start::Now,
-        Some(rank) => replica::Start::by_rank(cx.config, &replicas, rank),
-        None => replica::Start::Never,
-    };
-    let opened = replica::open(&cx, broker.store(), spec, replicas.iter().copied().collect(), start).await?;
-    cluster.host(Hosted { replica: opened.replica.clone(), preferred: record.replicas_of(p).first().copied() });
-    let writer = RaftWriter {
-        replica: opened.replica,
-        log: Arc::clone(&opened.partition),
-        brokers: Arc::clone(&cluster.brokers),
-        groups: cluster.groups().clone(),
-    };
-    Ok(PartitionSlot::Here { log: opened.partition, writer: Arc::new(writer) })
+/// Opens an announced topic's replicas here and republishes it with them.
+async fn open_announced(broker: &Broker, cluster: &Cluster, pending: Pending) {
+    let (record, topic_id) = (pending.record().clone(), pending.topic_id());
+    let slots = pending.open(broker, cluster).await;
+    let hosted = slots.iter().filter(|s| matches!(s, PartitionSlot::Here { .. })).count();
+    tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
+    broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
 }
 
 async fn delete(

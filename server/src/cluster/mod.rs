@@ -10,6 +10,7 @@
 //!   │     its log holds MetaCommands (create/delete topic); every broker applies them, in log
 //!   │     order, to its own topic table: topics, their ids and their partitions' groups
 //!   ├─ one Raft group per partition (its replicas the voters) cluster/replica.rs
+//!   │     opened once its topic is published, those clients ask for first (cluster/opening.rs);
 //!   │     the partition log IS the Raft log (raft/); produce = propose; commit = high watermark;
 //!   │     moved to other brokers by membership changes its leader drives (cluster/reassign.rs)
 //!   ├─ Peers + RaftGroups: Raft traffic on the broker's own gRPC port (raft/network.rs,
@@ -41,6 +42,7 @@ pub mod members;
 pub mod meta_image;
 pub mod meta_snapshot;
 pub mod metadata;
+pub mod opening;
 pub mod placement;
 pub mod quiesce;
 pub mod reassign;

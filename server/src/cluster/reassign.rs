@@ -150,7 +150,7 @@ pub(super) async fn resettle(
     let me = cluster.node_id();
     let brokers = cluster.brokers();
     let mut slots = Vec::with_capacity(topic.slots.len());
-    for (p, slot) in (0u32..).zip(&topic.slots) {
+    for (p, slot) in (0u32..).zip(topic.slots.iter().map(PartitionSlot::current)) {
         let hosts = record.hosts_in(p, brokers.keys().copied());
         let group = group_id(topic.topic_id, p);
         let next = match (slot, hosts.contains(&me)) {
@@ -175,7 +175,7 @@ pub(super) async fn resettle(
             }
             (PartitionSlot::Elsewhere { .. }, true) => {
                 tracing::info!(topic = %record.name, partition = p, "opening a replica for a partition move");
-                match metadata::open_slot(broker, cluster, topic.topic_id, &record, p).await {
+                match super::opening::open_slot(broker, cluster, topic.topic_id, &record, p).await {
                     Ok(slot) => slot,
                     // The move's leader keeps trying to add it; the next resettle tries again.
                     Err(e) => {
@@ -185,6 +185,8 @@ pub(super) async fn resettle(
                 }
             }
             (PartitionSlot::Elsewhere { .. }, false) => elsewhere(cluster, &record, p),
+            // Not after an opening (the applier awaits it, and it settles every slot).
+            (PartitionSlot::Opening(_), _) => slot.clone(),
         };
         slots.push(next);
     }

@@ -1,0 +1,75 @@
+//! A broker restarting with many replicas (cluster/opening.rs): it publishes its topics before
+//! it has reopened their replicas, and opens first the replicas clients ask for, so a produce
+//! to any partition is answered after one group's opening, not after all of them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cluster::{TestCluster, WAIT};
+use support::eventually;
+use tidelog::proto::v1::TopicConfig;
+use tidelog::{Client, Producer, ProducerConfig, Record};
+
+const TOPIC: &str = "wide";
+/// Each broker holds a third of them (one replica each): enough that reopening them takes a
+/// debug build seconds, so a produce that waited for all of them would be answered after the
+/// restart's "topic replicas started" line.
+const PARTITIONS: u32 = 1800;
+
+/// Lines of broker `n`'s log that say its replicas of [`TOPIC`] are all open (one per start).
+fn opened_lines(c: &TestCluster, n: u64) -> usize {
+    c.log(n).lines().filter(|l| l.contains("topic replicas started") && l.contains(&format!("topic={TOPIC} "))).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_serves_the_partition_asked_for_before_it_reopened_the_rest() {
+    support::init_sdk_log();
+    let mut c = TestCluster::start().await;
+    let desc = c.create_topic(TOPIC, PARTITIONS, 1, TopicConfig::default()).await;
+    // The last partition in broker 2's opening order: only it holds it (one replica).
+    let target = desc.partitions.iter().filter(|p| p.replica_ids == [2]).map(|p| p.partition).max().unwrap();
+    eventually(WAIT, "broker 2 opened its replicas", || async { (opened_lines(&c, 2) == 1).then_some(()) }).await;
+
+    c.kill9(2);
+    c.start_node(2);
+    let started = Instant::now();
+    let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
+    let client = eventually(WAIT, "broker 2 listening again", || async { Client::connect(c.addr(2)).await.ok() }).await;
+    let producer = Producer::new(client, config).await.unwrap();
+    let delivered = producer.send_to(TOPIC, target, Record::new("after-restart")).await.unwrap().await;
+    let answered = started.elapsed();
+    let still_opening = opened_lines(&c, 2) == 1;
+    producer.close().await;
+    if delivered.is_err() || !still_opening {
+        c.dump_logs();
+    }
+    assert!(delivered.is_ok(), "partition {target} through the restarted broker: {delivered:?}");
+    assert!(
+        still_opening,
+        "partition {target} was answered after {answered:?}, only once broker 2 had reopened every replica: \
+         the replica asked for was not opened first"
+    );
+
+    // The rest open too, and the log says one replica was opened early.
+    eventually(WAIT, "broker 2 reopened every replica", || async { (opened_lines(&c, 2) == 2).then_some(()) }).await;
+    let log = c.log(2);
+    let hurried = log.lines().find(|l| l.contains("replicas opened early for clients that asked")).unwrap_or_default();
+    assert!(hurried.contains("hurried="), "no early opening logged; the line: {hurried:?}");
+    // Served after the opening too: the partition asked for keeps its record, and partitions
+    // at both ends of the opening order take writes (through broker 2, which sends those
+    // it does not hold to their brokers).
+    let config = ProducerConfig { delivery_timeout: Duration::from_secs(30), ..ProducerConfig::default() };
+    let producer = Producer::new(Client::connect(c.addr(2)).await.unwrap(), config).await.unwrap();
+    let mut partitions = vec![0, PARTITIONS / 2, PARTITIONS - 1, target];
+    partitions.sort_unstable();
+    partitions.dedup();
+    for p in partitions {
+        let written = producer.send_to(TOPIC, p, Record::new("reopened")).await.unwrap().await;
+        let expected = if p == target { 1 } else { 0 };
+        assert_eq!(written.map(|m| m.offset).ok(), Some(expected), "partition {p} after the opening");
+    }
+    producer.close().await;
+}
