@@ -149,12 +149,14 @@ impl Topic {
     }
 
     /// Cluster mode: the replicas of partition `p` if only other brokers hold it, or the
-    /// other replicas while the one here is opening.
+    /// other replicas while the one here is opening. `None` for an opening replica that has
+    /// no other (one replica): callers then ask [`Topic::held`], which hurries it and answers
+    /// a retryable NOT_LEADER, rather than asking nobody.
     pub fn elsewhere(&self, p: u32) -> Option<&[(u64, String)]> {
         match self.slots.get(p as usize)?.current() {
             PartitionSlot::Elsewhere { replica_addrs } => Some(replica_addrs),
-            PartitionSlot::Opening(pending) => Some(&pending.others),
-            PartitionSlot::Here { .. } => None,
+            PartitionSlot::Opening(pending) if !pending.others.is_empty() => Some(&pending.others),
+            PartitionSlot::Opening(_) | PartitionSlot::Here { .. } => None,
         }
     }
 

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::meta_image::MetaImage;
-use super::opening::Pending;
+use super::opening::{self, Opened, Pending};
 use super::replica;
 use super::{group_id, Cluster};
 use crate::auth::SecurityChange;
@@ -299,6 +299,7 @@ async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) 
     }
     // Every new topic is published before any of its replicas opens, so a restarting broker
     // answers for all of them at once and opens first what clients ask for (`opening.rs`).
+    // Records deleted while this broker was down are gone before a replica is served.
     let mut announced = Vec::new();
     for (id, t) in &image.topics {
         match broker.topic(&t.record.name) {
@@ -307,12 +308,13 @@ async fn rebuild(broker: &Arc<Broker>, cluster: &Arc<Cluster>, log: &Partition) 
                     tracing::error!(topic = %t.record.name, topic_id = id, error = %e, "opening a topic failed on this broker");
                 }
             }
-            _ => announced.extend(announce(broker, cluster, *id, &t.record)),
+            _ => {
+                let floors = t.deleted_below.iter().flat_map(|(_, f)| f.iter().map(|(p, o)| (*p, *o)));
+                announced.extend(announce(broker, cluster, *id, &t.record).map(|p| p.with_floors(floors)));
+            }
         }
     }
-    for pending in announced {
-        open_announced(broker, cluster, pending).await;
-    }
+    open_announced(broker, cluster, announced).await;
     for (id, t) in &image.topics {
         if let Some((_, floors)) = &t.deleted_below {
             let before: Vec<(u32, u64)> = floors.iter().map(|(p, o)| (*p, *o)).collect();
@@ -494,7 +496,9 @@ async fn grow(broker: &Arc<Broker>, cluster: &Cluster, topic: &Topic, record: To
     let mut slots = topic.slots.clone();
     let announced = slots.iter().cloned().chain(pending.slots()).collect();
     broker.publish_topic(Arc::new(Topic { record: record.clone(), slots: announced, topic_id: topic.topic_id }));
-    slots.extend(pending.open(broker, cluster).await);
+    for opened in opening::open_all(broker, cluster, vec![pending]).await {
+        slots.extend(opened.slots);
+    }
     tracing::info!(topic = %name, topic_id = topic.topic_id, from, to, "partitions added");
     broker.publish_topic(Arc::new(Topic { record, slots, topic_id: topic.topic_id }));
     Ok(())
@@ -591,7 +595,7 @@ async fn create(
     record: TopicRecord,
 ) -> Result<(), BrokerError> {
     if let Some(pending) = announce(broker, cluster, topic_id, &record) {
-        open_announced(broker, cluster, pending).await;
+        open_announced(broker, cluster, vec![pending]).await;
     }
     Ok(())
 }
@@ -608,13 +612,14 @@ fn announce(broker: &Broker, cluster: &Cluster, topic_id: u64, record: &TopicRec
     Some(pending)
 }
 
-/// Opens an announced topic's replicas here and republishes it with them.
-async fn open_announced(broker: &Broker, cluster: &Cluster, pending: Pending) {
-    let (record, topic_id) = (pending.record().clone(), pending.topic_id());
-    let slots = pending.open(broker, cluster).await;
-    let hosted = slots.iter().filter(|s| matches!(s, PartitionSlot::Here { .. })).count();
-    tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
-    broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
+/// Opens announced topics' replicas here (as one queue: `opening::open_all`) and
+/// republishes each with them.
+async fn open_announced(broker: &Broker, cluster: &Cluster, pending: Vec<Pending>) {
+    for Opened { topic_id, record, slots } in opening::open_all(broker, cluster, pending).await {
+        let hosted = slots.iter().filter(|s| matches!(s, PartitionSlot::Here { .. })).count();
+        tracing::info!(topic = %record.name, topic_id, partitions = record.partitions, hosted, "topic replicas started");
+        broker.publish_topic(Arc::new(Topic { record, slots, topic_id }));
+    }
 }
 
 async fn delete(

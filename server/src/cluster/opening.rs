@@ -1,26 +1,30 @@
-//! Opening a topic's replicas on this broker without hiding the topic meanwhile.
+//! Opening topics' replicas on this broker without hiding the topics meanwhile.
 //!
 //! A broker restarting with thousands of replicas needs seconds to reopen them all (each
 //! group's log, Raft state and core: about 0.6 ms of CPU; 10,000 take 5–8 s on two cores).
 //! Its topics are therefore published first ([`Pending::new`], then the caller publishes
-//! [`Pending::slots`]), with an [`PartitionSlot::Opening`] slot for every replica held here;
-//! [`Pending::open`] then opens them in partition order, [`CONCURRENT_OPENS`] at a time, and
-//! a request for one not open yet moves it to the front ([`OpenQueue::hurry`]). So a client
-//! waits for one group's opening, not for all of them: until its replica is open a partition
-//! is answered as if held elsewhere (a retryable NOT_LEADER naming another replica). The
-//! same path opens a new topic's replicas and a grown topic's new partitions.
+//! [`Pending::slots`]), with a [`PartitionSlot::Opening`] slot for every replica held here;
+//! [`open_all`] then opens the replicas of all of them as one queue, topic by topic in
+//! partition order, [`CONCURRENT_OPENS`] at a time, and a request for one not open yet, of
+//! any of the topics, moves it to the front ([`OpenQueue::hurry`]). So a client waits for
+//! one group's opening, not for all of them: until its replica is open a partition is
+//! answered as if held elsewhere (a retryable NOT_LEADER naming another replica, or no
+//! leader when it has no other replica). Records deleted while the broker was down are
+//! deleted before the replica is served ([`Pending::with_floors`]). The same path opens a new
+//! topic's replicas and a grown topic's new partitions.
 //!
 //! Invariants:
 //! - each replica is opened at most once (`Order::taken`), and each pending slot is settled
 //!   exactly once, to `Here` or (its replica could not open) `Elsewhere`, as soon as its
-//!   opening ends; `open` returns the settled slots for the caller to republish, so no
+//!   opening ends; `open_all` returns the settled slots for the caller to republish, so no
 //!   `Opening` slot outlives it;
-//! - the metadata applier applies nothing while `open` runs (it awaits it), so no other
-//!   change to the topic races the republish;
+//! - the metadata applier applies nothing while `open_all` runs (it awaits it), so no other
+//!   change to the topics races the republish;
 //! - never: open a replica of a partition this broker does not host (`open_slot` checks the
-//!   placement again).
+//!   placement again), or serve one before its log start is raised to its floor.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
@@ -45,6 +49,16 @@ pub(super) struct Pending {
     from: u32,
     slots: Vec<PartitionSlot>,
     order: Arc<Order>,
+    /// Log starts to raise before a replica is served (records deleted while this broker was
+    /// down: `DeleteRecords` folded into the image it starts from).
+    floors: BTreeMap<u32, u64>,
+}
+
+/// A topic's partitions `from..` once [`open_all`] opened them: the slots to republish.
+pub(super) struct Opened {
+    pub topic_id: u64,
+    pub record: TopicRecord,
+    pub slots: Vec<PartitionSlot>,
 }
 
 impl Pending {
@@ -66,75 +80,108 @@ impl Pending {
                 PartitionSlot::Opening(Arc::new(PendingSlot::new(p, others, Arc::clone(&queue))))
             })
             .collect();
-        Self { topic_id, record: record.clone(), from, slots, order }
+        Self { topic_id, record: record.clone(), from, slots, order, floors: BTreeMap::new() }
     }
 
-    pub(super) fn record(&self) -> &TopicRecord {
-        &self.record
-    }
-
-    pub(super) fn topic_id(&self) -> u64 {
-        self.topic_id
+    /// Raises these partitions' log starts as their replicas open, before any is served.
+    pub(super) fn with_floors(mut self, floors: impl IntoIterator<Item = (u32, u64)>) -> Self {
+        self.floors.extend(floors);
+        self
     }
 
     /// The slots to publish while the replicas open (they settle in place as each opens).
     pub(super) fn slots(&self) -> Vec<PartitionSlot> {
         self.slots.clone()
     }
+}
 
-    /// Opens every replica held here (hurried ones first) and returns the settled slots of
-    /// partitions `from..`. A replica that cannot be opened (out of file descriptors, a bad
-    /// disk) is left to the other replicas: its slot sends clients to them, and the failure
-    /// is logged once for the topic, so one broker's trouble does not hide a committed topic.
-    pub(super) async fn open(self, broker: &Broker, cluster: &Cluster) -> Vec<PartitionSlot> {
-        let Pending { topic_id, record, from, slots, order } = self;
-        let (slots, record) = (&slots, &record);
-        let picks = futures::stream::iter(std::iter::from_fn(|| order.take()));
-        let failures: Vec<(u32, BrokerError)> = picks
-            .map(|p| async move {
-                let result = open_slot(broker, cluster, topic_id, record, p).await;
-                let (slot, failure) = match result {
-                    Ok(slot) => (slot, None),
-                    Err(e) => (super::reassign::elsewhere(cluster, record, p), Some((p, e))),
-                };
-                if let Some(PartitionSlot::Opening(pending)) = slots.get((p - from) as usize) {
-                    pending.settle(slot);
+/// Opens every replica the `pending` topics hold here as one queue — replicas clients asked
+/// for first, whichever topic they belong to, then topic by topic in partition order,
+/// [`CONCURRENT_OPENS`] at a time — and returns each topic's settled slots (of partitions
+/// `from..`), in the order given. A replica that cannot be opened (out of file descriptors,
+/// a bad disk) is left to the other replicas: its slot sends clients to them, and the
+/// failures are logged once per topic, so one broker's trouble does not hide a committed
+/// topic.
+pub(super) async fn open_all(broker: &Broker, cluster: &Cluster, pending: Vec<Pending>) -> Vec<Opened> {
+    let topics = &pending;
+    let orders: Vec<&Order> = pending.iter().map(|pd| &*pd.order).collect();
+    let mut in_order = 0;
+    let picks = futures::stream::iter(std::iter::from_fn(|| pick(&orders, &mut in_order)));
+    let failures: Vec<(usize, u32, BrokerError)> = picks
+        .map(|(t, p)| async move {
+            let pd = &topics[t];
+            let (slot, failure) = match open_slot(broker, cluster, pd.topic_id, &pd.record, p).await {
+                Ok(slot) => (slot, None),
+                Err(e) => (super::reassign::elsewhere(cluster, &pd.record, p), Some((t, p, e))),
+            };
+            if let (PartitionSlot::Here { log, .. }, Some(floor)) = (&slot, pd.floors.get(&p)) {
+                if let Err(e) = log.raise_log_start(*floor).await {
+                    tracing::error!(topic = %pd.record.name, partition = p, error = %e, "deleting records failed on this broker");
                 }
-                failure
-            })
-            .buffer_unordered(CONCURRENT_OPENS)
-            .filter_map(|f| async move { f })
-            .collect()
-            .await;
-        if let Some((first, error)) = failures.iter().min_by_key(|(p, _)| *p) {
-            tracing::error!(
-                topic = %record.name,
-                failed = failures.len(),
-                first_partition = first,
-                %error,
-                "replicas could not be opened on this broker; the other replicas serve those partitions"
-            );
-        }
-        let hurried = order.hurried();
-        if hurried > 0 {
-            tracing::info!(topic = %record.name, hurried, "replicas opened early for clients that asked");
-        }
-        (from..)
-            .zip(slots)
-            .map(|(p, slot)| match slot {
-                PartitionSlot::Opening(pending) => {
-                    pending.settled().cloned().unwrap_or_else(|| super::reassign::elsewhere(cluster, record, p))
-                }
-                slot => slot.clone(),
-            })
-            .collect()
+            }
+            if let Some(PartitionSlot::Opening(pending)) = pd.slots.get((p - pd.from) as usize) {
+                pending.settle(slot);
+            }
+            failure
+        })
+        .buffer_unordered(CONCURRENT_OPENS)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    pending
+        .into_iter()
+        .enumerate()
+        .map(|(t, pd)| {
+            let failed: Vec<&(usize, u32, BrokerError)> = failures.iter().filter(|f| f.0 == t).collect();
+            if let Some((_, first, error)) = failed.iter().min_by_key(|f| f.1) {
+                tracing::error!(
+                    topic = %pd.record.name,
+                    failed = failed.len(),
+                    first_partition = first,
+                    %error,
+                    "replicas could not be opened on this broker; the other replicas serve those partitions"
+                );
+            }
+            let hurried = pd.order.hurried();
+            if hurried > 0 {
+                tracing::info!(topic = %pd.record.name, hurried, "replicas opened early for clients that asked");
+            }
+            let slots = (pd.from..)
+                .zip(&pd.slots)
+                .map(|(p, slot)| match slot {
+                    PartitionSlot::Opening(pending) => {
+                        pending.settled().cloned().unwrap_or_else(|| super::reassign::elsewhere(cluster, &pd.record, p))
+                    }
+                    slot => slot.clone(),
+                })
+                .collect();
+            Opened { topic_id: pd.topic_id, record: pd.record, slots }
+        })
+        .collect()
+}
+
+/// The next replica to open of several topics' (`(topic index, partition)`): one a client
+/// asked for, of any topic, else the next in partition order of the first topic not done
+/// (`in_order`, kept by the caller between picks). `None` once every one is taken.
+fn pick(orders: &[&Order], in_order: &mut usize) -> Option<(usize, u32)> {
+    if let Some(urgent) = orders.iter().enumerate().find_map(|(t, o)| Some((t, o.take_urgent()?))) {
+        return Some(urgent);
     }
+    while let Some(o) = orders.get(*in_order) {
+        if let Some(p) = o.take_next() {
+            return Some((*in_order, p));
+        }
+        *in_order += 1;
+    }
+    None
 }
 
 /// The order replicas open in: those clients asked for first, then partition order.
 #[derive(Debug)]
 struct Order {
     from: u32,
+    /// How many partitions `state.urgent` holds (read without the lock).
+    urgent: AtomicUsize,
     state: Mutex<OrderState>,
 }
 
@@ -160,7 +207,7 @@ impl Order {
             taken: vec![false; n],
             hurried: vec![false; n],
         };
-        Self { from, state: Mutex::new(state) }
+        Self { from, urgent: AtomicUsize::new(0), state: Mutex::new(state) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OrderState> {
@@ -178,16 +225,26 @@ impl Order {
         }
     }
 
-    /// The next replica to open, marked taken; `None` once every hosted one is.
-    fn take(&self) -> Option<u32> {
+    /// A replica a client asked for, not yet taken, marked taken.
+    fn take_urgent(&self) -> Option<u32> {
+        if self.urgent.load(Ordering::Acquire) == 0 {
+            return None; // the common case, without the lock: this is asked of every topic
+        }
         let mut s = self.lock();
         while let Some(p) = s.urgent.pop_front() {
+            self.urgent.fetch_sub(1, Ordering::AcqRel);
             let i = (p - self.from) as usize;
             if !s.taken[i] {
                 s.taken[i] = true;
                 return Some(p);
             }
         }
+        None
+    }
+
+    /// The next replica in partition order not yet taken, marked taken.
+    fn take_next(&self) -> Option<u32> {
+        let mut s = self.lock();
         while (s.next - self.from) < s.hosted.len() as u32 {
             let (p, i) = (s.next, (s.next - self.from) as usize);
             s.next += 1;
@@ -211,6 +268,7 @@ impl OpenQueue for Order {
         if s.hosted.get(i) == Some(&true) && !s.taken[i] && !s.hurried[i] {
             s.hurried[i] = true;
             s.urgent.push_back(partition);
+            self.urgent.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -270,8 +328,12 @@ mod tests {
         o
     }
 
+    fn take(o: &Order) -> Option<u32> {
+        o.take_urgent().or_else(|| o.take_next())
+    }
+
     fn drain(o: &Order) -> Vec<u32> {
-        std::iter::from_fn(|| o.take()).take(100).collect()
+        std::iter::from_fn(|| take(o)).take(100).collect()
     }
 
     #[test]
@@ -283,12 +345,12 @@ mod tests {
     #[test]
     fn a_hurried_replica_opens_next_and_only_once() {
         let o = order(0, 6, &[0, 1, 2, 3, 4, 5]);
-        assert_eq!(o.take(), Some(0));
+        assert_eq!(take(&o), Some(0));
         o.hurry(4);
         o.hurry(4);
         o.hurry(0); // already opening: nothing to hurry
         o.hurry(9); // not a partition of this opening
-        assert_eq!(o.take(), Some(4));
+        assert_eq!(take(&o), Some(4));
         assert_eq!(drain(&o), vec![1, 2, 3, 5]);
         assert_eq!(o.hurried(), 1);
     }
@@ -299,6 +361,18 @@ mod tests {
         o.hurry(1);
         assert_eq!(drain(&o), vec![0, 2]);
         assert_eq!(o.hurried(), 0);
+    }
+
+    #[test]
+    fn a_replica_asked_for_opens_next_whichever_topic_it_belongs_to() {
+        let (a, b) = (order(0, 3, &[0, 1, 2]), order(0, 3, &[0, 1, 2]));
+        let orders = [&a, &b];
+        let mut in_order = 0;
+        assert_eq!(pick(&orders, &mut in_order), Some((0, 0)));
+        b.hurry(2);
+        assert_eq!(pick(&orders, &mut in_order), Some((1, 2)));
+        let rest: Vec<(usize, u32)> = std::iter::from_fn(|| pick(&orders, &mut in_order)).take(10).collect();
+        assert_eq!(rest, vec![(0, 1), (0, 2), (1, 0), (1, 1)]);
     }
 
     #[test]
