@@ -20,7 +20,7 @@ const LATER: &str = "later";
 /// Each broker holds a third of them (one replica each): enough that reopening them takes a
 /// debug build seconds, so a produce that waited for all of them would be answered after the
 /// restart's "topic replicas started" line.
-const PARTITIONS: u32 = 1800;
+const PARTITIONS: u32 = 3000;
 
 /// Lines of broker `n`'s log that say its replicas of [`TOPIC`] are all open (one per start).
 fn opened_lines(c: &TestCluster, n: u64) -> usize {
@@ -47,21 +47,29 @@ async fn a_restarted_broker_serves_the_partition_asked_for_before_it_reopened_th
     let answered = started.elapsed();
     let still_opening = opened_lines(&c, 2) == 1;
     producer.close().await;
-    if delivered.is_err() || !still_opening {
+    if delivered.is_err() {
         c.dump_logs();
     }
     assert!(delivered.is_ok(), "partition {target} through the restarted broker: {delivered:?}");
-    assert!(
-        still_opening,
-        "partition {target} was answered after {answered:?}, only once broker 2 had reopened every replica: \
-         the replica asked for was not opened first"
-    );
+    // Usually answered while the rest still open (0.3 s against ~1 s of opening in a debug
+    // build); on a loaded machine the two can meet, so this is reported, and the opening
+    // order is checked from the broker's own account below.
+    eprintln!("reopen: partition {target} answered after {answered:?}; broker 2 still opening then: {still_opening}");
 
     // The rest open too, and the log says one replica was opened early.
     eventually(WAIT, "broker 2 reopened every replica", || async { (opened_lines(&c, 2) == 2).then_some(()) }).await;
+    // The request reached the broker before the replica's turn (the last of the opening)
+    // and moved it to the front, ahead of replicas of the earlier topic still waiting: the
+    // broker's log says how many replicas it had taken before it.
     let log = c.log(2);
-    let hurried = log.lines().find(|l| l.contains("replicas opened early for clients that asked")).unwrap_or_default();
-    assert!(hurried.contains("hurried="), "no early opening logged; the line: {hurried:?}");
+    let line = format!("opening first a replica a client asked for topic={LATER} partition={target} before=");
+    let before: Option<usize> =
+        log.split(&line).nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok());
+    let held = (PARTITIONS / 3) as usize; // broker 2's replicas of TOPIC
+    assert!(
+        before.is_some_and(|b| b < held),
+        "partition {target} of {LATER} was not opened ahead of {TOPIC}'s {held} replicas (opened after {before:?})"
+    );
     // Served after the opening too: the partition asked for keeps its record, and partitions
     // at both ends of the opening order take writes (through broker 2, which sends those
     // it does not hold to their brokers).

@@ -98,9 +98,41 @@ impl LocalControl {
 
     /// Opens a topic's partition logs (recovering them) as a new incarnation.
     fn open_topic(&self, broker: &Broker, record: TopicRecord) -> Result<Topic, BrokerError> {
-        let topic_id = self.next_topic_id.fetch_add(1, Ordering::Relaxed) + 1;
-        open_topic(broker, record, topic_id)
+        let slots = (0..record.partitions)
+            .map(|p| open_slot(&broker.options().data_dir, broker.node_id(), &record, p))
+            .collect::<Result<_, _>>()?;
+        Ok(Topic { record, slots, topic_id: self.next_topic_id() })
     }
+
+    fn next_topic_id(&self) -> u64 {
+        self.next_topic_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Opens partitions `partitions` of a topic on a blocking thread, after removing what a
+/// crashed create or add left in their directories. Opening is file I/O (each log recovered,
+/// its index read): 10,000 partitions take seconds, and on a runtime thread that stalled the
+/// connections the thread served — HTTP/2 pings went unanswered, so the client of a
+/// 10,000-partition create gave up after 4 s and the create was dropped half done.
+async fn open_fresh_slots(
+    broker: &Broker,
+    record: &TopicRecord,
+    partitions: std::ops::Range<u32>,
+) -> Result<Vec<PartitionSlot>, BrokerError> {
+    let (data_dir, node, record) = (broker.options().data_dir.clone(), broker.node_id(), record.clone());
+    let opening = tokio::task::spawn_blocking(move || {
+        partitions
+            .map(|p| {
+                let dir = layout::topic_partition_dir(&data_dir, &record.name, p);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| LogError::io(format!("removing stale {}", dir.display()), e))?;
+                }
+                open_slot(&data_dir, node, &record, p)
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()
+    });
+    opening.await.map_err(|e| LogError::io("opening partitions", std::io::Error::other(e)))?
 }
 
 /// The topic as it is now, if it is still the incarnation `topic` (else `TopicDeleted`).
@@ -125,21 +157,21 @@ fn remove_stale_partitions(topic_dir: &std::path::Path, partitions: u32) {
     }
 }
 
-fn open_topic(broker: &Broker, record: TopicRecord, topic_id: u64) -> Result<Topic, BrokerError> {
-    let slots = (0..record.partitions).map(|p| open_slot(broker, &record, p)).collect::<Result<_, _>>()?;
-    Ok(Topic { record, slots, topic_id })
-}
-
 /// Opens (recovering) partition `p` of a topic.
-fn open_slot(broker: &Broker, record: &TopicRecord, p: u32) -> Result<PartitionSlot, BrokerError> {
-    let dir = layout::topic_partition_dir(&broker.options().data_dir, &record.name, p);
+fn open_slot(
+    data_dir: &std::path::Path,
+    node: u64,
+    record: &TopicRecord,
+    p: u32,
+) -> Result<PartitionSlot, BrokerError> {
+    let dir = layout::topic_partition_dir(data_dir, &record.name, p);
     let (partition, report) =
         Partition::open(&dir, &record.name, p, record.settings.log_config(), record.settings.fsync_policy())?;
     if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
         tracing::warn!(topic = %record.name, partition = p, ?report, "recovered partition log");
     }
     let log = Arc::new(partition);
-    let writer = Arc::new(LocalWriter { log: Arc::clone(&log), node: broker.node_id() });
+    let writer = Arc::new(LocalWriter { log: Arc::clone(&log), node });
     Ok(PartitionSlot::Here { log, writer })
 }
 
@@ -180,7 +212,8 @@ impl ControlPlane for LocalControl {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| LogError::io(format!("removing stale {}", dir.display()), e))?;
         }
-        let topic = Arc::new(self.open_topic(broker, record)?);
+        let slots = open_fresh_slots(broker, &record, 0..record.partitions).await?;
+        let topic = Arc::new(Topic { record, slots, topic_id: self.next_topic_id() });
         broker.store().put_topic(&topic.record).await?; // commit point
         broker.publish_topic(Arc::clone(&topic));
         tracing::info!(topic = %topic.record.name, partitions = topic.record.partitions, "topic created");
@@ -222,15 +255,8 @@ impl ControlPlane for LocalControl {
         }
         let record = TopicRecord { partitions, ..current.record.clone() };
         let mut slots = current.slots.clone();
-        for p in current.record.partitions..partitions {
-            // Leftovers of an add that crashed before its commit point would be recovered as data.
-            let dir = layout::topic_partition_dir(&broker.options().data_dir, name, p);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| LogError::io(format!("removing stale {}", dir.display()), e))?;
-            }
-            slots.push(open_slot(broker, &record, p)?);
-        }
+        // Leftovers of an add that crashed before its commit point would be recovered as data.
+        slots.extend(open_fresh_slots(broker, &record, current.record.partitions..partitions).await?);
         broker.store().put_topic(&record).await?; // commit point
         let grown = Arc::new(Topic { record, slots, topic_id: current.topic_id });
         broker.publish_topic(Arc::clone(&grown));

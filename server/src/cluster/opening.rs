@@ -106,10 +106,18 @@ pub(super) async fn open_all(broker: &Broker, cluster: &Cluster, pending: Vec<Pe
     let topics = &pending;
     let orders: Vec<&Order> = pending.iter().map(|pd| &*pd.order).collect();
     let mut in_order = 0;
-    let picks = futures::stream::iter(std::iter::from_fn(|| pick(&orders, &mut in_order)));
+    let mut picked = 0usize;
+    let picks = futures::stream::iter(std::iter::from_fn(|| {
+        let (t, p, asked) = pick(&orders, &mut in_order)?;
+        picked += 1;
+        Some((t, p, asked, picked - 1))
+    }));
     let failures: Vec<(usize, u32, BrokerError)> = picks
-        .map(|(t, p)| async move {
+        .map(|(t, p, asked, before)| async move {
             let pd = &topics[t];
+            if asked {
+                tracing::info!(topic = %pd.record.name, partition = p, before, "opening first a replica a client asked for");
+            }
             let (slot, failure) = match open_slot(broker, cluster, pd.topic_id, &pd.record, p).await {
                 Ok(slot) => (slot, None),
                 Err(e) => (super::reassign::elsewhere(cluster, &pd.record, p), Some((t, p, e))),
@@ -160,16 +168,16 @@ pub(super) async fn open_all(broker: &Broker, cluster: &Cluster, pending: Vec<Pe
         .collect()
 }
 
-/// The next replica to open of several topics' (`(topic index, partition)`): one a client
-/// asked for, of any topic, else the next in partition order of the first topic not done
-/// (`in_order`, kept by the caller between picks). `None` once every one is taken.
-fn pick(orders: &[&Order], in_order: &mut usize) -> Option<(usize, u32)> {
-    if let Some(urgent) = orders.iter().enumerate().find_map(|(t, o)| Some((t, o.take_urgent()?))) {
-        return Some(urgent);
+/// The next replica to open of several topics' (`(topic index, partition, asked for)`): one
+/// a client asked for, of any topic, else the next in partition order of the first topic not
+/// done (`in_order`, kept by the caller between picks). `None` once every one is taken.
+fn pick(orders: &[&Order], in_order: &mut usize) -> Option<(usize, u32, bool)> {
+    if let Some((t, p)) = orders.iter().enumerate().find_map(|(t, o)| Some((t, o.take_urgent()?))) {
+        return Some((t, p, true));
     }
     while let Some(o) = orders.get(*in_order) {
         if let Some(p) = o.take_next() {
-            return Some((*in_order, p));
+            return Some((*in_order, p, false));
         }
         *in_order += 1;
     }
@@ -368,11 +376,11 @@ mod tests {
         let (a, b) = (order(0, 3, &[0, 1, 2]), order(0, 3, &[0, 1, 2]));
         let orders = [&a, &b];
         let mut in_order = 0;
-        assert_eq!(pick(&orders, &mut in_order), Some((0, 0)));
+        assert_eq!(pick(&orders, &mut in_order), Some((0, 0, false)));
         b.hurry(2);
-        assert_eq!(pick(&orders, &mut in_order), Some((1, 2)));
-        let rest: Vec<(usize, u32)> = std::iter::from_fn(|| pick(&orders, &mut in_order)).take(10).collect();
-        assert_eq!(rest, vec![(0, 1), (0, 2), (1, 0), (1, 1)]);
+        assert_eq!(pick(&orders, &mut in_order), Some((1, 2, true)));
+        let rest: Vec<(usize, u32, bool)> = std::iter::from_fn(|| pick(&orders, &mut in_order)).take(10).collect();
+        assert_eq!(rest, vec![(0, 1, false), (0, 2, false), (1, 0, false), (1, 1, false)]);
     }
 
     #[test]
