@@ -12,15 +12,14 @@
 //! group's core in the caller's order, and the answer comes at commit (acks=all) or at the
 //! leader's append (acks=leader, through the entry's [`AppendHook`]).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResponse;
-use openraft::type_config::alias::WriteResponderOf;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Instant as _, Raft};
 
@@ -80,13 +79,7 @@ pub struct RaftReplica {
     pub raft: PartitionRaft,
     pub store: PartitionLogStore,
     pub quiescence: Arc<Quiescence>,
-    /// Proposals waiting, in order, for a lease renewal ([`RaftReplica::propose`]); `None`
-    /// when no renewal runs.
-    parked: Arc<std::sync::Mutex<Option<VecDeque<Parked>>>>,
 }
-
-/// A proposal held while its leader renews its lease.
-type Parked = (BatchData, WriteResponderOf<PartitionTc>);
 
 impl std::fmt::Debug for RaftReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,8 +185,7 @@ pub async fn open(
         }
         (Err(_), _) => {} // stopped already: nothing to start
     }
-    let replica = RaftReplica { group_id: spec.group_id, raft, store, quiescence, parked: Default::default() };
-    Ok(Opened { partition, replica })
+    Ok(Opened { partition, replica: RaftReplica { group_id: spec.group_id, raft, store, quiescence } })
 }
 
 /// A reopened partition group (a restart) whose committed vote names another broker's
@@ -432,7 +424,8 @@ impl RaftReplica {
         if self.quiescence.before_propose(&self.raft) {
             tracing::debug!(group = self.group_id, "woken by a write");
         }
-        self.write_or_park(BatchData::Proposed(batch), responder).await?;
+        self.renew_lease_if_stale().await;
+        self.raft.client_write_ff(BatchData::Proposed(batch), Some(responder)).await.map_err(|e| stopped(&e))?;
         let group = self.group_id;
         Ok(async move {
             if let Some(hook_rx) = hook_rx {
@@ -516,81 +509,20 @@ impl RaftReplica {
         tokio::time::timeout_at(deadline, moved).await.is_ok()
     }
 
-    /// Queues a proposal in the group, or, while its lease is being renewed, parks it behind
-    /// the renewal in arrival order. openraft refuses writes on a leader whose lease ran out
-    /// (no quorum acknowledged it for a while), and that is what a leader that slept looks
-    /// like (`raft/quiesce.rs`), so its first write renews the lease with a heartbeat round
-    /// ([`RaftReplica::renew_lease`]). The renewal runs on its own task and the caller goes
-    /// on: a produce stream writing to hundreds of asleep partitions renewed them one after
-    /// another, ~8 ms each, before any was written.
-    ///
-    /// Invariant (a write's place is fixed when this returns): a proposal either enters the
-    /// group's queue now, or joins `parked` behind the earlier parked ones; `parked` is
-    /// `Some` from the first parked proposal until the renewal task has queued the last one,
-    /// so a later proposal never overtakes a parked one.
-    async fn write_or_park(
-        &self,
-        data: BatchData,
-        responder: WriteResponderOf<PartitionTc>,
-    ) -> Result<(), BrokerError> {
-        {
-            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-            match parked.as_mut() {
-                Some(queue) => {
-                    queue.push_back((data, responder));
-                    return Ok(());
-                }
-                None if self.lease_stale() => {
-                    *parked = Some(VecDeque::from([(data, responder)]));
-                    drop(parked);
-                    let replica = self.clone();
-                    drop(tokio::spawn(async move { replica.renew_then_release().await }));
-                    return Ok(());
-                }
-                None => {}
-            }
-        }
-        self.raft.client_write_ff(data, Some(responder)).await.map_err(|e| stopped(&e))
-    }
-
-    /// Renews the lease, then queues the parked proposals in order (those parked meanwhile
-    /// too), and clears `parked` once none is left. A proposal whose queueing fails (the
-    /// group stopped) is answered by its dropped responder.
-    async fn renew_then_release(&self) {
-        self.renew_lease().await;
-        loop {
-            let next = {
-                let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-                let item = parked.as_mut().and_then(VecDeque::pop_front);
-                if item.is_none() {
-                    *parked = None;
-                }
-                item
-            };
-            let Some((data, responder)) = next else { return };
-            if self.raft.client_write_ff(data, Some(responder)).await.is_err() {
-                tracing::debug!(group = self.group_id, "the group stopped while a write waited for its lease");
-            }
-        }
-    }
-
-    /// Whether this replica leads with a lease openraft would refuse writes under. A leader
-    /// that is its group's only voter (replication factor 1) is its own quorum: no heartbeat
-    /// is answered to renew anything, and it needs none.
-    fn lease_stale(&self) -> bool {
-        lease_stale(&self.raft.metrics().borrow_watched(), self.lease())
-    }
-
-    fn lease(&self) -> Duration {
-        Duration::from_millis(self.raft.config().election_timeout_min)
-    }
-
-    /// Renews a stale lease with a heartbeat round, waiting at most two election timeouts (a
-    /// leader that cannot reach a quorum then gets openraft's refusal, as it should).
-    async fn renew_lease(&self) {
+    /// openraft refuses writes on a leader whose lease ran out (no quorum acknowledged it for
+    /// a while), and that is what a leader that slept looks like (`raft/quiesce.rs`): renew
+    /// it with a heartbeat round before proposing, bounded by two election timeouts (a leader
+    /// that cannot reach a quorum then gets openraft's refusal, as it should). A leader that
+    /// is its group's only voter (replication factor 1) is its own quorum: no heartbeat is
+    /// answered to renew anything, and it needs none.
+    async fn renew_lease_if_stale(&self) {
         let config = self.raft.config();
-        let lease = self.lease();
-        let stale = |m: &openraft::RaftMetrics<PartitionTc>| lease_stale(m, lease);
+        let lease = Duration::from_millis(config.election_timeout_min);
+        let stale = |m: &openraft::RaftMetrics<PartitionTc>| {
+            m.current_leader == Some(m.id)
+                && m.last_quorum_acked.is_none_or(|t| t.elapsed() >= lease)
+                && m.membership_config.membership().voter_ids().any(|v| v != m.id)
+        };
         let mut metrics = self.raft.metrics();
         if !stale(&metrics.borrow_watched()) {
             return;
@@ -620,13 +552,6 @@ impl RaftReplica {
             tracing::warn!(group = self.group_id, error = %e, "raft group did not stop cleanly");
         }
     }
-}
-
-/// On a leader's metrics: whether its lease is older than `lease` and it has other voters.
-fn lease_stale(m: &openraft::RaftMetrics<PartitionTc>, lease: Duration) -> bool {
-    m.current_leader == Some(m.id)
-        && m.last_quorum_acked.is_none_or(|t| t.elapsed() >= lease)
-        && m.membership_config.membership().voter_ids().any(|v| v != m.id)
 }
 
 fn stopped(e: &impl std::fmt::Display) -> BrokerError {
