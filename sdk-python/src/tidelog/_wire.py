@@ -18,10 +18,12 @@ payload beyond :data:`MAX_DECOMPRESSED_BYTES`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import lz4.frame
 import zstandard
 
+from ._accel import native
 from .errors import FatalError
 from .v1 import record_pb2, records_service_pb2
 
@@ -86,7 +88,7 @@ def _timestamp_field(ts: int) -> bytes:
     return last[1]
 
 
-def encode_record(
+def py_encode_record(
     key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int
 ) -> bytes:
     """One record, framed as a ``RecordBatch.records`` element (ready to concatenate). A None
@@ -119,6 +121,12 @@ def encode_record(
         parts.append(_NULL_VALUE)
     body = b"".join(parts)
     return _TAG_BATCH_RECORD + varint(len(body)) + body
+
+
+#: :func:`py_encode_record`, compiled when available (:mod:`tidelog._accel`; same bytes).
+encode_record: Callable[[bytes | None, bytes | None, Headers | None, int], bytes] = (
+    native.encode_record if native is not None else py_encode_record
+)
 
 
 def compress(codec: Compression, raw: bytes) -> bytes:

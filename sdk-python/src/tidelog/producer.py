@@ -55,7 +55,7 @@ from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered,
 from ._runtime import LoopThread
 from ._txn import Transactions, bound, left, not_transactional
 from .errors import KafkaError, TidelogError, TransactionTimeoutError
-from .tracing import end_send, start_send
+from .tracing import end_send, sending_traced, start_send
 from .types import ConsumerGroupMetadata, Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -108,7 +108,16 @@ class Producer:
         if the buffer stayed full for ``max.block.ms``, :class:`~tidelog.errors.ClosedError`
         after :meth:`close`.
         """
-        self._traced(topic, value, key, headers, partition, timestamp, on_delivery or callback)
+        sink = on_delivery or callback
+        fast = self._core.appender
+        if (
+            fast is not None
+            and not headers
+            and not sending_traced()
+            and fast.append(topic, value, key, partition, timestamp, sink) is not None
+        ):
+            return
+        self._traced(topic, value, key, headers, partition, timestamp, sink)
 
     def produce_future(
         self,
@@ -121,6 +130,14 @@ class Producer:
     ) -> concurrent.futures.Future[Message]:
         """Like :meth:`produce`, but returns a future of the delivered :class:`Message`."""
         fut: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        fast = self._core.appender
+        if (
+            fast is not None
+            and not headers
+            and not sending_traced()
+            and fast.append(topic, value, key, partition, timestamp, fut) is not None
+        ):
+            return fut
         self._traced(topic, value, key, headers, partition, timestamp, fut)
         return fut
 

@@ -116,6 +116,12 @@ def _body_size(value: object) -> int:
     return 0  # None (a tombstone), or a type stage() rejects
 
 
+def sending_traced() -> bool:
+    """Whether :func:`start_send` would start a span now (the producer's fast path checks)."""
+    api = _api if _api is not _UNLOADED else _load()
+    return api is not None and api.active_provider() is not None
+
+
 def start_send(
     topic: str, value: object, headers: _HeadersArg, partition: int | None
 ) -> tuple[Span | None, Any]:

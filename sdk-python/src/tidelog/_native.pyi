@@ -1,0 +1,28 @@
+# Types of the compiled extension (sdk-python/native, Rust); see tidelog/_accel.py.
+from typing import Any
+
+def encode_record(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None, timestamp_ms: int
+) -> bytes: ...
+def murmur2(data: bytes) -> int: ...
+
+class OpenBatch:
+    count: int
+    size: int
+    opened: float
+    def __init__(self) -> None: ...
+    def append(self, encoded: bytes, entry: Any, memory: int, now: float) -> None: ...
+    def take(self) -> tuple[bytes, list[Any], int, float]: ...
+
+class Appender:
+    appended: int
+    def __init__(self, core: Any, new_queue: Any) -> None: ...
+    def append(
+        self,
+        topic: object,
+        value: object,
+        key: object,
+        partition: object,
+        timestamp: object,
+        sink: object,
+    ) -> int | None: ...

@@ -1,0 +1,159 @@
+"""The compiled extension (``tidelog._native``) against the pure-Python code it replaces: the
+same bytes for every record, the same partitions, the same open-batch behaviour, and through a
+real broker the same records read back whichever path queued them.
+
+These tests skip when the extension is not built or ``TIDELOG_PURE_PYTHON=1`` is set;
+``scripts/test.sh`` checks that it is built, and runs the producer tests both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import REPO, Broker, read_all, unique
+
+from tidelog import AdminClient, Producer, _accel, _staging, _wire, partitioner
+from tidelog.errors import ClosedError, ErrorCode, FatalError
+from tidelog.v1 import record_pb2
+
+native = _accel.native
+pytestmark = pytest.mark.skipif(native is None, reason="tidelog._native not built or disabled")
+
+VECTORS = json.loads((REPO / "proto" / "testdata" / "partitioner.json").read_text())
+
+
+def _random_record(
+    rng: random.Random,
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None, int]:
+    def blob(n: int) -> bytes:
+        return bytes(rng.getrandbits(8) for _ in range(n))
+
+    key = None if rng.random() < 0.3 else blob(rng.choice([0, 1, 16, 200]))
+    value = None if rng.random() < 0.1 else blob(rng.choice([0, 1, 127, 128, 300, 16384]))
+    headers = None
+    if rng.random() < 0.4:
+        headers = [
+            (rng.choice(["", "a", "traceparent", "é"]), blob(rng.choice([0, 3, 130]))) for _ in range(3)
+        ]
+    ts = rng.choice([0, 1, 127, 128, 1_700_000_000_123, (1 << 62) + 5])
+    return key, value, headers, ts
+
+
+def test_records_encode_to_the_same_bytes_as_python_and_protobuf():
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    for _ in range(500):
+        key, value, headers, ts = _random_record(rng)
+        got = native.encode_record(key, value, headers, ts)
+        assert got == _wire.py_encode_record(key, value, headers, ts), f"seed {seed}"
+        rec = record_pb2.RecordBatch.FromString(got).records[0]
+        assert rec.key == (key or b"") and rec.HasField("key") == (key is not None), f"seed {seed}"
+        assert rec.value == (value or b"") and rec.null_value == (value is None), f"seed {seed}"
+        assert [(h.key, h.value) for h in rec.headers] == (headers or []), f"seed {seed}"
+        assert rec.timestamp_ms == ts, f"seed {seed}"
+
+
+def test_murmur2_matches_the_shared_vectors():
+    for case in VECTORS["kafka_reference"] + VECTORS["cases"]:
+        key = bytes.fromhex(case["key_hex"])
+        assert native.murmur2(key) == case["murmur2"] == partitioner.murmur2(key), case
+
+
+@pytest.mark.parametrize("impl", ["native", "python"])
+def test_open_batches_fill_and_empty_alike(impl: str):
+    batch = native.OpenBatch() if impl == "native" else _staging.PyOpenBatch()
+    assert (batch.count, batch.size, batch.opened) == (0, 0, 0.0)
+    batch.append(b"ab", ("e1",), 66, 5.0)
+    batch.append(b"cde", ("e2",), 67, 6.0)
+    assert (batch.count, batch.size, batch.opened) == (2, 5, 5.0)
+    assert batch.take() == (b"abcde", [("e1",), ("e2",)], 133, 5.0)
+    assert (batch.count, batch.size, batch.opened) == (0, 0, 0.0)
+    assert batch.take() == (b"", [], 0, 0.0)
+
+
+def test_the_compiled_produce_path_queues_what_python_would(broker: Broker, admin: AdminClient):
+    """Every shape of record the fast path takes (key or none, tombstone, str, explicit
+    partition, explicit timestamp, callbacks and futures) reads back as produced, keyed records
+    on the partition every SDK picks; records it does not take go the Python way."""
+    topic = unique("native")
+    admin.create_topic(topic, num_partitions=4)
+    p = Producer({"bootstrap.servers": broker.addr, "linger.ms": 2, "batch.size": 4096})
+    delivered: list[tuple[object, object]] = []
+    try:
+        p.produce(topic, b"first")  # reads the topic's metadata: the Python path
+        p.flush(10)
+        fast = p._core.appender
+        assert fast is not None
+        before = fast.appended
+        want: list[tuple[bytes | None, bytes | None, int | None, int | None]] = []
+        for i in range(300):
+            key = f"k{i % 17}".encode() if i % 3 else None
+            value = None if i % 50 == 7 else (b"v%d-" % i) * (i % 40)
+            part = i % 4 if i % 5 == 0 and key is None else None
+            ts = 1_700_000_000_000 + i if i % 7 == 0 else None
+            p.produce(
+                topic,
+                value,
+                key,
+                partition=part,
+                timestamp=ts,
+                on_delivery=lambda e, m: delivered.append((e, m)),
+            )
+            want.append((key, value, part, ts))
+        p.produce(topic, "text value", "text key")  # str: encoded as UTF-8
+        fut = p.produce_future(topic, b"future", b"fk")
+        taken = fast.appended - before
+        assert taken == 302, "every record above goes the compiled way"
+        # Not for the fast path: headers, a bytearray, a float timestamp.
+        p.produce(topic, b"h", headers={"a": b"1"})
+        p.produce(topic, bytearray(b"ba"))
+        p.produce(topic, b"ft", timestamp=1_700_000_000_000.0)  # type: ignore[arg-type]
+        assert fast.appended - before == taken
+        assert p.flush(20) == 0
+        assert fut.result(10).partition() == partitioner.partition_for_key(b"fk", 4)
+        assert p.poll(0) >= 0 and len(delivered) == 300
+        assert all(e is None for e, _ in delivered)
+    finally:
+        p.close()
+
+    got = read_all(broker.addr, topic, 4, 1 + 300 + 2 + 3)
+    assert len(got) == 306
+    by_value: dict[tuple[bytes | None, bytes | None], list[object]] = {}
+    for m in got:
+        by_value.setdefault((m.key(), m.value()), []).append(m)
+    for key, value, part, ts in want:
+        m = by_value[(key, value)][0]
+        if key is not None:
+            assert m.partition() == partitioner.partition_for_key(key, 4)
+        if part is not None:
+            assert any(x.partition() == part for x in by_value[(key, value)])
+        if ts is not None:
+            assert any(x.timestamp()[1] == ts for x in by_value[(key, value)])
+    assert by_value[(b"text key", b"text value")]
+    assert by_value[(None, b"h")][0].headers() == [("a", b"1")]
+    # Offsets per partition are dense and in the order produced.
+    for part in range(4):
+        offs = sorted(m.offset() for m in got if m.partition() == part)
+        assert offs == list(range(len(offs)))
+
+
+def test_the_compiled_path_leaves_errors_to_python(broker: Broker, admin: AdminClient):
+    topic = unique("native-err")
+    admin.create_topic(topic, num_partitions=2)
+    p = Producer({"bootstrap.servers": broker.addr})
+    p.produce(topic, b"x")
+    fast = p._core.appender
+    before = fast.appended
+    with pytest.raises(FatalError, match="partition 5 does not exist") as e:
+        p.produce(topic, b"x", partition=5)
+    assert e.value.code == ErrorCode.UNKNOWN_PARTITION
+    with pytest.raises(FatalError, match="exceeds the broker") as e:
+        p.produce(topic, b"x" * (1 << 20))
+    assert e.value.code == ErrorCode.BATCH_TOO_LARGE
+    assert fast.appended == before
+    assert p.flush(10) == 0
+    p.close()
+    with pytest.raises(ClosedError):
+        p.produce(topic, b"after close")
