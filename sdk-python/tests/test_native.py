@@ -1,6 +1,7 @@
 """The compiled extension (``tidelog._native``) against the pure-Python code it replaces: the
-same bytes for every record, the same partitions, the same open-batch behaviour, and through a
-real broker the same records read back whichever path queued them.
+same bytes for every record, the same partitions, the same open-batch behaviour, the same
+messages and positions from every Subscribe response, and through a real broker the same
+records read back whichever path queued them.
 
 These tests skip when the extension is not built or ``TIDELOG_PURE_PYTHON=1`` is set;
 ``scripts/test.sh`` checks that it is built, and runs the producer tests both ways.
@@ -14,9 +15,10 @@ import random
 import pytest
 from conftest import REPO, Broker, read_all, unique
 
-from tidelog import AdminClient, Producer, _accel, _staging, _wire, partitioner
+from tidelog import AdminClient, Message, Producer, _accel, _staging, _wire, partitioner
+from tidelog._fetch import Fetcher
 from tidelog.errors import ClosedError, ErrorCode, FatalError
-from tidelog.v1 import record_pb2
+from tidelog.v1 import record_pb2, records_service_pb2
 
 native = _accel.native
 pytestmark = pytest.mark.skipif(native is None, reason="tidelog._native not built or disabled")
@@ -157,3 +159,83 @@ def test_the_compiled_path_leaves_errors_to_python(broker: Broker, admin: AdminC
     p.close()
     with pytest.raises(ClosedError):
         p.produce(topic, b"after close")
+
+
+def _random_response(rng: random.Random) -> records_service_pb2.SubscribeResponse:
+    resp = records_service_pb2.SubscribeResponse(
+        partition=rng.randrange(8), high_watermark=rng.randrange(1 << 40), throttle_time_ms=rng.randrange(3)
+    )
+    if rng.random() < 0.3:
+        resp.read_from = rng.randrange(0, 40)
+    base = rng.randrange(0, 20)
+    for _ in range(rng.randrange(0, 4)):
+        recs = []
+        for _ in range(rng.randrange(1, 6)):
+            key, value, headers, ts = _random_record(rng)
+            r = record_pb2.Record(
+                timestamp_ms=ts, headers=[record_pb2.Header(key=k, value=v) for k, v in headers or []]
+            )
+            if key is not None:
+                r.key = key
+            if value is None:
+                r.null_value = True
+            else:
+                r.value = value
+            recs.append(r)
+        gap = rng.choice([0, 0, 3])  # compacted topics: offsets jump between batches
+        resp.batches.append(
+            records_service_pb2.Batch(
+                base_offset=base + gap,
+                record_count=len(recs),
+                append_time_ms=rng.choice([-1, 0, 1_700_000_000_999]),
+                records=record_pb2.RecordBatch(records=recs),
+            )
+        )
+        base += gap + len(recs)
+    return resp
+
+
+def test_subscribe_responses_decode_to_the_same_messages_and_positions():
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    for _ in range(300):
+        resp = _random_response(rng)
+        start = rng.choice([None, 0, 5, 12, 30])
+        starts_py: dict[int, int | None] = {resp.partition: start}
+        starts_rs = dict(starts_py)
+        want = Fetcher._decode("t", resp, starts_py)
+        got = native.decode_subscribe(resp.SerializeToString(), "t", starts_rs, Message)
+        assert got is not None, f"seed {seed}"
+        p, hw, throttle, msgs, nbytes = got
+        assert (p, hw, throttle) == (resp.partition, resp.high_watermark, resp.throttle_time_ms), (
+            f"seed {seed}"
+        )
+        assert msgs == want, f"seed {seed}"
+        assert [m.timestamp() for m in msgs] == [m.timestamp() for m in want], f"seed {seed}"
+        assert nbytes == sum(map(len, want)) and starts_rs == starts_py, f"seed {seed}"
+
+
+def test_compressed_or_corrupt_responses_change_nothing():
+    resp = records_service_pb2.SubscribeResponse(partition=1)
+    resp.batches.append(
+        records_service_pb2.Batch(
+            base_offset=0, record_count=1, compression=1, compressed_records=b"\x04\x22"
+        )
+    )
+    starts: dict[int, int | None] = {1: 0}
+    assert native.decode_subscribe(resp.SerializeToString(), "t", starts, Message) is None
+    assert starts == {1: 0}
+    good = _random_response(random.Random(7))
+    good.batches.append(
+        records_service_pb2.Batch(
+            base_offset=99,
+            record_count=1,
+            records=record_pb2.RecordBatch(records=[record_pb2.Record(value=b"v")]),
+        )
+    )
+    raw = good.SerializeToString()
+    for cut in (len(raw) - 1, len(raw) // 2, 3):
+        starts = {good.partition: 0}
+        with pytest.raises(ValueError, match="malformed"):
+            native.decode_subscribe(raw[:cut], "t", starts, Message)
+        assert starts == {good.partition: 0}

@@ -1,15 +1,16 @@
 //! `tidelog._native`: the Python SDK's per-record work in compiled code.
 //!
 //! The pure-Python SDK spends most of a small record's cost in the interpreter: a call chain
-//! from `produce()` to the open batch, and one `Message` built per consumed record. This
-//! module does the producer's part in one call ([`producer::Appender`]) over the same
-//! objects the Python code uses, and encodes records exactly as `tidelog._wire` does
-//! ([`wire`]). It is optional: without it (or with `TIDELOG_PURE_PYTHON=1`) the SDK runs the
+//! from `produce()` to the open batch, and a walk over a protobuf tree per consumed record.
+//! This module does the producer's part in one call ([`producer::Appender`]) over the same
+//! objects the Python code uses, encodes records exactly as `tidelog._wire` does ([`wire`]),
+//! and decodes a Subscribe response's bytes straight into `Message`s ([`consumer`]). It is optional: without it (or with `TIDELOG_PURE_PYTHON=1`) the SDK runs the
 //! same logic in Python, and the tests run both.
 //!
 //! Must never: change what goes on the wire (the tests compare both paths byte for byte), hold
 //! a Python object across calls other than the core's own, or release the GIL.
 
+mod consumer;
 mod producer;
 mod wire;
 
@@ -44,6 +45,7 @@ fn murmur2(data: &[u8]) -> i32 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_record, m)?)?;
     m.add_function(wrap_pyfunction!(murmur2, m)?)?;
+    m.add_function(wrap_pyfunction!(consumer::decode_subscribe, m)?)?;
     m.add_class::<producer::OpenBatch>()?;
     m.add_class::<producer::Appender>()?;
     Ok(())

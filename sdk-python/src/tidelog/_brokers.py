@@ -26,6 +26,7 @@ from .v1 import (
     admin_service_pb2_grpc,
     group_service_pb2_grpc,
     offsets_service_pb2_grpc,
+    records_service_pb2,
     records_service_pb2_grpc,
     security_service_pb2_grpc,
     transaction_service_pb2_grpc,
@@ -43,6 +44,9 @@ class Stubs(NamedTuple):
     groups: group_service_pb2_grpc.GroupServiceStub
     security: security_service_pb2_grpc.SecurityServiceStub
     transactions: transaction_service_pb2_grpc.TransactionServiceStub
+    #: ``RecordService.Subscribe`` answering the responses' raw bytes, for a decoder that
+    #: reads them itself (``tidelog._native.decode_subscribe``).
+    subscribe_raw: Any
 
     @classmethod
     def of(cls, channel: grpc.Channel | grpc.aio.Channel) -> Stubs:
@@ -53,6 +57,11 @@ class Stubs(NamedTuple):
             group_service_pb2_grpc.GroupServiceStub(channel),
             security_service_pb2_grpc.SecurityServiceStub(channel),
             transaction_service_pb2_grpc.TransactionServiceStub(channel),
+            channel.unary_stream(
+                "/tidelog.v1.RecordService/Subscribe",
+                request_serializer=records_service_pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=None,
+            ),
         )
 
 

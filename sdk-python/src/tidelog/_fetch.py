@@ -6,6 +6,12 @@ buffer (``queued.max.messages``; a full buffer pauses the fetch, and HTTP/2 flow
 pauses the broker). A fetch that fails resumes from where it got to; one whose position fell
 out of the log (retention, DeleteRecords) applies ``auto.offset.reset``.
 
+**Decoding**: with the compiled extension (:mod:`tidelog._accel`) the stream answers each
+response's raw bytes and ``tidelog._native.decode_subscribe`` builds the messages from them in
+one pass; without it (or for a response holding a compressed batch) protobuf parses the
+response and :meth:`Fetcher._decode` walks it. Both keep the same rules (below) and the tests
+compare them response by response.
+
 **Routing of reads**, the same as the Rust SDK's ``Subscription``: in a cluster whose topics
 have fewer replicas than brokers, a broker serves only the partitions it holds, so a fetch
 reads each partition from a broker that holds it (the current broker when it does, else the
@@ -55,8 +61,10 @@ from typing import TYPE_CHECKING
 import grpc
 
 from . import _wire
+from ._accel import native
 from .errors import (
     ErrorCode,
+    FatalError,
     KafkaError,
     OffsetOutOfRangeError,
     RetriableError,
@@ -289,15 +297,17 @@ class Fetcher:
         for p in partitions:
             start = self._start_position(st.starts[p])
             req.partitions.append(records_service_pb2.PartitionStart(partition=p, start=start))
+        stubs = self.core.brokers.stubs(addr)
+        # Compiled: the responses' bytes, decoded straight into Messages; else protobuf's tree.
+        stream = stubs.subscribe_raw(req) if native is not None else stubs.records.Subscribe(req)
         try:
-            async for resp in self.core.brokers.stubs(addr).records.Subscribe(req):
+            async for resp in stream:
                 st.last_seen[addr] = asyncio.get_running_loop().time()
                 st.backoff = 0.1
                 st.avoid.pop(addr, None)
                 self.core.reporter.answered(addr)
-                msgs = self._decode(topic, resp, st.starts)
-                self._count(resp, msgs)
-                p, hw = resp.partition, resp.high_watermark
+                p, hw, throttle_ms, msgs, nbytes = self._decode_any(addr, topic, resp, st.starts)
+                self._count(throttle_ms, msgs, nbytes)
                 self.core.high_watermarks[(topic, p)] = hw
                 self.core.push(epoch, msgs, (topic, p))
                 at = st.starts.get(p)
@@ -355,12 +365,37 @@ class Fetcher:
                         )
                     seen[d.partition] = max(before or 0, d.high_watermark)
 
-    def _count(self, resp: records_service_pb2.SubscribeResponse, msgs: list[Message]) -> None:
+    def _count(self, throttle_ms: int, msgs: list[Message], nbytes: int) -> None:
         c = self.core.counters
         c["rx"] += 1
         c["rxmsgs"] += len(msgs)
-        c["rxmsg_bytes"] += sum(map(len, msgs))
-        c["throttle_ms"] += resp.throttle_time_ms  # the broker's quota paced this stream
+        c["rxmsg_bytes"] += nbytes
+        c["throttle_ms"] += throttle_ms  # the broker's quota paced this stream
+
+    @classmethod
+    def _decode_any(
+        cls,
+        addr: str,
+        topic: str,
+        resp: bytes | records_service_pb2.SubscribeResponse,
+        starts: dict[int, int | None],
+    ) -> tuple[int, int, int, list[Message], int]:
+        """``(partition, high watermark, throttle ms, messages, value bytes)`` of a response:
+        raw bytes (decoded by the compiled extension, or by protobuf when a batch is
+        compressed) or a parsed message."""
+        if isinstance(resp, bytes):
+            assert native is not None
+            try:
+                got: tuple[int, int, int, list[Message], int] | None = native.decode_subscribe(
+                    resp, topic, starts, Message
+                )
+            except ValueError as e:
+                raise FatalError(f"corrupt Subscribe response from {addr}: {e}") from e
+            if got is not None:
+                return got
+            resp = records_service_pb2.SubscribeResponse.FromString(resp)
+        msgs = cls._decode(topic, resp, starts)
+        return resp.partition, resp.high_watermark, resp.throttle_time_ms, msgs, sum(map(len, msgs))
 
     def _start_position(self, offset: int | None) -> records_service_pb2.StartPosition:
         if offset is not None:

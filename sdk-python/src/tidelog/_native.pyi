@@ -26,3 +26,7 @@ class Appender:
         timestamp: object,
         sink: object,
     ) -> int | None: ...
+
+def decode_subscribe(
+    raw: bytes, topic: str, starts: dict[int, int | None], message: type[Any]
+) -> tuple[int, int, int, list[Any], int] | None: ...
