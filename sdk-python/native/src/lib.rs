@@ -47,6 +47,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(murmur2, m)?)?;
     m.add_function(wrap_pyfunction!(consumer::decode_subscribe, m)?)?;
     m.add_class::<producer::OpenBatch>()?;
+    m.add_class::<producer::Counts>()?;
     m.add_class::<producer::Appender>()?;
     Ok(())
 }

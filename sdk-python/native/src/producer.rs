@@ -27,7 +27,8 @@ const MAX_RECORD_BYTES: usize = 1 << 20;
 const RECORD_OVERHEAD: usize = 64;
 
 /// A partition's open batch: its records' encoded bytes, back to back, and one entry per
-/// record (`(key, value, headers, timestamp_ms, sink)`, for its delivery).
+/// record for its delivery: `(key, value, headers, timestamp_ms, sink)`, or None for a record
+/// nobody waits on (no callback, no future: its delivery needs nothing).
 #[pyclass(module = "tidelog._native")]
 #[derive(Default)]
 pub struct OpenBatch {
@@ -35,15 +36,18 @@ pub struct OpenBatch {
     entries: Vec<Py<PyAny>>,
     memory: usize,
     opened: f64,
+    /// Entries with a sink (a callback or a future).
+    sinks: usize,
 }
 
 impl OpenBatch {
-    fn push(&mut self, entry: Py<PyAny>, memory: usize, now: f64) {
+    fn push(&mut self, entry: Py<PyAny>, memory: usize, now: f64, has_sink: bool) {
         if self.entries.is_empty() {
             self.opened = now;
         }
         self.entries.push(entry);
         self.memory += memory;
+        self.sinks += usize::from(has_sink);
     }
 }
 
@@ -73,19 +77,42 @@ impl OpenBatch {
     }
 
     /// Adds an already encoded record (the Python path); `now` is `time.monotonic()`.
-    fn append(&mut self, encoded: &[u8], entry: Py<PyAny>, memory: usize, now: f64) {
+    fn append(&mut self, encoded: &[u8], entry: Py<PyAny>, memory: usize, now: f64, has_sink: bool) {
         self.buf.extend_from_slice(encoded);
-        self.push(entry, memory, now);
+        self.push(entry, memory, now, has_sink);
     }
 
-    /// Empties the batch: `(encoded records, entries, memory, opened)`.
-    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyList>, usize, f64)> {
+    /// Empties the batch: `(encoded records, entries, memory, opened, entries with a sink)`.
+    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Taken<'py>> {
         let raw = PyBytes::new(py, &self.buf);
         let entries = PyList::new(py, self.entries.drain(..))?;
         self.buf.clear();
         let memory = std::mem::take(&mut self.memory);
         let opened = std::mem::take(&mut self.opened);
-        Ok((raw, entries, memory, opened))
+        let sinks = std::mem::take(&mut self.sinks);
+        Ok((raw, entries, memory, opened, sinks))
+    }
+}
+
+/// What `OpenBatch.take` returns.
+type Taken<'py> = (Bound<'py, PyBytes>, Bound<'py, PyList>, usize, f64, usize);
+
+/// A producer's buffer memory held and records not yet completed (`ProducerCore.counts`);
+/// changed only under the core's lock.
+#[pyclass(module = "tidelog._native")]
+#[derive(Default)]
+pub struct Counts {
+    #[pyo3(get, set)]
+    memory_used: usize,
+    #[pyo3(get, set)]
+    pending: usize,
+}
+
+#[pymethods]
+impl Counts {
+    #[new]
+    fn new() -> Self {
+        Self::default()
     }
 }
 
@@ -158,6 +185,7 @@ impl Drop for Held<'_, '_> {
 #[pyclass(module = "tidelog._native")]
 pub struct Appender {
     core: Py<PyAny>,
+    counts: Py<Counts>,
     lock: Py<PyAny>,
     queues: Py<PyDict>,
     sticky: Py<PyDict>,
@@ -229,6 +257,7 @@ impl Appender {
         let dict = |name: &str| -> PyResult<Py<PyDict>> { Ok(core.getattr(name)?.cast_into::<PyDict>()?.unbind()) };
         Ok(Self {
             lock: core.getattr("lock")?.unbind(),
+            counts: core.getattr("counts")?.cast_into::<Counts>()?.unbind(),
             queues: dict("_queues")?,
             sticky: dict("_sticky")?,
             partitions: dict("_partitions")?,
@@ -325,7 +354,7 @@ impl Appender {
         if core.getattr(intern!(py, "closed"))?.is_truthy()? {
             return Ok(None);
         }
-        let used: usize = core.getattr(intern!(py, "memory_used"))?.extract()?;
+        let used = self.counts.bind(py).borrow().memory_used;
         if used + memory > self.buffer_memory && used != 0 {
             return Ok(None);
         }
@@ -356,16 +385,23 @@ impl Appender {
                 }
             }
         }
-        let entry = (key.clone(), value.clone(), py.None(), ts, sink).into_pyobject(py)?;
+        let has_sink = !sink.is_none();
+        let entry = if has_sink {
+            (key.clone(), value.clone(), py.None(), ts, sink).into_pyobject(py)?.into_any().unbind()
+        } else {
+            py.None()
+        };
         {
             let mut b = open.borrow_mut();
             wake |= b.entries.is_empty();
             rec.write(&mut b.buf);
-            b.push(entry.into_any().unbind(), memory, now);
+            b.push(entry, memory, now, has_sink);
         }
-        core.setattr(intern!(py, "memory_used"), used + memory)?;
-        let pending: usize = core.getattr(intern!(py, "pending"))?.extract()?;
-        core.setattr(intern!(py, "pending"), pending + 1)?;
+        {
+            let mut counts = self.counts.bind(py).borrow_mut();
+            counts.memory_used += memory;
+            counts.pending += 1;
+        }
         if wake {
             core.call_method0(intern!(py, "wake"))?;
         }

@@ -70,6 +70,7 @@ from ._leader_probe import probe
 from ._routes import _Routes
 from ._staging import (
     RECORD_OVERHEAD,
+    Counts,
     Entry,
     HeadersArg,
     OpenBatch,
@@ -107,8 +108,9 @@ _WAKE = ("wake",)
 
 # One request to send: (broker, (topic, partition), request id, serialized ProduceRequest).
 Request = tuple[str, tuple[str, int], int, bytes]
-# Called once per completed batch: (topic, partition, entries, base_offset, timestamp_ms, error).
-DeliverHook = Callable[[str, int, list[Entry], int, int, TidelogError | None], None]
+# Called once per completed batch with a sink: (topic, partition, entries, base_offset,
+# timestamp_ms, error); an entry is None for a record without a sink.
+DeliverHook = Callable[[str, int, list[Entry | None], int, int, TidelogError | None], None]
 
 
 class _Batch:
@@ -122,13 +124,23 @@ class _Batch:
         "payload",
         "request_id",
         "sent_at",
+        "sinks",
     )
 
     def __init__(
-        self, payload: bytes, entries: list[Entry], memory: int, base_seq: int, created: float
+        self,
+        payload: bytes,
+        entries: list[Entry | None],
+        memory: int,
+        base_seq: int,
+        created: float,
+        sinks: int,
     ) -> None:
         self.payload = payload
+        #: One per record, in order; None for a record without a sink.
         self.entries = entries
+        #: Entries with a sink: a batch without any completes without the delivery hook.
+        self.sinks = sinks
         self.count = len(entries)
         self.memory = memory
         self.base_seq = base_seq
@@ -218,8 +230,9 @@ class ProducerCore:
         self._sticky: dict[str, int] = {}
         self._partitions: dict[str, tuple[int, float]] = {}  # topic → (count, fetched at)
         self.metadata_max_age = cfg["metadata.max.age.ms"] / 1000
-        self.memory_used = 0
-        self.pending = 0
+        #: Buffer memory held and records not yet completed (``Counts``: compiled or pure
+        #: Python, one interface; the compiled ``produce()`` path updates it directly).
+        self.counts = Counts()
         self.closed = False
         self._flush_requested = False
         self._wake_scheduled = False
@@ -258,6 +271,11 @@ class ProducerCore:
         self.appender: Any = (
             native.Appender(self, _Queue) if native is not None and self.txn is None else None
         )
+
+    @property
+    def pending(self) -> int:
+        """Records queued or in flight, not yet completed."""
+        return int(self.counts.pending)
 
     # ---- lifecycle (on the engine loop) -------------------------------------------------
 
@@ -353,7 +371,7 @@ class ProducerCore:
                     "xmit_msgq_cnt": sum(b.count for b in q.in_flight),
                     "next_seq": q.next_seq,
                 }
-            pending, memory = self.pending, self.memory_used
+            pending, memory = self.counts.pending, self.counts.memory_used
         brokers = broker_stats(self.reporter, self.broker_ids)
         for addr, b in brokers.items():
             cnt, total, lo, hi = self._throttles.get(addr, (0, 0, 0, 0))
@@ -386,8 +404,9 @@ class ProducerCore:
 
     def try_reserve(self, size: int) -> bool:
         """Takes ``size`` bytes of buffer memory if available (caller holds ``lock``)."""
-        if self.memory_used + size <= self.buffer_memory or self.memory_used == 0:
-            self.memory_used += size
+        counts = self.counts
+        if counts.memory_used + size <= self.buffer_memory or counts.memory_used == 0:
+            counts.memory_used += size
             return True
         return False
 
@@ -440,8 +459,8 @@ class ProducerCore:
                 self._sticky.pop(topic, None)
         if not q.open.count:
             wake = True  # a new linger deadline
-        q.open.append(encoded, entry, memory, time.monotonic())
-        self.pending += 1
+        q.open.append(encoded, entry, memory, time.monotonic(), entry[4] is not None)
+        self.counts.pending += 1
         if wake:
             self.wake()
 
@@ -486,9 +505,9 @@ class ProducerCore:
         self._complete_all([(tp, b, -1, -1, err) for tp, b in reversed(dropped)])
 
     def _seal(self, q: _Queue) -> None:
-        raw, entries, memory, opened = q.open.take()
+        raw, entries, memory, opened, sinks = q.open.take()
         payload = _wire.compress(self.codec, raw) if self.codec != Compression.NONE else raw
-        q.ready.append(_Batch(payload, entries, memory, q.next_seq, opened))
+        q.ready.append(_Batch(payload, entries, memory, q.next_seq, opened, sinks))
         q.next_seq = (q.next_seq + len(entries)) % _SEQ_MODULUS
 
     # ---- sender (engine loop) -----------------------------------------------------------
@@ -506,7 +525,7 @@ class ProducerCore:
         try:
             while True:
                 with self.lock:
-                    if self.closed and self.pending == 0:
+                    if self.closed and self.counts.pending == 0:
                         return
                 if self.txn is not None:
                     self.txn.start_adding()
@@ -894,19 +913,21 @@ class ProducerCore:
     def _complete(self, tp: tuple[str, int], b: _Batch, base: int, ts: int, err: TidelogError | None) -> None:
         if err is not None and self.txn is not None:
             self.txn.on_record_failed(err)  # before the application hears of it
-        try:
-            self._deliver(tp[0], tp[1], b.entries, base, ts, err)
-        except Exception:  # a broken hook must not stop the sender
-            self.log.exception("delivery hook failed")
+        if b.sinks:
+            try:
+                self._deliver(tp[0], tp[1], b.entries, base, ts, err)
+            except Exception:  # a broken hook must not stop the sender
+                self.log.exception("delivery hook failed")
         if err is None:
             self.counters["txmsgs"] += b.count
             self.counters["txmsg_bytes"] += b.memory - b.count * RECORD_OVERHEAD
         else:
             self.counters["txerrs"] += b.count
         with self.lock:
-            self.memory_used -= b.memory
-            self.pending -= b.count
-            idle = self.pending == 0
+            counts = self.counts
+            counts.memory_used -= b.memory
+            counts.pending -= b.count
+            idle = counts.pending == 0
             self.space.notify_all()
         if self.space_event is not None:
             self.space_event.set()

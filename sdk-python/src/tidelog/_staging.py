@@ -19,7 +19,8 @@ from .types import TIMESTAMP_CREATE_TIME, Message
 MAX_RECORD_BYTES = 1 << 20
 
 # One queued record: (key, value, headers, timestamp_ms, sink); sink receives the delivery.
-# A None value is a tombstone.
+# A None value is a tombstone. In a batch's entries, None stands for a record without a sink
+# (the compiled path keeps nothing for a delivery nobody waits on).
 Entry = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None, int, Any]
 
 Payload = bytes | bytearray | memoryview | str
@@ -88,12 +89,13 @@ class PyOpenBatch:
     """A partition's batch being filled: encoded records and their entries (the pure-Python
     twin of ``tidelog._native.OpenBatch``; :data:`OpenBatch` is whichever runs)."""
 
-    __slots__ = ("_entries", "_memory", "_parts", "opened", "size")
+    __slots__ = ("_entries", "_memory", "_parts", "_sinks", "opened", "size")
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
-        self._entries: list[Entry] = []
+        self._entries: list[Entry | None] = []
         self._memory = 0
+        self._sinks = 0
         self.size = 0
         #: When its first record came (``time.monotonic()``; 0.0 while empty).
         self.opened = 0.0
@@ -102,23 +104,38 @@ class PyOpenBatch:
     def count(self) -> int:
         return len(self._entries)
 
-    def append(self, encoded: bytes, entry: Entry, memory: int, now: float) -> None:
+    def append(self, encoded: bytes, entry: Entry | None, memory: int, now: float, has_sink: bool) -> None:
         if not self._entries:
             self.opened = now
         self._parts.append(encoded)
         self._entries.append(entry)
         self.size += len(encoded)
         self._memory += memory
+        self._sinks += has_sink
 
-    def take(self) -> tuple[bytes, list[Entry], int, float]:
-        """Empties the batch: ``(encoded records, entries, memory, opened)``."""
-        out = (b"".join(self._parts), self._entries, self._memory, self.opened)
+    def take(self) -> tuple[bytes, list[Entry | None], int, float, int]:
+        """Empties the batch: ``(encoded records, entries, memory, opened, entries with a
+        sink)``."""
+        out = (b"".join(self._parts), self._entries, self._memory, self.opened, self._sinks)
         self._parts, self._entries, self._memory, self.size, self.opened = [], [], 0, 0, 0.0
+        self._sinks = 0
         return out
 
 
-#: The open batch implementation: compiled when available (:mod:`tidelog._accel`).
+class PyCounts:
+    """A producer's buffer memory held and records not yet completed (the pure-Python twin
+    of ``tidelog._native.Counts``)."""
+
+    __slots__ = ("memory_used", "pending")
+
+    def __init__(self) -> None:
+        self.memory_used = 0
+        self.pending = 0
+
+
+#: The implementations in use: compiled when available (:mod:`tidelog._accel`).
 OpenBatch: Any = native.OpenBatch if native is not None else PyOpenBatch
+Counts: Any = native.Counts if native is not None else PyCounts
 
 
 def delivered(topic: str, partition: int, base: int, i: int, e: Entry) -> Message:

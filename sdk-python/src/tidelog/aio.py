@@ -172,9 +172,17 @@ class AIOProducer:
         return await (await self.send(topic, value, key, headers, partition, timestamp))
 
     def _on_batch_done(
-        self, topic: str, partition: int, entries: list[Entry], base: int, ts: int, err: TidelogError | None
+        self,
+        topic: str,
+        partition: int,
+        entries: list[Entry | None],
+        base: int,
+        ts: int,
+        err: TidelogError | None,
     ) -> None:
         for i, e in enumerate(entries):
+            if e is None:
+                continue
             fut = e[4]
             if fut is None or fut.done():
                 continue

@@ -198,11 +198,19 @@ class Producer:
     # ---- deliveries ---------------------------------------------------------------------
 
     def _on_batch_done(
-        self, topic: str, partition: int, entries: list[Entry], base: int, ts: int, err: TidelogError | None
+        self,
+        topic: str,
+        partition: int,
+        entries: list[Entry | None],
+        base: int,
+        ts: int,
+        err: TidelogError | None,
     ) -> None:
         """On the background thread: resolve futures now, queue callbacks for poll()."""
         wants_callback = False
         for i, e in enumerate(entries):
+            if e is None:
+                continue  # nobody waits on this record
             sink = e[4]
             if isinstance(sink, concurrent.futures.Future):
                 if not sink.set_running_or_notify_cancel():
@@ -251,6 +259,8 @@ class Producer:
         topic, partition, entries, base, err = delivery
         n = 0
         for i, e in enumerate(entries):
+            if e is None:
+                continue
             cb = e[4]
             if cb is None or isinstance(cb, concurrent.futures.Future):
                 continue
