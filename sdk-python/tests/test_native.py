@@ -9,6 +9,7 @@ These tests skip when the extension is not built or ``TIDELOG_PURE_PYTHON=1`` is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
@@ -17,6 +18,7 @@ from conftest import REPO, Broker, read_all, unique
 
 from tidelog import AdminClient, Message, Producer, _accel, _staging, _wire, partitioner
 from tidelog._fetch import Fetcher
+from tidelog.aio import AIOProducer
 from tidelog.errors import ClosedError, ErrorCode, FatalError
 from tidelog.v1 import record_pb2, records_service_pb2
 
@@ -240,3 +242,20 @@ def test_compressed_or_corrupt_responses_change_nothing():
         with pytest.raises(ValueError, match="malformed"):
             native.decode_subscribe(raw[:cut], "t", starts, Message)
         assert starts == {good.partition: 0}
+
+
+async def test_the_asyncio_producer_takes_the_compiled_path_too(broker: Broker, admin: AdminClient):
+    topic = unique("native-aio")
+    admin.create_topic(topic, num_partitions=2)
+    async with AIOProducer({"bootstrap.servers": broker.addr, "linger.ms": 2}) as p:
+        await (await p.send(topic, b"first", b"k"))  # reads the topic's metadata: the Python path
+        fast = p._core.appender
+        before = fast.appended
+        futs = [await p.send(topic, b"v%d" % i, b"k%d" % (i % 5)) for i in range(200)]
+        assert fast.appended - before == 200
+        delivered = await asyncio.gather(*futs)
+    got = {(m.partition(), m.offset()): m for m in read_all(broker.addr, topic, 2, 201)}
+    assert len(got) == 201
+    for i, d in enumerate(delivered):
+        assert d.value() == b"v%d" % i and d.partition() == partitioner.partition_for_key(b"k%d" % (i % 5), 2)
+        assert got[(d.partition(), d.offset())].value() == d.value()

@@ -44,7 +44,7 @@ from ._producer_core import Entry, HeadersArg, Payload, ProducerCore, delivered,
 from ._txn import Transactions, left, not_transactional
 from .consumer import _group_metadata
 from .errors import ClosedError, KafkaError, TidelogError
-from .tracing import end_send, start_send
+from .tracing import end_send, sending_traced, start_send
 from .types import ConsumerGroupMetadata, Message, TopicPartition
 
 __all__ = ["AIOConsumer", "AIOProducer"]
@@ -112,6 +112,14 @@ class AIOProducer:
     ) -> asyncio.Future[Message]:
         """Queues a record; returns a future of the delivered :class:`Message`. When tracing
         is active (:mod:`tidelog.tracing`), a ``send {topic}`` span covers this call."""
+        fast = self._core.appender
+        if fast is not None and self._started and not headers and not sending_traced():
+            # The compiled path (tidelog._accel): one call, or None and the Python path below.
+            fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            if fast.append(topic, value, key, partition, timestamp, fut) is not None:
+                if self._idle is not None:
+                    self._idle.clear()
+                return fut
         span, headers = start_send(topic, value, headers, partition)
         if span is None:
             return (await self._send(topic, value, key, headers, partition, timestamp))[0]
