@@ -10,8 +10,10 @@ These tests skip when the extension is not built or ``TIDELOG_PURE_PYTHON=1`` is
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
+import weakref
 
 import pytest
 from conftest import REPO, Broker, read_all, unique
@@ -259,3 +261,20 @@ async def test_the_asyncio_producer_takes_the_compiled_path_too(broker: Broker, 
     for i, d in enumerate(delivered):
         assert d.value() == b"v%d" % i and d.partition() == partitioner.partition_for_key(b"k%d" % (i % 5), 2)
         assert got[(d.partition(), d.offset())].value() == d.value()
+
+
+def test_a_closed_producer_is_collected_with_its_appender(broker: Broker, admin: AdminClient):
+    """The core and its compiled appender refer to each other: the GC must see through the
+    compiled object to free them."""
+    topic = unique("native-gc")
+    admin.create_topic(topic, num_partitions=1)
+    p = Producer({"bootstrap.servers": broker.addr, "linger.ms": 60_000})
+    p.produce(topic, b"x")
+    p.flush(10)
+    p.produce(topic, b"y", on_delivery=lambda e, m, p=p: p.poll(0))  # refers to the producer
+    assert p._core.appender.appended == 1
+    core = weakref.ref(p._core)
+    p.close()
+    del p
+    gc.collect()
+    assert core() is None

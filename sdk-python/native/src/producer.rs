@@ -15,9 +15,11 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::PyTraverseError;
 
 use crate::wire::{partition_for_key, Record};
 
@@ -56,6 +58,19 @@ impl OpenBatch {
     #[new]
     fn new() -> Self {
         Self::default()
+    }
+
+    /// Entries hold sinks (callbacks, futures) that may refer back to the producer: the GC
+    /// must see them to collect a cycle through an open batch.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for e in &self.entries {
+            visit.call(e)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.entries.clear();
     }
 
     /// Records in the batch.
@@ -182,15 +197,12 @@ impl Drop for Held<'_, '_> {
 }
 
 /// `Producer.produce` for a record without headers, on a non-transactional producer.
+///
+/// The core holds its appender and the appender holds the core: a cycle the GC collects
+/// through `__traverse__` / `__clear__` (after which `append` always answers None).
 #[pyclass(module = "tidelog._native")]
 pub struct Appender {
-    core: Py<PyAny>,
-    counts: Py<Counts>,
-    lock: Py<PyAny>,
-    queues: Py<PyDict>,
-    sticky: Py<PyDict>,
-    partitions: Py<PyDict>,
-    new_queue: Py<PyAny>,
+    refs: Option<CoreRefs>,
     batch_size: usize,
     buffer_memory: usize,
     max_age: f64,
@@ -200,6 +212,17 @@ pub struct Appender {
     last: std::sync::Mutex<Option<LastQueue>>,
     /// Records queued by `append` (statistics, and the tests' proof the path ran).
     appended: std::sync::atomic::AtomicU64,
+}
+
+/// The core and the objects of it the appender works on.
+struct CoreRefs {
+    core: Py<PyAny>,
+    counts: Py<Counts>,
+    lock: Py<PyAny>,
+    queues: Py<PyDict>,
+    sticky: Py<PyDict>,
+    partitions: Py<PyDict>,
+    new_queue: Py<PyAny>,
 }
 
 struct LastQueue {
@@ -214,6 +237,7 @@ impl Appender {
     fn queue<'py>(
         &self,
         py: Python<'py>,
+        refs: &CoreRefs,
         topic: &Bound<'py, PyString>,
         p: i64,
     ) -> PyResult<(Bound<'py, PyAny>, Py<OpenBatch>)> {
@@ -225,11 +249,11 @@ impl Appender {
             }
         }
         let tp = PyTuple::new(py, [topic.as_any().clone(), p.into_pyobject(py)?.into_any()])?;
-        let queues = self.queues.bind(py);
+        let queues = refs.queues.bind(py);
         let q = match queues.get_item(&tp)? {
             Some(q) => q,
             None => {
-                let q = self.new_queue.bind(py).call0()?;
+                let q = refs.new_queue.bind(py).call0()?;
                 queues.set_item(&tp, &q)?;
                 q
             }
@@ -255,21 +279,53 @@ impl Appender {
     #[new]
     fn new(py: Python<'_>, core: Bound<'_, PyAny>, new_queue: Py<PyAny>) -> PyResult<Self> {
         let dict = |name: &str| -> PyResult<Py<PyDict>> { Ok(core.getattr(name)?.cast_into::<PyDict>()?.unbind()) };
-        Ok(Self {
+        let refs = CoreRefs {
             lock: core.getattr("lock")?.unbind(),
             counts: core.getattr("counts")?.cast_into::<Counts>()?.unbind(),
             queues: dict("_queues")?,
             sticky: dict("_sticky")?,
             partitions: dict("_partitions")?,
+            core: core.clone().unbind(),
+            new_queue,
+        };
+        Ok(Self {
+            refs: Some(refs),
             batch_size: core.getattr("batch_size")?.extract()?,
             buffer_memory: core.getattr("buffer_memory")?.extract()?,
             max_age: core.getattr("metadata_max_age")?.extract()?,
             clock: Clock::new(py)?,
             last: std::sync::Mutex::new(None),
             appended: std::sync::atomic::AtomicU64::new(0),
-            core: core.unbind(),
-            new_queue,
         })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(r) = &self.refs {
+            visit.call(&r.core)?;
+            visit.call(&r.counts)?;
+            visit.call(&r.lock)?;
+            visit.call(&r.queues)?;
+            visit.call(&r.sticky)?;
+            visit.call(&r.partitions)?;
+            visit.call(&r.new_queue)?;
+        }
+        // Held only briefly, by `append`, which the GC cannot interrupt; if it ever is held,
+        // the cached queue is still reachable through `queues`.
+        if let Ok(last) = self.last.try_lock() {
+            if let Some(l) = last.as_ref() {
+                visit.call(&l.topic)?;
+                visit.call(&l.queue)?;
+                visit.call(&l.open)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.refs = None;
+        if let Ok(mut last) = self.last.lock() {
+            *last = None;
+        }
     }
 
     /// Records queued by this path so far.
@@ -334,8 +390,11 @@ impl Appender {
         if len > MAX_RECORD_BYTES {
             return Ok(None);
         }
+        let Some(refs) = self.refs.as_ref() else {
+            return Ok(None);
+        };
         let now = self.clock.now();
-        let Some(cached) = self.partitions.bind(py).get_item(&topic)? else {
+        let Some(cached) = refs.partitions.bind(py).get_item(&topic)? else {
             return Ok(None);
         };
         let (count, fetched): (i64, f64) = cached.extract()?;
@@ -348,17 +407,17 @@ impl Appender {
         }
         let memory = len + RECORD_OVERHEAD;
 
-        let lock = self.lock.bind(py);
+        let lock = refs.lock.bind(py);
         let _held = Held::acquire(lock)?;
-        let core = self.core.bind(py);
+        let core = refs.core.bind(py);
         if core.getattr(intern!(py, "closed"))?.is_truthy()? {
             return Ok(None);
         }
-        let used = self.counts.bind(py).borrow().memory_used;
+        let used = refs.counts.bind(py).borrow().memory_used;
         if used + memory > self.buffer_memory && used != 0 {
             return Ok(None);
         }
-        let sticky = self.sticky.bind(py);
+        let sticky = refs.sticky.bind(py);
         let p = match (chosen, &rec.key) {
             (Some(p), _) => p,
             (None, Some(k)) => i64::from(partition_for_key(k, count as u32)),
@@ -367,7 +426,7 @@ impl Appender {
                 _ => core.call_method1(intern!(py, "choose_partition"), (&topic, py.None(), count))?.extract()?,
             },
         };
-        let (q, open) = self.queue(py, &topic, p)?;
+        let (q, open) = self.queue(py, refs, &topic, p)?;
         let open = open.bind(py);
         let mut wake = false;
         let full = {
@@ -398,7 +457,7 @@ impl Appender {
             b.push(entry, memory, now, has_sink);
         }
         {
-            let mut counts = self.counts.bind(py).borrow_mut();
+            let mut counts = refs.counts.bind(py).borrow_mut();
             counts.memory_used += memory;
             counts.pending += 1;
         }
