@@ -10,18 +10,21 @@ These tests skip when the extension is not built or ``TIDELOG_PURE_PYTHON=1`` is
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import json
+import pickle
 import random
 import weakref
 
 import pytest
 from conftest import REPO, Broker, read_all, unique
 
-from tidelog import AdminClient, Message, Producer, _accel, _staging, _wire, partitioner
+from tidelog import AdminClient, Producer, _accel, _staging, _wire, partitioner
 from tidelog._fetch import Fetcher
 from tidelog.aio import AIOProducer
-from tidelog.errors import ClosedError, ErrorCode, FatalError
+from tidelog.errors import ClosedError, ErrorCode, FatalError, KafkaError
+from tidelog.types import TIMESTAMP_LOG_APPEND_TIME, PyMessage
 from tidelog.v1 import record_pb2, records_service_pb2
 
 native = _accel.native
@@ -209,7 +212,7 @@ def test_subscribe_responses_decode_to_the_same_messages_and_positions():
         starts_py: dict[int, int | None] = {resp.partition: start}
         starts_rs = dict(starts_py)
         want = Fetcher._decode("t", resp, starts_py)
-        got = native.decode_subscribe(resp.SerializeToString(), "t", starts_rs, Message)
+        got = native.decode_subscribe(resp.SerializeToString(), "t", starts_rs)
         assert got is not None, f"seed {seed}"
         p, hw, throttle, msgs, nbytes = got
         assert (p, hw, throttle) == (resp.partition, resp.high_watermark, resp.throttle_time_ms), (
@@ -228,7 +231,7 @@ def test_compressed_or_corrupt_responses_change_nothing():
         )
     )
     starts: dict[int, int | None] = {1: 0}
-    assert native.decode_subscribe(resp.SerializeToString(), "t", starts, Message) is None
+    assert native.decode_subscribe(resp.SerializeToString(), "t", starts) is None
     assert starts == {1: 0}
     good = _random_response(random.Random(7))
     good.batches.append(
@@ -242,7 +245,7 @@ def test_compressed_or_corrupt_responses_change_nothing():
     for cut in (len(raw) - 1, len(raw) // 2, 3):
         starts = {good.partition: 0}
         with pytest.raises(ValueError, match="malformed"):
-            native.decode_subscribe(raw[:cut], "t", starts, Message)
+            native.decode_subscribe(raw[:cut], "t", starts)
         assert starts == {good.partition: 0}
 
 
@@ -278,3 +281,34 @@ def test_a_closed_producer_is_collected_with_its_appender(broker: Broker, admin:
     del p
     gc.collect()
     assert core() is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("t", 1, 5, b"k", b"v"),
+        ("t", 0, -1, None, None, None, 0),
+        ("topic", 3, 7, b"", b"", [("a", b"1"), ("b", b"")], 1_700_000_000_123),
+        ("t", 2, 9, None, b"x" * 10, [], 5, TIMESTAMP_LOG_APPEND_TIME),
+        ("t", 2, 9, None, None, None, 0, None, KafkaError(ErrorCode.NONE, "_PARTITION_EOF")),
+    ],
+)
+def test_the_compiled_message_behaves_as_the_python_one(args: tuple[object, ...]):
+    n, py = native.Message(*args), PyMessage(*args)
+    for accessor in ("topic", "partition", "offset", "key", "value", "headers", "timestamp", "error"):
+        assert getattr(n, accessor)() == getattr(py, accessor)(), accessor
+    assert (len(n), repr(n), n.header("a"), n.header("zz")) == (
+        len(py),
+        repr(py),
+        py.header("a"),
+        py.header("zz"),
+    )
+    assert n.latency() is None and n.leader_epoch() is None
+    assert n == native.Message(*args) and n != native.Message("other", *args[1:]) and n != "x"
+    assert pickle.loads(pickle.dumps(n)) == n and copy.copy(n) == n
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(n)
+    n.set_value(b"new")
+    n.set_key(None)
+    n.set_headers([])
+    assert (n.value(), n.key(), n.headers(), len(n)) == (b"new", None, None, 3)

@@ -11,11 +11,9 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-/// `tidelog.types.TIMESTAMP_CREATE_TIME` / `TIMESTAMP_LOG_APPEND_TIME` (confluent-kafka's).
-const TIMESTAMP_CREATE_TIME: i64 = 1;
-const TIMESTAMP_LOG_APPEND_TIME: i64 = 2;
+use crate::message::{header_list, Message, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME};
 
 /// A protobuf reader over one message's bytes.
 struct Reader<'a> {
@@ -157,8 +155,7 @@ fn parse_record(buf: &[u8]) -> PyResult<Record<'_>> {
 /// value bytes)`.
 type Decoded<'py> = (u32, u64, u32, Bound<'py, PyList>, usize);
 
-/// Decodes a raw `SubscribeResponse` of `topic` into `message` objects (the `Message` class),
-/// moving `starts[partition]` past every batch read, as `_fetch._decode`. None when a batch is
+/// Decodes a raw `SubscribeResponse` of `topic` into [`Message`]s, moving `starts[partition]` past every batch read, as `_fetch._decode`. None when a batch is
 /// compressed: the caller decodes the response the Python way.
 #[pyfunction]
 pub fn decode_subscribe<'py>(
@@ -166,7 +163,6 @@ pub fn decode_subscribe<'py>(
     raw: &[u8],
     topic: Bound<'py, PyString>,
     starts: Bound<'py, PyDict>,
-    message: Bound<'py, PyAny>,
 ) -> PyResult<Option<Decoded<'py>>> {
     let mut r = Reader::new(raw, "SubscribeResponse");
     let (mut partition, mut hw, mut read_from, mut throttle) = (0u64, 0u64, 0u64, 0u64);
@@ -208,35 +204,39 @@ pub fn decode_subscribe<'py>(
     }
     let out = PyList::empty(py);
     let mut nbytes = 0usize;
-    let p = partition.into_pyobject(py)?;
     for (b, recs) in batches.iter().zip(parsed) {
         for (i, rec) in recs.into_iter().enumerate() {
             let off = b.base_offset + i as u64;
             if want.is_some_and(|w| off < w) {
                 continue; // a batch may begin before the requested offset
             }
-            let key = rec.key.map(|k| PyBytes::new(py, k));
+            let key = rec.key.map_or_else(|| py.None(), |k| PyBytes::new(py, k).into_any().unbind());
             let value = if rec.null_value {
-                None
+                py.None()
             } else {
                 nbytes += rec.value.len();
-                Some(PyBytes::new(py, rec.value))
+                PyBytes::new(py, rec.value).into_any().unbind()
             };
-            let headers = if rec.headers.is_empty() {
-                None
-            } else {
-                let hs = PyList::empty(py);
-                for (k, v) in rec.headers {
-                    hs.append(PyTuple::new(py, [PyString::new(py, k).into_any(), PyBytes::new(py, v).into_any()])?)?;
-                }
-                Some(hs)
-            };
+            let headers =
+                if rec.headers.is_empty() { py.None() } else { header_list(py, &rec.headers)?.into_any().unbind() };
             let (ts, ts_type) = if rec.timestamp_ms > 0 {
                 (rec.timestamp_ms, TIMESTAMP_CREATE_TIME)
             } else {
                 (b.append_time_ms, TIMESTAMP_LOG_APPEND_TIME)
             };
-            out.append(message.call1((&topic, &p, off, key, value, headers, ts, ts_type))?)?;
+            let off = i64::try_from(off).map_err(|_| r.bad("offset beyond i64"))?;
+            let m = Message::record(
+                py,
+                topic.clone().into_any().unbind(),
+                partition.into(),
+                off,
+                key,
+                value,
+                headers,
+                ts,
+                ts_type,
+            );
+            out.append(Py::new(py, m)?)?;
         }
         let end = b.base_offset + b.record_count;
         if want.is_none_or(|w| end > w) {

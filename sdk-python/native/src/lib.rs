@@ -11,6 +11,7 @@
 //! a Python object across calls other than the core's own, or release the GIL.
 
 mod consumer;
+mod message;
 mod producer;
 mod wire;
 
@@ -46,6 +47,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_record, m)?)?;
     m.add_function(wrap_pyfunction!(murmur2, m)?)?;
     m.add_function(wrap_pyfunction!(consumer::decode_subscribe, m)?)?;
+    m.add_class::<message::Message>()?;
     m.add_class::<producer::OpenBatch>()?;
     m.add_class::<producer::Counts>()?;
     m.add_class::<producer::Appender>()?;

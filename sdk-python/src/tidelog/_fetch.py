@@ -387,7 +387,7 @@ class Fetcher:
             assert native is not None
             try:
                 got: tuple[int, int, int, list[Message], int] | None = native.decode_subscribe(
-                    resp, topic, starts, Message
+                    resp, topic, starts
                 )
             except ValueError as e:
                 raise FatalError(f"corrupt Subscribe response from {addr}: {e}") from e

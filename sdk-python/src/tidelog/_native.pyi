@@ -33,5 +33,19 @@ class Appender:
     ) -> int | None: ...
 
 def decode_subscribe(
-    raw: bytes, topic: str, starts: dict[int, int | None], message: type[Any]
+    raw: bytes, topic: str, starts: dict[int, int | None]
 ) -> tuple[int, int, int, list[Any], int] | None: ...
+
+class Message:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp: int = 0,
+        timestamp_type: int | None = None,
+        error: Any = None,
+    ) -> None: ...

@@ -5,7 +5,9 @@ offset)``), with its constants (``OFFSET_BEGINNING``, ``TIMESTAMP_CREATE_TIME``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from ._accel import native
 from .errors import KafkaError
 
 #: ``Message.timestamp()`` types, as confluent-kafka numbers them.
@@ -175,3 +177,12 @@ class Message:
             f"Message({self._topic}/{self._partition}@{self._offset}, key={self._key!r}, "
             f"value={self._value!r}, headers={self._headers!r}, timestamp={self.timestamp()})"
         )
+
+
+#: The pure-Python ``Message``; with the compiled extension (:mod:`tidelog._accel`) the name
+#: ``Message`` is ``tidelog._native.Message`` instead, with the same accessors and semantics
+#: (built without a Python ``__init__`` and not tracked by the cyclic GC: a consumer makes one
+#: per record).
+PyMessage = Message
+if not TYPE_CHECKING and native is not None:
+    Message = native.Message
