@@ -72,8 +72,11 @@ class Producer:
         cfg = parse(config, PRODUCER_KEYS, "producer")
         idempotence_config(cfg, explicit="enable.idempotence" in config)
         self._cfg = cfg
-        #: ("delivery", batch) and ("error", KafkaError) items, served by poll().
-        self._callbacks: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: ("delivery", batch) and ("error", KafkaError) items, served by poll(). A Queue, not a
+        #: SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) can block forever when two
+        #: threads wait on it (a poll thread beside flush): a waiter woken after its deadline
+        #: that finds the item taken waits again with a negative, i.e. infinite, timeout.
+        self._callbacks: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._error_cb: Callable[[KafkaError], None] | None = cfg["error_cb"]
         self._stats_cb: Callable[[str], None] | None = cfg["stats_cb"]
         self._stats = StatsTimer(cfg["statistics.interval.ms"] if self._stats_cb else 0)
