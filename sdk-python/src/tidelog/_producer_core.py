@@ -5,7 +5,10 @@ It has two halves:
 - the **accumulator** (thread-safe, called by ``produce`` from any thread): encodes each
   record once, appends it to its partition's open batch, and seals a batch when it reaches
   ``batch.size`` (or, in the sender, when ``linger.ms`` expires). Sealing joins the encoded
-  records, compresses them, and assigns the batch's idempotence sequence numbers;
+  records, compresses them, and assigns the batch's idempotence sequence numbers. With the
+  compiled extension, ``produce()`` of a common record is one call into
+  ``tidelog._native.Appender``, which does the same steps on the same objects under the same
+  lock (``appender``; the open batch and the counts are then compiled types too);
 - the **sender** (an asyncio task on the engine's loop): owns one Produce stream per broker,
   sends at most ``max.in.flight`` sealed batches per partition, completes deliveries from
   responses, and on failure resends the *same* batches with the *same* sequences, in order.
