@@ -1,6 +1,11 @@
 """A record's way into the producer, shared by :class:`tidelog.Producer` and
-:class:`tidelog.aio.AIOProducer`: its parts normalized and encoded once (:func:`stage`), and
-the :class:`~tidelog.Message` a delivery reports (:func:`delivered`).
+:class:`tidelog.aio.AIOProducer`: its parts normalized and encoded once (:func:`stage`), the
+partition's open batch it joins (:data:`OpenBatch`) and the producer's counts (:data:`Counts`),
+and the :class:`~tidelog.Message` a delivery reports (:func:`delivered`).
+
+With the compiled extension, ``OpenBatch`` and ``Counts`` are its types, and a common record
+skips :func:`stage` altogether (``tidelog._native.Appender`` encodes it into the open batch);
+this module's pure-Python twins run otherwise, with the same interface.
 
 A ``value`` of None is a tombstone (``Record.null_value``), distinct from ``b""``.
 """
