@@ -247,6 +247,15 @@ def test_compressed_or_corrupt_responses_change_nothing():
         with pytest.raises(ValueError, match="malformed"):
             native.decode_subscribe(raw[:cut], "t", starts)
         assert starts == {good.partition: 0}
+    # Offsets past what a signed 64-bit position holds, after a valid batch: refused whole.
+    huge = records_service_pb2.SubscribeResponse(partition=1)
+    one = record_pb2.RecordBatch(records=[record_pb2.Record(value=b"v")])
+    huge.batches.append(records_service_pb2.Batch(base_offset=0, record_count=1, records=one))
+    huge.batches.append(records_service_pb2.Batch(base_offset=(1 << 64) - 1, record_count=1, records=one))
+    starts = {1: 0}
+    with pytest.raises(ValueError, match="beyond i64"):
+        native.decode_subscribe(huge.SerializeToString(), "t", starts)
+    assert starts == {1: 0}
 
 
 async def test_the_asyncio_producer_takes_the_compiled_path_too(broker: Broker, admin: AdminClient):

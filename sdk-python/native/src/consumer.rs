@@ -182,7 +182,8 @@ pub fn decode_subscribe<'py>(
     }
     let partition = u32::try_from(partition).map_err(|_| r.bad("partition"))?;
     let throttle = u32::try_from(throttle).map_err(|_| r.bad("throttle_time_ms"))?;
-    // Every record is parsed before anything changes: a malformed one changes nothing.
+    // Every record is parsed and every offset checked before anything changes: a malformed
+    // response changes nothing.
     let mut parsed = Vec::with_capacity(batches.len());
     for b in &batches {
         let mut recs = Vec::new();
@@ -191,6 +192,13 @@ pub fn decode_subscribe<'py>(
             if let (1, Value::Bytes(s)) = (field, v) {
                 recs.push(parse_record(s)?);
             }
+        }
+        let fits = b
+            .base_offset
+            .checked_add(b.record_count.max(recs.len() as u64))
+            .is_some_and(|end| i64::try_from(end).is_ok());
+        if !fits {
+            return Err(r.bad("batch offsets beyond i64"));
         }
         parsed.push(recs);
     }
@@ -224,7 +232,7 @@ pub fn decode_subscribe<'py>(
             } else {
                 (b.append_time_ms, TIMESTAMP_LOG_APPEND_TIME)
             };
-            let off = i64::try_from(off).map_err(|_| r.bad("offset beyond i64"))?;
+            let off = i64::try_from(off).map_err(|_| r.bad("offset beyond i64"))?; // checked above
             let m = Message::record(
                 py,
                 topic.clone().into_any().unbind(),
