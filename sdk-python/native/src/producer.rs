@@ -23,11 +23,6 @@ use pyo3::PyTraverseError;
 
 use crate::wire::{partition_for_key, Record};
 
-/// The broker's limit for one batch (server MAX_BATCH_BYTES_LIMIT), as `_staging`.
-const MAX_RECORD_BYTES: usize = 1 << 20;
-/// Buffer memory charged per record beyond its bytes, as `_staging.RECORD_OVERHEAD`.
-const RECORD_OVERHEAD: usize = 64;
-
 /// A partition's open batch: its records' encoded bytes, back to back, and one entry per
 /// record for its delivery: `(key, value, headers, timestamp_ms, sink)`, or None for a record
 /// nobody waits on (no callback, no future: its delivery needs nothing).
@@ -206,6 +201,9 @@ pub struct Appender {
     batch_size: usize,
     buffer_memory: usize,
     max_age: f64,
+    /// `_staging.MAX_RECORD_BYTES` and `_staging.RECORD_OVERHEAD`, read once (one source).
+    max_record_bytes: usize,
+    record_overhead: usize,
     clock: Clock,
     /// The queue of the partition last appended to (queues are never removed from the
     /// core's dict, so it stays that partition's): saves a key tuple and a lookup per record.
@@ -279,6 +277,7 @@ impl Appender {
     #[new]
     fn new(py: Python<'_>, core: Bound<'_, PyAny>, new_queue: Py<PyAny>) -> PyResult<Self> {
         let dict = |name: &str| -> PyResult<Py<PyDict>> { Ok(core.getattr(name)?.cast_into::<PyDict>()?.unbind()) };
+        let staging = py.import("tidelog._staging")?;
         let refs = CoreRefs {
             lock: core.getattr("lock")?.unbind(),
             counts: core.getattr("counts")?.cast_into::<Counts>()?.unbind(),
@@ -293,6 +292,8 @@ impl Appender {
             batch_size: core.getattr("batch_size")?.extract()?,
             buffer_memory: core.getattr("buffer_memory")?.extract()?,
             max_age: core.getattr("metadata_max_age")?.extract()?,
+            max_record_bytes: staging.getattr("MAX_RECORD_BYTES")?.extract()?,
+            record_overhead: staging.getattr("RECORD_OVERHEAD")?.extract()?,
             clock: Clock::new(py)?,
             last: std::sync::Mutex::new(None),
             appended: std::sync::atomic::AtomicU64::new(0),
@@ -387,7 +388,7 @@ impl Appender {
             timestamp_ms: ts,
         };
         let len = rec.encoded_len();
-        if len > MAX_RECORD_BYTES {
+        if len > self.max_record_bytes {
             return Ok(None);
         }
         let Some(refs) = self.refs.as_ref() else {
@@ -405,7 +406,7 @@ impl Appender {
         if chosen.is_some_and(|p| p >= count) {
             return Ok(None);
         }
-        let memory = len + RECORD_OVERHEAD;
+        let memory = len + self.record_overhead;
 
         let lock = refs.lock.bind(py);
         let _held = Held::acquire(lock)?;
