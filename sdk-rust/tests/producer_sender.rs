@@ -4,7 +4,8 @@
 //! retryable error is resent with its sequence numbers, followed by the batches behind it in
 //! order, each record stored once; a fatal error fails only its batch, whose successors take
 //! over its sequences; a connection lost after the broker stored a batch ends in a duplicate
-//! the broker answers with the original offset.
+//! the broker answers with the original offset; buffer memory makes a send wait and then
+//! fail with BufferFull while nothing is acknowledged.
 //!
 //! Batches are made deterministic: records of 6 bytes count 22 bytes each towards a batch of
 //! at most 44, so every batch holds exactly two records, sealed in send order, and a batch's
@@ -251,5 +252,51 @@ async fn batch_stored_before_the_connection_dropped_is_answered_as_a_duplicate()
     let attempts: Vec<(ErrorCode, Option<u64>)> =
         seen.iter().filter(|r| r.base_sequence == 4).map(|r| (r.answer, r.base_offset)).collect();
     assert_eq!(attempts, [(ErrorCode::Unspecified, Some(4)); 2], "stored once, the resend answered with its offset");
+    p.close().await;
+}
+
+/// Buffer memory is back-pressure: while nothing is acknowledged, a send that does not fit
+/// waits `max_block` and fails with BufferFull (queuing nothing); once the broker answers, the
+/// queued records are delivered and their memory lets the next send in at once.
+#[tokio::test]
+async fn send_waits_for_buffer_memory_then_fails_with_buffer_full() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let broker = FakeBroker::start().await;
+    broker.add_topic(TOPIC, 1);
+    let answering = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&answering);
+    broker.on_produce(move |_| {
+        if gate.load(Ordering::Acquire) {
+            Produce::Append
+        } else {
+            Produce::Refuse(ErrorCode::StorageError, String::new()) // retryable: resent after backoff
+        }
+    });
+    let max_block = Duration::from_millis(150);
+    let p = producer(&broker, ProducerConfig { buffer_memory: BATCH_BYTES, max_block, ..config() }).await;
+    assert_eq!(p.partitions(TOPIC).await.unwrap(), 1);
+    let queued = vec![
+        p.send_to(TOPIC, 0, Record::new(value(0))).await.unwrap(),
+        p.send_to(TOPIC, 0, Record::new(value(1))).await.unwrap(),
+    ];
+
+    let started = Instant::now();
+    let full = p.send_to(TOPIC, 0, Record::new("never")).await;
+    assert!(matches!(full, Err(Error::BufferFull(d)) if d == max_block), "{full:?}");
+    assert!(started.elapsed() >= max_block, "failed after {:?}, before max_block", started.elapsed());
+    let stats = p.stats();
+    assert_eq!(stats.queued_records, 2, "the refused record was not queued");
+    assert!(stats.queued_bytes <= BATCH_BYTES, "the refused record holds no memory: {stats:?}");
+
+    answering.store(true, Ordering::Release);
+    let offsets: Vec<u64> = settle(queued).await.into_iter().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, [0, 1]);
+    let started = Instant::now();
+    let next = p.send_to(TOPIC, 0, Record::new(value(2))).await.unwrap();
+    assert!(started.elapsed() < max_block, "memory came back with the deliveries");
+    assert_eq!(settle(vec![next]).await[0].as_ref().unwrap().offset, 2);
+    let stored: Vec<String> = broker.stored(TOPIC, 0).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(stored, [value(0), value(1), value(2)], "the refused record was never sent");
     p.close().await;
 }

@@ -351,10 +351,14 @@ impl Producer {
         if size > max_batch {
             return Err(Error::InvalidArgument(format!("record of {size} bytes exceeds the batch size {max_batch}")));
         }
-        let permit = tokio::time::timeout(s.config.max_block, s.memory.acquire_many(size as u32))
-            .await
-            .map_err(|_| Error::BufferFull(s.config.max_block))?
-            .map_err(|_| Error::Closed)?;
+        // Buffer memory: taken at once when free (no timer, no clock read), else waited for.
+        let permit = match s.memory.try_acquire_many(size as u32) {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(s.config.max_block, s.memory.acquire_many(size as u32))
+                .await
+                .map_err(|_| Error::BufferFull(s.config.max_block))?
+                .map_err(|_| Error::Closed)?,
+        };
         permit.forget(); // returned when the record completes
         let (tx, rx) = oneshot::channel();
         s.pending.fetch_add(1, Ordering::AcqRel);
