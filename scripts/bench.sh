@@ -118,13 +118,23 @@ bench() {
   record "$name" "$json"
 }
 
+# drop TOPIC...: deletes topics no later run reads. Every produce run then writes into
+# page-cache pages freed just before it (as `produce` does into the ones fio freed) and finds
+# no earlier run's data still being written back. On this VM the first touch of pages the
+# guest has not used lately runs at the host's page-fault speed: without this, the SDK produce
+# run gave half and the fsync=always SDK run a third of what each gives on its own
+# (PERFORMANCE.md, "Runs in one script: earlier runs' pages").
+drop() { "$bin" topic delete --broker "http://$addr" "$@" >/dev/null; }
+
 if [ "$QUICK" = 1 ]; then n=200000 e2e_n=30000 fs_n=20000 py_n=50000; else n=2000000 e2e_n=150000 fs_n=150000 py_n=200000; fi
 common=(--record-size 1024 --acks leader --fsync interval --duration 30)
 bench produce produce --topic p1 --records "$n" --batch-records 256 "${common[@]}"
 bench produce_2x2 produce --topic p2 --partitions 2 --producers 2 --records "$n" --batch-records 256 "${common[@]}"
+drop p2
 # Through the SDK producer as an application sends: record by record, idempotent, acks=all.
 bench produce_sdk produce --sdk --topic s1 --records "$n" --batch-records 1000 --record-size 1024 --acks all \
   --fsync interval --duration 30
+drop s1
 # Reads what `produce` wrote (no pre-fill needed; it is in the page cache). 1 MiB responses
 # (the broker's default): 8 MiB ones are slower here (fresh pages per buffer; PERFORMANCE.md).
 bench consume consume --topic p1 --records "$n" --max-bytes 1048576 "${common[@]}"
@@ -133,15 +143,20 @@ bench consume_decode consume --topic p1 --records "$n" --max-bytes 1048576 --dec
 bench consume_sdk consume --sdk --topic p1 --records "$n" --max-bytes 1048576 "${common[@]}"
 bench consume_sdk_4x4 consume --sdk --topic c4 --partitions 4 --consumers 4 --records "$n" --max-bytes 1048576 \
   "${common[@]}"
+drop p1 c4
 bench e2e e2e --topic e1 --rate 10000 --records "$e2e_n" --batch-records 1 --warmup 2 "${common[@]}"
 bench e2e_sdk e2e --topic e2 --rate 10000 --records "$e2e_n" --sdk --linger-ms 0 --warmup 2 "${common[@]}"
+drop e1 e2
 # fsync=always: small batches from 4 concurrent producers on one partition share fsyncs.
 bench fsync_always_16 produce --topic f1 --producers 4 --records "$fs_n" --batch-records 16 --in-flight 32 \
   --record-size 1024 --acks all --fsync always --duration 30
+drop f1
 bench fsync_always_256 produce --topic f2 --producers 4 --records "$((fs_n * 4))" --batch-records 256 \
   --in-flight 8 --record-size 1024 --acks all --fsync always --duration 30
+drop f2
 bench fsync_always_sdk produce --sdk --topic f3 --producers 4 --records "$((fs_n * 4))" --batch-records 1000 \
   --record-size 1024 --acks all --fsync always --duration 30
+drop f3
 
 # The Python SDK's client CPU per record (its process's user + system time), 1 KiB and 100 B.
 py=.venv/bin/python
