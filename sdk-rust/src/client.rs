@@ -51,7 +51,7 @@ fn ascii(what: &str, v: &str) -> Result<MetadataValue<Ascii>, Error> {
 }
 
 /// Largest gRPC message the client sends or accepts (matches the broker's limit).
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// How long a cluster's brokers may take to all know a just-created topic, as far as clients
 /// wait for it (a few metadata heartbeats).
 pub const METADATA_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);

@@ -18,6 +18,7 @@
 //! `buffer_memory` bytes are queued, and fails with [`Error::BufferFull`] after `max_block`.
 
 mod accumulator;
+mod produce_body;
 mod sender;
 mod stats;
 mod txn;

@@ -33,7 +33,6 @@ use futures::StreamExt;
 use tidelog_proto::v1::{Acks, ErrorCode};
 use tidelog_proto::wire;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::accumulator::{seal, Batch, PartitionQueue, TopicPartition};
 use super::{RecordMetadata, Shared};
@@ -127,12 +126,10 @@ impl Conn {
         let client = shared.client.to_broker(addr)?;
         // A broker that accepts connections but never answers (paused, overloaded) must not
         // hold up the partitions routed elsewhere.
-        let mut records = client.records();
-        let opening = records.produce(ReceiverStream::new(rx));
+        let opening = super::produce_body::open(client.channel(), rx, crate::client::MAX_MESSAGE_BYTES);
         let mut stream = tokio::time::timeout(shared.config.request_timeout, opening)
             .await
-            .map_err(|_| Error::Delivery(format!("{addr} did not open a produce stream in time")))??
-            .into_inner();
+            .map_err(|_| Error::Delivery(format!("{addr} did not open a produce stream in time")))??;
         let addr = addr.to_string();
         tokio::spawn(async move {
             loop {
