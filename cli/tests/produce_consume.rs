@@ -283,3 +283,47 @@ async fn cli_produce_consume_and_group_resume() {
     run(&["topic", "delete", "cli"], "");
     assert!(!run(&["topic", "list"], "").contains("cli"));
 }
+
+/// The SDK producer at each acks level, batches of several records: every delivery resolves
+/// with its own offset (acks=all and leader: consecutive, as stored), or as unknown
+/// (`u64::MAX`) for every record with acks=none, whose records are stored all the same.
+#[tokio::test]
+async fn sdk_producer_reports_each_records_offset_at_every_acks_level() {
+    use tidelog::proto::v1::Acks;
+    use tidelog::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
+    let client = broker.client().await;
+    for (topic, acks) in [("acks-all", Acks::All), ("acks-leader", Acks::Leader), ("acks-none", Acks::None)] {
+        client.create_topic(topic, 1).await.unwrap();
+        let config = ProducerConfig {
+            acks,
+            idempotence: acks == Acks::All,
+            linger: Duration::from_millis(20), // several records per batch
+            max_batch_bytes: 10 * 64,
+            ..ProducerConfig::default()
+        };
+        let p = Producer::new(client.clone(), config).await.unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..50 {
+            deliveries.push(p.send_to(topic, 0, Record::new(format!("{topic}-{i:02}"))).await.unwrap());
+        }
+        let mut offsets = Vec::new();
+        for d in deliveries {
+            let m = tokio::time::timeout(Duration::from_secs(10), d).await.expect("delivered in time").unwrap();
+            assert_eq!((m.topic.as_str(), m.partition), (topic, 0));
+            offsets.push(m.offset);
+        }
+        p.close().await;
+        let expected: Vec<u64> = if acks == Acks::None { vec![u64::MAX; 50] } else { (0..50).collect() };
+        assert_eq!(offsets, expected, "{topic}");
+        let stored = eventually(Duration::from_secs(10), "every record stored", || async {
+            let got = read_range(&client, topic, 0, 0, 50).await;
+            (got.len() == 50).then_some(got)
+        })
+        .await;
+        let values: Vec<String> =
+            stored.iter().map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).into()).collect();
+        assert_eq!(values, (0..50).map(|i| format!("{topic}-{i:02}")).collect::<Vec<_>>(), "{topic}");
+    }
+}

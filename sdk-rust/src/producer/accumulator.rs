@@ -12,18 +12,14 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
-use super::RecordMetadata;
+use super::delivery::{Completion, DeliveryFuture};
 use crate::batch::{encode_records, Record};
 use tidelog_proto::sequence;
 
 use crate::compression::Compression;
-use crate::Error;
 
-pub(crate) type Delivery = oneshot::Sender<Result<RecordMetadata, Error>>;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TopicPartition {
     pub topic: String,
     pub partition: u32,
@@ -32,7 +28,8 @@ pub(crate) struct TopicPartition {
 #[derive(Debug)]
 pub(crate) struct OpenBatch {
     records: Vec<Record>,
-    deliveries: Vec<Delivery>,
+    /// The outcome its records' futures share.
+    completion: Completion,
     bytes: usize,
     created: Instant,
 }
@@ -45,7 +42,7 @@ pub(crate) struct Batch {
     pub compression: Compression,
     pub record_count: u32,
     pub base_sequence: i32,
-    pub deliveries: Vec<Delivery>,
+    pub completion: Completion,
     /// Buffer memory the batch's records hold.
     pub memory: usize,
     pub created: Instant,
@@ -58,6 +55,8 @@ pub(crate) struct Batch {
 
 #[derive(Debug, Default)]
 pub(crate) struct PartitionQueue {
+    /// Whose queue this is (its batches' outcomes name it).
+    pub tp: TopicPartition,
     pub open: Option<OpenBatch>,
     pub ready: VecDeque<Batch>,
     pub in_flight: VecDeque<Batch>,
@@ -108,18 +107,17 @@ pub(crate) struct Accumulator {
 
 impl Accumulator {
     /// Adds a record to its partition's open batch; seals the batch first if the record would
-    /// overflow it. Returns whether a batch was sealed, and whether the partition had no open
-    /// batch before (a new linger deadline).
+    /// overflow it. Returns whether a batch was sealed, whether the partition had no open
+    /// batch before (a new linger deadline), and the record's delivery future.
     pub fn append(
         &mut self,
         tp: TopicPartition,
         record: Record,
         size: usize,
-        delivery: Delivery,
         max_batch_bytes: usize,
         compression: Compression,
-    ) -> (bool, bool) {
-        let q = self.queues.entry(tp).or_default();
+    ) -> (bool, bool, DeliveryFuture) {
+        let q = self.queues.entry(tp).or_insert_with_key(|tp| PartitionQueue { tp: tp.clone(), ..Default::default() });
         let created = q.open.is_none();
         let mut sealed = false;
         if q.open.as_ref().is_some_and(|o| o.bytes + size > max_batch_bytes) {
@@ -128,14 +126,14 @@ impl Accumulator {
         }
         let open = q.open.get_or_insert_with(|| OpenBatch {
             records: Vec::new(),
-            deliveries: Vec::new(),
+            completion: Completion::new(&q.tp.topic, q.tp.partition),
             bytes: 0,
             created: Instant::now(),
         });
+        let future = open.completion.future(open.records.len() as u32);
         open.records.push(record);
-        open.deliveries.push(delivery);
         open.bytes += size;
-        (sealed, created)
+        (sealed, created, future)
     }
 }
 
@@ -164,7 +162,7 @@ pub(crate) fn seal(q: &mut PartitionQueue, compression: Compression) {
         compression,
         record_count,
         base_sequence: q.next_sequence,
-        deliveries: open.deliveries,
+        completion: open.completion,
         memory: open.bytes,
         created: open.created,
         request_id: 0,
@@ -180,24 +178,16 @@ pub(crate) fn linger_deadline(q: &PartitionQueue, linger: std::time::Duration) -
 }
 
 /// For the SDK's criterion benchmark (`sdk-rust/benches/sdk.rs`), not an API: appends
-/// `records` to one partition's queue exactly as `Producer::send` does (a delivery channel per
+/// `records` to one partition's queue exactly as `Producer::send` does (a delivery future per
 /// record, seal on overflow) and seals the last batch. Returns the batches sealed.
 #[doc(hidden)]
 pub fn bench_accumulate(records: Vec<Record>, max_batch_bytes: usize, compression: Compression) -> usize {
     let mut acc = Accumulator::default();
-    let mut receivers = Vec::with_capacity(records.len());
+    let mut futures = Vec::with_capacity(records.len());
     for record in records {
-        let (tx, rx) = oneshot::channel();
-        receivers.push(rx);
         let size = record.encoded_len();
-        acc.append(
-            TopicPartition { topic: "bench".into(), partition: 0 },
-            record,
-            size,
-            tx,
-            max_batch_bytes,
-            compression,
-        );
+        let tp = TopicPartition { topic: "bench".into(), partition: 0 };
+        futures.push(acc.append(tp, record, size, max_batch_bytes, compression).2);
     }
     acc.queues
         .values_mut()
@@ -219,7 +209,7 @@ mod tests {
             compression: Compression::None,
             record_count: n,
             base_sequence: seq,
-            deliveries: Vec::new(),
+            completion: Completion::new("t", 0),
             memory: 0,
             created: Instant::now(),
             request_id: 0,

@@ -18,11 +18,13 @@
 //! `buffer_memory` bytes are queued, and fails with [`Error::BufferFull`] after `max_block`.
 
 mod accumulator;
+mod delivery;
 mod produce_body;
 mod sender;
 mod stats;
 mod txn;
 
+pub use delivery::DeliveryFuture;
 pub use stats::ProducerStats;
 pub use txn::ConsumerGroupMetadata;
 
@@ -30,15 +32,12 @@ pub use txn::ConsumerGroupMetadata;
 pub use accumulator::bench_accumulate;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tidelog_proto::v1::Acks;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use self::accumulator::{Accumulator, TopicPartition};
 use crate::batch::Record;
@@ -120,17 +119,6 @@ pub struct RecordMetadata {
     pub offset: u64,
     /// The broker's append time of the record's batch.
     pub timestamp_ms: i64,
-}
-
-/// Resolves when the broker acknowledged (or finally rejected) the record.
-#[derive(Debug)]
-pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, Error>>);
-
-impl Future for DeliveryFuture {
-    type Output = Result<RecordMetadata, Error>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(Error::Closed)))
-    }
 }
 
 /// Chooses a partition for a keyed record (the default is Kafka's murmur2).
@@ -361,9 +349,8 @@ impl Producer {
                 .map_err(|_| Error::Closed)?,
         };
         permit.forget(); // returned when the record completes
-        let (tx, rx) = oneshot::channel();
         s.pending.fetch_add(1, Ordering::AcqRel);
-        let wake = {
+        let (wake, delivery) = {
             let mut acc = s.lock();
             // Allocate the topic name for the sticky map only the first time a topic is seen.
             let partition = match partition.or_else(|| acc.sticky.get(topic).copied()) {
@@ -375,17 +362,17 @@ impl Producer {
                 }
             };
             let tp = TopicPartition { topic: topic.to_string(), partition };
-            let (sealed, created) = acc.append(tp, record, size, tx, max_batch, s.config.compression);
+            let (sealed, created, delivery) = acc.append(tp, record, size, max_batch, s.config.compression);
             if sealed && acc.sticky.get(topic) == Some(&partition) {
                 // Kafka's sticky partitioner: move keyless records on once a batch is full.
                 acc.sticky.insert(topic.to_string(), rand::random::<u32>() % partitions);
             }
-            sealed || created
+            (sealed || created, delivery)
         };
         if wake || s.config.linger.is_zero() {
             s.wake.notify_one();
         }
-        Ok(DeliveryFuture(rx))
+        Ok(delivery)
     }
 
     /// Sends everything queued now and waits until every record queued before (and during)

@@ -35,7 +35,8 @@ use tidelog_proto::wire;
 use tokio::sync::mpsc;
 
 use super::accumulator::{seal, Batch, PartitionQueue, TopicPartition};
-use super::{RecordMetadata, Shared};
+use super::delivery::Done;
+use super::Shared;
 use crate::Error;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -411,31 +412,20 @@ fn notify_if_idle(shared: &Shared) {
 }
 
 /// Completes a batch's records and returns their buffer memory.
-fn complete(shared: &Shared, tp: &TopicPartition, b: Batch, result: Result<(u64, i64), Error>) {
-    let n = b.deliveries.len();
+fn complete(shared: &Shared, b: Batch, result: Result<(u64, i64), Error>) {
+    let n = b.record_count as usize;
     shared.stats.completed(n, result.is_ok().then(|| b.created.elapsed()));
-    match result {
-        Ok((base, time)) => {
-            for (i, d) in b.deliveries.into_iter().enumerate() {
-                let _ = d.send(Ok(RecordMetadata {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: base + i as u64,
-                    timestamp_ms: time,
-                }));
-            }
-        }
+    let done = match result {
+        Ok((base, append_time_ms)) => Done::Stored { base, append_time_ms },
         Err(e) => {
             if let Some(txn) = &shared.txn {
                 // A transaction with a lost batch must not commit (Kafka's abortable error).
                 txn.failed.store(true, Ordering::Release);
             }
-            let msg = e.to_string();
-            for d in b.deliveries {
-                let _ = d.send(Err(Error::Delivery(msg.clone())));
-            }
+            Done::Failed(e.to_string())
         }
-    }
+    };
+    b.completion.complete(done);
     shared.memory.add_permits(b.memory);
     // The last pending record: wake `flush` now, whatever the sender loop is waiting on.
     if shared.pending.fetch_sub(n, Ordering::AcqRel) == n {
@@ -505,7 +495,7 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
                 out.push((target.clone(), tp.clone(), request(shared, tp, &b)));
                 routes.sent_to.insert(tp.clone(), target.clone());
                 if cfg.acks == Acks::None {
-                    fire_and_forget.push((tp.clone(), b));
+                    fire_and_forget.push(b);
                 } else {
                     q.in_flight.push_back(b);
                 }
@@ -518,8 +508,8 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
     // Queues are never removed: an empty queue still holds the partition's next sequence.
     drop(acc);
     // acks = None: no response will come; the offset is unknown (u64::MAX).
-    for (tp, b) in fire_and_forget {
-        complete(shared, &tp, b, Ok((u64::MAX, -1)));
+    for b in fire_and_forget {
+        complete(shared, b, Ok((u64::MAX, -1)));
     }
     Collected { requests: out, deadline, oldest_sent }
 }
@@ -574,7 +564,7 @@ fn handle_response(
     let retryable = crate::error::retryable_code(code) || (clustered && unknown);
     if code == ErrorCode::Unspecified {
         if let Some(b) = q.in_flight.pop_front() {
-            complete(shared, &tp, b, Ok((r.base_offset, r.append_time_ms)));
+            complete(shared, b, Ok((r.base_offset, r.append_time_ms)));
         }
         return Some(false);
     }
@@ -597,7 +587,7 @@ fn handle_response(
         in_flight.remove(&id);
     }
     let err = Error::Broker { code, message: r.error_message };
-    complete(shared, &tp, b, Err(err));
+    complete(shared, b, Err(err));
     Some(false)
 }
 
@@ -605,9 +595,9 @@ fn handle_response(
 fn expire(shared: &Shared, now: Instant) {
     let timeout = shared.config.delivery_timeout;
     let mut acc = shared.lock();
-    let mut expired: Vec<(TopicPartition, Batch)> = Vec::new();
+    let mut expired: Vec<Batch> = Vec::new();
     let mut poisoned = false;
-    for (tp, q) in acc.queues.iter_mut() {
+    for q in acc.queues.values_mut() {
         while q.ready.front().is_some_and(|b| now.duration_since(b.created) > timeout) {
             let Some(b) = q.ready.pop_front() else { break };
             if b.attempts > 0 && shared.producer_id.load(Ordering::Acquire) > 0 {
@@ -615,23 +605,23 @@ fn expire(shared: &Shared, now: Instant) {
             } else {
                 q.renumber_after_drop(&b);
             }
-            expired.push((tp.clone(), b));
+            expired.push(b);
         }
     }
     if poisoned {
         // Sequence state is ambiguous: fail everything queued (see module docs).
-        for (tp, q) in acc.queues.iter_mut() {
-            drain_queue(tp, q, &mut expired);
+        for q in acc.queues.values_mut() {
+            drain_queue(q, &mut expired);
         }
         shared.closed.store(true, Ordering::Release);
     }
     drop(acc);
-    for (tp, b) in expired {
-        complete(shared, &tp, b, Err(Error::Delivery(format!("not acknowledged within {timeout:?}"))));
+    for b in expired {
+        complete(shared, b, Err(Error::Delivery(format!("not acknowledged within {timeout:?}"))));
     }
 }
 
-fn drain_queue(tp: &TopicPartition, q: &mut PartitionQueue, out: &mut Vec<(TopicPartition, Batch)>) {
+fn drain_queue(q: &mut PartitionQueue, out: &mut Vec<Batch>) {
     seal(q, crate::compression::Compression::None);
-    out.extend(q.in_flight.drain(..).chain(q.ready.drain(..)).map(|b| (tp.clone(), b)));
+    out.extend(q.in_flight.drain(..).chain(q.ready.drain(..)));
 }
