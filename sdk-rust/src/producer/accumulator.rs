@@ -98,7 +98,10 @@ fn seq_after(a: i32, b: i32) -> bool {
 
 #[derive(Debug, Default)]
 pub(crate) struct Accumulator {
-    pub queues: HashMap<TopicPartition, PartitionQueue>,
+    /// Per topic, its partitions' queues: `send` finds its queue by the topic's `&str`, so a
+    /// record costs no allocation of its name. Queues are never removed (an empty queue still
+    /// holds the partition's next sequence).
+    queues: HashMap<String, HashMap<u32, PartitionQueue>>,
     /// Partition that keyless records of a topic currently stick to.
     pub sticky: HashMap<String, u32>,
     /// Seal every open batch at the next pass (flush/close).
@@ -106,18 +109,38 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
+    pub fn queue_mut(&mut self, tp: &TopicPartition) -> Option<&mut PartitionQueue> {
+        self.queues.get_mut(&tp.topic)?.get_mut(&tp.partition)
+    }
+
+    pub fn queues(&self) -> impl Iterator<Item = &PartitionQueue> {
+        self.queues.values().flat_map(HashMap::values)
+    }
+
+    pub fn queues_mut(&mut self) -> impl Iterator<Item = &mut PartitionQueue> {
+        self.queues.values_mut().flat_map(HashMap::values_mut)
+    }
+
     /// Adds a record to its partition's open batch; seals the batch first if the record would
     /// overflow it. Returns whether a batch was sealed, whether the partition had no open
     /// batch before (a new linger deadline), and the record's delivery future.
     pub fn append(
         &mut self,
-        tp: TopicPartition,
+        topic: &str,
+        partition: u32,
         record: Record,
         size: usize,
         max_batch_bytes: usize,
         compression: Compression,
     ) -> (bool, bool, DeliveryFuture) {
-        let q = self.queues.entry(tp).or_insert_with_key(|tp| PartitionQueue { tp: tp.clone(), ..Default::default() });
+        let partitions = match self.queues.get_mut(topic) {
+            Some(p) => p,
+            None => self.queues.entry(topic.to_string()).or_default(), // once per topic
+        };
+        let q = partitions.entry(partition).or_insert_with(|| PartitionQueue {
+            tp: TopicPartition { topic: topic.to_string(), partition },
+            ..Default::default()
+        });
         let created = q.open.is_none();
         let mut sealed = false;
         if q.open.as_ref().is_some_and(|o| o.bytes + size > max_batch_bytes) {
@@ -186,11 +209,9 @@ pub fn bench_accumulate(records: Vec<Record>, max_batch_bytes: usize, compressio
     let mut futures = Vec::with_capacity(records.len());
     for record in records {
         let size = record.encoded_len();
-        let tp = TopicPartition { topic: "bench".into(), partition: 0 };
-        futures.push(acc.append(tp, record, size, max_batch_bytes, compression).2);
+        futures.push(acc.append("bench", 0, record, size, max_batch_bytes, compression).2);
     }
-    acc.queues
-        .values_mut()
+    acc.queues_mut()
         .map(|q| {
             seal(q, compression);
             q.ready.len()

@@ -39,7 +39,7 @@ use std::time::Duration;
 use tidelog_proto::v1::Acks;
 use tokio::sync::{Notify, Semaphore};
 
-use self::accumulator::{Accumulator, TopicPartition};
+use self::accumulator::Accumulator;
 use crate::batch::Record;
 use crate::compression::Compression;
 use crate::partitioner::partition_for_key;
@@ -361,8 +361,8 @@ impl Producer {
                     p
                 }
             };
-            let tp = TopicPartition { topic: topic.to_string(), partition };
-            let (sealed, created, delivery) = acc.append(tp, record, size, max_batch, s.config.compression);
+            let (sealed, created, delivery) =
+                acc.append(topic, partition, record, size, max_batch, s.config.compression);
             if sealed && acc.sticky.get(topic) == Some(&partition) {
                 // Kafka's sticky partitioner: move keyless records on once a batch is full.
                 acc.sticky.insert(topic.to_string(), rand::random::<u32>() % partitions);

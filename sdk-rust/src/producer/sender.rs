@@ -318,10 +318,9 @@ fn next_probe(shared: &Shared, routes: &Routes, oldest_sent: Option<Instant>, la
 fn stalled(shared: &Shared, routes: &Routes, now: Instant) -> Vec<(String, TopicPartition)> {
     let after = shared.config.leader_probe_after;
     let acc = shared.lock();
-    acc.queues
-        .iter()
-        .filter(|(_, q)| q.in_flight.front().and_then(|b| b.sent_at).is_some_and(|t| now.duration_since(t) >= after))
-        .filter_map(|(tp, _)| Some((routes.sent_to.get(tp)?.clone(), tp.clone())))
+    acc.queues()
+        .filter(|q| q.in_flight.front().and_then(|b| b.sent_at).is_some_and(|t| now.duration_since(t) >= after))
+        .filter_map(|q| Some((routes.sent_to.get(&q.tp)?.clone(), q.tp.clone())))
         .collect()
 }
 
@@ -396,7 +395,7 @@ fn lose(shared: &Shared, conns: &mut HashMap<String, Conn>, routes: &mut Routes,
 fn rewind(shared: &Shared, tps: impl IntoIterator<Item = TopicPartition>, retry_at: Instant) {
     let mut acc = shared.lock();
     for tp in tps {
-        if let Some(q) = acc.queues.get_mut(&tp) {
+        if let Some(q) = acc.queue_mut(&tp) {
             if !q.in_flight.is_empty() {
                 q.rewind();
                 q.retry_at = Some(retry_at);
@@ -455,7 +454,7 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
     let mut due = |t: Instant| deadline = Some(deadline.map_or(t, |d| d.min(t)));
     let mut oldest_sent: Option<Instant> = None;
     let mut fire_and_forget = Vec::new();
-    for (tp, q) in acc.queues.iter_mut() {
+    for q in acc.queues_mut() {
         if let Some(open) = super::accumulator::linger_deadline(q, cfg.linger) {
             if flush || open <= now {
                 seal(q, cfg.compression);
@@ -476,6 +475,7 @@ fn collect(shared: &Shared, routes: &mut Routes, next_id: &mut u64, now: Instant
         // Only a partition with something to send looks its route up: this pass visits every
         // partition, after every burst of responses.
         if !waiting && !q.ready.is_empty() {
+            let tp = &q.tp;
             let target = routes.target(tp);
             // A new target only once nothing is in flight to the old one (see `Routes`).
             let switching = !q.in_flight.is_empty() && routes.sent_to.get(tp) != Some(&target);
@@ -551,7 +551,7 @@ fn handle_response(
     // A response to a batch already rewound: it will be resent.
     let tp = in_flight.remove(&r.request_id)?;
     let mut acc = shared.lock();
-    let q = acc.queues.get_mut(&tp)?;
+    let q = acc.queue_mut(&tp)?;
     if q.in_flight.front().map(|b| b.request_id) != Some(r.request_id) {
         tracing::warn!(request_id = r.request_id, "response out of order; ignoring");
         return None;
@@ -597,7 +597,7 @@ fn expire(shared: &Shared, now: Instant) {
     let mut acc = shared.lock();
     let mut expired: Vec<Batch> = Vec::new();
     let mut poisoned = false;
-    for q in acc.queues.values_mut() {
+    for q in acc.queues_mut() {
         while q.ready.front().is_some_and(|b| now.duration_since(b.created) > timeout) {
             let Some(b) = q.ready.pop_front() else { break };
             if b.attempts > 0 && shared.producer_id.load(Ordering::Acquire) > 0 {
@@ -610,7 +610,7 @@ fn expire(shared: &Shared, now: Instant) {
     }
     if poisoned {
         // Sequence state is ambiguous: fail everything queued (see module docs).
-        for q in acc.queues.values_mut() {
+        for q in acc.queues_mut() {
             drain_queue(q, &mut expired);
         }
         shared.closed.store(true, Ordering::Release);
