@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import REPO, Broker, binary, eventually, unique
@@ -104,6 +105,36 @@ def test_seek_pause_resume_position_and_stale_commits(broker: Broker, admin: Adm
         outsider.assign([TopicPartition(topic, 0, 0)])
         with pytest.raises(IllegalGenerationError):
             outsider.commit(offsets=[TopicPartition(topic, 0, 5)])
+    c.close()
+
+
+def test_poll_one_at_a_time_hands_out_every_record_once_across_seeks(broker: Broker, admin: AdminClient):
+    """poll() takes a buffered record in one step when it is the next of its partition; small
+    responses (many buffered chunks) and seeks back and forth into buffered records still give
+    each record exactly once, in order, from where the seek put the position."""
+    topic = unique("poll1")
+    admin.create_topic(topic, num_partitions=1)
+    produce(broker.addr, topic, 0, 300)
+    c = Consumer({"bootstrap.servers": broker.addr, "enable.auto.commit": False, "fetch.max.bytes": 1024})
+    c.assign([TopicPartition(topic, 0, 0)])
+
+    def read(n: int) -> list[int]:
+        out: list[int] = []
+        deadline = time.monotonic() + 20
+        while len(out) < n and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                assert m.value() == str(m.offset()).encode()
+                out.append(m.offset())
+        return out
+
+    assert read(120) == list(range(120))
+    c.seek(TopicPartition(topic, 0, 40))  # back, into records already handed out
+    assert read(30) == list(range(40, 70))
+    c.seek(TopicPartition(topic, 0, 250))  # forward, past records still buffered
+    assert read(50) == list(range(250, 300))
+    assert c.poll(0.3) is None, "nothing after the end"
+    assert c.position([TopicPartition(topic, 0)])[0].offset == 300
     c.close()
 
 

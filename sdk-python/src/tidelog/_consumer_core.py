@@ -222,6 +222,29 @@ class ConsumerCore:
         if chunk.pos >= len(chunk.items):
             self.buffer.popleft()
 
+    def poll_one(self) -> Message | None:
+        """``poll()``'s common case in one lock round: marks what was handed out as processed
+        (as :meth:`mark_processed`) and hands out the next buffered record when it is the next
+        of a partition being read. None when anything else comes first (nothing buffered, an
+        error or event, a record to drop or skip): :meth:`take` handles those."""
+        with self.lock:
+            self.processed.update(self.positions)
+            if not self.buffer:
+                return None
+            chunk = self.buffer[0]
+            tp = chunk.tp
+            if tp is None or chunk.epoch != self.fetch_epoch or tp not in self.assigned or tp in self.paused:
+                return None
+            item = cast("Message", chunk.items[chunk.pos])
+            offset = item.offset()
+            if offset < self.positions.get(tp, 0):
+                return None
+            self.positions[tp] = offset + 1
+            self._advance(chunk, 1)
+            if self.space_waiters and self.buffered < self.cfg["queued.max.messages"] and self.loop:
+                self.loop.call_soon_threadsafe(self.space.set)
+            return item
+
     def mark_processed(self) -> None:
         """Everything handed out so far counts as processed (called at the start of a poll)."""
         with self.lock:

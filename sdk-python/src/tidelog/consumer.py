@@ -163,6 +163,12 @@ class Consumer:
         """The next record (or a ``_PARTITION_EOF`` event: ``msg.error()``), waiting up to
         ``timeout`` seconds (None or negative: forever); None if none came. Raises a fatal
         error (e.g. the topic was deleted) once, when it happens."""
+        self._check_open()
+        self._serve_notes()
+        # The common case in one lock round: a record of the partition being read is buffered.
+        msg = self._core.poll_one()
+        if msg is not None:
+            return msg
         msgs = self._consume(1, timeout)
         return msgs[0] if msgs else None
 
@@ -197,7 +203,7 @@ class Consumer:
         if self._stats.due():
             assert self._stats_cb is not None
             self._stats_cb(self._envelope.json(self._core.stats()))
-        while True:
+        while self._notes:  # read without the lock: a note queued meanwhile waits for the next call
             with self._core.lock:
                 if not self._notes:
                     return
