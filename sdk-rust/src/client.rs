@@ -260,6 +260,11 @@ fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, Error> {
         // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
+        // Frames of up to 1 MiB from the broker (h2's default is 16 KiB): a 1 MiB Subscribe
+        // response arrives in one DATA frame instead of 64, which h2 reads and tonic gathers
+        // one by one. Client CPU per consumed 1 KiB record -20 % (1 partition) and -27 %
+        // (4 consumers), docs/PERFORMANCE.md. The broker allows the same towards it.
+        .max_frame_size(1 << 20)
         .connect_timeout(std::time::Duration::from_secs(5))
         // A frozen broker (SIGSTOP) keeps the connection open: HTTP/2 pings notice it, so
         // long-lived streams (group sessions, subscriptions) fail over instead of hanging.
