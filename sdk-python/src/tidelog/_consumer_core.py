@@ -185,7 +185,7 @@ class ConsumerCore:
                 raise item
             self._advance(chunk, 1)
             tp = (item.topic(), item.partition())
-            if chunk.epoch != self.fetch_epoch or tp not in self.assigned or tp in self.paused:
+            if not self._current(chunk, tp):
                 continue  # fetched before a rebalance, seek or pause
             if item.error() is not None:
                 out.append(item)  # a partition EOF event: no record, no position
@@ -194,16 +194,25 @@ class ConsumerCore:
                 continue  # before a seek target
             self.positions[tp] = item.offset() + 1
             out.append(item)
+        self._wake_space()
+        return out
+
+    def _wake_space(self) -> None:
+        """Wakes the fetch loop waiting for buffer room, once there is room (caller holds ``lock``)."""
         if self.space_waiters and self.buffered < self.cfg["queued.max.messages"] and self.loop:
             self.loop.call_soon_threadsafe(self.space.set)
-        return out
+
+    def _current(self, chunk: _Chunk, tp: TP) -> bool:
+        """Whether a chunk of ``tp``'s records is still wanted: fetched since the last
+        rebalance or seek, for a partition assigned and not paused."""
+        return chunk.epoch == self.fetch_epoch and tp in self.assigned and tp not in self.paused
 
     def _take_records(self, chunk: _Chunk, tp: TP, out: list[Message], room: int) -> None:
         """Up to ``room`` records of one partition's chunk: the checks of :meth:`take` once per
         chunk instead of once per record (its offsets only increase)."""
         items = cast("Sequence[Message]", chunk.items)  # a chunk with a tp holds records only
         i, n = chunk.pos, len(items)
-        if chunk.epoch != self.fetch_epoch or tp not in self.assigned or tp in self.paused:
+        if not self._current(chunk, tp):
             self._advance(chunk, n - i)  # fetched before a rebalance, seek or pause
             return
         position = self.positions.get(tp, 0)
@@ -233,7 +242,7 @@ class ConsumerCore:
                 return None
             chunk = self.buffer[0]
             tp = chunk.tp
-            if tp is None or chunk.epoch != self.fetch_epoch or tp not in self.assigned or tp in self.paused:
+            if tp is None or not self._current(chunk, tp):
                 return None
             item = cast("Message", chunk.items[chunk.pos])
             offset = item.offset()
@@ -241,8 +250,7 @@ class ConsumerCore:
                 return None
             self.positions[tp] = offset + 1
             self._advance(chunk, 1)
-            if self.space_waiters and self.buffered < self.cfg["queued.max.messages"] and self.loop:
-                self.loop.call_soon_threadsafe(self.space.set)
+            self._wake_space()
             return item
 
     def mark_processed(self) -> None:
