@@ -12,7 +12,7 @@
 //! The call itself goes through the same channel as every other call, with the same
 //! credentials interceptor; only the request body and the response's first steps (which
 //! tonic's `Grpc::streaming` would take) are here. Responses are decoded by tonic's
-//! `Streaming`, as before.
+//! `Streaming` with the prost decoder the generated client uses, as before.
 //!
 //! Invariants:
 //! - the two chunks of a request, concatenated, are the gRPC frame of a protobuf encoding of
@@ -25,7 +25,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
@@ -33,9 +33,10 @@ use tidelog_proto::wire;
 use tidelog_proto::wire::produce_request::Payload;
 use tokio::sync::mpsc;
 use tonic::client::GrpcService;
-use tonic::codec::{DecodeBuf, Decoder, Streaming};
+use tonic::codec::Streaming;
 use tonic::codegen::http;
 use tonic::Status;
+use tonic_prost::ProstDecoder;
 
 use crate::client::Channel;
 use crate::Error;
@@ -70,10 +71,10 @@ pub(crate) async fn open(
         if status.code() != tonic::Code::Ok {
             return Err(status.into());
         }
-        return Ok(Streaming::new_empty(ResponseDecoder, response.into_body()));
+        return Ok(Streaming::new_empty(ProstDecoder::default(), response.into_body()));
     }
     let code = response.status();
-    Ok(Streaming::new_response(ResponseDecoder, response.into_body(), code, None, Some(max_response_bytes)))
+    Ok(Streaming::new_response(ProstDecoder::default(), response.into_body(), code, None, Some(max_response_bytes)))
 }
 
 /// The request body: each request from the sender's queue as its two chunks.
@@ -127,21 +128,6 @@ fn frame(mut request: wire::ProduceRequest) -> (Bytes, Bytes) {
     encode_key(field, WireType::LengthDelimited, &mut head);
     encode_varint(payload.len() as u64, &mut head);
     (head.freeze(), payload)
-}
-
-/// Decodes each response message with prost, as tonic's prost codec does.
-struct ResponseDecoder;
-
-impl Decoder for ResponseDecoder {
-    type Item = wire::ProduceResponse;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        let len = buf.remaining();
-        wire::ProduceResponse::decode(buf.copy_to_bytes(len))
-            .map(Some)
-            .map_err(|e| Status::internal(format!("undecodable produce response: {e}")))
-    }
 }
 
 #[cfg(test)]
