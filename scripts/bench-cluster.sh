@@ -91,12 +91,10 @@ drop() {
   local broker=$1
   shift
   "$bin" topic delete -b "$broker" "$@" >/dev/null
-  for _ in $(seq 1 50); do
-    local listed
-    listed=$("$bin" topic list -b "$broker" 2>/dev/null) || listed=
-    local left=0
-    for t in "$@"; do grep -qx "$t" <<<"$(awk '{print $1}' <<<"$listed")" && left=1; done
-    [ "$left" = 0 ] && break
+  local listed
+  for _ in $(seq 1 50); do # until no name is listed any more (at most 10 s)
+    listed=$("$bin" topic list -b "$broker" 2>/dev/null | awk '{print $1}') || listed=
+    grep -qxF -f <(printf '%s\n' "$@") <<<"$listed" || break
     sleep 0.2
   done
   sleep 1 # each broker removes the files once it applies the deletion
