@@ -14,7 +14,8 @@
 //!    restart or a change of leader — for one heartbeat interval), with every entry committed
 //!    and on every live follower (a majority of the group alive), asks those followers to
 //!    sleep and sleeps itself once all agreed (at most [`CANDIDATES_PER_PASS`] groups a pass,
-//!    of those that may sleep).
+//!    of those that may sleep); a group that sleeps drops the entries it kept in memory for
+//!    replication (`raft/recent.rs`).
 //!
 //! Never: touches the metadata group (group sessions follow the controller's liveness).
 
@@ -196,6 +197,8 @@ pub async fn run(broker: Arc<Broker>, cluster: Arc<Cluster>, every: Duration, id
                     )
                     .await;
                     if answers.iter().all(|a| *a) && r.quiescence.sleep_if_idle(&r.raft, activity) {
+                        // Every follower holds everything: nothing is left to send.
+                        r.store.forget_recent();
                         tracing::debug!(group = r.group_id, "idle: asleep");
                     }
                 }

@@ -267,6 +267,12 @@ impl Log {
         self.last_raft
     }
 
+    /// The header of the last stored batch, as written (`None` for an empty log). Right after
+    /// an append, the header of the batch it wrote.
+    pub fn last_header(&self) -> Option<&BatchHeader> {
+        self.segments.values().rev().find_map(|s| s.last_header())
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.segments.values().map(Segment::size).sum()
     }

@@ -606,10 +606,11 @@ impl Partition {
     /// Writes one Raft entry (see [`LogWrite`]). Durability: page cache only; sync through the
     /// returned mark. Readable by [`Partition::read_raft`] at once, visible to consumers only
     /// once the high watermark passes it.
-    pub fn write_raft(&self, write: LogWrite<'_>, now_ms: i64) -> Result<PendingAppend, BrokerError> {
+    pub fn write_raft(&self, write: LogWrite<'_>, now_ms: i64) -> Result<RaftAppend, BrokerError> {
         self.check_open()?;
         let mut state = self.state();
-        self.write_locked(&mut state, write, now_ms)
+        let pending = self.write_locked(&mut state, write, now_ms)?;
+        Ok(RaftAppend { pending, header: state.log.last_header().copied() })
     }
 
     /// Checks an idempotent producer's batch against the producer state, which covers every
@@ -720,6 +721,15 @@ pub struct PendingAppend {
     pub appended: Appended,
     /// Sync through this mark to make the batch durable.
     pub mark: WriteMark,
+}
+
+/// What [`Partition::write_raft`] stored.
+#[derive(Debug)]
+pub struct RaftAppend {
+    pub pending: PendingAppend,
+    /// The batch's header as written: with the payload, the entry exactly as a read of the
+    /// log returns it. Always `Some` after a write (the log then ends with this batch).
+    pub header: Option<BatchHeader>,
 }
 
 /// One write to the log: a new batch (the log assigns its offset and time), a batch exactly as

@@ -9,7 +9,11 @@
 //!   proposals fail or suffixes are truncated;
 //! - a replicated batch is stored verbatim (header and payload), so replicas hold equal bytes;
 //! - blank and membership entries are control batches (no offset, never served to consumers);
-//! - the vote and the purge point live in sled ([`RaftState`]).
+//! - the vote and the purge point live in sled ([`RaftState`]);
+//! - the entries appended are also kept in memory for a moment ([`RecentEntries`]), so a leader
+//!   replicates them, and every replica applies them, without reading back what was just
+//!   written; every change to the log below keeps that cache equal to the log
+//!   (`raft/recent.rs`).
 //!
 //! Durability duties, at the call sites below:
 //! - `append` reports the entries flushed through [`IOFlushed`] only once they are as durable
@@ -29,15 +33,17 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use super::codec::{self, decode_control, encode_control, ProduceVerdict};
+use super::recent::{entry_size, RecentEntries};
 use super::types::{log_id, BatchData, Entry, EntryPayload, LogId, PartitionTc, ProduceOutcome, Rejection, Vote};
 use crate::clock::now_ms;
 use crate::error::error_code;
 use crate::error::BrokerError;
-use crate::log::format::FLAG_CONTROL;
+use crate::log::format::{BatchHeader, FLAG_CONTROL};
 use crate::log::{AppendBatch, Appended, FsyncPolicy, LogError, StoredBatch};
 use crate::meta::{MetaError, RaftKey, RaftState};
 use crate::partition::producer_state::SequenceCheck;
@@ -58,6 +64,9 @@ struct Shared {
     state: RaftState,
     /// Cached purge point (the durable copy is in `state`).
     purged: Mutex<Option<LogId>>,
+    /// The last entries appended as leader (shared with the state machine, whose snapshot
+    /// install replaces the log).
+    recent: Arc<RecentEntries>,
 }
 
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -74,12 +83,12 @@ fn broker_err(e: BrokerError) -> io::Error {
 
 impl PartitionLogStore {
     /// Opens the log store of `partition`, whose Raft state is `state`.
-    pub fn open(partition: Arc<Partition>, state: RaftState) -> io::Result<Self> {
+    pub fn open(partition: Arc<Partition>, state: RaftState, recent: Arc<RecentEntries>) -> io::Result<Self> {
         let purged = match state.get(RaftKey::Purged).map_err(meta_err)? {
             Some(b) => codec::decode_log_id(&b)?,
             None => None,
         };
-        Ok(Self { shared: Arc::new(Shared { partition, state, purged: Mutex::new(purged) }) })
+        Ok(Self { shared: Arc::new(Shared { partition, state, purged: Mutex::new(purged), recent }) })
     }
 
     fn purged(&self) -> Option<LogId> {
@@ -91,8 +100,15 @@ impl PartitionLogStore {
         self.purged().map(|p| p.index)
     }
 
+    /// Drops the entries kept in memory for replication (the group fell asleep: nothing is
+    /// being sent).
+    pub fn forget_recent(&self) {
+        self.shared.recent.clear();
+    }
+
     /// Entries with index in `[start, end)`, at most about `max_bytes` (at least one entry when
-    /// any exists at `start`), skipping purged ones.
+    /// any exists at `start`), skipping purged ones: from memory while the recent entries hold
+    /// them, else from the log.
     fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
         let start = match self.purged() {
             Some(p) => start.max(p.index + 1),
@@ -101,21 +117,47 @@ impl PartitionLogStore {
         let mut out = Vec::new();
         let mut next = start;
         let mut bytes = 0usize;
+        let (mut from_memory, mut from_disk) = (0, 0);
         while next < end && (out.is_empty() || bytes < max_bytes) {
+            let before = out.len();
+            if let Some(after) = self.shared.recent.read(next, end, max_bytes, &mut out, &mut bytes) {
+                from_memory += out.len() - before;
+                next = after;
+                continue;
+            }
             let batches = self.shared.partition.read_raft(next, READ_CHUNK_BYTES).map_err(broker_err)?;
             if batches.is_empty() {
                 break;
             }
+            let mut past_end = false;
             for b in batches {
                 if b.header.raft_index >= end {
-                    return Ok(out);
+                    past_end = true;
+                    break;
                 }
                 next = b.header.raft_index + 1;
                 bytes += b.header.batch_len as usize;
                 out.push(entry_from_batch(b)?);
             }
+            from_disk += out.len() - before;
+            if past_end {
+                break;
+            }
         }
+        count_reads(from_memory, from_disk);
         Ok(out)
+    }
+}
+
+/// Counts entries read back (to replicate or apply them), by where they came from.
+fn count_reads(from_memory: usize, from_disk: usize) {
+    let reads = &crate::telemetry::metrics::instruments().raft_entry_reads;
+    let label = |source| crate::telemetry::metrics::SourceLabel { source };
+    if from_memory > 0 {
+        reads.get_or_create(&label("memory")).inc_by(from_memory as u64);
+    }
+    if from_disk > 0 {
+        reads.get_or_create(&label("disk")).inc_by(from_disk as u64);
     }
 }
 
@@ -187,8 +229,10 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
         self.clone()
     }
 
-    /// Durability: the log is fsynced first, then the vote; both before returning.
+    /// Durability: the log is fsynced first, then the vote; both before returning. A new vote
+    /// ends what the recent entries held: a new leadership starts a new run.
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.shared.recent.clear();
         let p = &self.shared.partition;
         p.sync_through(p.written()).await.map_err(broker_err)?;
         self.shared.state.put_durable(RaftKey::Vote, &codec::encode_vote(vote)).await.map_err(meta_err)
@@ -220,10 +264,20 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
         let p = &self.shared.partition;
         let mut mark = None;
         let mut hooks = Vec::new();
+        let now = std::time::Instant::now();
         for entry in entries {
-            let written = write_entry(p, &entry).map_err(broker_err)?;
-            mark = Some(written.mark);
-            if let (EntryPayload::Normal(BatchData::Proposed(b)), Some(outcome)) = (&entry.payload, written.outcome) {
+            let Written { mark: written, outcome, kept } = match write_entry(p, &entry) {
+                Ok(w) => w,
+                Err(e) => {
+                    // The entry is not in the log (a failed append leaves no partial batch);
+                    // openraft stops this group's writes after a storage error.
+                    self.shared.recent.clear();
+                    return Err(broker_err(e));
+                }
+            };
+            self.shared.recent.push(kept, now);
+            mark = Some(written);
+            if let (EntryPayload::Normal(BatchData::Proposed(b)), Some(outcome)) = (&entry.payload, outcome) {
                 if b.on_append.is_set() {
                     hooks.push((b.on_append.clone(), outcome));
                 }
@@ -252,8 +306,11 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
     }
 
     /// Removes entries after `last_log_id` (all for `None`). Durability: fsynced on return.
+    /// From memory first: a read meanwhile finds them in the log, as before the truncation.
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.shared.partition.truncate_after_raft(last_log_id.map(|l| l.index)).map_err(broker_err)
+        let index = last_log_id.map(|l| l.index);
+        self.shared.recent.truncate_after(index);
+        self.shared.partition.truncate_after_raft(index).map_err(broker_err)
     }
 
     /// Logical purge: records the purge point durably, then hides entries at or below it.
@@ -264,15 +321,25 @@ impl RaftLogStorage<PartitionTc> for PartitionLogStore {
         self.shared.state.put_durable(RaftKey::Purged, &codec::encode_log_id(&log_id)).await.map_err(meta_err)?;
         let mut purged = self.shared.purged.lock().unwrap_or_else(PoisonError::into_inner);
         *purged = (*purged).max(Some(log_id));
+        self.shared.recent.purge_through(log_id.index);
         Ok(())
     }
 }
 
-/// What storing one entry did: the mark to sync through, and for a proposed batch what its
-/// proposer will be told.
+/// What storing one entry did: the mark to sync through, for a proposed batch what its
+/// proposer will be told, and the entry as a read of the log would return it with its size,
+/// for the recent entries.
 struct Written {
     mark: WriteMark,
     outcome: Option<ProduceOutcome>,
+    kept: Option<(Entry, usize)>,
+}
+
+/// `payload` under the header the log wrote for it, as an entry (see [`entry_from_batch`]).
+fn stored_entry(id: LogId, header: Option<BatchHeader>, payload: Bytes) -> Option<(Entry, usize)> {
+    let size = entry_size(payload.len());
+    let batch = StoredBatch { header: header?, payload };
+    Some((Entry { log_id: id, payload: EntryPayload::Normal(BatchData::Stored(batch)) }, size))
 }
 
 /// Stores one entry.
@@ -302,8 +369,12 @@ fn write_entry(p: &Partition, entry: &Entry) -> Result<Written, BrokerError> {
             };
             if let Some(v) = verdict {
                 let payload = codec::encode_outcome(&v);
-                let mark = p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.mark;
-                return Ok(Written { mark, outcome: Some(verdict_outcome(v, index)) });
+                let written = p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?;
+                return Ok(Written {
+                    mark: written.pending.mark,
+                    outcome: Some(verdict_outcome(v, index)),
+                    kept: stored_entry(entry.log_id, written.header, Bytes::from(payload)),
+                });
             }
             LogWrite::Batch(AppendBatch {
                 payload: &b.payload,
@@ -328,12 +399,18 @@ fn write_entry(p: &Partition, entry: &Entry) -> Result<Written, BrokerError> {
         }
         EntryPayload::Blank | EntryPayload::Membership(_) => {
             let payload = encode_control(&entry.payload).unwrap_or_default();
-            let mark = p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.mark;
-            return Ok(Written { mark, outcome: None });
+            let mark = p.write_raft(LogWrite::Control { payload: &payload, term, index }, now_ms())?.pending.mark;
+            return Ok(Written { mark, outcome: None, kept: Some((entry.clone(), entry_size(payload.len()))) });
         }
     };
-    let pending = p.write_raft(write, now_ms())?;
-    Ok(Written { mark: pending.mark, outcome: Some(Ok(pending.appended)) })
+    let written = p.write_raft(write, now_ms())?;
+    let kept = match &entry.payload {
+        EntryPayload::Normal(BatchData::Proposed(b)) => stored_entry(entry.log_id, written.header, b.payload.clone()),
+        // Stored verbatim: the entry is what a read returns (its payload shares the request).
+        EntryPayload::Normal(BatchData::Stored(b)) => Some((entry.clone(), entry_size(b.payload.len()))),
+        _ => None,
+    };
+    Ok(Written { mark: written.pending.mark, outcome: Some(Ok(written.pending.appended)), kept })
 }
 
 /// The answer a verdict stands for; `raft_index` is the verdict's own entry.

@@ -12,7 +12,8 @@
 //! header stores), `codec` the byte formats of Raft state and `rpc_codec` those of the RPCs.
 //! Between brokers: `network` (openraft's client side over gRPC) and `transport` (the
 //! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups); `quiesce`
-//! lets idle groups stop ticking; `retention` deletes segments through snapshot and purge;
+//! lets idle groups stop ticking; `recent` keeps a leader's last entries in memory for
+//! replication; `retention` deletes segments through snapshot and purge;
 //! `throttle` paces what leaders send to replicas catching up for a partition move.
 //! The groups themselves — one per partition plus the metadata group — are opened and driven
 //! by `cluster/` (docs/CLUSTER.md; the design is docs/RAFT_PLAN.md).
@@ -24,6 +25,7 @@ pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod quiesce;
+pub mod recent;
 pub mod retention;
 pub mod rpc_codec;
 #[cfg(test)]
@@ -46,12 +48,13 @@ use crate::meta::RaftState;
 use crate::partition::Partition;
 
 /// Opens the Raft storage of one partition: its log store and state machine, sharing the
-/// partition and its Raft state.
+/// partition, its Raft state and its recent entries (a snapshot install replaces the log).
 pub fn open_storage(
     partition: Arc<Partition>,
     state: RaftState,
 ) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
-    let log = PartitionLogStore::open(Arc::clone(&partition), state.clone())?;
-    let sm = PartitionStateMachine::open(partition, state)?;
+    let recent = Arc::new(recent::RecentEntries::default());
+    let log = PartitionLogStore::open(Arc::clone(&partition), state.clone(), Arc::clone(&recent))?;
+    let sm = PartitionStateMachine::open(partition, state, recent)?;
     Ok((log, sm))
 }

@@ -27,6 +27,7 @@ use openraft::OptionalSend;
 
 use super::codec::{self, Applied};
 use super::log_store::verdict_outcome;
+use super::recent::RecentEntries;
 use super::types::{BatchData, EntryPayload, LogId, PartitionTc, ProduceOutcome, SnapshotMeta, StoredMembership};
 use crate::log::format::FLAG_CONTROL;
 use crate::log::{Appended, SegmentSlice};
@@ -46,6 +47,9 @@ pub type PartitionSnapshotOf =
 pub struct PartitionStateMachine {
     partition: Arc<Partition>,
     state: RaftState,
+    /// The log store's cache of the log's last entries: emptied when a snapshot replaces the
+    /// log.
+    recent: Arc<RecentEntries>,
     applied: Applied,
     /// Metadata of the last snapshot built or installed (shared with the builders).
     snapshot: Arc<Mutex<Option<SnapshotMeta>>>,
@@ -58,7 +62,7 @@ fn meta_err(e: MetaError) -> io::Error {
 impl PartitionStateMachine {
     /// Opens the state machine from its checkpoint and restores the partition's high watermark
     /// to it (openraft then re-applies the committed entries after it).
-    pub fn open(partition: Arc<Partition>, state: RaftState) -> io::Result<Self> {
+    pub fn open(partition: Arc<Partition>, state: RaftState, recent: Arc<RecentEntries>) -> io::Result<Self> {
         let applied = match state.get(RaftKey::Applied).map_err(meta_err)? {
             Some(b) => codec::decode_applied(&b)?,
             None => Applied::default(),
@@ -68,7 +72,7 @@ impl PartitionStateMachine {
             None => None,
         };
         partition.restore_hw(applied.high_watermark);
-        Ok(Self { partition, state, applied, snapshot: Arc::new(Mutex::new(snapshot)) })
+        Ok(Self { partition, state, recent, applied, snapshot: Arc::new(Mutex::new(snapshot)) })
     }
 
     fn checkpoint(&self) -> io::Result<()> {
@@ -165,6 +169,7 @@ impl RaftStateMachine<PartitionTc> for PartitionStateMachine {
             (None, _) => self.applied.high_watermark,
             (Some(_), Some(b)) => b.header.next_offset(),
             (Some(last), None) => {
+                self.recent.clear();
                 self.partition.install_snapshot(&snapshot.slices).map_err(io::Error::other)?;
                 let end = self.partition.offsets().log_end.0;
                 tracing::info!(

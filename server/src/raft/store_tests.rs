@@ -165,3 +165,106 @@ async fn a_snapshot_carries_the_segments_and_replaces_a_diverged_log() {
     assert_eq!(next_batch[0].header.base_offset, 98 * 3);
     assert_eq!(follower_sm.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
 }
+
+/// An idempotent producer's batch with sequence `seq` (a resend of a stored one becomes an
+/// outcome control batch at append).
+fn proposed_idempotent(term: u64, index: u64, seq: i32) -> Entry {
+    let mut entry = proposed(term, index, 2);
+    if let EntryPayload::Normal(BatchData::Proposed(b)) = &mut entry.payload {
+        let payload = Bytes::from(format!("idempotent-{seq}"));
+        (b.payload_crc, b.payload, b.producer_id, b.producer_epoch, b.base_sequence) =
+            (crc32c::crc32c(&payload), payload, 9, 0, seq);
+    }
+    entry
+}
+
+/// Every entry with index in `range`, read through a log store with nothing kept in memory.
+async fn from_disk(partition: &Arc<Partition>, dir: &std::path::Path, range: std::ops::Range<u64>) -> Vec<Entry> {
+    let meta = reopen(&dir.join("meta-disk"));
+    let state = meta.raft_state(7).unwrap();
+    let mut store = PartitionLogStore::open(Arc::clone(partition), state, Arc::default()).unwrap();
+    store.try_get_log_entries(range).await.unwrap()
+}
+
+#[tokio::test]
+async fn replication_reads_from_memory_equal_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
+    let (partition, _) = Partition::open(&dir.path().join("t-0"), "t", 0, config, FsyncPolicy::Never).unwrap();
+    let partition = Arc::new(partition);
+    let meta = reopen(&dir.path().join("meta"));
+    let recent = Arc::new(recent::RecentEntries::default());
+    let mut log =
+        PartitionLogStore::open(Arc::clone(&partition), meta.raft_state(7).unwrap(), Arc::clone(&recent)).unwrap();
+
+    leader_log(&mut log, 40).await;
+    // A resend of a stored batch is kept as the outcome control batch the log stores.
+    append(&mut log, vec![proposed_idempotent(1, 42, 0), proposed_idempotent(1, 43, 0)]).await;
+    assert_eq!(recent.len(), 44, "every entry appended as leader is kept");
+    let want = from_disk(&partition, dir.path(), 0..44).await;
+    assert_eq!(want.len(), 44);
+    assert_eq!(log.try_get_log_entries(0..44).await.unwrap(), want);
+    // Replication's chunked reads: the same entries, whatever the chunk boundaries.
+    let mut got = Vec::new();
+    let mut next = 0;
+    while next < 44 {
+        let chunk = log.limited_get_log_entries(next, 44).await.unwrap();
+        next = chunk.last().unwrap().log_id.index + 1;
+        got.extend(chunk);
+    }
+    assert_eq!(got, want);
+
+    // A truncation cuts what is kept; entries of a new term continue the run.
+    log.truncate_after(Some(log_id(1, 30))).await.unwrap();
+    assert_eq!(recent.len(), 31);
+    append(&mut log, (31..36).map(|i| proposed(2, i, 1)).collect()).await;
+    assert_eq!(recent.len(), 36);
+    assert_eq!(log.try_get_log_entries(20..36).await.unwrap(), from_disk(&partition, dir.path(), 20..36).await);
+
+    // A purge drops what it hides; a vote change drops the rest.
+    log.purge(log_id(1, 25)).await.unwrap();
+    assert_eq!(recent.len(), 10);
+    assert_eq!(log.try_get_log_entries(0..36).await.unwrap(), from_disk(&partition, dir.path(), 26..36).await);
+    log.save_vote(&Vote::new(3, 2)).await.unwrap();
+    assert!(recent.is_empty());
+    assert_eq!(log.try_get_log_entries(26..36).await.unwrap(), from_disk(&partition, dir.path(), 26..36).await);
+
+    // A follower's appends (batches as their leader stored them) are kept too: every replica
+    // reads its entries back to apply them.
+    let replicated = from_disk(&partition, dir.path(), 35..36).await;
+    log.truncate_after(Some(log_id(2, 34))).await.unwrap();
+    append(&mut log, replicated.clone()).await;
+    assert_eq!(recent.len(), 1);
+    assert_eq!(log.try_get_log_entries(35..36).await.unwrap(), replicated);
+    // A group that falls asleep forgets.
+    append(&mut log, vec![proposed(3, 36, 1)]).await;
+    assert_eq!(recent.len(), 2);
+    log.forget_recent();
+    assert!(recent.is_empty());
+}
+
+#[tokio::test]
+async fn a_snapshot_install_empties_the_kept_entries() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_leader, mut leader_store, mut leader_sm) = open(leader_dir.path(), FsyncPolicy::Never);
+    leader_log(&mut leader_store, 30).await;
+    apply_from_log(&mut leader_store, &mut leader_sm, 0..25).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    // A replica that led a diverged suffix of another term, at indexes past the snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
+    let (partition, _) = Partition::open(&dir.path().join("t-0"), "t", 0, config, FsyncPolicy::Never).unwrap();
+    let partition = Arc::new(partition);
+    let meta = reopen(&dir.path().join("meta"));
+    let recent = Arc::new(recent::RecentEntries::default());
+    let state = meta.raft_state(7).unwrap();
+    let mut store = PartitionLogStore::open(Arc::clone(&partition), state.clone(), Arc::clone(&recent)).unwrap();
+    let mut sm = PartitionStateMachine::open(Arc::clone(&partition), state, Arc::clone(&recent)).unwrap();
+    append(&mut store, vec![control(2, 0, &[1, 2, 3])]).await;
+    append(&mut store, (1..40).map(|i| proposed(2, i, 1)).collect()).await;
+    assert_eq!(recent.len(), 40);
+    sm.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert!(recent.is_empty(), "the log was replaced");
+    assert_eq!(store.try_get_log_entries(0..25).await.unwrap(), leader_store.try_get_log_entries(0..25).await.unwrap());
+}

@@ -55,6 +55,10 @@ pub struct Instruments {
     /// Cluster mode: pipelined replication streams (StreamAppend calls) open here as a
     /// follower. Each holds one of its connection's HTTP/2 stream slots.
     pub raft_append_streams: Gauge,
+    /// Cluster mode: Raft entries read back from partition logs (a leader's to send them to
+    /// followers, every replica's to apply them), by where they came from (`memory`: the
+    /// recent entries, `raft/recent.rs`; `disk`: the log).
+    pub raft_entry_reads: Family<SourceLabel, Counter>,
     /// Cluster mode: partition groups hosted here by whether they sleep (`asleep`, `awake`),
     /// as the quiescing loop last counted them.
     pub raft_groups: Family<StateLabel, Gauge>,
@@ -90,6 +94,12 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+/// Where entries were read from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
 /// A Raft group's state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -114,6 +124,7 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     replication_commit_latency: latency_histogram(),
     raft_append_requests: Family::default(),
     raft_append_streams: Gauge::default(),
+    raft_entry_reads: Family::default(),
     raft_groups: Family::default(),
     raft_group_starts: Gauge::default(),
     subscribe_responses: Counter::default(),
@@ -161,6 +172,11 @@ pub fn register(registry: &mut Registry) {
         "tidelog_raft_append_streams",
         "Cluster: pipelined replication streams (StreamAppend calls) open here as a follower",
         i.raft_append_streams.clone(),
+    );
+    registry.register(
+        "tidelog_raft_entry_reads",
+        "Cluster: Raft entries read back from partition logs to replicate or apply them, by source (memory or disk)",
+        i.raft_entry_reads.clone(),
     );
     registry.register(
         "tidelog_raft_groups",

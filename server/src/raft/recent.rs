@@ -1,0 +1,270 @@
+//! Recent entries: the last entries a partition group's replica appended, kept in memory for
+//! the reads that follow moments later: a leader's replication streams sending them to the
+//! followers, and every replica's apply (openraft reads committed entries back from the log).
+//! Without it a replica reads back from the page cache what it has just written (a `pread`, a
+//! copy of every byte and a header scan: about a tenth of a leader's CPU at full speed,
+//! docs/PERFORMANCE.md). Redpanda's batch cache serves the log's tail from memory the same way.
+//!
+//! Invariants (kept by `raft/log_store.rs`, which alone changes the cache):
+//! - the cache holds a gap-free run of entries `first..=last` that ends at the log's last
+//!   entry, each equal to what a read of the log returns for its index (the stored header and
+//!   the payload's very bytes). An append the cache does not take (one with no header) empties
+//!   it; a truncation cuts it; a vote change or a snapshot install empties it;
+//! - bounded: at most [`GROUP_BYTES`] per group and [`TOTAL_BYTES`] for all groups of the
+//!   process together (an entry that does not fit is simply not kept: reads then go to disk);
+//!   entries older than [`MAX_AGE`] are dropped at the next append, and an asleep group's
+//!   entries when it falls asleep.
+//!
+//! Never: serve an entry the log no longer holds as it is (truncated, purged, replaced by a
+//! snapshot), or block: a miss is a read of the log, as before.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::types::Entry;
+use crate::log::format::BATCH_HEADER_LEN;
+
+/// Per group: a few replication reads' worth (`READ_CHUNK_BYTES` in `log_store.rs` is 1 MiB),
+/// enough for followers a pipeline behind.
+pub const GROUP_BYTES: usize = 8 << 20;
+/// All groups of the process together.
+pub const TOTAL_BYTES: usize = 256 << 20;
+/// Older entries have been sent already, or their follower is so far behind that a read of
+/// the log costs nothing next to its catching up.
+pub const MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Bytes held by every group's cache in this process.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// One group's recent entries.
+#[derive(Debug, Default)]
+pub struct RecentEntries {
+    ring: Mutex<Ring>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// Entries in index order, without gaps, with their size and when they were kept.
+    entries: VecDeque<(Entry, usize, Instant)>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _, _)| e.log_id.index)
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size, _)) = self.entries.pop_front() {
+            self.bytes -= size;
+            HELD.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+
+    fn clear(&mut self) {
+        HELD.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// An entry's size in the cache's accounting: its stored bytes (the payload is shared with the
+/// request it came in, not copied).
+pub fn entry_size(payload_len: usize) -> usize {
+    BATCH_HEADER_LEN + payload_len
+}
+
+impl RecentEntries {
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `entry`, just appended to the log after every entry the cache holds; `None`: an
+    /// entry appended that the cache cannot serve, which empties it (it must stay gap-free).
+    pub fn push(&self, entry: Option<(Entry, usize)>, now: Instant) {
+        let mut ring = self.ring();
+        let Some((entry, size)) = entry else {
+            ring.clear();
+            return;
+        };
+        let follows = ring.entries.back().is_none_or(|(last, _, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            ring.clear();
+        }
+        while ring.entries.front().is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > MAX_AGE) {
+            ring.pop_front();
+        }
+        while !ring.entries.is_empty() && ring.bytes + size > GROUP_BYTES {
+            ring.pop_front();
+        }
+        // Over the process's budget the entry is not kept, and neither are those before it
+        // (the run must end at the log's last entry).
+        if size > GROUP_BYTES || !reserve(size) {
+            ring.clear();
+            return;
+        }
+        ring.bytes += size;
+        ring.entries.push_back((entry, size, now));
+    }
+
+    /// Appends to `out` the kept entries from index `from` on, below `end`, while `bytes` (the
+    /// total so far, updated) is under `max_bytes` (at least one entry); returns the index after
+    /// the last one taken, or `None` if `from` is not kept.
+    pub fn read(&self, from: u64, end: u64, max_bytes: usize, out: &mut Vec<Entry>, bytes: &mut usize) -> Option<u64> {
+        let ring = self.ring();
+        let first = ring.first()?;
+        let skip = usize::try_from(from.checked_sub(first)?).ok()?;
+        if skip >= ring.entries.len() {
+            return None;
+        }
+        let mut next = from;
+        for (entry, size, _) in ring.entries.range(skip..) {
+            if next >= end || (next > from && *bytes >= max_bytes) {
+                break;
+            }
+            out.push(entry.clone());
+            *bytes += size;
+            next += 1;
+        }
+        Some(next)
+    }
+
+    /// Drops the entries after `index` (all of them for `None`): the log was truncated there.
+    pub fn truncate_after(&self, index: Option<u64>) {
+        let mut ring = self.ring();
+        while let Some((last, size, _)) = ring.entries.back() {
+            if index.is_some_and(|i| last.log_id.index <= i) {
+                break;
+            }
+            let size = *size;
+            ring.entries.pop_back();
+            ring.bytes -= size;
+            HELD.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the entries at or below `index`: purged from the log.
+    pub fn purge_through(&self, index: u64) {
+        let mut ring = self.ring();
+        while ring.first().is_some_and(|f| f <= index) {
+            ring.pop_front();
+        }
+    }
+
+    /// Drops every entry.
+    pub fn clear(&self) {
+        self.ring().clear();
+    }
+
+    /// Entries kept (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.ring().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Takes `size` bytes of the process's budget, if they are free.
+fn reserve(size: usize) -> bool {
+    let fits = HELD.fetch_add(size, Ordering::Relaxed) + size <= TOTAL_BYTES;
+    if !fits {
+        HELD.fetch_sub(size, Ordering::Relaxed);
+    }
+    fits
+}
+
+/// Bytes held by every group's cache in this process.
+pub fn held_bytes() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{log_id, EntryPayload};
+
+    fn blank(index: u64) -> Entry {
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Blank }
+    }
+
+    fn indexes(out: &[Entry]) -> Vec<u64> {
+        out.iter().map(|e| e.log_id.index).collect()
+    }
+
+    fn read(c: &RecentEntries, from: u64, end: u64, max_bytes: usize) -> (Option<u64>, Vec<u64>) {
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        let next = c.read(from, end, max_bytes, &mut out, &mut bytes);
+        (next, indexes(&out))
+    }
+
+    #[test]
+    fn serves_a_gap_free_run_and_misses_outside_it() {
+        let c = RecentEntries::default();
+        let now = Instant::now();
+        for i in 5..=9 {
+            c.push(Some((blank(i), 100)), now);
+        }
+        assert_eq!(read(&c, 4, 100, usize::MAX), (None, vec![]));
+        assert_eq!(read(&c, 10, 100, usize::MAX), (None, vec![]));
+        assert_eq!(read(&c, 6, 100, usize::MAX), (Some(10), vec![6, 7, 8, 9]));
+        assert_eq!(read(&c, 6, 8, usize::MAX), (Some(8), vec![6, 7]));
+        // At least one entry, then up to the byte limit.
+        assert_eq!(read(&c, 6, 100, 1), (Some(7), vec![6]));
+        assert_eq!(read(&c, 6, 100, 250), (Some(9), vec![6, 7, 8]));
+        // A gap empties the cache: it must end at the log's last entry without holes.
+        c.push(Some((blank(11), 100)), now);
+        assert_eq!(read(&c, 9, 100, usize::MAX), (None, vec![]));
+        assert_eq!(read(&c, 11, 100, usize::MAX), (Some(12), vec![11]));
+        // An entry the cache cannot serve empties it.
+        c.push(None, now);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn truncation_purge_and_age_drop_entries() {
+        let c = RecentEntries::default();
+        let t0 = Instant::now();
+        for i in 1..=6 {
+            c.push(Some((blank(i), 10)), t0);
+        }
+        c.truncate_after(Some(4));
+        assert_eq!(read(&c, 1, 100, usize::MAX), (Some(5), vec![1, 2, 3, 4]));
+        c.purge_through(2);
+        assert_eq!(read(&c, 2, 100, usize::MAX), (None, vec![]));
+        assert_eq!(read(&c, 3, 100, usize::MAX), (Some(5), vec![3, 4]));
+        c.push(Some((blank(5), 10)), t0 + MAX_AGE + Duration::from_millis(1));
+        assert_eq!(read(&c, 3, 100, usize::MAX), (None, vec![]));
+        assert_eq!(read(&c, 5, 100, usize::MAX), (Some(6), vec![5]));
+        c.truncate_after(None);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn holds_at_most_its_group_share_and_gives_bytes_back() {
+        let c = RecentEntries::default();
+        let now = Instant::now();
+        let size = GROUP_BYTES / 4;
+        for i in 1..=10 {
+            c.push(Some((blank(i), size)), now);
+        }
+        assert_eq!(c.len(), 4);
+        assert_eq!(read(&c, 7, 100, usize::MAX), (Some(11), vec![7, 8, 9, 10]));
+        // Larger than a group's share: not kept, and nothing before it either.
+        c.push(Some((blank(11), GROUP_BYTES + 1)), now);
+        assert!(c.is_empty());
+        c.push(Some((blank(12), 10)), now);
+        drop(c);
+        // Other tests' caches share the counter: this one's bytes are all given back.
+        assert!(held_bytes() < TOTAL_BYTES);
+    }
+}
