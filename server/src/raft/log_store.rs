@@ -64,8 +64,8 @@ struct Shared {
     state: RaftState,
     /// Cached purge point (the durable copy is in `state`).
     purged: Mutex<Option<LogId>>,
-    /// The last entries appended as leader (shared with the state machine, whose snapshot
-    /// install replaces the log).
+    /// The last entries appended here (shared with the state machine, whose snapshot install
+    /// replaces the log).
     recent: Arc<RecentEntries>,
 }
 

@@ -28,6 +28,20 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> (Arc<Partition>, Partition
     (partition, log, sm)
 }
 
+/// As [`open`] (as `open_storage` builds it, fsync=never), with a handle on the recent entries.
+fn open_with_recent(
+    dir: &std::path::Path,
+) -> (Arc<Partition>, PartitionLogStore, PartitionStateMachine, Arc<recent::RecentEntries>) {
+    let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
+    let (partition, _) = Partition::open(&dir.join("t-0"), "t", 0, config, FsyncPolicy::Never).unwrap();
+    let partition = Arc::new(partition);
+    let state = reopen(&dir.join("meta")).raft_state(7).unwrap();
+    let recent = Arc::new(recent::RecentEntries::default());
+    let log = PartitionLogStore::open(Arc::clone(&partition), state.clone(), Arc::clone(&recent)).unwrap();
+    let sm = PartitionStateMachine::open(Arc::clone(&partition), state, Arc::clone(&recent)).unwrap();
+    (partition, log, sm, recent)
+}
+
 impl StoreBuilder<PartitionTc, PartitionLogStore, PartitionStateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, PartitionLogStore, PartitionStateMachine), StorageError<PartitionTc>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::read(PartitionTc::err_from_error(&e)))?;
@@ -189,13 +203,7 @@ async fn from_disk(partition: &Arc<Partition>, dir: &std::path::Path, range: std
 #[tokio::test]
 async fn replication_reads_from_memory_equal_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
-    let (partition, _) = Partition::open(&dir.path().join("t-0"), "t", 0, config, FsyncPolicy::Never).unwrap();
-    let partition = Arc::new(partition);
-    let meta = reopen(&dir.path().join("meta"));
-    let recent = Arc::new(recent::RecentEntries::default());
-    let mut log =
-        PartitionLogStore::open(Arc::clone(&partition), meta.raft_state(7).unwrap(), Arc::clone(&recent)).unwrap();
+    let (partition, mut log, _sm, recent) = open_with_recent(dir.path());
 
     leader_log(&mut log, 40).await;
     // A resend of a stored batch is kept as the outcome control batch the log stores.
@@ -253,14 +261,7 @@ async fn a_snapshot_install_empties_the_kept_entries() {
 
     // A replica that led a diverged suffix of another term, at indexes past the snapshot.
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
-    let (partition, _) = Partition::open(&dir.path().join("t-0"), "t", 0, config, FsyncPolicy::Never).unwrap();
-    let partition = Arc::new(partition);
-    let meta = reopen(&dir.path().join("meta"));
-    let recent = Arc::new(recent::RecentEntries::default());
-    let state = meta.raft_state(7).unwrap();
-    let mut store = PartitionLogStore::open(Arc::clone(&partition), state.clone(), Arc::clone(&recent)).unwrap();
-    let mut sm = PartitionStateMachine::open(Arc::clone(&partition), state, Arc::clone(&recent)).unwrap();
+    let (_partition, mut store, mut sm, recent) = open_with_recent(dir.path());
     append(&mut store, vec![control(2, 0, &[1, 2, 3])]).await;
     append(&mut store, (1..40).map(|i| proposed(2, i, 1)).collect()).await;
     assert_eq!(recent.len(), 40);
