@@ -115,3 +115,31 @@ def test_under_replicated_partitions_follow_a_killed_replica(cluster: Cluster) -
     assert total is not None and total >= 1
     cluster.brokers[victim].start()
     eventually(lambda: under() == 0 or None, timeout=60, what="the partition in sync again")
+
+
+def test_replicas_read_just_written_entries_from_memory(cluster: Cluster) -> None:
+    """A leader sends what it just appended to its followers, and every replica applies it,
+    from the entries it keeps in memory (``raft/recent.rs``), not by reading its log back."""
+    topic = unique("recent")
+    cluster.create_topic(topic, partitions=1, replication_factor=3)
+    leader = cluster.leader(topic)
+    replicas = cluster.serving()
+    assert leader in replicas and len(replicas) == 3
+
+    def from_memory(node: int) -> float:
+        return value(scrape(cluster.brokers[node]), "tidelog_raft_entry_reads_total", source="memory") or 0
+
+    before = {n: from_memory(n) for n in replicas}
+    batches = 20
+    with Producer({"bootstrap.servers": cluster.addr(leader), "acks": "all", "linger.ms": 0}) as p:
+        for i in range(batches):
+            p.produce(topic, f"r{i}".encode(), partition=0)
+            assert p.flush(30) == 0  # one batch, one Raft entry each
+    # The leader read each entry at least once (to replicate or apply it), every follower once
+    # (to apply it), all from memory.
+    for n in replicas:
+
+        def grew(n: int = n) -> bool | None:
+            return from_memory(n) - before[n] >= batches or None
+
+        eventually(grew, what=f"broker {n}'s memory reads")
