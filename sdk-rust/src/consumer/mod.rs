@@ -24,7 +24,7 @@ use futures::{Stream, StreamExt};
 pub use tidelog_proto::v1::IsolationLevel;
 use tidelog_proto::wire::{self, start_position::Position};
 
-use crate::batch::{decode_batch, ConsumedRecord};
+use crate::batch::{decode_batch_each, records_hint, ConsumedRecord};
 use crate::{Client, Error};
 
 /// Where a subscription starts in each partition.
@@ -234,14 +234,13 @@ impl Subscription {
                     // Records below the start asked for, or below where the broker read
                     // from (the log start, when records were deleted inside a batch).
                     let floor = floors.get(&resp.partition).copied().unwrap_or(default_floor).max(resp.read_from);
-                    let mut out = Vec::new();
+                    let mut out = Vec::with_capacity(resp.batches.iter().map(records_hint).sum());
                     for batch in resp.batches {
-                        match decode_batch(&topic, resp.partition, batch, floor) {
-                            Ok(records) => out.extend(records.into_iter().map(Ok)),
-                            Err(e) => {
-                                out.push(Err(e));
-                                break;
-                            }
+                        let whole = out.len();
+                        if let Err(e) = decode_batch_each(&topic, resp.partition, batch, floor, |r| out.push(Ok(r))) {
+                            out.truncate(whole); // a batch is delivered whole or not at all
+                            out.push(Err(e));
+                            break;
                         }
                     }
                     out

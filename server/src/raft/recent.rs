@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use super::types::Entry;
 use crate::log::format::BATCH_HEADER_LEN;
 
-/// Per group: a few replication reads' worth (`READ_CHUNK_BYTES` in `log_store.rs` is 1 MiB),
-/// enough for followers a pipeline behind.
+/// Per group: eight of the SDK's largest batches (900 KiB). A follower is often more than two
+/// such batches behind the leader's appends: with 2 MiB a leader read half its entries from
+/// disk (docs/PERFORMANCE.md, "Recent entries in memory").
 pub const GROUP_BYTES: usize = 8 << 20;
 /// All groups of the process together.
 pub const TOTAL_BYTES: usize = 256 << 20;
@@ -184,7 +185,8 @@ fn reserve(size: usize) -> bool {
 }
 
 /// Bytes held by every group's cache in this process.
-pub fn held_bytes() -> usize {
+#[cfg(test)]
+fn held_bytes() -> usize {
     HELD.load(Ordering::Relaxed)
 }
 
