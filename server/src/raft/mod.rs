@@ -12,8 +12,8 @@
 //! header stores), `codec` the byte formats of Raft state and `rpc_codec` those of the RPCs.
 //! Between brokers: `network` (openraft's client side over gRPC) and `transport` (the
 //! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups); `quiesce`
-//! lets idle groups stop ticking; `recent` keeps a leader's last entries in memory for
-//! replication; `retention` deletes segments through snapshot and purge;
+//! lets idle groups stop ticking; `recent` keeps each replica's last appended entries in
+//! memory for replication and apply; `retention` deletes segments through snapshot and purge;
 //! `throttle` paces what leaders send to replicas catching up for a partition move.
 //! The groups themselves — one per partition plus the metadata group — are opened and driven
 //! by `cluster/` (docs/CLUSTER.md; the design is docs/RAFT_PLAN.md).
