@@ -201,6 +201,7 @@ impl std::error::Error for Reported {}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    keep_freed_buffers();
     let cli = Cli::parse();
     // Client subcommands trace like any service: with an OTLP endpoint their records' spans
     // (`send`, `process`) are exported and carried in record headers.
@@ -222,6 +223,26 @@ async fn main() -> std::process::ExitCode {
             eprintln!("tidelog: error: {}", error_text(&e));
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// glibc's allocator hands large freed blocks back to the kernel (heap trim, `madvise`) and
+/// maps blocks above its mmap threshold afresh, so large buffers freed and allocated again
+/// are faulted in and zeroed by the kernel every time. In the broker that was a consumer's
+/// 1 MiB read buffers: 9 % of its CPU per byte served. In the client subcommands it is the
+/// SDK consumer's per-response buffers (tonic's decode buffer, the decoded records): runs of
+/// `bench consume --sdk` took 2-4 thousand page faults or 50-290 thousand, and 0.34 or up to
+/// 0.64 µs of CPU per 1 KiB record, by which way glibc went (docs/PERFORMANCE.md). Blocks up to
+/// 32 MiB now come from the heap, and up to 128 MiB of freed memory stays there for reuse. The
+/// memory is what the process used at its peak anyway; it is not returned while idle. An
+/// application of the SDK can do the same (`mallopt`, or `GLIBC_TUNABLES` without code).
+#[allow(unsafe_code)]
+fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters; any value is valid for these two.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 

@@ -194,7 +194,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let _telemetry = tidelog_server::telemetry::init("tidelog", Some(config.node_id.to_string()))?;
-    keep_freed_buffers();
     match raise_open_files_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit (one per log segment, plus connections)"),
         Err(e) => tracing::warn!(error = %e, "could not read or raise the open files limit"),
@@ -207,22 +206,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("tidelog listening on {bound} (data dir {}) metrics {metrics}", data_dir.display());
     tracing::info!(%bound, data_dir = %data_dir.display(), topics = node.broker().topics().len(), "broker started");
     node.serve(shutdown_signal()).await
-}
-
-/// glibc's allocator hands large freed blocks back to the kernel (heap trim, `madvise`) and
-/// maps blocks above its mmap threshold afresh, so a consumer's 1 MiB read buffers were
-/// faulted in and zeroed by the kernel on every read: 9 % of the broker's CPU per byte served
-/// (`perf`, 1 MiB Subscribe responses; docs/PERFORMANCE.md). Blocks up to 32 MiB now come from
-/// the heap, and up to 128 MiB of freed memory stays there for the next read. The memory is
-/// what the broker used at its peak anyway; it is not returned while idle.
-#[allow(unsafe_code)]
-fn keep_freed_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets allocator parameters; any value is valid for these two.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
 }
 
 /// Raises the soft limit on open files to the hard one, as a broker that holds one file per
