@@ -592,7 +592,7 @@ impl Log {
         let active = self.active_mut();
         active.truncate_at_position(pos).map_err(|e| LogError::Truncate(format!("{}: {e}", dir.display())))?;
         active.sync().fatal(|| format!("fsync after truncation of {}", dir.display()))?;
-        let last = self.segments.values().rev().find_map(|s| s.last_header().copied());
+        let last = self.last_header().copied();
         self.last_raft = last.map(|h| (h.raft_term, h.raft_index));
         // Times of the truncated batches must not hold back the batches that replace them.
         self.last_append_time_ms = last.map_or(i64::MIN, |h| h.append_time_ms);

@@ -58,7 +58,18 @@ impl Ring {
     }
 
     fn pop_front(&mut self) {
-        if let Some((_, size, _)) = self.entries.pop_front() {
+        let popped = self.entries.pop_front();
+        self.release(popped);
+    }
+
+    fn pop_back(&mut self) {
+        let popped = self.entries.pop_back();
+        self.release(popped);
+    }
+
+    /// Gives a dropped entry's bytes back, to the group and to the process.
+    fn release(&mut self, popped: Option<(Entry, usize, Instant)>) {
+        if let Some((_, size, _)) = popped {
             self.bytes -= size;
             HELD.fetch_sub(size, Ordering::Relaxed);
         }
@@ -141,14 +152,8 @@ impl RecentEntries {
     /// Drops the entries after `index` (all of them for `None`): the log was truncated there.
     pub fn truncate_after(&self, index: Option<u64>) {
         let mut ring = self.ring();
-        while let Some((last, size, _)) = ring.entries.back() {
-            if index.is_some_and(|i| last.log_id.index <= i) {
-                break;
-            }
-            let size = *size;
-            ring.entries.pop_back();
-            ring.bytes -= size;
-            HELD.fetch_sub(size, Ordering::Relaxed);
+        while ring.entries.back().is_some_and(|(last, _, _)| index.is_none_or(|i| last.log_id.index > i)) {
+            ring.pop_back();
         }
     }
 
