@@ -63,14 +63,39 @@ serve() {
 }
 
 echo "{}" >"$results"
-# run NAME ARGS...: one bench run (JSON), recorded under NAME.
+
+# cpu_now: the running brokers' CPU, then the machine's busy and total CPU, all in the same
+# clock ticks (the brokers' from /proc/PID/stat, the machine's from /proc/stat).
+cpu_now() {
+  local ticks=0 p
+  for p in "${pids[@]}"; do
+    [ -r "/proc/$p/stat" ] && ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  awk -v b="$ticks" '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print b, t - $5 - $6, t; exit}' /proc/stat
+}
+
+# cpu_used BEFORE AFTER: what a run used, as JSON: the brokers' CPU in cores, and the whole
+# machine's busy share (brokers, load tool and everything else).
+cpu_used() {
+  python3 - "$1" "$2" "$(nproc)" <<'PY'
+import json, sys
+b0, busy0, t0 = map(int, sys.argv[1].split())
+b1, busy1, t1 = map(int, sys.argv[2].split())
+cores = int(sys.argv[3])
+span = max(t1 - t0, 1)
+print(json.dumps({"brokers_cores": (b1 - b0) * cores / span, "machine_busy": (busy1 - busy0) / span, "cores": cores}))
+PY
+}
+
+# run NAME ARGS...: one bench run (JSON), recorded under NAME with the CPU it used.
 run() {
   local name=$1
   shift
   say "$name: tidelog bench $*"
-  local json
+  local json before
+  before=$(cpu_now)
   json=$("$bin" bench "$@" --record-size 1024 --json --quiet)
-  python3 scripts/bench_record.py "$results" "$name" "$json"
+  python3 scripts/bench_record.py "$results" "$name" "$json" "$(cpu_used "$before" "$(cpu_now)")"
 }
 
 # sdk NAME BROKER TOPIC PARTITIONS [ARGS...]: the SDK producer, acks=all (the topic is created
@@ -108,6 +133,12 @@ measure() {
   run "$label paced" produce -b "$broker" --topic "$topic" --acks "$acks" --records "$paced" \
     --batch-records 16 --rate "$rate" --duration 40
 }
+
+# --- the machine: what a MB written into the page cache costs ---------------------------------
+# Every replica copies every byte into the page cache; on this VM the first touch of a page the
+# host took back costs many times a copy (scripts/page_fill.py, docs/PERFORMANCE.md).
+say "page-cache fill: CPU per MB into fresh pages and into pages freed just before"
+python3 scripts/bench_record.py "$results" page_fill "$(python3 scripts/page_fill.py "$work")"
 
 # --- single node ---------------------------------------------------------------------------
 port=$(free_port)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The performance bar in one command: measures this machine's limits (loopback TCP with iperf3,
 # sequential disk writes with and without fsync and the fsync rate with fio, in the broker's
-# data filesystem), builds the release broker, runs `tidelog bench` produce / consume / e2e /
+# data filesystem; the CPU a MB written into the page cache costs, scripts/page_fill.py), builds the release broker, runs `tidelog bench` produce / consume / e2e /
 # fsync=always against it over loopback, and prints each figure as a fraction of its limit
 # next to the target from docs/PERFORMANCE.md.
 #
@@ -97,6 +97,9 @@ if command -v fio >/dev/null; then
   record fsync_rate "$(fio_bw "$work/fio3.json")"
   rm -rf "$work/fio"
 fi
+
+say "page-cache fill: CPU per MB into fresh pages and into pages freed just before"
+record page_fill "$(python3 scripts/page_fill.py "$work")"
 
 # --- the broker ----------------------------------------------------------------------------
 say "building the release broker"

@@ -14,6 +14,38 @@ from typing import Any
 from bench_results import getter, load
 
 
+def cpu_table(get: Any) -> None:
+    """The SDK runs' CPU next to what their page-cache copies alone cost on this machine: the
+    single node writes each byte once, the RF=3 cluster three times on the same cores."""
+    fill = get("page_fill") or {}
+    fresh, reused = fill.get("fresh_ms_per_mb"), fill.get("reused_ms_per_mb")
+    if fresh is None or reused is None:
+        return
+    print(
+        f"\npage-cache fill on this machine: {fresh:.2f} ms of CPU per MB into fresh pages, "
+        f"{reused:.2f} ms into pages freed just before (scripts/page_fill.py)"
+    )
+    print(
+        f"{'SDK run':<30} {'MB/s':>8} {'brokers, cores':>14} {'machine busy':>12} "
+        f"{'page fills alone, cores (fresh / reused)':>42}"
+    )
+    for name, copies in [
+        ("single node sdk 1p", 1),
+        ("single node sdk 8p", 1),
+        ("cluster sdk 1p", 3),
+        ("cluster sdk 8p", 3),
+        ("cluster sdk 1p paced", 3),
+    ]:
+        run = get(name)
+        if not run or "brokers_cores" not in run:
+            continue
+        mb = run["mb_per_s"]
+        print(
+            f"{name:<30} {mb:>8.1f} {run['brokers_cores']:>14.2f} {run['machine_busy']:>12.0%} "
+            f"{mb * copies * fresh / 1000:>34.2f} / {mb * copies * reused / 1000:.2f}"
+        )
+
+
 def main() -> None:
     data: dict[str, Any] = load(sys.argv[1])
     fsync, rate = sys.argv[2], sys.argv[3]
@@ -37,6 +69,8 @@ def main() -> None:
             f"{setup:<32} {m['mb_per_s']:>8.1f} {m['mb_per_s'] / base:>8.0%} {m['records_per_s']:>10.0f} "
             f"{lat['p50_us'] / 1000:>12.2f} {lat['p99_us'] / 1000:>8.2f} {lat['p999_us'] / 1000:>8.2f}"
         )
+
+    cpu_table(get)
 
     rows: list[tuple[str, str, str, str]] = []
 

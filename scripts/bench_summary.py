@@ -36,6 +36,14 @@ def main() -> None:
         f"256 KiB {f(dsync, ' MB/s')} | fsyncs/s (4 KiB) {f(fsyncs)}"
     )
 
+    fill = get("page_fill") or {}
+    if "fresh_ms_per_mb" in fill:
+        print(
+            f"page-cache fill: {fill['fresh_ms_per_mb']:.2f} ms of CPU per MB into fresh pages, "
+            f"{fill['reused_ms_per_mb']:.2f} ms into pages freed just before (every produced byte "
+            "pays one of them; docs/PERFORMANCE.md)"
+        )
+
     rows: list[tuple[str, str, str, str, str, str]] = []
 
     def ratio_row(
