@@ -85,10 +85,6 @@ fn sequences(seen: &[SeenProduce]) -> Vec<i32> {
     seen.iter().map(|r| r.base_sequence).collect()
 }
 
-/// The regression test for a sender that slept on a deadline computed before a rewind: the
-/// only batch goes to A, which answers NOT_LEADER naming a dead broker; the stream to it
-/// cannot be opened, the batch is rewound, and nothing else will ever wake the sender. Asked
-/// again, A no longer knows the leader, so the producer moves on to the next broker, B.
 /// The fake refuses the batch starting at `sequence` with `code`, once (answered after the
 /// next request arrived, so later batches are in flight), and appends everything else.
 fn refuse_once_at_sequence(broker: &FakeBroker, sequence: i32, code: ErrorCode) {
@@ -103,6 +99,10 @@ fn refuse_once_at_sequence(broker: &FakeBroker, sequence: i32, code: ErrorCode) 
     });
 }
 
+/// The regression test for a sender that slept on a deadline computed before a rewind: the
+/// only batch goes to A, which answers NOT_LEADER naming a dead broker; the stream to it
+/// cannot be opened, the batch is rewound, and nothing else will ever wake the sender. Asked
+/// again, A no longer knows the leader, so the producer moves on to the next broker, B.
 #[tokio::test]
 async fn lone_record_is_delivered_promptly_when_the_leader_hint_names_a_dead_broker() {
     let (a, b) = (FakeBroker::start().await, FakeBroker::start().await);
@@ -137,6 +137,65 @@ async fn lone_record_is_delivered_promptly_when_the_leader_hint_names_a_dead_bro
     assert_eq!(b.stored(TOPIC, 0), [(0, "lone".to_string())]);
     assert!(a.stored(TOPIC, 0).is_empty());
     p.close().await;
+}
+
+/// A backoff long enough that waiting it or not cannot be mistaken for scheduling noise.
+const LONG_BACKOFF: Duration = Duration::from_secs(3);
+
+/// Two brokers, A and B, where A refuses every batch as NOT_LEADER naming B, and B appends,
+/// except (`b_names_a_first`) its first batch, which it refuses as NOT_LEADER naming A; a
+/// producer bootstrapped at A with [`LONG_BACKOFF`] sends one record. Returns how long its
+/// delivery took, and each broker's answers in order.
+async fn deliver_through_redirects(b_names_a_first: bool) -> (Duration, Vec<ErrorCode>, Vec<ErrorCode>) {
+    let (a, b) = (FakeBroker::start().await, FakeBroker::start().await);
+    for broker in [&a, &b] {
+        broker.add_topic(TOPIC, 1);
+        broker.set_cluster(&[a.addr(), b.addr()]);
+    }
+    let (a_addr, b_addr) = (a.addr().to_string(), b.addr().to_string());
+    a.on_produce(move |_| Produce::Refuse(ErrorCode::NotLeader, b_addr.clone()));
+    let mut refused = !b_names_a_first;
+    b.on_produce(move |_| {
+        if refused {
+            return Produce::Append;
+        }
+        refused = true;
+        Produce::Refuse(ErrorCode::NotLeader, a_addr.clone())
+    });
+    let p = producer(&a, ProducerConfig { retry_backoff: LONG_BACKOFF, ..config() }).await;
+    assert_eq!(p.partitions(TOPIC).await.unwrap(), 1);
+    let started = Instant::now();
+    let delivery = p.send_to(TOPIC, 0, Record::new("lone")).await.unwrap();
+    let stored = tokio::time::timeout(WAIT, delivery).await.expect("not delivered").unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!((stored.partition, stored.offset), (0, 0));
+    assert_eq!(b.stored(TOPIC, 0), [(0, "lone".to_string())]);
+    let answers = |f: &FakeBroker| f.produced().iter().map(|r| r.answer).collect::<Vec<_>>();
+    let seen = (elapsed, answers(&a), answers(&b));
+    p.close().await;
+    seen
+}
+
+/// A NOT_LEADER that names the leader is news, not trouble: the batch goes there at once, not
+/// after the retry backoff (how a new producer's first batch reaches its leader).
+#[tokio::test]
+async fn batch_refused_by_a_follower_goes_to_the_named_leader_without_a_backoff() {
+    let (elapsed, at_a, at_b) = deliver_through_redirects(false).await;
+    assert_eq!(at_a, [ErrorCode::NotLeader]);
+    assert_eq!(at_b, [ErrorCode::Unspecified]);
+    assert!(elapsed < LONG_BACKOFF / 2, "delivered after {elapsed:?}: it waited the {LONG_BACKOFF:?} backoff");
+}
+
+/// Two brokers naming each other (views of an election a moment apart): one resend at once,
+/// then backoffs until the partition is answered, so the producer never bounces between them
+/// in a tight loop.
+#[tokio::test]
+async fn a_second_redirect_before_an_answer_waits_the_backoff() {
+    let (elapsed, at_a, at_b) = deliver_through_redirects(true).await;
+    // A names B (resent at once); B names A (the backoff); A names B (the backoff again).
+    assert_eq!(at_a, [ErrorCode::NotLeader, ErrorCode::NotLeader]);
+    assert_eq!(at_b, [ErrorCode::NotLeader, ErrorCode::Unspecified]);
+    assert!(elapsed >= LONG_BACKOFF, "delivered after {elapsed:?}: a redirect did not wait the backoff");
 }
 
 #[tokio::test]

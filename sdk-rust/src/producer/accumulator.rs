@@ -63,6 +63,9 @@ pub(crate) struct PartitionQueue {
     pub next_sequence: i32,
     /// Do not send before this (backoff after a retryable error).
     pub retry_at: Option<Instant>,
+    /// Resent at once to a leader a NOT_LEADER answer named, and not answered since: the next
+    /// refusal waits the backoff (see `sender.rs`, "Failure handling").
+    pub redirected: bool,
 }
 
 impl PartitionQueue {

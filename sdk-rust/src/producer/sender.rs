@@ -17,7 +17,12 @@
 //!   cluster's election plus a probe interval, not the request timeout;
 //! - retryable error on a batch (storage error, shutting down, not leader): that batch and the
 //!   ones after it are rewound and resent after a backoff (the later ones were refused as out
-//!   of order, and their stale responses are ignored);
+//!   of order, and their stale responses are ignored). Except a NOT_LEADER that names another
+//!   broker as the leader: that is news, not trouble, so the batches go there at once (as
+//!   Kafka's clients do since KIP-951). A new producer's first batch goes to a fallback broker,
+//!   and a partition's first batch after a leader change to the old leader: neither waits a
+//!   backoff for the answer to be taken. Once in a row only: a second such refusal before the
+//!   partition is answered (two brokers naming each other mid-election) waits the backoff;
 //! - fatal error on a batch: its records fail; the batches after it take over its sequence
 //!   numbers (the broker never stored it) and are resent;
 //! - a batch that was never sent and is older than `delivery_timeout` fails. One that was sent
@@ -74,16 +79,20 @@ impl Routes {
         }
     }
 
-    fn not_leader(&mut self, client: &crate::Client, tp: &TopicPartition, hint: &str) {
+    /// A broker said it does not lead `tp`; `hint` is the leader's address ("" if it knows
+    /// none). Returns the address the partition's batches go to now, if the hint named one.
+    fn not_leader(&mut self, client: &crate::Client, tp: &TopicPartition, hint: &str) -> Option<String> {
         if hint.is_empty() {
             self.leaders.remove(tp);
             self.fallback += 1;
+            None
         } else {
             let hint = client.broker_url(hint);
             if !self.brokers.contains(&hint) {
                 self.brokers.push(hint.clone());
             }
-            self.leaders.insert(tp.clone(), hint);
+            self.leaders.insert(tp.clone(), hint.clone());
+            Some(hint)
         }
     }
 
@@ -272,14 +281,16 @@ fn on_event(
                 *t = (*t).max(until);
             }
             let leadership = resp.error_code == ErrorCode::NotLeader as i32;
+            // The refusal names another broker as the leader: resend there at once.
+            let mut redirect = false;
             if leadership {
                 if let Some(tp) = c.in_flight.get(&resp.request_id) {
-                    routes.not_leader(&shared.client, tp, &resp.leader_address);
+                    redirect = routes.not_leader(&shared.client, tp, &resp.leader_address).is_some_and(|to| to != addr);
                 }
             }
             let clustered = routes.brokers.len() > 1;
             let cap = if leadership { LEADER_BACKOFF } else { MAX_BACKOFF };
-            match handle_response(shared, &mut c.in_flight, resp, *backoff, clustered) {
+            match handle_response(shared, &mut c.in_flight, resp, *backoff, clustered, redirect) {
                 Some(true) => *backoff = (*backoff * 2).min(cap),
                 Some(false) => *backoff = shared.config.retry_backoff,
                 None => {} // stale: says nothing about the broker's health now
@@ -295,7 +306,7 @@ fn on_event(
                 tracing::info!(broker = %addr, %leader, topic = %tp.topic, partition = tp.partition,
                         "the partition's leader moved while this broker was silent; resending there");
                 lose(shared, conns, routes, &addr, Duration::ZERO);
-                routes.not_leader(&shared.client, &tp, &leader);
+                let _ = routes.not_leader(&shared.client, &tp, &leader);
             }
         }
         (None, _) => {}
@@ -538,15 +549,17 @@ fn request(shared: &Shared, tp: &TopicPartition, b: &Batch) -> wire::ProduceRequ
     }
 }
 
-/// Handles one response; returns whether it asked for a backoff, or `None` for a stale
-/// response (to a batch already rewound) that says neither. `clustered`: the producer knows
-/// more than one broker.
+/// Handles one response; returns whether it asked for a backoff, or `None` for a response
+/// that says neither: a stale one (to a batch already rewound), or a refusal whose batches go
+/// at once to the leader it named (`redirect`). `clustered`: the producer knows more than one
+/// broker.
 fn handle_response(
     shared: &Shared,
     in_flight: &mut HashMap<u64, TopicPartition>,
     r: wire::ProduceResponse,
     backoff: Duration,
     clustered: bool,
+    redirect: bool,
 ) -> Option<bool> {
     // A response to a batch already rewound: it will be resent.
     let tp = in_flight.remove(&r.request_id)?;
@@ -563,19 +576,27 @@ fn handle_response(
     let unknown = matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition);
     let retryable = crate::error::retryable_code(code) || (clustered && unknown);
     if code == ErrorCode::Unspecified {
+        q.redirected = false;
         if let Some(b) = q.in_flight.pop_front() {
             complete(shared, b, Ok((r.base_offset, r.append_time_ms)));
         }
         return Some(false);
     }
     if retryable {
-        tracing::debug!(topic = %tp.topic, partition = tp.partition, ?code, message = %r.error_message, "retryable produce error; resending after a backoff");
         for id in q.rewind() {
             in_flight.remove(&id);
         }
+        if redirect && !q.redirected {
+            tracing::debug!(topic = %tp.topic, partition = tp.partition, "not the leader; resending to the leader it named");
+            q.redirected = true;
+            q.retry_at = None;
+            return None;
+        }
+        tracing::debug!(topic = %tp.topic, partition = tp.partition, ?code, message = %r.error_message, "retryable produce error; resending after a backoff");
         q.retry_at = Some(Instant::now() + backoff);
         return Some(true);
     }
+    q.redirected = false;
     if matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition) {
         // The topic changed (deleted, recreated): the next send reads fresh metadata.
         shared.metadata.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tp.topic);
