@@ -1,9 +1,11 @@
-//! The Rust SDK's producer against a real three-broker cluster when the leader dies: a lone
-//! record (nothing else pending, so nothing else wakes the producer's sender) follows the
-//! survivors' NOT_LEADER hint to the dead broker, fails to open a stream there, and must be
-//! resent after its backoff to the new leader, not after its own request timeout (30 s).
-//! That wait was a real bug, found by the quiescing test: the sender slept on a deadline it
-//! had computed before the failed open rewound the batch.
+//! The Rust SDK's producer against a real three-broker cluster:
+//! - bootstrapped at a follower, its first record goes to the leader the follower's NOT_LEADER
+//!   names at once, not after the retry backoff;
+//! - when the leader dies, a lone record (nothing else pending, so nothing else wakes the
+//!   producer's sender) follows the survivors' NOT_LEADER hint to the dead broker, fails to
+//!   open a stream there, and must be resent after its backoff to the new leader, not after
+//!   its own request timeout (30 s). That wait was a real bug, found by the quiescing test:
+//!   the sender slept on a deadline it had computed before the failed open rewound the batch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,8 +29,15 @@ async fn a_lone_record_reaches_the_new_leader_after_its_backoff_not_its_request_
     let config = ProducerConfig { delivery_timeout: Duration::from_secs(60), ..ProducerConfig::default() };
     assert_eq!(config.request_timeout, Duration::from_secs(30), "the bound below assumes the default");
 
-    let producer = Producer::new(Client::connect(c.addr(survivor)).await.unwrap(), config.clone()).await.unwrap();
+    // Bootstrapped at a follower: the first batch is refused with the leader's address and
+    // resent there at once. A long backoff, so waiting it cannot pass for scheduling noise.
+    let backoff = Duration::from_secs(5);
+    let first = ProducerConfig { retry_backoff: backoff, ..config.clone() };
+    let producer = Producer::new(Client::connect(c.addr(survivor)).await.unwrap(), first).await.unwrap();
+    let started = Instant::now();
     producer.send_to(TOPIC, 0, Record::new("before")).await.unwrap().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < backoff / 2, "the first record took {took:?}: it waited the {backoff:?} backoff");
     producer.close().await;
 
     // Straight after the kill the survivors still name the dead leader: the first answer is

@@ -74,6 +74,28 @@ def test_producers_bootstrapped_at_a_follower_route_partitions_to_their_leaders(
     check_log(got, sent, delivered)
 
 
+def test_a_follower_naming_the_leader_sends_the_first_record_there_without_a_backoff(cluster: Cluster):
+    """Bootstrapped at a follower, the producer's first batch is refused with the leader's
+    address and resent there at once: delivered well within the (long) retry backoff."""
+    topic = unique("redirect")
+    cluster.create_topic(topic)
+    follower = next(n for n in cluster.serving() if n != cluster.leader(topic, 0))
+    backoff_s = 5.0
+    cfg = {
+        "bootstrap.servers": cluster.addr(follower),
+        "acks": "all",
+        "enable.idempotence": True,
+        **FAST,
+        "retry.backoff.ms": int(backoff_s * 1000),
+    }
+    with Producer(cfg) as p:
+        started = time.monotonic()  # the topic's metadata is fetched first, a round trip
+        delivered = p.produce_future(topic, "first", partition=0).result(30)
+        took = time.monotonic() - started
+    assert delivered.offset() == 0
+    assert took < backoff_s / 2, f"the first record took {took:.2f} s: it waited the {backoff_s} s backoff"
+
+
 @pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
 def test_idempotent_producer_follows_a_new_leader_when_the_leader_fails(cluster: Cluster, fault: str):
     """The producer is bootstrapped at the partition's leader, which is SIGKILLed (its streams

@@ -35,7 +35,9 @@ same rules as the Rust SDK's sender:
 - retriable error on a batch (not leader, shutting down, storage error; in a cluster also an
   unknown topic or partition, which a broker's metadata may not show *yet*, as in Kafka): it
   and the batches behind it are resent after a backoff (the later ones were refused as out of
-  order; their responses are ignored);
+  order; their responses are ignored). Except a NOT_LEADER naming another broker as the leader:
+  news, not trouble, so the batches go there at once (Kafka's clients since KIP-951); once in
+  a row only, so two brokers naming each other mid-election wait the backoff;
 - fatal error on a batch: its records fail; the batches behind it take over its sequence
   numbers (the broker never stored it) and are resent;
 - a sealed batch never acknowledged within ``delivery.timeout.ms`` fails. If it was sent and
@@ -156,7 +158,7 @@ class _Batch:
 class _Queue:
     """One partition: the open batch, sealed batches ready to send, and batches in flight."""
 
-    __slots__ = ("in_flight", "next_seq", "open", "ready", "retry_at", "sent_to")
+    __slots__ = ("in_flight", "next_seq", "open", "ready", "redirected", "retry_at", "sent_to")
 
     def __init__(self) -> None:
         #: The batch being filled (``OpenBatch``: compiled or pure Python, one interface).
@@ -167,6 +169,9 @@ class _Queue:
         self.retry_at = 0.0
         #: The broker the batches in ``in_flight`` were sent to ("": none sent yet).
         self.sent_to = ""
+        #: Resent at once to a leader a NOT_LEADER named, and not answered since: the next
+        #: refusal waits the backoff.
+        self.redirected = False
 
     def rewind(self) -> list[int]:
         """Puts every in-flight batch back at the front of ``ready``; returns their request ids."""
@@ -855,8 +860,9 @@ class ProducerCore:
         if tp is None:
             return backoff  # a response to a batch already rewound: it will be resent
         code = int(r.error_code)
-        if code == ErrorCode.NOT_LEADER:
-            routes.not_leader(tp, r.leader_address)
+        # A refusal naming another broker as the leader: resend there at once.
+        named = routes.not_leader(tp, r.leader_address) if code == ErrorCode.NOT_LEADER else ""
+        redirect = named not in ("", conn.addr)
         # In a cluster a just-created topic reaches each broker's metadata a moment apart (as
         # in Kafka, where UNKNOWN_TOPIC_OR_PARTITION is retriable): retry until the delivery
         # timeout. On a single node the broker's answer is final.
@@ -870,15 +876,21 @@ class ProducerCore:
                 self.log.warning("response %d out of order; ignoring", r.request_id)
                 return backoff
             if code == ErrorCode.NONE:
+                q.redirected = False
                 done.append((tp, q.in_flight.popleft(), r.base_offset, r.append_time_ms, None))
             elif retriable:
                 for rid in q.rewind():
                     conn.in_flight.pop(rid, None)
+                if redirect and not q.redirected:
+                    q.redirected = True
+                    q.retry_at = 0.0
+                    return backoff
                 q.retry_at = time.monotonic() + backoff
                 next_backoff = min(
                     backoff * 2, _LEADER_BACKOFF if code == ErrorCode.NOT_LEADER else _MAX_BACKOFF
                 )
             else:
+                q.redirected = False
                 if unknown:
                     self._partitions.pop(tp[0], None)  # the next produce reads fresh metadata
                 b = q.in_flight.popleft()

@@ -36,17 +36,19 @@ class _Routes:
     def target(self, tp: tuple[str, int]) -> str:
         return self.leaders.get(tp) or self.fallback_broker()
 
-    def not_leader(self, tp: tuple[str, int], hint: str) -> None:
+    def not_leader(self, tp: tuple[str, int], hint: str) -> str:
         """A broker said it does not lead ``tp``; ``hint`` is the leader's address ("" if it
-        knows none: an election is under way, so try the next broker)."""
+        knows none: an election is under way, so try the next broker). Returns the address
+        the hint named ("" for none)."""
         if not hint:
             self.leaders.pop(tp, None)
             self.fallback += 1
-            return
+            return ""
         addr = target(hint)
         if addr not in self.brokers:
             self.brokers.append(addr)
         self.leaders[tp] = addr
+        return addr
 
     def broker_lost(self, addr: str) -> None:
         """``addr``'s stream failed: the partitions it led look for their leader again."""
