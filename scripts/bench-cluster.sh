@@ -64,38 +64,29 @@ serve() {
 
 echo "{}" >"$results"
 
-# cpu_now: the running brokers' CPU, then the machine's busy and total CPU, all in the same
-# clock ticks (the brokers' from /proc/PID/stat, the machine's from /proc/stat).
-cpu_now() {
+# broker_ticks: the running brokers' CPU so far, in clock ticks (/proc/PID/stat; the kernel
+# keeps a process's time exactly, unlike the machine's tick-sampled /proc/stat, which on this
+# VM missed most of a paced run's short bursts).
+broker_ticks() {
   local ticks=0 p
   for p in "${pids[@]}"; do
     [ -r "/proc/$p/stat" ] && ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat")))
   done
-  awk -v b="$ticks" '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print b, t - $5 - $6, t; exit}' /proc/stat
+  echo "$ticks"
 }
 
-# cpu_used BEFORE AFTER: what a run used, as JSON: the brokers' CPU in cores, and the whole
-# machine's busy share (brokers, load tool and everything else).
-cpu_used() {
-  python3 - "$1" "$2" "$(nproc)" <<'PY'
-import json, sys
-b0, busy0, t0 = map(int, sys.argv[1].split())
-b1, busy1, t1 = map(int, sys.argv[2].split())
-cores = int(sys.argv[3])
-span = max(t1 - t0, 1)
-print(json.dumps({"brokers_cores": (b1 - b0) * cores / span, "machine_busy": (busy1 - busy0) / span, "cores": cores}))
-PY
-}
-
-# run NAME ARGS...: one bench run (JSON), recorded under NAME with the CPU it used.
+# run NAME ARGS...: one bench run (JSON), recorded under NAME with the brokers' CPU seconds
+# during it (the load tool's start-up included).
 run() {
   local name=$1
   shift
   say "$name: tidelog bench $*"
-  local json before
-  before=$(cpu_now)
+  local json ticks
+  ticks=$(broker_ticks)
   json=$("$bin" bench "$@" --record-size 1024 --json --quiet)
-  python3 scripts/bench_record.py "$results" "$name" "$json" "$(cpu_used "$before" "$(cpu_now)")"
+  ticks=$(($(broker_ticks) - ticks))
+  python3 scripts/bench_record.py "$results" "$name" "$json" \
+    "{\"brokers_cpu_s\": $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')}"
 }
 
 # sdk NAME BROKER TOPIC PARTITIONS [ARGS...]: the SDK producer, acks=all (the topic is created

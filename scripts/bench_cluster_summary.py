@@ -15,8 +15,9 @@ from bench_results import getter, load
 
 
 def cpu_table(get: Any) -> None:
-    """The SDK runs' CPU next to what their page-cache copies alone cost on this machine: the
-    single node writes each byte once, the RF=3 cluster three times on the same cores."""
+    """The SDK runs' CPU per MB produced next to what their page-cache copies alone cost on
+    this machine: the single node writes each byte once, the RF=3 cluster three times on the
+    same cores."""
     fill = get("page_fill") or {}
     fresh, reused = fill.get("fresh_ms_per_mb"), fill.get("reused_ms_per_mb")
     if fresh is None or reused is None:
@@ -25,10 +26,8 @@ def cpu_table(get: Any) -> None:
         f"\npage-cache fill on this machine: {fresh:.2f} ms of CPU per MB into fresh pages, "
         f"{reused:.2f} ms into pages freed just before (scripts/page_fill.py)"
     )
-    print(
-        f"{'SDK run':<30} {'MB/s':>8} {'brokers, cores':>14} {'machine busy':>12} "
-        f"{'page fills alone, cores (fresh / reused)':>42}"
-    )
+    head = f"{'SDK run':<24} {'MB/s':>7} {'brokers, ms CPU per MB':>23}"
+    print(f"{head} {'page fills alone (fresh / reused)':>35}")
     for name, copies in [
         ("single node sdk 1p", 1),
         ("single node sdk 8p", 1),
@@ -37,12 +36,12 @@ def cpu_table(get: Any) -> None:
         ("cluster sdk 1p paced", 3),
     ]:
         run = get(name)
-        if not run or "brokers_cores" not in run:
+        if not run or "brokers_cpu_s" not in run or not run.get("bytes"):
             continue
-        mb = run["mb_per_s"]
+        per_mb = run["brokers_cpu_s"] * 1000 / (run["bytes"] / 1e6)
         print(
-            f"{name:<30} {mb:>8.1f} {run['brokers_cores']:>14.2f} {run['machine_busy']:>12.0%} "
-            f"{mb * copies * fresh / 1000:>34.2f} / {mb * copies * reused / 1000:.2f}"
+            f"{name:<24} {run['mb_per_s']:>7.1f} {per_mb:>23.2f} "
+            f"{copies * fresh:>26.2f} / {copies * reused:.2f}"
         )
 
 
