@@ -127,7 +127,7 @@ impl Printer {
                 let headers: BTreeMap<&str, String> =
                     r.headers.iter().map(|(k, v)| (k.as_str(), values.encode_string(v))).collect();
                 let line = serde_json::json!({
-                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                    "topic": &*r.topic, "partition": r.partition, "offset": r.offset,
                     "timestamp_ms": r.timestamp_ms,
                     "key": r.key.as_ref().map(|k| keys.encode_string(k)),
                     "value": r.value.as_ref().map(|v| values.encode_string(v)),

@@ -2,6 +2,8 @@
 //! `tidelog.v1.RecordBatch`; the broker stores and serves those bytes unchanged, and consumers
 //! decode them here. The CRC32C covers the encoded bytes end to end.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes};
 use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 use prost::Message;
@@ -71,7 +73,9 @@ pub fn encode_records(records: Vec<Record>) -> (Bytes, u32) {
 /// A record read from a partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumedRecord {
-    pub topic: String,
+    /// Shared by the records of a subscription (`&*record.topic` is the `&str`): one
+    /// allocation per subscription, not one per record.
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: u64,
     /// The producer's create time, or the broker's append time if the producer set none.
@@ -96,7 +100,7 @@ pub fn decode_batch(
     from_offset: u64,
 ) -> Result<Vec<ConsumedRecord>, Error> {
     let mut out = Vec::with_capacity(records_hint(&batch));
-    decode_batch_each(topic, partition, batch, from_offset, |r| out.push(r))?;
+    decode_batch_each(&Arc::from(topic), partition, batch, from_offset, |r| out.push(r))?;
     Ok(out)
 }
 
@@ -119,7 +123,7 @@ pub(crate) fn records_hint(batch: &wire::Batch) -> usize {
 /// walked here and each record decoded from its slice of the payload, so keys, values and
 /// headers are slices of the payload (of the decompressed buffer when compressed), not copies.
 pub(crate) fn decode_batch_each(
-    topic: &str,
+    topic: &Arc<str>,
     partition: u32,
     batch: wire::Batch,
     from_offset: u64,
@@ -155,7 +159,7 @@ pub(crate) fn decode_batch_each(
             continue;
         }
         each(ConsumedRecord {
-            topic: topic.to_string(),
+            topic: Arc::clone(topic),
             partition,
             offset,
             timestamp_ms: if r.timestamp_ms > 0 { r.timestamp_ms } else { batch.append_time_ms },

@@ -112,7 +112,7 @@ async fn receive(consumer: &mut GroupConsumer, n: usize) -> Vec<(u32, u64, Strin
             .unwrap_or_else(|_| panic!("only {} of {n} records within {WAIT:?}: {out:?}", out.len()))
             .expect("the consumer closed")
             .unwrap();
-        assert_eq!(r.topic, TOPIC);
+        assert_eq!(&*r.topic, TOPIC);
         out.push((r.partition, r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()));
     }
     out.sort();

@@ -193,7 +193,7 @@ impl GroupConsumer {
                 Err(e) => return Poll::Ready(Some(Err(e))),
             };
             let mut s = lock(&self.state);
-            let tp = (record.topic.clone(), record.partition);
+            let tp = (record.topic.to_string(), record.partition);
             if f.fetch_epoch != s.fetch_epoch || !s.assigned.contains(&tp) || s.paused.contains(&tp) {
                 continue; // fetched before a rebalance, seek or pause
             }

@@ -216,7 +216,7 @@ impl Subscription {
     /// Opens the subscription at one broker.
     async fn open_one(&self, client: &Client) -> Result<RecordStream, Error> {
         let raw = self.open_raw(client).await?;
-        let topic = self.topic.clone();
+        let topic: std::sync::Arc<str> = self.topic.as_str().into();
         let mut floors: HashMap<u32, u64> = HashMap::new();
         for (p, s) in &self.partitions {
             if let Some(StartAt::Offset(o)) = s.or(Some(self.start)) {

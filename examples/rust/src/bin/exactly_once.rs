@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             // rebalance may have moved): the next offset of each partition they came from.
             let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
             for r in &records {
-                let at = next.entry((r.topic.clone(), r.partition)).or_default();
+                let at = next.entry((r.topic.to_string(), r.partition)).or_default();
                 *at = (*at).max(r.offset + 1);
             }
             let offsets: Vec<(String, u32, u64)> = next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
