@@ -7,6 +7,9 @@
 //!   The test below proves the two views agree field by field; it must never be relaxed.
 //!
 //! `bytes` fields are [`bytes::Bytes`], so decoding a frame slices it instead of copying.
+//!
+//! Besides the generated code, the few rules broker and SDKs must apply identically:
+//! [`sequence`] (idempotent-produce sequence numbers) and [`inflate`] (compressed payloads).
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -24,6 +27,7 @@ pub mod internal {
     include!(concat!(env!("OUT_DIR"), "/internal/tidelog.internal.v1.rs"));
 }
 
+pub mod inflate;
 pub mod sequence;
 
 /// Encoded `FileDescriptorSet` of the public contract, for gRPC server reflection.

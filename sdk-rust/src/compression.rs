@@ -2,7 +2,7 @@
 //! in a standard, self-describing container so any SDK can read it: the LZ4 frame format and
 //! the Zstandard frame format. The codec numbers are the proto's `Compression` values.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use bytes::Bytes;
 
@@ -57,17 +57,11 @@ impl Compression {
     }
 
     pub fn decompress(self, compressed: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::new();
-        let res = match self {
-            Compression::None => return Ok(compressed.to_vec()),
-            Compression::Lz4 => {
-                lz4_flex::frame::FrameDecoder::new(compressed).take(MAX_DECOMPRESSED_BYTES).read_to_end(&mut out)
-            }
-            Compression::Zstd => zstd::stream::read::Decoder::new(compressed)
-                .and_then(|d| d.take(MAX_DECOMPRESSED_BYTES).read_to_end(&mut out)),
-        };
-        res.map_err(|e| Error::Decode(format!("{self:?} payload does not decompress: {e}")))?;
-        Ok(out)
+        if self == Compression::None {
+            return Ok(compressed.to_vec());
+        }
+        tidelog_proto::inflate::inflate(self.codec(), compressed, MAX_DECOMPRESSED_BYTES)
+            .map_err(|e| Error::Decode(format!("{self:?} payload does not decompress: {e}")))
     }
 }
 

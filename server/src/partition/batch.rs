@@ -20,21 +20,13 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
 /// most [`MAX_DECOMPRESSED_BYTES`]. Not on the produce or SDK subscribe path: only for a
 /// subscriber that asked for records.
 pub fn decompress(codec: u8, payload: &[u8]) -> Result<bytes::Bytes, BrokerError> {
-    use std::io::Read;
-    let mut out = Vec::with_capacity(payload.len().saturating_mul(3));
-    let read = match codec {
-        CODEC_LZ4 => lz4_flex::frame::FrameDecoder::new(payload).take(MAX_DECOMPRESSED_BYTES).read_to_end(&mut out),
-        CODEC_ZSTD => {
-            zstd::stream::read::Decoder::new(payload).and_then(|d| d.take(MAX_DECOMPRESSED_BYTES).read_to_end(&mut out))
-        }
-        CODEC_NONE => return Ok(bytes::Bytes::copy_from_slice(payload)),
-        other => return Err(BrokerError::CorruptBatch(format!("unknown compression codec {other}"))),
-    };
-    read.map_err(|e| BrokerError::CorruptBatch(format!("cannot decompress: {e}")))?;
-    if out.len() as u64 >= MAX_DECOMPRESSED_BYTES {
-        return Err(BrokerError::CorruptBatch(format!("decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")));
+    match codec {
+        CODEC_NONE => Ok(bytes::Bytes::copy_from_slice(payload)),
+        CODEC_LZ4 | CODEC_ZSTD => tidelog_proto::inflate::inflate(i32::from(codec), payload, MAX_DECOMPRESSED_BYTES)
+            .map(bytes::Bytes::from)
+            .map_err(|e| BrokerError::CorruptBatch(format!("cannot decompress: {e}"))),
+        other => Err(BrokerError::CorruptBatch(format!("unknown compression codec {other}"))),
     }
-    Ok(out.into())
 }
 
 /// Most records one batch may declare (keeps offsets within a segment far from u32 limits).
@@ -197,5 +189,8 @@ mod tests {
         assert!(matches!(decompress(CODEC_LZ4, b"not lz4"), Err(BrokerError::CorruptBatch(_))));
         assert!(matches!(decompress(CODEC_ZSTD, b"not zstd"), Err(BrokerError::CorruptBatch(_))));
         assert!(matches!(decompress(9, &raw), Err(BrokerError::CorruptBatch(_))));
+        // The stored codec numbers are the ones the shared inflater knows.
+        assert_eq!(i32::from(CODEC_LZ4), tidelog_proto::inflate::LZ4);
+        assert_eq!(i32::from(CODEC_ZSTD), tidelog_proto::inflate::ZSTD);
     }
 }
