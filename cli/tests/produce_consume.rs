@@ -311,7 +311,7 @@ async fn sdk_producer_reports_each_records_offset_at_every_acks_level() {
         let mut offsets = Vec::new();
         for d in deliveries {
             let m = tokio::time::timeout(Duration::from_secs(10), d).await.expect("delivered in time").unwrap();
-            assert_eq!((m.topic.as_str(), m.partition), (topic, 0));
+            assert_eq!((&*m.topic, m.partition), (topic, 0));
             offsets.push(m.offset);
         }
         p.close().await;

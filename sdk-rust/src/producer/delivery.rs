@@ -3,9 +3,10 @@
 //! `send` returns a [`DeliveryFuture`] per record, as Kafka's producer returns a
 //! `FutureRecordMetadata`: a handle on its batch's [`Outcome`] and the record's index in the
 //! batch. Completing a batch is one store and one round of wake-ups, whatever its record
-//! count; a record's [`RecordMetadata`] is built only when its future is polled ready. (Before,
-//! each record had a channel of its own, filled one by one when its batch completed: 6 % of
-//! the SDK producer's CPU in a profile, docs/PERFORMANCE.md.)
+//! count; a record's [`RecordMetadata`] is built only when its future is polled ready, and
+//! shares the batch's topic name. (Before, each record had a channel of its own, filled one by
+//! one when its batch completed: 6 % of the SDK producer's CPU in a profile,
+//! docs/PERFORMANCE.md.)
 //!
 //! Invariants: an outcome is set once and never changes; every waker registered before it is
 //! set is woken after; a batch dropped without being completed (the producer's task gone)
@@ -33,7 +34,7 @@ pub(crate) enum Done {
 
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     state: Mutex<State>,
 }
@@ -71,7 +72,7 @@ pub(crate) struct Completion(Arc<Outcome>);
 
 impl Completion {
     pub fn new(topic: &str, partition: u32) -> Self {
-        Self(Arc::new(Outcome { topic: topic.to_string(), partition, state: Mutex::default() }))
+        Self(Arc::new(Outcome { topic: Arc::from(topic), partition, state: Mutex::default() }))
     }
 
     /// The future of the batch's record number `index`.
@@ -115,7 +116,7 @@ impl Future for DeliveryFuture {
         };
         Poll::Ready(match done {
             Done::Stored { base, append_time_ms } => Ok(RecordMetadata {
-                topic: o.topic.clone(),
+                topic: Arc::clone(&o.topic),
                 partition: o.partition,
                 // Unknown (acks=None) stays unknown for every record of the batch.
                 offset: if *base == u64::MAX { u64::MAX } else { base + u64::from(self.index) },
@@ -155,7 +156,7 @@ mod tests {
         assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (1, 1));
         for (i, f) in futures.into_iter().enumerate() {
             let m = f.now_or_never().expect("ready").expect("stored");
-            assert_eq!((m.topic.as_str(), m.partition, m.offset, m.timestamp_ms), ("orders", 3, 100 + i as u64, 7));
+            assert_eq!((&*m.topic, m.partition, m.offset, m.timestamp_ms), ("orders", 3, 100 + i as u64, 7));
         }
     }
 

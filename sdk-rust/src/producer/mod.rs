@@ -114,7 +114,9 @@ impl Default for ProducerConfig {
 /// Where a record landed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordMetadata {
-    pub topic: String,
+    /// Shared by the records of a batch (`&*metadata.topic` is the `&str`): one allocation per
+    /// batch, not one per record.
+    pub topic: std::sync::Arc<str>,
     pub partition: u32,
     pub offset: u64,
     /// The broker's append time of the record's batch.
