@@ -9,7 +9,8 @@
 //! `bytes` fields are [`bytes::Bytes`], so decoding a frame slices it instead of copying.
 //!
 //! Besides the generated code, the few rules broker and SDKs must apply identically:
-//! [`sequence`] (idempotent-produce sequence numbers) and [`inflate`] (compressed payloads).
+//! [`sequence`] (idempotent-produce sequence numbers), [`inflate`] (compressed payloads) and
+//! [`checksum`] (the CRC-32C of every batch payload).
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -27,6 +28,7 @@ pub mod internal {
     include!(concat!(env!("OUT_DIR"), "/internal/tidelog.internal.v1.rs"));
 }
 
+pub mod checksum;
 pub mod inflate;
 pub mod sequence;
 

@@ -66,7 +66,7 @@ impl Record {
 pub fn encode_records(records: Vec<Record>) -> (Bytes, u32) {
     let batch = v1::RecordBatch { records: records.into_iter().map(Record::into_proto).collect() };
     let bytes = Bytes::from(batch.encode_to_vec());
-    let crc = crc32c::crc32c(&bytes);
+    let crc = tidelog_proto::checksum::crc32c(&bytes);
     (bytes, crc)
 }
 
@@ -134,7 +134,7 @@ pub(crate) fn decode_batch_each(
         Some(wire::batch::Payload::CompressedRecords(b)) => (b, true),
         None => return Err(Error::Decode(format!("batch at offset {} has no payload", batch.base_offset))),
     };
-    if crc32c::crc32c(&payload) != batch.crc32c {
+    if tidelog_proto::checksum::crc32c(&payload) != batch.crc32c {
         return Err(Error::Decode(format!("CRC mismatch in batch at offset {}", batch.base_offset)));
     }
     let codec = Compression::from_codec(batch.compression)?;
@@ -194,7 +194,7 @@ mod tests {
     }
 
     fn served(payload: Bytes, count: u32, compression: Compression) -> wire::Batch {
-        let crc32c = crc32c::crc32c(&payload);
+        let crc32c = tidelog_proto::checksum::crc32c(&payload);
         wire::Batch {
             base_offset: 100,
             record_count: count,

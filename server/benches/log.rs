@@ -11,7 +11,7 @@ fn batch(payload: &[u8]) -> AppendBatch<'_> {
         payload,
         record_count: 16,
         compression: 0,
-        payload_crc: crc32c::crc32c(payload),
+        payload_crc: tidelog_proto::checksum::crc32c(payload),
         raft: None,
         producer_id: -1,
         producer_epoch: -1,

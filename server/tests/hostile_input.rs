@@ -112,7 +112,7 @@ fn produced_batches_never_panic_the_validator() {
             compressed: codec > 0,
             codec,
             record_count: rng.gen_range(0..64),
-            crc: if rng.gen_bool(0.5) { Some(crc32c::crc32c(input)) } else { Some(rng.gen()) },
+            crc: if rng.gen_bool(0.5) { Some(tidelog_proto::checksum::crc32c(input)) } else { Some(rng.gen()) },
         };
         let _ = validate(input, declared, 1 << 20);
     });
@@ -194,7 +194,7 @@ fn segment_files_from_a_peer_never_panic_the_log() {
                 payload,
                 record_count: if i == 0 { 1 } else { 20 },
                 compression: 0,
-                payload_crc: crc32c::crc32c(payload),
+                payload_crc: tidelog_proto::checksum::crc32c(payload),
                 raft: None,
                 producer_id: -1,
                 producer_epoch: -1,

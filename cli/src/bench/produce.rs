@@ -138,7 +138,7 @@ pub(super) fn encode_batch(
         Compression::None => (wire::produce_request::Payload::Records(raw), 0, crc),
         c => {
             let packed = c.compress(&raw)?;
-            let crc = crc32c::crc32c(&packed);
+            let crc = tidelog_proto::checksum::crc32c(&packed);
             (wire::produce_request::Payload::CompressedRecords(packed), c.codec(), crc)
         }
     })

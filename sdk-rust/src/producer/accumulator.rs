@@ -173,7 +173,7 @@ pub(crate) fn seal(q: &mut PartitionQueue, compression: Compression) {
         Compression::None => (raw, raw_crc, compression),
         c => match c.compress(&raw) {
             Ok(packed) => {
-                let crc = crc32c::crc32c(&packed);
+                let crc = tidelog_proto::checksum::crc32c(&packed);
                 (packed, crc, c)
             }
             Err(e) => {

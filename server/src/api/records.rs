@@ -299,7 +299,7 @@ fn to_wire_batch(b: StoredBatch, decompress: bool) -> wire::Batch {
         match batch::decompress(b.header.compression, &b.payload) {
             Ok(records) => {
                 served.compression = i32::from(CODEC_NONE);
-                served.crc32c = crc32c::crc32c(&records);
+                served.crc32c = tidelog_proto::checksum::crc32c(&records);
                 served.payload = Some(wire::batch::Payload::Records(records));
                 return served;
             }

@@ -144,7 +144,7 @@ mod tests {
             payload: value,
             record_count: 1,
             compression: 0,
-            payload_crc: crc32c::crc32c(value),
+            payload_crc: tidelog_proto::checksum::crc32c(value),
             raft: None,
             producer_id: -1,
             producer_epoch: -1,

@@ -152,7 +152,7 @@ fn write_image(segments: &[SealedSegment], staging: &Path) -> Result<u64, Broker
             compression: 0,
             flags: 0,
             record_count: 1,
-            payload_crc: crc32c::crc32c(&payload),
+            payload_crc: tidelog_proto::checksum::crc32c(&payload),
             delete_horizon_s: 0,
             ..h
         };
@@ -185,7 +185,7 @@ mod tests {
             payload: &payload,
             record_count: 1,
             compression: 0,
-            payload_crc: crc32c::crc32c(&payload),
+            payload_crc: tidelog_proto::checksum::crc32c(&payload),
             raft: None,
             producer_id: -1,
             producer_epoch: -1,

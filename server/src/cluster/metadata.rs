@@ -174,7 +174,7 @@ pub async fn propose(cluster: &Cluster, cmd: &MetaCommand) -> Result<u64, Broker
         serde_json::to_vec(cmd).map_err(|e| BrokerError::InvalidArgument(format!("encoding metadata: {e}")))?,
     );
     let batch = ProposedBatch {
-        payload_crc: crc32c::crc32c(&payload),
+        payload_crc: tidelog_proto::checksum::crc32c(&payload),
         payload,
         record_count: 1,
         compression: 0,

@@ -21,7 +21,7 @@ pub fn assign(brokers: &[u64], partitions: u32, rf: u32, topic: &str) -> Vec<Vec
         return Vec::new();
     }
     let rf = (rf as usize).clamp(1, n);
-    let start = crc32c::crc32c(topic.as_bytes()) as usize % n;
+    let start = tidelog_proto::checksum::crc32c(topic.as_bytes()) as usize % n;
     (0..partitions as usize).map(|p| (0..rf).map(|k| brokers[(start + p + k) % n]).collect()).collect()
 }
 

@@ -119,7 +119,7 @@ impl StagedSegment {
                 producer_id: -1,
                 producer_epoch: -1,
                 base_sequence: -1,
-                payload_crc: crc32c::crc32c(&[]),
+                payload_crc: tidelog_proto::checksum::crc32c(&[]),
                 delete_horizon_s: 0,
                 ..*last
             };

@@ -58,7 +58,7 @@ pub const BATCH_HEADER_LEN: usize = 72;
 const HEADER_CRC_AT: usize = 4;
 
 fn header_crc(h: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&h[..HEADER_CRC_AT]), &h[HEADER_CRC_AT + 4..BATCH_HEADER_LEN])
+    tidelog_proto::checksum::crc32c_of_two(&h[..HEADER_CRC_AT], &h[HEADER_CRC_AT + 4..BATCH_HEADER_LEN])
 }
 
 /// Size of one offset index entry: relative offset u32, file position u32.

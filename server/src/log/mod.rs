@@ -302,7 +302,7 @@ impl Log {
             payload,
             record_count: 0,
             compression: 0,
-            payload_crc: crc32c::crc32c(payload),
+            payload_crc: tidelog_proto::checksum::crc32c(payload),
             raft: Some(raft),
             producer_id: -1,
             producer_epoch: -1,
@@ -319,7 +319,7 @@ impl Log {
     /// change between clocks), in which case the previous time is reused, as on a leader.
     /// Durability as [`Log::append`].
     pub fn append_replicated(&mut self, header: &BatchHeader, payload: &[u8]) -> Result<Appended, LogError> {
-        if header.payload_len() != payload.len() || crc32c::crc32c(payload) != header.payload_crc {
+        if header.payload_len() != payload.len() || tidelog_proto::checksum::crc32c(payload) != header.payload_crc {
             return Err(LogError::RaftOrder(format!(
                 "replicated entry {} does not match its payload (length or CRC)",
                 header.raft_index

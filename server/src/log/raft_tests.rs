@@ -18,7 +18,7 @@ fn data(log: &mut Log, term: u64, index: u64, count: u32) -> Appended {
         payload: &p,
         record_count: count,
         compression: 0,
-        payload_crc: crc32c::crc32c(&p),
+        payload_crc: tidelog_proto::checksum::crc32c(&p),
         raft: Some((term, index)),
         producer_id: -1,
         producer_epoch: -1,
@@ -44,7 +44,7 @@ fn raft_entries(log: &Log, from: u64) -> Vec<(u64, bool, u64, u32)> {
         for b in got {
             let h = b.header;
             assert_eq!(h.raft_index, next, "read_raft skipped or repeated an entry");
-            assert_eq!(crc32c::crc32c(&b.payload), h.payload_crc);
+            assert_eq!(tidelog_proto::checksum::crc32c(&b.payload), h.payload_crc);
             out.push((h.raft_index, h.is_control(), h.base_offset, h.record_count));
             next += 1;
         }

@@ -106,7 +106,7 @@ pub fn scan_tail(path: &Path, start: ScanStart, index_interval_bytes: u64) -> io
         }
         payload.resize(header.payload_len(), 0);
         reader.read_exact(&mut payload)?;
-        if crc32c::crc32c(&payload) != header.payload_crc {
+        if tidelog_proto::checksum::crc32c(&payload) != header.payload_crc {
             scan.stopped_by = Some(format!("payload CRC mismatch at position {pos}"));
             break;
         }

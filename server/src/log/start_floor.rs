@@ -68,14 +68,15 @@ fn encode(floor: u64) -> [u8; LEN] {
     let value = floor.to_le_bytes();
     let mut out = [0u8; LEN];
     out[..8].copy_from_slice(&value);
-    out[8..].copy_from_slice(&crc32c::crc32c(&value).to_le_bytes());
+    out[8..].copy_from_slice(&tidelog_proto::checksum::crc32c(&value).to_le_bytes());
     out
 }
 
 fn decode(bytes: &[u8]) -> Option<u64> {
     let bytes: &[u8; LEN] = bytes.try_into().ok()?;
     let (value, crc) = bytes.split_at(8);
-    (crc32c::crc32c(value).to_le_bytes() == crc).then(|| u64::from_le_bytes(value.try_into().unwrap_or_default()))
+    (tidelog_proto::checksum::crc32c(value).to_le_bytes() == crc)
+        .then(|| u64::from_le_bytes(value.try_into().unwrap_or_default()))
 }
 
 #[cfg(test)]

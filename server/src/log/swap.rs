@@ -62,7 +62,7 @@ pub(super) fn commit(dir: &Path, replaced: &[u64], staged: &[u64]) -> io::Result
     let staging = dir.join(CLEAN_STAGING_DIR);
     let mut body: Vec<u8> = (replaced.len() as u64).to_le_bytes().to_vec();
     body.extend(replaced.iter().chain(staged).flat_map(|b| b.to_le_bytes()));
-    let crc = crc32c::crc32c(&body);
+    let crc = tidelog_proto::checksum::crc32c(&body);
     body.extend_from_slice(&crc.to_le_bytes());
     let mut f = File::create(staging.join(CLEAN_MANIFEST_FILE))?;
     f.write_all(&body)?;
@@ -76,7 +76,7 @@ pub(super) fn commit(dir: &Path, replaced: &[u64], staged: &[u64]) -> io::Result
 fn read_manifest(path: &Path) -> Option<(Vec<u64>, Vec<u64>)> {
     let bytes = std::fs::read(path).ok()?;
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if body.len() % 8 != 0 || crc32c::crc32c(body).to_le_bytes() != crc {
+    if body.len() % 8 != 0 || tidelog_proto::checksum::crc32c(body).to_le_bytes() != crc {
         return None;
     }
     let mut all = body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));

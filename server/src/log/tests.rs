@@ -17,7 +17,7 @@ fn batch(p: &[u8], count: u32) -> AppendBatch<'_> {
         payload: p,
         record_count: count,
         compression: 0,
-        payload_crc: crc32c::crc32c(p),
+        payload_crc: tidelog_proto::checksum::crc32c(p),
         raft: None,
         producer_id: -1,
         producer_epoch: -1,
@@ -43,7 +43,7 @@ fn read_all(log: &Log) -> Vec<StoredBatch> {
         assert!(!got.is_empty(), "no progress at offset {next}");
         for b in got {
             assert_eq!(b.header.base_offset, next, "gap or overlap at {next}");
-            assert_eq!(crc32c::crc32c(&b.payload), b.header.payload_crc);
+            assert_eq!(tidelog_proto::checksum::crc32c(&b.payload), b.header.payload_crc);
             next = b.header.next_offset();
             out.push(b);
         }
@@ -165,7 +165,7 @@ fn torn_tail_is_truncated_and_log_stays_appendable() {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
-        payload_crc: crc32c::crc32c(&p),
+        payload_crc: tidelog_proto::checksum::crc32c(&p),
         delete_horizon_s: 0,
     };
     let mut torn = h.encode().to_vec();

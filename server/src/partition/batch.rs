@@ -64,7 +64,7 @@ pub fn validate(payload: &[u8], declared: Declared, max_batch_bytes: u32) -> Res
             "compressed_records needs compression LZ4 or ZSTD, and records needs no compression".into(),
         ));
     }
-    let crc = crc32c::crc32c(payload);
+    let crc = tidelog_proto::checksum::crc32c(payload);
     if let Some(expected) = declared.crc {
         if expected != crc {
             return Err(BrokerError::CorruptBatch(format!(
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn counts_records_and_checks_crc() {
         let b = encoded(5);
-        let v = validate(&b, plain(0, Some(crc32c::crc32c(&b))), 1 << 20).unwrap();
+        let v = validate(&b, plain(0, Some(tidelog_proto::checksum::crc32c(&b))), 1 << 20).unwrap();
         assert_eq!(v.record_count, 5);
         assert!(matches!(validate(&b, plain(0, Some(1)), 1 << 20), Err(BrokerError::CorruptBatch(_))));
         assert!(matches!(validate(&b, plain(4, None), 1 << 20), Err(BrokerError::InvalidArgument(_))));

@@ -810,7 +810,7 @@ mod producer_snapshot_tests {
                 payload: &payload,
                 record_count: 1,
                 compression: 0,
-                payload_crc: crc32c::crc32c(&payload),
+                payload_crc: tidelog_proto::checksum::crc32c(&payload),
                 raft: None,
                 producer_id: 5,
                 producer_epoch: 0,

@@ -324,7 +324,7 @@ mod tests {
             producer_id: 7,
             producer_epoch: 1,
             base_sequence: 12,
-            payload_crc: crc32c::crc32c(&payload),
+            payload_crc: tidelog_proto::checksum::crc32c(&payload),
             delete_horizon_s: 0,
         };
         let req = AppendEntriesRequest::<PartitionTc> {

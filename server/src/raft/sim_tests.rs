@@ -365,7 +365,7 @@ fn batch(payload: &Bytes) -> BatchData {
         payload: payload.clone(),
         record_count: 2,
         compression: 0,
-        payload_crc: crc32c::crc32c(payload),
+        payload_crc: tidelog_proto::checksum::crc32c(payload),
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,

@@ -64,7 +64,7 @@ async fn openraft_storage_suite_fsync_never() {
 fn proposed(term: u64, index: u64, records: u32) -> Entry {
     let payload = Bytes::from(format!("records-{index}-{}", "x".repeat(index as usize % 50)));
     let batch = ProposedBatch {
-        payload_crc: crc32c::crc32c(&payload),
+        payload_crc: tidelog_proto::checksum::crc32c(&payload),
         payload,
         record_count: records,
         compression: 0,
@@ -187,7 +187,7 @@ fn proposed_idempotent(term: u64, index: u64, seq: i32) -> Entry {
     if let EntryPayload::Normal(BatchData::Proposed(b)) = &mut entry.payload {
         let payload = Bytes::from(format!("idempotent-{seq}"));
         (b.payload_crc, b.payload, b.producer_id, b.producer_epoch, b.base_sequence) =
-            (crc32c::crc32c(&payload), payload, 9, 0, seq);
+            (tidelog_proto::checksum::crc32c(&payload), payload, 9, 0, seq);
     }
     entry
 }

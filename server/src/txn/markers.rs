@@ -131,7 +131,7 @@ pub async fn write_here(broker: &Broker, topic: &str, p: u32, marker: Marker) ->
         payload: &payload,
         record_count: 1,
         compression: 0,
-        payload_crc: crc32c::crc32c(&payload),
+        payload_crc: tidelog_proto::checksum::crc32c(&payload),
         raft: None,
         producer_id: marker.producer_id,
         producer_epoch: marker.epoch,

@@ -213,7 +213,7 @@ impl Brokers {
                     payload: &payload,
                     record_count: 1,
                     compression: 0,
-                    payload_crc: crc32c::crc32c(&payload),
+                    payload_crc: tidelog_proto::checksum::crc32c(&payload),
                     raft: None,
                     producer_id: producer.0,
                     producer_epoch: producer.1,

@@ -163,7 +163,7 @@ fn tail_header(h: &BatchHeader) -> Option<BatchHeader> {
         record_count: 0,
         base_offset: h.next_offset() - 1,
         base_sequence: h.base_sequence.wrapping_add(h.record_count as i32),
-        payload_crc: crc32c::crc32c(&[]),
+        payload_crc: tidelog_proto::checksum::crc32c(&[]),
         delete_horizon_s: 0,
         ..*h
     })
@@ -240,7 +240,7 @@ fn rewrite_batch(
             record_count: (i - start) as u32,
             base_offset: h.base_offset + start as u64,
             base_sequence: if h.base_sequence >= 0 { h.base_sequence.wrapping_add(start as i32) } else { -1 },
-            payload_crc: crc32c::crc32c(&payload),
+            payload_crc: tidelog_proto::checksum::crc32c(&payload),
             delete_horizon_s: horizon_for(tombstone_in(start..i)),
             ..header
         };
