@@ -11,6 +11,7 @@ mod batch_trace;
 pub mod group;
 pub mod group_admin;
 pub mod offsets;
+mod produce_requests;
 pub mod records;
 pub mod security;
 mod subscribe_body;

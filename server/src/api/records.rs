@@ -1,9 +1,11 @@
 //! `RecordService`: Produce (bidi stream) and Subscribe (server stream), on the byte-level
 //! wire view so batches are never re-encoded.
 //!
-//! Produce: each stream has one task that reads requests in order and appends each batch to its
-//! partition immediately (so appends happen in request order), then waits for durability of up
-//! to `MAX_IN_FLIGHT` batches concurrently and answers in request order. A bad batch gets an
+//! Produce: the requests arrive decoded by `produce_requests.rs` (payloads are slices of the
+//! HTTP/2 frames they came in). Each stream has one task that reads requests in order and
+//! appends each batch to its partition immediately (so appends happen in request order), then
+//! waits for durability of up to `MAX_IN_FLIGHT` batches concurrently and answers in request
+//! order. A bad batch gets an
 //! error code in its response; the stream goes on. Invariant: every appended batch is completed
 //! (fsynced per policy, high watermark advanced) even if the client vanishes or the broker
 //! shuts down mid-stream; otherwise a partition's high watermark could lag its log forever.
@@ -430,17 +432,17 @@ async fn tail_partition(
     }
 }
 
-#[tonic::async_trait]
-impl RecordService for RecordApi {
-    type ProduceStream = ReceiverStream<Result<wire::ProduceResponse, Status>>;
-    type SubscribeStream = ReceiverStream<Result<wire::SubscribeResponse, Status>>;
-
-    async fn produce(
+impl RecordApi {
+    /// Serves one Produce stream: `inbound`'s requests in order, their answers on the stream
+    /// returned. Every batch appended is completed even if the caller goes (module docs).
+    pub(super) fn produce_stream<S>(
         &self,
-        request: Request<Streaming<wire::ProduceRequest>>,
-    ) -> Result<Response<Self::ProduceStream>, Status> {
-        let caller = caller(&request);
-        let mut inbound = request.into_inner();
+        caller: Caller,
+        mut inbound: S,
+    ) -> ReceiverStream<Result<wire::ProduceResponse, Status>>
+    where
+        S: futures::Stream<Item = Result<wire::ProduceRequest, Status>> + Send + Unpin + 'static,
+    {
         let (tx, rx) = mpsc::channel(64);
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
@@ -498,7 +500,23 @@ impl RecordService for RecordApi {
                 let _ = tx.send(Err(status(&BrokerError::ShuttingDown))).await;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        ReceiverStream::new(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl RecordService for RecordApi {
+    type ProduceStream = ReceiverStream<Result<wire::ProduceResponse, Status>>;
+    type SubscribeStream = ReceiverStream<Result<wire::SubscribeResponse, Status>>;
+
+    async fn produce(
+        &self,
+        request: Request<Streaming<wire::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStream>, Status> {
+        // Served by `produce_requests.rs`, which decodes the requests without tonic's copy;
+        // this path stays for callers of the generated server (none in the broker today).
+        let caller = caller(&request);
+        Ok(Response::new(self.produce_stream(caller, request.into_inner())))
     }
 
     async fn init_producer(

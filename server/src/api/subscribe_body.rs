@@ -12,7 +12,9 @@
 //! [`RecordRoutes`] stands where tonic's generated `RecordServiceServer` stood: it takes
 //! `/tidelog.v1.RecordService/Subscribe` itself (the request decoded as tonic would, the
 //! subscription opened by the very `RecordService::subscribe` the generated server calls) and
-//! passes every other call to that server.
+//! `/tidelog.v1.RecordService/Produce` (requests decoded without a copy by
+//! `produce_requests.rs`, answers framed by [`frame_whole`]), and passes every other call to
+//! that server. The response body ([`streaming_response`]) serves both.
 //!
 //! Invariants:
 //! - the chunks of one response, concatenated, are the gRPC frame of a protobuf encoding of
@@ -45,17 +47,19 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::Status;
 
+use super::produce_requests;
 use super::records::RecordApi;
 use super::MAX_MESSAGE_BYTES;
 
-/// The one method taken here.
+/// The methods taken here.
 const SUBSCRIBE_PATH: &str = "/tidelog.v1.RecordService/Subscribe";
+const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 /// Protobuf field numbers this file writes (records_service.proto).
 const RESPONSE_BATCHES: u32 = 2;
 const BATCH_RECORDS: u32 = 5;
 const BATCH_COMPRESSED_RECORDS: u32 = 6;
 /// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
-const GRPC_PREFIX_LEN: usize = 5;
+pub(super) const GRPC_PREFIX_LEN: usize = 5;
 
 /// The record service as served: Subscribe framed here, the rest by tonic.
 #[derive(Clone)]
@@ -88,6 +92,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for RecordRoutes {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() == PRODUCE_PATH {
+            let response = produce_requests::serve(&self.api, req);
+            return Box::pin(async move { Ok(response) });
+        }
         if req.uri().path() != SUBSCRIBE_PATH {
             return Box::pin(tower::Service::call(&mut self.generated, req));
         }
@@ -137,20 +145,49 @@ async fn unary_message<M: Message + Default>(headers: &http::HeaderMap, body: to
 fn subscribe_response(
     responses: ReceiverStream<Result<wire::SubscribeResponse, Status>>,
 ) -> http::Response<tonic::body::Body> {
-    let body = SubscribeBody { responses, chunks: VecDeque::new(), ended: false };
+    streaming_response(responses, frame)
+}
+
+/// A gRPC streaming response whose messages `frame` turns into chunks (at most
+/// [`MAX_MESSAGE_BYTES`] a message), ended by trailers with the status.
+pub(super) fn streaming_response<M: Send + 'static>(
+    responses: ReceiverStream<Result<M, Status>>,
+    frame: FrameFn<M>,
+) -> http::Response<tonic::body::Body> {
+    let body = ResponseBody { responses, frame, chunks: VecDeque::new(), ended: false };
     let mut response = http::Response::new(tonic::body::Body::new(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     response
 }
 
+/// Turns one message into the chunks of its gRPC frame, or refuses it (over the limit).
+pub(super) type FrameFn<M> = fn(M, usize) -> Result<VecDeque<Bytes>, Status>;
+
+/// A small message as one chunk: the gRPC prefix and prost's encoding.
+pub(super) fn frame_whole<M: Message>(message: M, max_message: usize) -> Result<VecDeque<Bytes>, Status> {
+    let len = message.encoded_len();
+    if len > max_message {
+        return Err(Status::out_of_range(format!(
+            "Error, encoded message length too large: found {len} bytes, the limit is: {max_message} bytes"
+        )));
+    }
+    let message_len = u32::try_from(len).map_err(|_| Status::out_of_range("message over 4 GiB"))?;
+    let mut out = BytesMut::with_capacity(GRPC_PREFIX_LEN + len);
+    out.put_u8(0); // not compressed
+    out.put_u32(message_len);
+    message.encode(&mut out).map_err(encode_error)?;
+    Ok(VecDeque::from([out.freeze()]))
+}
+
 /// The response body: each response's chunks in turn, then the trailers.
-struct SubscribeBody {
-    responses: ReceiverStream<Result<wire::SubscribeResponse, Status>>,
+struct ResponseBody<M> {
+    responses: ReceiverStream<Result<M, Status>>,
+    frame: FrameFn<M>,
     chunks: VecDeque<Bytes>,
     ended: bool,
 }
 
-impl hyper::body::Body for SubscribeBody {
+impl<M> hyper::body::Body for ResponseBody<M> {
     type Data = Bytes;
     type Error = Status;
 
@@ -163,7 +200,7 @@ impl hyper::body::Body for SubscribeBody {
         }
         let status = match Pin::new(&mut self.responses).poll_next(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(response))) => match frame(response, MAX_MESSAGE_BYTES) {
+            Poll::Ready(Some(Ok(response))) => match (self.frame)(response, MAX_MESSAGE_BYTES) {
                 Ok(chunks) => {
                     self.chunks = chunks;
                     let first = self.chunks.pop_front().unwrap_or_default();
@@ -247,7 +284,7 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
 
 /// Only a full buffer fails an encode, and a `BytesMut` grows.
 fn encode_error(e: prost::EncodeError) -> Status {
-    Status::internal(format!("encoding a Subscribe response: {e}"))
+    Status::internal(format!("encoding a response: {e}"))
 }
 
 #[cfg(test)]
