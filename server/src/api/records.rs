@@ -5,10 +5,10 @@
 //! HTTP/2 frames they came in). Each stream has one task that reads requests in order and
 //! appends each batch to its partition immediately (so appends happen in request order), then
 //! waits for durability of up to `MAX_IN_FLIGHT` batches concurrently and answers in request
-//! order. A bad batch gets an
-//! error code in its response; the stream goes on. Invariant: every appended batch is completed
-//! (fsynced per policy, high watermark advanced) even if the client vanishes or the broker
-//! shuts down mid-stream; otherwise a partition's high watermark could lag its log forever.
+//! order. A bad batch gets an error code in its response; the stream goes on. Invariant: every
+//! appended batch is completed (fsynced per policy, high watermark advanced) even if the client
+//! vanishes or the broker shuts down mid-stream; otherwise a partition's high watermark could
+//! lag its log forever.
 //!
 //! The batch goes to its partition's `PartitionWriter` (`broker/seam.rs`), which fixes its place
 //! before the next request is read: a single node appends it, a cluster proposes it to the

@@ -61,7 +61,7 @@ const BATCH_COMPRESSED_RECORDS: u32 = 6;
 /// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
 pub(super) const GRPC_PREFIX_LEN: usize = 5;
 
-/// The record service as served: Subscribe framed here, the rest by tonic.
+/// The record service as served: Subscribe and Produce here, the rest by tonic.
 #[derive(Clone)]
 pub struct RecordRoutes {
     api: Arc<RecordApi>,
@@ -349,6 +349,18 @@ mod tests {
             chunks.iter().any(|c| c.as_ptr() == payload.as_ptr() && c.len() == payload.len()),
             "the payload is its own chunk, the very bytes read"
         );
+    }
+
+    #[test]
+    fn a_whole_message_is_framed_as_prost_encodes_it_and_refused_over_the_limit() {
+        let answer = wire::ProduceResponse { request_id: 7, base_offset: 1_000, ..Default::default() };
+        let chunks = frame_whole(answer.clone(), usize::MAX).expect("framed");
+        assert_eq!(chunks.len(), 1);
+        let bytes = joined(&chunks);
+        assert_eq!(&bytes[..GRPC_PREFIX_LEN], &[0, 0, 0, 0, answer.encoded_len() as u8]);
+        assert_eq!(wire::ProduceResponse::decode(&bytes[GRPC_PREFIX_LEN..]).expect("decodes"), answer);
+        let err = frame_whole(answer, 2).expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
     }
 
     #[test]
