@@ -62,7 +62,7 @@ impl TestCluster {
     async fn start_links(extra: &[&str], nodelay: bool, split: bool) -> Self {
         let root = tempfile::tempdir().unwrap();
         // Held until the proxies have their ports, so no proxy can take a broker's port.
-        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bind = super::reserve_port;
         let held: Vec<std::net::TcpListener> = NODES.iter().map(|_| bind()).collect();
         let held_internal: Vec<std::net::TcpListener> = NODES.iter().filter(|_| split).map(|_| bind()).collect();
         let ports: BTreeMap<u64, u16> =
@@ -285,8 +285,7 @@ impl TestCluster {
     /// Starts broker `id` with `--join` (and the cluster's extra arguments), adds it, and
     /// waits until every broker lists it.
     pub async fn join(&self, id: u64) -> Joined {
-        let listen =
-            format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let listen = format!("127.0.0.1:{}", super::reserve_port().local_addr().unwrap().port());
         let (dir, log) = (self.dir(id), self.root.path().join(format!("node-{id}.log")));
         let member = self.addr(self.controller().await).trim_start_matches("http://").to_string();
         let mut args: Vec<String> = ["--node-id", &id.to_string(), "--join", &member].map(String::from).to_vec();

@@ -65,6 +65,26 @@ pub struct Brokers {
     running: Vec<Running>,
 }
 
+/// A listener on a free loopback port below Linux's ephemeral range (32768-60999 by default),
+/// for a broker that needs its port fixed before it starts. Released and bound again by the
+/// broker, a port from `127.0.0.1:0` (that range) could be taken in between by an outgoing
+/// connection of a concurrent test ("Address already in use"); one from here cannot.
+pub fn reserve_port() -> std::net::TcpListener {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Concurrent test processes start at different places of the span.
+    let base = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
+}
+
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -89,8 +109,7 @@ impl Brokers {
             Mode::Raft(n) => n,
         };
         // Cluster members need fixed ports: take free ones, release them just before use.
-        let held: Vec<std::net::TcpListener> =
-            (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let held: Vec<std::net::TcpListener> = (0..n).map(|_| reserve_port()).collect();
         let ports = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
         drop(held);
         let mut b = Self { mode, root, ports, running: Vec::new() };
