@@ -172,15 +172,21 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: called before the broker says it is listening, a SIGTERM sent right
+/// after that line shuts it down gracefully instead of killing it (the default action).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the broker still runs; it just cannot shut down gracefully.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the broker still runs; it just cannot shut down gracefully.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
@@ -202,10 +208,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let node = Node::start(config).await?;
     let bound = node.local_addr()?;
     let metrics = node.metrics_addr().map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+    let shutdown = shutdown_signal();
     // The one line scripts and tests wait for (the broker's address is its fourth word).
     println!("tidelog listening on {bound} (data dir {}) metrics {metrics}", data_dir.display());
     tracing::info!(%bound, data_dir = %data_dir.display(), topics = node.broker().topics().len(), "broker started");
-    node.serve(shutdown_signal()).await
+    node.serve(shutdown).await
 }
 
 /// Raises the soft limit on open files to the hard one, as a broker that holds one file per
