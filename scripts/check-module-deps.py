@@ -27,6 +27,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "partition": {"broker", "raft", "cluster", "api", "group", "node", "txn"},
     "raft": {"broker", "cluster", "api", "group", "node"},
     "log": {"*crate", "tonic", "openraft", "sled"},
+    "grpc": {"*crate", "openraft", "sled"},
     "auth": {"broker", "cluster", "raft", "api", "group", "node", "config", "partition", "log", "meta"},
 }
 

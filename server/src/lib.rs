@@ -25,6 +25,8 @@
 //! log           segments, indexes, recovery, retention       never: tonic, openraft, sled
 //! auth          principals (tokens, mTLS), ACLs, quotas; the auth layer
 //!                                          never: broker, cluster, raft, api, group, config
+//! grpc          gRPC messages framed and decoded without tonic's copies (Subscribe, Produce,
+//!               replication)                                           never: any module here
 //! layout, clock, telemetry   leaves: on-disk names, wall clock, tracing/OTLP setup
 //! ```
 //!
@@ -39,6 +41,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod group;
+pub mod grpc;
 pub mod layout;
 pub mod log;
 pub mod meta;

@@ -3,41 +3,35 @@
 //!
 //! tonic encodes each streamed message with prost into one buffer: every payload byte a
 //! subscriber is sent was copied there once more (8.5 % of the broker's CPU per byte served,
-//! `perf`; docs/PERFORMANCE.md). Here a `SubscribeResponse` becomes a list of chunks: small
-//! ones holding the gRPC message prefix and the protobuf framing (field keys, lengths, the
-//! scalar fields), and between them each batch's payload `Bytes` exactly as read from the log.
-//! hyper sends them as HTTP/2 DATA, and h2 writes payloads of more than 256 bytes with the
-//! frame header in one `writev`, not copied.
+//! `perf`; docs/PERFORMANCE.md). Here a `SubscribeResponse` becomes a list of chunks
+//! (`crate::grpc`): small ones holding the gRPC message prefix and the protobuf framing
+//! (field keys, lengths, the scalar fields), and between them each batch's payload `Bytes`
+//! exactly as read from the log.
 //!
 //! [`RecordRoutes`] stands where tonic's generated `RecordServiceServer` stood: it takes
 //! `/tidelog.v1.RecordService/Subscribe` itself (the request decoded as tonic would, the
 //! subscription opened by the very `RecordService::subscribe` the generated server calls) and
-//! `/tidelog.v1.RecordService/Produce` (requests decoded without a copy by
-//! `produce_requests.rs`, answers framed by [`frame_whole`]), and passes every other call to
-//! that server. The response body ([`streaming_response`]) serves both.
+//! `/tidelog.v1.RecordService/Produce` (`produce_requests.rs`), and passes every other call to
+//! that server. Both responses go out as `grpc::body::streaming_response`.
 //!
 //! Invariants:
 //! - the chunks of one response, concatenated, are the gRPC frame of a protobuf encoding of
 //!   that response (fields in another order than prost's, which protobuf allows: a decoder
 //!   takes fields in any order, and repeated fields in the order they come);
-//! - nothing is buffered beyond one response: the next is read from the subscription only
-//!   when the chunks of the last are taken, so HTTP/2 flow control still holds back the
-//!   log readers of a slow subscriber;
-//! - the stream ends with trailers carrying the status, as tonic's do.
+//! - nothing is buffered beyond one response (`grpc::body`), so HTTP/2 flow control still
+//!   holds back the log readers of a slow subscriber.
 //!
 //! Never: re-encode or copy a batch payload here.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::Stream;
+use futures::StreamExt;
 use http_body_util::BodyExt;
-use hyper::body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
 use tidelog_proto::wire;
@@ -50,6 +44,7 @@ use tonic::Status;
 use super::produce_requests;
 use super::records::RecordApi;
 use super::MAX_MESSAGE_BYTES;
+use crate::grpc::{self, PREFIX_LEN};
 
 /// The methods taken here.
 const SUBSCRIBE_PATH: &str = "/tidelog.v1.RecordService/Subscribe";
@@ -58,8 +53,6 @@ const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 const RESPONSE_BATCHES: u32 = 2;
 const BATCH_RECORDS: u32 = 5;
 const BATCH_COMPRESSED_RECORDS: u32 = 6;
-/// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
-pub(super) const GRPC_PREFIX_LEN: usize = 5;
 
 /// The record service as served: Subscribe and Produce here, the rest by tonic.
 #[derive(Clone)]
@@ -117,7 +110,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for RecordRoutes {
 /// The single message of a unary request body, refused as tonic refuses it: compressed
 /// (this service accepts no compression) or over the message limit.
 async fn unary_message<M: Message + Default>(headers: &http::HeaderMap, body: tonic::body::Body) -> Result<M, Status> {
-    let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES + GRPC_PREFIX_LEN);
+    let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES + PREFIX_LEN);
     let mut bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -125,7 +118,7 @@ async fn unary_message<M: Message + Default>(headers: &http::HeaderMap, body: to
         }
         Err(e) => return Err(Status::cancelled(format!("the request did not arrive whole: {e}"))),
     };
-    if bytes.len() < GRPC_PREFIX_LEN {
+    if bytes.len() < PREFIX_LEN {
         return Err(Status::internal("request body holds no complete gRPC message"));
     }
     let compressed = bytes.get_u8();
@@ -145,88 +138,7 @@ async fn unary_message<M: Message + Default>(headers: &http::HeaderMap, body: to
 fn subscribe_response(
     responses: ReceiverStream<Result<wire::SubscribeResponse, Status>>,
 ) -> http::Response<tonic::body::Body> {
-    streaming_response(responses, frame)
-}
-
-/// A gRPC streaming response whose messages `frame` turns into chunks (at most
-/// [`MAX_MESSAGE_BYTES`] a message), ended by trailers with the status.
-pub(super) fn streaming_response<M: Send + 'static>(
-    responses: ReceiverStream<Result<M, Status>>,
-    frame: FrameFn<M>,
-) -> http::Response<tonic::body::Body> {
-    let body = ResponseBody { responses, frame, chunks: VecDeque::new(), ended: false };
-    let mut response = http::Response::new(tonic::body::Body::new(body));
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-    response
-}
-
-/// Turns one message into the chunks of its gRPC frame, or refuses it (over the limit).
-pub(super) type FrameFn<M> = fn(M, usize) -> Result<VecDeque<Bytes>, Status>;
-
-/// A small message as one chunk: the gRPC prefix and prost's encoding.
-pub(super) fn frame_whole<M: Message>(message: M, max_message: usize) -> Result<VecDeque<Bytes>, Status> {
-    let len = message.encoded_len();
-    if len > max_message {
-        return Err(Status::out_of_range(format!(
-            "Error, encoded message length too large: found {len} bytes, the limit is: {max_message} bytes"
-        )));
-    }
-    let message_len = u32::try_from(len).map_err(|_| Status::out_of_range("message over 4 GiB"))?;
-    let mut out = BytesMut::with_capacity(GRPC_PREFIX_LEN + len);
-    out.put_u8(0); // not compressed
-    out.put_u32(message_len);
-    message.encode(&mut out).map_err(encode_error)?;
-    Ok(VecDeque::from([out.freeze()]))
-}
-
-/// The response body: each response's chunks in turn, then the trailers.
-struct ResponseBody<M> {
-    responses: ReceiverStream<Result<M, Status>>,
-    frame: FrameFn<M>,
-    chunks: VecDeque<Bytes>,
-    ended: bool,
-}
-
-impl<M> hyper::body::Body for ResponseBody<M> {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(chunk) = self.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        let status = match Pin::new(&mut self.responses).poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(response))) => match (self.frame)(response, MAX_MESSAGE_BYTES) {
-                Ok(chunks) => {
-                    self.chunks = chunks;
-                    let first = self.chunks.pop_front().unwrap_or_default();
-                    return Poll::Ready(Some(Ok(Frame::data(first))));
-                }
-                Err(status) => status,
-            },
-            Poll::Ready(Some(Err(status))) => status,
-            Poll::Ready(None) => Status::ok(""),
-        };
-        self.ended = true;
-        Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended && self.chunks.is_empty()
-    }
-}
-
-fn trailers(status: &Status) -> http::HeaderMap {
-    let mut map = http::HeaderMap::new();
-    if status.add_header(&mut map).is_err() {
-        // Only a message that cannot be a header value gets here: the code alone then.
-        map.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
-    }
-    map
+    grpc::body::streaming_response(responses.map(|r| r.and_then(|response| frame(response, MAX_MESSAGE_BYTES))))
 }
 
 /// One response as the chunks of its gRPC frame: framing chunks, and each batch payload as
@@ -236,7 +148,7 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
     // Each batch: its scalar fields, then its payload field's key and length (the payload
     // itself goes alone). `framing`: every byte but the payloads, all in one buffer.
     let mut heads = Vec::with_capacity(batches.len());
-    let mut framing = GRPC_PREFIX_LEN + response.encoded_len();
+    let mut framing = PREFIX_LEN + response.encoded_len();
     let mut total = response.encoded_len();
     for mut batch in batches {
         let payload = match batch.payload.take() {
@@ -252,21 +164,14 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
         framing += batch_key + batch_len - payload_len;
         heads.push((batch, payload, batch_len));
     }
-    if total > max_message {
-        return Err(Status::out_of_range(format!(
-            "Error, encoded message length too large: found {total} bytes, the limit is: {max_message} bytes"
-        )));
-    }
-    let message_len = u32::try_from(total).map_err(|_| Status::out_of_range("message over 4 GiB"))?;
     let mut chunks = VecDeque::with_capacity(2 * heads.len() + 1);
     let mut head = BytesMut::with_capacity(framing);
-    head.put_u8(0); // not compressed
-    head.put_u32(message_len);
-    response.encode(&mut head).map_err(encode_error)?;
+    grpc::put_prefix(&mut head, total, max_message)?;
+    response.encode(&mut head).map_err(grpc::encode_error)?;
     for (batch, payload, batch_len) in heads {
         encode_key(RESPONSE_BATCHES, WireType::LengthDelimited, &mut head);
         encode_varint(batch_len as u64, &mut head);
-        batch.encode(&mut head).map_err(encode_error)?;
+        batch.encode(&mut head).map_err(grpc::encode_error)?;
         if let Some((field, payload)) = payload {
             encode_key(field, WireType::LengthDelimited, &mut head);
             encode_varint(payload.len() as u64, &mut head);
@@ -280,11 +185,6 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
         chunks.push_back(head.freeze());
     }
     Ok(chunks)
-}
-
-/// Only a full buffer fails an encode, and a `BytesMut` grows.
-fn encode_error(e: prost::EncodeError) -> Status {
-    Status::internal(format!("encoding a response: {e}"))
 }
 
 #[cfg(test)]
@@ -330,8 +230,8 @@ mod tests {
             let bytes = joined(&chunks);
             assert_eq!(bytes[0], 0, "not compressed");
             let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-            assert_eq!(len, bytes.len() - GRPC_PREFIX_LEN, "the prefix gives the message length");
-            let decoded = wire::SubscribeResponse::decode(&bytes[GRPC_PREFIX_LEN..]).expect("decodes");
+            assert_eq!(len, bytes.len() - PREFIX_LEN, "the prefix gives the message length");
+            let decoded = wire::SubscribeResponse::decode(&bytes[PREFIX_LEN..]).expect("decodes");
             assert_eq!(decoded, response);
             assert_eq!(len, response.encoded_len(), "as long as prost's encoding");
         }
@@ -349,18 +249,6 @@ mod tests {
             chunks.iter().any(|c| c.as_ptr() == payload.as_ptr() && c.len() == payload.len()),
             "the payload is its own chunk, the very bytes read"
         );
-    }
-
-    #[test]
-    fn a_whole_message_is_framed_as_prost_encodes_it_and_refused_over_the_limit() {
-        let answer = wire::ProduceResponse { request_id: 7, base_offset: 1_000, ..Default::default() };
-        let chunks = frame_whole(answer.clone(), usize::MAX).expect("framed");
-        assert_eq!(chunks.len(), 1);
-        let bytes = joined(&chunks);
-        assert_eq!(&bytes[..GRPC_PREFIX_LEN], &[0, 0, 0, 0, answer.encoded_len() as u8]);
-        assert_eq!(wire::ProduceResponse::decode(&bytes[GRPC_PREFIX_LEN..]).expect("decodes"), answer);
-        let err = frame_whole(answer, 2).expect_err("over the limit");
-        assert_eq!(err.code(), tonic::Code::OutOfRange);
     }
 
     #[test]
