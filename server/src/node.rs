@@ -166,11 +166,10 @@ impl Node {
             let _ = stopped_tx.send(());
         };
         let raft = cluster.as_ref().map(|c| {
-            tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(
+            crate::raft::append_stream::RaftRoutes::new(
                 crate::raft::transport::RaftTransportService::new(c.groups().clone()),
+                crate::api::MAX_MESSAGE_BYTES * 4,
             )
-            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
-            .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES * 4)
         });
         let control = cluster.as_ref().map(|c| {
             tidelog_proto::internal::cluster_control_server::ClusterControlServer::new(

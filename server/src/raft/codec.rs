@@ -195,19 +195,19 @@ fn version(b: &mut &[u8]) -> Result<(), CodecError> {
     }
 }
 
-pub(super) fn take_u8(b: &mut &[u8]) -> Result<u8, CodecError> {
+pub(super) fn take_u8(b: &mut impl Buf) -> Result<u8, CodecError> {
     b.try_get_u8().map_err(|_| CodecError("truncated"))
 }
 
-pub(super) fn take_u32(b: &mut &[u8]) -> Result<u32, CodecError> {
+pub(super) fn take_u32(b: &mut impl Buf) -> Result<u32, CodecError> {
     b.try_get_u32_le().map_err(|_| CodecError("truncated"))
 }
 
-pub(super) fn take_u64(b: &mut &[u8]) -> Result<u64, CodecError> {
+pub(super) fn take_u64(b: &mut impl Buf) -> Result<u64, CodecError> {
     b.try_get_u64_le().map_err(|_| CodecError("truncated"))
 }
 
-pub(super) fn put_log_id(out: &mut Vec<u8>, id: Option<&LogId>) {
+pub(super) fn put_log_id(out: &mut impl BufMut, id: Option<&LogId>) {
     match id {
         None => out.put_u8(0),
         Some(id) => {
@@ -218,7 +218,7 @@ pub(super) fn put_log_id(out: &mut Vec<u8>, id: Option<&LogId>) {
     }
 }
 
-pub(super) fn take_log_id(b: &mut &[u8]) -> Result<Option<LogId>, CodecError> {
+pub(super) fn take_log_id(b: &mut impl Buf) -> Result<Option<LogId>, CodecError> {
     match take_u8(b)? {
         0 => Ok(None),
         1 => Ok(Some(log_id(take_u64(b)?, take_u64(b)?))),

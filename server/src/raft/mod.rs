@@ -11,7 +11,9 @@
 //! `types` declares the type configuration (log id = (term, index), the two numbers every batch
 //! header stores), `codec` the byte formats of Raft state and `rpc_codec` those of the RPCs.
 //! Between brokers: `network` (openraft's client side over gRPC) and `transport` (the
-//! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups); `quiesce`
+//! `tidelog.internal.v1.RaftTransport` service and the registry of hosted groups), and
+//! `append_stream` (pipelined replication framed by hand at both ends, so stored batches
+//! travel from the leader's log to the follower's without a user-space copy); `quiesce`
 //! lets idle groups stop ticking; `recent` keeps each replica's last appended entries in
 //! memory for replication and apply; `retention` deletes segments through snapshot and purge;
 //! `throttle` paces what leaders send to replicas catching up for a partition move.
@@ -21,6 +23,7 @@
 //! This module must never decode or re-encode record payloads (entries carry batches as
 //! bytes), and never import `broker`, `cluster` or `api`: it knows partitions, not topics.
 
+pub mod append_stream;
 pub mod codec;
 pub mod log_store;
 pub mod network;

@@ -9,8 +9,9 @@
 //!
 //! Replication is pipelined: while a group's leader has entries to send to a peer, they go on
 //! one `StreamAppend` call per (group, peer), each request sent without waiting for the answers
-//! to the earlier ones ([`PeerClient::stream_append`]); HTTP/2 keeps them in order and the
-//! follower answers in order; a stream with nothing new for a second ends, so idle groups
+//! to the earlier ones ([`PeerClient::stream_append`]), each framed by hand around the stored
+//! batch payloads (`append_stream.rs`: no copy in user space); HTTP/2 keeps them in order and
+//! the follower answers in order; a stream with nothing new for a second ends, so idle groups
 //! hold none of the connection's HTTP/2 stream slots. Heartbeats, probes and a replica paced
 //! by the catch-up throttle go one unary AppendEntries at a time. Each active group's
 //! heartbeat is its own call; idle groups go quiet instead (raft/quiesce.rs), and the
@@ -39,6 +40,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use super::append_stream;
 use super::codec::{encode_snapshot_meta, CodecError};
 use super::rpc_codec;
 use super::state_machine::PartitionSnapshotOf;
@@ -47,6 +49,8 @@ use super::types::{LogId, PartitionTc, Vote};
 
 /// A `StreamAppend` call with no new request for this long ends ([`PeerClient::stream_append`]).
 const STREAM_IDLE: Duration = Duration::from_secs(1);
+/// The largest answer read on a `StreamAppend` call (tonic's default; an answer is a few bytes).
+const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// Bytes of segment data per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -331,10 +335,13 @@ impl PeerClient {
                 if throttle.request_budget(group_id, target).is_some() {
                     return None;
                 }
-                match rpc_codec::encode_append_request(&rpc) {
-                    Ok(body) => {
+                // The follower's message limit bounds what it reads; nothing here needs one.
+                match rpc_codec::encode_append_body(&rpc).map_err(|e| e.to_string()).and_then(|body| {
+                    append_stream::frame_request(group_id, body, usize::MAX).map_err(|s| s.message().to_string())
+                }) {
+                    Ok(chunks) => {
                         sent.fetch_add(1, Ordering::Release);
-                        Some(RaftMessage { group_id, body: body.into() })
+                        Some(chunks)
                     }
                     Err(e) => {
                         tracing::warn!(group_id, target, error = %e, "append request not encodable; stream ended");
@@ -355,9 +362,9 @@ impl PeerClient {
                 Ok(None) | Err(_) => None,
             }
         });
-        let mut client = RaftTransportClient::new(self.peers.channel(target)?);
-        let answers = match tokio::time::timeout(ttl, client.stream_append(messages)).await {
-            Ok(Ok(response)) => response.into_inner(),
+        let channel = self.peers.channel(target)?;
+        let answers = match tokio::time::timeout(ttl, append_stream::call(channel, messages, MAX_ANSWER_BYTES)).await {
+            Ok(Ok(answers)) => answers,
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                 tracing::info!(target, "peer has no StreamAppend: replicating to it one call at a time");
                 self.peers.set_unary_only(target);

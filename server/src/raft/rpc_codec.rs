@@ -19,7 +19,9 @@
 //!                            | 3 log not flushed + option<log id> expected + option<log id> actual)
 //! ```
 
-use bytes::{BufMut, Bytes};
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, TransferLeaderError,
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -34,101 +36,142 @@ const V1: u8 = 1;
 const ENTRY_BATCH: u8 = 1;
 const ENTRY_CONTROL: u8 = 2;
 
-fn put_vote(out: &mut Vec<u8>, v: &Vote) {
+fn put_vote(out: &mut impl BufMut, v: &Vote) {
     out.put_u64_le(v.leader_id.term);
     out.put_u64_le(v.leader_id.voted_for);
     out.put_u8(u8::from(v.committed));
 }
 
-fn take_vote(b: &mut &[u8]) -> Result<Vote, CodecError> {
+fn take_vote(b: &mut impl Buf) -> Result<Vote, CodecError> {
     let (term, node) = (take_u64(b)?, take_u64(b)?);
     Ok(if take_u8(b)? == 1 { Vote::new_committed(term, node) } else { Vote::new(term, node) })
 }
 
-fn version(b: &mut &[u8]) -> Result<(), CodecError> {
+fn version(b: &mut impl Buf) -> Result<(), CodecError> {
     if take_u8(b)? != V1 {
         return Err(CodecError("unknown rpc version"));
     }
     Ok(())
 }
 
-fn take_bytes<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], CodecError> {
-    if b.len() < n {
-        return Err(CodecError("truncated"));
+/// A batch payload at least this long travels as a chunk of its own ([`AppendBody`]); a
+/// shorter one is copied into the framing around it (a DATA frame per tiny payload would cost
+/// more than the copy; h2 copies payloads under 256 bytes anyway).
+const OWN_CHUNK_MIN: usize = 4096;
+
+/// An append request's encoding as chunks: framing (the request's fields, each entry's
+/// header and batch header) and, between them, the stored payloads of
+/// [`OWN_CHUNK_MIN`] bytes or more as the very `Bytes` the leader's log holds.
+/// Concatenated, the chunks are the encoding `decode_append_request` reads.
+#[derive(Debug, Default)]
+pub struct AppendBody {
+    pub chunks: VecDeque<Bytes>,
+    /// Their total length.
+    pub len: usize,
+}
+
+impl AppendBody {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push_back(chunk);
+        }
     }
-    let (head, tail) = b.split_at(n);
-    *b = tail;
-    Ok(head)
+
+    /// The chunks joined into one buffer (a unary call, whose body tonic encodes).
+    pub fn joined(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
 }
 
 /// Fails for a proposed batch: only stored entries are replicated (read back from the log).
-pub fn encode_append_request(r: &AppendEntriesRequest<PartitionTc>) -> Result<Vec<u8>, CodecError> {
-    let size: usize = r
-        .entries
-        .iter()
-        .map(|e| match &e.payload {
-            EntryPayload::Normal(BatchData::Stored(b)) => BATCH_HEADER_LEN + b.payload.len() + 21,
-            _ => 64,
-        })
-        .sum();
-    let mut out = Vec::with_capacity(64 + size);
-    out.put_u8(V1);
-    put_vote(&mut out, &r.vote);
-    put_log_id(&mut out, r.prev_log_id.as_ref());
-    put_log_id(&mut out, r.leader_commit.as_ref());
-    out.put_u32_le(r.entries.len() as u32);
+pub fn encode_append_body(r: &AppendEntriesRequest<PartitionTc>) -> Result<AppendBody, CodecError> {
+    let mut out = AppendBody::default();
+    let mut head = BytesMut::with_capacity(64 + (BATCH_HEADER_LEN + 21) * r.entries.len());
+    head.put_u8(V1);
+    put_vote(&mut head, &r.vote);
+    put_log_id(&mut head, r.prev_log_id.as_ref());
+    put_log_id(&mut head, r.leader_commit.as_ref());
+    head.put_u32_le(r.entries.len() as u32);
     for e in &r.entries {
-        out.put_u64_le(e.log_id.leader_id.term);
-        out.put_u64_le(e.log_id.index);
+        head.put_u64_le(e.log_id.leader_id.term);
+        head.put_u64_le(e.log_id.index);
         match &e.payload {
             EntryPayload::Normal(BatchData::Stored(b)) => {
-                out.put_u8(ENTRY_BATCH);
-                out.put_u32_le((BATCH_HEADER_LEN + b.payload.len()) as u32);
-                out.extend_from_slice(&b.header.encode());
-                out.extend_from_slice(&b.payload);
+                head.put_u8(ENTRY_BATCH);
+                head.put_u32_le((BATCH_HEADER_LEN + b.payload.len()) as u32);
+                head.extend_from_slice(&b.header.encode());
+                if b.payload.len() >= OWN_CHUNK_MIN {
+                    out.push(head.split().freeze());
+                    out.push(b.payload.clone());
+                } else {
+                    head.extend_from_slice(&b.payload);
+                }
             }
             EntryPayload::Normal(BatchData::Proposed(_)) => {
                 return Err(CodecError("a proposed batch cannot be replicated before it is stored"))
             }
             control => {
                 let payload = encode_control(control).unwrap_or_default();
-                out.put_u8(ENTRY_CONTROL);
-                out.put_u32_le(payload.len() as u32);
-                out.extend_from_slice(&payload);
+                head.put_u8(ENTRY_CONTROL);
+                head.put_u32_le(payload.len() as u32);
+                head.extend_from_slice(&payload);
             }
         }
     }
+    out.push(head.freeze());
     Ok(out)
+}
+
+/// [`encode_append_body`] in one buffer.
+pub fn encode_append_request(r: &AppendEntriesRequest<PartitionTc>) -> Result<Vec<u8>, CodecError> {
+    Ok(encode_append_body(r)?.joined())
 }
 
 /// Decodes into entries whose payloads are slices of `body` (no copy).
 pub fn decode_append_request(body: &Bytes) -> Result<AppendEntriesRequest<PartitionTc>, CodecError> {
-    let mut b = &body[..];
-    version(&mut b)?;
-    let vote = take_vote(&mut b)?;
-    let prev_log_id = take_log_id(&mut b)?;
-    let leader_commit = take_log_id(&mut b)?;
-    let n = take_u32(&mut b)? as usize;
-    if n > b.len() / 21 {
+    decode_append_from(&mut body.clone())
+}
+
+/// Decodes an append request from the whole of `b`: each batch payload is taken with
+/// `copy_to_bytes`, a slice (no copy) where `b` holds it in one piece (`Bytes`, or a received
+/// DATA frame in `grpc::requests::FrameList`).
+pub fn decode_append_from(b: &mut impl Buf) -> Result<AppendEntriesRequest<PartitionTc>, CodecError> {
+    version(b)?;
+    let vote = take_vote(b)?;
+    let prev_log_id = take_log_id(b)?;
+    let leader_commit = take_log_id(b)?;
+    let n = take_u32(b)? as usize;
+    if n > b.remaining() / 21 {
         return Err(CodecError("entry count exceeds the request"));
     }
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
-        let id = log_id(take_u64(&mut b)?, take_u64(&mut b)?);
-        let kind = take_u8(&mut b)?;
-        let len = take_u32(&mut b)? as usize;
-        let start = body.len() - b.len();
-        let bytes = take_bytes(&mut b, len)?;
+        let id = log_id(take_u64(b)?, take_u64(b)?);
+        let kind = take_u8(b)?;
+        let len = take_u32(b)? as usize;
+        if b.remaining() < len {
+            return Err(CodecError("truncated"));
+        }
         let payload = match kind {
             ENTRY_BATCH => {
-                let header = BatchHeader::decode(bytes).map_err(|_| CodecError("bad batch header"))?;
+                if len < BATCH_HEADER_LEN {
+                    return Err(CodecError("bad batch header"));
+                }
+                let mut head = [0u8; BATCH_HEADER_LEN];
+                b.copy_to_slice(&mut head);
+                let header = BatchHeader::decode(&head).map_err(|_| CodecError("bad batch header"))?;
                 if header.batch_len as usize != len {
                     return Err(CodecError("batch length does not match its header"));
                 }
-                let payload = body.slice(start + BATCH_HEADER_LEN..start + len);
+                let payload = b.copy_to_bytes(len - BATCH_HEADER_LEN);
                 EntryPayload::Normal(BatchData::Stored(StoredBatch { header, payload }))
             }
-            ENTRY_CONTROL => decode_control(bytes)?,
+            ENTRY_CONTROL => decode_control(&b.copy_to_bytes(len))?,
             _ => return Err(CodecError("unknown entry kind")),
         };
         entries.push(Entry { log_id: id, payload });

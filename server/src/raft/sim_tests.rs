@@ -142,14 +142,24 @@ impl Grpc {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addresses.insert(id, format!("http://{}", listener.local_addr().unwrap()));
             let registry = transport::RaftGroups::default();
-            let service = tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(
-                transport::RaftTransportService::new(registry.clone()),
-            )
-            .max_decoding_message_size(64 << 20);
+            let service = transport::RaftTransportService::new(registry.clone());
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            servers.push(tokio::spawn(async move {
-                let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
-            }));
+            let mut server = tonic::transport::Server::builder();
+            // Node 3 serves StreamAppend through tonic's generated server, as a broker without
+            // the hand-framed route would: the leader's hand-framed requests must read the same
+            // there (append_stream.rs), and its tonic-framed answers.
+            servers.push(if id == 3 {
+                let generated = tidelog_proto::internal::raft_transport_server::RaftTransportServer::new(service)
+                    .max_decoding_message_size(64 << 20);
+                tokio::spawn(async move {
+                    let _ = server.add_service(generated).serve_with_incoming(incoming).await;
+                })
+            } else {
+                let routes = super::append_stream::RaftRoutes::new(service, 64 << 20);
+                tokio::spawn(async move {
+                    let _ = server.add_service(routes).serve_with_incoming(incoming).await;
+                })
+            });
             groups.insert(id, registry);
         }
         Self { peers: network::Peers::new(addresses), groups, servers }
@@ -528,17 +538,19 @@ async fn over_grpc_replication_streams_and_bad_streams_are_refused() {
     let carried = streamed() - before;
     assert!(carried >= 20, "only {carried} AppendEntries came on streams for 40 entries");
 
-    let leader = c.leader().await;
-    let channel = c.grpc.as_ref().unwrap().peers.channel(leader).unwrap();
-    let mut client = RaftTransportClient::new(channel);
-    let send = |group_id: u64, body: &'static [u8]| {
-        futures::stream::iter([RaftMessage { group_id, body: Bytes::from_static(body) }])
-    };
-    let mut answers = client.stream_append(send(1, b"\x01garbage")).await.unwrap().into_inner();
-    let status = answers.message().await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    let status = client.stream_append(send(77, b"")).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // Every node: 1 and 2 serve StreamAppend by hand, 3 through tonic's generated server.
+    for id in IDS {
+        let channel = c.grpc.as_ref().unwrap().peers.channel(id).unwrap();
+        let mut client = RaftTransportClient::new(channel);
+        let send = |group_id: u64, body: &'static [u8]| {
+            futures::stream::iter([RaftMessage { group_id, body: Bytes::from_static(body) }])
+        };
+        let mut answers = client.stream_append(send(1, b"\x01garbage")).await.unwrap().into_inner();
+        let status = answers.message().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "node {id}: {status:?}");
+        let status = client.stream_append(send(77, b"")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "node {id}: {status:?}");
+    }
     c.write(5).await;
     c.check().await;
 

@@ -13,7 +13,9 @@
 //!
 //! Replication arrives either as unary AppendEntries (heartbeats, probes, a throttled catch-up)
 //! or as one pipelined `StreamAppend` per group and leader: the leader sends the next entries
-//! without waiting for the answers to the earlier ones, which come back in order.
+//! without waiting for the answers to the earlier ones, which come back in order. The broker
+//! serves `StreamAppend` through `append_stream.rs`, which decodes the requests from their
+//! frames without tonic's copy and hands them to [`RaftTransportService::append_stream`].
 //!
 //! Status codes: `NOT_FOUND` for a group this broker does not host (the caller backs off),
 //! `INVALID_ARGUMENT` for an undecodable message, `UNAVAILABLE` when the group's Raft has
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use openraft::raft::VoteResponse;
+use openraft::raft::{AppendEntriesRequest, VoteResponse};
 use openraft::storage::Snapshot;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Raft;
@@ -222,6 +224,84 @@ impl RaftTransportService {
     }
 }
 
+/// The answers of one `StreamAppend` call, in order.
+pub type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+/// One request of a `StreamAppend` call: the group it names, and the append request its body
+/// holds (or why that does not decode).
+#[derive(Debug)]
+pub struct AppendMessage {
+    pub group_id: u64,
+    pub rpc: Result<AppendEntriesRequest<PartitionTc>, CodecError>,
+}
+
+impl From<RaftMessage> for AppendMessage {
+    fn from(m: RaftMessage) -> Self {
+        Self { group_id: m.group_id, rpc: rpc_codec::decode_append_request(&m.body) }
+    }
+}
+
+impl RaftTransportService {
+    /// Pipelined replication of one group (`raft/network.rs` `stream_append`): the requests go
+    /// to openraft's `stream_append` as they arrive, its answers come back in order. Each
+    /// request wakes the group like a unary AppendEntries does. The stream ends at the first
+    /// undecodable message or one for another group (answered `INVALID_ARGUMENT` after the
+    /// answers before it), when the group's Raft stops (`UNAVAILABLE`), and when this broker
+    /// closes its groups.
+    pub(super) async fn append_stream<S>(&self, mut incoming: S) -> Result<AppendAnswers, Status>
+    where
+        S: Stream<Item = Result<AppendMessage, Status>> + Send + Unpin + 'static,
+    {
+        let admitted = self.groups.enter()?;
+        let first = incoming.next().await.ok_or_else(|| Status::invalid_argument("empty append stream"))??;
+        let group_id = first.group_id;
+        let handle = self.groups.get(group_id)?;
+        let failure: Arc<Mutex<Option<Status>>> = Arc::default();
+        let requests = {
+            let (handle, failure, streamed) = (handle.clone(), Arc::clone(&failure), self.streamed_appends.clone());
+            let fail = move |status: Status| {
+                *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+                None
+            };
+            let incoming = futures::stream::iter([Ok(first)]).chain(incoming).take_until(self.groups.closed());
+            tokio_stream::StreamExt::map_while(incoming, move |m: Result<AppendMessage, Status>| {
+                let m = match m {
+                    Ok(m) if m.group_id == group_id => m,
+                    Ok(m) => {
+                        return fail(Status::invalid_argument(format!(
+                            "append stream for group {group_id} carried a message for group {}",
+                            m.group_id
+                        )))
+                    }
+                    Err(status) => return fail(status),
+                };
+                let rpc = match m.rpc {
+                    Ok(rpc) => rpc,
+                    Err(e) => return fail(invalid(e)),
+                };
+                streamed.inc();
+                if !(handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc)) {
+                    handle.wake(group_id);
+                }
+                Some(rpc)
+            })
+        };
+        let answers = handle.raft.stream_append(requests).map(move |r| match r {
+            Ok(result) => Ok(RaftMessage { group_id, body: rpc_codec::encode_stream_result(&result).into() }),
+            Err(fatal) => Err(stopped(fatal)),
+        });
+        // The last answer: why the requests stopped, if they stopped on a bad one. The gate is
+        // held until then, and the stream counted open (or until the call is dropped).
+        let open = GaugeGuard::hold(&self.open_streams);
+        let last = futures::stream::once(async move {
+            drop((admitted, open));
+            failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+        })
+        .filter_map(|f| async move { f.map(Err) });
+        Ok(Box::pin(answers.chain(last)))
+    }
+}
+
 fn invalid(e: CodecError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -250,66 +330,16 @@ impl RaftTransport for RaftTransportService {
         Ok(reply(m.group_id, rpc_codec::encode_append_response(&resp)))
     }
 
-    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+    type StreamAppendStream = AppendAnswers;
 
-    /// Pipelined replication of one group (`raft/network.rs` `stream_append`): the requests go
-    /// to openraft's `stream_append` as they arrive, its answers come back in order. Each
-    /// request wakes the group like a unary AppendEntries does. The stream ends at the first
-    /// undecodable message or one for another group (answered `INVALID_ARGUMENT` after the
-    /// answers before it), when the group's Raft stops (`UNAVAILABLE`), and when this broker
-    /// closes its groups.
+    /// Served by `append_stream.rs` ([`RaftRoutes`](super::append_stream::RaftRoutes)), which
+    /// decodes the requests without tonic's copy; this one serves the same for a server
+    /// built without that route.
     async fn stream_append(
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let admitted = self.groups.enter()?;
-        let mut incoming = request.into_inner();
-        let first = incoming.message().await?.ok_or_else(|| Status::invalid_argument("empty append stream"))?;
-        let group_id = first.group_id;
-        let handle = self.groups.get(group_id)?;
-        let failure: Arc<Mutex<Option<Status>>> = Arc::default();
-        let requests = {
-            let (handle, failure, streamed) = (handle.clone(), Arc::clone(&failure), self.streamed_appends.clone());
-            let fail = move |status: Status| {
-                *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
-                None
-            };
-            let incoming = futures::stream::iter([Ok(first)]).chain(incoming).take_until(self.groups.closed());
-            tokio_stream::StreamExt::map_while(incoming, move |m: Result<RaftMessage, Status>| {
-                let m = match m {
-                    Ok(m) if m.group_id == group_id => m,
-                    Ok(m) => {
-                        return fail(Status::invalid_argument(format!(
-                            "append stream for group {group_id} carried a message for group {}",
-                            m.group_id
-                        )))
-                    }
-                    Err(status) => return fail(status),
-                };
-                let rpc = match rpc_codec::decode_append_request(&m.body) {
-                    Ok(rpc) => rpc,
-                    Err(e) => return fail(invalid(e)),
-                };
-                streamed.inc();
-                if !(handle.quiescence.is_asleep() && carries_nothing_new(&handle.raft, &rpc)) {
-                    handle.wake(group_id);
-                }
-                Some(rpc)
-            })
-        };
-        let answers = handle.raft.stream_append(requests).map(move |r| match r {
-            Ok(result) => Ok(RaftMessage { group_id, body: rpc_codec::encode_stream_result(&result).into() }),
-            Err(fatal) => Err(stopped(fatal)),
-        });
-        // The last answer: why the requests stopped, if they stopped on a bad one. The gate is
-        // held until then, and the stream counted open (or until the call is dropped).
-        let open = GaugeGuard::hold(&self.open_streams);
-        let last = futures::stream::once(async move {
-            drop((admitted, open));
-            failure.lock().unwrap_or_else(PoisonError::into_inner).take()
-        })
-        .filter_map(|f| async move { f.map(Err) });
-        Ok(Response::new(Box::pin(answers.chain(last))))
+        self.append_stream(request.into_inner().map(|m| m.map(AppendMessage::from))).await.map(Response::new)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
