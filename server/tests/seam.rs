@@ -52,7 +52,7 @@ async fn topics_are_created_written_read_and_deleted(mode: Mode) {
     let created = all.last().unwrap().create_topic(new_topic("orders", 2), Origin::Client).await.unwrap();
     assert_eq!(created.record.partitions, 2);
     for b in &all {
-        eventually("the topic on every broker", WAIT, || async { b.topic("orders").ok() }).await;
+        eventually(WAIT, "the topic on every broker", || async { b.topic("orders").ok() }).await;
     }
     let view = all[0].describe_cluster().unwrap();
     assert_eq!(view.brokers.len(), brokers_in(mode), "{view:?}");
@@ -69,7 +69,7 @@ async fn topics_are_created_written_read_and_deleted(mode: Mode) {
         let t = b.topic("orders").unwrap();
         for p in 0..2 {
             let Ok(log) = t.partition(p) else { continue }; // held elsewhere
-            let batches = eventually("committed batches", WAIT, || async {
+            let batches = eventually(WAIT, "committed batches", || async {
                 let read = log.read(0, 1 << 20).unwrap();
                 (read.len() == 3).then_some(read)
             })
@@ -84,7 +84,7 @@ async fn topics_are_created_written_read_and_deleted(mode: Mode) {
     assert!(!held.is_empty());
     all[0].delete_topic("orders", Origin::Client).await.unwrap();
     for b in &all {
-        eventually("the topic gone everywhere", WAIT, || async {
+        eventually(WAIT, "the topic gone everywhere", || async {
             matches!(b.topic("orders"), Err(BrokerError::UnknownTopic(_))).then_some(())
         })
         .await;
@@ -147,7 +147,7 @@ async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
     let here = coordinator.committed_offsets("billing", "events").unwrap();
     assert_eq!(here.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), [(0, 7), (1, 8)]);
     for b in c.brokers() {
-        eventually("the commit applied everywhere", WAIT, || async {
+        eventually(WAIT, "the commit applied everywhere", || async {
             (b.committed_offsets("billing", "events").unwrap().len() == 2).then_some(())
         })
         .await;
@@ -156,9 +156,9 @@ async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
     drop((coordinator, events)); // the old brokers' stores must be released for the restart
     c.restart_all().await;
     for b in c.brokers() {
-        let t = eventually("the topic after a restart", WAIT, || async { b.topic("events").ok() }).await;
+        let t = eventually(WAIT, "the topic after a restart", || async { b.topic("events").ok() }).await;
         assert_eq!(t.record.partitions, 2);
-        let got = eventually("committed offsets after a restart", WAIT, || async {
+        let got = eventually(WAIT, "committed offsets after a restart", || async {
             let got = b.committed_offsets("billing", "events").unwrap();
             (got.len() == 2).then_some(got)
         })
@@ -168,7 +168,7 @@ async fn committed_offsets_and_topics_survive_a_restart(mode: Mode) {
             [(0, 7, "m"), (1, 8, "")]
         );
         if let Ok(log) = t.partition(1) {
-            eventually("the log after a restart", WAIT, || async {
+            eventually(WAIT, "the log after a restart", || async {
                 (log.offsets().high_watermark.0 == 2).then_some(())
             })
             .await;
@@ -216,7 +216,7 @@ async fn a_recreated_topic_starts_without_the_deleted_ones_offsets(mode: Mode) {
     coordinator.delete_topic("t", Origin::Client).await.unwrap();
     let new = coordinator.create_topic(new_topic("t", 1), Origin::Client).await.unwrap();
     for b in c.brokers() {
-        eventually("the recreated topic everywhere", WAIT, || async { b.topic("t").ok() }).await;
+        eventually(WAIT, "the recreated topic everywhere", || async { b.topic("t").ok() }).await;
         for group in ["sg", "other"] {
             assert!(b.committed_offsets(group, "t").unwrap().is_empty(), "{group} kept the deleted topic's offsets");
             let kept = b.committed_offsets(group, "kept").unwrap();
@@ -234,7 +234,7 @@ async fn a_recreated_topic_starts_without_the_deleted_ones_offsets(mode: Mode) {
     drop((coordinator, old, other, new));
     c.restart_all().await;
     for b in c.brokers() {
-        let got = eventually("the new incarnation's commit after a restart", WAIT, || async {
+        let got = eventually(WAIT, "the new incarnation's commit after a restart", || async {
             let got = b.committed_offsets("sg", "t").unwrap();
             (!got.is_empty()).then_some(got)
         })
@@ -263,7 +263,7 @@ async fn a_deleted_group_loses_its_offsets_everywhere_and_for_good(mode: Mode) {
     c.restart_all().await;
     // Every broker converges on: "old" gone, "older" (a name it prefixes) and "kept" whole.
     for b in c.brokers() {
-        eventually("only the deleted group gone after a restart", WAIT, || async {
+        eventually(WAIT, "only the deleted group gone after a restart", || async {
             let groups: Vec<String> = b.groups_with_offsets().unwrap().into_iter().collect();
             let whole = b.committed_offsets("older", "a").unwrap().len() == 2;
             (groups == ["kept", "older"] && whole && !b.group_has_offsets("old").unwrap()).then_some(())
@@ -293,7 +293,7 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     assert_eq!(created.record.own_settings(), ["retention_ms"]);
     let id = created.topic_id;
     for b in &all {
-        eventually("the topic on every broker", WAIT, || async { b.topic("cfg").ok() }).await;
+        eventually(WAIT, "the topic on every broker", || async { b.topic("cfg").ok() }).await;
     }
 
     // Set two more, at another broker (passed on to the controller in a cluster).
@@ -312,7 +312,7 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     let s = &altered.record.settings;
     assert_eq!((s.retention_ms, s.fsync, s.max_batch_bytes), (60_000, FsyncSetting::Always, 2048));
     let settled = |b: std::sync::Arc<tidelog_server::broker::Broker>, fsync: FsyncPolicy, retention: i64| async move {
-        eventually("the new settings on every broker and partition", WAIT, || async {
+        eventually(WAIT, "the new settings on every broker and partition", || async {
             let t = b.topic("cfg").ok()?;
             let partitions_ok = t.local().all(|(p, _)| p.fsync_policy() == fsync);
             (t.record.settings.retention_ms == retention && partitions_ok).then_some(())
@@ -343,7 +343,7 @@ async fn topic_settings_change_everywhere_and_stay_changed(mode: Mode) {
     a.unwrap();
     b.unwrap();
     for b in &all {
-        eventually("both concurrent alterations", WAIT, || async {
+        eventually(WAIT, "both concurrent alterations", || async {
             let s = b.topic("cfg").ok()?.record.settings.clone();
             (s.segment_ms == 3_600_000 && s.retention_bytes == 1 << 30).then_some(())
         })
@@ -379,7 +379,7 @@ async fn partitions_are_added_everywhere_and_stay_added(mode: Mode) {
     let all = c.brokers();
     let created = all[0].create_topic(new_topic("grow", 1), Origin::Client).await.unwrap();
     for b in &all {
-        eventually("the topic on every broker", WAIT, || async { b.topic("grow").ok() }).await;
+        eventually(WAIT, "the topic on every broker", || async { b.topic("grow").ok() }).await;
     }
     c.write("grow", 0, b"before", Acks::All).await;
 
@@ -389,7 +389,7 @@ async fn partitions_are_added_everywhere_and_stay_added(mode: Mode) {
     assert_eq!(grown.topic_id, created.topic_id, "the same incarnation");
     // Asked where the growth is applied (another broker may not have applied it yet, and
     // would then propose an add that the applied one already covers).
-    eventually("the new count at broker 0", WAIT, || async {
+    eventually(WAIT, "the new count at broker 0", || async {
         all[0].topic("grow").ok().filter(|t| t.record.partitions == 3)
     })
     .await;
@@ -402,7 +402,7 @@ async fn partitions_are_added_everywhere_and_stay_added(mode: Mode) {
 
     let ids: Vec<u64> = all.iter().map(|b| b.node_id()).collect();
     for b in &all {
-        let t = eventually("the new partitions on every broker", WAIT, || async {
+        let t = eventually(WAIT, "the new partitions on every broker", || async {
             b.topic("grow").ok().filter(|t| t.record.partitions == 3)
         })
         .await;
@@ -420,7 +420,7 @@ async fn partitions_are_added_everywhere_and_stay_added(mode: Mode) {
     drop((all, created, grown));
     c.restart_all().await;
     for b in c.brokers() {
-        let t = eventually("the topic after a restart", WAIT, || async { b.topic("grow").ok() }).await;
+        let t = eventually(WAIT, "the topic after a restart", || async { b.topic("grow").ok() }).await;
         assert_eq!(t.record.partitions, 3, "added partitions survive a restart");
     }
     assert_eq!(c.write("grow", 2, b"after", Acks::All).await.base_offset, 1);
@@ -431,7 +431,7 @@ async fn records_are_deleted_below_an_offset_everywhere_and_for_good(mode: Mode)
     let all = c.brokers();
     all[0].create_topic(new_topic("trim", 2), Origin::Client).await.unwrap();
     for b in &all {
-        eventually("the topic on every broker", WAIT, || async { b.topic("trim").ok() }).await;
+        eventually(WAIT, "the topic on every broker", || async { b.topic("trim").ok() }).await;
     }
     for i in 0..5 {
         c.write("trim", 0, format!("r{i}").as_bytes(), Acks::All).await;
@@ -445,7 +445,7 @@ async fn records_are_deleted_below_an_offset_everywhere_and_for_good(mode: Mode)
             for b in &all {
                 let t = b.topic("trim").unwrap();
                 let Ok(log) = t.partition(p) else { continue };
-                eventually("the partition's offsets on every replica", WAIT, || async {
+                eventually(WAIT, "the partition's offsets on every replica", || async {
                     let o = log.offsets();
                     ok(&o).then_some(())
                 })
@@ -489,9 +489,9 @@ async fn records_are_deleted_below_an_offset_everywhere_and_for_good(mode: Mode)
     drop(all);
     c.restart_all().await;
     for b in c.brokers() {
-        let t = eventually("the topic after a restart", WAIT, || async { b.topic("trim").ok() }).await;
+        let t = eventually(WAIT, "the topic after a restart", || async { b.topic("trim").ok() }).await;
         let Ok(log) = t.partition(0) else { continue };
-        eventually("the log start after a restart", WAIT, || async { (log.offsets().log_start.0 == 3).then_some(()) })
+        eventually(WAIT, "the log start after a restart", || async { (log.offsets().log_start.0 == 3).then_some(()) })
             .await;
     }
     assert_eq!(c.write("trim", 0, b"after", Acks::All).await.base_offset, 5);
@@ -521,9 +521,9 @@ async fn transactions_commit_everywhere_and_survive_a_restart(mode: Mode) {
     }
     // Every replica holds the last stable offset at the open transaction's first offset.
     for b in c.brokers() {
-        let t = eventually("the topic everywhere", WAIT, || async { b.topic("tx").ok() }).await;
+        let t = eventually(WAIT, "the topic everywhere", || async { b.topic("tx").ok() }).await;
         for (log, _) in t.local() {
-            eventually("the batch replicated", WAIT, || async { (log.offsets().high_watermark.0 == 1).then_some(()) })
+            eventually(WAIT, "the batch replicated", || async { (log.offsets().high_watermark.0 == 1).then_some(()) })
                 .await;
             assert_eq!(log.last_stable_offset(), 0, "broker {}: LSO passed an open transaction", b.node_id());
         }
@@ -541,13 +541,13 @@ async fn transactions_commit_everywhere_and_survive_a_restart(mode: Mode) {
         for (log, _) in t.local() {
             // At least one marker (the broker's own sweeper, a second coordinator here, may
             // complete the prepared transaction too: a second marker is harmless).
-            eventually("the commit marker everywhere", WAIT, || async {
+            eventually(WAIT, "the commit marker everywhere", || async {
                 let hw = log.offsets().high_watermark.0;
                 (hw >= 2 && log.last_stable_offset() == hw && log.open_transactions().is_empty()).then_some(())
             })
             .await;
         }
-        eventually("the coordinator's state everywhere", WAIT, || async {
+        eventually(WAIT, "the coordinator's state everywhere", || async {
             let e = b.transactions().get("app")?;
             (e.status == TxnStatus::CompleteCommit).then_some(())
         })
@@ -561,7 +561,7 @@ async fn transactions_commit_everywhere_and_survive_a_restart(mode: Mode) {
     drop((coordinator, txns));
     c.restart_all().await;
     for b in c.brokers() {
-        let e = eventually("the coordinator's state after a restart", WAIT, || async {
+        let e = eventually(WAIT, "the coordinator's state after a restart", || async {
             b.transactions().get("app").filter(|e| e.status == TxnStatus::CompleteCommit)
         })
         .await;
@@ -636,13 +636,13 @@ async fn compacted_topics_keep_the_latest_value_per_key_everywhere(mode: Mode) {
     };
     // Each replica cleans through its own writer (a replicated one purges its Raft log first).
     for b in c.brokers() {
-        let t = eventually("the topic everywhere", WAIT, || async { b.topic("table").ok() }).await;
+        let t = eventually(WAIT, "the topic everywhere", || async { b.topic("table").ok() }).await;
         for (log, writer) in t.local() {
-            eventually("every record replicated", WAIT, || async {
+            eventually(WAIT, "every record replicated", || async {
                 (log.offsets().high_watermark.0 == 120).then_some(())
             })
             .await;
-            let stats = eventually("a cleaning", WAIT, || async {
+            let stats = eventually(WAIT, "a cleaning", || async {
                 writer.compact(now_ms(), policy, &CleanerOptions::default(), true).await.ok().flatten()
             })
             .await;
@@ -656,9 +656,9 @@ async fn compacted_topics_keep_the_latest_value_per_key_everywhere(mode: Mode) {
     drop(coordinator);
     c.restart_all().await;
     for b in c.brokers() {
-        let t = eventually("the topic after a restart", WAIT, || async { b.topic("table").ok() }).await;
+        let t = eventually(WAIT, "the topic after a restart", || async { b.topic("table").ok() }).await;
         for (log, _) in t.local() {
-            eventually("recovered", WAIT, || async { (log.offsets().high_watermark.0 == 120).then_some(()) }).await;
+            eventually(WAIT, "recovered", || async { (log.offsets().high_watermark.0 == 120).then_some(()) }).await;
             check(&table_rows(log), &format!("broker {} after a restart", b.node_id()));
         }
     }

@@ -18,25 +18,8 @@ use futures::StreamExt;
 use tidelog::proto::wire;
 use tidelog::{Client, ConsumedRecord, Record, StartAt, Subscription};
 
-/// A listener on a free loopback port below Linux's ephemeral range (32768-60999 by default),
-/// for a broker that needs its port fixed before it starts. Released and bound again by the
-/// broker, a port from `127.0.0.1:0` (that range) could be taken in between by an outgoing
-/// connection of a concurrent test ("Address already in use"); one from here cannot.
-pub fn reserve_port() -> std::net::TcpListener {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Concurrent test processes start at different places of the span.
-    let base = std::process::id().wrapping_mul(7_919) % SPAN;
-    for _ in 0..SPAN {
-        let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
-            return listener;
-        }
-    }
-    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use tidelog_testkit::{eventually, reserve_port, seed};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidelog");
 
@@ -184,37 +167,11 @@ pub fn signal(pid: i32, sig: i32) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
-/// A seed for randomized tests: `TIDELOG_TEST_SEED` or the clock; always printed so a failure
-/// can be replayed.
-pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("TIDELOG_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("{test}: seed {seed} (replay with TIDELOG_TEST_SEED={seed})");
-    seed
-}
-
 /// The test's own (SDK) logging to stderr, if `TIDELOG_TEST_SDK_LOG` names an env filter
 /// (e.g. `tidelog=debug`): for a post-mortem of a failing multi-node test.
 pub fn init_sdk_log() {
     if let Ok(filter) = std::env::var("TIDELOG_TEST_SDK_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    }
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

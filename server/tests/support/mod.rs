@@ -9,10 +9,9 @@
 //! nats-server runs its store tests against every store. Every wait polls with a deadline.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tidelog_server::broker::seam::Acks;
@@ -65,41 +64,8 @@ pub struct Brokers {
     running: Vec<Running>,
 }
 
-/// A listener on a free loopback port below Linux's ephemeral range (32768-60999 by default),
-/// for a broker that needs its port fixed before it starts. Released and bound again by the
-/// broker, a port from `127.0.0.1:0` (that range) could be taken in between by an outgoing
-/// connection of a concurrent test ("Address already in use"); one from here cannot.
-pub fn reserve_port() -> std::net::TcpListener {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Concurrent test processes start at different places of the span.
-    let base = std::process::id().wrapping_mul(7_919) % SPAN;
-    for _ in 0..SPAN {
-        let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
-            return listener;
-        }
-    }
-    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
-}
-
-/// Polls `f` until it returns `Some`, for at most `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use tidelog_testkit::{eventually, reserve_port};
 
 impl Brokers {
     pub async fn start(mode: Mode) -> Self {
@@ -146,7 +112,7 @@ impl Brokers {
         for id in 1..=self.ports.len() as u64 {
             // After a restart, the stopped broker's last tasks may still hold the store's
             // file lock for a moment: retry until they let go.
-            let node = eventually("the data directory free to open", WAIT, || async {
+            let node = eventually(WAIT, "the data directory free to open", || async {
                 match Node::start(self.config(id)).await {
                     Ok(node) => Some(node),
                     Err(e) if format!("{e:#}").contains("could not acquire lock") => None,
@@ -163,7 +129,7 @@ impl Brokers {
         }
         if let Mode::Raft(_) = self.mode {
             // Ready once every broker knows the controller and applied the metadata log.
-            eventually("a controller every broker knows", WAIT, || async {
+            eventually(WAIT, "a controller every broker knows", || async {
                 let all = self.brokers().iter().all(|b| b.describe_cluster().is_ok_and(|v| v.controller.is_some()));
                 all.then_some(())
             })
@@ -191,7 +157,7 @@ impl Brokers {
 
     /// The broker that coordinates groups (the controller in a cluster).
     pub async fn coordinator(&self) -> Arc<Broker> {
-        eventually("a group coordinator", WAIT, || async {
+        eventually(WAIT, "a group coordinator", || async {
             for b in self.brokers() {
                 if let Ok(tidelog_server::broker::route::Route::Here) =
                     b.coordinator_route(tidelog_server::broker::route::Origin::Forwarded).await
@@ -221,7 +187,7 @@ impl Brokers {
         flags: u16,
     ) -> Appended {
         let payload = Bytes::copy_from_slice(payload);
-        eventually("an acknowledged write", WAIT, || async {
+        eventually(WAIT, "an acknowledged write", || async {
             for b in self.brokers() {
                 let Ok(t) = b.topic(topic) else { continue };
                 let Ok((_, writer)) = t.held(p) else { continue };
