@@ -182,35 +182,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for RaftRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::format::{BatchHeader, BATCH_HEADER_LEN};
-    use crate::log::StoredBatch;
+    use crate::raft::rpc_codec::stored_entry;
     use crate::raft::types::{log_id, BatchData, Entry, EntryPayload, PartitionTc, Vote};
     use http_body_util::StreamBody;
     use hyper::body::Frame;
     use openraft::raft::AppendEntriesRequest;
     use prost::Message as _;
-
-    fn stored(index: u64, payload: Bytes) -> Entry {
-        let header = BatchHeader {
-            batch_len: (BATCH_HEADER_LEN + payload.len()) as u32,
-            compression: 0,
-            flags: 0,
-            record_count: 3,
-            base_offset: index * 10,
-            raft_term: 2,
-            raft_index: index,
-            append_time_ms: 1234,
-            producer_id: 7,
-            producer_epoch: 1,
-            base_sequence: 12,
-            payload_crc: tidelog_proto::checksum::crc32c(&payload),
-            delete_horizon_s: 0,
-        };
-        Entry {
-            log_id: log_id(2, index),
-            payload: EntryPayload::Normal(BatchData::Stored(StoredBatch { header, payload })),
-        }
-    }
 
     /// A blank entry, a small batch (copied into the framing) and a large one (its own chunk).
     fn request(big: &Bytes) -> AppendEntriesRequest<PartitionTc> {
@@ -220,8 +197,8 @@ mod tests {
             leader_commit: Some(log_id(2, 6)),
             entries: vec![
                 Entry { log_id: log_id(2, 8), payload: EntryPayload::Blank },
-                stored(9, Bytes::from_static(b"a small batch")),
-                stored(10, big.clone()),
+                stored_entry(9, Bytes::from_static(b"a small batch")),
+                stored_entry(10, big.clone()),
             ],
         }
     }

@@ -347,6 +347,31 @@ pub fn decode_vote(mut b: &[u8]) -> Result<Vote, CodecError> {
     take_vote(&mut b)
 }
 
+/// A stored batch entry at Raft index `index` (term 2) holding `payload`, as a leader's log
+/// would return it.
+#[cfg(test)]
+pub(crate) fn stored_entry(index: u64, payload: Bytes) -> Entry {
+    let header = BatchHeader {
+        batch_len: (BATCH_HEADER_LEN + payload.len()) as u32,
+        compression: 0,
+        flags: 0,
+        record_count: 3,
+        base_offset: index * 10,
+        raft_term: 2,
+        raft_index: index,
+        append_time_ms: 1234,
+        producer_id: 7,
+        producer_epoch: 1,
+        base_sequence: 12,
+        payload_crc: tidelog_proto::checksum::crc32c(&payload),
+        delete_horizon_s: 0,
+    };
+    Entry {
+        log_id: log_id(2, index),
+        payload: EntryPayload::Normal(BatchData::Stored(StoredBatch { header, payload })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,32 +379,13 @@ mod tests {
 
     #[test]
     fn requests_and_responses_round_trip_and_batches_travel_as_stored_bytes() {
-        let payload = Bytes::from_static(b"the producer's records");
-        let header = BatchHeader {
-            batch_len: (BATCH_HEADER_LEN + payload.len()) as u32,
-            compression: 0,
-            flags: 0,
-            record_count: 3,
-            base_offset: 40,
-            raft_term: 2,
-            raft_index: 9,
-            append_time_ms: 1234,
-            producer_id: 7,
-            producer_epoch: 1,
-            base_sequence: 12,
-            payload_crc: tidelog_proto::checksum::crc32c(&payload),
-            delete_horizon_s: 0,
-        };
         let req = AppendEntriesRequest::<PartitionTc> {
             vote: Vote::new_committed(2, 1),
             prev_log_id: Some(log_id(2, 7)),
             leader_commit: Some(log_id(2, 6)),
             entries: vec![
                 Entry { log_id: log_id(2, 8), payload: EntryPayload::Blank },
-                Entry {
-                    log_id: log_id(2, 9),
-                    payload: EntryPayload::Normal(BatchData::Stored(StoredBatch { header, payload })),
-                },
+                stored_entry(9, Bytes::from_static(b"the producer's records")),
                 Entry {
                     log_id: log_id(2, 10),
                     payload: EntryPayload::Membership(Membership::new_with_defaults(vec![[1, 2].into()], [])),
