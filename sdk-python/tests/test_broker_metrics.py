@@ -143,3 +143,8 @@ def test_replicas_read_just_written_entries_from_memory(cluster: Cluster) -> Non
             return from_memory(n) - before[n] >= batches or None
 
         eventually(grew, what=f"broker {n}'s memory reads")
+    # What they keep is counted (bounded at 256 MiB a broker): every replica holds some, if
+    # only the metadata group's latest entries (that group never sleeps).
+    for n in replicas:
+        held = value(scrape(cluster.brokers[n]), "tidelog_raft_recent_bytes")
+        assert held is not None and 0 < held <= 256 << 20, f"broker {n} holds {held} bytes"

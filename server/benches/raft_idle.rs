@@ -81,8 +81,9 @@ async fn main() {
             )
             .unwrap();
             let (log, sm) = open_storage(Arc::new(p), meta.raft_state(g).unwrap()).unwrap();
+            let store = log.clone();
             let raft = Raft::new(id, Arc::clone(&config), peers.group(g), log, sm).await.unwrap();
-            registries[&id].insert(g, GroupHandle::new(raft.clone(), dir.join(format!("in-{g}"))));
+            registries[&id].insert(g, GroupHandle::new(raft.clone(), store, dir.join(format!("in-{g}"))));
             rafts.push(raft);
         }
     }

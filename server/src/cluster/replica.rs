@@ -161,7 +161,7 @@ pub async fn open(
             }
         })?;
     let incoming_dir = crate::layout::incoming_dir(cx.data_dir, spec.group_id);
-    let handle = GroupHandle::new(raft.clone(), incoming_dir);
+    let handle = GroupHandle::new(raft.clone(), store.clone(), incoming_dir);
     let quiescence = Arc::clone(&handle.quiescence);
     cx.groups.insert(spec.group_id, handle);
     match (raft.is_initialized().await, start) {

@@ -106,6 +106,12 @@ impl PartitionLogStore {
         self.shared.recent.clear();
     }
 
+    /// Entries kept in memory (tests).
+    #[cfg(test)]
+    pub fn recent_len(&self) -> usize {
+        self.shared.recent.len()
+    }
+
     /// Entries with index in `[start, end)`, at most about `max_bytes` (at least one entry when
     /// any exists at `start`), skipping purged ones: from memory while the recent entries hold
     /// them, else from the log.

@@ -11,9 +11,14 @@
 //!   the payload's very bytes). An append the cache does not take (one with no header) empties
 //!   it; a truncation cuts it; a vote change or a snapshot install empties it;
 //! - bounded: at most [`GROUP_BYTES`] per group and [`TOTAL_BYTES`] for all groups of the
-//!   process together (an entry that does not fit is simply not kept: reads then go to disk);
-//!   entries older than [`MAX_AGE`] are dropped at the next append, and an asleep group's
-//!   entries when it falls asleep.
+//!   process together, counting each entry's stored bytes and its slot in the ring (an entry
+//!   that does not fit is simply not kept: reads then go to disk); entries older than
+//!   [`MAX_AGE`] are dropped at the next append, and a group's entries when it falls asleep,
+//!   as leader or follower;
+//! - an emptied cache holds no memory: the ring's slots are freed with its last entry, and a
+//!   ring that held many entries gives back slots once it holds far fewer (a busy group's
+//!   slots would otherwise stay for as long as the group lives, asleep or not:
+//!   docs/PERFORMANCE.md, "Memory per partition").
 //!
 //! Never: serve an entry the log no longer holds as it is (truncated, purged, replaced by a
 //! snapshot), or block: a miss is a read of the log, as before.
@@ -71,14 +76,23 @@ impl Ring {
     fn release(&mut self, popped: Option<(Entry, usize, Instant)>) {
         if let Some((_, size, _)) = popped {
             self.bytes -= size;
-            HELD.fetch_sub(size, Ordering::Relaxed);
+            give_back(size);
         }
     }
 
     fn clear(&mut self) {
-        HELD.fetch_sub(self.bytes, Ordering::Relaxed);
-        self.entries.clear();
+        give_back(self.bytes);
+        self.entries = VecDeque::new();
         self.bytes = 0;
+    }
+
+    /// Gives back slots once the ring holds under a quarter of what it has room for (after
+    /// old entries aged out), keeping room for twice what it holds.
+    fn shrink(&mut self) {
+        let (len, capacity) = (self.entries.len(), self.entries.capacity());
+        if capacity > MIN_SLOTS && len < capacity / 4 {
+            self.entries.shrink_to((len * 2).max(MIN_SLOTS));
+        }
     }
 }
 
@@ -88,10 +102,17 @@ impl Drop for Ring {
     }
 }
 
+/// A ring's slots, kept even when it shrinks: room for the entries of a few appends.
+const MIN_SLOTS: usize = 16;
+
+/// One slot of the ring, in bytes: the entry with its header, its size and when it was kept.
+const SLOT_BYTES: usize = std::mem::size_of::<(Entry, usize, Instant)>();
+
 /// An entry's size in the cache's accounting: its stored bytes (the payload is shared with the
-/// request it came in, not copied).
+/// request it came in, not copied) and its slot in the ring (for small entries the larger
+/// part).
 pub fn entry_size(payload_len: usize) -> usize {
-    BATCH_HEADER_LEN + payload_len
+    SLOT_BYTES + BATCH_HEADER_LEN + payload_len
 }
 
 impl RecentEntries {
@@ -117,6 +138,7 @@ impl RecentEntries {
         while !ring.entries.is_empty() && ring.bytes + size > GROUP_BYTES {
             ring.pop_front();
         }
+        ring.shrink();
         // Over the process's budget the entry is not kept, and neither are those before it
         // (the run must end at the log's last entry).
         if size > GROUP_BYTES || !reserve(size) {
@@ -178,15 +200,38 @@ impl RecentEntries {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Slots the ring has room for (tests).
+    #[cfg(test)]
+    fn slots(&self) -> usize {
+        self.ring().entries.capacity()
+    }
 }
 
 /// Takes `size` bytes of the process's budget, if they are free.
 fn reserve(size: usize) -> bool {
     let fits = HELD.fetch_add(size, Ordering::Relaxed) + size <= TOTAL_BYTES;
-    if !fits {
+    if fits {
+        held_gauge().inc_by(gauge_bytes(size));
+    } else {
         HELD.fetch_sub(size, Ordering::Relaxed);
     }
     fits
+}
+
+/// Gives `size` bytes back to the process's budget.
+fn give_back(size: usize) {
+    HELD.fetch_sub(size, Ordering::Relaxed);
+    held_gauge().dec_by(gauge_bytes(size));
+}
+
+/// `tidelog_raft_recent_bytes`: [`HELD`], changed by the same amounts (so exact at rest).
+fn held_gauge() -> &'static prometheus_client::metrics::gauge::Gauge {
+    &crate::telemetry::metrics::instruments().raft_recent_bytes
+}
+
+fn gauge_bytes(size: usize) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX)
 }
 
 /// Bytes held by every group's cache in this process.
@@ -273,5 +318,35 @@ mod tests {
         drop(c);
         // Other tests' caches share the counter: this one's bytes are all given back.
         assert!(held_bytes() < TOTAL_BYTES);
+    }
+
+    #[test]
+    fn an_emptied_or_aged_ring_gives_its_slots_back() {
+        let c = RecentEntries::default();
+        let t0 = Instant::now();
+        for i in 1..=10_000 {
+            c.push(Some((blank(i), entry_size(100))), t0);
+        }
+        assert_eq!(c.len(), 10_000);
+        assert!(c.slots() >= 10_000);
+        // Every entry but the new one aged out: the slots shrink with them.
+        c.push(Some((blank(10_001), entry_size(100))), t0 + MAX_AGE + Duration::from_millis(1));
+        assert_eq!(c.len(), 1);
+        assert!(c.slots() <= 4 * MIN_SLOTS, "{} slots kept for one entry", c.slots());
+        // Asleep (or cleared for any reason): nothing kept, not even slots.
+        c.clear();
+        assert_eq!(c.slots(), 0);
+    }
+
+    #[test]
+    fn small_entries_are_bounded_by_their_slots() {
+        // Entries of one byte: counted by their bytes alone, a group's share would hold over
+        // a hundred thousand of them, whose slots alone would be about twice the share.
+        let c = RecentEntries::default();
+        let now = Instant::now();
+        for i in 1..=(GROUP_BYTES / SLOT_BYTES + 100) as u64 {
+            c.push(Some((blank(i), entry_size(1))), now);
+        }
+        assert!(c.len() * SLOT_BYTES <= GROUP_BYTES, "{} entries of {SLOT_BYTES} bytes kept", c.len());
     }
 }

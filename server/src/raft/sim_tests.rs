@@ -136,12 +136,29 @@ impl Drop for Grpc {
 }
 
 impl Grpc {
-    async fn start() -> Self {
-        let (mut addresses, mut groups, mut servers) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+    /// Three servers on loopback. With `quiescing`, each node's transport runs as a broker's
+    /// does in a cluster (its replicas may be asked to sleep: raft/quiesce.rs).
+    async fn start(quiescing: bool) -> Self {
+        let mut listeners = Vec::new();
+        let mut addresses = BTreeMap::new();
         for id in IDS {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addresses.insert(id, format!("http://{}", listener.local_addr().unwrap()));
-            let registry = transport::RaftGroups::default();
+            listeners.push((id, listener));
+        }
+        let peers = network::Peers::new(addresses);
+        let (mut groups, mut servers) = (BTreeMap::new(), Vec::new());
+        for (id, listener) in listeners {
+            let registry = if quiescing {
+                transport::RaftGroups::clustered(transport::QuiesceContext {
+                    peers: peers.clone(),
+                    liveness: Arc::default(),
+                    alive_within: Duration::from_secs(1),
+                    starts: Arc::new(tokio::sync::Semaphore::new(8)),
+                })
+            } else {
+                transport::RaftGroups::default()
+            };
             let service = transport::RaftTransportService::new(registry.clone());
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let mut server = tonic::transport::Server::builder();
@@ -162,7 +179,7 @@ impl Grpc {
             });
             groups.insert(id, registry);
         }
-        Self { peers: network::Peers::new(addresses), groups, servers }
+        Self { peers, groups, servers }
     }
 }
 
@@ -187,7 +204,11 @@ impl Cluster {
     }
 
     async fn over_grpc() -> Self {
-        Self::with_transport(Some(Grpc::start().await)).await
+        Self::with_transport(Some(Grpc::start(false).await)).await
+    }
+
+    async fn over_grpc_quiescing() -> Self {
+        Self::with_transport(Some(Grpc::start(true).await)).await
     }
 
     async fn with_transport(grpc: Option<Grpc>) -> Self {
@@ -235,7 +256,7 @@ impl Cluster {
             Some(grpc) => {
                 let raft = Raft::new(id, config, grpc.peers.group(1), log, sm).await.unwrap();
                 let incoming_dir = node.dir.join("incoming-snapshot");
-                grpc.groups[&id].insert(1, transport::GroupHandle::new(raft.clone(), incoming_dir));
+                grpc.groups[&id].insert(1, transport::GroupHandle::new(raft.clone(), store.clone(), incoming_dir));
                 raft
             }
             None => Raft::new(id, config, NodeNetwork { id, router: self.router.clone() }, log, sm).await.unwrap(),
@@ -566,4 +587,36 @@ async fn over_grpc_replication_streams_and_bad_streams_are_refused() {
     }
     c.write(5).await;
     c.check().await;
+}
+
+/// A follower that agrees to sleep drops the entries it kept in memory for replication and
+/// apply (raft/recent.rs), as its leader does when it sleeps: an asleep group holds no
+/// entries, so ten thousand asleep partitions hold none either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_a_follower_put_to_sleep_keeps_no_recent_entries() {
+    let mut c = Cluster::over_grpc_quiescing().await;
+    c.write(20).await;
+    c.check().await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = IDS.into_iter().filter(|id| *id != leader).collect();
+    let recent = |c: &Cluster, id: u64| c.nodes[&id].running.as_ref().unwrap().2.recent_len();
+    for f in &followers {
+        assert!(recent(&c, *f) > 0, "follower {f} kept none of the entries it just appended");
+    }
+    let peers = &c.grpc.as_ref().unwrap().peers;
+    for f in followers {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            // The leader's view, then the follower's answer: it agrees once it has applied
+            // everything the leader committed.
+            if let Some((vote, committed)) = super::quiesce::leader_idle_state(c.raft(leader), &[f]) {
+                if peers.quiesce(f, 1, &vote, committed.as_ref(), Duration::from_secs(2)).await {
+                    break;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "follower {f} never agreed to sleep");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(recent(&c, f), 0, "follower {f} asleep with entries kept in memory");
+    }
 }

@@ -43,6 +43,7 @@ use tidelog_proto::internal::{RaftMessage, SnapshotChunk};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode_snapshot_meta, CodecError};
+use super::log_store::PartitionLogStore;
 use super::network::Peers;
 use super::quiesce::{carries_nothing_new, follower_may_sleep, Liveness, Quiescence};
 use super::rpc_codec;
@@ -54,17 +55,19 @@ use crate::telemetry::metrics::{self, GaugeGuard, ModeLabel};
 
 pub type PartitionRaft = Raft<PartitionTc, PartitionStateMachine>;
 
-/// A group hosted here: its Raft, where incoming snapshots are written, and whether it sleeps.
+/// A group hosted here: its Raft, its log store, where incoming snapshots are written, and
+/// whether it sleeps.
 #[derive(Clone)]
 pub struct GroupHandle {
     pub raft: PartitionRaft,
+    pub store: PartitionLogStore,
     pub incoming_dir: PathBuf,
     pub quiescence: Arc<Quiescence>,
 }
 
 impl GroupHandle {
-    pub fn new(raft: PartitionRaft, incoming_dir: PathBuf) -> Self {
-        Self { raft, incoming_dir, quiescence: Arc::default() }
+    pub fn new(raft: PartitionRaft, store: PartitionLogStore, incoming_dir: PathBuf) -> Self {
+        Self { raft, store, incoming_dir, quiescence: Arc::default() }
     }
 
     /// A Raft message wakes the group: someone needs it to run. (Not called for Quiesce, for a
@@ -420,6 +423,8 @@ impl RaftTransport for RaftTransportService {
         let accepted = self.groups.quiesce_context().is_some() && follower_may_sleep(&handle.raft, &vote, committed);
         if accepted {
             handle.quiescence.sleep(&handle.raft);
+            // Caught up with its leader: a follower serves no reads of its recent entries.
+            handle.store.forget_recent();
         }
         Ok(reply(m.group_id, rpc_codec::encode_quiesce_response(accepted)))
     }

@@ -59,6 +59,9 @@ pub struct Instruments {
     /// followers, every replica's to apply them), by where they came from (`memory`: the
     /// recent entries, `raft/recent.rs`; `disk`: the log).
     pub raft_entry_reads: Family<SourceLabel, Counter>,
+    /// Cluster mode: bytes of recent Raft entries this broker keeps in memory for replication
+    /// and apply (`raft/recent.rs`: at most 256 MiB; nothing for asleep groups).
+    pub raft_recent_bytes: Gauge,
     /// Cluster mode: partition groups hosted here by whether they sleep (`asleep`, `awake`),
     /// as the quiescing loop last counted them.
     pub raft_groups: Family<StateLabel, Gauge>,
@@ -125,6 +128,7 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     raft_append_requests: Family::default(),
     raft_append_streams: Gauge::default(),
     raft_entry_reads: Family::default(),
+    raft_recent_bytes: Gauge::default(),
     raft_groups: Family::default(),
     raft_group_starts: Gauge::default(),
     subscribe_responses: Counter::default(),
@@ -177,6 +181,11 @@ pub fn register(registry: &mut Registry) {
         "tidelog_raft_entry_reads",
         "Cluster: Raft entries read back from partition logs to replicate or apply them, by source (memory or disk)",
         i.raft_entry_reads.clone(),
+    );
+    registry.register(
+        "tidelog_raft_recent_bytes",
+        "Cluster: bytes of recent Raft entries kept in memory for replication and apply",
+        i.raft_recent_bytes.clone(),
     );
     registry.register(
         "tidelog_raft_groups",
