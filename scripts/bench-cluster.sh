@@ -7,7 +7,9 @@
 # the SDK producer as an application sends (`--sdk`, acks=all, idempotent; 1 and 8
 # partitions, full speed, and paced at half of the cluster's 1-partition figure). Then the
 # scale phase (scripts/bench-scale.sh): SCALE_PARTITIONS (10,000; QUICK: 1,000) partitions
-# created on a fresh 3-broker cluster, its idle CPU, and a broker SIGKILLed and restarted.
+# created on a fresh 3-broker cluster, its idle CPU, and a broker SIGKILLed and restarted; and
+# the memory phase (scripts/bench-group-memory.sh): each broker's memory per partition replica,
+# idle and once written to.
 # The table at the end prints every replication and scale target of docs/PERFORMANCE.md with
 # its figure, fraction and met / MISSED. Every broker is a release build on loopback with its own temporary data
 # directory; all of them and the load tool share this machine's cores, so the cluster figures
@@ -20,6 +22,7 @@
 #   QUICK=1 scripts/bench-cluster.sh         # shorter runs (a smoke test of the script)
 #   FSYNC=always scripts/bench-cluster.sh    # topics fsync every batch (default: interval)
 #   SCALE_PARTITIONS=0 scripts/bench-cluster.sh   # without the scale phase
+#   MEMORY_PARTITIONS=0 scripts/bench-cluster.sh  # without the memory phase
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -186,6 +189,18 @@ if [ "$scale" -gt 0 ]; then
     python3 scripts/bench_record.py "$results" scale "$json"
   else
     echo "the scale phase did not finish" >&2
+  fi
+fi
+
+# --- memory per replica: idle, and once written to -----------------------------------------
+memory=${MEMORY_PARTITIONS:-$([ "$QUICK" = 1 ] && echo 10 || echo 100)}
+if [ "$memory" -gt 0 ]; then
+  say "memory: $memory partitions, RF=3 (scripts/bench-group-memory.sh)"
+  writes=$([ "$QUICK" = 1 ] && echo 500 || echo 10000)
+  if json=$(PARTITIONS=$memory WRITES=$writes scripts/bench-group-memory.sh); then
+    python3 scripts/bench_record.py "$results" memory "$json"
+  else
+    echo "the memory phase did not finish" >&2
   fi
 fi
 

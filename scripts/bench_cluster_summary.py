@@ -139,6 +139,14 @@ def main() -> None:
             f"groups awake at idle per broker {s.get('awake_groups')}; "
             f"the restarted broker reopened all its replicas after {s.get('restart_reopened_s')} s"
         )
+    m = get("memory")
+    if m:
+        print(
+            f"\nmemory per partition replica, KB per broker ({m['partitions']} partitions, RF=3): "
+            f"idle {m['idle_kb_per_replica']}; after {m['writes_per_partition']:,} writes each "
+            f"{m['written_kb_per_replica']}, asleep again {m['written_asleep_kb_per_replica']} "
+            "(docs/PERFORMANCE.md, \"Memory per partition\")"
+        )
     print(f"\nall results: {sys.argv[1]}")
 
 
