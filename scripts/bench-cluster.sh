@@ -15,7 +15,7 @@
 # directory; all of them and the load tool share this machine's cores, so the cluster figures
 # include three brokers' CPU on the same two cores a single node has to itself.
 #
-# It reports; it never fails on a slow machine (only on a broken tool or broker). About 6-10
+# It reports; it never fails on a slow machine (only on a broken tool or broker). About 8-12
 # minutes (the scale phase is bounded by SCALE_WAIT seconds per step). Results (every run's JSON) go to target/bench/cluster.json.
 #
 #   scripts/bench-cluster.sh                 # everything
