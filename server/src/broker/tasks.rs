@@ -192,4 +192,27 @@ mod tests {
         one_record(&partitions[7], b"b");
         eventually_synced("both", || partitions.iter().all(|q| !q.may_need_sync())).await;
     }
+
+    /// Under fsync=never the flusher fsyncs nothing but starts writeback once a partition has
+    /// `EARLY_SYNC_BYTES` (1 MiB) written since the last time: less than that is left to the
+    /// kernel, more is picked up without another write to prompt it.
+    #[tokio::test]
+    async fn under_fsync_never_the_flusher_starts_writeback_every_mebibyte() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Arc::new(Broker::open(BrokerOptions::for_test(dir.path())).unwrap());
+        broker.set_control(LocalControl::start(&broker).unwrap()).unwrap();
+        let config = TopicConfig { fsync_policy: FsyncPolicy::Never as i32, ..TopicConfig::default() };
+        let new = NewTopic { name: "t".into(), partitions: 1, config: Some(config), ..NewTopic::default() };
+        broker.create_topic(new, Origin::Client).await.unwrap();
+        tokio::spawn(flush_loop(Arc::clone(&broker)));
+        let p = broker.all_partitions().pop().unwrap();
+        let value = vec![7u8; 64 << 10];
+        one_record(&p, &value);
+        assert!(!p.may_need_sync(), "64 KiB written: nothing for the flusher yet");
+        for _ in 0..16 {
+            one_record(&p, &value);
+        }
+        assert!(p.may_need_sync(), "over 1 MiB written: writeback is due");
+        eventually_synced("writeback started", || !p.may_need_sync()).await;
+    }
 }

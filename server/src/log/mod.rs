@@ -718,6 +718,28 @@ impl Log {
     }
 }
 
+/// Starts writing `file`'s dirty pages back without waiting for them (Linux:
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file; elsewhere nothing). No
+/// durability: only a steady stream of writeback in place of the kernel's bursts, which stall
+/// every writer once dirty pages reach its background threshold (docs/PERFORMANCE.md,
+/// "fsync=never under sustained load").
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a syscall on a descriptor `file` keeps open for the call; no memory is
+        // passed, and offset 0 with length 0 means "to the end of the file".
+        let r = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
+}
+
 /// fsyncs a directory, so entries created in it (new segment files) are durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -25,6 +25,9 @@
 //!   `EARLY_SYNC_BYTES` are unsynced: more, smaller fsyncs (never fewer than the interval
 //!   asks), because one fsync of a whole interval's data stalls the machine for tens of ms and
 //!   showed up as the p99.9 of end-to-end latency (docs/PERFORMANCE.md).
+//! - with `FsyncPolicy::Never` nothing is fsynced, but the same flusher starts writeback
+//!   (`log::start_writeback`, which waits for nothing) every `EARLY_SYNC_BYTES`, so dirty
+//!   pages never pile up to the kernel's threshold and stall every writer at once.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -116,6 +119,9 @@ pub struct Partition {
     /// (a [`WriteMark`]) names "everything written so far".
     written_bytes: AtomicU64,
     synced_bytes: AtomicU64,
+    /// Under `FsyncPolicy::Never`: bytes written when writeback was last started
+    /// (`log::start_writeback`), which promises nothing and only keeps dirty pages few.
+    writeback_bytes: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
     /// When the interval flusher should next fsync (ms since `epoch`).
     next_interval_sync_ms: AtomicI64,
@@ -195,6 +201,7 @@ impl Partition {
                 catch_up_sync: AtomicBool::new(false),
                 written_bytes: AtomicU64::new(0),
                 synced_bytes: AtomicU64::new(0),
+                writeback_bytes: AtomicU64::new(0),
                 sync_lock: tokio::sync::Mutex::new(()),
                 next_interval_sync_ms: AtomicI64::new(0),
                 epoch: Instant::now(),
@@ -399,18 +406,22 @@ impl Partition {
     /// loads, no clock (the flusher asks it of every partition after any write).
     pub fn may_need_sync(&self) -> bool {
         match self.fsync_policy() {
-            FsyncPolicy::Never => false,
+            FsyncPolicy::Never => self.written().0 >= self.writeback_bytes.load(Ordering::Relaxed) + EARLY_SYNC_BYTES,
             FsyncPolicy::PerBatch => self.catch_up_sync.load(Ordering::Relaxed),
             FsyncPolicy::Interval(_) => self.written().0 > self.synced_bytes.load(Ordering::Relaxed),
         }
     }
 
     /// For the interval flusher: fsyncs if the interval elapsed and there is unsynced data, or
-    /// early once `EARLY_SYNC_BYTES` are unsynced.
+    /// early once `EARLY_SYNC_BYTES` are unsynced. Under `Never` it fsyncs nothing but starts
+    /// writeback every `EARLY_SYNC_BYTES` ([`Partition::start_writeback_if_due`]).
     pub async fn sync_if_due(&self) -> Result<(), BrokerError> {
         let every = match self.fsync_policy() {
             FsyncPolicy::Interval(every) => every,
-            FsyncPolicy::Never => return Ok(()),
+            FsyncPolicy::Never => {
+                self.start_writeback_if_due().await;
+                return Ok(());
+            }
             // Every batch's own fsync covers it; once, after a switch to `always`, what was
             // acknowledged before under `interval` or `never` (a next batch may never come).
             FsyncPolicy::PerBatch => {
@@ -431,6 +442,25 @@ impl Partition {
         }
         self.next_interval_sync_ms.store(now + every.as_millis() as i64, Ordering::Relaxed);
         self.sync_through(written).await
+    }
+
+    /// Under `Never`, once `EARLY_SYNC_BYTES` were written since the last time: starts writing
+    /// the active segment back without waiting. Left alone, the kernel lets dirty pages grow to
+    /// its background threshold (10 % of memory) and then stalls every writer while it writes
+    /// them out: produce p99 over a second at 180 MB/s on three brokers (docs/PERFORMANCE.md,
+    /// "fsync=never under sustained load"). A failure is logged and changes nothing: `never`
+    /// promises no durability.
+    async fn start_writeback_if_due(&self) {
+        let written = self.written().0;
+        if written < self.writeback_bytes.load(Ordering::Relaxed) + EARLY_SYNC_BYTES {
+            return;
+        }
+        self.writeback_bytes.store(written, Ordering::Relaxed);
+        let file = self.state().log.active_file();
+        let started = tokio::task::spawn_blocking(move || crate::log::start_writeback(&file)).await;
+        if let Ok(Err(e)) | Err(e) = started.map_err(std::io::Error::other) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "starting writeback failed");
+        }
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
