@@ -406,7 +406,7 @@ impl Partition {
     /// loads, no clock (the flusher asks it of every partition after any write).
     pub fn may_need_sync(&self) -> bool {
         match self.fsync_policy() {
-            FsyncPolicy::Never => self.written().0 >= self.writeback_bytes.load(Ordering::Relaxed) + EARLY_SYNC_BYTES,
+            FsyncPolicy::Never => self.writeback_due().is_some(),
             FsyncPolicy::PerBatch => self.catch_up_sync.load(Ordering::Relaxed),
             FsyncPolicy::Interval(_) => self.written().0 > self.synced_bytes.load(Ordering::Relaxed),
         }
@@ -451,16 +451,19 @@ impl Partition {
     /// "fsync=never under sustained load"). A failure is logged and changes nothing: `never`
     /// promises no durability.
     async fn start_writeback_if_due(&self) {
-        let written = self.written().0;
-        if written < self.writeback_bytes.load(Ordering::Relaxed) + EARLY_SYNC_BYTES {
-            return;
-        }
+        let Some(written) = self.writeback_due() else { return };
         self.writeback_bytes.store(written, Ordering::Relaxed);
         let file = self.state().log.active_file();
         let started = tokio::task::spawn_blocking(move || crate::log::start_writeback(&file)).await;
         if let Ok(Err(e)) | Err(e) = started.map_err(std::io::Error::other) {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "starting writeback failed");
         }
+    }
+
+    /// Bytes written so far, if `EARLY_SYNC_BYTES` of them came since writeback last started.
+    fn writeback_due(&self) -> Option<u64> {
+        let written = self.written().0;
+        (written >= self.writeback_bytes.load(Ordering::Relaxed) + EARLY_SYNC_BYTES).then_some(written)
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
