@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+use prost::encoding::{self, decode_key, decode_varint, skip_field, DecodeContext, WireType};
 use prost::Message;
 use tidelog_proto::v1;
 use tidelog_proto::wire;
@@ -45,16 +45,6 @@ impl Record {
         self
     }
 
-    fn into_proto(self) -> v1::Record {
-        v1::Record {
-            key: self.key,
-            null_value: self.value.is_none(),
-            value: self.value.unwrap_or_default(),
-            headers: self.headers.into_iter().map(|(key, value)| v1::Header { key, value }).collect(),
-            timestamp_ms: self.timestamp_ms,
-        }
-    }
-
     /// Bytes this record adds to an encoded batch (for batch-size accounting).
     pub fn encoded_len(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
@@ -63,11 +53,104 @@ impl Record {
 }
 
 /// Encodes records into `RecordBatch` bytes and their CRC32C.
+///
+/// Written field by field from the records themselves, into one buffer sized exactly up
+/// front: the bytes prost's derived encoding of a `v1::RecordBatch` would give (the test
+/// `encodes_what_prost_encodes` holds that), without building a `v1::Record` per record or
+/// cloning and dropping each key's and value's `Bytes` on the way (two atomic reference-count
+/// updates per field, which showed as 10 % of a producing client's CPU).
 pub fn encode_records(records: Vec<Record>) -> (Bytes, u32) {
-    let batch = v1::RecordBatch { records: records.into_iter().map(Record::into_proto).collect() };
-    let bytes = Bytes::from(batch.encode_to_vec());
+    let len: usize = records.iter().map(|r| delimited_len(RECORDS_FIELD, record_len(r))).sum();
+    let mut buf = Vec::with_capacity(len);
+    for r in &records {
+        put_record(&mut buf, r);
+    }
+    debug_assert_eq!(buf.len(), len, "record_len and put_record disagree");
+    let bytes = Bytes::from(buf);
     let crc = tidelog_proto::checksum::crc32c(&bytes);
     (bytes, crc)
+}
+
+// Field numbers of `tidelog.v1.Record` and `tidelog.v1.Header` (`proto/tidelog/v1/record.proto`).
+const RECORD_KEY: u32 = 1;
+const RECORD_VALUE: u32 = 2;
+const RECORD_HEADERS: u32 = 3;
+const RECORD_TIMESTAMP_MS: u32 = 4;
+const RECORD_NULL_VALUE: u32 = 5;
+const HEADER_KEY: u32 = 1;
+const HEADER_VALUE: u32 = 2;
+
+/// Bytes of a length-delimited field `field` whose body is `body` bytes long.
+fn delimited_len(field: u32, body: usize) -> usize {
+    encoding::key_len(field) + encoding::encoded_len_varint(body as u64) + body
+}
+
+/// Bytes of a length-delimited field, or none if proto3 leaves it out (an empty scalar).
+fn scalar_bytes_len(field: u32, bytes: &[u8]) -> usize {
+    if bytes.is_empty() {
+        0
+    } else {
+        delimited_len(field, bytes.len())
+    }
+}
+
+fn header_len(key: &str, value: &[u8]) -> usize {
+    scalar_bytes_len(HEADER_KEY, key.as_bytes()) + scalar_bytes_len(HEADER_VALUE, value)
+}
+
+/// Bytes of one encoded `v1::Record` (its body, without the field key and length).
+fn record_len(r: &Record) -> usize {
+    // `optional bytes key`: present whenever set, even empty.
+    let key = r.key.as_ref().map_or(0, |k| delimited_len(RECORD_KEY, k.len()));
+    let value = r.value.as_ref().map_or(0, |v| scalar_bytes_len(RECORD_VALUE, v));
+    let headers: usize = r.headers.iter().map(|(k, v)| delimited_len(RECORD_HEADERS, header_len(k, v))).sum();
+    let timestamp = if r.timestamp_ms == 0 {
+        0
+    } else {
+        encoding::key_len(RECORD_TIMESTAMP_MS) + encoding::encoded_len_varint(r.timestamp_ms as u64)
+    };
+    let null_value = if r.value.is_none() { encoding::key_len(RECORD_NULL_VALUE) + 1 } else { 0 };
+    key + value + headers + timestamp + null_value
+}
+
+fn put_delimited(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    encoding::encode_key(field, WireType::LengthDelimited, buf);
+    encoding::encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
+fn put_scalar_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        put_delimited(buf, field, bytes);
+    }
+}
+
+/// Appends `r` as one `RecordBatch.records` entry, fields in field-number order as prost
+/// writes them.
+fn put_record(buf: &mut Vec<u8>, r: &Record) {
+    encoding::encode_key(RECORDS_FIELD, WireType::LengthDelimited, buf);
+    encoding::encode_varint(record_len(r) as u64, buf);
+    if let Some(k) = &r.key {
+        put_delimited(buf, RECORD_KEY, k);
+    }
+    if let Some(v) = &r.value {
+        put_scalar_bytes(buf, RECORD_VALUE, v);
+    }
+    for (k, v) in &r.headers {
+        encoding::encode_key(RECORD_HEADERS, WireType::LengthDelimited, buf);
+        encoding::encode_varint(header_len(k, v) as u64, buf);
+        put_scalar_bytes(buf, HEADER_KEY, k.as_bytes());
+        put_scalar_bytes(buf, HEADER_VALUE, v);
+    }
+    if r.timestamp_ms != 0 {
+        encoding::encode_key(RECORD_TIMESTAMP_MS, WireType::Varint, buf);
+        // int64 on the wire: the two's-complement bits as a varint (10 bytes if negative).
+        encoding::encode_varint(r.timestamp_ms as u64, buf);
+    }
+    if r.value.is_none() {
+        encoding::encode_key(RECORD_NULL_VALUE, WireType::Varint, buf);
+        encoding::encode_varint(1, buf);
+    }
 }
 
 /// A record read from a partition.
@@ -207,6 +290,47 @@ mod tests {
             }),
             crc32c,
         }
+    }
+
+    /// `r` as prost's generated message, the reference for the hand encoding.
+    fn to_proto(r: &Record) -> v1::Record {
+        v1::Record {
+            key: r.key.clone(),
+            null_value: r.value.is_none(),
+            value: r.value.clone().unwrap_or_default(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(key, value)| v1::Header { key: key.clone(), value: value.clone() })
+                .collect(),
+            timestamp_ms: r.timestamp_ms,
+        }
+    }
+
+    #[test]
+    fn encodes_what_prost_encodes() {
+        let long = Bytes::from(vec![7u8; 20_000]); // a three-byte length varint
+        let mut cases = records(12);
+        for key in [None, Some(Bytes::new()), Some(Bytes::from_static(b"k")), Some(long.clone())] {
+            for value in [None, Some(Bytes::new()), Some(Bytes::from(vec![1u8; 200])), Some(long.clone())] {
+                for timestamp_ms in [0, 1, 1_733_000_000_000, -1, i64::MIN] {
+                    cases.push(Record { key: key.clone(), value: value.clone(), headers: Vec::new(), timestamp_ms });
+                }
+            }
+        }
+        for (k, v) in [("", Bytes::new()), ("", Bytes::from_static(b"v")), ("traceparent", Bytes::new()), ("h", long)] {
+            cases.push(Record::new("x").with_header(k, v.clone()).with_header("second", v));
+        }
+        cases.push(Record::tombstone("gone").with_header("why", "expired"));
+        for case in &cases {
+            let want = v1::RecordBatch { records: vec![to_proto(case)] }.encode_to_vec();
+            assert_eq!(encode_records(vec![case.clone()]).0, want, "{case:?}");
+        }
+        let want = v1::RecordBatch { records: cases.iter().map(to_proto).collect() }.encode_to_vec();
+        let (got, crc) = encode_records(cases);
+        assert_eq!(got, want);
+        assert_eq!(crc, tidelog_proto::checksum::crc32c(&want));
+        assert_eq!(encode_records(Vec::new()).0, Bytes::new(), "an empty batch encodes to nothing");
     }
 
     /// What a decode must give: prost's own decoding of the whole `RecordBatch`.
