@@ -257,9 +257,14 @@ fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, Error> {
         e = e.tls_config(t.config()).map_err(|e| Error::InvalidArgument(format!("TLS to {addr}: {e}")))?;
     }
     Ok(e.tcp_nodelay(true)
-        // Room for several MiB-sized batches per round trip (h2's default is 64 KiB).
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20)
+        // Room for several MiB-sized batches per round trip (h2's default is 64 KiB). The
+        // stream window is what a broker may send a subscription ahead of what it has read:
+        // h2 returns window once half of it was consumed, so with 4 MiB the broker sat idle
+        // between 1 MiB responses. 8 MiB: SDK consume of one partition +15 % MB/s at the same
+        // CPU (docs/PERFORMANCE.md, "Consume: the subscriber's receive window"); it also
+        // bounds what one subscription buffers here, as Kafka's fetch size does.
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
         // Frames of up to 1 MiB from the broker (h2's default is 16 KiB): a 1 MiB Subscribe
         // response arrives in one DATA frame instead of 64, which h2 reads and tonic gathers
         // one by one. Client CPU per consumed 1 KiB record -20 % (1 partition) and -27 %
