@@ -11,7 +11,8 @@
 //!   leader: every live follower said yes  →  stop ticking
 //!
 //!   wake-up: a proposal on the leader; any Raft message for the group (AppendEntries, Vote,
-//!   TransferLeader, a snapshot, Wake) except a heartbeat that carries nothing new; a
+//!   TransferLeader, a snapshot, Wake) except a heartbeat that carries nothing new or an
+//!   AppendEntries from a leader of an older vote (refused, so it changes nothing); a
 //!   follower whose leader's broker stopped answering pings (cluster/quiesce.rs), which then
 //!   elects as usual.
 //! ```
@@ -167,9 +168,18 @@ pub fn follower_may_sleep(raft: &PartitionRaft, leader_vote: &Vote, leader_commi
 /// leader's last heartbeat before it slept, still in flight when this follower agreed: waking
 /// on it would leave an awake follower under an asleep leader, which hears nothing more and
 /// stands for election after a timeout (a needless change of leader of an idle partition).
+///
+/// So does an AppendEntries from a leader of an older vote, which the replica refuses (the
+/// answer carries its vote, and the stale leader steps down): typically a broker restarted
+/// after it lost the leadership, whose groups come back as leaders of their old term for a
+/// moment. Woken by it, a follower of the asleep real leader would again hear nothing more
+/// and stand for election.
 pub fn carries_nothing_new(raft: &PartitionRaft, rpc: &AppendEntriesRequest<PartitionTc>) -> bool {
     let m = raft.metrics();
     let m = m.borrow_watched();
+    if rpc.vote.partial_cmp(&m.vote) == Some(std::cmp::Ordering::Less) {
+        return true;
+    }
     // Asleep, a replica's last entry is its last applied one (it slept caught up).
     rpc.entries.is_empty()
         && rpc.vote == m.vote

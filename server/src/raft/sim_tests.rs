@@ -603,20 +603,63 @@ async fn over_grpc_a_follower_put_to_sleep_keeps_no_recent_entries() {
     for f in &followers {
         assert!(recent(&c, *f) > 0, "follower {f} kept none of the entries it just appended");
     }
-    let peers = &c.grpc.as_ref().unwrap().peers;
     for f in followers {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            // The leader's view, then the follower's answer: it agrees once it has applied
-            // everything the leader committed.
-            if let Some((vote, committed)) = super::quiesce::leader_idle_state(c.raft(leader), &[f]) {
-                if peers.quiesce(f, 1, &vote, committed.as_ref(), Duration::from_secs(2)).await {
-                    break;
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "follower {f} never agreed to sleep");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        put_to_sleep(&c, leader, f).await;
         assert_eq!(recent(&c, f), 0, "follower {f} asleep with entries kept in memory");
     }
+}
+
+/// Sends `follower` the leader's Quiesce until it agrees (once it has applied everything the
+/// leader committed).
+async fn put_to_sleep(c: &Cluster, leader: u64, follower: u64) {
+    let peers = &c.grpc.as_ref().unwrap().peers;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some((vote, committed)) = super::quiesce::leader_idle_state(c.raft(leader), &[follower]) {
+            if peers.quiesce(follower, 1, &vote, committed.as_ref(), Duration::from_secs(2)).await {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "follower {follower} never agreed to sleep");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An AppendEntries from a leader of an older vote leaves an asleep follower asleep, and is
+/// refused. A broker restarted after it lost a leadership comes back leading its old term for
+/// a moment; a follower its heartbeat woke would hear nothing more from its real, asleep
+/// leader and stand for election (an idle partition's leadership moved for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_an_append_from_a_stale_leader_leaves_a_follower_asleep() {
+    use tidelog_proto::internal::raft_transport_client::RaftTransportClient;
+    use tidelog_proto::internal::RaftMessage;
+    let mut c = Cluster::over_grpc_quiescing().await;
+    c.write(5).await;
+    c.check().await;
+    let leader = c.leader().await;
+    let follower = IDS.into_iter().find(|id| *id != leader).unwrap();
+    let other = IDS.into_iter().find(|id| *id != leader && *id != follower).unwrap();
+    put_to_sleep(&c, leader, follower).await;
+    let grpc = c.grpc.as_ref().unwrap();
+    let (_, handle) = grpc.groups[&follower].all().into_iter().find(|(g, _)| *g == 1).unwrap();
+    assert!(handle.quiescence.is_asleep());
+
+    let m = c.raft(follower).metrics().borrow_watched().clone();
+    let stale = Vote::new_committed(m.vote.leader_id().term - 1, other);
+    let rpc = AppendEntriesRequest {
+        vote: stale,
+        prev_log_id: m.last_applied,
+        entries: Vec::new(),
+        leader_commit: m.last_applied,
+    };
+    let body = rpc_codec::encode_append_request(&rpc).unwrap();
+    let mut client = RaftTransportClient::new(grpc.peers.channel(follower).unwrap());
+    let answer = client.append_entries(RaftMessage { group_id: 1, body: body.into() }).await.unwrap().into_inner();
+    let answer = rpc_codec::decode_append_response(&answer.body).unwrap();
+    assert!(matches!(&answer, AppendEntriesResponse::HigherVote(v) if *v == m.vote), "{answer:?}");
+    assert!(handle.quiescence.is_asleep(), "an append from a stale leader woke the follower");
+    // The group itself is untouched: the same leader takes the next write.
+    c.write(1).await;
+    c.check().await;
+    assert_eq!(c.leader().await, leader);
 }

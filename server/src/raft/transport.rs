@@ -8,8 +8,8 @@
 //! afterwards, installed or not.
 //!
 //! Quiescing (`raft/quiesce.rs`): every message for a group wakes it, but a pre-vote reaching
-//! an asleep replica whose leader's broker is alive, a heartbeat that carries nothing new,
-//! and Quiesce itself.
+//! an asleep replica whose leader's broker is alive, a heartbeat that carries nothing new, an
+//! AppendEntries from a leader of an older vote (refused either way), and Quiesce itself.
 //!
 //! Replication arrives either as unary AppendEntries (heartbeats, probes, a throttled catch-up)
 //! or as one pipelined `StreamAppend` per group and leader: the leader sends the next entries
