@@ -71,7 +71,10 @@ pub fn encode_records(records: Vec<Record>) -> (Bytes, u32) {
     (bytes, crc)
 }
 
-// Field numbers of `tidelog.v1.Record` and `tidelog.v1.Header` (`proto/tidelog/v1/record.proto`).
+// Field numbers of `tidelog.v1.RecordBatch`, `Record` and `Header`
+// (`proto/tidelog/v1/record.proto`).
+/// `RecordBatch.records`, the one field of a batch payload.
+const RECORDS_FIELD: u32 = 1;
 const RECORD_KEY: u32 = 1;
 const RECORD_VALUE: u32 = 2;
 const RECORD_HEADERS: u32 = 3;
@@ -170,9 +173,6 @@ pub struct ConsumedRecord {
     pub value: Option<Bytes>,
     pub headers: Vec<(String, Bytes)>,
 }
-
-/// `RecordBatch.records`, the one field of a batch payload (`proto/tidelog/v1/record.proto`).
-const RECORDS_FIELD: u32 = 1;
 
 /// Decodes a served batch, checking its CRC, into records with their offsets; records below
 /// `from_offset` (a batch may start before the requested offset) are skipped.
