@@ -7,6 +7,7 @@
 //!   The test below proves the two views agree field by field; it must never be relaxed.
 //!
 //! `bytes` fields are [`bytes::Bytes`], so decoding a frame slices it instead of copying.
+//! [`frames`] decodes streamed messages from the HTTP/2 frames they came in, without tonic's copy.
 //!
 //! Besides the generated code, the few rules broker and SDKs must apply identically:
 //! [`sequence`] (idempotent-produce sequence numbers), [`inflate`] (compressed payloads) and
@@ -29,6 +30,7 @@ pub mod internal {
 }
 
 pub mod checksum;
+pub mod frames;
 pub mod inflate;
 pub mod sequence;
 

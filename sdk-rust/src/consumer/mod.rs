@@ -15,6 +15,7 @@
 
 pub mod assignor;
 pub mod group;
+mod subscribe_call;
 pub mod watchdog;
 
 use std::collections::{BTreeMap, HashMap};
@@ -111,7 +112,11 @@ impl Subscription {
 
     /// Opens the stream of raw responses (batches as bytes).
     pub async fn open_raw(&self, client: &Client) -> Result<tonic::Streaming<wire::SubscribeResponse>, Error> {
-        let req = wire::SubscribeRequest {
+        Ok(client.records().subscribe(self.request()).await?.into_inner())
+    }
+
+    fn request(&self) -> wire::SubscribeRequest {
+        wire::SubscribeRequest {
             topic: self.topic.clone(),
             partitions: self
                 .partitions
@@ -123,8 +128,7 @@ impl Subscription {
             // The SDK decompresses itself: the broker serves the stored bytes.
             decompress: false,
             isolation_level: self.isolation as i32,
-        };
-        Ok(client.records().subscribe(req).await?.into_inner())
+        }
     }
 
     /// Where each partition is read: `(broker, the part of this subscription it serves)`, and
@@ -215,7 +219,7 @@ impl Subscription {
 
     /// Opens the subscription at one broker.
     async fn open_one(&self, client: &Client) -> Result<RecordStream, Error> {
-        let raw = self.open_raw(client).await?;
+        let raw = subscribe_call::open(client.channel(), &self.request(), crate::client::MAX_MESSAGE_BYTES).await?;
         let topic: std::sync::Arc<str> = self.topic.as_str().into();
         let mut floors: HashMap<u32, u64> = HashMap::new();
         for (p, s) in &self.partitions {

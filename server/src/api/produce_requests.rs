@@ -15,7 +15,7 @@ use super::records::RecordApi;
 use super::MAX_MESSAGE_BYTES;
 use crate::auth::layer::caller;
 use crate::grpc;
-use crate::grpc::requests::{self, FramedRequests};
+use crate::grpc::requests::{self, FramedMessages};
 
 /// Serves one Produce call: the requests of `req`'s body to [`RecordApi::produce_stream`],
 /// its answers framed back.
@@ -26,7 +26,7 @@ pub(super) fn serve(api: &RecordApi, req: http::Request<tonic::body::Body>) -> h
     }
     // The caller (set by the auth layer) and the rest of the metadata, as tonic passes them.
     let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
-    let requests = FramedRequests::<wire::ProduceRequest>::new(body, MAX_MESSAGE_BYTES);
+    let requests = FramedMessages::<wire::ProduceRequest>::new(body, MAX_MESSAGE_BYTES);
     let answers = api.produce_stream(caller(&request), requests);
     grpc::body::streaming_response(answers.map(|a| a.and_then(|answer| grpc::frame_whole(answer, MAX_MESSAGE_BYTES))))
 }

@@ -10,8 +10,9 @@
 //!   the protobuf framing, and between them the payload `Bytes` exactly as they are held. h2
 //!   sends each chunk as a DATA frame and writes a payload of more than 256 bytes with its
 //!   frame header in one `writev`, not copied;
-//! - in ([`requests`]): the frames stay as they came, and prost decodes each message from the
-//!   list; a `bytes` field that lies inside one frame is a slice of it.
+//! - in ([`requests`], `tidelog_proto::frames`, shared with the SDK's Subscribe): the frames
+//!   stay as they came, and prost decodes each message from the list; a `bytes` field that
+//!   lies inside one frame is a slice of it.
 //!
 //! Invariants: the chunks of one message, concatenated, are its gRPC frame; what is refused is
 //! refused with the codes tonic gives (OUT_OF_RANGE over the size limit, INTERNAL for a broken
@@ -21,7 +22,8 @@
 //! (it is a leaf below `api` and `raft`).
 
 pub mod body;
-pub mod requests;
+/// Reading streamed requests: the decoder the SDK reads Subscribe responses with.
+pub use tidelog_proto::frames as requests;
 
 use std::collections::VecDeque;
 
@@ -30,7 +32,7 @@ use prost::Message;
 use tonic::Status;
 
 /// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
-pub const PREFIX_LEN: usize = 5;
+pub use tidelog_proto::frames::PREFIX_LEN;
 
 /// The chunks of one message's gRPC frame, in order.
 pub type Chunks = VecDeque<Bytes>;

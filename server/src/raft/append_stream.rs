@@ -42,7 +42,7 @@ use tower::ServiceExt;
 
 use super::rpc_codec::{self, AppendBody};
 use super::transport::{AppendMessage, RaftTransportService};
-use crate::grpc::requests::{self, FramedRequests};
+use crate::grpc::requests::{self, FramedMessages};
 use crate::grpc::{self, Chunks};
 
 const STREAM_APPEND_PATH: &str = "/tidelog.internal.v1.RaftTransport/StreamAppend";
@@ -169,7 +169,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for RaftRoutes {
             if let Err(status) = requests::refuse_compressed(&parts.headers) {
                 return Ok(status.into_http());
             }
-            Ok(match service.append_stream(FramedRequests::with_decoder(body, max, decode_request)).await {
+            Ok(match service.append_stream(FramedMessages::with_decoder(body, max, decode_request)).await {
                 Ok(answers) => {
                     grpc::body::streaming_response(answers.map(move |a| a.and_then(|m| grpc::frame_whole(m, max))))
                 }
@@ -217,7 +217,7 @@ mod tests {
 
     async fn decode_all(frames: Vec<Bytes>) -> Vec<Result<AppendMessage, Status>> {
         let body = StreamBody::new(futures::stream::iter(frames.into_iter().map(|f| Ok(Frame::data(f)))));
-        FramedRequests::with_decoder(body, usize::MAX, decode_request).collect().await
+        FramedMessages::with_decoder(body, usize::MAX, decode_request).collect().await
     }
 
     fn payloads(rpc: &AppendEntriesRequest<PartitionTc>) -> Vec<&Bytes> {

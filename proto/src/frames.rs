@@ -1,24 +1,28 @@
-//! Streaming request bodies decoded without a copy: each message is decoded from the HTTP/2
-//! DATA frames it arrived in ([`FramedRequests`]; by prost, or by a decoder of the caller's
-//! that reads the same bytes, [`FramedRequests::with_decoder`]), so a `bytes` field (a batch
-//! payload) that lies inside one frame reaches its handler as a slice of that frame.
+//! Streaming gRPC bodies decoded without a copy: each message is decoded from the HTTP/2 DATA
+//! frames it arrived in ([`FramedMessages`]; by prost, or by a decoder of the caller's that
+//! reads the same bytes, [`FramedMessages::with_decoder`]), so a `bytes` field (a batch
+//! payload) that lies inside one frame reaches its reader as a slice of that frame. The broker
+//! reads Produce and replication requests this way, the SDK Subscribe responses: the one
+//! decoder for both ends of the wire.
 //!
-//! tonic's request stream gathers every DATA frame into one decode buffer before it decodes a
+//! tonic's `Streaming` gathers every DATA frame into one decode buffer before it decodes a
 //! message: every byte a peer sent was copied there once (14 % of the broker's CPU under the
-//! Rust SDK producer, 15 % of a follower's under replication; `perf`, `poll_frame`,
-//! docs/PERFORMANCE.md). Here the frames stay in a list ([`FrameList`]); scalar fields are
-//! read across frames, and a `bytes` field is taken with `copy_to_bytes`, which slices the
-//! frame when the field lies inside one (the SDKs and the replicating leader send each payload
-//! as a DATA frame of its own) and copies only when it straddles two.
+//! Rust SDK producer, 15 % of a follower's under replication, 17.5 % of an SDK subscriber's;
+//! `perf`, `poll_frame`, docs/PERFORMANCE.md). Here the frames stay in a list ([`FrameList`]);
+//! scalar fields are read across frames, and a `bytes` field is taken with `copy_to_bytes`,
+//! which slices the frame when the field lies inside one (the SDKs, the replicating leader and
+//! the broker's Subscribe send each payload as a DATA frame of its own) and copies only when it
+//! straddles two.
 //!
 //! What tonic's decoder checks is checked here the same way, with its codes: a message over the
 //! limit is OUT_OF_RANGE, a compressed message (no compression is accepted) or a broken frame
 //! INTERNAL, a body that ends inside a message INTERNAL, a peer that cancels ends the stream.
+//! A response ([`FramedMessages::response`]) also ends with the status its trailers carry.
 //!
 //! Invariants:
 //! - a message is decoded from exactly the bytes its gRPC prefix declares, never more;
 //! - what is buffered is what HTTP/2 delivered and no message has yet taken; frames are read
-//!   only when the handler asks for the next message, so flow control still bounds it;
+//!   only when the reader asks for the next message, so flow control still bounds it;
 //! - no frame in the list is empty.
 //!
 //! Never: copy a payload that lies within one frame.
@@ -32,7 +36,8 @@ use futures::Stream;
 use tonic::codegen::http;
 use tonic::{Code, Status};
 
-use super::PREFIX_LEN;
+/// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
+pub const PREFIX_LEN: usize = 5;
 
 /// Refuses a request whose messages are compressed (`grpc-encoding` other than identity):
 /// none is accepted, and tonic refuses it with these words.
@@ -47,12 +52,14 @@ pub fn refuse_compressed(headers: &http::HeaderMap) -> Result<(), Status> {
 }
 
 /// The messages of one streaming request body, decoded as they complete.
-pub struct FramedRequests<M, B = tonic::body::Body> {
+pub struct FramedMessages<M, B = tonic::body::Body> {
     body: B,
     frames: FrameList,
     max_message: usize,
     decode: Decode<M>,
     done: bool,
+    /// A response body: its trailers carry the call's status.
+    response: bool,
 }
 
 /// Reads one message from exactly its bytes. Whatever it leaves unread is skipped.
@@ -61,7 +68,7 @@ pub type Decode<M> = fn(&mut Message<'_>) -> Result<M, Status>;
 /// The bytes of one message, as the received frames hold them.
 pub type Message<'a> = bytes::buf::Take<&'a mut FrameList>;
 
-impl<M: prost::Message + Default, B> FramedRequests<M, B> {
+impl<M: prost::Message + Default, B> FramedMessages<M, B> {
     /// The messages of `body`, each at most `max_message` bytes, decoded by prost.
     pub fn new(body: B, max_message: usize) -> Self {
         Self::with_decoder(body, max_message, |message| {
@@ -70,10 +77,17 @@ impl<M: prost::Message + Default, B> FramedRequests<M, B> {
     }
 }
 
-impl<M, B> FramedRequests<M, B> {
+impl<M, B> FramedMessages<M, B> {
     /// The messages of `body`, each at most `max_message` bytes, read by `decode`.
     pub fn with_decoder(body: B, max_message: usize, decode: Decode<M>) -> Self {
-        Self { body, frames: FrameList::default(), max_message, decode, done: false }
+        Self { body, frames: FrameList::default(), max_message, decode, done: false, response: false }
+    }
+
+    /// Reads `body` as a response: a status other than OK in its trailers ends the messages
+    /// with that status as an error, after the whole messages that came before it.
+    pub fn response(mut self) -> Self {
+        self.response = true;
+        self
     }
 
     /// The next whole message in the buffered frames, if one has arrived.
@@ -112,9 +126,9 @@ impl<M, B> FramedRequests<M, B> {
     }
 }
 
-impl<M, B> Stream for FramedRequests<M, B>
+impl<M, B> Stream for FramedMessages<M, B>
 where
-    B: hyper::body::Body<Data = Bytes, Error = Status> + Unpin,
+    B: http_body::Body<Data = Bytes, Error = Status> + Unpin,
 {
     type Item = Result<M, Status>;
 
@@ -134,16 +148,25 @@ where
                 }
             }
             match ready!(Pin::new(&mut me.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    // Trailers from a client carry nothing a request needs.
-                    if let Ok(data) = frame.into_data() {
-                        me.frames.push(data);
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => me.frames.push(data),
+                    // Trailers from a client carry nothing a request needs; a server's carry
+                    // the call's status.
+                    Err(frame) if me.response => {
+                        let status = frame.trailers_ref().and_then(Status::from_header_map);
+                        if let Some(status) = status.filter(|s| s.code() != Code::Ok) {
+                            me.done = true;
+                            return Poll::Ready(Some(Err(status)));
+                        }
                     }
-                }
+                    Err(_) => {}
+                },
                 Some(Err(status)) => {
                     me.done = true;
-                    // A client that cancels ends its requests; tonic does the same.
-                    return Poll::Ready((status.code() != Code::Cancelled).then_some(Err(status)));
+                    // A client that cancels ends its requests; tonic does the same. A response
+                    // cut off is an error for its reader, whatever the code.
+                    let ends_quietly = !me.response && status.code() == Code::Cancelled;
+                    return Poll::Ready((!ends_quietly).then_some(Err(status)));
                 }
                 None => {
                     me.done = true;
@@ -229,11 +252,11 @@ impl Buf for FrameList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire;
     use futures::StreamExt;
+    use http_body::Frame;
     use http_body_util::StreamBody;
-    use hyper::body::Frame;
     use prost::Message as _;
-    use tidelog_proto::wire;
 
     fn request(i: u64, payload: Bytes) -> wire::ProduceRequest {
         wire::ProduceRequest {
@@ -258,7 +281,7 @@ mod tests {
 
     async fn decode_all(frames: Frames, max: usize) -> Vec<Result<wire::ProduceRequest, Status>> {
         let body = StreamBody::new(futures::stream::iter(frames));
-        FramedRequests::new(body, max).collect().await
+        FramedMessages::new(body, max).collect().await
     }
 
     fn data(bytes: &[u8]) -> Result<Frame<Bytes>, Status> {
@@ -323,6 +346,42 @@ mod tests {
             assert_eq!(err.code(), code, "{says}: {}", err.message());
             assert!(err.message().contains(says), "{says}: {}", err.message());
         }
+    }
+
+    fn trailers(status: &str, message: &str) -> Result<Frame<Bytes>, Status> {
+        let mut t = tonic::codegen::http::HeaderMap::new();
+        t.insert("grpc-status", status.parse().expect("a header value"));
+        t.insert("grpc-message", message.parse().expect("a header value"));
+        Ok(Frame::trailers(t))
+    }
+
+    #[tokio::test]
+    async fn a_response_ends_with_the_status_of_its_trailers() {
+        let read = |frames: Frames| async move {
+            let body = StreamBody::new(futures::stream::iter(frames));
+            FramedMessages::<wire::ProduceRequest, _>::new(body, usize::MAX).response().collect::<Vec<_>>().await
+        };
+        let ok = framed(&request(1, Bytes::from_static(b"x")));
+        let sent = request(1, Bytes::from_static(b"x"));
+        // OK trailers: the messages, then the end.
+        let got = read(vec![data(&ok), data(&ok), trailers("0", "")]).await;
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|r| r.as_ref().is_ok_and(|m| *m == sent)));
+        // An error in the trailers comes after the whole messages, with its code and words.
+        let got = read(vec![data(&ok), trailers("5", "topic%20gone")]).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().expect("the whole message"), &sent);
+        let status = got[1].as_ref().expect_err("the trailers' status");
+        assert_eq!((status.code(), status.message()), (Code::NotFound, "topic gone"));
+        // A response cut off is an error even when the transport calls it cancelled (a request
+        // body would end quietly).
+        let got = read(vec![data(&ok), Err(Status::cancelled("connection closed"))]).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].as_ref().map_err(Status::code).expect_err("the error"), Code::Cancelled);
+        // Trailers of a request body change nothing.
+        let body = StreamBody::new(futures::stream::iter(vec![data(&ok), trailers("5", "x")]));
+        let got: Vec<_> = FramedMessages::<wire::ProduceRequest, _>::new(body, usize::MAX).collect().await;
+        assert_eq!(got.len(), 1);
     }
 
     #[tokio::test]
