@@ -38,6 +38,7 @@ pub mod client;
 pub mod compression;
 pub mod consumer;
 pub mod error;
+mod hand_call;
 pub mod partitioner;
 pub mod producer;
 pub mod trace;

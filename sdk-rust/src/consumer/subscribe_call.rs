@@ -6,27 +6,23 @@
 //! stored batch payload as a DATA frame of its own, so a batch's payload is a slice of the
 //! frame it came in, and the records' values slices of that.
 //!
-//! The call goes through the same channel as every other call, with the same credentials
-//! interceptor; only the request's framing and the response's first steps (which tonic's
-//! `Grpc::server_streaming` would take) are here. Errors are what tonic's generated client
-//! would give: a status in the response's headers (trailers-only) or in its trailers.
+//! The call starts as every hand-made call does (`hand_call`: the same channel, credentials
+//! and headers as tonic's generated client). Errors are what that client would give: a status
+//! in the response's headers (trailers-only) or in its trailers.
 //!
 //! Never: copy a batch payload here.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Frame;
-use prost::Message;
-use tidelog_proto::frames::{FramedMessages, PREFIX_LEN};
+use tidelog_proto::frames::FramedMessages;
 use tidelog_proto::wire;
-use tonic::client::GrpcService;
-use tonic::codegen::http;
 use tonic::Status;
 
 use crate::client::Channel;
-use crate::Error;
+use crate::{hand_call, Error};
 
 const SUBSCRIBE_PATH: &str = "/tidelog.v1.RecordService/Subscribe";
 
@@ -36,33 +32,15 @@ pub(crate) type Responses = FramedMessages<wire::SubscribeResponse>;
 /// Opens a Subscribe stream on `channel` for `request`; responses of at most
 /// `max_response_bytes` each.
 pub(crate) async fn open(
-    mut channel: Channel,
+    channel: Channel,
     request: &wire::SubscribeRequest,
     max_response_bytes: usize,
 ) -> Result<Responses, Error> {
-    let len = request.encoded_len();
-    let mut framed = BytesMut::with_capacity(PREFIX_LEN + len);
-    framed.put_u8(0); // not compressed
-    framed.put_u32(u32::try_from(len).map_err(|_| Error::InvalidArgument("subscribe request over 4 GiB".into()))?);
-    request.encode(&mut framed).map_err(|e| Error::InvalidArgument(format!("subscribe request: {e}")))?;
-    let http_request = http::Request::builder()
-        .method(http::Method::POST)
-        .version(http::Version::HTTP_2)
-        .uri(SUBSCRIBE_PATH)
-        .header(http::header::TE, "trailers")
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(tonic::body::Body::new(Once(Some(framed.freeze()))))
-        .map_err(|e| Error::InvalidArgument(format!("subscribe request: {e}")))?;
-    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(e.into()))?;
-    let response = channel.call(http_request).await.map_err(|e| Status::from_error(e.into()))?;
-    // As tonic's client does: a "trailers-only" answer carries an error status in its headers.
-    if let Some(status) = Status::from_header_map(response.headers()) {
-        if status.code() != tonic::Code::Ok {
-            return Err(status.into());
-        }
-    }
-    let body = tonic::body::Body::new(response.into_body());
-    Ok(FramedMessages::new(body, max_response_bytes).response())
+    let framed = hand_call::frame_message(request, "subscribe request")?;
+    let body = tonic::body::Body::new(Once(Some(framed)));
+    // A trailers-only OK answer has an empty body: its messages end at once, quietly.
+    let response = hand_call::start(channel, SUBSCRIBE_PATH, body).await?;
+    Ok(FramedMessages::new(response.into_body(), max_response_bytes).response())
 }
 
 /// A request body of one chunk: the framed SubscribeRequest.

@@ -9,10 +9,9 @@
 //! hyper sends both as HTTP/2 DATA, and h2 writes a chunk of more than 256 bytes with its
 //! frame header in one `writev`, without copying it.
 //!
-//! The call itself goes through the same channel as every other call, with the same
-//! credentials interceptor; only the request body and the response's first steps (which
-//! tonic's `Grpc::streaming` would take) are here. Responses are decoded by tonic's
-//! `Streaming` with the prost decoder the generated client uses, as before.
+//! The call starts as every hand-made call does (`hand_call`: the same channel, credentials
+//! and headers as tonic's generated client). Responses are decoded by tonic's `Streaming`
+//! with the prost decoder the generated client uses.
 //!
 //! Invariants:
 //! - the two chunks of a request, concatenated, are the gRPC frame of a protobuf encoding of
@@ -29,48 +28,32 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
+use tidelog_proto::frames::PREFIX_LEN;
 use tidelog_proto::wire;
 use tidelog_proto::wire::produce_request::Payload;
 use tokio::sync::mpsc;
-use tonic::client::GrpcService;
 use tonic::codec::Streaming;
-use tonic::codegen::http;
 use tonic::Status;
 use tonic_prost::ProstDecoder;
 
 use crate::client::Channel;
-use crate::Error;
+use crate::{hand_call, Error};
 
 const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 /// Protobuf field numbers of the payload (records_service.proto, `ProduceRequest.payload`).
 const RECORDS: u32 = 5;
 const COMPRESSED_RECORDS: u32 = 6;
-/// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
-const GRPC_PREFIX_LEN: usize = 5;
 
 /// Opens a Produce stream on `channel` that sends what `requests` yields; returns the
 /// stream of responses. Errors as tonic's generated client would give them.
 pub(crate) async fn open(
-    mut channel: Channel,
+    channel: Channel,
     requests: mpsc::Receiver<wire::ProduceRequest>,
     max_response_bytes: usize,
 ) -> Result<Streaming<wire::ProduceResponse>, Error> {
     let body = tonic::body::Body::new(ProduceBody { requests, payload: None });
-    let request = http::Request::builder()
-        .method(http::Method::POST)
-        .version(http::Version::HTTP_2)
-        .uri(PRODUCE_PATH)
-        .header(http::header::TE, "trailers")
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(body)
-        .map_err(|e| Error::InvalidArgument(format!("produce request: {e}")))?;
-    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(e.into()))?;
-    let response = channel.call(request).await.map_err(|e| Status::from_error(e.into()))?;
-    // As tonic's client does: a "trailers-only" answer carries an error status in its headers.
-    if let Some(status) = Status::from_header_map(response.headers()) {
-        if status.code() != tonic::Code::Ok {
-            return Err(status.into());
-        }
+    let response = hand_call::start(channel, PRODUCE_PATH, body).await?;
+    if hand_call::ended_in_headers(&response) {
         return Ok(Streaming::new_empty(ProstDecoder::default(), response.into_body()));
     }
     let code = response.status();
@@ -121,7 +104,7 @@ fn frame(mut request: wire::ProduceRequest) -> (Bytes, Bytes) {
     // `Some(Records(empty))`; the broker refuses an empty batch either way.
     let payload_head = key_len(field) + encoded_len_varint(payload.len() as u64);
     let message_len = request.encoded_len() + payload_head + payload.len();
-    let mut head = BytesMut::with_capacity(GRPC_PREFIX_LEN + message_len - payload.len());
+    let mut head = BytesMut::with_capacity(PREFIX_LEN + message_len - payload.len());
     head.put_u8(0); // not compressed (batches carry their own compression)
     head.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
     request.encode_raw(&mut head);
@@ -172,8 +155,8 @@ mod tests {
             whole.extend_from_slice(&body);
             assert_eq!(whole[0], 0, "uncompressed gRPC message");
             let len = u32::from_be_bytes([whole[1], whole[2], whole[3], whole[4]]) as usize;
-            assert_eq!(len, whole.len() - GRPC_PREFIX_LEN, "the prefix gives the message's length");
-            let decoded = wire::ProduceRequest::decode(&whole[GRPC_PREFIX_LEN..]).unwrap();
+            assert_eq!(len, whole.len() - PREFIX_LEN, "the prefix gives the message's length");
+            let decoded = wire::ProduceRequest::decode(&whole[PREFIX_LEN..]).unwrap();
             assert_eq!(decoded, original);
             assert_eq!(len, original.encoded_len(), "as long as prost's own encoding");
         }
