@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod index;
+mod mapped;
 pub mod offset;
 #[cfg(test)]
 mod raft_tests;

@@ -9,8 +9,11 @@
 //! - only the active (last) segment of a log is ever appended to or truncated;
 //! - a sealed segment (the log rolled past it) has been fsynced with its indexes, so crash
 //!   recovery only has to look at the active segment;
-//! - readers get an `Arc<File>` and read with `pread`; they never move the file cursor, which
-//!   belongs to the writer (the holder of `&mut Segment`).
+//! - readers get an `Arc<File>` and read with `pread`, or map the range a large committed read
+//!   covers (`mapped.rs`); they never move the file cursor, which belongs to the writer (the
+//!   holder of `&mut Segment`);
+//! - the file shrinks at run time only in `truncate_at_position`, under the segment's
+//!   [`ShrinkGate`] held exclusively (a mapped page past the file's end is a SIGBUS).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
@@ -22,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::format::{segment_file_name, BatchHeader, BATCH_HEADER_LEN, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use super::mapped::{self, ShrinkGate, MAP_MIN_BYTES};
 use super::recovery::{header_at, scan_tail, ScanStart, TailScan};
 
 /// Why an append failed.
@@ -56,6 +60,8 @@ pub struct Segment {
     base_offset: u64,
     log_path: PathBuf,
     file: Arc<File>,
+    /// Shared with every reader: mapped reads against this file's truncation.
+    shrink: ShrinkGate,
     size: u64,
     next_offset: u64,
     last_header: Option<BatchHeader>,
@@ -92,6 +98,7 @@ impl Segment {
             base_offset,
             log_path,
             file: Arc::new(file),
+            shrink: ShrinkGate::default(),
             size: 0,
             next_offset: base_offset,
             last_header: None,
@@ -170,6 +177,7 @@ impl Segment {
                 base_offset,
                 log_path,
                 file: Arc::new(file),
+                shrink: ShrinkGate::default(),
                 size: scan.valid_end,
                 next_offset: scan.next_offset,
                 last_header: scan.last_header,
@@ -374,7 +382,12 @@ impl Segment {
 
     /// A read-only view for reading batches outside the log's lock.
     pub fn reader(&self) -> SegmentReader {
-        SegmentReader { file: Arc::clone(&self.file), size: self.size, path: self.log_path.clone() }
+        SegmentReader {
+            file: Arc::clone(&self.file),
+            shrink: self.shrink.clone(),
+            size: self.size,
+            path: self.log_path.clone(),
+        }
     }
 
     /// Removes every batch from byte `pos` on; `pos` must be a batch boundary (the position of
@@ -385,7 +398,10 @@ impl Segment {
         }
         // A valid header here proves `pos` is a boundary (its CRC would not match otherwise).
         let h = self.read_header(pos)?;
+        // No mapped read is looking at a header while the file shrinks (`mapped.rs`).
+        let gate = self.shrink.shrinking();
         self.file.set_len(pos)?;
+        drop(gate);
         (&*self.file).seek(SeekFrom::Start(pos))?;
         self.index.truncate_while(|e| u64::from(e.position) < pos)?;
         // Every batch before `pos` ends at or before `h.base_offset`, so time entries of kept
@@ -445,6 +461,7 @@ fn write_two(mut file: &File, a: &[u8], b: &[u8]) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct SegmentReader {
     file: Arc<File>,
+    shrink: ShrinkGate,
     /// Readable length, fixed when the reader was made: bytes past it may be half-written.
     size: u64,
     path: PathBuf,
@@ -457,19 +474,63 @@ impl SegmentReader {
     /// One `pread` for the chunk (two if the first batch is larger than `max_bytes`); batch
     /// payloads are slices of that one buffer.
     pub fn read(&self, position: u64, max_offset: u64, max_bytes: usize) -> io::Result<(Vec<StoredBatch>, u64)> {
-        let mut batches = Vec::new();
         if position >= self.size {
-            return Ok((batches, position));
+            return Ok((Vec::new(), position));
         }
-        let available = (self.size - position) as usize;
-        let mut want = available.min(max_bytes.max(BATCH_HEADER_LEN));
+        let mut want = self.wanted(position, max_bytes);
         let mut buf = self.pread(position, want)?;
         let first = self.decode(&buf, position)?;
         if first.batch_len as usize > want {
             want = first.batch_len as usize;
             buf = self.pread(position, want)?;
         }
-        let buf = buf.freeze();
+        self.batches(buf.freeze(), position, max_offset)
+    }
+
+    /// [`SegmentReader::read`] below `committed`, an offset Raft will never truncate (the high
+    /// watermark or the last stable offset): a read of [`MAP_MIN_BYTES`] or more hands out
+    /// slices of a mapping of the file instead of a copy (`mapped.rs`, whose invariants this
+    /// keeps: headers are read under the shrink gate, and no batch at or past `committed` is
+    /// handed out).
+    pub fn read_committed(
+        &self,
+        position: u64,
+        committed: u64,
+        max_bytes: usize,
+    ) -> io::Result<(Vec<StoredBatch>, u64)> {
+        if position >= self.size || self.wanted(position, max_bytes) < MAP_MIN_BYTES {
+            return self.read(position, committed, max_bytes);
+        }
+        let mut want = self.wanted(position, max_bytes);
+        let _reading = self.shrink.reading();
+        // A mapping that cannot be made (`vm.max_map_count` reached, no address space) falls
+        // back to the copy, which still works.
+        let Ok(mut buf) = mapped::map(&self.file, position, want) else {
+            return self.read(position, committed, max_bytes);
+        };
+        let first = self.decode(&buf, position)?;
+        if first.batch_len as usize > want {
+            want = first.batch_len as usize;
+            if position + want as u64 > self.size {
+                return Err(self.short(position, want));
+            }
+            let Ok(whole) = mapped::map(&self.file, position, want) else {
+                return self.read(position, committed, max_bytes);
+            };
+            buf = whole;
+        }
+        self.batches(buf, position, committed)
+    }
+
+    /// How much a read of `max_bytes` from `position` asks for: never less than one header.
+    fn wanted(&self, position: u64, max_bytes: usize) -> usize {
+        ((self.size - position) as usize).min(max_bytes.max(BATCH_HEADER_LEN))
+    }
+
+    /// The whole batches in `buf` (the file's bytes from `position`), stopping before one whose
+    /// base offset is `max_offset` or more; and the position after the last one.
+    fn batches(&self, buf: Bytes, position: u64, max_offset: u64) -> io::Result<(Vec<StoredBatch>, u64)> {
+        let mut batches = Vec::new();
         let mut at = 0usize;
         while at + BATCH_HEADER_LEN <= buf.len() {
             let header = self.decode(&buf[at..], position + at as u64)?;
@@ -516,12 +577,7 @@ impl SegmentReader {
                 )
             };
             match n {
-                0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{}: {} bytes short at {position}", self.path.display(), len - filled),
-                    ))
-                }
+                0 => return Err(self.short(position, len - filled)),
                 n if n < 0 => {
                     let e = io::Error::last_os_error();
                     if e.kind() != io::ErrorKind::Interrupted {
@@ -536,6 +592,14 @@ impl SegmentReader {
             }
         }
         Ok(buf)
+    }
+
+    /// A read that found `missing` bytes fewer than it needed at `position`.
+    fn short(&self, position: u64, missing: usize) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{}: {missing} bytes short at {position}", self.path.display()),
+        )
     }
 
     fn decode(&self, bytes: &[u8], position: u64) -> io::Result<BatchHeader> {

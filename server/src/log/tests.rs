@@ -355,3 +355,54 @@ fn raising_the_start_hides_records_survives_reopen_and_frees_whole_segments() {
     assert_eq!(log.log_start().0, 700);
     assert_eq!(log.log_end().0, 720);
 }
+
+/// Whether `bytes` lie in a mapping of a file whose path ends with `name` (`/proc/self/maps`).
+fn mapped_from(bytes: &[u8], name: &str) -> bool {
+    let at = bytes.as_ptr() as usize;
+    std::fs::read_to_string("/proc/self/maps").unwrap().lines().any(|line| {
+        let mut parts = line.split_whitespace();
+        let range = parts.next().unwrap_or_default();
+        let (lo, hi) = range.split_once('-').unwrap_or_default();
+        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap_or(0), usize::from_str_radix(hi, 16).unwrap_or(0));
+        (lo..hi).contains(&at) && line.ends_with(name)
+    })
+}
+
+/// A large committed read hands out slices of a mapping of the segment (`mapped.rs`): the
+/// batches a copying read gives, none at or past the committed bound, and payloads that stay
+/// readable and unchanged after the uncommitted suffix behind them is truncated and written
+/// over. A small read copies.
+#[test]
+fn committed_reads_map_large_ranges_that_outlive_a_truncation_behind_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), cfg(64 << 20)).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..200u8).map(|i| vec![i; 4096]).collect();
+    for p in &payloads {
+        log.append(batch(p, 1), 1000).unwrap();
+    }
+    let committed = 120;
+    let (reader, pos) = log.locate(0).unwrap().unwrap();
+    let (mapped, next) = reader.read_committed(pos, committed, 1 << 20).unwrap();
+    let (copied, copied_next) = reader.read(pos, committed, 1 << 20).unwrap();
+    assert_eq!((&mapped, next), (&copied, copied_next), "the same batches either way");
+    assert_eq!(mapped.len(), committed as usize);
+    let segment = format_name(0);
+    assert!(mapped.iter().all(|b| mapped_from(&b.payload, &segment)), "payloads are slices of the mapping");
+    assert!(copied.iter().all(|b| !mapped_from(&b.payload, &segment)));
+    let (small, _) = reader.read_committed(pos, committed, 8 << 10).unwrap();
+    assert!(!small.is_empty() && !mapped_from(&small[0].payload, &segment), "a small read copies");
+
+    // The uncommitted suffix goes (the file shrinks under the mapping) and other bytes follow.
+    log.truncate_suffix(committed).unwrap();
+    let other = vec![0xEE; 4096];
+    for _ in 0..100 {
+        log.append(batch(&other, 1), 2000).unwrap();
+    }
+    for (b, p) in mapped.iter().zip(&payloads) {
+        assert_eq!(&b.payload[..], &p[..], "batch {}", b.header.base_offset);
+    }
+}
+
+fn format_name(base: u64) -> String {
+    format::segment_file_name(base, format::LOG_EXT)
+}

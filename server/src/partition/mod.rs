@@ -488,8 +488,8 @@ impl Partition {
     }
 
     /// Reads whole committed batches from `offset` (below the high watermark), about
-    /// `max_bytes`. The index lookup happens under the log lock, the read itself (`pread`)
-    /// outside it, so readers never block appends for the duration of an I/O.
+    /// `max_bytes`. The index lookup happens under the log lock, the read itself (`pread`, or
+    /// a mapping) outside it, so readers never block appends for the duration of an I/O.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>, BrokerError> {
         self.check_open()?;
         let hw = *self.hw.borrow();
@@ -500,7 +500,9 @@ impl Partition {
     }
 
     /// Whole batches from `located` (the log's answer for `offset`) below `bound`, about
-    /// `max_bytes`; the `pread` happens here, outside the log lock.
+    /// `max_bytes`; the read happens here, outside the log lock. `bound` is committed (the
+    /// high watermark or the last stable offset), so a large read may hand out a mapping of
+    /// the segment instead of a copy (`SegmentReader::read_committed`).
     fn read_located(
         &self,
         located: Option<(crate::log::SegmentReader, u64)>,
@@ -515,7 +517,7 @@ impl Partition {
         // Every stored batch, control and empty ones included, so the caller can tell where
         // the read ended even when nothing in it is served.
         let (batches, _) = reader
-            .read(pos, bound, max_bytes)
+            .read_committed(pos, bound, max_bytes)
             .map_err(|e| LogError::io(format!("reading {}/{}", self.topic, self.index), e))?;
         Ok(batches)
     }
