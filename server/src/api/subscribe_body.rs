@@ -6,7 +6,11 @@
 //! `perf`; docs/PERFORMANCE.md). Here a `SubscribeResponse` becomes a list of chunks
 //! (`crate::grpc`): small ones holding the gRPC message prefix and the protobuf framing
 //! (field keys, lengths, the scalar fields), and between them each batch's payload `Bytes`
-//! exactly as read from the log.
+//! exactly as read from the log. A payload under [`INLINE_PAYLOAD_BELOW`] is copied into the
+//! framing chunk instead: each chunk is an HTTP/2 DATA frame of its own, and the work per
+//! frame on both ends (h2's stream lock, flow control, the frame header, a wake-up) costs more
+//! than copying tens of KiB. Catch-up reads of 1-record 1 KiB batches went out as two frames
+//! per record, at a sixth of the speed they reach now.
 //!
 //! [`RecordRoutes`] stands where tonic's generated `RecordServiceServer` stood: it takes
 //! `/tidelog.v1.RecordService/Subscribe` itself (the request decoded as tonic would, the
@@ -21,7 +25,7 @@
 //! - nothing is buffered beyond one response (`grpc::body`), so HTTP/2 flow control still
 //!   holds back the log readers of a slow subscriber.
 //!
-//! Never: re-encode or copy a batch payload here.
+//! Never: re-encode a batch payload, or copy one of [`INLINE_PAYLOAD_BELOW`] bytes or more.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -53,6 +57,9 @@ const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 const RESPONSE_BATCHES: u32 = 2;
 const BATCH_RECORDS: u32 = 5;
 const BATCH_COMPRESSED_RECORDS: u32 = 6;
+/// Payloads shorter than this go inside the framing chunk (copied) rather than as chunks of
+/// their own (docs/PERFORMANCE.md, "Consume: small batches").
+const INLINE_PAYLOAD_BELOW: usize = 48 << 10;
 
 /// The record service as served: Subscribe and Produce here, the rest by tonic.
 #[derive(Clone)]
@@ -141,12 +148,14 @@ fn subscribe_response(
     grpc::body::streaming_response(responses.map(|r| r.and_then(|response| frame(response, MAX_MESSAGE_BYTES))))
 }
 
-/// One response as the chunks of its gRPC frame: framing chunks, and each batch payload as
-/// its own chunk. Refused (as tonic refuses it) if over `max_message` bytes.
+/// One response as the chunks of its gRPC frame: framing chunks, and each batch payload of
+/// [`INLINE_PAYLOAD_BELOW`] bytes or more as its own chunk (smaller ones inside the framing).
+/// Refused (as tonic refuses it) if over `max_message` bytes.
 fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<VecDeque<Bytes>, Status> {
     let batches = std::mem::take(&mut response.batches);
     // Each batch: its scalar fields, then its payload field's key and length (the payload
-    // itself goes alone). `framing`: every byte but the payloads, all in one buffer.
+    // itself goes alone unless it is small). `framing`: every byte but the payloads that go
+    // alone, all in one buffer.
     let mut heads = Vec::with_capacity(batches.len());
     let mut framing = PREFIX_LEN + response.encoded_len();
     let mut total = response.encoded_len();
@@ -161,7 +170,7 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
         let batch_len = batch.encoded_len() + payload_key + payload_len;
         let batch_key = key_len(RESPONSE_BATCHES) + encoded_len_varint(batch_len as u64);
         total += batch_key + batch_len;
-        framing += batch_key + batch_len - payload_len;
+        framing += batch_key + batch_len - if payload_len < INLINE_PAYLOAD_BELOW { 0 } else { payload_len };
         heads.push((batch, payload, batch_len));
     }
     let mut chunks = VecDeque::with_capacity(2 * heads.len() + 1);
@@ -175,8 +184,10 @@ fn frame(mut response: wire::SubscribeResponse, max_message: usize) -> Result<Ve
         if let Some((field, payload)) = payload {
             encode_key(field, WireType::LengthDelimited, &mut head);
             encode_varint(payload.len() as u64, &mut head);
-            chunks.push_back(head.split().freeze());
-            if !payload.is_empty() {
+            if payload.len() < INLINE_PAYLOAD_BELOW {
+                head.extend_from_slice(&payload);
+            } else {
+                chunks.push_back(head.split().freeze());
                 chunks.push_back(payload);
             }
         }
@@ -239,7 +250,7 @@ mod tests {
 
     #[test]
     fn payloads_are_sent_as_they_were_read_not_copied() {
-        let payload = Bytes::from(vec![7u8; 4096]);
+        let payload = Bytes::from(vec![7u8; INLINE_PAYLOAD_BELOW]);
         let response = wire::SubscribeResponse {
             batches: vec![batch(0, Some(wire::batch::Payload::Records(payload.clone())))],
             ..Default::default()
@@ -249,6 +260,21 @@ mod tests {
             chunks.iter().any(|c| c.as_ptr() == payload.as_ptr() && c.len() == payload.len()),
             "the payload is its own chunk, the very bytes read"
         );
+    }
+
+    /// Small payloads ride in the framing: a response of many small batches is one chunk.
+    #[test]
+    fn small_payloads_are_copied_into_the_framing() {
+        let small = Bytes::from(vec![3u8; INLINE_PAYLOAD_BELOW - 1]);
+        let response = wire::SubscribeResponse {
+            batches: (0..100).map(|i| batch(i, Some(wire::batch::Payload::Records(small.clone())))).collect(),
+            ..Default::default()
+        };
+        let chunks = frame(response.clone(), usize::MAX).expect("framed");
+        assert_eq!(chunks.len(), 1, "one chunk for the whole response");
+        assert_eq!(chunks[0].len(), PREFIX_LEN + response.encoded_len(), "the whole message");
+        let decoded = wire::SubscribeResponse::decode(&joined(&chunks)[PREFIX_LEN..]).expect("decodes");
+        assert_eq!(decoded, response);
     }
 
     #[test]
