@@ -7,19 +7,22 @@
 //! `ProduceRequest` becomes two chunks: a small one with the gRPC message prefix, the scalar
 //! fields and the payload's field key and length, then the batch's payload `Bytes` as sealed.
 //! hyper sends both as HTTP/2 DATA, and h2 writes a chunk of more than 256 bytes with its
-//! frame header in one `writev`, without copying it.
+//! frame header in one `writev`, without copying it. A payload under
+//! [`INLINE_PAYLOAD_BELOW`] is copied into the first chunk instead: one DATA frame fewer
+//! costs less than copying it (as the broker does for Subscribe, `api/subscribe_body.rs`).
 //!
 //! The call starts as every hand-made call does (`hand_call`: the same channel, credentials
 //! and headers as tonic's generated client). Responses are decoded by tonic's `Streaming`
 //! with the prost decoder the generated client uses.
 //!
 //! Invariants:
-//! - the two chunks of a request, concatenated, are the gRPC frame of a protobuf encoding of
-//!   that request (the payload field last, which protobuf allows: fields may come in any order);
+//! - the chunks of a request (one or two), concatenated, are the gRPC frame of a protobuf
+//!   encoding of that request (the payload field last, which protobuf allows: fields may come
+//!   in any order);
 //! - nothing is buffered beyond one request: the next is taken from the sender's queue only
 //!   once both chunks of the last are taken, so HTTP/2 flow control still holds the sender back.
 //!
-//! Never: copy a batch payload here.
+//! Never: copy a batch payload of [`INLINE_PAYLOAD_BELOW`] bytes or more here.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -43,6 +46,9 @@ const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 /// Protobuf field numbers of the payload (records_service.proto, `ProduceRequest.payload`).
 const RECORDS: u32 = 5;
 const COMPRESSED_RECORDS: u32 = 6;
+/// Payloads shorter than this go inside the first chunk (copied) rather than as a chunk of
+/// their own (docs/PERFORMANCE.md, "Consume: small batches", and "SDK produce").
+const INLINE_PAYLOAD_BELOW: usize = 48 << 10;
 
 /// Opens a Produce stream on `channel` that sends what `requests` yields; returns the
 /// stream of responses. Errors as tonic's generated client would give them.
@@ -93,7 +99,8 @@ impl http_body::Body for ProduceBody {
 }
 
 /// `request` as two chunks: the gRPC prefix, every field but the payload, and the payload's
-/// key and length; then the payload itself.
+/// key and length; then the payload itself, or nothing when the payload was small enough to
+/// go in the first chunk.
 fn frame(mut request: wire::ProduceRequest) -> (Bytes, Bytes) {
     let (field, payload) = match request.payload.take() {
         Some(Payload::Records(b)) => (RECORDS, b),
@@ -104,12 +111,17 @@ fn frame(mut request: wire::ProduceRequest) -> (Bytes, Bytes) {
     // `Some(Records(empty))`; the broker refuses an empty batch either way.
     let payload_head = key_len(field) + encoded_len_varint(payload.len() as u64);
     let message_len = request.encoded_len() + payload_head + payload.len();
-    let mut head = BytesMut::with_capacity(PREFIX_LEN + message_len - payload.len());
+    let inline = payload.len() < INLINE_PAYLOAD_BELOW;
+    let mut head = BytesMut::with_capacity(PREFIX_LEN + message_len - if inline { 0 } else { payload.len() });
     head.put_u8(0); // not compressed (batches carry their own compression)
     head.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
     request.encode_raw(&mut head);
     encode_key(field, WireType::LengthDelimited, &mut head);
     encode_varint(payload.len() as u64, &mut head);
+    if inline {
+        head.extend_from_slice(&payload);
+        return (head.freeze(), Bytes::new());
+    }
     (head.freeze(), payload)
 }
 
@@ -134,31 +146,38 @@ mod tests {
         }
     }
 
-    /// The two chunks are a gRPC frame of a message prost decodes to the very request, and
-    /// the payload chunk is the batch's own memory.
+    /// The chunks are a gRPC frame of a message prost decodes to the very request; a large
+    /// payload is a chunk of its own, the batch's own memory, a small one rides in the first.
     #[test]
-    fn chunks_frame_the_request_and_carry_the_payload_uncopied() {
+    fn chunks_frame_the_request_and_carry_a_large_payload_uncopied() {
         for (payload, size) in [
             (Some(Payload::Records(Bytes::from(vec![b'r'; 1 << 20]))), 1 << 20),
-            (Some(Payload::CompressedRecords(Bytes::from(vec![b'c'; 300]))), 300),
-            (Some(Payload::Records(Bytes::from_static(b"x"))), 1),
+            (Some(Payload::Records(Bytes::from(vec![b'r'; INLINE_PAYLOAD_BELOW]))), INLINE_PAYLOAD_BELOW),
+            (Some(Payload::CompressedRecords(Bytes::from(vec![b'c'; INLINE_PAYLOAD_BELOW - 1]))), 0),
+            (Some(Payload::CompressedRecords(Bytes::from(vec![b'c'; 300]))), 0),
+            (Some(Payload::Records(Bytes::from_static(b"x"))), 0),
+            (None, 0),
         ] {
             let original = request(payload);
-            let sent = match &original.payload {
-                Some(Payload::Records(b) | Payload::CompressedRecords(b)) => b.clone(),
-                None => unreachable!(),
-            };
             let (head, body) = frame(original.clone());
-            assert_eq!(body.as_ptr(), sent.as_ptr(), "the payload is the batch's bytes, not a copy");
-            assert_eq!(body.len(), size);
+            assert_eq!(body.len(), size, "the payload's own chunk");
+            if let Some(Payload::Records(sent) | Payload::CompressedRecords(sent)) = &original.payload {
+                if size > 0 {
+                    assert_eq!(body.as_ptr(), sent.as_ptr(), "the payload is the batch's bytes, not a copy");
+                }
+            }
             let mut whole = head.to_vec();
             whole.extend_from_slice(&body);
             assert_eq!(whole[0], 0, "uncompressed gRPC message");
             let len = u32::from_be_bytes([whole[1], whole[2], whole[3], whole[4]]) as usize;
             assert_eq!(len, whole.len() - PREFIX_LEN, "the prefix gives the message's length");
             let decoded = wire::ProduceRequest::decode(&whole[PREFIX_LEN..]).unwrap();
-            assert_eq!(decoded, original);
-            assert_eq!(len, original.encoded_len(), "as long as prost's own encoding");
+            let expected = wire::ProduceRequest {
+                payload: Some(original.payload.clone().unwrap_or(Payload::Records(Bytes::new()))),
+                ..original.clone()
+            };
+            assert_eq!(decoded, expected);
+            assert_eq!(len, expected.encoded_len(), "as long as prost's own encoding");
         }
     }
 }
