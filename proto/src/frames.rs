@@ -39,6 +39,13 @@ use tonic::{Code, Status};
 /// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
 pub const PREFIX_LEN: usize = 5;
 
+/// The senders' side of the same bargain (the broker's Subscribe responses, the SDK's Produce
+/// requests): a `bytes` payload shorter than this is copied into the framing chunk around it,
+/// a longer one goes as a chunk, so an HTTP/2 DATA frame, of its own. The work per frame on
+/// both ends costs more than copying up to about 33 KiB and less than copying 61 KiB
+/// (docs/PERFORMANCE.md, "Consume: small batches").
+pub const INLINE_PAYLOAD_BELOW: usize = 48 << 10;
+
 /// Refuses a request whose messages are compressed (`grpc-encoding` other than identity):
 /// none is accepted, and tonic refuses it with these words.
 pub fn refuse_compressed(headers: &http::HeaderMap) -> Result<(), Status> {

@@ -31,7 +31,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
-use tidelog_proto::frames::PREFIX_LEN;
+use tidelog_proto::frames::{INLINE_PAYLOAD_BELOW, PREFIX_LEN};
 use tidelog_proto::wire;
 use tidelog_proto::wire::produce_request::Payload;
 use tokio::sync::mpsc;
@@ -46,9 +46,6 @@ const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 /// Protobuf field numbers of the payload (records_service.proto, `ProduceRequest.payload`).
 const RECORDS: u32 = 5;
 const COMPRESSED_RECORDS: u32 = 6;
-/// Payloads shorter than this go inside the first chunk (copied) rather than as a chunk of
-/// their own (docs/PERFORMANCE.md, "Consume: small batches", and "SDK produce").
-const INLINE_PAYLOAD_BELOW: usize = 48 << 10;
 
 /// Opens a Produce stream on `channel` that sends what `requests` yields; returns the
 /// stream of responses. Errors as tonic's generated client would give them.

@@ -38,6 +38,7 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
+use tidelog_proto::frames::INLINE_PAYLOAD_BELOW;
 use tidelog_proto::wire;
 use tidelog_proto::wire::record_service_server::{RecordService, RecordServiceServer};
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,9 +58,6 @@ const PRODUCE_PATH: &str = "/tidelog.v1.RecordService/Produce";
 const RESPONSE_BATCHES: u32 = 2;
 const BATCH_RECORDS: u32 = 5;
 const BATCH_COMPRESSED_RECORDS: u32 = 6;
-/// Payloads shorter than this go inside the framing chunk (copied) rather than as chunks of
-/// their own (docs/PERFORMANCE.md, "Consume: small batches").
-const INLINE_PAYLOAD_BELOW: usize = 48 << 10;
 
 /// The record service as served: Subscribe and Produce here, the rest by tonic.
 #[derive(Clone)]
