@@ -3,8 +3,10 @@
 //! replication with) instead of through tonic's `Streaming`, which gathers every frame into
 //! one decode buffer first: a copy of every consumed byte, 17.5 % of an SDK subscriber's CPU
 //! (docs/PERFORMANCE.md, "Consume: the subscriber's receive window"). The broker sends each
-//! stored batch payload as a DATA frame of its own, so a batch's payload is a slice of the
-//! frame it came in, and the records' values slices of that.
+//! stored batch payload of 48 KiB or more as a DATA frame of its own and smaller ones inside
+//! the frames around them (`frames::INLINE_PAYLOAD_BELOW`), so a batch's payload is a slice of
+//! the frame it came in (copied only when it straddles two), and the records' values slices
+//! of that.
 //!
 //! The call starts as every hand-made call does (`hand_call`: the same channel, credentials
 //! and headers as tonic's generated client). Errors are what that client would give: a status
