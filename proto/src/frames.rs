@@ -11,8 +11,9 @@
 //! `perf`, `poll_frame`, docs/PERFORMANCE.md). Here the frames stay in a list ([`FrameList`]);
 //! scalar fields are read across frames, and a `bytes` field is taken with `copy_to_bytes`,
 //! which slices the frame when the field lies inside one (the SDKs, the replicating leader and
-//! the broker's Subscribe send each payload as a DATA frame of its own) and copies only when it
-//! straddles two.
+//! the broker's Subscribe send each large payload as a DATA frame of its own, and small ones
+//! inside the frame around them: [`INLINE_PAYLOAD_BELOW`]) and copies only when it straddles
+//! two.
 //!
 //! What tonic's decoder checks is checked here the same way, with its codes: a message over the
 //! limit is OUT_OF_RANGE, a compressed message (no compression is accepted) or a broken frame
