@@ -18,7 +18,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// A listener on a free loopback port below Linux's ephemeral range (32768-60999 by default),
 /// for a broker that needs its port fixed before it starts. Released and bound again by the
 /// broker, a port from `127.0.0.1:0` (that range) could be taken in between by an outgoing
-/// connection of a concurrent test ("Address already in use"); one from here cannot.
+/// connection of a concurrent test ("Address already in use"); one from here cannot, and it
+/// stays this process's for its whole life ([`claim`]), so a broker restarted on it finds it
+/// free.
 pub fn reserve_port() -> std::net::TcpListener {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
@@ -28,11 +30,39 @@ pub fn reserve_port() -> std::net::TcpListener {
     let base = std::process::id().wrapping_mul(7_919) % SPAN;
     for _ in 0..SPAN {
         let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if !claim(port) {
+            continue;
+        }
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
             return listener;
         }
     }
     panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
+}
+
+/// Claims `port` for this test process until it exits: an exclusive `flock` on a file named
+/// after it, held open for the process's life (the kernel releases it when the process ends,
+/// however it ends). A port is then never handed to two test processes, even while one of
+/// them has killed its broker and not yet started it again on the same port: binding alone
+/// could not tell, and another test's broker once took a port in that second.
+fn claim(port: u32) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+    static CLAIMED: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("tidelog-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true; // no claims possible here: binding alone decides, as before
+    }
+    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(port.to_string())) else {
+        return true;
+    };
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    #[allow(unsafe_code)]
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if locked {
+        CLAIMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(file);
+    }
+    locked
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing the test (naming `what`) after
@@ -73,6 +103,24 @@ mod tests {
         assert_ne!(pa, pb);
         for p in [pa, pb] {
             assert!((20_000..32_000).contains(&p), "port {p}");
+        }
+    }
+
+    /// A port another holder has claimed (here a second open of its lock file, as another
+    /// test process would hold it) is refused, and one claimed here stays claimed after its
+    /// listener is dropped, while no broker holds it.
+    #[test]
+    fn a_claimed_port_is_never_handed_out_again() {
+        use std::os::fd::AsRawFd;
+        let port = u32::from(reserve_port().local_addr().unwrap().port());
+        assert!(!claim(port), "claimed by this process already, listener dropped or not");
+        let other = 31_999;
+        let dir = std::env::temp_dir().join("tidelog-test-ports");
+        let held = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(other.to_string())).unwrap();
+        #[allow(unsafe_code)]
+        let locked = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if locked {
+            assert!(!claim(other), "a port another holder claimed");
         }
     }
 
