@@ -540,9 +540,12 @@ impl Log {
     }
 
     /// The stored batches with Raft index `index` or below (none for `None`), as slices of the
-    /// segment files in offset order: a Raft snapshot's data (see [`snapshot`]). Never empty:
-    /// with no such batch it is the first segment's empty prefix, which still tells the log
-    /// start offset.
+    /// segment files in offset order: a Raft snapshot's data (see [`snapshot`]). Every segment
+    /// up to the cut is listed, a zero-length one included: with no such batch the first
+    /// segment's empty prefix still tells the log start, and a cut at a segment's start still
+    /// tells that segment's base. So the installing replica gets this log's segment bases and
+    /// rolls, and compacts, at the same offsets as this one (replicas clean on their own; only
+    /// equal segments give equal compacted records).
     pub fn raft_prefix(&self, index: Option<u64>) -> Result<Vec<SegmentSlice>, LogError> {
         let mut out = Vec::new();
         for seg in self.segments.values() {
@@ -554,9 +557,7 @@ impl Log {
                     .map_or(seg.size(), |(pos, _)| pos),
                 _ => seg.size(),
             };
-            if cut > 0 || out.is_empty() {
-                out.push(SegmentSlice { base_offset: seg.base_offset(), file: seg.file_handle(), len: cut });
-            }
+            out.push(SegmentSlice { base_offset: seg.base_offset(), file: seg.file_handle(), len: cut });
             if cut < seg.size() {
                 break;
             }

@@ -298,3 +298,27 @@ fn an_interrupted_snapshot_install_leaves_the_old_or_the_new_log_never_a_mix() {
     data(&mut dst, 1, 41, 2);
     assert_eq!(dst.read_raft(41, 1).unwrap()[0].header.base_offset, 80);
 }
+
+/// A snapshot cut where a segment ends gives the installing replica the source's segment bases,
+/// the empty segment after the cut included, so the same appends roll both at the same offsets
+/// (replicas compact on their own, and only equal segments compact to equal records).
+#[test]
+fn a_snapshot_cut_at_a_segment_end_keeps_the_sources_segment_bases() {
+    let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut src, _) = Log::open(src_dir.path(), cfg(1024)).unwrap();
+    for i in 1..=60 {
+        data(&mut src, 1, i, 2);
+    }
+    let bases = |log: &Log| log.segments.keys().copied().collect::<Vec<_>>();
+    let second = bases(&src)[1];
+    let cut = src.segments[&0].last_header().unwrap().raft_index;
+    let (mut dst, _) = Log::open(dst_dir.path(), cfg(1024)).unwrap();
+    dst.install_snapshot(&src.raft_prefix(Some(cut)).unwrap()).unwrap();
+    assert_eq!(bases(&dst), vec![0, second], "the empty segment at the cut came along");
+    assert_eq!(dst.log_end().0, second);
+    for i in cut + 1..=60 {
+        data(&mut dst, 1, i, 2);
+    }
+    assert_eq!(bases(&dst), bases(&src));
+    assert_eq!(raft_entries(&dst, 1), raft_entries(&src, 1));
+}
