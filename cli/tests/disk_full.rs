@@ -1,6 +1,7 @@
 //! A full disk (a real one: a 6 MiB tmpfs) gives producers a retryable STORAGE_ERROR per batch,
 //! keeps the stream and the broker alive, loses no acknowledged record, leaves no partial
-//! batch, and appends resume with gap-free offsets once space is freed.
+//! batch, and appends resume with gap-free offsets once space is freed. The broker's log says
+//! so, and the SDK producer, which retries the refusal, names it when it gives up.
 //!
 //! Needs permission to mount tmpfs (root, as on CI). Without it the test fails with that
 //! reason; set TIDELOG_SKIP_DISK_FULL=1 to skip it knowingly on such a machine.
@@ -12,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use futures::StreamExt;
+use std::time::Duration;
 use support::*;
 use tidelog::proto::v1::{ErrorCode, TopicConfig};
-use tidelog::Record;
+
+use tidelog::{Compression, Error, Producer, ProducerConfig, Record};
 
 struct Tmpfs(PathBuf);
 
@@ -90,6 +93,38 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
         assert_eq!(r.offset, *offset);
         assert_eq!(r.value.as_deref(), Some(vec![(id % 251) as u8; 64 * 1024].as_slice()));
     }
+
+    assert!(broker.log().contains("No space left"), "the broker's log says why produces fail");
+
+    // The SDK retries a STORAGE_ERROR; when it gives up, the error names the refusal: a full
+    // buffer at `send`, then the delivery timeout of the queued batches.
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        compression: Compression::None,
+        max_batch_bytes: 64 * 1024 + 64,
+        buffer_memory: 4 * (64 * 1024 + 64),
+        max_block: Duration::from_secs(1),
+        delivery_timeout: Duration::from_secs(3),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let mut deliveries = Vec::new();
+    let full = loop {
+        match producer.send_to("full", 0, Record::new(vec![9u8; 64 * 1024])).await {
+            Ok(d) => deliveries.push(d),
+            Err(e) => break e,
+        }
+        assert!(deliveries.len() <= 4, "the buffer holds four records");
+    };
+    assert!(
+        matches!(&full, Error::BufferFull { last_error: Some(e), .. } if e.contains("full/0") && e.contains("No space left")),
+        "{full}"
+    );
+    let failed = deliveries.remove(0).await.expect_err("nothing is stored on a full disk");
+    let why = failed.to_string();
+    assert!(why.starts_with("delivery failed: not acknowledged within 3s; the broker's last answer: "), "{why}");
+    assert!(why.contains("STORAGE_ERROR") && why.contains("No space left"), "the delivery error says why: {why}");
+    assert_eq!(high_watermark(&client, "full", 0).await, hw, "refused batches must not be stored");
 
     // Free space: the same stream succeeds again, offsets continue without a gap.
     std::fs::remove_file(&ballast).unwrap();

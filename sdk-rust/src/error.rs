@@ -17,8 +17,11 @@ pub enum Error {
     Decode(String),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("the producer's buffer stayed full for {0:?}; the broker is slower than the producer or unreachable")]
-    BufferFull(std::time::Duration),
+    /// `send` waited `waited` for buffer memory. `last_error`: a partition whose batches the
+    /// broker keeps refusing with a retryable error (a full disk, no leader), and its last
+    /// refusal; `None` if the broker is just slow or unreachable.
+    #[error("the producer's buffer stayed full for {waited:?}; {}", buffer_full_cause(.last_error))]
+    BufferFull { waited: std::time::Duration, last_error: Option<String> },
     #[error("the producer is closed")]
     Closed,
     #[error("delivery failed: {0}")]
@@ -28,6 +31,13 @@ pub enum Error {
     /// (`Subscription::avoid`). Retryable.
     #[error("subscription stalled at {broker}: {message}")]
     Stalled { broker: String, message: String },
+}
+
+fn buffer_full_cause(last_error: &Option<String>) -> String {
+    match last_error {
+        Some(e) => format!("the broker keeps refusing batches of {e}"),
+        None => "the broker is slower than the producer or unreachable".to_string(),
+    }
 }
 
 impl From<tonic::Status> for Error {
@@ -68,7 +78,7 @@ impl Error {
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
             ),
             Error::Broker { code, .. } => retryable_code(*code),
-            Error::BufferFull(_) | Error::Stalled { .. } => true,
+            Error::BufferFull { .. } | Error::Stalled { .. } => true,
             Error::Decode(_) | Error::InvalidArgument(_) | Error::Closed | Error::Delivery(_) => false,
         }
     }

@@ -315,7 +315,8 @@ async fn batch_stored_before_the_connection_dropped_is_answered_as_a_duplicate()
 }
 
 /// Buffer memory is back-pressure: while nothing is acknowledged, a send that does not fit
-/// waits `max_block` and fails with BufferFull (queuing nothing); once the broker answers, the
+/// waits `max_block` and fails with BufferFull (queuing nothing, naming the broker's refusal);
+/// once the broker answers, the
 /// queued records are delivered and their memory lets the next send in at once.
 #[tokio::test]
 async fn send_waits_for_buffer_memory_then_fails_with_buffer_full() {
@@ -342,7 +343,11 @@ async fn send_waits_for_buffer_memory_then_fails_with_buffer_full() {
 
     let started = Instant::now();
     let full = p.send_to(TOPIC, 0, Record::new("never")).await;
-    assert!(matches!(full, Err(Error::BufferFull(d)) if d == max_block), "{full:?}");
+    assert!(
+        matches!(&full, Err(Error::BufferFull { waited, last_error: Some(e) })
+            if *waited == max_block && e == "t/0: ERROR_CODE_STORAGE_ERROR fake broker: StorageError"),
+        "the error names the refusal: {full:?}"
+    );
     assert!(started.elapsed() >= max_block, "failed after {:?}, before max_block", started.elapsed());
     let stats = p.stats();
     assert_eq!(stats.queued_records, 2, "the refused record was not queued");

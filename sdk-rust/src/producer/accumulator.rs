@@ -66,6 +66,9 @@ pub(crate) struct PartitionQueue {
     /// Resent at once to a leader a NOT_LEADER answer named, and not answered since: the next
     /// refusal waits the backoff (see `sender.rs`, "Failure handling").
     pub redirected: bool,
+    /// The broker's last retryable refusal of this partition's batches (code and message),
+    /// until a batch is acknowledged: what a delivery timeout or a full buffer reports.
+    pub last_error: Option<String>,
 }
 
 impl PartitionQueue {
@@ -122,6 +125,11 @@ impl Accumulator {
 
     pub fn queues_mut(&mut self) -> impl Iterator<Item = &mut PartitionQueue> {
         self.queues.values_mut().flat_map(HashMap::values_mut)
+    }
+
+    /// A partition whose batches the broker keeps refusing, and its last refusal.
+    pub fn last_error(&self) -> Option<String> {
+        self.queues().find_map(|q| q.last_error.as_ref().map(|e| format!("{}/{}: {e}", q.tp.topic, q.tp.partition)))
     }
 
     /// Adds a record to its partition's open batch; seals the batch first if the record would

@@ -347,7 +347,7 @@ impl Producer {
             Ok(permit) => permit,
             Err(_) => tokio::time::timeout(s.config.max_block, s.memory.acquire_many(size as u32))
                 .await
-                .map_err(|_| Error::BufferFull(s.config.max_block))?
+                .map_err(|_| Error::BufferFull { waited: s.config.max_block, last_error: s.lock().last_error() })?
                 .map_err(|_| Error::Closed)?,
         };
         permit.forget(); // returned when the record completes

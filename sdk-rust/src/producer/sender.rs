@@ -22,7 +22,9 @@
 //!   Kafka's clients do since KIP-951). A new producer's first batch goes to a fallback broker,
 //!   and a partition's first batch after a leader change to the old leader: neither waits a
 //!   backoff for the answer to be taken. Once in a row only: a second such refusal before the
-//!   partition is answered (two brokers naming each other mid-election) waits the backoff;
+//!   partition is answered (two brokers naming each other mid-election) waits the backoff.
+//!   The refusal is logged at WARN once per episode and kept until a batch is acknowledged
+//!   (`PartitionQueue::last_error`), so a delivery timeout or `BufferFull` names it;
 //! - fatal error on a batch: its records fail; the batches after it take over its sequence
 //!   numbers (the broker never stored it) and are resent;
 //! - a batch that was never sent and is older than `delivery_timeout` fails. One that was sent
@@ -432,7 +434,11 @@ fn complete(shared: &Shared, b: Batch, result: Result<(u64, i64), Error>) {
                 // A transaction with a lost batch must not commit (Kafka's abortable error).
                 txn.failed.store(true, Ordering::Release);
             }
-            Done::Failed(e.to_string())
+            // The delivery future says "delivery failed: " itself.
+            Done::Failed(match e {
+                Error::Delivery(message) => message,
+                e => e.to_string(),
+            })
         }
     };
     b.completion.complete(done);
@@ -577,6 +583,7 @@ fn handle_response(
     let retryable = crate::error::retryable_code(code) || (clustered && unknown);
     if code == ErrorCode::Unspecified {
         q.redirected = false;
+        q.last_error = None;
         if let Some(b) = q.in_flight.pop_front() {
             complete(shared, b, Ok((r.base_offset, r.append_time_ms)));
         }
@@ -592,7 +599,15 @@ fn handle_response(
             q.retry_at = None;
             return None;
         }
-        tracing::debug!(topic = %tp.topic, partition = tp.partition, ?code, message = %r.error_message, "retryable produce error; resending after a backoff");
+        // Once per episode at WARN (Kafka's producer warns on every retry): a full disk or a
+        // long election shows in the application's log, not only as a timeout a minute later.
+        let last = format!("{} {}", code.as_str_name(), r.error_message);
+        if q.last_error.as_deref() == Some(last.as_str()) {
+            tracing::debug!(topic = %tp.topic, partition = tp.partition, error = %last, "retryable produce error; resending after a backoff");
+        } else {
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %last, "the broker refused a batch (retryable); resending after a backoff");
+            q.last_error = Some(last);
+        }
         q.retry_at = Some(Instant::now() + backoff);
         return Some(true);
     }
@@ -616,7 +631,8 @@ fn handle_response(
 fn expire(shared: &Shared, now: Instant) {
     let timeout = shared.config.delivery_timeout;
     let mut acc = shared.lock();
-    let mut expired: Vec<Batch> = Vec::new();
+    // Each expired batch with its partition's last refusal, if the broker gave one.
+    let mut expired: Vec<(Batch, Option<String>)> = Vec::new();
     let mut poisoned = false;
     for q in acc.queues_mut() {
         while q.ready.front().is_some_and(|b| now.duration_since(b.created) > timeout) {
@@ -626,19 +642,25 @@ fn expire(shared: &Shared, now: Instant) {
             } else {
                 q.renumber_after_drop(&b);
             }
-            expired.push(b);
+            expired.push((b, q.last_error.clone()));
         }
     }
     if poisoned {
         // Sequence state is ambiguous: fail everything queued (see module docs).
         for q in acc.queues_mut() {
-            drain_queue(q, &mut expired);
+            let mut drained = Vec::new();
+            drain_queue(q, &mut drained);
+            expired.extend(drained.into_iter().map(|b| (b, q.last_error.clone())));
         }
         shared.closed.store(true, Ordering::Release);
     }
     drop(acc);
-    for b in expired {
-        complete(shared, b, Err(Error::Delivery(format!("not acknowledged within {timeout:?}"))));
+    for (b, last_error) in expired {
+        let why = match last_error {
+            Some(e) => format!("not acknowledged within {timeout:?}; the broker's last answer: {e}"),
+            None => format!("not acknowledged within {timeout:?}"),
+        };
+        complete(shared, b, Err(Error::Delivery(why)));
     }
 }
 

@@ -121,7 +121,13 @@ async fn start_produce(broker: &Broker, caller: &Caller, req: wire::ProduceReque
                 resp.error_message = rejected.message;
             }
             Err(e) => {
-                tracing::debug!(topic = %resp.topic, partition = resp.partition, error = %e, "produce rejected");
+                if error_code(&e) == ErrorCode::StorageError {
+                    // The broker's fault, not the client's (a full disk, an I/O error): the
+                    // operator must see it. Bounded per window (`telemetry::rate_limit`).
+                    tracing::error!(topic = %resp.topic, partition = resp.partition, error = %e, "produce failed in the broker's storage");
+                } else {
+                    tracing::debug!(topic = %resp.topic, partition = resp.partition, error = %e, "produce rejected");
+                }
                 if let BrokerError::NotLeader { leader: Some((id, addr)), .. } = &e {
                     resp.leader_id = *id as u32;
                     resp.leader_address = addr.clone();
