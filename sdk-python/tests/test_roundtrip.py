@@ -262,3 +262,15 @@ def test_flush_returns_while_another_thread_polls(broker: Broker, topic: str):
         poller.join(5)
         p.poll(0)
     assert len(delivered) == 2000 and all(isinstance(m, Message) for m in delivered)
+
+
+def test_batches_stay_under_the_topics_max_batch_bytes(broker: Broker, admin: AdminClient):
+    """batch.size (256 KiB by default) is capped by the topic's max.batch.bytes, as in the Rust
+    SDK: a topic with smaller batches gets every record, none refused as BATCH_TOO_LARGE."""
+    topic = unique("small-batches")
+    admin.create_topic(topic, config={"max.batch.bytes": 64 * 1024})
+    with Producer({"bootstrap.servers": broker.addr, "compression.type": "none", "linger.ms": 100}) as p:
+        p.produce_future(topic, b"first").result(10)  # metadata read: later records may go natively
+        futures = [p.produce_future(topic, b"x" * 1000) for _ in range(500)]
+        offsets = [f.result(20).offset() for f in futures]
+    assert offsets == list(range(1, 501))

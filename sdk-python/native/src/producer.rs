@@ -198,7 +198,6 @@ impl Drop for Held<'_, '_> {
 #[pyclass(module = "tidelog._native")]
 pub struct Appender {
     refs: Option<CoreRefs>,
-    batch_size: usize,
     buffer_memory: usize,
     max_age: f64,
     /// `_staging.MAX_RECORD_BYTES` and `_staging.RECORD_OVERHEAD`, read once (one source).
@@ -289,7 +288,6 @@ impl Appender {
         };
         Ok(Self {
             refs: Some(refs),
-            batch_size: core.getattr("batch_size")?.extract()?,
             buffer_memory: core.getattr("buffer_memory")?.extract()?,
             max_age: core.getattr("metadata_max_age")?.extract()?,
             max_record_bytes: staging.getattr("MAX_RECORD_BYTES")?.extract()?,
@@ -398,7 +396,8 @@ impl Appender {
         let Some(cached) = refs.partitions.bind(py).get_item(&topic)? else {
             return Ok(None);
         };
-        let (count, fetched): (i64, f64) = cached.extract()?;
+        // (partition count, fetched at, largest batch): `ProducerCore._partitions`.
+        let (count, fetched, batch_limit): (i64, f64, usize) = cached.extract()?;
         if now - fetched > self.max_age || count <= 0 {
             return Ok(None);
         }
@@ -432,7 +431,7 @@ impl Appender {
         let mut wake = false;
         let full = {
             let b = open.borrow();
-            !b.entries.is_empty() && b.buf.len() + len > self.batch_size
+            !b.entries.is_empty() && b.buf.len() + len > batch_limit
         };
         if full {
             core.call_method1(intern!(py, "_seal"), (&q,))?;

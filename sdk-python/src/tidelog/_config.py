@@ -251,7 +251,9 @@ PRODUCER_KEYS: dict[str, Key] = {
     "acks": Key("all", _acks, "all | leader | none (Kafka's -1 / 1 / 0)"),
     "enable.idempotence": Key(True, _bool, "exactly-once appends per partition across retries"),
     "linger.ms": Key(5, _int(0, 60_000), "how long a batch waits for more records"),
-    "batch.size": Key(256 * 1024, _int(1024, 1 << 20), "max encoded bytes per batch"),
+    "batch.size": Key(
+        256 * 1024, _int(1024, 1 << 20), "max encoded bytes per batch (capped by the topic's max.batch.bytes)"
+    ),
     "buffer.memory": Key(
         32 << 20, _int(1 << 16, 1 << 34), "bytes of unacknowledged records before produce blocks"
     ),

@@ -37,7 +37,9 @@ same rules as the Rust SDK's sender:
   and the batches behind it are resent after a backoff (the later ones were refused as out of
   order; their responses are ignored). Except a NOT_LEADER naming another broker as the leader:
   news, not trouble, so the batches go there at once (Kafka's clients since KIP-951); once in
-  a row only, so two brokers naming each other mid-election wait the backoff;
+  a row only, so two brokers naming each other mid-election wait the backoff. The refusal is
+  logged at WARNING once per episode and kept until a batch is acknowledged, so a delivery
+  timeout or a full buffer names it (a full disk reads as such, not as a slow broker);
 - fatal error on a batch: its records fail; the batches behind it take over its sequence
   numbers (the broker never stored it) and are resent;
 - a sealed batch never acknowledged within ``delivery.timeout.ms`` fails. If it was sent and
@@ -107,6 +109,7 @@ _MAX_BACKOFF = 1.0
 #: The backoff's cap while a partition looks for its leader (stream lost, NOT_LEADER, a probe's
 #: move): a new leader is found within this of its election.
 _LEADER_BACKOFF = 0.25
+
 _SEQ_MODULUS = 1 << 31  # sequences wrap past i32::MAX (tidelog_proto::sequence)
 _ACKS = {"all": 3, "leader": 2, "none": 1}
 _WAKE = ("wake",)
@@ -116,6 +119,14 @@ Request = tuple[str, tuple[str, int], int, bytes]
 # Called once per completed batch with a sink: (topic, partition, entries, base_offset,
 # timestamp_ms, error); an entry is None for a record without a sink.
 DeliverHook = Callable[[str, int, list[Entry | None], int, int, TidelogError | None], None]
+
+
+def _code_name(code: int) -> str:
+    """An error code's name (``STORAGE_ERROR``), or its number if this SDK does not know it."""
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"error code {code}"
 
 
 class _Batch:
@@ -158,7 +169,7 @@ class _Batch:
 class _Queue:
     """One partition: the open batch, sealed batches ready to send, and batches in flight."""
 
-    __slots__ = ("in_flight", "next_seq", "open", "ready", "redirected", "retry_at", "sent_to")
+    __slots__ = ("in_flight", "last_error", "next_seq", "open", "ready", "redirected", "retry_at", "sent_to")
 
     def __init__(self) -> None:
         #: The batch being filled (``OpenBatch``: compiled or pure Python, one interface).
@@ -172,6 +183,9 @@ class _Queue:
         #: Resent at once to a leader a NOT_LEADER named, and not answered since: the next
         #: refusal waits the backoff.
         self.redirected = False
+        #: The broker's last retriable refusal of these batches (code and message), until one
+        #: is acknowledged: what a delivery timeout or a full buffer reports.
+        self.last_error = ""
 
     def rewind(self) -> list[int]:
         """Puts every in-flight batch back at the front of ``ready``; returns their request ids."""
@@ -236,7 +250,10 @@ class ProducerCore:
         self.space = threading.Condition(self.lock)  # buffer memory freed
         self._queues: dict[tuple[str, int], _Queue] = {}
         self._sticky: dict[str, int] = {}
-        self._partitions: dict[str, tuple[int, float]] = {}  # topic → (count, fetched at)
+        #: topic → (partition count, fetched at, largest batch). The largest batch is
+        #: ``batch.size`` capped by the topic's max.batch.bytes less room for framing, as in the
+        #: Rust SDK, so no batch is refused as too large. The native appender reads it too.
+        self._partitions: dict[str, tuple[int, float, int]] = {}
         self.metadata_max_age = cfg["metadata.max.age.ms"] / 1000
         #: Buffer memory held and records not yet completed (``Counts``: compiled or pure
         #: Python, one interface; the compiled ``produce()`` path updates it directly).
@@ -361,7 +378,9 @@ class ProducerCore:
             backoff = min(backoff * 2, _MAX_BACKOFF)
             attempt += 1
         n = int(resp.topic.partition_count)
-        self._partitions[topic] = (n, time.monotonic())
+        config = resp.topic.config
+        topic_max = config.max_batch_bytes if config.HasField("max_batch_bytes") else 1 << 20
+        self._partitions[topic] = (n, time.monotonic(), max(1, min(self.batch_size, topic_max * 9 // 10)))
         return n
 
     # ---- statistics -----------------------------------------------------------------------
@@ -448,9 +467,13 @@ class ProducerCore:
                 self.txn.check_produce()
 
     def buffer_full(self) -> QueueFullError:
+        refused = next(
+            (f"{t}/{p}: {q.last_error}" for (t, p), q in list(self._queues.items()) if q.last_error), ""
+        )
+        why = f"the broker keeps refusing batches of {refused}" if refused else "is the broker reachable?"
         return QueueFullError(
             f"producer buffer full ({self.buffer_memory} bytes of unacknowledged records) for "
-            "max.block.ms; is the broker reachable? (poll() or flush() to drain callbacks)"
+            f"max.block.ms; {why} (poll() or flush() to drain callbacks)"
         )
 
     def _append(self, topic: str, partition: int, encoded: bytes, entry: Entry, memory: int) -> None:
@@ -459,7 +482,9 @@ class ProducerCore:
         if q is None:
             q = self._queues[(topic, partition)] = _Queue()
         wake = False
-        if q.open.count and q.open.size + len(encoded) > self.batch_size:
+        known = self._partitions.get(topic)
+        limit = known[2] if known is not None else self.batch_size
+        if q.open.count and q.open.size + len(encoded) > limit:
             self._seal(q)
             wake = True
             if entry[0] is None and self._sticky.get(topic) == partition:
@@ -877,6 +902,7 @@ class ProducerCore:
                 return backoff
             if code == ErrorCode.NONE:
                 q.redirected = False
+                q.last_error = ""
                 done.append((tp, q.in_flight.popleft(), r.base_offset, r.append_time_ms, None))
             elif retriable:
                 for rid in q.rewind():
@@ -885,6 +911,17 @@ class ProducerCore:
                     q.redirected = True
                     q.retry_at = 0.0
                     return backoff
+                # Once per episode at WARNING (Kafka's producer warns on every retry): a full
+                # disk or a long election shows in the log, not only as a timeout much later.
+                last = f"{_code_name(code)} {r.error_message}"
+                if q.last_error != last:
+                    self.log.warning(
+                        "the broker refused a batch of %s/%d (retriable); resending after a backoff: %s",
+                        tp[0],
+                        tp[1],
+                        last,
+                    )
+                    q.last_error = last
                 q.retry_at = time.monotonic() + backoff
                 next_backoff = min(
                     backoff * 2, _LEADER_BACKOFF if code == ErrorCode.NOT_LEADER else _MAX_BACKOFF
@@ -969,8 +1006,13 @@ class ProducerCore:
                     "ambiguous, so the producer failed every queued record and closed (create a new one)"
                 )
                 expired += self._drain_locked()
-        err = DeliveryTimeoutError(f"not acknowledged within {self.delivery_timeout:g} s")
-        return [(tp, b, -1, -1, err) for tp, b in expired]
+            # Each partition's error names the broker's last refusal of its batches, if any.
+            errors = {tp: self._timeout_error(self._queues[tp].last_error) for tp, _ in expired}
+        return [(tp, b, -1, -1, errors[tp]) for tp, b in expired]
+
+    def _timeout_error(self, last_error: str) -> DeliveryTimeoutError:
+        why = f"not acknowledged within {self.delivery_timeout:g} s"
+        return DeliveryTimeoutError(f"{why}; the broker's last answer: {last_error}" if last_error else why)
 
     def _drain_locked(self) -> list[tuple[tuple[str, int], _Batch]]:
         out = []
