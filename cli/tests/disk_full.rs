@@ -9,50 +9,22 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
 
 use futures::StreamExt;
-use std::time::Duration;
+use support::tmpfs::{skip_disk_full, Tmpfs};
 use support::*;
 use tidelog::proto::v1::{ErrorCode, TopicConfig};
-
 use tidelog::{Compression, Error, Producer, ProducerConfig, Record};
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Self(dir.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[tokio::test]
 async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
-    if std::env::var_os("TIDELOG_SKIP_DISK_FULL").is_some() {
-        eprintln!("skipped: TIDELOG_SKIP_DISK_FULL is set");
+    if skip_disk_full() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
-    let _tmpfs = Tmpfs::mount(&mnt, "6m")
-        .unwrap_or_else(|e| panic!("cannot mount tmpfs (need root; or set TIDELOG_SKIP_DISK_FULL=1): {e}"));
+    let _tmpfs = Tmpfs::mount(&mnt, "6m");
     let log = dir.path().join("broker.log"); // outside the full disk
     let mut broker = BrokerProcess::start_logging_to(&mnt.join("data"), &log, &[]);
     let client = broker.client().await;

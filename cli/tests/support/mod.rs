@@ -7,6 +7,7 @@ pub mod certs;
 pub mod cluster;
 pub mod proxy;
 pub mod steady;
+pub mod tmpfs;
 pub mod txn;
 
 use std::io::{BufRead, BufReader};
