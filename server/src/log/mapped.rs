@@ -84,11 +84,15 @@ pub fn map(file: &File, position: u64, len: usize) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(Mapping { ptr: ptr.cast::<u8>().cast_const(), len: map_len }).slice(skip..))
 }
 
+/// The system's page size, asked once.
 fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a system constant.
-    #[allow(unsafe_code)]
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf only reads a system constant.
+        #[allow(unsafe_code)]
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)
+    })
 }
 
 /// One mapping, unmapped when dropped.

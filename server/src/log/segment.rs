@@ -498,10 +498,13 @@ impl SegmentReader {
         committed: u64,
         max_bytes: usize,
     ) -> io::Result<(Vec<StoredBatch>, u64)> {
-        if position >= self.size || self.wanted(position, max_bytes) < MAP_MIN_BYTES {
+        if position >= self.size {
             return self.read(position, committed, max_bytes);
         }
         let mut want = self.wanted(position, max_bytes);
+        if want < MAP_MIN_BYTES {
+            return self.read(position, committed, max_bytes);
+        }
         let _reading = self.shrink.reading();
         // A mapping that cannot be made (`vm.max_map_count` reached, no address space) falls
         // back to the copy, which still works.
