@@ -82,3 +82,61 @@ async fn cluster_alter_through_a_non_controller_reaches_every_broker() {
         .await;
     }
 }
+
+/// A producer that read the topic's batch limit before it was lowered keeps sealing batches
+/// under the old one: the broker refuses them as BATCH_TOO_LARGE and the producer splits them
+/// (Kafka's KIP-126) until they fit, so every record is stored once, in order; and from the
+/// refusal on it knows the new limit, so a record larger than that fails at `send`.
+#[tokio::test]
+async fn a_lowered_batch_limit_splits_the_producers_batches_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("d"), &[]);
+    let client = broker.client().await;
+    client.create_topic("shrink", 1).await.unwrap();
+    let config = tidelog::ProducerConfig {
+        linger: Duration::from_millis(500),
+        compression: tidelog::Compression::Lz4,
+        max_batch_bytes: 512 * 1024,
+        ..tidelog::ProducerConfig::default()
+    };
+    let producer = tidelog::Producer::new(client.clone(), config).await.unwrap();
+    producer.send_to("shrink", 0, Record::new("first")).await.unwrap().await.unwrap();
+    let lowered = tidelog::proto::v1::TopicConfig { max_batch_bytes: Some(16 * 1024), ..Default::default() };
+    client.alter_topic_config("shrink", lowered, &[]).await.unwrap();
+
+    // About 400 KiB sealed as one batch under the old limit (incompressible values, so the
+    // compressed batch is as large), then a record no batch of the new limit can hold.
+    let noise = |i: usize, len: usize| -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i as u64; // xorshift: bytes LZ4 cannot shrink
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let value = |i: usize| noise(i, 1024);
+    let mut deliveries = Vec::new();
+    for i in 0..400 {
+        deliveries.push(producer.send_to("shrink", 0, Record::new(value(i))).await.unwrap());
+    }
+    producer.flush().await;
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let m = d.await.unwrap_or_else(|e| panic!("record {i}: {e}"));
+        assert_eq!(m.offset, 1 + i as u64, "stored once, in order");
+    }
+    // The refusal made the producer read the topic again: it knows the new limit.
+    let too_big = producer.send_to("shrink", 0, Record::new(noise(9999, 64 * 1024))).await;
+    assert!(
+        matches!(&too_big, Err(tidelog::Error::InvalidArgument(m)) if m.contains("exceeds the batch size")),
+        "{too_big:?}"
+    );
+    let stored = support::read_range(&client, "shrink", 0, 1, 401).await;
+    assert_eq!(stored.len(), 400);
+    for (i, r) in stored.iter().enumerate() {
+        assert_eq!(r.value.as_deref(), Some(value(i).as_slice()), "record {i}");
+    }
+    producer.close().await;
+}

@@ -156,6 +156,29 @@ fn put_record(buf: &mut Vec<u8>, r: &Record) {
     }
 }
 
+/// Where each record of an encoded (uncompressed) `RecordBatch` ends: the byte offset after
+/// its field, in order. Cutting `payload` at one of them gives two valid `RecordBatch`
+/// encodings (a batch is its records' fields one after another), which is how a batch the
+/// broker refused as too large is split without decoding its records.
+pub(crate) fn record_ends(payload: &[u8]) -> Result<Vec<usize>, Error> {
+    let mut buf = payload;
+    let mut ends = Vec::new();
+    let bad = |e: prost::DecodeError| Error::Decode(format!("a sealed batch: {e}"));
+    while !buf.is_empty() {
+        let (field, wire_type) = decode_key(&mut buf).map_err(bad)?;
+        if field != RECORDS_FIELD || wire_type != WireType::LengthDelimited {
+            return Err(Error::Decode(format!("a sealed batch holds field {field}, not only records")));
+        }
+        let len = usize::try_from(decode_varint(&mut buf).map_err(bad)?).unwrap_or(usize::MAX);
+        if len > buf.len() {
+            return Err(Error::Decode("a sealed batch: a record runs past its end".into()));
+        }
+        buf.advance(len);
+        ends.push(payload.len() - buf.len());
+    }
+    Ok(ends)
+}
+
 /// A record read from a partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumedRecord {

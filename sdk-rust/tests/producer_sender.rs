@@ -239,7 +239,7 @@ async fn retried_batch_keeps_its_sequence_and_the_batches_behind_it_follow_in_or
 async fn fatal_error_fails_only_its_batch_and_the_next_batches_take_over_its_sequences() {
     let broker = FakeBroker::start().await;
     broker.add_topic(TOPIC, 1);
-    refuse_once_at_sequence(&broker, 2, ErrorCode::BatchTooLarge);
+    refuse_once_at_sequence(&broker, 2, ErrorCode::InvalidRecord);
     let p = producer(&broker, config()).await;
     let results = settle(send_all(&p).await).await;
 
@@ -247,7 +247,7 @@ async fn fatal_error_fails_only_its_batch_and_the_next_batches_take_over_its_seq
     for (i, r) in results.into_iter().enumerate() {
         if i == 2 || i == 3 {
             match r {
-                Err(Error::Delivery(msg)) => assert!(msg.contains("BatchTooLarge"), "record {i}: {msg}"),
+                Err(Error::Delivery(msg)) => assert!(msg.contains("InvalidRecord"), "record {i}: {msg}"),
                 other => panic!("record {i} of the refused batch: {other:?}"),
             }
         } else {
@@ -264,7 +264,7 @@ async fn fatal_error_fails_only_its_batch_and_the_next_batches_take_over_its_seq
     assert_resent_unchanged(&seen);
     let refused: Vec<&SeenProduce> = seen.iter().filter(|r| r.values == batch_values(2)).collect();
     assert_eq!(refused.len(), 1, "a fatal error is not retried");
-    assert_eq!(refused[0].answer, ErrorCode::BatchTooLarge);
+    assert_eq!(refused[0].answer, ErrorCode::InvalidRecord);
     // Records 4 and 5 were in flight behind it as sequence 4, then resent as 2.
     let moved: Vec<(i32, ErrorCode)> =
         seen.iter().filter(|r| r.values == batch_values(4)).map(|r| (r.base_sequence, r.answer)).collect();
@@ -282,6 +282,37 @@ async fn fatal_error_fails_only_its_batch_and_the_next_batches_take_over_its_seq
     let later = p.send_to(TOPIC, 0, Record::new("later")).await.unwrap();
     let stored = tokio::time::timeout(WAIT, later).await.unwrap().unwrap();
     assert_eq!(stored.offset, next_offset);
+    p.close().await;
+}
+
+/// BATCH_TOO_LARGE (the topic's limit lowered under the producer): the refused batch is resent
+/// as two batches under its own sequences (records 2 and 3 as sequences 2 and 3), the batches
+/// in flight behind it keep theirs, and every record is stored once, in order.
+#[tokio::test]
+async fn a_batch_too_large_is_resent_in_two_parts_under_its_own_sequences() {
+    let broker = FakeBroker::start().await;
+    broker.add_topic(TOPIC, 1);
+    refuse_once_at_sequence(&broker, 2, ErrorCode::BatchTooLarge);
+    let p = producer(&broker, config()).await;
+    let results = settle(send_all(&p).await).await;
+
+    let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>(), "offsets follow send order");
+    let expected: Vec<(u64, String)> = (0..RECORDS).map(|i| (i as u64, value(i))).collect();
+    assert_eq!(broker.stored(TOPIC, 0), expected, "every record stored exactly once, in order");
+    let stored: Vec<(i32, Vec<String>)> = broker
+        .produced()
+        .into_iter()
+        .filter(|r| r.answer == ErrorCode::Unspecified)
+        .map(|r| (r.base_sequence, r.values))
+        .collect();
+    let parts = [(2, vec![value(2)]), (3, vec![value(3)])];
+    let want: Vec<(i32, Vec<String>)> = [(0, batch_values(0))]
+        .into_iter()
+        .chain(parts)
+        .chain([4, 6, 8].map(|first| (first as i32, batch_values(first))))
+        .collect();
+    assert_eq!(stored, want, "the parts carry the refused batch's sequences; the rest keep theirs");
     p.close().await;
 }
 

@@ -30,6 +30,9 @@ pub(crate) enum Done {
     Failed(String),
     /// The producer stopped before the batch completed.
     Closed,
+    /// The batch was split in two (`split.rs`): its records `..at` are the first part's,
+    /// `at..` the second's (numbered from 0 there); each part has an outcome of its own.
+    Split { at: u32, first: Arc<Outcome>, second: Arc<Outcome> },
 }
 
 #[derive(Debug)]
@@ -46,6 +49,11 @@ struct State {
 }
 
 impl Outcome {
+    /// A new, unset outcome for the same partition.
+    fn empty(like: &Outcome) -> Self {
+        Self { topic: Arc::clone(&like.topic), partition: like.partition, state: Mutex::default() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -83,6 +91,15 @@ impl Completion {
     pub fn complete(self, done: Done) {
         self.0.finish(done);
     }
+
+    /// Splits the batch's outcome at record `at`: the futures already handed out follow their
+    /// record to the completion of its part.
+    pub fn split(self, at: u32) -> (Completion, Completion) {
+        let part = || Completion(Arc::new(Outcome::empty(&self.0)));
+        let (first, second) = (part(), part());
+        self.0.finish(Done::Split { at, first: Arc::clone(&first.0), second: Arc::clone(&second.0) });
+        (first, second)
+    }
 }
 
 impl Drop for Completion {
@@ -102,29 +119,42 @@ impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let o = &self.outcome;
-        let mut state = o.lock();
-        let done = match &state.done {
-            Some(done) => done,
-            None => {
-                // Futures of one batch are usually awaited by one task: keep its waker once.
-                if !state.wakers.last().is_some_and(|w| w.will_wake(cx.waker())) {
-                    state.wakers.push(cx.waker().clone());
+        let me = self.get_mut();
+        // A split batch passes the record on to its part's outcome (at most a few hops: each
+        // split halves the batch).
+        loop {
+            let (part, index) = {
+                let o = &me.outcome;
+                let mut state = o.lock();
+                let done = match &state.done {
+                    Some(done) => done,
+                    None => {
+                        // Futures of one batch are usually awaited by one task: keep its waker once.
+                        if !state.wakers.last().is_some_and(|w| w.will_wake(cx.waker())) {
+                            state.wakers.push(cx.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
+                };
+                match done {
+                    Done::Stored { base, append_time_ms } => {
+                        return Poll::Ready(Ok(RecordMetadata {
+                            topic: Arc::clone(&o.topic),
+                            partition: o.partition,
+                            // Unknown (acks=None) stays unknown for every record of the batch.
+                            offset: if *base == u64::MAX { u64::MAX } else { base + u64::from(me.index) },
+                            timestamp_ms: *append_time_ms,
+                        }));
+                    }
+                    Done::Failed(message) => return Poll::Ready(Err(Error::Delivery(message.clone()))),
+                    Done::Closed => return Poll::Ready(Err(Error::Closed)),
+                    Done::Split { at, first, .. } if me.index < *at => (Arc::clone(first), me.index),
+                    Done::Split { at, second, .. } => (Arc::clone(second), me.index - at),
                 }
-                return Poll::Pending;
-            }
-        };
-        Poll::Ready(match done {
-            Done::Stored { base, append_time_ms } => Ok(RecordMetadata {
-                topic: Arc::clone(&o.topic),
-                partition: o.partition,
-                // Unknown (acks=None) stays unknown for every record of the batch.
-                offset: if *base == u64::MAX { u64::MAX } else { base + u64::from(self.index) },
-                timestamp_ms: *append_time_ms,
-            }),
-            Done::Failed(message) => Err(Error::Delivery(message.clone())),
-            Done::Closed => Err(Error::Closed),
-        })
+            };
+            me.outcome = part;
+            me.index = index;
+        }
     }
 }
 

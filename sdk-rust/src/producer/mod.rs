@@ -21,6 +21,7 @@ mod accumulator;
 mod delivery;
 mod produce_body;
 mod sender;
+mod split;
 mod stats;
 mod txn;
 

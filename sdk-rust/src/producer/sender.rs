@@ -25,6 +25,9 @@
 //!   partition is answered (two brokers naming each other mid-election) waits the backoff.
 //!   The refusal is logged at WARN once per episode and kept until a batch is acknowledged
 //!   (`PartitionQueue::last_error`), so a delivery timeout or `BufferFull` names it;
+//! - BATCH_TOO_LARGE (the topic's limit was lowered after the producer read it): the batch is
+//!   resent in two parts under its own sequence numbers (`split.rs`, Kafka's KIP-126), and the
+//!   topic's metadata is read again; only a single record over the limit fails;
 //! - fatal error on a batch: its records fail; the batches after it take over its sequence
 //!   numbers (the broker never stored it) and are resent;
 //! - a batch that was never sent and is older than `delivery_timeout` fails. One that was sent
@@ -612,12 +615,29 @@ fn handle_response(
         return Some(true);
     }
     q.redirected = false;
-    if matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition) {
-        // The topic changed (deleted, recreated): the next send reads fresh metadata.
+    if matches!(code, ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::BatchTooLarge) {
+        // The topic changed (deleted, recreated, its batch limit lowered): the next send reads
+        // fresh metadata.
         shared.metadata.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tp.topic);
     }
-    // Fatal for this batch: it was not stored. The batches behind it take its sequences.
     let b = q.in_flight.pop_front()?;
+    // Too large for the topic's (lowered) limit: resent in two parts (`split.rs`).
+    let b = match code {
+        ErrorCode::BatchTooLarge => match super::split::split(b) {
+            Ok((first, second)) => {
+                tracing::info!(topic = %tp.topic, partition = tp.partition, records = first.record_count + second.record_count, "batch too large for the topic; resending it in two parts");
+                for id in q.rewind() {
+                    in_flight.remove(&id);
+                }
+                q.ready.push_front(second);
+                q.ready.push_front(first);
+                return Some(false);
+            }
+            Err(b) => b,
+        },
+        _ => b,
+    };
+    // Fatal for this batch: it was not stored. The batches behind it take its sequences.
     q.renumber_after_drop(&b);
     for id in q.rewind() {
         in_flight.remove(&id);
