@@ -524,3 +524,23 @@ def test_admin_fails_over_to_a_known_broker_and_returns_real_answers_at_once():
     finally:
         for server in servers:
             server.stop(None)
+
+
+def test_record_ends_cut_a_batch_into_batches_at_record_boundaries() -> None:
+    records = [
+        _wire.py_encode_record(
+            b"k%d" % i if i % 2 else None, b"v" * (i * 50), [("h", b"1")] if i == 3 else None, i
+        )
+        for i in range(6)
+    ]
+    raw = b"".join(records)
+    ends = _wire.record_ends(raw)
+    assert ends == [sum(len(r) for r in records[: i + 1]) for i in range(6)]
+    for cut in ends[:-1]:
+        first, second = (record_pb2.RecordBatch.FromString(part).records for part in (raw[:cut], raw[cut:]))
+        assert len(first) + len(second) == 6
+    assert _wire.record_ends(b"") == []
+    with pytest.raises(FatalError):
+        _wire.record_ends(raw[:-1])  # the last record runs past the end
+    with pytest.raises(FatalError):
+        _wire.record_ends(b"\x12\x00")  # field 2: not a record

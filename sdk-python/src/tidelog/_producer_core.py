@@ -40,6 +40,9 @@ same rules as the Rust SDK's sender:
   a row only, so two brokers naming each other mid-election wait the backoff. The refusal is
   logged at WARNING once per episode and kept until a batch is acknowledged, so a delivery
   timeout or a full buffer names it (a full disk reads as such, not as a slow broker);
+- BATCH_TOO_LARGE (the topic's limit was lowered after the producer read it): the batch is
+  resent in two parts under its own sequence numbers (``_split``, Kafka's KIP-126) and the
+  topic's metadata is read again; only a single record over the limit fails;
 - fatal error on a batch: its records fail; the batches behind it take over its sequence
   numbers (the broker never stored it) and are resent;
 - a sealed batch never acknowledged within ``delivery.timeout.ms`` fails. If it was sent and
@@ -928,9 +931,20 @@ class ProducerCore:
                 )
             else:
                 q.redirected = False
-                if unknown:
+                if unknown or code == ErrorCode.BATCH_TOO_LARGE:
                     self._partitions.pop(tp[0], None)  # the next produce reads fresh metadata
                 b = q.in_flight.popleft()
+                parts = self._split(b) if code == ErrorCode.BATCH_TOO_LARGE else None
+                if parts is not None:
+                    # The topic's limit was lowered after this producer read it: resent in
+                    # two parts under the batch's own sequences (Kafka's KIP-126).
+                    self.log.info(
+                        "batch of %d records too large for %s/%d; resending it in two parts", b.count, *tp
+                    )
+                    for rid in q.rewind():
+                        conn.in_flight.pop(rid, None)
+                    q.ready.extendleft(reversed(parts))
+                    return next_backoff  # nothing completed
                 q.renumber_after_drop(b, in_flight_after=True)
                 for rid in q.rewind():
                     conn.in_flight.pop(rid, None)
@@ -942,6 +956,34 @@ class ProducerCore:
                 done.append((tp, b, -1, -1, err))
         self._complete_all(done)
         return next_backoff
+
+    def _split(self, b: _Batch) -> tuple[_Batch, _Batch] | None:
+        """``b`` cut in two at a record boundary (the payload is cut where a record field
+        ends, not decoded), the parts under its sequence numbers, holding its buffer memory
+        between them; None for a single record or a payload that does not read back. The
+        caller holds ``lock``."""
+        if b.count < 2:
+            return None
+        try:
+            raw = _wire.decompress(int(self.codec), b.payload)
+            ends = _wire.record_ends(raw)
+        except TidelogError:
+            return None
+        if len(ends) != b.count:
+            return None
+        at = len(ends) // 2
+        cut = ends[at - 1]
+        first_memory = b.memory * cut // len(raw)
+
+        def part(chunk: bytes, entries: list[Entry | None], memory: int, seq: int) -> _Batch:
+            payload = _wire.compress(self.codec, chunk) if self.codec != Compression.NONE else chunk
+            sinks = sum(1 for e in entries if e is not None and e[4] is not None)
+            return _Batch(payload, entries, memory, seq, b.created, sinks)
+
+        return (
+            part(raw[:cut], b.entries[:at], first_memory, b.base_seq),
+            part(raw[cut:], b.entries[at:], b.memory - first_memory, (b.base_seq + at) % _SEQ_MODULUS),
+        )
 
     def _throttle(self, addr: str, ms: int) -> None:
         """A broker's quota delayed this client by ``ms``: nothing more is sent to it until

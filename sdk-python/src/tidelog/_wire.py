@@ -129,6 +129,39 @@ encode_record: Callable[[bytes | None, bytes | None, Headers | None, int], bytes
 )
 
 
+def record_ends(raw: bytes) -> list[int]:
+    """Where each record of an encoded (uncompressed) ``RecordBatch`` ends: the byte offset
+    after its field, in order. Cutting ``raw`` at one gives two valid batches, which is how a
+    batch refused as too large is split without decoding its records (as the Rust SDK's
+    ``batch::record_ends``). A payload that is not only record fields is a :class:`FatalError`."""
+    ends: list[int] = []
+    i, n = 0, len(raw)
+    while i < n:
+        key, i = _read_varint(raw, i)
+        if key != 0x0A:  # field 1 (records), length-delimited
+            raise FatalError(f"a sealed batch holds field key {key}, not only records")
+        length, i = _read_varint(raw, i)
+        i += length
+        if i > n:
+            raise FatalError("a sealed batch: a record runs past its end")
+        ends.append(i)
+    return ends
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``buf[i:]`` and the index after it."""
+    value, shift = 0, 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise FatalError("a sealed batch: a varint runs past its end")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
 def compress(codec: Compression, raw: bytes) -> bytes:
     """Compresses an encoded batch in the standard frame format of its codec."""
     if codec == Compression.LZ4:
