@@ -268,7 +268,8 @@ pub fn error_text(e: &anyhow::Error) -> String {
     };
     match status {
         Some(s) if s.message().is_empty() => format!("the broker answered {:?}", s.code()),
-        Some(s) if s.code() == tonic::Code::Unavailable => {
+        // Not the broker's own answer (which names its error code): the connection's.
+        Some(s) if s.code() == tonic::Code::Unavailable && s.metadata().get("x-tidelog-error-code").is_none() => {
             format!("{} (broker unavailable; is it running and reachable?)", s.message())
         }
         Some(s) => s.message().to_string(),

@@ -111,3 +111,76 @@ async fn full_disk_is_a_retryable_per_batch_error_and_loses_nothing() {
     assert_eq!(high_watermark(&client, "full", 0).await, hw + 1);
     assert!(!broker.log().contains("truncated damaged segment tail"), "failed appends left bytes behind");
 }
+
+/// The metadata store on a full disk: sled refuses every write after its first failed flush,
+/// even once there is space again, so the broker stops (a non-zero exit, the reason in its log)
+/// instead of failing every commit and create from then on. Restarted once there is space, it
+/// has every commit it acknowledged, and takes new ones.
+#[tokio::test]
+async fn a_metadata_store_that_cannot_flush_stops_the_broker_and_keeps_what_it_acknowledged() {
+    use tidelog::proto::v1::{CommitRequest, FetchCommittedRequest, PartitionOffset};
+    if skip_disk_full() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let _tmpfs = Tmpfs::mount(&mnt, "6m");
+    let log = dir.path().join("broker.log");
+    let data = mnt.join("data");
+    let ballast = mnt.join("ballast");
+    let mut broker = BrokerProcess::start_logging_to(&data, &log, &[]);
+    let client = broker.client().await;
+    client.create_topic("t", 1).await.unwrap();
+    // Commits of 4 KiB of metadata each, one group apiece, on one stream.
+    let commit = |i: u64| CommitRequest {
+        request_id: i,
+        group: format!("g{i}"),
+        topic: "t".into(),
+        offsets: vec![PartitionOffset { partition: 0, offset: i, metadata: "m".repeat(4096) }],
+        generation: 0,
+        member_id: String::new(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut answers =
+        client.offsets().commit(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..2000 {
+        if i == 20 {
+            // Everything but the store's own slack goes to ballast.
+            let mut file = std::fs::File::create(&ballast).unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            assert!((0..200).any(|_| std::io::Write::write_all(&mut file, &chunk).is_err()), "the disk never filled");
+        }
+        if tx.send(commit(i)).await.is_err() {
+            break;
+        }
+        match answers.message().await {
+            Ok(Some(a)) if a.error_code == 0 => acknowledged.push(i),
+            Ok(Some(a)) => {
+                refusal = Some(a.error_message);
+                break;
+            }
+            Ok(None) | Err(_) => break, // the broker stopped
+        }
+    }
+    assert!(acknowledged.len() >= 20, "the commits before the disk filled were taken");
+    let refusal = refusal.expect("a commit on the full disk was refused");
+    assert!(refusal.contains("No space left"), "{refusal}");
+    let status = broker.wait_exit(Duration::from_secs(30)).await.expect("the broker stops by itself");
+    assert!(!status.success(), "it exits with an error: {status}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("the metadata store failed"), "its log says why");
+
+    std::fs::remove_file(&ballast).unwrap();
+    let broker = BrokerProcess::start_logging_to(&data, &log, &[]);
+    let client = broker.client().await;
+    for i in &acknowledged {
+        let req = FetchCommittedRequest { group: format!("g{i}"), topic: "t".into(), partitions: vec![] };
+        let got = client.offsets().fetch_committed(req).await.unwrap().into_inner().offsets;
+        assert_eq!(got.iter().map(|o| o.offset).collect::<Vec<_>>(), [*i], "acknowledged commit of g{i}");
+    }
+    eprintln!("{} commits acknowledged before the store failed", acknowledged.len());
+    let mut answers = client.offsets().commit(tokio_stream::iter([commit(5000)])).await.unwrap().into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().error_code, 0, "commits are taken again");
+}

@@ -17,7 +17,8 @@
 //! | Log(Io), other               | STORAGE_ERROR        | UNAVAILABLE         | yes    |
 //! | Log(Unrecoverable)           | STORAGE_ERROR        | UNAVAILABLE         | after restart |
 //! | Log(Config / Truncate)       | STORAGE_ERROR        | INTERNAL            | no     |
-//! | Meta                         | STORAGE_ERROR        | UNAVAILABLE         | yes    |
+//! | Meta, disk full              | STORAGE_ERROR        | RESOURCE_EXHAUSTED  | after restart (the broker stops) |
+//! | Meta, other                  | STORAGE_ERROR        | UNAVAILABLE         | yes; after an I/O error the broker stops |
 //! | TopicDeleted                 | UNKNOWN_TOPIC        | NOT_FOUND           | no     |
 //! | ShuttingDown                 | SHUTTING_DOWN        | UNAVAILABLE         | yes    |
 //! | PartitionFailed (fsync)      | STORAGE_ERROR        | UNAVAILABLE         | after restart |
@@ -139,6 +140,11 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
             (ErrorCode::OffsetOutOfRange, Code::OutOfRange)
         }
         B::Log(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+            (ErrorCode::StorageError, Code::ResourceExhausted)
+        }
+        B::Meta(crate::meta::MetaError::Store(sled::Error::Io(source)))
+            if source.raw_os_error() == Some(libc::ENOSPC) =>
+        {
             (ErrorCode::StorageError, Code::ResourceExhausted)
         }
         B::Log(LogError::Io { .. } | LogError::Unrecoverable { .. }) | B::Meta(_) | B::PartitionFailed { .. } => {

@@ -10,6 +10,10 @@
 //! 3. stop new work, end streams, fsync every partition and the metadata store;
 //! 4. after the server stopped (or the grace period ran out): a last fsync.
 //!
+//! A signal, a cluster that removed this broker, or a metadata store that failed (`meta`: it
+//! refuses every write until reopened) starts the same sequence; the last two end in an error,
+//! so the process exits non-zero and a supervisor restarts it.
+//!
 //! This is the only module that knows both implementations of the broker's seam; the api
 //! layer above it never learns which one runs.
 
@@ -149,13 +153,19 @@ impl Node {
         // A broker removed from its cluster stops as if signalled (`cluster/members.rs`).
         let member = cluster.clone();
         let removed = cluster.clone();
+        // So does a broker whose metadata store failed (`meta`: it refuses every write).
+        let store = Arc::clone(broker.store().health());
         let shutdown = async move {
-            match member {
-                Some(c) => tokio::select! {
-                    () = signal => {}
-                    () = c.wait_removed() => {}
-                },
-                None => signal.await,
+            let removal = async {
+                match member {
+                    Some(c) => c.wait_removed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = signal => {}
+                () = removal => {}
+                _ = store.failed() => {}
             }
             tracing::info!("shutting down");
             // Before the server stops: a transfer needs this broker's Raft traffic.
@@ -214,6 +224,11 @@ impl Node {
         }
         broker.shutdown();
         tracing::info!("stopped");
+        if let Some(e) = broker.store().health().failure() {
+            anyhow::bail!(
+                "the metadata store failed ({e}); restart the broker once the fault is fixed (e.g. the disk has space)"
+            );
+        }
         if removed.is_some_and(|c| c.is_removed()) {
             anyhow::bail!(
                 "broker {} was removed from the cluster; add it again (tidelog cluster add-broker) to bring it back",

@@ -18,6 +18,12 @@
 //! was created or an offset that was committed survives a crash once the call returned. The
 //! one exception, [`MetaStore::apply_offsets`], is for cluster mode, where the metadata Raft
 //! log is the durable copy and this store only its applied view.
+//!
+//! Failure: after an I/O error on a flush (a full disk, a failing device) sled refuses every
+//! later write, even once the disk has space again: only a reopen clears it. The first one is
+//! recorded in [`StoreHealth`], and the broker stops (`node.rs`) instead of answering every
+//! commit and create with the same error: a restart, once the fault is fixed, reopens the store
+//! with everything that was flushed (Kafka halts a broker whose metadata log directory fails).
 //! Group and topic names never contain `0x00` (validated by the API layer).
 
 mod raft_state;
@@ -140,6 +146,41 @@ pub struct MetaStore {
     offsets: sled::Tree,
     txns: sled::Tree,
     flusher: Arc<raft_state::GroupFlush>,
+    health: Arc<StoreHealth>,
+}
+
+/// Whether the store has failed (see the module docs): set once, at the first flush that
+/// failed with an I/O error, and never cleared.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failed: std::sync::OnceLock<String>,
+    changed: tokio::sync::Notify,
+}
+
+impl StoreHealth {
+    /// Records `e` if it is an I/O error (the store is dead from now on).
+    fn record(&self, e: &sled::Error) {
+        if matches!(e, sled::Error::Io(_)) && self.failed.set(e.to_string()).is_ok() {
+            tracing::error!(error = %e, "the metadata store failed: it refuses every write from now on; stopping the broker (restart it once the fault is fixed, e.g. the disk has space)");
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The failure, once there is one.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Resolves with the failure when the store fails (at once if it has).
+    pub async fn failed(&self) -> String {
+        loop {
+            let changed = self.changed.notified();
+            if let Some(e) = self.failed.get() {
+                return e.clone();
+            }
+            changed.await;
+        }
+    }
 }
 
 /// `group 0x00`: the prefix of every offsets key of a group.
@@ -172,7 +213,24 @@ impl MetaStore {
         let topics = db.open_tree(TOPICS_TREE)?;
         let offsets = db.open_tree(OFFSETS_TREE)?;
         let txns = db.open_tree(TXNS_TREE)?;
-        Ok(Self { db, topics, offsets, txns, flusher: Arc::default() })
+        Ok(Self { db, topics, offsets, txns, flusher: Arc::default(), health: Arc::default() })
+    }
+
+    /// Whether the store has failed (the broker stops when it does: `node.rs`).
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// fsyncs sled; an I/O error marks the store failed ([`StoreHealth`]).
+    async fn durable(&self) -> Result<(), MetaError> {
+        self.db.flush_async().await.map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    /// A sled error, recorded in the store's health first.
+    fn failed(&self, e: sled::Error) -> MetaError {
+        self.health.record(&e);
+        MetaError::Store(e)
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
@@ -189,7 +247,7 @@ impl MetaStore {
     pub async fn put_topic(&self, topic: &TopicRecord) -> Result<(), MetaError> {
         let v = serde_json::to_vec(topic).map_err(|e| MetaError::Corrupt(e.to_string()))?;
         self.topics.insert(topic.name.as_bytes(), v)?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -211,7 +269,7 @@ impl MetaStore {
                 TransactionError::Storage(e) => MetaError::Store(e),
                 TransactionError::Abort(()) => MetaError::Corrupt("topic deletion aborted".into()),
             })?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -254,7 +312,7 @@ impl MetaStore {
     /// returning. Returns how many partitions' offsets went.
     pub async fn delete_group(&self, group: &str) -> Result<usize, MetaError> {
         let n = self.remove_group_offsets(group)?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(n)
     }
 
@@ -301,7 +359,7 @@ impl MetaStore {
     /// before returning.
     pub async fn commit_offsets(&self, group: &str, topic: &str, offsets: &[StoredOffset]) -> Result<(), MetaError> {
         self.apply_offsets(group, topic, offsets)?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -357,7 +415,7 @@ impl MetaStore {
     /// Durability: sled's id generator is persisted before the id is returned.
     pub async fn next_producer_id(&self) -> Result<i64, MetaError> {
         let id = self.db.generate_id()?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         i64::try_from(id + 1).map_err(|_| MetaError::Corrupt("producer ids exhausted".into()))
     }
 
@@ -370,7 +428,7 @@ impl MetaStore {
         let id = format!("{:016x}{:08x}", nanos as u64, std::process::id());
         // Two racing callers: the first write wins, both return the stored value.
         let _ = self.db.compare_and_swap(CLUSTER_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
-        self.db.flush()?;
+        self.db.flush().map_err(|e| self.failed(e))?;
         Ok(self.db.get(CLUSTER_ID_KEY)?.map_or(id, |v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -382,13 +440,13 @@ impl MetaStore {
     /// Stores a single node's ACLs and quotas, durably (fsynced) before it returns.
     pub async fn put_security_state(&self, json: &[u8]) -> Result<(), MetaError> {
         self.db.insert(SECURITY_KEY, json)?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(())
     }
 
     /// Durability: flushes everything to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), MetaError> {
-        self.db.flush()?;
+        self.db.flush().map_err(|e| self.failed(e))?;
         Ok(())
     }
 

@@ -44,6 +44,7 @@ pub struct RaftState {
     tree: sled::Tree,
     group: u64,
     flusher: Arc<GroupFlush>,
+    health: Arc<super::StoreHealth>,
 }
 
 impl MetaStore {
@@ -54,6 +55,7 @@ impl MetaStore {
             tree: self.db.open_tree(RAFT_TREE)?,
             group,
             flusher: Arc::clone(&self.flusher),
+            health: Arc::clone(&self.health),
         })
     }
 }
@@ -108,7 +110,10 @@ impl RaftState {
             return Ok(());
         }
         let covers = f.written.load(Ordering::Acquire);
-        self.db.flush_async().await?;
+        if let Err(e) = self.db.flush_async().await {
+            self.health.record(&e);
+            return Err(e.into());
+        }
         f.flushes.fetch_add(1, Ordering::Relaxed);
         f.flushed.fetch_max(covers, Ordering::AcqRel);
         Ok(())

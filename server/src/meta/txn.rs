@@ -98,7 +98,7 @@ impl super::MetaStore {
     pub async fn put_transaction(&self, id: &str, entry: &TxnEntry) -> Result<(), super::MetaError> {
         let v = serde_json::to_vec(entry).map_err(|e| super::MetaError::Corrupt(e.to_string()))?;
         self.txns.insert(id.as_bytes(), v)?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(())
     }
 }
