@@ -331,8 +331,11 @@ async fn run_group(
             Err(e) => eprintln!("tidelog: {e}"),
         }
     }
-    consumer.close().await; // commits what was printed, then leaves the group
-    Ok(())
+    // What was printed is committed before the group is left; a commit that fails is an error
+    // (the group would read those records again), not something `close` keeps to itself.
+    let committed = consumer.commit().await;
+    consumer.close().await;
+    committed.map_err(|e| anyhow::anyhow!("the printed positions were not committed: {e}"))
 }
 
 fn write_out(bytes: &[u8]) -> anyhow::Result<()> {
