@@ -764,7 +764,9 @@ impl Member {
         }
         if commit {
             if let Err(e) = self.commit().await {
-                tracing::debug!(error = %e, "commit on revoke failed");
+                // Its records are read again by the partitions' next owner (as Kafka warns of
+                // a failed auto-commit on revocation).
+                tracing::warn!(error = %e, "commit of the returned positions failed on revoke or close; they will be read again");
             }
         }
         let (generation, revoked) = {
