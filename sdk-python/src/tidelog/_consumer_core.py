@@ -525,7 +525,8 @@ class ConsumerCore:
             try:  # only the session revokes with a commit
                 await self.commit_positions(self.processed_offsets(), self.inline_timeout)
             except TidelogError as e:
-                self.log.info("commit on revoke failed: %s", e)
+                # Its records are read again by the partitions' next owner.
+                self.log.warning("commit on revoke or close failed; its records will be read again: %s", e)
         with self.lock:
             revoked = sorted(self.assigned)
             self.assigned = set()
