@@ -24,6 +24,7 @@
 //! recorded in [`StoreHealth`], and the broker stops (`node.rs`) instead of answering every
 //! commit and create with the same error: a restart, once the fault is fixed, reopens the store
 //! with everything that was flushed (Kafka halts a broker whose metadata log directory fails).
+//!
 //! Group and topic names never contain `0x00` (validated by the API layer).
 
 mod raft_state;
