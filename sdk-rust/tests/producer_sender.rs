@@ -81,6 +81,14 @@ fn assert_resent_unchanged(seen: &[SeenProduce]) {
     }
 }
 
+/// Every record was delivered at the offset of its send order and stored there once.
+fn assert_every_record_stored_once_in_order(broker: &FakeBroker, results: Vec<Result<RecordMetadata, Error>>) {
+    let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>(), "offsets follow send order");
+    let expected: Vec<(u64, String)> = (0..RECORDS).map(|i| (i as u64, value(i))).collect();
+    assert_eq!(broker.stored(TOPIC, 0), expected, "every record stored exactly once, in order");
+}
+
 fn sequences(seen: &[SeenProduce]) -> Vec<i32> {
     seen.iter().map(|r| r.base_sequence).collect()
 }
@@ -206,10 +214,7 @@ async fn retried_batch_keeps_its_sequence_and_the_batches_behind_it_follow_in_or
     let p = producer(&broker, config()).await;
     let results = settle(send_all(&p).await).await;
 
-    let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
-    assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>(), "offsets follow send order");
-    let expected: Vec<(u64, String)> = (0..RECORDS).map(|i| (i as u64, value(i))).collect();
-    assert_eq!(broker.stored(TOPIC, 0), expected, "every record stored exactly once, in order");
+    assert_every_record_stored_once_in_order(&broker, results);
 
     let seen = broker.produced();
     assert_eq!(broker.gate_timeouts(), 0);
@@ -296,10 +301,7 @@ async fn a_batch_too_large_is_resent_in_two_parts_under_its_own_sequences() {
     let p = producer(&broker, config()).await;
     let results = settle(send_all(&p).await).await;
 
-    let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
-    assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>(), "offsets follow send order");
-    let expected: Vec<(u64, String)> = (0..RECORDS).map(|i| (i as u64, value(i))).collect();
-    assert_eq!(broker.stored(TOPIC, 0), expected, "every record stored exactly once, in order");
+    assert_every_record_stored_once_in_order(&broker, results);
     let stored: Vec<(i32, Vec<String>)> = broker
         .produced()
         .into_iter()
