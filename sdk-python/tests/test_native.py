@@ -13,6 +13,7 @@ import asyncio
 import copy
 import gc
 import json
+import os
 import pickle
 import random
 import weakref
@@ -20,7 +21,7 @@ import weakref
 import pytest
 from conftest import REPO, Broker, read_all, unique
 
-from tidelog import AdminClient, Producer, _accel, _staging, _wire, partitioner
+from tidelog import AdminClient, Consumer, Producer, _accel, _staging, _wire, partitioner
 from tidelog._fetch import Fetcher
 from tidelog.aio import AIOProducer
 from tidelog.errors import ClosedError, ErrorCode, FatalError, KafkaError
@@ -169,6 +170,12 @@ def test_the_compiled_path_leaves_errors_to_python(broker: Broker, admin: AdminC
         p.produce(topic, b"after close")
 
 
+def _with_crc(b: records_service_pb2.Batch) -> records_service_pb2.Batch:
+    """``b`` with the CRC-32C of its records, as the broker serves it."""
+    b.crc32c = native.crc32c(b.records.SerializeToString())
+    return b
+
+
 def _random_response(rng: random.Random) -> records_service_pb2.SubscribeResponse:
     resp = records_service_pb2.SubscribeResponse(
         partition=rng.randrange(8), high_watermark=rng.randrange(1 << 40), throttle_time_ms=rng.randrange(3)
@@ -192,11 +199,13 @@ def _random_response(rng: random.Random) -> records_service_pb2.SubscribeRespons
             recs.append(r)
         gap = rng.choice([0, 0, 3])  # compacted topics: offsets jump between batches
         resp.batches.append(
-            records_service_pb2.Batch(
-                base_offset=base + gap,
-                record_count=len(recs),
-                append_time_ms=rng.choice([-1, 0, 1_700_000_000_999]),
-                records=record_pb2.RecordBatch(records=recs),
+            _with_crc(
+                records_service_pb2.Batch(
+                    base_offset=base + gap,
+                    record_count=len(recs),
+                    append_time_ms=rng.choice([-1, 0, 1_700_000_000_999]),
+                    records=record_pb2.RecordBatch(records=recs),
+                )
             )
         )
         base += gap + len(recs)
@@ -223,6 +232,32 @@ def test_subscribe_responses_decode_to_the_same_messages_and_positions():
         assert nbytes == sum(map(len, want)) and starts_rs == starts_py, f"seed {seed}"
 
 
+def test_a_batch_that_fails_its_crc_is_an_error_not_records():
+    """As the Rust SDK and Kafka's consumers: a payload damaged on disk or on the way fails
+    its batch's CRC-32C, in the compiled decoder (uncompressed) and in the Python one
+    (compressed, checked with the compiled CRC)."""
+    assert native.crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C
+    recs = record_pb2.RecordBatch(records=[record_pb2.Record(value=b"value-%d" % i) for i in range(3)])
+    good = _with_crc(records_service_pb2.Batch(base_offset=7, record_count=3, records=recs))
+    resp = records_service_pb2.SubscribeResponse(partition=0, batches=[good])
+    raw = resp.SerializeToString()
+    starts: dict[int, int | None] = {0: 0}
+    assert native.decode_subscribe(raw, "t", starts) is not None
+    damaged = raw.replace(b"value-1", b"value-X")
+    starts = {0: 0}
+    with pytest.raises(ValueError, match="CRC mismatch in batch at offset 7"):
+        native.decode_subscribe(damaged, "t", starts)
+    assert starts == {0: 0}
+    packed = _wire.compress(_wire.Compression.LZ4, recs.SerializeToString())
+    compressed = records_service_pb2.Batch(
+        base_offset=7, record_count=3, compression=1, compressed_records=packed, crc32c=native.crc32c(packed)
+    )
+    assert [r.value for r in _wire.decode_batch(compressed)] == [b"value-0", b"value-1", b"value-2"]
+    compressed.crc32c ^= 1
+    with pytest.raises(FatalError, match="CRC mismatch in batch at offset 7"):
+        _wire.decode_batch(compressed)
+
+
 def test_compressed_or_corrupt_responses_change_nothing():
     resp = records_service_pb2.SubscribeResponse(partition=1)
     resp.batches.append(
@@ -235,10 +270,12 @@ def test_compressed_or_corrupt_responses_change_nothing():
     assert starts == {1: 0}
     good = _random_response(random.Random(7))
     good.batches.append(
-        records_service_pb2.Batch(
-            base_offset=99,
-            record_count=1,
-            records=record_pb2.RecordBatch(records=[record_pb2.Record(value=b"v")]),
+        _with_crc(
+            records_service_pb2.Batch(
+                base_offset=99,
+                record_count=1,
+                records=record_pb2.RecordBatch(records=[record_pb2.Record(value=b"v")]),
+            )
         )
     )
     raw = good.SerializeToString()
@@ -250,8 +287,10 @@ def test_compressed_or_corrupt_responses_change_nothing():
     # Offsets past what a signed 64-bit position holds, after a valid batch: refused whole.
     huge = records_service_pb2.SubscribeResponse(partition=1)
     one = record_pb2.RecordBatch(records=[record_pb2.Record(value=b"v")])
-    huge.batches.append(records_service_pb2.Batch(base_offset=0, record_count=1, records=one))
-    huge.batches.append(records_service_pb2.Batch(base_offset=(1 << 64) - 1, record_count=1, records=one))
+    huge.batches.append(_with_crc(records_service_pb2.Batch(base_offset=0, record_count=1, records=one)))
+    huge.batches.append(
+        _with_crc(records_service_pb2.Batch(base_offset=(1 << 64) - 1, record_count=1, records=one))
+    )
     starts = {1: 0}
     with pytest.raises(ValueError, match="beyond i64"):
         native.decode_subscribe(huge.SerializeToString(), "t", starts)
@@ -321,3 +360,34 @@ def test_the_compiled_message_behaves_as_the_python_one(args: tuple[object, ...]
     n.set_key(None)
     n.set_headers([])
     assert (n.value(), n.key(), n.headers(), len(n)) == (b"new", None, None, 3)
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_a_batch_damaged_on_the_brokers_disk_stops_the_consumer_with_its_offset(
+    own_broker: Broker, compression: str
+) -> None:
+    """A byte flipped inside a sealed segment (the broker serves it as stored): the consumer
+    raises a fatal CRC error naming the batch instead of handing out the damaged records."""
+    b = own_broker
+    with AdminClient({"bootstrap.servers": b.addr}) as a:
+        a.create_topic("dmg", config={"segment.bytes": 65536, "max.batch.bytes": 16384})
+    with Producer({"bootstrap.servers": b.addr, "compression.type": compression, "linger.ms": 0}) as p:
+        for i in range(300):
+            p.produce("dmg", os.urandom(400))
+            if i % 10 == 9:
+                p.flush(10)  # batches of about ten records
+    b.kill9()
+    segment = sorted((b.data_dir / "topics" / "dmg" / "0").glob("*.log"))[0]
+    data = bytearray(segment.read_bytes())
+    assert len(data) > 30000, "the first segment is sealed and long enough"
+    data[30000] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    b.start()
+    c = Consumer({"bootstrap.servers": b.addr, "group.id": unique("dmg"), "auto.offset.reset": "earliest"})
+    try:
+        c.subscribe(["dmg"])
+        with pytest.raises(FatalError, match="CRC mismatch in batch at offset"):
+            for _ in range(100):
+                c.poll(0.2)
+    finally:
+        c.close()

@@ -93,11 +93,13 @@ struct Batch<'a> {
     append_time_ms: i64,
     records: &'a [u8],
     compressed: bool,
+    crc32c: u32,
 }
 
 fn parse_batch(buf: &[u8]) -> PyResult<Batch<'_>> {
     let mut r = Reader::new(buf, "Batch");
-    let mut b = Batch { base_offset: 0, record_count: 0, append_time_ms: 0, records: &[], compressed: false };
+    let mut b =
+        Batch { base_offset: 0, record_count: 0, append_time_ms: 0, records: &[], compressed: false, crc32c: 0 };
     while let Some((field, v)) = r.field()? {
         match (field, v) {
             (1, Value::Varint(n)) => b.base_offset = n,
@@ -106,6 +108,7 @@ fn parse_batch(buf: &[u8]) -> PyResult<Batch<'_>> {
             (4, Value::Varint(n)) => b.compressed |= n != 0,
             (5, Value::Bytes(s)) => b.records = s,
             (6, Value::Bytes(_)) => b.compressed = true,
+            (7, Value::Varint(n)) => b.crc32c = n as u32,
             _ => {}
         }
     }
@@ -186,6 +189,11 @@ pub fn decode_subscribe<'py>(
     // response changes nothing.
     let mut parsed = Vec::with_capacity(batches.len());
     for b in &batches {
+        // The payload as the producer sealed it, checked as the Rust SDK and Kafka's consumers
+        // check it: a batch damaged on the broker's disk or on the way is an error, not data.
+        if crate::crc32c(b.records) != b.crc32c {
+            return Err(PyValueError::new_err(format!("CRC mismatch in batch at offset {}", b.base_offset)));
+        }
         let mut recs = Vec::new();
         let mut rb = Reader::new(b.records, "RecordBatch");
         while let Some((field, v)) = rb.field()? {

@@ -42,10 +42,17 @@ fn murmur2(data: &[u8]) -> i32 {
     wire::murmur2(data)
 }
 
+/// The CRC-32C of `data`, as the broker and the Rust SDK compute it (`tidelog_proto::checksum`).
+#[pyfunction]
+fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_record, m)?)?;
     m.add_function(wrap_pyfunction!(murmur2, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32c, m)?)?;
     m.add_function(wrap_pyfunction!(consumer::decode_subscribe, m)?)?;
     m.add_class::<message::Message>()?;
     m.add_class::<producer::OpenBatch>()?;

@@ -205,9 +205,31 @@ def _zstd_decompress(data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def _crc32c_function() -> Callable[[bytes], int] | None:
+    """The CRC-32C of bytes, from the compiled extension or ``google-crc32c`` when either is
+    there; None in pure Python without it (a CRC-32C in Python costs more than the rest of a
+    record's decode, so that fallback reads batches unchecked)."""
+    if native is not None:
+        return native.crc32c  # type: ignore[no-any-return]
+    try:
+        import google_crc32c  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return google_crc32c.value  # type: ignore[no-any-return]
+
+
+_crc32c = _crc32c_function()
+
+
 def decode_batch(batch: records_service_pb2.Batch) -> list[record_pb2.Record]:
-    """The records of a served batch, decompressing if needed."""
+    """The records of a served batch, decompressing if needed. A compressed payload is checked
+    against the batch's CRC-32C (when a CRC-32C is at hand, :func:`_crc32c_function`), as the
+    Rust SDK and Kafka's consumers check it: a damaged batch is a :class:`FatalError`, not data.
+    An uncompressed one arrives parsed, its bytes gone; the compiled decoder checks those
+    (``tidelog._native.decode_subscribe``)."""
     if batch.WhichOneof("payload") == "compressed_records":
+        if _crc32c is not None and _crc32c(batch.compressed_records) != batch.crc32c:
+            raise FatalError(f"CRC mismatch in batch at offset {batch.base_offset}")
         raw = decompress(batch.compression, batch.compressed_records)
         try:
             return list(record_pb2.RecordBatch.FromString(raw).records)
