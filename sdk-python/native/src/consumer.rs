@@ -180,6 +180,14 @@ pub fn decode_subscribe<'py>(
             _ => {}
         }
     }
+    for b in batches.iter().filter(|b| !b.compressed) {
+        // The payload as the producer sealed it, checked as the Rust SDK and Kafka's consumers
+        // check it: a batch damaged on the broker's disk or on the way is an error, not data.
+        // (Compressed ones are checked where they are decoded, `tidelog._wire.decode_batch`.)
+        if crate::crc32c(b.records) != b.crc32c {
+            return Err(PyValueError::new_err(format!("CRC mismatch in batch at offset {}", b.base_offset)));
+        }
+    }
     if batches.iter().any(|b| b.compressed) {
         return Ok(None);
     }
@@ -189,11 +197,6 @@ pub fn decode_subscribe<'py>(
     // response changes nothing.
     let mut parsed = Vec::with_capacity(batches.len());
     for b in &batches {
-        // The payload as the producer sealed it, checked as the Rust SDK and Kafka's consumers
-        // check it: a batch damaged on the broker's disk or on the way is an error, not data.
-        if crate::crc32c(b.records) != b.crc32c {
-            return Err(PyValueError::new_err(format!("CRC mismatch in batch at offset {}", b.base_offset)));
-        }
         let mut recs = Vec::new();
         let mut rb = Reader::new(b.records, "RecordBatch");
         while let Some((field, v)) = rb.field()? {

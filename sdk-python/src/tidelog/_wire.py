@@ -226,7 +226,8 @@ def decode_batch(batch: records_service_pb2.Batch) -> list[record_pb2.Record]:
     against the batch's CRC-32C (when a CRC-32C is at hand, :func:`_crc32c_function`), as the
     Rust SDK and Kafka's consumers check it: a damaged batch is a :class:`FatalError`, not data.
     An uncompressed one arrives parsed, its bytes gone; the compiled decoder checks those
-    (``tidelog._native.decode_subscribe``)."""
+    (``tidelog._native.decode_subscribe``, which checks every uncompressed batch of a response
+    before it hands a response with compressed ones to this path)."""
     if batch.WhichOneof("payload") == "compressed_records":
         if _crc32c is not None and _crc32c(batch.compressed_records) != batch.crc32c:
             raise FatalError(f"CRC mismatch in batch at offset {batch.base_offset}")
