@@ -139,14 +139,7 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::Log(LogError::OffsetOutOfRange { .. }) | B::AboveHighWatermark { .. } => {
             (ErrorCode::OffsetOutOfRange, Code::OutOfRange)
         }
-        B::Log(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
-            (ErrorCode::StorageError, Code::ResourceExhausted)
-        }
-        B::Meta(crate::meta::MetaError::Store(sled::Error::Io(source)))
-            if source.raw_os_error() == Some(libc::ENOSPC) =>
-        {
-            (ErrorCode::StorageError, Code::ResourceExhausted)
-        }
+        e if disk_full(e) => (ErrorCode::StorageError, Code::ResourceExhausted),
         B::Log(LogError::Io { .. } | LogError::Unrecoverable { .. }) | B::Meta(_) | B::PartitionFailed { .. } => {
             (ErrorCode::StorageError, Code::Unavailable)
         }
@@ -171,6 +164,16 @@ fn table(e: &BrokerError) -> (ErrorCode, Code) {
         B::Unauthorized(crate::auth::Denied::NotCurrent) => (ErrorCode::NotLeader, Code::Unavailable),
         B::Forwarded(s) => (forwarded_code(s.code()), s.code()),
     }
+}
+
+/// Whether `e` is the log's or the metadata store's write failing for want of space.
+fn disk_full(e: &BrokerError) -> bool {
+    let source = match e {
+        BrokerError::Log(LogError::Io { source, .. }) => source,
+        BrokerError::Meta(crate::meta::MetaError::Store(sled::Error::Io(source))) => source,
+        _ => return false,
+    };
+    source.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// The error code closest to another broker's gRPC status.

@@ -121,7 +121,8 @@ async fn start_produce(broker: &Broker, caller: &Caller, req: wire::ProduceReque
                 resp.error_message = rejected.message;
             }
             Err(e) => {
-                if error_code(&e) == ErrorCode::StorageError {
+                let code = error_code(&e);
+                if code == ErrorCode::StorageError {
                     // The broker's fault, not the client's (a full disk, an I/O error): the
                     // operator must see it. Bounded per window (`telemetry::rate_limit`).
                     tracing::error!(topic = %resp.topic, partition = resp.partition, error = %e, "produce failed in the broker's storage");
@@ -132,7 +133,7 @@ async fn start_produce(broker: &Broker, caller: &Caller, req: wire::ProduceReque
                     resp.leader_id = *id as u32;
                     resp.leader_address = addr.clone();
                 }
-                resp.error_code = error_code(&e) as i32;
+                resp.error_code = code as i32;
                 resp.error_message = e.to_string();
             }
         }

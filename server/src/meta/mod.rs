@@ -159,12 +159,17 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
-    /// Records `e` if it is an I/O error (the store is dead from now on).
-    fn record(&self, e: &sled::Error) {
+    /// A flush's result, an I/O error recorded first (the store is dead from then on).
+    fn check(&self, flushed: Result<usize, sled::Error>) -> Result<(), MetaError> {
+        let e = match flushed {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
         if matches!(e, sled::Error::Io(_)) && self.failed.set(e.to_string()).is_ok() {
             tracing::error!(error = %e, "the metadata store failed: it refuses every write from now on; stopping the broker (restart it once the fault is fixed, e.g. the disk has space)");
             self.changed.notify_waiters();
         }
+        Err(MetaError::Store(e))
     }
 
     /// The failure, once there is one.
@@ -224,14 +229,7 @@ impl MetaStore {
 
     /// fsyncs sled; an I/O error marks the store failed ([`StoreHealth`]).
     async fn durable(&self) -> Result<(), MetaError> {
-        self.db.flush_async().await.map_err(|e| self.failed(e))?;
-        Ok(())
-    }
-
-    /// A sled error, recorded in the store's health first.
-    fn failed(&self, e: sled::Error) -> MetaError {
-        self.health.record(&e);
-        MetaError::Store(e)
+        self.health.check(self.db.flush_async().await)
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
@@ -429,7 +427,7 @@ impl MetaStore {
         let id = format!("{:016x}{:08x}", nanos as u64, std::process::id());
         // Two racing callers: the first write wins, both return the stored value.
         let _ = self.db.compare_and_swap(CLUSTER_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
-        self.db.flush().map_err(|e| self.failed(e))?;
+        self.health.check(self.db.flush())?;
         Ok(self.db.get(CLUSTER_ID_KEY)?.map_or(id, |v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -447,8 +445,7 @@ impl MetaStore {
 
     /// Durability: flushes everything to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), MetaError> {
-        self.db.flush().map_err(|e| self.failed(e))?;
-        Ok(())
+        self.health.check(self.db.flush())
     }
 
     /// Bytes sled uses on disk (to watch its growth under commit churn).

@@ -110,10 +110,7 @@ impl RaftState {
             return Ok(());
         }
         let covers = f.written.load(Ordering::Acquire);
-        if let Err(e) = self.db.flush_async().await {
-            self.health.record(&e);
-            return Err(e.into());
-        }
+        self.health.check(self.db.flush_async().await)?;
         f.flushes.fetch_add(1, Ordering::Relaxed);
         f.flushed.fetch_max(covers, Ordering::AcqRel);
         Ok(())
